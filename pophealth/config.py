@@ -1,0 +1,70 @@
+"""Where things live. Every path and setting the platform uses is resolved here, from the environment.
+
+The embedded default keeps all state in one project-local folder (`.pophealth/` beside the repo, or
+`POPHEALTH_HOME`): the PostgreSQL data directory, Airflow's home, the demo key and the demo landing area.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+#: Environment variables that are part of the interface (the README lists them).
+ENV_DATABASE_URL = "POPHEALTH_DATABASE_URL"
+ENV_LINKAGE_KEY = "POPHEALTH_LINKAGE_KEY"
+ENV_LINKAGE_KEY_FILE = "POPHEALTH_LINKAGE_KEY_FILE"
+ENV_LANDING_DIR = "POPHEALTH_LANDING_DIR"
+ENV_HOME = "POPHEALTH_HOME"
+
+#: The council whose social care data the synthetic world and the area-level metrics describe.
+AREA_CODE = "E10000012"
+
+
+@dataclass(frozen=True)
+class Paths:
+    home: Path
+
+    @property
+    def pgdata(self) -> Path:
+        return self.home / "pgdata"
+
+    @property
+    def airflow_home(self) -> Path:
+        return self.home / "airflow"
+
+    @property
+    def demo_key_file(self) -> Path:
+        return self.home / "keys" / "linkage.key"
+
+    @property
+    def demo_world(self) -> Path:
+        return self.home / "demo"
+
+    @property
+    def dags_folder(self) -> Path:
+        return REPO_ROOT / "dags"
+
+    @property
+    def dbt_project_dir(self) -> Path:
+        return REPO_ROOT / "dbt_project"
+
+    @property
+    def expectations_dir(self) -> Path:
+        return REPO_ROOT / "expectations"
+
+    @property
+    def gate_docs_dir(self) -> Path:
+        return self.home / "data_docs"
+
+
+def paths() -> Paths:
+    home = Path(os.environ.get(ENV_HOME) or REPO_ROOT / ".pophealth").resolve()
+    return Paths(home=home)
+
+
+def landing_dir() -> Path | None:
+    value = os.environ.get(ENV_LANDING_DIR)
+    return Path(value).resolve() if value else None

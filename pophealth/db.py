@@ -1,0 +1,148 @@
+"""The warehouse connection: an embedded PostgreSQL the project starts itself, or a real server by URL.
+
+`POPHEALTH_DATABASE_URL` points everything at another server. Without it, a PostgreSQL 16 server from the
+`pgserver` wheel runs from `.pophealth/pgdata`, listening only on a unix socket in that folder (no TCP
+port, so nothing else on the machine can reach it). It is left running between commands so that
+`pophealth db url` stays valid; `pophealth db stop` stops it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+from urllib.parse import parse_qs, unquote, urlparse
+
+import psycopg
+
+from pophealth import config
+
+WAREHOUSE_DB = "pophealth"
+AIRFLOW_DB = "airflow"
+
+
+class DatabaseError(RuntimeError):
+    """A database problem explained in one sentence, for the user."""
+
+
+@dataclass(frozen=True)
+class ConnectionParts:
+    host: str
+    port: int
+    user: str
+    password: str
+    dbname: str
+
+    def url(self, driver: str = "postgresql") -> str:
+        auth = self.user + (f":{self.password}" if self.password else ":")
+        if self.host.startswith("/"):
+            return f"{driver}://{auth}@/{self.dbname}?host={self.host}&port={self.port}"
+        return f"{driver}://{auth}@{self.host}:{self.port}/{self.dbname}"
+
+    def with_db(self, dbname: str) -> "ConnectionParts":
+        return ConnectionParts(self.host, self.port, self.user, self.password, dbname)
+
+
+def parse_url(url: str) -> ConnectionParts:
+    parsed = urlparse(url)
+    query = parse_qs(parsed.query)
+    host = query.get("host", [parsed.hostname or "localhost"])[0]
+    port = int(query.get("port", [parsed.port or 5432])[0])
+    return ConnectionParts(
+        host=host,
+        port=port,
+        user=unquote(parsed.username or "postgres"),
+        password=unquote(parsed.password or ""),
+        dbname=(parsed.path or "/postgres").lstrip("/") or "postgres",
+    )
+
+
+def is_embedded() -> bool:
+    return not os.environ.get(config.ENV_DATABASE_URL)
+
+
+def _start_embedded() -> ConnectionParts:
+    import logging
+
+    import pgserver  # imported here: starting a server is never done at import time
+
+    logging.getLogger("pgserver").setLevel(logging.WARNING)
+    pgdata = config.paths().pgdata
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    server = pgserver.get_server(pgdata, cleanup_mode=None)
+    parts = parse_url(server.get_uri())
+    for name in (WAREHOUSE_DB, AIRFLOW_DB):
+        exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{name}';")
+        if "1 row" not in exists:
+            server.psql(f"CREATE DATABASE {name};")
+    return parts.with_db(WAREHOUSE_DB)
+
+
+_cached: ConnectionParts | None = None
+
+
+def warehouse() -> ConnectionParts:
+    """The warehouse's connection parts, starting the embedded server if it is the one in use."""
+    global _cached
+    url = os.environ.get(config.ENV_DATABASE_URL)
+    if url:
+        return parse_url(url)
+    if _cached is None:
+        _cached = _start_embedded()
+    return _cached
+
+
+def warehouse_url() -> str:
+    return warehouse().url()
+
+
+def airflow_metadata_url() -> str:
+    """Airflow's metadata database: the embedded server's `airflow` database, or SQLite beside Airflow's home."""
+    if is_embedded():
+        return warehouse().with_db(AIRFLOW_DB).url("postgresql+psycopg2")
+    return f"sqlite:///{config.paths().airflow_home / 'airflow.db'}"
+
+
+def dbt_env() -> dict[str, str]:
+    """The variables `dbt_project/profiles.yml` reads."""
+    parts = warehouse()
+    return {
+        "POPHEALTH_DB_HOST": parts.host,
+        "POPHEALTH_DB_PORT": str(parts.port),
+        "POPHEALTH_DB_USER": parts.user,
+        "POPHEALTH_DB_PASSWORD": parts.password,
+        "POPHEALTH_DB_NAME": parts.dbname,
+    }
+
+
+@contextmanager
+def connect(autocommit: bool = False) -> Iterator[psycopg.Connection]:
+    try:
+        conn = psycopg.connect(warehouse().url(), autocommit=autocommit)
+    except psycopg.OperationalError as exc:
+        raise DatabaseError(f"cannot connect to the warehouse: {str(exc).splitlines()[0]}") from None
+    try:
+        yield conn
+        if not autocommit:
+            conn.commit()
+    except BaseException:
+        if not autocommit:
+            conn.rollback()
+        raise
+    finally:
+        conn.close()
+
+
+def stop_embedded() -> bool:
+    """Stop the embedded server if it runs; True when one was stopped."""
+    pgdata = config.paths().pgdata
+    if not (pgdata / "postmaster.pid").exists():
+        return False
+    import pgserver
+
+    pg_ctl = Path(pgserver.__file__).parent / "pginstall" / "bin" / "pg_ctl"
+    subprocess.run([str(pg_ctl), "-D", str(pgdata), "-m", "fast", "-w", "stop"], check=False, capture_output=True)
+    return True

@@ -1,0 +1,154 @@
+"""Identifier types: an NHS number, a pseudonym and an ICD-10 code cannot be mixed up or printed by accident.
+
+`NhsNumber` never shows its digits in `str`, `repr`, f-strings or logs: the only way to the digits is
+`.digits_for_hashing()`, which the pseudonymiser calls. A pseudonym (`PersonId`, `LocalPseudonym`) is
+safe to print, but is a different type from the NHS number it came from.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+
+_SEPARATORS = re.compile(r"[\s\-]")
+_TEN_DIGITS = re.compile(r"^\d{10}$")
+_PSEUDONYM = re.compile(r"^[0-9a-f]{64}$")
+_ICD10 = re.compile(r"^[A-Z]\d{2}(\d|X)?[A-Z0-9]{0,3}$")
+
+MODULUS_11_WEIGHTS = (10, 9, 8, 7, 6, 5, 4, 3, 2)
+
+
+def nhs_check_digit(first_nine: str) -> int | None:
+    """The Modulus 11 check digit of nine digits, or None when no check digit makes them valid (10)."""
+    total = sum(int(d) * w for d, w in zip(first_nine, MODULUS_11_WEIGHTS, strict=True))
+    check = 11 - (total % 11)
+    if check == 11:
+        return 0
+    if check == 10:
+        return None
+    return check
+
+
+class NhsNumberCheck(str, enum.Enum):
+    """What the platform made of the NHS number on a row (stored instead of the number)."""
+
+    VALID = "valid"
+    TEST_RANGE = "test_range"  # valid, but in the 999 range that NHS England keeps for testing
+    MISSING = "missing"
+    INVALID = "invalid"
+    SOURCE_PSEUDONYM = "source_pseudonym"  # the source sent person_id, pseudonymised on its premises
+
+    @property
+    def linkable(self) -> bool:
+        return self in (NhsNumberCheck.VALID, NhsNumberCheck.TEST_RANGE, NhsNumberCheck.SOURCE_PSEUDONYM)
+
+
+def normalise_nhs_number(raw: str | None) -> str:
+    """Strip spaces and hyphens; what is left may still be invalid."""
+    return _SEPARATORS.sub("", raw or "")
+
+
+def check_nhs_number(raw: str | None) -> NhsNumberCheck:
+    """Classify a raw NHS number as the contract says (normalise, 10 digits, not all one digit, Modulus 11)."""
+    digits = normalise_nhs_number(raw)
+    if not digits:
+        return NhsNumberCheck.MISSING
+    if not _TEN_DIGITS.match(digits) or len(set(digits)) == 1:
+        return NhsNumberCheck.INVALID
+    if nhs_check_digit(digits[:9]) != int(digits[9]):
+        return NhsNumberCheck.INVALID
+    if digits.startswith("999"):
+        return NhsNumberCheck.TEST_RANGE
+    return NhsNumberCheck.VALID
+
+
+def is_valid_nhs_number(raw: str | None) -> bool:
+    return check_nhs_number(raw).linkable
+
+
+class IdentifierError(ValueError):
+    """Raised with a message that never contains the offending value."""
+
+
+class NhsNumber:
+    """A valid NHS number. Its digits are never shown: str() and repr() are masked."""
+
+    __slots__ = ("_digits", "check")
+
+    def __init__(self, raw: str):
+        check = check_nhs_number(raw)
+        if check not in (NhsNumberCheck.VALID, NhsNumberCheck.TEST_RANGE):
+            raise IdentifierError(f"not a valid NHS number ({check.value})")
+        self._digits = normalise_nhs_number(raw)
+        self.check = check
+
+    def digits_for_hashing(self) -> bytes:
+        """The ten ASCII digits, for the keyed hash and nothing else."""
+        return self._digits.encode("ascii")
+
+    def __repr__(self) -> str:
+        return "NhsNumber(***masked***)"
+
+    __str__ = __repr__
+
+    def __format__(self, spec: str) -> str:
+        return repr(self)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, NhsNumber) and other._digits == self._digits
+
+    def __hash__(self) -> int:
+        return hash(("NhsNumber", self._digits))
+
+    def __reduce__(self):  # refuse to be pickled into an XCom, a cache or a log
+        raise TypeError("an NHS number is not serialisable")
+
+
+@dataclass(frozen=True, slots=True)
+class PersonId:
+    """The linkage pseudonym: lowercase hex HMAC-SHA256 of the NHS number under the linkage key."""
+
+    value: str
+
+    def __post_init__(self) -> None:
+        if not _PSEUDONYM.match(self.value):
+            raise IdentifierError("a person_id is 64 lowercase hexadecimal characters")
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True, slots=True)
+class LocalPseudonym:
+    """A keyed pseudonym of a source's local identifier (a council's person id, a hospital's spell)."""
+
+    value: str
+
+    def __post_init__(self) -> None:
+        if not _PSEUDONYM.match(self.value):
+            raise IdentifierError("a local pseudonym is 64 lowercase hexadecimal characters")
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True, slots=True)
+class Icd10Code:
+    """An ICD-10 code, normalised: upper case, no dot, no spaces (`S72.0` -> `S720`)."""
+
+    value: str
+
+    @classmethod
+    def parse(cls, raw: str) -> Icd10Code:
+        code = raw.strip().upper().replace(".", "").replace(" ", "")
+        if not _ICD10.match(code):
+            raise IdentifierError("not an ICD-10 code")
+        return cls(code)
+
+    @property
+    def three_character(self) -> str:
+        return self.value[:3]
+
+    def __str__(self) -> str:
+        return self.value

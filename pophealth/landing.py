@@ -1,0 +1,178 @@
+"""The landing area: which files are there, what feed each is, and reading one as the contract says.
+
+Reading is streaming (one row at a time) and strict about the file as a whole: anything that makes
+the file unreadable or not the contract's raises `FileRejected` with a message a data engineer can act
+on, never a stack trace and never a value from the file.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import re
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Iterator
+
+# Large free-text fields exist in real extracts; the limit only guards against a broken quote swallowing a file.
+csv.field_size_limit(16 * 1024 * 1024)
+
+
+class FileRejected(Exception):
+    """The whole file is refused; the message names the rule, never a value."""
+
+
+@dataclass(frozen=True)
+class FeedPattern:
+    feed: str
+    pattern: re.Pattern[str]
+    has_provider: bool
+    period: str  # "day" (YYYYMMDD), "year" (YYYY) or "none"
+
+
+FEED_PATTERNS: tuple[FeedPattern, ...] = (
+    FeedPattern("gp_register", re.compile(r"^gp_register_(?P<period>\d{8})\.csv$"), False, "day"),
+    FeedPattern("apc", re.compile(r"^apc_(?P<provider>[A-Z0-9]{3,5})_(?P<period>\d{8})\.csv$"), True, "day"),
+    FeedPattern("cld", re.compile(r"^cld_(?P<provider>[A-Z]\d{8})_(?P<period>\d{8})\.csv$"), True, "day"),
+    FeedPattern("optouts", re.compile(r"^optouts_(?P<period>\d{8})\.csv$"), False, "day"),
+    FeedPattern("ref_postcode_lookup", re.compile(r"^ref_postcode_lookup\.csv$"), False, "none"),
+    FeedPattern("ref_population", re.compile(r"^ref_population_(?P<period>\d{4})\.csv$"), False, "year"),
+)
+
+FEEDS = tuple(p.feed for p in FEED_PATTERNS)
+#: The order feeds must be loaded in: reference data and the opt-out list before any personal feed.
+LOAD_ORDER = ("ref_postcode_lookup", "ref_population", "optouts", "gp_register", "apc", "cld")
+
+
+@dataclass(frozen=True)
+class ExtractFile:
+    path: Path
+    feed: str
+    provider: str | None
+    period_end: date | None
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def identify(path: Path) -> ExtractFile | None:
+    """The feed a file belongs to by its name, or None when the name is not one of the contract's."""
+    for fp in FEED_PATTERNS:
+        match = fp.pattern.match(path.name)
+        if not match:
+            continue
+        period = None
+        if fp.period == "day":
+            raw = match.group("period")
+            try:
+                period = date(int(raw[:4]), int(raw[4:6]), int(raw[6:]))
+            except ValueError:
+                return None
+        elif fp.period == "year":
+            period = date(int(match.group("period")), 12, 31)
+        provider = match.group("provider") if fp.has_provider else None
+        return ExtractFile(path, fp.feed, provider, period)
+    return None
+
+
+@dataclass(frozen=True)
+class LandingScan:
+    extracts: list[ExtractFile]
+    unrecognised: list[Path]
+
+
+def scan(landing: Path) -> LandingScan:
+    """Every file at the top of the landing folder (sub-folders are not extracts), in load order."""
+    if not landing.is_dir():
+        raise FileRejected(f"the landing folder does not exist: {landing}")
+    extracts: list[ExtractFile] = []
+    unrecognised: list[Path] = []
+    for path in sorted(p for p in landing.iterdir() if p.is_file() and not p.name.startswith(".")):
+        extract = identify(path)
+        (extracts.append(extract) if extract else unrecognised.append(path))
+    extracts.sort(key=lambda e: (LOAD_ORDER.index(e.feed), e.period_end or date.min, e.provider or "", e.name))
+    return LandingScan(extracts, unrecognised)
+
+
+def sha256_of(path: Path) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+            size += len(block)
+    return digest.hexdigest(), size
+
+
+@dataclass
+class CsvReader:
+    """A contract CSV opened for streaming: `columns` are the header's names, lower-cased and trimmed."""
+
+    columns: list[str]
+    extra_columns: list[str]
+    rows: Iterator[tuple[int, dict[str, str]]]
+
+
+def open_extract(path: Path, contract_columns: tuple[str, ...], required: tuple[str, ...]) -> tuple[io.TextIOBase, CsvReader]:
+    """Open a CSV extract; check its header against the contract. The caller closes the handle."""
+    handle = path.open("r", encoding="utf-8-sig", newline="", errors="strict")
+    try:
+        try:
+            header_line = handle.readline()
+        except UnicodeDecodeError:
+            raise FileRejected("the file is not UTF-8 text") from None
+        if not header_line.strip():
+            raise FileRejected("the file is empty: no header row")
+        if "\x00" in header_line:
+            raise FileRejected("the header contains a NUL byte: the file is binary or corrupt")
+        header = next(csv.reader([header_line]))
+        if len(header) == 1 and ";" in header[0]:
+            raise FileRejected("the file is not comma separated (the header uses ';')")
+        columns = [h.strip().lower() for h in header]
+        duplicated = sorted({c for c in columns if columns.count(c) > 1})
+        if duplicated:
+            raise FileRejected(f"the header repeats column(s): {', '.join(duplicated)}")
+        missing = [c for c in required if c not in columns]
+        if missing:
+            raise FileRejected(f"missing required column(s): {', '.join(missing)}")
+        extra = [c for c in columns if c not in contract_columns]
+    except BaseException:
+        handle.close()
+        raise
+    return handle, CsvReader(columns, extra, _rows(handle, columns))
+
+
+def _rows(handle: io.TextIOBase, columns: list[str]) -> Iterator[tuple[int, dict[str, str]]]:
+    reader = csv.reader(handle, strict=True)
+    width = len(columns)
+    row_number = 0
+    while True:
+        try:
+            values = next(reader)
+        except StopIteration:
+            return
+        except UnicodeDecodeError:
+            raise FileRejected(f"the file is not UTF-8 text (after data row {row_number})") from None
+        except csv.Error as exc:
+            raise FileRejected(f"the file is not valid CSV at data row {row_number + 1}: {_csv_reason(exc)}") from None
+        row_number += 1
+        if not values:  # a blank line
+            continue
+        if len(values) != width:
+            yield row_number, {"__width__": str(len(values))}
+            continue
+        yield row_number, dict(zip(columns, values))
+
+
+def _csv_reason(exc: csv.Error) -> str:
+    text = str(exc)
+    if "NUL" in text or "\\x00" in text:
+        return "it contains a NUL byte"
+    if "field larger" in text:
+        return "a field is larger than 16 MB (an unbalanced quote?)"
+    if "quote" in text or "EOF" in text:
+        return "an unbalanced quote"
+    return "malformed row"

@@ -1,0 +1,289 @@
+"""Loading one extract: stage it (validated and pseudonymised) in a batch table, then publish or refuse it.
+
+The walk of one file, each step an Airflow task:
+1. `stage_extract`: read the file as a stream, pseudonymise every row in memory, COPY the rows into
+   `load_batch.load_<id>`, quarantine the rows that cannot be loaded (with a reason, never a value),
+   drop the rows of opted-out people, and count everything in `audit.load`. One transaction: a file
+   is staged whole or not at all.
+2. the quality gate runs on the batch table (`pophealth.gates`).
+3. `publish_load`: in one transaction, replace any earlier load of the same feed, provider and period
+   (a resubmission) and move the batch into the raw table; or `refuse_load` drops it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import date
+from importlib import resources
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from pophealth import db
+from pophealth.feeds import FEED_SPECS, Feed, OptedOut, RowContext, RowProblem, identity_columns_present
+from pophealth.keys import KeyError_, load_linkage_key
+from pophealth.landing import ExtractFile, FileRejected, identify, open_extract, scan, sha256_of
+from pophealth.pseudonymise import PostcodeLookup, Pseudonymiser
+
+log = logging.getLogger(__name__)
+
+POSTCODE_LOOKUP_FILE = "ref_postcode_lookup.csv"
+PERSONAL_TABLES = ("raw.gp_register", "raw.apc_episode", "raw.cld_event")
+
+
+class LoadRefused(Exception):
+    """A file that was not loaded; the message is for the data engineer and holds no value from the file."""
+
+
+@dataclass(frozen=True)
+class StageOutcome:
+    load_id: int
+    file_name: str
+    feed: str
+    status: str  # validated, duplicate
+    rows_read: int = 0
+    rows_loaded: int = 0
+    rows_quarantined: int = 0
+    rows_opted_out: int = 0
+
+
+def prepare_warehouse() -> None:
+    ddl = resources.files("pophealth").joinpath("schema.sql").read_text()
+    with db.connect() as conn:
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('pophealth schema'))")
+        conn.execute(ddl)
+
+
+def batch_table(load_id: int) -> str:
+    return f"load_batch.load_{int(load_id)}"
+
+
+def _meta_columns(feed: Feed) -> tuple[str, ...]:
+    if feed.personal:
+        return ("load_id", "source_row", "key_version")
+    return ("load_id",)
+
+
+def pending_extracts(landing: Path, feed: str) -> list[str]:
+    """The files of a feed in the landing folder that are not already published as they are now."""
+    extracts = [e for e in scan(landing).extracts if e.feed == feed]
+    if not extracts:
+        return []
+    prepare_warehouse()
+    with db.connect() as conn:
+        published = {
+            (row[0], row[1])
+            for row in conn.execute(
+                "SELECT file_name, file_sha256 FROM audit.load WHERE feed = %s AND status = 'published'", (feed,)
+            )
+        }
+    return [str(e.path) for e in extracts if (e.name, sha256_of(e.path)[0]) not in published]
+
+
+def _insert_audit(conn: psycopg.Connection, extract: ExtractFile, run_id: str | None, sha: str, size: int,
+                  status: str, message: str | None = None) -> int:
+    return conn.execute(
+        """INSERT INTO audit.load (run_id, feed, provider, period_end, file_name, file_sha256, file_bytes, status,
+                                   message, finished_at)
+           VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, CASE WHEN %s <> 'loading' THEN now() END)
+           RETURNING load_id""",
+        (run_id, extract.feed, extract.provider, extract.period_end, extract.name, sha, size, status, message, status),
+    ).fetchone()[0]
+
+
+def _refuse(load_id: int, status: str, message: str) -> None:
+    with db.connect() as conn:
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.SQL(batch_table(load_id))))
+        conn.execute(
+            "UPDATE audit.load SET status = %s, message = %s, finished_at = now() WHERE load_id = %s",
+            (status, message, load_id),
+        )
+
+
+def _postcode_lookup(landing: Path) -> PostcodeLookup:
+    path = landing / POSTCODE_LOOKUP_FILE
+    if not path.is_file():
+        raise LoadRefused(
+            f"no {POSTCODE_LOOKUP_FILE} in the landing folder: postcodes cannot be reduced to LSOA, so nothing is loaded"
+        )
+    return PostcodeLookup.from_file(path)
+
+
+def _optout_set(conn: psycopg.Connection) -> frozenset[str]:
+    published = conn.execute(
+        "SELECT count(*) FROM audit.load WHERE feed = 'optouts' AND status = 'published'"
+    ).fetchone()[0]
+    if not published:
+        raise LoadRefused(
+            "no national data opt-out list has been loaded yet: personal data cannot be loaded before opt-outs "
+            "can be applied (load an optouts_<YYYYMMDD>.csv first)"
+        )
+    return frozenset(r[0] for r in conn.execute("SELECT person_id FROM restricted.optout"))
+
+
+def stage_extract(path: str | Path, run_id: str | None = None) -> StageOutcome:
+    """Validate, pseudonymise and stage one file. Raises LoadRefused (after recording why) when it cannot."""
+    path = Path(path)
+    extract = identify(path)
+    if extract is None:
+        raise LoadRefused(f"{path.name}: the file name does not match any feed of the extract contract")
+    if not path.is_file():
+        raise LoadRefused(f"{path.name}: the file is no longer in the landing folder")
+    feed = FEED_SPECS[extract.feed]
+    prepare_warehouse()
+    sha, size = sha256_of(path)
+    with db.connect() as conn:
+        earlier = conn.execute(
+            """SELECT load_id FROM audit.load WHERE feed = %s AND provider IS NOT DISTINCT FROM %s
+               AND period_end IS NOT DISTINCT FROM %s AND file_sha256 = %s AND status = 'published'""",
+            (extract.feed, extract.provider, extract.period_end, sha),
+        ).fetchone()
+        if earlier:
+            load_id = _insert_audit(conn, extract, run_id, sha, size, "duplicate",
+                                    f"the same file was already published as load {earlier[0]}")
+            return StageOutcome(load_id, extract.name, extract.feed, "duplicate")
+        load_id = _insert_audit(conn, extract, run_id, sha, size, "loading")
+    try:
+        return _stage(extract, feed, load_id)
+    except (FileRejected, LoadRefused, KeyError_) as exc:
+        _refuse(load_id, "rejected", str(exc))
+        raise LoadRefused(f"{extract.name}: {exc}") from None
+
+
+def _stage(extract: ExtractFile, feed: Feed, load_id: int) -> StageOutcome:
+    needs_key = feed.personal or feed.name == "optouts"
+    key = load_linkage_key() if needs_key else None  # fail closed: no key, no load
+    pseudonymiser = Pseudonymiser(key) if key else None
+    postcodes = _postcode_lookup(extract.path.parent) if feed.personal else PostcodeLookup.empty()
+    table = batch_table(load_id)
+    meta = _meta_columns(feed)
+    quarantine: list[tuple[int, int, str | None, str]] = []
+    rows_read = rows_loaded = rows_opted_out = 0
+    with db.connect() as conn:
+        optouts = _optout_set(conn) if feed.personal else frozenset()
+        ctx = RowContext(pseudonymiser, postcodes, optouts, extract.provider, extract.period_end)
+        conn.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS)").format(
+            sql.SQL(table), sql.SQL(feed.table)))
+        handle, reader = open_extract(extract.path, feed.contract_columns, feed.required_columns)
+        with handle:
+            problem = identity_columns_present(feed, reader.columns)
+            if problem:
+                raise FileRejected(problem)
+            columns = sql.SQL(", ").join(sql.Identifier(c) for c in meta + feed.table_columns)
+            copy_sql = sql.SQL("COPY {} ({}) FROM STDIN").format(sql.SQL(table), columns)
+            with conn.cursor() as cur, cur.copy(copy_sql) as copy:
+                for row_number, row in reader.rows:
+                    rows_read += 1
+                    if "__width__" in row:
+                        quarantine.append((load_id, row_number, None,
+                                           f"row has {row['__width__']} fields, the header has {len(reader.columns)}"))
+                        continue
+                    try:
+                        values = feed.transform(row, ctx)
+                    except RowProblem as problem_:
+                        quarantine.append((load_id, row_number, problem_.column, problem_.reason))
+                        continue
+                    except OptedOut:
+                        rows_opted_out += 1
+                        continue
+                    head = (load_id, row_number, key.version) if feed.personal else (load_id,)
+                    copy.write_row(head + values)
+                    rows_loaded += 1
+        if rows_read == 0:
+            raise FileRejected("the file has a header but no data rows")
+        if quarantine:
+            with conn.cursor() as cur, cur.copy(
+                "COPY audit.quarantine (load_id, source_row, column_name, reason) FROM STDIN"
+            ) as copy:
+                for entry in quarantine:
+                    copy.write_row(entry)
+        conn.execute(
+            """UPDATE audit.load SET status = 'validated', key_version = %s, rows_read = %s, rows_loaded = %s,
+                      rows_quarantined = %s, rows_opted_out = %s, rows_test_range = %s, rows_unlinked = %s,
+                      extra_columns = %s
+               WHERE load_id = %s""",
+            (key.version if key else None, rows_read, rows_loaded, len(quarantine), rows_opted_out,
+             ctx.counters["test_range"], ctx.counters["unlinked"], reader.extra_columns, load_id),
+        )
+    log.info("%s: staged %d of %d rows (%d quarantined, %d removed by opt-out) as load %d", extract.name,
+             rows_loaded, rows_read, len(quarantine), rows_opted_out, load_id)
+    return StageOutcome(load_id, extract.name, extract.feed, "validated", rows_read, rows_loaded,
+                        len(quarantine), rows_opted_out)
+
+
+def refuse_load(load_id: int, message: str) -> None:
+    """A staged load that failed its quality gate: nothing of it is published."""
+    _refuse(load_id, "gate_failed", message)
+
+
+def publish_load(load_id: int) -> dict[str, int]:
+    """Move a staged, gated load into its raw table in one transaction; returns what changed."""
+    with db.connect() as conn:
+        row = conn.execute(
+            "SELECT feed, provider, period_end, status FROM audit.load WHERE load_id = %s FOR UPDATE", (load_id,)
+        ).fetchone()
+        if row is None:
+            raise LoadRefused(f"load {load_id} does not exist")
+        feed_name, provider, period_end, status = row
+        if status == "duplicate":
+            return {}
+        if status != "validated":
+            raise LoadRefused(f"load {load_id} is {status}, not validated: it cannot be published")
+        feed = FEED_SPECS[feed_name]
+        # One publisher per feed at a time: two loads of one source never interleave.
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('pophealth publish ' || %s))", (feed_name,))
+        scope = "" if feed.replaces_whole_table else " AND provider IS NOT DISTINCT FROM %s AND period_end IS NOT DISTINCT FROM %s"
+        params: tuple = (feed_name,) if feed.replaces_whole_table else (feed_name, provider, period_end)
+        replaced = [r[0] for r in conn.execute(
+            "SELECT load_id FROM audit.load WHERE feed = %s AND status = 'published'" + scope, params)]
+        target = sql.SQL(feed.table)
+        if replaced:
+            conn.execute(sql.SQL("DELETE FROM {} WHERE load_id = ANY(%s)").format(target), (replaced,))
+            conn.execute(
+                "UPDATE audit.load SET status = 'superseded', superseded_by = %s WHERE load_id = ANY(%s)",
+                (load_id, replaced),
+            )
+        columns = sql.SQL(", ").join(sql.Identifier(c) for c in ("load_id",) + _meta_columns(feed)[1:] + feed.table_columns)
+        distinct = sql.SQL("DISTINCT") if feed.replaces_whole_table else sql.SQL("")
+        published = conn.execute(
+            sql.SQL("INSERT INTO {} ({}) SELECT {} {} FROM {}").format(
+                target, columns, distinct, columns, sql.SQL(batch_table(load_id))
+            )
+        ).rowcount
+        conn.execute(sql.SQL("DROP TABLE {}").format(sql.SQL(batch_table(load_id))))
+        changes = {"published_rows": published, "replaced_loads": len(replaced)}
+        if feed_name == "optouts":
+            changes.update(_apply_optouts(conn, load_id))
+        conn.execute(
+            "UPDATE audit.load SET status = 'published', published_at = now(), finished_at = now() WHERE load_id = %s",
+            (load_id,),
+        )
+    return changes
+
+
+def _apply_optouts(conn: psycopg.Connection, optout_load_id: int) -> dict[str, int]:
+    """A new opt-out list also removes what was loaded earlier for the people on it."""
+    removed: dict[str, int] = {}
+    for table in PERSONAL_TABLES:
+        count = conn.execute(
+            sql.SQL("DELETE FROM {} t USING restricted.optout o WHERE t.person_id = o.person_id").format(sql.SQL(table))
+        ).rowcount
+        conn.execute(
+            "INSERT INTO audit.optout_applied (optout_load_id, table_name, rows_removed) VALUES (%s, %s, %s)",
+            (optout_load_id, table, count),
+        )
+        removed[f"removed_from_{table}"] = count
+    return removed
+
+
+@dataclass(frozen=True)
+class LoadSummary:
+    feed: str
+    files: int
+    rows_read: int
+    rows_loaded: int
+    rows_quarantined: int
+    rows_opted_out: int
+    last_period: date | None
