@@ -173,6 +173,6 @@ def _csv_reason(exc: csv.Error) -> str:
         return "it contains a NUL byte"
     if "field larger" in text:
         return "a field is larger than 16 MB (an unbalanced quote?)"
-    if "quote" in text or "EOF" in text:
+    if "quote" in text or "EOF" in text or "end of data" in text:
         return "an unbalanced quote"
     return "malformed row"

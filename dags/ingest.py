@@ -1,0 +1,73 @@
+"""Ingest DAGs, one per feed of the extract contract: stage (validate + pseudonymise), gate, publish.
+
+Thin wiring only: every task calls one function of the `pophealth` package. Each file in the landing
+folder is a mapped task group, so one bad file fails on its own and the others still publish.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.sdk import dag, task, task_group
+
+from pophealth.orchestration import DEFAULT_ARGS, raw_asset
+
+FEED_DOCS = {
+    "ref_postcode_lookup": "Postcode to LSOA and locality lookup (public reference data).",
+    "ref_population": "Mid-year population estimates by LSOA, sex and single year of age (public reference data).",
+    "optouts": "National data opt-out list: applied to every personal feed before anything is stored.",
+    "gp_register": "GP-registered population: the person spine.",
+    "apc": "Hospital admitted patient care, one row per consultant episode (HES field names).",
+    "cld": "Adult social care client level data (Release 2), quarterly, rolling 12 months.",
+}
+
+
+def make_ingest_dag(feed: str):
+    @dag(
+        dag_id=f"ingest_{feed}",
+        description=FEED_DOCS[feed],
+        doc_md=f"### Ingest `{feed}`\n{FEED_DOCS[feed]}\n\nstage (validate, pseudonymise, remove opt-outs) -> "
+        "quality gate -> publish. A failed gate leaves the published data as it was.",
+        schedule=None,
+        start_date=datetime(2024, 1, 1),
+        catchup=False,
+        max_active_runs=1,
+        default_args=DEFAULT_ARGS,
+        tags=["ingest", feed],
+    )
+    def ingest():
+        @task
+        def discover() -> list[str]:
+            from pophealth.orchestration import discover_files
+
+            return discover_files(feed)
+
+        @task_group
+        def ingest_file(path: str):
+            @task(retries=2, retry_delay=timedelta(seconds=5))
+            def stage(path: str, **context) -> int:
+                from pophealth.orchestration import stage_file
+
+                return stage_file(path, context["run_id"])
+
+            @task
+            def gate(load_id: int, **context) -> int:
+                from pophealth.orchestration import gate_load
+
+                return gate_load(load_id, context["run_id"])
+
+            @task(outlets=[raw_asset(feed)])
+            def publish(load_id: int) -> dict:
+                from pophealth.orchestration import publish_staged
+
+                return publish_staged(load_id)
+
+            publish(gate(stage(path)))
+
+        ingest_file.expand(path=discover())
+
+    return ingest()
+
+
+for _feed in FEED_DOCS:
+    globals()[f"ingest_{_feed}"] = make_ingest_dag(_feed)

@@ -1,0 +1,130 @@
+"""Running the real DAGs through Airflow itself, on the project's metadata database.
+
+Each DAG run is `dag.test()` in a child process whose environment points Airflow at the project's
+AIRFLOW_HOME, DAG folder and metadata database (the embedded server's `airflow` database). The child's
+full Airflow log is written to a file; the parent gets back the run's state and each task's state.
+This is the same DAG code the scheduler runs in a deployment; there is no second code path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pophealth import config, db
+
+RESULT_MARK = "POPHEALTH_DAG_RESULT "
+
+
+def airflow_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    paths = config.paths()
+    paths.airflow_home.mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(paths.airflow_home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(paths.dags_folder),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "60",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN")
+        or db.airflow_metadata_url(),
+        # Mask the key wherever Airflow might print it.
+        "AIRFLOW__CORE__SENSITIVE_VAR_CONN_NAMES": "linkage_key,POPHEALTH_LINKAGE_KEY",
+        "AIRFLOW__OPENLINEAGE__DISABLED": os.environ.get("AIRFLOW__OPENLINEAGE__DISABLED", "True"),
+        "PYTHONWARNINGS": "ignore",
+        "XDG_RUNTIME_DIR": os.environ.get("XDG_RUNTIME_DIR", str(paths.home / "run")),
+    }
+    if extra:
+        env.update(extra)
+    return env
+
+
+def _airflow_bin() -> str:
+    beside = Path(sys.executable).parent / "airflow"
+    return str(beside) if beside.exists() else "airflow"
+
+
+def ensure_metadata_db() -> None:
+    """`airflow db migrate` once per Airflow version (it is idempotent, but takes seconds)."""
+    import airflow
+
+    marker = config.paths().airflow_home / f".migrated-{airflow.__version__}-{_metadata_fingerprint()}"
+    if marker.exists():
+        return
+    proc = subprocess.run([_airflow_bin(), "db", "migrate"], env=airflow_env(), capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError("airflow db migrate failed:\n" + "\n".join(proc.stderr.strip().splitlines()[-10:]))
+    marker.write_text("ok\n")
+
+
+def _metadata_fingerprint() -> str:
+    import hashlib
+
+    return hashlib.sha256(airflow_env()["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].encode()).hexdigest()[:8]
+
+
+@dataclass
+class DagOutcome:
+    dag_id: str
+    state: str
+    run_id: str | None
+    seconds: float
+    log_file: Path
+    tasks: list[dict] = field(default_factory=list)
+
+    @property
+    def succeeded(self) -> bool:
+        return self.state == "success"
+
+    @property
+    def failed_tasks(self) -> list[dict]:
+        return [t for t in self.tasks if t["state"] in ("failed", "upstream_failed")]
+
+
+def run_dag(dag_id: str, log_dir: Path, env: dict[str, str] | None = None) -> DagOutcome:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_file = log_dir / f"{dag_id}.log"
+    started = time.monotonic()
+    with log_file.open("w") as handle:
+        proc = subprocess.run(
+            [sys.executable, "-m", "pophealth.airflow_runner", dag_id],
+            env=airflow_env(env), stdout=handle, stderr=subprocess.STDOUT, text=True,
+        )
+    seconds = time.monotonic() - started
+    result = None
+    for line in log_file.read_text(errors="replace").splitlines():
+        if line.startswith(RESULT_MARK):
+            result = json.loads(line[len(RESULT_MARK):])
+    if result is None:
+        return DagOutcome(dag_id, f"crashed (exit {proc.returncode})", None, seconds, log_file)
+    return DagOutcome(dag_id, result["state"], result["run_id"], seconds, log_file, result["tasks"])
+
+
+def _child(dag_id: str) -> int:
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
+    if bag.import_errors:
+        for path, error in bag.import_errors.items():
+            print(f"DAG import error in {path}:\n{error}")
+        return 2
+    dag = bag.get_dag(dag_id)
+    if dag is None:
+        print(f"no DAG called {dag_id}")
+        return 2
+    run = dag.test()
+    tasks = [
+        {"task_id": ti.task_id, "map_index": ti.map_index, "state": str(getattr(ti.state, "value", ti.state))}
+        for ti in run.get_task_instances()
+    ]
+    state = str(getattr(run.state, "value", run.state))
+    print(RESULT_MARK + json.dumps({"state": state, "run_id": run.run_id, "tasks": tasks}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child(sys.argv[1]))

@@ -1,0 +1,46 @@
+"""Reading the audit schema: what was loaded, refused, quarantined and removed, for people and for tasks."""
+
+from __future__ import annotations
+
+from psycopg.rows import dict_row
+
+from pophealth import db
+
+
+def load_record(load_id: int) -> dict:
+    with db.connect() as conn:
+        conn.row_factory = dict_row
+        record = conn.execute("SELECT * FROM audit.load WHERE load_id = %s", (load_id,)).fetchone()
+    if record is None:
+        raise LookupError(f"load {load_id} does not exist")
+    return record
+
+
+def blocking_loads() -> list[dict]:
+    """Files whose latest load was refused (gate failed or rejected) and that no later good file replaced."""
+    with db.connect() as conn:
+        conn.row_factory = dict_row
+        return conn.execute(
+            """
+            WITH latest AS (
+                SELECT DISTINCT ON (feed, provider, period_end) load_id, feed, provider, period_end, file_name, status
+                FROM audit.load
+                WHERE status NOT IN ('duplicate', 'loading')
+                ORDER BY feed, provider, period_end, load_id DESC
+            )
+            SELECT * FROM latest WHERE status IN ('gate_failed', 'rejected') ORDER BY load_id
+            """
+        ).fetchall()
+
+
+def file_accounts(run_id: str | None = None) -> list[dict]:
+    """Per file: rows read, loaded, quarantined, removed by opt-out, and whether they add up."""
+    where = "WHERE run_id = %s" if run_id else ""
+    with db.connect() as conn:
+        conn.row_factory = dict_row
+        return conn.execute(
+            f"""SELECT load_id, feed, file_name, status, rows_read, rows_loaded, rows_quarantined, rows_opted_out,
+                       rows_read = rows_loaded + rows_quarantined + rows_opted_out AS adds_up, message
+                FROM audit.load {where} ORDER BY load_id""",
+            (run_id,) if run_id else (),
+        ).fetchall()

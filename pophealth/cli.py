@@ -1,0 +1,179 @@
+"""The `pophealth` command: one sub-command for every job a user runs.
+
+    pophealth setup                       prepare the warehouse and Airflow's metadata database
+    pophealth synth --population N --seed S --out PATH
+    pophealth run [--landing PATH]        the whole pipeline through Airflow (synthetic demo without --landing)
+    pophealth dag DAG_ID [--landing PATH] one DAG through Airflow
+    pophealth status                      the last load of each source and the marts' freshness
+    pophealth db url | stop               the warehouse in use
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from pophealth import config
+
+DEMO_POPULATION = 20_000
+DEMO_SEED = 42
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def _ensure_key_for_demo() -> None:
+    from pophealth.keys import ensure_demo_key
+
+    if os.environ.get(config.ENV_LINKAGE_KEY) or os.environ.get(config.ENV_LINKAGE_KEY_FILE):
+        return
+    key_file = config.paths().demo_key_file
+    if ensure_demo_key(key_file):
+        _say(f"Created a random linkage key for this local demo in {key_file} (mode 600). "
+             f"A real deployment gets its key from the key custodian: set {config.ENV_LINKAGE_KEY_FILE}.")
+    os.environ[config.ENV_LINKAGE_KEY_FILE] = str(key_file)
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from pophealth.synth import write_world
+
+    out = Path(args.out)
+    _say(f"Writing a synthetic world of {args.population:,} people (seed {args.seed}) to {out} ...")
+    summary = write_world(out, population=args.population, seed=args.seed)
+    _say(f"Done: {summary.get('people', '?')} people; the answer key is in {out / 'answer_key'}")
+    return 0
+
+
+def _demo_landing(population: int, seed: int) -> Path:
+    import json
+
+    from pophealth.synth import write_world
+
+    out = config.paths().demo_world / f"population-{population}-seed-{seed}"
+    marker = out / "answer_key" / "world.json"
+    if marker.exists():
+        world = json.loads(marker.read_text())
+        if world.get("population") == population and world.get("seed") == seed:
+            _say(f"Using the synthetic world already generated in {out}")
+            return out
+    _say(f"Generating a synthetic population of {population:,} people and its extracts in {out} ...")
+    write_world(out, population=population, seed=seed)
+    return out
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pophealth import db
+    from pophealth.pipeline import run_pipeline
+    from pophealth.report import summarise
+
+    if args.landing:
+        landing = Path(args.landing)
+    else:
+        _ensure_key_for_demo()
+        landing = _demo_landing(args.population, args.seed)
+    _say(f"Warehouse: {db.warehouse_url()}" + (" (embedded PostgreSQL)" if db.is_embedded() else ""))
+    outcome = run_pipeline(landing, progress=_say)
+    _say(summarise(outcome))
+    return 0 if outcome.succeeded else 1
+
+
+def cmd_dag(args: argparse.Namespace) -> int:
+    from pophealth.pipeline import run_pipeline
+    from pophealth.report import summarise
+
+    landing = Path(args.landing) if args.landing else config.landing_dir()
+    if landing is None:
+        _say(f"give --landing PATH or set {config.ENV_LANDING_DIR}")
+        return 2
+    outcome = run_pipeline(landing, dag_ids=(args.dag_id,), progress=_say)
+    _say(summarise(outcome))
+    return 0 if outcome.succeeded else 1
+
+
+def cmd_setup(args: argparse.Namespace) -> int:
+    from pophealth import db
+    from pophealth.airflow_runner import ensure_metadata_db
+    from pophealth.load import prepare_warehouse
+
+    prepare_warehouse()
+    ensure_metadata_db()
+    _say(f"Warehouse ready: {db.warehouse_url()}")
+    _say(f"Airflow home: {config.paths().airflow_home}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from pophealth.status import status_text
+
+    text, healthy = status_text()
+    _say(text)
+    return 0 if healthy else 1
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    from pophealth import db
+
+    if args.action == "url":
+        _say(db.warehouse_url())
+    elif args.action == "stop":
+        _say("embedded PostgreSQL stopped" if db.stop_embedded() else "the embedded PostgreSQL was not running")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pophealth", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("setup", help="prepare the warehouse and Airflow's metadata database")
+    p.set_defaults(func=cmd_setup)
+
+    p = sub.add_parser("synth", help="write a synthetic landing folder and its answer key")
+    p.add_argument("--population", type=int, required=True)
+    p.add_argument("--seed", type=int, default=DEMO_SEED)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("run", help="run the whole pipeline through Airflow")
+    p.add_argument("--landing", help="a folder of real extracts (default: generate a synthetic demo world)")
+    p.add_argument("--population", type=int, default=DEMO_POPULATION, help="size of the synthetic demo world")
+    p.add_argument("--seed", type=int, default=DEMO_SEED)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("dag", help="run one DAG through Airflow")
+    p.add_argument("dag_id")
+    p.add_argument("--landing")
+    p.set_defaults(func=cmd_dag)
+
+    p = sub.add_parser("status", help="last load of each source, marts freshness, what is waiting")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("db", help="the warehouse in use")
+    p.add_argument("action", choices=["url", "stop"])
+    p.set_defaults(func=cmd_db)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("XDG_RUNTIME_DIR", str(config.paths().home / "run"))
+    args = build_parser().parse_args(argv)
+    from pophealth.db import DatabaseError
+    from pophealth.keys import KeyError_
+    from pophealth.landing import FileRejected
+    from pophealth.load import LoadRefused
+
+    try:
+        return args.func(args)
+    except (DatabaseError, KeyError_, FileRejected, LoadRefused) as exc:
+        print(f"pophealth: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""What the DAG tasks call: one function per task, mapping the package's outcomes onto Airflow's.
+
+A refusal that a retry cannot fix (a bad file, a failed gate, no key) raises AirflowFailException so the
+task fails at once, visibly, with one screen of explanation; anything else may be retried. Nothing here
+runs at DAG parse time except building the asset objects.
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+from datetime import timedelta
+from functools import reduce
+
+from airflow.sdk import Asset
+
+from pophealth import config
+from pophealth.landing import LOAD_ORDER
+
+log = logging.getLogger("pophealth")
+
+DEFAULT_ARGS = {
+    "owner": "data-engineering",
+    "retries": 1,
+    "retry_delay": timedelta(seconds=10),
+}
+
+RAW_TABLE_OF_FEED = {
+    "ref_postcode_lookup": "raw.ref_lsoa",
+    "ref_population": "raw.ref_population",
+    "optouts": "restricted.optout",
+    "gp_register": "raw.gp_register",
+    "apc": "raw.apc_episode",
+    "cld": "raw.cld_event",
+}
+
+
+def raw_asset(feed: str) -> Asset:
+    table = RAW_TABLE_OF_FEED[feed]
+    return Asset(name=f"warehouse.{table}", uri=f"pophealth://warehouse/{table.replace('.', '/')}", group="raw")
+
+
+RAW_ASSETS = [raw_asset(feed) for feed in LOAD_ORDER]
+ANY_RAW_ASSET = reduce(operator.or_, RAW_ASSETS)
+MART_ASSETS = [Asset(name="warehouse.marts.person", uri="pophealth://warehouse/marts/person", group="marts")]
+
+
+def _fail(message: str):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    log.error(message)
+    return AirflowFailException(message)
+
+
+def _landing():
+    landing = config.landing_dir()
+    if landing is None:
+        raise _fail(f"{config.ENV_LANDING_DIR} is not set: there is no landing folder to read")
+    return landing
+
+
+def discover_files(feed: str) -> list[str]:
+    from pophealth.load import pending_extracts
+
+    files = pending_extracts(_landing(), feed)
+    log.info("%d new or changed %s file(s) in the landing folder", len(files), feed)
+    return files
+
+
+def stage_file(path: str, run_id: str) -> int:
+    from pophealth.keys import KeyError_
+    from pophealth.load import LoadRefused, stage_extract
+
+    try:
+        outcome = stage_extract(path, run_id)
+    except (LoadRefused, KeyError_) as exc:
+        raise _fail(f"LOAD REFUSED {exc}") from None
+    log.info(
+        "%s: %s; read %d, loaded %d, quarantined %d, removed by opt-out %d (load %d)",
+        outcome.file_name, outcome.status, outcome.rows_read, outcome.rows_loaded,
+        outcome.rows_quarantined, outcome.rows_opted_out, outcome.load_id,
+    )
+    return outcome.load_id
+
+
+def gate_load(load_id: int, run_id: str) -> int:
+    from pophealth import gates
+    from pophealth.audit import load_record
+    from pophealth.load import batch_table, refuse_load
+
+    record = load_record(load_id)
+    if record["status"] == "duplicate" or not gates.has_suite(record["feed"]):
+        return load_id
+    outcome = gates.run_load_gate(load_id, record["feed"], batch_table(load_id), run_id=run_id)
+    if not outcome.passed:
+        message = f"QUALITY GATE FAILED for {record['file_name']} (load {load_id})\n{outcome.summary()}"
+        refuse_load(load_id, message)
+        raise _fail(message)
+    log.info("quality gate passed for %s (load %d)\n%s", record["file_name"], load_id, outcome.summary())
+    return load_id
+
+
+def publish_staged(load_id: int) -> dict:
+    from pophealth.load import publish_load
+
+    changes = publish_load(load_id)
+    log.info("load %d published: %s", load_id, changes)
+    return changes
+
+
+def assert_loads_gated() -> None:
+    from pophealth.audit import blocking_loads
+
+    blocking = blocking_loads()
+    if blocking:
+        lines = "\n".join(f"  {b['file_name']}: {b['status']} (load {b['load_id']})" for b in blocking)
+        raise _fail(
+            "the marts are not rebuilt while these loads are refused and not yet replaced by a good file; "
+            f"the marts keep their last good state:\n{lines}"
+        )
+
+
+def build_marts_with_dbt(run_id: str) -> dict:
+    from pophealth.marts import DbtFailed, dbt_build
+
+    try:
+        result = dbt_build(run_id)
+    except DbtFailed as exc:
+        raise _fail(str(exc)) from None
+    return result

@@ -1,0 +1,47 @@
+"""The main job: every ingest DAG in load order, then the marts DAG, all through Airflow."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pophealth import config
+from pophealth.airflow_runner import DagOutcome, ensure_metadata_db, run_dag
+from pophealth.landing import LOAD_ORDER
+from pophealth.load import prepare_warehouse
+
+INGEST_DAGS = tuple(f"ingest_{feed}" for feed in LOAD_ORDER)
+MARTS_DAG = "build_marts"
+
+
+@dataclass
+class PipelineOutcome:
+    landing: Path
+    log_dir: Path
+    started_at: datetime
+    seconds: float = 0.0
+    dags: list[DagOutcome] = field(default_factory=list)
+
+    @property
+    def succeeded(self) -> bool:
+        return all(d.succeeded for d in self.dags)
+
+
+def run_pipeline(landing: Path, dag_ids: tuple[str, ...] = INGEST_DAGS + (MARTS_DAG,),
+                 progress=print) -> PipelineOutcome:
+    started = time.monotonic()
+    now = datetime.now(timezone.utc)
+    log_dir = config.paths().home / "runs" / now.strftime("%Y%m%dT%H%M%SZ")
+    outcome = PipelineOutcome(landing=landing.resolve(), log_dir=log_dir, started_at=now)
+    prepare_warehouse()
+    ensure_metadata_db()
+    env = {config.ENV_LANDING_DIR: str(outcome.landing)}
+    for dag_id in dag_ids:
+        progress(f"  running DAG {dag_id} ...")
+        result = run_dag(dag_id, log_dir, env)
+        outcome.dags.append(result)
+        progress(f"  {dag_id:<30} {result.state:<8} {result.seconds:6.1f} s")
+    outcome.seconds = time.monotonic() - started
+    return outcome

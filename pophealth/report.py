@@ -1,0 +1,83 @@
+"""What a run tells its user at the end: where the results are, how many people, how many linked, the gates."""
+
+from __future__ import annotations
+
+from psycopg.rows import dict_row
+
+from pophealth import db
+from pophealth.pipeline import PipelineOutcome
+
+
+def _count(conn, query: str) -> int | None:
+    try:
+        return conn.execute(query).fetchone()[0]
+    except Exception:  # the table does not exist yet (first run failed before it was built)
+        conn.rollback()
+        return None
+
+
+def _fmt(n) -> str:
+    return "-" if n is None else f"{n:,}"
+
+
+def summarise(outcome: PipelineOutcome) -> str:
+    lines = [
+        "",
+        f"pophealth run {'finished' if outcome.succeeded else 'FAILED'} in {outcome.seconds:.0f} s",
+        f"  landing folder: {outcome.landing}",
+        f"  Airflow logs:   {outcome.log_dir}",
+        "",
+        "DAG runs (Airflow):",
+    ]
+    for dag in outcome.dags:
+        lines.append(f"  {dag.dag_id:<30} {dag.state:<10} {dag.seconds:6.1f} s")
+        for task in dag.failed_tasks:
+            index = f"[{task['map_index']}]" if task["map_index"] >= 0 else ""
+            lines.append(f"      task {task['task_id']}{index}: {task['state']}")
+    with db.connect() as conn:
+        conn.row_factory = dict_row
+        loads = conn.execute(
+            """SELECT file_name, status, rows_read, rows_loaded, rows_quarantined, rows_opted_out, message
+               FROM audit.load WHERE started_at >= %s ORDER BY load_id""",
+            (outcome.started_at,),
+        ).fetchall()
+        lines += ["", "Loads this run (audit.load):",
+                  f"  {'file':<34} {'status':<12} {'read':>9} {'loaded':>9} {'quarant.':>9} {'opt-out':>8}"]
+        for load in loads:
+            lines.append(
+                f"  {load['file_name']:<34} {load['status']:<12} {load['rows_read']:>9,} {load['rows_loaded']:>9,} "
+                f"{load['rows_quarantined']:>9,} {load['rows_opted_out']:>8,}"
+            )
+            if load["status"] in ("rejected", "gate_failed") and load["message"]:
+                lines += ["      " + m for m in load["message"].splitlines()[:8]]
+        if not loads:
+            lines.append("  (no new or changed files: everything in the landing folder was already published)")
+        gates = conn.execute(
+            """SELECT outcome, count(*) AS n FROM audit.gate_result WHERE checked_at >= %s GROUP BY outcome""",
+            (outcome.started_at,),
+        ).fetchall() if _count(conn, "SELECT (to_regclass('audit.gate_result') IS NOT NULL)::int") else []
+        gate_text = ", ".join(f"{g['n']} {g['outcome']}" for g in gates) or "no gate ran (no new files)"
+        lines += ["", f"Quality gates (audit.gate_result): {gate_text}"]
+        people = _count(conn, "SELECT count(*) FROM marts.person")
+        linked = _count(conn, "SELECT count(*) FROM marts.person WHERE is_linked")
+        registered = _count(conn, "SELECT count(*) FROM marts.person WHERE is_registered")
+        methods = []
+        if people is not None:
+            methods = conn.execute(
+                "SELECT link_method, count(*) AS n FROM marts.person GROUP BY 1 ORDER BY 1").fetchall()
+        lines += [
+            "",
+            f"Where the results are (warehouse {db.warehouse_url()}):",
+            f"  marts.person          {_fmt(people)} people, {_fmt(registered)} registered, "
+            f"{_fmt(linked)} linked (in both hospital and social care data)",
+        ]
+        if methods:
+            lines.append("                        by link method: "
+                         + ", ".join(f"{m['link_method']} {m['n']:,}" for m in methods))
+        for table in ("raw.gp_register", "raw.apc_episode", "raw.cld_event", "raw.ref_population"):
+            lines.append(f"  {table:<21} {_fmt(_count(conn, f'SELECT count(*) FROM {table}'))} rows")
+        lines += [
+            "  schemas: raw (pseudonymised loads), staging, intermediate, marts (analysts), reference (code lists),",
+            "           audit (load, quarantine, optout_applied, gate_result, dbt_result)",
+        ]
+    return "\n".join(lines)

@@ -1,0 +1,75 @@
+"""The landing area: file names say the feed, provider and period; a file that is not the contract's is refused."""
+
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from pophealth.feeds import FEED_SPECS
+from pophealth.landing import FileRejected, identify, open_extract, scan
+
+
+@pytest.mark.parametrize(
+    "name, feed, provider, period",
+    [
+        ("gp_register_20250930.csv", "gp_register", None, date(2025, 9, 30)),
+        ("apc_RAJ_20250131.csv", "apc", "RAJ", date(2025, 1, 31)),
+        ("cld_E10000012_20250630.csv", "cld", "E10000012", date(2025, 6, 30)),
+        ("optouts_20250930.csv", "optouts", None, date(2025, 9, 30)),
+        ("ref_postcode_lookup.csv", "ref_postcode_lookup", None, None),
+        ("ref_population_2024.csv", "ref_population", None, date(2024, 12, 31)),
+    ],
+)
+def test_file_names_identify_the_feed(name, feed, provider, period):
+    extract = identify(Path(name))
+    assert (extract.feed, extract.provider, extract.period_end) == (feed, provider, period)
+
+
+@pytest.mark.parametrize("name", ["apc_raj_20250131.csv", "apc_RAJ_2025013.csv", "apc_RAJ_20250231.csv",
+                                  "gp_register.csv", "apc_RAJ_20250131.txt", "notes.csv"])
+def test_names_outside_the_contract_are_not_extracts(name):
+    assert identify(Path(name)) is None
+
+
+def test_scan_orders_reference_and_optouts_before_personal_feeds(tmp_path):
+    for name in ["apc_RAJ_20250131.csv", "optouts_20250930.csv", "ref_postcode_lookup.csv", "readme.txt"]:
+        (tmp_path / name).write_text("x\n")
+    (tmp_path / "answer_key").mkdir()
+    result = scan(tmp_path)
+    assert [e.feed for e in result.extracts] == ["ref_postcode_lookup", "optouts", "apc"]
+    assert [p.name for p in result.unrecognised] == ["readme.txt"]
+
+
+def _open(tmp_path, text: str, encoding="utf-8"):
+    path = tmp_path / "optouts_20250930.csv"
+    path.write_bytes(text.encode(encoding))
+    spec = FEED_SPECS["optouts"]
+    handle, reader = open_extract(path, spec.contract_columns, spec.required_columns)
+    with handle:
+        return reader.columns, reader.extra_columns, list(reader.rows)
+
+
+def test_header_is_case_insensitive_and_a_bom_is_accepted(tmp_path):
+    columns, extra, rows = _open(tmp_path, "\ufeffNHS_Number,Comment\r\n9434765919,x\r\n")
+    assert columns == ["nhs_number", "comment"] and extra == ["comment"]
+    assert rows == [(1, {"nhs_number": "9434765919", "comment": "x"})]
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", "empty"),
+        ("number\n1\n", "missing required column"),
+        ("nhs_number;x\n1;2\n", "not comma separated"),
+        ("nhs_number,nhs_number\n1,2\n", "repeats"),
+        ('nhs_number\n"9434765919\n', "unbalanced quote"),
+    ],
+)
+def test_files_that_are_not_the_contract_are_refused_with_a_reason(tmp_path, text, message):
+    with pytest.raises(FileRejected, match=message):
+        _open(tmp_path, text)
+
+
+def test_latin1_is_refused(tmp_path):
+    with pytest.raises(FileRejected, match="not UTF-8"):
+        _open(tmp_path, "nhs_number,name\n9434765919,Zoë\n", encoding="latin-1")
