@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The project's two commands, on a machine with only Python 3.11:
+#   ./dev.sh demo    set everything up, then run the whole pipeline on a synthetic population
+#   ./dev.sh test    set everything up, then run the tests (what CI runs)
+# and a few more:  ./dev.sh setup | bench | pophealth ARGS...
+set -euo pipefail
+cd "$(dirname "$0")"
+
+python_for_venv() {
+  for candidate in "${PYTHON:-}" python3.11 python3; do
+    [ -n "$candidate" ] || continue
+    if command -v "$candidate" >/dev/null 2>&1 &&
+       "$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null; then
+      echo "$candidate"; return 0
+    fi
+  done
+  echo "pophealth needs Python 3.11 (set PYTHON=/path/to/python3.11)" >&2
+  return 1
+}
+
+setup() {
+  if [ ! -x .venv/bin/python ]; then
+    echo "Creating the virtual environment in .venv ..."
+    "$(python_for_venv)" -m venv .venv
+  fi
+  # Install only when the pinned requirements changed since the last install.
+  local stamp=".venv/.installed-$(cat requirements.lock pyproject.toml | sha256sum | cut -c1-16)"
+  if [ ! -f "$stamp" ]; then
+    echo "Installing pinned dependencies (requirements.lock) ..."
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check -c requirements.lock -e ".[test]"
+    rm -f .venv/.installed-*
+    touch "$stamp"
+  fi
+}
+
+command="${1:-help}"
+shift || true
+case "$command" in
+  setup) setup; exec .venv/bin/pophealth setup "$@" ;;
+  demo) setup; exec .venv/bin/pophealth run "$@" ;;
+  test) setup; exec .venv/bin/python -m pytest "$@" ;;
+  bench) setup; exec .venv/bin/python -m benchmarks "$@" ;;
+  pophealth) setup; exec .venv/bin/pophealth "$@" ;;
+  *) sed -n '2,6p' "$0"; exit 2 ;;
+esac

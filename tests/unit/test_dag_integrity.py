@@ -1,0 +1,90 @@
+"""Every DAG imports cleanly, is wired as designed, and does no heavy work when it is parsed."""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+EXPECTED = {
+    "ingest_ref_postcode_lookup", "ingest_ref_population", "ingest_optouts", "ingest_gp_register",
+    "ingest_apc", "ingest_cld", "build_marts",
+}
+
+PARSE = textwrap.dedent(
+    """
+    import json, os, time
+    from airflow.dag_processing.dagbag import DagBag
+    started = time.monotonic()
+    bag = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
+    seconds = time.monotonic() - started
+    dags = {}
+    for dag_id, dag in bag.dags.items():
+        dags[dag_id] = {
+            "tags": sorted(dag.tags),
+            "tasks": {t.task_id: {"owner": t.owner, "retries": t.retries,
+                                  "upstream": sorted(t.upstream_task_ids)} for t in dag.tasks},
+            "schedule": type(dag.timetable).__name__,
+            "outlets": sorted(a.uri for t in dag.tasks for a in getattr(t, "outlets", []) or []),
+        }
+    print("RESULT " + json.dumps({"errors": {k: str(v) for k, v in bag.import_errors.items()},
+                                   "dags": dags, "seconds": seconds}))
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def parsed(tmp_path_factory):
+    import json
+
+    home = tmp_path_factory.mktemp("home")
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(home / "airflow"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        "POPHEALTH_HOME": str(home / "pophealth"),
+        # Parsing must not touch the warehouse: point it at a server that does not exist.
+        "POPHEALTH_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none",
+    }
+    env.pop("POPHEALTH_LINKAGE_KEY", None)
+    proc = subprocess.run([sys.executable, "-c", PARSE], env=env, capture_output=True, text=True, timeout=300)
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))
+    return {**json.loads(line[7:]), "home": home}
+
+
+def test_every_dag_imports_without_errors(parsed):
+    assert parsed["errors"] == {}
+    assert set(parsed["dags"]) == EXPECTED
+
+
+def test_every_task_has_an_owner_and_retries_and_every_dag_tags(parsed):
+    for dag_id, dag in parsed["dags"].items():
+        assert dag["tags"], dag_id
+        for task_id, task in dag["tasks"].items():
+            assert task["owner"] == "data-engineering", (dag_id, task_id)
+            assert task["retries"] >= 1, (dag_id, task_id)
+
+
+def test_ingest_dags_stage_then_gate_then_publish_an_asset(parsed):
+    for dag_id in EXPECTED - {"build_marts"}:
+        tasks = parsed["dags"][dag_id]["tasks"]
+        assert tasks["ingest_file.gate"]["upstream"] == ["ingest_file.stage"]
+        assert tasks["ingest_file.publish"]["upstream"] == ["ingest_file.gate"]
+        assert len(parsed["dags"][dag_id]["outlets"]) == 1
+
+
+def test_marts_are_built_only_after_the_loads_are_checked_and_on_asset_updates(parsed):
+    marts = parsed["dags"]["build_marts"]
+    assert marts["tasks"]["dbt_build"]["upstream"] == ["check_loads"]
+    assert marts["schedule"] == "AssetTriggeredTimetable"
+
+
+def test_parsing_does_no_heavy_work(parsed):
+    # No embedded server was started, no key was needed, and parsing every DAG file took little time.
+    assert not (parsed["home"] / "pophealth" / "pgdata").exists()
+    assert parsed["seconds"] < 20
