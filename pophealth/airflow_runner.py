@@ -35,9 +35,12 @@ def airflow_env(extra: dict[str, str] | None = None) -> dict[str, str]:
         # Mask the key wherever Airflow might print it.
         "AIRFLOW__CORE__SENSITIVE_VAR_CONN_NAMES": "linkage_key,POPHEALTH_LINKAGE_KEY",
         "AIRFLOW__OPENLINEAGE__DISABLED": os.environ.get("AIRFLOW__OPENLINEAGE__DISABLED", "True"),
+        "AIRFLOW__COSMOS__ENABLE_TELEMETRY": "False",
+        "DO_NOT_TRACK": "1",
         "PYTHONWARNINGS": "ignore",
         "XDG_RUNTIME_DIR": os.environ.get("XDG_RUNTIME_DIR", str(paths.home / "run")),
     }
+    env.update(db.dbt_env())  # dbt_project/profiles.yml reads the warehouse from these
     if extra:
         env.update(extra)
     return env

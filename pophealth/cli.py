@@ -98,9 +98,11 @@ def cmd_setup(args: argparse.Namespace) -> int:
     from pophealth import db
     from pophealth.airflow_runner import ensure_metadata_db
     from pophealth.load import prepare_warehouse
+    from pophealth.marts import parse_project
 
     prepare_warehouse()
     ensure_metadata_db()
+    _say(f"dbt manifest: {parse_project()}")
     _say(f"Warehouse ready: {db.warehouse_url()}")
     _say(f"Airflow home: {config.paths().airflow_home}")
     return 0

@@ -46,7 +46,7 @@ def dbt_executable() -> str:
 def dbt_command(args: list[str], target_path: Path | None = None) -> subprocess.CompletedProcess:
     paths = config.paths()
     env = {**os.environ, **db.dbt_env(), "DBT_SEND_ANONYMOUS_USAGE_STATS": "False"}
-    target = target_path or paths.home / "dbt_target"
+    target = target_path or manifest_path().parent
     cmd = [dbt_executable(), *args, "--project-dir", str(paths.dbt_project_dir),
            "--profiles-dir", str(paths.dbt_project_dir), "--target-path", str(target),
            "--log-path", str(paths.home / "dbt_logs")]
@@ -56,23 +56,28 @@ def dbt_command(args: list[str], target_path: Path | None = None) -> subprocess.
     return subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
 
 
-def dbt_build(run_id: str | None = None) -> dict:
-    target = config.paths().home / "dbt_target"
-    run_results = target / "run_results.json"
-    run_results.unlink(missing_ok=True)
-    proc = dbt_command(["build"], target)
-    results = json.loads(run_results.read_text())["results"] if run_results.exists() else []
-    _record(results, run_id)
-    counts: dict[str, int] = {}
+def manifest_path() -> Path:
+    return config.paths().home / "dbt_target" / "manifest.json"
+
+
+def parse_project() -> Path:
+    """`dbt parse`: the manifest the marts DAG is rendered from, so parsing the DAG never runs dbt."""
+    proc = dbt_command(["parse"])
+    if proc.returncode != 0 or not manifest_path().exists():
+        raise DbtFailed("dbt parse failed:\n" + _tail(proc.stdout + proc.stderr))
+    return manifest_path()
+
+
+def record_run_results(project_dir: str, context: dict | None = None, **_: object) -> None:
+    """Cosmos callback after each dbt task: keep each node's result in audit.dbt_result and the task log."""
+    run_results = Path(project_dir) / "target" / "run_results.json"
+    if not run_results.exists():
+        return
+    results = json.loads(run_results.read_text())["results"]
+    run_id = (context or {}).get("run_id")
     for result in results:
-        counts[result["status"]] = counts.get(result["status"], 0) + 1
         log.info("dbt %-7s %-70s %6.2fs", result["status"], result["unique_id"], result.get("execution_time") or 0)
-    failed = [r for r in results if r["status"] in ("error", "fail")]
-    if proc.returncode != 0 or failed:
-        detail = "\n".join(f"  {r['status']}: {r['unique_id']}: {(r.get('message') or '').splitlines()[0] if r.get('message') else ''}"
-                           for r in failed) or _tail(proc.stdout + proc.stderr)
-        raise DbtFailed(f"dbt build failed; the marts keep their last good state where a model failed:\n{detail}")
-    return counts
+    _record(results, run_id)
 
 
 def _tail(text: str, lines: int = 15) -> str:

@@ -11,6 +11,7 @@ from pophealth import config
 from pophealth.airflow_runner import DagOutcome, ensure_metadata_db, run_dag
 from pophealth.landing import LOAD_ORDER
 from pophealth.load import prepare_warehouse
+from pophealth.marts import parse_project
 
 INGEST_DAGS = tuple(f"ingest_{feed}" for feed in LOAD_ORDER)
 MARTS_DAG = "build_marts"
@@ -37,6 +38,7 @@ def run_pipeline(landing: Path, dag_ids: tuple[str, ...] = INGEST_DAGS + (MARTS_
     outcome = PipelineOutcome(landing=landing.resolve(), log_dir=log_dir, started_at=now)
     prepare_warehouse()
     ensure_metadata_db()
+    parse_project()  # the marts DAG is rendered from dbt's manifest
     env = {config.ENV_LANDING_DIR: str(outcome.landing)}
     for dag_id in dag_ids:
         progress(f"  running DAG {dag_id} ...")
