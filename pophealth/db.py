@@ -66,7 +66,10 @@ def is_embedded() -> bool:
 
 def _start_embedded() -> ConnectionParts:
     import logging
+    import warnings
 
+    # pgserver asks platformdirs for a runtime folder it does not need here; the warning is noise.
+    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
     import pgserver  # imported here: starting a server is never done at import time
 
     logging.getLogger("pgserver").setLevel(logging.WARNING)
@@ -106,9 +109,17 @@ def airflow_metadata_url() -> str:
     return f"sqlite:///{config.paths().airflow_home / 'airflow.db'}"
 
 
+def _expected_parts() -> ConnectionParts:
+    """Where the warehouse is, without starting anything (for configuration written ahead of a run)."""
+    url = os.environ.get(config.ENV_DATABASE_URL)
+    if url:
+        return parse_url(url)
+    return ConnectionParts(str(config.paths().pgdata), 5432, "postgres", "", WAREHOUSE_DB)
+
+
 def dbt_env() -> dict[str, str]:
-    """The variables `dbt_project/profiles.yml` reads."""
-    parts = warehouse()
+    """The variables `dbt_project/profiles.yml` reads. Does not start the embedded server."""
+    parts = _cached or _expected_parts()
     return {
         "POPHEALTH_DB_HOST": parts.host,
         "POPHEALTH_DB_PORT": str(parts.port),
