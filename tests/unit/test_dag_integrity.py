@@ -52,6 +52,9 @@ def parsed(tmp_path_factory):
         "POPHEALTH_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none",
     }
     env.pop("POPHEALTH_LINKAGE_KEY", None)
+    # The marts DAG is rendered from the dbt manifest, which `dbt parse` writes without a database.
+    subprocess.run([sys.executable, "-c", "from pophealth.marts import parse_project; parse_project()"], env=env,
+                   check=True, capture_output=True, timeout=300)
     proc = subprocess.run([sys.executable, "-c", PARSE], env=env, capture_output=True, text=True, timeout=300)
     line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))
     return {**json.loads(line[7:]), "home": home}
@@ -80,7 +83,16 @@ def test_ingest_dags_stage_then_gate_then_publish_an_asset(parsed):
 
 def test_marts_are_built_only_after_the_loads_are_checked_and_on_asset_updates(parsed):
     marts = parsed["dags"]["build_marts"]
-    assert marts["tasks"]["dbt_build"]["upstream"] == ["check_loads"]
+    tasks = marts["tasks"]
+    dbt_tasks = {t for t in tasks if t.startswith("dbt.")}
+    # Every dbt model and seed is its own task, run then tested (Cosmos), in the project's order.
+    assert {"dbt.person.run", "dbt.person.test", "dbt.stg_apc_episode.run", "dbt.int_apc_spell.run"} <= dbt_tasks
+    assert tasks["dbt.person.test"]["upstream"] == ["dbt.person.run"]
+    assert "dbt.int_person_record.test" in tasks["dbt.person.run"]["upstream"]
+    # Nothing in dbt starts before the loads are checked, and the marts are published after the last test.
+    roots = [t for t in dbt_tasks if not any(u.startswith("dbt.") for u in tasks[t]["upstream"])]
+    assert roots and all(tasks[t]["upstream"] == ["check_loads"] for t in roots)
+    assert "dbt.person.test" in tasks["marts_published"]["upstream"]
     assert marts["schedule"] == "AssetTriggeredTimetable"
 
 

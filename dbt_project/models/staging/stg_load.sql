@@ -1,0 +1,11 @@
+-- The load audit, for the as-of date and lineage: only the loads whose rows are published.
+select
+    load_id,
+    feed,
+    provider,
+    period_end,
+    file_name,
+    status,
+    published_at
+from {{ source('audit', 'load') }}
+where status = 'published'
