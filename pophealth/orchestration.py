@@ -152,7 +152,9 @@ def dbt_task_group(group_id: str = "dbt"):
                                          invocation_mode=InvocationMode.DBT_RUNNER),
         # Cosmos's own asset URIs cannot name a warehouse reached over a unix socket; the DAG publishes
         # its own mart assets instead.
-        render_config=RenderConfig(load_method=LoadMode.DBT_MANIFEST, emit_datasets=False),
+        render_config=RenderConfig(load_method=LoadMode.DBT_MANIFEST, emit_datasets=False,
+                                   # a test over two models runs once both are built, as its own task
+                                   should_detach_multiple_parents_tests=True),
         operator_args={"install_deps": False, "callback": "pophealth.marts.record_run_results"},
         default_args=DEFAULT_ARGS,
     )

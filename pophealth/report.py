@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from psycopg.rows import dict_row
+import psycopg
+from psycopg.rows import dict_row, tuple_row
 
 from pophealth import db
 from pophealth.pipeline import PipelineOutcome
@@ -10,8 +11,8 @@ from pophealth.pipeline import PipelineOutcome
 
 def _count(conn, query: str) -> int | None:
     try:
-        return conn.execute(query).fetchone()[0]
-    except Exception:  # the table does not exist yet (first run failed before it was built)
+        return conn.cursor(row_factory=tuple_row).execute(query).fetchone()[0]
+    except psycopg.errors.UndefinedTable:  # not built yet (the first run failed before it)
         conn.rollback()
         return None
 
