@@ -1,0 +1,25 @@
+"""The synthetic world: a population, its extracts exactly as the contract says, and the answer key.
+
+    write_world(out, population=800, seed=42)
+
+writes every feed of ../shared/contract/extracts.md into `out` and, in `out/answer_key`, what the
+platform must make of them, worked out from the generator's own knowledge of the world.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pophealth.synth.answer_key import write_answer_key
+from pophealth.synth.extracts import write_extracts
+from pophealth.synth.world import generate_world
+
+
+def write_world(out: Path, population: int, seed: int) -> dict:
+    out = Path(out)
+    world = generate_world(population, seed)
+    ledger = write_extracts(world, out)
+    return write_answer_key(world, ledger, out / "answer_key")
+
+
+__all__ = ["write_world"]

@@ -1,0 +1,142 @@
+"""The answer key: what the platform must make of the extracts, worked out from the generator's ledger.
+
+- files.csv   every file: rows read, loaded, quarantined, removed by opt-out
+- people.csv  every person marts.person must hold (identities and attributes, by the rules below)
+- metrics.csv the Better Care Fund metrics of marts.md (see answer_metrics)
+- world.json  headline figures, and the population and seed that made the world
+
+The rules for people.csv are the platform's documented rules (README, "Who is who"): a person is their
+NHS number when a row carries a valid one, else the hospital spell or the council's person id;
+attributes come from the GP register first, then hospital, then social care; ages are at the as-of
+date from birth year and month, as if born on the first of the month.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+from pophealth.synth.answer_metrics import compute_metrics
+from pophealth.synth.extracts import Ledger
+from pophealth.synth.world import WINDOW_END, World
+
+AS_OF = WINDOW_END
+PEOPLE_COLUMNS = ("identity", "birth_year", "age_band", "sex", "lsoa_code", "locality_code", "gp_practice_code",
+                  "is_registered", "date_of_death", "in_hospital_data", "in_social_care_data", "is_linked",
+                  "link_method")
+
+
+def age_from_year_month(year: int, month: int, on: date) -> int:
+    return on.year - year - (1 if on.month < month else 0)
+
+
+def age_band(age: int | None) -> str:
+    if age is None:
+        return ""
+    if age < 18:
+        return "0-17"
+    if age < 65:
+        return "18-64"
+    if age < 75:
+        return "65-74"
+    if age < 85:
+        return "75-84"
+    return "85+"
+
+
+@dataclass
+class _Identity:
+    gp: object = None
+    apc: object = None
+    cld: object = None
+    gp_death: date | None = None
+    cld_death: date | None = None
+    apc_death: date | None = None
+    sources: set = field(default_factory=set)
+
+
+def people_rows(ledger: Ledger) -> list[dict]:
+    identities: dict[str, _Identity] = {}
+    for row in ledger.rows:
+        entry = identities.setdefault(row.identity, _Identity())
+        entry.sources.add(row.feed)
+        if row.feed == "gp_register":
+            entry.gp, entry.gp_death = row.person, row.death
+        elif row.feed == "apc":
+            entry.apc = row.person
+            if row.death and (entry.apc_death is None or row.death > entry.apc_death):
+                entry.apc_death = row.death
+        else:
+            entry.cld = row.person
+            if row.death and (entry.cld_death is None or row.death > entry.cld_death):
+                entry.cld_death = row.death
+    rows = []
+    for identity, entry in identities.items():
+        person = entry.gp or entry.apc or entry.cld  # within one source, a person's details do not change
+        if entry.gp is None and entry.apc is None:
+            sex = {"1": "1", "2": "2"}.get(person.sex, "9")  # social care sends Male / Female / Other
+        else:
+            sex = person.sex
+        registered = entry.gp is not None and (
+            person.registration_end is None or person.registration_end > AS_OF) and (
+            entry.gp_death is None or entry.gp_death > AS_OF)
+        death = entry.gp_death or entry.cld_death or entry.apc_death
+        in_hospital = "apc" in entry.sources
+        in_social_care = "cld" in entry.sources
+        practice = person.practice if (entry.gp is not None or entry.apc is not None) else ""
+        rows.append({
+            "identity": identity,
+            "birth_year": str(person.birth.year),
+            "age_band": age_band(age_from_year_month(person.birth.year, person.birth.month, AS_OF)),
+            "sex": sex,
+            "lsoa_code": person.lsoa.code,
+            "locality_code": person.lsoa.locality_code,
+            "gp_practice_code": practice,
+            "is_registered": "true" if registered else "false",
+            "date_of_death": death.isoformat() if death else "",
+            "in_hospital_data": "true" if in_hospital else "false",
+            "in_social_care_data": "true" if in_social_care else "false",
+            "is_linked": "true" if in_hospital and in_social_care else "false",
+            "link_method": "nhs_number" if identity.startswith("nhs:") else "local_id_only",
+        })
+    rows.sort(key=lambda r: r["identity"])
+    return rows
+
+
+def _write_csv(path: Path, columns, rows: list[dict]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def write_answer_key(world: World, ledger: Ledger, out: Path) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    people = people_rows(ledger)
+    _write_csv(out / "people.csv", PEOPLE_COLUMNS, people)
+    _write_csv(out / "files.csv", ("file_name", "feed", "rows_read", "rows_loaded", "rows_quarantined",
+                                   "rows_opted_out"), sorted(ledger.files, key=lambda f: f["file_name"]))
+    metrics = compute_metrics(world, ledger, {r["identity"]: r for r in people})
+    _write_csv(out / "metrics.csv", ("metric_code", "period_type", "period_start", "period_end", "geography_level",
+                                     "geography_code", "numerator", "denominator", "value"), metrics)
+    alive_65 = sum(1 for p in world.people if p.age_on(date(2024, 6, 30)) >= 65)
+    summary = {
+        "population": world.population,
+        "seed": world.seed,
+        "as_of_date": AS_OF.isoformat(),
+        "people": len(people),
+        "linked": sum(1 for r in people if r["is_linked"] == "true"),
+        "registered": sum(1 for r in people if r["is_registered"] == "true"),
+        "local_id_only": sum(1 for r in people if r["link_method"] == "local_id_only"),
+        "opted_out_people": sum(1 for p in world.people if p.opted_out),
+        "deaths": sum(1 for p in world.people if p.death),
+        "share_aged_65_plus_mid_2024": round(alive_65 / max(1, len(world.people)), 4),
+        "spells": len(world.spells),
+        "social_care_events": len(world.events),
+        "files": len(ledger.files),
+    }
+    (out / "world.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

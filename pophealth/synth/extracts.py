@@ -1,0 +1,296 @@
+"""Writing a synthetic world as the extracts of ../shared/contract/extracts.md, exactly as sources send them.
+
+Beside each file the writer notes, from its own knowledge of the world, what the platform must do with
+every row it wrote: load it (and as whom), quarantine it, or remove it for an opt-out. That ledger is
+what the answer key is worked out from; the platform never sees it.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from pathlib import Path
+
+from pophealth.feeds import APC_COLUMNS, GP_REGISTER_COLUMNS
+from pophealth.synth.geography import AREA_CODE
+from pophealth.synth.world import HISTORY_START, WINDOW_END, WINDOW_START, Event, Person, Spell, World, invalidate
+
+CLD_COLUMNS = (
+    "LA_Code", "Reporting_Period_Start_Date", "Reporting_Period_End_Date", "Client_Type",
+    "LA_Person_Unique_Identifier", "NHS_Number", "Gender", "Ethnicity", "Date_of_Birth", "Date_of_Death",
+    "Postcode", "Primary_Support_Reason", "Accommodation_Status", "Event_Type", "Event_Reference",
+    "Event_Start_Date", "Event_End_Date", "Event_Outcome", "Request_Route_of_Access", "Assessment_Type",
+    "Service_Type", "Service_Component", "Delivery_Mechanism", "Review_Reason", "Unit_Cost",
+    "Cost_Frequency_Unit_Type", "Planned_units_per_week",
+)
+CLD_PERIOD_ENDS = (date(2024, 6, 30), date(2024, 9, 30), date(2024, 12, 31), date(2025, 3, 31),
+                   date(2025, 6, 30), date(2025, 9, 30))
+POPULATION_YEARS = (2023, 2024, 2025)
+
+# The first social care file is a Release 1 submission: these Release 2 values are sent as Release 1.
+RELEASE1 = {
+    "Service user": "Service User",
+    "Unpaid carer": "Carer",
+    "Unpaid carer support: Direct to unpaid carer": "Carer Support: Direct to Carer",
+    "Long term support: Community": "Long Term Support: Community",
+    "Long term support: Residential care": "Long Term Support: Residential Care",
+    "Long term support: Nursing care": "Long Term Support: Nursing Care",
+    "Short term support: ST-Max": "Short Term Support: ST-Max",
+    "Discharge from hospital": "Discharge from Hospital",
+    "CASSR commissioned support": "CASSR Commissioned Support",
+    "Progress to reablement/ST-Max": "Progress to Reablement/ST-Max",
+    "Progress to assessment, review or reassessment": "Progress to Assessment",
+    "Progress to support planning or services": "Progress to Support Planning / Services",
+    "Continuation of support or services": "Provision of service",
+    "NFA: Support ended as planned": "Service ended as planned",
+    "NFA: Deceased": "NFA - Deceased",
+    "NFA: Support ended for other reason": "NFA - Support ended - other reason",
+    "NFA: Self-funded client or under 12wk disregard": "NFA - Self-funded client (inc. 12wk disregard)",
+    "NFA: Responsibility moved to another local authority": "NFA - Moved to another LA",
+}
+SELF_FUNDED = "NFA: Self-funded client or under 12wk disregard"
+ETHNICITY = ("A", "A", "A", "A", "A", "A", "A", "B", "C", "D", "H", "J", "N", "S")
+
+
+def _iso(day: date | None) -> str:
+    return day.isoformat() if day else ""
+
+
+def month_end(day: date) -> date:
+    following = date(day.year + (day.month == 12), day.month % 12 + 1, 1)
+    return following - timedelta(days=1)
+
+
+def population_counts(world: World, year: int) -> dict[tuple[str, str, int], int]:
+    """The mid-year estimate the world implies: residents alive on 30 June by LSOA, sex and age (90 = 90+)."""
+    on = date(year, 6, 30)
+    counts: dict[tuple[str, str, int], int] = {}
+    for person in world.people:
+        if person.birth > on or (person.death and person.death <= on):
+            continue
+        if person.registration_end and not person.death and person.registration_end <= on:
+            continue  # moved away
+        sex = person.sex if person.sex in ("1", "2") else ("1" if person.index % 2 else "2")
+        key = (person.lsoa.code, sex, min(90, person.age_on(on)))
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+@dataclass
+class LoadedRow:
+    """What the platform must keep of one row: whose it is and what it says about them."""
+
+    identity: str
+    feed: str
+    person: Person
+    death: date | None = None       # a date of death the row carries
+    record_date: date | None = None
+
+
+@dataclass
+class Ledger:
+    files: list[dict] = field(default_factory=list)
+    rows: list[LoadedRow] = field(default_factory=list)
+    loaded_spells: list[tuple[str, Spell]] = field(default_factory=list)      # (identity, spell)
+    loaded_events: list[tuple[str, Event, date]] = field(default_factory=list)  # (identity, event, last file)
+
+
+class _Writer:
+    def __init__(self, out: Path, world: World, ledger: Ledger):
+        self.out = out
+        self.world = world
+        self.ledger = ledger
+        self.rng = random.Random(world.seed * 7 + 1)  # the writer's own draws: spellings of numbers
+
+    def spelled(self, number: str) -> str:
+        """Sources write NHS numbers with spaces or hyphens now and then."""
+        draw = self.rng.random()
+        if draw < 0.03:
+            return f"{number[:3]} {number[3:6]} {number[6:]}"
+        if draw < 0.05:
+            return f"{number[:3]}-{number[3:6]}-{number[6:]}"
+        return number
+
+    def write(self, name: str, feed: str, header, rows, fates: dict[str, int]) -> None:
+        with (self.out / name).open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle, lineterminator="\n")
+            writer.writerow(header)
+            writer.writerows(rows)
+        read = fates["loaded"] + fates["quarantined"] + fates["opted_out"]
+        self.ledger.files.append({"file_name": name, "feed": feed, "rows_read": read, "rows_loaded": fates["loaded"],
+                                  "rows_quarantined": fates["quarantined"], "rows_opted_out": fates["opted_out"]})
+
+    # -- reference data ---------------------------------------------------------------------------------------
+    def reference(self) -> None:
+        rows = [(postcode, lsoa.code, lsoa.locality_code, lsoa.locality_name)
+                for locality in self.world.localities for lsoa in locality.lsoas for postcode in lsoa.postcodes]
+        self.write("ref_postcode_lookup.csv", "ref_postcode_lookup", ("postcode", "lsoa_code", "locality_code",
+                   "locality_name"), rows, {"loaded": len(rows), "quarantined": 0, "opted_out": 0})
+        for year in POPULATION_YEARS:
+            counts = population_counts(self.world, year)
+            rows = [(lsoa.code, sex, age, counts.get((lsoa.code, sex, age), 0))
+                    for locality in self.world.localities for lsoa in locality.lsoas
+                    for sex in ("1", "2") for age in range(91)]
+            self.write(f"ref_population_{year}.csv", "ref_population", ("lsoa_code", "sex", "age", "population"),
+                       rows, {"loaded": len(rows), "quarantined": 0, "opted_out": 0})
+
+    # -- opt-outs ---------------------------------------------------------------------------------------------
+    def optouts(self) -> None:
+        numbers = [p.nhs_number for p in self.world.people if p.opted_out] + self.world.extra_optout_numbers
+        self.rng.shuffle(numbers)
+        invalid = [invalidate(n) for n in self.world.extra_optout_numbers[:2]]
+        rows = [(self.spelled(n),) for n in numbers] + [(n,) for n in invalid]
+        self.write(f"optouts_{WINDOW_END:%Y%m%d}.csv", "optouts", ("nhs_number",), rows,
+                   {"loaded": len(numbers), "quarantined": len(invalid), "opted_out": 0})
+
+    # -- the GP register ------------------------------------------------------------------------------------------
+    def gp_register(self) -> None:
+        rows = []
+        fates = {"loaded": 0, "quarantined": 0, "opted_out": 0}
+        for person in self.world.people:
+            if not person.registered:
+                continue
+            if person.registration_end and person.registration_end < WINDOW_START:
+                continue
+            if person.death and person.death < WINDOW_START:
+                continue
+            number = invalidate(person.nhs_number) if person.gp_number_invalid else person.nhs_number
+            rows.append((self.spelled(number), _iso(person.birth), person.sex, person.postcode, person.practice,
+                         _iso(person.registration_start), _iso(person.registration_end), _iso(person.death)))
+            if person.gp_number_invalid:
+                fates["quarantined"] += 1
+            elif person.opted_out:
+                fates["opted_out"] += 1
+            else:
+                fates["loaded"] += 1
+                self.ledger.rows.append(LoadedRow(f"nhs:{person.nhs_number}", "gp_register", person,
+                                                  death=person.death, record_date=person.registration_start))
+        self.write(f"gp_register_{WINDOW_END:%Y%m%d}.csv", "gp_register", GP_REGISTER_COLUMNS, rows, fates)
+
+    # -- hospital -------------------------------------------------------------------------------------------------
+    def apc(self) -> None:
+        files: dict[tuple[str, date], list[Spell]] = {}
+        for spell in self.world.spells:
+            if spell.admidate < WINDOW_START:
+                continue
+            period = month_end(spell.disdate) if spell.disdate else month_end(WINDOW_END)
+            files.setdefault((spell.procode, period), []).append(spell)
+        for procode in sorted({p for p, _ in files}):
+            period = month_end(WINDOW_START)
+            while period <= WINDOW_END:
+                self._apc_file(procode, period, files.get((procode, period), []))
+                period = month_end(period + timedelta(days=1))
+
+    def _apc_file(self, procode: str, period: date, spells: list[Spell]) -> None:
+        rows = []
+        fates = {"loaded": 0, "quarantined": 0, "opted_out": 0}
+        for spell in spells:
+            person = spell.person
+            number = invalidate(person.nhs_number) if spell.invalid_number else person.nhs_number
+            written = self.spelled(number)
+            identity = f"spell:{spell.procode}|{spell.spell_id}" if spell.invalid_number else f"nhs:{person.nhs_number}"
+            removed = person.opted_out and not spell.invalid_number
+            for order, episode in enumerate(spell.episodes, start=1):
+                diagnoses = list(episode.diagnoses) + [""] * (20 - len(episode.diagnoses))
+                row = {
+                    "epikey": f"{spell.spell_id}{order:02d}", "spell_id": spell.spell_id, "nhs_number": written,
+                    "nhs_number_status": "01", "date_of_birth": _iso(person.birth), "sex": person.sex,
+                    "postcode": person.postcode, "gp_practice_code": person.practice, "procode": spell.procode,
+                    "admidate": _iso(spell.admidate), "disdate": _iso(spell.disdate), "epistart": _iso(episode.epistart),
+                    "epiend": _iso(episode.epiend), "epiorder": str(order), "admimeth": spell.admimeth,
+                    "admisorc": "19", "disdest": spell.disdest, "dismeth": spell.dismeth, "classpat": spell.classpat,
+                    "mainspef": spell.mainspef, "tretspef": spell.mainspef,
+                    "discharge_ready_date": _iso(spell.discharge_ready_date),
+                }
+                row.update({f"diag_{i:02d}": code for i, code in enumerate(diagnoses, start=1)})
+                rows.append([row[c] for c in APC_COLUMNS])
+                if removed:
+                    fates["opted_out"] += 1
+                else:
+                    fates["loaded"] += 1
+                    death = spell.disdate if spell.dismeth == "4" else None
+                    self.ledger.rows.append(LoadedRow(identity, "apc", person, death=death,
+                                                      record_date=episode.epistart))
+            if not removed:
+                self.ledger.loaded_spells.append((identity, spell))
+        self.write(f"apc_{procode}_{period:%Y%m%d}.csv", "apc", APC_COLUMNS, rows, fates)
+
+    # -- social care ------------------------------------------------------------------------------------------------
+    def cld(self) -> None:
+        events = sorted(self.world.events, key=lambda e: (e.person.index, e.start, e.event_type))
+        last_file: dict[int, date] = {}
+        for file_number, period_end in enumerate(CLD_PERIOD_ENDS):
+            period_start = date(period_end.year - 1, period_end.month, period_end.day) + timedelta(days=1)
+            release1 = file_number == 0
+            rows = []
+            fates = {"loaded": 0, "quarantined": 0, "opted_out": 0}
+            for n, event in enumerate(events):
+                if event.start > period_end:
+                    continue
+                if event.start < period_start and not (
+                        event.event_type == "Service" and (event.end is None or event.end >= period_start)):
+                    continue
+                rows.append(self._cld_row(event, period_start, period_end, release1, f"{file_number}-{n}"))
+                person = event.person
+                if person.cld_number == "valid" and person.opted_out:
+                    fates["opted_out"] += 1
+                    continue
+                fates["loaded"] += 1
+                identity = (f"nhs:{person.nhs_number}" if person.cld_number == "valid"
+                            else f"la:{AREA_CODE}|{person.local_id}")
+                death = person.death if person.death and person.death <= period_end else None
+                self.ledger.rows.append(LoadedRow(identity, "cld", person, death=death, record_date=event.start))
+                last_file[id(event)] = period_end
+            self.write(f"cld_{AREA_CODE}_{period_end:%Y%m%d}.csv", "cld", CLD_COLUMNS, rows, fates)
+        for event in events:
+            if id(event) in last_file:
+                person = event.person
+                identity = (f"nhs:{person.nhs_number}" if person.cld_number == "valid"
+                            else f"la:{AREA_CODE}|{person.local_id}")
+                self.ledger.loaded_events.append((identity, event, last_file[id(event)]))
+
+    def _cld_row(self, event: Event, period_start: date, period_end: date, release1: bool, reference: str) -> list:
+        person = event.person
+
+        def value(v):
+            return RELEASE1.get(v, v) if (release1 and v) else (v or "")
+
+        number = {"valid": person.nhs_number, "invalid": invalidate(person.nhs_number), "missing": ""}[person.cld_number]
+        end = event.end if event.end and event.end <= period_end else None
+        death = person.death if person.death and person.death <= period_end else None
+        gender = {"1": "Male", "2": "Female"}.get(person.sex, "Other")
+        row = {
+            "LA_Code": AREA_CODE, "Reporting_Period_Start_Date": _iso(period_start),
+            "Reporting_Period_End_Date": _iso(period_end), "Client_Type": value(event.client_type),
+            "LA_Person_Unique_Identifier": person.local_id, "NHS_Number": self.spelled(number) if number else "",
+            "Gender": gender, "Ethnicity": ETHNICITY[person.index % len(ETHNICITY)], "Date_of_Birth": _iso(person.birth),
+            "Date_of_Death": _iso(death), "Postcode": person.postcode, "Primary_Support_Reason": event.support_reason,
+            "Accommodation_Status": event.accommodation, "Event_Type": event.event_type, "Event_Reference": reference,
+            "Event_Start_Date": _iso(event.start), "Event_End_Date": _iso(end),
+            # An open service's outcome is not known yet, except that the council already knows who pays.
+            "Event_Outcome": value(event.outcome) if (end or event.event_type != "Service" or event.outcome == SELF_FUNDED)
+            else value("Continuation of support or services"),
+            "Request_Route_of_Access": value(event.route), "Assessment_Type": event.assessment_type or "",
+            "Service_Type": value(event.service_type), "Service_Component": event.component or "",
+            "Delivery_Mechanism": value(event.delivery), "Review_Reason": event.review_reason or "",
+            "Unit_Cost": event.unit_cost or "", "Cost_Frequency_Unit_Type": event.cost_unit or "",
+            "Planned_units_per_week": event.units or "",
+        }
+        return [row[c] for c in CLD_COLUMNS]
+
+
+def write_extracts(world: World, out: Path) -> Ledger:
+    out.mkdir(parents=True, exist_ok=True)
+    ledger = Ledger()
+    writer = _Writer(out, world, ledger)
+    writer.reference()
+    writer.optouts()
+    writer.gp_register()
+    writer.apc()
+    writer.cld()
+    return ledger
+
+
+__all__ = ["write_extracts", "Ledger", "LoadedRow", "CLD_COLUMNS", "CLD_PERIOD_ENDS", "HISTORY_START"]
