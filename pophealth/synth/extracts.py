@@ -180,7 +180,8 @@ class _Writer:
         for procode in sorted({p for p, _ in files}):
             period = month_end(WINDOW_START)
             while period <= WINDOW_END:
-                self._apc_file(procode, period, files.get((procode, period), []))
+                if files.get((procode, period)):  # a trust with no finished spell in a month sends no file
+                    self._apc_file(procode, period, files[(procode, period)])
                 period = month_end(period + timedelta(days=1))
 
     def _apc_file(self, procode: str, period: date, spells: list[Spell]) -> None:
