@@ -54,10 +54,16 @@ def summarise(outcome: PipelineOutcome) -> str:
         if not loads:
             lines.append("  (no new or changed files: everything in the landing folder was already published)")
         gates = conn.execute(
-            """SELECT outcome, count(*) AS n FROM audit.gate_result WHERE checked_at >= %s GROUP BY outcome""",
+            """SELECT status, severity, count(*) AS n FROM audit.gate_result WHERE checked_at >= %s
+               GROUP BY 1, 2""",
             (outcome.started_at,),
         ).fetchall() if _count(conn, "SELECT (to_regclass('audit.gate_result') IS NOT NULL)::int") else []
-        gate_text = ", ".join(f"{g['n']} {g['outcome']}" for g in gates) or "no gate ran (no new files)"
+        tally = {"passed": 0, "failed (error)": 0, "failed (warn)": 0, "not applicable": 0}
+        for g in gates:
+            label = f"failed ({g['severity']})" if g["status"] == "failed" else g["status"].replace("_", " ")
+            tally[label] = tally.get(label, 0) + g["n"]
+        gate_text = (", ".join(f"{n:,} {label}" for label, n in tally.items()) + " checks"
+                     if gates else "no gate ran (no new files)")
         lines += ["", f"Quality gates (audit.gate_result): {gate_text}"]
         people = _count(conn, "SELECT count(*) FROM marts.person")
         linked = _count(conn, "SELECT count(*) FROM marts.person WHERE is_linked")
