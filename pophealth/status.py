@@ -1,4 +1,4 @@
-"""`pophealth status`: the last load of each source, the marts' freshness, and what is waiting."""
+"""`pophealth status`: the latest period loaded from each source, the marts' freshness, and what is waiting."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pophealth.landing import LOAD_ORDER
 def status_text() -> tuple[str, bool]:
     healthy = True
     now = datetime.now(timezone.utc)
-    lines = [f"Warehouse: {db.warehouse_url()}", "", "Last load of each source:"]
+    lines = [f"Warehouse: {db.warehouse_url()}", "", "Latest period loaded from each source:"]
     with db.connect() as conn:
         conn.row_factory = dict_row
         if conn.execute("SELECT to_regclass('audit.load') AS t").fetchone()["t"] is None:
@@ -22,7 +22,7 @@ def status_text() -> tuple[str, bool]:
             """SELECT DISTINCT ON (feed, provider) feed, provider, file_name, status, rows_read, rows_loaded,
                       rows_quarantined, rows_opted_out, coalesce(finished_at, started_at) AS at
                FROM audit.load WHERE status <> 'duplicate'
-               ORDER BY feed, provider, load_id DESC"""
+               ORDER BY feed, provider, period_end DESC NULLS LAST, load_id DESC"""
         ).fetchall()
         lines.append(f"  {'source':<28} {'file':<34} {'verdict':<12} {'rows loaded':>12} {'age':>8}")
         by_feed = {f: i for i, f in enumerate(LOAD_ORDER)}
@@ -35,7 +35,8 @@ def status_text() -> tuple[str, bool]:
                          f"{age_days:>6.1f} d")
         marts = conn.execute(
             """SELECT max(recorded_at) AS at, count(*) FILTER (WHERE status IN ('error', 'fail')) AS failed
-               FROM audit.dbt_result WHERE recorded_at = (SELECT max(recorded_at) FROM audit.dbt_result)"""
+               FROM audit.dbt_result
+               WHERE run_id = (SELECT run_id FROM audit.dbt_result ORDER BY recorded_at DESC LIMIT 1)"""
         ).fetchone() if conn.execute("SELECT to_regclass('audit.dbt_result') AS t").fetchone()["t"] else None
     lines.append("")
     if marts and marts["at"]:
