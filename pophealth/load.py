@@ -79,7 +79,19 @@ def pending_extracts(landing: Path, feed: str) -> list[str]:
                 "SELECT file_name, file_sha256 FROM audit.load WHERE feed = %s AND status = 'published'", (feed,)
             )
         }
-    return [str(e.path) for e in extracts if (e.name, sha256_of(e.path)[0]) not in published]
+        # A period whose latest delivery was refused: delivering the published file again resolves it (it is
+        # recorded as a duplicate), so such a file is not skipped.
+        refused = {
+            (row[0], row[1])
+            for row in conn.execute(
+                """SELECT provider, period_end FROM (
+                       SELECT DISTINCT ON (provider, period_end) provider, period_end, status FROM audit.load
+                       WHERE feed = %s AND status <> 'loading' ORDER BY provider, period_end, load_id DESC) latest
+                   WHERE status IN ('gate_failed', 'rejected')""", (feed,)
+            )
+        }
+    return [str(e.path) for e in extracts
+            if (e.name, sha256_of(e.path)[0]) not in published or (e.provider, e.period_end) in refused]
 
 
 def _insert_audit(conn: psycopg.Connection, extract: ExtractFile, run_id: str | None, sha: str, size: int,
