@@ -38,19 +38,26 @@ def summarise(outcome: PipelineOutcome) -> str:
     with db.connect() as conn:
         conn.row_factory = dict_row
         loads = conn.execute(
-            """SELECT file_name, status, rows_read, rows_loaded, rows_quarantined, rows_opted_out, message
+            """SELECT feed, file_name, status, rows_read, rows_loaded, rows_quarantined, rows_opted_out, message
                FROM audit.load WHERE started_at >= %s ORDER BY load_id""",
             (outcome.started_at,),
         ).fetchall()
-        lines += ["", "Loads this run (audit.load):",
-                  f"  {'file':<34} {'status':<12} {'read':>9} {'loaded':>9} {'quarant.':>9} {'opt-out':>8}"]
+        # One line per feed and verdict (a county's year is hundreds of files); refused files one by one.
+        totals: dict[tuple[str, str], list[int]] = {}
         for load in loads:
-            lines.append(
-                f"  {load['file_name']:<34} {load['status']:<12} {load['rows_read']:>9,} {load['rows_loaded']:>9,} "
-                f"{load['rows_quarantined']:>9,} {load['rows_opted_out']:>8,}"
-            )
+            row = totals.setdefault((load["feed"], load["status"]), [0, 0, 0, 0, 0])
+            for i, column in enumerate(("rows_read", "rows_loaded", "rows_quarantined", "rows_opted_out")):
+                row[i + 1] += load[column]
+            row[0] += 1
+        lines += ["", "Loads this run (audit.load; every row is loaded, quarantined or removed by opt-out):",
+                  f"  {'feed':<22} {'status':<12} {'files':>5} {'read':>10} {'loaded':>10} {'quarant.':>9} {'opt-out':>8}"]
+        for (feed, status), (files, read, loaded, quarantined, opted_out) in totals.items():
+            lines.append(f"  {feed:<22} {status:<12} {files:>5,} {read:>10,} {loaded:>10,} {quarantined:>9,} "
+                         f"{opted_out:>8,}")
+        for load in loads:
             if load["status"] in ("rejected", "gate_failed") and load["message"]:
-                lines += ["      " + m for m in load["message"].splitlines()[:8]]
+                lines.append(f"  REFUSED {load['file_name']}:")
+                lines += ["      " + m for m in load["message"].splitlines()[:12]]
         if not loads:
             lines.append("  (no new or changed files: everything in the landing folder was already published)")
         gates = conn.execute(
