@@ -42,6 +42,10 @@ SERVICE_KEYS = {
     "secrets": _STRINGS,
     "restart": {"type": "string", "enum": ["no", "always", "on-failure", "unless-stopped"]},
     "user": {"type": "string"},
+    "expose": {"type": "array", "items": {"type": ["string", "integer"]}},
+    "working_dir": {"type": "string"},
+    "stop_grace_period": {"type": "string"},
+    "init": {"type": "boolean"},
     "depends_on": {"oneOf": [_STRINGS, {"type": "object", "patternProperties": {_NAME: {
         "type": "object", "required": ["condition"], "additionalProperties": False, "properties": {
             "condition": {"enum": ["service_started", "service_healthy", "service_completed_successfully"]},
