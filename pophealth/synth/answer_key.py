@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
 from pophealth.synth.answer_metrics import compute_metrics
 from pophealth.synth.extracts import Ledger
-from pophealth.synth.world import WINDOW_END, World
+from pophealth.synth.world import WINDOW_END, WINDOW_START, World
 
 AS_OF = WINDOW_END
 PEOPLE_COLUMNS = ("identity", "birth_year", "age_band", "sex", "lsoa_code", "locality_code", "gp_practice_code",
@@ -47,46 +46,23 @@ def age_band(age: int | None) -> str:
     return "85+"
 
 
-@dataclass
-class _Identity:
-    gp: object = None
-    apc: object = None
-    cld: object = None
-    gp_death: date | None = None
-    cld_death: date | None = None
-    apc_death: date | None = None
-    sources: set = field(default_factory=set)
-
-
 def people_rows(ledger: Ledger) -> list[dict]:
-    identities: dict[str, _Identity] = {}
-    for row in ledger.rows:
-        entry = identities.setdefault(row.identity, _Identity())
-        entry.sources.add(row.feed)
-        if row.feed == "gp_register":
-            entry.gp, entry.gp_death = row.person, row.death
-        elif row.feed == "apc":
-            entry.apc = row.person
-            if row.death and (entry.apc_death is None or row.death > entry.apc_death):
-                entry.apc_death = row.death
-        else:
-            entry.cld = row.person
-            if row.death and (entry.cld_death is None or row.death > entry.cld_death):
-                entry.cld_death = row.death
+    """marts.person as the platform must build it: one row per identity of the loaded rows.
+
+    Attributes come from the register when the identity has a loaded register row, else from its hospital
+    rows, else from its social care rows (within one source a person's details do not change here).
+    """
     rows = []
-    for identity, entry in identities.items():
-        person = entry.gp or entry.apc or entry.cld  # within one source, a person's details do not change
-        if entry.gp is None and entry.apc is None:
-            sex = {"1": "1", "2": "2"}.get(person.sex, "9")  # social care sends Male / Female / Other
-        else:
+    for identity, facts in ledger.identities.items():
+        person = facts.person
+        if facts.gp or facts.apc:
             sex = person.sex
-        registered = entry.gp is not None and (
-            person.registration_end is None or person.registration_end > AS_OF) and (
-            entry.gp_death is None or entry.gp_death > AS_OF)
-        death = entry.gp_death or entry.cld_death or entry.apc_death
-        in_hospital = "apc" in entry.sources
-        in_social_care = "cld" in entry.sources
-        practice = person.practice if (entry.gp is not None or entry.apc is not None) else ""
+        else:  # social care sends Gender: Male / Female / Other
+            sex = {"1": "1", "2": "2"}.get(person.sex, "9")
+        registered = facts.gp and (person.registration_end is None or person.registration_end > AS_OF) and (
+            facts.gp_death is None or facts.gp_death > AS_OF)
+        death = (facts.gp_death if facts.gp else None) or facts.cld_death or facts.apc_death
+        practice = person.practice if facts.gp else person.apc_practice if facts.apc else ""
         rows.append({
             "identity": identity,
             "birth_year": str(person.birth.year),
@@ -97,9 +73,9 @@ def people_rows(ledger: Ledger) -> list[dict]:
             "gp_practice_code": practice,
             "is_registered": "true" if registered else "false",
             "date_of_death": death.isoformat() if death else "",
-            "in_hospital_data": "true" if in_hospital else "false",
-            "in_social_care_data": "true" if in_social_care else "false",
-            "is_linked": "true" if in_hospital and in_social_care else "false",
+            "in_hospital_data": "true" if facts.apc else "false",
+            "in_social_care_data": "true" if facts.cld else "false",
+            "is_linked": "true" if facts.apc and facts.cld else "false",
             "link_method": "nhs_number" if identity.startswith("nhs:") else "local_id_only",
         })
     rows.sort(key=lambda r: r["identity"])
@@ -123,6 +99,9 @@ def write_answer_key(world: World, ledger: Ledger, out: Path) -> dict:
     _write_csv(out / "metrics.csv", ("metric_code", "period_type", "period_start", "period_end", "geography_level",
                                      "geography_code", "numerator", "denominator", "value"), metrics)
     alive_65 = sum(1 for p in world.people if p.age_on(date(2024, 6, 30)) >= 65)
+    in_window = [s for s in world.spells if s.admidate >= WINDOW_START]
+    financial_year = {r["metric_code"]: r["value"] for r in metrics
+                      if r["period_type"] == "financial_year" and r["geography_level"] == "area"}
     summary = {
         "population": world.population,
         "seed": world.seed,
@@ -131,12 +110,23 @@ def write_answer_key(world: World, ledger: Ledger, out: Path) -> dict:
         "linked": sum(1 for r in people if r["is_linked"] == "true"),
         "registered": sum(1 for r in people if r["is_registered"] == "true"),
         "local_id_only": sum(1 for r in people if r["link_method"] == "local_id_only"),
+        "in_hospital_data": sum(1 for r in people if r["in_hospital_data"] == "true"),
+        "in_social_care_data": sum(1 for r in people if r["in_social_care_data"] == "true"),
+        "with_date_of_death": sum(1 for r in people if r["date_of_death"]),
         "opted_out_people": sum(1 for p in world.people if p.opted_out),
         "deaths": sum(1 for p in world.people if p.death),
+        "deaths_in_hospital": sum(1 for p in world.people if p.death and p.died_in_hospital),
         "share_aged_65_plus_mid_2024": round(alive_65 / max(1, len(world.people)), 4),
-        "spells": len(world.spells),
+        "spells": len(in_window),
+        "emergency_spells": sum(1 for s in in_window if s.emergency),
+        "episodes": sum(len(s.episodes) for s in in_window),
         "social_care_events": len(world.events),
         "files": len(ledger.files),
+        "rows_read": sum(f["rows_read"] for f in ledger.files),
+        "rows_loaded": sum(f["rows_loaded"] for f in ledger.files),
+        "rows_quarantined": sum(f["rows_quarantined"] for f in ledger.files),
+        "rows_opted_out": sum(f["rows_opted_out"] for f in ledger.files),
+        "metrics_2024_25_area": financial_year,
     }
     (out / "world.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

@@ -1,36 +1,78 @@
 """The Better Care Fund metrics of ../shared/contract/marts.md, worked out from what the platform was given.
 
-Only loaded rows count: opted-out people's rows are absent, and a row whose NHS number was missing or
-invalid belongs to a person of its own (a spell, a council person), so it cannot be linked across feeds.
-Every metric is computed for each month, quarter and financial year in the window, for the whole area
-and each locality. Where marts.md leaves a choice, the choice is written beside the code (and in the
-README) so that the SQL and this code implement the same thing:
+This is the reference implementation the SQL marts are compared with, so every choice is spelt out here.
 
-- the unit of emergency_admissions, falls_admissions_65, emergency_readmissions_30d,
-  delayed_discharge_days and reablement_91_days_65 is the spell (a discharge); of
-  care_home_admissions_65 the person;
-- a spell's primary diagnosis and "other diagnosis positions" are those of its first episode;
-- "no new long-term residential or nursing service" in reablement means no such service starting in
-  days 1-91 after discharge; "alive" means no date of death in days 1-91;
-- a care home service is not new when another residential or nursing service of the same person started
-  before it and was open on its start date or ended less than 365 days before it.
+What counts: only LOADED rows. Opted-out people's rows are absent. A row whose NHS number was missing or
+invalid belongs to an identity of its own (the hospital spell `spell:<procode>|<spell_id>`, the council
+person `la:<LA>|<id>`), so it cannot be linked to anything in another spell or feed. Each event belongs to
+its identity; the identity's attributes are those of people.csv (locality from the register first, then
+hospital, then social care; events of an identity with no locality count at area level only).
+
+Spells are rolled up from episodes: admission attributes (admidate, admimeth, and the diagnoses) come from
+the episode with epiorder 1; discharge attributes (disdate, dismeth, disdest, discharge_ready_date) from the
+last episode. A spell is *emergency* when its admission method is 21-25, 2A-2D or 28; *finished* when it
+has a disdate; *discharged alive* when finished with dismeth not 4 or 5 and disdest not 79.
+
+Social care events are de-duplicated as the contract says (council, identity, client type, start date and
+by type the route / assessment type / service type + component, after mapping Release 1 values to
+Release 2); the latest submission's copy wins (its end date and outcome).
+
+Age is age on the event date from birth year and month, as if born on the 1st of the month.
+
+Metric by metric (the unit of every spell metric is the spell; of care_home_admissions_65 the person):
+
+- emergency_admissions: emergency spells with admidate in the period / population all ages, per 100,000.
+- falls_admissions_65: emergency spells with admidate in the period, aged 65+ on admidate, diag_01 in
+  S00-T98 and any of diag_02..diag_20 in W00-W19 (ICD-10 compared without dot) / population 65+, per 100,000.
+- delayed_discharge_days: sum of (disdate - discharge_ready_date) in days over finished spells with
+  disdate in the period and discharge_ready_date < disdate / (population 18+ x days in period), per 100,000.
+- emergency_readmissions_30d: of finished spells discharged alive with disdate in the period (any admission
+  method, any age), those for which ANOTHER emergency spell of the same identity has an admidate 0 to 29
+  days after the disdate; percent.
+- reablement_91_days_65: denominator = spells discharged alive with disdate in the period, aged 65+ on the
+  disdate, whose identity has a Service `Short term support: ST-Max` / `Reablement` starting from disdate-3
+  to disdate+7 (inclusive); numerator = those with none of, in days 1..91 after the disdate (inclusive):
+  the identity's date of death (people.csv), an emergency spell admitted, a `Long term support:
+  Residential care` or `Long term support: Nursing care` service starting (any outcome); percent.
+- care_home_admissions_65: distinct identities with a NEW Residential/Nursing care service starting in the
+  period, aged 65+ on its start date. A service is new unless its outcome (latest submission) is
+  `NFA: Self-funded client or under 12wk disregard`, or another Residential/Nursing service of the same
+  identity started before it (any outcome) and was still open on its start date or ended less than
+  365 days before it (end date null, or start - end < 365 days) / population 65+, per 100,000.
+
+Denominators come from ref_population of the year the period starts, summed over the geography (area =
+every LSOA; a locality = its LSOAs), with single-year ages (90 = 90+). Values are rounded to 4 decimals
+and empty when the denominator is 0; delayed_discharge_days' denominator column holds population x days.
+Periods: every calendar month, every quarter (Apr-Jun, Jul-Sep, Oct-Dec, Jan-Mar) and the financial year
+2024-04-01..2025-03-31 inside 2024-04-01..2025-09-30.
 """
 
 from __future__ import annotations
 
+import bisect
+from dataclasses import dataclass
 from datetime import date, timedelta
 
 from pophealth.synth.extracts import Ledger, month_end, population_counts
 from pophealth.synth.geography import AREA_CODE
 from pophealth.synth.world import WINDOW_END, WINDOW_START, World
 
-EMERGENCY = {"21", "22", "23", "24", "25", "2A", "2B", "2C", "2D", "28"}
-CARE_HOME_SERVICES = {"Long term support: Residential care", "Long term support: Nursing care"}
+EMERGENCY = frozenset({"21", "22", "23", "24", "25", "2A", "2B", "2C", "2D", "28"})
+CARE_HOME_SERVICES = frozenset({"Long term support: Residential care", "Long term support: Nursing care"})
+REABLEMENT = ("Short term support: ST-Max", "Reablement")
 SELF_FUNDED = "NFA: Self-funded client or under 12wk disregard"
 PER_100K = 100_000
 
+METRICS = ("emergency_admissions", "care_home_admissions_65", "reablement_91_days_65", "delayed_discharge_days",
+           "falls_admissions_65", "emergency_readmissions_30d")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Periods, ages and codes
+
 
 def periods() -> list[tuple[str, date, date]]:
+    """(period_type, start, end) for every month, quarter and whole financial year in the window."""
     out = []
     start = WINDOW_START
     while start <= WINDOW_END:
@@ -45,9 +87,10 @@ def periods() -> list[tuple[str, date, date]]:
     return out
 
 
-def age_on(birth: date, on: date) -> int:
-    """Age from birth year and month only, as if born on the 1st (what the warehouse keeps)."""
-    return on.year - birth.year - (1 if on.month < birth.month else 0)
+def age_on(birth: tuple[int, int], on: date) -> int:
+    """Age from birth (year, month) only, as if born on the 1st (what the warehouse keeps)."""
+    year, month = birth
+    return on.year - year - (1 if on.month < month else 0)
 
 
 def _code(value: str) -> str:
@@ -55,124 +98,227 @@ def _code(value: str) -> str:
 
 
 def is_injury(code: str) -> bool:
+    """ICD-10 S00-T98 (with or without the dot)."""
     code = _code(code)
-    return len(code) >= 3 and (code[0] == "S" or (code[0] == "T" and code[1:3].isdigit() and int(code[1:3]) <= 98))
+    return len(code) >= 3 and code[1:3].isdigit() and (code[0] == "S" or (code[0] == "T" and int(code[1:3]) <= 98))
 
 
 def is_fall(code: str) -> bool:
+    """ICD-10 W00-W19."""
     code = _code(code)
     return len(code) >= 3 and code[0] == "W" and code[1:3].isdigit() and int(code[1:3]) <= 19
 
 
-def compute_metrics(world: World, ledger: Ledger, people: dict[str, dict]) -> list[dict]:
-    localities = [loc.code for loc in world.localities]
-    population = {year: population_counts(world, year) for year in (2023, 2024, 2025)}
-    lsoa_locality = {lsoa.code: loc.code for loc in world.localities for lsoa in loc.lsoas}
+# ----------------------------------------------------------------------------------------------------------
+# The platform's view of the loaded rows
 
-    def denominator(year: int, geography: str, min_age: int = 0) -> int:
-        return sum(n for (lsoa, _sex, age), n in population[year].items()
-                   if age >= min_age and (geography == AREA_CODE or lsoa_locality[lsoa] == geography))
 
-    def death_of(identity: str) -> date | None:
-        value = people[identity]["date_of_death"]
-        return date.fromisoformat(value) if value else None
+@dataclass(frozen=True, slots=True)
+class SpellFact:
+    number: int
+    identity: str
+    locality: str | None
+    birth: tuple[int, int]
+    admidate: date
+    disdate: date | None
+    emergency: bool
+    discharged_alive: bool
+    ready: date | None
+    primary: str
+    others: tuple[str, ...]
 
-    # Spells as the platform sees them.
-    spells = []
-    for identity, spell in ledger.loaded_spells:
+
+@dataclass(frozen=True, slots=True)
+class ServiceFact:
+    identity: str
+    locality: str | None
+    birth: tuple[int, int]
+    service_type: str
+    component: str
+    start: date
+    end: date | None      # as the latest submission says
+    outcome: str | None   # as the latest submission says
+
+
+def spell_facts(ledger: Ledger, people: dict[str, dict]) -> list[SpellFact]:
+    facts = []
+    for number, (identity, spell) in enumerate(ledger.loaded_spells):
         first = spell.episodes[0]
-        spells.append({
-            "identity": identity, "locality": people[identity]["locality_code"], "birth": spell.person.birth,
-            "admidate": spell.admidate, "disdate": spell.disdate, "emergency": spell.admimeth in EMERGENCY,
-            "discharged_alive": spell.disdate is not None and spell.dismeth not in ("4", "5") and spell.disdest != "79",
-            "ready": spell.discharge_ready_date, "primary": first.diagnoses[0] if first.diagnoses else "",
-            "others": first.diagnoses[1:],
-        })
-    births = {row.identity: row.person.birth for row in ledger.rows}
-    emergency_admissions_of: dict[str, list[tuple[date, int]]] = {}  # (admission date, spell number)
-    for number, s in enumerate(spells):
-        s["number"] = number
-        if s["emergency"]:
-            emergency_admissions_of.setdefault(s["identity"], []).append((s["admidate"], number))
+        birth = spell.person.birth
+        facts.append(SpellFact(
+            number=number, identity=identity, locality=people[identity]["locality_code"] or None,
+            birth=(birth.year, birth.month), admidate=spell.admidate, disdate=spell.disdate,
+            emergency=spell.admimeth in EMERGENCY,
+            discharged_alive=spell.disdate is not None and spell.dismeth not in ("4", "5") and spell.disdest != "79",
+            ready=spell.discharge_ready_date,
+            primary=first.diagnoses[0] if first.diagnoses else "", others=tuple(first.diagnoses[1:]),
+        ))
+    return facts
 
-    # Care home services as the platform sees them (the latest submission of each event).
-    care_homes: dict[str, list[tuple[date, date | None, bool]]] = {}
-    reablement_starts: dict[str, list[date]] = {}
-    for identity, event, last_file in ledger.loaded_events:
+
+def service_facts(ledger: Ledger, people: dict[str, dict]) -> list[ServiceFact]:
+    facts = []
+    for identity, event, latest_file in ledger.loaded_events:
         if event.event_type != "Service":
             continue
-        end = event.end if event.end and event.end <= last_file else None
-        if event.service_type in CARE_HOME_SERVICES:
-            care_homes.setdefault(identity, []).append((event.start, end, event.outcome == SELF_FUNDED))
-        elif event.service_type == "Short term support: ST-Max" and event.component == "Reablement":
-            reablement_starts.setdefault(identity, []).append(event.start)
-    new_care_homes = []  # (identity, start)
-    for identity, services in care_homes.items():
-        for start, _end, self_funded in services:
-            if self_funded:
-                continue
-            earlier = [(s, e) for s, e, _ in services if s < start]
-            if any(e is None or e >= start or (start - e).days < 365 for s, e in earlier):
-                continue
-            new_care_homes.append((identity, start))
+        birth = event.person.birth
+        facts.append(ServiceFact(
+            identity=identity, locality=people[identity]["locality_code"] or None, birth=(birth.year, birth.month),
+            service_type=event.service_type or "", component=event.component or "", start=event.start,
+            end=event.end if event.end and event.end <= latest_file else None,
+            outcome=event.outcome if (event.end and event.end <= latest_file) or event.outcome == SELF_FUNDED
+            else "Continuation of support or services",
+        ))
+    return facts
 
-    # Each metric as (numerator, denominator) per (period, geography).
+
+# ----------------------------------------------------------------------------------------------------------
+# Each metric as contributions: (date that places it in a period, locality, numerator, denominator, who)
+
+
+@dataclass(frozen=True, slots=True)
+class Contribution:
+    day: date
+    locality: str | None
+    numerator: int
+    denominator: int = 0
+    who: str | None = None  # set when the numerator counts distinct people
+
+
+def emergency_admissions(spells: list[SpellFact]) -> list[Contribution]:
+    return [Contribution(s.admidate, s.locality, 1) for s in spells if s.emergency]
+
+
+def falls_admissions_65(spells: list[SpellFact]) -> list[Contribution]:
+    return [Contribution(s.admidate, s.locality, 1) for s in spells
+            if s.emergency and age_on(s.birth, s.admidate) >= 65 and is_injury(s.primary)
+            and any(is_fall(c) for c in s.others)]
+
+
+def delayed_discharge_days(spells: list[SpellFact]) -> list[Contribution]:
+    return [Contribution(s.disdate, s.locality, (s.disdate - s.ready).days) for s in spells
+            if s.disdate is not None and s.ready is not None and s.ready < s.disdate]
+
+
+def _emergency_admissions_by_identity(spells: list[SpellFact]) -> dict[str, list[tuple[date, int]]]:
+    found: dict[str, list[tuple[date, int]]] = {}
+    for s in spells:
+        if s.emergency:
+            found.setdefault(s.identity, []).append((s.admidate, s.number))
+    return found
+
+
+def emergency_readmissions_30d(spells: list[SpellFact]) -> list[Contribution]:
+    admissions = _emergency_admissions_by_identity(spells)
+    out = []
+    for s in spells:
+        if not s.discharged_alive:
+            continue
+        readmitted = any(0 <= (day - s.disdate).days <= 29 and number != s.number
+                         for day, number in admissions.get(s.identity, ()))
+        out.append(Contribution(s.disdate, s.locality, int(readmitted), 1))
+    return out
+
+
+def reablement_91_days_65(spells: list[SpellFact], services: list[ServiceFact],
+                          deaths: dict[str, date]) -> list[Contribution]:
+    admissions = _emergency_admissions_by_identity(spells)
+    reablement: dict[str, list[date]] = {}
+    care_homes: dict[str, list[date]] = {}
+    for f in services:
+        if (f.service_type, f.component) == REABLEMENT:
+            reablement.setdefault(f.identity, []).append(f.start)
+        elif f.service_type in CARE_HOME_SERVICES:
+            care_homes.setdefault(f.identity, []).append(f.start)
+    out = []
+    for s in spells:
+        if not s.discharged_alive or age_on(s.birth, s.disdate) < 65:
+            continue
+        if not any(-3 <= (start - s.disdate).days <= 7 for start in reablement.get(s.identity, ())):
+            continue
+
+        def within_91(day: date) -> bool:
+            return 1 <= (day - s.disdate).days <= 91
+
+        death = deaths.get(s.identity)
+        at_home = not (
+            (death is not None and within_91(death))
+            or any(within_91(day) for day, _n in admissions.get(s.identity, ()))
+            or any(within_91(day) for day in care_homes.get(s.identity, ()))
+        )
+        out.append(Contribution(s.disdate, s.locality, int(at_home), 1))
+    return out
+
+
+def care_home_admissions_65(services: list[ServiceFact]) -> list[Contribution]:
+    by_identity: dict[str, list[ServiceFact]] = {}
+    for f in services:
+        if f.service_type in CARE_HOME_SERVICES:
+            by_identity.setdefault(f.identity, []).append(f)
+    out = []
+    for identity, mine in by_identity.items():
+        for f in mine:
+            if f.outcome == SELF_FUNDED or age_on(f.birth, f.start) < 65:
+                continue
+            if any(o.start < f.start and (o.end is None or (f.start - o.end).days < 365) for o in mine):
+                continue  # another care home service was open, or ended less than a year before
+            out.append(Contribution(f.start, f.locality, 1, who=identity))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Periods x geographies
+
+
+def compute_metrics(world: World, ledger: Ledger, people: dict[str, dict]) -> list[dict]:
+    localities = [loc.code for loc in world.localities]
+    lsoa_locality = {lsoa.code: loc.code for loc in world.localities for lsoa in loc.lsoas}
+    population: dict[tuple[int, str, int], int] = {}  # (year, geography, minimum age) -> people
+    for year in {start.year for _t, start, _e in periods()}:
+        for (lsoa, _sex, age), n in population_counts(world, year).items():
+            for geography in (AREA_CODE, lsoa_locality[lsoa]):
+                for min_age in (0, 18, 65):
+                    if age >= min_age:
+                        population[(year, geography, min_age)] = population.get((year, geography, min_age), 0) + n
+
+    spells = spell_facts(ledger, people)
+    services = service_facts(ledger, people)
+    deaths = {identity: date.fromisoformat(row["date_of_death"]) for identity, row in people.items()
+              if row["date_of_death"]}
+    contributions = {
+        "emergency_admissions": (emergency_admissions(spells), "population", 0),
+        "care_home_admissions_65": (care_home_admissions_65(services), "population", 65),
+        "reablement_91_days_65": (reablement_91_days_65(spells, services, deaths), "percent", None),
+        "delayed_discharge_days": (delayed_discharge_days(spells), "population_days", 18),
+        "falls_admissions_65": (falls_admissions_65(spells), "population", 65),
+        "emergency_readmissions_30d": (emergency_readmissions_30d(spells), "percent", None),
+    }
     rows = []
-    for period_type, start, end in periods():
-        year = start.year
-        days = (end - start).days + 1
-        for geography in [AREA_CODE] + localities:
-            def here(identity_locality: str | None) -> bool:
-                return geography == AREA_CODE or identity_locality == geography
-
-            in_period = [s for s in spells if here(s["locality"])]
-            admitted = [s for s in in_period if start <= s["admidate"] <= end]
-            discharged = [s for s in in_period if s["disdate"] and start <= s["disdate"] <= end]
-
-            emergency = sum(1 for s in admitted if s["emergency"])
-            falls = sum(1 for s in admitted if s["emergency"] and age_on(s["birth"], s["admidate"]) >= 65
-                        and is_injury(s["primary"]) and any(is_fall(c) for c in s["others"]))
-            delayed = sum((s["disdate"] - s["ready"]).days for s in discharged
-                          if s["ready"] is not None and s["ready"] < s["disdate"])
-            alive = [s for s in discharged if s["discharged_alive"]]
-            readmitted = sum(1 for s in alive if any(
-                0 <= (a - s["disdate"]).days <= 29 and other != s["number"]
-                for a, other in emergency_admissions_of.get(s["identity"], [])))
-            reablement_cohort = [
-                s for s in alive if age_on(s["birth"], s["disdate"]) >= 65 and any(
-                    -3 <= (r - s["disdate"]).days <= 7 for r in reablement_starts.get(s["identity"], []))]
-            at_home = 0
-            for s in reablement_cohort:
-                dis = s["disdate"]
-                death = death_of(s["identity"])
-                if death is not None and 1 <= (death - dis).days <= 91:
-                    continue
-                if any(1 <= (a - dis).days <= 91 for a, _n in emergency_admissions_of.get(s["identity"], [])):
-                    continue
-                if any(1 <= (c - dis).days <= 91 for c, _e, _sf in care_homes.get(s["identity"], [])):
-                    continue
-                at_home += 1
-            care_home_people = {identity for identity, day in new_care_homes
-                                if start <= day <= end and here(people[identity]["locality_code"])
-                                and age_on(births[identity], day) >= 65}
-
-            pop_all = denominator(year, geography)
-            pop_65 = denominator(year, geography, 65)
-            pop_18 = denominator(year, geography, 18)
-            for code, numerator, denom, scale in (
-                ("emergency_admissions", emergency, pop_all, PER_100K),
-                ("care_home_admissions_65", len(care_home_people), pop_65, PER_100K),
-                ("reablement_91_days_65", at_home, len(reablement_cohort), 100),
-                ("delayed_discharge_days", delayed, pop_18 * days, PER_100K),
-                ("falls_admissions_65", falls, pop_65, PER_100K),
-                ("emergency_readmissions_30d", readmitted, len(alive), 100),
-            ):
-                value = "" if denom == 0 else f"{numerator / denom * scale:.4f}"
-                rows.append({"metric_code": code, "period_type": period_type, "period_start": start.isoformat(),
-                             "period_end": end.isoformat(), "geography_level": "area" if geography == AREA_CODE
-                             else "locality", "geography_code": geography, "numerator": numerator,
-                             "denominator": denom, "value": value})
+    for code in METRICS:
+        items, kind, min_age = contributions[code]
+        items = sorted(items, key=lambda c: c.day)
+        days = [c.day for c in items]
+        for period_type, start, end in periods():
+            chosen = items[bisect.bisect_left(days, start):bisect.bisect_right(days, end)]
+            length = (end - start).days + 1
+            for geography in [AREA_CODE] + localities:
+                here = chosen if geography == AREA_CODE else [c for c in chosen if c.locality == geography]
+                if here and here[0].who is not None:
+                    numerator = len({c.who for c in here if c.numerator})
+                else:
+                    numerator = sum(c.numerator for c in here)
+                if kind == "percent":
+                    denominator, scale = sum(c.denominator for c in here), 100
+                else:
+                    denominator = population.get((start.year, geography, min_age), 0)
+                    denominator *= length if kind == "population_days" else 1
+                    scale = PER_100K
+                rows.append({
+                    "metric_code": code, "period_type": period_type, "period_start": start.isoformat(),
+                    "period_end": end.isoformat(), "geography_level": "area" if geography == AREA_CODE else "locality",
+                    "geography_code": geography, "numerator": numerator, "denominator": denominator,
+                    "value": "" if denominator == 0 else f"{numerator / denominator * scale:.4f}",
+                })
     rows.sort(key=lambda r: (r["metric_code"], r["period_type"], r["period_start"], r["geography_level"],
                              r["geography_code"]))
     return rows
-

@@ -49,6 +49,12 @@ RELEASE1 = {
     "NFA: Support ended for other reason": "NFA - Support ended - other reason",
     "NFA: Self-funded client or under 12wk disregard": "NFA - Self-funded client (inc. 12wk disregard)",
     "NFA: Responsibility moved to another local authority": "NFA - Moved to another LA",
+    "NFA: Information and advice or signposting": "NFA - Information & Advice / Signposting only",
+    "NFA: Support declined": "NFA - Support declined",
+    "NFA: Referral to NHS services or NHS funded social care": "NFA - 100% NHS-funded care",
+    "Direct payment": "Direct Payment",
+    "CASSR managed personal budget": "CASSR Managed Personal Budget",
+    "Community / Other route": "Community / Other Route",
 }
 SELF_FUNDED = "NFA: Self-funded client or under 12wk disregard"
 ETHNICITY = ("A", "A", "A", "A", "A", "A", "A", "B", "C", "D", "H", "J", "N", "S")
@@ -78,23 +84,42 @@ def population_counts(world: World, year: int) -> dict[tuple[str, str, int], int
     return counts
 
 
-@dataclass
-class LoadedRow:
-    """What the platform must keep of one row: whose it is and what it says about them."""
+@dataclass(slots=True)
+class IdentityFacts:
+    """What the loaded rows of one identity say: which feeds it is in, and the dates of death they carry."""
 
-    identity: str
-    feed: str
     person: Person
-    death: date | None = None       # a date of death the row carries
-    record_date: date | None = None
+    gp: bool = False
+    apc: bool = False
+    cld: bool = False
+    gp_death: date | None = None
+    cld_death: date | None = None    # the latest Date_of_Death on its loaded social care rows
+    apc_death: date | None = None    # the disdate of a loaded spell that ended in death (dismeth 4)
 
 
 @dataclass
 class Ledger:
+    """The writer's record of every row it wrote that the platform must load, by identity."""
+
     files: list[dict] = field(default_factory=list)
-    rows: list[LoadedRow] = field(default_factory=list)
+    identities: dict[str, IdentityFacts] = field(default_factory=dict)
     loaded_spells: list[tuple[str, Spell]] = field(default_factory=list)      # (identity, spell)
-    loaded_events: list[tuple[str, Event, date]] = field(default_factory=list)  # (identity, event, last file)
+    loaded_events: list[tuple[str, Event, date]] = field(default_factory=list)  # (identity, event, latest file)
+
+    def loaded(self, identity: str, feed: str, person: Person, death: date | None = None) -> None:
+        facts = self.identities.get(identity)
+        if facts is None:
+            facts = self.identities[identity] = IdentityFacts(person)
+        if feed == "gp_register":
+            facts.gp, facts.gp_death = True, death
+        elif feed == "apc":
+            facts.apc = True
+            if death and (facts.apc_death is None or death > facts.apc_death):
+                facts.apc_death = death
+        else:
+            facts.cld = True
+            if death and (facts.cld_death is None or death > facts.cld_death):
+                facts.cld_death = death
 
 
 class _Writer:
@@ -165,8 +190,7 @@ class _Writer:
                 fates["opted_out"] += 1
             else:
                 fates["loaded"] += 1
-                self.ledger.rows.append(LoadedRow(f"nhs:{person.nhs_number}", "gp_register", person,
-                                                  death=person.death, record_date=person.registration_start))
+                self.ledger.loaded(f"nhs:{person.nhs_number}", "gp_register", person, person.death)
         self.write(f"gp_register_{WINDOW_END:%Y%m%d}.csv", "gp_register", GP_REGISTER_COLUMNS, rows, fates)
 
     # -- hospital -------------------------------------------------------------------------------------------------
@@ -198,10 +222,10 @@ class _Writer:
                 row = {
                     "epikey": f"{spell.spell_id}{order:02d}", "spell_id": spell.spell_id, "nhs_number": written,
                     "nhs_number_status": "01", "date_of_birth": _iso(person.birth), "sex": person.sex,
-                    "postcode": person.postcode, "gp_practice_code": person.practice, "procode": spell.procode,
+                    "postcode": person.postcode, "gp_practice_code": person.apc_practice, "procode": spell.procode,
                     "admidate": _iso(spell.admidate), "disdate": _iso(spell.disdate), "epistart": _iso(episode.epistart),
                     "epiend": _iso(episode.epiend), "epiorder": str(order), "admimeth": spell.admimeth,
-                    "admisorc": "19", "disdest": spell.disdest, "dismeth": spell.dismeth, "classpat": spell.classpat,
+                    "admisorc": spell.admisorc, "disdest": spell.disdest, "dismeth": spell.dismeth, "classpat": spell.classpat,
                     "mainspef": spell.mainspef, "tretspef": spell.mainspef,
                     "discharge_ready_date": _iso(spell.discharge_ready_date),
                 }
@@ -211,9 +235,7 @@ class _Writer:
                     fates["opted_out"] += 1
                 else:
                     fates["loaded"] += 1
-                    death = spell.disdate if spell.dismeth == "4" else None
-                    self.ledger.rows.append(LoadedRow(identity, "apc", person, death=death,
-                                                      record_date=episode.epistart))
+                    self.ledger.loaded(identity, "apc", person, spell.disdate if spell.dismeth == "4" else None)
             if not removed:
                 self.ledger.loaded_spells.append((identity, spell))
         self.write(f"apc_{procode}_{period:%Y%m%d}.csv", "apc", APC_COLUMNS, rows, fates)
@@ -242,7 +264,7 @@ class _Writer:
                 identity = (f"nhs:{person.nhs_number}" if person.cld_number == "valid"
                             else f"la:{AREA_CODE}|{person.local_id}")
                 death = person.death if person.death and person.death <= period_end else None
-                self.ledger.rows.append(LoadedRow(identity, "cld", person, death=death, record_date=event.start))
+                self.ledger.loaded(identity, "cld", person, death)
                 last_file[id(event)] = period_end
             self.write(f"cld_{AREA_CODE}_{period_end:%Y%m%d}.csv", "cld", CLD_COLUMNS, rows, fates)
         for event in events:
@@ -294,4 +316,4 @@ def write_extracts(world: World, out: Path) -> Ledger:
     return ledger
 
 
-__all__ = ["write_extracts", "Ledger", "LoadedRow", "CLD_COLUMNS", "CLD_PERIOD_ENDS", "HISTORY_START"]
+__all__ = ["write_extracts", "Ledger", "IdentityFacts", "CLD_COLUMNS", "CLD_PERIOD_ENDS", "HISTORY_START"]

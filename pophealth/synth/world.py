@@ -10,6 +10,7 @@ the same world. Nothing here writes files: `extracts` does, from this world.
 from __future__ import annotations
 
 import bisect
+import math
 import random
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -22,9 +23,10 @@ WINDOW_START = date(2024, 4, 1)    # hospital extracts cover the window
 WINDOW_END = date(2025, 9, 30)     # the as-of date
 PROVIDERS = ("RAJ", "RDE", "RQW")
 
-# Age profile (5-year bands from 0-4 to 95-99), Essex-like: about 20% aged 65 and over.
-AGE_BAND_SHARES = (0.058, 0.060, 0.058, 0.056, 0.053, 0.058, 0.060, 0.062, 0.063, 0.068, 0.071, 0.066,
-                   0.057, 0.059, 0.052, 0.038, 0.029, 0.018, 0.009, 0.003)
+# Age profile at 2023-07-01 (5-year bands from 0-4 to 100-104), Essex-like: about 20% aged 65 and over
+# and 8.4% aged 76 and over by mid-2024.
+AGE_BAND_SHARES = (0.056, 0.060, 0.058, 0.055, 0.053, 0.058, 0.060, 0.061, 0.062, 0.068, 0.072, 0.068,
+                   0.060, 0.060, 0.047, 0.035, 0.025, 0.016, 0.007, 0.0017, 0.0003)
 
 # Which trust a locality mostly uses.
 HOME_PROVIDER = {
@@ -69,6 +71,11 @@ class Person:
     gp_number_invalid: bool = False        # the register holds a mistyped number for them
     cld_number: str = "valid"              # valid, missing or invalid on every social care row
 
+    @property
+    def apc_practice(self) -> str:
+        """The practice a hospital records: the registered one, or 'not known' for people not registered here."""
+        return self.practice if self.registered else NO_PRACTICE
+
     def age_on(self, day: date) -> int:
         return day.year - self.birth.year - ((day.month, day.day) < (self.birth.month, self.birth.day))
 
@@ -95,6 +102,7 @@ class Spell:
     mainspef: str
     discharge_ready_date: date | None = None
     invalid_number: bool = False           # every episode carries a mistyped NHS number
+    admisorc: str = "19"
 
     @property
     def emergency(self) -> bool:
@@ -134,14 +142,17 @@ class World:
 
 
 # ------------------------------------------------------------------------------------------------------
-# NHS numbers: the 999 test range holds about 900,000 valid numbers; a world bigger than that continues in
-# the 998, 997, ... blocks, which NHS England does not issue either.
+# NHS numbers: the 999 test range holds about 900,000 valid numbers; a world bigger than that (Essex at full
+# scale) continues in the 998, 997, ... blocks, which NHS England does not issue either.
+
+_VALID_PER_BLOCK = 880_000  # valid numbers in a block of a million stems, with a margin (1 in 11 has no check digit)
 
 
 def _nhs_numbers(rng: random.Random, count: int) -> list[str]:
-    blocks = 1 + int(count * 1.25) // 900_000
+    blocks = 1 + (count - 1) // _VALID_PER_BLOCK
+    draws = min(blocks * 1_000_000, int(count * 1.12) + 100 * blocks)
     numbers: list[str] = []
-    for stem in rng.sample(range(blocks * 1_000_000), int(count * 1.2) + 50):
+    for stem in rng.sample(range(blocks * 1_000_000), draws):
         prefix = 999 - stem // 1_000_000
         body = f"{prefix}{stem % 1_000_000:06d}"
         digit = nhs_check_digit(body)
@@ -149,46 +160,41 @@ def _nhs_numbers(rng: random.Random, count: int) -> list[str]:
             numbers.append(body + str(digit))
             if len(numbers) == count:
                 return numbers
-    raise RuntimeError("not enough NHS numbers drawn")  # cannot happen with the 20% margin
+    raise RuntimeError("not enough NHS numbers drawn")  # cannot happen: 1 stem in 11 fails, the margin is 12%
 
 
 def invalidate(number: str) -> str:
     """The same number with a wrong check digit (still ten digits)."""
-    return number[:9] + str((int(number[9]) + 3) % 10) if nhs_check_digit(number[:9]) is not None else number
+    return number[:9] + str((int(number[9]) + 3) % 10)
 
 
 # ------------------------------------------------------------------------------------------------------
-# Rates, per year, by age: emergency admissions rise steeply with age (about 405 per 1,000 aged 75+).
+# Rates, per year, by age. Tuned so that a world lands near the reference figures of
+# ../shared/contract/reference-figures.md: about 95 emergency spells per 1,000 people a year and 405 per
+# 1,000 aged 75+, 633 falls admissions and 583 care home admissions per 100,000 aged 65+, 82% of older
+# people at home 91 days after reablement, about 10 delayed days per day per 100,000 aged 18+, deaths
+# about 1% a year.
+
+EMERGENCY_RATE = ((18, 0.040), (45, 0.034), (65, 0.055), (75, 0.16), (85, 0.37), (200, 0.66))
+ELECTIVE_RATE = ((18, 0.03), (65, 0.07), (200, 0.14))
+DEATH_RATE = ((50, 0.00035), (65, 0.002), (75, 0.006), (85, 0.019), (200, 0.056))
+FALL_SHARE = ((65, 0.0018), (75, 0.0069), (85, 0.0116), (200, 0.0224))  # of emergency spells, x frailty / 1.5
+EARLY_READMISSION = 0.065          # chance of an emergency readmission within 30 days, x frailty
+REABLEMENT_SHARE = 0.11            # of people aged 65+ discharged home alive after an emergency spell
+REABLEMENT_SUCCESS = ((75, 0.87), (85, 0.84), (200, 0.79))  # at home 91 days later (England 2014/15)
+CARE_HOME_FROM_HOSPITAL = 0.0055   # per emergency discharge aged 75+, x frailty
+CARE_HOME_FROM_COMMUNITY = 0.0023  # per person aged 65+ over the history, x frailty
+DELAYED_SHARE = 0.19               # of emergency spells aged 65+ staying 3 days or more
+SELF_FUNDED_SHARE = 0.1
+NO_PRACTICE = "V81999"             # the national code for "registered practice not known"
+SELF_FUNDED = "NFA: Self-funded client or under 12wk disregard"
 
 
-def _emergency_rate(age: int) -> float:
-    if age < 18:
-        return 0.06
-    if age < 45:
-        return 0.05
-    if age < 65:
-        return 0.08
-    if age < 75:
-        return 0.17
-    if age < 85:
-        return 0.33
-    return 0.58
-
-
-def _elective_rate(age: int) -> float:
-    return 0.03 if age < 18 else 0.07 if age < 65 else 0.14
-
-
-def _death_rate(age: int) -> float:
-    if age < 50:
-        return 0.0006
-    if age < 65:
-        return 0.004
-    if age < 75:
-        return 0.014
-    if age < 85:
-        return 0.045
-    return 0.13
+def _by_age(table: tuple[tuple[int, float], ...], age: int) -> float:
+    for upper, value in table:
+        if age < upper:
+            return value
+    return table[-1][1]
 
 
 def _days(d: date, n: float) -> date:
@@ -224,7 +230,7 @@ class _Simulation:
         for index in range(self.population):
             band = min(bisect.bisect(cumulative_age, rng.random() * cumulative_age[-1]), len(AGE_BAND_SHARES) - 1)
             age = band * 5 + rng.randrange(5)
-            birth = _days(HISTORY_START, -(age * 365.25 + rng.randrange(365)))
+            birth = _days(HISTORY_START, -(age * 365.25 + rng.randrange(1, 365)))
             sex = "2" if rng.random() < (0.5 if age < 65 else 0.55 if age < 85 else 0.65) else "1"
             if rng.random() < 0.0005:
                 sex = "9"
@@ -239,9 +245,7 @@ class _Simulation:
             )
             person.registered = rng.random() > 0.015
             if person.registered:
-                person.registration_start = max(birth, _days(date(1995, 1, 1), rng.randrange(10_000)))
-                if person.registration_start > WINDOW_END:
-                    person.registration_start = _days(WINDOW_START, rng.randrange(540))
+                person.registration_start = max(birth, _days(date(1995, 1, 1), rng.randrange(10_400)))
             person.opted_out = rng.random() < 0.05
             person.gp_number_invalid = rng.random() < 0.001
             draw = rng.random()
@@ -254,50 +258,55 @@ class _Simulation:
         rng = self.rng
         age = person.age_on(HISTORY_START)
         frail = person.frailty * (1.0 + max(0, age - 60) / 15)
-        death_rate = 0.6 * _death_rate(age) * min(frail, 6.0)
-        until = WINDOW_END
-        if rng.random() < 1 - pow(2.718281828, -death_rate * 2.25):
+        self.frail = frail
+        death_rate = _by_age(DEATH_RATE, age) * min(frail, 6.0)
+        self.until = WINDOW_END
+        if rng.random() < 1 - math.exp(-death_rate * 2.25):
             person.death = _days(HISTORY_START, rng.randrange(822))
-            until = person.death
-        moved = None
+            self.until = person.death
+        moved = self.moved = None
         if person.registered and rng.random() < 0.01:  # moved out of the area: nothing more is known here
-            moved = person.registration_end = _days(WINDOW_START, rng.randrange(540))
-            until = min(until, moved)
-        self._social_care_at_start(person, age, frail, until)
-        emergency_rate = _emergency_rate(age) * person.frailty
-        elective_rate = _elective_rate(age)
+            moved = self.moved = person.registration_end = _days(WINDOW_START, rng.randrange(540))
+            if person.registration_start and person.registration_start > moved:
+                person.registration_start = max(person.birth, _days(moved, -rng.randrange(1, 3000)))
+            self.until = min(self.until, moved)
+        self.protected: list[tuple[date, date]] = []  # days 1-91 after a reablement that worked
+        self.in_care_home = False
+        self._social_care_at_start(person, age, frail)
         t = HISTORY_START
-        next_emergency = _days(t, rng.expovariate(emergency_rate / 365) if emergency_rate else 10_000)
-        next_elective = _days(t, rng.expovariate(elective_rate / 365))
-        in_care_home = False
+        readmission: date | None = None   # an emergency readmission already decided on
+        no_emergency_before = t
         while True:
+            age_now = person.age_on(t)
+            emergency_rate = _by_age(EMERGENCY_RATE, age_now) * person.frailty * (1.5 if self.in_care_home else 1.0)
+            # Exponential gaps are memoryless, so drawing both afresh after every spell is exact.
+            next_emergency = _days(max(t, no_emergency_before), rng.expovariate(emergency_rate / 365))
+            if readmission is not None and readmission < next_emergency:
+                next_emergency = readmission
+            next_elective = _days(t, rng.expovariate(_by_age(ELECTIVE_RATE, age_now) / 365))
             admission = min(next_emergency, next_elective)
-            if admission > until:
+            if admission > self.until:
                 break
             emergency = next_emergency <= next_elective
             spell = self._spell(person, admission, emergency, frail)
-            discharge = spell.disdate
-            if discharge is None:
+            readmission, no_emergency_before = None, spell.admidate
+            if spell.disdate is None or spell.dismeth == "4":
                 break
-            if spell.dismeth == "4":
-                until = discharge
-                break
-            if emergency and person.age_on(discharge) >= 65:
-                in_care_home = self._after_discharge(person, spell, frail, until, in_care_home)
-            age_now = person.age_on(discharge)
-            if emergency and rng.random() < (0.10 + 0.05 * min(frail, 3.0)) * (1.3 if age_now >= 75 else 0.8):
-                next_emergency = _days(discharge, rng.randrange(30))
-            else:
-                next_emergency = max(next_emergency, discharge) if not emergency else discharge
-                next_emergency = _days(next_emergency, 1 + rng.expovariate(_emergency_rate(age_now) * person.frailty / 365))
-            if not emergency:
-                next_elective = _days(discharge, 1 + rng.expovariate(_elective_rate(age_now) / 365))
-            else:
-                next_elective = max(next_elective, _days(discharge, 1))
-        if not in_care_home and age >= 65 and rng.random() < 0.0024 * min(frail, 4.0) * 2.25:
+            t = spell.disdate
+            if emergency and person.age_on(t) >= 65:
+                readmission, no_emergency_before = self._after_discharge(person, spell)
+            if (emergency and readmission is None and no_emergency_before <= t
+                    and rng.random() < EARLY_READMISSION * min(frail, 4.0)):
+                readmission = _days(t, rng.randrange(30))
+            if readmission is not None and readmission > self.until:
+                readmission = None
+        if not self.in_care_home and age >= 65 and rng.random() < CARE_HOME_FROM_COMMUNITY * min(frail, 4.0) * 2.25:
             start = _days(HISTORY_START, rng.randrange(822))
-            if start <= until:
-                self._care_home(person, start, until, route="Community / Other route")
+            for first, last in self.protected:
+                if first <= start <= last:
+                    start = _days(last, 1 + rng.randrange(60))
+            if start <= self.until:
+                self._care_home(person, start, route="Community / Other route")
         self._finish(person, moved)
 
     def _finish(self, person: Person, moved: date | None) -> None:
@@ -307,6 +316,8 @@ class _Simulation:
         if person.death is not None:
             if person.registered:
                 person.registration_end = person.death
+                if person.registration_start and person.registration_start > person.death:
+                    person.registration_start = person.birth
             for event in self._mine:
                 if event.start <= person.death and (event.end is None or event.end > person.death):
                     event.end, event.outcome = person.death, "NFA: Deceased"
@@ -319,6 +330,12 @@ class _Simulation:
         self.events.extend(self._mine)
         self._mine = []
 
+    def _die(self, person: Person, day: date) -> None:
+        """A death earlier than the one drawn at the start of the life (or the only one)."""
+        if person.death is None or day < person.death:
+            person.death = day
+            self.until = min(self.until, day)
+
     # -- hospital -------------------------------------------------------------------------------------------
     def _spell(self, person: Person, admission: date, emergency: bool, frail: float) -> Spell:
         rng = self.rng
@@ -327,30 +344,31 @@ class _Simulation:
         procode = home if rng.random() < 0.9 else rng.choice(PROVIDERS)
         self.spell_counter[procode] += 1
         spell_id = f"{procode}{self.spell_counter[procode]:08d}"
-        fall = emergency and age >= 65 and rng.random() < (0.012 if age < 75 else 0.022 if age < 85 else 0.045)
+        fall = emergency and rng.random() < _by_age(FALL_SHARE, age) * min(frail, 3.0) / 1.5
         if emergency:
-            mean_los = 8.0 if age >= 75 else 5.0 if age >= 65 else 3.0
+            mean_los = 7.7 if age >= 75 else 5.0 if age >= 65 else 3.0
             los = int(rng.expovariate(1 / mean_los)) + (1 if rng.random() < 0.7 else 0)
             classpat = "1"
-            admimeth = rng.choices(("21", "22", "2A", "2B", "28"), (80, 10, 4, 3, 3))[0]
-            mainspef = "430" if age >= 75 else "300"
+            admimeth = rng.choices(("21", "22", "23", "24", "2A", "2B", "28"), (80, 9, 1, 1, 4, 2, 3))[0]
+            mainspef = "430" if age >= 75 and rng.random() < 0.6 else "110" if fall else "300"
         else:
             day_case = rng.random() < 0.6
             los = 0 if day_case else 1 + int(rng.expovariate(1 / 3))
             classpat = "2" if day_case else "1"
-            admimeth = rng.choice(("11", "12", "13"))
-            mainspef = rng.choice(("100", "101", "110", "130"))
+            admimeth = rng.choices(("11", "12", "13"), (70, 25, 5))[0]
+            mainspef = rng.choice(("100", "101", "110", "130", "120", "502"))
         discharge = _days(admission, los)
         died = False
         if person.death is not None and person.death <= discharge:
             discharge, died = max(person.death, admission), True
-        elif emergency and rng.random() < (0.01 if age < 65 else 0.035 if age < 85 else 0.07) * min(frail, 3.0):
+        elif emergency and rng.random() < (0.006 if age < 65 else 0.02 if age < 85 else 0.045) * min(frail, 3.0):
             died = True
-            person.death = discharge
         finished = discharge <= WINDOW_END
         if died and finished:
             person.died_in_hospital = True
-            person.death = discharge
+            self._die(person, discharge)
+        elif died:
+            died = False  # dies after the end of the window: not known yet
         # Diagnoses: the primary, then comorbidities and frailty codes, more of them for frailer people.
         if fall:
             primary = rng.choice(FALL_INJURIES)
@@ -364,16 +382,18 @@ class _Simulation:
         codes = [self._spelling(c) for c in codes[:20]]
         episodes = self._episodes(admission, discharge if finished else None, codes)
         ready = None
-        if emergency and finished and not died and age >= 65 and los >= 3 and rng.random() < 0.3:
+        if emergency and finished and not died and age >= 65 and los >= 3 and rng.random() < DELAYED_SHARE:
             ready = _days(discharge, -min(los - 1, 1 + int(rng.expovariate(1 / 5.5))))
         if died:
             dismeth, disdest = "4", "79"
         elif finished:
-            dismeth, disdest = ("1", "19") if rng.random() < 0.95 else ("2", "19")
+            dismeth = rng.choices(("1", "2", "3", "9"), (95, 3, 1, 1))[0]
+            disdest = "85" if self.in_care_home else rng.choices(("19", "51", "29"), (96, 3, 1))[0]
         else:
             dismeth, disdest = "8", "98"
         spell = Spell(person, procode, spell_id, admission, discharge if finished else None, admimeth, episodes,
                       dismeth, disdest, classpat, mainspef, ready, invalid_number=rng.random() < 0.003)
+        spell.admisorc = "85" if self.in_care_home else rng.choices(("19", "51", "29"), (96, 3, 1))[0]
         self.spells.append(spell)
         return spell
 
@@ -382,40 +402,53 @@ class _Simulation:
         return code.replace(".", "") if "." in code and self.rng.random() < 0.4 else code
 
     def _episodes(self, admission: date, discharge: date | None, codes: list[str]) -> list[Episode]:
+        """One to three contiguous episodes; every episode keeps the primary and the second diagnosis."""
         rng = self.rng
         end = discharge if discharge is not None else WINDOW_END
         length = (end - admission).days
-        count = 1 if length < 2 else rng.choices((1, 2, 3), (70, 22, 8))[0]
-        cuts = sorted(rng.sample(range(1, length), count - 1)) if count > 1 and length > count else []
+        count = 1 if length < 3 else rng.choices((1, 2, 3), (70, 22, 8))[0]
+        cuts = sorted(rng.sample(range(1, length), count - 1)) if count > 1 else []
         bounds = [admission] + [_days(admission, c) for c in cuts] + [end]
         episodes = []
         for i in range(len(bounds) - 1):
             last = i == len(bounds) - 2
-            episode_codes = tuple(codes) if i == 0 else tuple(codes[:1] + codes[2:])
+            episode_codes = tuple(codes) if i == 0 else tuple(codes[:2] + codes[3:])
             episodes.append(Episode(bounds[i], None if (last and discharge is None) else bounds[i + 1], episode_codes))
         return episodes
 
     # -- social care ------------------------------------------------------------------------------------------
-    def _social_care_at_start(self, person: Person, age: int, frail: float, until: date) -> None:
+    def _social_care_at_start(self, person: Person, age: int, frail: float) -> None:
         rng = self.rng
-        if age >= 18 and age < 65 and rng.random() < 0.008:
+        until = self.until
+        if 18 <= age < 80 and rng.random() < 0.008:
             start = _days(HISTORY_START, rng.randrange(800))
             if start <= until:
+                self._add(Event(person, "Assessment", _days(start, -14), _days(start, -7),
+                                "Progress to support planning or services", client_type="Unpaid carer",
+                                assessment_type="Long term assessment", support_reason="Support to carer"))
                 self._add(Event(person, "Service", start, _days(start, 90 + rng.randrange(200)),
                                 "NFA: Support ended as planned", client_type="Unpaid carer",
                                 service_type="Unpaid carer support: Direct to unpaid carer", component="Direct payment",
                                 delivery="Direct payment", unit_cost="250.00", cost_unit="One-off",
                                 support_reason="Support to carer"))
+        # Contacts that end in information and advice, or elsewhere.
+        if age >= 18 and rng.random() < (0.006 if age < 65 else 0.02 * min(frail, 4.0)):
+            start = _days(HISTORY_START, rng.randrange(822))
+            if start <= until:
+                self._add(Event(person, "Request", start, start, rng.choice((
+                    "NFA: Information and advice or signposting", "NFA: Information and advice or signposting",
+                    "NFA: Referral to NHS services or NHS funded social care", "NFA: Support declined")),
+                    route="Community / Other route"))
         share = 0.004 if age < 65 else 0.02 if age < 75 else 0.06 if age < 85 else 0.18
         if rng.random() < share * min(frail, 4.0) / 1.5:
             started = _days(HISTORY_START, -rng.randrange(30, 1500))
-            self._long_term_community(person, started, until, with_pathway=False)
+            self._long_term_community(person, started, with_pathway=False)
         elif age >= 65 and rng.random() < 0.015 * min(frail, 4.0) * 2.25:
             start = _days(HISTORY_START, rng.randrange(822))
             if start <= until:
-                self._long_term_community(person, start, until, with_pathway=True)
+                self._long_term_community(person, start, with_pathway=True)
 
-    def _long_term_community(self, person: Person, start: date, until: date, with_pathway: bool) -> None:
+    def _long_term_community(self, person: Person, start: date, with_pathway: bool) -> None:
         rng = self.rng
         if with_pathway:
             self._add(Event(person, "Request", _days(start, -21), _days(start, -21),
@@ -429,48 +462,74 @@ class _Simulation:
                         unit_cost=f"{rng.choice((19.5, 21.0, 23.4)):.2f}", cost_unit="Hourly",
                         units=str(rng.choice((5, 7, 10, 14, 21)))))
         review = _days(start, 365)
-        while review <= until:
+        while review <= self.until:
             if review >= HISTORY_START:
                 self._add(Event(person, "Review", review, review, "Continuation of support or services",
                                 review_reason="Planned review"))
             review = _days(review, 365)
 
-    def _after_discharge(self, person: Person, spell: Spell, frail: float, until: date, in_care_home: bool) -> bool:
-        """Reablement for some older people discharged home; a care home for a few."""
+    def _after_discharge(self, person: Person, spell: Spell) -> tuple[date | None, date]:
+        """Reablement for some older people discharged home; a care home for a few.
+
+        Returns an emergency readmission already decided on (or None), and the day before which no other
+        emergency admission happens (after a reablement that worked: day 92).
+        """
         rng = self.rng
         discharge = spell.disdate
-        age = person.age_on(discharge)
-        if not in_care_home and age >= 75 and rng.random() < 0.012 * min(frail, 3.0):
+        frail = self.frail
+        if self.in_care_home:
+            return None, discharge
+        if person.age_on(discharge) >= 75 and rng.random() < CARE_HOME_FROM_HOSPITAL * min(frail, 3.0):
             start = _days(discharge, rng.randrange(28))
-            if start <= until:
-                self._care_home(person, start, until, route="Discharge from hospital")
-                return True
-        if not in_care_home and rng.random() < (0.22 if frail < 1.0 else 0.06):
-            offset = rng.choices((-3, -2, -1, 0, 1, 2, 3, 5, 7), (2, 3, 5, 30, 25, 15, 10, 6, 4))[0]
-            start = _days(discharge, offset)
-            if start > until:
-                return in_care_home
-            self._add(Event(person, "Request", min(start, discharge), min(start, discharge),
-                            "Progress to reablement/ST-Max", route="Discharge from hospital"))
-            end = _days(start, 14 + rng.randrange(29))
-            self._add(Event(person, "Service", start, end if end <= until else None,
-                            rng.choice(("NFA: Support ended as planned", "Progress to support planning or services")),
-                            service_type="Short term support: ST-Max", component="Reablement",
-                            delivery="CASSR commissioned support", unit_cost="0.00", cost_unit="Weekly", units="0"))
-        return in_care_home
+            if start <= self.until:
+                if start == discharge:
+                    spell.disdest = "85"  # straight to a care home
+                self._care_home(person, start, route="Discharge from hospital")
+            return None, discharge
+        if rng.random() >= REABLEMENT_SHARE:
+            return None, discharge
+        offset = rng.choices((-3, -2, -1, 0, 1, 2, 3, 5, 7), (2, 3, 5, 30, 25, 15, 10, 6, 4))[0]
+        start = _days(discharge, offset)
+        if start > self.until:
+            return None, discharge
+        self._add(Event(person, "Request", min(start, discharge), min(start, discharge),
+                        "Progress to reablement/ST-Max", route="Discharge from hospital"))
+        end = _days(start, 14 + rng.randrange(29))
+        self._add(Event(person, "Service", start, end if end <= self.until else None,
+                        rng.choice(("NFA: Support ended as planned", "NFA: Support ended as planned",
+                                    "Progress to support planning or services")),
+                        service_type="Short term support: ST-Max", component="Reablement",
+                        delivery="CASSR commissioned support", unit_cost="0.00", cost_unit="Weekly", units="0"))
+        if rng.random() < _by_age(REABLEMENT_SUCCESS, person.age_on(discharge)):
+            # At home 91 days later: no emergency admission, no care home and no death in days 1-91.
+            window = (_days(discharge, 1), _days(discharge, 91))
+            self.protected.append(window)
+            if person.death is not None and person.death <= window[1]:
+                person.death = _days(window[1], 1 + rng.randrange(400))
+                self.until = min(d for d in (person.death, self.moved, WINDOW_END) if d is not None)
+            return None, _days(discharge, 92)
+        failure = rng.random()
+        day = _days(discharge, 1 + rng.randrange(91))
+        if failure < 0.65:
+            return day, discharge            # readmitted as an emergency
+        if failure < 0.85:
+            self._die(person, day)
+        elif day <= self.until:
+            self._care_home(person, day, route="Discharge from reablement")
+        return None, discharge
 
-    def _care_home(self, person: Person, start: date, until: date, route: str) -> None:
+    def _care_home(self, person: Person, start: date, route: str) -> None:
         rng = self.rng
+        self.in_care_home = True
         nursing = rng.random() < 0.35
         self._add(Event(person, "Request", _days(start, -14), _days(start, -14),
                         "Progress to assessment, review or reassessment", route=route))
         self._add(Event(person, "Assessment", _days(start, -7), _days(start, -1),
                         "Progress to support planning or services", assessment_type="Long term assessment"))
-        self_funded = rng.random() < 0.1
+        self_funded = rng.random() < SELF_FUNDED_SHARE
         self._close_open_services(person, _days(start, -1), outcome="NFA: Support ended for other reason")
         self._add(Event(person, "Service", start, _days(start, 84) if self_funded else None,
-                        "NFA: Self-funded client or under 12wk disregard" if self_funded
-                        else "Continuation of support or services",
+                        SELF_FUNDED if self_funded else "Continuation of support or services",
                         service_type="Long term support: Nursing care" if nursing else "Long term support: Residential care",
                         component="Long term nursing care" if nursing else "Long term residential care",
                         delivery="CASSR commissioned support", unit_cost=f"{900 + rng.randrange(400)}.00",
@@ -479,7 +538,7 @@ class _Simulation:
     def _close_open_services(self, person: Person, on: date, outcome: str) -> None:
         for event in self._mine:
             if event.event_type == "Service" and event.end is None and event.start <= on:
-                event.end, event.outcome = on, outcome
+                event.end, event.outcome = max(on, event.start), outcome
 
     def _add(self, event: Event) -> None:
         if event.person.death is not None and event.start > event.person.death:
