@@ -195,16 +195,18 @@ def apc_row(row: dict[str, str], ctx: RowContext) -> tuple:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# cld (column names are matched case-insensitively, so they are held lower-cased)
+# cld: the contract's column names as sources write them; matched case-insensitively, so the loader holds
+# them lower-cased
 
-CLD_COLUMNS = tuple(c.lower() for c in (
+CLD_CONTRACT_COLUMNS = (
     "LA_Code", "Reporting_Period_Start_Date", "Reporting_Period_End_Date", "Client_Type",
     "LA_Person_Unique_Identifier", "NHS_Number", "Gender", "Ethnicity", "Date_of_Birth", "Date_of_Death",
     "Postcode", "Primary_Support_Reason", "Accommodation_Status", "Event_Type", "Event_Reference",
     "Event_Start_Date", "Event_End_Date", "Event_Outcome", "Request_Route_of_Access", "Assessment_Type",
     "Service_Type", "Service_Component", "Delivery_Mechanism", "Review_Reason", "Unit_Cost",
     "Cost_Frequency_Unit_Type", "Planned_units_per_week",
-))
+)
+CLD_COLUMNS = tuple(c.lower() for c in CLD_CONTRACT_COLUMNS)
 
 
 def cld_row(row: dict[str, str], ctx: RowContext) -> tuple:

@@ -19,7 +19,6 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from decimal import Decimal
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -436,19 +435,12 @@ def _number(value: Any) -> float | None:
 # The gate
 
 
-def _apply_ddl(conn) -> None:
-    conn.execute(resources.files("pophealth").joinpath("gates_schema.sql").read_text())
-
-
 def run_load_gate(load_id: int, feed: str, batch_table: str, run_id: str | None = None) -> GateOutcome:
     """Validate a staged load's batch table with its feed's suite, record every result, and say if it passed."""
     started = time.monotonic()
     checks = checks_for(feed)
     schema, _, name = batch_table.partition(".")
     table = sql.Identifier(schema, name)
-    with db.connect() as conn:
-        conn.execute("SELECT pg_advisory_xact_lock(hashtext('pophealth gate schema'))")
-        _apply_ddl(conn)
     with db.connect() as conn:
         columns = sorted({c for check in checks for c in columns_of(check)})
         counts = conn.execute(

@@ -144,7 +144,6 @@ def stage_extract(path: str | Path, run_id: str | None = None) -> StageOutcome:
     if not path.is_file():
         raise LoadRefused(f"{path.name}: the file is no longer in the landing folder")
     feed = FEED_SPECS[extract.feed]
-    prepare_warehouse()
     sha, size = sha256_of(path)
     with db.connect() as conn:
         earlier = conn.execute(

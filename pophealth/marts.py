@@ -19,21 +19,6 @@ from pophealth import config, db
 
 log = logging.getLogger("pophealth")
 
-AUDIT_DDL = """
-CREATE TABLE IF NOT EXISTS audit.dbt_result (
-    run_id          text,
-    unique_id       text NOT NULL,
-    resource_type   text NOT NULL,
-    status          text NOT NULL,
-    execution_time  double precision,
-    rows_affected   bigint,
-    failures        bigint,
-    message         text,
-    recorded_at     timestamptz NOT NULL DEFAULT now()
-)
-"""
-
-
 class DbtFailed(RuntimeError):
     pass
 
@@ -43,16 +28,13 @@ def dbt_executable() -> str:
     return str(beside) if beside.exists() else (shutil.which("dbt") or "dbt")
 
 
-def dbt_command(args: list[str], target_path: Path | None = None) -> subprocess.CompletedProcess:
+def dbt_command(args: list[str]) -> subprocess.CompletedProcess:
     paths = config.paths()
     env = {**os.environ, **db.dbt_env(), "DBT_SEND_ANONYMOUS_USAGE_STATS": "False"}
-    target = target_path or manifest_path().parent
+    target = manifest_path().parent
     cmd = [dbt_executable(), *args, "--project-dir", str(paths.dbt_project_dir),
            "--profiles-dir", str(paths.dbt_project_dir), "--target-path", str(target),
            "--log-path", str(paths.home / "dbt_logs")]
-    as_of = os.environ.get("POPHEALTH_AS_OF_DATE")
-    if as_of and args and args[0] in ("build", "run", "test", "seed"):
-        cmd += ["--vars", json.dumps({"as_of_date": as_of})]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
 
 
@@ -86,7 +68,6 @@ def _tail(text: str, lines: int = 15) -> str:
 
 def _record(results: list[dict], run_id: str | None) -> None:
     with db.connect() as conn:
-        conn.execute(AUDIT_DDL)
         with conn.cursor() as cur:
             cur.executemany(
                 """INSERT INTO audit.dbt_result (run_id, unique_id, resource_type, status, execution_time,

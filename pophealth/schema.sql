@@ -47,6 +47,43 @@ CREATE TABLE IF NOT EXISTS audit.optout_applied (
     applied_at     timestamptz NOT NULL DEFAULT now()
 );
 
+-- The quality gates' results (pophealth/gates.py): one row per rule per gated load. Never a value from
+-- the file: counts, thresholds and row numbers only.
+CREATE TABLE IF NOT EXISTS audit.gate_result (
+    load_id          bigint NOT NULL,
+    run_id           text,
+    feed             text NOT NULL,
+    suite            text NOT NULL,          -- <feed>_load: the Great Expectations suite the rule ran in
+    check_id         text NOT NULL,          -- the rule id in expectations/registry.yml
+    expectation      text,                   -- the Great Expectations class
+    severity         text NOT NULL CHECK (severity IN ('error', 'warn')),
+    category         text NOT NULL,          -- conformance | completeness | plausibility (OHDSI DQD)
+    status           text NOT NULL CHECK (status IN ('passed', 'failed', 'not_applicable')),
+    observed         text,                   -- what was measured (a count or share), never a row's value
+    observed_number  numeric,
+    threshold        text,
+    unexpected_count bigint,
+    row_count        bigint,
+    example_rows     bigint[] NOT NULL DEFAULT '{}',   -- source_row numbers (1 = first data row)
+    note             text,
+    checked_at       timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS gate_result_load ON audit.gate_result (load_id);
+CREATE INDEX IF NOT EXISTS gate_result_checked_at ON audit.gate_result (checked_at);
+
+-- Each dbt node's result, from Cosmos's callback after each task (pophealth/marts.py).
+CREATE TABLE IF NOT EXISTS audit.dbt_result (
+    run_id          text,
+    unique_id       text NOT NULL,
+    resource_type   text NOT NULL,
+    status          text NOT NULL,
+    execution_time  double precision,
+    rows_affected   bigint,
+    failures        bigint,
+    message         text,
+    recorded_at     timestamptz NOT NULL DEFAULT now()
+);
+
 CREATE TABLE IF NOT EXISTS restricted.optout (
     person_id text PRIMARY KEY,
     load_id   bigint NOT NULL

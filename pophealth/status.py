@@ -37,7 +37,7 @@ def status_text() -> tuple[str, bool]:
             """SELECT max(recorded_at) AS at, count(*) FILTER (WHERE status IN ('error', 'fail')) AS failed
                FROM audit.dbt_result
                WHERE run_id = (SELECT run_id FROM audit.dbt_result ORDER BY recorded_at DESC LIMIT 1)"""
-        ).fetchone() if conn.execute("SELECT to_regclass('audit.dbt_result') AS t").fetchone()["t"] else None
+        ).fetchone()  # audit.dbt_result comes with audit.load (schema.sql)
     lines.append("")
     if marts and marts["at"]:
         verdict = "FAILED" if marts["failed"] else "built"

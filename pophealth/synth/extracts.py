@@ -13,18 +13,10 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
 
-from pophealth.feeds import APC_COLUMNS, GP_REGISTER_COLUMNS
+from pophealth.feeds import APC_COLUMNS, CLD_CONTRACT_COLUMNS, GP_REGISTER_COLUMNS
 from pophealth.synth.geography import AREA_CODE
 from pophealth.synth.world import HISTORY_START, WINDOW_END, WINDOW_START, Event, Person, Spell, World, invalidate
 
-CLD_COLUMNS = (
-    "LA_Code", "Reporting_Period_Start_Date", "Reporting_Period_End_Date", "Client_Type",
-    "LA_Person_Unique_Identifier", "NHS_Number", "Gender", "Ethnicity", "Date_of_Birth", "Date_of_Death",
-    "Postcode", "Primary_Support_Reason", "Accommodation_Status", "Event_Type", "Event_Reference",
-    "Event_Start_Date", "Event_End_Date", "Event_Outcome", "Request_Route_of_Access", "Assessment_Type",
-    "Service_Type", "Service_Component", "Delivery_Mechanism", "Review_Reason", "Unit_Cost",
-    "Cost_Frequency_Unit_Type", "Planned_units_per_week",
-)
 CLD_PERIOD_ENDS = (date(2024, 6, 30), date(2024, 9, 30), date(2024, 12, 31), date(2025, 3, 31),
                    date(2025, 6, 30), date(2025, 9, 30))
 POPULATION_YEARS = (2023, 2024, 2025)
@@ -266,7 +258,7 @@ class _Writer:
                 death = person.death if person.death and person.death <= period_end else None
                 self.ledger.loaded(identity, "cld", person, death)
                 last_file[id(event)] = period_end
-            self.write(f"cld_{AREA_CODE}_{period_end:%Y%m%d}.csv", "cld", CLD_COLUMNS, rows, fates)
+            self.write(f"cld_{AREA_CODE}_{period_end:%Y%m%d}.csv", "cld", CLD_CONTRACT_COLUMNS, rows, fates)
         for event in events:
             if id(event) in last_file:
                 person = event.person
@@ -301,7 +293,7 @@ class _Writer:
             "Unit_Cost": event.unit_cost or "", "Cost_Frequency_Unit_Type": event.cost_unit or "",
             "Planned_units_per_week": event.units or "",
         }
-        return [row[c] for c in CLD_COLUMNS]
+        return [row[c] for c in CLD_CONTRACT_COLUMNS]
 
 
 def write_extracts(world: World, out: Path) -> Ledger:
@@ -316,4 +308,4 @@ def write_extracts(world: World, out: Path) -> Ledger:
     return ledger
 
 
-__all__ = ["write_extracts", "Ledger", "IdentityFacts", "CLD_COLUMNS", "CLD_PERIOD_ENDS", "HISTORY_START"]
+__all__ = ["write_extracts", "Ledger", "IdentityFacts", "CLD_PERIOD_ENDS", "HISTORY_START"]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from pophealth.feeds import APC_COLUMNS, GP_REGISTER_COLUMNS
+from pophealth.feeds import APC_COLUMNS, CLD_CONTRACT_COLUMNS, GP_REGISTER_COLUMNS
 from pophealth.identifiers import nhs_check_digit
 from pophealth.keys import LinkageKey
 from pophealth.pseudonymise import Pseudonymiser
@@ -28,14 +28,6 @@ pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 KEY = "3c" * 32
-CLD_COLUMNS = (
-    "LA_Code", "Reporting_Period_Start_Date", "Reporting_Period_End_Date", "Client_Type",
-    "LA_Person_Unique_Identifier", "NHS_Number", "Gender", "Ethnicity", "Date_of_Birth", "Date_of_Death",
-    "Postcode", "Primary_Support_Reason", "Accommodation_Status", "Event_Type", "Event_Reference",
-    "Event_Start_Date", "Event_End_Date", "Event_Outcome", "Request_Route_of_Access", "Assessment_Type",
-    "Service_Type", "Service_Component", "Delivery_Mechanism", "Review_Reason", "Unit_Cost",
-    "Cost_Frequency_Unit_Type", "Planned_units_per_week",
-)
 
 
 def _valid_numbers():
@@ -84,13 +76,13 @@ def _episode(epikey, spell, number, dob, sex, postcode, practice, admidate, disd
 def _event(period_end, local_id, number, dob="1944-02-10", gender="Female", death="", start="2025-05-01",
            reference="R1", client_type="Service user"):
     period_start = {"2025-06-30": "2024-07-01", "2025-09-30": "2024-10-01"}[period_end]
-    row = dict.fromkeys(CLD_COLUMNS, "")
+    row = dict.fromkeys(CLD_CONTRACT_COLUMNS, "")
     row.update(LA_Code="E10000012", Reporting_Period_Start_Date=period_start, Reporting_Period_End_Date=period_end,
                Client_Type=client_type, LA_Person_Unique_Identifier=local_id, NHS_Number=number, Gender=gender,
                Date_of_Birth=dob, Date_of_Death=death, Postcode="CM2 2BB", Event_Type="Service",
                Event_Reference=reference, Event_Start_Date=start, Service_Type="Long term support: Community",
                Service_Component="Home support or domiciliary care", Event_Outcome="Continuation of support or services")
-    return [row[c] for c in CLD_COLUMNS]
+    return [row[c] for c in CLD_CONTRACT_COLUMNS]
 
 
 def build_landing(landing: Path) -> None:
@@ -129,11 +121,11 @@ def build_landing(landing: Path) -> None:
         _episode("E7", "S7", K, "1935-05-05", "1", "CM2 2BB", "F81002", "2025-09-20", "2025-09-25",
                  dismeth="4", disdest="79"),
     ])
-    _write(landing / "cld_E10000012_20250630.csv", CLD_COLUMNS, [
+    _write(landing / "cld_E10000012_20250630.csv", CLD_CONTRACT_COLUMNS, [
         # B's event, first submission (Release 1 client type), repeated in the next quarter.
         _event("2025-06-30", "EC0000002", B, reference="old-ref", client_type="Service User"),
     ])
-    _write(landing / "cld_E10000012_20250930.csv", CLD_COLUMNS, [
+    _write(landing / "cld_E10000012_20250930.csv", CLD_CONTRACT_COLUMNS, [
         _event("2025-09-30", "EC0000002", B, reference="new-ref"),
         # E: no NHS number at all: a person known by the council's id.
         _event("2025-09-30", "EC0000005", "", gender="Female"),

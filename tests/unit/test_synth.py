@@ -19,7 +19,8 @@ from pophealth.landing import identify, open_extract
 from pophealth.pseudonymise import PostcodeLookup, Pseudonymiser
 from pophealth.synth import write_world
 from pophealth.synth.answer_metrics import EMERGENCY, is_fall, is_injury, periods
-from pophealth.synth.extracts import CLD_COLUMNS, RELEASE1
+from pophealth.feeds import CLD_CONTRACT_COLUMNS as CLD_COLUMNS
+from pophealth.synth.extracts import RELEASE1
 
 POPULATION = 1500
 SEED = 11
