@@ -34,12 +34,22 @@ setup() {
   fi
 }
 
+# The board report's browser test needs Debian's Chromium (headless); install it when it is missing and we
+# may (root, apt available). Without it that test fails with a clear message rather than being skipped.
+ensure_chromium() {
+  if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "Installing Debian's chromium for the browser tests ..."
+    (apt-get install -y -qq chromium >/dev/null 2>&1 || (apt-get update -qq >/dev/null 2>&1 &&
+      apt-get install -y -qq chromium >/dev/null 2>&1)) || echo "could not install chromium" >&2
+  fi
+}
+
 command="${1:-help}"
 shift || true
 case "$command" in
   setup) setup; exec .venv/bin/pophealth setup "$@" ;;
   demo) setup; exec .venv/bin/pophealth run "$@" ;;
-  test) setup; exec .venv/bin/python -m pytest "$@" ;;
+  test) setup; ensure_chromium; exec .venv/bin/python -m pytest "$@" ;;
   bench) setup; exec .venv/bin/python -m benchmarks "$@" ;;
   pophealth) setup; exec .venv/bin/pophealth "$@" ;;
   *) sed -n '2,6p' "$0"; exit 2 ;;

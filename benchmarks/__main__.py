@@ -8,6 +8,14 @@ beside a baseline that ran on the same machine a moment before:
 - staging the register extract (validate, pseudonymise, COPY into PostgreSQL) against only reading the
   same file with Python's csv module, the least any loader must do.
 Nothing here is a test: nothing asserts a time.
+
+    ./dev.sh bench --pyramid [--population 1438682]
+
+builds the marts for a generated world of that register population (by default Essex County's 1,438,682)
+without Airflow (every feed staged and published in order, then `dbt build`), prints each stage's time
+and the risk pyramid's tier counts beside the contract's (7,193 / 64,741 / 215,802 / 1,150,946 at Essex
+scale), and as a baseline the time of the bare ranking query the tiers come from. It takes about an hour
+on two cores; CI checks the pyramid's rule on small worlds instead (dbt test risk_tiers_follow_the_pyramid).
 """
 
 from __future__ import annotations
@@ -71,14 +79,83 @@ def bench_staging(landing: Path, repeats: int) -> None:
     db.stop_embedded()
 
 
+def expected_pyramid(people: int) -> dict[str, int]:
+    """The contract's cut: floor(0.005 N), floor(0.05 N), floor(0.20 N)."""
+    very_high, high, moderate = people * 5 // 1000, people * 5 // 100, people * 20 // 100
+    return {"very_high": very_high, "high": high - very_high, "moderate": moderate - high, "low": people - moderate}
+
+
+def bench_pyramid(population: int, work: Path) -> int:
+    from pophealth import db
+    from pophealth.landing import LOAD_ORDER, identify
+    from pophealth.load import prepare_warehouse, publish_load, stage_extract
+    from pophealth.marts import dbt_command
+    from pophealth.synth import write_world
+
+    os.environ.setdefault("POPHEALTH_LINKAGE_KEY", "ab" * 32)
+    stages: dict[str, float] = {}
+    started = time.perf_counter()
+    write_world(work / "landing", population=population, seed=1)
+    stages["generate the world and its extracts"] = time.perf_counter() - started
+
+    prepare_warehouse()
+    extracts = sorted(p for p in (work / "landing").iterdir() if p.suffix == ".csv")
+    for feed in LOAD_ORDER:
+        started = time.perf_counter()
+        for extract in extracts:
+            found = identify(extract)
+            if found is not None and found.feed == feed:
+                outcome = stage_extract(extract)
+                if outcome.status != "validated":
+                    raise SystemExit(f"{extract.name} was not accepted: {outcome.status}")
+                publish_load(outcome.load_id)
+        stages[f"stage and publish {feed}"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    proc = dbt_command(["build"])
+    stages["dbt build (all models and tests)"] = time.perf_counter() - started
+    if proc.returncode != 0:
+        print(proc.stdout[-4000:])
+        raise SystemExit("dbt build failed")
+
+    with db.connect() as conn:
+        started = time.perf_counter()
+        conn.execute("""CREATE TEMP TABLE ranked AS SELECT person_id,
+                        row_number() OVER (ORDER BY risk_score DESC, person_id) AS r FROM marts.risk_stratification""")
+        baseline = time.perf_counter() - started
+        tiers = dict(conn.execute("SELECT risk_tier, count(*) FROM marts.risk_stratification GROUP BY 1").fetchall())
+    people = sum(tiers.values())
+    expected = expected_pyramid(population)
+    total = sum(stages.values())
+    print(f"pyramid    register population {population:,}; {os.cpu_count()} cores")
+    for name, seconds in stages.items():
+        print(f"  {name:<40} {seconds:9.1f} s  {seconds / total:6.1%}")
+    print(f"  {'total':<40} {total:9.1f} s")
+    print(f"  baseline: the bare ranking query on the scored people {baseline:7.2f} s; dbt build is "
+          f"{stages['dbt build (all models and tests)'] / baseline:,.0f}x that")
+    print(f"  people stratified: {people:,} (register population {population:,})")
+    ok = True
+    for tier in ("very_high", "high", "moderate", "low"):
+        same = tiers.get(tier, 0) == expected[tier]
+        ok &= same
+        print(f"  {tier:<10} {tiers.get(tier, 0):>10,}  contract {expected[tier]:>10,}  {'equal' if same else 'DIFFERENT'}")
+    db.stop_embedded()
+    return 0 if ok and people == population else 1
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--population", type=int, default=2000)
+    parser.add_argument("--population", type=int, help="people (default 2,000; with --pyramid 1,438,682)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--pyramid", action="store_true", help="the risk pyramid at a register population "
+                        "(default 1,438,682, Essex County)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="pophealth-bench-") as tmp:
         work = Path(tmp)
         os.environ["POPHEALTH_HOME"] = str(work / "state")
+        if args.pyramid:
+            raise SystemExit(bench_pyramid(args.population or 1_438_682, work))
+        args.population = args.population or 2000
         print(f"pophealth benchmarks (medians of {args.repeats}; {os.cpu_count()} cores)")
         landing = bench_generator(args.population, args.repeats, work)
         bench_staging(landing, args.repeats)

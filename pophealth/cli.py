@@ -6,6 +6,7 @@
     pophealth dag DAG_ID [--landing PATH] one DAG through Airflow
     pophealth status                      the last load of each source and the marts' freshness
     pophealth db url | stop               the warehouse in use
+    pophealth board-report [--out PATH]   the board report (static HTML) from the reporting schema
 """
 
 from __future__ import annotations
@@ -78,6 +79,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     _say(f"Warehouse: {db.warehouse_url()}" + (" (embedded PostgreSQL)" if db.is_embedded() else ""))
     outcome = run_pipeline(landing, progress=_say)
     _say(summarise(outcome))
+    if outcome.succeeded:
+        from pophealth.board_report import write_board_report
+
+        report = config.paths().home / "reports" / "board_report.html"
+        write_board_report(report)
+        _say(f"\nBoard report (from reporting only; open it in a browser): {report}")
     return 0 if outcome.succeeded else 1
 
 
@@ -126,6 +133,49 @@ def cmd_db(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_board_report(args: argparse.Namespace) -> int:
+    from pophealth.board_report import write_board_report
+
+    out = Path(args.out) if args.out else config.paths().home / "reports" / "board_report.html"
+    summary = write_board_report(out)
+    _say(f"Board report ({summary['charts']} charts, {summary['tables']} tables): {out.resolve()}")
+    for table in summary["missing"]:
+        _say(f"  not in the report yet: {table} (build the marts first)")
+    return 0
+
+
+def cmd_fit_risk_model(args: argparse.Namespace) -> int:
+    from pophealth.marts import dbt_command
+    from pophealth.risk_model import FitFailed, append_to_seed, fit_from_warehouse
+
+    try:
+        model = fit_from_warehouse()
+    except FitFailed as exc:
+        print(f"pophealth: {exc}", file=sys.stderr)
+        return 2
+    version = append_to_seed(model)
+    _say(f"Risk model version {version}: fitted on {model.people:,} people on the register at "
+         f"{model.fitted_as_of} ({model.outcomes:,} had an emergency admission in the next 12 months)")
+    for term, coefficient in zip(model.terms, model.coefficients):
+        _say(f"  {term:<24} {coefficient:+.4f}")
+    _say(f"  c-statistic on the fitting sample: {model.c_statistic:.3f}")
+    proc = dbt_command(["build", "--select", "risk_model_coefficient+"])
+    if proc.returncode != 0:
+        print(proc.stdout[-3000:], file=sys.stderr)
+        return 1
+    from pophealth import db
+
+    with db.connect() as conn:
+        rows = conn.execute("""SELECT risk_tier, people, share_of_emergency_admissions, c_statistic, evaluated_as_of
+                               FROM marts.risk_model_evaluation ORDER BY tier_order""").fetchall()
+    _say(f"Evaluated on other people at {rows[0][4]} (marts.risk_model_evaluation): c-statistic {rows[0][3]}")
+    for tier, people, share, _c, _d in rows:
+        _say(f"  {tier:<10} {people:>9,} people  {share}% of the next year's emergency admissions")
+    _say(f"The new version is in {config.paths().dbt_project_dir / 'seeds' / 'risk_model_coefficient.csv'}: "
+         "review it and commit it.")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pophealth", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -156,6 +206,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("db", help="the warehouse in use")
     p.add_argument("action", choices=["url", "stop"])
     p.set_defaults(func=cmd_db)
+
+    p = sub.add_parser("board-report", help="the board report (static HTML) from the reporting schema")
+    p.add_argument("--out", help="where to write it (default: POPHEALTH_HOME/reports/board_report.html)")
+    p.set_defaults(func=cmd_board_report)
+
+    p = sub.add_parser("fit-risk-model", help="fit the risk model on the warehouse and add it to its seed")
+    p.set_defaults(func=cmd_fit_risk_model)
     return parser
 
 

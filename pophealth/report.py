@@ -88,10 +88,38 @@ def summarise(outcome: PipelineOutcome) -> str:
         if methods:
             lines.append("                        by link method: "
                          + ", ".join(f"{m['link_method']} {m['n']:,}" for m in methods))
+        lines += _marts_lines(conn)
         for table in ("raw.gp_register", "raw.apc_episode", "raw.cld_event", "raw.ref_population"):
             lines.append(f"  {table:<21} {_fmt(_count(conn, f'SELECT count(*) FROM {table}'))} rows")
         lines += [
             "  schemas: raw (pseudonymised loads), staging, intermediate, marts (analysts), reference (code lists),",
+            "           reporting (aggregates with disclosure control, for wide circulation),",
             "           audit (load, quarantine, optout_applied, gate_result, dbt_result)",
         ]
     return "\n".join(lines)
+
+
+def _marts_lines(conn) -> list[str]:
+    """The risk pyramid and the latest financial year's BCF metrics for the area, when the marts exist."""
+    if _count(conn, "SELECT count(*) FROM marts.risk_stratification") is None:
+        return []
+    tiers = {r["risk_tier"]: r["people"] for r in conn.execute(
+        "SELECT risk_tier, count(*) AS people FROM marts.risk_stratification GROUP BY 1").fetchall()}
+    evaluation = conn.execute(
+        "SELECT model_version, c_statistic FROM marts.risk_model_evaluation WHERE risk_tier = 'all'").fetchone()
+    lines = [f"  marts.risk_stratification  {_fmt(sum(tiers.values()))} people: "
+             + " / ".join(f"{tier} {_fmt(tiers.get(tier, 0))}" for tier in ("very_high", "high", "moderate", "low"))]
+    if evaluation:
+        lines.append(f"                        risk model version {evaluation['model_version']}, c-statistic "
+                     f"{evaluation['c_statistic']} on a later year (marts.risk_model_evaluation)")
+    metrics = conn.execute(
+        """SELECT metric_code, value, period_start, period_end FROM marts.bcf_metrics
+           WHERE geography_level = 'area' AND period_start = (
+               SELECT max(period_start) FROM marts.bcf_metrics WHERE period_end - period_start > 300)
+             AND period_end - period_start > 300 ORDER BY metric_code""").fetchall()
+    if metrics:
+        lines.append(f"  marts.bcf_metrics     financial year {metrics[0]['period_start']} to "
+                     f"{metrics[0]['period_end']}, whole area:")
+        lines += [f"                        {m['metric_code']:<28} {m['value'] if m['value'] is not None else '-'}"
+                  for m in metrics]
+    return lines

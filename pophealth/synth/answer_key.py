@@ -3,6 +3,7 @@
 - files.csv   every file: rows read, loaded, quarantined, removed by opt-out
 - people.csv  every person marts.person must hold (identities and attributes, by the rules below)
 - metrics.csv the Better Care Fund metrics of marts.md (see answer_metrics)
+- cohorts.csv the partners' cohorts as counts (see answer_metrics.compute_cohorts)
 - world.json  headline figures, and the population and seed that made the world
 
 The rules for people.csv are the platform's documented rules (README, "Who is who"): a person is their
@@ -18,7 +19,7 @@ import json
 from datetime import date
 from pathlib import Path
 
-from pophealth.synth.answer_metrics import compute_metrics
+from pophealth.synth.answer_metrics import compute_cohorts, compute_metrics
 from pophealth.synth.extracts import Ledger
 from pophealth.synth.world import WINDOW_END, WINDOW_START, World
 
@@ -98,6 +99,8 @@ def write_answer_key(world: World, ledger: Ledger, out: Path) -> dict:
     metrics = compute_metrics(world, ledger, {r["identity"]: r for r in people})
     _write_csv(out / "metrics.csv", ("metric_code", "period_type", "period_start", "period_end", "geography_level",
                                      "geography_code", "numerator", "denominator", "value"), metrics)
+    _write_csv(out / "cohorts.csv", ("cohort", "measure", "key", "value"),
+               compute_cohorts(ledger, {r["identity"]: r for r in people}))
     alive_65 = sum(1 for p in world.people if p.age_on(date(2024, 6, 30)) >= 65)
     in_window = [s for s in world.spells if s.admidate >= WINDOW_START]
     financial_year = {r["metric_code"]: r["value"] for r in metrics

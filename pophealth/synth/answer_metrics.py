@@ -322,3 +322,84 @@ def compute_metrics(world: World, ledger: Ledger, people: dict[str, dict]) -> li
     rows.sort(key=lambda r: (r["metric_code"], r["period_type"], r["period_start"], r["geography_level"],
                              r["geography_code"]))
     return rows
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The partners' cohorts (marts.delayed_discharges, falls_admissions, care_home_after_hospital,
+# admission_reasons), as counts the marts must reproduce. The rules, as the marts' documentation says:
+# - known to social care: any social care event of the identity (any type) that started before the
+#   admission and was still open, or ended, in the 365 days before it (end as the latest submission says);
+# - falls (all ages): emergency, primary S00-T98, a W00-W19 code among the first episode's other diagnoses;
+#   support followed: a Service starting from the admission to 91 days after the discharge (or admission);
+# - care home after hospital: a Residential/Nursing service that is new (as care_home_admissions_65, any age
+#   and funding) and starts 0 to 28 days after a discharge of the same identity;
+# - admission reasons: emergency spells admitted in the 12 months to the as-of date by age band on admission
+#   and the first three characters of the primary diagnosis.
+
+AGE_BANDS = ((18, "0-17"), (65, "18-64"), (75, "65-74"), (85, "75-84"))
+
+
+def _age_band(age: int) -> str:
+    return next((band for limit, band in AGE_BANDS if age < limit), "85+")
+
+
+def compute_cohorts(ledger: Ledger, people: dict[str, dict]) -> list[dict]:
+    spells = spell_facts(ledger, people)
+    services = service_facts(ledger, people)
+    contacts: dict[str, list[tuple[date, date | None]]] = {}
+    for identity, event, latest_file in ledger.loaded_events:
+        end = event.end if event.end and event.end <= latest_file else None
+        contacts.setdefault(identity, []).append((event.start, end))
+
+    def known_before(identity: str, admitted: date) -> bool:
+        return any(start < admitted and (end is None or (admitted - end).days <= 365)
+                   for start, end in contacts.get(identity, ()))
+
+    rows: list[dict] = []
+
+    def add(cohort: str, measure: str, value: int, key: str = "") -> None:
+        rows.append({"cohort": cohort, "measure": measure, "key": key, "value": value})
+
+    delayed = [s for s in spells if s.disdate is not None and s.ready is not None and s.ready < s.disdate]
+    add("delayed_discharges", "spells", len(delayed))
+    add("delayed_discharges", "days_delayed", sum((s.disdate - s.ready).days for s in delayed))
+    add("delayed_discharges", "known_to_social_care", sum(known_before(s.identity, s.admidate) for s in delayed))
+
+    falls = [s for s in spells if s.emergency and is_injury(s.primary) and any(is_fall(c) for c in s.others)]
+    supported = 0
+    for s in falls:
+        last = (s.disdate or s.admidate) + timedelta(days=91)
+        supported += any(f.identity == s.identity and s.admidate <= f.start <= last for f in services)
+    add("falls_admissions", "admissions", len(falls))
+    add("falls_admissions", "known_to_social_care_before", sum(known_before(s.identity, s.admidate) for s in falls))
+    add("falls_admissions", "with_support_within_91_days", supported)
+
+    care_homes: dict[str, list[ServiceFact]] = {}
+    for f in services:
+        if f.service_type in CARE_HOME_SERVICES:
+            care_homes.setdefault(f.identity, []).append(f)
+    discharges: dict[str, list[date]] = {}
+    for s in spells:
+        if s.disdate is not None:
+            discharges.setdefault(s.identity, []).append(s.disdate)
+    after_hospital = self_funded = 0
+    for identity, mine in care_homes.items():
+        for f in mine:
+            if any(o.start < f.start and (o.end is None or (f.start - o.end).days < 365) for o in mine):
+                continue
+            if any(0 <= (f.start - day).days <= 28 for day in discharges.get(identity, ())):
+                after_hospital += 1
+                self_funded += f.outcome == SELF_FUNDED
+    add("care_home_after_hospital", "placements", after_hospital)
+    add("care_home_after_hospital", "self_funded", self_funded)
+
+    first_day = date(WINDOW_END.year - 1, WINDOW_END.month, WINDOW_END.day) + timedelta(days=1)
+    reasons: dict[str, int] = {}
+    for s in spells:
+        if s.emergency and first_day <= s.admidate <= WINDOW_END:
+            code = _code(s.primary)[:3] or "unknown"
+            key = f"{_age_band(age_on(s.birth, s.admidate))}|{code}"
+            reasons[key] = reasons.get(key, 0) + 1
+    for key, count in sorted(reasons.items()):
+        add("admission_reasons", "admissions", count, key)
+    return rows

@@ -10,6 +10,7 @@ the same world. Nothing here writes files: `extracts` does, from this world.
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 import random
 from dataclasses import dataclass, field
@@ -75,6 +76,12 @@ class Person:
     def apc_practice(self) -> str:
         """The practice a hospital records: the registered one, or 'not known' for people not registered here."""
         return self.practice if self.registered else NO_PRACTICE
+
+    def on_register_at(self, day: date) -> bool:
+        """On the GP register, alive and not opted out on `day`: the people risk stratification ranks."""
+        return (self.registered and not self.opted_out and not self.gp_number_invalid
+                and (self.registration_end is None or self.registration_end > day)
+                and (self.death is None or self.death > day))
 
     def age_on(self, day: date) -> int:
         return day.year - self.birth.year - ((day.month, day.day) < (self.birth.month, self.birth.day))
@@ -145,6 +152,7 @@ class World:
 # NHS numbers: the 999 test range holds about 900,000 valid numbers; a world bigger than that (Essex at full
 # scale) continues in the 998, 997, ... blocks, which NHS England does not issue either.
 
+NUMBERS_PER_REGISTERED = 1.2  # people drawn per person on the register at the end: about 1.1
 _VALID_PER_BLOCK = 880_000  # valid numbers in a block of a million stems, with a margin (1 in 11 has no check digit)
 
 
@@ -212,46 +220,33 @@ class _Simulation:
         self.spell_counter = dict.fromkeys(PROVIDERS, 0)
 
     # -- people -----------------------------------------------------------------------------------------
-    def people(self) -> tuple[list[Person], list[str]]:
+    def person(self, index: int, number: str) -> Person:
+        """One person as they are at the start of the history (who they are, where, how frail)."""
         rng = self.rng
-        extra = max(3, self.population // 500)
-        numbers = _nhs_numbers(rng, self.population + extra)
-        cumulative_age = []
-        total = 0.0
-        for share in AGE_BAND_SHARES:
-            total += share
-            cumulative_age.append(total)
-        cumulative_place = []
-        total = 0.0
-        for locality in self.localities:
-            total += locality.share
-            cumulative_place.append(total)
-        people = []
-        for index in range(self.population):
-            band = min(bisect.bisect(cumulative_age, rng.random() * cumulative_age[-1]), len(AGE_BAND_SHARES) - 1)
-            age = band * 5 + rng.randrange(5)
-            birth = _days(HISTORY_START, -(age * 365.25 + rng.randrange(1, 365)))
-            sex = "2" if rng.random() < (0.5 if age < 65 else 0.55 if age < 85 else 0.65) else "1"
-            if rng.random() < 0.0005:
-                sex = "9"
-            locality = self.localities[min(bisect.bisect(cumulative_place, rng.random() * cumulative_place[-1]),
-                                           len(self.localities) - 1)]
-            lsoa = rng.choice(locality.lsoas)
-            frailty = rng.lognormvariate(-0.18, 0.6)
-            person = Person(
-                index=index, nhs_number=numbers[index], birth=birth, sex=sex, lsoa=lsoa,
-                postcode=rng.choice(lsoa.postcodes), practice=rng.choice(locality.practices), frailty=frailty,
-                local_id=f"EC{(index * 7919 + 104729) % 10_000_000:07d}",
-            )
-            person.registered = rng.random() > 0.015
-            if person.registered:
-                person.registration_start = max(birth, _days(date(1995, 1, 1), rng.randrange(10_400)))
-            person.opted_out = rng.random() < 0.05
-            person.gp_number_invalid = rng.random() < 0.001
-            draw = rng.random()
-            person.cld_number = "missing" if draw < 0.08 else "invalid" if draw < 0.085 else "valid"
-            people.append(person)
-        return people, numbers[self.population:]
+        band = min(bisect.bisect(self.cumulative_age, rng.random() * self.cumulative_age[-1]),
+                   len(AGE_BAND_SHARES) - 1)
+        age = band * 5 + rng.randrange(5)
+        birth = _days(HISTORY_START, -(age * 365.25 + rng.randrange(1, 365)))
+        sex = "2" if rng.random() < (0.5 if age < 65 else 0.55 if age < 85 else 0.65) else "1"
+        if rng.random() < 0.0005:
+            sex = "9"
+        locality = self.localities[min(bisect.bisect(self.cumulative_place, rng.random() * self.cumulative_place[-1]),
+                                       len(self.localities) - 1)]
+        lsoa = rng.choice(locality.lsoas)
+        frailty = rng.lognormvariate(-0.18, 0.6)
+        person = Person(
+            index=index, nhs_number=number, birth=birth, sex=sex, lsoa=lsoa,
+            postcode=rng.choice(lsoa.postcodes), practice=rng.choice(locality.practices), frailty=frailty,
+            local_id=f"EC{(index * 7919 + 104729) % 10_000_000:07d}",
+        )
+        person.registered = rng.random() > 0.015
+        if person.registered:
+            person.registration_start = max(birth, _days(date(1995, 1, 1), rng.randrange(10_400)))
+        person.opted_out = rng.random() < 0.05
+        person.gp_number_invalid = rng.random() < 0.001
+        draw = rng.random()
+        person.cld_number = "missing" if draw < 0.08 else "invalid" if draw < 0.085 else "valid"
+        return person
 
     # -- one life -----------------------------------------------------------------------------------------
     def live(self, person: Person) -> None:
@@ -558,12 +553,30 @@ class _Simulation:
         self._mine.append(event)
 
     def run(self) -> World:
-        people, extra = self.people()
-        for person in people:
+        """People are drawn and live one at a time until the register at the as-of date holds `population`.
+
+        The population is the one risk stratification ranks (registered, alive, not opted out, on the
+        register with a valid number at the as-of date), so a world of 1,438,682 gives Essex's pyramid exactly;
+        the people who died, moved away, opted out or were never registered come on top of it.
+        """
+        rng = self.rng
+        extra = max(3, self.population // 500)
+        numbers = _nhs_numbers(rng, int(self.population * NUMBERS_PER_REGISTERED) + 100 + extra)
+        self.cumulative_age = list(itertools.accumulate(AGE_BAND_SHARES))
+        self.cumulative_place = list(itertools.accumulate(loc.share for loc in self.localities))
+        people: list[Person] = []
+        registered = 0
+        while registered < self.population:
+            if len(people) + extra >= len(numbers):
+                raise RuntimeError("not enough NHS numbers drawn for this population")  # about 1 in 7 is spare
+            person = self.person(len(people), numbers[len(people)])
             self._keys: set = set()      # this person's unique event keys
             self._mine: list[Event] = []  # this person's events, until death or moving away settles them
             self.live(person)
-        return World(self.population, self.seed, self.localities, people, self.spells, self.events, extra)
+            people.append(person)
+            registered += person.on_register_at(WINDOW_END)
+        return World(self.population, self.seed, self.localities, people, self.spells, self.events,
+                     numbers[-extra:])
 
 
 def generate_world(population: int, seed: int) -> World:

@@ -174,3 +174,111 @@ def test_a_failed_gate_stops_the_marts_and_they_keep_their_last_good_state(world
     shutil.copy(world.landing / apc.name, apc)
     assert world.pophealth("dag", "ingest_apc", "--landing", str(landing)).returncode == 0
     assert world.pophealth("dag", "build_marts", "--landing", str(landing)).returncode == 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The marts, number by number against the generator's answer key (pophealth/synth/answer_metrics.py)
+
+
+def _number(value) -> str:
+    if value is None or value == "":
+        return ""
+    return f"{float(value):.4f}"
+
+
+def test_every_bcf_metric_equals_the_answer_key(world):
+    expected = {
+        (r["metric_code"], r["period_start"], r["period_end"], r["geography_code"]):
+            (_number(r["numerator"]), _number(r["denominator"]), _number(r["value"]))
+        for r in world.answers("metrics.csv")
+    }
+    actual = {
+        (code, start, end, geography): (_number(numerator), _number(denominator), _number(value))
+        for code, start, end, geography, numerator, denominator, value in world.query(
+            """SELECT metric_code, period_start::text, period_end::text, geography_code, numerator, denominator,
+                      value FROM marts.bcf_metrics""")
+    }
+    assert set(actual) == set(expected)
+    wrong = {k: (expected[k], actual[k]) for k in expected if expected[k] != actual[k]}
+    assert not wrong, f"{len(wrong)} of {len(expected)} differ, e.g. {next(iter(wrong.items()))}"
+    # The small world is not empty where it matters: every metric has a non-zero numerator somewhere.
+    assert {k[0] for k, v in expected.items() if v[0] not in ("", "0.0000")} == {
+        "emergency_admissions", "care_home_admissions_65", "reablement_91_days_65", "delayed_discharge_days",
+        "falls_admissions_65", "emergency_readmissions_30d"}
+
+
+def test_every_cohort_equals_the_answer_key(world):
+    expected = {(r["cohort"], r["measure"], r["key"]): int(r["value"]) for r in world.answers("cohorts.csv")}
+    (spells, days, known), = world.query(
+        "SELECT count(*), coalesce(sum(days_delayed), 0), count(*) FILTER (WHERE known_to_social_care) "
+        "FROM marts.delayed_discharges")
+    (falls, known_before, supported), = world.query(
+        "SELECT count(*), count(*) FILTER (WHERE known_to_social_care_before), "
+        "count(*) FILTER (WHERE has_support_within_91_days) FROM marts.falls_admissions")
+    (placements, self_funded), = world.query(
+        "SELECT count(*), count(*) FILTER (WHERE is_self_funded) FROM marts.care_home_after_hospital")
+    actual = {
+        ("delayed_discharges", "spells", ""): spells, ("delayed_discharges", "days_delayed", ""): days,
+        ("delayed_discharges", "known_to_social_care", ""): known,
+        ("falls_admissions", "admissions", ""): falls,
+        ("falls_admissions", "known_to_social_care_before", ""): known_before,
+        ("falls_admissions", "with_support_within_91_days", ""): supported,
+        ("care_home_after_hospital", "placements", ""): placements,
+        ("care_home_after_hospital", "self_funded", ""): self_funded,
+    }
+    for band, code, admissions in world.query(
+            "SELECT age_band, primary_diagnosis_code, admissions FROM marts.admission_reasons"):
+        actual[("admission_reasons", "admissions", f"{band}|{code}")] = admissions
+    assert actual == expected
+    assert spells > 0 and falls > 0 and placements > 0
+
+
+def test_the_risk_pyramid_has_the_contracts_sizes(world):
+    # The world's population is its register at the as-of date: N = 800 gives 4 / 36 / 120 / 640.
+    tiers = dict(world.query("SELECT risk_tier, count(*) FROM marts.risk_stratification GROUP BY 1"))
+    assert tiers == {"very_high": 4, "high": 36, "moderate": 120, "low": 640}
+    registered = world.query("SELECT count(*) FROM marts.person WHERE is_registered")[0][0]
+    assert registered == 800 == world.world()["registered"]
+    # Ranks run 1..N with the highest score first.
+    (first, last, ordered), = world.query(
+        """SELECT min(risk_rank), max(risk_rank),
+                  bool_and(risk_score >= coalesce(next_score, 0)) FROM (
+             SELECT risk_rank, risk_score, lead(risk_score) OVER (ORDER BY risk_rank) AS next_score
+             FROM marts.risk_stratification) ranked""")
+    assert (first, last, ordered) == (1, 800, True)
+
+
+def test_the_risk_model_is_evaluated_on_a_later_year(world):
+    rows = world.query("""SELECT risk_tier, people, share_of_emergency_admissions, c_statistic, fitted_as_of,
+                                 evaluated_as_of FROM marts.risk_model_evaluation ORDER BY tier_order""")
+    assert [r[0] for r in rows] == ["very_high", "high", "moderate", "low", "all"]
+    assert sum(r[1] for r in rows[:4]) == rows[4][1] > 0
+    assert abs(sum(r[2] for r in rows[:4]) - 100) < 0.05
+    assert rows[0][4] < rows[0][5]
+    assert 0.5 < rows[0][3] <= 1
+
+
+def test_reporting_applies_disclosure_control_to_the_marts_counts(world):
+    pairs = world.query(
+        """SELECT m.numerator, r.numerator, r.is_suppressed, b.counts_people
+           FROM marts.bcf_metrics m
+           JOIN reporting.bcf_metrics r USING (metric_code, period_start, period_end, geography_level, geography_code)
+           JOIN reference.bcf_metric b USING (metric_code)
+           WHERE metric_code <> 'delayed_discharge_days'""")
+    assert pairs
+    for true_count, shown, suppressed, _people in pairs:
+        if 1 <= true_count <= 7:
+            assert shown is None and suppressed
+        else:
+            assert shown == round(true_count / 5) * 5   # count / 5 is never exactly x.5
+    assert any(s is None for _t, s, _x, _p in pairs) and any(s == 0 for _t, s, _x, _p in pairs)
+    tiers = dict(world.query(
+        "SELECT risk_tier, people FROM reporting.risk_pyramid WHERE geography_level = 'area'"))
+    assert tiers == {"very_high": None, "high": 35, "moderate": 120, "low": 640}
+
+
+def test_the_run_wrote_the_board_report_from_reporting(world):
+    assert "Board report" in world.first_run.stdout
+    report = world.home / "state" / "reports" / "board_report.html"
+    html = report.read_text()
+    assert "risk" in html.lower() and "emergency_admissions" in html

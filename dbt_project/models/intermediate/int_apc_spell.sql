@@ -40,11 +40,18 @@ select
     first_episode.classpat,
     first_episode.mainspef,
     first_episode.diag_01 as primary_diagnosis,
+    -- The other diagnoses of the first episode (diag_02 to diag_20), where the falls rule looks for W00-W19.
+    array_remove(array[{% for n in range(2, 21) %}first_episode.diag_{{ '%02d' % n }}{{ ', ' if not loop.last }}{% endfor %}],
+        null) as other_diagnoses,
     last_episode.disdate,
     last_episode.disdest,
     last_episode.dismeth,
     last_episode.disdate is not null as is_finished,
     last_episode.dismeth = '4' or last_episode.disdest = '79' as died_in_hospital,
+    -- Discharged alive: finished, and neither died (dismeth 4), stillbirth (5) nor died (disdest 79).
+    last_episode.disdate is not null
+        and coalesce(last_episode.dismeth, '') not in ('4', '5')
+        and coalesce(last_episode.disdest, '') <> '79' as is_discharged_alive,
     spells.discharge_ready_date,
     last_episode.disdate - first_episode.admidate as length_of_stay
 from spells

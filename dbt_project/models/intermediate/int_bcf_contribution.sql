@@ -1,0 +1,81 @@
+-- What each spell, discharge or service adds to each Better Care Fund metric (../shared/contract/marts.md):
+-- the date that places it in a period, the person and their locality, and its numerator and denominator
+-- (denominator only for the percentage metrics; the others take the population).
+with spells as (
+    select * from {{ ref('int_spell') }}
+),
+
+services as (
+    select services.*, person.locality_code,
+        {{ age_on('person.birth_year', 'person.birth_month', 'services.service_start_date') }} as age_on_start
+    from {{ ref('int_cld_service') }} as services
+    join {{ ref('int_person') }} as person on person.person_key = services.person_key
+),
+
+-- Discharged alive (finished, dismeth not 4 or 5, disdest not 79).
+discharges as (
+    select * from spells where is_discharged_alive
+),
+
+readmissions as (
+    select
+        discharge.spell_key,
+        exists (
+            select 1 from spells as later
+            where later.person_key = discharge.person_key
+                and later.spell_key <> discharge.spell_key
+                and later.is_emergency
+                and later.admidate - discharge.disdate between 0 and 29
+        ) as is_readmitted
+    from discharges as discharge
+),
+
+-- Aged 65+ and discharged alive, with reablement (ST-Max) starting from 3 days before to 7 days after.
+reablement as (
+    select
+        discharge.*,
+        -- At home 91 days later: no death, no emergency admission and no new long-term care home service in
+        -- days 1 to 91 after the discharge.
+        not (
+            coalesce(discharge.date_of_death - discharge.disdate between 1 and 91, false)
+            or exists (select 1 from spells as later
+                       where later.person_key = discharge.person_key and later.is_emergency
+                           and later.admidate - discharge.disdate between 1 and 91)
+            or exists (select 1 from services as care_home
+                       where care_home.person_key = discharge.person_key and care_home.service_group = 'care_home'
+                           and care_home.service_start_date - discharge.disdate between 1 and 91)
+        ) as is_at_home_after_91_days
+    from discharges as discharge
+    where discharge.age_on_discharge >= 65
+        and exists (select 1 from services as reablement
+                    where reablement.person_key = discharge.person_key and reablement.service_group = 'reablement'
+                        and reablement.service_start_date - discharge.disdate between -3 and 7)
+)
+
+select 'emergency_admissions' as metric_code, admidate as event_date, person_key, locality_code,
+    1::bigint as numerator, null::bigint as denominator
+from spells where is_emergency
+
+union all
+select 'falls_admissions_65', admidate, person_key, locality_code, 1, null
+from spells where is_emergency and age_on_admission >= 65 and is_fall_with_injury
+
+union all
+select 'delayed_discharge_days', disdate, person_key, locality_code, disdate - discharge_ready_date, null
+from spells where is_finished and discharge_ready_date < disdate
+
+union all
+select 'emergency_readmissions_30d', discharge.disdate, discharge.person_key, discharge.locality_code,
+    readmissions.is_readmitted::int, 1
+from discharges as discharge
+join readmissions on readmissions.spell_key = discharge.spell_key
+
+union all
+select 'reablement_91_days_65', disdate, person_key, locality_code, is_at_home_after_91_days::int, 1
+from reablement
+
+union all
+-- A person counts once per period however many new placements they start in it (see int_bcf_metric).
+select 'care_home_admissions_65', service_start_date, person_key, locality_code, 1, null
+from services
+where is_new_care_home_admission and not is_self_funded and age_on_start >= 65

@@ -1,0 +1,37 @@
+-- Social care services (one per unique event, from its latest submission) with the person they belong to
+-- and their group in the metrics: a long-term care home placement, reablement, or other.
+-- A care home service is a *new* care home admission (care_home_admissions_65) unless another care home
+-- service of the person started before it and was still open on its start date or ended less than 365
+-- days before it; a self-funded outcome is flagged separately because the metric excludes it.
+with services as (
+    select
+        event.event_key,
+        person.person_key,
+        event.la_code,
+        event.service_type,
+        event.service_component,
+        event.event_start_date as service_start_date,
+        event.event_end_date as service_end_date,
+        event.event_outcome,
+        coalesce(service_group.service_group, 'other') as service_group
+    from {{ ref('int_cld_event_deduplicated') }} as event
+    join {{ ref('int_cld_person') }} as person on person.la_person_key = event.la_person_key
+    left join {{ ref('cld_service_group') }} as service_group
+        on service_group.service_type = event.service_type
+        and (service_group.service_component is null or service_group.service_component = event.service_component)
+    where event.event_type = 'Service'
+)
+
+select
+    services.*,
+    services.event_outcome = 'NFA: Self-funded client or under 12wk disregard' as is_self_funded,
+    services.service_group = 'care_home' and not exists (
+        select 1
+        from services as earlier
+        where earlier.person_key = services.person_key
+            and earlier.service_group = 'care_home'
+            and earlier.service_start_date < services.service_start_date
+            and (earlier.service_end_date is null
+                 or services.service_start_date - earlier.service_end_date < 365)
+    ) as is_new_care_home_admission
+from services

@@ -1,0 +1,32 @@
+-- marts.delayed_discharges: each finished spell whose discharge ready date is before its discharge date
+-- (the spells of delayed_discharge_days, all ages), with who the person is in broad terms and whether social
+-- care knew them: any social care event in the 365 days before admission (started in them, or open then).
+with spells as (
+    select spell.*, person.sex, person.birth_year, person.birth_month
+    from {{ ref('int_spell') }} as spell
+    join {{ ref('int_person') }} as person on person.person_key = spell.person_key
+    where spell.is_finished and spell.discharge_ready_date < spell.disdate
+)
+
+select
+    spells.spell_key::text                                              as spell_id,
+    spells.person_key::text                                             as person_id,
+    spells.admidate::date                                               as admission_date,
+    spells.discharge_ready_date::date                                   as discharge_ready_date,
+    spells.disdate::date                                                as discharge_date,
+    (spells.disdate - spells.discharge_ready_date)::integer             as days_delayed,
+    {{ age_band('spells.age_on_admission') }}::text                     as age_band,
+    spells.sex::text                                                    as sex,
+    spells.locality_code::text                                          as locality_code,
+    spells.primary_diagnosis::text                                      as primary_diagnosis,
+    chapter.chapter::text                                               as primary_diagnosis_chapter,
+    spells.disdest::text                                                as discharge_destination,
+    exists (
+        select 1 from {{ ref('int_social_care_contact') }} as contact
+        where contact.person_key = spells.person_key
+            and contact.event_start_date < spells.admidate
+            and coalesce(contact.event_end_date, spells.admidate) >= spells.admidate - 365
+    )::boolean                                                          as known_to_social_care
+from spells
+left join {{ ref('icd10_chapter') }} as chapter
+    on left(spells.primary_diagnosis, 3) between chapter.code_from and chapter.code_to

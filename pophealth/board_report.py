@@ -1,0 +1,644 @@
+"""The board report: one static HTML page drawn from the `reporting` schema, for wide circulation.
+
+It reads only `reporting` (the aggregates with disclosure control, ../shared/contract/marts.md), never
+`marts`, `raw` or `audit`, so the page can go wherever `reporting` may go. The page is self-contained:
+the numbers are embedded as JSON and a small inline script draws the charts as SVG in the reader's
+browser, with no external file, font or library, so it opens offline from a file or an e-mail.
+
+A suppressed count (1 to 7 people, null in `reporting`) is shown as a marker, never as 0; zero is 0.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from collections import defaultdict
+from collections.abc import Iterable
+from datetime import UTC, date, datetime
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+from typing import Any
+
+from psycopg.rows import dict_row
+
+from pophealth import db
+
+#: What a reader sees in place of a suppressed count (and of a rate computed from one).
+SUPPRESSED = "suppressed (1–7)"
+
+TIER_NAMES = {"very_high": "Very high", "high": "High", "moderate": "Moderate", "low": "Low"}
+
+#: The Better Care Fund metrics in the order the plan lists them; any other metric follows, by code.
+METRIC_ORDER = ("emergency_admissions", "care_home_admissions_65", "reablement_91_days_65",
+                "delayed_discharge_days", "falls_admissions_65", "emergency_readmissions_30d")
+
+COHORT_TITLES = {
+    "delayed_discharges": "People whose discharge from hospital was delayed",
+    "falls_admissions": "Emergency admissions after a fall",
+    "care_home_after_hospital": "Moving into a care home within 28 days of leaving hospital",
+}
+
+MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Formatting: every piece of text that reaches the page goes through `esc`.
+
+def esc(value: Any) -> str:
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def is_rate(unit: str | None) -> bool:
+    """Rates and percentages are shown to 1 decimal place; counts as whole numbers."""
+    text = (unit or "").lower()
+    return any(word in text for word in ("per ", "percent", "%", "rate", "proportion", "ratio"))
+
+
+def _one_decimal(value: Decimal) -> Decimal:
+    # Round half up, as published statistics do (Python's own formatting rounds half to even).
+    return value.quantize(Decimal("0.1"), rounding=ROUND_HALF_UP)
+
+
+def format_count(value: Any) -> str:
+    if value is None:
+        return SUPPRESSED
+    number = Decimal(str(value))
+    if number == number.to_integral_value():
+        return f"{int(number):,}"
+    return f"{_one_decimal(number):,}"
+
+
+def format_value(value: Any, unit: str | None) -> str:
+    if value is None:
+        return SUPPRESSED
+    if is_rate(unit):
+        return f"{_one_decimal(Decimal(str(value))):,}"
+    return format_count(value)
+
+
+def month_label(day: date) -> str:
+    return f"{MONTHS[day.month - 1]} {day.year}"
+
+
+def financial_year_label(start: date) -> str:
+    year = start.year if start.month >= 4 else start.year - 1
+    return f"{year}/{(year + 1) % 100:02d}"
+
+
+def period_label(period_type: str, start: date, end: date) -> str:
+    if period_type == "month":
+        return month_label(start)
+    if period_type == "financial_year":
+        return f"Financial year {financial_year_label(start)}"
+    if start.year == end.year:
+        return f"{MONTHS[start.month - 1]}–{MONTHS[end.month - 1]} {end.year}"
+    return f"{month_label(start)} – {month_label(end)}"
+
+
+def tier_name(tier: str) -> str:
+    return TIER_NAMES.get(tier, tier.replace("_", " ").capitalize())
+
+
+def geography_key(row: dict) -> tuple:
+    """The area first, then its localities by name."""
+    return (0 if row["geography_level"] == "area" else 1, row["geography_name"] or "", row["geography_code"] or "")
+
+
+def age_band_key(band: str) -> tuple:
+    match = re.match(r"\d+", band or "")
+    return (int(match.group()) if match else 999, band or "")
+
+
+def _number_cell(text: str, suppressed: bool) -> str:
+    if suppressed:
+        return f'<td class="num suppressed" data-suppressed="true">{esc(text)}</td>'
+    return f'<td class="num">{esc(text)}</td>'
+
+
+def _count_cell(value: Any, suppressed: bool) -> str:
+    return _number_cell(format_count(value), suppressed or value is None)
+
+
+def _table(table_id: str, caption: str, head: Iterable[str] | str, body: list[str]) -> str:
+    """A table; `head` is the column names, or the <thead> rows already written when they need two levels."""
+    if isinstance(head, str):
+        header = head
+    else:
+        header = "<tr>" + "".join(f'<th scope="col">{esc(h)}</th>' for h in head) + "</tr>"
+    return (f'<table id="{esc(table_id)}"><caption>{esc(caption)}</caption>'
+            f"<thead>{header}</thead><tbody>{''.join(body)}</tbody></table>")
+
+
+def _missing(table: str, reason: str) -> str:
+    return f'<p class="missing" data-missing="{esc(table)}">{esc(reason)}</p>'
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading `reporting`.
+
+def _fetch(conn, sql: str, params: tuple = ()) -> list[dict]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(sql, params)
+        return cur.fetchall()
+
+
+def _exists(conn, table: str) -> bool:
+    return _fetch(conn, "SELECT to_regclass(%s) IS NOT NULL AS found", (table,))[0]["found"]
+
+
+def _json_number(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The sections.
+
+def _risk_section(conn, charts: dict) -> tuple[str, str | None]:
+    """The risk pyramid of the area (chart and table) and the tiers by locality; returns (html, as-of date)."""
+    table = "reporting.risk_pyramid"
+    parts = ['<section id="risk"><h2>Who is at risk of a crisis</h2>']
+    if not _exists(conn, table):
+        return "".join(parts + [_missing(table, f"{table} has not been built yet."), "</section>"]), None
+    latest = _fetch(conn, f"SELECT max(as_of_date) AS as_of FROM {table}")[0]["as_of"]
+    if latest is None:
+        return "".join(parts + [_missing(table, f"{table} has no rows yet."), "</section>"]), None
+    rows = _fetch(conn, f"""SELECT geography_level, geography_code, geography_name, risk_tier, tier_order,
+                                   people, is_suppressed
+                            FROM {table} WHERE as_of_date = %s
+                            ORDER BY tier_order, geography_code""", (latest,))
+    parts.append(f"<p>Everyone registered with a GP and alive on {esc(latest.isoformat())}, placed in a tier "
+                 "by their risk of an emergency admission: the top 0.5% are very high risk, the next 4.5% "
+                 "high, the next 15% moderate and the rest low.</p>")
+
+    areas: dict[str, list[dict]] = defaultdict(list)
+    for row in rows:
+        if row["geography_level"] == "area":
+            areas[row["geography_code"]].append(row)
+    for code, tiers in sorted(areas.items()):
+        name = tiers[0]["geography_name"]
+        known = [r["people"] for r in tiers if r["people"] is not None]
+        # Shares only when every tier is known: a share of a total missing a suppressed tier would mislead.
+        total = sum(known) if len(known) == len(tiers) else None
+        bars = []
+        for r in tiers:
+            suppressed = r["is_suppressed"] or r["people"] is None
+            share = (f"{_one_decimal(Decimal(r['people']) * 100 / Decimal(total))}%"
+                     if total and not suppressed else "")
+            bars.append({"tier": r["risk_tier"], "name": tier_name(r["risk_tier"]),
+                         "value": None if suppressed else r["people"], "suppressed": suppressed,
+                         "label": SUPPRESSED if suppressed else format_count(r["people"]), "share": share})
+        key = f"pyramid-{code}"
+        charts[key] = {"kind": "pyramid", "id": f"chart-{key}", "title": f"Risk pyramid: {name}", "bars": bars}
+        parts.append(f"<h3>{esc(name)}</h3>")
+        parts.append(f'<div class="chart" data-chart="{esc(key)}" aria-label="Risk pyramid for {esc(name)}">'
+                     "</div>")
+        body = [f"<tr><th scope=\"row\">{esc(b['name'])}</th>{_count_cell(b['value'], b['suppressed'])}"
+                f"<td class=\"num\">{esc(b['share'])}</td></tr>" for b in bars]
+        parts.append(_table(f"table-{key}", f"People in each risk tier, {name}", ("Risk tier", "People", "Share"),
+                            body))
+
+    localities = [r for r in rows if r["geography_level"] != "area"]
+    if localities:
+        tiers = sorted({(r["tier_order"], r["risk_tier"]) for r in localities})
+        by_place: dict[tuple, dict[str, dict]] = defaultdict(dict)
+        for r in localities:
+            by_place[(r["geography_level"], r["geography_name"] or "", r["geography_code"])][r["risk_tier"]] = r
+        body = []
+        for (_level, place_name, place_code), cells in sorted(by_place.items(), key=lambda item: item[0][1:]):
+            row_html = f'<tr data-geography="{esc(place_code)}"><th scope="row">{esc(place_name)}</th>'
+            for _order, tier in tiers:
+                cell = cells.get(tier)
+                row_html += (_count_cell(cell["people"], cell["is_suppressed"]) if cell
+                             else '<td class="num none">–</td>')
+            body.append(row_html + "</tr>")
+        parts.append("<h3>By locality</h3>")
+        parts.append(_table("table-pyramid-localities", "People in each risk tier by locality",
+                            ["Locality"] + [tier_name(t) for _o, t in tiers], body))
+    parts.append("</section>")
+    return "".join(parts), latest.isoformat()
+
+
+def _metric_order(codes: Iterable[str]) -> list[str]:
+    codes = set(codes)
+    return [c for c in METRIC_ORDER if c in codes] + sorted(codes - set(METRIC_ORDER))
+
+
+def _bcf_section(conn, charts: dict) -> str:
+    table = "reporting.bcf_metrics"
+    parts = ['<section id="bcf"><h2>Better Care Fund metrics</h2>']
+    if not _exists(conn, table):
+        return "".join(parts + [_missing(table, f"{table} has not been built yet."), "</section>"])
+    rows = _fetch(conn, f"""SELECT metric_code, metric_name, unit, period_type, period_start, period_end,
+                                   geography_level, geography_code, geography_name, numerator, denominator,
+                                   value, is_suppressed
+                            FROM {table} ORDER BY metric_code, period_start, geography_code""")
+    if not rows:
+        return "".join(parts + [_missing(table, f"{table} has no rows yet."), "</section>"])
+    by_metric: dict[str, list[dict]] = defaultdict(list)
+    for row in rows:
+        by_metric[row["metric_code"]].append(row)
+    parts.append('<nav class="metrics"><ul>' + "".join(
+        f'<li><a href="#metric-{esc(code)}">{esc(by_metric[code][-1]["metric_name"])}</a></li>'
+        for code in _metric_order(by_metric)) + "</ul></nav>")
+
+    for code in _metric_order(by_metric):
+        metric = by_metric[code]
+        name, unit = metric[-1]["metric_name"], metric[-1]["unit"]
+        parts.append(f'<article class="metric" id="metric-{esc(code)}"><h3>{esc(name)}</h3>'
+                     f'<p class="unit">Unit: {esc(unit)}</p>')
+
+        # The monthly trend: one line for the area and one for each locality.
+        months = [r for r in metric if r["period_type"] == "month"]
+        if months:
+            periods = sorted({r["period_start"] for r in months})
+            series: dict[str, dict] = {}
+            for r in sorted(months, key=geography_key):
+                line = series.setdefault(r["geography_code"], {
+                    "code": r["geography_code"], "name": r["geography_name"], "level": r["geography_level"],
+                    "points": []})
+                suppressed = r["is_suppressed"] or r["value"] is None
+                line["points"].append({
+                    "period": r["period_start"].isoformat(), "value": None if suppressed else _json_number(r["value"]),
+                    "suppressed": suppressed, "display": format_value(r["value"], unit)})
+            for line in series.values():
+                line["points"].sort(key=lambda p: p["period"])
+            key = f"bcf-{code}"
+            charts[key] = {"kind": "lines", "id": f"chart-{key}", "title": f"{name}, by month", "unit": unit,
+                           "decimals": 1 if is_rate(unit) else 0,
+                           "periods": [{"period": p.isoformat(), "label": month_label(p)} for p in periods],
+                           "series": list(series.values())}
+            parts.append(f'<div class="chart" data-chart="{esc(key)}" aria-label="{esc(name)} by month"></div>')
+        else:
+            parts.append('<p class="missing">No monthly figures for this metric.</p>')
+
+        # The latest quarter and the latest financial year, by geography.
+        columns = []
+        for period_type in ("quarter", "financial_year"):
+            of_type = [r for r in metric if r["period_type"] == period_type]
+            if of_type:
+                start = max(r["period_start"] for r in of_type)
+                latest = {r["geography_code"]: r for r in of_type if r["period_start"] == start}
+                first = next(iter(latest.values()))
+                columns.append((period_label(period_type, start, first["period_end"]), latest))
+        if columns:
+            places = sorted({code_: r for _label, latest in columns for code_, r in latest.items()}.values(),
+                            key=geography_key)
+            sub_head = f'<th scope="col">Numerator</th><th scope="col">Denominator</th><th scope="col">{esc(unit)}</th>'
+            head = ('<tr><th scope="col" rowspan="2">Geography</th>'
+                    + "".join(f'<th scope="colgroup" colspan="3">{esc(label)}</th>' for label, _l in columns)
+                    + "</tr><tr>" + sub_head * len(columns) + "</tr>")
+            body = []
+            for place in places:
+                cells = f'<tr data-geography="{esc(place["geography_code"])}"><th scope="row">' \
+                        f'{esc(place["geography_name"])}</th>'
+                for _label, latest in columns:
+                    r = latest.get(place["geography_code"])
+                    if r is None:
+                        cells += '<td class="num none">–</td>' * 3
+                        continue
+                    cells += _count_cell(r["numerator"], r["is_suppressed"])
+                    cells += _count_cell(r["denominator"], False)
+                    cells += _number_cell(format_value(r["value"], unit), r["is_suppressed"] or r["value"] is None)
+                body.append(cells + "</tr>")
+            parts.append(_table(f"table-bcf-{code}", f"{name}: the latest quarter and financial year", head, body))
+        parts.append("</article>")
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def _cohort_section(conn) -> str:
+    table = "reporting.cohort_summary"
+    parts = ['<section id="cohorts"><h2>The cohorts partners asked about</h2>']
+    if not _exists(conn, table):
+        return "".join(parts + [_missing(table, f"{table} has not been built yet."), "</section>"])
+    # The dbt model also gives each measure its place (measure_order); without it the report orders them.
+    has_order = bool(_fetch(conn, """SELECT 1 FROM information_schema.columns WHERE table_schema = 'reporting'
+                                     AND table_name = 'cohort_summary' AND column_name = 'measure_order'"""))
+    order_column = "measure_order" if has_order else "NULL::int AS measure_order"
+    rows = _fetch(conn, f"""SELECT cohort, period_type, period_start, period_end, geography_level, geography_code,
+                                   geography_name, measure, measure_label, {order_column}, count, is_suppressed
+                            FROM {table} ORDER BY cohort, period_start, measure, geography_code""")
+    if not rows:
+        return "".join(parts + [_missing(table, f"{table} has no rows yet."), "</section>"])
+    by_cohort: dict[str, list[dict]] = defaultdict(list)
+    for row in rows:
+        by_cohort[row["cohort"]].append(row)
+    order = [c for c in COHORT_TITLES if c in by_cohort] + sorted(set(by_cohort) - set(COHORT_TITLES))
+    for cohort in order:
+        cohort_rows = by_cohort[cohort]
+        years = [r["period_start"] for r in cohort_rows if r["period_type"] == "financial_year"]
+        quarters = sorted({r["period_start"] for r in cohort_rows if r["period_type"] == "quarter"})
+        # The latest financial year and the quarters since it began; without a year, the last four quarters.
+        if years:
+            year_start = max(years)
+            wanted = [("financial_year", year_start)] + [("quarter", q) for q in quarters if q >= year_start]
+        else:
+            wanted = [("quarter", q) for q in quarters[-4:]]
+        if not wanted:
+            continue  # only other kinds of period: nothing the board reads
+        cells: dict[tuple, dict] = {}
+        measures: dict[str, str] = {}
+        measure_order: dict[str, int | None] = {}
+        ends: dict[tuple, date] = {}
+        geographies: dict[str, dict] = {}
+        for r in cohort_rows:
+            period = (r["period_type"], r["period_start"])
+            if period in wanted:
+                cells[(period, r["measure"], r["geography_code"])] = r
+                measures.setdefault(r["measure"], r["measure_label"])
+                measure_order.setdefault(r["measure"], r["measure_order"])
+                ends[period] = r["period_end"]
+                geographies.setdefault(r["geography_code"], r)
+        places = sorted(geographies.values(), key=geography_key)
+        if all(order is not None for order in measure_order.values()):
+            ranked = sorted(measures, key=lambda m: (measure_order[m], measures[m]))
+        else:
+            # No order given: the largest at the area in the first period comes first, so that a whole
+            # ("People") reads before its parts ("Known to social care").
+            first = {m: (cells.get((wanted[0], m, places[0]["geography_code"])) or {}).get("count") for m in measures}
+            ranked = sorted(measures, key=lambda m: (first[m] is None, -(first[m] or 0), measures[m]))
+        measures = {m: measures[m] for m in ranked}
+        body = []
+        for period in wanted:
+            label = period_label(period[0], period[1], ends[period])
+            for i, (measure, measure_label) in enumerate(measures.items()):
+                row_html = f'<tr data-period="{esc(period[1].isoformat())}" data-measure="{esc(measure)}">'
+                if i == 0:
+                    row_html += f'<th scope="rowgroup" rowspan="{len(measures)}">{esc(label)}</th>'
+                row_html += f'<th scope="row">{esc(measure_label)}</th>'
+                for place in places:
+                    r = cells.get((period, measure, place["geography_code"]))
+                    row_html += _count_cell(r["count"], r["is_suppressed"]) if r else '<td class="num none">–</td>'
+                body.append(row_html + "</tr>")
+        title = COHORT_TITLES.get(cohort, cohort.replace("_", " ").capitalize())
+        parts.append(f"<h3>{esc(title)}</h3>")
+        parts.append(_table(f"table-cohort-{cohort}", title,
+                            ["Period", "Measure"] + [p["geography_name"] for p in places], body))
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def _admission_reasons_section(conn) -> str:
+    table = "reporting.admission_reasons"
+    parts = ['<section id="admission-reasons"><h2>Why people are admitted as an emergency</h2>']
+    if not _exists(conn, table):
+        return "".join(parts + [_missing(table, f"{table} has not been built yet."), "</section>"])
+    latest = _fetch(conn, f"SELECT max(period_end) AS period_end FROM {table}")[0]["period_end"]
+    if latest is None:
+        return "".join(parts + [_missing(table, f"{table} has no rows yet."), "</section>"])
+    rows = _fetch(conn, f"""SELECT period_start, period_end, age_band, primary_diagnosis_code,
+                                   primary_diagnosis_chapter, admissions, is_suppressed, rank_in_age_band
+                            FROM {table} WHERE period_end = %s AND rank_in_age_band <= 10
+                            ORDER BY age_band, rank_in_age_band, primary_diagnosis_code""", (latest,))
+    start = min(r["period_start"] for r in rows)
+    parts.append(f"<p>The ten most common primary diagnoses (3-character ICD-10) of emergency admissions from "
+                 f"{esc(start.isoformat())} to {esc(latest.isoformat())}, in each age band.</p>"
+                 '<div class="bands">')
+    by_band: dict[str, list[dict]] = defaultdict(list)
+    for row in rows:
+        by_band[row["age_band"]].append(row)
+    for band in sorted(by_band, key=age_band_key):
+        body = [f'<tr data-rank="{esc(r["rank_in_age_band"])}"><td class="num">{esc(r["rank_in_age_band"])}</td>'
+                f'<td class="code">{esc(r["primary_diagnosis_code"])}</td>'
+                f'<td>{esc(r["primary_diagnosis_chapter"])}</td>'
+                f'{_count_cell(r["admissions"], r["is_suppressed"])}</tr>' for r in by_band[band]]
+        parts.append(_table(f"table-admissions-{band}", f"Aged {band}", ("Rank", "Diagnosis", "Chapter",
+                                                                          "Admissions"), body))
+    parts.append("</div></section>")
+    return "".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The page.
+
+STYLE = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, Arial, sans-serif; color: #1b1b1b;
+       margin: 0 auto; max-width: 1100px; padding: 1.5rem; line-height: 1.4; }
+h1 { margin-bottom: 0.2rem; } h2 { border-bottom: 3px solid #005eb8; padding-bottom: 0.2rem; margin-top: 2.5rem; }
+h3 { margin-top: 1.8rem; }
+.lede, .unit, .note { color: #4c6272; }
+nav ul { columns: 2; }
+table { border-collapse: collapse; margin: 0.8rem 0 1.2rem; font-size: 0.92rem; }
+caption { text-align: left; font-weight: 600; padding-bottom: 0.3rem; }
+th, td { border-bottom: 1px solid #d8dde0; padding: 0.3rem 0.6rem; text-align: left; vertical-align: top; }
+thead th { border-bottom: 2px solid #1b1b1b; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+td.suppressed { color: #8a4b00; font-style: italic; }
+td.code { font-family: ui-monospace, Menlo, Consolas, monospace; }
+.bands { display: grid; grid-template-columns: repeat(auto-fill, minmax(460px, 1fr)); gap: 0 1.5rem;
+         align-items: start; }
+.bands table { width: 100%; }
+.chart svg { max-width: 100%; height: auto; font-size: 12px; }
+.chart .axis-label, .chart .legend-item { fill: #4c6272; }
+.missing { background: #fff4e5; padding: 0.5rem 0.8rem; border-left: 4px solid #ffb81c; }
+@media print { h2 { break-before: page; } .chart svg { max-width: 100%; } }
+"""
+
+# The renderer: reads the JSON block and draws each `.chart` holder as SVG. All text goes in with
+# textContent/setAttribute, never innerHTML, so nothing in the data can become markup.
+SCRIPT = r"""
+(function () {
+  "use strict";
+  var NS = "http://www.w3.org/2000/svg";
+  var charts = JSON.parse(document.getElementById("report-data").textContent).charts;
+  var TIER_COLOURS = {very_high: "#8a1538", high: "#d5281b", moderate: "#ed8b00", low: "#009639"};
+  var LINE_COLOURS = ["#1b1b1b", "#005eb8", "#ed8b00", "#009639", "#7c2855", "#00a9ce", "#d5281b", "#330072",
+                      "#78be20", "#ae2573", "#41b6e6", "#ffb81c"];
+
+  function el(name, attrs, text) {
+    var node = document.createElementNS(NS, name);
+    Object.keys(attrs || {}).forEach(function (key) { node.setAttribute(key, String(attrs[key])); });
+    if (text !== undefined) { node.textContent = text; }
+    return node;
+  }
+
+  function svgFor(chart, width, height) {
+    return el("svg", {id: chart.id, viewBox: "0 0 " + width + " " + height, width: width,
+                      height: height, role: "img", "aria-label": chart.title});
+  }
+
+  function formatTick(value, decimals) {
+    return value.toLocaleString("en-GB", {minimumFractionDigits: decimals, maximumFractionDigits: decimals});
+  }
+
+  // A pyramid of equal-height bands, narrow at the top. The band widths follow the tiers' places, not
+  // their counts, because the tiers differ by orders of magnitude; the counts are the labels beside them.
+  function drawPyramid(holder, chart) {
+    var rowHeight = 58, width = 680, apex = 190, half = 180, height = chart.bars.length * rowHeight + 10;
+    var svg = svgFor(chart, width, height);
+    svg.setAttribute("class", "pyramid");
+    svg.setAttribute("data-bars", chart.bars.length);
+    chart.bars.forEach(function (bar, i) {
+      var n = chart.bars.length, y0 = 5 + i * rowHeight, y1 = y0 + rowHeight - 4;
+      var top = half * i / n, bottom = half * (i + 1) / n;
+      var g = el("g", {"class": "bar", "data-tier": bar.tier, "data-value": bar.value === null ? "" : bar.value,
+                       "data-suppressed": bar.suppressed ? "true" : "false"});
+      var points = [[apex - top, y0], [apex + top, y0], [apex + bottom, y1], [apex - bottom, y1]];
+      g.appendChild(el("polygon", {points: points.map(function (p) { return p.join(","); }).join(" "),
+                                   fill: bar.suppressed ? "#aeb7bd" : (TIER_COLOURS[bar.tier] || "#4c6272")}));
+      g.appendChild(el("title", {}, bar.name + ": " + bar.label + (bar.share ? " (" + bar.share + ")" : "")));
+      var x = apex + half + 24, y = (y0 + y1) / 2;
+      g.appendChild(el("text", {"class": "bar-name", x: x, y: y - 6, "font-weight": "600"}, bar.name));
+      g.appendChild(el("text", {"class": "bar-label", x: x, y: y + 14, "font-size": "16"}, bar.label));
+      if (bar.share) {
+        g.appendChild(el("text", {"class": "bar-share", x: x + 150, y: y + 14, fill: "#4c6272"},
+                         bar.share + " of people"));
+      }
+      svg.appendChild(g);
+    });
+    holder.appendChild(svg);
+  }
+
+  // One line per geography over the months; a suppressed month is a gap in the line with a "*" above it.
+  function drawLines(holder, chart) {
+    var width = 900, height = 330, left = 70, right = 280, topMargin = 20, bottomMargin = 46;
+    var plotW = width - left - right, plotH = height - topMargin - bottomMargin;
+    var index = {};
+    chart.periods.forEach(function (p, i) { index[p.period] = i; });
+    var values = [];
+    chart.series.forEach(function (s) {
+      s.points.forEach(function (p) { if (p.value !== null) { values.push(p.value); } });
+    });
+    var high = Math.max.apply(null, values.concat([0])), low = Math.min.apply(null, values.concat([0]));
+    if (high === low) { high = low + 1; }
+    var step = Math.pow(10, Math.floor(Math.log10((high - low) / 4)));
+    var tickStep = [1, 2, 2.5, 5, 10].map(function (m) { return m * step; })
+      .filter(function (s) { return (high - low) / s <= 5; })[0];
+    var yMin = Math.floor(low / tickStep) * tickStep, yMax = Math.ceil(high / tickStep) * tickStep;
+    function x(i) { return left + (chart.periods.length < 2 ? plotW / 2 : plotW * i / (chart.periods.length - 1)); }
+    function y(v) { return topMargin + plotH - plotH * (v - yMin) / (yMax - yMin); }
+
+    var svg = svgFor(chart, width, height);
+    svg.setAttribute("class", "lines");
+    svg.setAttribute("data-series", chart.series.length);
+    svg.setAttribute("data-points", chart.periods.length);
+    var axes = el("g", {"class": "axes"});
+    for (var t = yMin; t <= yMax + tickStep / 2; t += tickStep) {
+      axes.appendChild(el("line", {x1: left, x2: left + plotW, y1: y(t), y2: y(t), stroke: "#e8edee"}));
+      axes.appendChild(el("text", {"class": "axis-label", x: left - 8, y: y(t) + 4, "text-anchor": "end"},
+                          formatTick(t, tickStep < 1 ? chart.decimals : 0)));
+    }
+    var every = Math.ceil(chart.periods.length / 12);
+    chart.periods.forEach(function (p, i) {
+      if (i % every === 0) {
+        axes.appendChild(el("text", {"class": "axis-label", x: x(i), y: topMargin + plotH + 18,
+                                     "text-anchor": "middle"}, p.label));
+      }
+    });
+    axes.appendChild(el("text", {"class": "axis-label", x: 12, y: topMargin + plotH / 2, "text-anchor": "middle",
+                                 transform: "rotate(-90 12 " + (topMargin + plotH / 2) + ")"}, chart.unit));
+    svg.appendChild(axes);
+
+    chart.series.forEach(function (s, n) {
+      var colour = LINE_COLOURS[n % LINE_COLOURS.length];
+      var g = el("g", {"class": "series", "data-geography": s.code, "data-name": s.name, "data-level": s.level});
+      var path = "", pen = "M";
+      s.points.forEach(function (p) {
+        if (p.value === null) { pen = "M"; return; }
+        path += pen + x(index[p.period]).toFixed(1) + " " + y(p.value).toFixed(1) + " ";
+        pen = "L";
+      });
+      g.appendChild(el("path", {d: path.trim(), fill: "none", stroke: colour,
+                                "stroke-width": s.level === "area" ? 3 : 1.8}));
+      s.points.forEach(function (p) {
+        var mark;
+        if (p.value === null) {
+          mark = el("text", {"class": "point", "data-period": p.period, "data-value": "", "data-suppressed": "true",
+                             x: x(index[p.period]), y: topMargin + 10 + 12 * n, "text-anchor": "middle",
+                             fill: colour}, "*");
+        } else {
+          mark = el("circle", {"class": "point", "data-period": p.period, "data-value": p.value,
+                               "data-suppressed": "false", cx: x(index[p.period]), cy: y(p.value), r: 3.5,
+                               fill: colour});
+        }
+        mark.appendChild(el("title", {}, s.name + ", " + chart.periods[index[p.period]].label + ": " + p.display));
+        g.appendChild(mark);
+      });
+      svg.appendChild(g);
+      var legendY = topMargin + 8 + n * 20;
+      var item = el("g", {"class": "legend-entry", "data-geography": s.code});
+      item.appendChild(el("line", {x1: left + plotW + 20, x2: left + plotW + 44, y1: legendY, y2: legendY,
+                                   stroke: colour, "stroke-width": s.level === "area" ? 3 : 1.8}));
+      item.appendChild(el("text", {"class": "legend-item", x: left + plotW + 50, y: legendY + 4}, s.name));
+      svg.appendChild(item);
+    });
+    var anySuppressed = chart.series.some(function (s) { return s.points.some(function (p) { return p.suppressed; }); });
+    if (anySuppressed) {
+      svg.appendChild(el("text", {"class": "axis-label", x: left + plotW + 20,
+                                  y: topMargin + 20 + chart.series.length * 20}, "* suppressed (1–7)"));
+    }
+    holder.appendChild(svg);
+  }
+
+  var drawers = {pyramid: drawPyramid, lines: drawLines};
+  Array.prototype.forEach.call(document.querySelectorAll(".chart[data-chart]"), function (holder) {
+    var chart = charts[holder.getAttribute("data-chart")];
+    if (chart && drawers[chart.kind]) { drawers[chart.kind](holder, chart); }
+  });
+  document.body.setAttribute("data-charts-drawn", "true");
+})();
+"""
+
+
+def _json_for_script(data: Any) -> str:
+    # Inside <script> only "</" can end the block early; escaping <, > and & keeps any text inert.
+    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def render_board_report(conn) -> str:
+    """The board report as one HTML page, from `reporting` only."""
+    charts: dict[str, dict] = {}
+    risk, as_of = _risk_section(conn, charts)
+    sections = [risk, _bcf_section(conn, charts), _cohort_section(conn), _admission_reasons_section(conn)]
+    generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    subtitle = f"Risk as at {as_of}. " if as_of else ""
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Population health board report</title>
+<style>{STYLE}</style>
+</head>
+<body>
+<header>
+<h1>Population health board report</h1>
+<p class="lede">{esc(subtitle)}Generated {esc(generated)} from the reporting tables.</p>
+<p class="note">Counts of 1 to 7 people are not shown, to protect the people behind them: they read
+&ldquo;{esc(SUPPRESSED)}&rdquo; in the tables and &ldquo;*&rdquo; in the charts, and so do rates computed from
+them. Every other count is rounded to the nearest 5. Zero is shown as 0.</p>
+<nav><ul>
+<li><a href="#risk">Who is at risk of a crisis</a></li>
+<li><a href="#bcf">Better Care Fund metrics</a></li>
+<li><a href="#cohorts">The cohorts partners asked about</a></li>
+<li><a href="#admission-reasons">Why people are admitted as an emergency</a></li>
+</ul></nav>
+</header>
+<main>
+{chr(10).join(sections)}
+</main>
+<footer><p class="note">Source: the reporting schema of the pophealth warehouse (aggregates with disclosure
+control). The charts are drawn by this page itself; no file is fetched from anywhere.</p></footer>
+<script type="application/json" id="report-data">{_json_for_script({"charts": charts})}</script>
+<script>{SCRIPT}</script>
+</body>
+</html>
+"""
+
+
+def write_board_report(path: Path) -> dict:
+    """Render the report from the warehouse's `reporting` schema into `path`; a summary of what it holds."""
+    path = Path(path)
+    with db.connect() as conn:
+        conn.read_only = True  # the report only ever reads
+        page = render_board_report(conn)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page, encoding="utf-8")
+    return {
+        "path": str(path),
+        "charts": page.count('class="chart" data-chart='),
+        "tables": page.count("<table "),
+        "missing": re.findall(r'data-missing="([^"]+)"', page),
+    }

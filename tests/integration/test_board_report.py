@@ -1,0 +1,425 @@
+"""The board report, read the way a board member reads it: drawn by a real browser from hand-made reporting tables.
+
+The four `reporting` tables are created here by hand, with numbers chosen so that each rule shows: the latest
+as-of date, quarter, financial year and period are the ones reported; a suppressed count reads as suppressed
+and never as a number; zero reads 0; rates are rounded half up to 1 decimal; counts have thousands
+separators; and a place name with markup in it stays text. The page goes through `pophealth board-report`
+into headless Chromium, whose DOM after the page's script ran is what the assertions read.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from decimal import Decimal
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+KEY = "3c" * 32
+CHROMIUM = Path("/usr/bin/chromium")
+SUPPRESSED = "suppressed (1–7)"
+
+AREA = ("area", "E10000012", "Essex")
+CHELMSFORD = ("locality", "E07000070", "Chelmsford")
+# Markup in a name must come out as text: the data is treated as untrusted.
+COLCHESTER = ("locality", "E07000071", "Colchester & <i>Tendring</i>")
+PLACES = (AREA, CHELMSFORD, COLCHESTER)
+
+MONTHS = [f"2025-{m:02d}-01" for m in range(4, 10)]  # April to September 2025
+MONTH_ENDS = ["2025-04-30", "2025-05-31", "2025-06-30", "2025-07-31", "2025-08-31", "2025-09-30"]
+
+METRICS = {
+    # code: (name, unit, the places it is reported for)
+    "emergency_admissions": ("Emergency admissions", "per 100,000", PLACES),
+    "care_home_admissions_65": ("Permanent admissions to care homes, 65+", "per 100,000", PLACES),
+    "reablement_91_days_65": ("At home 91 days after reablement, 65+", "percent", PLACES),
+    "delayed_discharge_days": ("Delayed discharge days", "delayed days per day per 100,000", (AREA,)),
+    "falls_admissions_65": ("Emergency admissions after a fall, 65+", "per 100,000", PLACES),
+    "emergency_readmissions_30d": ("Emergency readmissions within 30 days", "percent", PLACES),
+}
+SUPPRESSED_MONTH = ("emergency_readmissions_30d", COLCHESTER[1], "2025-07-01")
+ZERO_MONTH = ("care_home_admissions_65", COLCHESTER[1], "2025-08-01")
+
+# The 65-74 band's twelve codes by rank; only the first ten are reported.
+TOP_65_74 = ["J18", "I50", "J44", "N39", "R07", "S72", "I48", "R06", "E87", "K92", "A41", "R55"]
+
+DDL = """
+CREATE SCHEMA IF NOT EXISTS reporting;
+CREATE TABLE reporting.risk_pyramid (
+    as_of_date date, geography_level text, geography_code text, geography_name text, risk_tier text,
+    tier_order int, people bigint, is_suppressed boolean);
+CREATE TABLE reporting.bcf_metrics (
+    metric_code text, metric_name text, unit text, period_type text, period_start date, period_end date,
+    geography_level text, geography_code text, geography_name text, numerator numeric, denominator numeric,
+    value numeric, is_suppressed boolean);
+CREATE TABLE reporting.cohort_summary (
+    cohort text, period_type text, period_start date, period_end date, geography_level text,
+    geography_code text, geography_name text, measure text, measure_label text, count bigint,
+    is_suppressed boolean);
+CREATE TABLE reporting.admission_reasons (
+    period_start date, period_end date, age_band text, primary_diagnosis_code text,
+    primary_diagnosis_chapter text, admissions bigint, is_suppressed boolean, rank_in_age_band int);
+"""
+
+TIERS = (("very_high", 1), ("high", 2), ("moderate", 3), ("low", 4))
+
+
+def month_value(metric_index: int, place_index: int, month_index: int) -> Decimal:
+    """A distinct value per metric, place and month, with two decimals so the rounding shows."""
+    return Decimal(f"{20 + 100 * metric_index + 10 * place_index + month_index}.{(37 * month_index + 3) % 100:02d}")
+
+
+def risk_rows():
+    rows = []
+    # An older as-of date the report must not show.
+    for (tier, order), people in zip(TIERS, (30, 335, 1355, 5060)):
+        rows.append(("2025-06-30", *AREA, tier, order, people, False))
+    for (tier, order), people in zip(TIERS, (35, 340, 1360, 5065)):
+        rows.append(("2025-09-30", *AREA, tier, order, people, False))
+    for (tier, order), people in zip(TIERS, (None, 175, 690, 2530)):
+        rows.append(("2025-09-30", *CHELMSFORD, tier, order, people, people is None))
+    for (tier, order), people in zip(TIERS, (0, 165, 670, 2535)):
+        rows.append(("2025-09-30", *COLCHESTER, tier, order, people, False))
+    return rows
+
+
+def bcf_rows():
+    rows = []
+    for m, (code, (name, unit, places)) in enumerate(METRICS.items()):
+        for p, place in enumerate(places):
+            for i, (start, end) in enumerate(zip(MONTHS, MONTH_ENDS)):
+                value = month_value(m, p, i)
+                numerator, suppressed = 100 + i, False
+                if (code, place[1], start) == SUPPRESSED_MONTH:
+                    value, numerator, suppressed = None, None, True
+                if (code, place[1], start) == ZERO_MONTH:
+                    value, numerator = Decimal(0), 0
+                rows.append((code, name, unit, "month", start, end, *place, numerator, 150000, value, suppressed))
+            # Two quarters and two financial years: the later of each is reported.
+            rows.append((code, name, unit, "quarter", "2025-04-01", "2025-06-30", *place, 999, 150000,
+                         Decimal("999.99"), False))
+            rows.append((code, name, unit, "financial_year", "2023-04-01", "2024-03-31", *place, 888, 150000,
+                         Decimal("888.88"), False))
+            quarter = (1235 + 10 * p, 180500, Decimal("684.21") + p, False)
+            if code == "falls_admissions_65" and place == COLCHESTER:
+                quarter = (None, 180500, None, True)
+            if code == "care_home_admissions_65" and place == COLCHESTER:
+                quarter = (0, 180500, Decimal(0), False)
+            if code == "reablement_91_days_65" and place == AREA:
+                quarter = (245, 2000, Decimal("12.25"), False)  # half up: 12.3, where half-even gives 12.2
+            rows.append((code, name, unit, "quarter", "2025-07-01", "2025-09-30", *place, *quarter))
+            rows.append((code, name, unit, "financial_year", "2024-04-01", "2025-03-31", *place, 4520 + p, 181000,
+                         Decimal("2497.24"), False))
+    return rows
+
+
+COHORT_PERIODS = [
+    ("financial_year", "2023-04-01", "2024-03-31"),  # an older year: not reported
+    ("quarter", "2023-10-01", "2023-12-31"),         # before the latest year: not reported
+    ("financial_year", "2024-04-01", "2025-03-31"),
+    ("quarter", "2024-10-01", "2024-12-31"),
+    ("quarter", "2025-01-01", "2025-03-31"),
+    ("quarter", "2025-04-01", "2025-06-30"),
+]
+
+
+def cohort_rows():
+    rows = []
+    for c, cohort in enumerate(("delayed_discharges", "falls_admissions", "care_home_after_hospital")):
+        for k, (period_type, start, end) in enumerate(COHORT_PERIODS):
+            for p, place in enumerate(PLACES):
+                for measure, label, base in (("people", "People", 1000), ("known_to_social_care",
+                                                                          "Known to social care", 400)):
+                    count, suppressed = base + 100 * c + 10 * k + p * 5, False
+                    if (cohort, start, place, measure) == ("falls_admissions", "2024-04-01", COLCHESTER,
+                                                           "known_to_social_care"):
+                        count, suppressed = None, True
+                    if (cohort, start, place, measure) == ("care_home_after_hospital", "2025-04-01", CHELMSFORD,
+                                                           "people"):
+                        count = 0
+                    rows.append((cohort, period_type, start, end, *place, measure, label, count, suppressed))
+    return rows
+
+
+def admission_rows():
+    rows = []
+    latest = ("2024-10-01", "2025-09-30")
+    # Inserted in reverse so that the report's order can only come from the rank.
+    for rank, code in reversed(list(enumerate(TOP_65_74, start=1))):
+        rows.append((*latest, "65-74", code, "Some chapter", 470 - 35 * rank, False, rank))
+    rows += [(*latest, "85+", "S72", "XIX Injury", 215, False, 1),
+             (*latest, "85+", "J18", "X Respiratory", 1180, False, 2),  # ranked 2nd on purpose: rank wins
+             (*latest, "85+", "R55", "XVIII Symptoms", None, True, 3),
+             (*latest, "18-64", "R10", "XVIII Symptoms", 2045, False, 1),
+             (*latest, "18-64", "O26", "XV Pregnancy", 0, False, 2),
+             ("2023-10-01", "2024-09-30", "65-74", "Z99", "Old period", 9999, False, 1)]
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------
+# A small DOM from html.parser, enough to find elements by tag, id, class and attribute.
+
+VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+
+
+class Node:
+    def __init__(self, tag: str, attrs: dict, parent: Node | None):
+        self.tag, self.attrs, self.parent, self.children = tag, attrs, parent, []
+
+    def text(self) -> str:
+        return "".join(c if isinstance(c, str) else c.text() for c in self.children)
+
+    def own_text(self) -> str:
+        return "".join(c for c in self.children if isinstance(c, str))
+
+    def elements(self):
+        for child in self.children:
+            if isinstance(child, Node):
+                yield child
+                yield from child.elements()
+
+    def find_all(self, tag: str | None = None, cls: str | None = None, **attrs) -> list[Node]:
+        found = []
+        for node in self.elements():
+            if tag and node.tag != tag:
+                continue
+            if cls and cls not in (node.attrs.get("class") or "").split():
+                continue
+            if all(node.attrs.get(k.replace("_", "-")) == v for k, v in attrs.items()):
+                found.append(node)
+        return found
+
+    def by_id(self, element_id: str) -> Node:
+        found = [n for n in self.elements() if n.attrs.get("id") == element_id]
+        assert len(found) == 1, f"expected one element with id {element_id!r}, found {len(found)}"
+        return found[0]
+
+
+class DomBuilder(HTMLParser):
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.root = Node("#document", {}, None)
+        self.current = self.root
+
+    def handle_starttag(self, tag, attrs):
+        node = Node(tag, {k: (v if v is not None else "") for k, v in attrs}, self.current)
+        self.current.children.append(node)
+        if tag not in VOID:
+            self.current = node
+
+    def handle_startendtag(self, tag, attrs):
+        self.current.children.append(Node(tag, {k: (v or "") for k, v in attrs}, self.current))
+
+    def handle_endtag(self, tag):
+        node = self.current
+        while node is not None and node.tag != tag:
+            node = node.parent
+        if node is not None and node.parent is not None:
+            self.current = node.parent
+
+    def handle_data(self, data):
+        self.current.children.append(data)
+
+
+def parse(page: str) -> Node:
+    builder = DomBuilder()
+    builder.feed(page)
+    builder.close()
+    return builder.root
+
+
+def cells(row: Node) -> list[str]:
+    return [c.text().strip() for c in row.children if isinstance(c, Node) and c.tag in ("th", "td")]
+
+
+def body_rows(table: Node) -> list[Node]:
+    return table.find_all("tbody")[0].find_all("tr")
+
+
+# ---------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory, request):
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: the board report test draws the page in headless Chromium "
+                    "(install it with: apt-get install chromium)")
+    import psycopg
+
+    home = tmp_path_factory.mktemp("board-report")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("POPHEALTH_", "AIRFLOW"))}
+    env.update(POPHEALTH_HOME=str(home / "state"), POPHEALTH_LINKAGE_KEY=KEY, PYTHONPATH=str(REPO))
+
+    def pophealth(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "pophealth.cli", *args], env=env, capture_output=True,
+                              text=True, timeout=300, check=False)
+
+    request.addfinalizer(lambda: pophealth("db", "stop"))
+    started = pophealth("db", "url")
+    assert started.returncode == 0, started.stdout[-3000:] + started.stderr[-3000:]
+    url = started.stdout.strip().splitlines()[-1]
+    with psycopg.connect(url) as conn:
+        conn.execute(DDL)
+        with conn.cursor() as cur:
+            cur.executemany("INSERT INTO reporting.risk_pyramid VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                            risk_rows())
+            cur.executemany("INSERT INTO reporting.bcf_metrics VALUES "
+                            "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)", bcf_rows())
+            cur.executemany("INSERT INTO reporting.cohort_summary VALUES "
+                            "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)", cohort_rows())
+            cur.executemany("INSERT INTO reporting.admission_reasons VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                            admission_rows())
+
+    out = home / "report.html"
+    made = pophealth("board-report", "--out", str(out))
+    assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
+    raw = out.read_text(encoding="utf-8")
+
+    profile = home / "chromium-profile"
+    profile.mkdir()
+    drawn = subprocess.run(
+        [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={profile}", "--virtual-time-budget=5000", "--dump-dom", out.as_uri()],
+        capture_output=True, text=True, timeout=180, check=False)
+    assert drawn.returncode == 0 and "</html>" in drawn.stdout, drawn.stderr[-3000:]
+    return {"raw": raw, "raw_dom": parse(raw), "dom": parse(drawn.stdout), "stdout": made.stdout, "out": out}
+
+
+def test_the_command_says_where_the_report_is(report):
+    assert str(report["out"]) in report["stdout"]
+    assert "7 charts" in report["stdout"]  # the pyramid and six metrics
+
+
+def test_the_page_draws_nothing_until_the_browser_runs_it_and_fetches_nothing(report):
+    raw, raw_dom = report["raw"], report["raw_dom"]
+    assert "<svg" not in raw
+    holders = raw_dom.find_all("div", cls="chart")
+    assert len(holders) == 7 and all(not h.children for h in holders)
+    # Self-contained: no external script, style sheet, image or font; the one URL is SVG's namespace name.
+    assert not re.search(r"""(?:src|href)\s*=\s*["'](?!#)""", raw)
+    assert set(re.findall(r"https?://[^\s\"'<>]+", raw)) == {"http://www.w3.org/2000/svg"}
+    assert report["dom"].find_all("body")[0].attrs.get("data-charts-drawn") == "true"
+
+
+def test_the_report_reads_only_the_reporting_schema():
+    source = (REPO / "pophealth" / "board_report.py").read_text()
+    qualified = re.findall(r"\b(marts|raw|audit|staging|intermediate)\.(?!md\b)\w+", source)
+    assert qualified == []
+    assert set(re.findall(r"\breporting\.(\w+)", source)) == {
+        "risk_pyramid", "bcf_metrics", "cohort_summary", "admission_reasons"}
+
+
+def test_the_pyramid_has_four_tiers_labelled_with_the_latest_counts(report):
+    svg = report["dom"].by_id("chart-pyramid-E10000012")
+    bars = svg.find_all("g", cls="bar")
+    assert [b.attrs["data-tier"] for b in bars] == ["very_high", "high", "moderate", "low"]
+    assert [b.attrs["data-value"] for b in bars] == ["35", "340", "1360", "5065"]
+    assert [b.find_all("text", cls="bar-label")[0].text() for b in bars] == ["35", "340", "1,360", "5,065"]
+    assert [b.find_all("polygon") != [] for b in bars] == [True] * 4
+    # 6,800 people: 0.5%, 5.0%, 20.0%, 74.5%.
+    assert [b.find_all("text", cls="bar-share")[0].text() for b in bars] == [
+        "0.5% of people", "5.0% of people", "20.0% of people", "74.5% of people"]
+    table = report["dom"].by_id("table-pyramid-E10000012")
+    assert [cells(r)[:2] for r in body_rows(table)] == [
+        ["Very high", "35"], ["High", "340"], ["Moderate", "1,360"], ["Low", "5,065"]]
+
+
+def test_tiers_by_locality_show_suppressed_as_suppressed_and_zero_as_zero(report):
+    table = report["dom"].by_id("table-pyramid-localities")
+    rows = {cells(r)[0]: cells(r)[1:] for r in body_rows(table)}
+    assert rows == {"Chelmsford": [SUPPRESSED, "175", "690", "2,530"],
+                    "Colchester & <i>Tendring</i>": ["0", "165", "670", "2,535"]}
+    chelmsford = table.find_all("tr", data_geography="E07000070")[0]
+    assert chelmsford.find_all("td")[0].attrs.get("data-suppressed") == "true"
+
+
+@pytest.mark.parametrize("code", list(METRICS))
+def test_each_metric_is_a_line_per_place_with_the_monthly_values(report, code):
+    name, unit, places = METRICS[code]
+    m = list(METRICS).index(code)
+    svg = report["dom"].by_id(f"chart-bcf-{code}")
+    series = svg.find_all("g", cls="series")
+    assert svg.attrs["data-series"] == str(len(places)) and len(series) == len(places)
+    assert [s.attrs["data-geography"] for s in series] == [p[1] for p in places]  # the area first
+    assert [e.text() for e in svg.find_all("text", cls="legend-item")] == [p[2] for p in places]
+    for p, (place, line) in enumerate(zip(places, series)):
+        points = line.find_all(cls="point")
+        assert [pt.attrs["data-period"] for pt in points] == MONTHS
+        for i, point in enumerate(points):
+            key = (code, place[1], MONTHS[i])
+            if key == SUPPRESSED_MONTH:
+                assert point.attrs["data-suppressed"] == "true" and point.attrs["data-value"] == ""
+                assert point.own_text() == "*" and SUPPRESSED in point.text()
+            elif key == ZERO_MONTH:
+                assert point.attrs["data-value"] == "0"
+            else:
+                assert Decimal(point.attrs["data-value"]) == month_value(m, p, i), (key, point.attrs)
+    heading = report["dom"].by_id(f"metric-{code}")
+    assert heading.find_all("h3")[0].text() == name
+    assert unit in heading.find_all("p", cls="unit")[0].text()
+
+
+def test_the_metric_tables_show_the_latest_quarter_and_financial_year(report):
+    dom = report["dom"]
+    table = dom.by_id("table-bcf-emergency_admissions")
+    head = [c.text() for c in table.find_all("thead")[0].find_all("th")]
+    assert head[:3] == ["Geography", "Jul–Sep 2025", "Financial year 2024/25"]
+    rows = [cells(r) for r in body_rows(table)]
+    assert rows[0] == ["Essex", "1,235", "180,500", "684.2", "4,520", "181,000", "2,497.2"]
+    assert [r[0] for r in rows] == ["Essex", "Chelmsford", "Colchester & <i>Tendring</i>"]
+    assert "999" not in table.text() and "888" not in table.text()
+
+    falls = {cells(r)[0]: cells(r)[1:4] for r in body_rows(dom.by_id("table-bcf-falls_admissions_65"))}
+    assert falls["Colchester & <i>Tendring</i>"] == [SUPPRESSED, "180,500", SUPPRESSED]
+    care_home = {cells(r)[0]: cells(r)[1:4] for r in body_rows(dom.by_id("table-bcf-care_home_admissions_65"))}
+    assert care_home["Colchester & <i>Tendring</i>"] == ["0", "180,500", "0.0"]
+    reablement = {cells(r)[0]: cells(r)[1:4] for r in body_rows(dom.by_id("table-bcf-reablement_91_days_65"))}
+    assert reablement["Essex"] == ["245", "2,000", "12.3"]
+
+
+def test_the_cohort_tables_cover_the_latest_financial_year_and_its_quarters(report):
+    dom = report["dom"]
+    falls = dom.by_id("table-cohort-falls_admissions")
+    head = [c.text() for c in falls.find_all("thead")[0].find_all("th")]
+    assert head == ["Period", "Measure", "Essex", "Chelmsford", "Colchester & <i>Tendring</i>"]
+    periods = [r.attrs["data-period"] for r in body_rows(falls)]
+    assert periods == ["2024-04-01", "2024-04-01", "2024-10-01", "2024-10-01", "2025-01-01", "2025-01-01",
+                       "2025-04-01", "2025-04-01"]
+    first_year = [cells(r) for r in body_rows(falls)[:2]]
+    measures = {row[-4]: row[-3:] for row in first_year}
+    # falls_admissions is cohort 1, the 2024/25 year is period 2: 1000 + 100 + 20 (+ 5 per place).
+    assert measures == {"People": ["1,120", "1,125", "1,130"], "Known to social care": ["520", "525", SUPPRESSED]}
+    care_home = dom.by_id("table-cohort-care_home_after_hospital")
+    latest_people = care_home.find_all("tr", data_period="2025-04-01", data_measure="people")[0]
+    assert cells(latest_people)[-3:] == ["1,250", "0", "1,260"]
+    for cohort in ("delayed_discharges", "falls_admissions", "care_home_after_hospital"):
+        assert "2023" not in dom.by_id(f"table-cohort-{cohort}").text()
+
+
+def test_admission_reasons_list_the_top_ten_per_age_band_in_rank_order(report):
+    dom = report["dom"]
+    tables = [t for t in dom.find_all("table") if t.attrs.get("id", "").startswith("table-admissions-")]
+    assert [t.attrs["id"] for t in tables] == ["table-admissions-18-64", "table-admissions-65-74",
+                                              "table-admissions-85+"]
+    rows = [cells(r) for r in body_rows(dom.by_id("table-admissions-65-74"))]
+    assert [r[1] for r in rows] == TOP_65_74[:10]
+    assert [r[0] for r in rows] == [str(n) for n in range(1, 11)]
+    assert rows[0][3] == "435" and rows[9][3] == "120"
+    oldest = [cells(r) for r in body_rows(dom.by_id("table-admissions-85+"))]
+    assert [(r[1], r[3]) for r in oldest] == [("S72", "215"), ("J18", "1,180"), ("R55", SUPPRESSED)]
+    youngest = [cells(r) for r in body_rows(dom.by_id("table-admissions-18-64"))]
+    assert [(r[1], r[3]) for r in youngest] == [("R10", "2,045"), ("O26", "0")]
+    assert "Z99" not in dom.by_id("admission-reasons").text()
+
+
+def test_text_from_the_data_stays_text(report):
+    dom = report["dom"]
+    assert dom.find_all("i") == []
+    assert "Colchester & <i>Tendring</i>" in dom.by_id("chart-bcf-emergency_admissions").text()
