@@ -15,7 +15,7 @@ import pytest
 from pophealth.keys import LinkageKey
 from pophealth.pseudonymise import Pseudonymiser
 
-from .conftest import TEST_KEY, make_world
+from .conftest import POPULATION, TEST_KEY
 
 pytestmark = pytest.mark.integration
 
@@ -234,18 +234,19 @@ def test_every_cohort_equals_the_answer_key(world):
 
 
 def test_the_risk_pyramid_has_the_contracts_sizes(world):
-    # The world's population is its register at the as-of date: N = 800 gives 4 / 36 / 120 / 640.
+    # The world's population is its register at the as-of date: N = 2,000 gives 10 / 90 / 300 / 1,600.
+    assert POPULATION == 2000
     tiers = dict(world.query("SELECT risk_tier, count(*) FROM marts.risk_stratification GROUP BY 1"))
-    assert tiers == {"very_high": 4, "high": 36, "moderate": 120, "low": 640}
+    assert tiers == {"very_high": 10, "high": 90, "moderate": 300, "low": 1600}
     registered = world.query("SELECT count(*) FROM marts.person WHERE is_registered")[0][0]
-    assert registered == 800 == world.world()["registered"]
+    assert registered == 2000 == world.world()["registered"]
     # Ranks run 1..N with the highest score first.
     (first, last, ordered), = world.query(
         """SELECT min(risk_rank), max(risk_rank),
                   bool_and(risk_score >= coalesce(next_score, 0)) FROM (
              SELECT risk_rank, risk_score, lead(risk_score) OVER (ORDER BY risk_rank) AS next_score
              FROM marts.risk_stratification) ranked""")
-    assert (first, last, ordered) == (1, 800, True)
+    assert (first, last, ordered) == (1, 2000, True)
 
 
 def test_the_risk_model_is_evaluated_on_a_later_year(world):
@@ -274,7 +275,18 @@ def test_reporting_applies_disclosure_control_to_the_marts_counts(world):
     assert any(s is None for _t, s, _x, _p in pairs) and any(s == 0 for _t, s, _x, _p in pairs)
     tiers = dict(world.query(
         "SELECT risk_tier, people FROM reporting.risk_pyramid WHERE geography_level = 'area'"))
-    assert tiers == {"very_high": None, "high": 35, "moderate": 120, "low": 640}
+    assert tiers == {"very_high": 10, "high": 90, "moderate": 300, "low": 1600}
+    # Each locality's tiers are the marts' counts under the same control; a small locality's very high tier is hidden.
+    true_counts = dict(((locality, tier), n) for locality, tier, n in world.query(
+        """SELECT p.locality_code, r.risk_tier, count(*) FROM marts.risk_stratification r
+           JOIN marts.person p USING (person_id) GROUP BY 1, 2"""))
+    shown = world.query(
+        "SELECT geography_code, risk_tier, people FROM reporting.risk_pyramid WHERE geography_level = 'locality'")
+    assert len(shown) == 4 * len({locality for locality, _tier in true_counts if locality})
+    for locality, tier, people in shown:
+        true_count = true_counts.get((locality, tier), 0)
+        assert people == (None if 1 <= true_count <= 7 else round(true_count / 5) * 5), (locality, tier)
+    assert any(people is None for _l, _t, people in shown)
 
 
 def test_the_run_wrote_the_board_report_from_reporting(world):

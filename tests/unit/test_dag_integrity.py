@@ -88,7 +88,7 @@ def test_marts_are_built_only_after_the_loads_are_checked_and_on_asset_updates(p
     # Every dbt model and seed is its own task, run then tested (Cosmos), in the project's order.
     assert {"dbt.person.run", "dbt.person.test", "dbt.stg_apc_episode.run", "dbt.int_apc_spell.run"} <= dbt_tasks
     assert tasks["dbt.person.test"]["upstream"] == ["dbt.person.run"]
-    assert "dbt.int_person_record.test" in tasks["dbt.person.run"]["upstream"]
+    assert "dbt.int_person.test" in tasks["dbt.person.run"]["upstream"]
     # Nothing in dbt starts before the loads are checked, and the marts are published after the last test.
     roots = [t for t in dbt_tasks if not any(u.startswith("dbt.") for u in tasks[t]["upstream"])]
     assert roots and all(tasks[t]["upstream"] == ["check_loads"] for t in roots)
