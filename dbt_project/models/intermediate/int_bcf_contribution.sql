@@ -17,39 +17,60 @@ discharges as (
     select * from spells where is_discharged_alive
 ),
 
-readmissions as (
-    select
-        discharge.spell_key,
-        exists (
-            select 1 from spells as later
-            where later.person_key = discharge.person_key
-                and later.spell_key <> discharge.spell_key
-                and later.is_emergency
-                and later.admidate - discharge.disdate between 0 and 29
-        ) as is_readmitted
+-- Each rule below is a join on the person and a date window, grouped, rather than a correlated EXISTS in
+-- the select list: PostgreSQL runs those once per row, which is quadratic at Essex scale.
+readmitted as (
+    select distinct discharge.spell_key
     from discharges as discharge
+    join spells as later
+        on later.person_key = discharge.person_key
+        and later.spell_key <> discharge.spell_key
+        and later.is_emergency
+        and later.admidate - discharge.disdate between 0 and 29
+),
+
+readmissions as (
+    select discharge.spell_key, readmitted.spell_key is not null as is_readmitted
+    from discharges as discharge
+    left join readmitted on readmitted.spell_key = discharge.spell_key
 ),
 
 -- Aged 65+ and discharged alive, with reablement (ST-Max) starting from 3 days before to 7 days after.
+reabled as (
+    select distinct discharge.spell_key
+    from discharges as discharge
+    join services as reablement
+        on reablement.person_key = discharge.person_key and reablement.service_group = 'reablement'
+        and reablement.service_start_date - discharge.disdate between -3 and 7
+    where discharge.age_on_discharge >= 65
+),
+
+-- Not at home 91 days later: an emergency admission or a new long-term care home service in days 1 to 91
+-- after the discharge (death is checked below).
+left_home as (
+    select reabled.spell_key
+    from reabled
+    join discharges as discharge on discharge.spell_key = reabled.spell_key
+    join spells as later
+        on later.person_key = discharge.person_key and later.is_emergency
+        and later.admidate - discharge.disdate between 1 and 91
+    union
+    select reabled.spell_key
+    from reabled
+    join discharges as discharge on discharge.spell_key = reabled.spell_key
+    join services as care_home
+        on care_home.person_key = discharge.person_key and care_home.service_group = 'care_home'
+        and care_home.service_start_date - discharge.disdate between 1 and 91
+),
+
 reablement as (
     select
         discharge.*,
-        -- At home 91 days later: no death, no emergency admission and no new long-term care home service in
-        -- days 1 to 91 after the discharge.
-        not (
-            coalesce(discharge.date_of_death - discharge.disdate between 1 and 91, false)
-            or exists (select 1 from spells as later
-                       where later.person_key = discharge.person_key and later.is_emergency
-                           and later.admidate - discharge.disdate between 1 and 91)
-            or exists (select 1 from services as care_home
-                       where care_home.person_key = discharge.person_key and care_home.service_group = 'care_home'
-                           and care_home.service_start_date - discharge.disdate between 1 and 91)
-        ) as is_at_home_after_91_days
-    from discharges as discharge
-    where discharge.age_on_discharge >= 65
-        and exists (select 1 from services as reablement
-                    where reablement.person_key = discharge.person_key and reablement.service_group = 'reablement'
-                        and reablement.service_start_date - discharge.disdate between -3 and 7)
+        not (coalesce(discharge.date_of_death - discharge.disdate between 1 and 91, false)
+             or left_home.spell_key is not null) as is_at_home_after_91_days
+    from reabled
+    join discharges as discharge on discharge.spell_key = reabled.spell_key
+    left join left_home on left_home.spell_key = reabled.spell_key
 )
 
 select 'emergency_admissions' as metric_code, admidate as event_date, person_key, locality_code,

@@ -20,18 +20,28 @@ with services as (
         on service_group.service_type = event.service_type
         and (service_group.service_component is null or service_group.service_component = event.service_component)
     where event.event_type = 'Service'
+),
+
+-- The care home services of the same person that started strictly before each one (window EXCLUDE GROUP
+-- drops services starting the same day): whether any is still open, and the latest end among them.
+earlier_care_home as (
+    select
+        services.*,
+        bool_or(service_end_date is null) over earlier as earlier_open,
+        max(service_end_date) over earlier as earlier_latest_end
+    from services
+    window earlier as (
+        partition by person_key, service_group = 'care_home'
+        order by service_start_date
+        range between unbounded preceding and current row exclude group
+    )
 )
 
 select
-    services.*,
-    services.event_outcome = 'NFA: Self-funded client or under 12wk disregard' as is_self_funded,
-    services.service_group = 'care_home' and not exists (
-        select 1
-        from services as earlier
-        where earlier.person_key = services.person_key
-            and earlier.service_group = 'care_home'
-            and earlier.service_start_date < services.service_start_date
-            and (earlier.service_end_date is null
-                 or services.service_start_date - earlier.service_end_date < 365)
-    ) as is_new_care_home_admission
-from services
+    event_key, person_key, la_code, service_type, service_component, service_start_date, service_end_date,
+    event_outcome, service_group,
+    event_outcome = 'NFA: Self-funded client or under 12wk disregard' as is_self_funded,
+    service_group = 'care_home'
+        and not coalesce(earlier_open, false)
+        and (earlier_latest_end is null or service_start_date - earlier_latest_end >= 365) as is_new_care_home_admission
+from earlier_care_home

@@ -6,6 +6,10 @@ with spells as (
     from {{ ref('int_spell') }} as spell
     join {{ ref('int_person') }} as person on person.person_key = spell.person_key
     where spell.is_finished and spell.discharge_ready_date < spell.disdate
+),
+
+known as (
+    {{ spells_known_to_social_care('spells') }}
 )
 
 select
@@ -21,12 +25,8 @@ select
     spells.primary_diagnosis::text                                      as primary_diagnosis,
     chapter.chapter::text                                               as primary_diagnosis_chapter,
     spells.disdest::text                                                as discharge_destination,
-    exists (
-        select 1 from {{ ref('int_social_care_contact') }} as contact
-        where contact.person_key = spells.person_key
-            and contact.event_start_date < spells.admidate
-            and coalesce(contact.event_end_date, spells.admidate) >= spells.admidate - 365
-    )::boolean                                                          as known_to_social_care
+    (known.spell_key is not null)::boolean                              as known_to_social_care
 from spells
+left join known on known.spell_key = spells.spell_key
 left join {{ ref('icd10_chapter') }} as chapter
     on left(spells.primary_diagnosis, 3) between chapter.code_from and chapter.code_to

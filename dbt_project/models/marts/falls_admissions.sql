@@ -19,6 +19,10 @@ support as (
         and contact.event_start_date >= falls.admidate
         and contact.event_start_date <= coalesce(falls.disdate, falls.admidate) + 91
     order by falls.spell_key, contact.event_start_date, contact.service_type
+),
+
+known as (
+    {{ spells_known_to_social_care('falls') }}
 )
 
 select
@@ -34,14 +38,10 @@ select
     (select min(code) from unnest(falls.other_diagnoses) as code
      join {{ ref('icd10_code_list') }} as fall on fall.code_list = 'fall' and left(code, 3) between fall.code_from and fall.code_to)::text
                                                                         as fall_code,
-    exists (
-        select 1 from {{ ref('int_social_care_contact') }} as contact
-        where contact.person_key = falls.person_key
-            and contact.event_start_date < falls.admidate
-            and coalesce(contact.event_end_date, falls.admidate) >= falls.admidate - 365
-    )::boolean                                                          as known_to_social_care_before,
+    (known.spell_key is not null)::boolean                              as known_to_social_care_before,
     (support.spell_key is not null)::boolean                            as has_support_within_91_days,
     support.service_type::text                                          as support_service_type,
     support.event_start_date::date                                      as support_start_date
 from falls
 left join support on support.spell_key = falls.spell_key
+left join known on known.spell_key = falls.spell_key
