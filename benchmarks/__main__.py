@@ -14,7 +14,7 @@ Nothing here is a test: nothing asserts a time.
 builds the marts for a generated world of that register population (by default Essex County's 1,438,682)
 without Airflow (every feed staged and published in order, then `dbt build`), prints each stage's time
 and the risk pyramid's tier counts beside the contract's (7,193 / 64,741 / 215,802 / 1,150,946 at Essex
-scale), and as a baseline the time of the bare ranking query the tiers come from. It takes about an hour
+scale), and as a baseline the time of the bare ranking query the tiers come from. It takes about 7 minutes
 on two cores; CI checks the pyramid's rule on small worlds instead (dbt test risk_tiers_follow_the_pyramid).
 """
 
