@@ -18,7 +18,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 TEST_KEY = "5a" * 32
-POPULATION = 2000  # the smallest world whose every metric and cohort is non-empty (seed below)
+POPULATION = 2000  # large enough that, with the seed below, every metric and cohort is non-empty (800 was not)
 SEED = 20241
 
 
