@@ -9,15 +9,14 @@ extracts' last period end, 2025-09-30.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from pophealth.feeds import APC_COLUMNS, CLD_CONTRACT_COLUMNS, GP_REGISTER_COLUMNS
 
-from .test_person_rules import KEY, RUN, _valid_numbers, _write, person_id
+from .conftest import marts_built_from
+from .test_person_rules import KEY, _valid_numbers, _write, person_id
 
 pytestmark = pytest.mark.integration
 
@@ -113,23 +112,12 @@ def build_landing(landing: Path) -> None:
 
 @pytest.fixture(scope="module")
 def marts(tmp_path_factory):
-    import os
-
     import psycopg
 
     home = tmp_path_factory.mktemp("mart-rules")
     build_landing(home / "landing")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("POPHEALTH_", "AIRFLOW"))}
-    env.update(POPHEALTH_HOME=str(home / "state"), POPHEALTH_LINKAGE_KEY=KEY, PYTHONPATH=str(Path(__file__).parents[2]))
-    proc = subprocess.run([sys.executable, "-c", RUN, str(home / "landing")], env=env, capture_output=True,
-                          text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    url = subprocess.run([sys.executable, "-m", "pophealth.cli", "db", "url"], env=env, capture_output=True,
-                         text=True, check=True).stdout.strip().splitlines()[-1]
-    with psycopg.connect(url) as conn:
+    with marts_built_from(home / "landing", home, KEY, timeout=900) as url, psycopg.connect(url) as conn:
         yield lambda sql, params=(): conn.execute(sql, params).fetchall()
-    subprocess.run([sys.executable, "-m", "pophealth.cli", "db", "stop"], env=env, capture_output=True)
-
 
 def _contribution(marts, metric: str, number: str) -> list[tuple]:
     return marts("""SELECT event_date::text, numerator, denominator FROM intermediate.int_bcf_contribution

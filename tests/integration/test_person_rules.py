@@ -11,10 +11,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import hmac
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -24,9 +20,10 @@ from pophealth.identifiers import nhs_check_digit
 from pophealth.keys import LinkageKey
 from pophealth.pseudonymise import Pseudonymiser
 
+from .conftest import marts_built_from
+
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
 KEY = "3c" * 32
 
 
@@ -139,43 +136,13 @@ def build_landing(landing: Path) -> None:
     ])
 
 
-RUN = textwrap.dedent(
-    """
-    from pathlib import Path
-    import sys
-    from pophealth.landing import LOAD_ORDER, identify
-    from pophealth.load import prepare_warehouse, publish_load, stage_extract
-    from pophealth.marts import dbt_command
-    prepare_warehouse()
-    landing = Path(sys.argv[1])
-    for feed in LOAD_ORDER:
-        for extract in sorted(p for p in landing.iterdir() if p.suffix == ".csv"):
-            found = identify(extract)
-            if found is not None and found.feed == feed:
-                outcome = stage_extract(extract)
-                if outcome.status == "validated":
-                    publish_load(outcome.load_id)
-    proc = dbt_command(["build"])
-    print(proc.stdout[-3000:])
-    sys.exit(proc.returncode)
-    """
-)
-
-
 @pytest.fixture(scope="module")
 def people(tmp_path_factory):
     import psycopg
 
     home = tmp_path_factory.mktemp("person-rules")
     build_landing(home / "landing")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("POPHEALTH_", "AIRFLOW"))}
-    env.update(POPHEALTH_HOME=str(home / "state"), POPHEALTH_LINKAGE_KEY=KEY, PYTHONPATH=str(REPO))
-    proc = subprocess.run([sys.executable, "-c", RUN, str(home / "landing")], env=env, capture_output=True,
-                          text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    url = subprocess.run([sys.executable, "-m", "pophealth.cli", "db", "url"], env=env, capture_output=True,
-                         text=True, check=True).stdout.strip().splitlines()[-1]
-    with psycopg.connect(url) as conn:
+    with marts_built_from(home / "landing", home, KEY, timeout=600) as url, psycopg.connect(url) as conn:
         cur = conn.execute("SELECT * FROM marts.person")
         names = [d.name for d in cur.description]
         rows = {row[0]: dict(zip(names, row)) for row in cur.fetchall()}
@@ -183,7 +150,6 @@ def people(tmp_path_factory):
                               "FROM intermediate.int_cld_event_deduplicated WHERE la_person_key = %s",
                               (local_person("E10000012", "person|EC0000002"),)).fetchall()
     yield {"people": rows, "b_events": events}
-    subprocess.run([sys.executable, "-m", "pophealth.cli", "db", "stop"], env=env, capture_output=True)
 
 
 def test_one_row_per_person_across_the_feeds(people):
