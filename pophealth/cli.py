@@ -2,6 +2,7 @@
 
     pophealth setup                       prepare the warehouse and Airflow's metadata database
     pophealth synth --population N --seed S --out PATH
+    pophealth pseudonymise IN_FILE OUT_FILE --lookup ref_postcode_lookup.csv   at a source, before sending
     pophealth run [--landing PATH]        the whole pipeline through Airflow (synthetic demo without --landing)
     pophealth dag DAG_ID [--landing PATH] one DAG through Airflow
     pophealth status                      the last load of each source and the marts' freshness
@@ -46,6 +47,22 @@ def cmd_synth(args: argparse.Namespace) -> int:
     _say(f"Writing a synthetic world of {args.population:,} people (seed {args.seed}) to {out} ...")
     summary = write_world(out, population=args.population, seed=args.seed)
     _say(f"Done: {summary.get('people', '?')} people; the answer key is in {out / 'answer_key'}")
+    return 0
+
+
+def cmd_pseudonymise(args: argparse.Namespace) -> int:
+    from pophealth.at_source import AtSourceRefused, pseudonymise_extract, summary_text
+
+    def progress(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    try:
+        summary = pseudonymise_extract(Path(args.in_file), Path(args.out_file),
+                                       Path(args.lookup) if args.lookup else None, progress=progress)
+    except AtSourceRefused as exc:
+        print(f"pophealth: {exc}", file=sys.stderr)
+        return 2
+    _say(summary_text(summary))
     return 0
 
 
@@ -188,6 +205,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=DEMO_SEED)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("pseudonymise", help="at a source: write the pseudonymised extract of an identifiable one")
+    p.add_argument("in_file", metavar="IN_FILE", help="the identifiable extract, named as the contract says")
+    p.add_argument("out_file", metavar="OUT_FILE", help="the pseudonymised extract: a file of the same name "
+                   "in another folder, or that folder")
+    p.add_argument("--lookup", help="the postcode lookup (ref_postcode_lookup.csv); not needed for opt-outs")
+    p.set_defaults(func=cmd_pseudonymise)
 
     p = sub.add_parser("run", help="run the whole pipeline through Airflow")
     p.add_argument("--landing", help="a folder of real extracts (default: generate a synthetic demo world)")

@@ -1,8 +1,14 @@
 """Each feed of the extract contract: its columns, and how one row becomes a pseudonymised warehouse row.
 
+A personal file comes in one of two forms (`at_source.py`): identifiable, as the contract lists it, or
+pseudonymised at source (`person_id` and no `nhs_number`). A row of an identifiable file is first made a
+pseudonymised row in memory by `at_source.pseudonymise_row`, the function the `pophealth pseudonymise`
+command runs at a source, so there is one way to pseudonymise; the transforms below then work on
+pseudonymised rows. Values that come pseudonymised from a source are checked here instead.
+
 A row transform returns the tuple to store (in `Feed.table_columns` order), raises `RowProblem` to
 quarantine the row with a reason, or raises `OptedOut`. Identifiable values (NHS number, date of birth,
-postcode, local ids) are consumed here and never leave this module in clear.
+postcode, local ids) never leave memory in clear.
 """
 
 from __future__ import annotations
@@ -13,8 +19,18 @@ from datetime import date
 from decimal import Decimal, InvalidOperation
 from typing import Callable
 
-from pophealth.identifiers import NhsNumber, NhsNumberCheck, PersonId, check_nhs_number
-from pophealth.pseudonymise import PostcodeLookup, Pseudonymiser, birth_year_month
+from pophealth.at_source import (  # noqa: F401  (the column tuples are imported from here by synth and tests)
+    APC_COLUMNS,
+    CLD_COLUMNS,
+    CLD_CONTRACT_COLUMNS,
+    DIAG_COLUMNS,
+    FORMS,
+    GP_REGISTER_COLUMNS,
+    header_problem,
+    pseudonymise_row,
+)
+from pophealth.identifiers import NhsNumberCheck
+from pophealth.pseudonymise import PostcodeLookup, Pseudonymiser, birth_year_month, iso_date
 
 
 class RowProblem(Exception):
@@ -40,8 +56,10 @@ class RowContext:
     counters: dict[str, int] = field(default_factory=lambda: {"test_range": 0, "unlinked": 0})
 
 
-_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_YEAR = re.compile(r"^[0-9]{4}$")
+_MONTH = re.compile(r"^[0-9]{1,2}$")
+_CHECKS = {c.value: c for c in NhsNumberCheck}
 
 
 def _text(row: dict[str, str], column: str) -> str | None:
@@ -65,12 +83,10 @@ def _date(row: dict[str, str], column: str, required: bool = False) -> date | No
         if required:
             raise RowProblem(column, "required date is missing")
         return None
-    if not _ISO_DATE.match(value):
-        raise RowProblem(column, "date is not in ISO YYYY-MM-DD form")
     try:
-        return date.fromisoformat(value)
-    except ValueError:
-        raise RowProblem(column, "date does not exist in the calendar") from None
+        return iso_date(value)
+    except ValueError as problem:
+        raise RowProblem(column, str(problem)) from None
 
 
 def _int(row: dict[str, str], column: str, required: bool = False) -> int | None:
@@ -97,34 +113,88 @@ def _decimal(row: dict[str, str], column: str) -> Decimal | None:
     return number
 
 
-def _identity(row: dict[str, str], ctx: RowContext, column: str) -> tuple[str | None, str]:
-    """person_id (or None) and the NHS number check, applying the opt-out list."""
-    if column not in row and "person_id" in row:
-        # Pseudonymised at source: the source sent the pseudonym itself.
-        value = (_text(row, "person_id") or "").lower()
-        if not value:
-            check, person = NhsNumberCheck.MISSING, None
-        elif not _HEX64.match(value):
-            raise RowProblem("person_id", "person_id is not 64 hexadecimal characters")
-        else:
-            check, person = NhsNumberCheck.SOURCE_PSEUDONYM, PersonId(value)
+def _pseudonymised(feed: str, row: dict[str, str], ctx: RowContext) -> tuple[dict[str, str], dict[str, str] | None]:
+    """The row in its pseudonymised form, and why an identifiable value of it could not be reduced.
+
+    An identifiable row (it has `nhs_number`) is pseudonymised here, in memory; the second value is then
+    a dict (column -> reason), and the row's pseudonymised values are ours and need no checking. A row
+    that came pseudonymised from its source is returned as it is, with None: its values are checked.
+    """
+    if "nhs_number" not in row:
+        return row, None
+    unreduced: dict[str, str] = {}
+    return pseudonymise_row(feed, row, ctx.pseudonymiser, ctx.postcodes, period_end=ctx.period_end,
+                            unreduced=unreduced), unreduced
+
+
+def _identity_column(row: dict[str, str], unreduced: dict[str, str] | None) -> str:
+    """The column a missing identity is reported against: the NHS number's, unless the source only sent person_id."""
+    return "person_id" if unreduced is None and _text(row, "nhs_number_check") is None else "nhs_number"
+
+
+def _linkage(row: dict[str, str], unreduced: dict[str, str] | None) -> tuple[NhsNumberCheck, str | None]:
+    """The NHS number check and person_id (None when there is none) of a pseudonymised row."""
+    if unreduced is not None:
+        return _CHECKS[row["nhs_number_check"]], row["person_id"] or None
+    person = (_text(row, "person_id") or "").lower()
+    stated = _text(row, "nhs_number_check")
+    if stated is None:
+        # The contract's own form: the source computed person_id and says nothing more.
+        if not person:
+            return NhsNumberCheck.MISSING, None
+        check = NhsNumberCheck.SOURCE_PSEUDONYM
     else:
-        raw = row.get(column)
-        check = check_nhs_number(raw)
-        person = ctx.pseudonymiser.person_id(NhsNumber(raw)) if check.linkable else None
+        check = _CHECKS.get(stated.lower())
+        if check is None:
+            raise RowProblem("nhs_number_check", "not one of valid, test_range, missing, invalid, source_pseudonym")
+        if not check.linkable:
+            if person:
+                raise RowProblem("person_id",
+                                 "person_id is given but nhs_number_check says there was no valid NHS number")
+            return check, None
+        if not person:
+            raise RowProblem("person_id", "person_id is missing but nhs_number_check says the NHS number was valid")
+    if not _HEX64.match(person):
+        raise RowProblem("person_id", "person_id is not 64 hexadecimal characters")
+    return check, person
+
+
+def _counted(ctx: RowContext, check: NhsNumberCheck, person: str | None) -> tuple[str | None, str]:
+    """person_id (or None) and the NHS number check as stored, applying the opt-out list and counting."""
     if person is None:
         ctx.counters["unlinked"] += 1
         return None, check.value
-    if person.value in ctx.optouts:
+    if person in ctx.optouts:
         raise OptedOut()
     if check is NhsNumberCheck.TEST_RANGE:
         ctx.counters["test_range"] += 1
-    return person.value, check.value
+    return person, check.value
 
 
-def _area(row: dict[str, str], ctx: RowContext, column: str) -> tuple[str | None, str | None]:
-    area = ctx.postcodes.area(row.get(column))
-    return (area.lsoa_code, area.locality_code) if area else (None, None)
+def _local_key(row: dict[str, str], ctx: RowContext, unreduced: dict[str, str] | None, column: str, source: str,
+               kind: str) -> str:
+    """The keyed pseudonym of a local id: ours already, or sent as one (64 lowercase hex), or made now."""
+    value = _required(row, column)
+    if unreduced is not None or _HEX64.match(value):
+        return value
+    return ctx.pseudonymiser.local(source, f"{kind}|{value}").value
+
+
+def _area(row: dict[str, str], ctx: RowContext, unreduced: dict[str, str] | None) -> tuple[str | None, str | None]:
+    if unreduced is not None:
+        return row["lsoa_code"] or None, row["locality_code"] or None
+    if _text(row, "postcode") is not None:
+        area = ctx.postcodes.area(row.get("postcode"))
+        return (area.lsoa_code, area.locality_code) if area else (None, None)
+    # An LSOA sent by the source counts only if the lookup knows it (the locality is the lookup's); an
+    # unknown one is treated like a postcode not in the lookup: no area, the row is kept.
+    lsoa = _text(row, "lsoa_code")
+    if lsoa is None:
+        return None, None
+    for code in (lsoa, lsoa.upper()):
+        if code in ctx.postcodes.localities:
+            return code, ctx.postcodes.localities[code] or None
+    return None, None
 
 
 def _dob(row: dict[str, str], ctx: RowContext, column: str) -> tuple[int | None, int | None]:
@@ -134,21 +204,42 @@ def _dob(row: dict[str, str], ctx: RowContext, column: str) -> tuple[int | None,
     return birth_year_month(dob)
 
 
+def _birth(row: dict[str, str], ctx: RowContext, unreduced: dict[str, str] | None) -> tuple[int | None, int | None]:
+    if unreduced is not None:
+        reason = unreduced.get("date_of_birth")
+        if reason:
+            raise RowProblem("date_of_birth", reason)
+        year = row["birth_year"]
+        return (int(year), int(row["birth_month"])) if year else (None, None)
+    if _text(row, "date_of_birth") is not None:
+        return _dob(row, ctx, "date_of_birth")
+    year = _text(row, "birth_year")
+    if year is None:
+        return None, None
+    if not _YEAR.match(year):
+        raise RowProblem("birth_year", "birth year is not 4 digits")
+    month_text = _text(row, "birth_month")
+    month = int(month_text) if month_text is not None and _MONTH.match(month_text) else None
+    if month_text is not None and not (month and 1 <= month <= 12):
+        raise RowProblem("birth_month", "birth month is not a whole number from 1 to 12")
+    end = ctx.period_end
+    if end is not None and (int(year), month or 1) > (end.year, end.month):
+        raise RowProblem("birth_year", "date of birth is after the extract's period end")
+    return int(year), month
+
+
 # ----------------------------------------------------------------------------------------------------------
 # gp_register
 
-GP_REGISTER_COLUMNS = (
-    "nhs_number", "date_of_birth", "sex", "postcode", "gp_practice_code",
-    "registration_start_date", "registration_end_date", "date_of_death",
-)
-
-
 def gp_register_row(row: dict[str, str], ctx: RowContext) -> tuple:
-    if check_nhs_number(row.get("nhs_number")) in (NhsNumberCheck.MISSING, NhsNumberCheck.INVALID):
-        raise RowProblem("nhs_number", "NHS number missing or invalid, and the register has no local id to follow")
-    person_id, check = _identity(row, ctx, "nhs_number")
-    birth_year, birth_month = _dob(row, ctx, "date_of_birth")
-    lsoa, locality = _area(row, ctx, "postcode")
+    row, unreduced = _pseudonymised("gp_register", row, ctx)
+    check, person = _linkage(row, unreduced)
+    if person is None:
+        raise RowProblem(_identity_column(row, unreduced),
+                         "NHS number missing or invalid, and the register has no local id to follow")
+    person_id, check = _counted(ctx, check, person)
+    birth_year, birth_month = _birth(row, ctx, unreduced)
+    lsoa, locality = _area(row, ctx, unreduced)
     return (
         person_id, check, birth_year, birth_month, _text(row, "sex"), lsoa, locality,
         _text(row, "gp_practice_code"), _date(row, "registration_start_date"),
@@ -159,33 +250,24 @@ def gp_register_row(row: dict[str, str], ctx: RowContext) -> tuple:
 # ----------------------------------------------------------------------------------------------------------
 # apc
 
-DIAG_COLUMNS = tuple(f"diag_{i:02d}" for i in range(1, 21))
-APC_COLUMNS = (
-    "epikey", "spell_id", "nhs_number", "nhs_number_status", "date_of_birth", "sex", "postcode",
-    "gp_practice_code", "procode", "admidate", "disdate", "epistart", "epiend", "epiorder", "admimeth",
-    "admisorc", "disdest", "dismeth", "classpat", "mainspef", "tretspef", *DIAG_COLUMNS, "discharge_ready_date",
-)
-
-
 def apc_row(row: dict[str, str], ctx: RowContext) -> tuple:
+    row, unreduced = _pseudonymised("apc", row, ctx)
     procode = _required(row, "procode").upper()
     if ctx.provider and procode != ctx.provider:
         raise RowProblem("procode", "procode differs from the provider in the file name")
-    epikey = _required(row, "epikey")
-    spell_id = _required(row, "spell_id")
+    episode_key = _local_key(row, ctx, unreduced, "epikey", procode, "episode")
+    spell_key = _local_key(row, ctx, unreduced, "spell_id", procode, "spell")
     admidate = _date(row, "admidate", required=True)
     epistart = _date(row, "epistart", required=True)
     epiorder = _int(row, "epiorder", required=True)
     if epiorder < 1:
         raise RowProblem("epiorder", "epiorder must be 1 or more")
     admimeth = _required(row, "admimeth").upper()
-    person_id, check = _identity(row, ctx, "nhs_number")
-    birth_year, birth_month = _dob(row, ctx, "date_of_birth")
-    lsoa, locality = _area(row, ctx, "postcode")
+    person_id, check = _counted(ctx, *_linkage(row, unreduced))
+    birth_year, birth_month = _birth(row, ctx, unreduced)
+    lsoa, locality = _area(row, ctx, unreduced)
     return (
-        person_id, check,
-        ctx.pseudonymiser.local(procode, "episode|" + epikey).value,
-        ctx.pseudonymiser.local(procode, "spell|" + spell_id).value,
+        person_id, check, episode_key, spell_key,
         _text(row, "nhs_number_status"), birth_year, birth_month, _text(row, "sex"), lsoa, locality,
         _text(row, "gp_practice_code"), procode, admidate, _date(row, "disdate"), epistart, _date(row, "epiend"),
         epiorder, admimeth, _text(row, "admisorc"), _text(row, "disdest"), _text(row, "dismeth"),
@@ -195,33 +277,23 @@ def apc_row(row: dict[str, str], ctx: RowContext) -> tuple:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# cld: the contract's column names as sources write them; matched case-insensitively, so the loader holds
-# them lower-cased
-
-CLD_CONTRACT_COLUMNS = (
-    "LA_Code", "Reporting_Period_Start_Date", "Reporting_Period_End_Date", "Client_Type",
-    "LA_Person_Unique_Identifier", "NHS_Number", "Gender", "Ethnicity", "Date_of_Birth", "Date_of_Death",
-    "Postcode", "Primary_Support_Reason", "Accommodation_Status", "Event_Type", "Event_Reference",
-    "Event_Start_Date", "Event_End_Date", "Event_Outcome", "Request_Route_of_Access", "Assessment_Type",
-    "Service_Type", "Service_Component", "Delivery_Mechanism", "Review_Reason", "Unit_Cost",
-    "Cost_Frequency_Unit_Type", "Planned_units_per_week",
-)
-CLD_COLUMNS = tuple(c.lower() for c in CLD_CONTRACT_COLUMNS)
+# cld (rows hold the CLD's column names lower-cased)
 
 
 def cld_row(row: dict[str, str], ctx: RowContext) -> tuple:
+    row, unreduced = _pseudonymised("cld", row, ctx)
     la_code = _required(row, "la_code").upper()
     if ctx.provider and la_code != ctx.provider:
         raise RowProblem("la_code", "LA_Code differs from the council in the file name")
-    local_id = _required(row, "la_person_unique_identifier")
+    person_key = _local_key(row, ctx, unreduced, "la_person_unique_identifier", la_code, "person")
     period_end = _date(row, "reporting_period_end_date", required=True)
     event_type = _required(row, "event_type")
     event_start = _date(row, "event_start_date", required=True)
-    person_id, check = _identity(row, ctx, "nhs_number")
-    birth_year, birth_month = _dob(row, ctx, "date_of_birth")
-    lsoa, locality = _area(row, ctx, "postcode")
+    person_id, check = _counted(ctx, *_linkage(row, unreduced))
+    birth_year, birth_month = _birth(row, ctx, unreduced)
+    lsoa, locality = _area(row, ctx, unreduced)
     return (
-        person_id, check, ctx.pseudonymiser.local(la_code, "person|" + local_id).value, la_code,
+        person_id, check, person_key, la_code,
         _date(row, "reporting_period_start_date"), period_end, _text(row, "client_type"), _text(row, "gender"),
         _text(row, "ethnicity"), birth_year, birth_month, _date(row, "date_of_death"), lsoa, locality,
         _text(row, "primary_support_reason"), _text(row, "accommodation_status"), event_type,
@@ -237,10 +309,12 @@ def cld_row(row: dict[str, str], ctx: RowContext) -> tuple:
 
 
 def optout_row(row: dict[str, str], ctx: RowContext) -> tuple:
-    check = check_nhs_number(row.get("nhs_number"))
-    if not check.linkable:
-        raise RowProblem("nhs_number", f"NHS number {check.value}: an opt-out cannot be applied without one")
-    return (ctx.pseudonymiser.person_id(NhsNumber(row["nhs_number"])).value,)
+    row, unreduced = _pseudonymised("optouts", row, ctx)
+    check, person = _linkage(row, unreduced)
+    if person is None:
+        raise RowProblem(_identity_column(row, unreduced),
+                         f"NHS number {check.value}: an opt-out cannot be applied without one")
+    return (person,)
 
 
 def postcode_row(row: dict[str, str], ctx: RowContext) -> tuple:
@@ -261,7 +335,9 @@ def population_row(row: dict[str, str], ctx: RowContext) -> tuple:
 @dataclass(frozen=True)
 class Feed:
     name: str
-    contract_columns: tuple[str, ...]
+    contract_columns: tuple[str, ...]  # every column of the feed in either form; the rest are reported as extra
+    # Checked by landing.open_extract in every file; a personal feed's and the opt-out list's depend on the
+    # file's form and are checked by identity_columns_present.
     required_columns: tuple[str, ...]
     table: str                       # where published rows go
     table_columns: tuple[str, ...]   # what the transform returns, in order
@@ -270,18 +346,15 @@ class Feed:
     replaces_whole_table: bool = False  # the latest file is the whole truth (opt-out list, reference data)
 
 
-_IDENTITY_OR_PSEUDONYM = ("nhs_number",)
-
 FEED_SPECS: dict[str, Feed] = {
     "gp_register": Feed(
-        "gp_register", GP_REGISTER_COLUMNS, GP_REGISTER_COLUMNS, "raw.gp_register",
+        "gp_register", FORMS["gp_register"].columns, (), "raw.gp_register",
         ("person_id", "nhs_number_check", "birth_year", "birth_month", "sex", "lsoa_code", "locality_code",
          "gp_practice_code", "registration_start_date", "registration_end_date", "date_of_death"),
         gp_register_row, personal=True,
     ),
     "apc": Feed(
-        "apc", APC_COLUMNS + ("person_id",), tuple(c for c in APC_COLUMNS if c not in ("nhs_number", "nhs_number_status")),
-        "raw.apc_episode",
+        "apc", FORMS["apc"].columns, (), "raw.apc_episode",
         ("person_id", "nhs_number_check", "episode_key", "spell_key", "nhs_number_status", "birth_year",
          "birth_month", "sex", "lsoa_code", "locality_code", "gp_practice_code", "procode", "admidate", "disdate",
          "epistart", "epiend", "epiorder", "admimeth", "admisorc", "disdest", "dismeth", "classpat", "mainspef",
@@ -289,7 +362,7 @@ FEED_SPECS: dict[str, Feed] = {
         apc_row, personal=True,
     ),
     "cld": Feed(
-        "cld", CLD_COLUMNS + ("person_id",), tuple(c for c in CLD_COLUMNS if c != "nhs_number"), "raw.cld_event",
+        "cld", FORMS["cld"].columns, (), "raw.cld_event",
         ("person_id", "nhs_number_check", "la_person_key", "la_code", "reporting_period_start_date",
          "reporting_period_end_date", "client_type", "gender", "ethnicity", "birth_year", "birth_month",
          "date_of_death", "lsoa_code", "locality_code", "primary_support_reason", "accommodation_status",
@@ -299,7 +372,7 @@ FEED_SPECS: dict[str, Feed] = {
         cld_row, personal=True,
     ),
     "optouts": Feed(
-        "optouts", ("nhs_number",), ("nhs_number",), "restricted.optout", ("person_id",), optout_row,
+        "optouts", FORMS["optouts"].columns, (), "restricted.optout", ("person_id",), optout_row,
         personal=False, replaces_whole_table=True,
     ),
     "ref_postcode_lookup": Feed(
@@ -315,10 +388,7 @@ FEED_SPECS: dict[str, Feed] = {
 
 
 def identity_columns_present(feed: Feed, columns: list[str]) -> str | None:
-    """For a personal feed: None when the file has an NHS number or a source pseudonym column, else the problem."""
-    if not feed.personal:
-        return None
-    nhs_column = "nhs_number"
-    if nhs_column in columns or "person_id" in columns:
-        return None
-    return "missing required column: nhs_number (or person_id when pseudonymised at source)"
+    """For a personal feed or the opt-out list: None when the header has every column its form requires
+    (identifiable: as the contract says; pseudonymised at source: person_id, and birth_year or
+    date_of_birth, lsoa_code or postcode), else the problem. Reference feeds: None."""
+    return header_problem(feed.name, columns)

@@ -1,5 +1,7 @@
 """Pseudonymisation: the keyed hash of the NHS number, keyed pseudonyms of local ids, and the reductions
 of date of birth and postcode. Everything here runs in memory, before anything is written.
+
+These are the primitives; `at_source.pseudonymise_row` applies them to a row of each feed.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import re
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+from typing import Callable
 
 from pophealth.identifiers import LocalPseudonym, NhsNumber, PersonId
 from pophealth.keys import LinkageKey
@@ -20,26 +23,54 @@ from pophealth.keys import LinkageKey
 _LOCAL_KEY_LABEL = b"pophealth|local-identifier|v1"
 
 
-class Pseudonymiser:
-    __slots__ = ("_linkage", "_local", "key_version")
+#: Told of every identity hashed: (kind "nhs" or "local", the pseudonym in hex, the exact bytes hashed).
+OnIdentity = Callable[[str, str, bytes], None]
 
-    def __init__(self, key: LinkageKey):
+
+class Pseudonymiser:
+    __slots__ = ("_linkage", "_local", "_on_identity", "key_version")
+
+    def __init__(self, key: LinkageKey, *, on_identity: OnIdentity | None = None):
         secret = key.secret_bytes()
         self._linkage = hmac.new(secret, digestmod=hashlib.sha256)
         self._local = hmac.new(hmac.new(secret, _LOCAL_KEY_LABEL, hashlib.sha256).digest(), digestmod=hashlib.sha256)
+        # Called for every value hashed, whatever becomes of its row (quarantined and opted-out rows included):
+        # the caller decides what to keep.
+        self._on_identity = on_identity
         self.key_version = key.version
 
     def person_id(self, nhs_number: NhsNumber) -> PersonId:
         """Lowercase hex HMAC-SHA256 of the ten ASCII digits: what a source computes on its own premises."""
+        digits = nhs_number.digits_for_hashing()
         mac = self._linkage.copy()
-        mac.update(nhs_number.digits_for_hashing())
-        return PersonId(mac.hexdigest())
+        mac.update(digits)
+        value = mac.hexdigest()
+        if self._on_identity is not None:
+            self._on_identity("nhs", value, digits)
+        return PersonId(value)
 
     def local(self, source: str, local_id: str) -> LocalPseudonym:
         """A keyed pseudonym of a local identifier, scoped by its source (`RAJ`, `E10000012`)."""
+        hashed = f"{source.strip()}|{local_id.strip()}".encode("utf-8")
         mac = self._local.copy()
-        mac.update(f"{source.strip()}|{local_id.strip()}".encode("utf-8"))
-        return LocalPseudonym(mac.hexdigest())
+        mac.update(hashed)
+        value = mac.hexdigest()
+        if self._on_identity is not None:
+            self._on_identity("local", value, hashed)
+        return LocalPseudonym(value)
+
+
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def iso_date(text: str) -> date:
+    """A date as the contract writes it (ISO YYYY-MM-DD). ValueError says why not, never with the value."""
+    if not _ISO_DATE.match(text):
+        raise ValueError("date is not in ISO YYYY-MM-DD form")
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise ValueError("date does not exist in the calendar") from None
 
 
 def birth_year_month(date_of_birth: date | None) -> tuple[int | None, int | None]:

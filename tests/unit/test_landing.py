@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from pophealth.feeds import FEED_SPECS
+from pophealth.feeds import FEED_SPECS, identity_columns_present
 from pophealth.landing import FileRejected, identify, open_extract, scan
 
 
@@ -41,11 +41,16 @@ def test_scan_orders_reference_and_optouts_before_personal_feeds(tmp_path):
 
 
 def _open(tmp_path, text: str, encoding="utf-8"):
+    """The loader's header checks: the file's format, then the columns its form (identifiable or
+    pseudonymised at source) requires."""
     path = tmp_path / "optouts_20250930.csv"
     path.write_bytes(text.encode(encoding))
     spec = FEED_SPECS["optouts"]
     handle, reader = open_extract(path, spec.contract_columns, spec.required_columns)
     with handle:
+        problem = identity_columns_present(spec, reader.columns)
+        if problem:
+            raise FileRejected(problem)
         return reader.columns, reader.extra_columns, list(reader.rows)
 
 
