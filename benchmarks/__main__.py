@@ -5,6 +5,7 @@
 These machines are shared and noisy, so every figure is the median of several repeats, and each is set
 beside a baseline that ran on the same machine a moment before:
 - the generator at N and 10 N people (the ratio shows whether it scales linearly);
+- pseudonymising NHS numbers (check, type, HMAC; and with the vault's encryption) against the bare HMAC;
 - staging the register extract (validate, pseudonymise, COPY into PostgreSQL) against only reading the
   same file with Python's csv module, the least any loader must do.
 Nothing here is a test: nothing asserts a time.
@@ -51,6 +52,7 @@ def bench_generator(population: int, repeats: int, work: Path) -> Path:
 
 def bench_staging(landing: Path, repeats: int) -> None:
     os.environ.setdefault("POPHEALTH_LINKAGE_KEY", "ab" * 32)
+    os.environ.setdefault("POPHEALTH_VAULT_KEY", "cd" * 32)
     from pophealth import db
     from pophealth.load import prepare_warehouse, publish_load, refuse_load, stage_extract
 
@@ -93,6 +95,7 @@ def bench_pyramid(population: int, work: Path) -> int:
     from pophealth.synth import write_world
 
     os.environ.setdefault("POPHEALTH_LINKAGE_KEY", "ab" * 32)
+    os.environ.setdefault("POPHEALTH_VAULT_KEY", "cd" * 32)
     stages: dict[str, float] = {}
     started = time.perf_counter()
     write_world(work / "landing", population=population, seed=1)
@@ -143,6 +146,50 @@ def bench_pyramid(population: int, work: Path) -> int:
     return 0 if ok and people == population else 1
 
 
+def bench_pseudonymisation(landing: Path, repeats: int) -> None:
+    """The platform's pseudonymisation of NHS numbers beside the bare HMAC of the same digits."""
+    import hashlib
+    import hmac
+
+    from pophealth.identifiers import NhsNumber, check_nhs_number, normalise_nhs_number
+    from pophealth.keys import LinkageKey, VaultKey
+    from pophealth.pseudonymise import Pseudonymiser
+    from pophealth.vault import VaultCipher
+
+    extract = next(landing.glob("gp_register_*.csv"))
+    with extract.open(newline="") as handle:
+        raw = [row["nhs_number"] for row in csv.DictReader(handle)]
+    numbers = [n for n in raw if check_nhs_number(n).linkable] * 5
+    digits = [normalise_nhs_number(n).encode() for n in numbers]
+    secret = bytes.fromhex("ab" * 32)
+    pseudonymiser = Pseudonymiser(LinkageKey(secret))
+    cipher = VaultCipher(VaultKey(bytes.fromhex("cd" * 32)))
+
+    def bare_hmac():
+        for d in digits:
+            hmac.new(secret, d, hashlib.sha256).hexdigest()
+
+    def platform():
+        for n in numbers:
+            pseudonymiser.person_id(NhsNumber(n))
+
+    def platform_with_vault():
+        for n in numbers:
+            number = NhsNumber(n)
+            person = pseudonymiser.person_id(number)
+            cipher.encrypt("nhs", person.value, number.digits_for_hashing())
+
+    count = len(numbers)
+    baseline = _median_seconds(bare_hmac, repeats)
+    print(f"{'baseline   bare HMAC-SHA256 of ' + format(count, ',') + ' NHS numbers':<52}{baseline:8.3f} s  "
+          f"({count / baseline:10,.0f} /s)")
+    for label, action in (("pseudonymise   check, type, HMAC", platform),
+                          ("pseudonymise   + vault AES-256-GCM encryption", platform_with_vault)):
+        seconds = _median_seconds(action, repeats)
+        print(f"{label:<52}{seconds:8.3f} s  ({count / seconds:10,.0f} /s)  ratio to bare HMAC: "
+              f"{seconds / baseline:5.1f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--population", type=int, help="people (default 2,000; with --pyramid 1,438,682)")
@@ -158,6 +205,7 @@ def main() -> None:
         args.population = args.population or 2000
         print(f"pophealth benchmarks (medians of {args.repeats}; {os.cpu_count()} cores)")
         landing = bench_generator(args.population, args.repeats, work)
+        bench_pseudonymisation(landing, args.repeats)
         bench_staging(landing, args.repeats)
 
 

@@ -8,6 +8,8 @@
     pophealth status                      the last load of each source and the marts' freshness
     pophealth db url | stop               the warehouse in use
     pophealth board-report [--out PATH]   the board report (static HTML) from the reporting schema
+    pophealth reidentify PERSON_ID... --purpose TEXT --on-behalf-of NAME   direct care, audited
+    pophealth rotate-key --new-key-file PATH   key custodian: re-key the warehouse
 """
 
 from __future__ import annotations
@@ -28,16 +30,20 @@ def _say(text: str) -> None:
     print(text, flush=True)
 
 
-def _ensure_key_for_demo() -> None:
+def _ensure_keys_for_demo() -> None:
     from pophealth.keys import ensure_demo_key
 
-    if os.environ.get(config.ENV_LINKAGE_KEY) or os.environ.get(config.ENV_LINKAGE_KEY_FILE):
-        return
-    key_file = config.paths().demo_key_file
-    if ensure_demo_key(key_file):
-        _say(f"Created a random linkage key for this local demo in {key_file} (mode 600). "
-             f"A real deployment gets its key from the key custodian: set {config.ENV_LINKAGE_KEY_FILE}.")
-    os.environ[config.ENV_LINKAGE_KEY_FILE] = str(key_file)
+    paths = config.paths()
+    for env, env_file, key_file, what in (
+        (config.ENV_LINKAGE_KEY, config.ENV_LINKAGE_KEY_FILE, paths.demo_key_file, "linkage key"),
+        (config.ENV_VAULT_KEY, config.ENV_VAULT_KEY_FILE, paths.demo_vault_key_file, "vault key"),
+    ):
+        if os.environ.get(env) or os.environ.get(env_file):
+            continue
+        if ensure_demo_key(key_file):
+            _say(f"Created a random {what} for this local demo in {key_file} (mode 600). "
+                 f"A real deployment gets its key from the key custodian: set {env_file}.")
+        os.environ[env_file] = str(key_file)
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
@@ -91,7 +97,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.landing:
         landing = Path(args.landing)
     else:
-        _ensure_key_for_demo()
+        _ensure_keys_for_demo()
         landing = _demo_landing(args.population, args.seed)
     _say(f"Warehouse: {db.warehouse_url()}" + (" (embedded PostgreSQL)" if db.is_embedded() else ""))
     outcome = run_pipeline(landing, progress=_say)
@@ -193,6 +199,50 @@ def cmd_fit_risk_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reidentify(args: argparse.Namespace) -> int:
+    from pophealth.keys import load_vault_key
+    from pophealth.vault import VaultError, reidentify
+
+    try:
+        result = reidentify(args.person_ids, args.purpose, args.on_behalf_of, load_vault_key())
+    except VaultError as exc:
+        print(f"pophealth: {exc}", file=sys.stderr)
+        return 2
+    _say(f"Re-identification request {result.request_id} is in the audit log (audit.reidentification).")
+    for person_id, number in result.found.items():
+        _say(f"{person_id}  {number.reveal_for_direct_care()}")
+    for person_id in result.not_found:
+        _say(f"{person_id}  not in the vault (unknown, opted out, or never linked)")
+    return 0 if result.found else 1
+
+
+def cmd_rotate_key(args: argparse.Namespace) -> int:
+    from pophealth.keys import LinkageKey, load_linkage_key, load_vault_key
+    from pophealth.marts import dbt_command
+    from pophealth.rekey import RotationRefused, rotate_linkage_key
+
+    path = Path(args.new_key_file)
+    if not path.is_file():
+        print(f"pophealth: the new key file does not exist: {path}", file=sys.stderr)
+        return 2
+    new = LinkageKey.from_hex(path.read_text(), str(path))
+    try:
+        rotation = rotate_linkage_key(load_linkage_key(), new, load_vault_key(), progress=_say)
+    except RotationRefused as exc:
+        print(f"pophealth: key rotation refused, nothing was changed: {exc}", file=sys.stderr)
+        return 2
+    _say(f"The warehouse is now keyed with {rotation.new_version} (was {rotation.old_version}).")
+    if not args.no_rebuild:
+        _say("Rebuilding the marts under the new pseudonyms ...")
+        proc = dbt_command(["build"])
+        if proc.returncode != 0:
+            print(proc.stdout[-3000:], file=sys.stderr)
+            return 1
+    _say(f"Next: point {config.ENV_LINKAGE_KEY_FILE} at the new key, give it to every source that pseudonymises "
+         "at source, load the opt-out list again, and destroy the old key.")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pophealth", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -234,6 +284,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("board-report", help="the board report (static HTML) from the reporting schema")
     p.add_argument("--out", help="where to write it (default: POPHEALTH_HOME/reports/board_report.html)")
     p.set_defaults(func=cmd_board_report)
+
+    p = sub.add_parser("reidentify", help="direct care: the NHS numbers of named people (audited; reidentifier role)")
+    p.add_argument("person_ids", nargs="+", metavar="PERSON_ID")
+    p.add_argument("--purpose", required=True, help="why, in words an auditor will read (10 characters or more)")
+    p.add_argument("--on-behalf-of", required=True, help="the clinician or team the numbers are for")
+    p.set_defaults(func=cmd_reidentify)
+
+    p = sub.add_parser("rotate-key", help="key custodian: re-key the warehouse to a new linkage key")
+    p.add_argument("--new-key-file", required=True, help="the new linkage key (64 hex characters, mode 600)")
+    p.add_argument("--no-rebuild", action="store_true", help="do not rebuild the marts afterwards")
+    p.set_defaults(func=cmd_rotate_key)
 
     p = sub.add_parser("fit-risk-model", help="fit the risk model on the warehouse and add it to its seed")
     p.set_defaults(func=cmd_fit_risk_model)

@@ -16,6 +16,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 ENV_DATABASE_URL = "POPHEALTH_DATABASE_URL"
 ENV_LINKAGE_KEY = "POPHEALTH_LINKAGE_KEY"
 ENV_LINKAGE_KEY_FILE = "POPHEALTH_LINKAGE_KEY_FILE"
+ENV_VAULT_KEY = "POPHEALTH_VAULT_KEY"
+ENV_VAULT_KEY_FILE = "POPHEALTH_VAULT_KEY_FILE"
 ENV_LANDING_DIR = "POPHEALTH_LANDING_DIR"
 ENV_HOME = "POPHEALTH_HOME"
 
@@ -38,6 +40,10 @@ class Paths:
     @property
     def demo_key_file(self) -> Path:
         return self.home / "keys" / "linkage.key"
+
+    @property
+    def demo_vault_key_file(self) -> Path:
+        return self.home / "keys" / "vault.key"
 
     @property
     def demo_world(self) -> Path:

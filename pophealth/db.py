@@ -15,6 +15,7 @@ from typing import Iterator
 from urllib.parse import parse_qs, unquote, urlparse
 
 import psycopg
+from psycopg import sql
 
 from pophealth import config
 
@@ -42,6 +43,15 @@ class ConnectionParts:
 
     def with_db(self, dbname: str) -> "ConnectionParts":
         return ConnectionParts(self.host, self.port, self.user, self.password, dbname)
+
+    def with_user(self, user: str, password: str = "") -> "ConnectionParts":
+        """The same server and database as one of the platform's roles (pophealth/access.sql)."""
+        return ConnectionParts(self.host, self.port, user, password or role_password(user), self.dbname)
+
+
+def role_password(role: str) -> str:
+    """A role's password from `POPHEALTH_<ROLE>_PASSWORD`; empty on the embedded server (socket only)."""
+    return os.environ.get(f"POPHEALTH_{role.upper()}_PASSWORD", "")
 
 
 def parse_url(url: str) -> ConnectionParts:
@@ -128,12 +138,15 @@ def dbt_env() -> dict[str, str]:
 
 
 @contextmanager
-def connect(autocommit: bool = False) -> Iterator[psycopg.Connection]:
+def connect(autocommit: bool = False, role: str | None = None) -> Iterator[psycopg.Connection]:
+    """A warehouse connection; with `role`, it works with that role's grants only (pophealth/access.sql)."""
     try:
         conn = psycopg.connect(warehouse().url(), autocommit=autocommit)
     except psycopg.OperationalError as exc:
         raise DatabaseError(f"cannot connect to the warehouse: {str(exc).splitlines()[0]}") from None
     try:
+        if role:
+            conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
         yield conn
         if not autocommit:
             conn.commit()

@@ -84,8 +84,12 @@ class NhsNumber:
         self.check = check
 
     def digits_for_hashing(self) -> bytes:
-        """The ten ASCII digits, for the keyed hash and nothing else."""
+        """The ten ASCII digits, for the keyed hash and the encrypted vault, nothing else."""
         return self._digits.encode("ascii")
+
+    def reveal_for_direct_care(self) -> str:
+        """The number, shown to the clinician who asked for it through the audited re-identification only."""
+        return self._digits
 
     def __repr__(self) -> str:
         return "NhsNumber(***masked***)"

@@ -1,8 +1,17 @@
-"""The linkage key: where it comes from, and the refusal to go on without it (fail closed).
+"""The platform's two keys, where they come from, and the refusal to go on without them (fail closed).
 
-The key is 32 random bytes given as 64 hex characters, from `POPHEALTH_LINKAGE_KEY` or from the file
-named by `POPHEALTH_LINKAGE_KEY_FILE` (which must not be readable by group or others). It is never
-printed: `LinkageKey` masks itself, and its version is a one-way fingerprint, safe to store per row.
+- The **linkage key** makes pseudonyms (`person_id` and the local pseudonyms). Every source that
+  pseudonymises on its own premises holds it too.
+- The **vault key** encrypts the re-identification vault (person_id -> NHS number). It is held apart from
+  the linkage key: whoever has one cannot use the other.
+
+Each is 32 random bytes given as 64 hex characters, looked up in this order:
+1. the environment variable (`POPHEALTH_LINKAGE_KEY`, `POPHEALTH_VAULT_KEY`);
+2. the file it names (`..._FILE`), which must not be readable by group or others;
+3. an Airflow connection (`pophealth_linkage_key`, `pophealth_vault_key`; the key is its password), so a
+   deployment can keep keys in any Airflow secrets backend (Vault, AWS/GCP/Azure secret managers).
+A key is never printed: its class masks itself, it is registered with Airflow's secrets masker as soon as
+it is read, and its version is a one-way fingerprint, safe to store on every row.
 """
 
 from __future__ import annotations
@@ -12,6 +21,7 @@ import os
 import re
 import secrets
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 
 from pophealth import config
@@ -23,55 +33,151 @@ class KeyError_(RuntimeError):
     """No usable key: the load must not start. The message says what to do, never the key."""
 
 
-class LinkageKey:
+@dataclass(frozen=True)
+class KeySource:
+    """Where one kind of key is looked for."""
+
+    purpose: str        # "linkage key", "vault key": said in messages
+    env: str
+    env_file: str
+    airflow_conn_id: str
+    fingerprint_label: bytes
+
+
+LINKAGE = KeySource("linkage key", config.ENV_LINKAGE_KEY, config.ENV_LINKAGE_KEY_FILE, "pophealth_linkage_key",
+                    b"pophealth key version|")
+VAULT = KeySource("vault key", config.ENV_VAULT_KEY, config.ENV_VAULT_KEY_FILE, "pophealth_vault_key",
+                  b"pophealth vault key version|")
+
+
+class _Key:
     __slots__ = ("_secret", "version")
+    source: KeySource
 
     def __init__(self, secret: bytes):
         if len(secret) != 32:
-            raise KeyError_("the linkage key must be 32 bytes (64 hexadecimal characters)")
+            raise KeyError_(f"the {self.source.purpose} must be 32 bytes (64 hexadecimal characters)")
         self._secret = secret
-        # A fingerprint, not the key: which key pseudonymised a row, without revealing it.
-        self.version = "k-" + hashlib.sha256(b"pophealth key version|" + secret).hexdigest()[:12]
+        # A fingerprint, not the key: which key made a row, without revealing it.
+        prefix = "k-" if self.source is LINKAGE else "v-"
+        self.version = prefix + hashlib.sha256(self.source.fingerprint_label + secret).hexdigest()[:12]
 
     @classmethod
-    def from_hex(cls, text: str, where: str) -> LinkageKey:
+    def from_hex(cls, text: str, where: str):
         text = text.strip()
         if not _HEX64.match(text):
-            raise KeyError_(f"the linkage key in {where} is not 64 hexadecimal characters")
+            raise KeyError_(f"the {cls.source.purpose} in {where} is not 64 hexadecimal characters")
         return cls(bytes.fromhex(text))
 
     def secret_bytes(self) -> bytes:
         return self._secret
 
     def __repr__(self) -> str:
-        return f"LinkageKey(version={self.version})"
+        return f"{type(self).__name__}(version={self.version})"
 
     __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other._secret == self._secret
+
+    def __hash__(self) -> int:
+        return hash(self.version)
 
     def __reduce__(self):
         raise TypeError("a key is not serialisable")
 
 
-def load_linkage_key() -> LinkageKey:
-    """The key from the environment or its file; raises KeyError_ with a clear message when there is none."""
-    value = os.environ.get(config.ENV_LINKAGE_KEY)
+class LinkageKey(_Key):
+    __slots__ = ()
+    source = LINKAGE
+
+
+class VaultKey(_Key):
+    __slots__ = ()
+    source = VAULT
+
+
+def _mask_in_airflow_logs(hex_text: str) -> None:
+    """Register the key with Airflow's secrets masker when running inside Airflow (a no-op elsewhere)."""
+    import sys
+
+    if "airflow" not in sys.modules:
+        return
+    try:
+        from airflow.sdk.log import mask_secret
+    except ImportError:  # pragma: no cover - an Airflow without the task SDK
+        return
+    mask_secret(hex_text.strip())
+    mask_secret(hex_text.strip().lower())
+
+
+def _from_airflow_connection(source: KeySource) -> str | None:
+    """The key held as an Airflow connection's password (any secrets backend), or None when there is none."""
+    import sys
+
+    if "airflow" not in sys.modules and not any(k.startswith("AIRFLOW_CONN_") for k in os.environ):
+        return None  # not in Airflow and no connection in the environment: do not pay Airflow's import
+    try:
+        from airflow.sdk import Connection
+        from airflow.sdk.exceptions import AirflowNotFoundException
+    except ImportError:  # pragma: no cover
+        return None
+    try:
+        connection = Connection.get(source.airflow_conn_id)
+    except AirflowNotFoundException:
+        return None
+    return connection.password or None
+
+
+def _load(cls: type[_Key]) -> _Key:
+    source = cls.source
+    value = os.environ.get(source.env)
     if value:
-        return LinkageKey.from_hex(value, config.ENV_LINKAGE_KEY)
-    file_name = os.environ.get(config.ENV_LINKAGE_KEY_FILE)
+        _mask_in_airflow_logs(value)
+        return cls.from_hex(value, source.env)
+    file_name = os.environ.get(source.env_file)
     if file_name:
         path = Path(file_name)
         if not path.is_file():
-            raise KeyError_(f"{config.ENV_LINKAGE_KEY_FILE} names a file that does not exist: {path}")
+            raise KeyError_(f"{source.env_file} names a file that does not exist: {path}")
         mode = path.stat().st_mode
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
             raise KeyError_(
                 f"the key file {path} can be read by others (mode {stat.filemode(mode)}); run: chmod 600 {path}"
             )
-        return LinkageKey.from_hex(path.read_text(), str(path))
+        text = path.read_text()
+        _mask_in_airflow_logs(text)
+        return cls.from_hex(text, str(path))
+    value = _from_airflow_connection(source)
+    if value:
+        _mask_in_airflow_logs(value)
+        return cls.from_hex(value, f"the Airflow connection {source.airflow_conn_id}")
     raise KeyError_(
-        "no linkage key: set POPHEALTH_LINKAGE_KEY (64 hex characters) or POPHEALTH_LINKAGE_KEY_FILE. "
-        "Nothing was loaded."
+        f"no {source.purpose}: set {source.env} (64 hex characters), {source.env_file}, or the Airflow "
+        f"connection {source.airflow_conn_id}. Nothing was loaded."
     )
+
+
+def load_linkage_key() -> LinkageKey:
+    """The linkage key; raises KeyError_ with a clear message when there is none."""
+    return _load(LinkageKey)  # type: ignore[return-value]
+
+
+def load_vault_key() -> VaultKey:
+    """The vault key; raises KeyError_ with a clear message when there is none."""
+    return _load(VaultKey)  # type: ignore[return-value]
+
+
+def new_key_hex() -> str:
+    return secrets.token_hex(32)
+
+
+def write_private_key_file(path: Path, hex_text: str | None = None) -> None:
+    """Write a key file readable by its owner only; refuses to overwrite one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write((hex_text or new_key_hex()) + "\n")
 
 
 def ensure_demo_key(path: Path) -> bool:
@@ -80,7 +186,5 @@ def ensure_demo_key(path: Path) -> bool:
         return False
     path.parent.mkdir(parents=True, exist_ok=True)
     os.chmod(path.parent, 0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(secrets.token_hex(32) + "\n")
+    write_private_key_file(path)
     return True

@@ -13,6 +13,8 @@ The walk of one file, each step an Airflow task:
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
 from importlib import resources
@@ -21,15 +23,18 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from pophealth import db
+from pophealth import db, vault
+from pophealth.access import apply_access
 from pophealth.feeds import FEED_SPECS, Feed, OptedOut, RowContext, RowProblem, identity_columns_present
-from pophealth.keys import KeyError_, load_linkage_key
+from pophealth.keys import KeyError_, load_linkage_key, load_vault_key
 from pophealth.landing import ExtractFile, FileRejected, identify, open_extract, scan, sha256_of
 from pophealth.pseudonymise import PostcodeLookup, Pseudonymiser
 
 log = logging.getLogger(__name__)
 
 POSTCODE_LOOKUP_FILE = "ref_postcode_lookup.csv"
+#: Ingest works with the loader role's grants only: raw, the batch area, opt-outs, vault writes, load audit.
+LOADER = "loader"
 PERSONAL_TABLES = ("raw.gp_register", "raw.apc_episode", "raw.cld_event")
 
 
@@ -54,6 +59,7 @@ def prepare_warehouse() -> None:
     with db.connect() as conn:
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('pophealth schema'))")
         conn.execute(ddl)
+        apply_access(conn)
 
 
 def batch_table(load_id: int) -> str:
@@ -72,7 +78,7 @@ def pending_extracts(landing: Path, feed: str) -> list[str]:
     if not extracts:
         return []
     prepare_warehouse()
-    with db.connect() as conn:
+    with db.connect(role=LOADER) as conn:
         published = {
             (row[0], row[1])
             for row in conn.execute(
@@ -106,8 +112,9 @@ def _insert_audit(conn: psycopg.Connection, extract: ExtractFile, run_id: str | 
 
 
 def _refuse(load_id: int, status: str, message: str) -> None:
-    with db.connect() as conn:
+    with db.connect(role=LOADER) as conn:
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.SQL(batch_table(load_id))))
+        vault.drop_batch(conn, load_id)
         conn.execute(
             "UPDATE audit.load SET status = %s, message = %s, finished_at = now() WHERE load_id = %s",
             (status, message, load_id),
@@ -123,16 +130,53 @@ def _postcode_lookup(landing: Path) -> PostcodeLookup:
     return PostcodeLookup.from_file(path)
 
 
-def _optout_set(conn: psycopg.Connection) -> frozenset[str]:
+def _optout_set(conn: psycopg.Connection, key_version: str) -> frozenset[str]:
     published = conn.execute(
-        "SELECT count(*) FROM audit.load WHERE feed = 'optouts' AND status = 'published'"
-    ).fetchone()[0]
+        "SELECT key_version FROM audit.load WHERE feed = 'optouts' AND status = 'published'"
+    ).fetchone()
     if not published:
         raise LoadRefused(
             "no national data opt-out list has been loaded yet: personal data cannot be loaded before opt-outs "
             "can be applied (load an optouts_<YYYYMMDD>.csv first)"
         )
+    if published[0] != key_version:
+        raise LoadRefused(
+            f"the opt-out list in the warehouse was pseudonymised under key {published[0]}, not {key_version}: "
+            "load the opt-out list again under the current key first"
+        )
     return frozenset(r[0] for r in conn.execute("SELECT person_id FROM restricted.optout"))
+
+
+def warehouse_key_version(conn: psycopg.Connection) -> str | None:
+    """The linkage key the warehouse's pseudonyms are made with: the last rotation's, else the first load's."""
+    rotated = conn.execute(
+        "SELECT new_key_version FROM audit.key_rotation ORDER BY rotation_id DESC LIMIT 1").fetchone()
+    if rotated:
+        return rotated[0]
+    first = conn.execute(
+        """SELECT key_version FROM audit.load WHERE status IN ('published', 'superseded') AND key_version IS NOT NULL
+           ORDER BY load_id LIMIT 1""").fetchone()
+    return first[0] if first else None
+
+
+def _check_key_is_the_warehouses(conn: psycopg.Connection, key_version: str) -> None:
+    # A load under another key would make pseudonyms that link to nobody: refuse it.
+    current = warehouse_key_version(conn)
+    if current is not None and current != key_version:
+        raise LoadRefused(
+            f"the linkage key in use (version {key_version}) is not the warehouse's key (version {current}); "
+            "use the key the warehouse was built or last re-keyed with"
+        )
+
+
+@contextmanager
+def _vault_copy(conn: psycopg.Connection, writer: vault.VaultWriter | None) -> Iterator[None]:
+    if writer is None:
+        yield
+        return
+    with vault.open_batch(conn, writer.load_id) as copy:
+        writer.sink = copy
+        yield
 
 
 def stage_extract(path: str | Path, run_id: str | None = None) -> StageOutcome:
@@ -145,7 +189,7 @@ def stage_extract(path: str | Path, run_id: str | None = None) -> StageOutcome:
         raise LoadRefused(f"{path.name}: the file is no longer in the landing folder")
     feed = FEED_SPECS[extract.feed]
     sha, size = sha256_of(path)
-    with db.connect() as conn:
+    with db.connect(role=LOADER) as conn:
         earlier = conn.execute(
             """SELECT load_id FROM audit.load WHERE feed = %s AND provider IS NOT DISTINCT FROM %s
                AND period_end IS NOT DISTINCT FROM %s AND file_sha256 = %s AND status = 'published'""",
@@ -166,14 +210,20 @@ def stage_extract(path: str | Path, run_id: str | None = None) -> StageOutcome:
 def _stage(extract: ExtractFile, feed: Feed, load_id: int) -> StageOutcome:
     needs_key = feed.personal or feed.name == "optouts"
     key = load_linkage_key() if needs_key else None  # fail closed: no key, no load
-    pseudonymiser = Pseudonymiser(key) if key else None
+    # The vault key too, for a personal feed: every identity the load pseudonymises goes to the vault.
+    vault_writer = (vault.VaultWriter(vault.VaultCipher(load_vault_key()), load_id, key.version)
+                    if feed.personal else None)
+    pseudonymiser = (Pseudonymiser(key, on_identity=vault_writer.on_identity if vault_writer else None)
+                     if key else None)
     postcodes = _postcode_lookup(extract.path.parent) if feed.personal else PostcodeLookup.empty()
     table = batch_table(load_id)
     meta = _meta_columns(feed)
     quarantine: list[tuple[int, int, str | None, str]] = []
     rows_read = rows_loaded = rows_opted_out = 0
-    with db.connect() as conn:
-        optouts = _optout_set(conn) if feed.personal else frozenset()
+    with db.connect(role=LOADER) as conn, db.connect(role=LOADER) as vault_conn:
+        if key:
+            _check_key_is_the_warehouses(conn, key.version)
+        optouts = _optout_set(conn, key.version) if feed.personal else frozenset()
         ctx = RowContext(pseudonymiser, postcodes, optouts, extract.provider, extract.period_end)
         conn.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS)").format(
             sql.SQL(table), sql.SQL(feed.table)))
@@ -184,7 +234,7 @@ def _stage(extract: ExtractFile, feed: Feed, load_id: int) -> StageOutcome:
                 raise FileRejected(problem)
             columns = sql.SQL(", ").join(sql.Identifier(c) for c in meta + feed.table_columns)
             copy_sql = sql.SQL("COPY {} ({}) FROM STDIN").format(sql.SQL(table), columns)
-            with conn.cursor() as cur, cur.copy(copy_sql) as copy:
+            with conn.cursor() as cur, cur.copy(copy_sql) as copy, _vault_copy(vault_conn, vault_writer):
                 for row_number, row in reader.rows:
                     rows_read += 1
                     if "__width__" in row:
@@ -195,12 +245,18 @@ def _stage(extract: ExtractFile, feed: Feed, load_id: int) -> StageOutcome:
                         values = feed.transform(row, ctx)
                     except RowProblem as problem_:
                         quarantine.append((load_id, row_number, problem_.column, problem_.reason))
+                        if vault_writer:
+                            vault_writer.drop_row()
                         continue
                     except OptedOut:
                         rows_opted_out += 1
+                        if vault_writer:
+                            vault_writer.drop_row()
                         continue
                     head = (load_id, row_number, key.version) if feed.personal else (load_id,)
                     copy.write_row(head + values)
+                    if vault_writer:
+                        vault_writer.keep_row()
                     rows_loaded += 1
         if rows_read == 0:
             raise FileRejected("the file has a header but no data rows")
@@ -213,10 +269,11 @@ def _stage(extract: ExtractFile, feed: Feed, load_id: int) -> StageOutcome:
         conn.execute(
             """UPDATE audit.load SET status = 'validated', key_version = %s, rows_read = %s, rows_loaded = %s,
                       rows_quarantined = %s, rows_opted_out = %s, rows_test_range = %s, rows_unlinked = %s,
-                      extra_columns = %s
+                      extra_columns = %s, vault_entries = %s
                WHERE load_id = %s""",
             (key.version if key else None, rows_read, rows_loaded, len(quarantine), rows_opted_out,
-             ctx.counters["test_range"], ctx.counters["unlinked"], reader.extra_columns, load_id),
+             ctx.counters["test_range"], ctx.counters["unlinked"], reader.extra_columns,
+             vault_writer.stored if vault_writer else 0, load_id),
         )
     log.info("%s: staged %d of %d rows (%d quarantined, %d removed by opt-out) as load %d", extract.name,
              rows_loaded, rows_read, len(quarantine), rows_opted_out, load_id)
@@ -231,7 +288,7 @@ def refuse_load(load_id: int, message: str) -> None:
 
 def publish_load(load_id: int) -> dict[str, int]:
     """Move a staged, gated load into its raw table in one transaction; returns what changed."""
-    with db.connect() as conn:
+    with db.connect(role=LOADER) as conn:
         row = conn.execute(
             "SELECT feed, provider, period_end, status FROM audit.load WHERE load_id = %s FOR UPDATE", (load_id,)
         ).fetchone()
@@ -264,7 +321,8 @@ def publish_load(load_id: int) -> dict[str, int]:
             )
         ).rowcount
         conn.execute(sql.SQL("DROP TABLE {}").format(sql.SQL(batch_table(load_id))))
-        changes = {"published_rows": published, "replaced_loads": len(replaced)}
+        changes = {"published_rows": published, "replaced_loads": len(replaced),
+                   "vault_entries_added": vault.publish_batch(conn, load_id)}
         if feed_name == "optouts":
             changes.update(_apply_optouts(conn, load_id))
         conn.execute(
@@ -286,6 +344,7 @@ def _apply_optouts(conn: psycopg.Connection, optout_load_id: int) -> dict[str, i
             (optout_load_id, table, count),
         )
         removed[f"removed_from_{table}"] = count
+    removed["removed_from_vault"] = vault.remove_opted_out(conn)
     return removed
 
 

@@ -30,6 +30,7 @@ CREATE TABLE IF NOT EXISTS audit.load (
     published_at       timestamptz,
     superseded_by      bigint REFERENCES audit.load (load_id)
 );
+ALTER TABLE audit.load ADD COLUMN IF NOT EXISTS vault_entries bigint NOT NULL DEFAULT 0;  -- identities stored, encrypted
 CREATE INDEX IF NOT EXISTS load_feed_period ON audit.load (feed, provider, period_end);
 
 CREATE TABLE IF NOT EXISTS audit.quarantine (
@@ -198,4 +199,99 @@ CREATE TABLE IF NOT EXISTS raw.ref_population (
     sex        text NOT NULL,
     age        smallint NOT NULL,   -- 90 means 90 and over
     population integer NOT NULL
+);
+
+-- The re-identification vault (pophealth/vault.py): pseudonym -> the identifier it was made from,
+-- encrypted with AES-256-GCM under the vault key, which the warehouse never holds. `nhs` rows serve
+-- re-identification for direct care; `local` rows (a source's own ids) let the key custodian re-key local
+-- pseudonyms when the linkage key is rotated. Nobody reads this table directly (pophealth/access.sql).
+CREATE SCHEMA IF NOT EXISTS vault;
+CREATE TABLE IF NOT EXISTS vault.identity (
+    pseudonym           text PRIMARY KEY,    -- person_id, or a local pseudonym
+    kind                text NOT NULL CHECK (kind IN ('nhs', 'local')),
+    nonce               bytea NOT NULL,
+    ciphertext          bytea NOT NULL,      -- bound to kind and pseudonym (associated data)
+    vault_key_version   text NOT NULL,
+    linkage_key_version text NOT NULL,
+    load_id             bigint NOT NULL,
+    stored_at           timestamptz NOT NULL DEFAULT now()
+);
+
+-- Every re-identification request: who, when, which people, why. Append-only: no role may change or
+-- delete a row (grants in access.sql; these triggers stop even the owner).
+CREATE TABLE IF NOT EXISTS audit.reidentification (
+    request_id     bigserial PRIMARY KEY,
+    requested_at   timestamptz NOT NULL DEFAULT now(),
+    requested_by   text NOT NULL DEFAULT session_user,  -- the database login that asked
+    on_behalf_of   text,                                -- the clinician or team, as stated
+    purpose        text NOT NULL,
+    person_ids     text[] NOT NULL,
+    people_in_vault integer NOT NULL,
+    txid           bigint NOT NULL DEFAULT pg_current_xact_id()::text::bigint
+);
+
+CREATE OR REPLACE FUNCTION audit.refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION '% is append-only: % is not allowed', TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME, TG_OP
+        USING ERRCODE = 'insufficient_privilege';
+END $$;
+DROP TRIGGER IF EXISTS append_only_rows ON audit.reidentification;
+CREATE TRIGGER append_only_rows BEFORE UPDATE OR DELETE ON audit.reidentification
+    FOR EACH ROW EXECUTE FUNCTION audit.refuse_change();
+DROP TRIGGER IF EXISTS append_only_truncate ON audit.reidentification;
+CREATE TRIGGER append_only_truncate BEFORE TRUNCATE ON audit.reidentification
+    FOR EACH STATEMENT EXECUTE FUNCTION audit.refuse_change();
+
+-- Step 1 of re-identification: record the request. Nothing is released until this row is committed.
+CREATE OR REPLACE FUNCTION vault.request_reidentification(person_ids text[], purpose text, on_behalf_of text)
+RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    request bigint;
+BEGIN
+    IF purpose IS NULL OR length(btrim(purpose)) < 10 THEN
+        RAISE EXCEPTION 'state the purpose of the re-identification (at least 10 characters)';
+    END IF;
+    IF person_ids IS NULL OR cardinality(person_ids) = 0 THEN
+        RAISE EXCEPTION 'name at least one person_id';
+    END IF;
+    INSERT INTO audit.reidentification (on_behalf_of, purpose, person_ids, people_in_vault)
+    VALUES (on_behalf_of, btrim(purpose), person_ids,
+            (SELECT count(*) FROM vault.identity v WHERE v.kind = 'nhs' AND v.pseudonym = ANY (person_ids)))
+    RETURNING request_id INTO request;
+    RETURN request;
+END $$;
+
+-- Step 2: the one function that reads the vault. It releases the ciphertexts of a request made by the same
+-- login in the last 15 minutes and already committed to the audit log, so that rolling back a transaction
+-- can never hide a read. Decryption happens outside the database, with the vault key.
+CREATE OR REPLACE FUNCTION vault.reidentify(request bigint)
+RETURNS TABLE (person_id text, nonce bytea, ciphertext bytea, vault_key_version text)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r audit.reidentification%ROWTYPE;
+BEGIN
+    SELECT * INTO r FROM audit.reidentification a WHERE a.request_id = request;
+    IF NOT FOUND OR r.requested_by <> session_user THEN
+        RAISE EXCEPTION 'no re-identification request % by %', request, session_user;
+    END IF;
+    IF pg_xact_status(r.txid::text::xid8) IS DISTINCT FROM 'committed' THEN
+        RAISE EXCEPTION 'request % is not committed to the audit log yet: commit it, then read', request;
+    END IF;
+    IF r.requested_at < now() - interval '15 minutes' THEN
+        RAISE EXCEPTION 'request % has expired: make a new request', request;
+    END IF;
+    RETURN QUERY SELECT v.pseudonym, v.nonce, v.ciphertext, v.vault_key_version
+                 FROM vault.identity v WHERE v.kind = 'nhs' AND v.pseudonym = ANY (r.person_ids);
+END $$;
+
+-- Key rotations: which key replaced which, when, by whom, and how many rows each table re-keyed. The
+-- mapping itself is never stored.
+CREATE TABLE IF NOT EXISTS audit.key_rotation (
+    rotation_id      bigserial PRIMARY KEY,
+    rotated_at       timestamptz NOT NULL DEFAULT now(),
+    rotated_by       text NOT NULL DEFAULT session_user,
+    old_key_version  text NOT NULL,
+    new_key_version  text NOT NULL,
+    pseudonyms_mapped bigint NOT NULL,
+    rows_rekeyed     jsonb NOT NULL
 );

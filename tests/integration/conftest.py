@@ -21,6 +21,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 TEST_KEY = "5a" * 32
+TEST_VAULT_KEY = "c3" * 32
 POPULATION = 2000  # large enough that, with the seed below, every metric and cohort is non-empty (800 was not)
 SEED = 20241
 
@@ -90,7 +91,8 @@ RUN = textwrap.dedent(
 def marts_built_from(landing: Path, home: Path, key: str, timeout: int) -> Iterator[str]:
     """Load `landing` into an embedded warehouse under `home` and build the marts; yields its URL, then stops it."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("POPHEALTH_", "AIRFLOW"))}
-    env.update(POPHEALTH_HOME=str(home / "state"), POPHEALTH_LINKAGE_KEY=key, PYTHONPATH=str(REPO))
+    env.update(POPHEALTH_HOME=str(home / "state"), POPHEALTH_LINKAGE_KEY=key, POPHEALTH_VAULT_KEY=TEST_VAULT_KEY,
+               PYTHONPATH=str(REPO))
     proc = subprocess.run([sys.executable, "-c", RUN, str(landing)], env=env, capture_output=True, text=True,
                           timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -106,6 +108,7 @@ def make_world(tmp_path_factory, name: str) -> World:
     home = tmp_path_factory.mktemp(name)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("POPHEALTH_", "AIRFLOW"))}
     env.update({"POPHEALTH_HOME": str(home / "state"), "POPHEALTH_LINKAGE_KEY": TEST_KEY,
+                "POPHEALTH_VAULT_KEY": TEST_VAULT_KEY,
                 "PYTHONPATH": str(REPO)})
     world = World(home=home, landing=home / "landing", key_dir=home / "keys", env=env)
     world.pophealth("synth", "--population", str(POPULATION), "--seed", str(SEED), "--out", str(world.landing),

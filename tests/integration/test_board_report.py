@@ -254,7 +254,8 @@ def report(tmp_path_factory, request):
 
     home = tmp_path_factory.mktemp("board-report")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("POPHEALTH_", "AIRFLOW"))}
-    env.update(POPHEALTH_HOME=str(home / "state"), POPHEALTH_LINKAGE_KEY=KEY, PYTHONPATH=str(REPO))
+    env.update(POPHEALTH_HOME=str(home / "state"), POPHEALTH_LINKAGE_KEY=KEY, POPHEALTH_VAULT_KEY=KEY,
+               PYTHONPATH=str(REPO))
 
     def pophealth(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "pophealth.cli", *args], env=env, capture_output=True,

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from pophealth.keys import KeyError_, LinkageKey, ensure_demo_key, load_linkage_key
+from pophealth.keys import KeyError_, LinkageKey, ensure_demo_key, load_linkage_key, load_vault_key
 
 
 @pytest.fixture(autouse=True)
@@ -59,3 +59,47 @@ def test_demo_key_is_created_once_and_private(tmp_path):
 def test_a_key_is_never_shown():
     key = LinkageKey.from_hex("ef" * 32, "test")
     assert "ef" * 32 not in f"{key} {key!r}"
+
+
+# -- the vault key, and keys held by Airflow --------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_vault_key_in_env(monkeypatch):
+    monkeypatch.delenv("POPHEALTH_VAULT_KEY", raising=False)
+    monkeypatch.delenv("POPHEALTH_VAULT_KEY_FILE", raising=False)
+
+
+def test_the_vault_key_is_its_own_key_and_fails_closed(no_vault_key_in_env, monkeypatch):
+    with pytest.raises(KeyError_, match="no vault key"):
+        load_vault_key()
+    monkeypatch.setenv("POPHEALTH_VAULT_KEY", "ab" * 32)
+    monkeypatch.setenv("POPHEALTH_LINKAGE_KEY", "ab" * 32)
+    # The same bytes would still be two keys with two versions: a vault row never claims a linkage key.
+    assert load_vault_key().version != load_linkage_key().version
+    assert load_vault_key().version.startswith("v-") and load_linkage_key().version.startswith("k-")
+
+
+def test_a_key_can_come_from_an_airflow_connection_and_is_then_masked(no_vault_key_in_env, monkeypatch):
+    # Any Airflow secrets backend serves connections; the environment is the simplest of them.
+    monkeypatch.setenv("AIRFLOW_CONN_POPHEALTH_LINKAGE_KEY", f"generic://:{'e1' * 32}@")
+    key = load_linkage_key()
+    assert key.secret_bytes() == bytes.fromhex("e1" * 32)
+    from airflow.sdk._shared.secrets_masker import redact
+
+    assert "e1" * 32 not in str(redact(f"a log line holding {'e1' * 32}"))
+
+
+def test_a_key_from_the_environment_is_masked_in_airflow_logs(monkeypatch):
+    import airflow.sdk  # noqa: F401  (inside a task, Airflow is always imported)
+    from airflow.sdk._shared.secrets_masker import redact
+
+    monkeypatch.setenv("POPHEALTH_LINKAGE_KEY", "7c" * 32)
+    load_linkage_key()
+    assert "7c" * 32 not in str(redact(f"POPHEALTH_LINKAGE_KEY={'7c' * 32}"))
+
+
+def test_no_airflow_connection_still_fails_closed(no_vault_key_in_env, monkeypatch):
+    monkeypatch.setenv("AIRFLOW_CONN_SOMETHING_ELSE", "generic://x@y")
+    with pytest.raises(KeyError_, match="pophealth_vault_key"):
+        load_vault_key()

@@ -1,0 +1,59 @@
+-- Who can read what. The platform's roles and every grant they hold; run by `prepare_warehouse` as the
+-- warehouse owner (the login that runs dbt and owns every table). Idempotent.
+--
+--   loader        the ingest tasks: write raw, the batch area, the opt-out list, the vault, the load audit
+--   analyst       reads marts and reporting, nothing else (the tables' SELECT grants come from dbt's
+--                 `grants` config, dbt_project/dbt_project.yml, reapplied on every build)
+--   ig_auditor    reads audit (loads, quarantine, gates, re-identifications, key rotations, lineage)
+--   reidentifier  may call the vault's two functions, nothing else
+DO $$
+DECLARE
+    name text;
+BEGIN
+    FOREACH name IN ARRAY ARRAY['loader', 'analyst', 'ig_auditor', 'reidentifier'] LOOP
+        IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = name) THEN
+            EXECUTE format('CREATE ROLE %I LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT', name);
+        END IF;
+    END LOOP;
+END $$;
+
+-- dbt creates these itself; creating them here lets the schema grants exist before the first build.
+CREATE SCHEMA IF NOT EXISTS staging;
+CREATE SCHEMA IF NOT EXISTS intermediate;
+CREATE SCHEMA IF NOT EXISTS marts;
+CREATE SCHEMA IF NOT EXISTS reporting;
+CREATE SCHEMA IF NOT EXISTS reference;
+
+-- Nobody gets anything by default: not in the public schema, not on functions.
+REVOKE ALL ON SCHEMA public FROM PUBLIC;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA vault FROM PUBLIC;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA audit FROM PUBLIC;
+REVOKE ALL ON ALL TABLES IN SCHEMA vault FROM PUBLIC;
+
+-- loader
+GRANT USAGE ON SCHEMA raw, restricted, audit, vault TO loader;
+GRANT USAGE, CREATE ON SCHEMA load_batch TO loader;
+GRANT SELECT, INSERT, DELETE ON ALL TABLES IN SCHEMA raw TO loader;
+GRANT SELECT, INSERT, DELETE ON restricted.optout TO loader;
+GRANT SELECT, INSERT, UPDATE ON audit.load TO loader;
+GRANT SELECT, INSERT ON audit.quarantine, audit.optout_applied, audit.gate_result TO loader;
+GRANT SELECT ON audit.key_rotation TO loader;                  -- which key the warehouse is keyed with
+GRANT INSERT, DELETE ON vault.identity TO loader;            -- writes ciphertext; never reads it
+GRANT SELECT (pseudonym, kind) ON vault.identity TO loader;    -- to skip a stored pseudonym, and remove opt-outs
+GRANT USAGE ON ALL SEQUENCES IN SCHEMA audit TO loader;
+
+-- analyst: schema usage here; SELECT on each table from dbt's grants
+GRANT USAGE ON SCHEMA marts, reporting TO analyst;
+
+-- ig_auditor: all of audit, now and later (lineage tables are added to audit)
+GRANT USAGE ON SCHEMA audit TO ig_auditor;
+GRANT SELECT ON ALL TABLES IN SCHEMA audit TO ig_auditor;
+ALTER DEFAULT PRIVILEGES IN SCHEMA audit GRANT SELECT ON TABLES TO ig_auditor;
+
+-- reidentifier: the two vault functions, and nothing else (they run as their owner: SECURITY DEFINER)
+GRANT USAGE ON SCHEMA vault TO reidentifier;
+GRANT EXECUTE ON FUNCTION vault.request_reidentification(text[], text, text) TO reidentifier;
+GRANT EXECUTE ON FUNCTION vault.reidentify(bigint) TO reidentifier;
+
+-- The re-identification log is append-only for everyone (the owner is stopped by the triggers).
+REVOKE UPDATE, DELETE, TRUNCATE ON audit.reidentification FROM PUBLIC, loader, analyst, ig_auditor, reidentifier;

@@ -1,0 +1,222 @@
+"""Who can read what, over real connections as each role; and the audited re-identification vault.
+
+A small generated world is loaded and its marts built on a real embedded PostgreSQL; each test then logs in
+as one of the platform's roles (pophealth/access.sql) and is allowed, or refused, what the issue says.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import hmac
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import errors
+
+from pophealth.db import parse_url
+
+from .conftest import REPO, TEST_KEY, TEST_VAULT_KEY, marts_built_from
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Warehouse:
+    url: str
+    landing: Path
+    env: dict[str, str]
+
+    def as_role(self, role: str, autocommit: bool = True) -> psycopg.Connection:
+        return psycopg.connect(parse_url(self.url).with_user(role).url(), autocommit=autocommit)
+
+    def as_owner(self) -> psycopg.Connection:
+        return psycopg.connect(self.url, autocommit=True)
+
+    def pophealth(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "pophealth.cli", *args], env=self.env, capture_output=True,
+                              text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def warehouse(tmp_path_factory):
+    home = tmp_path_factory.mktemp("access")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("POPHEALTH_", "AIRFLOW"))}
+    env.update(POPHEALTH_HOME=str(home / "state"), POPHEALTH_LINKAGE_KEY=TEST_KEY, POPHEALTH_VAULT_KEY=TEST_VAULT_KEY,
+               PYTHONPATH=str(REPO))
+    landing = home / "landing"
+    subprocess.run([sys.executable, "-m", "pophealth.cli", "synth", "--population", "300", "--seed", "11", "--out",
+                    str(landing)], env=env, check=True, capture_output=True, timeout=300)
+    with marts_built_from(landing, home, TEST_KEY, timeout=900) as url:
+        yield Warehouse(url, landing, env)
+
+
+def person_id(number: str) -> str:
+    return hmac.new(bytes.fromhex(TEST_KEY), number.encode("ascii"), hashlib.sha256).hexdigest()
+
+
+def linked_numbers(landing: Path) -> list[str]:
+    with (landing / "answer_key" / "people.csv").open(newline="") as handle:
+        return [r["identity"][4:] for r in csv.DictReader(handle) if r["identity"].startswith("nhs:")]
+
+
+def can(conn: psycopg.Connection, statement: str, params: tuple = ()) -> bool:
+    try:
+        conn.execute(statement, params)
+        return True
+    except errors.InsufficientPrivilege:
+        return False
+
+
+# -- the analyst ------------------------------------------------------------------------------------------------
+
+ANALYST_REFUSED = [
+    "SELECT * FROM raw.gp_register LIMIT 1",
+    "SELECT * FROM raw.apc_episode LIMIT 1",
+    "SELECT * FROM restricted.optout LIMIT 1",
+    "SELECT * FROM vault.identity LIMIT 1",
+    "SELECT * FROM audit.load LIMIT 1",
+    "SELECT * FROM audit.reidentification LIMIT 1",
+    "SELECT * FROM staging.stg_gp_register LIMIT 1",
+    "SELECT * FROM intermediate.int_person LIMIT 1",
+    "SELECT vault.request_reidentification(ARRAY['x'], 'a purpose long enough', 'me')",
+    "SELECT * FROM vault.reidentify(1)",
+    "CREATE TABLE marts.mine (x int)",
+    "DELETE FROM marts.person",
+]
+
+
+def test_an_analyst_reads_the_marts_and_reporting(warehouse):
+    with warehouse.as_role("analyst") as conn:
+        assert conn.execute("SELECT count(*) FROM marts.person").fetchone()[0] > 0
+        assert conn.execute("SELECT count(*) FROM marts.bcf_metrics").fetchone()[0] > 0
+        assert conn.execute("SELECT count(*) FROM reporting.risk_pyramid").fetchone()[0] > 0
+
+
+@pytest.mark.parametrize("statement", ANALYST_REFUSED)
+def test_an_analyst_is_refused_everything_else(warehouse, statement):
+    with warehouse.as_role("analyst") as conn:
+        assert not can(conn, statement)
+
+
+def test_every_published_table_and_nothing_else_is_readable_by_the_analyst(warehouse):
+    with warehouse.as_owner() as conn:
+        readable = conn.execute(
+            """SELECT DISTINCT table_schema FROM information_schema.tables
+               WHERE has_table_privilege('analyst', format('%I.%I', table_schema, table_name), 'SELECT')
+                 AND table_schema NOT IN ('pg_catalog', 'information_schema')""").fetchall()
+        unreadable_published = conn.execute(
+            """SELECT table_schema || '.' || table_name FROM information_schema.tables
+               WHERE table_schema IN ('marts', 'reporting')
+                 AND NOT has_table_privilege('analyst', format('%I.%I', table_schema, table_name), 'SELECT')"""
+        ).fetchall()
+    assert {r[0] for r in readable} == {"marts", "reporting"}
+    assert unreadable_published == []
+
+
+# -- the information governance auditor -------------------------------------------------------------------------
+
+
+def test_an_ig_auditor_reads_the_audit_schema_only(warehouse):
+    with warehouse.as_role("ig_auditor") as conn:
+        assert conn.execute("SELECT count(*) FROM audit.load").fetchone()[0] > 0
+        assert can(conn, "SELECT * FROM audit.quarantine LIMIT 1")
+        assert can(conn, "SELECT * FROM audit.reidentification LIMIT 1")
+        assert can(conn, "SELECT * FROM audit.key_rotation LIMIT 1")
+        for refused in ("SELECT * FROM raw.gp_register LIMIT 1", "SELECT * FROM vault.identity LIMIT 1",
+                        "SELECT * FROM marts.person LIMIT 1", "SELECT * FROM vault.reidentify(1)",
+                        "DELETE FROM audit.load"):
+            assert not can(conn, refused), refused
+
+
+# -- the loader -------------------------------------------------------------------------------------------------
+
+
+def test_the_loader_writes_raw_and_the_vault_but_reads_neither_marts_nor_ciphertexts(warehouse):
+    with warehouse.as_role("loader", autocommit=False) as conn:
+        assert can(conn, "INSERT INTO raw.ref_lsoa (load_id, lsoa_code, locality_code) VALUES (0, 'X', 'Y')")
+        assert can(conn, "SELECT count(*) FROM restricted.optout")
+        assert can(conn, "SELECT count(*) FROM audit.load")
+        conn.rollback()
+        for refused in ("SELECT ciphertext FROM vault.identity LIMIT 1", "SELECT * FROM marts.person LIMIT 1",
+                        "SELECT * FROM audit.reidentification LIMIT 1", "SELECT * FROM vault.reidentify(1)"):
+            assert not can(conn, refused), refused
+            conn.rollback()
+
+
+# -- re-identification ------------------------------------------------------------------------------------------
+
+
+def test_the_reidentifier_can_only_call_the_vault_functions(warehouse):
+    with warehouse.as_role("reidentifier") as conn:
+        for refused in ("SELECT * FROM vault.identity LIMIT 1", "SELECT * FROM raw.gp_register LIMIT 1",
+                        "SELECT * FROM marts.person LIMIT 1", "SELECT * FROM audit.reidentification LIMIT 1"):
+            assert not can(conn, refused), refused
+
+
+def test_reidentification_returns_the_nhs_number_and_is_logged_first(warehouse):
+    numbers = linked_numbers(warehouse.landing)[:3]
+    wanted = [person_id(n) for n in numbers]
+    proc = warehouse.pophealth("reidentify", *wanted, "--purpose", "falls clinic referral: case finding review",
+                               "--on-behalf-of", "Dr Test, community frailty team")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for pid, number in zip(wanted, numbers):
+        assert f"{pid}  {number}" in proc.stdout
+    with warehouse.as_role("ig_auditor") as conn:
+        requested_by, purpose, people, found = conn.execute(
+            """SELECT requested_by, purpose, person_ids, people_in_vault FROM audit.reidentification
+               ORDER BY request_id DESC LIMIT 1""").fetchone()
+    assert (requested_by, purpose, people, found) == (
+        "reidentifier", "falls clinic referral: case finding review", wanted, 3)
+
+
+def test_a_reidentification_without_a_purpose_is_refused(warehouse):
+    proc = warehouse.pophealth("reidentify", person_id(linked_numbers(warehouse.landing)[0]), "--purpose", "x",
+                               "--on-behalf-of", "someone")
+    assert proc.returncode == 2
+    assert "purpose" in proc.stderr and linked_numbers(warehouse.landing)[0] not in proc.stdout + proc.stderr
+
+
+def test_a_read_in_the_same_transaction_as_its_request_is_refused(warehouse):
+    # Otherwise a rollback would undo the audit row and keep the numbers.
+    with warehouse.as_role("reidentifier", autocommit=False) as conn:
+        request = conn.execute("SELECT vault.request_reidentification(%s, %s, %s)",
+                               ([person_id(linked_numbers(warehouse.landing)[0])], "testing the rollback rule",
+                                "nobody")).fetchone()[0]
+        with pytest.raises(psycopg.errors.RaiseException, match="not committed"):
+            conn.execute("SELECT * FROM vault.reidentify(%s)", (request,)).fetchall()
+        conn.rollback()
+
+
+def test_the_reidentification_log_is_append_only_even_for_its_owner(warehouse):
+    with warehouse.as_owner() as conn:
+        (rows,), = conn.execute("SELECT count(*) FROM audit.reidentification").fetchall()
+        assert rows > 0
+        for change in ("UPDATE audit.reidentification SET purpose = 'changed'", "DELETE FROM audit.reidentification",
+                       "TRUNCATE audit.reidentification"):
+            with pytest.raises(errors.InsufficientPrivilege, match="append-only"):
+                conn.execute(change)
+    with warehouse.as_role("ig_auditor") as conn:
+        assert not can(conn, "DELETE FROM audit.reidentification")
+
+
+def test_the_vault_holds_every_linked_person_encrypted_and_no_opted_out_person(warehouse):
+    optout_numbers = []
+    for path in warehouse.landing.glob("optouts_*.csv"):
+        with path.open(newline="") as handle:
+            optout_numbers += [r["nhs_number"].replace(" ", "").replace("-", "") for r in csv.DictReader(handle)]
+    with warehouse.as_owner() as conn:
+        stored = {r[0]: bytes(r[1]) for r in conn.execute(
+            "SELECT pseudonym, ciphertext FROM vault.identity WHERE kind = 'nhs'")}
+        linked = {r[0] for r in conn.execute(
+            "SELECT person_id FROM raw.gp_register UNION SELECT person_id FROM raw.apc_episode WHERE person_id IS NOT NULL "
+            "UNION SELECT person_id FROM raw.cld_event WHERE person_id IS NOT NULL")}
+    assert set(stored) == linked
+    assert not {person_id(n) for n in optout_numbers} & set(stored)
+    numbers = linked_numbers(warehouse.landing)
+    assert not any(n.encode() in blob for n in numbers[:200] for blob in stored.values())

@@ -1,0 +1,191 @@
+"""Rotating the linkage key: every pseudonym re-keyed from the vault, in one transaction, nothing re-read.
+
+A small generated world is loaded and built under the old key, then re-keyed to a new one while an analyst
+tries to read the marts. Afterwards every pseudonym is the new key's, none of the old ones is left, the
+metrics are unchanged, and the loader refuses the old key and any personal data before the opt-out list
+is loaded again.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import hmac
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from pophealth.keys import LinkageKey, VaultKey
+from pophealth.pseudonymise import Pseudonymiser
+
+from .conftest import REPO, TEST_KEY, TEST_VAULT_KEY, marts_built_from
+
+pytestmark = pytest.mark.integration
+
+NEW_KEY = "9e" * 32
+
+
+def expected_person_id(identity: str, key_hex: str) -> str:
+    kind, _, value = identity.partition(":")
+    if kind == "nhs":
+        return hmac.new(bytes.fromhex(key_hex), value.encode("ascii"), hashlib.sha256).hexdigest()
+    source, _, local_id = value.partition("|")
+    prefix = {"la": "person|", "spell": "spell|"}[kind]
+    return Pseudonymiser(LinkageKey.from_hex(key_hex, "test")).local(source, prefix + local_id).value
+
+
+class Rotated:
+    """What was seen before, during and after the rotation."""
+
+
+@pytest.fixture(scope="module")
+def rotated(tmp_path_factory):
+    home = tmp_path_factory.mktemp("rotation")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("POPHEALTH_", "AIRFLOW"))}
+    env.update(POPHEALTH_HOME=str(home / "state"), POPHEALTH_LINKAGE_KEY=TEST_KEY, POPHEALTH_VAULT_KEY=TEST_VAULT_KEY,
+               PYTHONPATH=str(REPO))
+    landing = home / "landing"
+    subprocess.run([sys.executable, "-m", "pophealth.cli", "synth", "--population", "300", "--seed", "12", "--out",
+                    str(landing)], env=env, check=True, capture_output=True, timeout=300)
+    with marts_built_from(landing, home, TEST_KEY, timeout=900) as url:
+        saved = {k: os.environ.get(k) for k in ("POPHEALTH_DATABASE_URL", "POPHEALTH_HOME")}
+        os.environ.update(POPHEALTH_DATABASE_URL=url, POPHEALTH_HOME=str(home / "state"))
+        try:
+            yield _rotate(url, landing, home)
+        finally:
+            for k, v in saved.items():
+                os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+
+
+def _snapshot(conn: psycopg.Connection) -> dict:
+    return {
+        "metrics": conn.execute("""SELECT metric_code, period_start, period_end, geography_code, numerator,
+                                          denominator, value FROM marts.bcf_metrics ORDER BY 1, 2, 3, 4""").fetchall(),
+        "tiers": conn.execute("SELECT risk_tier, count(*) FROM marts.risk_stratification GROUP BY 1 ORDER BY 1").fetchall(),
+        "people": conn.execute("SELECT count(*), count(*) FILTER (WHERE is_linked) FROM marts.person").fetchone(),
+    }
+
+
+def _rotate(url: str, landing: Path, home: Path) -> Rotated:
+    from pophealth.marts import dbt_command
+    from pophealth.rekey import RotationRefused, rotate_linkage_key
+
+    seen = Rotated()
+    seen.url, seen.landing, seen.home = url, landing, home
+    with psycopg.connect(url, autocommit=True) as conn:
+        seen.before = _snapshot(conn)
+        seen.old_pseudonyms = [r[0] for r in conn.execute(
+            "SELECT person_id FROM raw.gp_register UNION SELECT spell_key FROM raw.apc_episode "
+            "UNION SELECT la_person_key FROM raw.cld_event")]
+    old, new, vault_key = (LinkageKey.from_hex(TEST_KEY, "old"), LinkageKey.from_hex(NEW_KEY, "new"),
+                           VaultKey.from_hex(TEST_VAULT_KEY, "vault"))
+    try:
+        rotate_linkage_key(LinkageKey.from_hex("01" * 32, "wrong"), new, vault_key, progress=lambda _: None)
+    except RotationRefused as exc:
+        seen.wrong_old_key = str(exc)
+
+    def analyst_reads_during_rotation() -> None:
+        analyst = url.replace("postgres:", "analyst:", 1) if "postgres:" in url else url
+        with psycopg.connect(analyst, autocommit=True) as conn:
+            conn.execute("SET lock_timeout = '500ms'")
+            try:
+                conn.execute("SELECT count(*) FROM marts.person").fetchone()
+                seen.analyst_during = "read"
+            except psycopg.errors.LockNotAvailable:
+                seen.analyst_during = "waited"
+
+    seen.rotation = rotate_linkage_key(old, new, vault_key, progress=lambda _: None,
+                                       before_commit=analyst_reads_during_rotation)
+    with psycopg.connect(url, autocommit=True) as conn:
+        seen.after_rekey = _snapshot(conn)
+    proc = dbt_command(["build"])
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    with psycopg.connect(url, autocommit=True) as conn:
+        seen.after_rebuild = _snapshot(conn)
+    return seen
+
+
+def test_a_wrong_old_key_is_refused_and_changes_nothing(rotated):
+    assert "not with the old key given" in rotated.wrong_old_key
+    assert TEST_KEY not in rotated.wrong_old_key and "01" * 32 not in rotated.wrong_old_key
+
+
+def test_an_analyst_waits_during_the_rotation_instead_of_seeing_a_mixture(rotated):
+    assert rotated.analyst_during == "waited"
+
+
+def test_every_pseudonym_is_the_new_keys(rotated):
+    with (rotated.landing / "answer_key" / "people.csv").open(newline="") as handle:
+        expected = {expected_person_id(r["identity"], NEW_KEY) for r in csv.DictReader(handle)}
+    with psycopg.connect(rotated.url) as conn:
+        actual = {r[0] for r in conn.execute("SELECT person_id FROM marts.person")}
+        versions = conn.execute("SELECT DISTINCT key_version FROM raw.apc_episode UNION "
+                                "SELECT DISTINCT key_version FROM raw.gp_register").fetchall()
+    assert actual == expected
+    assert versions == [(LinkageKey.from_hex(NEW_KEY, "new").version,)]
+
+
+def test_no_old_pseudonym_is_left_in_any_table(rotated):
+    sample = rotated.old_pseudonyms[:: max(1, len(rotated.old_pseudonyms) // 40)]
+    with psycopg.connect(rotated.url) as conn:
+        tables = conn.execute(
+            """SELECT table_schema, table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE'
+               AND table_schema NOT IN ('pg_catalog', 'information_schema', 'audit')""").fetchall()
+        for schema, table in tables:
+            for pseudonym in sample:
+                (hits,), = conn.execute(
+                    f'SELECT count(*) FROM "{schema}"."{table}" t WHERE strpos(t::text, %s) > 0', (pseudonym,))
+                assert hits == 0, f"{schema}.{table} still holds an old pseudonym"
+
+
+def test_the_metrics_and_the_pyramid_do_not_change(rotated):
+    assert rotated.after_rekey == rotated.before
+    assert rotated.after_rebuild["metrics"] == rotated.before["metrics"]
+    assert rotated.after_rebuild["people"] == rotated.before["people"]
+    assert rotated.after_rebuild["tiers"] == rotated.before["tiers"]
+
+
+def test_the_rotation_is_in_the_audit_log_without_the_mapping(rotated):
+    with psycopg.connect(rotated.url) as conn:
+        old_version, new_version, mapped = conn.execute(
+            "SELECT old_key_version, new_key_version, pseudonyms_mapped FROM audit.key_rotation").fetchone()
+        leftovers = conn.execute("SELECT count(*) FROM pg_tables WHERE tablename LIKE '%rekey%'").fetchone()[0]
+    assert (old_version, new_version) == (rotated.rotation.old_version, rotated.rotation.new_version)
+    assert mapped == rotated.rotation.pseudonyms_mapped > 0
+    assert leftovers == 0
+
+
+def test_the_loader_refuses_the_old_key_and_personal_data_before_the_opt_outs_are_reloaded(rotated, monkeypatch):
+    from pophealth.load import LoadRefused, publish_load, stage_extract
+
+    apc = sorted(rotated.landing.glob("apc_*.csv"))[0]
+    resubmission = rotated.home / "resubmission"
+    resubmission.mkdir(exist_ok=True)
+    for reference in ("ref_postcode_lookup.csv",):
+        (resubmission / reference).write_bytes((rotated.landing / reference).read_bytes())
+    # A resubmission of the same episodes (one byte more, so not a duplicate) replaces the earlier file.
+    (resubmission / apc.name).write_bytes(apc.read_bytes() + b"\n")
+
+    monkeypatch.setenv("POPHEALTH_VAULT_KEY", TEST_VAULT_KEY)
+    monkeypatch.setenv("POPHEALTH_LINKAGE_KEY", TEST_KEY)
+    with pytest.raises(LoadRefused, match="not the warehouse's key"):
+        stage_extract(resubmission / apc.name)
+    monkeypatch.setenv("POPHEALTH_LINKAGE_KEY", NEW_KEY)
+    with pytest.raises(LoadRefused, match="opt-out"):
+        stage_extract(resubmission / apc.name)
+    optouts = sorted(rotated.landing.glob("optouts_*.csv"))[-1]
+    outcome = stage_extract(optouts)
+    assert outcome.status == "validated"
+    publish_load(outcome.load_id)
+    outcome = stage_extract(resubmission / apc.name)
+    publish_load(outcome.load_id)
+    with psycopg.connect(rotated.url) as conn:
+        unknown = conn.execute(
+            """SELECT count(*) FROM raw.apc_episode a WHERE a.load_id = %s AND a.person_id IS NOT NULL
+               AND NOT EXISTS (SELECT FROM marts.person p WHERE p.person_id = a.person_id)""",
+            (outcome.load_id,)).fetchone()[0]
+    assert outcome.rows_loaded > 0 and unknown == 0
