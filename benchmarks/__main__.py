@@ -190,16 +190,84 @@ def bench_pseudonymisation(landing: Path, repeats: int) -> None:
               f"{seconds / baseline:5.1f}x")
 
 
+def bench_gates(population: int, work: Path) -> None:
+    """The quality gates' share of the pipeline at a register population, without Airflow: every extract staged,
+    gated (pophealth.gates.run_load_gate) and published in load order, then dbt building the candidate marts
+    (as the marts DAG does), the marts gate (pophealth.marts_gate) and the publish swap. World generation is
+    not part of the pipeline and is left out of the total."""
+    from pophealth import db, gates, marts_gate
+    from pophealth.landing import LOAD_ORDER, identify
+    from pophealth.load import batch_table, prepare_warehouse, publish_load, refuse_load, stage_extract
+    from pophealth.marts import dbt_command
+    from pophealth.synth import write_world
+
+    os.environ.setdefault("POPHEALTH_LINKAGE_KEY", "ab" * 32)
+    os.environ.setdefault("POPHEALTH_VAULT_KEY", "cd" * 32)
+    write_world(work / "landing", population=population, seed=1)
+    prepare_warehouse()
+    stages = {"stage and publish (without gates)": 0.0, "load gates": 0.0}
+    gated = refused = 0
+    extracts = sorted(p for p in (work / "landing").iterdir() if p.suffix == ".csv")
+    for feed in LOAD_ORDER:
+        for extract in extracts:
+            found = identify(extract)
+            if found is None or found.feed != feed:
+                continue
+            started = time.perf_counter()
+            outcome = stage_extract(extract)
+            stages["stage and publish (without gates)"] += time.perf_counter() - started
+            if outcome.status != "validated":
+                continue
+            if gates.has_suite(feed):
+                started = time.perf_counter()
+                result = gates.run_load_gate(outcome.load_id, feed, batch_table(outcome.load_id), run_id="bench")
+                stages["load gates"] += time.perf_counter() - started
+                gated += 1
+                if not result.passed:
+                    refused += 1
+                    refuse_load(outcome.load_id, result.summary())
+                    continue
+            started = time.perf_counter()
+            publish_load(outcome.load_id)
+            stages["stage and publish (without gates)"] += time.perf_counter() - started
+    started = time.perf_counter()
+    proc = dbt_command(["build", "--vars", "{build_candidates: true}"])
+    stages["dbt build into the candidates"] = time.perf_counter() - started
+    if proc.returncode != 0:
+        print(proc.stdout[-4000:])
+        raise SystemExit("dbt build failed")
+    started = time.perf_counter()
+    outcome = marts_gate.run_marts_gate(candidates=True, run_id="bench")
+    stages["marts gate"] = time.perf_counter() - started
+    started = time.perf_counter()
+    if outcome.passed:
+        marts_gate.publish_candidates()
+    stages["publish swap"] = time.perf_counter() - started
+    total = sum(stages.values())
+    print(f"gates      register population {population:,}; {os.cpu_count()} cores; {gated} loads gated "
+          f"({refused} refused); marts gate {'passed' if outcome.passed else 'FAILED'} "
+          f"({len(outcome.results)} rules, {len(outcome.failures('warn'))} warnings)")
+    for name, seconds in stages.items():
+        print(f"  {name:<40} {seconds:9.1f} s  {seconds / total:6.1%}")
+    print(f"  {'total pipeline':<40} {total:9.1f} s")
+    share = stages["load gates"] + stages["marts gate"]
+    print(f"  gates (load + marts) {share:9.1f} s  {share / total:6.1%} of the pipeline")
+    db.stop_embedded()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--population", type=int, help="people (default 2,000; with --pyramid 1,438,682)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--pyramid", action="store_true", help="the risk pyramid at a register population "
                         "(default 1,438,682, Essex County)")
+    parser.add_argument("--gates", action="store_true", help="the load and marts gates' share of the pipeline")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="pophealth-bench-") as tmp:
         work = Path(tmp)
         os.environ["POPHEALTH_HOME"] = str(work / "state")
+        if args.gates:
+            raise SystemExit(bench_gates(args.population or 20_000, work))
         if args.pyramid:
             raise SystemExit(bench_pyramid(args.population or 1_438_682, work))
         args.population = args.population or 2000

@@ -1,9 +1,13 @@
 """Build the marts with dbt when any published input changes (data-aware scheduling on the raw assets).
 
 check_loads refuses to build while a load has failed its gate and not been replaced, so the marts keep
-their last good state. The dbt project is rendered by Astronomer Cosmos as one task per seed and model,
-each followed by its tests, so every model is visible and retryable here; each result is also kept in
-`audit.dbt_result`. The group is rendered from the dbt manifest (`pophealth setup` writes it), so
+their last good state. Write-audit-publish: dbt builds marts and reporting as candidate schemas
+(marts__candidate, reporting__candidate), gate_marts validates them (expectations/marts.yml), and only then
+does publish_marts swap them in, in one transaction; a failed error rule or dbt test stops the run before
+publish, and analysts keep the last good marts (pophealth/marts_gate.py).
+
+The dbt project is rendered by Astronomer Cosmos as one task per seed and model, each followed by its
+tests, so every model is visible and retryable here; each result is also kept in `audit.dbt_result`. The group is rendered from the dbt manifest (`pophealth setup` writes it), so
 parsing this file never runs dbt.
 """
 
@@ -29,15 +33,28 @@ from pophealth.orchestration import ANY_RAW_ASSET, DEFAULT_ARGS, MART_ASSETS, db
 def build_marts():
     @task
     def check_loads() -> None:
-        from pophealth.orchestration import assert_loads_gated
+        from pophealth import orchestration
 
-        assert_loads_gated()
+        orchestration.assert_loads_gated()
+        orchestration.clear_candidates()  # what a refused build left; dbt builds the candidates afresh
+
+    @task
+    def gate_marts(**context) -> None:
+        from pophealth import orchestration
+
+        orchestration.gate_marts(context["run_id"])
+
+    @task
+    def publish_marts() -> None:
+        from pophealth import orchestration
+
+        orchestration.publish_marts()
 
     @task(outlets=MART_ASSETS)
     def marts_published() -> None:
         """Marks the marts as updated, for whatever is scheduled on them."""
 
-    check_loads() >> dbt_task_group() >> marts_published()
+    check_loads() >> dbt_task_group(build_candidates=True) >> gate_marts() >> publish_marts() >> marts_published()
 
 
 build_marts()

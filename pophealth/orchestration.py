@@ -120,12 +120,46 @@ def assert_loads_gated() -> None:
         )
 
 
+def clear_candidates() -> None:
+    """Before dbt builds the candidate marts: drop what an earlier, refused build left (pophealth/marts_gate.py)."""
+    from pophealth.marts_gate import drop_candidates
+
+    drop_candidates()
+
+
+def gate_marts(run_id: str | None = None) -> None:
+    """Validate the candidate marts and reporting schemas; a failed error rule stops the DAG before publish."""
+    from pophealth.marts_gate import PublishRefused, run_marts_gate
+
+    try:
+        outcome = run_marts_gate(candidates=True, run_id=run_id)
+    except PublishRefused as exc:
+        raise _fail(f"MARTS GATE REFUSED: {exc}") from None
+    if not outcome.passed:
+        raise _fail("MARTS GATE FAILED: the candidate marts are not published; analysts keep the last good marts "
+                    f"(the candidates stay in marts__candidate and reporting__candidate to look at)\n{outcome.summary()}")
+    log.info("marts gate passed\n%s", outcome.summary())
+
+
+def publish_marts() -> None:
+    """Swap the gated candidates in as marts and reporting, in one transaction."""
+    from pophealth.marts_gate import PublishRefused, publish_candidates
+
+    try:
+        publish_candidates()
+    except PublishRefused as exc:
+        raise _fail(f"PUBLISH REFUSED: {exc}") from None
+
+
 DBT_PROFILE = "pophealth"
 DBT_TARGET = "warehouse"
 
 
-def dbt_task_group(group_id: str = "dbt"):
-    """The dbt project as Airflow tasks (Cosmos), rendered from the manifest that `pophealth setup` writes."""
+def dbt_task_group(group_id: str = "dbt", build_candidates: bool = False):
+    """The dbt project as Airflow tasks (Cosmos), rendered from the manifest that `pophealth setup` writes.
+
+    With `build_candidates`, marts and reporting are built as marts__candidate and reporting__candidate (the dbt
+    var read by the project's generate_schema_name), for the marts gate to validate before they are published."""
     from airflow.sdk import task
 
     from pophealth.marts import dbt_executable, manifest_path
@@ -155,6 +189,7 @@ def dbt_task_group(group_id: str = "dbt"):
         render_config=RenderConfig(load_method=LoadMode.DBT_MANIFEST, emit_datasets=False,
                                    # a test over two models runs once both are built, as its own task
                                    should_detach_multiple_parents_tests=True),
-        operator_args={"install_deps": False, "callback": "pophealth.marts.record_run_results"},
+        operator_args={"install_deps": False, "callback": "pophealth.marts.record_run_results",
+                       **({"vars": {"build_candidates": True}} if build_candidates else {})},
         default_args=DEFAULT_ARGS,
     )

@@ -107,3 +107,19 @@ def test_parsing_does_no_heavy_work(parsed):
     # No embedded server was started, no key was needed, and parsing every DAG file took little time.
     assert not (parsed["home"] / "pophealth" / "pgdata").exists()
     assert parsed["seconds"] < 20
+
+
+def test_the_marts_are_gated_then_published_after_every_dbt_task(parsed):
+    # Write-audit-publish: dbt builds candidates, gate_marts validates them after every dbt task, and only
+    # publish_marts (after the gate) swaps them in, before the marts are announced.
+    tasks = parsed["dags"]["build_marts"]["tasks"]
+    dbt_tasks = {t for t in tasks if t.startswith("dbt.")}
+    ancestors, todo = set(), list(tasks["gate_marts"]["upstream"])
+    while todo:
+        task = todo.pop()
+        if task not in ancestors:
+            ancestors.add(task)
+            todo += tasks[task]["upstream"]
+    assert dbt_tasks <= ancestors
+    assert tasks["publish_marts"]["upstream"] == ["gate_marts"]
+    assert tasks["marts_published"]["upstream"] == ["publish_marts"]
