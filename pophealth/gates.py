@@ -34,7 +34,7 @@ from typing import Any
 import yaml
 from psycopg import sql
 
-from pophealth import db
+from pophealth import config, db
 
 log = logging.getLogger("pophealth")
 
@@ -548,6 +548,7 @@ class GateOutcome:
                 skipped.setdefault(r.observed or "column empty in this file", []).append(r.check_id)
         for reason, ids in skipped.items():
             lines.append(f"  not applicable ({reason}): {', '.join(ids)}")
+        lines.append(f"  Data Docs (Great Expectations): {data_docs_index()}")
         return "\n".join(lines)
 
 
@@ -725,6 +726,14 @@ def build_expectation(check: dict, band: RowCountBand | None = None):
         raise RegistryError(f"{check['id']}: {check['expectation']} rejects its kwargs: {exc}") from None
 
 
+DOCS_SITE = "quality_gates"
+
+
+def data_docs_index() -> Path:
+    """The Data Docs site of every gate run (Great Expectations' HTML): one page per validation."""
+    return config.paths().gate_docs_dir / "index.html"
+
+
 class _GX:
     """One ephemeral Great Expectations context and SQL data source per warehouse URL, reused between gates."""
 
@@ -736,9 +745,26 @@ class _GX:
         import great_expectations as gx
         from great_expectations.data_context.types.base import ProgressBarsConfig
 
+        from great_expectations.data_context.types.base import DataContextConfig, InMemoryStoreBackendDefaults
+
         self.url = url
         self.gx = gx
-        self.context = gx.get_context(mode="ephemeral")
+        # In memory, except the validation results, kept on disk so that the Data Docs site lists every
+        # validation of every process (each Airflow task is one), and the site itself.
+        paths = config.paths()
+        project = DataContextConfig(
+            store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
+            data_docs_sites={DOCS_SITE: {
+                "class_name": "SiteBuilder",
+                "store_backend": {"class_name": "TupleFilesystemStoreBackend",
+                                  "base_directory": str(paths.gate_docs_dir)},
+                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            }},
+        )
+        project.stores[project.validation_results_store_name]["store_backend"] = {
+            "class_name": "TupleFilesystemStoreBackend",
+            "base_directory": str(paths.home / "great_expectations" / "validation_results")}
+        self.context = gx.get_context(mode="ephemeral", project_config=project)
         self.context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
         self.source = self.context.data_sources.add_sql(name="warehouse", connection_string=url)
 
@@ -766,11 +792,16 @@ class _GX:
         suite = self.context.suites.add(gx.ExpectationSuite(name=name, expectations=expectations))
         validation = self.context.validation_definitions.add(
             gx.ValidationDefinition(name=name, data=batch, suite=suite))
+        # BASIC gives counts; partial_unexpected_count 0 keeps GE's result, and so the Data Docs, free of values.
+        checkpoint = gx.Checkpoint(name=name, validation_definitions=[validation],
+                                   actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=[DOCS_SITE])],
+                                   result_format={"result_format": "BASIC", "partial_unexpected_count": 0})
         try:
-            # BASIC gives counts; partial_unexpected_count 0 keeps even GE's in-memory result free of values.
-            return validation.run(result_format={"result_format": "BASIC", "partial_unexpected_count": 0})
+            run = checkpoint.run(run_id=gx.core.run_identifier.RunIdentifier(run_name=f"{schema}.{table}"))
+            return next(iter(run.run_results.values()))
         finally:
-            for remove in (lambda: self.context.validation_definitions.delete(name),
+            for remove in (lambda: self.context.checkpoints.delete(name),  # run() stores the checkpoint
+                           lambda: self.context.validation_definitions.delete(name),
                            lambda: self.context.suites.delete(name),
                            lambda: self.source.delete_asset(asset_name)):
                 try:
@@ -901,12 +932,12 @@ def run_load_gate(load_id: int, feed: str, batch_table: str, run_id: str | None 
         with conn.cursor() as cur:
             cur.executemany(
                 """INSERT INTO audit.gate_result (load_id, run_id, feed, suite, check_id, expectation, severity,
-                                                  category, status, observed, observed_number, threshold,
-                                                  unexpected_count, row_count, example_rows, note)
-                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+                                                  category, subcategory, context, status, observed, observed_number,
+                                                  threshold, unexpected_count, row_count, example_rows, note)
+                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
                 [(load_id, run_id, feed, suite_name(feed), r.check_id, r.expectation, r.severity, r.category,
-                  r.status, r.observed, r.observed_number, r.threshold, r.unexpected_count, r.row_count,
-                  r.example_rows, r.note) for r in results],
+                  r.subcategory or None, r.context or None, r.status, r.observed, r.observed_number, r.threshold,
+                  r.unexpected_count, r.row_count, r.example_rows, r.note) for r in results],
             )
     outcome = GateOutcome(feed, results, seconds=time.monotonic() - started, file_name=ctx.file_name,
                           load_id=load_id)

@@ -69,6 +69,8 @@ CREATE TABLE IF NOT EXISTS audit.gate_result (
     note             text,
     checked_at       timestamptz NOT NULL DEFAULT now()
 );
+ALTER TABLE audit.gate_result ADD COLUMN IF NOT EXISTS subcategory text;  -- DQD: value, relational, ...
+ALTER TABLE audit.gate_result ADD COLUMN IF NOT EXISTS context text;      -- DQD: verification | validation
 CREATE INDEX IF NOT EXISTS gate_result_load ON audit.gate_result (load_id);
 CREATE INDEX IF NOT EXISTS gate_result_checked_at ON audit.gate_result (checked_at);
 

@@ -547,6 +547,12 @@ def test_a_good_file_passes_every_rule_and_every_result_is_recorded(stage, feed)
         assert row["example_rows"] == [] and row["threshold"], check_id
     assert f"{FILE_NAMES[feed]} (load {load_id}): {feed} suite:" in outcome.summary()
     assert "0 failed" in outcome.summary()
+    # Great Expectations' Data Docs: a page for this validation, listed in the site's index.
+    index = gates.data_docs_index()
+    assert str(index) in outcome.summary() and index.is_file()
+    pages = [p for p in (index.parent / "validations").rglob("*.html")
+             if p.name.endswith(f"load_batch.load_{load_id}.html")]
+    assert len(pages) == 1 and f"load_batch.load_{load_id}" in index.read_text()
 
 
 def test_a_rule_on_a_column_empty_in_the_whole_file_is_not_applicable(stage):

@@ -204,7 +204,8 @@ def test_only_an_error_fails_the_gate_and_the_summary_names_rows_not_values():
     assert lines[1] == "  FAILED [error] apc.y: because"  # errors first
     assert lines[2] == "      1 of 10 rows; threshold: no row; example rows (1 = first data row): 7"
     assert lines[3] == "  warning [warn] apc.x: why"
-    assert lines[-1] == "  not applicable (column empty in this file): apc.z"
+    assert lines[-2] == "  not applicable (column empty in this file): apc.z"
+    assert lines[-1].startswith("  Data Docs (Great Expectations): ") and lines[-1].endswith("index.html")
 
 
 def test_a_table_level_failure_shows_what_was_observed():
@@ -219,5 +220,5 @@ def test_many_failures_stay_one_screen():
     failures = [CheckResult(f"apc.r{i:02d}", "conformance", "error", "failed", "n", 1, 10, "t", "1", [i])
                 for i in range(40)]
     lines = GateOutcome("apc", failures).summary().splitlines()
-    assert len(lines) == 1 + 2 * gates.SUMMARY_FAILURES + 1
-    assert lines[-1].startswith(f"  ... and {40 - gates.SUMMARY_FAILURES} more failed rules (audit.gate_result): ")
+    assert len(lines) == 1 + 2 * gates.SUMMARY_FAILURES + 1 + 1  # the tally, the rules, the rest, Data Docs
+    assert lines[-2].startswith(f"  ... and {40 - gates.SUMMARY_FAILURES} more failed rules (audit.gate_result): ")
