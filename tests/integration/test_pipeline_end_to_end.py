@@ -143,6 +143,29 @@ def test_nothing_identifiable_is_in_any_table_log_or_file_the_run_wrote(world):
         assert not found, f"{path.relative_to(world.home)} holds {', '.join(found)} in clear"
 
 
+def test_a_good_run_passes_every_gate_and_keeps_every_result(world):
+    from pophealth import gates, marts_gate
+
+    # Every published load was gated by every rule of its feed, and no error rule failed.
+    rows = world.query(
+        """SELECT l.feed, l.load_id, r.check_id, r.severity, r.status FROM audit.load l
+           JOIN audit.gate_result r USING (load_id) WHERE l.status = 'published'""")
+    published = world.query("SELECT feed, load_id FROM audit.load WHERE status = 'published'")
+    for feed, load_id in published:
+        checked = {r[2] for r in rows if r[1] == load_id}
+        assert checked == {c["id"] for c in gates.checks_for(feed)}, f"load {load_id} ({feed})"
+    assert not [r for r in rows if r[3] == "error" and r[4] == "failed"]
+    # The marts gate ran on the candidates before they were published, every rule recorded, no error failed.
+    marts = world.query("SELECT check_id, severity, status FROM audit.gate_result WHERE feed = 'marts'")
+    assert {r[0] for r in marts} >= {c["id"] for c in marts_gate.all_checks()}
+    assert not [r for r in marts if r[1] == "error" and r[2] == "failed"]
+    assert world.query("""SELECT count(*) FROM information_schema.schemata
+                          WHERE schema_name LIKE '%%__candidate' OR schema_name LIKE '%%__previous'""") == [(0,)]
+    # And every validation is a page of Great Expectations' Data Docs.
+    index = world.home / "state" / "data_docs" / "index.html"
+    assert index.is_file() and len(list(index.parent.glob("validations/**/*.html"))) >= len(published)
+
+
 def test_a_second_run_is_safe_and_changes_nothing(world):
     before = world.query("SELECT md5(string_agg(p::text, ',' ORDER BY person_id)) FROM marts.person p")
     counts_before = world.query("SELECT (SELECT count(*) FROM raw.apc_episode), (SELECT count(*) FROM raw.cld_event)")
