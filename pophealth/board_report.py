@@ -312,12 +312,8 @@ def _cohort_section(conn) -> str:
     parts = ['<section id="cohorts"><h2>The cohorts partners asked about</h2>']
     if not _exists(conn, table):
         return "".join(parts + [_missing(table, f"{table} has not been built yet."), "</section>"])
-    # The dbt model also gives each measure its place (measure_order); without it the report orders them.
-    has_order = bool(_fetch(conn, """SELECT 1 FROM information_schema.columns WHERE table_schema = 'reporting'
-                                     AND table_name = 'cohort_summary' AND column_name = 'measure_order'"""))
-    order_column = "measure_order" if has_order else "NULL::int AS measure_order"
     rows = _fetch(conn, f"""SELECT cohort, period_type, period_start, period_end, geography_level, geography_code,
-                                   geography_name, measure, measure_label, {order_column}, count, is_suppressed
+                                   geography_name, measure, measure_label, measure_order, count, is_suppressed
                             FROM {table} ORDER BY cohort, period_start, measure, geography_code""")
     if not rows:
         return "".join(parts + [_missing(table, f"{table} has no rows yet."), "</section>"])
@@ -339,7 +335,7 @@ def _cohort_section(conn) -> str:
             continue  # only other kinds of period: nothing the board reads
         cells: dict[tuple, dict] = {}
         measures: dict[str, str] = {}
-        measure_order: dict[str, int | None] = {}
+        measure_order: dict[str, int] = {}
         ends: dict[tuple, date] = {}
         geographies: dict[str, dict] = {}
         for r in cohort_rows:
@@ -351,13 +347,8 @@ def _cohort_section(conn) -> str:
                 ends[period] = r["period_end"]
                 geographies.setdefault(r["geography_code"], r)
         places = sorted(geographies.values(), key=geography_key)
-        if all(order is not None for order in measure_order.values()):
-            ranked = sorted(measures, key=lambda m: (measure_order[m], measures[m]))
-        else:
-            # No order given: the largest at the area in the first period comes first, so that a whole
-            # ("People") reads before its parts ("Known to social care").
-            first = {m: (cells.get((wanted[0], m, places[0]["geography_code"])) or {}).get("count") for m in measures}
-            ranked = sorted(measures, key=lambda m: (first[m] is None, -(first[m] or 0), measures[m]))
+        # Each measure's place comes from the model (a whole, "People", before its parts).
+        ranked = sorted(measures, key=lambda m: (measure_order[m], measures[m]))
         measures = {m: measures[m] for m in ranked}
         body = []
         for period in wanted:

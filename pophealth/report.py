@@ -94,7 +94,8 @@ def summarise(outcome: PipelineOutcome) -> str:
         lines += [
             "  schemas: raw (pseudonymised loads), staging, intermediate, marts (analysts), reference (code lists),",
             "           reporting (aggregates with disclosure control, for wide circulation),",
-            "           audit (load, quarantine, optout_applied, gate_result, dbt_result)",
+            "           audit (load, quarantine, optout_applied, gate_result, dbt_result, reidentification,",
+            "           key_rotation), restricted (the opt-out list), vault (encrypted identities; no analyst access)",
         ]
     return "\n".join(lines)
 

@@ -61,8 +61,8 @@ CREATE TABLE reporting.bcf_metrics (
     value numeric, is_suppressed boolean);
 CREATE TABLE reporting.cohort_summary (
     cohort text, period_type text, period_start date, period_end date, geography_level text,
-    geography_code text, geography_name text, measure text, measure_label text, count bigint,
-    is_suppressed boolean);
+    geography_code text, geography_name text, measure text, measure_label text, measure_order int,
+    count bigint, is_suppressed boolean);
 CREATE TABLE reporting.admission_reasons (
     period_start date, period_end date, age_band text, primary_diagnosis_code text,
     primary_diagnosis_chapter text, admissions bigint, is_suppressed boolean, rank_in_age_band int);
@@ -135,8 +135,9 @@ def cohort_rows():
     for c, cohort in enumerate(("delayed_discharges", "falls_admissions", "care_home_after_hospital")):
         for k, (period_type, start, end) in enumerate(COHORT_PERIODS):
             for p, place in enumerate(PLACES):
-                for measure, label, base in (("people", "People", 1000), ("known_to_social_care",
-                                                                          "Known to social care", 400)):
+                # Inserted part before whole, so the report's order can only come from measure_order.
+                for measure, label, order, base in (("known_to_social_care", "Known to social care", 2, 400),
+                                                    ("people", "People", 1, 1000)):
                     count, suppressed = base + 100 * c + 10 * k + p * 5, False
                     if (cohort, start, place, measure) == ("falls_admissions", "2024-04-01", COLCHESTER,
                                                            "known_to_social_care"):
@@ -144,7 +145,8 @@ def cohort_rows():
                     if (cohort, start, place, measure) == ("care_home_after_hospital", "2025-04-01", CHELMSFORD,
                                                            "people"):
                         count = 0
-                    rows.append((cohort, period_type, start, end, *place, measure, label, count, suppressed))
+                    rows.append((cohort, period_type, start, end, *place, measure, label, order, count,
+                                 suppressed))
     return rows
 
 
@@ -273,7 +275,7 @@ def report(tmp_path_factory, request):
             cur.executemany("INSERT INTO reporting.bcf_metrics VALUES "
                             "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)", bcf_rows())
             cur.executemany("INSERT INTO reporting.cohort_summary VALUES "
-                            "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)", cohort_rows())
+                            "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)", cohort_rows())
             cur.executemany("INSERT INTO reporting.admission_reasons VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
                             admission_rows())
 
@@ -394,6 +396,7 @@ def test_the_cohort_tables_cover_the_latest_financial_year_and_its_quarters(repo
     assert periods == ["2024-04-01", "2024-04-01", "2024-10-01", "2024-10-01", "2025-01-01", "2025-01-01",
                        "2025-04-01", "2025-04-01"]
     first_year = [cells(r) for r in body_rows(falls)[:2]]
+    assert [row[-4] for row in first_year] == ["People", "Known to social care"]  # from measure_order
     measures = {row[-4]: row[-3:] for row in first_year}
     # falls_admissions is cohort 1, the 2024/25 year is period 2: 1000 + 100 + 20 (+ 5 per place).
     assert measures == {"People": ["1,120", "1,125", "1,130"], "Known to social care": ["520", "525", SUPPRESSED]}
