@@ -87,12 +87,27 @@ RUN = textwrap.dedent(
 )
 
 
-@contextmanager
-def marts_built_from(landing: Path, home: Path, key: str, timeout: int) -> Iterator[str]:
-    """Load `landing` into an embedded warehouse under `home` and build the marts; yields its URL, then stops it."""
+def isolated_env(home: Path, key: str = TEST_KEY) -> dict[str, str]:
+    """The environment of a pophealth process whose state lives under `home`, with the test keys."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("POPHEALTH_", "AIRFLOW"))}
     env.update(POPHEALTH_HOME=str(home / "state"), POPHEALTH_LINKAGE_KEY=key, POPHEALTH_VAULT_KEY=TEST_VAULT_KEY,
                PYTHONPATH=str(REPO))
+    return env
+
+
+def synth_world(home: Path, population: int, seed: int) -> Path:
+    """Generate a synthetic landing folder under `home`; returns it."""
+    landing = home / "landing"
+    subprocess.run([sys.executable, "-m", "pophealth.cli", "synth", "--population", str(population), "--seed",
+                    str(seed), "--out", str(landing)], env=isolated_env(home), check=True, capture_output=True,
+                   timeout=300)
+    return landing
+
+
+@contextmanager
+def marts_built_from(landing: Path, home: Path, key: str, timeout: int) -> Iterator[str]:
+    """Load `landing` into an embedded warehouse under `home` and build the marts; yields its URL, then stops it."""
+    env = isolated_env(home, key)
     proc = subprocess.run([sys.executable, "-c", RUN, str(landing)], env=env, capture_output=True, text=True,
                           timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -106,11 +121,7 @@ def marts_built_from(landing: Path, home: Path, key: str, timeout: int) -> Itera
 
 def make_world(tmp_path_factory, name: str) -> World:
     home = tmp_path_factory.mktemp(name)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("POPHEALTH_", "AIRFLOW"))}
-    env.update({"POPHEALTH_HOME": str(home / "state"), "POPHEALTH_LINKAGE_KEY": TEST_KEY,
-                "POPHEALTH_VAULT_KEY": TEST_VAULT_KEY,
-                "PYTHONPATH": str(REPO)})
-    world = World(home=home, landing=home / "landing", key_dir=home / "keys", env=env)
+    world = World(home=home, landing=home / "landing", key_dir=home / "keys", env=isolated_env(home))
     world.pophealth("synth", "--population", str(POPULATION), "--seed", str(SEED), "--out", str(world.landing),
                     check=True)
     return world

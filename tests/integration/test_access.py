@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import hmac
-import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from psycopg import errors
 
 from pophealth.db import parse_url
 
-from .conftest import REPO, TEST_KEY, TEST_VAULT_KEY, marts_built_from
+from .conftest import TEST_KEY, isolated_env, marts_built_from, synth_world
 
 pytestmark = pytest.mark.integration
 
@@ -46,12 +45,8 @@ class Warehouse:
 @pytest.fixture(scope="module")
 def warehouse(tmp_path_factory):
     home = tmp_path_factory.mktemp("access")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("POPHEALTH_", "AIRFLOW"))}
-    env.update(POPHEALTH_HOME=str(home / "state"), POPHEALTH_LINKAGE_KEY=TEST_KEY, POPHEALTH_VAULT_KEY=TEST_VAULT_KEY,
-               PYTHONPATH=str(REPO))
-    landing = home / "landing"
-    subprocess.run([sys.executable, "-m", "pophealth.cli", "synth", "--population", "300", "--seed", "11", "--out",
-                    str(landing)], env=env, check=True, capture_output=True, timeout=300)
+    env = isolated_env(home)
+    landing = synth_world(home, population=300, seed=11)
     with marts_built_from(landing, home, TEST_KEY, timeout=900) as url:
         yield Warehouse(url, landing, env)
 

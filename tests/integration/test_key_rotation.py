@@ -12,8 +12,6 @@ import csv
 import hashlib
 import hmac
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import psycopg
@@ -22,7 +20,7 @@ import pytest
 from pophealth.keys import LinkageKey, VaultKey
 from pophealth.pseudonymise import Pseudonymiser
 
-from .conftest import REPO, TEST_KEY, TEST_VAULT_KEY, marts_built_from
+from .conftest import TEST_KEY, TEST_VAULT_KEY, marts_built_from, synth_world
 
 pytestmark = pytest.mark.integration
 
@@ -45,12 +43,7 @@ class Rotated:
 @pytest.fixture(scope="module")
 def rotated(tmp_path_factory):
     home = tmp_path_factory.mktemp("rotation")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("POPHEALTH_", "AIRFLOW"))}
-    env.update(POPHEALTH_HOME=str(home / "state"), POPHEALTH_LINKAGE_KEY=TEST_KEY, POPHEALTH_VAULT_KEY=TEST_VAULT_KEY,
-               PYTHONPATH=str(REPO))
-    landing = home / "landing"
-    subprocess.run([sys.executable, "-m", "pophealth.cli", "synth", "--population", "300", "--seed", "12", "--out",
-                    str(landing)], env=env, check=True, capture_output=True, timeout=300)
+    landing = synth_world(home, population=300, seed=12)
     with marts_built_from(landing, home, TEST_KEY, timeout=900) as url:
         saved = {k: os.environ.get(k) for k in ("POPHEALTH_DATABASE_URL", "POPHEALTH_HOME")}
         os.environ.update(POPHEALTH_DATABASE_URL=url, POPHEALTH_HOME=str(home / "state"))

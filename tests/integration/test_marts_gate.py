@@ -9,15 +9,13 @@ and that publish is refused so the marts analysts read do not change.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import psycopg
 import pytest
 
 from pophealth.db import parse_url
 
-from .conftest import REPO, TEST_KEY, TEST_VAULT_KEY, marts_built_from
+from .conftest import TEST_KEY, marts_built_from, synth_world
 
 pytestmark = pytest.mark.integration
 
@@ -30,12 +28,7 @@ FINGERPRINT = ("SELECT (SELECT md5(string_agg(p::text, ',' ORDER BY person_id)) 
 @pytest.fixture(scope="module")
 def warehouse(tmp_path_factory):
     home = tmp_path_factory.mktemp("marts_gate")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("POPHEALTH_", "AIRFLOW"))}
-    env.update(POPHEALTH_HOME=str(home / "state"), POPHEALTH_LINKAGE_KEY=TEST_KEY, POPHEALTH_VAULT_KEY=TEST_VAULT_KEY,
-               PYTHONPATH=str(REPO))
-    landing = home / "landing"
-    subprocess.run([sys.executable, "-m", "pophealth.cli", "synth", "--population", "300", "--seed", "11", "--out",
-                    str(landing)], env=env, check=True, capture_output=True, timeout=300)
+    landing = synth_world(home, population=300, seed=11)
     saved = {k: os.environ.get(k) for k in ("POPHEALTH_HOME", "POPHEALTH_DATABASE_URL")}
     with marts_built_from(landing, home, TEST_KEY, timeout=900) as url:
         # The gate runs in this process against the test's server.
