@@ -141,7 +141,7 @@ def cmd_setup(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from pophealth.status import status_text
 
-    text, healthy = status_text()
+    text, healthy = status_text(Path(args.landing) if args.landing else None)
     _say(text)
     return 0 if healthy else 1
 
@@ -275,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_dag)
 
     p = sub.add_parser("status", help="last load of each source, marts freshness, what is waiting")
+    p.add_argument("--landing", help=f"the landing folder to look in (default: {config.ENV_LANDING_DIR})")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("db", help="the warehouse in use")

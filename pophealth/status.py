@@ -1,55 +1,213 @@
-"""`pophealth status`: the latest period loaded from each source, the marts' freshness, and what is waiting."""
+"""`pophealth status`: the last load of each source, the marts' freshness, and what is waiting in the landing folder.
+
+Everything comes from the audit schema (and dbt's last run results for builds outside Airflow), so the command is
+quick and never touches personal data. It is unhealthy (exit code 1) when a load is refused and not yet replaced
+by a good file, when the last marts build failed, or when the marts gate refused the last candidate marts: the
+same conditions that stop `build_marts` or keep the analysts on older marts.
+"""
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 
 from psycopg.rows import dict_row
 
 from pophealth import config, db
 from pophealth.landing import LOAD_ORDER
 
+#: audit.load.status -> what the user reads (the refusals in capitals, so they stand out in a list).
+VERDICTS = {
+    "published": "published",
+    "superseded": "published, since replaced",
+    "validated": "passed, not yet published",
+    "loading": "loading",
+    "gate_failed": "GATE FAILED",
+    "rejected": "REFUSED",
+}
 
-def status_text() -> tuple[str, bool]:
-    healthy = True
+
+@dataclass
+class Status:
+    lines: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def healthy(self) -> bool:
+        return not self.problems
+
+    def text(self) -> str:
+        verdict = ("Healthy: nothing has failed." if self.healthy else
+                   f"NEEDS ATTENTION: {len(self.problems)} problem(s)\n" + "\n".join(f"  - {p}" for p in self.problems))
+        return "\n".join(self.lines + ["", verdict])
+
+
+def age(then: datetime | None, now: datetime) -> str:
+    """How long ago, in the unit a person reads at a glance."""
+    if then is None:
+        return "-"
+    seconds = max((now - then).total_seconds(), 0)
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.0f} d"
+
+
+def _when(then: datetime | None, now: datetime) -> str:
+    return f"{then:%Y-%m-%d %H:%M} UTC ({age(then, now)} ago)" if then else "never"
+
+
+def status_text(landing: Path | None = None) -> tuple[str, bool]:
+    status = collect(landing)
+    return status.text(), status.healthy
+
+
+def collect(landing: Path | None = None) -> Status:
     now = datetime.now(timezone.utc)
-    lines = [f"Warehouse: {db.warehouse_url()}", "", "Latest period loaded from each source:"]
+    status = Status([f"Warehouse: {db.warehouse_url()}"])
     with db.connect() as conn:
         conn.row_factory = dict_row
         if conn.execute("SELECT to_regclass('audit.load') AS t").fetchone()["t"] is None:
-            return "\n".join(lines + ["  nothing has been loaded yet (run: pophealth run)"]), True
-        latest = conn.execute(
-            """SELECT DISTINCT ON (feed, provider) feed, provider, file_name, status, rows_read, rows_loaded,
-                      rows_quarantined, rows_opted_out, coalesce(finished_at, started_at) AS at
-               FROM audit.load WHERE status <> 'duplicate'
-               ORDER BY feed, provider, period_end DESC NULLS LAST, load_id DESC"""
-        ).fetchall()
-        lines.append(f"  {'source':<28} {'file':<34} {'verdict':<12} {'rows loaded':>12} {'age':>8}")
-        by_feed = {f: i for i, f in enumerate(LOAD_ORDER)}
-        for load in sorted(latest, key=lambda r: (by_feed.get(r["feed"], 99), r["provider"] or "")):
-            source = load["feed"] + (f" {load['provider']}" if load["provider"] else "")
-            age_days = (now - load["at"]).total_seconds() / 86400
-            verdict = load["status"].upper() if load["status"] in ("rejected", "gate_failed") else load["status"]
-            healthy &= load["status"] in ("published", "superseded")
-            lines.append(f"  {source:<28} {load['file_name']:<34} {verdict:<12} {load['rows_loaded']:>12,} "
-                         f"{age_days:>6.1f} d")
-        marts = conn.execute(
-            """SELECT max(recorded_at) AS at, count(*) FILTER (WHERE status IN ('error', 'fail')) AS failed
-               FROM audit.dbt_result
-               WHERE run_id = (SELECT run_id FROM audit.dbt_result ORDER BY recorded_at DESC LIMIT 1)"""
-        ).fetchone()  # audit.dbt_result comes with audit.load (schema.sql)
-    lines.append("")
-    if marts and marts["at"]:
-        verdict = "FAILED" if marts["failed"] else "built"
-        healthy &= not marts["failed"]
-        lines.append(f"Marts: {verdict} {(now - marts['at']).total_seconds() / 3600:.1f} h ago")
-    else:
-        lines.append("Marts: never built")
-    landing = config.landing_dir()
-    if landing:
-        from pophealth.load import pending_extracts
+            status.lines += ["", "Nothing has been loaded yet (run: pophealth setup, then pophealth run)."]
+            return status
+        _sources(conn, status, now)
+        _marts(conn, status, now)
+    _waiting(landing or config.landing_dir(), status)
+    return status
 
-        waiting = [p for feed in LOAD_ORDER for p in pending_extracts(landing, feed)]
-        lines.append(f"Waiting in {landing}: {len(waiting)} file(s)")
-        lines += [f"  {p}" for p in waiting[:20]]
-    return "\n".join(lines), healthy
+
+def _sources(conn, status: Status, now: datetime) -> None:
+    from pophealth.audit import blocking_loads
+
+    latest = conn.execute(
+        """SELECT DISTINCT ON (l.feed, l.provider) l.load_id, l.feed, l.provider, l.file_name, l.status, l.rows_read,
+                  l.rows_loaded, l.rows_quarantined, l.rows_opted_out, coalesce(l.finished_at, l.started_at) AS at,
+                  g.errors, g.warnings, g.rules
+           FROM audit.load l
+           LEFT JOIN (SELECT load_id, count(*) AS rules,
+                             count(*) FILTER (WHERE status = 'failed' AND severity = 'error') AS errors,
+                             count(*) FILTER (WHERE status = 'failed' AND severity = 'warn') AS warnings
+                      FROM audit.gate_result WHERE feed <> 'marts' GROUP BY load_id) g USING (load_id)
+           WHERE l.status <> 'duplicate'  -- a file delivered again unchanged: its first load is the one to show
+           ORDER BY l.feed, l.provider, l.load_id DESC"""
+    ).fetchall()
+    status.lines += ["", "Last load of each source:"]
+    header = (f"  {'source':<24} {'file':<30} {'verdict':<26} {'read':>8} {'loaded':>8} {'quarant.':>8} "
+              f"{'opted out':>9} {'age':>8}")
+    status.lines.append(header)
+    order = {feed: i for i, feed in enumerate(LOAD_ORDER)}
+    for load in sorted(latest, key=lambda r: (order.get(r["feed"], 99), r["provider"] or "")):
+        source = load["feed"] + (f" {load['provider']}" if load["provider"] else "")
+        verdict = VERDICTS.get(load["status"], load["status"])
+        if load["rules"] and load["status"] != "gate_failed":
+            verdict += f" ({load['warnings']} warning{'s' if load['warnings'] != 1 else ''})" if load["warnings"] else ""
+        status.lines.append(
+            f"  {source:<24} {load['file_name']:<30} {verdict:<26} {load['rows_read']:>8,} {load['rows_loaded']:>8,} "
+            f"{load['rows_quarantined']:>8,} {load['rows_opted_out']:>9,} {age(load['at'], now):>8}")
+    if not latest:
+        status.lines.append("  nothing has been loaded yet")
+    for refused in blocking_loads():
+        message = (conn.execute("SELECT message FROM audit.load WHERE load_id = %s", (refused["load_id"],))
+                   .fetchone()["message"] or "").strip().splitlines()
+        status.problems.append(
+            f"{refused['file_name']}: {VERDICTS.get(refused['status'], refused['status'])} (load {refused['load_id']})"
+            + (f": {message[0]}" if message else "")
+            + "; the marts are not rebuilt until a good file for that period is delivered (docs/runbook.md)")
+
+
+def _last_cli_build() -> tuple[datetime, int] | None:
+    """dbt's own record of the last build run outside Airflow (the CLI's target folder): when, and how many failed."""
+    from pophealth.marts import manifest_path
+
+    run_results = manifest_path().parent / "run_results.json"
+    try:
+        data = json.loads(run_results.read_text())
+    except (OSError, ValueError):
+        return None
+    if (data.get("args") or {}).get("which") not in ("build", "run"):
+        return None
+    at = datetime.fromisoformat(data["metadata"]["generated_at"].replace("Z", "+00:00"))
+    return at, sum(1 for r in data.get("results", []) if r.get("status") in ("error", "fail"))
+
+
+def _marts(conn, status: Status, now: datetime) -> None:
+    from pophealth.marts_gate import CANDIDATE, FEED, PUBLISHED
+
+    builds = []
+    dag_build = conn.execute(
+        """SELECT max(recorded_at) AS at, count(*) FILTER (WHERE status IN ('error', 'fail')) AS failed
+           FROM audit.dbt_result
+           WHERE run_id IS NOT DISTINCT FROM (SELECT run_id FROM audit.dbt_result ORDER BY recorded_at DESC LIMIT 1)"""
+    ).fetchone()
+    if dag_build["at"]:
+        builds.append((dag_build["at"], dag_build["failed"]))
+    if (cli_build := _last_cli_build()) is not None:
+        builds.append(cli_build)
+    built_at, build_failures = max(builds) if builds else (None, 0)
+
+    gate = conn.execute(
+        """SELECT checked_at AS at, count(*) FILTER (WHERE status = 'failed' AND severity = 'error') AS errors
+           FROM audit.gate_result WHERE feed = %s GROUP BY checked_at ORDER BY checked_at DESC LIMIT 1""", (FEED,)
+    ).fetchone()
+    passed_gate = conn.execute("""SELECT max(checked_at) AS at FROM (
+                                      SELECT checked_at FROM audit.gate_result WHERE feed = %s GROUP BY checked_at
+                                      HAVING count(*) FILTER (WHERE status = 'failed' AND severity = 'error') = 0) g""",
+                               (FEED,)).fetchone()["at"]
+    candidates = [s + CANDIDATE for s in PUBLISHED if conn.execute(
+        "SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = %s) AS e", (s + CANDIDATE,)).fetchone()["e"]]
+    has_marts = conn.execute("SELECT to_regclass('marts.risk_stratification') IS NOT NULL AS e").fetchone()["e"]
+    as_of = (conn.execute("SELECT max(as_of_date) AS d FROM marts.risk_stratification").fetchone()["d"]
+             if has_marts else None)
+    # The publish itself is a schema swap with no record of its own: the marts were last published when the
+    # marts gate last passed (the DAG swaps them in right after), or by the last build if it built straight into
+    # `marts` (outside the DAG: no candidates, and after every gate).
+    published_at = passed_gate
+    if built_at and not build_failures and not candidates and (published_at is None or built_at > published_at):
+        published_at = built_at
+    newer_loads = conn.execute("SELECT count(*) AS n FROM audit.load WHERE status = 'published' AND published_at > %s",
+                               (published_at,)).fetchone()["n"] if published_at else 0
+
+    status.lines += ["", "Marts:"]
+    status.lines.append(f"  last build    {_when(built_at, now)}"
+                        + (f": FAILED ({build_failures} model(s) or test(s) failed)" if build_failures else ""))
+    if gate:
+        status.lines.append(f"  marts gate    {_when(gate['at'], now)}: "
+                            + (f"FAILED ({gate['errors']} rule(s)), the build was refused" if gate["errors"] else "passed"))
+    status.lines.append(f"  last publish  {_when(published_at, now) if has_marts else 'never'}"
+                        + (f"; the marts describe the data as of {as_of}" if as_of else ""))
+    if newer_loads:
+        status.lines.append(f"  {newer_loads} file(s) published since then are not in the marts yet "
+                            "(build_marts runs when its inputs change)")
+    if candidates:
+        status.lines.append(f"  candidates kept for inspection: {', '.join(candidates)}")
+    if build_failures:
+        status.problems.append(f"the last marts build failed ({build_failures} model(s) or test(s)); analysts keep "
+                               "the last good marts")
+    if gate and gate["errors"] and candidates:
+        status.problems.append(f"the marts gate refused the last build ({gate['errors']} rule(s) failed); analysts "
+                               f"keep the last good marts; the refused build is in {', '.join(candidates)}")
+
+
+def _waiting(landing: Path | None, status: Status) -> None:
+    from pophealth import load
+
+    status.lines.append("")
+    if landing is None:
+        status.lines.append(f"Waiting: no landing folder given (--landing PATH or {config.ENV_LANDING_DIR})")
+        return
+    if not landing.is_dir():
+        status.problems.append(f"the landing folder does not exist: {landing}")
+        return
+    waiting = [(feed, Path(p).name) for feed in LOAD_ORDER for p in load.pending_extracts(landing, feed)]
+    # Files still being written, when the landing rules expose them: waiting too, not yet loadable.
+    incomplete = getattr(load, "incomplete_extracts", None)
+    writing = [Path(p).name for p in incomplete(landing)] if callable(incomplete) else []
+    status.lines.append(f"Waiting in {landing}: {len(waiting)} file(s) to load"
+                        + (f", {len(writing)} still being written" if writing else ""))
+    status.lines += [f"  {feed:<24} {name}" for feed, name in waiting[:30]]
+    if len(waiting) > 30:
+        status.lines.append(f"  ... and {len(waiting) - 30} more")
+    status.lines += [f"  {'(still being written)':<24} {name}" for name in writing]
