@@ -23,7 +23,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from pophealth import db, vault
+from pophealth import agreements, db, vault
 from pophealth.access import apply_access
 from pophealth.feeds import FEED_SPECS, Feed, OptedOut, RowContext, RowProblem, identity_columns_present
 from pophealth.keys import KeyError_, load_linkage_key, load_vault_key
@@ -201,8 +201,9 @@ def stage_extract(path: str | Path, run_id: str | None = None) -> StageOutcome:
             return StageOutcome(load_id, extract.name, extract.feed, "duplicate")
         load_id = _insert_audit(conn, extract, run_id, sha, size, "loading")
     try:
+        agreements.check_agreement(extract.feed, extract.provider)  # before anything from the file is stored
         return _stage(extract, feed, load_id)
-    except (FileRejected, LoadRefused, KeyError_) as exc:
+    except (FileRejected, LoadRefused, KeyError_, agreements.NoAgreement) as exc:
         _refuse(load_id, "rejected", str(exc))
         raise LoadRefused(f"{extract.name}: {exc}") from None
 
