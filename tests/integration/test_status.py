@@ -1,0 +1,163 @@
+"""`pophealth status` at a terminal: healthy when nothing failed, a refused load or a refused marts build named and
+the exit code non-zero, a new file in the landing folder shown as waiting.
+
+A small generated world is loaded and its marts built on a real embedded PostgreSQL (conftest.marts_built_from);
+the failures are made with the package's own functions (stage, gate, refuse; the marts gate), as the DAG tasks do.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from .conftest import TEST_KEY, isolated_env, marts_built_from, synth_world
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Warehouse:
+    url: str
+    landing: Path
+    env: dict[str, str]
+
+    def status(self, landing: Path | None = None) -> subprocess.CompletedProcess:
+        return self.pophealth("status", "--landing", str(landing or self.landing))
+
+    def pophealth(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "pophealth.cli", *args], env=self.env, capture_output=True,
+                              text=True, timeout=300)
+
+    def python(self, code: str, *args: str) -> subprocess.CompletedProcess:
+        proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], env=self.env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return proc
+
+    def query(self, statement: str, params: tuple = ()) -> list[tuple]:
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            cursor = conn.execute(statement, params)
+            return cursor.fetchall() if cursor.description else []
+
+
+# Stage one file and gate it as the ingest DAG does (orchestration.stage_file / gate_load); publish it when the
+# gate passes, refuse it when it fails. Prints the load's status.
+STAGE_GATE_PUBLISH = """
+    import sys
+    from pophealth import gates
+    from pophealth.load import batch_table, publish_load, refuse_load, stage_extract
+    outcome = stage_extract(sys.argv[1], run_id="status-test")
+    if outcome.status == "validated":
+        gate = gates.run_load_gate(outcome.load_id, "apc", batch_table(outcome.load_id), run_id="status-test")
+        if gate.passed:
+            publish_load(outcome.load_id)
+        else:
+            refuse_load(outcome.load_id, "QUALITY GATE FAILED\\n" + gate.summary())
+    print(outcome.status)
+"""
+
+
+@pytest.fixture(scope="module")
+def warehouse(tmp_path_factory):
+    home = tmp_path_factory.mktemp("status")
+    landing = synth_world(home, population=300, seed=11)
+    with marts_built_from(landing, home, TEST_KEY, timeout=900) as url:
+        yield Warehouse(url, landing, isolated_env(home))
+
+
+def latest_apc(landing: Path) -> Path:
+    return sorted(landing.glob("apc_*.csv"))[-1]
+
+
+def test_a_healthy_warehouse_is_reported_healthy_with_every_source_and_the_marts(warehouse):
+    proc = warehouse.status()
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "Healthy: nothing has failed." in out
+    for source in ("gp_register", "optouts", "apc RAJ", "apc RDE", "apc RQW", "cld E10000012", "ref_postcode_lookup"):
+        assert f"  {source} " in out
+    # The register's row shows its file and its counts as audit.load has them.
+    (file_name, read, loaded, quarantined, opted_out), = warehouse.query(
+        """SELECT file_name, rows_read, rows_loaded, rows_quarantined, rows_opted_out FROM audit.load
+           WHERE feed = 'gp_register' ORDER BY load_id DESC LIMIT 1""")
+    register = next(line for line in out.splitlines() if line.startswith("  gp_register "))
+    assert register.split()[1:7] == [file_name, "published", f"{read:,}", f"{loaded:,}", f"{quarantined:,}",
+                                     f"{opted_out:,}"]
+    assert "last build    20" in out and "FAILED" not in out and "REFUSED" not in out
+    as_of, = warehouse.query("SELECT max(as_of_date)::text FROM marts.risk_stratification")[0]
+    assert f"the marts describe the data as of {as_of}" in out
+    assert "0 file(s) to load" in out
+
+
+def test_a_new_file_in_the_landing_folder_is_shown_as_waiting_and_is_not_a_failure(warehouse, tmp_path):
+    landing = tmp_path / "landing"
+    shutil.copytree(warehouse.landing, landing, ignore=shutil.ignore_patterns("answer_key"))
+    shutil.copy(latest_apc(landing), landing / "apc_RAJ_20251031.csv")  # next month's file from the trust
+
+    proc = warehouse.status(landing)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "1 file(s) to load" in proc.stdout
+    assert "  apc" in proc.stdout and "apc_RAJ_20251031.csv" in proc.stdout
+
+
+def test_a_load_refused_by_its_gate_is_reported_failed_until_a_good_file_replaces_it(warehouse, tmp_path):
+    # A resubmission of one hospital file in which one episode starts before its admission (the end-to-end recipe).
+    good = latest_apc(warehouse.landing)
+    resubmission = tmp_path / "landing"
+    shutil.copytree(warehouse.landing, resubmission, ignore=shutil.ignore_patterns("answer_key"))
+    bad = resubmission / good.name
+    lines = good.read_text().splitlines(keepends=True)
+    header = lines[0].rstrip("\r\n").split(",")
+    cells = lines[1].rstrip("\r\n").split(",")
+    cells[header.index("epistart")] = "2000-01-01"
+    bad.write_text("".join([lines[0], ",".join(cells) + "\n", *lines[2:]]))
+    assert warehouse.python(STAGE_GATE_PUBLISH, str(bad)).stdout.strip() == "validated"
+    assert warehouse.query("SELECT status FROM audit.load WHERE file_name = %s ORDER BY load_id DESC LIMIT 1",
+                           (good.name,)) == [("gate_failed",)]
+
+    proc = warehouse.status()
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    provider = good.name.split("_")[1]
+    row = next(line for line in proc.stdout.splitlines() if line.startswith(f"  apc {provider} "))
+    assert good.name in row and "GATE FAILED" in row
+    assert "NEEDS ATTENTION: 1 problem(s)" in proc.stdout
+    assert f"{good.name}: GATE FAILED" in proc.stdout and "QUALITY GATE FAILED" in proc.stdout
+    # The refused file is waiting to be delivered again: the landing folder still holds the good one.
+    assert "1 file(s) to load" in proc.stdout
+
+    # Delivering the good file again resolves it (recorded as a duplicate of the published load).
+    assert warehouse.python(STAGE_GATE_PUBLISH, str(good)).stdout.strip() == "duplicate"
+    proc = warehouse.status()
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Healthy: nothing has failed." in proc.stdout
+
+
+def test_marts_refused_by_the_marts_gate_are_reported_failed_with_where_the_refused_build_is(warehouse):
+    # Candidate marts with one person twice: the marts gate refuses them, the published marts stay.
+    for schema in ("marts", "reporting"):
+        warehouse.query(f"DROP SCHEMA IF EXISTS {schema}__candidate CASCADE")
+        warehouse.query(f"CREATE SCHEMA {schema}__candidate")
+        for (table,) in warehouse.query("SELECT tablename FROM pg_tables WHERE schemaname = %s", (schema,)):
+            warehouse.query(f'CREATE TABLE {schema}__candidate."{table}" AS TABLE {schema}."{table}"')
+    warehouse.query("INSERT INTO marts__candidate.person SELECT * FROM marts.person LIMIT 1")
+    warehouse.python("""
+        from pophealth.marts_gate import run_marts_gate
+        assert not run_marts_gate(candidates=True, run_id="status-test").passed
+    """)
+
+    proc = warehouse.status()
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "marts gate" in proc.stdout and "the build was refused" in proc.stdout
+    assert "the marts gate refused the last build" in proc.stdout
+    assert "marts__candidate, reporting__candidate" in proc.stdout
+
+    # The next build clears the refused candidates (clear_candidates); nothing is then wrong.
+    warehouse.python("from pophealth.marts_gate import drop_candidates; drop_candidates()")
+    assert warehouse.status().returncode == 0
