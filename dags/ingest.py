@@ -2,6 +2,8 @@
 
 Thin wiring only: every task calls one function of the `pophealth` package. Each file in the landing
 folder is a mapped task group, so one bad file fails on its own and the others still publish.
+Each feed is scheduled as its files arrive (orchestration.ARRIVAL); the first task, `discover`, waits
+(bounded) for complete new files in a scheduled run and looks once in a run started by hand.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import dag, task, task_group
 
-from pophealth.orchestration import DEFAULT_ARGS, raw_asset
+from pophealth.orchestration import ARRIVAL, DEFAULT_ARGS, POKE_INTERVAL, raw_asset
 
 FEED_DOCS = {
     "ref_postcode_lookup": "Postcode to LSOA and locality lookup (public reference data).",
@@ -27,8 +29,9 @@ def make_ingest_dag(feed: str):
         dag_id=f"ingest_{feed}",
         description=FEED_DOCS[feed],
         doc_md=f"### Ingest `{feed}`\n{FEED_DOCS[feed]}\n\nstage (validate, pseudonymise, remove opt-outs) -> "
-        "quality gate -> publish. A failed gate leaves the published data as it was.",
-        schedule=None,
+        "quality gate -> publish. A failed gate leaves the published data as it was.\n\n"
+        f"Schedule: {ARRIVAL[feed].described}.",
+        schedule=ARRIVAL[feed].timetable,
         start_date=datetime(2024, 1, 1),
         catchup=False,
         max_active_runs=1,
@@ -36,11 +39,11 @@ def make_ingest_dag(feed: str):
         tags=["ingest", feed],
     )
     def ingest():
-        @task
-        def discover() -> list[str]:
-            from pophealth.orchestration import discover_files
+        @task.sensor(poke_interval=POKE_INTERVAL, timeout=ARRIVAL[feed].wait, mode="reschedule", soft_fail=True)
+        def discover(**context):
+            from pophealth.orchestration import wait_for_files
 
-            return discover_files(feed)
+            return wait_for_files(feed, context["dag_run"].run_type)
 
         @task_group
         def ingest_file(path: str):

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import logging
 import operator
-from datetime import timedelta
+import os
+from dataclasses import dataclass
+from datetime import date, timedelta
 from functools import reduce
+from pathlib import Path
 
-from airflow.sdk import Asset
+from airflow.sdk import Asset, CronTriggerTimetable
 
 from pophealth import config
 from pophealth.landing import LOAD_ORDER
+from pophealth.notify import notify_failure
 
 log = logging.getLogger("pophealth")
 
@@ -23,7 +27,41 @@ DEFAULT_ARGS = {
     "owner": "data-engineering",
     "retries": 1,
     "retry_delay": timedelta(seconds=10),
+    "on_failure_callback": notify_failure,  # a webhook and/or an email, when configured (pophealth/notify.py)
 }
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """How a feed's files arrive: when its scheduled run looks, and how long that run waits for them."""
+
+    cron: str
+    wait: timedelta
+    described: str
+
+    @property
+    def timetable(self) -> CronTriggerTimetable:
+        return CronTriggerTimetable(self.cron, timezone="Europe/London")
+
+
+# Hospital extracts monthly (SUS/HES month end plus a few working days), social care quarterly (CLD is due about
+# a month after the quarter), the rest when they arrive: an hourly run that waits most of the hour. A run you
+# start yourself (`pophealth run`, `pophealth dag`, Trigger in the UI) never waits: it takes what is there.
+ARRIVAL = {
+    "ref_postcode_lookup": Arrival("0 * * * *", timedelta(minutes=55), "on arrival (checked hourly)"),
+    "ref_population": Arrival("0 * * * *", timedelta(minutes=55), "on arrival (checked hourly)"),
+    "optouts": Arrival("0 * * * *", timedelta(minutes=55), "on arrival (checked hourly)"),
+    "gp_register": Arrival("0 * * * *", timedelta(minutes=55), "on arrival (checked hourly)"),
+    "apc": Arrival("0 6 10 * *", timedelta(days=5), "monthly, from the 10th, waiting up to 5 days"),
+    "cld": Arrival("0 6 1 2,5,8,11 *", timedelta(days=14),
+                   "quarterly, from the 1st of the month after the quarter's month, waiting up to 14 days"),
+}
+#: While a scheduled run waits, how often it looks (the task is rescheduled in between, holding no worker).
+POKE_INTERVAL = timedelta(minutes=2)
+
+#: A re-run of a past period (`pophealth rerun`) limits the ingest DAG to that period's files with these.
+ENV_ONLY_PERIOD = "POPHEALTH_ONLY_PERIOD"
+ENV_ONLY_PROVIDER = "POPHEALTH_ONLY_PROVIDER"
 
 RAW_TABLE_OF_FEED = {
     "ref_postcode_lookup": "raw.ref_lsoa",
@@ -60,11 +98,30 @@ def _landing():
 
 
 def discover_files(feed: str) -> list[str]:
+    """The feed's complete new or changed files (load.pending_extracts decides), within a re-run's period."""
+    from pophealth.landing import identify
     from pophealth.load import pending_extracts
 
     files = pending_extracts(_landing(), feed)
+    period, provider = os.environ.get(ENV_ONLY_PERIOD), os.environ.get(ENV_ONLY_PROVIDER)
+    if period or provider:
+        wanted = date.fromisoformat(period) if period else None
+        files = [f for f in files if (found := identify(Path(f))) is not None
+                 and (wanted is None or found.period_end == wanted)
+                 and (provider is None or found.provider == provider)]
+        log.info("re-run limited to period %s, provider %s", period or "any", provider or "any")
     log.info("%d new or changed %s file(s) in the landing folder", len(files), feed)
     return files
+
+
+def wait_for_files(feed: str, run_type) -> object:
+    """The ingest DAG's first task, a sensor: done when there are complete new files; a scheduled run keeps
+    looking (bounded by ARRIVAL[feed].wait, then skipped: nothing came), any other run takes what is there."""
+    from airflow.sdk import PokeReturnValue
+
+    files = discover_files(feed)
+    scheduled = str(getattr(run_type, "value", run_type)) == "scheduled"
+    return PokeReturnValue(is_done=bool(files) or not scheduled, xcom_value=files)
 
 
 def stage_file(path: str, run_id: str) -> int:

@@ -28,6 +28,12 @@ PARSE = textwrap.dedent(
             "tasks": {t.task_id: {"owner": t.owner, "retries": t.retries,
                                   "upstream": sorted(t.upstream_task_ids)} for t in dag.tasks},
             "schedule": type(dag.timetable).__name__,
+            "cron": getattr(dag.timetable, "expression", None),
+            "discover": {k: str(getattr(dag.task_dict["discover"], k)) for k in ("mode", "timeout", "soft_fail")}
+                        if "discover" in dag.task_dict else None,
+            "failure_callbacks": sorted({getattr(c, "__qualname__", str(c)) for t in dag.tasks
+                                         for c in (t.on_failure_callback if isinstance(t.on_failure_callback, list)
+                                                   else [t.on_failure_callback]) if c}),
             "outlets": sorted(a.uri for t in dag.tasks for a in getattr(t, "outlets", []) or []),
         }
     print("RESULT " + json.dumps({"errors": {k: str(v) for k, v in bag.import_errors.items()},
@@ -123,3 +129,33 @@ def test_the_marts_are_gated_then_published_after_every_dbt_task(parsed):
     assert dbt_tasks <= ancestors
     assert tasks["publish_marts"]["upstream"] == ["gate_marts"]
     assert tasks["marts_published"]["upstream"] == ["publish_marts"]
+
+
+def test_each_feed_is_scheduled_as_its_files_arrive(parsed):
+    # Hospital extracts monthly, social care quarterly, the register, the opt-out list and the reference data
+    # when they arrive (an hourly look); the marts whenever a raw table they read changes.
+    dags = parsed["dags"]
+    assert {d: dags[d]["cron"] for d in EXPECTED - {"build_marts"}} == {
+        "ingest_apc": "0 6 10 * *",
+        "ingest_cld": "0 6 1 2,5,8,11 *",
+        "ingest_gp_register": "0 * * * *",
+        "ingest_optouts": "0 * * * *",
+        "ingest_ref_postcode_lookup": "0 * * * *",
+        "ingest_ref_population": "0 * * * *",
+    }
+    assert all(dags[d]["schedule"] == "CronTriggerTimetable" for d in EXPECTED - {"build_marts"})
+    assert dags["build_marts"]["schedule"] == "AssetTriggeredTimetable"
+
+
+def test_a_scheduled_ingest_waits_for_files_bounded_without_holding_a_worker(parsed):
+    # discover is a sensor: rescheduled between looks, given up (skipped, not failed) when nothing came in time.
+    waits = {d: parsed["dags"][d]["discover"] for d in EXPECTED - {"build_marts"}}
+    assert all(w["mode"] == "reschedule" and w["soft_fail"] == "True" for w in waits.values())
+    assert waits["ingest_apc"]["timeout"] == "432000.0"  # 5 days
+    assert waits["ingest_cld"]["timeout"] == "1209600.0"  # 14 days
+    assert waits["ingest_optouts"]["timeout"] == "3300.0"  # 55 minutes, inside the hour
+
+
+def test_every_task_notifies_on_failure(parsed):
+    for dag_id, dag in parsed["dags"].items():
+        assert dag["failure_callbacks"] == ["notify_failure"], dag_id

@@ -1,0 +1,80 @@
+"""Failure notifications: what they say, that they never carry an identifier, that a failed send never raises."""
+
+import json
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from types import SimpleNamespace
+
+import pytest
+
+from pophealth import notify
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("row 12: nhs number 9434765919 failed", "row 12: nhs number [removed] failed"),
+    ("943 476 5919 and 943-476-5919", "[removed] and [removed]"),
+    ("postcode CM1 1AA and cm11aa", "postcode [removed] and [removed]"),
+    ("load 12345 of 12345678901 digits", "load 12345 of 12345678901 digits"),  # not ten digits alone: kept
+    ("QUALITY GATE FAILED for apc_RAJ_20250331.csv (load 7)", "QUALITY GATE FAILED for apc_RAJ_20250331.csv (load 7)"),
+])
+def test_scrub_removes_nhs_number_and_postcode_shapes_only(text, expected):
+    assert notify.scrub(text) == expected
+
+
+def _context(message: str, map_index: int = 0):
+    ti = SimpleNamespace(dag_id="ingest_apc", task_id="ingest_file.gate", map_index=map_index,
+                         run_id="manual__2026-11-23T19:00:00+00:00")
+    return {"task_instance": ti, "exception": Exception(message)}
+
+
+def test_the_message_names_dag_task_run_and_the_first_line_of_what_failed():
+    failure = notify.failure_from(_context("QUALITY GATE FAILED for apc_RAJ_20250331.csv (load 7)\n"
+                                           "rule nhs_number_valid: 3 rows (e.g. row 4 with 9434765919)"))
+    assert (failure.dag, failure.task, failure.run) == ("ingest_apc", "ingest_file.gate[0]",
+                                                        "manual__2026-11-23T19:00:00+00:00")
+    assert failure.what == "QUALITY GATE FAILED for apc_RAJ_20250331.csv (load 7)"
+    assert "9434765919" not in failure.text and "Airflow UI" in failure.where
+
+
+def test_a_ten_digit_value_in_the_first_line_is_scrubbed():
+    failure = notify.failure_from(_context("bad value 9434765919 at postcode CM1 1AA", map_index=-1))
+    assert failure.task == "ingest_file.gate"
+    assert failure.what == "bad value [removed] at postcode [removed]"
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    received: list = []
+
+    def do_POST(self):  # noqa: N802 - http.server's name
+        _Receiver.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_the_webhook_gets_one_json_post(monkeypatch):
+    server = HTTPServer(("127.0.0.1", 0), _Receiver)
+    threading.Thread(target=server.handle_request, daemon=True).start()
+    monkeypatch.setenv(notify.ENV_WEBHOOK, f"http://127.0.0.1:{server.server_port}/hook")
+    monkeypatch.delenv(notify.ENV_EMAIL, raising=False)
+    _Receiver.received.clear()
+    notify.notify_failure(_context("QUALITY GATE FAILED for apc_RAJ_20250331.csv (load 7)"))
+    server.server_close()
+    assert len(_Receiver.received) == 1
+    body = _Receiver.received[0]
+    assert body["dag"] == "ingest_apc" and body["what"].startswith("QUALITY GATE FAILED")
+    assert body["text"].startswith("pophealth: ingest_apc.ingest_file.gate[0] failed in run manual__")
+
+
+def test_a_notification_that_cannot_be_sent_is_logged_and_does_not_raise(monkeypatch, caplog):
+    with socket.socket() as sock:  # a loopback port with nothing listening
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv(notify.ENV_WEBHOOK, f"http://127.0.0.1:{port}/hook")
+    monkeypatch.delenv(notify.ENV_EMAIL, raising=False)
+    with caplog.at_level("WARNING", logger="pophealth"):
+        notify.notify_failure(_context("QUALITY GATE FAILED"))
+    assert "could not be sent" in caplog.text
