@@ -62,11 +62,17 @@ _MONTH = re.compile(r"^[0-9]{1,2}$")
 _CHECKS = {c.value: c for c in NhsNumberCheck}
 
 
+#: No field of the contract is longer than a few hundred characters: a longer value is a broken row, not data.
+MAX_FIELD_CHARS = 1000
+
+
 def _text(row: dict[str, str], column: str) -> str | None:
     value = row.get(column)
     if value is None:
         return None
     value = value.strip()
+    if len(value) > MAX_FIELD_CHARS:
+        raise RowProblem(column, f"value is longer than {MAX_FIELD_CHARS:,} characters")
     return value or None
 
 

@@ -145,8 +145,16 @@ def open_extract(path: Path, contract_columns: tuple[str, ...], required: tuple[
     return handle, CsvReader(columns, extra, _rows(handle, columns))
 
 
+def _lines(handle: io.TextIOBase) -> Iterator[str]:
+    # Python 3.11's csv reader accepts NUL bytes; in a text extract one means a binary or corrupt file.
+    for number, line in enumerate(handle, start=2):
+        if "\x00" in line:
+            raise FileRejected(f"the file contains a NUL byte (line {number}): it is binary or corrupt")
+        yield line
+
+
 def _rows(handle: io.TextIOBase, columns: list[str]) -> Iterator[tuple[int, dict[str, str]]]:
-    reader = csv.reader(handle, strict=True)
+    reader = csv.reader(_lines(handle), strict=True)
     width = len(columns)
     row_number = 0
     while True:

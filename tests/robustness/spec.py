@@ -1,0 +1,307 @@
+"""The robustness corpus and faults: one table that the tests run and `docs/robustness.md` is generated from.
+
+Every bad input is made from a good synthetic hospital (apc) extract by a small, named change. Each case
+states the exact outcome the extract contract (`/work/shared/contract/extracts.md`) asks for:
+
+- `refused`: the whole file is refused before anything is stored, with a message naming the rule;
+- `gate_failed`: the file is staged but its quality gate refuses it (a rule of `expectations/registry.yml`),
+  so nothing of it is published;
+- `loaded`: the file is published; the rows named are quarantined with the reason given and every other
+  row is loaded (`nhs_number_check` says how a row's NHS number was read);
+- `duplicate`: the file was already published as it is: recorded, nothing loaded twice;
+- `not_an_extract`: the name is not the contract's; the file is never picked up.
+
+Synthetic data only: the NHS numbers are the generator's (999 test range) or made up here.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PROVIDER = "RAJ"
+IDENTIFIABLE_COLUMNS = ("nhs_number", "date_of_birth", "postcode", "epikey", "spell_id")
+
+
+@dataclass(frozen=True)
+class Good:
+    """The good extract the cases start from: its header and its data rows (row 1 is the first data row)."""
+
+    header: list[str]
+    rows: list[list[str]]
+
+    def col(self, name: str) -> int:
+        return self.header.index(name)
+
+    def identifiable_values(self) -> set[str]:
+        return {row[self.col(c)] for row in self.rows for c in IDENTIFIABLE_COLUMNS if row[self.col(c)]}
+
+
+def csv_bytes(header: list[str], rows: list[list[str]], *, delimiter: str = ",", newline: str = "\n",
+              encoding: str = "utf-8") -> bytes:
+    out = io.StringIO()
+    writer = csv.writer(out, delimiter=delimiter, lineterminator=newline)
+    writer.writerow(header)
+    writer.writerows(rows)
+    return out.getvalue().encode(encoding)
+
+
+def good_bytes(good: Good) -> bytes:
+    return csv_bytes(good.header, good.rows)
+
+
+def with_values(good: Good, row: int, **values: str) -> bytes:
+    """The good file with some values of one data row (1-based) changed."""
+    rows = [list(r) for r in good.rows]
+    for column, value in values.items():
+        rows[row - 1][good.col(column)] = value
+    return csv_bytes(good.header, rows)
+
+
+def nhs(good: Good, row: int) -> str:
+    return good.rows[row - 1][good.col("nhs_number")]
+
+
+# ---------------------------------------------------------------------------------------------------- outcomes
+
+LAST_ROW = -1  # in `Expect.quarantined`: the file's last data row
+
+
+def _row(number: int) -> str:
+    return "the last row" if number == LAST_ROW else f"row {number:,}"
+
+
+
+@dataclass(frozen=True)
+class Expect:
+    verdict: str  # refused, gate_failed, loaded, duplicate, not_an_extract
+    message: str = ""  # a fragment the refusal's message must hold
+    quarantined: dict[int, str] = field(default_factory=dict)  # data row -> (column, reason fragment)
+    nhs_number_check: dict[int, str] = field(default_factory=dict)  # data row -> how its NHS number was read
+    extra_columns: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        if self.verdict == "refused":
+            return f"whole file refused: \u201c{self.message}\u201d; nothing stored"
+        if self.verdict == "gate_failed":
+            return f"staged, then refused by the quality gate rule `{self.message}`; nothing published"
+        if self.verdict == "duplicate":
+            return "the second delivery is recorded as a duplicate; nothing loaded twice"
+        if self.verdict == "not_an_extract":
+            return f"never picked up (not an extract of the contract); staging it directly is refused: \u201c{self.message}\u201d"
+        parts = ["loaded"]
+        if self.quarantined:
+            parts.append("; ".join(f"{_row(r)} quarantined ({reason}), the rest loaded" for r, reason in self.quarantined.items()))
+        else:
+            parts.append("every row loaded")
+        parts += [f"row {r} loaded with NHS number `{check}`" + (" (unlinked, counted)" if check == "invalid" else "")
+                  for r, check in self.nhs_number_check.items()]
+        if self.extra_columns:
+            parts.append(f"extra column(s) {', '.join(self.extra_columns)} ignored and reported in audit.load")
+        return "; ".join(parts)
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    what: str
+    how: str
+    deliveries: Callable[[Good], list[bytes]]  # the files delivered, in order, under the same name
+    expect: Expect
+    file_name: str | None = None  # another name than the contract's apc_<provider>_<period>.csv
+    secrets: tuple[str, ...] = ()  # identifiable values the case adds, which no message may hold
+
+
+def one(make: Callable[[Good], bytes]) -> Callable[[Good], list[bytes]]:
+    return lambda good: [make(good)]
+
+
+def _truncated(good: Good) -> bytes:
+    data = good_bytes(good).rstrip(b"\n")
+    last = data.rfind(b"\n")
+    return data[: last + 1 + (len(data) - last) // 3]  # a third of the last line, then the file ends
+
+
+def _unbalanced_quote(good: Good) -> bytes:
+    lines = good_bytes(good).split(b"\n")
+    lines[2] = lines[2].replace(b",", b',"', 1)  # a field opens a quote that never closes
+    return b"\n".join(lines)
+
+
+def _nul(good: Good) -> bytes:
+    lines = good_bytes(good).split(b"\n")
+    lines[2] = lines[2][:20] + b"\x00" + lines[2][20:]
+    return b"\n".join(lines)
+
+
+def _dropped(good: Good, column: str) -> bytes:
+    keep = [i for i, c in enumerate(good.header) if c != column]
+    return csv_bytes([good.header[i] for i in keep], [[r[i] for i in keep] for r in good.rows])
+
+
+def _renamed(good: Good, old: str, new: str) -> bytes:
+    return csv_bytes([new if c == old else c for c in good.header], good.rows)
+
+
+def _extra(good: Good) -> bytes:
+    return csv_bytes(good.header + ["ward_name", "Local_Flag"], [r + ["Ward 7", "Y"] for r in good.rows])
+
+
+def _latin1(good: Good) -> bytes:
+    names = ["Zoë Brontë"] + ["Ann Smith"] * (len(good.rows) - 1)
+    return csv_bytes(good.header + ["patient_name"], [r + [n] for r, n in zip(good.rows, names)], encoding="latin-1")
+
+
+BIG_FIELD = 10 * 1024 * 1024
+MILLION = 1_000_000
+MILLION_BAD_ROW = 500_000
+
+CASES: tuple[Case, ...] = (
+    Case("empty_file", "an empty file (0 bytes)", "nothing written",
+         one(lambda g: b""), Expect("refused", "the file is empty")),
+    Case("header_only", "a header and no data rows", "the good file's header line only",
+         one(lambda g: csv_bytes(g.header, [])), Expect("refused", "the file has a header but no data rows")),
+    Case("missing_required_column", "a required column missing", "the `admidate` column removed",
+         one(lambda g: _dropped(g, "admidate")), Expect("refused", "missing required column(s): admidate")),
+    Case("renamed_column", "a column renamed", "`epikey` renamed `episode_key`",
+         one(lambda g: _renamed(g, "epikey", "episode_key")), Expect("refused", "missing required column(s): epikey")),
+    Case("extra_columns", "extra columns the contract does not have", "`ward_name` and `Local_Flag` added",
+         one(_extra), Expect("loaded", extra_columns=("ward_name", "local_flag"))),
+    Case("semicolon_delimited", "semicolon-delimited", "written with `;` between fields",
+         one(lambda g: csv_bytes(g.header, g.rows, delimiter=";")),
+         Expect("refused", "the file is not comma separated")),
+    Case("latin1_name", "Latin-1 encoded, with a non-ASCII name", "a `patient_name` column, `Zoë Brontë` in row 1, "
+         "written as Latin-1", one(_latin1), Expect("refused", "the file is not UTF-8 text"),
+         secrets=("Zoë Brontë", "Ann Smith")),
+    Case("byte_order_mark", "a UTF-8 byte-order mark", "`EF BB BF` before the header",
+         one(lambda g: b"\xef\xbb\xbf" + good_bytes(g)), Expect("loaded")),
+    Case("crlf_line_endings", "Windows line endings", "every line ends `\\r\\n`",
+         one(lambda g: csv_bytes(g.header, g.rows, newline="\r\n")), Expect("loaded")),
+    Case("truncated_last_line", "the last line cut short", "the file ends a third of the way into its last line",
+         one(_truncated), Expect("loaded", quarantined={LAST_ROW: "row has"})),
+    Case("unbalanced_quote", "an unbalanced quote", "a field of data row 2 opens a quote that never closes",
+         one(_unbalanced_quote), Expect("refused", "an unbalanced quote")),
+    Case("nul_byte", "a NUL byte", "a NUL byte inside data row 2", one(_nul), Expect("refused", "NUL byte")),
+    Case("ten_mb_field", "a 10 MB single field", "`diag_02` of row 2 is 10 MB of letters",
+         one(lambda g: with_values(g, 2, diag_02="X" * BIG_FIELD)),
+         Expect("loaded", quarantined={2: "diag_02: value is longer than"})),
+    Case("binary_garbage", "binary garbage", "64 KB of seeded random bytes",
+         one(lambda g: random.Random(8).randbytes(64 * 1024)), Expect("refused", "the file is not UTF-8 text")),
+    Case("dd_mm_yyyy_date", "a date written DD/MM/YYYY", "`admidate` of row 2 as `23/05/2024`",
+         one(lambda g: with_values(g, 2, admidate="23/05/2024")),
+         Expect("loaded", quarantined={2: "admidate: date is not in ISO YYYY-MM-DD form"})),
+    Case("impossible_date", "an impossible date", "`admidate` of row 2 is `2025-02-30`",
+         one(lambda g: with_values(g, 2, admidate="2025-02-30")),
+         Expect("loaded", quarantined={2: "admidate: date does not exist in the calendar"})),
+    Case("discharge_before_admission", "discharge before admission",
+         "`disdate` and `epiend` of row 2 the day before 2000-01-01 admission",
+         one(lambda g: with_values(g, 2, admidate="2000-01-02", epistart="2000-01-02", epiend="2000-01-01",
+                                   disdate="2000-01-01")),
+         Expect("gate_failed", "apc.discharge_after_admission")),
+    Case("future_date", "a date in the future", "`disdate` and `epiend` of row 2 are `2099-12-31`",
+         one(lambda g: with_values(g, 2, disdate="2099-12-31", epiend="2099-12-31")),
+         Expect("gate_failed", "apc.dates.not_after_period_end")),
+    Case("nhs_number_letters", "an NHS number with letters", "row 2's NHS number has a letter in place of a digit",
+         one(lambda g: with_values(g, 2, nhs_number="99A" + nhs(g, 2)[3:])),
+         Expect("loaded", nhs_number_check={2: "invalid"})),
+    Case("nhs_number_9_digits", "an NHS number of 9 digits", "row 2's NHS number without its last digit",
+         one(lambda g: with_values(g, 2, nhs_number=nhs(g, 2)[:9])), Expect("loaded", nhs_number_check={2: "invalid"})),
+    Case("nhs_number_11_digits", "an NHS number of 11 digits", "row 2's NHS number with a `0` added",
+         one(lambda g: with_values(g, 2, nhs_number=nhs(g, 2) + "0")), Expect("loaded", nhs_number_check={2: "invalid"})),
+    Case("nhs_number_bad_check_digit", "an NHS number whose check digit is wrong", "row 2's last digit changed",
+         one(lambda g: with_values(g, 2, nhs_number=nhs(g, 2)[:9] + str((int(nhs(g, 2)[9]) + 1) % 10))),
+         Expect("loaded", nhs_number_check={2: "invalid"})),
+    Case("nhs_number_spaces", "an NHS number with spaces (valid per the contract)", "row 2's as `999 123 4567`",
+         one(lambda g: with_values(g, 2, nhs_number=f"{nhs(g, 2)[:3]} {nhs(g, 2)[3:6]} {nhs(g, 2)[6:]}")),
+         Expect("loaded", nhs_number_check={2: "test_range"})),
+    Case("nhs_number_hyphens", "an NHS number with hyphens (valid per the contract)", "row 2's as `999-123-4567`",
+         one(lambda g: with_values(g, 2, nhs_number=f"{nhs(g, 2)[:3]}-{nhs(g, 2)[3:6]}-{nhs(g, 2)[6:]}")),
+         Expect("loaded", nhs_number_check={2: "test_range"})),
+    Case("same_file_twice", "the same file delivered twice", "the good file, delivered again unchanged",
+         lambda g: [good_bytes(g), good_bytes(g)], Expect("duplicate")),
+    Case("resubmission", "a resubmission replacing an earlier file (same provider and period)",
+         "the good file, then the same period again without its last row",
+         lambda g: [good_bytes(g), csv_bytes(g.header, g.rows[:-1])], Expect("loaded")),
+    Case("bad_file_name", "a file name that is not the contract's", "named `apc_RAJ_2025-10-31.csv`",
+         one(good_bytes), Expect("not_an_extract", "the file name does not match any feed of the extract contract"),
+         file_name="apc_RAJ_2025-10-31.csv"),
+    Case("sql_and_formula_values", "values that look like SQL or spreadsheet formulas",
+         "row 2's `diag_02..diag_05` are `'); DROP TABLE raw.apc_episode; --`, `=HYPERLINK(\"http://x\")`, "
+         "`+SUM(1,1)`, `@cmd`",
+         one(lambda g: with_values(g, 2, diag_02="'); DROP TABLE raw.apc_episode; --",
+                                   diag_03='=HYPERLINK("http://x")', diag_04="+SUM(1,1)", diag_05="@cmd")),
+         Expect("loaded")),
+    Case("million_rows_one_bad", "a million rows, one bad row in the middle",
+         f"the good rows repeated with fresh episode and spell keys to {MILLION:,} rows; row {MILLION_BAD_ROW:,} "
+         "has `admidate` `2025-02-30`; streamed to disk",
+         lambda g: [], Expect("loaded", quarantined={MILLION_BAD_ROW: "admidate: date does not exist in the calendar"})),
+)
+
+#: Cases with a test of their own (the others run in the table-driven test).
+OWN_TEST = {"million_rows_one_bad"}
+
+#: The values `sql_and_formula_values` stores; the test checks they are kept as text, as sent.
+FORMULA_VALUES = {"diag_02": "'); DROP TABLE raw.apc_episode; --", "diag_03": '=HYPERLINK("http://x")',
+                  "diag_04": "+SUM(1,1)", "diag_05": "@cmd"}
+
+
+def write_million(good: Good, path: Path, rows: int = MILLION, bad_row: int = MILLION_BAD_ROW) -> None:
+    """The million-row file, streamed: good rows repeated with fresh episode and spell keys, one bad row."""
+    epikey, spell, admidate = good.col("epikey"), good.col("spell_id"), good.col("admidate")
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(good.header)
+        n = 0
+        block = 0
+        while n < rows:
+            for row in good.rows:
+                if n == rows:
+                    break
+                n += 1
+                fresh = list(row)
+                fresh[epikey] = f"{row[epikey]}B{block}"
+                fresh[spell] = f"{row[spell]}B{block}"
+                if n == bad_row:
+                    fresh[admidate] = "2025-02-30"
+                writer.writerow(fresh)
+            block += 1
+
+
+# ---------------------------------------------------------------------------------------------------- faults
+
+
+@dataclass(frozen=True)
+class Fault:
+    id: str  # its test is tests/robustness/test_faults.py::test_<id>
+    what: str
+    how: str
+    outcome: str
+
+
+FAULTS: tuple[Fault, ...] = (
+    Fault("server_stops_mid_load", "the PostgreSQL server stops in the middle of a load",
+          "a child process stages and publishes a 200,000-row file; the embedded server is stopped (fast shutdown) "
+          "once the load is under way",
+          "the load fails with a one-line database error; the raw table holds none of the file (the staging "
+          "transaction is rolled back); retried (bounded), the load completes and holds all of it once"),
+    Fault("killed_mid_load", "the loading process is killed (SIGKILL) in the middle of a load",
+          "a child process stages a 200,000-row file and is killed once the load is under way",
+          "nothing of the file is stored and no batch table is left; a rerun loads all of it once"),
+    Fault("same_dag_run_twice", "the same DAG run twice",
+          "`pophealth dag ingest_apc --landing ...` twice on the same landing folder (real Airflow)",
+          "the second run finds nothing new; raw.apc_episode and the load audit are unchanged; the marts equal "
+          "the answer key"),
+    Fault("two_loads_at_once", "two loads of the same source at once",
+          "two processes stage and publish the same file at the same time",
+          "as if one after the other: one load published, the other recorded as a duplicate; no doubled rows; "
+          "both audited"),
+    Fault("file_still_being_written", "a file still being written in the landing folder",
+          "a writer process appends to an extract slowly while the landing folder is scanned; temporary names "
+          "(`.x.csv`, `*.part`, `*.tmp`) are present too",
+          "the growing file and the temporary names are not picked up; once the writer has finished the file is "
+          f"picked up and loaded (settle rule: POPHEALTH_LANDING_SETTLE_SECONDS, default 2 s)"),
+)
