@@ -2,7 +2,7 @@
 # The project's two commands, on a machine with only Python 3.11:
 #   ./dev.sh demo    set everything up, then run the whole pipeline on a synthetic population
 #   ./dev.sh test    set everything up, then run the tests (what CI runs)
-# and a few more:  ./dev.sh setup | bench | pophealth ARGS...
+# and a few more:  ./dev.sh setup | bench | docs [--port N | --static] | pophealth ARGS...
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -52,5 +52,6 @@ case "$command" in
   test) setup; ensure_chromium; exec .venv/bin/python -m pytest "$@" ;;
   bench) setup; exec .venv/bin/python -m benchmarks "$@" ;;
   pophealth) setup; exec .venv/bin/pophealth "$@" ;;
+  docs) setup; exec .venv/bin/pophealth docs "$@" ;;
   *) sed -n '2,6p' "$0"; exit 2 ;;
 esac

@@ -7,6 +7,7 @@
     pophealth dag DAG_ID [--landing PATH] one DAG through Airflow
     pophealth status                      the last load of each source and the marts' freshness
     pophealth db url | stop               the warehouse in use
+    pophealth docs [--port N | --static]  the dbt documentation site, served on 127.0.0.1
     pophealth board-report [--out PATH]   the board report (static HTML) from the reporting schema
     pophealth reidentify PERSON_ID... --purpose TEXT --on-behalf-of NAME   direct care, audited
     pophealth rotate-key --new-key-file PATH   key custodian: re-key the warehouse
@@ -146,6 +147,34 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if healthy else 1
 
 
+def cmd_docs(args: argparse.Namespace) -> int:
+    from pophealth.dbt_docs import generate, serve
+    from pophealth.marts import DbtFailed
+
+    _say("Generating the dbt documentation site (dbt docs generate: compile, then the catalog from the warehouse) ...")
+    try:
+        site = generate(static=args.static)
+    except DbtFailed as exc:
+        print(f"pophealth: {exc}", file=sys.stderr)
+        return 1
+    _say(f"Generated in {site.seconds:.0f} s: {site.folder}")
+    if args.static:
+        _say(f"Single-file site (open it in a browser): {site.static_index}")
+        return 0
+    try:
+        server = serve(site, args.port)
+    except OSError as exc:
+        print(f"pophealth: cannot serve on 127.0.0.1:{args.port}: {exc.strerror} (try --port)", file=sys.stderr)
+        return 2
+    _say(f"Serving the documentation on http://127.0.0.1:{server.server_address[1]}/ (Ctrl-C stops it)")
+    with server:
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            _say("stopped")
+    return 0
+
+
 def cmd_db(args: argparse.Namespace) -> int:
     from pophealth import db
 
@@ -277,6 +306,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="last load of each source, marts freshness, what is waiting")
     p.add_argument("--landing", help=f"the landing folder to look in (default: {config.ENV_LANDING_DIR})")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("docs", help="generate the dbt documentation site and serve it on 127.0.0.1")
+    p.add_argument("--port", type=int, default=8580, help="the port on 127.0.0.1 (default 8580; 0 = any free port)")
+    p.add_argument("--static", action="store_true", help="write the single-file site (static_index.html), do not serve")
+    p.set_defaults(func=cmd_docs)
 
     p = sub.add_parser("db", help="the warehouse in use")
     p.add_argument("action", choices=["url", "stop"])
