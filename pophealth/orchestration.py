@@ -206,6 +206,18 @@ def publish_marts() -> None:
         publish_candidates()
     except PublishRefused as exc:
         raise _fail(f"PUBLISH REFUSED: {exc}") from None
+    record_lineage()
+
+
+def record_lineage() -> None:
+    """After the marts are published: their column lineage in audit (pophealth/lineage.py)."""
+    from pophealth.lineage import after_marts_published
+    from pophealth.marts import DbtFailed
+
+    try:
+        after_marts_published()
+    except DbtFailed as exc:
+        raise _fail(f"the marts are published, but their column lineage was not recorded: {exc}") from None
 
 
 DBT_PROFILE = "pophealth"

@@ -297,3 +297,18 @@ CREATE TABLE IF NOT EXISTS audit.key_rotation (
     pseudonyms_mapped bigint NOT NULL,
     rows_rekeyed     jsonb NOT NULL
 );
+
+-- Column-level lineage (pophealth/lineage.py): each published column (marts, reporting) and the source feed
+-- columns behind it, direct (its value is computed from them) or indirect (they filter, join or group its
+-- rows), with the relations walked through. Replaced after every marts build; read by ig_auditor.
+CREATE TABLE IF NOT EXISTS audit.column_lineage (
+    mart          text NOT NULL,      -- schema.table of the published model
+    column_name   text NOT NULL,
+    source_feed   text NOT NULL,      -- the extract feed (apc, cld, gp_register, ...), or `seed reference.<name>`
+    source_column text NOT NULL,      -- the extract contract's column ("(the file)": the file as a whole)
+    kind          text NOT NULL CHECK (kind IN ('direct', 'indirect')),
+    path          text NOT NULL,      -- mart <- intermediate <- staging <- raw
+    run_id        text,
+    recorded_at   timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS column_lineage_mart ON audit.column_lineage (mart, column_name);

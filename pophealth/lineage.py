@@ -1,0 +1,252 @@
+"""Column-level lineage: each published column (marts, reporting) back to the source feed columns behind it.
+
+Walked from dbt's manifest (each model's upstream relations and compiled SQL) and the warehouse's catalogue
+(each relation's columns), model by model down to the raw tables, then from each raw column to the extract
+contract's column it is made from (`RAW_TO_FEED`). Kept in `audit.column_lineage` after every marts build.
+
+Two kinds of dependency:
+- direct: the column's value is computed from the source column (the select expression, from
+  `openlineage_sql`'s column lineage of the compiled SQL);
+- indirect: the source column decides which rows there are or how they are grouped or joined: any column in a
+  WHERE, JOIN ... ON/USING, GROUP BY, HAVING, PARTITION BY, FILTER or CASE WHEN condition of a model shapes
+  every column of that model. This over-approximates per column, on purpose: for governance, a column that
+  may influence a figure is named rather than missed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import lru_cache
+
+from pophealth import db
+from pophealth.at_source import CLD_CONTRACT_COLUMNS, REPLACED_BY
+from pophealth.feeds import FEED_SPECS
+
+log = logging.getLogger("pophealth")
+
+PUBLISHED_SCHEMAS = ("marts", "reporting")
+#: Local identifiers become keyed pseudonyms under another name (pophealth/feeds.py).
+PSEUDONYM_OF = {"episode_key": "epikey", "spell_key": "spell_id", "la_person_key": "la_person_unique_identifier"}
+#: Columns the loader adds: they come from the file as a whole, not from a column of it.
+LOAD_COLUMNS = ("load_id", "source_row", "key_version", "loaded_at")
+FILE = "(the file)"
+CONDITION_WORDS = {"where", "on", "using", "having", "when", "qualify"}
+CONDITION_PAIRS = {("group", "by"), ("partition", "by")}
+ENDING_WORDS = {"select", "from", "join", "order", "window", "limit", "union", "except", "intersect", "then",
+                "else", "end", "inner", "left", "right", "full", "cross", "lateral", "natural", "as", "rows", "range"}
+_TOKEN = re.compile(r"""'(?:[^']|'')*'|"(?:[^"]|"")*"|--[^\n]*|/\*.*?\*/|[A-Za-z_][A-Za-z0-9_$]*|\(|\)|.""", re.S)
+
+
+@dataclass(frozen=True)
+class SourceColumn:
+    feed: str
+    column: str
+
+
+@dataclass(frozen=True)
+class Reach:
+    kind: str   # direct | indirect
+    path: tuple[str, ...]  # the relations walked through, published column first
+
+
+def raw_to_feed(table: str, column: str) -> SourceColumn | None:
+    """The extract contract's column a raw table's column is made from (None for a column of no feed)."""
+    feed = next((f for f in FEED_SPECS.values() if f.table == table), None)
+    if feed is None:
+        return SourceColumn(table, column) if table.startswith("audit.") else None
+    if column in LOAD_COLUMNS or (table == "raw.ref_population" and column == "year"):
+        return SourceColumn(feed.name, FILE)  # the file itself: its load, or the year in its name
+    if feed.personal:
+        if column in PSEUDONYM_OF:
+            column = PSEUDONYM_OF[column]
+        else:
+            column = next((identifiable for identifiable, made in REPLACED_BY.items() if column in made), column)
+    if feed.name == "cld":
+        column = {c.lower(): c for c in CLD_CONTRACT_COLUMNS}.get(column, column)
+    return SourceColumn(feed.name, column)
+
+
+def _words(sql: str) -> list[str]:
+    """The SQL's tokens, lower-cased, without comments or string literals; quoted identifiers unquoted."""
+    tokens = []
+    for token in _TOKEN.findall(sql):
+        if token.startswith(("--", "/*", "'")) or token.isspace():
+            continue
+        tokens.append(token[1:-1].replace('""', '"') if token.startswith('"') else token.lower())
+    return tokens
+
+
+def condition_identifiers(sql: str) -> set[str]:
+    """Every identifier inside a filter, join, grouping or CASE WHEN condition of the SQL."""
+    tokens = _words(sql)
+    found: set[str] = set()
+    depth = 0
+    open_at: int | None = None  # the depth at which the current condition started
+    for i, token in enumerate(tokens):
+        if token == "(":
+            depth += 1
+            continue
+        if token == ")":
+            depth -= 1
+            if open_at is not None and depth < open_at:
+                open_at = None
+            continue
+        pair = (token, tokens[i + 1] if i + 1 < len(tokens) else "")
+        if token in CONDITION_WORDS or pair in CONDITION_PAIRS:
+            open_at = depth
+            continue
+        if open_at is not None and depth == open_at and token in ENDING_WORDS:
+            open_at = None
+            continue
+        if open_at is not None and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_$]*", token):
+            found.add(token)
+    return found
+
+
+def _direct_lineage(sql: str) -> dict[str, set[tuple[str | None, str]]]:
+    """Output column -> the (table or alias, column) pairs its expression reads, from openlineage_sql."""
+    import openlineage_sql
+
+    try:
+        meta = openlineage_sql.parse([sql], dialect="postgres")
+    except Exception as exc:  # an SQL the parser cannot read: fall back to same-named columns, and say so
+        log.warning("column lineage: openlineage_sql could not parse a model (%s)", type(exc).__name__)
+        return {}
+    out: dict[str, set[tuple[str | None, str]]] = {}
+    for column in meta.column_lineage:
+        out.setdefault(column.descendant.name, set()).update(
+            (origin.origin.name if origin.origin else None, origin.name) for origin in column.lineage)
+    return out
+
+
+class LineageWalker:
+    """The walk over one manifest and one catalogue; `published()` yields every published column's sources."""
+
+    def __init__(self, manifest: dict, catalogue: dict[str, list[str]]):
+        self.catalogue = catalogue  # "schema.table" -> its columns
+        self.nodes: dict[str, dict] = {}
+        for uid, node in {**manifest["nodes"], **manifest["sources"]}.items():
+            if node["resource_type"] in ("model", "seed", "source", "snapshot"):
+                self.nodes[uid] = node
+        self._direct: dict[str, dict] = {}
+        self._conditions: dict[str, set[str]] = {}
+        self.reach = lru_cache(maxsize=None)(self._reach)
+
+    def relation(self, uid: str) -> str:
+        node = self.nodes[uid]
+        name = node.get("identifier") or node.get("alias") or node["name"]
+        return f"{node['schema']}.{name}"
+
+    def parents(self, uid: str) -> list[str]:
+        return [p for p in self.nodes[uid].get("depends_on", {}).get("nodes", []) if p in self.nodes]
+
+    def _parent_columns(self, uid: str, column: str, origin: str | None = None) -> list[tuple[str, str]]:
+        """The upstream relations of `uid` that have `column` (only the one named `origin`, when it is a table)."""
+        parents = [(p, self.relation(p)) for p in self.parents(uid)]
+        named = [p for p, rel in parents if origin and rel.split(".")[-1] == origin]
+        candidates = named or [p for p, _ in parents]
+        return [(p, column) for p in candidates if column in self.catalogue.get(self.relation(p), ())]
+
+    def _analyse(self, uid: str) -> None:
+        sql = self.nodes[uid].get("compiled_code") or ""
+        self._direct[uid] = _direct_lineage(sql) if sql else {}
+        self._conditions[uid] = condition_identifiers(sql)
+
+    def _reach(self, uid: str, column: str) -> dict[SourceColumn, Reach]:
+        node = self.nodes[uid]
+        relation = self.relation(uid)
+        if node["resource_type"] == "source":
+            found = raw_to_feed(relation, column)
+            return {found: Reach("direct", (relation,))} if found else {}
+        if node["resource_type"] == "seed":
+            return {SourceColumn(f"seed {relation}", column): Reach("direct", (relation,))}
+        if uid not in self._direct:
+            self._analyse(uid)
+        origins = self._direct[uid].get(column)
+        direct: list[tuple[str, str]] = []
+        if origins:
+            for origin, name in origins:
+                direct += self._parent_columns(uid, name, origin)
+        if not direct:  # the parser saw no expression (select *, or a column it could not follow): same name
+            direct = self._parent_columns(uid, column)
+        indirect = [pc for name in self._conditions[uid] for pc in self._parent_columns(uid, name)]
+        result: dict[SourceColumn, Reach] = {}
+        for kind, pairs in (("direct", direct), ("indirect", indirect)):
+            for parent, name in pairs:
+                for source, reach in self.reach(parent, name).items():
+                    walked = Reach("indirect" if kind == "indirect" else reach.kind, (relation,) + reach.path)
+                    _keep(result, source, walked)
+        return result
+
+    def published(self) -> Iterable[tuple[str, str, SourceColumn, Reach]]:
+        for uid in sorted(self.nodes):
+            node = self.nodes[uid]
+            if node["resource_type"] != "model" or node["schema"] not in PUBLISHED_SCHEMAS:
+                continue
+            relation = self.relation(uid)
+            for column in self.catalogue.get(relation, ()):
+                for source, reach in sorted(self.reach(uid, column).items(), key=lambda kv: (kv[0].feed, kv[0].column)):
+                    yield relation, column, source, reach
+
+
+def _keep(result: dict[SourceColumn, Reach], source: SourceColumn, reach: Reach) -> None:
+    """Keep the strongest way a column is reached: direct before indirect, then the shorter path."""
+    held = result.get(source)
+    if held is None or (reach.kind, len(reach.path)) < (held.kind, len(held.path)):
+        result[source] = reach
+
+
+def catalogue(conn) -> dict[str, list[str]]:
+    rows = conn.execute(
+        """SELECT table_schema || '.' || table_name, column_name FROM information_schema.columns
+           WHERE table_schema IN ('raw', 'staging', 'intermediate', 'marts', 'reporting', 'reference', 'audit')
+           ORDER BY table_schema, table_name, ordinal_position""").fetchall()
+    out: dict[str, list[str]] = {}
+    for relation, column in rows:
+        out.setdefault(relation, []).append(column)
+    return out
+
+
+def _compiled_manifest() -> dict:
+    """The manifest with every model's compiled SQL: the last build's, or `dbt compile` when it has none (the DAG's
+    tasks build in Cosmos's own folders; the manifest beside the home is only parsed)."""
+    from pophealth.marts import DbtFailed, _tail, dbt_command, manifest_path
+
+    path = manifest_path()
+    manifest = json.loads(path.read_text()) if path.exists() else None
+
+    def compiled(m: dict | None) -> bool:
+        return bool(m) and all(n.get("compiled_code") for n in m["nodes"].values()
+                               if n["resource_type"] == "model" and n["schema"] in PUBLISHED_SCHEMAS)
+
+    if not compiled(manifest):
+        proc = dbt_command(["compile", "--resource-type", "model"])
+        if proc.returncode != 0:
+            raise DbtFailed("dbt compile (for column lineage) failed:\n" + _tail(proc.stdout + proc.stderr))
+        manifest = json.loads(path.read_text())
+    return manifest
+
+
+def record_column_lineage(run_id: str | None = None, manifest: dict | None = None) -> int:
+    """Replace audit.column_lineage with the lineage of every published column; returns the number of rows."""
+    manifest = manifest or _compiled_manifest()
+    with db.connect() as conn:
+        walker = LineageWalker(manifest, catalogue(conn))
+        rows = [(relation, column, source.feed, source.column, reach.kind, " <- ".join(reach.path), run_id)
+                for relation, column, source, reach in walker.published()]
+        conn.execute("DELETE FROM audit.column_lineage")
+        with conn.cursor() as cur:
+            cur.executemany(
+                """INSERT INTO audit.column_lineage (mart, column_name, source_feed, source_column, kind, path, run_id)
+                   VALUES (%s, %s, %s, %s, %s, %s, %s)""", rows)
+    log.info("column lineage: %d published column-to-source links in audit.column_lineage", len(rows))
+    return len(rows)
+
+
+def after_marts_published(run_id: str | None = None) -> None:
+    """What follows every publication of the marts: their column lineage, recorded in audit."""
+    record_column_lineage(run_id)
