@@ -10,11 +10,16 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import logging
+import os
 import re
+import time
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Iterator
+
+log = logging.getLogger(__name__)
 
 # Large free-text fields exist in real extracts; the limit only guards against a broken quote swallowing a file.
 csv.field_size_limit(16 * 1024 * 1024)
@@ -84,17 +89,64 @@ class LandingScan:
     unrecognised: list[Path]
 
 
+#: Names a file has while it is being written or copied in (hidden, `.part`, `.tmp`): never picked up.
+TEMPORARY_SUFFIXES = (".part", ".tmp")
+#: How long a just-written file must stay unchanged before it is picked up (the contract is silent on this).
+ENV_SETTLE_SECONDS = "POPHEALTH_LANDING_SETTLE_SECONDS"
+DEFAULT_SETTLE_SECONDS = 2.0
+MAX_SETTLE_SECONDS = 60.0
+
+
+def is_temporary(path: Path) -> bool:
+    return path.name.startswith(".") or path.name.endswith(TEMPORARY_SUFFIXES)
+
+
 def scan(landing: Path) -> LandingScan:
     """Every file at the top of the landing folder (sub-folders are not extracts), in load order."""
     if not landing.is_dir():
         raise FileRejected(f"the landing folder does not exist: {landing}")
     extracts: list[ExtractFile] = []
     unrecognised: list[Path] = []
-    for path in sorted(p for p in landing.iterdir() if p.is_file() and not p.name.startswith(".")):
+    for path in sorted(p for p in landing.iterdir() if p.is_file() and not is_temporary(p)):
         extract = identify(path)
         (extracts.append(extract) if extract else unrecognised.append(path))
     extracts.sort(key=lambda e: (LOAD_ORDER.index(e.feed), e.period_end or date.min, e.provider or "", e.name))
     return LandingScan(extracts, unrecognised)
+
+
+def settle_seconds() -> float:
+    raw = os.environ.get(ENV_SETTLE_SECONDS, "").strip()
+    try:
+        seconds = float(raw) if raw else DEFAULT_SETTLE_SECONDS
+    except ValueError:
+        raise FileRejected(f"{ENV_SETTLE_SECONDS} must be a number of seconds") from None
+    return min(max(seconds, 0.0), MAX_SETTLE_SECONDS)
+
+
+def _look(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_size, stat.st_mtime_ns
+
+
+def settled(extracts: list[ExtractFile], seconds: float | None = None) -> list[ExtractFile]:
+    """The extracts that are complete; a file still being written is left for the next run.
+
+    A file changed within the last `seconds` is looked at again `seconds` later (one wait, whatever the
+    number of files); if its size or modification time moved, or it went, it is still being written. A
+    folder of older files costs no wait. Temporary names never get here (`scan`)."""
+    seconds = settle_seconds() if seconds is None else seconds
+    first = {e.path: _look(e.path) for e in extracts}
+    now_ns = time.time_ns()
+    young = [e for e in extracts if first[e.path] and now_ns - first[e.path][1] < seconds * 1e9]
+    if young:
+        time.sleep(seconds)
+    moving = {e.path for e in young if _look(e.path) != first[e.path]} | {p for p, look in first.items() if not look}
+    for path in sorted(moving):
+        log.info("%s is still being written: left for the next run", path.name)
+    return [e for e in extracts if e.path not in moving]
 
 
 def sha256_of(path: Path) -> tuple[str, int]:

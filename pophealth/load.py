@@ -27,7 +27,7 @@ from pophealth import agreements, db, vault
 from pophealth.access import apply_access
 from pophealth.feeds import FEED_SPECS, Feed, OptedOut, RowContext, RowProblem, identity_columns_present
 from pophealth.keys import KeyError_, load_linkage_key, load_vault_key
-from pophealth.landing import ExtractFile, FileRejected, identify, open_extract, scan, sha256_of
+from pophealth.landing import ExtractFile, FileRejected, identify, open_extract, scan, settled, sha256_of
 from pophealth.pseudonymise import PostcodeLookup, Pseudonymiser
 
 log = logging.getLogger(__name__)
@@ -73,8 +73,8 @@ def _meta_columns(feed: Feed) -> tuple[str, ...]:
 
 
 def pending_extracts(landing: Path, feed: str) -> list[str]:
-    """The files of a feed in the landing folder that are not already published as they are now."""
-    extracts = [e for e in scan(landing).extracts if e.feed == feed]
+    """The complete files of a feed in the landing folder that are not already published as they are now."""
+    extracts = settled([e for e in scan(landing).extracts if e.feed == feed])
     if not extracts:
         return []
     prepare_warehouse()
@@ -111,14 +111,29 @@ def _insert_audit(conn: psycopg.Connection, extract: ExtractFile, run_id: str | 
     ).fetchone()[0]
 
 
+def _close_unpublished(conn: psycopg.Connection, load_id: int, status: str, message: str) -> None:
+    conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.SQL(batch_table(load_id))))
+    vault.drop_batch(conn, load_id)
+    conn.execute(
+        "UPDATE audit.load SET status = %s, message = %s, finished_at = now() WHERE load_id = %s",
+        (status, message, load_id),
+    )
+
+
 def _refuse(load_id: int, status: str, message: str) -> None:
     with db.connect(role=LOADER) as conn:
-        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.SQL(batch_table(load_id))))
-        vault.drop_batch(conn, load_id)
-        conn.execute(
-            "UPDATE audit.load SET status = %s, message = %s, finished_at = now() WHERE load_id = %s",
-            (status, message, load_id),
-        )
+        _close_unpublished(conn, load_id, status, message)
+
+
+def _published_as(conn: psycopg.Connection, feed: str, provider: str | None, period_end: date | None,
+                  sha: str) -> int | None:
+    """The load that published this very file for this provider and period, if one did."""
+    row = conn.execute(
+        """SELECT load_id FROM audit.load WHERE feed = %s AND provider IS NOT DISTINCT FROM %s
+           AND period_end IS NOT DISTINCT FROM %s AND file_sha256 = %s AND status = 'published'""",
+        (feed, provider, period_end, sha),
+    ).fetchone()
+    return row[0] if row else None
 
 
 def _postcode_lookup(landing: Path) -> PostcodeLookup:
@@ -190,14 +205,10 @@ def stage_extract(path: str | Path, run_id: str | None = None) -> StageOutcome:
     feed = FEED_SPECS[extract.feed]
     sha, size = sha256_of(path)
     with db.connect(role=LOADER) as conn:
-        earlier = conn.execute(
-            """SELECT load_id FROM audit.load WHERE feed = %s AND provider IS NOT DISTINCT FROM %s
-               AND period_end IS NOT DISTINCT FROM %s AND file_sha256 = %s AND status = 'published'""",
-            (extract.feed, extract.provider, extract.period_end, sha),
-        ).fetchone()
+        earlier = _published_as(conn, extract.feed, extract.provider, extract.period_end, sha)
         if earlier:
             load_id = _insert_audit(conn, extract, run_id, sha, size, "duplicate",
-                                    f"the same file was already published as load {earlier[0]}")
+                                    f"the same file was already published as load {earlier}")
             return StageOutcome(load_id, extract.name, extract.feed, "duplicate")
         load_id = _insert_audit(conn, extract, run_id, sha, size, "loading")
     try:
@@ -291,11 +302,11 @@ def publish_load(load_id: int) -> dict[str, int]:
     """Move a staged, gated load into its raw table in one transaction; returns what changed."""
     with db.connect(role=LOADER) as conn:
         row = conn.execute(
-            "SELECT feed, provider, period_end, status FROM audit.load WHERE load_id = %s FOR UPDATE", (load_id,)
-        ).fetchone()
+            "SELECT feed, provider, period_end, status, file_sha256 FROM audit.load WHERE load_id = %s FOR UPDATE",
+            (load_id,)).fetchone()
         if row is None:
             raise LoadRefused(f"load {load_id} does not exist")
-        feed_name, provider, period_end, status = row
+        feed_name, provider, period_end, status, sha = row
         if status == "duplicate":
             return {}
         if status != "validated":
@@ -303,6 +314,12 @@ def publish_load(load_id: int) -> dict[str, int]:
         feed = FEED_SPECS[feed_name]
         # One publisher per feed at a time: two loads of one source never interleave.
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('pophealth publish ' || %s))", (feed_name,))
+        same = _published_as(conn, feed_name, provider, period_end, sha)
+        if same:
+            # Staged at the same time as the same file, which published first: as if it had come after it.
+            _close_unpublished(conn, load_id, "duplicate",
+                               f"the same file was published as load {same} while this one was staged")
+            return {}
         scope = "" if feed.replaces_whole_table else " AND provider IS NOT DISTINCT FROM %s AND period_end IS NOT DISTINCT FROM %s"
         params: tuple = (feed_name,) if feed.replaces_whole_table else (feed_name, provider, period_end)
         replaced = [r[0] for r in conn.execute(

@@ -36,13 +36,17 @@ class Warehouse:
 
 
 def good_apc(landing: Path) -> Good:
+    """Every episode of one provider in the world, less those of people with an opt-out (so that every row
+    of the good file is loaded)."""
+    with next(landing.glob("optouts_*.csv")).open(newline="") as handle:
+        opted_out = {row["nhs_number"] for row in csv.DictReader(handle)}
     header: list[str] = []
     rows: list[list[str]] = []
     for path in sorted(landing.glob(f"apc_{PROVIDER}_*.csv")):
         with path.open(newline="") as handle:
             reader = csv.reader(handle)
             header = next(reader)
-            rows += list(reader)
+            rows += [r for r in reader if r[header.index("nhs_number")] not in opted_out]
     return Good(header, rows)
 
 
