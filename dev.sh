@@ -52,6 +52,7 @@ case "$command" in
   test) setup; ensure_chromium; exec .venv/bin/python -m pytest "$@" ;;
   bench) setup; exec .venv/bin/python -m benchmarks "$@" ;;
   pophealth) setup; exec .venv/bin/pophealth "$@" ;;
+  ui) setup; exec .venv/bin/pophealth ui "$@" ;;
   docs) setup; exec .venv/bin/pophealth docs "$@" ;;
   *) sed -n '2,6p' "$0"; exit 2 ;;
 esac

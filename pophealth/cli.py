@@ -11,6 +11,8 @@
     pophealth board-report [--out PATH]   the board report (static HTML) from the reporting schema
     pophealth reidentify PERSON_ID... --purpose TEXT --on-behalf-of NAME   direct care, audited
     pophealth rotate-key --new-key-file PATH   key custodian: re-key the warehouse
+    pophealth ui [--port N] [--landing PATH]   the Airflow web UI on 127.0.0.1
+    pophealth rerun --feed F --period YYYY-MM-DD [--provider P]   re-run a past period, then the marts
 """
 
 from __future__ import annotations
@@ -272,6 +274,28 @@ def cmd_rotate_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ui(args: argparse.Namespace) -> int:
+    from pophealth.webui import serve
+
+    landing = Path(args.landing).resolve() if args.landing else config.landing_dir()
+    return serve(port=args.port, landing=landing, say=_say)
+
+
+def cmd_rerun(args: argparse.Namespace) -> int:
+    from pophealth.rerun import RerunRefused, rerun_period
+
+    landing = Path(args.landing) if args.landing else config.landing_dir()
+    if landing is None:
+        _say(f"give --landing PATH or set {config.ENV_LANDING_DIR}")
+        return 2
+    try:
+        outcome = rerun_period(landing, args.feed, args.period, args.provider, progress=_say)
+    except RerunRefused as exc:
+        print(f"pophealth: {exc}", file=sys.stderr)
+        return 2
+    return 0 if outcome.succeeded else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pophealth", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -330,6 +354,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--new-key-file", required=True, help="the new linkage key (64 hex characters, mode 600)")
     p.add_argument("--no-rebuild", action="store_true", help="do not rebuild the marts afterwards")
     p.set_defaults(func=cmd_rotate_key)
+
+    p = sub.add_parser("ui", help="the Airflow web UI on 127.0.0.1, on this project's metadata database")
+    p.add_argument("--port", type=int, default=8080, help="the port on 127.0.0.1 (default 8080)")
+    p.add_argument("--landing", help=f"the landing folder the DAGs read (default: {config.ENV_LANDING_DIR})")
+    p.set_defaults(func=cmd_ui)
+
+    p = sub.add_parser("rerun", help="re-run one past period of a feed from the landing folder, then the marts")
+    p.add_argument("--feed", required=True, help="apc, cld, gp_register, optouts, ref_population, ref_postcode_lookup")
+    p.add_argument("--period", required=True, help="the period end in the file name, as YYYY-MM-DD")
+    p.add_argument("--provider", help="only this provider's file (e.g. RAJ)")
+    p.add_argument("--landing", help=f"the landing folder (default: {config.ENV_LANDING_DIR})")
+    p.set_defaults(func=cmd_rerun)
 
     p = sub.add_parser("fit-risk-model", help="fit the risk model on the warehouse and add it to its seed")
     p.set_defaults(func=cmd_fit_risk_model)
