@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pophealth import config, db
+from pophealth.lineage import openlineage_env
 
 RESULT_MARK = "POPHEALTH_DAG_RESULT "
 
@@ -34,13 +35,13 @@ def airflow_env(extra: dict[str, str] | None = None) -> dict[str, str]:
         or db.airflow_metadata_url(),
         # Mask the key wherever Airflow might print it.
         "AIRFLOW__CORE__SENSITIVE_VAR_CONN_NAMES": "linkage_key,vault_key,POPHEALTH_LINKAGE_KEY,POPHEALTH_VAULT_KEY",
-        "AIRFLOW__OPENLINEAGE__DISABLED": os.environ.get("AIRFLOW__OPENLINEAGE__DISABLED", "True"),
         "AIRFLOW__COSMOS__ENABLE_TELEMETRY": "False",
         "DO_NOT_TRACK": "1",
         "PYTHONWARNINGS": "ignore",
         "XDG_RUNTIME_DIR": os.environ.get("XDG_RUNTIME_DIR", str(paths.home / "run")),
     }
     env.update(db.dbt_env())  # dbt_project/profiles.yml reads the warehouse from these
+    env.update(openlineage_env())  # every task's OpenLineage events: a file under POPHEALTH_HOME, Marquez if set
     if extra:
         env.update(extra)
     return env

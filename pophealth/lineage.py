@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from functools import lru_cache
+from pathlib import Path
 
-from pophealth import db
+from pophealth import config, db
 from pophealth.at_source import CLD_CONTRACT_COLUMNS, REPLACED_BY
 from pophealth.feeds import FEED_SPECS
 
@@ -248,5 +251,184 @@ def record_column_lineage(run_id: str | None = None, manifest: dict | None = Non
 
 
 def after_marts_published(run_id: str | None = None) -> None:
-    """What follows every publication of the marts: their column lineage, recorded in audit."""
-    record_column_lineage(run_id)
+    """What follows every publication of the marts: their column lineage in audit, and the models' OpenLineage
+    events."""
+    manifest = _compiled_manifest()
+    record_column_lineage(run_id, manifest)
+    emit_dbt_events(manifest)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# OpenLineage events. Airflow's OpenLineage provider emits one START and one COMPLETE/FAIL per task (configured
+# by `openlineage_env`, pophealth/airflow_runner.py); the platform adds one event per published load (the
+# file in, the raw table out, with its schema, row counts and quality gate) and one per dbt model (its upstream
+# relations in, its table out, with schema, rows, its dbt tests and, for published models, column lineage).
+# Everything goes to the same transport: a file under POPHEALTH_HOME by default (works offline), and Marquez
+# too when POPHEALTH_MARQUEZ_URL is set. Events hold names, types and counts, never a value from the data.
+
+ENV_MARQUEZ_URL = "POPHEALTH_MARQUEZ_URL"
+NAMESPACE = "pophealth"
+WAREHOUSE_NAMESPACE = "postgres://warehouse"
+LANDING_NAMESPACE = "file://landing"
+
+
+def events_file() -> Path:
+    return config.paths().home / "openlineage" / "events.jsonl"
+
+
+def openlineage_transport() -> dict:
+    """The transport: a JSON-lines file under POPHEALTH_HOME; and Marquez's HTTP API when its URL is set."""
+    events_file().parent.mkdir(parents=True, exist_ok=True)
+    file = {"type": "file", "log_file_path": str(events_file()), "append": True}
+    marquez = os.environ.get(ENV_MARQUEZ_URL)
+    if not marquez:
+        return file
+    http = {"type": "http", "url": marquez.rstrip("/"), "endpoint": "api/v1/lineage", "timeout": 5}
+    return {"type": "composite", "transports": {"file": file, "marquez": http}, "continue_on_failure": True}
+
+
+def openlineage_env() -> dict[str, str]:
+    """Airflow's OpenLineage provider, on, with the platform's transport and namespace (AIRFLOW__OPENLINEAGE__*
+    set in the environment win)."""
+    wanted = {
+        "AIRFLOW__OPENLINEAGE__DISABLED": "False",
+        "AIRFLOW__OPENLINEAGE__NAMESPACE": NAMESPACE,
+        "AIRFLOW__OPENLINEAGE__TRANSPORT": json.dumps(openlineage_transport()),
+        # the task's Python source is not sent: the repository is the place to read it
+        "AIRFLOW__OPENLINEAGE__DISABLE_SOURCE_CODE": "True",
+    }
+    return {key: os.environ.get(key, value) for key, value in wanted.items()}
+
+
+def _client():
+    from openlineage.client import OpenLineageClient
+
+    return OpenLineageClient(config={"transport": openlineage_transport()})
+
+
+def _schema(columns: list[tuple[str, str]]):
+    from openlineage.client.facet_v2 import schema_dataset
+
+    return schema_dataset.SchemaDatasetFacet(fields=[
+        schema_dataset.SchemaDatasetFacetFields(name=name, type=kind, ordinal_position=i)
+        for i, (name, kind) in enumerate(columns, start=1)])
+
+
+def _typed_catalogue(conn) -> dict[str, list[tuple[str, str]]]:
+    rows = conn.execute(
+        """SELECT table_schema || '.' || table_name, column_name, data_type FROM information_schema.columns
+           WHERE table_schema IN ('raw', 'restricted', 'staging', 'intermediate', 'marts', 'reporting', 'reference',
+                                  'audit')
+           ORDER BY table_schema, table_name, ordinal_position""").fetchall()
+    out: dict[str, list[tuple[str, str]]] = {}
+    for relation, column, kind in rows:
+        out.setdefault(relation, []).append((column, kind))
+    return out
+
+
+def _event(job: str, state: str, inputs: list, outputs: list, job_type: str):
+    from openlineage.client.event_v2 import Job, Run, RunEvent, RunState
+    from openlineage.client.facet_v2 import job_type_job
+    from openlineage.client.uuid import generate_new_uuid
+
+    return RunEvent(eventType=getattr(RunState, state), eventTime=datetime.now(timezone.utc).isoformat(),
+                    run=Run(runId=str(generate_new_uuid())),
+                    job=Job(namespace=NAMESPACE, name=job, facets={"jobType": job_type_job.JobTypeJobFacet(
+                        processingType="BATCH", integration="POPHEALTH", jobType=job_type)}),
+                    inputs=inputs, outputs=outputs, producer=PRODUCER)
+
+
+PRODUCER = "https://github.com/pophealth/pophealth"
+
+
+def emit_load_event(load_id: int) -> None:
+    """One COMPLETE event for a published load: the landing file in (rows read), the raw table out (schema, rows
+    loaded, and every rule of its quality gate as a data quality assertion)."""
+    from openlineage.client.event_v2 import InputDataset, OutputDataset
+    from openlineage.client.facet_v2 import (data_quality_assertions_dataset as dqa,
+                                             data_quality_metrics_input_dataset as dqm,
+                                             output_statistics_output_dataset as stats)
+
+    with db.connect() as conn:
+        load = conn.execute(
+            """SELECT feed, file_name, rows_read, rows_loaded, rows_quarantined, rows_opted_out, status
+               FROM audit.load WHERE load_id = %s""", (load_id,)).fetchone()
+        if load is None or load[6] != "published":
+            return
+        feed, file_name, rows_read, rows_loaded, rows_quarantined, rows_opted_out, _ = load
+        gate = conn.execute(
+            """SELECT check_id, status, severity, observed, threshold FROM audit.gate_result WHERE load_id = %s
+               ORDER BY check_id""", (load_id,)).fetchall()
+        table = FEED_SPECS[feed].table
+        columns = _typed_catalogue(conn).get(table, [])
+    assertions = [dqa.Assertion(assertion=check, success=status != "failed", severity=severity, name=check,
+                                actual=observed, expected=threshold) for check, status, severity, observed, threshold in gate]
+    inputs = [InputDataset(namespace=LANDING_NAMESPACE, name=file_name, inputFacets={
+        "dataQualityMetrics": dqm.DataQualityMetricsInputDatasetFacet(rowCount=rows_read, columnMetrics={})})]
+    outputs = [OutputDataset(namespace=WAREHOUSE_NAMESPACE, name=f"pophealth.{table}",
+                             facets={"schema": _schema(columns), "dataQualityAssertions":
+                                     dqa.DataQualityAssertionsDatasetFacet(assertions=assertions)},
+                             outputFacets={"outputStatistics": stats.OutputStatisticsOutputDatasetFacet(
+                                 rowCount=rows_loaded)})]
+    client = _client()
+    client.emit(_event(f"load.{feed}", "COMPLETE", inputs, outputs, "LOAD"))
+    log.info("OpenLineage: load %d (%s): %d read, %d loaded, %d quarantined, %d removed by opt-out, %d gate rules",
+             load_id, file_name, rows_read, rows_loaded, rows_quarantined, rows_opted_out, len(assertions))
+
+
+def emit_dbt_events(manifest: dict) -> int:
+    """One event per dbt model and seed, from the manifest and each node's latest result in audit.dbt_result:
+    upstream relations in; the model's table out, with its schema, rows, its dbt tests as data quality
+    assertions and, for a published model, its column lineage to the extract columns. Returns the count."""
+    from openlineage.client.event_v2 import InputDataset, OutputDataset
+    from openlineage.client.facet_v2 import (column_lineage_dataset as cl,
+                                             data_quality_assertions_dataset as dqa,
+                                             output_statistics_output_dataset as stats)
+
+    with db.connect() as conn:
+        columns = _typed_catalogue(conn)
+        results = {uid: (status, rows) for uid, status, rows in conn.execute(
+            """SELECT DISTINCT ON (unique_id) unique_id, status, rows_affected FROM audit.dbt_result
+               ORDER BY unique_id, recorded_at DESC""")}
+        lineage_rows = conn.execute(
+            "SELECT mart, column_name, source_feed, source_column, kind FROM audit.column_lineage").fetchall()
+    walker = LineageWalker(manifest, {})
+    tests: dict[str, list] = {}
+    for uid, node in manifest["nodes"].items():
+        if node["resource_type"] == "test":
+            status = results.get(uid, ("not run", None))[0]
+            meta = node.get("test_metadata") or {}
+            for parent in node.get("depends_on", {}).get("nodes", []):
+                tests.setdefault(parent, []).append(dqa.Assertion(
+                    assertion=meta.get("name") or node["name"], success=status in ("pass", "success"),
+                    column=node.get("column_name"), severity=(node.get("config") or {}).get("severity"),
+                    name=node["name"]))
+    lineage: dict[str, dict[str, list]] = {}
+    for mart, column, feed, source_column, kind in lineage_rows:
+        lineage.setdefault(mart, {}).setdefault(column, []).append(cl.InputField(
+            namespace=LANDING_NAMESPACE, name=feed, field=source_column, transformations=[
+                cl.Transformation(type=kind.upper())]))
+    client = _client()
+    emitted = 0
+    for uid in sorted(walker.nodes):
+        node = walker.nodes[uid]
+        if node["resource_type"] not in ("model", "seed"):
+            continue
+        relation = walker.relation(uid)
+        status, rows = results.get(uid, ("not run", None))
+        inputs = [InputDataset(namespace=WAREHOUSE_NAMESPACE, name=f"pophealth.{walker.relation(p)}",
+                               facets={"schema": _schema(columns.get(walker.relation(p), []))})
+                  for p in walker.parents(uid)]
+        facets = {"schema": _schema(columns.get(relation, [])),
+                  "dataQualityAssertions": dqa.DataQualityAssertionsDatasetFacet(assertions=tests.get(uid, []))}
+        if relation in lineage:
+            facets["columnLineage"] = cl.ColumnLineageDatasetFacet(fields={
+                column: cl.Fields(inputFields=fields) for column, fields in lineage[relation].items()})
+        output = OutputDataset(namespace=WAREHOUSE_NAMESPACE, name=f"pophealth.{relation}", facets=facets,
+                               outputFacets={"outputStatistics": stats.OutputStatisticsOutputDatasetFacet(
+                                   rowCount=rows)} if rows is not None else {})
+        state = "FAIL" if status in ("error", "fail") else "COMPLETE"
+        client.emit(_event(f"dbt.{node['resource_type']}.{node['name']}", state, inputs, [output], node["resource_type"].upper()))
+        emitted += 1
+    log.info("OpenLineage: %d dbt model and seed events to %s", emitted, events_file())
+    return emitted

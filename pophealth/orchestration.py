@@ -162,6 +162,9 @@ def publish_staged(load_id: int) -> dict:
 
     changes = publish_load(load_id)
     log.info("load %d published: %s", load_id, changes)
+    from pophealth.lineage import emit_load_event
+
+    emit_load_event(load_id)  # the file in, the raw table out, with rows and the gate's rules (OpenLineage)
     return changes
 
 

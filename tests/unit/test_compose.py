@@ -7,6 +7,7 @@ are refused at the top level and in services, as `docker compose config` would r
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 import subprocess
@@ -167,3 +168,21 @@ def test_every_airflow_and_pophealth_subcommand_exists():
             assert proc.returncode == 0, f"{name}: pophealth {' '.join(words[1:])}"
             checked += 1
     assert checked >= 6
+
+
+def test_marquez_receives_every_airflow_task_s_openlineage_events_and_is_reachable_on_loopback_only():
+    services = COMPOSE["services"]
+    assert {"marquez", "marquez-db", "marquez-web"} <= set(services)
+    assert services["marquez"]["depends_on"]["marquez-db"]["condition"] == "service_healthy"
+    assert services["marquez"]["environment"]["POSTGRES_HOST"] == "marquez-db"
+    for name in ("marquez", "marquez-web"):
+        assert all(str(port).startswith("127.0.0.1:") for port in services[name]["ports"]), name
+    environment = services["airflow-scheduler"]["environment"]
+    assert environment["AIRFLOW__OPENLINEAGE__DISABLED"] == "False"
+    transport = json.loads(environment["AIRFLOW__OPENLINEAGE__TRANSPORT"])
+    assert transport["type"] == "composite"
+    marquez = transport["transports"]["marquez"]
+    assert (marquez["type"], marquez["url"], marquez["endpoint"]) == ("http", "http://marquez:5000", "api/v1/lineage")
+    assert transport["transports"]["file"]["log_file_path"].startswith("/opt/pophealth/state/")
+    assert environment["POPHEALTH_MARQUEZ_URL"] == "http://marquez:5000"
+    assert "MARQUEZ_DB_PASSWORD=" in (REPO / "infra" / "env.example").read_text()
