@@ -192,6 +192,7 @@ def _marts(conn, status: Status, now: datetime) -> None:
 
 
 def _waiting(landing: Path | None, status: Status) -> None:
+    from pophealth import landing as landing_rules
     from pophealth import load
 
     status.lines.append("")
@@ -202,12 +203,19 @@ def _waiting(landing: Path | None, status: Status) -> None:
         status.problems.append(f"the landing folder does not exist: {landing}")
         return
     waiting = [(feed, Path(p).name) for feed in LOAD_ORDER for p in load.pending_extracts(landing, feed)]
-    # Files still being written, when the landing rules expose them: waiting too, not yet loadable.
-    incomplete = getattr(load, "incomplete_extracts", None)
-    writing = [Path(p).name for p in incomplete(landing)] if callable(incomplete) else []
+    # Files still being written wait too, but are not loaded yet: temporary names (.part, .tmp, hidden), and
+    # extracts that changed while the landing rules looked at them (landing.settled).
+    extracts = landing_rules.scan(landing).extracts
+    complete = {e.path for e in landing_rules.settled(extracts)}
+    writing = sorted([p.name for p in landing.iterdir() if p.is_file() and landing_rules.is_temporary(p)
+                      and ".csv" in p.name] + [e.name for e in extracts if e.path not in complete])
     status.lines.append(f"Waiting in {landing}: {len(waiting)} file(s) to load"
                         + (f", {len(writing)} still being written" if writing else ""))
     status.lines += [f"  {feed:<24} {name}" for feed, name in waiting[:30]]
     if len(waiting) > 30:
         status.lines.append(f"  ... and {len(waiting) - 30} more")
     status.lines += [f"  {'(still being written)':<24} {name}" for name in writing]
+    unrecognised = [p.name for p in landing_rules.scan(landing).unrecognised]
+    if unrecognised:
+        status.lines.append(f"Not extracts of the contract (never loaded; check the name): {', '.join(unrecognised[:10])}"
+                            + (f" and {len(unrecognised) - 10} more" if len(unrecognised) > 10 else ""))

@@ -100,11 +100,16 @@ def test_a_new_file_in_the_landing_folder_is_shown_as_waiting_and_is_not_a_failu
     landing = tmp_path / "landing"
     shutil.copytree(warehouse.landing, landing, ignore=shutil.ignore_patterns("answer_key"))
     shutil.copy(latest_apc(landing), landing / "apc_RAJ_20251031.csv")  # next month's file from the trust
+    shutil.copy(latest_apc(landing), landing / "apc_RDE_20251031.csv.part")  # another, still being copied in
+    (landing / "apc_october.csv").write_text("epikey\n1\n")  # a name the contract does not know
 
     proc = warehouse.status(landing)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "1 file(s) to load" in proc.stdout
-    assert "  apc" in proc.stdout and "apc_RAJ_20251031.csv" in proc.stdout
+    assert "1 file(s) to load, 1 still being written" in proc.stdout
+    lines = proc.stdout.splitlines()
+    assert "  apc                      apc_RAJ_20251031.csv" in lines
+    assert "  (still being written)    apc_RDE_20251031.csv.part" in lines
+    assert "Not extracts of the contract (never loaded; check the name): apc_october.csv" in lines
 
 
 def test_a_load_refused_by_its_gate_is_reported_failed_until_a_good_file_replaces_it(warehouse, tmp_path):
