@@ -20,7 +20,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
+import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 from pophealth import config
@@ -31,6 +34,25 @@ DEMO_SEED = 42
 
 def _say(text: str) -> None:
     print(text, flush=True)
+
+
+@contextmanager
+def _still_working(what: str, every: float = 15.0):
+    """A line every `every` seconds while a long step runs, so a silent terminal never looks hung; ends with it."""
+    stop = threading.Event()
+    started = time.monotonic()
+
+    def tick() -> None:
+        while not stop.wait(every):
+            _say(f"  ... {what} ({time.monotonic() - started:.0f} s)")
+
+    thread = threading.Thread(target=tick, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=every)
 
 
 def _ensure_keys_for_demo() -> None:
@@ -54,7 +76,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     _say(f"Writing a synthetic world of {args.population:,} people (seed {args.seed}) to {out} ...")
-    summary = write_world(out, population=args.population, seed=args.seed)
+    with _still_working("generating"):
+        summary = write_world(out, population=args.population, seed=args.seed)
     _say(f"Done: {summary.get('people', '?')} people; the answer key is in {out / 'answer_key'}")
     return 0
 
@@ -88,7 +111,8 @@ def _demo_landing(population: int, seed: int) -> Path:
             _say(f"Using the synthetic world already generated in {out}")
             return out
     _say(f"Generating a synthetic population of {population:,} people and its extracts in {out} ...")
-    write_world(out, population=population, seed=seed)
+    with _still_working("generating"):
+        write_world(out, population=population, seed=seed)
     return out
 
 
@@ -103,7 +127,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         _ensure_keys_for_demo()
         landing = _demo_landing(args.population, args.seed)
     _say(f"Warehouse: {db.warehouse_url()}" + (" (embedded PostgreSQL)" if db.is_embedded() else ""))
-    outcome = run_pipeline(landing, progress=_say)
+    with _still_working("running", every=30.0):
+        outcome = run_pipeline(landing, progress=_say)
     _say(summarise(outcome))
     if outcome.succeeded:
         from pophealth.board_report import write_board_report
@@ -122,7 +147,8 @@ def cmd_dag(args: argparse.Namespace) -> int:
     if landing is None:
         _say(f"give --landing PATH or set {config.ENV_LANDING_DIR}")
         return 2
-    outcome = run_pipeline(landing, dag_ids=(args.dag_id,), progress=_say)
+    with _still_working(f"running {args.dag_id}", every=30.0):
+        outcome = run_pipeline(landing, dag_ids=(args.dag_id,), progress=_say)
     _say(summarise(outcome))
     return 0 if outcome.succeeded else 1
 
@@ -155,7 +181,8 @@ def cmd_docs(args: argparse.Namespace) -> int:
 
     _say("Generating the dbt documentation site (dbt docs generate: compile, then the catalog from the warehouse) ...")
     try:
-        site = generate(static=args.static)
+        with _still_working("dbt docs generate"):
+            site = generate(static=args.static)
     except DbtFailed as exc:
         print(f"pophealth: {exc}", file=sys.stderr)
         return 1
@@ -213,7 +240,9 @@ def cmd_fit_risk_model(args: argparse.Namespace) -> int:
     for term, coefficient in zip(model.terms, model.coefficients):
         _say(f"  {term:<24} {coefficient:+.4f}")
     _say(f"  c-statistic on the fitting sample: {model.c_statistic:.3f}")
-    proc = dbt_command(["build", "--select", "risk_model_coefficient+"])
+    _say("Rebuilding the risk model's marts (dbt build) ...")
+    with _still_working("dbt build"):
+        proc = dbt_command(["build", "--select", "risk_model_coefficient+"])
     if proc.returncode != 0:
         print(proc.stdout[-3000:], file=sys.stderr)
         return 1
@@ -265,7 +294,8 @@ def cmd_rotate_key(args: argparse.Namespace) -> int:
     _say(f"The warehouse is now keyed with {rotation.new_version} (was {rotation.old_version}).")
     if not args.no_rebuild:
         _say("Rebuilding the marts under the new pseudonyms ...")
-        proc = dbt_command(["build"])
+        with _still_working("dbt build"):
+            proc = dbt_command(["build"])
         if proc.returncode != 0:
             print(proc.stdout[-3000:], file=sys.stderr)
             return 1
