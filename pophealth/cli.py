@@ -11,6 +11,8 @@
     pophealth board-report [--out PATH]   the board report (static HTML) from the reporting schema
     pophealth reidentify PERSON_ID... --purpose TEXT --on-behalf-of NAME   direct care, audited
     pophealth rotate-key --new-key-file PATH   key custodian: re-key the warehouse
+    pophealth ig-report [--out PATH]      the information governance audit (HTML) from the live warehouse
+    pophealth register [--write-seed]     check the data sharing register (and write its dbt seed)
     pophealth ui [--port N] [--landing PATH]   the Airflow web UI on 127.0.0.1
     pophealth rerun --feed F --period YYYY-MM-DD [--provider P]   re-run a past period, then the marts
 """
@@ -225,6 +227,33 @@ def cmd_board_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ig_report(args: argparse.Namespace) -> int:
+    from pophealth.ig_report import write_ig_report
+
+    out = Path(args.out) if args.out else config.paths().home / "reports" / "ig_report.html"
+    summary = write_ig_report(out)
+    _say(f"Information governance audit: {out.resolve()}")
+    _say(f"  {summary['agreements']} agreements, {summary['loads']} loads, {summary['lineage_links']} column lineage links, "
+         f"{summary['reidentifications']} re-identification requests")
+    _say(f"  identifiable-value scan of {summary['columns_scanned']} columns: "
+         + ("PASS" if summary["scan_clean"] else f"FAIL ({summary['findings']} column(s) hold identifiable values)"))
+    return 0 if summary["scan_clean"] else 1
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    from pophealth.agreements import RegisterInvalid, load_register, register_path, write_seed
+
+    try:
+        register = load_register()
+    except RegisterInvalid as exc:
+        _say(f"The data sharing register is not valid: {exc}")
+        return 1
+    _say(f"Data sharing register {register_path()}: version {register.version}, {len(register.agreements)} agreements")
+    if args.write_seed:
+        _say(f"  written to the dbt seed {write_seed()}")
+    return 0
+
+
 def cmd_fit_risk_model(args: argparse.Namespace) -> int:
     from pophealth.marts import dbt_command
     from pophealth.risk_model import FitFailed, append_to_seed, fit_from_warehouse
@@ -396,6 +425,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--provider", help="only this provider's file (e.g. RAJ)")
     p.add_argument("--landing", help=f"the landing folder (default: {config.ENV_LANDING_DIR})")
     p.set_defaults(func=cmd_rerun)
+
+    p = sub.add_parser("ig-report", help="the information governance audit (one HTML page) from the live warehouse")
+    p.add_argument("--out", help="where to write it (default: POPHEALTH_HOME/reports/ig_report.html)")
+    p.set_defaults(func=cmd_ig_report)
+
+    p = sub.add_parser("register", help="check the data sharing register; --write-seed writes its dbt seed")
+    p.add_argument("--write-seed", action="store_true", help="write dbt_project/seeds/data_sharing_register.csv")
+    p.set_defaults(func=cmd_register)
 
     p = sub.add_parser("fit-risk-model", help="fit the risk model on the warehouse and add it to its seed")
     p.set_defaults(func=cmd_fit_risk_model)

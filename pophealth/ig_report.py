@@ -1,0 +1,413 @@
+"""The information governance audit report: one self-contained HTML page an IG officer reads in a browser.
+
+It answers, from the live warehouse and the data sharing register, without asking an engineer: which sources,
+under which agreement, what was loaded and removed; where each published figure comes from; who can read what
+(the grants as they are in the database, not as the code intends); who re-identified whom, when and why (how
+many people, never who); whether anything identifiable is stored; and the quality gates' history.
+
+Every value from the database is escaped as text; the page fetches nothing (no script, font or style from
+the network).
+
+The identifiable-value scan reads every row (not a sample) of every text, date and integer column of every
+table outside `vault` (ciphertext by design: nothing there is readable without the vault key) and the system
+schemas. It looks for NHS numbers that pass the Modulus 11 check digit (pophealth/identifiers.py) standing
+alone in a text value or as a 10-digit integer, full postcodes, and full dates in any column whose name says
+birth. Pseudonyms (64 hex characters) and file checksums cannot match: a candidate must not touch a letter or
+digit either side.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from psycopg import sql
+
+from pophealth import agreements, db
+from pophealth.identifiers import is_valid_nhs_number
+
+PLATFORM_ROLES = ("loader", "analyst", "ig_auditor", "reidentifier")
+NHS_CANDIDATE = re.compile(r"(?<![0-9A-Za-z])(\d{3})[ -]?(\d{3})[ -]?(\d{4})(?![0-9A-Za-z])")
+NHS_PREFILTER = r"(^|[^0-9A-Za-z])[0-9]{3}[ -]?[0-9]{3}[ -]?[0-9]{4}([^0-9A-Za-z]|$)"
+POSTCODE = r"(^|[^0-9A-Za-z])[A-Za-z]{1,2}[0-9][A-Za-z0-9]? ?[0-9][A-Za-z]{2}([^0-9A-Za-z]|$)"
+SCANNED_TYPES = ("text", "character varying", "character", "date", "timestamp without time zone",
+                 "timestamp with time zone", "bigint", "integer", "numeric")
+#: Not scanned: the encrypted vault (ciphertext only) and PostgreSQL's own schemas.
+SKIPPED_SCHEMAS = ("vault", "pg_catalog", "information_schema", "pg_toast")
+CANDIDATES_PER_COLUMN = 10_000  # a bound on the rows fetched for the check digit per column
+
+
+def e(value: object) -> str:
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+# -- the scan ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Finding:
+    relation: str
+    column: str
+    kind: str
+    rows: int
+
+
+@dataclass
+class ScanResult:
+    tables: int = 0
+    columns: int = 0
+    rows: int = 0
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def clean(self) -> bool:
+        return not self.findings
+
+
+def scan_warehouse(conn) -> ScanResult:
+    result = ScanResult()
+    columns = conn.execute(
+        """SELECT c.table_schema, c.table_name, c.column_name, c.data_type
+           FROM information_schema.columns c JOIN information_schema.tables t USING (table_schema, table_name)
+           WHERE t.table_type = 'BASE TABLE' AND c.table_schema <> ALL(%s) AND c.table_schema NOT LIKE 'pg_temp%%'
+             AND c.data_type = ANY(%s)
+           ORDER BY 1, 2, c.ordinal_position""", (list(SKIPPED_SCHEMAS), list(SCANNED_TYPES))).fetchall()
+    by_table: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)
+    for schema, table, column, kind in columns:
+        by_table[(schema, table)].append((column, kind))
+    for (schema, table), cols in by_table.items():
+        relation = sql.Identifier(schema, table)
+        result.tables += 1
+        result.rows += conn.execute(sql.SQL("SELECT count(*) FROM {}").format(relation)).fetchone()[0]
+        for column, kind in cols:
+            result.columns += 1
+            ident = sql.Identifier(column)
+            where = f"{schema}.{table}"
+            if kind in ("text", "character varying", "character"):
+                rows = conn.execute(sql.SQL("SELECT {c} FROM {t} WHERE {c} ~ %s LIMIT %s").format(c=ident, t=relation),
+                                    (NHS_PREFILTER, CANDIDATES_PER_COLUMN)).fetchall()
+                hits = sum(1 for (value,) in rows if any(
+                    is_valid_nhs_number("".join(m.groups())) for m in NHS_CANDIDATE.finditer(value)))
+                if hits:
+                    result.findings.append(Finding(where, column, "NHS number (passes Modulus 11)", hits))
+                postcodes = conn.execute(sql.SQL("SELECT count(*) FROM {t} WHERE {c} ~ %s").format(
+                    c=ident, t=relation), (POSTCODE,)).fetchone()[0]
+                if postcodes:
+                    result.findings.append(Finding(where, column, "full postcode", postcodes))
+                if "birth" in column or column in ("dob",):
+                    dates = conn.execute(sql.SQL("SELECT count(*) FROM {t} WHERE {c} ~ %s").format(
+                        c=ident, t=relation), (r"\d{4}-\d{2}-\d{2}|\d{2}/\d{2}/\d{4}",)).fetchone()[0]
+                    if dates:
+                        result.findings.append(Finding(where, column, "full date of birth", dates))
+            elif kind in ("bigint", "integer", "numeric"):
+                rows = conn.execute(sql.SQL(
+                    "SELECT {c}::text FROM {t} WHERE {c} BETWEEN 1000000000 AND 9999999999 LIMIT %s").format(
+                    c=ident, t=relation), (CANDIDATES_PER_COLUMN,)).fetchall()
+                hits = sum(1 for (value,) in rows if is_valid_nhs_number(value))
+                if hits:
+                    result.findings.append(Finding(where, column, "NHS number (passes Modulus 11)", hits))
+            elif "birth" in column or column == "dob":  # a date column named for birth holds a full date of birth
+                dates = conn.execute(sql.SQL("SELECT count({c}) FROM {t}").format(c=ident, t=relation)).fetchone()[0]
+                if dates:
+                    result.findings.append(Finding(where, column, "full date of birth", dates))
+    return result
+
+
+# -- what the report reads -------------------------------------------------------------------------------------
+
+
+def _rows(conn, query: str, params: tuple = ()) -> list[tuple]:
+    return conn.execute(query, params).fetchall()
+
+
+def _table_exists(conn, name: str) -> bool:
+    return conn.execute("SELECT to_regclass(%s) IS NOT NULL", (name,)).fetchone()[0]
+
+
+def grants(conn) -> dict:
+    """Who can read what, from PostgreSQL's catalogues as they are now."""
+    roles = _rows(conn, """
+        SELECT r.rolname, r.rolcanlogin, r.rolsuper, r.rolinherit, r.rolcreaterole, r.rolcreatedb, r.rolbypassrls,
+               coalesce((SELECT string_agg(g.rolname, ', ' ORDER BY g.rolname) FROM pg_auth_members m
+                         JOIN pg_roles g ON g.oid = m.roleid WHERE m.member = r.oid), '')
+        FROM pg_roles r WHERE r.rolname !~ '^pg_' ORDER BY r.rolname""")
+    tables = _rows(conn, """
+        SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END AS grantee,
+               n.nspname, c.relname, a.privilege_type, pg_get_userbyid(a.grantor)
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace, aclexplode(c.relacl) a
+        WHERE c.relkind IN ('r', 'v', 'm', 'p', 'f') AND n.nspname !~ '^pg_' AND n.nspname <> 'information_schema'
+          AND a.grantee <> c.relowner
+        ORDER BY 1, 2, 3, 4""")
+    columns = _rows(conn, """
+        SELECT grantee, table_schema, table_name, string_agg(column_name, ', ' ORDER BY column_name), privilege_type
+        FROM information_schema.column_privileges
+        WHERE table_schema !~ '^pg_' AND table_schema <> 'information_schema'
+          AND grantee <> (SELECT pg_get_userbyid(c.relowner) FROM pg_class c JOIN pg_namespace n
+                          ON n.oid = c.relnamespace WHERE n.nspname = table_schema AND c.relname = table_name)
+          AND NOT EXISTS (SELECT 1 FROM information_schema.role_table_grants t WHERE t.grantee = column_privileges.grantee
+                          AND t.table_schema = column_privileges.table_schema
+                          AND t.table_name = column_privileges.table_name
+                          AND t.privilege_type = column_privileges.privilege_type)
+        GROUP BY 1, 2, 3, 5 ORDER BY 1, 2, 3""")
+    schemas = _rows(conn, """
+        SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END, n.nspname,
+               string_agg(a.privilege_type, ', ' ORDER BY a.privilege_type)
+        FROM pg_namespace n, aclexplode(n.nspacl) a
+        WHERE n.nspname !~ '^pg_' AND n.nspname <> 'information_schema' AND a.grantee <> n.nspowner
+        GROUP BY 1, 2 ORDER BY 1, 2""")
+    functions = _rows(conn, """
+        SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END,
+               n.nspname || '.' || p.proname || '(' || pg_get_function_identity_arguments(p.oid) || ')',
+               p.prosecdef
+        FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace, aclexplode(p.proacl) a
+        WHERE n.nspname IN ('vault', 'audit') AND a.grantee <> p.proowner AND a.privilege_type = 'EXECUTE'
+        ORDER BY 1, 2""")
+    defaults = _rows(conn, """
+        SELECT pg_get_userbyid(d.defaclrole), coalesce(n.nspname, '(every schema)'),
+               CASE d.defaclobjtype WHEN 'r' THEN 'tables' WHEN 'S' THEN 'sequences' WHEN 'f' THEN 'functions'
+                    WHEN 'T' THEN 'types' WHEN 'n' THEN 'schemas' ELSE d.defaclobjtype::text END,
+               CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END,
+               string_agg(a.privilege_type, ', ' ORDER BY a.privilege_type)
+        FROM pg_default_acl d LEFT JOIN pg_namespace n ON n.oid = d.defaclnamespace, aclexplode(d.defaclacl) a
+        GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4""")
+    return {"roles": roles, "tables": tables, "columns": columns, "schemas": schemas, "functions": functions,
+            "defaults": defaults}
+
+
+# -- the page ---------------------------------------------------------------------------------------------------
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1b1f24;background:#fff}
+header{background:#0b3d5c;color:#fff;padding:1.2rem 2rem} header h1{margin:0 0 .3rem 0;font-size:1.5rem}
+main{padding:0 2rem 3rem 2rem;max-width:1400px} h2{border-bottom:2px solid #0b3d5c;padding-top:1.2rem}
+table{border-collapse:collapse;margin:.5rem 0 1rem 0;font-size:.85rem} th,td{border:1px solid #c9d1d9;padding:.25rem .5rem;
+text-align:left;vertical-align:top} th{background:#eef2f6} td.n{text-align:right;font-variant-numeric:tabular-nums}
+.verdict{display:inline-block;padding:.4rem .8rem;border-radius:4px;font-weight:600}
+.pass{background:#dff5e3;color:#0f5323}.fail{background:#fde2e1;color:#8a1c14}.warn{background:#fff4ce;color:#6b4e00}
+nav a{margin-right:1rem;color:#fff} details{margin:.3rem 0} summary{cursor:pointer;font-weight:600}
+.muted{color:#57606a} code{background:#f3f4f6;padding:0 .2rem}
+"""
+
+SECTIONS = (("sources", "Sources and agreements"), ("loads", "Loads"), ("lineage", "Lineage"),
+            ("access", "Who can read what"), ("reidentification", "Re-identification log"),
+            ("scan", "Identifiable-value scan"), ("gates", "Quality gates"))
+
+
+def _table(headers: list[str], rows: list[list[object]], numeric: set[int] = frozenset(), id_: str = "") -> str:
+    head = "".join(f"<th>{e(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(
+        f"<td class=\"n\">{e(v)}</td>" if i in numeric else f"<td>{e(v)}</td>" for i, v in enumerate(row)) + "</tr>"
+                   for row in rows)
+    ident = f' id="{e(id_)}"' if id_ else ""
+    if not rows:
+        body = f'<tr><td colspan="{len(headers)}" class="muted">none</td></tr>'
+    return f"<table{ident}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _sources(register: agreements.Register, loads: list[tuple]) -> str:
+    today = agreements.today()
+    last_load = {}
+    for row in loads:
+        last_load.setdefault((row[1], row[2]), row)
+    rows = []
+    for a in register.agreements:
+        rows.append([a.organisation_name, a.organisation_code, a.feed, a.provider or "", a.dsa_reference, a.version,
+                     a.start_date, a.end_date, "in force" if a.in_force(today) else "NOT in force",
+                     a.legal_basis_article_6, a.legal_basis_article_9, a.common_law_basis, ", ".join(a.purposes),
+                     a.data_controller])
+    known = {(a.feed, a.provider) for a in register.agreements}
+    unknown = sorted({(r[1], r[2]) for r in loads if (r[1], r[2]) not in known}, key=str)
+    extra = ""
+    if unknown:
+        extra = "<p class=\"verdict fail\">Loads were offered by sources the register does not name: " + e(", ".join(
+            f"{f} from {p}" if p else f for f, p in unknown)) + "</p>"
+    return (f"<p>Data sharing register version {e(register.version)} "
+            f"(<code>governance/data_sharing_register.yml</code>), {len(register.agreements)} agreements; "
+            f"in force is judged on {e(today)} (the load date is the day of the load).</p>" + extra + _table(
+                ["Organisation", "Code", "Feed", "Provider", "DSA reference", "Version", "Start", "End", "Today",
+                 "UK GDPR Article 6", "UK GDPR Article 9", "Common law", "Purposes allowed", "Data controller"],
+                rows, {5}, "agreements"))
+
+
+def _loads(loads: list[tuple], optouts_applied: list[tuple]) -> str:
+    rows = [[r[0], r[1], r[2] or "", r[3] or "", r[4], r[5], (r[6] or "")[:16] + ("…" if r[6] else ""), r[7], r[8],
+             r[9], r[10], r[11], r[12] or "", r[13] or "", r[14] or "", (r[15] or "")[:300]] for r in loads]
+    applied = _table(["Opt-out load", "Table", "Rows removed", "Applied"], [list(r) for r in optouts_applied], {2})
+    return ("<p>Every file offered, its checksum (SHA-256, first 16 characters), what happened to its rows, and the "
+            "linkage key version its pseudonyms were made with. Rows read = loaded + quarantined + removed by "
+            "opt-out.</p>" + _table(
+                ["Load", "Feed", "Provider", "Period end", "File", "Status", "SHA-256", "Bytes", "Rows read",
+                 "Loaded", "Quarantined", "Removed by opt-out", "Key version", "Started", "Published", "Message"],
+                rows, {0, 7, 8, 9, 10, 11}, "loads")
+            + "<h3>Opt-out lists applied to what was already loaded</h3>" + applied)
+
+
+def _graph(edges: list[tuple[str, str]]) -> str:
+    """Sources on the left, published tables on the right, a line for each dependency (inline SVG)."""
+    sources = sorted({s for s, _ in edges}, key=lambda s: (s.startswith("seed "), s.startswith("audit."), s))
+    targets = sorted({t for _, t in edges})
+    step, width = 26, 900
+    height = max(len(sources), len(targets)) * step + 30
+    y_s = {s: 20 + i * step * max(len(targets), 1) / max(len(sources), 1) for i, s in enumerate(sources)}
+    y_t = {t: 20 + i * step for i, t in enumerate(targets)}
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" id="lineage-graph" width="{width}" height="{height}" '
+             f'viewBox="0 0 {width} {height}" role="img" aria-label="Lineage from sources to published tables">']
+    for s, t in edges:
+        colour = "#0b3d5c" if not s.startswith(("seed ", "audit.")) else "#b0b8c1"
+        parts.append(f'<line x1="290" y1="{y_s[s]:.0f}" x2="600" y2="{y_t[t]:.0f}" stroke="{colour}" '
+                     'stroke-opacity="0.45"/>')
+    for s in sources:
+        parts.append(f'<text x="285" y="{y_s[s] + 4:.0f}" text-anchor="end" font-size="12" class="source">{e(s)}</text>')
+    for t in targets:
+        parts.append(f'<text x="605" y="{y_t[t] + 4:.0f}" font-size="12" class="mart">{e(t)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _lineage(lineage: list[tuple]) -> str:
+    if not lineage:
+        return ("<p class=\"verdict warn\">No column lineage is recorded yet: it is written after every marts build "
+                "(audit.column_lineage).</p>")
+    edges = sorted({(feed, mart) for mart, _, feed, _, _, _ in lineage})
+    by_column: dict[str, dict[str, list[tuple]]] = defaultdict(lambda: defaultdict(list))
+    for mart, column, feed, source_column, kind, path in lineage:
+        by_column[mart][column].append((feed, source_column, kind, path))
+    details = []
+    for mart in sorted(by_column):
+        rows = []
+        for column in by_column[mart]:
+            sources = by_column[mart][column]
+            for kind in ("direct", "indirect"):
+                named = defaultdict(list)
+                for feed, source_column, k, _ in sources:
+                    if k == kind:
+                        named[feed].append(source_column)
+                if named:
+                    rows.append([column, kind, "; ".join(f"{f}: {', '.join(sorted(c))}" for f, c in sorted(named.items()))])
+        details.append(f'<details class="mart-columns" data-mart="{e(mart)}"><summary>{e(mart)} '
+                       f'({len(by_column[mart])} columns)</summary>'
+                       + _table(["Column", "Kind", "Source columns (feed: extract columns)"], rows) + "</details>")
+    return ("<p>From each source (left) to each published table (right): a line where the table uses the source. "
+            "Grey: code lists kept in the repository and the load audit.</p>" + _graph(edges)
+            + "<h3>The source columns behind each published column</h3>"
+            "<p><b>direct</b>: the value is computed from the source column; <b>indirect</b>: the source column "
+            "decides which rows are counted, how they are joined or grouped (filters, joins, CASE conditions). "
+            "Columns are named as the extract contract names them; <code>(the file)</code> is the file as a whole."
+            "</p>" + "".join(details))
+
+
+def _access(g: dict) -> str:
+    per_role = defaultdict(list)
+    for grantee, schema, table, privilege, grantor in g["tables"]:
+        per_role[grantee].append((schema, table, privilege))
+    role_blocks = []
+    for role in sorted(per_role, key=lambda r: (r not in PLATFORM_ROLES, r)):
+        grouped = defaultdict(list)
+        for schema, table, privilege in per_role[role]:
+            grouped[(schema, table)].append(privilege)
+        rows = [[f"{s}.{t}", ", ".join(sorted(p))] for (s, t), p in sorted(grouped.items())]
+        role_blocks.append(f'<h4>{e(role)}</h4>' + _table(["Table or view", "Privileges"], rows,
+                                                           id_=f"grants-{role}"))
+    return ("<p>Read from PostgreSQL's catalogues when this report was written: what each role <em>can</em> do now, "
+            "whatever the code intends. The owner of the warehouse's tables can do everything and is not listed "
+            "table by table.</p>"
+            + "<h3>Roles</h3>" + _table(["Role", "Can log in", "Superuser", "Inherits", "Create role", "Create DB",
+                                         "Bypasses row security", "Member of"], [list(r) for r in g["roles"]],
+                                        id_="roles")
+            + "<h3>Schema privileges</h3>" + _table(["Role", "Schema", "Privileges"], [list(r) for r in g["schemas"]],
+                                                    id_="schema-grants")
+            + "<h3>Table privileges, by role</h3>" + "".join(role_blocks)
+            + "<h3>Column privileges (where a role has some columns of a table only)</h3>"
+            + _table(["Role", "Schema", "Table", "Columns", "Privilege"], [list(r) for r in g["columns"]],
+                     id_="column-grants")
+            + "<h3>Functions a role may call (vault and audit)</h3>"
+            + _table(["Role", "Function", "Runs as its owner"], [list(r) for r in g["functions"]], id_="function-grants")
+            + "<h3>Default privileges (what future tables will grant)</h3>"
+            + _table(["Owner", "Schema", "Objects", "Role", "Privileges"], [list(r) for r in g["defaults"]],
+                     id_="default-grants"))
+
+
+def _reidentification(rows: list[tuple]) -> str:
+    return ("<p>Every request to the vault, logged before anything is released (append-only). How many people were "
+            "asked for and how many the vault held; never who.</p>"
+            + _table(["Request", "When", "Login", "On behalf of", "Purpose", "People asked for", "People in vault"],
+                     [list(r) for r in rows], {0, 5, 6}, "reidentifications"))
+
+
+def _scan(result: ScanResult) -> str:
+    verdict = ('<p class="verdict pass" id="scan-verdict">PASS: no identifiable value found</p>' if result.clean else
+               f'<p class="verdict fail" id="scan-verdict">FAIL: identifiable values found in {len(result.findings)} '
+               'column(s)</p>')
+    return (verdict + f"<p>Scanned every row of {result.columns} text, date and integer columns in {result.tables} "
+            f"tables ({result.rows} rows) outside the encrypted vault, for NHS numbers passing the Modulus 11 check "
+            "digit, full postcodes, and full dates of birth (any value in a column named for birth). The values "
+            "found are never shown.</p>"
+            + _table(["Table", "Column", "What", "Rows"], [[f.relation, f.column, f.kind, f.rows] for f in result.findings],
+                     {3}, "scan-findings"))
+
+
+def _gates(gate_rows: list[tuple], statuses: list[tuple]) -> str:
+    return ("<h3>Loads by status</h3>" + _table(["Feed", "Status", "Files", "Last"], [list(r) for r in statuses], {2},
+                                                "load-statuses")
+            + "<h3>Every gate run</h3><p>One row per validation (a load's gate, or the marts gate: load 0); the rules "
+              "that failed are named.</p>"
+            + _table(["Load", "Feed", "Suite", "Checked", "Rules", "Passed", "Failed (error)", "Failed (warn)",
+                      "Failed rules"], [list(r) for r in gate_rows], {0, 4, 5, 6, 7}, "gate-history"))
+
+
+def build_report(conn, register: agreements.Register) -> tuple[str, dict]:
+    loads = _rows(conn, """
+        SELECT load_id, feed, provider, period_end, file_name, status, file_sha256, file_bytes, rows_read, rows_loaded,
+               rows_quarantined, rows_opted_out, key_version, to_char(started_at, 'YYYY-MM-DD HH24:MI'),
+               to_char(published_at, 'YYYY-MM-DD HH24:MI'), message
+        FROM audit.load ORDER BY load_id DESC""")
+    optouts_applied = _rows(conn, """SELECT optout_load_id, table_name, rows_removed,
+                                            to_char(applied_at, 'YYYY-MM-DD HH24:MI') FROM audit.optout_applied
+                                     ORDER BY applied_at DESC""")
+    lineage = (_rows(conn, """SELECT mart, column_name, source_feed, source_column, kind, path FROM audit.column_lineage
+                              ORDER BY mart, column_name, source_feed, source_column""")
+               if _table_exists(conn, "audit.column_lineage") else [])
+    reids = _rows(conn, """SELECT request_id, to_char(requested_at, 'YYYY-MM-DD HH24:MI:SS'), requested_by,
+                                  on_behalf_of, purpose, cardinality(person_ids), people_in_vault
+                           FROM audit.reidentification ORDER BY request_id DESC""")
+    gate_rows = _rows(conn, """
+        SELECT load_id, feed, suite, to_char(max(checked_at), 'YYYY-MM-DD HH24:MI'), count(*),
+               count(*) FILTER (WHERE status = 'passed'),
+               count(*) FILTER (WHERE status = 'failed' AND severity = 'error'),
+               count(*) FILTER (WHERE status = 'failed' AND severity = 'warn'),
+               coalesce(string_agg(check_id, ', ' ORDER BY check_id) FILTER (WHERE status = 'failed'), '')
+        FROM audit.gate_result GROUP BY load_id, feed, suite, run_id ORDER BY max(checked_at) DESC""")
+    statuses = _rows(conn, """SELECT feed, status, count(*), to_char(max(started_at), 'YYYY-MM-DD HH24:MI')
+                              FROM audit.load GROUP BY feed, status ORDER BY feed, status""")
+    access = grants(conn)
+    scan = scan_warehouse(conn)
+    written = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    bodies = {
+        "sources": _sources(register, loads), "loads": _loads(loads, optouts_applied), "lineage": _lineage(lineage),
+        "access": _access(access), "reidentification": _reidentification(reids), "scan": _scan(scan),
+        "gates": _gates(gate_rows, statuses),
+    }
+    nav = "".join(f'<a href="#{key}">{e(title)}</a>' for key, title in SECTIONS)
+    sections = "".join(f'<section id="{key}"><h2>{e(title)}</h2>{bodies[key]}</section>' for key, title in SECTIONS)
+    page = (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Information governance audit"
+            f"</title><meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'; "
+            f"img-src data:\"><style>{CSS}</style></head><body><header><h1>Information governance audit</h1>"
+            f"<div>Written {e(written)} from the live warehouse. Identifiable-value scan: "
+            f"{'PASS' if scan.clean else 'FAIL'}.</div><nav>{nav}</nav></header><main>{sections}</main></body></html>")
+    summary = {"loads": len(loads), "agreements": len(register.agreements), "lineage_links": len(lineage),
+               "reidentifications": len(reids), "scan_clean": scan.clean, "findings": len(scan.findings),
+               "columns_scanned": scan.columns}
+    return page, summary
+
+
+def write_ig_report(out: Path) -> dict:
+    register = agreements.load_register()
+    with db.connect() as conn:
+        page, summary = build_report(conn, register)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page, encoding="utf-8")
+    return summary
