@@ -1,0 +1,169 @@
+"""The information governance audit report, drawn in headless Chromium from a small real warehouse.
+
+A generated world of a few hundred people is loaded and its marts built; its column lineage is recorded and one
+re-identification is made for direct care; then `pophealth ig-report` writes the page and Chromium draws it.
+What an IG officer reads there is asserted on the drawn page (the DOM after the browser has loaded it).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from .conftest import TEST_KEY, isolated_env, marts_built_from, synth_world
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = Path("/usr/bin/chromium")
+PURPOSE = "direct care: <script>alert(1)</script> falls clinic follow-up"
+RECORD_LINEAGE = "from pophealth.lineage import record_column_lineage; print(record_column_lineage())"
+PLANTED_NHS_NUMBER = "9434765919"  # a synthetic number that passes the Modulus 11 check
+
+
+class Report:
+    def __init__(self, home: Path, url: str):
+        self.home, self.url, self.env = home, url, isolated_env(home)
+        self.drawn = 0
+
+    def pophealth(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "pophealth.cli", *args], env=self.env, capture_output=True,
+                              text=True, timeout=600)
+
+    def sql(self, statement: str, params: tuple = ()) -> list[tuple]:
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            cur = conn.execute(statement, params)
+            return cur.fetchall() if cur.description else []
+
+    def draw(self) -> tuple[str, str, int]:
+        """Write the report, draw it in Chromium; returns (the drawn DOM, the file as written, the command's exit)."""
+        self.drawn += 1
+        out = self.home / f"ig_report_{self.drawn}.html"
+        made = self.pophealth("ig-report", "--out", str(out))
+        assert out.exists(), made.stdout[-3000:] + made.stderr[-3000:]
+        profile = self.home / f"chromium-{self.drawn}"
+        profile.mkdir()
+        drawn = subprocess.run(
+            [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={profile}", "--virtual-time-budget=5000", "--dump-dom", out.as_uri()],
+            capture_output=True, text=True, timeout=180, check=False)
+        assert drawn.returncode == 0 and "</html>" in drawn.stdout, drawn.stderr[-2000:]
+        return drawn.stdout, out.read_text(encoding="utf-8"), made.returncode
+
+
+def table(dom: str, ident: str) -> str:
+    found = re.search(rf'<table id="{re.escape(ident)}">.*?</table>', dom, re.S)
+    assert found, f"no table {ident} in the report"
+    return found.group(0)
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: the IG report test draws the page in headless Chromium")
+    home = tmp_path_factory.mktemp("ig-report")
+    landing = synth_world(home, population=300, seed=17)
+    with marts_built_from(landing, home, TEST_KEY, timeout=900) as url:
+        r = Report(home, url)
+        recorded = subprocess.run([sys.executable, "-c", RECORD_LINEAGE], env=r.env, capture_output=True, text=True,
+                                  timeout=600)
+        assert recorded.returncode == 0, recorded.stderr[-3000:]
+        r.person_id = r.sql("SELECT person_id FROM marts.person WHERE person_id IS NOT NULL LIMIT 1")[0][0]
+        asked = r.pophealth("reidentify", r.person_id, "--purpose", PURPOSE, "--on-behalf-of", "Dr Example")
+        assert asked.returncode == 0, asked.stdout[-2000:] + asked.stderr[-2000:]
+        r.revealed = re.findall(r"\b\d{10}\b", asked.stdout)
+        r.first = r.draw()
+        yield r
+
+
+def test_every_agreement_and_every_load_is_listed_with_checksum_counts_and_key_version(report):
+    dom, _, exit_code = report.first
+    assert exit_code == 0
+    agreements = table(dom, "agreements")
+    for reference in ("DSA-ESX-2024-001", "DSA-ESX-2024-002", "DSA-ESX-2024-003", "DSA-ESX-2024-010",
+                      "DSA-ESX-2024-020", "DSA-NHSE-2024-030"):
+        assert reference in agreements
+    assert "9(2)(h) health or social care" in agreements and "bcf_reporting" in agreements
+    loads = table(dom, "loads")
+    for file_name, sha, read, loaded, quarantined, opted_out, key_version in report.sql(
+            """SELECT file_name, file_sha256, rows_read, rows_loaded, rows_quarantined, rows_opted_out, key_version
+               FROM audit.load"""):
+        row = next(r for r in loads.split("<tr>") if f"<td>{file_name}</td>" in r)
+        cells = re.findall(r"<td[^>]*>(.*?)</td>", row)
+        assert cells[6] == sha[:16] + "…"
+        assert [int(c) for c in cells[8:12]] == [read, loaded, quarantined, opted_out]
+        assert cells[12] == (key_version or "")
+
+
+def test_the_lineage_graph_goes_from_sources_to_marts_and_the_bcf_numerator_names_admission_method_and_date(report):
+    dom, _, _ = report.first
+    graph = re.search(r'<svg[^>]*id="lineage-graph".*?</svg>', dom, re.S).group(0)
+    assert '<text x="285"' in graph and ">apc<" in graph and ">marts.bcf_metrics<" in graph
+    assert graph.count("<line") >= 12
+    bcf = re.search(r'<details class="mart-columns" data-mart="marts.bcf_metrics">.*?</details>', dom, re.S).group(0)
+    numerator = [r for r in bcf.split("<tr>") if r.startswith("<td>numerator</td>")]
+    sources = " ".join(numerator)
+    assert "apc: " in sources and "admimeth" in sources and "admidate" in sources
+
+
+def test_the_grants_section_shows_a_grant_made_in_the_database_and_not_once_it_is_revoked(report):
+    dom, _, _ = report.first
+    assert "raw.ref_lsoa" not in table(dom, "grants-analyst")
+    assert "marts.bcf_metrics" in table(dom, "grants-analyst")
+    report.sql("GRANT SELECT ON raw.ref_lsoa TO analyst")
+    try:
+        granted, _, _ = report.draw()
+    finally:
+        report.sql("REVOKE SELECT ON raw.ref_lsoa FROM analyst")
+    assert re.search(r"<td>raw\.ref_lsoa</td><td>SELECT</td>", table(granted, "grants-analyst"))
+    revoked, _, _ = report.draw()
+    assert "raw.ref_lsoa" not in table(revoked, "grants-analyst")
+
+
+def test_the_roles_schemas_vault_functions_and_default_privileges_are_read_from_the_catalogue(report):
+    dom, _, _ = report.first
+    assert all(f"<td>{role}</td>" in table(dom, "roles") for role in ("loader", "analyst", "ig_auditor", "reidentifier"))
+    assert re.search(r"<td>analyst</td><td>marts</td><td>USAGE</td>", table(dom, "schema-grants"))
+    assert re.search(r"<td>reidentifier</td><td>vault\.reidentify\(request bigint\)</td><td>True</td>",
+                     table(dom, "function-grants"))
+    assert re.search(r"<td>ig_auditor</td><td>SELECT</td>", table(dom, "default-grants"))
+    assert re.search(r"<td>loader</td><td>vault</td><td>identity</td><td>kind, pseudonym</td><td>SELECT</td>",
+                     table(dom, "column-grants"))
+
+
+def test_the_reidentification_log_says_who_why_and_how_many_but_never_whom(report):
+    dom, written, _ = report.first
+    log = table(dom, "reidentifications")
+    assert "Dr Example" in log and "falls clinic follow-up" in log
+    assert re.search(r'<td class="n">1</td><td class="n">1</td></tr>', log)
+    assert report.person_id not in dom
+    assert report.revealed and not any(number in dom for number in report.revealed)
+    # the purpose's markup is shown as text: no script reached the page
+    assert "<script" not in written and "&lt;script&gt;" in written
+
+
+def test_the_scan_passes_on_the_warehouse_and_fails_naming_the_column_where_an_nhs_number_is_planted(report):
+    dom, _, _ = report.first
+    assert 'id="scan-verdict">PASS: no identifiable value found' in dom
+    report.sql("CREATE TABLE staging.call_notes (note text, called_on date)")
+    report.sql("INSERT INTO staging.call_notes VALUES (%s, '2025-01-02')", (f"rang {PLANTED_NHS_NUMBER} back",))
+    try:
+        planted, _, exit_code = report.draw()
+    finally:
+        report.sql("DROP TABLE staging.call_notes")
+    assert exit_code == 1
+    assert 'id="scan-verdict">FAIL: identifiable values found in 1 column(s)' in planted
+    assert re.search(r"<td>staging\.call_notes</td><td>note</td><td>NHS number \(passes Modulus 11\)</td>",
+                     table(planted, "scan-findings"))
+    assert PLANTED_NHS_NUMBER not in planted
+
+
+def test_the_page_fetches_nothing_from_the_network(report):
+    _, written, _ = report.first
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", written)
+    assert "<script" not in written and "@import" not in written
