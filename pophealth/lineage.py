@@ -114,15 +114,23 @@ def _direct_lineage(sql: str) -> dict[str, set[tuple[str | None, str]]]:
     """Output column -> the (table or alias, column) pairs its expression reads, from openlineage_sql."""
     import openlineage_sql
 
-    try:
-        meta = openlineage_sql.parse([sql], dialect="postgres")
-    except Exception as exc:  # an SQL the parser cannot read: fall back to same-named columns, and say so
-        log.warning("column lineage: openlineage_sql could not parse a model (%s)", type(exc).__name__)
-        return {}
+    # openlineage_sql 1.54 returns a varying subset of a long expression's inputs from one call to the next (seen
+    # on the risk score's sum of terms): take the union of parses until five in a row add nothing (at most 30).
     out: dict[str, set[tuple[str | None, str]]] = {}
-    for column in meta.column_lineage:
-        out.setdefault(column.descendant.name, set()).update(
-            (origin.origin.name if origin.origin else None, origin.name) for origin in column.lineage)
+    unchanged = 0
+    for _ in range(30):
+        try:
+            meta = openlineage_sql.parse([sql], dialect="postgres")
+        except Exception as exc:  # an SQL the parser cannot read: fall back to same-named columns, and say so
+            log.warning("column lineage: openlineage_sql could not parse a model (%s)", type(exc).__name__)
+            return out
+        before = sum(len(v) for v in out.values())
+        for column in meta.column_lineage:
+            out.setdefault(column.descendant.name, set()).update(
+                (origin.origin.name if origin.origin else None, origin.name) for origin in column.lineage)
+        unchanged = unchanged + 1 if sum(len(v) for v in out.values()) == before else 0
+        if unchanged == 5:
+            break
     return out
 
 
@@ -204,14 +212,8 @@ def _keep(result: dict[SourceColumn, Reach], source: SourceColumn, reach: Reach)
 
 
 def catalogue(conn) -> dict[str, list[str]]:
-    rows = conn.execute(
-        """SELECT table_schema || '.' || table_name, column_name FROM information_schema.columns
-           WHERE table_schema IN ('raw', 'staging', 'intermediate', 'marts', 'reporting', 'reference', 'audit')
-           ORDER BY table_schema, table_name, ordinal_position""").fetchall()
-    out: dict[str, list[str]] = {}
-    for relation, column in rows:
-        out.setdefault(relation, []).append(column)
-    return out
+    """Each warehouse relation ("schema.table") and its columns, in order."""
+    return {relation: [name for name, _ in columns] for relation, columns in _typed_catalogue(conn).items()}
 
 
 def _compiled_manifest() -> dict:
