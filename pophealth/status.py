@@ -60,6 +60,12 @@ def _when(then: datetime | None, now: datetime) -> str:
     return f"{then:%Y-%m-%d %H:%M} UTC ({age(then, now)} ago)" if then else "never"
 
 
+def where(url: str) -> str:
+    """The warehouse as user@host:port/database: never its password (a real server's URL carries one)."""
+    parts = db.parse_url(url)
+    return f"{parts.user}@{parts.host}:{parts.port}/{parts.dbname}"
+
+
 def status_text(landing: Path | None = None) -> tuple[str, bool]:
     status = collect(landing)
     return status.text(), status.healthy
@@ -67,7 +73,7 @@ def status_text(landing: Path | None = None) -> tuple[str, bool]:
 
 def collect(landing: Path | None = None) -> Status:
     now = datetime.now(timezone.utc)
-    status = Status([f"Warehouse: {db.warehouse_url()}"])
+    status = Status([f"Warehouse: {where(db.warehouse_url())}"])
     with db.connect() as conn:
         conn.row_factory = dict_row
         if conn.execute("SELECT to_regclass('audit.load') AS t").fetchone()["t"] is None:
@@ -109,6 +115,11 @@ def _sources(conn, status: Status, now: datetime) -> None:
             f"{load['rows_quarantined']:>8,} {load['rows_opted_out']:>9,} {age(load['at'], now):>8}")
     if not latest:
         status.lines.append("  nothing has been loaded yet")
+    in_force = conn.execute("SELECT count(*) AS n FROM audit.load WHERE feed = 'optouts' AND status = 'published'"
+                            ).fetchone()["n"]
+    if not in_force and any(load["feed"] in ("gp_register", "apc", "cld") for load in latest):
+        status.problems.append("no national data opt-out list is in force (after a key rotation it must be loaded "
+                               "again): every personal load is refused until it is (docs/runbook.md)")
     for refused in blocking_loads():
         message = (conn.execute("SELECT message FROM audit.load WHERE load_id = %s", (refused["load_id"],))
                    .fetchone()["message"] or "").strip().splitlines()
