@@ -166,3 +166,30 @@ def test_marts_refused_by_the_marts_gate_are_reported_failed_with_where_the_refu
     # The next build clears the refused candidates (clear_candidates); nothing is then wrong.
     warehouse.python("from pophealth.marts_gate import drop_candidates; drop_candidates()")
     assert warehouse.status().returncode == 0
+
+
+def test_after_a_key_rotation_the_missing_opt_out_list_is_reported_until_it_is_loaded_again(warehouse):
+    new_key = "7e" * 32
+    warehouse.python("""
+        import sys
+        from pophealth.keys import LinkageKey, load_linkage_key, load_vault_key
+        from pophealth.rekey import rotate_linkage_key
+        rotate_linkage_key(load_linkage_key(), LinkageKey.from_hex(sys.argv[1], "the test"), load_vault_key(),
+                           progress=lambda _: None)
+    """, new_key)
+
+    proc = warehouse.status()
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "no national data opt-out list is in force" in proc.stdout
+    optouts = next(warehouse.landing.glob("optouts_*.csv"))
+    assert f"  optouts                  {optouts.name}" in proc.stdout.splitlines()  # waiting to be loaded again
+
+    # The list loaded again under the new key: nothing is wrong.
+    warehouse.env["POPHEALTH_LINKAGE_KEY"] = new_key
+    warehouse.python("""
+        import sys
+        from pophealth.load import publish_load, stage_extract
+        publish_load(stage_extract(sys.argv[1]).load_id)
+    """, str(optouts))
+    proc = warehouse.status()
+    assert proc.returncode == 0, proc.stdout + proc.stderr
