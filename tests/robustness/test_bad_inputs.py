@@ -19,6 +19,8 @@ import pytest
 from tests.robustness.spec import (CASES, FORMULA_VALUES, LAST_ROW, MILLION, MILLION_BAD_ROW, OWN_TEST, PROVIDER,
                                    Case, write_million)
 
+pytestmark = pytest.mark.integration
+
 RAW = "raw.apc_episode"
 TABLE_CASES = [c for c in CASES if c.id not in OWN_TEST]
 
