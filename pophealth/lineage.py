@@ -229,7 +229,7 @@ def _compiled_manifest() -> dict:
                                if n["resource_type"] == "model" and n["schema"] in PUBLISHED_SCHEMAS)
 
     if not compiled(manifest):
-        proc = dbt_command(["compile", "--resource-type", "model"])
+        proc = dbt_command(["compile", "--select", "resource_type:model"])
         if proc.returncode != 0:
             raise DbtFailed("dbt compile (for column lineage) failed:\n" + _tail(proc.stdout + proc.stderr))
         manifest = json.loads(path.read_text())
