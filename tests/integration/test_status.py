@@ -18,6 +18,7 @@ import psycopg
 import pytest
 
 from .conftest import TEST_KEY, isolated_env, marts_built_from, synth_world
+from .test_marts_gate import copy_to_candidates
 
 pytestmark = pytest.mark.integration
 
@@ -146,11 +147,7 @@ def test_a_load_refused_by_its_gate_is_reported_failed_until_a_good_file_replace
 
 def test_marts_refused_by_the_marts_gate_are_reported_failed_with_where_the_refused_build_is(warehouse):
     # Candidate marts with one person twice: the marts gate refuses them, the published marts stay.
-    for schema in ("marts", "reporting"):
-        warehouse.query(f"DROP SCHEMA IF EXISTS {schema}__candidate CASCADE")
-        warehouse.query(f"CREATE SCHEMA {schema}__candidate")
-        for (table,) in warehouse.query("SELECT tablename FROM pg_tables WHERE schemaname = %s", (schema,)):
-            warehouse.query(f'CREATE TABLE {schema}__candidate."{table}" AS TABLE {schema}."{table}"')
+    copy_to_candidates(warehouse.url)
     warehouse.query("INSERT INTO marts__candidate.person SELECT * FROM marts.person LIMIT 1")
     warehouse.python("""
         from pophealth.marts_gate import run_marts_gate
