@@ -1,14 +1,12 @@
 """Failure notifications: what they say, that they never carry an identifier, that a failed send never raises."""
 
-import json
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from types import SimpleNamespace
 
 import pytest
 
 from pophealth import notify
+from tests.integration.listeners import listening
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -43,28 +41,13 @@ def test_a_ten_digit_value_in_the_first_line_is_scrubbed():
     assert failure.what == "bad value [removed] at postcode [removed]"
 
 
-class _Receiver(BaseHTTPRequestHandler):
-    received: list = []
-
-    def do_POST(self):  # noqa: N802 - http.server's name
-        _Receiver.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-        self.send_response(204)
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
-
-
 def test_the_webhook_gets_one_json_post(monkeypatch):
-    server = HTTPServer(("127.0.0.1", 0), _Receiver)
-    threading.Thread(target=server.handle_request, daemon=True).start()
-    monkeypatch.setenv(notify.ENV_WEBHOOK, f"http://127.0.0.1:{server.server_port}/hook")
-    monkeypatch.delenv(notify.ENV_EMAIL, raising=False)
-    _Receiver.received.clear()
-    notify.notify_failure(_context("QUALITY GATE FAILED for apc_RAJ_20250331.csv (load 7)"))
-    server.server_close()
-    assert len(_Receiver.received) == 1
-    body = _Receiver.received[0]
+    with listening() as inbox:
+        monkeypatch.setenv(notify.ENV_WEBHOOK, f"http://127.0.0.1:{inbox.webhook_port}/hook")
+        monkeypatch.delenv(notify.ENV_EMAIL, raising=False)
+        notify.notify_failure(_context("QUALITY GATE FAILED for apc_RAJ_20250331.csv (load 7)"))
+    assert len(inbox.posts) == 1
+    body = inbox.posts[0]
     assert body["dag"] == "ingest_apc" and body["what"].startswith("QUALITY GATE FAILED")
     assert body["text"].startswith("pophealth: ingest_apc.ingest_file.gate[0] failed in run manual__")
 
@@ -78,3 +61,15 @@ def test_a_notification_that_cannot_be_sent_is_logged_and_does_not_raise(monkeyp
     with caplog.at_level("WARNING", logger="pophealth"):
         notify.notify_failure(_context("QUALITY GATE FAILED"))
     assert "could not be sent" in caplog.text
+
+
+def test_the_email_goes_through_airflows_smtp_settings(monkeypatch):
+    with listening() as inbox:
+        monkeypatch.delenv(notify.ENV_WEBHOOK, raising=False)
+        for name, value in inbox.env().items():
+            if name != notify.ENV_WEBHOOK:
+                monkeypatch.setenv(name, value)
+        notify.notify_failure(_context("QUALITY GATE FAILED for apc_RAJ_20250331.csv (load 7)"))
+    assert len(inbox.emails) == 1 and inbox.posts == []
+    assert "Subject: pophealth: ingest_apc.ingest_file.gate[0] failed" in inbox.emails[0]
+    assert "QUALITY GATE FAILED for apc_RAJ_20250331.csv (load 7)" in inbox.emails[0]
