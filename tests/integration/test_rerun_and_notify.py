@@ -1,0 +1,129 @@
+"""Re-running a past period with one command, idempotently; a failed gate in a real DAG run reaches people.
+
+One generated world (the end-to-end size and seed, so the marts gate's rules hold), loaded and built without
+Airflow (conftest.marts_built_from); the commands under test then run the real DAGs through Airflow.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import POPULATION, SEED, TEST_KEY, isolated_env, marts_built_from, synth_world
+from tests.integration.listeners import RECIPIENT, break_one_hospital_file, listening
+
+
+class Small:
+    def __init__(self, home: Path, landing: Path, url: str):
+        self.home, self.landing, self.url = home, landing, url
+        self.env = isolated_env(home)
+
+    def pophealth(self, *args: str, env: dict | None = None, timeout: int = 1200) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "pophealth.cli", *args], env={**self.env, **(env or {})},
+                              capture_output=True, text=True, timeout=timeout)
+
+    def query(self, sql: str, params: tuple = ()) -> list[tuple]:
+        import psycopg
+
+        with psycopg.connect(self.url) as conn:
+            return conn.execute(sql, params).fetchall()
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    home = tmp_path_factory.mktemp("rerun")
+    landing = synth_world(home, POPULATION, SEED)
+    with marts_built_from(landing, home, TEST_KEY, timeout=1800) as url:
+        yield Small(home, landing, url)
+
+
+def _copy_landing(built: Small, tmp_path: Path) -> Path:
+    landing = tmp_path / "landing"
+    shutil.copytree(built.landing, landing, ignore=shutil.ignore_patterns("answer_key"))
+    return landing
+
+
+def _drop_last_row(path: Path) -> None:
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:-1]))
+
+
+def _published(built: Small, file_name: str) -> list[tuple]:
+    return built.query("SELECT load_id, file_sha256 FROM audit.load WHERE file_name = %s AND status = 'published'",
+                       (file_name,))
+
+
+def test_a_rerun_of_a_past_period_replaces_it_rebuilds_the_marts_and_a_second_changes_nothing(built, tmp_path):
+    landing = _copy_landing(built, tmp_path)
+    periods = sorted(landing.glob("apc_RAJ_*.csv"))
+    target, other = periods[2], periods[3]  # a past period, and the next one
+    # The hospital resubmits the past period with one episode fewer; the next period's file also changed, but
+    # the rerun is for the past period only.
+    _drop_last_row(target)
+    _drop_last_row(other)
+    _published_before = _published(built, target.name)[0][0]
+    rows_before = built.query("SELECT count(*) FROM raw.apc_episode WHERE load_id = %s", (_published_before,))[0][0]
+    builds_before = built.query("SELECT count(*) FROM audit.dbt_result")[0][0]
+    other_before = built.query("SELECT load_id, status FROM audit.load WHERE file_name = %s", (other.name,))
+    period = re.search(r"_(\d{4})(\d{2})(\d{2})\.csv$", target.name).groups()
+
+    first = built.pophealth("rerun", "--feed", "apc", "--period", "-".join(period), "--provider", "RAJ",
+                            "--landing", str(landing))
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-2000:]
+    (load_id, _sha), = _published(built, target.name)
+    assert load_id != _published_before
+    assert built.query("SELECT count(*) FROM raw.apc_episode WHERE load_id = %s", (load_id,))[0][0] == rows_before - 1
+    # The next period's changed file was not touched: still only its first load.
+    assert built.query("SELECT load_id, status FROM audit.load WHERE file_name = %s", (other.name,)) == other_before
+    assert "rebuilding the marts" in first.stdout
+    assert built.query("SELECT count(*) FROM audit.dbt_result")[0][0] > builds_before
+
+    state = (built.query("SELECT count(*), max(load_id) FROM audit.load"),
+             built.query("SELECT md5(string_agg(p::text, ',' ORDER BY person_id)) FROM marts.person p"),
+             built.query("SELECT count(*) FROM audit.dbt_result"))
+    second = built.pophealth("rerun", "--feed", "apc", "--period", "-".join(period), "--provider", "RAJ",
+                             "--landing", str(landing))
+    assert second.returncode == 0, second.stdout[-3000:]
+    assert "Nothing to do" in second.stdout
+    assert (built.query("SELECT count(*), max(load_id) FROM audit.load"),
+            built.query("SELECT md5(string_agg(p::text, ',' ORDER BY person_id)) FROM marts.person p"),
+            built.query("SELECT count(*) FROM audit.dbt_result")) == state
+
+
+def test_a_rerun_names_what_is_wrong_with_its_arguments(built):
+    no_file = built.pophealth("rerun", "--feed", "apc", "--period", "1999-03-31", "--landing", str(built.landing))
+    assert no_file.returncode == 2 and "no apc file for period 1999-03-31" in no_file.stderr
+    bad_date = built.pophealth("rerun", "--feed", "apc", "--period", "March", "--landing", str(built.landing))
+    assert bad_date.returncode == 2 and "YYYY-MM-DD" in bad_date.stderr
+    bad_feed = built.pophealth("rerun", "--feed", "hes", "--period", "2025-03-31", "--landing", str(built.landing))
+    assert bad_feed.returncode == 2 and "unknown feed 'hes'" in bad_feed.stderr
+
+
+def test_a_failed_gate_in_a_real_dag_run_reaches_a_webhook_and_an_email(built, tmp_path):
+    landing = _copy_landing(built, tmp_path)
+    apc = break_one_hospital_file(landing)
+    try:
+        with listening() as inbox:
+            failed = built.pophealth("dag", "ingest_apc", "--landing", str(landing), env=inbox.env(), timeout=600)
+            assert failed.returncode != 0
+            inbox.wait(30)
+        # One failed task, the gate of the broken file (its map index is its place among the files staged).
+        assert len(inbox.posts) == 1
+        post = inbox.posts[0]
+        assert post["dag"] == "ingest_apc" and re.fullmatch(r"ingest_file\.gate\[\d+\]", post["task"])
+        assert re.fullmatch(rf"QUALITY GATE FAILED for {re.escape(apc.name)} \(load \d+\)", post["what"])
+        assert post["run"].startswith("manual__") and "Airflow UI" in post["where"]
+        assert len(inbox.emails) == 1
+        assert f"Subject: pophealth: ingest_apc.{post['task']} failed" in inbox.emails[0]
+        assert f"To: {RECIPIENT}" in inbox.emails[0] and "QUALITY GATE FAILED" in inbox.emails[0]
+        assert not re.search(r"(?<!\d)\d{10}(?!\d)", json.dumps(inbox.posts) + inbox.emails[0])
+    finally:
+        # Deliver the good file again (recorded as a duplicate): the period is no longer refused.
+        shutil.copy(built.landing / apc.name, apc)
+        assert built.pophealth("dag", "ingest_apc", "--landing", str(landing)).returncode == 0
