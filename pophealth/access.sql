@@ -17,6 +17,18 @@ BEGIN
     END LOOP;
 END $$;
 
+-- The loads work as loader (SET ROLE). On PostgreSQL 16 a non-superuser owner that created the role may
+-- administer it but not act as it: give it SET, without INHERIT, so its own rights stay its own.
+DO $$
+BEGIN
+    IF current_setting('server_version_num')::int >= 160000
+       AND NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+        IF NOT pg_has_role(current_user, 'loader', 'SET') THEN
+            EXECUTE format('GRANT loader TO %I WITH INHERIT FALSE, SET TRUE', current_user);
+        END IF;
+    END IF;
+END $$;
+
 -- dbt creates these itself; creating them here lets the schema grants exist before the first build.
 CREATE SCHEMA IF NOT EXISTS staging;
 CREATE SCHEMA IF NOT EXISTS intermediate;

@@ -128,7 +128,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         _ensure_keys_for_demo()
         landing = _demo_landing(args.population, args.seed)
-    _say(f"Warehouse: {db.warehouse_url()}" + (" (embedded PostgreSQL)" if db.is_embedded() else ""))
+    _say(f"Warehouse: {db.warehouse_shown()}" + (" (embedded PostgreSQL)" if db.is_embedded() else ""))
     with _still_working("running", every=30.0):
         outcome = run_pipeline(landing, progress=_say)
     _say(summarise(outcome))
@@ -164,7 +164,7 @@ def cmd_setup(args: argparse.Namespace) -> int:
     prepare_warehouse()
     ensure_metadata_db()
     _say(f"dbt manifest: {parse_project()}")
-    _say(f"Warehouse ready: {db.warehouse_url()}")
+    _say(f"Warehouse ready: {db.warehouse_shown()}")
     _say(f"Airflow home: {config.paths().airflow_home}")
     return 0
 

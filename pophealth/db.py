@@ -41,6 +41,10 @@ class ConnectionParts:
             return f"{driver}://{auth}@/{self.dbname}?host={self.host}&port={self.port}"
         return f"{driver}://{auth}@{self.host}:{self.port}/{self.dbname}"
 
+    def shown(self) -> str:
+        """user@host:port/database, for people to read: never the password (a real server's URL carries one)."""
+        return f"{self.user}@{self.host}:{self.port}/{self.dbname}"
+
     def with_db(self, dbname: str) -> "ConnectionParts":
         return ConnectionParts(self.host, self.port, self.user, self.password, dbname)
 
@@ -108,6 +112,11 @@ def warehouse() -> ConnectionParts:
 
 def warehouse_url() -> str:
     return warehouse().url()
+
+
+def warehouse_shown() -> str:
+    """The warehouse as printed in summaries and status: without its password."""
+    return warehouse().shown()
 
 
 def airflow_metadata_url() -> str:

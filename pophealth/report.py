@@ -81,7 +81,7 @@ def summarise(outcome: PipelineOutcome) -> str:
                 "SELECT link_method, count(*) AS n FROM marts.person GROUP BY 1 ORDER BY 1").fetchall()
         lines += [
             "",
-            f"Where the results are (warehouse {db.warehouse_url()}):",
+            f"Where the results are (warehouse {db.warehouse_shown()}):",
             f"  marts.person          {_fmt(people)} people, {_fmt(registered)} registered, "
             f"{_fmt(linked)} linked (in both hospital and social care data)",
         ]

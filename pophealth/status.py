@@ -60,12 +60,6 @@ def _when(then: datetime | None, now: datetime) -> str:
     return f"{then:%Y-%m-%d %H:%M} UTC ({age(then, now)} ago)" if then else "never"
 
 
-def where(url: str) -> str:
-    """The warehouse as user@host:port/database: never its password (a real server's URL carries one)."""
-    parts = db.parse_url(url)
-    return f"{parts.user}@{parts.host}:{parts.port}/{parts.dbname}"
-
-
 def status_text(landing: Path | None = None) -> tuple[str, bool]:
     status = collect(landing)
     return status.text(), status.healthy
@@ -73,7 +67,7 @@ def status_text(landing: Path | None = None) -> tuple[str, bool]:
 
 def collect(landing: Path | None = None) -> Status:
     now = datetime.now(timezone.utc)
-    status = Status([f"Warehouse: {where(db.warehouse_url())}"])
+    status = Status([f"Warehouse: {db.warehouse_shown()}"])
     with db.connect() as conn:
         conn.row_factory = dict_row
         if conn.execute("SELECT to_regclass('audit.load') AS t").fetchone()["t"] is None:

@@ -215,3 +215,38 @@ def test_the_vault_holds_every_linked_person_encrypted_and_no_opted_out_person(w
     assert not {person_id(n) for n in optout_numbers} & set(stored)
     numbers = linked_numbers(warehouse.landing)
     assert not any(n.encode() in blob for n in numbers[:200] for blob in stored.values())
+
+
+# -- a real server's owner is not a superuser ----------------------------------------------------------------
+
+def test_an_owner_that_is_not_a_superuser_can_set_up_the_roles_and_work_as_the_loader(tmp_path):
+    """On a real PostgreSQL 16 server the warehouse owner has CREATEROLE, not SUPERUSER: `pophealth setup` must
+    still leave it able to SET ROLE loader (every load does), without inheriting the loader's rights."""
+    env = isolated_env(tmp_path)
+    run = lambda code, env=env: subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,  # noqa: E731
+                                               text=True, timeout=300)
+    try:
+        started = run("from pophealth import db; print(db.warehouse_url())")
+        assert started.returncode == 0, started.stderr[-2000:]
+        superuser = parse_url(started.stdout.strip().splitlines()[-1])
+        with psycopg.connect(superuser.url(), autocommit=True) as conn:
+            conn.execute("CREATE ROLE pophealth_owner LOGIN CREATEROLE NOSUPERUSER")
+            conn.execute("CREATE DATABASE owned_warehouse OWNER pophealth_owner")
+        owner = superuser.with_db("owned_warehouse").with_user("pophealth_owner", "-")
+        owner = parse_url(owner.url().replace(":-@", ":@"))
+        as_owner = {**env, "POPHEALTH_DATABASE_URL": owner.url()}
+        setup = run("from pophealth.load import prepare_warehouse; prepare_warehouse(); prepare_warehouse()",
+                    env=as_owner)
+        assert setup.returncode == 0, setup.stderr[-2000:]
+        with psycopg.connect(owner.url(), autocommit=True) as conn:
+            membership = conn.execute(
+                "SELECT m.inherit_option, m.set_option FROM pg_auth_members m "
+                "JOIN pg_roles r ON r.oid = m.roleid JOIN pg_roles u ON u.oid = m.member "
+                "WHERE r.rolname = 'loader' AND u.rolname = 'pophealth_owner' AND m.set_option").fetchall()
+            assert membership == [(False, True)]
+            conn.execute("SET ROLE loader")
+            assert conn.execute("SELECT current_user").fetchone() == ("loader",)
+            assert conn.execute("SELECT count(*) FROM audit.load").fetchone() == (0,)
+            assert not can(conn, "SELECT * FROM vault.identity")
+    finally:
+        run("from pophealth import db; db.stop_embedded()")

@@ -16,6 +16,7 @@ import threading
 import urllib.request
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from .conftest import REPO, TEST_KEY, isolated_env, marts_built_from, synth_world
@@ -30,7 +31,10 @@ def site(tmp_path_factory):
     home = tmp_path_factory.mktemp("docs")
     landing = synth_world(home, population=300, seed=11)
     env = isolated_env(home)
-    with marts_built_from(landing, home, TEST_KEY, timeout=900):
+    with marts_built_from(landing, home, TEST_KEY, timeout=900) as url:
+        # A warehouse built before the data sharing register's seed existed must still get its documentation.
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("DROP TABLE reference.data_sharing_register")
         proc = subprocess.run([sys.executable, "-m", "pophealth.cli", "docs", "--static"], env=env,
                               capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from pophealth.status import age, where
+from pophealth.db import parse_url
+from pophealth.status import age
 
 
 def test_the_warehouse_is_named_without_its_password():
-    assert where("postgresql://pophealth_owner:s3cret%40x@db.example:5433/pophealth") == \
+    assert parse_url("postgresql://pophealth_owner:s3cret%40x@db.example:5433/pophealth").shown() == \
         "pophealth_owner@db.example:5433/pophealth"
-    assert where("postgresql://postgres:@/pophealth?host=/srv/state/pgdata&port=5432") == \
+    assert parse_url("postgresql://postgres:@/pophealth?host=/srv/state/pgdata&port=5432").shown() == \
         "postgres@/srv/state/pgdata:5432/pophealth"
 
 
