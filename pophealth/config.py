@@ -7,6 +7,8 @@ The embedded default keeps all state in one project-local folder (`.pophealth/` 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,6 +71,24 @@ class Paths:
 def paths() -> Paths:
     home = Path(os.environ.get(ENV_HOME) or REPO_ROOT / ".pophealth").resolve()
     return Paths(home=home)
+
+
+@contextmanager
+def environment(**values: str | None) -> Iterator[None]:
+    """Set (a value) or unset (None) these environment variables for a while, then put them back as they were."""
+    def put(settings: dict[str, str | None]) -> None:
+        for name, value in settings.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+    saved = {name: os.environ.get(name) for name in values}
+    try:
+        put(values)
+        yield
+    finally:
+        put(saved)
 
 
 def landing_dir() -> Path | None:

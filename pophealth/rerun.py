@@ -9,10 +9,10 @@ nothing.
 
 from __future__ import annotations
 
-import os
 from datetime import date
 from pathlib import Path
 
+from pophealth import config
 from pophealth.landing import LOAD_ORDER, identify
 from pophealth.orchestration import ENV_ONLY_PERIOD, ENV_ONLY_PROVIDER
 from pophealth.pipeline import MARTS_DAG, PipelineOutcome, run_pipeline
@@ -44,21 +44,9 @@ def rerun_period(landing: Path, feed: str, period: str, provider: str | None = N
                            f"in {landing}")
     progress(f"Re-running {feed} for period {period}{f' ({provider})' if provider else ''}: "
              + ", ".join(f.name for f in files))
-    limits = {ENV_ONLY_PERIOD: period, ENV_ONLY_PROVIDER: provider}
-    saved = {k: os.environ.get(k) for k in limits}
-    try:
-        for key, value in limits.items():
-            if value:
-                os.environ[key] = value  # read by the ingest DAG's discover task (orchestration.discover_files)
-            else:
-                os.environ.pop(key, None)
+    # read by the ingest DAG's discover task (orchestration.discover_files)
+    with config.environment(**{ENV_ONLY_PERIOD: period, ENV_ONLY_PROVIDER: provider or None}):
         outcome = run_pipeline(landing, dag_ids=(f"ingest_{feed}",), progress=progress)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
     ingest = outcome.dags[0]
     published = sum(1 for t in ingest.tasks if t["task_id"] == "ingest_file.publish" and t["state"] == "success")
     if not ingest.succeeded:

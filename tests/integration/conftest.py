@@ -104,6 +104,18 @@ def synth_world(home: Path, population: int, seed: int) -> Path:
     return landing
 
 
+def break_one_hospital_file(landing: Path) -> Path:
+    """A resubmission of the last hospital file in which one episode starts before its admission (an error rule)."""
+    apc = sorted(landing.glob("apc_*.csv"))[-1]
+    lines = apc.read_text().splitlines(keepends=True)
+    header = lines[0].rstrip("\r\n").split(",")
+    cells = lines[1].rstrip("\r\n").split(",")
+    cells[header.index("epistart")] = "2000-01-01"
+    lines[1] = ",".join(cells) + "\n"
+    apc.write_text("".join(lines))
+    return apc
+
+
 @contextmanager
 def marts_built_from(landing: Path, home: Path, key: str, timeout: int) -> Iterator[str]:
     """Load `landing` into an embedded warehouse under `home` and build the marts; yields its URL, then stops it."""

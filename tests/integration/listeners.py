@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, HTTPServer
-from pathlib import Path
 
 RECIPIENT = "data-engineering@example.org"
 
@@ -92,14 +91,3 @@ def listening() -> Iterator[Inbox]:
             server.shutdown()
             server.server_close()
 
-
-def break_one_hospital_file(landing: Path) -> Path:
-    """A resubmission of the last hospital file in which one episode starts before its admission (an error rule)."""
-    apc = sorted(landing.glob("apc_*.csv"))[-1]
-    lines = apc.read_text().splitlines(keepends=True)
-    header = lines[0].rstrip("\r\n").split(",")
-    cells = lines[1].rstrip("\r\n").split(",")
-    cells[header.index("epistart")] = "2000-01-01"
-    lines[1] = ",".join(cells) + "\n"
-    apc.write_text("".join(lines))
-    return apc

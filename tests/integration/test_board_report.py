@@ -19,11 +19,12 @@ from pathlib import Path
 
 import pytest
 
+from .chromium import dump_dom, require_chromium
+
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 KEY = "3c" * 32
-CHROMIUM = Path("/usr/bin/chromium")
 SUPPRESSED = "suppressed (1–7)"
 
 AREA = ("area", "E10000012", "Essex")
@@ -249,9 +250,7 @@ def body_rows(table: Node) -> list[Node]:
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory, request):
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: the board report test draws the page in headless Chromium "
-                    "(install it with: apt-get install chromium)")
+    require_chromium("the board report")
     import psycopg
 
     home = tmp_path_factory.mktemp("board-report")
@@ -284,15 +283,8 @@ def report(tmp_path_factory, request):
     assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
     raw = out.read_text(encoding="utf-8")
 
-    profile = home / "chromium-profile"
-    profile.mkdir()
-    drawn = subprocess.run(
-        [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={profile}", "--virtual-time-budget=5000", "--dump-dom", out.as_uri()],
-        capture_output=True, text=True, timeout=180, check=False)
-    assert drawn.returncode == 0 and "</html>" in drawn.stdout, drawn.stderr[-3000:]
-    return {"raw": raw, "raw_dom": parse(raw), "dom": parse(drawn.stdout), "stdout": made.stdout, "out": out}
+    drawn = dump_dom(out, home / "chromium-profile")
+    return {"raw": raw, "raw_dom": parse(raw), "dom": parse(drawn), "stdout": made.stdout, "out": out}
 
 
 def test_the_command_says_where_the_report_is(report):

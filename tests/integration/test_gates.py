@@ -23,6 +23,7 @@ from typing import Callable
 
 import pytest
 
+from pophealth.config import environment
 from pophealth.feeds import APC_COLUMNS, CLD_CONTRACT_COLUMNS, GP_REGISTER_COLUMNS
 from pophealth.identifiers import nhs_check_digit
 
@@ -195,33 +196,26 @@ def _changed(rows: list[dict], changes: dict[int, dict]) -> list[dict]:
 def warehouse(tmp_path_factory):
     """A fresh embedded PostgreSQL under a temporary POPHEALTH_HOME with an opt-out list, a small postcode
     lookup and a GP register (in which one person died) published."""
-    saved = {k: os.environ.get(k) for k in (*ENV, *ENV_REMOVED, "POPHEALTH_HOME")}
     home = tmp_path_factory.mktemp("gates")
-    for name in ENV_REMOVED:
-        os.environ.pop(name, None)
-    os.environ.update(ENV, POPHEALTH_HOME=str(home / "state"))
     from pophealth import db, load
 
-    db._cached = None  # the server is cached per process: make sure it is this home's
-    try:
-        load.prepare_warehouse()
-        for feed, name, rows in (
-            ("optouts", "optouts_20250930.csv", [_optout(399)]),
-            ("ref_postcode_lookup", "ref_postcode_lookup.csv", FIXTURE_LOOKUP),
-            ("gp_register", "gp_register_20250331.csv",
-             [_register(i, date_of_death="") for i in range(10)] + [_register(60, date_of_death=DIED_ON)]),
-        ):
-            folder = _landing(home / f"setup_{feed}")
-            load.publish_load(load.stage_extract(_write(folder / name, HEADERS[feed], rows), "gates-setup").load_id)
-        yield home
-    finally:
-        _stop_server(db)
-        db._cached = None
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    with environment(**ENV, **dict.fromkeys(ENV_REMOVED), POPHEALTH_HOME=str(home / "state")):
+        db._cached = None  # the server is cached per process: make sure it is this home's
+        try:
+            load.prepare_warehouse()
+            for feed, name, rows in (
+                ("optouts", "optouts_20250930.csv", [_optout(399)]),
+                ("ref_postcode_lookup", "ref_postcode_lookup.csv", FIXTURE_LOOKUP),
+                ("gp_register", "gp_register_20250331.csv",
+                 [_register(i, date_of_death="") for i in range(10)] + [_register(60, date_of_death=DIED_ON)]),
+            ):
+                folder = _landing(home / f"setup_{feed}")
+                load.publish_load(load.stage_extract(_write(folder / name, HEADERS[feed], rows),
+                                                     "gates-setup").load_id)
+            yield home
+        finally:
+            _stop_server(db)
+            db._cached = None
 
 
 def _stop_server(db) -> None:

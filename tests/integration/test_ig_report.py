@@ -15,11 +15,11 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from .chromium import dump_dom, require_chromium
 from .conftest import TEST_KEY, isolated_env, marts_built_from, synth_world
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = Path("/usr/bin/chromium")
 PURPOSE = "direct care: <script>alert(1)</script> falls clinic follow-up"
 RECORD_LINEAGE = "from pophealth.lineage import record_column_lineage; print(record_column_lineage())"
 PLANTED_NHS_NUMBER = "9434765919"  # a synthetic number that passes the Modulus 11 check
@@ -45,15 +45,7 @@ class Report:
         out = self.home / f"ig_report_{self.drawn}.html"
         made = self.pophealth("ig-report", "--out", str(out))
         assert out.exists(), made.stdout[-3000:] + made.stderr[-3000:]
-        profile = self.home / f"chromium-{self.drawn}"
-        profile.mkdir()
-        drawn = subprocess.run(
-            [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={profile}", "--virtual-time-budget=5000", "--dump-dom", out.as_uri()],
-            capture_output=True, text=True, timeout=180, check=False)
-        assert drawn.returncode == 0 and "</html>" in drawn.stdout, drawn.stderr[-2000:]
-        return drawn.stdout, out.read_text(encoding="utf-8"), made.returncode
+        return dump_dom(out, self.home / f"chromium-{self.drawn}"), out.read_text(encoding="utf-8"), made.returncode
 
 
 def table(dom: str, ident: str) -> str:
@@ -64,8 +56,7 @@ def table(dom: str, ident: str) -> str:
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: the IG report test draws the page in headless Chromium")
+    require_chromium("the IG report")
     home = tmp_path_factory.mktemp("ig-report")
     landing = synth_world(home, population=300, seed=17)
     with marts_built_from(landing, home, TEST_KEY, timeout=900) as url:

@@ -11,12 +11,12 @@ from __future__ import annotations
 import csv
 import hashlib
 import hmac
-import os
 from pathlib import Path
 
 import psycopg
 import pytest
 
+from pophealth.config import environment
 from pophealth.keys import LinkageKey, VaultKey
 from pophealth.pseudonymise import Pseudonymiser
 
@@ -45,13 +45,8 @@ def rotated(tmp_path_factory):
     home = tmp_path_factory.mktemp("rotation")
     landing = synth_world(home, population=300, seed=12)
     with marts_built_from(landing, home, TEST_KEY, timeout=900) as url:
-        saved = {k: os.environ.get(k) for k in ("POPHEALTH_DATABASE_URL", "POPHEALTH_HOME")}
-        os.environ.update(POPHEALTH_DATABASE_URL=url, POPHEALTH_HOME=str(home / "state"))
-        try:
+        with environment(POPHEALTH_DATABASE_URL=url, POPHEALTH_HOME=str(home / "state")):
             yield _rotate(url, landing, home)
-        finally:
-            for k, v in saved.items():
-                os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
 
 
 def _snapshot(conn: psycopg.Connection) -> dict:

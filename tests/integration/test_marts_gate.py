@@ -8,11 +8,11 @@ and that publish is refused so the marts analysts read do not change.
 
 from __future__ import annotations
 
-import os
 
 import psycopg
 import pytest
 
+from pophealth.config import environment
 from pophealth.db import parse_url
 
 from .conftest import TEST_KEY, marts_built_from, synth_world
@@ -29,19 +29,10 @@ FINGERPRINT = ("SELECT (SELECT md5(string_agg(p::text, ',' ORDER BY person_id)) 
 def warehouse(tmp_path_factory):
     home = tmp_path_factory.mktemp("marts_gate")
     landing = synth_world(home, population=300, seed=11)
-    saved = {k: os.environ.get(k) for k in ("POPHEALTH_HOME", "POPHEALTH_DATABASE_URL")}
     with marts_built_from(landing, home, TEST_KEY, timeout=900) as url:
         # The gate runs in this process against the test's server.
-        os.environ["POPHEALTH_HOME"] = str(home / "state")
-        os.environ["POPHEALTH_DATABASE_URL"] = url
-        try:
+        with environment(POPHEALTH_HOME=str(home / "state"), POPHEALTH_DATABASE_URL=url):
             yield url
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
 
 
 def owner(url: str) -> psycopg.Connection:

@@ -15,7 +15,7 @@ import pytest
 from pophealth.keys import LinkageKey
 from pophealth.pseudonymise import Pseudonymiser
 
-from .conftest import POPULATION, TEST_KEY, TEST_VAULT_KEY
+from .conftest import POPULATION, TEST_KEY, TEST_VAULT_KEY, break_one_hospital_file
 from .identifiable import identifiable_values
 
 pytestmark = pytest.mark.integration
@@ -184,16 +184,9 @@ def test_a_second_run_is_safe_and_changes_nothing(world):
 def test_a_failed_gate_stops_the_marts_and_they_keep_their_last_good_state(world, tmp_path):
     before = world.query("SELECT md5(string_agg(p::text, ',' ORDER BY person_id)) FROM marts.person p")
     builds_before = world.query("SELECT count(*) FROM audit.dbt_result")
-    # A resubmission of one hospital file in which one episode starts before its admission.
     landing = tmp_path / "landing"
     shutil.copytree(world.landing, landing, ignore=shutil.ignore_patterns("answer_key"))
-    apc = sorted(landing.glob("apc_*.csv"))[-1]
-    lines = apc.read_text().splitlines(keepends=True)
-    header = lines[0].rstrip("\r\n").split(",")
-    cells = lines[1].rstrip("\r\n").split(",")
-    cells[header.index("epistart")] = "2000-01-01"
-    lines[1] = ",".join(cells) + "\n"
-    apc.write_text("".join(lines))
+    apc = break_one_hospital_file(landing)
 
     failed = world.pophealth("dag", "ingest_apc", "--landing", str(landing))
     assert failed.returncode != 0

@@ -22,11 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.listeners import RECIPIENT, break_one_hospital_file, listening
+from tests.integration.chromium import ARGS, CHROMIUM, require_chromium
+from tests.integration.conftest import break_one_hospital_file
+from tests.integration.listeners import RECIPIENT, listening
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 EVERY_DAG = ["build_marts", "ingest_apc", "ingest_cld", "ingest_gp_register", "ingest_optouts",
              "ingest_ref_population", "ingest_ref_postcode_lookup"]
 UI_START_SECONDS = 300
@@ -66,8 +65,7 @@ def inbox():
 
 
 def test_the_airflow_ui_shows_every_dag_a_run_graph_and_a_failed_gate_with_its_message(world, tmp_path, inbox):
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: install it with apt-get install chromium (./dev.sh test does)")
+    require_chromium("the Airflow UI")
     from playwright.sync_api import sync_playwright
 
     started = time.monotonic()
@@ -105,7 +103,7 @@ def test_the_airflow_ui_shows_every_dag_a_run_graph_and_a_failed_gate_with_its_m
         _api(base, "PATCH", "/api/v2/dags/ingest_apc", {"is_paused": True}, token)
 
         with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
             try:
                 page = browser.new_page(viewport={"width": 1400, "height": 900})
                 page.set_default_timeout(STEP_MS)
