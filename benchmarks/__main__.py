@@ -10,10 +10,25 @@ beside a baseline that ran on the same machine a moment before:
   same file with Python's csv module, the least any loader must do.
 Nothing here is a test: nothing asserts a time.
 
+    ./dev.sh bench --scale [--sizes 14387,143868,1438682] [--repeats 3] [--out docs/benchmarks]
+
+the whole pipeline without Airflow (benchmarks/pipeline.py: every extract staged, gated and published in
+load order, dbt building the candidate marts, the marts gate, the publish swap) for generated worlds of 1%,
+10% and 100% of Essex County's register population: each stage's time and peak memory (this process and
+its children, and the PostgreSQL server), how time grows with the people, the ingest rate beside a bare
+PostgreSQL COPY of the same pseudonymised rows, pseudonymisation beside the bare HMAC, the gates' share,
+and a hand-written pandas loader (read_csv, per-row HMAC, to_sql) on the same files. Sizes under 50,000
+are repeated --repeats times (medians), larger ones run once. It prints a table and writes scale.json and
+scale.svg (time against population, per stage) to --out. About 30 minutes on two cores (benchmarks/scale.py).
+
+    ./dev.sh bench --gates [--population 20000]
+
+the same pipeline at one size, printing the quality gates' share (load gates and marts gate) of it.
+
     ./dev.sh bench --pyramid [--population 1438682]
 
 builds the marts for a generated world of that register population (by default Essex County's 1,438,682)
-without Airflow (every feed staged and published in order, then `dbt build`), prints each stage's time
+without gates (every feed staged and published in order, then `dbt build`), prints each stage's time
 and the risk pyramid's tier counts beside the contract's (7,193 / 64,741 / 215,802 / 1,150,946 at Essex
 scale), and as a baseline the time of the bare ranking query the tiers come from. It takes about 7 minutes
 on two cores; CI checks the pyramid's rule on small worlds instead (dbt test risk_tiers_follow_the_pyramid).
@@ -24,19 +39,17 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 
-def _median_seconds(action, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        action()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+from benchmarks.pipeline import (DBT_BUILD, LOAD_GATES, MARTS_GATE, expected_pyramid, risk_tiers, run_pipeline,
+                                 use_bench_keys)
+from benchmarks.pipeline import median_seconds as _median_seconds
+from benchmarks.pseudonymisation import bench_pseudonymisation
+
+__all__ = ["bench_gates", "bench_pyramid", "bench_pseudonymisation", "expected_pyramid", "main"]
 
 
 def bench_generator(population: int, repeats: int, work: Path) -> Path:
@@ -51,8 +64,7 @@ def bench_generator(population: int, repeats: int, work: Path) -> Path:
 
 
 def bench_staging(landing: Path, repeats: int) -> None:
-    os.environ.setdefault("POPHEALTH_LINKAGE_KEY", "ab" * 32)
-    os.environ.setdefault("POPHEALTH_VAULT_KEY", "cd" * 32)
+    use_bench_keys()
     from pophealth import db
     from pophealth.load import prepare_warehouse, publish_load, refuse_load, stage_extract
 
@@ -81,52 +93,22 @@ def bench_staging(landing: Path, repeats: int) -> None:
     db.stop_embedded()
 
 
-def expected_pyramid(people: int) -> dict[str, int]:
-    """The contract's cut: floor(0.005 N), floor(0.05 N), floor(0.20 N)."""
-    very_high, high, moderate = people * 5 // 1000, people * 5 // 100, people * 20 // 100
-    return {"very_high": very_high, "high": high - very_high, "moderate": moderate - high, "low": people - moderate}
-
-
 def bench_pyramid(population: int, work: Path) -> int:
     from pophealth import db
-    from pophealth.landing import LOAD_ORDER, identify
-    from pophealth.load import prepare_warehouse, publish_load, stage_extract
-    from pophealth.marts import dbt_command
     from pophealth.synth import write_world
 
-    os.environ.setdefault("POPHEALTH_LINKAGE_KEY", "ab" * 32)
-    os.environ.setdefault("POPHEALTH_VAULT_KEY", "cd" * 32)
-    stages: dict[str, float] = {}
     started = time.perf_counter()
     write_world(work / "landing", population=population, seed=1)
-    stages["generate the world and its extracts"] = time.perf_counter() - started
-
-    prepare_warehouse()
-    extracts = sorted(p for p in (work / "landing").iterdir() if p.suffix == ".csv")
-    for feed in LOAD_ORDER:
-        started = time.perf_counter()
-        for extract in extracts:
-            found = identify(extract)
-            if found is not None and found.feed == feed:
-                outcome = stage_extract(extract)
-                if outcome.status != "validated":
-                    raise SystemExit(f"{extract.name} was not accepted: {outcome.status}")
-                publish_load(outcome.load_id)
-        stages[f"stage and publish {feed}"] = time.perf_counter() - started
-
-    started = time.perf_counter()
-    proc = dbt_command(["build"])
-    stages["dbt build (all models and tests)"] = time.perf_counter() - started
-    if proc.returncode != 0:
-        print(proc.stdout[-4000:])
-        raise SystemExit("dbt build failed")
+    generate = time.perf_counter() - started
+    run = run_pipeline(work / "landing", gates=False, candidates=False)
+    stages = {"generate the world and its extracts": generate, **run.stages}
 
     with db.connect() as conn:
         started = time.perf_counter()
         conn.execute("""CREATE TEMP TABLE ranked AS SELECT person_id,
                         row_number() OVER (ORDER BY risk_score DESC, person_id) AS r FROM marts.risk_stratification""")
         baseline = time.perf_counter() - started
-        tiers = dict(conn.execute("SELECT risk_tier, count(*) FROM marts.risk_stratification GROUP BY 1").fetchall())
+    tiers = risk_tiers()
     people = sum(tiers.values())
     expected = expected_pyramid(population)
     total = sum(stages.values())
@@ -135,7 +117,7 @@ def bench_pyramid(population: int, work: Path) -> int:
         print(f"  {name:<40} {seconds:9.1f} s  {seconds / total:6.1%}")
     print(f"  {'total':<40} {total:9.1f} s")
     print(f"  baseline: the bare ranking query on the scored people {baseline:7.2f} s; dbt build is "
-          f"{stages['dbt build (all models and tests)'] / baseline:,.0f}x that")
+          f"{stages[DBT_BUILD] / baseline:,.0f}x that")
     print(f"  people stratified: {people:,} (register population {population:,})")
     ok = True
     for tier in ("very_high", "high", "moderate", "low"):
@@ -146,111 +128,24 @@ def bench_pyramid(population: int, work: Path) -> int:
     return 0 if ok and people == population else 1
 
 
-def bench_pseudonymisation(landing: Path, repeats: int) -> None:
-    """The platform's pseudonymisation of NHS numbers beside the bare HMAC of the same digits."""
-    import hashlib
-    import hmac
-
-    from pophealth.identifiers import NhsNumber, check_nhs_number, normalise_nhs_number
-    from pophealth.keys import LinkageKey, VaultKey
-    from pophealth.pseudonymise import Pseudonymiser
-    from pophealth.vault import VaultCipher
-
-    extract = next(landing.glob("gp_register_*.csv"))
-    with extract.open(newline="") as handle:
-        raw = [row["nhs_number"] for row in csv.DictReader(handle)]
-    numbers = [n for n in raw if check_nhs_number(n).linkable] * 5
-    digits = [normalise_nhs_number(n).encode() for n in numbers]
-    secret = bytes.fromhex("ab" * 32)
-    pseudonymiser = Pseudonymiser(LinkageKey(secret))
-    cipher = VaultCipher(VaultKey(bytes.fromhex("cd" * 32)))
-
-    def bare_hmac():
-        for d in digits:
-            hmac.new(secret, d, hashlib.sha256).hexdigest()
-
-    def platform():
-        for n in numbers:
-            pseudonymiser.person_id(NhsNumber(n))
-
-    def platform_with_vault():
-        for n in numbers:
-            number = NhsNumber(n)
-            person = pseudonymiser.person_id(number)
-            cipher.encrypt("nhs", person.value, number.digits_for_hashing())
-
-    count = len(numbers)
-    baseline = _median_seconds(bare_hmac, repeats)
-    print(f"{'baseline   bare HMAC-SHA256 of ' + format(count, ',') + ' NHS numbers':<52}{baseline:8.3f} s  "
-          f"({count / baseline:10,.0f} /s)")
-    for label, action in (("pseudonymise   check, type, HMAC", platform),
-                          ("pseudonymise   + vault AES-256-GCM encryption", platform_with_vault)):
-        seconds = _median_seconds(action, repeats)
-        print(f"{label:<52}{seconds:8.3f} s  ({count / seconds:10,.0f} /s)  ratio to bare HMAC: "
-              f"{seconds / baseline:5.1f}x")
-
-
 def bench_gates(population: int, work: Path) -> None:
-    """The quality gates' share of the pipeline at a register population, without Airflow: every extract staged,
-    gated (pophealth.gates.run_load_gate) and published in load order, then dbt building the candidate marts
-    (as the marts DAG does), the marts gate (pophealth.marts_gate) and the publish swap. World generation is
-    not part of the pipeline and is left out of the total."""
-    from pophealth import db, gates, marts_gate
-    from pophealth.landing import LOAD_ORDER, identify
-    from pophealth.load import batch_table, prepare_warehouse, publish_load, refuse_load, stage_extract
-    from pophealth.marts import dbt_command
+    """The quality gates' share of the pipeline at a register population (benchmarks.pipeline.run_pipeline:
+    every extract staged, gated and published in load order, dbt building the candidate marts, the marts
+    gate and the publish swap). World generation is not part of the pipeline and is left out of the total."""
+    from pophealth import db
     from pophealth.synth import write_world
 
-    os.environ.setdefault("POPHEALTH_LINKAGE_KEY", "ab" * 32)
-    os.environ.setdefault("POPHEALTH_VAULT_KEY", "cd" * 32)
     write_world(work / "landing", population=population, seed=1)
-    prepare_warehouse()
-    stages = {"stage and publish (without gates)": 0.0, "load gates": 0.0}
-    gated = refused = 0
-    extracts = sorted(p for p in (work / "landing").iterdir() if p.suffix == ".csv")
-    for feed in LOAD_ORDER:
-        for extract in extracts:
-            found = identify(extract)
-            if found is None or found.feed != feed:
-                continue
-            started = time.perf_counter()
-            outcome = stage_extract(extract)
-            stages["stage and publish (without gates)"] += time.perf_counter() - started
-            if outcome.status != "validated":
-                continue
-            if gates.has_suite(feed):
-                started = time.perf_counter()
-                result = gates.run_load_gate(outcome.load_id, feed, batch_table(outcome.load_id), run_id="bench")
-                stages["load gates"] += time.perf_counter() - started
-                gated += 1
-                if not result.passed:
-                    refused += 1
-                    refuse_load(outcome.load_id, result.summary())
-                    continue
-            started = time.perf_counter()
-            publish_load(outcome.load_id)
-            stages["stage and publish (without gates)"] += time.perf_counter() - started
-    started = time.perf_counter()
-    proc = dbt_command(["build", "--vars", "{build_candidates: true}"])
-    stages["dbt build into the candidates"] = time.perf_counter() - started
-    if proc.returncode != 0:
-        print(proc.stdout[-4000:])
-        raise SystemExit("dbt build failed")
-    started = time.perf_counter()
-    outcome = marts_gate.run_marts_gate(candidates=True, run_id="bench")
-    stages["marts gate"] = time.perf_counter() - started
-    started = time.perf_counter()
-    if outcome.passed:
-        marts_gate.publish_candidates()
-    stages["publish swap"] = time.perf_counter() - started
-    total = sum(stages.values())
-    print(f"gates      register population {population:,}; {os.cpu_count()} cores; {gated} loads gated "
-          f"({refused} refused); marts gate {'passed' if outcome.passed else 'FAILED'} "
-          f"({len(outcome.results)} rules, {len(outcome.failures('warn'))} warnings)")
+    run = run_pipeline(work / "landing")
+    stages = run.stages
+    total = run.total
+    print(f"gates      register population {population:,}; {os.cpu_count()} cores; {run.gated} loads gated "
+          f"({run.refused} refused); marts gate {'passed' if run.marts_gate_passed else 'FAILED'} "
+          f"({run.marts_rules} rules, {run.marts_warnings} warnings)")
     for name, seconds in stages.items():
         print(f"  {name:<40} {seconds:9.1f} s  {seconds / total:6.1%}")
     print(f"  {'total pipeline':<40} {total:9.1f} s")
-    share = stages["load gates"] + stages["marts gate"]
+    share = stages.get(LOAD_GATES, 0.0) + stages.get(MARTS_GATE, 0.0)
     print(f"  gates (load + marts) {share:9.1f} s  {share / total:6.1%} of the pipeline")
     db.stop_embedded()
 
@@ -262,10 +157,20 @@ def main() -> None:
     parser.add_argument("--pyramid", action="store_true", help="the risk pyramid at a register population "
                         "(default 1,438,682, Essex County)")
     parser.add_argument("--gates", action="store_true", help="the load and marts gates' share of the pipeline")
+    parser.add_argument("--scale", action="store_true", help="the whole pipeline at 1%%, 10%% and 100%% of Essex, "
+                        "with its baselines; writes scale.json and scale.svg")
+    parser.add_argument("--sizes", help="with --scale: register populations, comma-separated "
+                        "(default 14387,143868,1438682)")
+    parser.add_argument("--out", help="with --scale: where scale.json and scale.svg go (default docs/benchmarks)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="pophealth-bench-") as tmp:
         work = Path(tmp)
         os.environ["POPHEALTH_HOME"] = str(work / "state")
+        if args.scale:  # each size runs in a process of its own, with a POPHEALTH_HOME of its own
+            from benchmarks import scale
+
+            sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else list(scale.SIZES)
+            raise SystemExit(scale.run_scale(sizes, args.repeats, Path(args.out or scale.DEFAULT_OUT)))
         if args.gates:
             raise SystemExit(bench_gates(args.population or 20_000, work))
         if args.pyramid:

@@ -1,0 +1,61 @@
+"""Pseudonymising NHS numbers (check, type, HMAC; and with the vault's encryption) beside the bare HMAC."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from benchmarks.pipeline import median_seconds
+
+
+def bench_pseudonymisation(landing: Path, repeats: int, quiet: bool = False) -> dict:
+    """The platform's pseudonymisation of the register's NHS numbers (five times over) beside the bare HMAC of
+    the same digits; prints the medians of `repeats` and returns them (seconds and numbers per second)."""
+    import hashlib
+    import hmac
+
+    from pophealth.identifiers import NhsNumber, check_nhs_number, normalise_nhs_number
+    from pophealth.keys import LinkageKey, VaultKey
+    from pophealth.pseudonymise import Pseudonymiser
+    from pophealth.vault import VaultCipher
+
+    extract = next(Path(landing).glob("gp_register_*.csv"))
+    with extract.open(newline="") as handle:
+        raw = [row["nhs_number"] for row in csv.DictReader(handle)]
+    numbers = [n for n in raw if check_nhs_number(n).linkable] * 5
+    digits = [normalise_nhs_number(n).encode() for n in numbers]
+    secret = bytes.fromhex("ab" * 32)
+    pseudonymiser = Pseudonymiser(LinkageKey(secret))
+    cipher = VaultCipher(VaultKey(bytes.fromhex("cd" * 32)))
+
+    def bare_hmac():
+        for d in digits:
+            hmac.new(secret, d, hashlib.sha256).hexdigest()
+
+    def platform():
+        for n in numbers:
+            pseudonymiser.person_id(NhsNumber(n))
+
+    def platform_with_vault():
+        for n in numbers:
+            number = NhsNumber(n)
+            person = pseudonymiser.person_id(number)
+            cipher.encrypt("nhs", person.value, number.digits_for_hashing())
+
+    count = len(numbers)
+    baseline = median_seconds(bare_hmac, repeats)
+    figures = {"numbers": count, "repeats": repeats, "bare_hmac_s": baseline, "bare_hmac_per_s": count / baseline}
+    if not quiet:
+        print(f"{'baseline   bare HMAC-SHA256 of ' + format(count, ',') + ' NHS numbers':<52}{baseline:8.3f} s  "
+              f"({count / baseline:10,.0f} /s)")
+    for key, label, action in (("pseudonymise", "pseudonymise   check, type, HMAC", platform),
+                               ("pseudonymise_and_vault", "pseudonymise   + vault AES-256-GCM encryption",
+                                platform_with_vault)):
+        seconds = median_seconds(action, repeats)
+        figures[f"{key}_s"] = seconds
+        figures[f"{key}_per_s"] = count / seconds
+        figures[f"{key}_ratio_to_hmac"] = seconds / baseline
+        if not quiet:
+            print(f"{label:<52}{seconds:8.3f} s  ({count / seconds:10,.0f} /s)  ratio to bare HMAC: "
+                  f"{seconds / baseline:5.1f}x")
+    return figures
