@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from benchmarks.pipeline import expected_pyramid
-from benchmarks.scale import ESSEX, GENERATE, PIPELINE_STAGES, SIZES, growth, plot, ratio_words, summarise, svg_plot, table
+from benchmarks.scale import (ESSEX, GENERATE, PIPELINE_STAGES, SIZES, growth, pandas_words, plot, ratio_words,
+                              summarise, svg_plot, table)
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -49,6 +50,11 @@ def test_ratio_words_say_slower_or_faster_and_the_aim():
     assert ratio_words(50_000, 100_000, "a bare COPY", 1.5) == "2.00x slower than a bare COPY (outside the 1.5x aim)"
     assert ratio_words(80_000, 100_000, "a bare COPY", 1.5) == "1.25x slower than a bare COPY (within the 1.5x aim)"
     assert ratio_words(200_000, 100_000, "pandas") == "2.00x faster than pandas"
+
+
+def test_pandas_words_say_which_was_faster():
+    assert pandas_words(2.0).startswith("the hand-written pandas loader took 2.0x the platform's")
+    assert pandas_words(0.5).startswith("the platform's stage and publish took 2.0x the hand-written pandas loader's")
 
 
 def _svg_stages(text: str) -> tuple[list[str], list[str]]:
