@@ -19,7 +19,6 @@ from pathlib import Path
 from pophealth import config, db
 from pophealth.lineage import openlineage_env
 
-RESULT_MARK = "POPHEALTH_DAG_RESULT "
 
 
 def airflow_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -92,23 +91,24 @@ class DagOutcome:
 def run_dag(dag_id: str, log_dir: Path, env: dict[str, str] | None = None) -> DagOutcome:
     log_dir.mkdir(parents=True, exist_ok=True)
     log_file = log_dir / f"{dag_id}.log"
+    # The run's result goes to a file of its own: the log is written by many hands (tasks, Airflow, dbt) at
+    # once, and a line of it can be interleaved with another.
+    result_file = log_dir / f"{dag_id}.result.json"
+    result_file.unlink(missing_ok=True)
     started = time.monotonic()
     with log_file.open("w") as handle:
         proc = subprocess.run(
-            [sys.executable, "-m", "pophealth.airflow_runner", dag_id],
+            [sys.executable, "-m", "pophealth.airflow_runner", dag_id, str(result_file)],
             env=airflow_env(env), stdout=handle, stderr=subprocess.STDOUT, text=True,
         )
     seconds = time.monotonic() - started
-    result = None
-    for line in log_file.read_text(errors="replace").splitlines():
-        if line.startswith(RESULT_MARK):
-            result = json.loads(line[len(RESULT_MARK):])
-    if result is None:
+    if not result_file.exists():
         return DagOutcome(dag_id, f"crashed (exit {proc.returncode})", None, seconds, log_file)
+    result = json.loads(result_file.read_text())
     return DagOutcome(dag_id, result["state"], result["run_id"], seconds, log_file, result["tasks"])
 
 
-def _child(dag_id: str) -> int:
+def _child(dag_id: str, result_file: Path) -> int:
     from airflow.dag_processing.dagbag import DagBag
 
     bag = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
@@ -126,9 +126,12 @@ def _child(dag_id: str) -> int:
         for ti in run.get_task_instances()
     ]
     state = str(getattr(run.state, "value", run.state))
-    print(RESULT_MARK + json.dumps({"state": state, "run_id": run.run_id, "tasks": tasks}), flush=True)
+    written = result_file.with_name(f".{result_file.name}.part")
+    written.write_text(json.dumps({"state": state, "run_id": run.run_id, "tasks": tasks}))
+    written.replace(result_file)  # whole or absent
+    print(f"DAG {dag_id} finished: {state}", flush=True)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(_child(sys.argv[1]))
+    sys.exit(_child(sys.argv[1], Path(sys.argv[2])))

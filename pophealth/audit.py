@@ -25,7 +25,7 @@ def blocking_loads() -> list[dict]:
             WITH latest AS (
                 SELECT DISTINCT ON (feed, provider, period_end) load_id, feed, provider, period_end, file_name, status
                 FROM audit.load
-                WHERE status <> 'loading'  -- a later good or duplicate delivery resolves a refused one
+                WHERE status NOT IN ('loading', 'interrupted')  -- a later good or duplicate delivery resolves a refused one
                 ORDER BY feed, provider, period_end, load_id DESC
             )
             SELECT * FROM latest WHERE status IN ('gate_failed', 'rejected') ORDER BY load_id

@@ -79,6 +79,7 @@ def pending_extracts(landing: Path, feed: str) -> list[str]:
         return []
     prepare_warehouse()
     with db.connect(role=LOADER) as conn:
+        mark_interrupted_loads(conn)
         published = {
             (row[0], row[1])
             for row in conn.execute(
@@ -92,7 +93,7 @@ def pending_extracts(landing: Path, feed: str) -> list[str]:
             for row in conn.execute(
                 """SELECT provider, period_end FROM (
                        SELECT DISTINCT ON (provider, period_end) provider, period_end, status FROM audit.load
-                       WHERE feed = %s AND status <> 'loading' ORDER BY provider, period_end, load_id DESC) latest
+                       WHERE feed = %s AND status NOT IN ('loading', 'interrupted') ORDER BY provider, period_end, load_id DESC) latest
                    WHERE status IN ('gate_failed', 'rejected')""", (feed,)
             )
         }
@@ -204,19 +205,36 @@ def stage_extract(path: str | Path, run_id: str | None = None) -> StageOutcome:
         raise LoadRefused(f"{path.name}: the file is no longer in the landing folder")
     feed = FEED_SPECS[extract.feed]
     sha, size = sha256_of(path)
+    # This connection stays open while the file is staged: its lock on the load says the load is alive.
     with db.connect(role=LOADER) as conn:
+        mark_interrupted_loads(conn)
         earlier = _published_as(conn, extract.feed, extract.provider, extract.period_end, sha)
         if earlier:
             load_id = _insert_audit(conn, extract, run_id, sha, size, "duplicate",
                                     f"the same file was already published as load {earlier}")
             return StageOutcome(load_id, extract.name, extract.feed, "duplicate")
         load_id = _insert_audit(conn, extract, run_id, sha, size, "loading")
-    try:
-        agreements.check_agreement(extract.feed, extract.provider)  # before anything from the file is stored
-        return _stage(extract, feed, load_id)
-    except (FileRejected, LoadRefused, KeyError_, agreements.NoAgreement) as exc:
-        _refuse(load_id, "rejected", str(exc))
-        raise LoadRefused(f"{extract.name}: {exc}") from None
+        conn.execute("SELECT pg_advisory_lock(hashtext('pophealth load'), %s::int)", (load_id,))
+        conn.commit()  # the row is seen as loading only once its lock is held
+        try:
+            agreements.check_agreement(extract.feed, extract.provider)  # before anything from the file is stored
+            return _stage(extract, feed, load_id)
+        except (FileRejected, LoadRefused, KeyError_, agreements.NoAgreement) as exc:
+            _refuse(load_id, "rejected", str(exc))
+            raise LoadRefused(f"{extract.name}: {exc}") from None
+
+
+INTERRUPTED = ("the load was cut off before it was staged (its process or the database stopped); nothing of the "
+               "file was stored, and the file is loaded again by the next run")
+
+
+def mark_interrupted_loads(conn: psycopg.Connection) -> int:
+    """Loads still `loading` whose process is gone (its connection, and so its lock, went with it) become
+    `interrupted`: staging is one transaction, so nothing of them was stored. Returns how many."""
+    return conn.execute(
+        """UPDATE audit.load SET status = 'interrupted', message = %s, finished_at = now()
+           WHERE status = 'loading' AND pg_try_advisory_xact_lock(hashtext('pophealth load'), load_id::int)""",
+        (INTERRUPTED,)).rowcount
 
 
 def _stage(extract: ExtractFile, feed: Feed, load_id: int) -> StageOutcome:

@@ -24,6 +24,7 @@ VERDICTS = {
     "superseded": "published, since replaced",
     "validated": "passed, not yet published",
     "loading": "loading",
+    "interrupted": "INTERRUPTED (nothing stored; the next run loads it again)",
     "gate_failed": "GATE FAILED",
     "rejected": "REFUSED",
 }

@@ -297,10 +297,12 @@ FAULTS: tuple[Fault, ...] = (
           "once the load is under way",
           "the load fails with a one-line database error; the raw table holds none of the file (the staging "
           "transaction is rolled back); retried (bounded), the load completes and holds all of it once. The "
-          "interrupted load's audit row stays `loading`, which counts neither as published nor as refused"),
+          "next load finds the cut-off one's audit row still `loading` with no process behind it (its "
+          "connection's lock is gone) and records it as `interrupted`"),
     Fault("killed_mid_load", "the loading process is killed (SIGKILL) in the middle of a load",
           "a child process stages a 200,000-row file and is killed once the load is under way",
-          "nothing of the file is stored and no batch table is left; a rerun loads all of it once"),
+          "nothing of the file is stored and no batch table is left; a rerun loads all of it once, and records "
+          "the killed load as `interrupted`"),
     Fault("same_dag_run_twice", "the same DAG run twice",
           "`pophealth dag ingest_apc --landing ...` twice on the same landing folder (real Airflow)",
           "the second run finds nothing new; raw.apc_episode and the load audit are unchanged; the marts equal "

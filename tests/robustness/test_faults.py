@@ -22,6 +22,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from pophealth import load
 from tests.integration.conftest import TEST_KEY, isolated_env, synth_world
 from tests.integration.test_pipeline_end_to_end import PERSON_COLUMNS, _normal, expected_person_id
 from tests.robustness.conftest import good_apc
@@ -176,6 +177,11 @@ def period_rows(world: FaultWorld) -> tuple[int, list[tuple]]:
     return held, published
 
 
+def cut_off(world: FaultWorld, load_ids: list[int]) -> list[tuple]:
+    """What the audit says of loads that were cut off, once a later load has looked."""
+    return world.query("SELECT status, message FROM audit.load WHERE load_id = ANY(%s)", (load_ids,))
+
+
 def retried(world: FaultWorld, path: Path, attempts: int = 3, pause: float = 5.0) -> subprocess.CompletedProcess:
     """The task's retry: the same load again, at most `attempts` times, `pause` seconds apart."""
     for attempt in range(attempts):
@@ -233,9 +239,11 @@ def test_server_stops_mid_load(world):
     held, published = period_rows(world)
     load_ids = [r[0] for r in world.query("SELECT load_id FROM audit.load WHERE file_name = %s AND "
                                           "status = 'loading'", (FAULT_FILE,))]
+    assert len(load_ids) == 1
     assert world.value("SELECT count(*) FROM raw.apc_episode WHERE load_id = ANY(%s)", (load_ids,)) == 0
     assert batch_tables(world) == []
     retried(world, path)
+    assert cut_off(world, load_ids) == [("interrupted", load.INTERRUPTED)]
     held, published = period_rows(world)
     assert len(published) == 1 and held == published[0][1] > BIG_ROWS * 0.9
     world.normal_run()
@@ -256,7 +264,11 @@ def test_killed_mid_load(world):
     # The server notices the dead connection and rolls its transaction back: no batch table, nothing stored.
     wait_for(lambda: batch_tables(world) == [], 30, "the killed load's transaction to roll back")
     assert period_rows(world) == before
+    load_ids = [r[0] for r in world.query("SELECT load_id FROM audit.load WHERE file_name = %s AND "
+                                          "status = 'loading'", (FAULT_FILE,))]
+    assert len(load_ids) == 1
     retried(world, path)
+    assert cut_off(world, load_ids) == [("interrupted", load.INTERRUPTED)]
     held, published = period_rows(world)
     assert len(published) == 1 and held == published[0][1] > BIG_ROWS * 0.9
     world.normal_run()
@@ -316,3 +328,17 @@ def test_file_still_being_written(world):
     pending = world.python(PENDING, str(world.landing), env={"POPHEALTH_LANDING_SETTLE_SECONDS": "1"}).stdout
     assert FAULT_FILE in pending
     world.normal_run()
+
+
+def test_a_load_under_way_is_never_taken_for_an_interrupted_one(world):
+    """Only a load whose process is gone becomes `interrupted`: a live one holds its lock until it ends."""
+    with psycopg.connect(world.url()) as alive, psycopg.connect(world.url(), autocommit=True) as looker:
+        load_id = alive.execute("INSERT INTO audit.load (run_id, feed, file_name, status) VALUES "
+                                "('faults', 'apc', %s, 'loading') RETURNING load_id", (FAULT_FILE,)).fetchone()[0]
+        alive.execute("SELECT pg_advisory_lock(hashtext('pophealth load'), %s::int)", (load_id,))
+        alive.commit()
+        load.mark_interrupted_loads(looker)
+        assert cut_off(world, [load_id]) == [("loading", None)]
+        alive.close()  # the server ends its session, and so its lock, a moment later
+        wait_for(lambda: load.mark_interrupted_loads(looker) == 1, 30, "the closed load's lock to go")
+        assert cut_off(world, [load_id]) == [("interrupted", load.INTERRUPTED)]
