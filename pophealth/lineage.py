@@ -381,7 +381,7 @@ def emit_load_event(load_id: int) -> None:
 def emit_dbt_events(manifest: dict) -> int:
     """One event per dbt model and seed, from the manifest and each node's latest result in audit.dbt_result:
     upstream relations in; the model's table out, with its schema, rows, its dbt tests as data quality
-    assertions and, for a published model, its column lineage to the extract columns. Returns the count."""
+    assertions (with the marts gate's rules on its table) and, for a published model, its column lineage to the extract columns. Returns the count."""
     from openlineage.client.event_v2 import InputDataset, OutputDataset
     from openlineage.client.facet_v2 import (column_lineage_dataset as cl,
                                              data_quality_assertions_dataset as dqa,
@@ -394,8 +394,18 @@ def emit_dbt_events(manifest: dict) -> int:
                ORDER BY unique_id, recorded_at DESC""")}
         lineage_rows = conn.execute(
             "SELECT mart, column_name, source_feed, source_column, kind FROM audit.column_lineage").fetchall()
+        # The marts gate's latest verdict on each of its rules (pophealth/marts_gate.py, expectations/marts.yml)
+        marts_gate = conn.execute(
+            """SELECT DISTINCT ON (check_id) check_id, expectation, severity, status FROM audit.gate_result
+               WHERE feed = 'marts' ORDER BY check_id, checked_at DESC""").fetchall()
     walker = LineageWalker(manifest, {})
     tests: dict[str, list] = {}
+    gate_rules: dict[str, list] = {}  # relation -> its marts gate rules (ids are <schema>.<table>.<what>)
+    for check_id, expectation, severity, status in marts_gate:
+        schema, table, _ = (check_id.split(".", 2) + ["", ""])[:3]
+        gate_rules.setdefault(f"{schema}.{table}", []).append(dqa.Assertion(
+            assertion=expectation or check_id, success=status != "failed", severity=severity,
+            name=f"marts gate: {check_id}"))
     for uid, node in manifest["nodes"].items():
         if node["resource_type"] == "test":
             status = results.get(uid, ("not run", None))[0]
@@ -422,7 +432,8 @@ def emit_dbt_events(manifest: dict) -> int:
                                facets={"schema": _schema(columns.get(walker.relation(p), []))})
                   for p in walker.parents(uid)]
         facets = {"schema": _schema(columns.get(relation, [])),
-                  "dataQualityAssertions": dqa.DataQualityAssertionsDatasetFacet(assertions=tests.get(uid, []))}
+                  "dataQualityAssertions": dqa.DataQualityAssertionsDatasetFacet(
+                      assertions=tests.get(uid, []) + gate_rules.get(relation, []))}
         if relation in lineage:
             facets["columnLineage"] = cl.ColumnLineageDatasetFacet(fields={
                 column: cl.Fields(inputFields=fields) for column, fields in lineage[relation].items()})

@@ -111,6 +111,17 @@ class Running:
     log_file: Path
 
 
+def dies_with_parent() -> None:
+    """In a child, before it runs: ask Linux to send it SIGTERM when this command dies, even by SIGKILL, which
+    no handler sees, so a killed `pophealth ui` never leaves Airflow running (and holding its port)."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() == 1:  # the parent died before the request was made
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _start(name: str, env: dict[str, str], log_dir: Path) -> Running:
     from pophealth.airflow_runner import _airflow_bin
 
@@ -118,7 +129,7 @@ def _start(name: str, env: dict[str, str], log_dir: Path) -> Running:
     handle = log_file.open("w")
     # Its own session: Ctrl-C reaches this command only, which then stops each component in order.
     proc = subprocess.Popen([_airflow_bin(), name], env=env, stdout=handle, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=dies_with_parent)
     return Running(name, proc, log_file)
 
 

@@ -45,6 +45,17 @@ def test_every_dbt_model_has_an_event_with_its_schema_and_rows(world):
     assert by_job["dbt.model.bcf_metrics"]["eventType"] == "COMPLETE"
 
 
+def test_a_published_mart_event_carries_its_dbt_tests_and_the_marts_gate_rules_on_its_table(world):
+    rules = {r[0] for r in world.query("SELECT DISTINCT check_id FROM audit.gate_result WHERE feed = 'marts' "
+                                       "AND starts_with(check_id, 'marts.person.')")}
+    assert rules
+    person = [e for e in events(world) if e["job"]["name"] == "dbt.model.person"][-1]["outputs"][0]
+    assertions = person["facets"]["dataQualityAssertions"]["assertions"]
+    assert {f"marts gate: {rule}" for rule in rules} <= {a["name"] for a in assertions}
+    assert any(not a["name"].startswith("marts gate: ") for a in assertions)  # its dbt tests
+    assert all(a["success"] for a in assertions if a["name"].startswith("marts gate: ") and a["severity"] == "error")
+
+
 def test_every_published_load_has_an_event_with_rows_and_its_gate(world):
     published = world.query("SELECT file_name, rows_read, rows_loaded FROM audit.load WHERE status = 'published'")
     loads = {e["inputs"][0]["name"]: e for e in events(world) if e["job"]["name"].startswith("load.")}
