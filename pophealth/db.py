@@ -120,7 +120,11 @@ def warehouse_shown() -> str:
 
 
 def airflow_metadata_url() -> str:
-    """Airflow's metadata database: the embedded server's `airflow` database, or SQLite beside Airflow's home."""
+    """Airflow's metadata database: POPHEALTH_AIRFLOW_DATABASE_URL, else the embedded server's `airflow` database,
+    else (a real warehouse and no setting) SQLite beside Airflow's home, enough for `pophealth run` and `dag`."""
+    url = os.environ.get(config.ENV_AIRFLOW_DATABASE_URL)
+    if url:
+        return parse_url(url).url("postgresql+psycopg2")
     if is_embedded():
         return warehouse().with_db(AIRFLOW_DB).url("postgresql+psycopg2")
     return f"sqlite:///{config.paths().airflow_home / 'airflow.db'}"

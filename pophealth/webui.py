@@ -167,6 +167,13 @@ def serve(port: int = DEFAULT_PORT, landing: Path | None = None, say=print,
     from pophealth.load import prepare_warehouse
     from pophealth.marts import parse_project
 
+    from pophealth import db
+
+    if db.airflow_metadata_url().startswith("sqlite"):
+        say(f"pophealth ui needs Airflow's metadata in PostgreSQL (its scheduler runs tasks in parallel) when the "
+            f"warehouse is a real server: set {config.ENV_AIRFLOW_DATABASE_URL} (for example a database `airflow` "
+            "on the same server, owned by the same login)")
+        return 2
     started = time.monotonic()
     _demo_keys_into_environment()
     prepare_warehouse()

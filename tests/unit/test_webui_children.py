@@ -1,5 +1,6 @@
-"""`pophealth ui`'s children (Airflow's api-server, scheduler and dag-processor) end when it ends, even when it
-is killed by SIGKILL, which it cannot handle: none is left running, holding the UI's port."""
+"""`pophealth ui`: its children (Airflow's api-server, scheduler and dag-processor) end when it ends, even when it
+is killed by SIGKILL, which it cannot handle: none is left running, holding the UI's port. On a real warehouse it
+needs Airflow's metadata in PostgreSQL, and says so before it starts anything."""
 
 import os
 import signal
@@ -41,3 +42,17 @@ def test_a_child_started_by_the_ui_ends_when_the_ui_is_killed():
     finally:
         if _alive(child):
             os.kill(child, signal.SIGKILL)
+
+
+def test_the_ui_on_a_real_warehouse_asks_for_a_postgresql_metadata_database_before_touching_anything(tmp_path):
+    from pophealth import config, db, webui
+
+    said: list[str] = []
+    with config.environment(POPHEALTH_HOME=str(tmp_path), POPHEALTH_AIRFLOW_DATABASE_URL=None,
+                            POPHEALTH_DATABASE_URL="postgresql://owner:s3cret@127.0.0.1:9/pophealth"):
+        assert db.airflow_metadata_url().startswith("sqlite")
+        assert webui.serve(port=0, say=said.append) == 2
+        assert said and "POPHEALTH_AIRFLOW_DATABASE_URL" in said[0] and "s3cret" not in said[0]
+        assert list(tmp_path.iterdir()) == []  # nothing was started or written
+    with config.environment(POPHEALTH_AIRFLOW_DATABASE_URL="postgresql://owner:s3cret@db.example:5432/airflow"):
+        assert db.airflow_metadata_url() == "postgresql+psycopg2://owner:s3cret@db.example:5432/airflow"
