@@ -633,6 +633,12 @@ def _worker() -> None:
     args = parser.parse_args()
     if not os.environ.get("POPHEALTH_HOME"):
         raise SystemExit("POPHEALTH_HOME must point at a fresh folder")
+    import signal
+
+    # Stopped from outside (a timeout, a closed terminal): still stop this size's embedded PostgreSQL (measure's
+    # finally), rather than leave it running without its folder.
+    for stop in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(stop, lambda number, frame: sys.exit(128 + number))
     result = measure(args.size, args.work, args.pseudo_repeats, args.pandas_limit)
     args.result.write_text(json.dumps(result))
 
