@@ -10,7 +10,7 @@ beside a baseline that ran on the same machine a moment before:
   same file with Python's csv module, the least any loader must do.
 Nothing here is a test: nothing asserts a time.
 
-    ./dev.sh bench --scale [--sizes 14387,143868,1438682] [--repeats 3] [--out docs/benchmarks]
+    ./dev.sh bench --scale [--sizes 14387,143868,1438682] [--repeats 3] [--out docs/benchmarks] [--work-mem 256MB]
 
 the whole pipeline without Airflow (benchmarks/pipeline.py: every extract staged, gated and published in
 load order, dbt building the candidate marts, the marts gate, the publish swap) for generated worlds of 1%,
@@ -19,7 +19,10 @@ its children, and the PostgreSQL server), how time grows with the people, the in
 PostgreSQL COPY of the same pseudonymised rows, pseudonymisation beside the bare HMAC, the gates' share,
 and a hand-written pandas loader (read_csv, per-row HMAC, to_sql) on the same files. Sizes under 50,000
 are repeated --repeats times (medians), larger ones run once. It prints a table and writes scale.json and
-scale.svg (time against population, per stage) to --out. About 30 minutes on two cores (benchmarks/scale.py).
+scale.svg (time against population, per stage) to --out. About 40 minutes on two cores (benchmarks/scale.py).
+At Essex scale it needs --work-mem 256MB: with PostgreSQL's default work_mem (4MB) the marts gate's
+person_in_spine rules (NOT IN a subquery of every person, expectations/marts.yml) are quadratic and do not
+finish.
 
     ./dev.sh bench --gates [--population 20000]
 
@@ -162,6 +165,8 @@ def main() -> None:
     parser.add_argument("--sizes", help="with --scale: register populations, comma-separated "
                         "(default 14387,143868,1438682)")
     parser.add_argument("--out", help="with --scale: where scale.json and scale.svg go (default docs/benchmarks)")
+    parser.add_argument("--work-mem", help="with --scale: PostgreSQL work_mem for every connection, e.g. 256MB "
+                        "(needed at Essex scale: with the default 4MB the marts gate's NOT IN rules are quadratic)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="pophealth-bench-") as tmp:
         work = Path(tmp)
@@ -170,7 +175,8 @@ def main() -> None:
             from benchmarks import scale
 
             sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else list(scale.SIZES)
-            raise SystemExit(scale.run_scale(sizes, args.repeats, Path(args.out or scale.DEFAULT_OUT)))
+            raise SystemExit(scale.run_scale(sizes, args.repeats, Path(args.out or scale.DEFAULT_OUT),
+                                             work_mem=args.work_mem))
         if args.gates:
             raise SystemExit(bench_gates(args.population or 20_000, work))
         if args.pyramid:

@@ -303,6 +303,7 @@ def measure(size: int, work: Path, pseudo_repeats: int, pandas_limit: float) -> 
         tiers = risk_tiers()
         with db.connect() as conn:
             result["postgres_version"] = conn.execute("SHOW server_version").fetchone()[0]
+            result["work_mem"] = conn.execute("SHOW work_mem").fetchone()[0]
         expected = expected_pyramid(size)
         result.update({
             "generate_s": clock.seconds[GENERATE], "stages": stages, "pipeline_s": total,
@@ -581,10 +582,16 @@ def write_outputs(summary: dict, out: Path) -> None:
     (out / "scale.svg").write_text(plot(summary))
 
 
-def run_scale(sizes: list[int], repeats: int, out: Path, note: str = "") -> int:
-    """Every size (the small ones `repeats` times), each in a process of its own; then the table, JSON, plot."""
+def run_scale(sizes: list[int], repeats: int, out: Path, note: str = "", work_mem: str | None = None) -> int:
+    """Every size (the small ones `repeats` times), each in a process of its own; then the table, JSON, plot.
+
+    `work_mem` (e.g. "256MB") sets PostgreSQL's work_mem for every connection of the runs (libpq's PGOPTIONS:
+    the loader, dbt and Great Expectations alike). With the default 4 MB, the marts gate's person_in_spine
+    rules (NOT IN a subquery of 1.5 million people, expectations/marts.yml) fall back from a hashed subplan to
+    a scan of the subquery per row at Essex scale: quadratic, hours."""
     info = machine()
     info["note"] = note or os.environ.get("POPHEALTH_BENCH_NOTE", "")
+    info["work_mem"] = work_mem or "PostgreSQL's default (4MB)"
     info["repeats"] = {str(s): (repeats if s < SMALL else 1) for s in sizes}
     print(f"pophealth scale benchmark: {', '.join(f'{s:,}' for s in sizes)} people; {info['cores']} cores, "
           f"{info['ram_gib']:g} GiB, {info['cpu_model']}; load average {info['load_average_at_start'][0]:.1f}",
@@ -600,6 +607,8 @@ def run_scale(sizes: list[int], repeats: int, out: Path, note: str = "") -> int:
                 work.mkdir()
                 result_file = work / "result.json"
                 env = {**os.environ, "POPHEALTH_HOME": str(work / "state")}
+                if work_mem:
+                    env["PGOPTIONS"] = f"{env.get('PGOPTIONS', '')} -c work_mem={work_mem}".strip()
                 cmd = [sys.executable, "-m", "benchmarks.scale", "--size", str(size), "--work", str(work),
                        "--result", str(result_file), "--pseudo-repeats", "3" if size < SMALL else "0"]
                 proc = subprocess.run(cmd, env=env, cwd=REPO, check=False)
