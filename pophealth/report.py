@@ -95,7 +95,9 @@ def summarise(outcome: PipelineOutcome) -> str:
             "  schemas: raw (pseudonymised loads), staging, intermediate, marts (analysts), reference (code lists),",
             "           reporting (aggregates with disclosure control, for wide circulation),",
             "           audit (load, quarantine, optout_applied, gate_result, dbt_result, reidentification,",
-            "           key_rotation), restricted (the opt-out list), vault (encrypted identities; no analyst access)",
+            "           key_rotation, column_lineage), restricted (the opt-out list), vault (encrypted identities;",
+            "           no analyst access)",
+            "  next: pophealth status (what loaded, what waits), pophealth ig-report (the IG audit), ./dev.sh ui",
         ]
     return "\n".join(lines)
 
