@@ -145,6 +145,8 @@ def bench_gates(population: int, work: Path) -> None:
     print(f"gates      register population {population:,}; {os.cpu_count()} cores; {run.gated} loads gated "
           f"({run.refused} refused); marts gate {'passed' if run.marts_gate_passed else 'FAILED'} "
           f"({run.marts_rules} rules, {run.marts_warnings} warnings)")
+    for refusal in run.refusals:
+        print(f"  refused: {refusal[:300]}")
     for name, seconds in stages.items():
         print(f"  {name:<40} {seconds:9.1f} s  {seconds / total:6.1%}")
     print(f"  {'total pipeline':<40} {total:9.1f} s")

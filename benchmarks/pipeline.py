@@ -89,6 +89,7 @@ class PipelineRun:
     feeds: dict[str, FeedFigures]
     gated: int = 0
     refused: int = 0
+    refusals: list[str] = field(default_factory=list)  # "file: the gate's summary" of each refused load
     marts_gate_passed: bool | None = None
     marts_rules: int = 0
     marts_warnings: int = 0
@@ -142,6 +143,7 @@ def run_pipeline(landing: Path, *, gates: bool = True, candidates: bool = True,
                 run.gated += 1
                 if not result.passed:
                     run.refused += 1
+                    run.refusals.append(f"{extract.name}: {result.summary()}")
                     refuse_load(outcome.load_id, result.summary())
                     continue
             started = time.perf_counter()

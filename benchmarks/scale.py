@@ -309,7 +309,7 @@ def measure(size: int, work: Path, pseudo_repeats: int, pandas_limit: float) -> 
             "generate_s": clock.seconds[GENERATE], "stages": stages, "pipeline_s": total,
             "gates_s": stages[LOAD_GATES] + stages[MARTS_GATE],
             "gates_share": (stages[LOAD_GATES] + stages[MARTS_GATE]) / total,
-            "loads_gated": run.gated, "loads_refused": run.refused, "marts_gate_passed": run.marts_gate_passed,
+            "loads_gated": run.gated, "loads_refused": run.refused, "refusals": run.refusals, "marts_gate_passed": run.marts_gate_passed,
             "marts_gate_rules": run.marts_rules, "marts_gate_warnings": run.marts_warnings,
             "feeds": {f: {"files": v.files, "rows_read": v.rows_read, "rows_loaded": v.rows_loaded,
                           "stage_s": v.stage_seconds, "publish_s": v.publish_seconds, "gate_s": v.gate_seconds}
