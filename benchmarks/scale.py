@@ -586,9 +586,9 @@ def run_scale(sizes: list[int], repeats: int, out: Path, note: str = "", work_me
     """Every size (the small ones `repeats` times), each in a process of its own; then the table, JSON, plot.
 
     `work_mem` (e.g. "256MB") sets PostgreSQL's work_mem for every connection of the runs (libpq's PGOPTIONS:
-    the loader, dbt and Great Expectations alike). With the default 4 MB, the marts gate's person_in_spine
-    rules (NOT IN a subquery of 1.5 million people, expectations/marts.yml) fall back from a hashed subplan to
-    a scan of the subquery per row at Essex scale: quadratic, hours."""
+    the loader, dbt and Great Expectations alike). Before f048af8, with the default 4 MB, the marts gate's
+    person_in_spine rules (then NOT IN a subquery of 1.5 million people) fell back from a hashed subplan to a
+    scan of the subquery per row at Essex scale: quadratic, hours."""
     info = machine()
     info["note"] = note or os.environ.get("POPHEALTH_BENCH_NOTE", "")
     info["work_mem"] = work_mem or "PostgreSQL's default (4MB)"
