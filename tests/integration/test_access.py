@@ -11,7 +11,6 @@ import hashlib
 import hmac
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
@@ -21,25 +20,9 @@ from psycopg import errors
 from pophealth.db import parse_url
 
 from .conftest import TEST_KEY, isolated_env, marts_built_from, synth_world
+from .conftest import BuiltWarehouse as Warehouse
 
 pytestmark = pytest.mark.integration
-
-
-@dataclass
-class Warehouse:
-    url: str
-    landing: Path
-    env: dict[str, str]
-
-    def as_role(self, role: str, autocommit: bool = True) -> psycopg.Connection:
-        return psycopg.connect(parse_url(self.url).with_user(role).url(), autocommit=autocommit)
-
-    def as_owner(self) -> psycopg.Connection:
-        return psycopg.connect(self.url, autocommit=True)
-
-    def pophealth(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "pophealth.cli", *args], env=self.env, capture_output=True,
-                              text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")

@@ -9,43 +9,19 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
-import textwrap
-from dataclasses import dataclass
 from pathlib import Path
 
-import psycopg
 import pytest
 
-from .conftest import TEST_KEY, isolated_env, marts_built_from, synth_world
+from .conftest import TEST_KEY, BuiltWarehouse, isolated_env, marts_built_from, synth_world
 from .test_marts_gate import copy_to_candidates
 
 pytestmark = pytest.mark.integration
 
 
-@dataclass
-class Warehouse:
-    url: str
-    landing: Path
-    env: dict[str, str]
-
+class Warehouse(BuiltWarehouse):
     def status(self, landing: Path | None = None) -> subprocess.CompletedProcess:
         return self.pophealth("status", "--landing", str(landing or self.landing))
-
-    def pophealth(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "pophealth.cli", *args], env=self.env, capture_output=True,
-                              text=True, timeout=300)
-
-    def python(self, code: str, *args: str) -> subprocess.CompletedProcess:
-        proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], env=self.env,
-                              capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        return proc
-
-    def query(self, statement: str, params: tuple = ()) -> list[tuple]:
-        with psycopg.connect(self.url, autocommit=True) as conn:
-            cursor = conn.execute(statement, params)
-            return cursor.fetchall() if cursor.description else []
 
 
 # Stage one file and gate it as the ingest DAG does (orchestration.stage_file / gate_load); publish it when the
