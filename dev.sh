@@ -2,7 +2,7 @@
 # The project's two commands, on a machine with only Python 3.11:
 #   ./dev.sh demo    set everything up, then run the whole pipeline on a synthetic population
 #   ./dev.sh test    set everything up, then run the tests (what CI runs)
-# and a few more:  ./dev.sh setup | bench | docs [--port N | --static] | pophealth ARGS...
+# and a few more:  ./dev.sh setup | bench [--scale] | ui [--port N] | docs [--port N | --static] | pophealth ARGS...
 set -euo pipefail
 cd "$(dirname "$0")"
 
