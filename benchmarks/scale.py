@@ -576,9 +576,21 @@ def plot(summary: dict) -> str:
 
 # --- the command -----------------------------------------------------------------------------------------------
 
+def rounded(value):
+    """Every float to 3 decimals, all the way down: more is noise, and a long run of a float's digits can pass
+    the NHS number check digit in a committed file."""
+    if isinstance(value, float):
+        return round(value, 3)
+    if isinstance(value, dict):
+        return {key: rounded(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [rounded(item) for item in value]
+    return value
+
+
 def write_outputs(summary: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "scale.json").write_text(json.dumps(summary, indent=1, sort_keys=False) + "\n")
+    (out / "scale.json").write_text(json.dumps(rounded(summary), indent=1, sort_keys=False) + "\n")
     (out / "scale.svg").write_text(plot(summary))
 
 

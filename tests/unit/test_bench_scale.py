@@ -101,3 +101,10 @@ def test_the_summary_the_table_and_the_plot_of_runs():
     stages, totals = _svg_stages(plot(summary))
     assert sorted(stages) == sorted([GENERATE + " (outside the total)", *PIPELINE_STAGES])
     assert totals == ["pipeline total"]
+
+
+def test_the_figures_written_are_rounded_so_no_long_run_of_digits_is_committed():
+    from benchmarks.scale import rounded
+
+    assert rounded({"copy_rows_per_s": 165289.61236, "runs": [[5.11239, 7]], "cores": 2}) == \
+        {"copy_rows_per_s": 165289.612, "runs": [[5.112, 7]], "cores": 2}
