@@ -116,15 +116,16 @@ def run_pipeline(landing: Path, *, gates: bool = True, candidates: bool = True,
     use_bench_keys()
     clock = clock or Clock()
     run = PipelineRun(clock, {})
-    extracts = sorted(p for p in Path(landing).iterdir() if p.suffix == ".csv")
+    by_feed: dict[str, list[Path]] = {}
+    for path in sorted(p for p in Path(landing).iterdir() if p.suffix == ".csv"):
+        found = identify(path)
+        if found is not None:
+            by_feed.setdefault(found.feed, []).append(path)
     with clock.stage(PREPARE):
         prepare_warehouse()
     for feed in LOAD_ORDER:
         figures = run.feeds.setdefault(feed, FeedFigures())
-        for extract in extracts:
-            found = identify(extract)
-            if found is None or found.feed != feed:
-                continue
+        for extract in by_feed.get(feed, []):
             started = time.perf_counter()
             with clock.stage(stage_name(feed)):
                 outcome = stage_extract(extract, run_id=run_id)

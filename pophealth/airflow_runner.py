@@ -20,7 +20,6 @@ from pophealth import config, db
 from pophealth.lineage import openlineage_env
 
 
-
 def airflow_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     paths = config.paths()
     paths.airflow_home.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import psycopg
 from psycopg.rows import dict_row
 
 from pophealth import db
@@ -16,21 +17,30 @@ def load_record(load_id: int) -> dict:
     return record
 
 
+#: Loads that are not (yet) the outcome of a delivery: under way, or cut off before they were staged.
+UNDECIDED = ["loading", "interrupted"]
+
+
+def latest_refusals(conn: psycopg.Connection, feed: str | None = None) -> list[dict]:
+    """Per feed, provider and period, the latest delivery when it was refused (gate failed or rejected): a later
+    good or duplicate delivery resolves a refused one. Of one feed, or of all."""
+    return conn.cursor(row_factory=dict_row).execute(
+        """
+        WITH latest AS (
+            SELECT DISTINCT ON (feed, provider, period_end) load_id, feed, provider, period_end, file_name, status,
+                   message
+            FROM audit.load
+            WHERE status <> ALL (%s) AND (%s::text IS NULL OR feed = %s)
+            ORDER BY feed, provider, period_end, load_id DESC
+        )
+        SELECT * FROM latest WHERE status IN ('gate_failed', 'rejected') ORDER BY load_id
+        """, (UNDECIDED, feed, feed)).fetchall()
+
+
 def blocking_loads() -> list[dict]:
     """Files whose latest load was refused (gate failed or rejected) and that no later good file replaced."""
     with db.connect() as conn:
-        conn.row_factory = dict_row
-        return conn.execute(
-            """
-            WITH latest AS (
-                SELECT DISTINCT ON (feed, provider, period_end) load_id, feed, provider, period_end, file_name, status
-                FROM audit.load
-                WHERE status NOT IN ('loading', 'interrupted')  -- a later good or duplicate delivery resolves a refused one
-                ORDER BY feed, provider, period_end, load_id DESC
-            )
-            SELECT * FROM latest WHERE status IN ('gate_failed', 'rejected') ORDER BY load_id
-            """
-        ).fetchall()
+        return latest_refusals(conn)
 
 
 def file_accounts(run_id: str | None = None) -> list[dict]:

@@ -380,8 +380,9 @@ def emit_load_event(load_id: int) -> None:
 
 def emit_dbt_events(manifest: dict) -> int:
     """One event per dbt model and seed, from the manifest and each node's latest result in audit.dbt_result:
-    upstream relations in; the model's table out, with its schema, rows, its dbt tests as data quality
-    assertions (with the marts gate's rules on its table) and, for a published model, its column lineage to the extract columns. Returns the count."""
+    upstream relations in; the model's table out, with its schema, rows, its dbt tests and the marts gate's
+    rules on its table as data quality assertions and, for a published model, its column lineage to the
+    extract columns. Returns the count."""
     from openlineage.client.event_v2 import InputDataset, OutputDataset
     from openlineage.client.facet_v2 import (column_lineage_dataset as cl,
                                              data_quality_assertions_dataset as dqa,

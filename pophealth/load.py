@@ -23,7 +23,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from pophealth import agreements, db, vault
+from pophealth import agreements, audit, db, vault
 from pophealth.access import apply_access
 from pophealth.feeds import FEED_SPECS, Feed, OptedOut, RowContext, RowProblem, identity_columns_present
 from pophealth.keys import KeyError_, load_linkage_key, load_vault_key
@@ -88,15 +88,7 @@ def pending_extracts(landing: Path, feed: str) -> list[str]:
         }
         # A period whose latest delivery was refused: delivering the published file again resolves it (it is
         # recorded as a duplicate), so such a file is not skipped.
-        refused = {
-            (row[0], row[1])
-            for row in conn.execute(
-                """SELECT provider, period_end FROM (
-                       SELECT DISTINCT ON (provider, period_end) provider, period_end, status FROM audit.load
-                       WHERE feed = %s AND status NOT IN ('loading', 'interrupted') ORDER BY provider, period_end, load_id DESC) latest
-                   WHERE status IN ('gate_failed', 'rejected')""", (feed,)
-            )
-        }
+        refused = {(row["provider"], row["period_end"]) for row in audit.latest_refusals(conn, feed)}
     return [str(e.path) for e in extracts
             if (e.name, sha256_of(e.path)[0]) not in published or (e.provider, e.period_end) in refused]
 

@@ -81,7 +81,7 @@ def collect(landing: Path | None = None) -> Status:
 
 
 def _sources(conn, status: Status, now: datetime) -> None:
-    from pophealth.audit import blocking_loads
+    from pophealth.audit import latest_refusals
 
     latest = conn.execute(
         """SELECT DISTINCT ON (l.feed, l.provider) l.load_id, l.feed, l.provider, l.file_name, l.status, l.rows_read,
@@ -115,9 +115,8 @@ def _sources(conn, status: Status, now: datetime) -> None:
     if not in_force and any(load["feed"] in ("gp_register", "apc", "cld") for load in latest):
         status.problems.append("no national data opt-out list is in force (after a key rotation it must be loaded "
                                "again): every personal load is refused until it is (docs/runbook.md)")
-    for refused in blocking_loads():
-        message = (conn.execute("SELECT message FROM audit.load WHERE load_id = %s", (refused["load_id"],))
-                   .fetchone()["message"] or "").strip().splitlines()
+    for refused in latest_refusals(conn):
+        message = (refused["message"] or "").strip().splitlines()
         status.problems.append(
             f"{refused['file_name']}: {VERDICTS.get(refused['status'], refused['status'])} (load {refused['load_id']})"
             + (f": {message[0]}" if message else "")
