@@ -37,6 +37,7 @@ def build_marts():
 
         orchestration.assert_loads_gated()
         orchestration.clear_candidates()  # what a refused build left; dbt builds the candidates afresh
+        orchestration.assign_published_ids()  # the purpose-keyed ids dbt joins in; fails without the keys
 
     @task
     def gate_marts(**context) -> None:

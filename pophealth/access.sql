@@ -5,12 +5,14 @@
 --   analyst       reads marts and reporting, nothing else (the tables' SELECT grants come from dbt's
 --                 `grants` config, dbt_project/dbt_project.yml, reapplied on every build)
 --   ig_auditor    reads audit (loads, quarantine, gates, re-identifications, key rotations, lineage)
+--   care_team     reads direct_care (the case-finding list), nothing else (SELECT from dbt's `grants`)
 --   reidentifier  may call the vault's two functions, nothing else
+-- Nobody but the owner reads restricted (the opt-out list, the transit -> purpose id mapping) or raw.
 DO $$
 DECLARE
     name text;
 BEGIN
-    FOREACH name IN ARRAY ARRAY['loader', 'analyst', 'ig_auditor', 'reidentifier'] LOOP
+    FOREACH name IN ARRAY ARRAY['loader', 'analyst', 'ig_auditor', 'reidentifier', 'care_team'] LOOP
         IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = name) THEN
             EXECUTE format('CREATE ROLE %I LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT', name);
         END IF;
@@ -34,6 +36,7 @@ CREATE SCHEMA IF NOT EXISTS staging;
 CREATE SCHEMA IF NOT EXISTS intermediate;
 CREATE SCHEMA IF NOT EXISTS marts;
 CREATE SCHEMA IF NOT EXISTS reporting;
+CREATE SCHEMA IF NOT EXISTS direct_care;
 CREATE SCHEMA IF NOT EXISTS reference;
 
 -- Nobody gets anything by default: not in the public schema, not on functions.
@@ -47,6 +50,7 @@ GRANT USAGE ON SCHEMA raw, restricted, audit, vault TO loader;
 GRANT USAGE, CREATE ON SCHEMA load_batch TO loader;
 GRANT SELECT, INSERT, DELETE ON ALL TABLES IN SCHEMA raw TO loader;
 GRANT SELECT, INSERT, DELETE ON restricted.optout TO loader;
+REVOKE ALL ON restricted.pseudonym, restricted.purpose_key FROM PUBLIC, loader, analyst, ig_auditor, reidentifier, care_team;
 GRANT SELECT, INSERT, UPDATE ON audit.load TO loader;
 GRANT SELECT, INSERT ON audit.quarantine, audit.optout_applied, audit.gate_result TO loader;
 GRANT SELECT ON audit.key_rotation TO loader;                  -- which key the warehouse is keyed with
@@ -56,6 +60,9 @@ GRANT USAGE ON ALL SEQUENCES IN SCHEMA audit TO loader;
 
 -- analyst: schema usage here; SELECT on each table from dbt's grants
 GRANT USAGE ON SCHEMA marts, reporting TO analyst;
+
+-- care_team: schema usage here; SELECT on each direct_care table from dbt's grants
+GRANT USAGE ON SCHEMA direct_care TO care_team;
 
 -- ig_auditor: all of audit, now and later (lineage tables are added to audit)
 GRANT USAGE ON SCHEMA audit TO ig_auditor;

@@ -32,7 +32,8 @@ def airflow_env(extra: dict[str, str] | None = None) -> dict[str, str]:
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN")
         or db.airflow_metadata_url(),
         # Mask the key wherever Airflow might print it.
-        "AIRFLOW__CORE__SENSITIVE_VAR_CONN_NAMES": "linkage_key,vault_key,POPHEALTH_LINKAGE_KEY,POPHEALTH_VAULT_KEY",
+        "AIRFLOW__CORE__SENSITIVE_VAR_CONN_NAMES": ("linkage_key,vault_key,secondary_use_key,direct_care_key,POPHEALTH_LINKAGE_KEY,"
+                                                   "POPHEALTH_VAULT_KEY,POPHEALTH_SECONDARY_USE_KEY,POPHEALTH_DIRECT_CARE_KEY"),
         "AIRFLOW__COSMOS__ENABLE_TELEMETRY": "False",
         "DO_NOT_TRACK": "1",
         "PYTHONWARNINGS": "ignore",

@@ -44,13 +44,14 @@ def blocking_loads() -> list[dict]:
 
 
 def file_accounts(run_id: str | None = None) -> list[dict]:
-    """Per file: rows read, loaded, quarantined, removed by opt-out, and whether they add up."""
+    """Per file: rows read, loaded, quarantined, and whether they add up (read = loaded + quarantined); and, of
+    the rows loaded, those of people with an opt-out (kept for their direct care, left out of secondary use)."""
     where = "WHERE run_id = %s" if run_id else ""
     with db.connect() as conn:
         conn.row_factory = dict_row
         return conn.execute(
             f"""SELECT load_id, feed, file_name, status, rows_read, rows_loaded, rows_quarantined, rows_opted_out,
-                       rows_read = rows_loaded + rows_quarantined + rows_opted_out AS adds_up, message
+                       rows_read = rows_loaded + rows_quarantined AS adds_up, message
                 FROM audit.load {where} ORDER BY load_id""",
             (run_id,) if run_id else (),
         ).fetchall()

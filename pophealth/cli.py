@@ -58,19 +58,17 @@ def _still_working(what: str, every: float = 15.0):
 
 
 def _ensure_keys_for_demo() -> None:
-    from pophealth.keys import ensure_demo_key
+    from pophealth.keys import ALL_KEYS, ensure_demo_key
 
-    paths = config.paths()
-    for env, env_file, key_file, what in (
-        (config.ENV_LINKAGE_KEY, config.ENV_LINKAGE_KEY_FILE, paths.demo_key_file, "linkage key"),
-        (config.ENV_VAULT_KEY, config.ENV_VAULT_KEY_FILE, paths.demo_vault_key_file, "vault key"),
-    ):
-        if os.environ.get(env) or os.environ.get(env_file):
+    keys_dir = config.paths().demo_keys_dir
+    for source, file_name in ALL_KEYS:
+        if os.environ.get(source.env) or os.environ.get(source.env_file):
             continue
+        key_file = keys_dir / file_name
         if ensure_demo_key(key_file):
-            _say(f"Created a random {what} for this local demo in {key_file} (mode 600). "
-                 f"A real deployment gets its key from the key custodian: set {env_file}.")
-        os.environ[env_file] = str(key_file)
+            _say(f"Created a random {source.purpose} for this local demo in {key_file} (mode 600). "
+                 f"A real deployment gets its key from the key custodian: set {source.env_file}.")
+        os.environ[source.env_file] = str(key_file)
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
@@ -255,7 +253,7 @@ def cmd_register(args: argparse.Namespace) -> int:
 
 
 def cmd_fit_risk_model(args: argparse.Namespace) -> int:
-    from pophealth.marts import dbt_command
+    from pophealth.marts import dbt_build
     from pophealth.risk_model import FitFailed, append_to_seed, fit_from_warehouse
 
     try:
@@ -271,7 +269,7 @@ def cmd_fit_risk_model(args: argparse.Namespace) -> int:
     _say(f"  c-statistic on the fitting sample: {model.c_statistic:.3f}")
     _say("Rebuilding the risk model's marts (dbt build) ...")
     with _still_working("dbt build"):
-        proc = dbt_command(["build", "--select", "risk_model_coefficient+"])
+        proc = dbt_build(["--select", "risk_model_coefficient+"])
     if proc.returncode != 0:
         print(proc.stdout[-3000:], file=sys.stderr)
         return 1
@@ -307,29 +305,49 @@ def cmd_reidentify(args: argparse.Namespace) -> int:
 
 def cmd_rotate_key(args: argparse.Namespace) -> int:
     from pophealth.keys import LinkageKey, load_linkage_key, load_vault_key
-    from pophealth.marts import dbt_command
-    from pophealth.rekey import RotationRefused, rotate_linkage_key
 
     path = Path(args.new_key_file)
     if not path.is_file():
         print(f"pophealth: the new key file does not exist: {path}", file=sys.stderr)
         return 2
+    if args.purpose:
+        return _rotate_purpose_key(args.purpose, path, rebuild=not args.no_rebuild)
+    from pophealth.rekey import RotationRefused, rotate_linkage_key
+
     new = LinkageKey.from_hex(path.read_text(), str(path))
     try:
         rotation = rotate_linkage_key(load_linkage_key(), new, load_vault_key(), progress=_say)
     except RotationRefused as exc:
         print(f"pophealth: key rotation refused, nothing was changed: {exc}", file=sys.stderr)
         return 2
-    _say(f"The warehouse is now keyed with {rotation.new_version} (was {rotation.old_version}).")
-    if not args.no_rebuild:
-        _say("Rebuilding the marts under the new pseudonyms ...")
-        with _still_working("dbt build"):
-            proc = dbt_command(["build"])
+    _say(f"The warehouse is now keyed with {rotation.new_version} (was {rotation.old_version}). The published ids "
+         "(marts, reporting, direct_care) are keyed by purpose and have not changed.")
+    _say(f"Next: point {config.ENV_LINKAGE_KEY_FILE} at the new key, give it to every source that pseudonymises "
+         "at source, load the opt-out list again (no marts are built until then), and destroy the old key.")
+    return 0
+
+
+def _rotate_purpose_key(purpose: str, path: Path, rebuild: bool) -> int:
+    from pophealth.keys import DirectCareKey, SecondaryUseKey
+    from pophealth.marts import dbt_build
+    from pophealth.purposes import PublishedIdsRefused, rotate_purpose_key
+
+    new = {"secondary_use": SecondaryUseKey, "direct_care": DirectCareKey}[purpose].from_hex(path.read_text(), str(path))
+    try:
+        rotate_purpose_key(purpose, new, progress=_say)
+    except PublishedIdsRefused as exc:
+        print(f"pophealth: key rotation refused, nothing was changed: {exc}", file=sys.stderr)
+        return 2
+    env, env_file = ((config.ENV_SECONDARY_USE_KEY, config.ENV_SECONDARY_USE_KEY_FILE) if purpose == "secondary_use"
+                     else (config.ENV_DIRECT_CARE_KEY, config.ENV_DIRECT_CARE_KEY_FILE))
+    if rebuild:
+        _say("Rebuilding the marts with the new ids ...")
+        with config.environment(**{env_file: str(path), env: None}), _still_working("dbt build"):
+            proc = dbt_build()
         if proc.returncode != 0:
             print(proc.stdout[-3000:], file=sys.stderr)
             return 1
-    _say(f"Next: point {config.ENV_LINKAGE_KEY_FILE} at the new key, give it to every source that pseudonymises "
-         "at source, load the opt-out list again, and destroy the old key.")
+    _say(f"Next: point {env_file} at the new key and destroy the old one.")
     return 0
 
 
@@ -409,8 +427,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--on-behalf-of", required=True, help="the clinician or team the numbers are for")
     p.set_defaults(func=cmd_reidentify)
 
-    p = sub.add_parser("rotate-key", help="key custodian: re-key the warehouse to a new linkage key")
-    p.add_argument("--new-key-file", required=True, help="the new linkage key (64 hex characters, mode 600)")
+    p = sub.add_parser("rotate-key", help="key custodian: re-key the warehouse to a new linkage (or purpose) key")
+    p.add_argument("--new-key-file", required=True, help="the new key (64 hex characters, mode 600)")
+    p.add_argument("--purpose", choices=("secondary_use", "direct_care"),
+                   help="rotate this purpose's key (its published ids all change) instead of the linkage key")
     p.add_argument("--no-rebuild", action="store_true", help="do not rebuild the marts afterwards")
     p.set_defaults(func=cmd_rotate_key)
 

@@ -20,6 +20,10 @@ ENV_LINKAGE_KEY = "POPHEALTH_LINKAGE_KEY"
 ENV_LINKAGE_KEY_FILE = "POPHEALTH_LINKAGE_KEY_FILE"
 ENV_VAULT_KEY = "POPHEALTH_VAULT_KEY"
 ENV_VAULT_KEY_FILE = "POPHEALTH_VAULT_KEY_FILE"
+ENV_SECONDARY_USE_KEY = "POPHEALTH_SECONDARY_USE_KEY"
+ENV_SECONDARY_USE_KEY_FILE = "POPHEALTH_SECONDARY_USE_KEY_FILE"
+ENV_DIRECT_CARE_KEY = "POPHEALTH_DIRECT_CARE_KEY"
+ENV_DIRECT_CARE_KEY_FILE = "POPHEALTH_DIRECT_CARE_KEY_FILE"
 ENV_LANDING_DIR = "POPHEALTH_LANDING_DIR"
 ENV_HOME = "POPHEALTH_HOME"
 ENV_AIRFLOW_DATABASE_URL = "POPHEALTH_AIRFLOW_DATABASE_URL"
@@ -41,12 +45,8 @@ class Paths:
         return self.home / "airflow"
 
     @property
-    def demo_key_file(self) -> Path:
-        return self.home / "keys" / "linkage.key"
-
-    @property
-    def demo_vault_key_file(self) -> Path:
-        return self.home / "keys" / "vault.key"
+    def demo_keys_dir(self) -> Path:
+        return self.home / "keys"
 
     @property
     def demo_world(self) -> Path:

@@ -7,7 +7,7 @@ command runs at a source, so there is one way to pseudonymise; the transforms be
 pseudonymised rows. Values that come pseudonymised from a source are checked here instead.
 
 A row transform returns the tuple to store (in `Feed.table_columns` order), raises `RowProblem` to
-quarantine the row with a reason, or raises `OptedOut`. Identifiable values (NHS number, date of birth,
+quarantine the row with a reason. Identifiable values (NHS number, date of birth,
 postcode, local ids) never leave memory in clear.
 """
 
@@ -42,10 +42,6 @@ class RowProblem(Exception):
         self.reason = reason
 
 
-class OptedOut(Exception):
-    """The row belongs to a person with a national data opt-out: removed before anything is stored."""
-
-
 @dataclass
 class RowContext:
     pseudonymiser: Pseudonymiser
@@ -53,7 +49,7 @@ class RowContext:
     optouts: frozenset[str]
     provider: str | None
     period_end: date | None
-    counters: dict[str, int] = field(default_factory=lambda: {"test_range": 0, "unlinked": 0})
+    counters: dict[str, int] = field(default_factory=lambda: {"test_range": 0, "unlinked": 0, "opted_out": 0})
 
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -166,12 +162,14 @@ def _linkage(row: dict[str, str], unreduced: dict[str, str] | None) -> tuple[Nhs
 
 
 def _counted(ctx: RowContext, check: NhsNumberCheck, person: str | None) -> tuple[str | None, str]:
-    """person_id (or None) and the NHS number check as stored, applying the opt-out list and counting."""
+    """person_id (or None) and the NHS number check as stored, counting. A person with an opt-out is loaded
+    like anyone (their own care may use it: direct_care); the marts build leaves them out of every secondary
+    use under the list in force then. Here they are only counted, for the load audit."""
     if person is None:
         ctx.counters["unlinked"] += 1
         return None, check.value
     if person in ctx.optouts:
-        raise OptedOut()
+        ctx.counters["opted_out"] += 1
     if check is NhsNumberCheck.TEST_RANGE:
         ctx.counters["test_range"] += 1
     return person, check.value

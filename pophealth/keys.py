@@ -1,9 +1,13 @@
-"""The platform's two keys, where they come from, and the refusal to go on without them (fail closed).
+"""The platform's keys, where they come from, and the refusal to go on without them (fail closed).
 
-- The **linkage key** makes pseudonyms (`person_id` and the local pseudonyms). Every source that
-  pseudonymises on its own premises holds it too.
-- The **vault key** encrypts the re-identification vault (person_id -> NHS number). It is held apart from
-  the linkage key: whoever has one cannot use the other.
+- The **linkage key** makes the transit pseudonyms (`person_id` in raw, and the local pseudonyms). Every
+  source that pseudonymises on its own premises holds it too, so anything made with it alone can be
+  reversed by a source (hash every NHS number): it never leaves raw.
+- The **vault key** encrypts the re-identification vault (transit pseudonym -> NHS number). It is held
+  apart from the linkage key: whoever has one cannot use the other.
+- The **secondary-use key** and the **direct-care key** key the transit pseudonym again, once per purpose
+  (pophealth/purposes.py): the ids analysts see in `marts`/`reporting`, and the ids care teams see in
+  `direct_care`. No source holds either, and they differ, so the two ids of one person cannot be joined.
 
 Each is 32 random bytes given as 64 hex characters, looked up in this order:
 1. the environment variable (`POPHEALTH_LINKAGE_KEY`, `POPHEALTH_VAULT_KEY`);
@@ -48,6 +52,16 @@ LINKAGE = KeySource("linkage key", config.ENV_LINKAGE_KEY, config.ENV_LINKAGE_KE
                     b"pophealth key version|")
 VAULT = KeySource("vault key", config.ENV_VAULT_KEY, config.ENV_VAULT_KEY_FILE, "pophealth_vault_key",
                   b"pophealth vault key version|")
+SECONDARY_USE = KeySource("secondary-use key", config.ENV_SECONDARY_USE_KEY, config.ENV_SECONDARY_USE_KEY_FILE,
+                          "pophealth_secondary_use_key", b"pophealth secondary-use key version|")
+DIRECT_CARE = KeySource("direct-care key", config.ENV_DIRECT_CARE_KEY, config.ENV_DIRECT_CARE_KEY_FILE,
+                        "pophealth_direct_care_key", b"pophealth direct-care key version|")
+#: Every key, with the file name the local demo keeps it in (POPHEALTH_HOME/keys/<name>).
+ALL_KEYS: tuple[tuple[KeySource, str], ...] = (
+    (LINKAGE, "linkage.key"), (VAULT, "vault.key"),
+    (SECONDARY_USE, "secondary_use.key"), (DIRECT_CARE, "direct_care.key"),
+)
+_VERSION_PREFIX = {LINKAGE.purpose: "k-", VAULT.purpose: "v-", SECONDARY_USE.purpose: "s-", DIRECT_CARE.purpose: "d-"}
 
 
 class _Key:
@@ -59,8 +73,7 @@ class _Key:
             raise KeyError_(f"the {self.source.purpose} must be 32 bytes (64 hexadecimal characters)")
         self._secret = secret
         # A fingerprint, not the key: which key made a row, without revealing it.
-        prefix = "k-" if self.source is LINKAGE else "v-"
-        self.version = prefix + hashlib.sha256(self.source.fingerprint_label + secret).hexdigest()[:12]
+        self.version = _VERSION_PREFIX[self.source.purpose] + hashlib.sha256(self.source.fingerprint_label + secret).hexdigest()[:12]
 
     @classmethod
     def from_hex(cls, text: str, where: str):
@@ -95,6 +108,16 @@ class LinkageKey(_Key):
 class VaultKey(_Key):
     __slots__ = ()
     source = VAULT
+
+
+class SecondaryUseKey(_Key):
+    __slots__ = ()
+    source = SECONDARY_USE
+
+
+class DirectCareKey(_Key):
+    __slots__ = ()
+    source = DIRECT_CARE
 
 
 def _mask_in_airflow_logs(hex_text: str) -> None:
@@ -166,6 +189,11 @@ def load_linkage_key() -> LinkageKey:
 def load_vault_key() -> VaultKey:
     """The vault key; raises KeyError_ with a clear message when there is none."""
     return _load(VaultKey)  # type: ignore[return-value]
+
+
+def load_purpose_key(purpose: str) -> SecondaryUseKey | DirectCareKey:
+    """The key of one purpose (`secondary_use`, `direct_care`); raises KeyError_ when there is none."""
+    return _load({"secondary_use": SecondaryUseKey, "direct_care": DirectCareKey}[purpose])  # type: ignore[return-value]
 
 
 def new_key_hex() -> str:

@@ -31,7 +31,7 @@ from pophealth.feeds import FEED_SPECS
 
 log = logging.getLogger("pophealth")
 
-PUBLISHED_SCHEMAS = ("marts", "reporting")
+PUBLISHED_SCHEMAS = ("marts", "reporting", "direct_care")
 #: Local identifiers become keyed pseudonyms under another name (pophealth/feeds.py).
 PSEUDONYM_OF = {"episode_key": "epikey", "spell_key": "spell_id", "la_person_key": "la_person_unique_identifier"}
 #: Columns the loader adds: they come from the file as a whole, not from a column of it.
@@ -319,7 +319,8 @@ def _schema(columns: list[tuple[str, str]]):
 def _typed_catalogue(conn) -> dict[str, list[tuple[str, str]]]:
     rows = conn.execute(
         """SELECT table_schema || '.' || table_name, column_name, data_type FROM information_schema.columns
-           WHERE table_schema IN ('raw', 'restricted', 'staging', 'intermediate', 'marts', 'reporting', 'reference',
+           WHERE table_schema IN ('raw', 'restricted', 'staging', 'intermediate', 'marts', 'reporting', 'direct_care',
+                                  'reference',
                                   'audit')
            ORDER BY table_schema, table_name, ordinal_position""").fetchall()
     out: dict[str, list[tuple[str, str]]] = {}

@@ -3,7 +3,8 @@
 The walk of one file, each step an Airflow task:
 1. `stage_extract`: read the file as a stream, pseudonymise every row in memory, COPY the rows into
    `load_batch.load_<id>`, quarantine the rows that cannot be loaded (with a reason, never a value),
-   drop the rows of opted-out people, and count everything in `audit.load`. One transaction: a file
+   and count everything in `audit.load`, including the rows of people on the opt-out list in force
+   (loaded: the list decides what each purpose may use at the marts build, see pophealth/purposes.py). One transaction: a file
    is staged whole or not at all.
 2. the quality gate runs on the batch table (`pophealth.gates`).
 3. `publish_load`: in one transaction, replace any earlier load of the same feed, provider and period
@@ -25,7 +26,7 @@ from psycopg import sql
 
 from pophealth import agreements, audit, db, vault
 from pophealth.access import apply_access
-from pophealth.feeds import FEED_SPECS, Feed, OptedOut, RowContext, RowProblem, identity_columns_present
+from pophealth.feeds import FEED_SPECS, Feed, RowContext, RowProblem, identity_columns_present
 from pophealth.keys import KeyError_, load_linkage_key, load_vault_key
 from pophealth.landing import ExtractFile, FileRejected, identify, open_extract, scan, settled, sha256_of
 from pophealth.pseudonymise import PostcodeLookup, Pseudonymiser
@@ -51,7 +52,7 @@ class StageOutcome:
     rows_read: int = 0
     rows_loaded: int = 0
     rows_quarantined: int = 0
-    rows_opted_out: int = 0
+    rows_opted_out: int = 0  # of the rows loaded: people on the opt-out list in force (direct care only)
 
 
 def prepare_warehouse() -> None:
@@ -72,25 +73,80 @@ def _meta_columns(feed: Feed) -> tuple[str, ...]:
     return ("load_id",)
 
 
+#: A file recorded with one of these was dealt with as it is: it is never staged again (a superseded file is
+#: never published again; a stale opt-out list never replaces a newer one).
+SETTLED = ("published", "superseded", "stale")
+
+
 def pending_extracts(landing: Path, feed: str) -> list[str]:
-    """The complete files of a feed in the landing folder that are not already published as they are now."""
+    """The complete files of a feed in the landing folder that are not already dealt with as they are now.
+
+    Of opt-out lists, only the newest one, and only when it is not older than the list in force: the list in
+    force is the one with the latest date, whatever order the files arrive in (`stale_optout_lists`)."""
     extracts = settled([e for e in scan(landing).extracts if e.feed == feed])
     if not extracts:
         return []
     prepare_warehouse()
     with db.connect(role=LOADER) as conn:
         mark_interrupted_loads(conn)
-        published = {
+        seen = {
             (row[0], row[1])
             for row in conn.execute(
-                "SELECT file_name, file_sha256 FROM audit.load WHERE feed = %s AND status = 'published'", (feed,)
-            )
+                "SELECT file_name, file_sha256 FROM audit.load WHERE feed = %s AND status = ANY(%s)",
+                (feed, list(SETTLED)))
         }
         # A period whose latest delivery was refused: delivering the published file again resolves it (it is
         # recorded as a duplicate), so such a file is not skipped.
         refused = {(row["provider"], row["period_end"]) for row in audit.latest_refusals(conn, feed)}
-    return [str(e.path) for e in extracts
-            if (e.name, sha256_of(e.path)[0]) not in published or (e.provider, e.period_end) in refused]
+        in_force = optout_list_in_force(conn) if feed == "optouts" else None
+    pending = [e for e in extracts
+               if (e.name, sha256_of(e.path)[0]) not in seen or (e.provider, e.period_end) in refused]
+    if feed == "optouts":
+        newest = max((e.period_end for e in pending), default=None)
+        pending = [e for e in pending if e.period_end == newest and (in_force is None or newest >= in_force[1])]
+    return [str(e.path) for e in pending]
+
+
+def optout_list_in_force(conn: psycopg.Connection) -> tuple[int, date] | None:
+    """(load_id, period_end) of the published opt-out list, the one in force; None before the first."""
+    return conn.execute(
+        """SELECT load_id, period_end FROM audit.load WHERE feed = 'optouts' AND status = 'published'
+           ORDER BY period_end DESC, load_id DESC LIMIT 1""").fetchone()
+
+
+def _stale_message(period_end: date | None, in_force: tuple[int, date]) -> str:
+    return (f"stale: this opt-out list is dated {period_end}, before the list in force ({in_force[1]}, load "
+            f"{in_force[0]}); an older list never replaces a newer one, so nothing of it was loaded")
+
+
+def stale_optout_lists(landing: Path, run_id: str | None = None) -> list[str]:
+    """Record, once each, the opt-out lists in the landing folder that will never be in force (older than the list
+    in force, or than a newer list beside them) as `stale`, with why; returns their messages."""
+    extracts = settled([e for e in scan(landing).extracts if e.feed == "optouts"])
+    waiting = set(pending_extracts(landing, "optouts"))
+    messages = []
+    with db.connect(role=LOADER) as conn:
+        in_force = optout_list_in_force(conn)
+        seen = {(r[0], r[1]) for r in conn.execute(
+            "SELECT file_name, file_sha256 FROM audit.load WHERE feed = 'optouts' AND status = ANY(%s)", (list(SETTLED),))}
+        newest_waiting = [identify(Path(p)) for p in waiting]
+        for extract in extracts:
+            sha, size = sha256_of(extract.path)
+            if str(extract.path) in waiting or (extract.name, sha) in seen:
+                continue
+            newer = in_force if in_force and in_force[1] > extract.period_end else None
+            if newer is None and newest_waiting and newest_waiting[0].period_end > extract.period_end:
+                newer = (0, newest_waiting[0].period_end)
+            if newer is None:
+                continue
+            message = (_stale_message(extract.period_end, newer) if newer[0] else
+                       f"stale: this opt-out list is dated {extract.period_end}, and a newer list "
+                       f"({newer[1]}) is in the landing folder; an older list never replaces a newer one")
+            _insert_audit(conn, extract, run_id, sha, size, "stale", message)
+            messages.append(f"{extract.name}: {message}")
+    for message in messages:
+        log.warning(message)
+    return messages
 
 
 def _insert_audit(conn: psycopg.Connection, extract: ExtractFile, run_id: str | None, sha: str, size: int,
@@ -158,7 +214,8 @@ def _optout_set(conn: psycopg.Connection, key_version: str) -> frozenset[str]:
 def warehouse_key_version(conn: psycopg.Connection) -> str | None:
     """The linkage key the warehouse's pseudonyms are made with: the last rotation's, else the first load's."""
     rotated = conn.execute(
-        "SELECT new_key_version FROM audit.key_rotation ORDER BY rotation_id DESC LIMIT 1").fetchone()
+        "SELECT new_key_version FROM audit.key_rotation WHERE purpose = 'linkage' ORDER BY rotation_id DESC LIMIT 1"
+    ).fetchone()
     if rotated:
         return rotated[0]
     first = conn.execute(
@@ -205,6 +262,12 @@ def stage_extract(path: str | Path, run_id: str | None = None) -> StageOutcome:
             load_id = _insert_audit(conn, extract, run_id, sha, size, "duplicate",
                                     f"the same file was already published as load {earlier}")
             return StageOutcome(load_id, extract.name, extract.feed, "duplicate")
+        in_force = optout_list_in_force(conn) if extract.feed == "optouts" else None
+        if in_force and extract.period_end < in_force[1]:
+            message = _stale_message(extract.period_end, in_force)
+            _insert_audit(conn, extract, run_id, sha, size, "stale", message)
+            conn.commit()  # recorded, then refused
+            raise LoadRefused(f"{extract.name}: {message}")
         load_id = _insert_audit(conn, extract, run_id, sha, size, "loading")
         conn.execute("SELECT pg_advisory_lock(hashtext('pophealth load'), %s::int)", (load_id,))
         conn.commit()  # the row is seen as loading only once its lock is held
@@ -241,7 +304,7 @@ def _stage(extract: ExtractFile, feed: Feed, load_id: int) -> StageOutcome:
     table = batch_table(load_id)
     meta = _meta_columns(feed)
     quarantine: list[tuple[int, int, str | None, str]] = []
-    rows_read = rows_loaded = rows_opted_out = 0
+    rows_read = rows_loaded = 0
     with db.connect(role=LOADER) as conn, db.connect(role=LOADER) as vault_conn:
         if key:
             _check_key_is_the_warehouses(conn, key.version)
@@ -263,15 +326,12 @@ def _stage(extract: ExtractFile, feed: Feed, load_id: int) -> StageOutcome:
                         quarantine.append((load_id, row_number, None,
                                            f"row has {row['__width__']} fields, the header has {len(reader.columns)}"))
                         continue
+                    counted = dict(ctx.counters)
                     try:
                         values = feed.transform(row, ctx)
                     except RowProblem as problem_:
                         quarantine.append((load_id, row_number, problem_.column, problem_.reason))
-                        if vault_writer:
-                            vault_writer.drop_row()
-                        continue
-                    except OptedOut:
-                        rows_opted_out += 1
+                        ctx.counters.update(counted)  # a quarantined row is not counted as loaded anything
                         if vault_writer:
                             vault_writer.drop_row()
                         continue
@@ -293,14 +353,14 @@ def _stage(extract: ExtractFile, feed: Feed, load_id: int) -> StageOutcome:
                       rows_quarantined = %s, rows_opted_out = %s, rows_test_range = %s, rows_unlinked = %s,
                       extra_columns = %s, vault_entries = %s
                WHERE load_id = %s""",
-            (key.version if key else None, rows_read, rows_loaded, len(quarantine), rows_opted_out,
+            (key.version if key else None, rows_read, rows_loaded, len(quarantine), ctx.counters["opted_out"],
              ctx.counters["test_range"], ctx.counters["unlinked"], reader.extra_columns,
              vault_writer.stored if vault_writer else 0, load_id),
         )
-    log.info("%s: staged %d of %d rows (%d quarantined, %d removed by opt-out) as load %d", extract.name,
-             rows_loaded, rows_read, len(quarantine), rows_opted_out, load_id)
+    log.info("%s: staged %d of %d rows (%d quarantined; %d of people with an opt-out, for direct care only) as "
+             "load %d", extract.name, rows_loaded, rows_read, len(quarantine), ctx.counters["opted_out"], load_id)
     return StageOutcome(load_id, extract.name, extract.feed, "validated", rows_read, rows_loaded,
-                        len(quarantine), rows_opted_out)
+                        len(quarantine), ctx.counters["opted_out"])
 
 
 def refuse_load(load_id: int, message: str) -> None:
@@ -324,6 +384,13 @@ def publish_load(load_id: int) -> dict[str, int]:
         feed = FEED_SPECS[feed_name]
         # One publisher per feed at a time: two loads of one source never interleave.
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('pophealth publish ' || %s))", (feed_name,))
+        in_force = optout_list_in_force(conn) if feed_name == "optouts" else None
+        if in_force and period_end < in_force[1]:
+            # Two lists staged at once, the newer published first: the older never replaces it.
+            message = _stale_message(period_end, in_force)
+            _close_unpublished(conn, load_id, "stale", message)
+            conn.commit()
+            raise LoadRefused(f"load {load_id}: {message}")
         same = _published_as(conn, feed_name, provider, period_end, sha)
         if same:
             # Staged at the same time as the same file, which published first: as if it had come after it.
@@ -351,29 +418,11 @@ def publish_load(load_id: int) -> dict[str, int]:
         conn.execute(sql.SQL("DROP TABLE {}").format(sql.SQL(batch_table(load_id))))
         changes = {"published_rows": published, "replaced_loads": len(replaced),
                    "vault_entries_added": vault.publish_batch(conn, load_id)}
-        if feed_name == "optouts":
-            changes.update(_apply_optouts(conn, load_id))
         conn.execute(
             "UPDATE audit.load SET status = 'published', published_at = now(), finished_at = now() WHERE load_id = %s",
             (load_id,),
         )
     return changes
-
-
-def _apply_optouts(conn: psycopg.Connection, optout_load_id: int) -> dict[str, int]:
-    """A new opt-out list also removes what was loaded earlier for the people on it."""
-    removed: dict[str, int] = {}
-    for table in PERSONAL_TABLES:
-        count = conn.execute(
-            sql.SQL("DELETE FROM {} t USING restricted.optout o WHERE t.person_id = o.person_id").format(sql.SQL(table))
-        ).rowcount
-        conn.execute(
-            "INSERT INTO audit.optout_applied (optout_load_id, table_name, rows_removed) VALUES (%s, %s, %s)",
-            (optout_load_id, table, count),
-        )
-        removed[f"removed_from_{table}"] = count
-    removed["removed_from_vault"] = vault.remove_opted_out(conn)
-    return removed
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,18 @@ def dbt_command(args: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
 
 
+def dbt_build(args: list[str] | tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """`dbt build` outside Airflow, after every transit pseudonym has its published ids (pophealth/purposes.py),
+    as the marts DAG's check_loads does first. Raises PublishedIdsRefused without the purpose keys."""
+    from pophealth.purposes import assign_purpose_pseudonyms, record_optouts_by_purpose
+
+    assign_purpose_pseudonyms()
+    proc = dbt_command(["build", *args])
+    if proc.returncode == 0:
+        record_optouts_by_purpose()
+    return proc
+
+
 def manifest_path() -> Path:
     return config.paths().home / "dbt_target" / "manifest.json"
 

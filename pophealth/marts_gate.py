@@ -42,7 +42,9 @@ RULES_FILE = "marts.yml"
 SUITE = "marts_publish"
 FEED = "marts"          # audit.gate_result.feed
 LOAD_ID = 0             # audit.gate_result.load_id is NOT NULL: the marts gate is not a load, so 0
-PUBLISHED = ("marts", "reporting")
+PUBLISHED = ("marts", "reporting", "direct_care")
+#: Who reads each published schema (pophealth/access.sql); USAGE is granted again after each swap.
+READER = {"marts": "analyst", "reporting": "analyst", "direct_care": "care_team"}
 CANDIDATE = "__candidate"
 PREVIOUS = "__previous"
 PLACEHOLDERS = ("batch", "marts", "reporting")
@@ -233,7 +235,7 @@ def publish_candidates(lock_timeout: str = "60s") -> list[str]:
                 conn.execute(sql.SQL("ALTER SCHEMA {} RENAME TO {}").format(real, previous))
             conn.execute(sql.SQL("ALTER SCHEMA {} RENAME TO {}").format(candidate, real))
             conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(previous))
-            conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO analyst").format(real))
+            conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(real, sql.Identifier(READER[published])))
     log.info("published %s", ", ".join(f"{s}{CANDIDATE} as {s}" for s in PUBLISHED))
     return list(PUBLISHED)
 

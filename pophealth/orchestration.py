@@ -100,8 +100,10 @@ def _landing():
 def discover_files(feed: str) -> list[str]:
     """The feed's complete new or changed files (load.pending_extracts decides), within a re-run's period."""
     from pophealth.landing import identify
-    from pophealth.load import pending_extracts
+    from pophealth.load import pending_extracts, stale_optout_lists
 
+    if feed == "optouts":
+        stale_optout_lists(_landing())  # recorded once each, with why, and logged: never silently skipped
     files = pending_extracts(_landing(), feed)
     period, provider = os.environ.get(ENV_ONLY_PERIOD), os.environ.get(ENV_ONLY_PROVIDER)
     if period or provider:
@@ -180,6 +182,19 @@ def assert_loads_gated() -> None:
         )
 
 
+def assign_published_ids() -> None:
+    """Before dbt: every transit pseudonym in raw gets its secondary-use and direct-care ids (pophealth/purposes.py);
+    without both purpose keys nothing is built (fail closed)."""
+    from pophealth.purposes import PublishedIdsRefused, assign_purpose_pseudonyms
+
+    try:
+        assigned = assign_purpose_pseudonyms()
+    except PublishedIdsRefused as exc:
+        raise _fail(f"PUBLISHED IDS REFUSED: {exc}") from None
+    log.info("%d new transit pseudonyms given their published ids (keys %s)", assigned.new_transit_pseudonyms,
+             ", ".join(f"{p} {v}" for p, v in assigned.key_versions.items()))
+
+
 def clear_candidates() -> None:
     """Before dbt builds the candidate marts: drop what an earlier, refused build left (pophealth/marts_gate.py)."""
     from pophealth.marts_gate import drop_candidates
@@ -205,10 +220,13 @@ def publish_marts() -> None:
     """Swap the gated candidates in as marts and reporting, in one transaction."""
     from pophealth.marts_gate import PublishRefused, publish_candidates
 
+    from pophealth.purposes import record_optouts_by_purpose
+
     try:
         publish_candidates()
     except PublishRefused as exc:
         raise _fail(f"PUBLISH REFUSED: {exc}") from None
+    log.info("people left out under the opt-out list in force, per purpose: %s", record_optouts_by_purpose())
     record_lineage()
 
 

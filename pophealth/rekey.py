@@ -7,8 +7,10 @@ it is never stored. Everything happens in one transaction that first takes exclu
 it changes, so an analyst's query waits and then sees the new pseudonyms; there is no moment where old
 and new are both readable.
 
-What it changes: the pseudonym columns of raw, intermediate and marts tables; the vault (new pseudonyms,
-ciphertexts bound to them); each raw row's key version. The opt-out list holds pseudonyms of people who
+What it changes: the transit pseudonym columns of raw and intermediate tables and of the purpose mapping
+(`restricted.pseudonym.transit_id`); the vault (new pseudonyms, ciphertexts bound to them); each raw row's key
+version. The published ids (marts, reporting, direct_care) are keyed under the purpose keys and do not change:
+analysts and care teams keep following the same people, and the marts need no rebuild. The opt-out list holds pseudonyms of people who
 are, by design, not in the vault: it is emptied and its loads superseded, so no personal load can start
 until the opt-out list is loaded again under the new key (fail closed).
 """
@@ -30,9 +32,10 @@ from pophealth.pseudonymise import Pseudonymiser
 from pophealth.vault import VaultCipher
 
 #: Columns that hold a pseudonym (person_id or a local pseudonym) wherever they appear.
-PSEUDONYM_COLUMNS = ("person_id", "person_key", "spell_key", "episode_key", "la_person_key")
-#: Schemas whose tables are re-keyed (staging and reporting are views or hold no pseudonym).
-REKEYED_SCHEMAS = ("raw", "intermediate", "marts")
+PSEUDONYM_COLUMNS = ("person_id", "person_key", "spell_key", "episode_key", "la_person_key", "transit_id")
+#: Schemas whose tables hold transit pseudonyms (staging is views; marts, reporting and direct_care hold ids
+#: keyed by purpose, which a linkage key rotation leaves as they are). The opt-out list is emptied instead.
+REKEYED_SCHEMAS = ("raw", "intermediate", "restricted")
 _BATCH = 5_000
 
 
@@ -53,6 +56,7 @@ def _pseudonym_columns(conn: psycopg.Connection) -> list[tuple[str, str, str]]:
         """SELECT c.table_schema, c.table_name, c.column_name
            FROM information_schema.columns c JOIN information_schema.tables t USING (table_schema, table_name)
            WHERE t.table_type = 'BASE TABLE' AND c.table_schema = ANY(%s) AND c.column_name = ANY(%s)
+             AND (c.table_schema, c.table_name) <> ('restricted', 'optout')
            ORDER BY 1, 2, 3""", (list(REKEYED_SCHEMAS), list(PSEUDONYM_COLUMNS)))]
 
 

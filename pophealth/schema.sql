@@ -2,7 +2,7 @@
 -- Nothing identifiable is stored: NHS numbers become person_id (keyed hash), local identifiers become
 -- keyed pseudonyms, dates of birth become year and month, postcodes become LSOA and locality.
 CREATE SCHEMA IF NOT EXISTS raw;
-CREATE SCHEMA IF NOT EXISTS restricted;   -- opt-out pseudonyms: never granted to analysts
+CREATE SCHEMA IF NOT EXISTS restricted;   -- the opt-out list, the purpose mapping: the owner (dbt) alone reads it
 CREATE SCHEMA IF NOT EXISTS audit;
 CREATE SCHEMA IF NOT EXISTS load_batch;   -- one table per load, between validation and publication
 
@@ -90,6 +90,32 @@ CREATE TABLE IF NOT EXISTS audit.dbt_result (
 CREATE TABLE IF NOT EXISTS restricted.optout (
     person_id text PRIMARY KEY,
     load_id   bigint NOT NULL
+);
+
+-- Pseudonyms by purpose (pophealth/purposes.py): each transit pseudonym of raw (person_id, or a local
+-- pseudonym that stands for a person or a spell) and its published ids, one per purpose, each keyed under a
+-- key no source holds. The keys never reach the database; this table is read by the owner (dbt) alone.
+CREATE TABLE IF NOT EXISTS restricted.pseudonym (
+    transit_id       text PRIMARY KEY,
+    secondary_use_id text NOT NULL UNIQUE,   -- marts, reporting
+    direct_care_id   text NOT NULL UNIQUE,   -- direct_care; the only ids re-identification accepts
+    assigned_at      timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS restricted.purpose_key (
+    purpose     text PRIMARY KEY CHECK (purpose IN ('secondary_use', 'direct_care')),
+    key_version text NOT NULL,               -- the fingerprint of the key the ids were made with
+    set_at      timestamptz NOT NULL DEFAULT now()
+);
+
+-- Per marts build: how many people each purpose left out under the opt-out list in force (counts only).
+CREATE TABLE IF NOT EXISTS audit.optout_by_purpose (
+    built_at          timestamptz NOT NULL DEFAULT now(),
+    run_id            text,
+    optout_load_id    bigint,
+    optout_period_end date,
+    purpose           text NOT NULL,
+    people_on_list    bigint NOT NULL,
+    people_left_out   bigint NOT NULL
 );
 
 CREATE TABLE IF NOT EXISTS raw.gp_register (
@@ -244,7 +270,8 @@ DROP TRIGGER IF EXISTS append_only_truncate ON audit.reidentification;
 CREATE TRIGGER append_only_truncate BEFORE TRUNCATE ON audit.reidentification
     FOR EACH STATEMENT EXECUTE FUNCTION audit.refuse_change();
 
--- Step 1 of re-identification: record the request. Nothing is released until this row is committed.
+-- Step 1 of re-identification: record the request. Nothing is released until this row is committed. Only
+-- direct-care ids (direct_care.case_finding) are accepted: a secondary-use id (marts, reporting) is refused.
 CREATE OR REPLACE FUNCTION vault.request_reidentification(person_ids text[], purpose text, on_behalf_of text)
 RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -256,18 +283,27 @@ BEGIN
     IF person_ids IS NULL OR cardinality(person_ids) = 0 THEN
         RAISE EXCEPTION 'name at least one person_id';
     END IF;
+    IF EXISTS (SELECT FROM restricted.pseudonym p WHERE p.secondary_use_id = ANY (person_ids)) THEN
+        RAISE EXCEPTION 'a secondary-use person_id (from marts or reporting) cannot be re-identified: '
+                        're-identification serves direct care only; use the person_id of direct_care.case_finding'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
     INSERT INTO audit.reidentification (on_behalf_of, purpose, person_ids, people_in_vault)
     VALUES (on_behalf_of, btrim(purpose), person_ids,
-            (SELECT count(*) FROM vault.identity v WHERE v.kind = 'nhs' AND v.pseudonym = ANY (person_ids)))
+            (SELECT count(*) FROM restricted.pseudonym p JOIN vault.identity v
+                ON v.kind = 'nhs' AND v.pseudonym = p.transit_id
+             WHERE p.direct_care_id = ANY (person_ids)))
     RETURNING request_id INTO request;
     RETURN request;
 END $$;
 
 -- Step 2: the one function that reads the vault. It releases the ciphertexts of a request made by the same
 -- login in the last 15 minutes and already committed to the audit log, so that rolling back a transaction
--- can never hide a read. Decryption happens outside the database, with the vault key.
-CREATE OR REPLACE FUNCTION vault.reidentify(request bigint)
-RETURNS TABLE (person_id text, nonce bytea, ciphertext bytea, vault_key_version text)
+-- can never hide a read. Decryption happens outside the database, with the vault key (the ciphertext is bound
+-- to the transit pseudonym, which is returned for that alone).
+DROP FUNCTION IF EXISTS vault.reidentify(bigint);
+CREATE FUNCTION vault.reidentify(request bigint)
+RETURNS TABLE (person_id text, bound_to text, nonce bytea, ciphertext bytea, vault_key_version text)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     r audit.reidentification%ROWTYPE;
@@ -282,8 +318,9 @@ BEGIN
     IF r.requested_at < now() - interval '15 minutes' THEN
         RAISE EXCEPTION 'request % has expired: make a new request', request;
     END IF;
-    RETURN QUERY SELECT v.pseudonym, v.nonce, v.ciphertext, v.vault_key_version
-                 FROM vault.identity v WHERE v.kind = 'nhs' AND v.pseudonym = ANY (r.person_ids);
+    RETURN QUERY SELECT p.direct_care_id, v.pseudonym, v.nonce, v.ciphertext, v.vault_key_version
+                 FROM restricted.pseudonym p JOIN vault.identity v ON v.kind = 'nhs' AND v.pseudonym = p.transit_id
+                 WHERE p.direct_care_id = ANY (r.person_ids);
 END $$;
 
 -- Key rotations: which key replaced which, when, by whom, and how many rows each table re-keyed. The
@@ -297,6 +334,7 @@ CREATE TABLE IF NOT EXISTS audit.key_rotation (
     pseudonyms_mapped bigint NOT NULL,
     rows_rekeyed     jsonb NOT NULL
 );
+ALTER TABLE audit.key_rotation ADD COLUMN IF NOT EXISTS purpose text NOT NULL DEFAULT 'linkage';  -- or a purpose key
 
 -- Column-level lineage (pophealth/lineage.py): each published column (marts, reporting) and the source feed
 -- columns behind it, direct (its value is computed from them) or indirect (they filter, join or group its

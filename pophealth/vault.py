@@ -125,19 +125,6 @@ def drop_batch(conn: psycopg.Connection, load_id: int) -> None:
     conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.SQL(vault_batch_table(load_id))))
 
 
-def remove_opted_out(conn: psycopg.Connection) -> int:
-    """Remove the people on the opt-out list from the vault, and local ids no raw row refers to any more."""
-    removed = conn.execute(
-        "DELETE FROM vault.identity v USING restricted.optout o WHERE v.kind = 'nhs' AND v.pseudonym = o.person_id"
-    ).rowcount
-    removed += conn.execute(
-        """DELETE FROM vault.identity v WHERE v.kind = 'local'
-             AND NOT EXISTS (SELECT FROM raw.apc_episode a WHERE a.spell_key = v.pseudonym OR a.episode_key = v.pseudonym)
-             AND NOT EXISTS (SELECT FROM raw.cld_event c WHERE c.la_person_key = v.pseudonym)"""
-    ).rowcount
-    return removed
-
-
 @dataclass(frozen=True)
 class Reidentified:
     request_id: int
@@ -147,7 +134,9 @@ class Reidentified:
 
 def reidentify(person_ids: list[str], purpose: str, on_behalf_of: str, key: VaultKey,
                conninfo: str | None = None) -> Reidentified:
-    """Re-identify people for direct care, as the `reidentifier` login. Every call is in the audit log first."""
+    """Re-identify people for direct care, as the `reidentifier` login. Every call is in the audit log first.
+
+    `person_ids` are direct-care ids (direct_care.case_finding); the database refuses a secondary-use id."""
     wanted = []
     for value in person_ids:
         try:
@@ -163,15 +152,15 @@ def reidentify(person_ids: list[str], purpose: str, on_behalf_of: str, key: Vaul
             # Autocommit: the request is committed before the read, as vault.reidentify requires.
             request_id = conn.execute("SELECT vault.request_reidentification(%s, %s, %s)",
                                       ([p.value for p in wanted], purpose, on_behalf_of)).fetchone()[0]
-            rows = conn.execute("SELECT person_id, nonce, ciphertext, vault_key_version FROM vault.reidentify(%s)",
-                                (request_id,)).fetchall()
+            rows = conn.execute("SELECT person_id, bound_to, nonce, ciphertext, vault_key_version "
+                                "FROM vault.reidentify(%s)", (request_id,)).fetchall()
     except psycopg.Error as exc:
         message = (exc.diag.message_primary if getattr(exc, "diag", None) else None) or str(exc).splitlines()[0]
         raise VaultError(f"re-identification refused: {message}") from None
     found: dict[PersonId, NhsNumber] = {}
-    for person_id, nonce, ciphertext, version in rows:
+    for person_id, bound_to, nonce, ciphertext, version in rows:
         if version != cipher.version:
             raise VaultError(f"the vault entry was written under vault key {version}, not {cipher.version}")
-        digits = cipher.decrypt("nhs", person_id, nonce, ciphertext).decode("ascii")
+        digits = cipher.decrypt("nhs", bound_to, nonce, ciphertext).decode("ascii")
         found[PersonId(person_id)] = NhsNumber(digits)
     return Reidentified(request_id, found, [p for p in wanted if p not in found])

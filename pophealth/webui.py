@@ -75,13 +75,13 @@ def ui_env(port: int, landing: Path | None) -> dict[str, str]:
 
 def _demo_keys_into_environment() -> None:
     """The local demo's keys, if that is what this machine uses (the files stay where keys.py reads them)."""
-    paths = config.paths()
-    for env, env_file, key_file in (
-        (config.ENV_LINKAGE_KEY, config.ENV_LINKAGE_KEY_FILE, paths.demo_key_file),
-        (config.ENV_VAULT_KEY, config.ENV_VAULT_KEY_FILE, paths.demo_vault_key_file),
-    ):
-        if not os.environ.get(env) and not os.environ.get(env_file) and key_file.exists():
-            os.environ[env_file] = str(key_file)
+    from pophealth.keys import ALL_KEYS
+
+    keys_dir = config.paths().demo_keys_dir
+    for source, file_name in ALL_KEYS:
+        key_file = keys_dir / file_name
+        if not os.environ.get(source.env) and not os.environ.get(source.env_file) and key_file.exists():
+            os.environ[source.env_file] = str(key_file)
 
 
 def _configure(landing: str) -> None:

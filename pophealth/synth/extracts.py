@@ -135,8 +135,11 @@ class _Writer:
             writer = csv.writer(handle, lineterminator="\n")
             writer.writerow(header)
             writer.writerows(rows)
+        # Rows of people with an opt-out are loaded (kept for their direct care) and counted apart: the marts
+        # build leaves them out of every secondary use (contract v2).
         read = fates["loaded"] + fates["quarantined"] + fates["opted_out"]
-        self.ledger.files.append({"file_name": name, "feed": feed, "rows_read": read, "rows_loaded": fates["loaded"],
+        self.ledger.files.append({"file_name": name, "feed": feed, "rows_read": read,
+                                  "rows_loaded": fates["loaded"] + fates["opted_out"],
                                   "rows_quarantined": fates["quarantined"], "rows_opted_out": fates["opted_out"]})
 
     # -- reference data ---------------------------------------------------------------------------------------

@@ -22,6 +22,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 TEST_KEY = "5a" * 32
 TEST_VAULT_KEY = "c3" * 32
+TEST_SECONDARY_USE_KEY = "e7" * 32
+TEST_DIRECT_CARE_KEY = "d4" * 32
+#: The two purpose keys (pophealth/purposes.py) every test process that builds the marts needs.
+PURPOSE_KEYS_ENV = {"POPHEALTH_SECONDARY_USE_KEY": TEST_SECONDARY_USE_KEY, "POPHEALTH_DIRECT_CARE_KEY": TEST_DIRECT_CARE_KEY}
 POPULATION = 2000  # large enough that, with the seed below, every metric and cohort is non-empty (800 was not)
 SEED = 20241
 
@@ -70,7 +74,7 @@ RUN = textwrap.dedent(
     import sys
     from pophealth.landing import LOAD_ORDER, identify
     from pophealth.load import prepare_warehouse, publish_load, stage_extract
-    from pophealth.marts import dbt_command
+    from pophealth.marts import dbt_build
     prepare_warehouse()
     landing = Path(sys.argv[1])
     for feed in LOAD_ORDER:
@@ -80,7 +84,7 @@ RUN = textwrap.dedent(
                 outcome = stage_extract(extract)
                 if outcome.status == "validated":
                     publish_load(outcome.load_id)
-    proc = dbt_command(["build"])
+    proc = dbt_build()
     print(proc.stdout[-3000:])
     sys.exit(proc.returncode)
     """
@@ -122,11 +126,22 @@ class BuiltWarehouse:
             return cursor.fetchall() if cursor.description else []
 
 
+def published_id(purpose: str, transit: str) -> str:
+    """The id a purpose publishes for a transit pseudonym under the test keys (pophealth/purposes.py), worked out
+    here for the answer key's people; the platform's own mapping must agree."""
+    from pophealth.keys import DirectCareKey, SecondaryUseKey
+    from pophealth.purposes import PurposeKeyring
+
+    ring = PurposeKeyring({"secondary_use": SecondaryUseKey.from_hex(TEST_SECONDARY_USE_KEY, "test"),
+                           "direct_care": DirectCareKey.from_hex(TEST_DIRECT_CARE_KEY, "test")})
+    return ring.id_for(purpose, transit)
+
+
 def isolated_env(home: Path, key: str = TEST_KEY) -> dict[str, str]:
     """The environment of a pophealth process whose state lives under `home`, with the test keys."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("POPHEALTH_", "AIRFLOW"))}
     env.update(POPHEALTH_HOME=str(home / "state"), POPHEALTH_LINKAGE_KEY=key, POPHEALTH_VAULT_KEY=TEST_VAULT_KEY,
-               PYTHONPATH=str(REPO))
+               PYTHONPATH=str(REPO), **PURPOSE_KEYS_ENV)
     return env
 
 

@@ -19,7 +19,7 @@ from psycopg import errors
 
 from pophealth.db import parse_url
 
-from .conftest import TEST_KEY, isolated_env, marts_built_from, synth_world
+from .conftest import TEST_KEY, isolated_env, marts_built_from, published_id, synth_world
 from .conftest import BuiltWarehouse as Warehouse
 
 pytestmark = pytest.mark.integration
@@ -35,7 +35,13 @@ def warehouse(tmp_path_factory):
 
 
 def person_id(number: str) -> str:
+    """The transit pseudonym (raw, the vault) of an NHS number."""
     return hmac.new(bytes.fromhex(TEST_KEY), number.encode("ascii"), hashlib.sha256).hexdigest()
+
+
+def direct_care_id(number: str) -> str:
+    """The id direct_care.case_finding shows for an NHS number: the only kind re-identification accepts."""
+    return published_id("direct_care", person_id(number))
 
 
 def linked_numbers(landing: Path) -> list[str]:
@@ -57,6 +63,9 @@ ANALYST_REFUSED = [
     "SELECT * FROM raw.gp_register LIMIT 1",
     "SELECT * FROM raw.apc_episode LIMIT 1",
     "SELECT * FROM restricted.optout LIMIT 1",
+    "SELECT * FROM restricted.pseudonym LIMIT 1",
+    "SELECT * FROM direct_care.case_finding LIMIT 1",
+    "SELECT * FROM intermediate.int_secondary_use_id LIMIT 1",
     "SELECT * FROM vault.identity LIMIT 1",
     "SELECT * FROM audit.load LIMIT 1",
     "SELECT * FROM audit.reidentification LIMIT 1",
@@ -139,7 +148,7 @@ def test_the_reidentifier_can_only_call_the_vault_functions(warehouse):
 
 def test_reidentification_returns_the_nhs_number_and_is_logged_first(warehouse):
     numbers = linked_numbers(warehouse.landing)[:3]
-    wanted = [person_id(n) for n in numbers]
+    wanted = [direct_care_id(n) for n in numbers]
     proc = warehouse.pophealth("reidentify", *wanted, "--purpose", "falls clinic referral: case finding review",
                                "--on-behalf-of", "Dr Test, community frailty team")
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -154,7 +163,7 @@ def test_reidentification_returns_the_nhs_number_and_is_logged_first(warehouse):
 
 
 def test_a_reidentification_without_a_purpose_is_refused(warehouse):
-    proc = warehouse.pophealth("reidentify", person_id(linked_numbers(warehouse.landing)[0]), "--purpose", "x",
+    proc = warehouse.pophealth("reidentify", direct_care_id(linked_numbers(warehouse.landing)[0]), "--purpose", "x",
                                "--on-behalf-of", "someone")
     assert proc.returncode == 2
     assert "purpose" in proc.stderr and linked_numbers(warehouse.landing)[0] not in proc.stdout + proc.stderr
@@ -164,7 +173,7 @@ def test_a_read_in_the_same_transaction_as_its_request_is_refused(warehouse):
     # Otherwise a rollback would undo the audit row and keep the numbers.
     with warehouse.as_role("reidentifier", autocommit=False) as conn:
         request = conn.execute("SELECT vault.request_reidentification(%s, %s, %s)",
-                               ([person_id(linked_numbers(warehouse.landing)[0])], "testing the rollback rule",
+                               ([direct_care_id(linked_numbers(warehouse.landing)[0])], "testing the rollback rule",
                                 "nobody")).fetchone()[0]
         with pytest.raises(psycopg.errors.RaiseException, match="not committed"):
             conn.execute("SELECT * FROM vault.reidentify(%s)", (request,)).fetchall()
@@ -183,7 +192,8 @@ def test_the_reidentification_log_is_append_only_even_for_its_owner(warehouse):
         assert not can(conn, "DELETE FROM audit.reidentification")
 
 
-def test_the_vault_holds_every_linked_person_encrypted_and_no_opted_out_person(warehouse):
+def test_the_vault_holds_every_linked_person_encrypted_opted_out_people_included(warehouse):
+    # The opt-out does not apply to a person's own care: their care team may re-identify them (direct_care).
     optout_numbers = []
     for path in warehouse.landing.glob("optouts_*.csv"):
         with path.open(newline="") as handle:
@@ -195,7 +205,8 @@ def test_the_vault_holds_every_linked_person_encrypted_and_no_opted_out_person(w
             "SELECT person_id FROM raw.gp_register UNION SELECT person_id FROM raw.apc_episode WHERE person_id IS NOT NULL "
             "UNION SELECT person_id FROM raw.cld_event WHERE person_id IS NOT NULL")}
     assert set(stored) == linked
-    assert not {person_id(n) for n in optout_numbers} & set(stored)
+    assert {person_id(n) for n in optout_numbers} & linked <= set(stored)
+    assert {person_id(n) for n in optout_numbers} & linked, "the world has opted-out people in its feeds"
     numbers = linked_numbers(warehouse.landing)
     assert not any(n.encode() in blob for n in numbers[:200] for blob in stored.values())
 

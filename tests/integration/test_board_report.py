@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from .chromium import dump_dom, require_chromium
+from .conftest import PURPOSE_KEYS_ENV
 
 pytestmark = pytest.mark.integration
 
@@ -256,7 +257,7 @@ def report(tmp_path_factory, request):
     home = tmp_path_factory.mktemp("board-report")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("POPHEALTH_", "AIRFLOW"))}
     env.update(POPHEALTH_HOME=str(home / "state"), POPHEALTH_LINKAGE_KEY=KEY, POPHEALTH_VAULT_KEY=KEY,
-               PYTHONPATH=str(REPO))
+               PYTHONPATH=str(REPO), **PURPOSE_KEYS_ENV)
 
     def pophealth(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "pophealth.cli", *args], env=env, capture_output=True,

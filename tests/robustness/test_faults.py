@@ -55,7 +55,7 @@ NORMAL_RUN = textwrap.dedent("""
     from pathlib import Path
     from pophealth.landing import LOAD_ORDER
     from pophealth.load import pending_extracts, prepare_warehouse, publish_load, stage_extract
-    from pophealth.marts import dbt_command
+    from pophealth.marts import dbt_build
     prepare_warehouse()
     landing = Path(sys.argv[1])
     skip = set(sys.argv[2].split(",")) if len(sys.argv) > 2 else set()
@@ -67,7 +67,7 @@ NORMAL_RUN = textwrap.dedent("""
             if outcome.status == "validated":
                 publish_load(outcome.load_id)
     if "dbt" not in skip:
-        proc = dbt_command(["build"])
+        proc = dbt_build()
         print(proc.stdout[-3000:])
         sys.exit(proc.returncode)
 """)

@@ -71,32 +71,40 @@ reablement as (
     from reabled
     join discharges as discharge on discharge.spell_key = reabled.spell_key
     left join left_home on left_home.spell_key = reabled.spell_key
+),
+
+-- People with a national data opt-out in the list in force are absent from numerators and from the
+-- denominators that count people or spells (int_secondary_use_id): the law, and marts.md.
+contributions as (
+    select 'emergency_admissions' as metric_code, admidate as event_date, person_key, locality_code,
+        1::bigint as numerator, null::bigint as denominator
+    from spells where is_emergency
+
+    union all
+    select 'falls_admissions_65', admidate, person_key, locality_code, 1, null
+    from spells where is_emergency and age_on_admission >= 65 and is_fall_with_injury
+
+    union all
+    select 'delayed_discharge_days', disdate, person_key, locality_code, disdate - discharge_ready_date, null
+    from spells where is_finished and discharge_ready_date < disdate
+
+    union all
+    select 'emergency_readmissions_30d', discharge.disdate, discharge.person_key, discharge.locality_code,
+        readmissions.is_readmitted::int, 1
+    from discharges as discharge
+    join readmissions on readmissions.spell_key = discharge.spell_key
+
+    union all
+    select 'reablement_91_days_65', disdate, person_key, locality_code, is_at_home_after_91_days::int, 1
+    from reablement
+
+    union all
+    -- A person counts once per period however many new placements they start in it (see int_bcf_metric).
+    select 'care_home_admissions_65', service_start_date, person_key, locality_code, 1, null
+    from services
+    where is_new_care_home_admission and not is_self_funded and age_on_start >= 65
 )
 
-select 'emergency_admissions' as metric_code, admidate as event_date, person_key, locality_code,
-    1::bigint as numerator, null::bigint as denominator
-from spells where is_emergency
-
-union all
-select 'falls_admissions_65', admidate, person_key, locality_code, 1, null
-from spells where is_emergency and age_on_admission >= 65 and is_fall_with_injury
-
-union all
-select 'delayed_discharge_days', disdate, person_key, locality_code, disdate - discharge_ready_date, null
-from spells where is_finished and discharge_ready_date < disdate
-
-union all
-select 'emergency_readmissions_30d', discharge.disdate, discharge.person_key, discharge.locality_code,
-    readmissions.is_readmitted::int, 1
-from discharges as discharge
-join readmissions on readmissions.spell_key = discharge.spell_key
-
-union all
-select 'reablement_91_days_65', disdate, person_key, locality_code, is_at_home_after_91_days::int, 1
-from reablement
-
-union all
--- A person counts once per period however many new placements they start in it (see int_bcf_metric).
-select 'care_home_admissions_65', service_start_date, person_key, locality_code, 1, null
-from services
-where is_new_care_home_admission and not is_self_funded and age_on_start >= 65
+select contributions.*
+from contributions
+join {{ ref('int_secondary_use_id') }} as ids on ids.transit_id = contributions.person_key

@@ -15,15 +15,24 @@ matched as (
         on spell.person_key = placements.person_key
         and placements.service_start_date - spell.disdate between 0 and 28
     order by placements.event_key, spell.disdate desc, spell.spell_key
+),
+
+numbered as (
+    select matched.*, row_number() over (
+        partition by matched.person_key, matched.la_code, matched.service_type, matched.service_start_date
+        order by matched.event_key) as placement_order
+    from matched
 )
 
 select
-    matched.event_key::text                                             as service_id,
-    matched.person_key::text                                            as person_id,
+    -- made of the published id and the row's own published values only: nothing a source's key could compute
+    md5(concat_ws('|', person_ids.secondary_use_id, matched.la_code, matched.service_type,
+                  matched.service_start_date, matched.placement_order))::text as service_id,
+    person_ids.secondary_use_id::text                                   as person_id,
     matched.service_type::text                                          as service_type,
     matched.service_start_date::date                                    as service_start_date,
     matched.is_self_funded::boolean                                     as is_self_funded,
-    matched.spell_key::text                                             as spell_id,
+    spell_ids.secondary_use_id::text                                    as spell_id,
     matched.admidate::date                                              as admission_date,
     matched.disdate::date                                               as discharge_date,
     (matched.service_start_date - matched.disdate)::integer             as days_after_discharge,
@@ -33,7 +42,9 @@ select
     matched.length_of_stay::integer                                     as length_of_stay,
     {{ age_band(age_on('person.birth_year', 'person.birth_month', 'matched.service_start_date')) }}::text as age_band,
     person.locality_code::text                                          as locality_code
-from matched
+from numbered as matched
 join {{ ref('int_person') }} as person on person.person_key = matched.person_key
+join {{ ref('int_secondary_use_id') }} as person_ids on person_ids.transit_id = matched.person_key
+join {{ ref('int_secondary_use_id') }} as spell_ids on spell_ids.transit_id = matched.spell_key
 left join {{ ref('icd10_chapter') }} as chapter
     on left(matched.primary_diagnosis, 3) between chapter.code_from and chapter.code_to

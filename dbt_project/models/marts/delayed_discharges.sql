@@ -13,8 +13,8 @@ known as (
 )
 
 select
-    spells.spell_key::text                                              as spell_id,
-    spells.person_key::text                                             as person_id,
+    spell_ids.secondary_use_id::text                                    as spell_id,
+    person_ids.secondary_use_id::text                                   as person_id,
     spells.admidate::date                                               as admission_date,
     spells.discharge_ready_date::date                                   as discharge_ready_date,
     spells.disdate::date                                                as discharge_date,
@@ -27,6 +27,8 @@ select
     spells.disdest::text                                                as discharge_destination,
     (known.spell_key is not null)::boolean                              as known_to_social_care
 from spells
+join {{ ref('int_secondary_use_id') }} as person_ids on person_ids.transit_id = spells.person_key
+join {{ ref('int_secondary_use_id') }} as spell_ids on spell_ids.transit_id = spells.spell_key
 left join known on known.spell_key = spells.spell_key
 left join {{ ref('icd10_chapter') }} as chapter
     on left(spells.primary_diagnosis, 3) between chapter.code_from and chapter.code_to

@@ -26,8 +26,8 @@ known as (
 )
 
 select
-    falls.spell_key::text                                               as spell_id,
-    falls.person_key::text                                              as person_id,
+    spell_ids.secondary_use_id::text                                    as spell_id,
+    person_ids.secondary_use_id::text                                   as person_id,
     falls.admidate::date                                                as admission_date,
     falls.disdate::date                                                 as discharge_date,
     falls.age_on_admission::integer                                     as age,
@@ -43,5 +43,7 @@ select
     support.service_type::text                                          as support_service_type,
     support.event_start_date::date                                      as support_start_date
 from falls
+join {{ ref('int_secondary_use_id') }} as person_ids on person_ids.transit_id = falls.person_key
+join {{ ref('int_secondary_use_id') }} as spell_ids on spell_ids.transit_id = falls.spell_key
 left join support on support.spell_key = falls.spell_key
 left join known on known.spell_key = falls.spell_key

@@ -1,29 +1,21 @@
--- marts.risk_stratification: everyone on the GP register and alive at the as-of date, scored by the risk
--- model (its coefficients are the risk_model_coefficient seed) and cut into the Essex risk pyramid.
-with coefficients as (
-    {{ risk_coefficients() }}
-),
-
-scored as (
-    select
-        features.*,
-        coefficients.model_version,
-        -- rounded before ranking, so that the published score orders the published ranks
-        round(({{ risk_score('features', 'coefficients') }})::numeric, 6) as risk_score
-    from {{ ref('int_risk_features') }} as features
-    cross join coefficients
+-- marts.risk_stratification: everyone on the GP register and alive at the as-of date without a national data
+-- opt-out, scored (int_risk_scored) and cut into the Essex risk pyramid over them.
+with scored as (
+    select scored.*, ids.secondary_use_id
+    from {{ ref('int_risk_scored') }} as scored
+    join {{ ref('int_secondary_use_id') }} as ids on ids.transit_id = scored.person_key
 ),
 
 ranked as (
     select
         scored.*,
-        row_number() over (order by risk_score desc, person_key) as risk_rank,
+        row_number() over (order by risk_score desc, secondary_use_id) as risk_rank,
         count(*) over () as people
     from scored
 )
 
 select
-    person_key::text                                        as person_id,
+    secondary_use_id::text                                  as person_id,
     as_of_date::date                                        as as_of_date,
     risk_score::numeric                                     as risk_score,
     risk_rank::integer                                      as risk_rank,

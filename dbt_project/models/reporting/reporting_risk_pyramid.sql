@@ -4,7 +4,7 @@
 with people as (
     select risk.as_of_date, risk.risk_tier, person.locality_code
     from {{ ref('risk_stratification') }} as risk
-    join {{ ref('int_person') }} as person on person.person_key = risk.person_id
+    join {{ ref('person') }} as person on person.person_id = risk.person_id
 ),
 
 tiers as (

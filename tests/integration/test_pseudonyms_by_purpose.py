@@ -1,0 +1,320 @@
+"""Pseudonyms by purpose, tried as an attacker and as each role would (issue 16, contract version 2).
+
+Every source holds the linkage key, and the synthetic world draws its NHS numbers from the 999 block of about
+a million numbers: an attacker at any source can hash them all in seconds. So nothing an analyst, a care team
+or an auditor reads may hold a transit pseudonym; what they see is keyed again per purpose, under keys no
+source holds. The national data opt-out keeps people out of every secondary use, not out of their own care.
+
+A small generated world is loaded and its marts built on a real embedded PostgreSQL; each test then reads
+as one of the platform's roles. The last tests change the opt-out list in force and rebuild.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from datetime import date, timedelta
+import hmac
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import errors
+
+from pophealth.identifiers import nhs_check_digit
+
+from .conftest import TEST_KEY, isolated_env, marts_built_from, published_id, synth_world
+from .conftest import BuiltWarehouse as Warehouse
+
+pytestmark = pytest.mark.integration
+
+PUBLISHED_SCHEMAS = ("marts", "reporting", "direct_care")
+
+
+@pytest.fixture(scope="module")
+def warehouse(tmp_path_factory):
+    home = tmp_path_factory.mktemp("purposes")
+    env = isolated_env(home)
+    landing = synth_world(home, population=400, seed=16)
+    with marts_built_from(landing, home, TEST_KEY, timeout=900) as url:
+        warehouse = Warehouse(url, landing, env)
+        warehouse.home = home
+        yield warehouse
+
+
+def transit(number: str) -> str:
+    """The transit pseudonym of an NHS number: what every source can compute with the linkage key."""
+    return hmac.new(bytes.fromhex(TEST_KEY), number.encode("ascii"), hashlib.sha256).hexdigest()
+
+
+def optout_numbers(landing: Path) -> list[str]:
+    numbers = []
+    for path in sorted(landing.glob("optouts_*.csv"))[-1:]:
+        with path.open(newline="") as handle:
+            numbers += [r["nhs_number"].replace(" ", "").replace("-", "") for r in csv.DictReader(handle)]
+    return numbers
+
+
+def opted_out_in_feeds(warehouse) -> list[str]:
+    """The transit pseudonyms of opted-out people who have records in the feeds (raw)."""
+    return [r[0] for r in warehouse.query(
+        """SELECT DISTINCT o.person_id FROM restricted.optout o
+           WHERE EXISTS (SELECT FROM raw.gp_register g WHERE g.person_id = o.person_id)
+              OR EXISTS (SELECT FROM raw.apc_episode a WHERE a.person_id = o.person_id)
+              OR EXISTS (SELECT FROM raw.cld_event c WHERE c.person_id = o.person_id)""")]
+
+
+def published_values(warehouse) -> set[str]:
+    """Every value of every column of every published table, as text."""
+    values: set[str] = set()
+    with warehouse.as_owner() as conn:
+        tables = conn.execute(
+            """SELECT table_schema, table_name FROM information_schema.tables
+               WHERE table_schema = ANY(%s) AND table_type = 'BASE TABLE'""", (list(PUBLISHED_SCHEMAS),)).fetchall()
+        assert {s for s, _ in tables} == set(PUBLISHED_SCHEMAS)
+        for schema, table in tables:
+            with conn.cursor().copy(f'COPY "{schema}"."{table}" TO STDOUT') as copy:
+                for block in copy:
+                    for line in bytes(block).decode().splitlines():
+                        values.update(line.split("\t"))
+    return values
+
+
+# -- 1. the transit pseudonym is never published ---------------------------------------------------------------
+
+
+def test_an_attacker_with_the_linkage_key_finds_nobody_in_any_published_table(warehouse):
+    # Hash every NHS number the synthetic world could have used (the whole 999 block, as an attacker at a source
+    # would) under the linkage key, and look for each among every value an analyst or care team can read.
+    published = published_values(warehouse)
+    hashed = found = 0
+    mac = hmac.new(bytes.fromhex(TEST_KEY), digestmod=hashlib.sha256)
+    for stem in range(999_000_000, 1_000_000_000):
+        digit = nhs_check_digit(str(stem))
+        if digit is None:
+            continue
+        candidate = mac.copy()
+        candidate.update(f"{stem}{digit}".encode("ascii"))
+        hashed += 1
+        found += candidate.hexdigest() in published
+    assert hashed > 900_000
+    assert found == 0
+    # And the world's people are there under other ids: the attack failed for the right reason.
+    assert len([v for v in published if len(v) == 64]) > 300
+
+
+def test_no_transit_pseudonym_of_raw_is_in_any_published_table_or_the_files_of_the_run(warehouse):
+    transits = {r[0] for r in warehouse.query(
+        """SELECT person_id FROM raw.gp_register UNION SELECT person_id FROM raw.apc_episode WHERE person_id IS NOT NULL
+           UNION SELECT spell_key FROM raw.apc_episode UNION SELECT episode_key FROM raw.apc_episode
+           UNION SELECT la_person_key FROM raw.cld_event""")}
+    assert len(transits) > 400
+    assert not transits & published_values(warehouse)
+    # The files the platform wrote outside the database (dbt's target and logs, reports, lineage events).
+    state = Path(warehouse.env["POPHEALTH_HOME"])
+    files = [p for p in state.rglob("*") if p.is_file() and "pgdata" not in p.parts and p.stat().st_size < 50_000_000]
+    assert files
+    for path in files:
+        text = path.read_bytes()
+        assert not any(t.encode() in text for t in list(transits)[:300]), f"{path.name} holds a transit pseudonym"
+
+
+# -- 2. a pseudonym per purpose, under keys no source holds ------------------------------------------------------
+
+
+def test_each_purpose_has_its_own_id_and_the_two_cannot_be_joined(warehouse):
+    with warehouse.as_owner() as conn:
+        marts_ids = {r[0] for r in conn.execute("SELECT person_id FROM marts.person")}
+        care_ids = {r[0] for r in conn.execute("SELECT person_id FROM direct_care.case_finding")}
+        registered = [r[0] for r in conn.execute(
+            "SELECT person_id FROM raw.gp_register WHERE person_id NOT IN (SELECT person_id FROM restricted.optout) "
+            "LIMIT 20")]
+    assert marts_ids and care_ids and not marts_ids & care_ids
+    for person in registered:
+        # The ids are the transit pseudonym keyed under each purpose's key (worked out here independently).
+        assert published_id("secondary_use", person) in marts_ids
+        assert published_id("direct_care", person) in care_ids
+        assert published_id("secondary_use", person) != published_id("direct_care", person)
+    # No role that reads one purpose's ids can read the other's, nor the mapping.
+    with warehouse.as_role("analyst") as conn:
+        for refused in ("SELECT * FROM direct_care.case_finding", "SELECT * FROM restricted.pseudonym",
+                        "SELECT * FROM intermediate.int_direct_care_id"):
+            with pytest.raises(errors.InsufficientPrivilege):
+                conn.execute(refused)
+    with warehouse.as_role("care_team") as conn:
+        for refused in ("SELECT * FROM marts.person", "SELECT * FROM restricted.pseudonym",
+                        "SELECT * FROM reporting.risk_pyramid"):
+            with pytest.raises(errors.InsufficientPrivilege):
+                conn.execute(refused)
+
+
+def test_the_ids_are_stable_from_build_to_build(warehouse):
+    before = {r[0] for r in warehouse.query("SELECT person_id FROM marts.person")}
+    rebuilt = warehouse.python("""
+        from pophealth.marts import dbt_build
+        proc = dbt_build(["--select", "person"])
+        assert proc.returncode == 0, proc.stdout[-2000:]
+    """)
+    assert rebuilt.returncode == 0
+    assert {r[0] for r in warehouse.query("SELECT person_id FROM marts.person")} == before
+
+
+def test_no_marts_are_built_without_a_purpose_key(warehouse):
+    env = {k: v for k, v in warehouse.env.items() if k != "POPHEALTH_DIRECT_CARE_KEY"}
+    proc = Warehouse(warehouse.url, warehouse.landing, env).python("""
+        from pophealth.marts import dbt_build
+        from pophealth.purposes import PublishedIdsRefused
+        try:
+            dbt_build()
+        except PublishedIdsRefused as exc:
+            print("REFUSED", exc)
+    """)
+    assert "REFUSED no direct-care key: set POPHEALTH_DIRECT_CARE_KEY" in proc.stdout
+
+
+def test_a_purpose_key_other_than_the_warehouses_is_refused_naming_the_versions(warehouse):
+    env = {**warehouse.env, "POPHEALTH_SECONDARY_USE_KEY": "0b" * 32}
+    proc = Warehouse(warehouse.url, warehouse.landing, env).python("""
+        from pophealth.purposes import PublishedIdsRefused, assign_purpose_pseudonyms
+        try:
+            assign_purpose_pseudonyms()
+        except PublishedIdsRefused as exc:
+            print("REFUSED", exc)
+    """)
+    assert "REFUSED the secondary-use key in use (version s-" in proc.stdout
+    assert "0b" * 32 not in proc.stdout
+
+
+# -- 4. direct care: the case-finding list, read by care_team, re-identified by its ids only ----------------------
+
+
+def test_the_care_team_reads_direct_care_and_nothing_else(warehouse):
+    with warehouse.as_role("care_team") as conn:
+        assert conn.execute("SELECT count(*) FROM direct_care.case_finding").fetchone()[0] > 0
+        for refused in ("SELECT * FROM raw.gp_register", "SELECT * FROM audit.load", "SELECT * FROM vault.identity",
+                        "SELECT * FROM restricted.optout", "SELECT * FROM marts.bcf_metrics",
+                        "SELECT * FROM vault.reidentify(1)"):
+            with pytest.raises(errors.InsufficientPrivilege):
+                conn.execute(refused)
+    with warehouse.as_owner() as conn:
+        readable = {r[0] for r in conn.execute(
+            """SELECT DISTINCT table_schema FROM information_schema.tables
+               WHERE has_table_privilege('care_team', format('%I.%I', table_schema, table_name), 'SELECT')
+                 AND table_schema NOT IN ('pg_catalog', 'information_schema')""")}
+    assert readable == {"direct_care"}
+
+
+def test_case_finding_ranks_everyone_registered_and_alive_in_the_pyramid(warehouse):
+    (people, very_high, high, moderate, ranks_ok), = warehouse.query(
+        """SELECT count(*), count(*) FILTER (WHERE risk_tier = 'very_high'), count(*) FILTER (WHERE risk_tier = 'high'),
+                  count(*) FILTER (WHERE risk_tier = 'moderate'),
+                  bool_and(risk_rank BETWEEN 1 AND (SELECT count(*) FROM direct_care.case_finding))
+           FROM direct_care.case_finding""")
+    assert (very_high, very_high + high, very_high + high + moderate) == (
+        people * 5 // 1000, people * 5 // 100, people * 20 // 100)
+    assert ranks_ok
+
+
+def test_reidentifying_a_secondary_use_id_is_refused_clearly(warehouse):
+    analyst_id = warehouse.query("SELECT person_id FROM marts.risk_stratification LIMIT 1")[0][0]
+    proc = warehouse.pophealth("reidentify", analyst_id, "--purpose", "care coordination for a frail patient",
+                               "--on-behalf-of", "Dr Test")
+    assert proc.returncode == 2
+    assert "a secondary-use person_id (from marts or reporting) cannot be re-identified" in proc.stderr
+    assert "direct_care.case_finding" in proc.stderr
+    care_id = warehouse.query("SELECT person_id FROM direct_care.case_finding ORDER BY risk_rank LIMIT 1")[0][0]
+    proc = warehouse.pophealth("reidentify", care_id, "--purpose", "care coordination for a frail patient",
+                               "--on-behalf-of", "Dr Test")
+    assert proc.returncode == 0, proc.stderr
+    number = proc.stdout.strip().splitlines()[-1].split()[-1]
+    assert published_id("direct_care", transit(number)) == care_id
+
+
+# -- 3. opt-outs by purpose -------------------------------------------------------------------------------------
+
+
+def test_an_opted_out_person_is_in_case_finding_and_in_no_row_or_count_of_marts_or_reporting(warehouse):
+    opted_out = opted_out_in_feeds(warehouse)
+    assert opted_out, "the world has opted-out people with records in the feeds"
+    published = published_values(warehouse)
+    secondary = {published_id("secondary_use", p) for p in opted_out}
+    assert not secondary & published
+    care_ids = {r[0] for r in warehouse.query("SELECT person_id FROM direct_care.case_finding")}
+    registered_living = {r[0] for r in warehouse.query(
+        """SELECT person_key FROM intermediate.int_risk_scored WHERE person_key = ANY(%s)""", (opted_out,))}
+    assert registered_living, "some opted-out person is registered and alive"
+    assert {published_id("direct_care", p) for p in registered_living} <= care_ids
+    # Counts: the secondary-use pyramid counts everyone registered and alive but them.
+    (ranked,), = warehouse.query("SELECT count(*) FROM marts.risk_stratification")
+    assert ranked == len(care_ids) - len(registered_living)
+    (people,), = warehouse.query("SELECT count(*) FROM marts.person")
+    (everyone,), = warehouse.query("SELECT count(*) FROM intermediate.int_person")
+    assert people == everyone - len(set(opted_out))
+
+
+def test_the_build_records_how_many_people_each_purpose_left_out(warehouse):
+    rows = dict(warehouse.query(
+        """SELECT DISTINCT ON (purpose) purpose, people_left_out FROM audit.optout_by_purpose
+           ORDER BY purpose, built_at DESC"""))
+    assert rows == {"secondary_use": len(set(opted_out_in_feeds(warehouse))), "direct_care": 0}
+    with warehouse.as_role("ig_auditor") as conn:
+        assert conn.execute("SELECT count(*) FROM audit.optout_by_purpose").fetchone()[0] >= 2
+
+
+def _load(warehouse, path: Path) -> str:
+    proc = warehouse.python("""
+        import sys
+        from pophealth.load import LoadRefused, publish_load, stage_extract
+        try:
+            outcome = stage_extract(sys.argv[1])
+            publish_load(outcome.load_id)
+            print("PUBLISHED")
+        except LoadRefused as exc:
+            print("REFUSED", exc)
+    """, str(path))
+    return proc.stdout
+
+
+def _rebuild(warehouse) -> None:
+    warehouse.python("""
+        from pophealth.marts import dbt_build
+        proc = dbt_build()
+        assert proc.returncode == 0, proc.stdout[-3000:]
+    """)
+
+
+def _write_list(path: Path, numbers: list[str]) -> Path:
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["nhs_number"])
+        writer.writerows([n] for n in numbers)
+    return path
+
+
+def test_the_latest_list_is_in_force_removal_brings_back_and_an_older_list_is_refused_as_stale(warehouse):
+    landing = warehouse.home / "optouts_later"
+    landing.mkdir()
+    numbers = optout_numbers(warehouse.landing)
+    in_feeds = set(opted_out_in_feeds(warehouse))
+    leaving = next(n for n in numbers if transit(n) in in_feeds)  # someone with records who withdraws the opt-out
+    back = published_id("secondary_use", transit(leaving))
+    current = sorted(warehouse.landing.glob("optouts_*.csv"))[-1].name  # optouts_YYYYMMDD.csv
+    dated = date(int(current[8:12]), int(current[12:14]), int(current[14:16]))
+    later = f"optouts_{dated + timedelta(days=31):%Y%m%d}.csv"
+    # A later list without them: they come back into the secondary-use marts at the next build.
+    assert "PUBLISHED" in _load(warehouse, _write_list(landing / later, [n for n in numbers if n != leaving]))
+    _rebuild(warehouse)
+    assert warehouse.query("SELECT count(*) FROM marts.person WHERE person_id = %s", (back,)) == [(1,)]
+    # The earlier list, delivered again late: older than the list in force, refused as stale, never in force.
+    stale = _load(warehouse, _write_list(landing / current, numbers + [leaving]))
+    assert "REFUSED" in stale and "stale" in stale and "before the list in force" in stale
+    assert warehouse.query("SELECT status FROM audit.load WHERE feed = 'optouts' ORDER BY load_id DESC LIMIT 1") == [
+        ("stale",)]
+    _rebuild(warehouse)
+    assert warehouse.query("SELECT count(*) FROM marts.person WHERE person_id = %s", (back,)) == [(1,)]
+    # A still later list with them again: they disappear from every secondary-use mart at the next build.
+    even_later = f"optouts_{dated + timedelta(days=62):%Y%m%d}.csv"
+    assert "PUBLISHED" in _load(warehouse, _write_list(landing / even_later, numbers))
+    _rebuild(warehouse)
+    assert warehouse.query("SELECT count(*) FROM marts.person WHERE person_id = %s", (back,)) == [(0,)]
+    assert back not in published_values(warehouse)
