@@ -127,8 +127,9 @@ def test_each_purpose_has_its_own_id_and_the_two_cannot_be_joined(warehouse):
         marts_ids = {r[0] for r in conn.execute("SELECT person_id FROM marts.person")}
         care_ids = {r[0] for r in conn.execute("SELECT person_id FROM direct_care.case_finding")}
         registered = [r[0] for r in conn.execute(
-            "SELECT person_id FROM raw.gp_register WHERE person_id NOT IN (SELECT person_id FROM restricted.optout) "
-            "LIMIT 20")]
+            "SELECT person_key FROM intermediate.int_risk_scored "  # registered and alive at the as-of date
+            "WHERE person_key NOT IN (SELECT person_id FROM restricted.optout) LIMIT 20")]
+    assert len(registered) == 20
     assert marts_ids and care_ids and not marts_ids & care_ids
     for person in registered:
         # The ids are the transit pseudonym keyed under each purpose's key (worked out here independently).
