@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 from datetime import date, timedelta
 import hmac
 from pathlib import Path
@@ -319,3 +320,41 @@ def test_the_latest_list_is_in_force_removal_brings_back_and_an_older_list_is_re
     _rebuild(warehouse)
     assert warehouse.query("SELECT count(*) FROM marts.person WHERE person_id = %s", (back,)) == [(0,)]
     assert back not in published_values(warehouse)
+
+
+def test_of_several_lists_in_the_folder_only_the_newest_is_picked_up_the_others_recorded_stale_once(warehouse):
+    # Runs after the test above: the list in force is dated 62 days after the world's.
+    current = sorted(warehouse.landing.glob("optouts_*.csv"))[-1].name
+    dated = date(int(current[8:12]), int(current[12:14]), int(current[14:16]))
+    folder = warehouse.home / "optouts_folder"
+    folder.mkdir()
+    numbers = optout_numbers(warehouse.landing)
+    names = [f"optouts_{dated + timedelta(days=d):%Y%m%d}.csv" for d in (70, 80, 90)]
+    for name in names:
+        _write_list(folder / name, numbers)
+
+    settled_at_once = Warehouse(warehouse.url, warehouse.landing,
+                                {**warehouse.env, "POPHEALTH_LANDING_SETTLE_SECONDS": "0"})
+
+    def discover() -> tuple[list[str], list[str]]:
+        out = settled_at_once.python("""
+            import json, sys
+            from pathlib import Path
+            from pophealth.load import pending_extracts, stale_optout_lists
+            stale = stale_optout_lists(Path(sys.argv[1]))
+            print(json.dumps([[Path(p).name for p in pending_extracts(Path(sys.argv[1]), "optouts")],
+                              [s.split(":")[0] for s in stale]]))
+        """, str(folder)).stdout.strip().splitlines()[-1]
+        pending, stale = json.loads(out)
+        return pending, stale
+
+    assert discover() == ([names[2]], names[:2])          # three lists: the newest only; the two others stale
+    assert discover() == ([names[2]], [])                  # the stale ones are recorded once
+    assert "PUBLISHED" in _load(warehouse, folder / names[2])
+    assert discover() == ([], [])                          # a run with nothing new: nothing, nothing republished
+    late = f"optouts_{dated + timedelta(days=85):%Y%m%d}.csv"
+    _write_list(folder / late, numbers)
+    assert discover() == ([], [late])                      # a late older list: recorded stale, never picked up
+    statuses = dict(warehouse.query(
+        "SELECT file_name, status FROM audit.load WHERE file_name = ANY(%s)", (names + [late],)))
+    assert statuses == {names[0]: "stale", names[1]: "stale", names[2]: "published", late: "stale"}

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pophealth.at_source import pseudonymise_row
-from pophealth.feeds import FEED_SPECS, OptedOut, RowContext, RowProblem, identity_columns_present
+from pophealth.feeds import FEED_SPECS, RowContext, RowProblem, identity_columns_present
 from pophealth.identifiers import NhsNumber
 from pophealth.keys import LinkageKey
 from pophealth.pseudonymise import Area, PostcodeLookup, Pseudonymiser
@@ -52,9 +52,11 @@ def test_an_episode_with_an_invalid_nhs_number_is_kept_unlinked():
     assert out["person_id"] is None and out["nhs_number_check"] == "invalid"
 
 
-def test_an_opted_out_person_is_removed():
-    with pytest.raises(OptedOut):
-        FEED_SPECS["apc"].transform(apc(nhs_number="999-000-0026"), ctx("RAJ"))
+def test_an_opted_out_persons_row_is_loaded_and_counted_for_direct_care_only():
+    # Contract v2: the opt-out keeps them out of secondary use at the marts build, not out of their own care.
+    context = ctx("RAJ")
+    values = FEED_SPECS["apc"].transform(apc(nhs_number="999-000-0026"), context)
+    assert values[0] == OPTED_OUT and context.counters["opted_out"] == 1
 
 
 @pytest.mark.parametrize(
@@ -117,8 +119,6 @@ def fate(feed: str, row: dict, provider=None):
         outcome = FEED_SPECS[feed].transform(row, context)
     except RowProblem as problem:
         outcome = ("quarantined", problem.column, problem.reason)
-    except OptedOut:
-        outcome = "opted out"
     return outcome, context.counters
 
 
@@ -216,9 +216,10 @@ def test_an_lsoa_sent_by_the_source_counts_only_if_the_lookup_knows_it(lsoa, exp
     assert (out["lsoa_code"], out["locality_code"]) == expected
 
 
-def test_an_opt_out_applies_to_a_row_pseudonymised_at_source():
-    with pytest.raises(OptedOut):
-        FEED_SPECS["gp_register"].transform(sent(person_id=OPTED_OUT, nhs_number_check="test_range"), ctx())
+def test_an_opt_out_is_counted_on_a_row_pseudonymised_at_source():
+    context = ctx()
+    FEED_SPECS["gp_register"].transform(sent(person_id=OPTED_OUT, nhs_number_check="test_range"), context)
+    assert context.counters["opted_out"] == 1
 
 
 GP_PSEUDONYMISED = ["person_id", "nhs_number_check", "birth_year", "birth_month", "sex", "lsoa_code", "locality_code",

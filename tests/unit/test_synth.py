@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pophealth.feeds import APC_COLUMNS, FEED_SPECS, GP_REGISTER_COLUMNS, OptedOut, RowContext, RowProblem
+from pophealth.feeds import APC_COLUMNS, FEED_SPECS, GP_REGISTER_COLUMNS, RowContext, RowProblem
 from pophealth.identifiers import NhsNumber, NhsNumberCheck, check_nhs_number, normalise_nhs_number
 from pophealth.keys import LinkageKey
 from pophealth.landing import identify, open_extract
@@ -65,12 +65,14 @@ def replay(world):
         counts = Counter()
         with handle:
             for _n, row in reader.rows:
+                opted_out_before = ctx.counters["opted_out"]
                 try:
                     feed.transform(row, ctx)
                 except RowProblem:
                     counts["quarantined"] += 1
                     continue
-                except OptedOut:
+                if ctx.counters["opted_out"] > opted_out_before:
+                    # Loaded, for the person's direct care only; no secondary use sees it (the answer key's people).
                     counts["opted_out"] += 1
                     continue
                 counts["loaded"] += 1
@@ -130,7 +132,8 @@ def test_file_counts_in_the_answer_key_add_up_and_match_the_files(world):
     entries = _read(world / "answer_key" / "files.csv")
     for entry in entries:
         read = int(entry["rows_read"])
-        assert read == int(entry["rows_loaded"]) + int(entry["rows_quarantined"]) + int(entry["rows_opted_out"])
+        assert read == int(entry["rows_loaded"]) + int(entry["rows_quarantined"])
+        assert int(entry["rows_opted_out"]) <= int(entry["rows_loaded"])
         assert read == len(_read(world / entry["file_name"])) > 0, entry["file_name"]
         assert entry["feed"] == identify(world / entry["file_name"]).feed
     assert {e["file_name"] for e in entries} == {p.name for p in world.glob("*.csv")}
@@ -140,7 +143,7 @@ def test_file_counts_are_what_the_platforms_row_transforms_make_of_the_files(wor
     fates = replay[0]
     for entry in _read(world / "answer_key" / "files.csv"):
         counts = fates[entry["file_name"]]
-        assert (counts["loaded"], counts["quarantined"], counts["opted_out"]) == (
+        assert (counts["loaded"] + counts["opted_out"], counts["quarantined"], counts["opted_out"]) == (
             int(entry["rows_loaded"]), int(entry["rows_quarantined"]), int(entry["rows_opted_out"])), entry["file_name"]
     optout_file = next(e for e in _read(world / "answer_key" / "files.csv") if e["feed"] == "optouts")
     assert optout_file["rows_quarantined"] == "2"
