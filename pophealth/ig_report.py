@@ -233,17 +233,21 @@ def _sources(register: agreements.Register, loads: list[tuple]) -> str:
                 rows, {5}, "agreements"))
 
 
-def _loads(loads: list[tuple], optouts_applied: list[tuple]) -> str:
+def _loads(loads: list[tuple], optouts_by_purpose: list[tuple]) -> str:
     rows = [[r[0], r[1], r[2] or "", r[3] or "", r[4], r[5], (r[6] or "")[:16] + ("…" if r[6] else ""), r[7], r[8],
              r[9], r[10], r[11], r[12] or "", r[13] or "", r[14] or "", (r[15] or "")[:300]] for r in loads]
-    applied = _table(["Opt-out load", "Table", "Rows removed", "Applied"], [list(r) for r in optouts_applied], {2})
+    by_purpose = _table(["Built", "Opt-out list (load)", "List dated", "Purpose", "People on the list",
+                         "People left out"], [list(r) for r in optouts_by_purpose], {1, 4, 5}, "optouts-by-purpose")
     return ("<p>Every file offered, its checksum (SHA-256, first 16 characters), what happened to its rows, and the "
-            "linkage key version its pseudonyms were made with. Rows read = loaded + quarantined + removed by "
-            "opt-out.</p>" + _table(
+            "linkage key version its pseudonyms were made with. Rows read = loaded + quarantined; of the rows "
+            "loaded, those of people with a national data opt-out are kept for their direct care only.</p>" + _table(
                 ["Load", "Feed", "Provider", "Period end", "File", "Status", "SHA-256", "Bytes", "Rows read",
-                 "Loaded", "Quarantined", "Removed by opt-out", "Key version", "Started", "Published", "Message"],
-                rows, {0, 7, 8, 9, 10, 11}, "loads")
-            + "<h3>Opt-out lists applied to what was already loaded</h3>" + applied)
+                 "Loaded", "Quarantined", "Of people with an opt-out", "Key version", "Started", "Published",
+                 "Message"], rows, {0, 7, 8, 9, 10, 11}, "loads")
+            + "<h3>People each purpose left out, per marts build</h3><p>Under the opt-out list in force (the one "
+              "with the latest date): secondary use (marts, reporting) leaves them out; direct care "
+              "(direct_care.case_finding) does not, as the opt-out does not apply to a person's own care.</p>"
+            + by_purpose)
 
 
 def _graph(edges: list[tuple[str, str]]) -> str:
@@ -365,9 +369,9 @@ def build_report(conn, register: agreements.Register) -> tuple[str, dict]:
                rows_quarantined, rows_opted_out, key_version, to_char(started_at, 'YYYY-MM-DD HH24:MI'),
                to_char(published_at, 'YYYY-MM-DD HH24:MI'), message
         FROM audit.load ORDER BY load_id DESC""")
-    optouts_applied = _rows(conn, """SELECT optout_load_id, table_name, rows_removed,
-                                            to_char(applied_at, 'YYYY-MM-DD HH24:MI') FROM audit.optout_applied
-                                     ORDER BY applied_at DESC""")
+    optouts_by_purpose = _rows(conn, """SELECT to_char(built_at, 'YYYY-MM-DD HH24:MI'), optout_load_id,
+                                               optout_period_end, purpose, people_on_list, people_left_out
+                                        FROM audit.optout_by_purpose ORDER BY built_at DESC, purpose LIMIT 200""")
     lineage = (_rows(conn, """SELECT mart, column_name, source_feed, source_column, kind, path FROM audit.column_lineage
                               ORDER BY mart, column_name, source_feed, source_column""")
                if _table_exists(conn, "audit.column_lineage") else [])
@@ -387,7 +391,7 @@ def build_report(conn, register: agreements.Register) -> tuple[str, dict]:
     scan = scan_warehouse(conn)
     written = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     bodies = {
-        "sources": _sources(register, loads), "loads": _loads(loads, optouts_applied), "lineage": _lineage(lineage),
+        "sources": _sources(register, loads), "loads": _loads(loads, optouts_by_purpose), "lineage": _lineage(lineage),
         "access": _access(access), "reidentification": _reidentification(reids), "scan": _scan(scan),
         "gates": _gates(gate_rows, statuses),
     }

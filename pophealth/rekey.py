@@ -11,7 +11,7 @@ What it changes: the transit pseudonym columns of raw and intermediate tables an
 (`restricted.pseudonym.transit_id`); the vault (new pseudonyms, ciphertexts bound to them); each raw row's key
 version. The published ids (marts, reporting, direct_care) are keyed under the purpose keys and do not change:
 analysts and care teams keep following the same people, and the marts need no rebuild. The opt-out list holds pseudonyms of people who
-are, by design, not in the vault: it is emptied and its loads superseded, so no personal load can start
+are, by design, not in the vault: it is emptied and its loads marked `rekeyed`, so no personal load can start
 until the opt-out list is loaded again under the new key (fail closed).
 """
 
@@ -149,7 +149,8 @@ def rotate_linkage_key(old: LinkageKey, new: LinkageKey, vault_key: VaultKey,
                      (cipher.version, new.version))
         rekeyed["restricted.optout.person_id (emptied: load the opt-out list again)"] = conn.execute(
             "DELETE FROM restricted.optout").rowcount
-        conn.execute("""UPDATE audit.load SET status = 'superseded',
+        # 'rekeyed', not 'superseded': the same file is loaded again under the new key (pending_extracts).
+        conn.execute("""UPDATE audit.load SET status = 'rekeyed',
                                message = 'pseudonymised under a key that has been rotated: load it again'
                         WHERE feed = 'optouts' AND status = 'published'""")
         conn.execute("""INSERT INTO audit.key_rotation (old_key_version, new_key_version, pseudonyms_mapped, rows_rekeyed)

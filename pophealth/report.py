@@ -49,13 +49,14 @@ def summarise(outcome: PipelineOutcome) -> str:
             for i, column in enumerate(("rows_read", "rows_loaded", "rows_quarantined", "rows_opted_out")):
                 row[i + 1] += load[column]
             row[0] += 1
-        lines += ["", "Loads this run (audit.load; every row is loaded, quarantined or removed by opt-out):",
+        lines += ["", "Loads this run (audit.load; every row is loaded or quarantined; 'opt-out': of the loaded rows, "
+                      "people with a national data opt-out, kept for their direct care only):",
                   f"  {'feed':<22} {'status':<12} {'files':>5} {'read':>10} {'loaded':>10} {'quarant.':>9} {'opt-out':>8}"]
         for (feed, status), (files, read, loaded, quarantined, opted_out) in totals.items():
             lines.append(f"  {feed:<22} {status:<12} {files:>5,} {read:>10,} {loaded:>10,} {quarantined:>9,} "
                          f"{opted_out:>8,}")
         for load in loads:
-            if load["status"] in ("rejected", "gate_failed") and load["message"]:
+            if load["status"] in ("rejected", "gate_failed", "stale") and load["message"]:
                 lines.append(f"  REFUSED {load['file_name']}:")
                 lines += ["      " + m for m in load["message"].splitlines()[:12]]
         if not loads:
@@ -94,7 +95,7 @@ def summarise(outcome: PipelineOutcome) -> str:
         lines += [
             "  schemas: raw (pseudonymised loads), staging, intermediate, marts (analysts), reference (code lists),",
             "           reporting (aggregates with disclosure control, for wide circulation),",
-            "           audit (load, quarantine, optout_applied, gate_result, dbt_result, reidentification,",
+            "           audit (load, quarantine, optout_by_purpose, gate_result, dbt_result, reidentification,",
             "           key_rotation, column_lineage), restricted (the opt-out list), vault (encrypted identities;",
             "           no analyst access)",
             "  next: pophealth status (what loaded, what waits), pophealth ig-report (the IG audit), ./dev.sh ui",

@@ -27,6 +27,8 @@ VERDICTS = {
     "interrupted": "INTERRUPTED (nothing stored; the next run loads it again)",
     "gate_failed": "GATE FAILED",
     "rejected": "REFUSED",
+    "stale": "STALE (older than the list in force; never published)",
+    "rekeyed": "made under a rotated key: load it again",
 }
 
 
@@ -92,7 +94,8 @@ def _sources(conn, status: Status, now: datetime) -> None:
                              count(*) FILTER (WHERE status = 'failed' AND severity = 'error') AS errors,
                              count(*) FILTER (WHERE status = 'failed' AND severity = 'warn') AS warnings
                       FROM audit.gate_result WHERE feed <> 'marts' GROUP BY load_id) g USING (load_id)
-           WHERE l.status <> 'duplicate'  -- a file delivered again unchanged: its first load is the one to show
+           -- a file delivered again unchanged: its first load is the one to show; a stale opt-out list is listed below
+           WHERE l.status NOT IN ('duplicate', 'stale')
            ORDER BY l.feed, l.provider, l.load_id DESC"""
     ).fetchall()
     status.lines += ["", "Last load of each source:"]
@@ -112,6 +115,11 @@ def _sources(conn, status: Status, now: datetime) -> None:
         status.lines.append("  nothing has been loaded yet")
     in_force = conn.execute("SELECT count(*) AS n FROM audit.load WHERE feed = 'optouts' AND status = 'published'"
                             ).fetchone()["n"]
+    for stale in conn.execute("""SELECT file_name, message FROM audit.load WHERE status = 'stale'
+                                 AND load_id > coalesce((SELECT max(load_id) FROM audit.load
+                                                         WHERE feed = 'optouts' AND status = 'published'), 0)
+                                 ORDER BY load_id"""):
+        status.lines.append(f"  optouts: {stale['file_name']} refused as {stale['message']}")
     if not in_force and any(load["feed"] in ("gp_register", "apc", "cld") for load in latest):
         status.problems.append("no national data opt-out list is in force (after a key rotation it must be loaded "
                                "again): every personal load is refused until it is (docs/runbook.md)")

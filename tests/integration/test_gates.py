@@ -599,7 +599,7 @@ VOLUME = {
                     lambda n, _: [_register(100 + i) for i in range(n)]),
     "cld": ("cld_E10000012_{}.csv", ("20250630", "20250930"), 60,
             lambda n, period: [_cld(i, period=f"{period[:4]}-{period[4:6]}-{period[6:]}") for i in range(n)]),
-    "optouts": ("optouts_{}.csv", ("20250831", "20250930"), 60, lambda n, _: [_optout(300 + i) for i in range(n)]),
+    "optouts": ("optouts_{}.csv", ("20251130", "20251231"), 60, lambda n, _: [_optout(300 + i) for i in range(n)]),
     "ref_postcode_lookup": ("ref_postcode_lookup.csv", ("", ""), 120, lambda n, _: [_postcode(i) for i in range(n)]),
     "ref_population": ("ref_population_{}.csv", ("2024", "2025"), 182,
                        lambda n, _: _population()[:n]),

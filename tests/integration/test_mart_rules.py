@@ -16,7 +16,7 @@ import pytest
 from pophealth.feeds import APC_COLUMNS, CLD_CONTRACT_COLUMNS, GP_REGISTER_COLUMNS
 
 from .conftest import marts_built_from
-from .test_person_rules import KEY, _valid_numbers, _write, person_id
+from .test_person_rules import KEY, _valid_numbers, _write, person_id, transit
 
 pytestmark = pytest.mark.integration
 
@@ -121,7 +121,7 @@ def marts(tmp_path_factory):
 
 def _contribution(marts, metric: str, number: str) -> list[tuple]:
     return marts("""SELECT event_date::text, numerator, denominator FROM intermediate.int_bcf_contribution
-                    WHERE metric_code = %s AND person_key = %s ORDER BY event_date""", (metric, person_id(number)))
+                    WHERE metric_code = %s AND person_key = %s ORDER BY event_date""", (metric, transit(number)))
 
 
 def test_reablement_starting_3_days_before_discharge_counts_and_4_days_before_does_not(marts):

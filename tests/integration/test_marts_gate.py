@@ -19,7 +19,7 @@ from .conftest import TEST_KEY, marts_built_from, synth_world
 
 pytestmark = pytest.mark.integration
 
-PUBLISHED = ("marts", "reporting")
+from pophealth.marts_gate import PUBLISHED, READER
 FINGERPRINT = ("SELECT (SELECT md5(string_agg(p::text, ',' ORDER BY person_id)) FROM marts.person p), "
                "(SELECT md5(string_agg(m::text, ',' ORDER BY metric_code, period_start, period_end, geography_level, "
                "geography_code)) FROM marts.bcf_metrics m)")
@@ -52,7 +52,7 @@ def copy_to_candidates(url: str) -> None:
             conn.execute(f"CREATE SCHEMA {schema}__candidate")
             for (table,) in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s", (schema,)).fetchall():
                 conn.execute(f'CREATE TABLE {schema}__candidate."{table}" AS TABLE {schema}."{table}"')
-            conn.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA {schema}__candidate TO analyst")
+            conn.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA {schema}__candidate TO {READER[schema]}")
 
 
 def gate_results(url: str, run_id: str) -> dict[str, tuple]:
@@ -69,7 +69,7 @@ def test_good_candidates_built_by_dbt_pass_every_rule_and_are_published_with_the
 
     # dbt with the marts DAG's var builds marts and reporting as candidates; staging and intermediate stay put,
     # and the reporting models read the candidate marts.
-    proc = dbt_command(["run", "--select", "path:models/marts", "path:models/reporting",
+    proc = dbt_command(["run", "--select", "path:models/marts", "path:models/reporting", "path:models/direct_care",
                         "--vars", "{build_candidates: true}"])
     assert proc.returncode == 0, proc.stdout[-3000:]
     with owner(warehouse) as conn:
@@ -96,7 +96,7 @@ def test_good_candidates_built_by_dbt_pass_every_rule_and_are_published_with_the
     with owner(warehouse) as conn:
         schemas = {r[0] for r in conn.execute("SELECT nspname FROM pg_namespace").fetchall()}
     assert {"marts", "reporting"} <= schemas
-    assert not schemas & {"marts__candidate", "reporting__candidate", "marts__previous", "reporting__previous"}
+    assert not schemas & {f"{s}{suffix}" for s in PUBLISHED for suffix in ("__candidate", "__previous")}
     # The analyst reads the swapped-in schemas: USAGE granted again on the new schema, SELECT from dbt's grants.
     with psycopg.connect(parse_url(warehouse).with_user("analyst").url(), autocommit=True) as analyst:
         assert analyst.execute("SELECT count(*) FROM marts.person").fetchone()[0] > 0

@@ -40,9 +40,14 @@ A, B, C, E_UNUSED, F, G, H, I, J_UNUSED, K, N = (next(_numbers) for _ in range(1
 D_INVALID = B[:9] + str((int(B[9]) + 1) % 10)  # B's number with a wrong check digit: invalid
 
 
+def transit(number: str) -> str:
+    """The transit pseudonym of an NHS number (what raw and intermediate hold)."""
+    return hmac.new(bytes.fromhex(KEY), number.encode(), hashlib.sha256).hexdigest()
+
+
 def person_id(number: str) -> str:
     """The marts id of the person with this NHS number: the transit pseudonym keyed for secondary use."""
-    return published_id("secondary_use", hmac.new(bytes.fromhex(KEY), number.encode(), hashlib.sha256).hexdigest())
+    return published_id("secondary_use", transit(number))
 
 
 def local_transit(source: str, value: str) -> str:
