@@ -8,8 +8,8 @@ pseudonymised rows. Values that come pseudonymised from a source are checked her
 
 A row transform returns the tuple to store (in `Feed.table_columns` order), raises `RowProblem` to
 quarantine the row with a reason, or raises `OptedOut`; a row pseudonymised at source under another linkage
-key (or that does not say which) raises `FileRejected`, and the whole file is refused. Identifiable values (NHS number, date of birth,
-postcode, local ids) never leave memory in clear.
+key (or that does not say which) raises `FileRejected`, and the whole file is refused. Identifiable values
+(NHS number, date of birth, postcode, local ids) never leave memory in clear.
 """
 
 from __future__ import annotations
