@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -54,7 +56,7 @@ def _hand_made(conn, schema: str) -> None:
 @pytest.fixture(scope="module")
 def warehouse(tmp_path_factory):
     """A fresh warehouse (schemas and grants, nothing loaded) with the hand-made tables in a scratch schema
-    and in `marts`; yields a function that opens a connection to it."""
+    and in `marts`; yields (a function that opens a connection to it, its home)."""
     from pophealth import db
     from pophealth.load import prepare_warehouse
 
@@ -72,7 +74,7 @@ def warehouse(tmp_path_factory):
                 _hand_made(conn, "qi_scratch")
                 _hand_made(conn, "marts")
                 _hand_made(conn, "qi_elsewhere")
-            yield db.connect
+            yield db.connect, home
         finally:
             db.stop_embedded()
 
@@ -80,7 +82,7 @@ def warehouse(tmp_path_factory):
 def test_the_people_a_hand_made_table_singles_out_are_counted_as_worked_out_by_hand(warehouse):
     from pophealth.disclosure import Uniqueness, quasi_identifier_uniqueness
 
-    with warehouse() as conn:
+    with warehouse[0]() as conn:
         results = quasi_identifier_uniqueness(conn, ("qi_scratch",))
     assert results == [
         Uniqueness("qi_scratch.hand_made_admissions", ("age_band", "admission_date", "discharge_date"), 3, 2, 1, 0),
@@ -92,7 +94,7 @@ def test_the_people_a_hand_made_table_singles_out_are_counted_as_worked_out_by_h
 def test_the_marts_and_direct_care_are_found_in_the_catalogue_and_no_other_schema(warehouse):
     from pophealth.disclosure import quasi_identifier_uniqueness, uniqueness_text
 
-    with warehouse() as conn:
+    with warehouse[0]() as conn:
         found = [r.mart for r in quasi_identifier_uniqueness(conn)]
         assert found == ["marts.hand_made_admissions", "marts.hand_made_person"]  # no direct_care schema yet
         conn.execute("CREATE SCHEMA direct_care")
@@ -110,7 +112,7 @@ def test_the_ig_report_shows_what_each_mart_singles_out(warehouse):
     from pophealth import agreements
     from pophealth.ig_report import build_report
 
-    with warehouse() as conn:
+    with warehouse[0]() as conn:
         page, summary = build_report(conn, agreements.load_register())
     assert '<section id="singling-out"><h2>What analysts can single out</h2>' in page
     section = re.search(r'<table id="quasi-identifiers">.*?</table>', page, re.S).group(0)
@@ -120,3 +122,13 @@ def test_the_ig_report_shows_what_each_mart_singles_out(warehouse):
     assert "qi_scratch" not in section and "qi_elsewhere" not in section
     assert not any(f"<td>{p}</td>" in page for p in ("p01", "p03", "q1"))
     assert summary["most_unique"].mart == "marts.hand_made_admissions"
+
+
+def test_the_command_prints_the_figures_of_the_marts(warehouse):
+    _connect, home = warehouse
+    printed = subprocess.run([sys.executable, "-m", "pophealth.cli", "quasi-identifiers"], env=isolated_env(home),
+                             capture_output=True, text=True, timeout=300)
+    assert printed.returncode == 0, printed.stderr[-2000:]
+    person = next(line for line in printed.stdout.splitlines() if line.startswith("marts.hand_made_person"))
+    assert person.split()[1:6] == ["10", "1", "10.0%", "4", "5"]
+    assert "p01" not in printed.stdout and "qi_scratch" not in printed.stdout
