@@ -13,7 +13,10 @@ imports it from here (the columns cannot stay in feeds.py without an import cycl
 The pseudonymised form of a feed is its contract columns in the contract's order, with
 `nhs_number` -> `person_id, nhs_number_check`, `date_of_birth` -> `birth_year, birth_month`,
 `postcode` -> `lsoa_code, locality_code` in place, and the local identifiers (`epikey`, `spell_id`,
-`LA_Person_Unique_Identifier`) keeping their names but holding their keyed pseudonyms.
+`LA_Person_Unique_Identifier`) keeping their names but holding their keyed pseudonyms, and a last
+column, `linkage_key_version`: the version (one-way fingerprint) of the linkage key that made the file. The
+loader refuses a file pseudonymised at source whose rows do not all carry the loading key's version
+(`source_key_problem`): pseudonyms made under another key link to nobody and slip past the opt-outs.
 
 Bad values never stop a file and never reach the output in clear: a value that cannot be reduced (a date
 of birth that is not a date, a local id whose source code is empty) is written empty and reported by
@@ -27,6 +30,7 @@ from __future__ import annotations
 import csv
 import itertools
 import os
+import re
 import tempfile
 import time
 from collections import Counter
@@ -63,6 +67,10 @@ CLD_CONTRACT_COLUMNS = (
 )
 CLD_COLUMNS = tuple(c.lower() for c in CLD_CONTRACT_COLUMNS)
 OPTOUT_COLUMNS = ("nhs_number",)
+
+#: The last column of every pseudonymised extract: the version of the linkage key that made it.
+KEY_VERSION_COLUMN = "linkage_key_version"
+_KEY_VERSION = re.compile(r"^k-[0-9a-f]{12}$")  # LinkageKey.version's shape: only such a value is ever repeated
 
 #: What each identifiable column becomes in a pseudonymised extract, in place.
 REPLACED_BY = {
@@ -105,6 +113,7 @@ def _forms(feed: str, written: tuple[str, ...], local_ids: tuple[LocalId, ...],
     header: list[str] = []
     for column in written:
         header.extend(REPLACED_BY.get(column.lower(), (column,)))
+    header.append(KEY_VERSION_COLUMN)
     # Required as today for identifiable files; in the pseudonymised form the identity is person_id (its
     # presence is what makes the form), and a date of birth or postcode may still come unreduced.
     identifiable_required = tuple(c for c in identifiable if c not in optional)
@@ -175,6 +184,7 @@ def pseudonymise_row(feed: str, row: dict[str, str], pseudonymiser: Pseudonymise
       LA_Code, trimmed and upper-cased: exactly what the loader has always stored.
     - `birth_year`, `birth_month`; `lsoa_code`, `locality_code` through the lookup (empty when the
       postcode is not in it).
+    - `linkage_key_version`: the version of the pseudonymiser's key, on every row.
 
     A value that cannot be reduced is written empty and its column and reason (never the value) are put
     in `unreduced`: a date of birth that is not a date, or (given `period_end`) after it, and a local id
@@ -222,6 +232,7 @@ def pseudonymise_row(feed: str, row: dict[str, str], pseudonymiser: Pseudonymise
             out[local.column] = ""
             if value:
                 _note(unreduced, local.column, f"cannot be pseudonymised without {local.scope}")
+    out[KEY_VERSION_COLUMN] = pseudonymiser.key_version
     return out
 
 
@@ -231,6 +242,29 @@ _EMPTIES = itertools.repeat("")
 def _note(unreduced: dict[str, str] | None, column: str, reason: str) -> None:
     if unreduced is not None and column not in unreduced:
         unreduced[column] = reason
+
+
+def source_key_problem(row: dict[str, str], loading_version: str) -> str | None:
+    """Why a row of a file pseudonymised at source says it was not made under the loading key; None when it was.
+
+    The file is then refused whole. The message names the version found (only when it has a key version's
+    shape: any other value is not repeated) and the loading key's version; never a key or a person_id.
+    """
+    found = row.get(KEY_VERSION_COLUMN)
+    if found is not None and found.strip() == loading_version:
+        return None
+    if found is None:
+        said = f"has no {KEY_VERSION_COLUMN} column, so it does not say which linkage key made it"
+    elif not found.strip():
+        said = f"has a row with an empty {KEY_VERSION_COLUMN}, so it does not say which linkage key made it"
+    elif _KEY_VERSION.match(found.strip()):
+        said = f"was made under linkage key version {found.strip()}"
+    else:
+        said = f"has a {KEY_VERSION_COLUMN} that is not a key version (not shown)"
+    return (f"the file is pseudonymised at source and {said}; the loading key is version {loading_version}. "
+            "Pseudonyms made under another key link to nobody and slip past the opt-outs: nothing of the file "
+            f"was loaded; the source pseudonymises it again under the current key (`pophealth pseudonymise` "
+            f"writes {KEY_VERSION_COLUMN})")
 
 
 # ----------------------------------------------------------------------------------------------------------

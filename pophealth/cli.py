@@ -12,6 +12,7 @@
     pophealth reidentify PERSON_ID... --purpose TEXT --on-behalf-of NAME   direct care, audited
     pophealth rotate-key --new-key-file PATH   key custodian: re-key the warehouse
     pophealth ig-report [--out PATH]      the information governance audit (HTML) from the live warehouse
+    pophealth quasi-identifiers           how many people each person-level mart singles out (counts only)
     pophealth register [--write-seed]     check the data sharing register (and write its dbt seed)
     pophealth ui [--port N] [--landing PATH]   the Airflow web UI on 127.0.0.1
     pophealth rerun --feed F --period YYYY-MM-DD [--provider P]   re-run a past period, then the marts
@@ -235,7 +236,20 @@ def cmd_ig_report(args: argparse.Namespace) -> int:
          f"{summary['reidentifications']} re-identification requests")
     _say(f"  identifiable-value scan of {summary['columns_scanned']} columns: "
          + ("PASS" if summary["scan_clean"] else f"FAIL ({summary['findings']} column(s) hold identifiable values)"))
+    most = summary["most_unique"]
+    if most is not None:
+        _say(f"  most singled out on quasi-identifiers: {most.mart}, {most.unique:,} of {most.people:,} people unique "
+             f"({most.share_unique:.1%}); all marts: pophealth quasi-identifiers")
     return 0 if summary["scan_clean"] else 1
+
+
+def cmd_quasi_identifiers(args: argparse.Namespace) -> int:
+    from pophealth import db
+    from pophealth.disclosure import quasi_identifier_uniqueness, uniqueness_text
+
+    with db.connect() as conn:
+        _say(uniqueness_text(quasi_identifier_uniqueness(conn)))
+    return 0
 
 
 def cmd_register(args: argparse.Namespace) -> int:
@@ -449,6 +463,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ig-report", help="the information governance audit (one HTML page) from the live warehouse")
     p.add_argument("--out", help="where to write it (default: POPHEALTH_HOME/reports/ig_report.html)")
     p.set_defaults(func=cmd_ig_report)
+
+    p = sub.add_parser("quasi-identifiers", help="how many people each person-level mart singles out on its "
+                                                 "quasi-identifiers (counts only)")
+    p.set_defaults(func=cmd_quasi_identifiers)
 
     p = sub.add_parser("register", help="check the data sharing register; --write-seed writes its dbt seed")
     p.add_argument("--write-seed", action="store_true", help="write dbt_project/seeds/data_sharing_register.csv")

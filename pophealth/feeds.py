@@ -7,8 +7,9 @@ command runs at a source, so there is one way to pseudonymise; the transforms be
 pseudonymised rows. Values that come pseudonymised from a source are checked here instead.
 
 A row transform returns the tuple to store (in `Feed.table_columns` order), raises `RowProblem` to
-quarantine the row with a reason. Identifiable values (NHS number, date of birth,
-postcode, local ids) never leave memory in clear.
+quarantine the row with a reason; a row pseudonymised at source under another linkage key (or that does not
+say which) raises `FileRejected`, and the whole file is refused. Identifiable values (NHS number, date of
+birth, postcode, local ids) never leave memory in clear.
 """
 
 from __future__ import annotations
@@ -28,8 +29,10 @@ from pophealth.at_source import (  # noqa: F401  (the column tuples are imported
     GP_REGISTER_COLUMNS,
     header_problem,
     pseudonymise_row,
+    source_key_problem,
 )
 from pophealth.identifiers import NhsNumberCheck
+from pophealth.landing import FileRejected
 from pophealth.pseudonymise import PostcodeLookup, Pseudonymiser, birth_year_month, iso_date
 
 
@@ -120,9 +123,13 @@ def _pseudonymised(feed: str, row: dict[str, str], ctx: RowContext) -> tuple[dic
 
     An identifiable row (it has `nhs_number`) is pseudonymised here, in memory; the second value is then
     a dict (column -> reason), and the row's pseudonymised values are ours and need no checking. A row
-    that came pseudonymised from its source is returned as it is, with None: its values are checked.
+    that came pseudonymised from its source is returned as it is, with None: its values are checked, and
+    first that it was made under the loading key (else the whole file is refused: `FileRejected`).
     """
     if "nhs_number" not in row:
+        problem = source_key_problem(row, ctx.pseudonymiser.key_version)
+        if problem:
+            raise FileRejected(problem)
         return row, None
     unreduced: dict[str, str] = {}
     return pseudonymise_row(feed, row, ctx.pseudonymiser, ctx.postcodes, period_end=ctx.period_end,

@@ -3,7 +3,9 @@
 It answers, from the live warehouse and the data sharing register, without asking an engineer: which sources,
 under which agreement, what was loaded and removed; where each published figure comes from; who can read what
 (the grants as they are in the database, not as the code intends); who re-identified whom, when and why (how
-many people, never who); whether anything identifiable is stored; and the quality gates' history.
+many people, never who); whether anything identifiable is stored; how many people each person-level mart
+still singles out on its quasi-identifiers (`pophealth.disclosure`, counts only); and the quality gates'
+history.
 
 Every value from the database is escaped as text; the page fetches nothing (no script, font or style from
 the network).
@@ -27,7 +29,7 @@ from pathlib import Path
 
 from psycopg import sql
 
-from pophealth import agreements, db
+from pophealth import agreements, db, disclosure
 from pophealth.identifiers import is_valid_nhs_number
 
 PLATFORM_ROLES = ("loader", "analyst", "ig_auditor", "reidentifier")
@@ -194,7 +196,8 @@ nav a{margin-right:1rem;color:#fff} details{margin:.3rem 0} summary{cursor:point
 
 SECTIONS = (("sources", "Sources and agreements"), ("loads", "Loads"), ("lineage", "Lineage"),
             ("access", "Who can read what"), ("reidentification", "Re-identification log"),
-            ("scan", "Identifiable-value scan"), ("gates", "Quality gates"))
+            ("scan", "Identifiable-value scan"), ("singling-out", "What analysts can single out"),
+            ("gates", "Quality gates"))
 
 
 def _table(headers: list[str], rows: list[list[object]], numeric: set[int] = frozenset(), id_: str = "") -> str:
@@ -354,6 +357,20 @@ def _scan(result: ScanResult) -> str:
                      {3}, "scan-findings"))
 
 
+def _singling_out(results: list[disclosure.Uniqueness]) -> str:
+    rows = [[r.mart, ", ".join(r.quasi_identifiers) or "(none)", r.people, r.unique, f"{r.share_unique:.1%}",
+             r.in_classes_of_2_to_4, r.in_classes_of_5_or_more] for r in results]
+    return ("<p>For each table an analyst or care team can read with a row per person or per event (in "
+            "<code>marts</code> and <code>direct_care</code>, with a <code>person_id</code>): how many people it "
+            "holds and how many of them are the only person with their quasi-identifiers, the columns of it "
+            "that someone could know from elsewhere (birth year, age, age band, sex, LSOA, locality, practice, "
+            "date of death, and the dates of the row). A person counts in the smallest group any of their rows "
+            "falls in (k-anonymity: groups of 1, 2-4, 5 or more people). Counted in the database; no value is "
+            "shown.</p>"
+            + _table(["Mart", "Quasi-identifiers", "People", "Unique (k = 1)", "Share unique", "k 2-4", "k 5+"],
+                     rows, {2, 3, 4, 5, 6}, "quasi-identifiers"))
+
+
 def _gates(gate_rows: list[tuple], statuses: list[tuple]) -> str:
     return ("<h3>Loads by status</h3>" + _table(["Feed", "Status", "Files", "Last"], [list(r) for r in statuses], {2},
                                                 "load-statuses")
@@ -389,10 +406,12 @@ def build_report(conn, register: agreements.Register) -> tuple[str, dict]:
                               FROM audit.load GROUP BY feed, status ORDER BY feed, status""")
     access = grants(conn)
     scan = scan_warehouse(conn)
+    uniqueness = disclosure.quasi_identifier_uniqueness(conn)
     written = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     bodies = {
         "sources": _sources(register, loads), "loads": _loads(loads, optouts_by_purpose), "lineage": _lineage(lineage),
         "access": _access(access), "reidentification": _reidentification(reids), "scan": _scan(scan),
+        "singling-out": _singling_out(uniqueness),
         "gates": _gates(gate_rows, statuses),
     }
     nav = "".join(f'<a href="#{key}">{e(title)}</a>' for key, title in SECTIONS)
@@ -404,7 +423,8 @@ def build_report(conn, register: agreements.Register) -> tuple[str, dict]:
             f"{'PASS' if scan.clean else 'FAIL'}.</div><nav>{nav}</nav></header><main>{sections}</main></body></html>")
     summary = {"loads": len(loads), "agreements": len(register.agreements), "lineage_links": len(lineage),
                "reidentifications": len(reids), "scan_clean": scan.clean, "findings": len(scan.findings),
-               "columns_scanned": scan.columns}
+               "columns_scanned": scan.columns,
+               "most_unique": max(uniqueness, key=lambda r: r.share_unique, default=None)}
     return page, summary
 
 

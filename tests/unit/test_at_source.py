@@ -28,6 +28,7 @@ from pophealth.at_source import (
     AtSourceRefused,
     pseudonymise_extract,
     pseudonymise_row,
+    source_key_problem,
     summary_text,
 )
 from pophealth.cli import main
@@ -93,18 +94,19 @@ def cld_row(**overrides) -> dict[str, str]:
 def test_the_pseudonymised_headers_replace_identifiable_columns_in_place():
     assert FORMS["gp_register"].header == (
         "person_id", "nhs_number_check", "birth_year", "birth_month", "sex", "lsoa_code", "locality_code",
-        "gp_practice_code", "registration_start_date", "registration_end_date", "date_of_death")
-    assert FORMS["optouts"].header == ("person_id", "nhs_number_check")
+        "gp_practice_code", "registration_start_date", "registration_end_date", "date_of_death",
+        "linkage_key_version")
+    assert FORMS["optouts"].header == ("person_id", "nhs_number_check", "linkage_key_version")
     assert FORMS["apc"].header[:12] == (
         "epikey", "spell_id", "person_id", "nhs_number_check", "nhs_number_status", "birth_year", "birth_month",
         "sex", "lsoa_code", "locality_code", "gp_practice_code", "procode")
-    assert FORMS["apc"].header[12:] == APC_COLUMNS[9:]
+    assert FORMS["apc"].header[12:] == APC_COLUMNS[9:] + ("linkage_key_version",)
     assert FORMS["cld"].header[:16] == (
         "LA_Code", "Reporting_Period_Start_Date", "Reporting_Period_End_Date", "Client_Type",
         "LA_Person_Unique_Identifier", "person_id", "nhs_number_check", "Gender", "Ethnicity", "birth_year",
         "birth_month", "Date_of_Death", "lsoa_code", "locality_code", "Primary_Support_Reason",
         "Accommodation_Status")
-    assert FORMS["cld"].header[16:] == CLD_CONTRACT_COLUMNS[13:]
+    assert FORMS["cld"].header[16:] == CLD_CONTRACT_COLUMNS[13:] + ("linkage_key_version",)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -117,6 +119,7 @@ def test_a_register_row():
         "person_id": person_id("9434765919"), "nhs_number_check": "valid", "birth_year": "1950", "birth_month": "3",
         "sex": "1", "lsoa_code": "E01990001", "locality_code": "E07000070", "gp_practice_code": "F81001",
         "registration_start_date": "2000-01-01", "registration_end_date": "", "date_of_death": "",
+        "linkage_key_version": PSEUDO.key_version,
     }
     assert list(out) == [c.lower() for c in FORMS["gp_register"].header]
 
@@ -143,7 +146,8 @@ def test_a_social_care_row_with_an_invalid_number_and_an_unknown_postcode():
                                            ("943-476-5918", "invalid"), ("943-476-5919", "valid")])
 def test_an_opt_out_row(number, check):
     out = pseudonymise_row("optouts", {"nhs_number": number}, PSEUDO, PostcodeLookup.empty())
-    assert out == {"person_id": person_id("9434765919") if check == "valid" else "", "nhs_number_check": check}
+    assert out == {"person_id": person_id("9434765919") if check == "valid" else "", "nhs_number_check": check,
+                   "linkage_key_version": PSEUDO.key_version}
 
 
 def test_a_date_of_birth_that_is_not_a_date_is_left_empty_and_said_why_without_the_value():
@@ -313,6 +317,38 @@ def test_the_command_writes_the_pseudonymised_extract_and_says_what_it_did(folde
     assert oct(written.stat().st_mode & 0o777) == "0o600" and _leftovers(out) == []
 
 
+def test_every_row_written_says_the_version_of_the_key_that_made_it_never_the_key(folders):
+    source, out = folders
+    path = _apc_file(source, 4)
+    pseudonymise_extract(path, out, source / "ref_postcode_lookup.csv", pseudonymiser=PSEUDO)
+    with (out / path.name).open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 4 and {row["linkage_key_version"] for row in rows} == {PSEUDO.key_version}
+    assert re.fullmatch(r"k-[0-9a-f]{12}", PSEUDO.key_version)
+    assert KEY_HEX not in (out / path.name).read_text()
+
+
+OTHER = Pseudonymiser(LinkageKey.from_hex("a1" * 32, "test"))
+
+
+@pytest.mark.parametrize("row, said", [
+    ({"person_id": "ab" * 32, "linkage_key_version": PSEUDO.key_version}, None),
+    ({"person_id": "ab" * 32, "linkage_key_version": f" {PSEUDO.key_version} "}, None),
+    ({"person_id": "ab" * 32, "linkage_key_version": OTHER.key_version},
+     f"made under linkage key version {OTHER.key_version}"),
+    ({"person_id": "ab" * 32}, "has no linkage_key_version column"),
+    ({"person_id": "ab" * 32, "linkage_key_version": " "}, "empty linkage_key_version"),
+    ({"person_id": "ab" * 32, "linkage_key_version": "9434765919"}, "not a key version (not shown)"),
+])
+def test_a_row_pseudonymised_at_source_must_say_it_was_made_under_the_loading_key(row, said):
+    problem = source_key_problem(row, PSEUDO.key_version)
+    if said is None:
+        assert problem is None
+        return
+    assert said in problem and f"the loading key is version {PSEUDO.key_version}" in problem
+    assert "ab" * 32 not in problem and "9434765919" not in problem and KEY_HEX not in problem
+
+
 @pytest.fixture
 def cli_env(monkeypatch, tmp_path):
     monkeypatch.setenv("POPHEALTH_HOME", str(tmp_path / "home"))
@@ -373,7 +409,9 @@ def test_a_personal_feed_needs_the_lookup_and_the_opt_out_list_does_not(folders)
     optouts = _write(source / "optouts_20250930.csv", ("nhs_number",), [("9434765919",), ("9434765918",)])
     summary = pseudonymise_extract(optouts, out, None, pseudonymiser=PSEUDO)
     assert summary.rows_written == 2 and summary.unlinked == {"invalid": 1}
-    expected = f"person_id,nhs_number_check\n{person_id('9434765919')},valid\n,invalid\n"
+    version = PSEUDO.key_version
+    expected = (f"person_id,nhs_number_check,linkage_key_version\n{person_id('9434765919')},valid,{version}\n"
+                f",invalid,{version}\n")
     assert (out / optouts.name).read_text() == expected
 
 

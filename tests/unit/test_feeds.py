@@ -10,6 +10,7 @@ from pophealth.at_source import pseudonymise_row
 from pophealth.feeds import FEED_SPECS, RowContext, RowProblem, identity_columns_present
 from pophealth.identifiers import NhsNumber
 from pophealth.keys import LinkageKey
+from pophealth.landing import FileRejected
 from pophealth.pseudonymise import Area, PostcodeLookup, Pseudonymiser
 
 KEY = LinkageKey.from_hex("3c" * 32, "test")
@@ -82,6 +83,7 @@ def test_a_source_pseudonym_is_accepted_in_place_of_the_nhs_number():
     row = apc()
     del row["nhs_number"]
     row["person_id"] = "AB" * 32
+    row["linkage_key_version"] = KEY.version
     out = as_dict("apc", FEED_SPECS["apc"].transform(row, ctx("RAJ")))
     assert out["person_id"] == "ab" * 32 and out["nhs_number_check"] == "source_pseudonym"
 
@@ -246,3 +248,13 @@ GP_PSEUDONYMISED = ["person_id", "nhs_number_check", "birth_year", "birth_month"
 ])
 def test_the_header_a_file_needs_depends_on_its_form(feed, columns, problem):
     assert identity_columns_present(FEED_SPECS[feed], columns) == problem
+
+
+def test_a_row_pseudonymised_at_source_under_another_key_refuses_the_whole_file():
+    other = Pseudonymiser(LinkageKey.from_hex("a1" * 32, "test"))
+    with pytest.raises(FileRejected, match=f"version {other.key_version}.*version {KEY.version}"):
+        FEED_SPECS["gp_register"].transform(sent(linkage_key_version=other.key_version), ctx())
+    without = sent()
+    del without["linkage_key_version"]
+    with pytest.raises(FileRejected, match="no linkage_key_version column"):
+        FEED_SPECS["gp_register"].transform(without, ctx())
