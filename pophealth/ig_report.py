@@ -40,6 +40,9 @@ SCANNED_TYPES = ("text", "character varying", "character", "date", "timestamp wi
                  "timestamp with time zone", "bigint", "integer", "numeric")
 #: Not scanned: the encrypted vault (ciphertext only) and PostgreSQL's own schemas.
 SKIPPED_SCHEMAS = ("vault", "pg_catalog", "information_schema", "pg_toast")
+#: A dbt node's id (`test.pophealth.<name>.<10 hex digits>`): its hash can be ten decimal digits that pass the check
+#: digit by chance (one in eleven of those that are all digits); it names a test, not a person.
+DBT_NODE_ID = re.compile(r"^(model|test|seed|snapshot|source|unit_test)\.[A-Za-z0-9_]+\.[A-Za-z0-9_.]+$")
 CANDIDATES_PER_COLUMN = 10_000  # a bound on the rows fetched for the check digit per column
 
 
@@ -92,7 +95,7 @@ def scan_warehouse(conn) -> ScanResult:
             if kind in ("text", "character varying", "character"):
                 rows = conn.execute(sql.SQL("SELECT {c} FROM {t} WHERE {c} ~ %s LIMIT %s").format(c=ident, t=relation),
                                     (NHS_PREFILTER, CANDIDATES_PER_COLUMN)).fetchall()
-                hits = sum(1 for (value,) in rows if any(
+                hits = sum(1 for (value,) in rows if not DBT_NODE_ID.match(value) and any(
                     is_valid_nhs_number("".join(m.groups())) for m in NHS_CANDIDATE.finditer(value)))
                 if hits:
                     result.findings.append(Finding(where, column, "NHS number (passes Modulus 11)", hits))
