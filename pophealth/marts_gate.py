@@ -47,7 +47,7 @@ PUBLISHED = ("marts", "reporting", "direct_care")
 READER = {"marts": "analyst", "reporting": "analyst", "direct_care": "care_team"}
 CANDIDATE = "__candidate"
 PREVIOUS = "__previous"
-PLACEHOLDERS = ("batch", "marts", "reporting")
+PLACEHOLDERS = ("batch",) + PUBLISHED
 RULE_KEYS = frozenset({"id", "table", "expectation", "kwargs", "severity", "category", "subcategory", "context",
                        "note", "reports", "scan_text_columns"})
 EXAMPLE_COLUMNS = 5

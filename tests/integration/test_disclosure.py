@@ -96,8 +96,8 @@ def test_the_marts_and_direct_care_are_found_in_the_catalogue_and_no_other_schem
 
     with warehouse[0]() as conn:
         found = [r.mart for r in quasi_identifier_uniqueness(conn)]
-        assert found == ["marts.hand_made_admissions", "marts.hand_made_person"]  # no direct_care schema yet
-        conn.execute("CREATE SCHEMA direct_care")
+        assert found == ["marts.hand_made_admissions", "marts.hand_made_person"]  # no table in direct_care yet
+        conn.execute("CREATE SCHEMA IF NOT EXISTS direct_care")  # setup creates it (pophealth/access.sql)
         conn.execute("CREATE TABLE direct_care.case_finding (person_id text, locality_code text)")
         conn.execute("INSERT INTO direct_care.case_finding VALUES ('c1', 'L1'), ('c2', 'L1'), ('c3', 'L2')")
         results = quasi_identifier_uniqueness(conn)

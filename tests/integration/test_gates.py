@@ -621,8 +621,10 @@ def retire_loads(warehouse, tmp_path):
         conn.execute("UPDATE audit.load SET status = 'superseded' WHERE load_id > %s AND status = 'published' "
                      "AND feed <> 'optouts'", (first,))
     if "optouts" in feeds:
+        # A list dated after the one in force (an older one would be refused as stale).
+        (latest,), = _query("SELECT max(period_end) FROM audit.load WHERE feed = 'optouts' AND status = 'published'")
         folder = _landing(tmp_path / "restore")
-        path = _write(folder / "optouts_20251031.csv", HEADERS["optouts"], [_optout(399)])
+        path = _write(folder / f"optouts_{latest + timedelta(days=1):%Y%m%d}.csv", HEADERS["optouts"], [_optout(399)])
         publish_load(stage_extract(path, "gates-restore").load_id)
 
 
