@@ -95,28 +95,42 @@ def _date(row: dict[str, str], column: str, required: bool = False) -> date | No
         raise RowProblem(column, str(problem)) from None
 
 
-def _int(row: dict[str, str], column: str, required: bool = False) -> int | None:
+#: The largest whole number each column holds (PostgreSQL smallint unless said): a larger one is a quarantine
+#: reason, not a crash of the load's COPY.
+SMALLINT_MAX = 32_767
+INTEGER_MAX = 2_147_483_647
+_WHOLE = re.compile(r"^[0-9]+$")  # ASCII digits only: str.isdigit() also takes '²' and full-width digits
+_NUMBER = re.compile(r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)$")
+#: A decimal (a cost, units a week) of more digits than this is a broken value, not data.
+MAX_DECIMAL_DIGITS = 20
+
+
+def _int(row: dict[str, str], column: str, required: bool = False, maximum: int = SMALLINT_MAX) -> int | None:
     value = _text(row, column)
     if value is None:
         if required:
             raise RowProblem(column, "required number is missing")
         return None
-    if not value.isdigit():
+    if not _WHOLE.match(value):
         raise RowProblem(column, "not a whole number")
-    return int(value)
+    number = int(value)
+    if number > maximum:
+        raise RowProblem(column, f"number is larger than {maximum:,}, the most the column holds")
+    return number
 
 
 def _decimal(row: dict[str, str], column: str) -> Decimal | None:
     value = _text(row, column)
     if value is None:
         return None
+    if not _NUMBER.match(value):
+        raise RowProblem(column, "not a number")
+    if sum(c.isdigit() for c in value) > MAX_DECIMAL_DIGITS:
+        raise RowProblem(column, f"number has more than {MAX_DECIMAL_DIGITS} digits")
     try:
-        number = Decimal(value)
+        return Decimal(value)
     except InvalidOperation:
         raise RowProblem(column, "not a number") from None
-    if not number.is_finite():
-        raise RowProblem(column, "not a finite number")
-    return number
 
 
 def _pseudonymised(feed: str, row: dict[str, str], ctx: RowContext) -> tuple[dict[str, str], dict[str, str] | None]:
@@ -331,7 +345,7 @@ def postcode_row(row: dict[str, str], ctx: RowContext) -> tuple:
 def population_row(row: dict[str, str], ctx: RowContext) -> tuple:
     sex = _required(row, "sex")
     age = _int(row, "age", required=True)
-    population = _int(row, "population", required=True)
+    population = _int(row, "population", required=True, maximum=INTEGER_MAX)
     return (ctx.period_end.year, _required(row, "lsoa_code").upper(), sex, age, population)
 
 

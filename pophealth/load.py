@@ -13,6 +13,7 @@ The walk of one file, each step an Airflow task:
 from __future__ import annotations
 
 import logging
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,7 +28,8 @@ from pophealth import agreements, audit, db, vault
 from pophealth.access import apply_access
 from pophealth.feeds import FEED_SPECS, Feed, OptedOut, RowContext, RowProblem, identity_columns_present
 from pophealth.keys import KeyError_, load_linkage_key, load_vault_key
-from pophealth.landing import ExtractFile, FileRejected, identify, open_extract, scan, settled, sha256_of
+from pophealth.landing import (ExtractFile, FileRejected, identify, open_extract, scan, settled, sha256_of,
+                               why_not_an_extract)
 from pophealth.pseudonymise import PostcodeLookup, Pseudonymiser
 
 log = logging.getLogger(__name__)
@@ -192,7 +194,8 @@ def stage_extract(path: str | Path, run_id: str | None = None) -> StageOutcome:
     path = Path(path)
     extract = identify(path)
     if extract is None:
-        raise LoadRefused(f"{path.name}: the file name does not match any feed of the extract contract")
+        raise LoadRefused(f"{path.name}: the file name does not match any feed of the extract contract "
+                          f"({why_not_an_extract(path)})")
     if not path.is_file():
         raise LoadRefused(f"{path.name}: the file is no longer in the landing folder")
     feed = FEED_SPECS[extract.feed]
@@ -214,6 +217,29 @@ def stage_extract(path: str | Path, run_id: str | None = None) -> StageOutcome:
         except (FileRejected, LoadRefused, KeyError_, agreements.NoAgreement) as exc:
             _refuse(load_id, "rejected", str(exc))
             raise LoadRefused(f"{extract.name}: {exc}") from None
+        except psycopg.OperationalError:
+            raise  # the server stopped or the connection went: the lock case, recorded `interrupted` next time
+        except Exception as exc:  # noqa: BLE001  anything else is a crash: recorded, never mistaken for an interruption
+            message = crash_message(exc)
+            log.error("%s: %s (load %d); where: %s", extract.name, message, load_id, _crash_site(exc))
+            _refuse(load_id, "failed", message)
+            raise LoadFailed(f"{extract.name}: {message}") from None
+
+
+class LoadFailed(LoadRefused):
+    """A load that crashed: recorded `failed`; the message names the exception's class, never its text (which
+    can hold a value from the file, e.g. the character a codec could not encode)."""
+
+
+def crash_message(exc: BaseException) -> str:
+    return (f"the load failed with {type(exc).__name__} (a crash, not a rule of the contract); nothing of the "
+            "file was stored; a person must look at it: the marts are not rebuilt until the period has a good load")
+
+
+def _crash_site(exc: BaseException) -> str:
+    """Where the exception was raised, as file:line of each frame: code locations only, no values."""
+    frames = traceback.extract_tb(exc.__traceback__)[-4:]
+    return " <- ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(frames))
 
 
 INTERRUPTED = ("the load was cut off before it was staged (its process or the database stopped); nothing of the "

@@ -102,7 +102,9 @@ def discover_files(feed: str) -> list[str]:
     from pophealth.landing import identify
     from pophealth.load import pending_extracts
 
-    files = pending_extracts(_landing(), feed)
+    landing = _landing()
+    files = pending_extracts(landing, feed)
+    log_not_extracts(landing)
     period, provider = os.environ.get(ENV_ONLY_PERIOD), os.environ.get(ENV_ONLY_PROVIDER)
     if period or provider:
         wanted = date.fromisoformat(period) if period else None
@@ -112,6 +114,19 @@ def discover_files(feed: str) -> list[str]:
         log.info("re-run limited to period %s, provider %s", period or "any", provider or "any")
     log.info("%d new or changed %s file(s) in the landing folder", len(files), feed)
     return files
+
+
+def log_not_extracts(landing: Path) -> None:
+    """Every file of the landing folder that is not an extract of the contract, with why: never skipped in silence."""
+    from pophealth.landing import FileRejected, scan
+
+    try:
+        not_extracts = scan(landing).not_extracts()
+    except FileRejected:
+        return
+    if not_extracts:
+        log.warning("%d file(s) in the landing folder are not extracts of the contract and are NOT LOADED:\n%s",
+                    len(not_extracts), "\n".join(f"  {name}: {why}" for name, why in not_extracts))
 
 
 def wait_for_files(feed: str, run_type) -> object:

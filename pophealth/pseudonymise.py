@@ -60,7 +60,7 @@ class Pseudonymiser:
         return LocalPseudonym(value)
 
 
-_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_ISO_DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")  # ASCII digits only
 
 
 def iso_date(text: str) -> date:

@@ -16,7 +16,7 @@ CREATE TABLE IF NOT EXISTS audit.load (
     file_sha256        text,
     file_bytes         bigint,
     key_version        text,
-    status             text NOT NULL,   -- loading, validated, published, gate_failed, rejected, duplicate, superseded, interrupted
+    status             text NOT NULL,   -- loading, validated, published, gate_failed, rejected, failed (a crash), duplicate, superseded, interrupted
     rows_read          bigint NOT NULL DEFAULT 0,
     rows_loaded        bigint NOT NULL DEFAULT 0,
     rows_quarantined   bigint NOT NULL DEFAULT 0,

@@ -27,6 +27,7 @@ VERDICTS = {
     "interrupted": "INTERRUPTED (nothing stored; the next run loads it again)",
     "gate_failed": "GATE FAILED",
     "rejected": "REFUSED",
+    "failed": "FAILED (a crash; needs a person)",
 }
 
 
@@ -220,7 +221,11 @@ def _waiting(landing: Path | None, status: Status) -> None:
     if len(waiting) > 30:
         status.lines.append(f"  ... and {len(waiting) - 30} more")
     status.lines += [f"  {'(still being written)':<24} {name}" for name in writing]
-    unrecognised = [p.name for p in landing_rules.scan(landing).unrecognised]
-    if unrecognised:
-        status.lines.append(f"Not extracts of the contract (never loaded; check the name): {', '.join(unrecognised[:10])}"
-                            + (f" and {len(unrecognised) - 10} more" if len(unrecognised) > 10 else ""))
+    not_extracts = landing_rules.scan(landing).not_extracts()
+    if not_extracts:
+        status.lines.append(f"Not extracts of the contract ({len(not_extracts)}; never loaded):")
+        status.lines += [f"  {name}: {why}" for name, why in not_extracts[:30]]
+        if len(not_extracts) > 30:
+            status.lines.append(f"  ... and {len(not_extracts) - 30} more")
+        status.problems.append(f"{len(not_extracts)} file(s) in the landing folder are not extracts of the contract and "
+                               "are not loaded (listed above): rename, decompress or remove them")
