@@ -30,7 +30,7 @@ from pophealth.at_source import (  # noqa: F401  (the column tuples are imported
     pseudonymise_row,
 )
 from pophealth.identifiers import NhsNumberCheck
-from pophealth.pseudonymise import PostcodeLookup, Pseudonymiser, birth_year_month, iso_date
+from pophealth.pseudonymise import PostcodeLookup, Pseudonymiser, birth_year_month, iso_date, normalise_postcode
 
 
 class RowProblem(Exception):
@@ -337,9 +337,16 @@ def optout_row(row: dict[str, str], ctx: RowContext) -> tuple:
     return (person,)
 
 
+#: A locality code as the contract (v2) has it: a district's ONS code or a council's own code such as GRAYS.
+_LOCALITY_CODE = re.compile(r"^[A-Za-z0-9_-]{1,20}$")
+
+
 def postcode_row(row: dict[str, str], ctx: RowContext) -> tuple:
-    _required(row, "postcode")
-    return (_required(row, "lsoa_code").upper(), _required(row, "locality_code").upper(), _text(row, "locality_name"))
+    """raw.ref_lsoa's columns, then the postcode (normalised) and la_code, which go to raw.ref_postcode."""
+    postcode = normalise_postcode(_required(row, "postcode"))
+    la_code = _text(row, "la_code")
+    return (_required(row, "lsoa_code").upper(), _required(row, "locality_code").upper(), _text(row, "locality_name"),
+            postcode, la_code.upper() if la_code else None)
 
 
 def population_row(row: dict[str, str], ctx: RowContext) -> tuple:
@@ -364,6 +371,9 @@ class Feed:
     transform: Callable[[dict[str, str], RowContext], tuple]
     personal: bool                   # opt-outs apply, and a key is needed
     replaces_whole_table: bool = False  # the latest file is the whole truth (opt-out list, reference data)
+    # Columns the transform returns after table_columns that the batch table holds but the raw table does not
+    # (the postcode lookup's postcodes, published to raw.ref_postcode by load.publish_load).
+    staged_only: tuple[str, ...] = ()
 
 
 FEED_SPECS: dict[str, Feed] = {
@@ -396,9 +406,9 @@ FEED_SPECS: dict[str, Feed] = {
         personal=False, replaces_whole_table=True,
     ),
     "ref_postcode_lookup": Feed(
-        "ref_postcode_lookup", ("postcode", "lsoa_code", "locality_code", "locality_name"),
+        "ref_postcode_lookup", ("postcode", "lsoa_code", "locality_code", "locality_name", "la_code"),
         ("postcode", "lsoa_code", "locality_code"), "raw.ref_lsoa", ("lsoa_code", "locality_code", "locality_name"),
-        postcode_row, personal=False, replaces_whole_table=True,
+        postcode_row, personal=False, replaces_whole_table=True, staged_only=("postcode", "la_code"),
     ),
     "ref_population": Feed(
         "ref_population", ("lsoa_code", "sex", "age", "population"), ("lsoa_code", "sex", "age", "population"),

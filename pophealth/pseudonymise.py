@@ -111,6 +111,12 @@ class PostcodeLookup:
         return cls(areas, {a.lsoa_code: a.locality_code for a in areas.values()})
 
     @classmethod
+    def from_rows(cls, rows) -> PostcodeLookup:
+        """From (postcode, lsoa_code, locality_code) rows: the published lookup (load._published_postcodes)."""
+        areas = {normalise_postcode(postcode): Area(lsoa, locality) for postcode, lsoa, locality in rows}
+        return cls(areas, {a.lsoa_code: a.locality_code for a in areas.values()})
+
+    @classmethod
     def empty(cls) -> PostcodeLookup:
         return cls({}, {})
 

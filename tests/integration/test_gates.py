@@ -400,7 +400,7 @@ ERROR_CASES = [
          1, (6,)),
     Case("ref_postcode_lookup.lsoa_code.format", _broken("ref_postcode_lookup", {0: {"lsoa_code": "X01021000"}}), 1),
     Case("ref_postcode_lookup.locality_code.format",
-         _broken("ref_postcode_lookup", {i: {"locality_code": "E10000012"} for i in range(4)}), 4),
+         _broken("ref_postcode_lookup", {i: {"locality_code": "NOT A CODE"} for i in range(4)}), 4),
     Case("ref_postcode_lookup.lsoa_in_one_locality",
          _broken("ref_postcode_lookup", {1: {"locality_code": "E07000071"}}), 4),
     # ref_population ---------------------------------------------------------------------------------------
