@@ -371,3 +371,62 @@ FAULTS: tuple[Fault, ...] = (
           "the growing file and the temporary names are not picked up; once the writer has finished the file is "
           f"picked up and loaded (settle rule: POPHEALTH_LANDING_SETTLE_SECONDS, default 2 s)"),
 )
+
+
+# ------------------------------------------------------------------------------- reference data and crashes
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A delivery around the files themselves (the postcode lookup, a crash, the landing folder, a social care
+    file): its test is tests/robustness/test_published_and_failed.py::test_<id>."""
+
+    id: str
+    what: str
+    how: str
+    outcome: str
+
+
+LOOKUP_AND_CRASH: tuple[Delivery, ...] = (
+    Delivery("a_personal_load_uses_the_published_lookup_and_ignores_the_landing_folders",
+             "a postcode lookup in the landing folder that was never published",
+             "a lookup putting every postcode in locality `ELSEWHERE` next to a hospital file, not loaded itself",
+             "the hospital file's postcodes are reduced through the last published lookup (raw.ref_postcode), never "
+             "a file in the landing folder. Fixed here: the landing folder's lookup was read for every personal file"),
+    Delivery("without_a_published_lookup_a_personal_load_is_refused", "no published postcode lookup",
+             "raw.ref_postcode emptied, then a hospital file delivered",
+             "refused: \u201cno postcode lookup is published\u201d; nothing stored"),
+    Delivery("a_lookup_without_locality_code_is_refused_and_personal_loads_go_on",
+             "a postcode lookup without `locality_code`", "the world's lookup with the column removed",
+             "the lookup is refused (\u201cmissing required column(s): locality_code\u201d); the next hospital "
+             "file loads with the lookup in force. Fixed here: every personal load crashed"),
+    Delivery("a_lookup_its_gate_refuses_is_never_used", "a postcode lookup that fails its gate",
+             "every `locality_code` is `NOT A CODE`",
+             "refused by `ref_postcode_lookup.locality_code.format`; the published lookup is unchanged and the next "
+             "hospital file uses it. Fixed here: personal files were published through the refused lookup"),
+    Delivery("council_locality_codes_pass_the_gate_and_are_used",
+             "council locality codes (contract v2), with `la_code`",
+             "the world's lookup with each LSOA's locality one of `GRAYS`, `TILBURY`, `STANFORD-LE-HOPE`, "
+             "`AVELEY_OCKENDON`, and `la_code` `E06000034`",
+             "passes its gate and is published (postcode, LSOA, locality and la_code in raw.ref_postcode); the next "
+             "hospital file's localities are the council's codes. Fixed here: the gate took only ONS district codes"),
+    Delivery("a_crash_is_recorded_failed_stops_the_marts_and_needs_a_person",
+             "a crash while staging (a value no rule expects)",
+             "`raw.apc_episode.sex` narrowed to `varchar(1)` under the loader, and a row's sex is `XX`: a real COPY error",
+             "recorded `failed` with the exception's class only (`StringDataRightTruncation`), never its text; "
+             "`build_marts` refuses to publish (`assert_loads_gated`) and `pophealth status` says FAILED (a crash; "
+             "needs a person), exit 1, until a good file of the period loads. `interrupted` is kept for a killed "
+             "process or a stopped server. Fixed here: a crash was recorded `interrupted` and the marts were "
+             "published without the file"),
+    Delivery("files_that_are_not_extracts_are_named_in_status_the_run_summary_and_the_dag_log",
+             "files in the landing folder that are not extracts",
+             "`APC_RAJ_20250131.csv`, `apc_RAJ_20250131.zip`, beside a `.csv.gz` extract, a hidden file, a `.part` "
+             "file and an `answer_key/` folder",
+             "each is named with its reason in `pophealth status` (needs attention), in the run summary (whose first "
+             "line says files were not loaded) and in the ingest DAG's log; the `.csv.gz` is loaded; hidden and "
+             "temporary names and sub-folders stay silent"),
+    Delivery("a_cld_file_repeating_an_event_is_refused_by_its_gate_with_row_numbers_not_keys",
+             "a social care file repeating one of its own events", "its first data row again at the end",
+             "refused by the gate rule `cld.event.unique_in_file`: how many rows and their row numbers, never the "
+             "key; the dbt deduplication is a second line"),
+)
