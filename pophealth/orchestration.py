@@ -141,12 +141,12 @@ def wait_for_files(feed: str, run_type) -> object:
 
 def stage_file(path: str, run_id: str) -> int:
     from pophealth.keys import KeyError_
-    from pophealth.load import LoadRefused, stage_extract
+    from pophealth.load import LoadFailed, LoadRefused, stage_extract
 
     try:
         outcome = stage_extract(path, run_id)
     except (LoadRefused, KeyError_) as exc:
-        raise _fail(f"LOAD REFUSED {exc}") from None
+        raise _fail(f"{'LOAD FAILED' if isinstance(exc, LoadFailed) else 'LOAD REFUSED'} {exc}") from None
     log.info(
         "%s: %s; read %d, loaded %d, quarantined %d, removed by opt-out %d (load %d)",
         outcome.file_name, outcome.status, outcome.rows_read, outcome.rows_loaded,

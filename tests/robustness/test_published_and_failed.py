@@ -7,7 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
-from datetime import datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -219,3 +219,32 @@ def test_a_cld_file_repeating_an_event_is_refused_by_its_gate_with_row_numbers_n
     secrets = {v for r in data for k, v in zip(header, r)
                if k.lower() in ("nhs_number", "la_person_unique_identifier", "date_of_birth", "postcode") and v}
     assert_no_identifiable_value([result.message], secrets)
+
+
+# Not in the corpus table: the Hypothesis test of any text in any field (tests/unit/test_any_value.py), a few
+# examples of it through a real load, so that what the transform lets through is what PostgreSQL stores.
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from tests.unit.test_any_value import TRICKY, VALUES  # noqa: E402
+
+_PERIODS = iter(range(1, 10_000))
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+@given(values=st.lists(st.one_of(VALUES, TRICKY), min_size=8, max_size=8), data=st.data())
+def test_any_text_through_a_real_load_is_loaded_or_quarantined_never_a_crash(warehouse, values, data):
+    good = warehouse.good
+    rows = [list(r) for r in good.rows]
+    for n, value in enumerate(values):
+        column = data.draw(st.sampled_from(good.header))
+        rows[n % len(rows)][good.col(column)] = value
+    period = date(2030, 1, 1) + timedelta(days=next(_PERIODS))  # a period of its own
+    path = folder(warehouse, "any_text") / f"apc_RAJ_{period:%Y%m%d}.csv"
+    path.write_bytes(csv_bytes(good.header, rows))
+    result = deliver(path, "issue22__any_text")
+    assert result.verdict in ("loaded", "gate_failed", "refused"), result.message
+    assert "LoadFailed" not in result.message and "failed with" not in result.message, result.message
+    statuses = [s for (s,) in warehouse.query("SELECT status FROM audit.load WHERE file_name = %s", (path.name,))]
+    assert "failed" not in statuses and "interrupted" not in statuses
