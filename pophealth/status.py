@@ -35,6 +35,7 @@ VERDICTS = {
 class Status:
     lines: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)  # said under the verdict, but not a failure
 
     @property
     def healthy(self) -> bool:
@@ -43,7 +44,7 @@ class Status:
     def text(self) -> str:
         verdict = ("Healthy: nothing has failed." if self.healthy else
                    f"NEEDS ATTENTION: {len(self.problems)} problem(s)\n" + "\n".join(f"  - {p}" for p in self.problems))
-        return "\n".join(self.lines + ["", verdict])
+        return "\n".join(self.lines + ["", verdict] + [f"Note: {n}" for n in self.notices])
 
 
 def age(then: datetime | None, now: datetime) -> str:
@@ -227,5 +228,6 @@ def _waiting(landing: Path | None, status: Status) -> None:
         status.lines += [f"  {name}: {why}" for name, why in not_extracts[:30]]
         if len(not_extracts) > 30:
             status.lines.append(f"  ... and {len(not_extracts) - 30} more")
-        status.problems.append(f"{len(not_extracts)} file(s) in the landing folder are not extracts of the contract and "
-                               "are not loaded (listed above): rename, decompress or remove them")
+        # Not a failure (nothing was loaded or refused; the exit code stays 0), but never silent: said under the verdict.
+        status.notices.append(f"{len(not_extracts)} file(s) in the landing folder are not extracts of the contract and "
+                              "are NOT LOADED (listed above): rename, decompress or remove them")

@@ -98,8 +98,8 @@ class Expect:
         if self.verdict == "duplicate":
             return "the second delivery is recorded as a duplicate; nothing loaded twice"
         if self.verdict == "not_an_extract":
-            return ("never loaded; named with its reason in `pophealth status` (which then needs attention), the run "
-                    f"summary and the ingest DAG's log: \u201c{self.message}\u201d")
+            return ("never loaded; named with its reason in `pophealth status` (with a note under the verdict), the "
+                    f"run summary and the ingest DAG's log: \u201c{self.message}\u201d")
         parts = ["loaded"]
         if self.quarantined:
             parts.append("; ".join(f"{_row(r)} quarantined ({reason}), the rest loaded" for r, reason in self.quarantined.items()))
@@ -422,7 +422,8 @@ LOOKUP_AND_CRASH: tuple[Delivery, ...] = (
              "files in the landing folder that are not extracts",
              "`APC_RAJ_20250131.csv`, `apc_RAJ_20250131.zip`, beside a `.csv.gz` extract, a hidden file, a `.part` "
              "file and an `answer_key/` folder",
-             "each is named with its reason in `pophealth status` (needs attention), in the run summary (whose first "
+             "each is named with its reason in `pophealth status` (and a note under its verdict: not a failure, exit "
+             "0), in the run summary (whose first "
              "line says files were not loaded) and in the ingest DAG's log; the `.csv.gz` is loaded; hidden and "
              "temporary names and sub-folders stay silent"),
     Delivery("a_cld_file_repeating_an_event_is_refused_by_its_gate_with_row_numbers_not_keys",
