@@ -164,7 +164,7 @@ def test_a_crash_is_recorded_failed_stops_the_marts_and_needs_a_person(warehouse
 
 
 def test_files_that_are_not_extracts_are_named_in_status_the_run_summary_and_the_dag_log(warehouse, monkeypatch,
-                                                                                           caplog, tmp_path):
+                                                                                           tmp_path):
     import gzip
 
     from pophealth import config, orchestration, status
@@ -197,10 +197,19 @@ def test_files_that_are_not_extracts_are_named_in_status_the_run_summary_and_the
 
     monkeypatch.setenv(config.ENV_LANDING_DIR, str(place))
     monkeypatch.setenv("POPHEALTH_LANDING_SETTLE_SECONDS", "0")
-    with caplog.at_level(logging.INFO, logger="pophealth"):
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = records.append  # the DAG task's logger, whatever Airflow's logging set up did to propagation
+    logger = logging.getLogger("pophealth")
+    logger.addHandler(handler)
+    level, logger.level = logger.level, logging.INFO
+    try:
         files = orchestration.discover_files("apc")
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
     assert [Path(f).name for f in files] == ["apc_RAJ_20270731.csv.gz"]
-    logged = "\n".join(r.getMessage() for r in caplog.records)
+    logged = "\n".join(r.getMessage() for r in records)
     for name, why in expected.items():
         assert f"{name}: {why}" in logged, logged
 
