@@ -284,7 +284,7 @@ def _rows(handle: io.TextIOBase, columns: list[str]) -> Iterator[tuple[int, dict
         if len(values) != width:
             yield row_number, {"__width__": str(len(values))}
             continue
-        if [v.strip().lower() for v in values] == columns:
+        if values[0].strip().lower() == columns[0] and [v.strip().lower() for v in values] == columns:
             # Two files joined into one: the second's rows would overlap the first's; no row of it is quarantined.
             raise FileRejected(f"a repeated header row at row {row_number} (1 = the first data row): the file "
                                "looks like two files joined; send each period as a file of its own")
