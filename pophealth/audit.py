@@ -19,11 +19,13 @@ def load_record(load_id: int) -> dict:
 
 #: Loads that are not (yet) the outcome of a delivery: under way, or cut off before they were staged.
 UNDECIDED = ["loading", "interrupted"]
+#: Loads that stop the marts until a later good delivery of the same period: refused, or crashed (`failed`).
+REFUSED = ["gate_failed", "rejected", "failed"]
 
 
 def latest_refusals(conn: psycopg.Connection, feed: str | None = None) -> list[dict]:
-    """Per feed, provider and period, the latest delivery when it was refused (gate failed or rejected): a later
-    good or duplicate delivery resolves a refused one. Of one feed, or of all."""
+    """Per feed, provider and period, the latest delivery when it was refused (gate failed, rejected) or crashed
+    (failed): a later good or duplicate delivery resolves it. Of one feed, or of all."""
     return conn.cursor(row_factory=dict_row).execute(
         """
         WITH latest AS (
@@ -33,12 +35,12 @@ def latest_refusals(conn: psycopg.Connection, feed: str | None = None) -> list[d
             WHERE status <> ALL (%s) AND (%s::text IS NULL OR feed = %s)
             ORDER BY feed, provider, period_end, load_id DESC
         )
-        SELECT * FROM latest WHERE status IN ('gate_failed', 'rejected') ORDER BY load_id
-        """, (UNDECIDED, feed, feed)).fetchall()
+        SELECT * FROM latest WHERE status = ANY(%s) ORDER BY load_id
+        """, (UNDECIDED, feed, feed, REFUSED)).fetchall()
 
 
 def blocking_loads() -> list[dict]:
-    """Files whose latest load was refused (gate failed or rejected) and that no later good file replaced."""
+    """Files whose latest load was refused (gate failed, rejected) or crashed (failed), not replaced by a good one."""
     with db.connect() as conn:
         return latest_refusals(conn)
 

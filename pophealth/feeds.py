@@ -33,7 +33,7 @@ from pophealth.at_source import (  # noqa: F401  (the column tuples are imported
 )
 from pophealth.identifiers import NhsNumberCheck
 from pophealth.landing import FileRejected
-from pophealth.pseudonymise import PostcodeLookup, Pseudonymiser, birth_year_month, iso_date
+from pophealth.pseudonymise import PostcodeLookup, Pseudonymiser, birth_year_month, iso_date, normalise_postcode
 
 
 class RowProblem(Exception):
@@ -94,28 +94,42 @@ def _date(row: dict[str, str], column: str, required: bool = False) -> date | No
         raise RowProblem(column, str(problem)) from None
 
 
-def _int(row: dict[str, str], column: str, required: bool = False) -> int | None:
+#: The largest whole number each column holds (PostgreSQL smallint unless said): a larger one is a quarantine
+#: reason, not a crash of the load's COPY.
+SMALLINT_MAX = 32_767
+INTEGER_MAX = 2_147_483_647
+_WHOLE = re.compile(r"^[0-9]+$")  # ASCII digits only: str.isdigit() also takes '²' and full-width digits
+_NUMBER = re.compile(r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)$")
+#: A decimal (a cost, units a week) of more digits than this is a broken value, not data.
+MAX_DECIMAL_DIGITS = 20
+
+
+def _int(row: dict[str, str], column: str, required: bool = False, maximum: int = SMALLINT_MAX) -> int | None:
     value = _text(row, column)
     if value is None:
         if required:
             raise RowProblem(column, "required number is missing")
         return None
-    if not value.isdigit():
+    if not _WHOLE.match(value):
         raise RowProblem(column, "not a whole number")
-    return int(value)
+    number = int(value)
+    if number > maximum:
+        raise RowProblem(column, f"number is larger than {maximum:,}, the most the column holds")
+    return number
 
 
 def _decimal(row: dict[str, str], column: str) -> Decimal | None:
     value = _text(row, column)
     if value is None:
         return None
+    if not _NUMBER.match(value):
+        raise RowProblem(column, "not a number")
+    if sum(c.isdigit() for c in value) > MAX_DECIMAL_DIGITS:
+        raise RowProblem(column, f"number has more than {MAX_DECIMAL_DIGITS} digits")
     try:
-        number = Decimal(value)
+        return Decimal(value)
     except InvalidOperation:
         raise RowProblem(column, "not a number") from None
-    if not number.is_finite():
-        raise RowProblem(column, "not a finite number")
-    return number
 
 
 def _pseudonymised(feed: str, row: dict[str, str], ctx: RowContext) -> tuple[dict[str, str], dict[str, str] | None]:
@@ -328,15 +342,22 @@ def optout_row(row: dict[str, str], ctx: RowContext) -> tuple:
     return (person,)
 
 
+#: A locality code as the contract (v2) has it: a district's ONS code or a council's own code such as GRAYS.
+_LOCALITY_CODE = re.compile(r"^[A-Za-z0-9_-]{1,20}$")
+
+
 def postcode_row(row: dict[str, str], ctx: RowContext) -> tuple:
-    _required(row, "postcode")
-    return (_required(row, "lsoa_code").upper(), _required(row, "locality_code").upper(), _text(row, "locality_name"))
+    """raw.ref_lsoa's columns, then the postcode (normalised) and la_code, which go to raw.ref_postcode."""
+    postcode = normalise_postcode(_required(row, "postcode"))
+    la_code = _text(row, "la_code")
+    return (_required(row, "lsoa_code").upper(), _required(row, "locality_code").upper(), _text(row, "locality_name"),
+            postcode, la_code.upper() if la_code else None)
 
 
 def population_row(row: dict[str, str], ctx: RowContext) -> tuple:
     sex = _required(row, "sex")
     age = _int(row, "age", required=True)
-    population = _int(row, "population", required=True)
+    population = _int(row, "population", required=True, maximum=INTEGER_MAX)
     return (ctx.period_end.year, _required(row, "lsoa_code").upper(), sex, age, population)
 
 
@@ -355,6 +376,9 @@ class Feed:
     transform: Callable[[dict[str, str], RowContext], tuple]
     personal: bool                   # opt-outs apply, and a key is needed
     replaces_whole_table: bool = False  # the latest file is the whole truth (opt-out list, reference data)
+    # Columns the transform returns after table_columns that the batch table holds but the raw table does not
+    # (the postcode lookup's postcodes, published to raw.ref_postcode by load.publish_load).
+    staged_only: tuple[str, ...] = ()
 
 
 FEED_SPECS: dict[str, Feed] = {
@@ -387,9 +411,9 @@ FEED_SPECS: dict[str, Feed] = {
         personal=False, replaces_whole_table=True,
     ),
     "ref_postcode_lookup": Feed(
-        "ref_postcode_lookup", ("postcode", "lsoa_code", "locality_code", "locality_name"),
+        "ref_postcode_lookup", ("postcode", "lsoa_code", "locality_code", "locality_name", "la_code"),
         ("postcode", "lsoa_code", "locality_code"), "raw.ref_lsoa", ("lsoa_code", "locality_code", "locality_name"),
-        postcode_row, personal=False, replaces_whole_table=True,
+        postcode_row, personal=False, replaces_whole_table=True, staged_only=("postcode", "la_code"),
     ),
     "ref_population": Feed(
         "ref_population", ("lsoa_code", "sex", "age", "population"), ("lsoa_code", "sex", "age", "population"),

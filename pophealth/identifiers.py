@@ -11,10 +11,12 @@ import enum
 import re
 from dataclasses import dataclass
 
-_SEPARATORS = re.compile(r"[\s\-]")
-_TEN_DIGITS = re.compile(r"^\d{10}$")
+_SEPARATORS = re.compile(r"[\s\-]", re.ASCII)
+# ASCII digits only: in Python `\d` also matches full-width and other scripts' digits, which the contract
+# says make a number invalid.
+_TEN_DIGITS = re.compile(r"^[0-9]{10}$")
 _PSEUDONYM = re.compile(r"^[0-9a-f]{64}$")
-_ICD10 = re.compile(r"^[A-Z]\d{2}(\d|X)?[A-Z0-9]{0,3}$")
+_ICD10 = re.compile(r"^[A-Z][0-9]{2}([0-9]|X)?[A-Z0-9]{0,3}$")
 
 MODULUS_11_WEIGHTS = (10, 9, 8, 7, 6, 5, 4, 3, 2)
 

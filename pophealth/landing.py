@@ -8,12 +8,14 @@ on, never a stack trace and never a value from the file.
 from __future__ import annotations
 
 import csv
+import gzip
 import hashlib
 import io
 import logging
 import os
 import re
 import time
+import zlib
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -23,6 +25,10 @@ log = logging.getLogger(__name__)
 
 # Large free-text fields exist in real extracts; the limit only guards against a broken quote swallowing a file.
 csv.field_size_limit(16 * 1024 * 1024)
+
+
+#: What reading a broken .csv.gz raises (a truncated or corrupt stream): a refusal of the file, not a crash.
+_GZIP_ERRORS = (gzip.BadGzipFile, EOFError, zlib.error)
 
 
 class FileRejected(Exception):
@@ -38,12 +44,12 @@ class FeedPattern:
 
 
 FEED_PATTERNS: tuple[FeedPattern, ...] = (
-    FeedPattern("gp_register", re.compile(r"^gp_register_(?P<period>\d{8})\.csv$"), False, "day"),
-    FeedPattern("apc", re.compile(r"^apc_(?P<provider>[A-Z0-9]{3,5})_(?P<period>\d{8})\.csv$"), True, "day"),
-    FeedPattern("cld", re.compile(r"^cld_(?P<provider>[A-Z]\d{8})_(?P<period>\d{8})\.csv$"), True, "day"),
-    FeedPattern("optouts", re.compile(r"^optouts_(?P<period>\d{8})\.csv$"), False, "day"),
-    FeedPattern("ref_postcode_lookup", re.compile(r"^ref_postcode_lookup\.csv$"), False, "none"),
-    FeedPattern("ref_population", re.compile(r"^ref_population_(?P<period>\d{4})\.csv$"), False, "year"),
+    FeedPattern("gp_register", re.compile(r"^gp_register_(?P<period>[0-9]{8})\.csv(?:\.gz)?$"), False, "day"),
+    FeedPattern("apc", re.compile(r"^apc_(?P<provider>[A-Z0-9]{3,5})_(?P<period>[0-9]{8})\.csv(?:\.gz)?$"), True, "day"),
+    FeedPattern("cld", re.compile(r"^cld_(?P<provider>[A-Z][0-9]{8})_(?P<period>[0-9]{8})\.csv(?:\.gz)?$"), True, "day"),
+    FeedPattern("optouts", re.compile(r"^optouts_(?P<period>[0-9]{8})\.csv(?:\.gz)?$"), False, "day"),
+    FeedPattern("ref_postcode_lookup", re.compile(r"^ref_postcode_lookup\.csv(?:\.gz)?$"), False, "none"),
+    FeedPattern("ref_population", re.compile(r"^ref_population_(?P<period>[0-9]{4})\.csv(?:\.gz)?$"), False, "year"),
 )
 
 FEEDS = tuple(p.feed for p in FEED_PATTERNS)
@@ -83,10 +89,57 @@ def identify(path: Path) -> ExtractFile | None:
     return None
 
 
+#: The one compression the loader reads (as a stream): `<name>.csv.gz`, as the trusts' transfer tools send it.
+GZIP_SUFFIX = ".gz"
+#: Other compressions and archives, named so that the reason a file is not loaded says what it is.
+OTHER_COMPRESSIONS = (".zip", ".bz2", ".xz", ".7z", ".zst", ".tgz", ".rar", ".lz", ".lzma", ".z", ".gzip", ".tar")
+_NAME_FORMS = {
+    "gp_register": "gp_register_<YYYYMMDD>.csv", "apc": "apc_<provider>_<YYYYMMDD>.csv",
+    "cld": "cld_<LA code>_<YYYYMMDD>.csv", "optouts": "optouts_<YYYYMMDD>.csv",
+    "ref_postcode_lookup": "ref_postcode_lookup.csv", "ref_population": "ref_population_<YYYY>.csv",
+}
+_DATE_PART = re.compile(r"_(?P<date>[0-9]{8})\.csv(?:\.gz)?$")
+
+
+def why_not_an_extract(path: Path) -> str:
+    """Why a file name is not one of the contract's extracts, in a few words (the name is not personal data)."""
+    name = path.name
+    lower = name.lower()
+    if _case_fold_match(name) and not any(fp.pattern.match(name) for fp in FEED_PATTERNS):
+        return "wrong case: the contract's names are lower case apart from the provider code (e.g. apc_RAJ_20250131.csv)"
+    for suffix in OTHER_COMPRESSIONS:
+        if lower.endswith(suffix):
+            return f"compressed or archived as {suffix}: the loader reads .csv and .csv.gz only"
+    feed = next((f for f in sorted(_NAME_FORMS, key=len, reverse=True) if lower.startswith(f + "_")
+                 or lower.startswith(f + ".")), None)
+    if feed is None:
+        return "not a feed of the extract contract (gp_register, apc, cld, optouts, ref_postcode_lookup, ref_population)"
+    if not (lower.endswith(".csv") or lower.endswith(".csv.gz")):
+        return f"not a CSV file: the contract's name is {_NAME_FORMS[feed]} (or .csv.gz)"
+    found = _DATE_PART.search(name)
+    if found:
+        raw = found.group("date")
+        try:
+            date(int(raw[:4]), int(raw[4:6]), int(raw[6:]))
+        except ValueError:
+            return f"an impossible date in the name: the contract's name is {_NAME_FORMS[feed]}"
+    elif "YYYYMMDD" in _NAME_FORMS[feed]:
+        return f"the date is not in the contract's form YYYYMMDD: the contract's name is {_NAME_FORMS[feed]}"
+    return f"the name does not follow the contract's {_NAME_FORMS[feed]}"
+
+
+def _case_fold_match(name: str) -> bool:
+    return any(re.match(fp.pattern.pattern, name, re.IGNORECASE) for fp in FEED_PATTERNS)
+
+
 @dataclass(frozen=True)
 class LandingScan:
     extracts: list[ExtractFile]
     unrecognised: list[Path]
+
+    def not_extracts(self) -> list[tuple[str, str]]:
+        """Each file that is not an extract of the contract, with why: never loaded, and said so."""
+        return [(p.name, why_not_an_extract(p)) for p in self.unrecognised]
 
 
 #: Names a file has while it is being written or copied in (hidden, `.part`, `.tmp`): never picked up.
@@ -170,12 +223,17 @@ class CsvReader:
 
 def open_extract(path: Path, contract_columns: tuple[str, ...], required: tuple[str, ...]) -> tuple[io.TextIOBase, CsvReader]:
     """Open a CSV extract; check its header against the contract. The caller closes the handle."""
-    handle = path.open("r", encoding="utf-8-sig", newline="", errors="strict")
+    if path.name.endswith(GZIP_SUFFIX):
+        handle = gzip.open(path, "rt", encoding="utf-8-sig", newline="", errors="strict")
+    else:
+        handle = path.open("r", encoding="utf-8-sig", newline="", errors="strict")
     try:
         try:
             header_line = handle.readline()
         except UnicodeDecodeError:
             raise FileRejected("the file is not UTF-8 text") from None
+        except _GZIP_ERRORS:
+            raise FileRejected("the file is not a valid gzip stream") from None
         if not header_line.strip():
             raise FileRejected("the file is empty: no header row")
         if "\x00" in header_line:
@@ -216,6 +274,8 @@ def _rows(handle: io.TextIOBase, columns: list[str]) -> Iterator[tuple[int, dict
             return
         except UnicodeDecodeError:
             raise FileRejected(f"the file is not UTF-8 text (after data row {row_number})") from None
+        except _GZIP_ERRORS:
+            raise FileRejected(f"the file is not a valid gzip stream (after data row {row_number})") from None
         except csv.Error as exc:
             raise FileRejected(f"the file is not valid CSV at data row {row_number + 1}: {_csv_reason(exc)}") from None
         row_number += 1
@@ -224,6 +284,10 @@ def _rows(handle: io.TextIOBase, columns: list[str]) -> Iterator[tuple[int, dict
         if len(values) != width:
             yield row_number, {"__width__": str(len(values))}
             continue
+        if values[0].strip().lower() == columns[0] and [v.strip().lower() for v in values] == columns:
+            # Two files joined into one: the second's rows would overlap the first's; no row of it is quarantined.
+            raise FileRejected(f"a repeated header row at row {row_number} (1 = the first data row): the file "
+                               "looks like two files joined; send each period as a file of its own")
         yield row_number, dict(zip(columns, values))
 
 

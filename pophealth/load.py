@@ -14,6 +14,7 @@ The walk of one file, each step an Airflow task:
 from __future__ import annotations
 
 import logging
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,12 +29,12 @@ from pophealth import agreements, audit, db, vault
 from pophealth.access import apply_access
 from pophealth.feeds import FEED_SPECS, Feed, RowContext, RowProblem, identity_columns_present
 from pophealth.keys import KeyError_, load_linkage_key, load_vault_key
-from pophealth.landing import ExtractFile, FileRejected, identify, open_extract, scan, settled, sha256_of
+from pophealth.landing import (ExtractFile, FileRejected, identify, open_extract, scan, settled, sha256_of,
+                               why_not_an_extract)
 from pophealth.pseudonymise import PostcodeLookup, Pseudonymiser
 
 log = logging.getLogger(__name__)
 
-POSTCODE_LOOKUP_FILE = "ref_postcode_lookup.csv"
 #: Ingest works with the loader role's grants only: raw, the batch area, opt-outs, vault writes, load audit.
 LOADER = "loader"
 PERSONAL_TABLES = ("raw.gp_register", "raw.apc_episode", "raw.cld_event")
@@ -185,13 +186,29 @@ def _published_as(conn: psycopg.Connection, feed: str, provider: str | None, per
     return row[0] if row else None
 
 
-def _postcode_lookup(landing: Path) -> PostcodeLookup:
-    path = landing / POSTCODE_LOOKUP_FILE
-    if not path.is_file():
+def _published_postcodes() -> PostcodeLookup:
+    """The postcode lookup as last published (raw.ref_postcode): a lookup its gate refused is never used, and
+    nothing in the landing folder is read for it."""
+    with db.connect(role=LOADER) as conn:
+        rows = conn.execute("SELECT postcode, lsoa_code, locality_code FROM raw.ref_postcode").fetchall()
+    if not rows:
         raise LoadRefused(
-            f"no {POSTCODE_LOOKUP_FILE} in the landing folder: postcodes cannot be reduced to LSOA, so nothing is loaded"
-        )
-    return PostcodeLookup.from_file(path)
+            "no postcode lookup is published: postcodes cannot be reduced to LSOA, so nothing is loaded; deliver a "
+            "ref_postcode_lookup.csv that passes its gate first (a lookup published before postcodes were kept "
+            "must be delivered again)")
+    return PostcodeLookup.from_rows(rows)
+
+
+def _publish_postcodes(conn: psycopg.Connection, load_id: int) -> int:
+    """The lookup's postcodes replace the last published ones (raw.ref_postcode: public geography, read by
+    the loader only). Runs in publish_load's transaction, before the batch table goes."""
+    conn.execute("DELETE FROM raw.ref_postcode")
+    count = conn.execute(sql.SQL(
+        """INSERT INTO raw.ref_postcode (load_id, postcode, lsoa_code, locality_code, la_code)
+           SELECT DISTINCT ON (postcode) load_id, postcode, lsoa_code, locality_code, la_code FROM {}
+           ORDER BY postcode, lsoa_code""").format(sql.SQL(batch_table(load_id)))).rowcount
+    log.info("postcode lookup of load %d published: %d postcodes", load_id, count)
+    return count
 
 
 def _optout_set(conn: psycopg.Connection, key_version: str) -> frozenset[str]:
@@ -249,7 +266,8 @@ def stage_extract(path: str | Path, run_id: str | None = None) -> StageOutcome:
     path = Path(path)
     extract = identify(path)
     if extract is None:
-        raise LoadRefused(f"{path.name}: the file name does not match any feed of the extract contract")
+        raise LoadRefused(f"{path.name}: the file name does not match any feed of the extract contract "
+                          f"({why_not_an_extract(path)})")
     if not path.is_file():
         raise LoadRefused(f"{path.name}: the file is no longer in the landing folder")
     feed = FEED_SPECS[extract.feed]
@@ -277,6 +295,29 @@ def stage_extract(path: str | Path, run_id: str | None = None) -> StageOutcome:
         except (FileRejected, LoadRefused, KeyError_, agreements.NoAgreement) as exc:
             _refuse(load_id, "rejected", str(exc))
             raise LoadRefused(f"{extract.name}: {exc}") from None
+        except psycopg.OperationalError:
+            raise  # the server stopped or the connection went: the lock case, recorded `interrupted` next time
+        except Exception as exc:  # noqa: BLE001  anything else is a crash: recorded, never mistaken for an interruption
+            message = crash_message(exc)
+            log.error("%s: %s (load %d); where: %s", extract.name, message, load_id, _crash_site(exc))
+            _refuse(load_id, "failed", message)
+            raise LoadFailed(f"{extract.name}: {message}") from None
+
+
+class LoadFailed(LoadRefused):
+    """A load that crashed: recorded `failed`; the message names the exception's class, never its text (which
+    can hold a value from the file, e.g. the character a codec could not encode)."""
+
+
+def crash_message(exc: BaseException) -> str:
+    return (f"the load failed with {type(exc).__name__} (a crash, not a rule of the contract); nothing of the "
+            "file was stored; a person must look at it: the marts are not rebuilt until the period has a good load")
+
+
+def _crash_site(exc: BaseException) -> str:
+    """Where the exception was raised, as file:line of each frame: code locations only, no values."""
+    frames = traceback.extract_tb(exc.__traceback__)[-4:]
+    return " <- ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(frames))
 
 
 INTERRUPTED = ("the load was cut off before it was staged (its process or the database stopped); nothing of the "
@@ -300,7 +341,7 @@ def _stage(extract: ExtractFile, feed: Feed, load_id: int) -> StageOutcome:
                     if feed.personal else None)
     pseudonymiser = (Pseudonymiser(key, on_identity=vault_writer.on_identity if vault_writer else None)
                      if key else None)
-    postcodes = _postcode_lookup(extract.path.parent) if feed.personal else PostcodeLookup.empty()
+    postcodes = _published_postcodes() if feed.personal else PostcodeLookup.empty()
     table = batch_table(load_id)
     meta = _meta_columns(feed)
     quarantine: list[tuple[int, int, str | None, str]] = []
@@ -312,12 +353,14 @@ def _stage(extract: ExtractFile, feed: Feed, load_id: int) -> StageOutcome:
         ctx = RowContext(pseudonymiser, postcodes, optouts, extract.provider, extract.period_end)
         conn.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS)").format(
             sql.SQL(table), sql.SQL(feed.table)))
+        for column in feed.staged_only:
+            conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {} text").format(sql.SQL(table), sql.Identifier(column)))
         handle, reader = open_extract(extract.path, feed.contract_columns, feed.required_columns)
         with handle:
             problem = identity_columns_present(feed, reader.columns)
             if problem:
                 raise FileRejected(problem)
-            columns = sql.SQL(", ").join(sql.Identifier(c) for c in meta + feed.table_columns)
+            columns = sql.SQL(", ").join(sql.Identifier(c) for c in meta + feed.table_columns + feed.staged_only)
             copy_sql = sql.SQL("COPY {} ({}) FROM STDIN").format(sql.SQL(table), columns)
             with conn.cursor() as cur, cur.copy(copy_sql) as copy, _vault_copy(vault_conn, vault_writer):
                 for row_number, row in reader.rows:
@@ -415,6 +458,8 @@ def publish_load(load_id: int) -> dict[str, int]:
                 target, columns, distinct, columns, sql.SQL(batch_table(load_id))
             )
         ).rowcount
+        if feed_name == "ref_postcode_lookup":
+            _publish_postcodes(conn, load_id)  # before the batch table goes: it holds the postcodes
         conn.execute(sql.SQL("DROP TABLE {}").format(sql.SQL(batch_table(load_id))))
         changes = {"published_rows": published, "replaced_loads": len(replaced),
                    "vault_entries_added": vault.publish_batch(conn, load_id)}

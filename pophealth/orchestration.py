@@ -102,9 +102,11 @@ def discover_files(feed: str) -> list[str]:
     from pophealth.landing import identify
     from pophealth.load import pending_extracts, stale_optout_lists
 
+    landing = _landing()
     if feed == "optouts":
-        stale_optout_lists(_landing())  # recorded once each, with why, and logged: never silently skipped
-    files = pending_extracts(_landing(), feed)
+        stale_optout_lists(landing)  # recorded once each, with why, and logged: never silently skipped
+    files = pending_extracts(landing, feed)
+    log_not_extracts(landing)
     period, provider = os.environ.get(ENV_ONLY_PERIOD), os.environ.get(ENV_ONLY_PROVIDER)
     if period or provider:
         wanted = date.fromisoformat(period) if period else None
@@ -114,6 +116,19 @@ def discover_files(feed: str) -> list[str]:
         log.info("re-run limited to period %s, provider %s", period or "any", provider or "any")
     log.info("%d new or changed %s file(s) in the landing folder", len(files), feed)
     return files
+
+
+def log_not_extracts(landing: Path) -> None:
+    """Every file of the landing folder that is not an extract of the contract, with why: never skipped in silence."""
+    from pophealth.landing import FileRejected, scan
+
+    try:
+        not_extracts = scan(landing).not_extracts()
+    except FileRejected:
+        return
+    if not_extracts:
+        log.warning("%d file(s) in the landing folder are not extracts of the contract and are NOT LOADED:\n%s",
+                    len(not_extracts), "\n".join(f"  {name}: {why}" for name, why in not_extracts))
 
 
 def wait_for_files(feed: str, run_type) -> object:
@@ -128,12 +143,12 @@ def wait_for_files(feed: str, run_type) -> object:
 
 def stage_file(path: str, run_id: str) -> int:
     from pophealth.keys import KeyError_
-    from pophealth.load import LoadRefused, stage_extract
+    from pophealth.load import LoadFailed, LoadRefused, stage_extract
 
     try:
         outcome = stage_extract(path, run_id)
     except (LoadRefused, KeyError_) as exc:
-        raise _fail(f"LOAD REFUSED {exc}") from None
+        raise _fail(f"{'LOAD FAILED' if isinstance(exc, LoadFailed) else 'LOAD REFUSED'} {exc}") from None
     log.info(
         "%s: %s; read %d, loaded %d, quarantined %d, removed by opt-out %d (load %d)",
         outcome.file_name, outcome.status, outcome.rows_read, outcome.rows_loaded,

@@ -60,7 +60,7 @@ class Pseudonymiser:
         return LocalPseudonym(value)
 
 
-_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_ISO_DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")  # ASCII digits only
 
 
 def iso_date(text: str) -> date:
@@ -108,6 +108,12 @@ class PostcodeLookup:
                 row = {k.strip().lower(): (v or "").strip() for k, v in row.items() if k}
                 area = Area(row["lsoa_code"], row["locality_code"])
                 areas[normalise_postcode(row["postcode"])] = area
+        return cls(areas, {a.lsoa_code: a.locality_code for a in areas.values()})
+
+    @classmethod
+    def from_rows(cls, rows) -> PostcodeLookup:
+        """From (postcode, lsoa_code, locality_code) rows: the published lookup (load._published_postcodes)."""
+        areas = {normalise_postcode(postcode): Area(lsoa, locality) for postcode, lsoa, locality in rows}
         return cls(areas, {a.lsoa_code: a.locality_code for a in areas.values()})
 
     @classmethod

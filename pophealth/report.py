@@ -21,10 +21,25 @@ def _fmt(n) -> str:
     return "-" if n is None else f"{n:,}"
 
 
+def _not_extracts(landing) -> list[tuple[str, str]]:
+    """The landing folder's files that are not extracts of the contract, with why (never loaded)."""
+    from pathlib import Path
+
+    from pophealth.landing import FileRejected, scan
+
+    try:
+        return scan(Path(landing)).not_extracts() if landing else []
+    except FileRejected:
+        return []
+
+
 def summarise(outcome: PipelineOutcome) -> str:
+    not_extracts = _not_extracts(outcome.landing)
     lines = [
         "",
-        f"pophealth run {'finished' if outcome.succeeded else 'FAILED'} in {outcome.seconds:.0f} s",
+        f"pophealth run {'finished' if outcome.succeeded else 'FAILED'} in {outcome.seconds:.0f} s"
+        + (f", but {len(not_extracts)} file(s) in the landing folder were NOT LOADED: they are not extracts of the "
+           "contract (listed below)" if not_extracts else ""),
         f"  landing folder: {outcome.landing}",
         f"  Airflow logs:   {outcome.log_dir}",
         "",
@@ -56,11 +71,14 @@ def summarise(outcome: PipelineOutcome) -> str:
             lines.append(f"  {feed:<22} {status:<12} {files:>5,} {read:>10,} {loaded:>10,} {quarantined:>9,} "
                          f"{opted_out:>8,}")
         for load in loads:
-            if load["status"] in ("rejected", "gate_failed", "stale") and load["message"]:
-                lines.append(f"  REFUSED {load['file_name']}:")
+            if load["status"] in ("rejected", "gate_failed", "failed", "stale") and load["message"]:
+                lines.append(f"  {'FAILED' if load['status'] == 'failed' else 'REFUSED'} {load['file_name']}:")
                 lines += ["      " + m for m in load["message"].splitlines()[:12]]
         if not loads:
             lines.append("  (no new or changed files: everything in the landing folder was already published)")
+        if not_extracts:
+            lines += ["", "NOT LOADED: files in the landing folder that are not extracts of the contract:"]
+            lines += [f"  {name}: {why}" for name, why in not_extracts]
         gates = conn.execute(
             """SELECT status, severity, count(*) AS n FROM audit.gate_result WHERE checked_at >= %s
                GROUP BY 1, 2""",

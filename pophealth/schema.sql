@@ -16,7 +16,7 @@ CREATE TABLE IF NOT EXISTS audit.load (
     file_sha256        text,
     file_bytes         bigint,
     key_version        text,
-    status             text NOT NULL,   -- loading, validated, published, gate_failed, rejected, duplicate, superseded, interrupted, stale (an opt-out list older than the one in force), rekeyed
+    status             text NOT NULL,   -- loading, validated, published, gate_failed, rejected, failed (a crash), duplicate, superseded, interrupted, stale (an opt-out list older than the one in force), rekeyed
     rows_read          bigint NOT NULL DEFAULT 0,
     rows_loaded        bigint NOT NULL DEFAULT 0,
     rows_quarantined   bigint NOT NULL DEFAULT 0,
@@ -209,8 +209,18 @@ CREATE TABLE IF NOT EXISTS raw.cld_event (
     planned_units_per_week      numeric
 );
 
--- Reference data: public geography and population estimates (not personal). Postcodes are not kept:
--- the lookup is used in memory to reduce a postcode to its LSOA, and only LSOA -> locality is stored.
+-- Reference data: public geography and population estimates (not personal). A person's postcode is never
+-- kept: it is reduced in memory to its LSOA. The lookup's own postcodes (every postcode of the area: public
+-- geography, no one's address) are kept in raw.ref_postcode, as last published, for the loader only: personal
+-- loads reduce postcodes through the published lookup, never through a file in the landing folder.
+CREATE TABLE IF NOT EXISTS raw.ref_postcode (
+    load_id       bigint NOT NULL,
+    postcode      text NOT NULL,   -- normalised: upper case, no spaces
+    lsoa_code     text NOT NULL,
+    locality_code text NOT NULL,
+    la_code       text
+);
+
 CREATE TABLE IF NOT EXISTS raw.ref_lsoa (
     load_id       bigint NOT NULL,
     loaded_at     timestamptz NOT NULL DEFAULT now(),

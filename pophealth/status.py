@@ -29,6 +29,7 @@ VERDICTS = {
     "rejected": "REFUSED",
     "stale": "STALE (older than the list in force; never published)",
     "rekeyed": "made under a rotated key: load it again",
+    "failed": "FAILED (a crash; needs a person)",
 }
 
 
@@ -36,6 +37,7 @@ VERDICTS = {
 class Status:
     lines: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)  # said under the verdict, but not a failure
 
     @property
     def healthy(self) -> bool:
@@ -44,7 +46,7 @@ class Status:
     def text(self) -> str:
         verdict = ("Healthy: nothing has failed." if self.healthy else
                    f"NEEDS ATTENTION: {len(self.problems)} problem(s)\n" + "\n".join(f"  - {p}" for p in self.problems))
-        return "\n".join(self.lines + ["", verdict])
+        return "\n".join(self.lines + ["", verdict] + [f"Note: {n}" for n in self.notices])
 
 
 def age(then: datetime | None, now: datetime) -> str:
@@ -228,7 +230,12 @@ def _waiting(landing: Path | None, status: Status) -> None:
     if len(waiting) > 30:
         status.lines.append(f"  ... and {len(waiting) - 30} more")
     status.lines += [f"  {'(still being written)':<24} {name}" for name in writing]
-    unrecognised = [p.name for p in landing_rules.scan(landing).unrecognised]
-    if unrecognised:
-        status.lines.append(f"Not extracts of the contract (never loaded; check the name): {', '.join(unrecognised[:10])}"
-                            + (f" and {len(unrecognised) - 10} more" if len(unrecognised) > 10 else ""))
+    not_extracts = landing_rules.scan(landing).not_extracts()
+    if not_extracts:
+        status.lines.append(f"Not extracts of the contract ({len(not_extracts)}; never loaded):")
+        status.lines += [f"  {name}: {why}" for name, why in not_extracts[:30]]
+        if len(not_extracts) > 30:
+            status.lines.append(f"  ... and {len(not_extracts) - 30} more")
+        # Not a failure (nothing was loaded or refused; the exit code stays 0), but never silent: said under the verdict.
+        status.notices.append(f"{len(not_extracts)} file(s) in the landing folder are not extracts of the contract and "
+                              "are NOT LOADED (listed above): rename, decompress or remove them")

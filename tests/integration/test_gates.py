@@ -383,6 +383,7 @@ ERROR_CASES = [
          8, (1, 2, 3, 4, 5)),
     Case("cld.rows.loaded_share", _broken("cld", {1: {"Event_Start_Date": "2025-02-30"},
                                                   6: {"Event_Type": ""}}), 2, (2, 7)),
+    Case("cld.event.unique_in_file", lambda: GOOD["cld"]() + GOOD["cld"]()[2:3], 2, (3, len(GOOD["cld"]()) + 1)),
     Case("cld.event_type.in_contract", _broken("cld", {4: {"Event_Type": "Referral"}}), 1, (5,)),
     Case("cld.reporting_period.matches_file", _broken("cld", {2: {"Reporting_Period_End_Date": "2025-06-30"}}),
          1, (3,)),
@@ -400,7 +401,7 @@ ERROR_CASES = [
          1, (6,)),
     Case("ref_postcode_lookup.lsoa_code.format", _broken("ref_postcode_lookup", {0: {"lsoa_code": "X01021000"}}), 1),
     Case("ref_postcode_lookup.locality_code.format",
-         _broken("ref_postcode_lookup", {i: {"locality_code": "E10000012"} for i in range(4)}), 4),
+         _broken("ref_postcode_lookup", {i: {"locality_code": "NOT A CODE"} for i in range(4)}), 4),
     Case("ref_postcode_lookup.lsoa_in_one_locality",
          _broken("ref_postcode_lookup", {1: {"locality_code": "E07000071"}}), 4),
     # ref_population ---------------------------------------------------------------------------------------

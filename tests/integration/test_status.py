@@ -86,7 +86,11 @@ def test_a_new_file_in_the_landing_folder_is_shown_as_waiting_and_is_not_a_failu
     lines = proc.stdout.splitlines()
     assert "  apc                      apc_RAJ_20251031.csv" in lines
     assert "  (still being written)    apc_RDE_20251031.csv.part" in lines
-    assert "Not extracts of the contract (never loaded; check the name): apc_october.csv" in lines
+    assert "Not extracts of the contract (1; never loaded):" in lines
+    assert ("  apc_october.csv: the date is not in the contract's form YYYYMMDD: the contract's name is "
+            "apc_<provider>_<YYYYMMDD>.csv") in lines
+    assert lines[-1] == ("Note: 1 file(s) in the landing folder are not extracts of the contract and are NOT LOADED "
+                         "(listed above): rename, decompress or remove them")
 
 
 def test_a_load_refused_by_its_gate_is_reported_failed_until_a_good_file_replaces_it(warehouse, tmp_path):

@@ -16,7 +16,9 @@ Synthetic data only: the NHS numbers are the generator's (999 test range) or mad
 
 from __future__ import annotations
 
+import bz2
 import csv
+import gzip
 import io
 import random
 from collections.abc import Callable
@@ -96,7 +98,8 @@ class Expect:
         if self.verdict == "duplicate":
             return "the second delivery is recorded as a duplicate; nothing loaded twice"
         if self.verdict == "not_an_extract":
-            return f"never picked up (not an extract of the contract); staging it directly is refused: \u201c{self.message}\u201d"
+            return ("never loaded; named with its reason in `pophealth status` (with a note under the verdict), the "
+                    f"run summary and the ingest DAG's log: \u201c{self.message}\u201d")
         parts = ["loaded"]
         if self.quarantined:
             parts.append("; ".join(f"{_row(r)} quarantined ({reason}), the rest loaded" for r, reason in self.quarantined.items()))
@@ -158,6 +161,14 @@ def _extra(good: Good) -> bytes:
 def _latin1(good: Good) -> bytes:
     names = ["Zoë Brontë"] + ["Ann Smith"] * (len(good.rows) - 1)
     return csv_bytes(good.header + ["patient_name"], [r + [n] for r, n in zip(good.rows, names)], encoding="latin-1")
+
+
+def _full_width(digits: str) -> str:
+    return "".join(chr(0xFF10 + int(d)) for d in digits)
+
+
+def _repeated_header(good: Good) -> bytes:
+    return csv_bytes(good.header, good.rows[:10] + [list(good.header)] + good.rows[10:])
 
 
 BIG_FIELD = 10 * 1024 * 1024
@@ -223,6 +234,21 @@ CASES: tuple[Case, ...] = (
     Case("nhs_number_bad_check_digit", "an NHS number whose check digit is wrong", "row 2's last digit changed",
          one(lambda g: with_values(g, 2, nhs_number=nhs(g, 2)[:9] + str((int(nhs(g, 2)[9]) + 1) % 10))),
          Expect("loaded", nhs_number_check={2: "invalid"})),
+    Case("nhs_number_full_width", "an NHS number in full-width digits",
+         "row 2's NHS number written with full-width digits (U+FF10 to U+FF19)",
+         one(lambda g: with_values(g, 2, nhs_number=_full_width(nhs(g, 2)))),
+         Expect("loaded", nhs_number_check={2: "invalid"},
+                note="Fixed here: Python's `\\d` took them as digits and staging crashed (UnicodeEncodeError), recorded "
+                     "as an interruption; the contract's digits are ASCII 0-9")),
+    Case("epiorder_overflow", "a number its column cannot hold", "`epiorder` of row 2 is `99999999999`",
+         one(lambda g: with_values(g, 2, epiorder="99999999999")),
+         Expect("loaded", quarantined={2: "epiorder: number is larger than 32,767"},
+                note="Fixed here: the COPY failed (smallint out of range) and the whole load crashed")),
+    Case("epiorder_superscript", "an unexpected character in a number", "`epiorder` of row 2 is `\u00b2` (superscript two)",
+         one(lambda g: with_values(g, 2, epiorder="\u00b2")),
+         Expect("loaded", quarantined={2: "epiorder: not a whole number"},
+                note="Fixed here: `str.isdigit` took it and `int` crashed the load. Any other exception in a load "
+                     "is recorded `failed` (class only) and stops the marts: tests/robustness/test_published_and_failed.py")),
     Case("nhs_number_spaces", "an NHS number with spaces (valid per the contract)", "row 2's as `999 123 4567`",
          one(lambda g: with_values(g, 2, nhs_number=f"{nhs(g, 2)[:3]} {nhs(g, 2)[3:6]} {nhs(g, 2)[6:]}")),
          Expect("loaded", nhs_number_check={2: "test_range"})),
@@ -236,8 +262,34 @@ CASES: tuple[Case, ...] = (
          lambda g: [good_bytes(g), csv_bytes(g.header, g.rows[:-1])],
          Expect("loaded", note="The earlier load is superseded; the period holds the second file's rows only")),
     Case("bad_file_name", "a file name that is not the contract's", "named `apc_RAJ_2025-10-31.csv`",
-         one(good_bytes), Expect("not_an_extract", "the file name does not match any feed of the extract contract"),
+         one(good_bytes), Expect("not_an_extract", "the date is not in the contract's form YYYYMMDD"),
          file_name="apc_RAJ_2025-10-31.csv"),
+    Case("wrong_case_name", "a file name in the wrong case", "named `APC_RAJ_20250131.csv`",
+         one(good_bytes), Expect("not_an_extract", "wrong case"), file_name="APC_RAJ_20250131.csv"),
+    Case("zip_name", "an extract compressed as .zip", "named `apc_RAJ_20250131.zip`",
+         one(good_bytes), Expect("not_an_extract", "compressed or archived as .zip"), file_name="apc_RAJ_20250131.zip"),
+    Case("bz2_name", "an extract compressed as .bz2", "the good file bzip2-compressed, named `apc_RAJ_20250131.csv.bz2`",
+         one(lambda g: bz2.compress(good_bytes(g))), Expect("not_an_extract", "compressed or archived as .bz2"),
+         file_name="apc_RAJ_20250131.csv.bz2"),
+    Case("impossible_date_name", "an impossible date in the file name", "named `apc_RAJ_20250230.csv`",
+         one(good_bytes), Expect("not_an_extract", "an impossible date"), file_name="apc_RAJ_20250230.csv"),
+    Case("unknown_feed_name", "a feed the contract does not have", "named `ae_RAJ_20250131.csv`",
+         one(good_bytes), Expect("not_an_extract", "not a feed of the extract contract"),
+         file_name="ae_RAJ_20250131.csv"),
+    Case("gzip_extract", "a gzip-compressed extract", "the good file gzip-compressed, named `apc_RAJ_20251231.csv.gz`",
+         one(lambda g: gzip.compress(good_bytes(g))), Expect("loaded", note="Fixed here: a `.csv.gz` was never picked "
+                                                             "up and nothing said so; it is read as a stream"),
+         file_name="apc_RAJ_20251231.csv.gz"),
+    Case("repeated_header", "two files joined: the header repeated inside the file",
+         "the header line again before data row 11", one(_repeated_header),
+         Expect("refused", "a repeated header row at row 11",
+                note="Fixed here: the header row was quarantined with a wrong reason and the joined rows reached dbt")),
+    Case("repeated_episode_key", "an episode key repeated within the file", "data row 2 again at the end of the file",
+         one(lambda g: csv_bytes(g.header, g.rows + [g.rows[1]])),
+         Expect("gate_failed", "apc.episode_key.unique",
+                note="The gate's message names the rule, how many rows and their row numbers, never the key; the "
+                     "dbt uniqueness test is a second line. A social care file repeating a unique event: "
+                     "`cld.event.unique_in_file` (tests/robustness/test_published_and_failed.py)")),
     Case("sql_and_formula_values", "values that look like SQL or spreadsheet formulas",
          "row 2's `diag_02..diag_05` are `'); DROP TABLE raw.apc_episode; --`, `=HYPERLINK(\"http://x\")`, "
          "`+SUM(1,1)`, `@cmd`",
@@ -318,4 +370,64 @@ FAULTS: tuple[Fault, ...] = (
           "(`.x.csv`, `*.part`, `*.tmp`) are present too",
           "the growing file and the temporary names are not picked up; once the writer has finished the file is "
           f"picked up and loaded (settle rule: POPHEALTH_LANDING_SETTLE_SECONDS, default 2 s)"),
+)
+
+
+# ------------------------------------------------------------------------------- reference data and crashes
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A delivery around the files themselves (the postcode lookup, a crash, the landing folder, a social care
+    file): its test is tests/robustness/test_published_and_failed.py::test_<id>."""
+
+    id: str
+    what: str
+    how: str
+    outcome: str
+
+
+LOOKUP_AND_CRASH: tuple[Delivery, ...] = (
+    Delivery("a_personal_load_uses_the_published_lookup_and_ignores_the_landing_folders",
+             "a postcode lookup in the landing folder that was never published",
+             "a lookup putting every postcode in locality `ELSEWHERE` next to a hospital file, not loaded itself",
+             "the hospital file's postcodes are reduced through the last published lookup (raw.ref_postcode), never "
+             "a file in the landing folder. Fixed here: the landing folder's lookup was read for every personal file"),
+    Delivery("without_a_published_lookup_a_personal_load_is_refused", "no published postcode lookup",
+             "raw.ref_postcode emptied, then a hospital file delivered",
+             "refused: \u201cno postcode lookup is published\u201d; nothing stored"),
+    Delivery("a_lookup_without_locality_code_is_refused_and_personal_loads_go_on",
+             "a postcode lookup without `locality_code`", "the world's lookup with the column removed",
+             "the lookup is refused (\u201cmissing required column(s): locality_code\u201d); the next hospital "
+             "file loads with the lookup in force. Fixed here: every personal load crashed"),
+    Delivery("a_lookup_its_gate_refuses_is_never_used", "a postcode lookup that fails its gate",
+             "every `locality_code` is `NOT A CODE`",
+             "refused by `ref_postcode_lookup.locality_code.format`; the published lookup is unchanged and the next "
+             "hospital file uses it. Fixed here: personal files were published through the refused lookup"),
+    Delivery("council_locality_codes_pass_the_gate_and_are_used",
+             "council locality codes (contract v2), with `la_code`",
+             "the world's lookup with each LSOA's locality one of `GRAYS`, `TILBURY`, `STANFORD-LE-HOPE`, "
+             "`AVELEY_OCKENDON`, and `la_code` `E06000034`",
+             "passes its gate and is published (postcode, LSOA, locality and la_code in raw.ref_postcode); the next "
+             "hospital file's localities are the council's codes. Fixed here: the gate took only ONS district codes"),
+    Delivery("a_crash_is_recorded_failed_stops_the_marts_and_needs_a_person",
+             "a crash while staging (a value no rule expects)",
+             "`raw.apc_episode.sex` narrowed to `varchar(1)` under the loader, and a row's sex is `XX`: a real COPY error",
+             "recorded `failed` with the exception's class only (`StringDataRightTruncation`), never its text; "
+             "`build_marts` refuses to publish (`assert_loads_gated`) and `pophealth status` says FAILED (a crash; "
+             "needs a person), exit 1, until a good file of the period loads. `interrupted` is kept for a killed "
+             "process or a stopped server. Fixed here: a crash was recorded `interrupted` and the marts were "
+             "published without the file"),
+    Delivery("files_that_are_not_extracts_are_named_in_status_the_run_summary_and_the_dag_log",
+             "files in the landing folder that are not extracts",
+             "`APC_RAJ_20250131.csv`, `apc_RAJ_20250131.zip`, beside a `.csv.gz` extract, a hidden file, a `.part` "
+             "file and an `answer_key/` folder",
+             "each is named with its reason in `pophealth status` (and a note under its verdict: not a failure, exit "
+             "0), in the run summary (whose first "
+             "line says files were not loaded) and in the ingest DAG's log; the `.csv.gz` is loaded; hidden and "
+             "temporary names and sub-folders stay silent"),
+    Delivery("a_cld_file_repeating_an_event_is_refused_by_its_gate_with_row_numbers_not_keys",
+             "a social care file repeating one of its own events", "its first data row again at the end",
+             "refused by the gate rule `cld.event.unique_in_file`: how many rows and their row numbers, never the "
+             "key; the dbt deduplication is a second line"),
 )

@@ -8,6 +8,7 @@ quarantined with its reason; the load audit adds up; a provider's period is neve
 
 from __future__ import annotations
 
+import gzip
 import shutil
 import time
 from dataclasses import dataclass
@@ -161,13 +162,15 @@ def test_each_bad_input_gets_its_exact_outcome_and_loses_nothing(warehouse, case
     if expect.verdict == "not_an_extract":
         assert path in scan(path.parent).unrecognised
         assert pending_extracts(path.parent, "apc") == []
+        assert [why for name, why in scan(path.parent).not_extracts() if name == path.name][0].count(expect.message)
     if expect.verdict == "duplicate":
         first = results[0]
         assert first.verdict == "loaded"
         assert warehouse.value("SELECT status FROM audit.load WHERE load_id = %s", (final.load_id,)) == "duplicate"
         assert_accounted(warehouse, first.load_id, len(warehouse.good.rows), case)
     if expect.verdict == "loaded":
-        rows_in_file = len(deliveries[-1].rstrip(b"\r\n").splitlines()) - 1
+        last = gzip.decompress(deliveries[-1]) if path.name.endswith(".gz") else deliveries[-1]
+        rows_in_file = len(last.rstrip(b"\r\n").splitlines()) - 1
         assert_accounted(warehouse, final.load_id, rows_in_file, case)
         earlier = [r.load_id for r in results[:-1]]
         if earlier:  # a resubmission: the earlier file is superseded, not added to

@@ -78,3 +78,60 @@ def test_files_that_are_not_the_contract_are_refused_with_a_reason(tmp_path, tex
 def test_latin1_is_refused(tmp_path):
     with pytest.raises(FileRejected, match="not UTF-8"):
         _open(tmp_path, "nhs_number,name\n9434765919,Zoë\n", encoding="latin-1")
+
+
+# ---------------------------------------------------------------------------------------------- issue 22
+
+
+def test_a_gzip_extract_is_identified_and_read_as_a_stream(tmp_path):
+    import gzip
+
+    path = tmp_path / "apc_RAJ_20250131.csv.gz"
+    path.write_bytes(gzip.compress(b"procode,epikey\nRAJ,E1\nRAJ,E2\n"))
+    extract = identify(path)
+    assert (extract.feed, extract.provider, extract.period_end) == ("apc", "RAJ", date(2025, 1, 31))
+    assert scan(tmp_path).extracts == [extract]
+    handle, reader = open_extract(path, ("procode", "epikey"), ("procode",))
+    with handle:
+        assert [row for _, row in reader.rows] == [{"procode": "RAJ", "epikey": "E1"}, {"procode": "RAJ", "epikey": "E2"}]
+
+
+@pytest.mark.parametrize("data", [b"not gzip at all\n", None])
+def test_a_broken_gzip_is_refused_not_a_crash(tmp_path, data):
+    import gzip
+
+    path = tmp_path / "apc_RAJ_20250131.csv.gz"
+    whole = gzip.compress(b"procode,epikey\n" + b"RAJ,E1\n" * 5000)
+    path.write_bytes(data if data is not None else whole[: len(whole) // 2])  # None: cut off half way
+    with pytest.raises(FileRejected, match="not a valid gzip stream"):
+        handle, reader = open_extract(path, ("procode", "epikey"), ("procode",))
+        with handle:
+            list(reader.rows)
+
+
+def test_a_repeated_header_row_refuses_the_file_naming_its_row(tmp_path):
+    path = tmp_path / "apc_RAJ_20250131.csv"
+    path.write_text("procode,epikey\nRAJ,E1\nRAJ,E2\nPROCODE, epikey\nRAJ,E3\n")
+    handle, reader = open_extract(path, ("procode", "epikey"), ("procode",))
+    with handle, pytest.raises(FileRejected, match="a repeated header row at row 3"):
+        list(reader.rows)
+
+
+@pytest.mark.parametrize("name, reason", [
+    ("APC_RAJ_20250131.csv", "wrong case"),
+    ("apc_RAJ_20250131.zip", "compressed or archived as .zip"),
+    ("apc_RAJ_20250131.csv.bz2", "compressed or archived as .bz2"),
+    ("apc_RAJ_2025-01-31.csv", "the date is not in the contract's form YYYYMMDD"),
+    ("apc_RAJ_20250230.csv", "an impossible date"),
+    ("ae_RAJ_20250131.csv", "not a feed of the extract contract"),
+    ("apc_RAJ_20250131.xlsx", "not a CSV file"),
+])
+def test_every_file_that_is_not_an_extract_is_listed_with_why(tmp_path, name, reason):
+    (tmp_path / name).write_text("x\n")
+    for quiet in (".hidden.csv", "apc_RAJ_20250131.csv.part", "apc_RAJ_20250131.csv.tmp"):
+        (tmp_path / quiet).write_text("x\n")
+    (tmp_path / "answer_key").mkdir()
+    (tmp_path / "answer_key" / "world.json").write_text("{}")
+    listed = scan(tmp_path).not_extracts()
+    assert [n for n, _ in listed] == [name]  # temporary names and sub-folders stay silent
+    assert reason in listed[0][1]
