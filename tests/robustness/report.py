@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from tests.robustness.spec import CASES, FAULTS, LOOKUP_AND_CRASH, Case, Delivery, Fault
+from tests.robustness.spec import CASES, FAULTS, LOOKUP_AND_CRASH, OPTOUT_LISTS, Case, Delivery, Fault
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "robustness.md"
 COMMAND = "python -m tests.robustness.report"
@@ -68,6 +68,14 @@ def fault_row(fault: Fault) -> str:
     return f"| `{fault.id}` | {_cell(fault.what)} | {_cell(fault.how)} | {_cell(fault.outcome)} |"
 
 
+OPTOUT_INTRO = """
+## The national data opt-out list in force
+
+The latest-dated list is in force whatever order lists arrive in; it keeps people out of every secondary use
+(`marts`, `reporting`), not out of their own care (`direct_care`). Each case runs on the real embedded
+PostgreSQL with the marts built (`tests/integration/test_pseudonyms_by_purpose.py::test_<case>`).
+"""
+
 LOOKUP_INTRO = """
 ## Reference data, crashes, the landing folder and overlaps
 
@@ -93,6 +101,9 @@ def render() -> str:
     lines += [LOOKUP_INTRO.rstrip("\n"), "", "| case | delivery | how the test makes it | what the platform does |",
               "| --- | --- | --- | --- |"]
     lines += [delivery_row(d) for d in LOOKUP_AND_CRASH]
+    lines += [OPTOUT_INTRO.rstrip("\n"), "", "| case | delivery | how the test makes it | what the platform does |",
+              "| --- | --- | --- | --- |"]
+    lines += [delivery_row(d) for d in OPTOUT_LISTS]
     return "\n".join(lines) + "\n"
 
 

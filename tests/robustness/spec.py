@@ -431,3 +431,31 @@ LOOKUP_AND_CRASH: tuple[Delivery, ...] = (
              "refused by the gate rule `cld.event.unique_in_file`: how many rows and their row numbers, never the "
              "key; the dbt deduplication is a second line"),
 )
+
+
+# ------------------------------------------------------------------------------- the opt-out list in force
+
+#: Their tests are tests/integration/test_pseudonyms_by_purpose.py::test_<id> (contract v2: the opt-out by purpose).
+OPTOUT_LISTS: tuple[Delivery, ...] = (
+    Delivery("the_latest_list_is_in_force_removal_brings_back_and_an_older_list_is_refused_as_stale",
+             "a later opt-out list without one person, then the earlier list delivered again late, then a still "
+             "later list with them",
+             "lists written beside the world's, dated a month and two months after it",
+             "the latest-dated list is in force: the person is back in marts.person at the next build; the late "
+             "older list is recorded `stale` (\u201cbefore the list in force\u201d) and never published; the still "
+             "later list takes them out of every secondary-use mart again. Fixed here: publishing replaced the list "
+             "with whichever came last, and a superseded list was picked up again as new"),
+    Delivery("of_several_lists_in_the_folder_only_the_newest_is_picked_up_the_others_recorded_stale_once",
+             "three new opt-out lists in the landing folder at once, runs repeated, then an older one arriving late",
+             "three lists dated after the one in force; `pending_extracts` and `stale_optout_lists` as a run calls "
+             "them",
+             "only the newest is picked up; the two others are recorded `stale` once; a run with nothing new picks "
+             "up nothing (nothing republished); the late older list is recorded `stale` and never picked up"),
+    Delivery("an_opted_out_person_is_in_case_finding_and_in_no_row_or_count_of_marts_or_reporting",
+             "people on the list in force with records in the feeds",
+             "the world's opted-out people",
+             "their rows are loaded (counted in `rows_opted_out`) for their own care: in "
+             "`direct_care.case_finding`, in no row and no count of `marts` and `reporting`; each build records how "
+             "many people each purpose left out (`audit.optout_by_purpose`). Before contract v2 they were removed "
+             "from raw and the vault, so their care team could not find them"),
+)

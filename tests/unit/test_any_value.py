@@ -2,7 +2,9 @@
 
 Each feed's good row (both forms: identifiable, and pseudonymised at source) has one or more of its fields
 replaced by arbitrary text; the transform, with a real RowContext, must return a row or raise RowProblem
-(or OptedOut). Surrogates are left out: a file is read as strict UTF-8, so none can reach a row. The same
+(a row of a person with an opt-out is loaded like any other). A row pseudonymised at source whose
+`linkage_key_version` is not the loading key's refuses its whole file (FileRejected): that field is the file's
+key, not a value of the row, so it is varied only in a test of its own. Surrogates are left out: a file is read as strict UTF-8, so none can reach a row. The same
 kinds of value go through a real load in the robustness corpus (tests/robustness/spec.py).
 """
 
@@ -14,8 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pophealth.at_source import pseudonymise_row
-from pophealth.feeds import FEED_SPECS, INTEGER_MAX, SMALLINT_MAX, OptedOut, RowContext, RowProblem
+from pophealth.at_source import KEY_VERSION_COLUMN, pseudonymise_row
+from pophealth.feeds import FEED_SPECS, INTEGER_MAX, SMALLINT_MAX, RowContext, RowProblem
+from pophealth.landing import FileRejected
 from pophealth.identifiers import NhsNumberCheck, check_nhs_number
 from tests.unit.test_feeds import LOOKUP, PSEUDO, apc, event, register
 
@@ -45,7 +48,7 @@ def _pseudonymised(feed: str) -> dict[str, str]:
 def _loads_or_quarantines(feed: str, row: dict[str, str]) -> None:
     try:
         values = FEED_SPECS[feed].transform(row, _ctx(feed))
-    except (RowProblem, OptedOut):
+    except RowProblem:
         return
     assert len(values) == len(FEED_SPECS[feed].table_columns)
     stored = dict(zip(FEED_SPECS[feed].table_columns, values))
@@ -63,7 +66,7 @@ def _loads_or_quarantines(feed: str, row: dict[str, str]) -> None:
 @given(data=st.data())
 def test_any_text_in_any_field_loads_or_quarantines(feed, form, data):
     row = dict(GOOD[feed] if form == "identifiable" else _pseudonymised(feed))
-    columns = sorted(row)
+    columns = sorted(c for c in row if c != KEY_VERSION_COLUMN)
     for column in data.draw(st.lists(st.sampled_from(columns), min_size=1, max_size=4, unique=True)):
         row[column] = data.draw(VALUES)
     _loads_or_quarantines(feed, row)
@@ -100,3 +103,13 @@ def test_a_population_over_an_integer_is_quarantined():
     row = {"lsoa_code": "E01990001", "sex": "1", "age": "40", "population": str(INTEGER_MAX + 1)}
     with pytest.raises(RowProblem, match="larger than"):
         FEED_SPECS["ref_population"].transform(row, ctx)
+
+
+@settings(max_examples=60, deadline=None)
+@given(value=VALUES)
+def test_any_other_key_version_refuses_the_whole_file_never_a_crash(value):
+    row = {**_pseudonymised("apc"), KEY_VERSION_COLUMN: value}
+    if value == PSEUDO.key_version:
+        return
+    with pytest.raises(FileRejected):
+        FEED_SPECS["apc"].transform(row, _ctx("apc"))
