@@ -33,7 +33,7 @@ from pophealth.at_source import (  # noqa: F401  (the column tuples are imported
 )
 from pophealth.identifiers import NhsNumberCheck
 from pophealth.landing import FileRejected
-from pophealth.pseudonymise import PostcodeLookup, Pseudonymiser, birth_year_month, iso_date, normalise_postcode
+from pophealth.pseudonymise import PostcodeLookup, Pseudonymiser, birth_year_month, iso_date, postcode_digest
 
 
 class RowProblem(Exception):
@@ -347,8 +347,8 @@ _LOCALITY_CODE = re.compile(r"^[A-Za-z0-9_-]{1,20}$")
 
 
 def postcode_row(row: dict[str, str], ctx: RowContext) -> tuple:
-    """raw.ref_lsoa's columns, then the postcode (normalised) and la_code, which go to raw.ref_postcode."""
-    postcode = normalise_postcode(_required(row, "postcode"))
+    """raw.ref_lsoa's columns, then the postcode's digest and la_code, which go to raw.ref_postcode."""
+    postcode = postcode_digest(_required(row, "postcode"))
     la_code = _text(row, "la_code")
     return (_required(row, "lsoa_code").upper(), _required(row, "locality_code").upper(), _text(row, "locality_name"),
             postcode, la_code.upper() if la_code else None)
@@ -413,7 +413,7 @@ FEED_SPECS: dict[str, Feed] = {
     "ref_postcode_lookup": Feed(
         "ref_postcode_lookup", ("postcode", "lsoa_code", "locality_code", "locality_name", "la_code"),
         ("postcode", "lsoa_code", "locality_code"), "raw.ref_lsoa", ("lsoa_code", "locality_code", "locality_name"),
-        postcode_row, personal=False, replaces_whole_table=True, staged_only=("postcode", "la_code"),
+        postcode_row, personal=False, replaces_whole_table=True, staged_only=("postcode_digest", "la_code"),
     ),
     "ref_population": Feed(
         "ref_population", ("lsoa_code", "sex", "age", "population"), ("lsoa_code", "sex", "age", "population"),

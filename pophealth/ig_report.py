@@ -43,9 +43,6 @@ SKIPPED_SCHEMAS = ("vault", "pg_catalog", "information_schema", "pg_toast")
 #: A dbt node's id (`test.pophealth.<name>.<10 hex digits>`): its hash can be ten decimal digits that pass the check
 #: digit by chance (one in eleven of those that are all digits); it names a test, not a person.
 DBT_NODE_ID = re.compile(r"^(model|test|seed|snapshot|source|unit_test)\.[A-Za-z0-9_]+\.[A-Za-z0-9_.]+$")
-#: Columns that hold postcodes by design: the published postcode lookup (public geography, every postcode of
-#: the area, no one's address; loader only). Still scanned for NHS numbers.
-PUBLIC_POSTCODE_COLUMNS = {("raw", "ref_postcode", "postcode")}
 CANDIDATES_PER_COLUMN = 10_000  # a bound on the rows fetched for the check digit per column
 
 
@@ -102,7 +99,7 @@ def scan_warehouse(conn) -> ScanResult:
                     is_valid_nhs_number("".join(m.groups())) for m in NHS_CANDIDATE.finditer(value)))
                 if hits:
                     result.findings.append(Finding(where, column, "NHS number (passes Modulus 11)", hits))
-                postcodes = 0 if (schema, table, column) in PUBLIC_POSTCODE_COLUMNS else conn.execute(
+                postcodes = conn.execute(
                     sql.SQL("SELECT count(*) FROM {t} WHERE {c} ~ %s").format(c=ident, t=relation),
                     (POSTCODE,)).fetchone()[0]
                 if postcodes:

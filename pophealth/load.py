@@ -190,7 +190,7 @@ def _published_postcodes() -> PostcodeLookup:
     """The postcode lookup as last published (raw.ref_postcode): a lookup its gate refused is never used, and
     nothing in the landing folder is read for it."""
     with db.connect(role=LOADER) as conn:
-        rows = conn.execute("SELECT postcode, lsoa_code, locality_code FROM raw.ref_postcode").fetchall()
+        rows = conn.execute("SELECT postcode_digest, lsoa_code, locality_code FROM raw.ref_postcode").fetchall()
     if not rows:
         raise LoadRefused(
             "no postcode lookup is published: postcodes cannot be reduced to LSOA, so nothing is loaded; deliver a "
@@ -204,9 +204,9 @@ def _publish_postcodes(conn: psycopg.Connection, load_id: int) -> int:
     the loader only). Runs in publish_load's transaction, before the batch table goes."""
     conn.execute("DELETE FROM raw.ref_postcode")
     count = conn.execute(sql.SQL(
-        """INSERT INTO raw.ref_postcode (load_id, postcode, lsoa_code, locality_code, la_code)
-           SELECT DISTINCT ON (postcode) load_id, postcode, lsoa_code, locality_code, la_code FROM {}
-           ORDER BY postcode, lsoa_code""").format(sql.SQL(batch_table(load_id)))).rowcount
+        """INSERT INTO raw.ref_postcode (load_id, postcode_digest, lsoa_code, locality_code, la_code)
+           SELECT DISTINCT ON (postcode_digest) load_id, postcode_digest, lsoa_code, locality_code, la_code FROM {}
+           ORDER BY postcode_digest, lsoa_code""").format(sql.SQL(batch_table(load_id)))).rowcount
     log.info("postcode lookup of load %d published: %d postcodes", load_id, count)
     return count
 

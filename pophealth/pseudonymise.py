@@ -87,6 +87,12 @@ def normalise_postcode(raw: str | None) -> str:
     return _POSTCODE_SPACE.sub("", raw or "").upper()
 
 
+def postcode_digest(raw: str | None) -> str:
+    """A postcode as the warehouse keeps the published lookup's: a one-way hash of the normalised postcode, so no
+    full postcode is at rest in clear, not even the lookup's (public geography, but a full postcode all the same)."""
+    return hashlib.sha256(b"pophealth|postcode|" + normalise_postcode(raw).encode("utf-8")).hexdigest()
+
+
 @dataclass(frozen=True, slots=True)
 class Area:
     lsoa_code: str
@@ -97,7 +103,8 @@ class PostcodeLookup:
     """Postcode -> LSOA and locality, held in memory only (postcodes are never written)."""
 
     def __init__(self, areas: dict[str, Area], localities: dict[str, str]):
-        self._areas = areas
+        """`areas`: postcode (any spacing or case) -> its area; held by the postcode's digest only."""
+        self._areas = {postcode_digest(postcode): area for postcode, area in areas.items()}
         self.localities = localities  # lsoa_code -> locality_code
 
     @classmethod
@@ -107,21 +114,23 @@ class PostcodeLookup:
             for row in csv.DictReader(handle):
                 row = {k.strip().lower(): (v or "").strip() for k, v in row.items() if k}
                 area = Area(row["lsoa_code"], row["locality_code"])
-                areas[normalise_postcode(row["postcode"])] = area
+                areas[row["postcode"]] = area
         return cls(areas, {a.lsoa_code: a.locality_code for a in areas.values()})
 
     @classmethod
     def from_rows(cls, rows) -> PostcodeLookup:
-        """From (postcode, lsoa_code, locality_code) rows: the published lookup (load._published_postcodes)."""
-        areas = {normalise_postcode(postcode): Area(lsoa, locality) for postcode, lsoa, locality in rows}
-        return cls(areas, {a.lsoa_code: a.locality_code for a in areas.values()})
+        """From (postcode_digest, lsoa_code, locality_code) rows: the published lookup (load._published_postcodes)."""
+        lookup = cls({}, {})
+        lookup._areas = {digest: Area(lsoa, locality) for digest, lsoa, locality in rows}
+        lookup.localities = {a.lsoa_code: a.locality_code for a in lookup._areas.values()}
+        return lookup
 
     @classmethod
     def empty(cls) -> PostcodeLookup:
         return cls({}, {})
 
     def area(self, postcode: str | None) -> Area | None:
-        return self._areas.get(normalise_postcode(postcode))
+        return self._areas.get(postcode_digest(postcode))
 
     def __len__(self) -> int:
         return len(self._areas)

@@ -211,11 +211,11 @@ CREATE TABLE IF NOT EXISTS raw.cld_event (
 
 -- Reference data: public geography and population estimates (not personal). A person's postcode is never
 -- kept: it is reduced in memory to its LSOA. The lookup's own postcodes (every postcode of the area: public
--- geography, no one's address) are kept in raw.ref_postcode, as last published, for the loader only: personal
--- loads reduce postcodes through the published lookup, never through a file in the landing folder.
+-- geography, no one's address) are kept in raw.ref_postcode as one-way digests, as last published, for the
+-- loader only: personal loads reduce postcodes through the published lookup, never a file in the landing folder.
 CREATE TABLE IF NOT EXISTS raw.ref_postcode (
     load_id       bigint NOT NULL,
-    postcode      text NOT NULL,   -- normalised: upper case, no spaces
+    postcode_digest text NOT NULL, -- SHA-256 of the normalised postcode (pseudonymise.postcode_digest): no postcode in clear
     lsoa_code     text NOT NULL,
     locality_code text NOT NULL,
     la_code       text

@@ -64,7 +64,8 @@ def report(tmp_path_factory):
         recorded = subprocess.run([sys.executable, "-c", RECORD_LINEAGE], env=r.env, capture_output=True, text=True,
                                   timeout=600)
         assert recorded.returncode == 0, recorded.stderr[-3000:]
-        r.person_id = r.sql("SELECT person_id FROM marts.person WHERE person_id IS NOT NULL LIMIT 1")[0][0]
+        # Re-identification takes the care teams' ids (direct_care), never an analyst's (marts).
+        r.person_id = r.sql("SELECT person_id FROM direct_care.case_finding ORDER BY risk_rank LIMIT 1")[0][0]
         asked = r.pophealth("reidentify", r.person_id, "--purpose", PURPOSE, "--on-behalf-of", "Dr Example")
         assert asked.returncode == 0, asked.stdout[-2000:] + asked.stderr[-2000:]
         r.revealed = re.findall(r"\b\d{10}\b", asked.stdout)
@@ -118,7 +119,8 @@ def test_the_grants_section_shows_a_grant_made_in_the_database_and_not_once_it_i
 
 def test_the_roles_schemas_vault_functions_and_default_privileges_are_read_from_the_catalogue(report):
     dom, _, _ = report.first
-    assert all(f"<td>{role}</td>" in table(dom, "roles") for role in ("loader", "analyst", "ig_auditor", "reidentifier"))
+    assert all(f"<td>{role}</td>" in table(dom, "roles")
+               for role in ("loader", "analyst", "ig_auditor", "reidentifier", "care_team"))
     assert re.search(r"<td>analyst</td><td>marts</td><td>USAGE</td>", table(dom, "schema-grants"))
     assert re.search(r"<td>reidentifier</td><td>vault\.reidentify\(request bigint\)</td><td>True</td>",
                      table(dom, "function-grants"))
@@ -158,3 +160,12 @@ def test_the_page_fetches_nothing_from_the_network(report):
     _, written, _ = report.first
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", written)
     assert "<script" not in written and "@import" not in written
+
+
+def test_the_people_each_purpose_left_out_are_shown_per_build(report):
+    dom, _, _ = report.first
+    rows = table(dom, "optouts-by-purpose")
+    (left_out,), = report.sql("""SELECT people_left_out FROM audit.optout_by_purpose WHERE purpose = 'secondary_use'
+                                 ORDER BY built_at DESC LIMIT 1""")
+    assert re.search(rf"<td>secondary_use</td><td[^>]*>\d+</td><td[^>]*>{left_out}</td>", rows)
+    assert re.search(r"<td>direct_care</td><td[^>]*>\d+</td><td[^>]*>0</td>", rows)

@@ -408,7 +408,7 @@ LOOKUP_AND_CRASH: tuple[Delivery, ...] = (
              "council locality codes (contract v2), with `la_code`",
              "the world's lookup with each LSOA's locality one of `GRAYS`, `TILBURY`, `STANFORD-LE-HOPE`, "
              "`AVELEY_OCKENDON`, and `la_code` `E06000034`",
-             "passes its gate and is published (postcode, LSOA, locality and la_code in raw.ref_postcode); the next "
+             "passes its gate and is published (postcode digest, LSOA, locality and la_code in raw.ref_postcode); the next "
              "hospital file's localities are the council's codes. Fixed here: the gate took only ONS district codes"),
     Delivery("a_crash_is_recorded_failed_stops_the_marts_and_needs_a_person",
              "a crash while staging (a value no rule expects)",

@@ -65,7 +65,7 @@ def test_a_personal_load_uses_the_published_lookup_and_ignores_the_landing_folde
     assert result.verdict == "loaded", result.message
     stored = localities(warehouse, result.load_id) - {None}
     assert stored and stored <= original and "ELSEWHERE" not in stored
-    # The lookup's postcodes are public geography, kept on purpose: the IG scan does not count them as a leak.
+    # The lookup's postcodes are kept as one-way digests only: no full postcode at rest, so the scan finds none.
     from pophealth import db, ig_report
 
     with db.connect() as conn:
@@ -75,7 +75,7 @@ def test_a_personal_load_uses_the_published_lookup_and_ignores_the_landing_folde
 
 
 def test_without_a_published_lookup_a_personal_load_is_refused(warehouse):
-    saved = warehouse.query("SELECT load_id, postcode, lsoa_code, locality_code, la_code FROM raw.ref_postcode")
+    saved = warehouse.query("SELECT load_id, postcode_digest, lsoa_code, locality_code, la_code FROM raw.ref_postcode")
     execute("DELETE FROM raw.ref_postcode")
     try:
         result = deliver(apc_file(warehouse, "no_lookup", "20270228"), "issue22__no_lookup")
@@ -83,7 +83,7 @@ def test_without_a_published_lookup_a_personal_load_is_refused(warehouse):
         from pophealth import db
 
         with db.connect() as conn, conn.cursor().copy(
-                "COPY raw.ref_postcode (load_id, postcode, lsoa_code, locality_code, la_code) FROM STDIN") as copy:
+                "COPY raw.ref_postcode (load_id, postcode_digest, lsoa_code, locality_code, la_code) FROM STDIN") as copy:
             for row in saved:
                 copy.write_row(row)
     assert result.verdict == "refused"
