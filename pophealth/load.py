@@ -74,9 +74,12 @@ def _meta_columns(feed: Feed) -> tuple[str, ...]:
     return ("load_id",)
 
 
-#: A file recorded with one of these was dealt with as it is: it is never staged again (a superseded file is
-#: never published again; a stale opt-out list never replaces a newer one).
-SETTLED = ("published", "superseded", "stale")
+#: A file recorded with one of these was dealt with as it is, and is not staged again. An opt-out list that a
+#: later one superseded, or that was stale, is never published again (the list in force only goes forward);
+#: an extract of another feed that was superseded is published again when it is delivered again (a period's
+#: good file restored after a wrong resubmission).
+SETTLED = {"optouts": ("published", "superseded", "stale")}
+SETTLED_OTHER = ("published",)
 
 
 def pending_extracts(landing: Path, feed: str) -> list[str]:
@@ -94,7 +97,7 @@ def pending_extracts(landing: Path, feed: str) -> list[str]:
             (row[0], row[1])
             for row in conn.execute(
                 "SELECT file_name, file_sha256 FROM audit.load WHERE feed = %s AND status = ANY(%s)",
-                (feed, list(SETTLED)))
+                (feed, list(SETTLED.get(feed, SETTLED_OTHER))))
         }
         # A period whose latest delivery was refused: delivering the published file again resolves it (it is
         # recorded as a duplicate), so such a file is not skipped.
@@ -129,7 +132,8 @@ def stale_optout_lists(landing: Path, run_id: str | None = None) -> list[str]:
     with db.connect(role=LOADER) as conn:
         in_force = optout_list_in_force(conn)
         seen = {(r[0], r[1]) for r in conn.execute(
-            "SELECT file_name, file_sha256 FROM audit.load WHERE feed = 'optouts' AND status = ANY(%s)", (list(SETTLED),))}
+            "SELECT file_name, file_sha256 FROM audit.load WHERE feed = 'optouts' AND status = ANY(%s)",
+            (list(SETTLED["optouts"]),))}
         newest_waiting = [identify(Path(p)) for p in waiting]
         for extract in extracts:
             sha, size = sha256_of(extract.path)

@@ -45,6 +45,13 @@ def expected_transit_pseudonym(identity: str) -> str:
     raise AssertionError(f"unknown identity kind {kind}")
 
 
+def expected_person_row(row: dict[str, str]) -> tuple:
+    """A person of the answer key as marts.person must publish them: the secondary-use id, and the date of death
+    as its month (its first day)."""
+    row = {**row, "date_of_death": row["date_of_death"][:8] + "01" if row["date_of_death"] else ""}
+    return tuple([expected_person_id(row["identity"])] + [row[c] for c in PERSON_COLUMNS[1:]])
+
+
 def _normal(value) -> str:
     if value is None:
         return ""
@@ -77,9 +84,7 @@ def test_marts_person_equals_the_answer_key(world):
     expected = {}
     for row in world.answers("people.csv"):
         person_id = expected_person_id(row["identity"])
-        # The date of death is published as its month (its first day).
-        row = {**row, "date_of_death": row["date_of_death"][:8] + "01" if row["date_of_death"] else ""}
-        expected[person_id] = tuple([person_id] + [row[c] for c in PERSON_COLUMNS[1:]])
+        expected[person_id] = expected_person_row(row)
     actual = {
         row[0]: tuple(_normal(v) for v in row)
         for row in world.query(f"SELECT {', '.join(PERSON_COLUMNS)} FROM marts.person")

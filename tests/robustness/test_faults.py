@@ -24,7 +24,8 @@ import pytest
 
 from pophealth import load
 from tests.integration.conftest import TEST_KEY, isolated_env, synth_world
-from tests.integration.test_pipeline_end_to_end import PERSON_COLUMNS, _normal, expected_person_id
+from tests.integration.test_pipeline_end_to_end import (PERSON_COLUMNS, _normal, expected_person_id,
+                                                        expected_person_row)
 from tests.robustness.conftest import good_apc
 from tests.robustness.spec import FAULTS, write_million
 
@@ -134,8 +135,7 @@ def assert_marts_equal_the_answer_key(world: FaultWorld) -> None:
     with (world.landing / "answer_key" / "people.csv").open(newline="") as handle:
         expected = {}
         for row in csv.DictReader(handle):
-            person_id = expected_person_id(row["identity"])
-            expected[person_id] = tuple([person_id] + [row[c] for c in PERSON_COLUMNS[1:]])
+            expected[expected_person_id(row["identity"])] = expected_person_row(row)
     actual = {row[0]: tuple(_normal(v) for v in row)
               for row in world.query(f"SELECT {', '.join(PERSON_COLUMNS)} FROM marts.person")}
     assert set(actual) == set(expected), f"{len(set(expected) - set(actual))} missing, " \
