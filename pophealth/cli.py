@@ -342,18 +342,18 @@ def cmd_rotate_key(args: argparse.Namespace) -> int:
 
 
 def _rotate_purpose_key(purpose: str, path: Path, rebuild: bool) -> int:
-    from pophealth.keys import DirectCareKey, SecondaryUseKey
+    from pophealth.keys import PURPOSE_KEYS
     from pophealth.marts import dbt_build
     from pophealth.purposes import PublishedIdsRefused, rotate_purpose_key
 
-    new = {"secondary_use": SecondaryUseKey, "direct_care": DirectCareKey}[purpose].from_hex(path.read_text(), str(path))
+    key_class = PURPOSE_KEYS[purpose]
+    new = key_class.from_hex(path.read_text(), str(path))
     try:
         rotate_purpose_key(purpose, new, progress=_say)
     except PublishedIdsRefused as exc:
         print(f"pophealth: key rotation refused, nothing was changed: {exc}", file=sys.stderr)
         return 2
-    env, env_file = ((config.ENV_SECONDARY_USE_KEY, config.ENV_SECONDARY_USE_KEY_FILE) if purpose == "secondary_use"
-                     else (config.ENV_DIRECT_CARE_KEY, config.ENV_DIRECT_CARE_KEY_FILE))
+    env, env_file = key_class.source.env, key_class.source.env_file
     if rebuild:
         _say("Rebuilding the marts with the new ids ...")
         with config.environment(**{env_file: str(path), env: None}), _still_working("dbt build"):

@@ -191,9 +191,13 @@ def load_vault_key() -> VaultKey:
     return _load(VaultKey)  # type: ignore[return-value]
 
 
+#: The key of each purpose of the published ids (pophealth/purposes.py).
+PURPOSE_KEYS: dict[str, type[_Key]] = {"secondary_use": SecondaryUseKey, "direct_care": DirectCareKey}
+
+
 def load_purpose_key(purpose: str) -> SecondaryUseKey | DirectCareKey:
     """The key of one purpose (`secondary_use`, `direct_care`); raises KeyError_ when there is none."""
-    return _load({"secondary_use": SecondaryUseKey, "direct_care": DirectCareKey}[purpose])  # type: ignore[return-value]
+    return _load(PURPOSE_KEYS[purpose])  # type: ignore[return-value]
 
 
 def new_key_hex() -> str:

@@ -118,35 +118,35 @@ def optout_list_in_force(conn: psycopg.Connection) -> tuple[int, date] | None:
            ORDER BY period_end DESC, load_id DESC LIMIT 1""").fetchone()
 
 
-def _stale_message(period_end: date | None, in_force: tuple[int, date]) -> str:
-    return (f"stale: this opt-out list is dated {period_end}, before the list in force ({in_force[1]}, load "
-            f"{in_force[0]}); an older list never replaces a newer one, so nothing of it was loaded")
+def _stale_message(period_end: date | None, newer: date, where: str) -> str:
+    return (f"stale: this opt-out list is dated {period_end}, before {where} ({newer}); an older list never "
+            "replaces a newer one, so nothing of it was loaded")
+
+
+def _in_force_message(period_end: date | None, in_force: tuple[int, date]) -> str:
+    return _stale_message(period_end, in_force[1], f"the list in force (load {in_force[0]})")
 
 
 def stale_optout_lists(landing: Path, run_id: str | None = None) -> list[str]:
-    """Record, once each, the opt-out lists in the landing folder that will never be in force (older than the list
-    in force, or than a newer list beside them) as `stale`, with why; returns their messages."""
-    extracts = settled([e for e in scan(landing).extracts if e.feed == "optouts"])
-    waiting = set(pending_extracts(landing, "optouts"))
+    """Record, once each, the opt-out lists in the landing folder that will never be in force as `stale`, with
+    why; returns their messages. pending_extracts passes over exactly these: the lists older than the newest one
+    waiting, or than the list in force."""
+    waiting = [identify(Path(p)) for p in pending_extracts(landing, "optouts")]
     messages = []
     with db.connect(role=LOADER) as conn:
         in_force = optout_list_in_force(conn)
         seen = {(r[0], r[1]) for r in conn.execute(
             "SELECT file_name, file_sha256 FROM audit.load WHERE feed = 'optouts' AND status = ANY(%s)",
             (list(SETTLED["optouts"]),))}
-        newest_waiting = [identify(Path(p)) for p in waiting]
-        for extract in extracts:
+        for extract in settled([e for e in scan(landing).extracts if e.feed == "optouts"]):
             sha, size = sha256_of(extract.path)
-            if str(extract.path) in waiting or (extract.name, sha) in seen:
+            if extract in waiting or (extract.name, sha) in seen:
                 continue
-            newer = in_force if in_force and in_force[1] > extract.period_end else None
-            if newer is None and newest_waiting and newest_waiting[0].period_end > extract.period_end:
-                newer = (0, newest_waiting[0].period_end)
-            if newer is None:
-                continue
-            message = (_stale_message(extract.period_end, newer) if newer[0] else
-                       f"stale: this opt-out list is dated {extract.period_end}, and a newer list "
-                       f"({newer[1]}) is in the landing folder; an older list never replaces a newer one")
+            if waiting:
+                message = _stale_message(extract.period_end, waiting[0].period_end,
+                                         "a newer list in the landing folder")
+            else:
+                message = _in_force_message(extract.period_end, in_force)
             _insert_audit(conn, extract, run_id, sha, size, "stale", message)
             messages.append(f"{extract.name}: {message}")
     for message in messages:
@@ -286,7 +286,7 @@ def stage_extract(path: str | Path, run_id: str | None = None) -> StageOutcome:
             return StageOutcome(load_id, extract.name, extract.feed, "duplicate")
         in_force = optout_list_in_force(conn) if extract.feed == "optouts" else None
         if in_force and extract.period_end < in_force[1]:
-            message = _stale_message(extract.period_end, in_force)
+            message = _in_force_message(extract.period_end, in_force)
             _insert_audit(conn, extract, run_id, sha, size, "stale", message)
             conn.commit()  # recorded, then refused
             raise LoadRefused(f"{extract.name}: {message}")
@@ -434,7 +434,7 @@ def publish_load(load_id: int) -> dict[str, int]:
         in_force = optout_list_in_force(conn) if feed_name == "optouts" else None
         if in_force and period_end < in_force[1]:
             # Two lists staged at once, the newer published first: the older never replaces it.
-            message = _stale_message(period_end, in_force)
+            message = _in_force_message(period_end, in_force)
             _close_unpublished(conn, load_id, "stale", message)
             conn.commit()
             raise LoadRefused(f"load {load_id}: {message}")

@@ -32,6 +32,7 @@ import psycopg
 
 from pophealth import db
 from pophealth.keys import DirectCareKey, KeyError_, SecondaryUseKey, load_purpose_key
+from pophealth.load import optout_list_in_force
 
 PURPOSES = ("secondary_use", "direct_care")
 #: The columns of raw whose values can become a published person or spell: every one is mapped.
@@ -99,8 +100,7 @@ def _check_versions(conn: psycopg.Connection, keyring: PurposeKeyring) -> None:
 
 def _require_optout_list(conn: psycopg.Connection) -> None:
     # Without a list in force the secondary-use marts could not leave opted-out people out: build nothing.
-    listed = conn.execute("SELECT 1 FROM audit.load WHERE feed = 'optouts' AND status = 'published' LIMIT 1").fetchone()
-    if listed is None:
+    if optout_list_in_force(conn) is None:
         raise PublishedIdsRefused(
             "no national data opt-out list is in force (none loaded yet, or emptied by a linkage key rotation): "
             "the secondary-use marts cannot leave opted-out people out, so nothing is built; load the latest "
@@ -182,9 +182,7 @@ def rotate_purpose_key(purpose: str, new_key: SecondaryUseKey | DirectCareKey,
 def record_optouts_by_purpose(run_id: str | None = None) -> dict[str, int]:
     """After a marts build: how many people each purpose left out under the opt-out list in force (audit)."""
     with db.connect() as conn:
-        in_force = conn.execute(
-            """SELECT load_id, period_end FROM audit.load WHERE feed = 'optouts' AND status = 'published'
-               ORDER BY period_end DESC NULLS LAST, load_id DESC LIMIT 1""").fetchone()
+        in_force = optout_list_in_force(conn)
         (left_out,), = conn.execute(
             """SELECT count(*) FROM intermediate.int_person p
                WHERE EXISTS (SELECT FROM restricted.optout o WHERE o.person_id = p.person_key)""").fetchall()

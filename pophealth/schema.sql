@@ -41,6 +41,8 @@ CREATE TABLE IF NOT EXISTS audit.quarantine (
 );
 CREATE INDEX IF NOT EXISTS quarantine_load ON audit.quarantine (load_id);
 
+-- Contract version 1 only (opt-outs deleted from raw when a list was published); kept as history, no longer
+-- written: audit.optout_by_purpose counts what each marts build leaves out.
 CREATE TABLE IF NOT EXISTS audit.optout_applied (
     optout_load_id bigint NOT NULL REFERENCES audit.load (load_id),
     table_name     text NOT NULL,

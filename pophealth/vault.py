@@ -61,8 +61,8 @@ class VaultWriter:
     """Collects the identities of one file's loaded rows into its own batch table, as ciphertext.
 
     Identities seen while a row is transformed are held until the row is known to be loaded (`keep_row`);
-    a quarantined or opted-out row's identities are dropped (`drop_row`), so the vault holds nobody the
-    raw tables do not.
+    a quarantined row's identities are dropped (`drop_row`), so the vault holds nobody the raw tables do not
+    (opted-out people included: their care team may re-identify them).
     """
 
     cipher: VaultCipher

@@ -135,3 +135,26 @@ from features
         else 'low'
     end
 {%- endmacro %}
+
+
+{#- The risk pyramid of marts.risk_stratification and direct_care.case_finding: `risk_ranked` ranks the rows of
+    `scored` (int_risk_scored's columns and a published id) by score, ties broken by the published id, over the
+    rows given (secondary use leaves opted-out people out, direct care ranks everyone); `risk_pyramid_columns` are
+    the published columns the two share. -#}
+{% macro risk_pyramid_columns(id_column) -%}
+    {{ id_column }}::text                                   as person_id,
+    as_of_date::date                                        as as_of_date,
+    risk_score::numeric                                     as risk_score,
+    risk_rank::integer                                      as risk_rank,
+    {{ risk_tier('risk_rank', 'people') }}::text            as risk_tier,
+    hfrs::numeric                                           as hfrs,
+    hfrs_band::text                                         as hfrs_band
+{%- endmacro %}
+
+{% macro risk_ranked(scored, id_column) -%}
+    select
+        {{ scored }}.*,
+        row_number() over (order by risk_score desc, {{ id_column }}) as risk_rank,
+        count(*) over () as people
+    from {{ scored }}
+{%- endmacro %}

@@ -11,21 +11,11 @@ with scored as (
 ),
 
 ranked as (
-    select
-        scored.*,
-        row_number() over (order by risk_score desc, direct_care_id) as risk_rank,
-        count(*) over () as people
-    from scored
+    {{ risk_ranked('scored', 'direct_care_id') }}
 )
 
 select
-    direct_care_id::text                                    as person_id,
-    as_of_date::date                                        as as_of_date,
-    risk_score::numeric                                     as risk_score,
-    risk_rank::integer                                      as risk_rank,
-    {{ risk_tier('risk_rank', 'people') }}::text            as risk_tier,
-    hfrs::numeric                                           as hfrs,
-    hfrs_band::text                                         as hfrs_band,
+    {{ risk_pyramid_columns('direct_care_id') }},
     home_locality_code::text                                as locality_code,
     practice_code::text                                     as gp_practice_code,
     prior_emergency_admissions::integer                     as prior_emergency_admissions,

@@ -7,21 +7,11 @@ with scored as (
 ),
 
 ranked as (
-    select
-        scored.*,
-        row_number() over (order by risk_score desc, secondary_use_id) as risk_rank,
-        count(*) over () as people
-    from scored
+    {{ risk_ranked('scored', 'secondary_use_id') }}
 )
 
 select
-    secondary_use_id::text                                  as person_id,
-    as_of_date::date                                        as as_of_date,
-    risk_score::numeric                                     as risk_score,
-    risk_rank::integer                                      as risk_rank,
-    {{ risk_tier('risk_rank', 'people') }}::text            as risk_tier,
-    hfrs::numeric                                           as hfrs,
-    hfrs_band::text                                         as hfrs_band,
+    {{ risk_pyramid_columns('secondary_use_id') }},
     prior_emergency_admissions::integer                     as prior_emergency_admissions,
     bed_days::integer                                       as bed_days,
     social_care_status::text                                as social_care_status,
