@@ -358,3 +358,30 @@ def test_of_several_lists_in_the_folder_only_the_newest_is_picked_up_the_others_
     statuses = dict(warehouse.query(
         "SELECT file_name, status FROM audit.load WHERE file_name = ANY(%s)", (names + [late],)))
     assert statuses == {names[0]: "stale", names[1]: "stale", names[2]: "published", late: "stale"}
+
+
+def test_rotating_the_secondary_use_key_changes_every_marts_id_and_no_direct_care_id(warehouse):
+    # Last: the warehouse's secondary-use key changes here.
+    marts_before = {r[0] for r in warehouse.query("SELECT person_id FROM marts.person")}
+    care_before = {r[0] for r in warehouse.query("SELECT person_id FROM direct_care.case_finding")}
+    new_key = warehouse.home / "secondary_use.new.key"
+    new_key.write_text("6a" * 32)
+    new_key.chmod(0o600)
+    proc = warehouse.pophealth("rotate-key", "--purpose", "secondary_use", "--new-key-file", str(new_key))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    marts_after = {r[0] for r in warehouse.query("SELECT person_id FROM marts.person")}
+    assert len(marts_after) == len(marts_before) and not marts_after & marts_before
+    assert {r[0] for r in warehouse.query("SELECT person_id FROM direct_care.case_finding")} == care_before
+    (purpose, rekeyed), = warehouse.query(
+        "SELECT purpose, pseudonyms_mapped FROM audit.key_rotation ORDER BY rotation_id DESC LIMIT 1")
+    assert purpose == "secondary_use" and rekeyed >= len(marts_before)
+    assert "6a" * 32 not in proc.stdout + proc.stderr
+    # The old key is refused from now on, naming both versions.
+    refused = warehouse.python("""
+        from pophealth.purposes import PublishedIdsRefused, assign_purpose_pseudonyms
+        try:
+            assign_purpose_pseudonyms()
+        except PublishedIdsRefused as exc:
+            print("REFUSED", exc)
+    """)
+    assert "REFUSED the secondary-use key in use" in refused.stdout
