@@ -113,9 +113,10 @@ def summarise(outcome: PipelineOutcome) -> str:
         lines += [
             "  schemas: raw (pseudonymised loads), staging, intermediate, marts (analysts), reference (code lists),",
             "           reporting (aggregates with disclosure control, for wide circulation),",
+            "           direct_care (case finding for the care teams, opt-outs included; care_team only),",
             "           audit (load, quarantine, optout_by_purpose, gate_result, dbt_result, reidentification,",
-            "           key_rotation, column_lineage), restricted (the opt-out list), vault (encrypted identities;",
-            "           no analyst access)",
+            "           key_rotation, column_lineage), restricted (the opt-out list, the purpose mapping; owner",
+            "           only), vault (encrypted identities; no analyst access)",
             "  next: pophealth status (what loaded, what waits), pophealth ig-report (the IG audit), ./dev.sh ui",
         ]
     return "\n".join(lines)
