@@ -1,4 +1,3 @@
-{{ config(materialized='view') }}
 -- The direct-care id of every transit pseudonym. The opt-out does not apply to a person's own care, so
 -- everyone has one; only `direct_care` models use it, and only these ids can be re-identified.
 select pseudonym.transit_id, pseudonym.direct_care_id

@@ -1,4 +1,3 @@
-{{ config(materialized='view') }}
 -- The secondary-use id of every transit pseudonym (a person, or a spell) whose person has no national data
 -- opt-out in the list in force. Every model of `marts` and `reporting` reaches a person through an inner join
 -- on this: an opted-out person has no secondary-use id, so they are in no row and no count of them, and the
