@@ -21,6 +21,7 @@ it is read, and its version is a one-way fingerprint, safe to store on every row
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 import re
 import secrets
@@ -91,7 +92,8 @@ class _Key:
     __str__ = __repr__
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and other._secret == self._secret
+        # Constant-time: how long a comparison takes must not tell a caller how many leading bytes matched.
+        return type(other) is type(self) and hmac.compare_digest(other._secret, self._secret)
 
     def __hash__(self) -> int:
         return hash(self.version)

@@ -61,6 +61,20 @@ def test_a_key_is_never_shown():
     assert "ef" * 32 not in f"{key} {key!r}"
 
 
+def test_keys_are_compared_in_constant_time(monkeypatch):
+    """`==` on two keys goes through hmac.compare_digest, whose time does not depend on where the bytes differ
+    (a plain bytes `==` stops at the first difference, which a caller can time)."""
+    import hmac
+
+    compared = []
+    real = hmac.compare_digest
+    monkeypatch.setattr(hmac, "compare_digest", lambda a, b: compared.append((len(a), len(b))) or real(a, b))
+    same, other = LinkageKey.from_hex("ef" * 32, "test"), LinkageKey.from_hex("ef" * 31 + "00", "test")
+    assert same == LinkageKey.from_hex("ef" * 32, "test")
+    assert same != other
+    assert compared == [(32, 32), (32, 32)]
+
+
 # -- the vault key, and keys held by Airflow --------------------------------------------------------------------
 
 
