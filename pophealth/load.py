@@ -29,8 +29,8 @@ from pophealth import agreements, audit, db, vault
 from pophealth.access import apply_access
 from pophealth.feeds import FEED_SPECS, Feed, RowContext, RowProblem, identity_columns_present
 from pophealth.keys import KeyError_, load_linkage_key, load_vault_key
-from pophealth.landing import (ExtractFile, FileRejected, identify, open_extract, scan, settled, sha256_of,
-                               why_not_an_extract)
+from pophealth.landing import (SYMLINK_REASON, ExtractFile, FileRejected, identify, open_extract, scan, settled,
+                               sha256_of, why_not_an_extract)
 from pophealth.pseudonymise import PostcodeLookup, Pseudonymiser
 
 log = logging.getLogger(__name__)
@@ -272,6 +272,8 @@ def stage_extract(path: str | Path, run_id: str | None = None) -> StageOutcome:
     if extract is None:
         raise LoadRefused(f"{path.name}: the file name does not match any feed of the extract contract "
                           f"({why_not_an_extract(path)})")
+    if path.is_symlink():
+        raise LoadRefused(f"{path.name}: {SYMLINK_REASON}")
     if not path.is_file():
         raise LoadRefused(f"{path.name}: the file is no longer in the landing folder")
     feed = FEED_SPECS[extract.feed]
