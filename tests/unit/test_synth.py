@@ -416,3 +416,32 @@ def test_a_tiny_world_still_has_every_feed(tmp_path):
 def test_the_generator_rejects_an_empty_world(tmp_path):
     with pytest.raises(ValueError):
         write_world(tmp_path, population=0, seed=1)
+
+
+def _modes(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix() or ".": oct(p.stat().st_mode & 0o777)
+            for p in [folder, *sorted(folder.rglob("*"))]}
+
+
+def test_every_extract_and_answer_file_is_readable_by_its_owner_only(world):
+    """They hold NHS numbers, dates of birth and postcodes shaped as real ones: 0600 files in 0700 folders."""
+    modes = _modes(world)
+    assert "gp_register_20250930.csv" in "".join(modes) and "answer_key/people.csv" in modes
+    assert {mode for name, mode in modes.items() if (world / name).is_file()} == {"0o600"}
+    assert {mode for name, mode in modes.items() if (world / name).is_dir()} == {"0o700"}
+
+
+def test_the_demo_makes_a_world_written_by_an_older_version_private_before_loading_it(tmp_path, monkeypatch):
+    from pophealth import cli
+
+    monkeypatch.setenv("POPHEALTH_HOME", str(tmp_path / "home"))
+    out = tmp_path / "home" / "demo" / "population-10-seed-1"
+    (out / "answer_key").mkdir(parents=True)
+    (out / "answer_key" / "world.json").write_text('{"population": 10, "seed": 1}')
+    (out / "gp_register_20250930.csv").write_text("nhs_number\n9434765919\n")
+    for path in (out, out / "answer_key"):
+        path.chmod(0o755)
+    for path in (out / "answer_key" / "world.json", out / "gp_register_20250930.csv"):
+        path.chmod(0o644)
+    assert cli._demo_landing(10, 1) == out
+    assert set(_modes(out).values()) <= {"0o600", "0o700"}
