@@ -10,18 +10,22 @@ history.
 Every value from the database is escaped as text; the page fetches nothing (no script, font or style from
 the network).
 
-The identifiable-value scan reads every row (not a sample) of every text, date and integer column of every
-table outside `vault` (ciphertext by design: nothing there is readable without the vault key) and the system
-schemas. It looks for NHS numbers that pass the Modulus 11 check digit (pophealth/identifiers.py) standing
-alone in a text value or as a 10-digit integer, full postcodes, and full dates in any column whose name says
-birth. Pseudonyms (64 hex characters) and file checksums cannot match: a candidate must not touch a letter or
-digit either side.
+The identifiable-value scan reads every row (not a sample) of every text, date and integer column, and the
+text form of every jsonb, json, array, xml and user-defined column, of every table outside `vault`
+(ciphertext by design: nothing there is readable without the vault key) and the system schemas. It looks for
+NHS numbers that pass the Modulus 11 check digit (pophealth/identifiers.py) standing alone in a text value or
+as a 10-digit integer, full postcodes, and full dates in any column whose name says birth. An NHS number
+written in other digits (full-width, Arabic-Indic, Devanagari, any Unicode decimal digit) or with other
+dashes and spaces is read as the ASCII number it spells before the check digit is tried. Pseudonyms (64 hex
+characters) and file checksums cannot match: a candidate must not touch a letter or digit either side.
 """
 
 from __future__ import annotations
 
 import html
+import json
 import re
+import unicodedata
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -33,17 +37,51 @@ from pophealth import agreements, db, disclosure
 from pophealth.identifiers import is_valid_nhs_number
 
 PLATFORM_ROLES = ("loader", "analyst", "ig_auditor", "reidentifier")
-NHS_CANDIDATE = re.compile(r"(?<![0-9A-Za-z])(\d{3})[ -]?(\d{3})[ -]?(\d{4})(?![0-9A-Za-z])")
+#: Read on a value whose digits are ASCII already (as_ascii_digits): three, three and four digits, spaces or dashes
+#: between (U+2010..U+2015 and the minus sign too, which NFKC does not turn into "-").
+NHS_CANDIDATE = re.compile(r"(?<![0-9A-Za-z])([0-9]{3})[ \-\u2010-\u2015\u2212]?([0-9]{3})[ \-\u2010-\u2015\u2212]?([0-9]{4})"
+                           r"(?![0-9A-Za-z])")
 NHS_PREFILTER = r"(^|[^0-9A-Za-z])[0-9]{3}[ -]?[0-9]{3}[ -]?[0-9]{4}([^0-9A-Za-z]|$)"
 POSTCODE = r"(^|[^0-9A-Za-z])[A-Za-z]{1,2}[0-9][A-Za-z0-9]? ?[0-9][A-Za-z]{2}([^0-9A-Za-z]|$)"
-SCANNED_TYPES = ("text", "character varying", "character", "date", "timestamp without time zone",
-                 "timestamp with time zone", "bigint", "integer", "numeric")
+TEXT_TYPES = ("text", "character varying", "character")
+#: Scanned as their text form (`column::text`): a jsonb document, an array (of text or of numbers), xml, an enum or
+#: a composite can hold an NHS number as well as a text column can.
+TEXT_FORM_TYPES = ("jsonb", "json", "ARRAY", "xml", "USER-DEFINED")
+SCANNED_TYPES = (*TEXT_TYPES, *TEXT_FORM_TYPES, "date", "timestamp without time zone", "timestamp with time zone",
+                 "bigint", "integer", "numeric")
 #: Not scanned: the encrypted vault (ciphertext only) and PostgreSQL's own schemas.
 SKIPPED_SCHEMAS = ("vault", "pg_catalog", "information_schema", "pg_toast")
 #: A dbt node's id (`test.pophealth.<name>.<10 hex digits>`): its hash can be ten decimal digits that pass the check
 #: digit by chance (one in eleven of those that are all digits); it names a test, not a person.
 DBT_NODE_ID = re.compile(r"^(model|test|seed|snapshot|source|unit_test)\.[A-Za-z0-9_]+\.[A-Za-z0-9_.]+$")
+#: The same, inside a longer text (a jsonb document of a run's results): taken out before looking for numbers.
+DBT_NODE_ID_IN_TEXT = re.compile(r"(?<![0-9A-Za-z_])(model|test|seed|snapshot|source|unit_test)\.[A-Za-z0-9_]+\.[A-Za-z0-9_.]+")
 CANDIDATES_PER_COLUMN = 10_000  # a bound on the rows fetched for the check digit per column
+
+
+def as_ascii_digits(text: str) -> str:
+    """The text with every decimal digit as its ASCII digit: NFKC first (full-width digits, dashes and spaces to
+    ASCII), then any other script's decimal digit (Arabic-Indic, Devanagari, ...) by its Unicode value."""
+    text = unicodedata.normalize("NFKC", text)
+    if text.isascii():
+        return text
+    return "".join(str(unicodedata.decimal(ch)) if not ch.isascii() and ch.isdecimal() else ch for ch in text)
+
+
+def nhs_numbers_in(value: str) -> int:
+    """How many NHS numbers that pass the check digit stand in a text value, in whatever digits they are written."""
+    if DBT_NODE_ID.match(value):
+        return 0
+    text = as_ascii_digits(DBT_NODE_ID_IN_TEXT.sub(" ", value))
+    return sum(1 for m in NHS_CANDIDATE.finditer(text) if is_valid_nhs_number("".join(m.groups())))
+
+
+def _json_unescaped(value: str) -> str:
+    """A json value (kept as written) with its \\u escapes read: "\\uff19" is a digit nine."""
+    try:
+        return json.dumps(json.loads(value), ensure_ascii=False)
+    except ValueError:
+        return value
 
 
 def e(value: object) -> str:
@@ -92,21 +130,26 @@ def scan_warehouse(conn) -> ScanResult:
             result.columns += 1
             ident = sql.Identifier(column)
             where = f"{schema}.{table}"
-            if kind in ("text", "character varying", "character"):
-                rows = conn.execute(sql.SQL("SELECT {c} FROM {t} WHERE {c} ~ %s LIMIT %s").format(c=ident, t=relation),
-                                    (NHS_PREFILTER, CANDIDATES_PER_COLUMN)).fetchall()
-                hits = sum(1 for (value,) in rows if not DBT_NODE_ID.match(value) and any(
-                    is_valid_nhs_number("".join(m.groups())) for m in NHS_CANDIDATE.finditer(value)))
+            if kind in TEXT_TYPES or kind in TEXT_FORM_TYPES:
+                text = ident if kind in TEXT_TYPES else sql.SQL("{}::text").format(ident)
+                # Candidates: ASCII digits in the NHS number's shape, any value with a character beyond ASCII
+                # (other digits, dashes, spaces), and a json value with a \u escape (json keeps them as written).
+                # Streamed, not bounded: a column of names with accents must not crowd a number out of the look.
+                rows = conn.cursor().stream(sql.SQL(
+                    "SELECT {c} FROM {t} WHERE {c} ~ %s OR octet_length({c}) > char_length({c}) OR strpos({c}, %s) > 0"
+                ).format(c=text, t=relation), (NHS_PREFILTER, "\\u"))
+                read = _json_unescaped if kind == "json" else str
+                hits = sum(1 for (value,) in rows if nhs_numbers_in(read(value)))
                 if hits:
                     result.findings.append(Finding(where, column, "NHS number (passes Modulus 11)", hits))
                 postcodes = conn.execute(
-                    sql.SQL("SELECT count(*) FROM {t} WHERE {c} ~ %s").format(c=ident, t=relation),
+                    sql.SQL("SELECT count(*) FROM {t} WHERE {c} ~ %s").format(c=text, t=relation),
                     (POSTCODE,)).fetchone()[0]
                 if postcodes:
                     result.findings.append(Finding(where, column, "full postcode", postcodes))
                 if "birth" in column or column in ("dob",):
                     dates = conn.execute(sql.SQL("SELECT count(*) FROM {t} WHERE {c} ~ %s").format(
-                        c=ident, t=relation), (r"\d{4}-\d{2}-\d{2}|\d{2}/\d{2}/\d{4}",)).fetchone()[0]
+                        c=text, t=relation), (r"\d{4}-\d{2}-\d{2}|\d{2}/\d{2}/\d{4}",)).fetchone()[0]
                     if dates:
                         result.findings.append(Finding(where, column, "full date of birth", dates))
             elif kind in ("bigint", "integer", "numeric"):
