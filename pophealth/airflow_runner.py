@@ -29,8 +29,7 @@ def airflow_env(extra: dict[str, str] | None = None) -> dict[str, str]:
         "AIRFLOW__CORE__DAGS_FOLDER": str(paths.dags_folder),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "60",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN")
-        or db.airflow_metadata_url(),
+        **_metadata_db_setting(),
         # Mask the key wherever Airflow might print it.
         "AIRFLOW__CORE__SENSITIVE_VAR_CONN_NAMES": ("linkage_key,vault_key,secondary_use_key,direct_care_key,POPHEALTH_LINKAGE_KEY,"
                                                    "POPHEALTH_VAULT_KEY,POPHEALTH_SECONDARY_USE_KEY,POPHEALTH_DIRECT_CARE_KEY"),
@@ -44,6 +43,15 @@ def airflow_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     if extra:
         env.update(extra)
     return env
+
+
+def _metadata_db_setting() -> dict[str, str]:
+    """Airflow's metadata database, unless the deployment gives it as a command or a secret (docker-compose.yml:
+    AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_CMD): a plain setting would win over those and point Airflow elsewhere."""
+    given = "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"
+    if not os.environ.get(given) and (os.environ.get(given + "_CMD") or os.environ.get(given + "_SECRET")):
+        return {}
+    return {given: os.environ.get(given) or db.airflow_metadata_url()}
 
 
 def _airflow_bin() -> str:

@@ -162,10 +162,12 @@ def cmd_setup(args: argparse.Namespace) -> int:
     from pophealth.marts import parse_project
 
     prepare_warehouse()
-    ensure_metadata_db()
+    if not args.warehouse_only:
+        ensure_metadata_db()
     _say(f"dbt manifest: {parse_project()}")
     _say(f"Warehouse ready: {db.warehouse_shown()}")
-    _say(f"Airflow home: {config.paths().airflow_home}")
+    if not args.warehouse_only:
+        _say(f"Airflow home: {config.paths().airflow_home}")
     return 0
 
 
@@ -393,6 +395,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("setup", help="prepare the warehouse and Airflow's metadata database")
+    p.add_argument("--warehouse-only", action="store_true",
+                   help="the warehouse (schemas, roles, passwords) and the dbt manifest, not Airflow's metadata "
+                        "database (docker-compose.yml migrates that in its own service, with its own password)")
     p.set_defaults(func=cmd_setup)
 
     p = sub.add_parser("synth", help="write a synthetic landing folder and its answer key")

@@ -16,6 +16,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 #: Environment variables that are part of the interface (the README lists them).
 ENV_DATABASE_URL = "POPHEALTH_DATABASE_URL"
+#: The warehouse password in a file (a Docker secret), for a POPHEALTH_DATABASE_URL that carries none.
+ENV_DATABASE_PASSWORD_FILE = "POPHEALTH_DATABASE_PASSWORD_FILE"
 ENV_LINKAGE_KEY = "POPHEALTH_LINKAGE_KEY"
 ENV_LINKAGE_KEY_FILE = "POPHEALTH_LINKAGE_KEY_FILE"
 ENV_VAULT_KEY = "POPHEALTH_VAULT_KEY"

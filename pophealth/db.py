@@ -61,8 +61,35 @@ class ConnectionParts:
 
 
 def role_password(role: str) -> str:
-    """A role's password from `POPHEALTH_<ROLE>_PASSWORD`; empty on the embedded server (socket only)."""
-    return os.environ.get(f"POPHEALTH_{role.upper()}_PASSWORD", "")
+    """A role's password from `POPHEALTH_<ROLE>_PASSWORD`, or the file `POPHEALTH_<ROLE>_PASSWORD_FILE` names (a
+    Docker secret: docker-compose.yml); empty on the embedded server (socket only)."""
+    name = f"POPHEALTH_{role.upper()}_PASSWORD"
+    return os.environ.get(name) or _password_from_file(name + "_FILE")
+
+
+def _password_from_file(setting: str) -> str:
+    """The password in the file a `..._FILE` setting names ("" when the setting is not set); a named file that
+    cannot be read is an error (fail closed), which names the setting and the file, never a value."""
+    path = os.environ.get(setting)
+    if not path:
+        return ""
+    try:
+        password = Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+    except (OSError, UnicodeDecodeError):
+        raise DatabaseError(f"{setting} names {path}, which cannot be read") from None
+    if not password:
+        raise DatabaseError(f"{setting} names {path}, which is empty")
+    return password
+
+
+def _configured_parts(url: str) -> ConnectionParts:
+    """POPHEALTH_DATABASE_URL, with the password from POPHEALTH_DATABASE_PASSWORD_FILE when the URL has none (so
+    that a deployment's environment holds where the warehouse is, and a file holds the password)."""
+    parts = parse_url(url)
+    if parts.password:
+        return parts
+    password = _password_from_file(config.ENV_DATABASE_PASSWORD_FILE)
+    return ConnectionParts(parts.host, parts.port, parts.user, password, parts.dbname) if password else parts
 
 
 def parse_url(url: str) -> ConnectionParts:
@@ -164,7 +191,7 @@ def warehouse() -> ConnectionParts:
     global _cached
     url = os.environ.get(config.ENV_DATABASE_URL)
     if url:
-        return parse_url(url)
+        return _configured_parts(url)
     if _cached is None:
         _cached = _start_embedded()
     return _cached
@@ -194,7 +221,7 @@ def _expected_parts() -> ConnectionParts:
     """Where the warehouse is, without starting anything (for configuration written ahead of a run)."""
     url = os.environ.get(config.ENV_DATABASE_URL)
     if url:
-        return parse_url(url)
+        return _configured_parts(url)
     return ConnectionParts(str(config.paths().pgdata), 5432, "postgres", "", WAREHOUSE_DB)
 
 
