@@ -251,3 +251,21 @@ def test_a_valid_nhs_number_in_any_script_s_digits_is_found_and_an_invalid_one_i
     assert nhs_numbers_in(f"note: {spelled}.") == 1
     wrong = "".join(chr(ord(zero) + int(d)) for d in nine + str((check + 1) % 10))
     assert nhs_numbers_in(f"note: {wrong}.") == 0
+
+
+@pytest.mark.parametrize("value, postcodes", [
+    ("lives at CM1 1AA", 1),                 # as before: the database's own match
+    ("lives at ＣＭ１　１ＡＡ", 1),           # full-width letters, digits and space: read as CM1 1AA
+    ("ward ＣＭ１ and café", 0),             # non-ASCII, no full postcode
+])
+def test_the_scan_finds_a_full_postcode_written_in_full_width_characters(empty_warehouse, value, postcodes):
+    from pophealth.ig_report import scan_warehouse
+
+    conn = empty_warehouse
+    conn.execute("CREATE TABLE staging.planted (v text)")
+    try:
+        conn.execute("INSERT INTO staging.planted VALUES (%s)", (value,))
+        result = scan_warehouse(conn)
+    finally:
+        conn.execute("DROP TABLE staging.planted")
+    assert [(f.kind, f.rows) for f in result.findings] == ([("full postcode", postcodes)] if postcodes else [])
