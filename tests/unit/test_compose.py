@@ -12,6 +12,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -345,7 +346,9 @@ def test_redis_requires_the_password_from_its_secret(tmp_path):
     local = (command.replace("$$", "$").replace("/run/secrets/", f"{tmp_path}/")
              .replace("docker-entrypoint.sh redis-server -",
                       f"redis-server --port {port} --bind 127.0.0.1 --save '' --dir {tmp_path} -"))
-    server = subprocess.Popen(["sh", "-c", local], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Its own process group: redis-server runs in a subshell of the pipeline, and must stop with the test.
+    server = subprocess.Popen(["sh", "-c", local], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
     try:
         health = redis["healthcheck"]["test"][1].replace("$$", "$").replace("/run/secrets/", f"{tmp_path}/")
         health = health.replace("redis-cli ping", f"redis-cli -p {port} ping")
@@ -356,9 +359,12 @@ def test_redis_requires_the_password_from_its_secret(tmp_path):
         anonymous = subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True)
         assert "NOAUTH" in anonymous.stdout + anonymous.stderr
         assert subprocess.run(["sh", "-c", health]).returncode == 0
-        assert "s3cret-redis" not in Path(f"/proc/{server.pid}/cmdline").read_text(errors="replace")
+        info = subprocess.run(["redis-cli", "-p", str(port), "info", "server"], capture_output=True, text=True,
+                              env={**os.environ, "REDISCLI_AUTH": "s3cret-redis"}).stdout
+        redis_pid = re.search(r"process_id:(\d+)", info).group(1)
+        assert "s3cret-redis" not in Path(f"/proc/{redis_pid}/cmdline").read_text(errors="replace")
     finally:
-        server.terminate()
+        os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=10)
 
 
