@@ -417,15 +417,15 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 're-identification is not set up (no limits): run pophealth setup';
     END IF;
-    SELECT coalesce(array_agg(DISTINCT i), '{}') INTO well_formed
-        FROM unnest(coalesce(person_ids, '{}')) i WHERE i ~ '^[0-9a-f]{64}$';
+    SELECT coalesce(array_agg(u.i ORDER BY u.n), '{}') INTO well_formed
+        FROM unnest(coalesce(person_ids, '{}')) WITH ORDINALITY u(i, n) WHERE u.i ~ '^[0-9a-f]{64}$';
     IF named = 0 THEN
         why := 'name at least one person_id';
     ELSIF named > limits.most_people_with_approval THEN
         why := format('a request names at most %s people, even with approval; this one names %s',
                       limits.most_people_with_approval, named);
         well_formed := '{}';  -- not kept: far too many to be a request for care
-    ELSIF cardinality(well_formed) <> named THEN
+    ELSIF cardinality(well_formed) <> named OR (SELECT count(DISTINCT i) FROM unnest(well_formed) i) <> named THEN
         why := 'every person_id is 64 hexadecimal characters, each named once; some are not';
     ELSIF NOT EXISTS (SELECT FROM vault.reidentification_purpose p WHERE p.purpose = btrim(request_reidentification.purpose)) THEN
         why := format('the purpose must be one of: %s',
