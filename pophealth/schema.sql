@@ -552,7 +552,9 @@ BEGIN
 END $$;
 
 -- The keeper owns the logs, their triggers' functions and the vault's functions (SECURITY DEFINER: they run
--- with its rights, which are the grants above and nothing else).
+-- with its rights, which are the grants above and nothing else). PostgreSQL gives an object to a role only if
+-- that role may create in its schema: for the moment of the hand-over, and no longer.
+GRANT CREATE ON SCHEMA audit, vault TO audit_keeper;
 ALTER TABLE audit.reidentification OWNER TO audit_keeper;
 ALTER TABLE audit.reidentification_approval OWNER TO audit_keeper;
 ALTER TABLE audit.key_rotation OWNER TO audit_keeper;
@@ -563,6 +565,7 @@ ALTER FUNCTION vault.request_reidentification(text[], text, text) OWNER TO audit
 ALTER FUNCTION vault.my_request(bigint) OWNER TO audit_keeper;
 ALTER FUNCTION vault.decide_reidentification(bigint, boolean, text) OWNER TO audit_keeper;
 ALTER FUNCTION vault.reidentify(bigint) OWNER TO audit_keeper;
+REVOKE CREATE ON SCHEMA audit, vault FROM audit_keeper;
 -- The warehouse owner writes key rotations (pophealth rotate-key), and reads the logs; it does not change them.
 GRANT SELECT, INSERT ON audit.key_rotation TO CURRENT_USER;
 GRANT SELECT ON audit.reidentification, audit.reidentification_approval TO CURRENT_USER;

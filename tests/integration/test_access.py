@@ -185,7 +185,7 @@ def test_the_reidentification_log_is_append_only_even_for_its_owner(warehouse):
         (rows,), = conn.execute("SELECT count(*) FROM audit.reidentification").fetchall()
         assert rows > 0
         for change in ("UPDATE audit.reidentification SET purpose = 'changed'", "DELETE FROM audit.reidentification",
-                       "TRUNCATE audit.reidentification"):
+                       "TRUNCATE audit.reidentification, audit.reidentification_approval"):
             with pytest.raises(errors.InsufficientPrivilege, match="append-only"):
                 conn.execute(change)
     with warehouse.as_role("ig_auditor") as conn:
