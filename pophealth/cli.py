@@ -9,8 +9,12 @@
     pophealth db url | stop               the warehouse in use
     pophealth docs [--port N | --static]  the dbt documentation site, served on 127.0.0.1
     pophealth board-report [--out PATH]   the board report (static HTML) from the reporting schema
-    pophealth reidentify PERSON_ID... --purpose TEXT --on-behalf-of NAME   direct care, audited
+    pophealth reidentify PERSON_ID... --purpose CODE --on-behalf-of NAME   direct care, audited, bounded
+    pophealth reidentify --request N      collect a request a Caldicott guardian approved
+    pophealth approve-reidentification N --note TEXT [--refuse]   a Caldicott guardian's decision
     pophealth rotate-key --new-key-file PATH   key custodian: re-key the warehouse
+    pophealth rotate-key --vault --new-public-key-file PATH   key custodian: re-encrypt the vault to a new key pair
+    pophealth vault-key-pair --private-key-file PATH --public-key-file PATH   key custodian: a new vault key pair
     pophealth ig-report [--out PATH]      the information governance audit (HTML) from the live warehouse
     pophealth quasi-identifiers           how many people each person-level mart singles out (counts only)
     pophealth register [--write-seed]     check the data sharing register (and write its dbt seed)
@@ -237,13 +241,18 @@ def cmd_ig_report(args: argparse.Namespace) -> int:
     _say(f"Information governance audit: {out.resolve()}")
     _say(f"  {summary['agreements']} agreements, {summary['loads']} loads, {summary['lineage_links']} column lineage links, "
          f"{summary['reidentifications']} re-identification requests")
+    from pophealth.chain import summary_lines
+    from pophealth.status import RED, RESET
+
+    for ok, line in summary_lines(summary["chains"]):
+        _say("  " + line if ok else f"  {RED}{line}{RESET}")
     _say(f"  identifiable-value scan of {summary['columns_scanned']} columns: "
          + ("PASS" if summary["scan_clean"] else f"FAIL ({summary['findings']} column(s) hold identifiable values)"))
     most = summary["most_unique"]
     if most is not None:
         _say(f"  most singled out on quasi-identifiers: {most.mart}, {most.unique:,} of {most.people:,} people unique "
              f"({most.share_unique:.1%}); all marts: pophealth quasi-identifiers")
-    return 0 if summary["scan_clean"] else 1
+    return 0 if summary["scan_clean"] and all(c.intact for c in summary["chains"]) else 1
 
 
 def cmd_quasi_identifiers(args: argparse.Namespace) -> int:
@@ -303,13 +312,30 @@ def cmd_fit_risk_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _vault_private_key():
+    """The vault's private key, for the re-identification path and the custodian's rotations only. The local demo
+    keeps it in POPHEALTH_HOME/keys/vault_private.key, which its pipeline is never given."""
+    from pophealth.keys import demo_vault_private_key_file, load_vault_private_key
+
+    if not (os.environ.get(config.ENV_VAULT_PRIVATE_KEY) or os.environ.get(config.ENV_VAULT_PRIVATE_KEY_FILE)):
+        demo = demo_vault_private_key_file()
+        if demo.exists():
+            os.environ[config.ENV_VAULT_PRIVATE_KEY_FILE] = str(demo)
+    return load_vault_private_key()
+
+
 def cmd_reidentify(args: argparse.Namespace) -> int:
-    from pophealth.keys import load_vault_key
+    from pophealth.keys import KeyError_
     from pophealth.vault import VaultError, reidentify
 
+    if args.request is None and (not args.person_ids or not args.purpose or not args.on_behalf_of):
+        print("pophealth: name the people (PERSON_ID ...), --purpose and --on-behalf-of; or --request N to collect "
+              "an approved request", file=sys.stderr)
+        return 2
     try:
-        result = reidentify(args.person_ids, args.purpose, args.on_behalf_of, load_vault_key())
-    except VaultError as exc:
+        result = reidentify(args.person_ids, args.purpose, args.on_behalf_of, _vault_private_key(),
+                            request_id=args.request)
+    except (VaultError, KeyError_) as exc:
         print(f"pophealth: {exc}", file=sys.stderr)
         return 2
     _say(f"Re-identification request {result.request_id} is in the audit log (audit.reidentification).")
@@ -320,9 +346,61 @@ def cmd_reidentify(args: argparse.Namespace) -> int:
     return 0 if result.found else 1
 
 
-def cmd_rotate_key(args: argparse.Namespace) -> int:
-    from pophealth.keys import LinkageKey, load_linkage_key, load_vault_key
+def cmd_approve_reidentification(args: argparse.Namespace) -> int:
+    from pophealth.vault import VaultError, decide
 
+    try:
+        outcome = decide(args.request, not args.refuse, args.note)
+    except VaultError as exc:
+        print(f"pophealth: {exc}", file=sys.stderr)
+        return 2
+    _say(f"Request {args.request}: {outcome} (audit.reidentification_approval).")
+    return 0
+
+
+def cmd_vault_key_pair(args: argparse.Namespace) -> int:
+    from pophealth.keys import write_vault_key_pair
+
+    private, public = Path(args.private_key_file), Path(args.public_key_file)
+    if private.exists() or public.exists():
+        print("pophealth: a key file is never overwritten: name new files", file=sys.stderr)
+        return 2
+    key = write_vault_key_pair(private, public)
+    _say(f"A new vault key pair {key.version}: the private key in {private} (mode 600) for the key custodian and "
+         f"`pophealth reidentify` only; the public key in {public} for the pipeline "
+         f"({config.ENV_VAULT_PUBLIC_KEY_FILE}).")
+    return 0
+
+
+def _rotate_vault_key(path: Path) -> int:
+    from pophealth.keys import KeyError_, VaultPublicKey
+    from pophealth.rekey import RotationRefused, rotate_vault_key
+
+    try:
+        new = VaultPublicKey.from_hex(path.read_text(), str(path))
+        rotation = rotate_vault_key(_vault_private_key(), new, progress=_say)
+    except (RotationRefused, KeyError_) as exc:
+        print(f"pophealth: vault key rotation refused, nothing was changed: {exc}", file=sys.stderr)
+        return 2
+    _say(f"The vault is now encrypted to {rotation.new_version} (was {rotation.old_version}).")
+    _say(f"Next: point {config.ENV_VAULT_PUBLIC_KEY_FILE} at {path} for the pipeline, "
+         f"{config.ENV_VAULT_PRIVATE_KEY_FILE} at the new private key for `pophealth reidentify`, and destroy the "
+         "old private key.")
+    return 0
+
+
+def cmd_rotate_key(args: argparse.Namespace) -> int:
+    from pophealth.keys import KeyError_, LinkageKey, load_linkage_key
+
+    if args.vault:
+        if not args.new_public_key_file or not Path(args.new_public_key_file).is_file():
+            print("pophealth: --vault needs --new-public-key-file, an existing file (pophealth vault-key-pair)",
+                  file=sys.stderr)
+            return 2
+        return _rotate_vault_key(Path(args.new_public_key_file))
+    if not args.new_key_file:
+        print("pophealth: give --new-key-file (or --vault --new-public-key-file)", file=sys.stderr)
+        return 2
     path = Path(args.new_key_file)
     if not path.is_file():
         print(f"pophealth: the new key file does not exist: {path}", file=sys.stderr)
@@ -333,8 +411,9 @@ def cmd_rotate_key(args: argparse.Namespace) -> int:
 
     new = LinkageKey.from_hex(path.read_text(), str(path))
     try:
-        rotation = rotate_linkage_key(load_linkage_key(), new, load_vault_key(), progress=_say)
-    except RotationRefused as exc:
+        # The vault's private key too: a new pseudonym is made from the NHS number, held only in the vault.
+        rotation = rotate_linkage_key(load_linkage_key(), new, _vault_private_key(), progress=_say)
+    except (RotationRefused, KeyError_) as exc:
         print(f"pophealth: key rotation refused, nothing was changed: {exc}", file=sys.stderr)
         return 2
     _say(f"The warehouse is now keyed with {rotation.new_version} (was {rotation.old_version}). The published ids "
@@ -442,13 +521,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_board_report)
 
     p = sub.add_parser("reidentify", help="direct care: the NHS numbers of named people (audited; reidentifier role)")
-    p.add_argument("person_ids", nargs="+", metavar="PERSON_ID")
-    p.add_argument("--purpose", required=True, help="why, in words an auditor will read (10 characters or more)")
-    p.add_argument("--on-behalf-of", required=True, help="the clinician or team the numbers are for")
+    p.add_argument("person_ids", nargs="*", metavar="PERSON_ID")
+    p.add_argument("--purpose", help="why: one of the data sharing register's reidentification_purposes")
+    p.add_argument("--on-behalf-of", help="the clinician or team the numbers are for")
+    p.add_argument("--request", type=int, help="collect this earlier request, once a Caldicott guardian approved it")
     p.set_defaults(func=cmd_reidentify)
 
+    p = sub.add_parser("approve-reidentification",
+                       help="Caldicott guardian: approve (or --refuse) a request held beyond the limits")
+    p.add_argument("request", type=int, metavar="REQUEST")
+    p.add_argument("--note", required=True, help="why, in words an auditor will read")
+    p.add_argument("--refuse", action="store_true", help="refuse the request instead")
+    p.set_defaults(func=cmd_approve_reidentification)
+
+    p = sub.add_parser("vault-key-pair", help="key custodian: write a new vault key pair (private and public)")
+    p.add_argument("--private-key-file", required=True)
+    p.add_argument("--public-key-file", required=True)
+    p.set_defaults(func=cmd_vault_key_pair)
+
     p = sub.add_parser("rotate-key", help="key custodian: re-key the warehouse to a new linkage (or purpose) key")
-    p.add_argument("--new-key-file", required=True, help="the new key (64 hex characters, mode 600)")
+    p.add_argument("--new-key-file", help="the new key (64 hex characters, mode 600)")
+    p.add_argument("--vault", action="store_true", help="re-encrypt the vault to a new key pair instead")
+    p.add_argument("--new-public-key-file", help="with --vault: the new key pair's public key")
     p.add_argument("--purpose", choices=("secondary_use", "direct_care"),
                    help="rotate this purpose's key (its published ids all change) instead of the linkage key")
     p.add_argument("--no-rebuild", action="store_true", help="do not rebuild the marts afterwards")

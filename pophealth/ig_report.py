@@ -33,7 +33,7 @@ from pathlib import Path
 
 from psycopg import sql
 
-from pophealth import agreements, db, disclosure
+from pophealth import agreements, config, db, disclosure
 from pophealth.identifiers import is_valid_nhs_number
 
 PLATFORM_ROLES = ("loader", "analyst", "ig_auditor", "reidentifier")
@@ -398,11 +398,34 @@ def _access(g: dict) -> str:
                      id_="default-grants"))
 
 
-def _reidentification(rows: list[tuple]) -> str:
-    return ("<p>Every request to the vault, logged before anything is released (append-only). How many people were "
-            "asked for and how many the vault held; never who.</p>"
-            + _table(["Request", "When", "Login", "On behalf of", "Purpose", "People asked for", "People in vault"],
-                     [list(r) for r in rows], {0, 5, 6}, "reidentifications"))
+def _chain(checks) -> str:
+    from pophealth.chain import summary_lines
+
+    out = []
+    for ok, line in summary_lines(checks):
+        out.append(f'<p class="verdict {"pass" if ok else "fail"}">{e(line)}</p>')
+    heads = [[c.table, c.head_position, c.head_hash] for c in checks]
+    return ("<h3>Hash chains</h3>" + "".join(out)
+            + "<p>Keep these heads outside the warehouse (print this page, or copy them to your own record): a later "
+              "head that does not extend one you kept means the log was rewritten, even if its chain was "
+              "recomputed.</p>" + _table(["Log", "Head position", "Head hash"], heads, {1}, "chain-heads"))
+
+
+def _reidentification(rows: list[tuple], per_login: list[tuple], approvals: list[tuple], checks) -> str:
+    return (_chain(checks)
+            + "<h3>Per login</h3><p>Requests each login made and what the database decided; decisions each "
+              "Caldicott guardian took.</p>"
+            + _table(["Login", "Requests", "Released", "Held for approval", "Refused", "People asked for",
+                      "Approvals given", "Refusals given"], [list(r) for r in per_login], {1, 2, 3, 4, 5, 6, 7},
+                     "reidentification-per-login")
+            + "<h3>Every request</h3><p>Every request to the vault, logged before anything is released (append-only, "
+              "hash-chained), refusals included. How many people were asked for and how many the vault held; "
+              "never who.</p>"
+            + _table(["Request", "When", "Login", "On behalf of", "Purpose", "People asked for", "People in vault",
+                      "Decision", "Reason"], [list(r) for r in rows], {0, 5, 6}, "reidentifications")
+            + "<h3>Caldicott guardian decisions</h3>"
+            + _table(["Request", "When", "Guardian", "Decision", "Note"], [list(r) for r in approvals], {0},
+                     "reidentification-approvals"))
 
 
 def _scan(result: ScanResult) -> str:
@@ -453,8 +476,27 @@ def build_report(conn, register: agreements.Register) -> tuple[str, dict]:
                               ORDER BY mart, column_name, source_feed, source_column""")
                if _table_exists(conn, "audit.column_lineage") else [])
     reids = _rows(conn, """SELECT request_id, to_char(requested_at, 'YYYY-MM-DD HH24:MI:SS'), requested_by,
-                                  on_behalf_of, purpose, cardinality(person_ids), people_in_vault
+                                  on_behalf_of, purpose, coalesce(people_named, cardinality(person_ids)),
+                                  people_in_vault, decision, coalesce(reason, '')
                            FROM audit.reidentification ORDER BY request_id DESC""")
+    approvals = _rows(conn, """SELECT request_id, to_char(decided_at, 'YYYY-MM-DD HH24:MI:SS'), decided_by, decision, note
+                               FROM audit.reidentification_approval ORDER BY approval_id DESC""")
+    per_login = _rows(conn, """
+        WITH asked AS (SELECT requested_by AS login, count(*) AS requests,
+                              count(*) FILTER (WHERE decision = 'released') AS released,
+                              count(*) FILTER (WHERE decision = 'awaiting_approval') AS held,
+                              count(*) FILTER (WHERE decision = 'refused') AS refused,
+                              coalesce(sum(coalesce(people_named, cardinality(person_ids))), 0) AS people
+                       FROM audit.reidentification GROUP BY requested_by),
+             decided AS (SELECT decided_by AS login, count(*) FILTER (WHERE decision = 'approved') AS approvals,
+                                count(*) FILTER (WHERE decision = 'refused') AS refusals
+                         FROM audit.reidentification_approval GROUP BY decided_by)
+        SELECT login, coalesce(requests, 0), coalesce(released, 0), coalesce(held, 0), coalesce(refused, 0),
+               coalesce(people, 0), coalesce(approvals, 0), coalesce(refusals, 0)
+        FROM asked FULL JOIN decided USING (login) ORDER BY login""")
+    from pophealth.chain import verify
+
+    checks = verify(conn, config.paths().home / "audit_chain_heads.json")
     gate_rows = _rows(conn, """
         SELECT load_id, feed, suite, to_char(max(checked_at), 'YYYY-MM-DD HH24:MI'), count(*),
                count(*) FILTER (WHERE status = 'passed'),
@@ -470,7 +512,7 @@ def build_report(conn, register: agreements.Register) -> tuple[str, dict]:
     written = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     bodies = {
         "sources": _sources(register, loads), "loads": _loads(loads, optouts_by_purpose), "lineage": _lineage(lineage),
-        "access": _access(access), "reidentification": _reidentification(reids), "scan": _scan(scan),
+        "access": _access(access), "reidentification": _reidentification(reids, per_login, approvals, checks), "scan": _scan(scan),
         "singling-out": _singling_out(uniqueness),
         "gates": _gates(gate_rows, statuses),
     }
@@ -482,7 +524,7 @@ def build_report(conn, register: agreements.Register) -> tuple[str, dict]:
             f"<div>Written {e(written)} from the live warehouse. Identifiable-value scan: "
             f"{'PASS' if scan.clean else 'FAIL'}.</div><nav>{nav}</nav></header><main>{sections}</main></body></html>")
     summary = {"loads": len(loads), "agreements": len(register.agreements), "lineage_links": len(lineage),
-               "reidentifications": len(reids), "scan_clean": scan.clean, "findings": len(scan.findings),
+               "reidentifications": len(reids), "chains": checks, "scan_clean": scan.clean, "findings": len(scan.findings),
                "columns_scanned": scan.columns,
                "most_unique": max(uniqueness, key=lambda r: r.share_unique, default=None)}
     return page, summary

@@ -28,7 +28,7 @@ from psycopg import sql
 from pophealth import agreements, audit, db, vault
 from pophealth.access import apply_access
 from pophealth.feeds import FEED_SPECS, Feed, RowContext, RowProblem, identity_columns_present
-from pophealth.keys import KeyError_, load_linkage_key, load_vault_key
+from pophealth.keys import KeyError_, load_linkage_key, load_vault_public_key
 from pophealth.landing import (SYMLINK_REASON, ExtractFile, FileRejected, identify, open_extract, scan, settled,
                                sha256_of, why_not_an_extract)
 from pophealth.pseudonymise import PostcodeLookup, Pseudonymiser
@@ -62,6 +62,7 @@ def prepare_warehouse() -> None:
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('pophealth schema'))")
         conn.execute(ddl)
         apply_access(conn)
+        vault.apply_reidentification_rules(conn)
 
 
 def batch_table(load_id: int) -> str:
@@ -342,8 +343,8 @@ def mark_interrupted_loads(conn: psycopg.Connection) -> int:
 def _stage(extract: ExtractFile, feed: Feed, load_id: int) -> StageOutcome:
     needs_key = feed.personal or feed.name == "optouts"
     key = load_linkage_key() if needs_key else None  # fail closed: no key, no load
-    # The vault key too, for a personal feed: every identity the load pseudonymises goes to the vault.
-    vault_writer = (vault.VaultWriter(vault.VaultCipher(load_vault_key()), load_id, key.version)
+    # The vault's public key too, for a personal feed (it writes, never reads): every identity the load pseudonymises goes to the vault.
+    vault_writer = (vault.VaultWriter(vault.VaultSealer(load_vault_public_key()), load_id, key.version)
                     if feed.personal else None)
     pseudonymiser = (Pseudonymiser(key, on_identity=vault_writer.on_identity if vault_writer else None)
                      if key else None)

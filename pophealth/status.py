@@ -9,6 +9,8 @@ same conditions that stop `build_marts` or keep the analysts on older marts.
 from __future__ import annotations
 
 import json
+import os
+import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,6 +35,11 @@ VERDICTS = {
 }
 
 
+#: Red on a terminal (or with FORCE_COLOR set), plain text otherwise (logs, files).
+_COLOUR = sys.stdout.isatty() or bool(os.environ.get("FORCE_COLOR"))
+RED, RESET = ("\033[31m", "\033[0m") if _COLOUR else ("", "")
+
+
 @dataclass
 class Status:
     lines: list[str] = field(default_factory=list)
@@ -45,7 +52,8 @@ class Status:
 
     def text(self) -> str:
         verdict = ("Healthy: nothing has failed." if self.healthy else
-                   f"NEEDS ATTENTION: {len(self.problems)} problem(s)\n" + "\n".join(f"  - {p}" for p in self.problems))
+                   f"{RED}NEEDS ATTENTION: {len(self.problems)} problem(s){RESET}\n"
+                   + "\n".join(f"  - {p}" for p in self.problems))
         return "\n".join(self.lines + ["", verdict] + [f"Note: {n}" for n in self.notices])
 
 
@@ -80,8 +88,31 @@ def collect(landing: Path | None = None) -> Status:
             return status
         _sources(conn, status, now)
         _marts(conn, status, now)
+        _audit_logs(conn, status)
     _waiting(landing or config.landing_dir(), status)
     return status
+
+
+def _audit_logs(conn, status: Status) -> None:
+    """The re-identification and key-rotation logs' hash chains, and who could rewrite them."""
+    from psycopg.rows import tuple_row
+
+    from pophealth.chain import summary_lines, verify
+
+    if conn.execute("SELECT to_regclass('audit.reidentification_approval') AS t").fetchone()["t"] is None:
+        return
+    conn.row_factory = tuple_row
+    checks = verify(conn, config.paths().home / "audit_chain_heads.json")
+    keepers = [r[0] for r in conn.execute(
+        """SELECT m.rolname FROM pg_auth_members a JOIN pg_roles k ON k.oid = a.roleid
+           JOIN pg_roles m ON m.oid = a.member WHERE k.rolname = 'audit_keeper' AND m.rolcanlogin ORDER BY 1""")]
+    supers = [r[0] for r in conn.execute("SELECT rolname FROM pg_roles WHERE rolsuper AND rolcanlogin ORDER BY 1")]
+    status.lines += ["", "Audit logs (re-identification, approvals, key rotations):"]
+    for ok, line in summary_lines(checks):
+        status.lines.append(("  " if ok else "  " + RED) + line + ("" if ok else RESET))
+    status.problems += [f"{c.table}: the hash chain is broken ({c.breaks[0]})" for c in checks if not c.intact]
+    status.notices.append("logins that could rewrite the audit logs (and must not be used by any process): "
+                          + ", ".join(supers + keepers) + " (superusers, and members of audit_keeper)")
 
 
 def _sources(conn, status: Status, now: datetime) -> None:

@@ -256,7 +256,7 @@ def report(tmp_path_factory, request):
 
     home = tmp_path_factory.mktemp("board-report")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("POPHEALTH_", "AIRFLOW"))}
-    env.update(POPHEALTH_HOME=str(home / "state"), POPHEALTH_LINKAGE_KEY=KEY, POPHEALTH_VAULT_KEY=KEY,
+    env.update(POPHEALTH_HOME=str(home / "state"), POPHEALTH_LINKAGE_KEY=KEY, POPHEALTH_VAULT_PUBLIC_KEY=KEY,
                PYTHONPATH=str(REPO), **PURPOSE_KEYS_ENV)
 
     def pophealth(*args: str) -> subprocess.CompletedProcess:

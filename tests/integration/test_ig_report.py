@@ -20,7 +20,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from .chromium import dump_dom, require_chromium
-from .conftest import TEST_KEY, isolated_env, marts_built_from, synth_world
+from .conftest import TEST_KEY, isolated_env, marts_built_from, synth_world, with_vault_private_key
 
 pytestmark = pytest.mark.integration
 
@@ -31,7 +31,7 @@ PLANTED_NHS_NUMBER = "9434765919"  # a synthetic number that passes the Modulus 
 
 class Report:
     def __init__(self, home: Path, url: str):
-        self.home, self.url, self.env = home, url, isolated_env(home)
+        self.home, self.url, self.env = home, url, with_vault_private_key(isolated_env(home))
         self.drawn = 0
 
     def pophealth(self, *args: str) -> subprocess.CompletedProcess:
@@ -70,7 +70,11 @@ def report(tmp_path_factory):
         assert recorded.returncode == 0, recorded.stderr[-3000:]
         # Re-identification takes the care teams' ids (direct_care), never an analyst's (marts).
         r.person_id = r.sql("SELECT person_id FROM direct_care.case_finding ORDER BY risk_rank LIMIT 1")[0][0]
-        asked = r.pophealth("reidentify", r.person_id, "--purpose", PURPOSE, "--on-behalf-of", "Dr Example")
+        # A purpose off the closed list is refused, and the refusal logged with the purpose as given.
+        refused = r.pophealth("reidentify", r.person_id, "--purpose", PURPOSE, "--on-behalf-of", "Dr Example")
+        assert refused.returncode == 2, refused.stdout[-2000:] + refused.stderr[-2000:]
+        asked = r.pophealth("reidentify", r.person_id, "--purpose", "case_finding_follow_up",
+                            "--on-behalf-of", "Dr Example")
         assert asked.returncode == 0, asked.stdout[-2000:] + asked.stderr[-2000:]
         r.revealed = re.findall(r"\b\d{10}\b", asked.stdout)
         r.first = r.draw()
@@ -136,8 +140,13 @@ def test_the_roles_schemas_vault_functions_and_default_privileges_are_read_from_
 def test_the_reidentification_log_says_who_why_and_how_many_but_never_whom(report):
     dom, written, _ = report.first
     log = table(dom, "reidentifications")
-    assert "Dr Example" in log and "falls clinic follow-up" in log
-    assert re.search(r'<td class="n">1</td><td class="n">1</td></tr>', log)
+    assert "Dr Example" in log and "falls clinic follow-up" in log and "case_finding_follow_up" in log
+    assert re.search(r'<td class="n">1</td><td class="n">1</td><td>released</td>', log)
+    assert re.search(r'<td class="n">1</td><td class="n">0</td><td>refused</td><td>the purpose must be one of', log)
+    # requests, released, held, refused, people asked for, approvals given, refusals given
+    assert re.search(r'<td>reidentifier</td><td class="n">2</td><td class="n">1</td><td class="n">0</td>'
+                     r'<td class="n">1</td><td class="n">2</td>', table(dom, "reidentification-per-login"))
+    assert "hash chain intact" in dom
     assert report.person_id not in dom
     assert report.revealed and not any(number in dom for number in report.revealed)
     # the purpose's markup is shown as text: no script reached the page

@@ -15,7 +15,7 @@ import pytest
 from pophealth.keys import LinkageKey
 from pophealth.pseudonymise import Pseudonymiser
 
-from .conftest import POPULATION, PURPOSE_KEYS_ENV, TEST_KEY, TEST_VAULT_KEY, break_one_hospital_file, published_id
+from .conftest import POPULATION, PURPOSE_KEYS_ENV, TEST_KEY, TEST_VAULT_PRIVATE_KEY, break_one_hospital_file, published_id
 from .identifiable import identifiable_values
 
 pytestmark = pytest.mark.integration
@@ -146,7 +146,7 @@ def test_nothing_identifiable_is_in_any_table_log_or_file_the_run_wrote(world):
                         dump += block
                 found = identifiable.found_in(bytes(dump))
                 assert not found, f"{database}: {schema}.{table} holds {', '.join(found)} in clear"
-    keys = (TEST_KEY.encode(), TEST_VAULT_KEY.encode(), *(k.encode() for k in PURPOSE_KEYS_ENV.values()))
+    keys = (TEST_KEY.encode(), TEST_VAULT_PRIVATE_KEY.encode(), *(k.encode() for k in PURPOSE_KEYS_ENV.values()))
     files = [p for p in (world.home / "state").rglob("*") if p.is_file()]
     # The DAG runs' logs hold every task's log lines (dag.test runs the tasks and prints their logs).
     task_logs = [p for p in files if "runs" in p.parts and p.suffix == ".log"]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import TEST_KEY, BuiltWarehouse, isolated_env, marts_built_from, synth_world
+from .conftest import TEST_KEY, TEST_VAULT_PRIVATE_KEY, BuiltWarehouse, isolated_env, marts_built_from, synth_world
 from .test_marts_gate import copy_to_candidates
 
 pytestmark = pytest.mark.integration
@@ -149,11 +149,11 @@ def test_after_a_key_rotation_the_missing_opt_out_list_is_reported_until_it_is_l
     new_key = "7e" * 32
     warehouse.python("""
         import sys
-        from pophealth.keys import LinkageKey, load_linkage_key, load_vault_key
+        from pophealth.keys import LinkageKey, VaultPrivateKey, load_linkage_key
         from pophealth.rekey import rotate_linkage_key
-        rotate_linkage_key(load_linkage_key(), LinkageKey.from_hex(sys.argv[1], "the test"), load_vault_key(),
-                           progress=lambda _: None)
-    """, new_key)
+        rotate_linkage_key(load_linkage_key(), LinkageKey.from_hex(sys.argv[1], "the test"),
+                           VaultPrivateKey.from_hex(sys.argv[2], "the test"), progress=lambda _: None)
+    """, new_key, TEST_VAULT_PRIVATE_KEY)
 
     proc = warehouse.status()
     assert proc.returncode == 1, proc.stdout + proc.stderr
