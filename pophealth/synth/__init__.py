@@ -15,10 +15,12 @@ from pophealth.synth.extracts import write_extracts
 from pophealth.synth.world import generate_world
 
 
-def write_world(out: Path, population: int, seed: int) -> dict:
+def write_world(out: Path, population: int, seed: int, delivery: str = "monthly") -> dict:
+    """`delivery`: how the hospital extracts are cut into files (pophealth.synth.extracts.DELIVERIES); the world and
+    its answer key are the same whichever it is."""
     out = Path(out)
     world = generate_world(population, seed)
-    ledger = write_extracts(world, out)
+    ledger = write_extracts(world, out, delivery)
     return write_answer_key(world, ledger, out / "answer_key")
 
 
