@@ -683,21 +683,21 @@ def test_a_monthly_file_after_an_annual_one_is_compared_with_a_months_share_of_i
     from pophealth.load import publish_load
 
     # A year to September 2025, 50 episodes a month; then October with 50 (passes) or 20 (40%: fails).
-    year = [_apc(i, provider="RXQ", epikey=f"Y{i}", spell_id=f"Y{i}", nhs_number=NUMBERS[i % 60],
+    year = [_apc(i % 60, provider="RQW", epikey=f"Y{i}", spell_id=f"Y{i}",
                  **_in_month(i, f"{2024 + (9 + i // 50 >= 12)}{(9 + i // 50) % 12 + 1:02d}01"))
             for i in range(600)]
-    first = stage("apc", year, "apc_RXQ_20250930.csv")
+    first = stage("apc", year, "apc_RQW_20250930.csv")
     assert _query("SELECT covers_from::text, covers_to::text FROM audit.load WHERE load_id = %s", (first,)) == [
         ("2024-10-01", "2025-09-30")]
     assert _gate(first) is None
     publish_load(first)
-    october = stage("apc", [_apc(i, provider="RXQ", **_in_month(i, "20251031")) for i in range(50)],
-                    "apc_RXQ_20251031.csv")
+    october = stage("apc", [_apc(i, provider="RQW", **_in_month(i, "20251031")) for i in range(50)],
+                    "apc_RQW_20251031.csv")
     assert _gate(october) is None  # not "8% of the last load"
     volume = _recorded(october)["apc.volume.within_band"]
     assert volume["status"] == "passed" and volume["observed_number"] == 50
     assert "12 months, scaled to the 1 month this file covers" in volume["threshold"]
     assert "so 30 to 100" in volume["threshold"]
-    short = stage("apc", [_apc(i, provider="RXQ", **_in_month(i, "20251031")) for i in range(20)],
-                  "apc_RXQ_20251031.csv")
+    short = stage("apc", [_apc(i, provider="RQW", **_in_month(i, "20251031")) for i in range(20)],
+                  "apc_RQW_20251031.csv")
     assert "FAILED [error] apc.volume.within_band:" in (_gate(short) or "")
