@@ -23,7 +23,7 @@ POPULATION_YEARS = (2023, 2024, 2025)
 #: How the trusts deliver their hospital extracts: a file a month (the spells finished in it, the open ones in the
 #: last); one file for the whole window; or cumulative year-to-date files every month (each a superset of the last,
 #: with the spells open at its end as they stood, and a few mistakes corrected in the next file). Social care is sent
-#: as quarterly rolling-year submissions in every pattern (each repeats the last 12 months).
+#: as rolling-year submissions (each repeats the last 12 months): quarterly, or every month with `ytd`.
 DELIVERIES = ("monthly", "annual", "ytd")
 
 # The first social care file is a Release 1 submission: these Release 2 values are sent as Release 1.
@@ -286,7 +286,13 @@ class _Writer:
     def cld(self) -> None:
         events = sorted(self.world.events, key=lambda e: (e.person.index, e.start, e.event_type))
         last_file: dict[int, date] = {}
-        for file_number, period_end in enumerate(CLD_PERIOD_ENDS):
+        period_ends = list(CLD_PERIOD_ENDS)
+        if self.delivery == "ytd":
+            # The council resubmits its rolling year every month: each file repeats eleven months of the last.
+            period_ends = [CLD_PERIOD_ENDS[0]]
+            while period_ends[-1] < WINDOW_END:
+                period_ends.append(month_end(period_ends[-1] + timedelta(days=1)))
+        for file_number, period_end in enumerate(period_ends):
             period_start = date(period_end.year - 1, period_end.month, period_end.day) + timedelta(days=1)
             release1 = file_number == 0
             rows = []

@@ -4,7 +4,8 @@ the answer key, the same as the monthly files: the periods come from the rows, n
 episode sent in several files (cumulative year-to-date files, an unfinished episode sent again finished, a month
 corrected in a later cumulative file) is held once, as the file with the latest period end says.
 
-Social care is sent as quarterly rolling-year submissions in every pattern (each repeats the last 12 months).
+Social care is sent as rolling-year submissions (each repeats the last 12 months): quarterly, and with the
+year-to-date hospital files every month (the council resubmitting its rolling year).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import psycopg
 import pytest
 
 from .conftest import SEED, TEST_KEY, isolated_env, marts_built_from
+from .test_pipeline_end_to_end import PERSON_COLUMNS, _normal, expected_person_row
 
 pytestmark = pytest.mark.integration
 
@@ -57,6 +59,30 @@ def test_the_files_are_cut_as_the_pattern_says(delivered):
         assert by_name["apc_RAJ_20250930.csv"] == ("2025-04-01", "2025-09-30")
     else:
         assert by_name["apc_RAJ_20250331.csv"] == ("2025-03-01", "2025-03-31")
+
+
+@pytest.fixture(scope="module")
+def monthly_answers(tmp_path_factory) -> str:
+    from pophealth.synth import write_world
+
+    out = tmp_path_factory.mktemp("monthly-answers") / "landing"
+    write_world(out, population=POPULATION, seed=SEED, delivery="monthly")
+    return (out / "answer_key" / "metrics.csv").read_text()
+
+
+def test_the_answer_key_is_the_monthly_one(delivered, monthly_answers):
+    # The same world whatever the files: so equal to its answer key below means equal to the monthly case.
+    _pattern, landing, _query = delivered
+    assert (landing / "answer_key" / "metrics.csv").read_text() == monthly_answers
+
+
+def test_marts_person_equals_the_answer_key_whatever_the_files(delivered):
+    _pattern, landing, query = delivered
+    with (landing / "answer_key" / "people.csv").open(newline="") as handle:
+        expected = {expected_person_row(row) for row in csv.DictReader(handle)}
+    actual = {tuple(_normal(v) for v in row) for row in query(f"SELECT {', '.join(PERSON_COLUMNS)} FROM marts.person")}
+    assert len(actual) == len(expected)
+    assert actual == expected
 
 
 def test_every_bcf_metric_equals_the_answer_key_whatever_the_files(delivered):
