@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, timedelta
 
-from psycopg.rows import dict_row
+from psycopg.rows import dict_row, tuple_row
 
 #: The feeds whose files cover a period (the metrics need them); the register is a snapshot on its date.
 PERIOD_FEEDS = ("apc", "cld")
@@ -62,14 +62,15 @@ def source_coverage(conn) -> list[SourceCoverage]:
 
 
 def register_snapshots(conn) -> list[date]:
-    return [r[0] for r in conn.execute(
+    return [r[0] for r in conn.cursor(row_factory=tuple_row).execute(
         """SELECT DISTINCT period_end FROM audit.load WHERE feed = 'gp_register' AND status = 'published'
            AND period_end IS NOT NULL ORDER BY 1""")]
 
 
 def periods_not_computed(conn) -> list[dict]:
     """The periods reporting.period_coverage says cannot be computed, with why; [] before the marts are built."""
-    if conn.execute("SELECT to_regclass('reporting.period_coverage') IS NULL").fetchone()[0]:
+    if conn.cursor(row_factory=tuple_row).execute(
+            "SELECT to_regclass('reporting.period_coverage') IS NULL").fetchone()[0]:
         return []
     return conn.cursor(row_factory=dict_row).execute(
         """SELECT period_type, period_start, period_end, reason_not_computed FROM reporting.period_coverage
