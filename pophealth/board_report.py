@@ -224,6 +224,23 @@ def _metric_order(codes: Iterable[str]) -> list[str]:
     return [c for c in METRIC_ORDER if c in codes] + sorted(codes - set(METRIC_ORDER))
 
 
+def _periods_not_computed(conn) -> str:
+    """The periods the data does not cover wholly, and why (reporting.period_coverage): said, never left out."""
+    table = "reporting.period_coverage"
+    if not _exists(conn, table):
+        return _missing(table, f"{table} has not been built yet: which periods are covered is not known.")
+    rows = _fetch(conn, f"""SELECT period_type, period_start, period_end, reason_not_computed FROM {table}
+                            WHERE NOT is_computed ORDER BY period_start, period_end""")
+    if not rows:
+        return ""
+    body = [f"<tr><td>{esc(period_label(r['period_type'], r['period_start'], r['period_end']))}</td>"
+            f"<td>{esc(r['reason_not_computed'])}</td></tr>" for r in rows]
+    return (f'<div class="not-computed" id="periods-not-computed"><p class="missing" data-missing="{esc(table)}">'
+            f"{len(rows)} period(s) are not reported: the data the platform holds does not cover them wholly.</p>"
+            + _table("periods-not-computed-table", "Periods not computed, and why", ("Period", "Why"), body)
+            + "</div>")
+
+
 def _bcf_section(conn, charts: dict) -> str:
     table = "reporting.bcf_metrics"
     parts = ['<section id="bcf"><h2>Better Care Fund metrics</h2>']
@@ -233,6 +250,7 @@ def _bcf_section(conn, charts: dict) -> str:
                                    geography_level, geography_code, geography_name, numerator, denominator,
                                    value, is_suppressed
                             FROM {table} ORDER BY metric_code, period_start, geography_code""")
+    parts.append(_periods_not_computed(conn))
     if not rows:
         return "".join(parts + [_missing(table, f"{table} has no rows yet."), "</section>"])
     by_metric: dict[str, list[dict]] = defaultdict(list)

@@ -82,7 +82,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
     out = Path(args.out)
     _say(f"Writing a synthetic world of {args.population:,} people (seed {args.seed}) to {out} ...")
     with _still_working("generating"):
-        summary = write_world(out, population=args.population, seed=args.seed)
+        summary = write_world(out, population=args.population, seed=args.seed, delivery=args.delivery)
     _say(f"Done: {summary.get('people', '?')} people; the answer key is in {out / 'answer_key'}")
     return 0
 
@@ -483,6 +483,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--population", type=int, required=True)
     p.add_argument("--seed", type=int, default=DEMO_SEED)
     p.add_argument("--out", required=True)
+    p.add_argument("--delivery", choices=("monthly", "annual", "ytd"), default="monthly",
+                   help="how the hospital extracts are cut into files: a file a month, one for the whole window, or "
+                        "cumulative year-to-date files every month (the same world and answer key in each)")
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("pseudonymise", help="at a source: write the pseudonymised extract of an identifiable one")

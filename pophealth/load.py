@@ -340,6 +340,30 @@ def mark_interrupted_loads(conn: psycopg.Connection) -> int:
         (INTERRUPTED,)).rowcount
 
 
+#: Where each feed's rows say its data starts: a hospital file holds the spells finished in its period (the
+#: unfinished ones as they stand at its end), so the earliest discharge (else the earliest episode end); a social
+#: care file says its own reporting period. Periods of the contract are whole months (a month, a quarter, a year,
+#: the year to date), so coverage starts on the first day of that month.
+COVERAGE_START = {
+    "apc": "coalesce(min(disdate), min(epiend))",
+    "cld": "min(reporting_period_start_date)",
+}
+
+
+def _coverage(conn: psycopg.Connection, table: str, feed: str, period_end: date | None) -> tuple[date | None, date | None]:
+    """(covers_from, covers_to) of a staged load, from its rows: see COVERAGE_START. A register snapshot covers its
+    one date; reference data and opt-out lists cover no period."""
+    if feed == "gp_register":
+        return period_end, period_end
+    if feed not in COVERAGE_START or period_end is None:
+        return None, None
+    start = conn.execute(sql.SQL("SELECT date_trunc('month', {})::date FROM {}").format(
+        sql.SQL(COVERAGE_START[feed]), sql.SQL(table))).fetchone()[0]
+    # No row dated (every row unfinished): the file is taken to cover the month of its period end.
+    start = start or period_end.replace(day=1)
+    return min(start, period_end.replace(day=1)), period_end
+
+
 def _stage(extract: ExtractFile, feed: Feed, load_id: int) -> StageOutcome:
     needs_key = feed.personal or feed.name == "optouts"
     key = load_linkage_key() if needs_key else None  # fail closed: no key, no load
@@ -398,6 +422,9 @@ def _stage(extract: ExtractFile, feed: Feed, load_id: int) -> StageOutcome:
             ) as copy:
                 for entry in quarantine:
                     copy.write_row(entry)
+        covers_from, covers_to = _coverage(conn, table, extract.feed, extract.period_end)
+        conn.execute("UPDATE audit.load SET covers_from = %s, covers_to = %s WHERE load_id = %s",
+                     (covers_from, covers_to, load_id))
         conn.execute(
             """UPDATE audit.load SET status = 'validated', key_version = %s, rows_read = %s, rows_loaded = %s,
                       rows_quarantined = %s, rows_opted_out = %s, rows_test_range = %s, rows_unlinked = %s,

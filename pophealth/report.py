@@ -6,6 +6,7 @@ import psycopg
 from psycopg.rows import dict_row, tuple_row
 
 from pophealth import db
+from pophealth.coverage import coverage_lines
 from pophealth.pipeline import PipelineOutcome
 
 
@@ -90,7 +91,9 @@ def summarise(outcome: PipelineOutcome) -> str:
             tally[label] = tally.get(label, 0) + g["n"]
         gate_text = (", ".join(f"{n:,} {label}" for label, n in tally.items()) + " checks"
                      if gates else "no gate ran (no new files)")
-        lines += ["", f"Quality gates (audit.gate_result): {gate_text}"]
+        lines += ["", f"Quality gates (audit.gate_result): {gate_text}", ""]
+        coverage, notices = coverage_lines(conn)
+        lines += coverage + [f"  Note: {n}" for n in notices]
         people = _count(conn, "SELECT count(*) FROM marts.person")
         linked = _count(conn, "SELECT count(*) FROM marts.person WHERE is_linked")
         registered = _count(conn, "SELECT count(*) FROM marts.person WHERE is_registered")

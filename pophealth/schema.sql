@@ -32,6 +32,10 @@ CREATE TABLE IF NOT EXISTS audit.load (
 );
 ALTER TABLE audit.load ADD COLUMN IF NOT EXISTS vault_entries bigint NOT NULL DEFAULT 0;  -- identities stored, encrypted
 CREATE INDEX IF NOT EXISTS load_feed_period ON audit.load (feed, provider, period_end);
+-- Where a load's data starts and ends, from its rows (contract v2: the file name says only where it ends): the
+-- first day of the earliest month its rows cover, and its period end. A register snapshot covers its one date.
+ALTER TABLE audit.load ADD COLUMN IF NOT EXISTS covers_from date;
+ALTER TABLE audit.load ADD COLUMN IF NOT EXISTS covers_to date;
 
 CREATE TABLE IF NOT EXISTS audit.quarantine (
     load_id     bigint NOT NULL REFERENCES audit.load (load_id),

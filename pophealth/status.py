@@ -87,6 +87,7 @@ def collect(landing: Path | None = None) -> Status:
             status.lines += ["", "Nothing has been loaded yet (run: pophealth setup, then pophealth run)."]
             return status
         _sources(conn, status, now)
+        _coverage(conn, status)
         _marts(conn, status, now)
         _audit_logs(conn, status)
     _waiting(landing or config.landing_dir(), status)
@@ -162,6 +163,14 @@ def _sources(conn, status: Status, now: datetime) -> None:
             f"{refused['file_name']}: {VERDICTS.get(refused['status'], refused['status'])} (load {refused['load_id']})"
             + (f": {message[0]}" if message else "")
             + "; the marts are not rebuilt until a good file for that period is delivered (docs/runbook.md)")
+
+
+def _coverage(conn, status: Status) -> None:
+    from pophealth.coverage import coverage_lines
+
+    lines, notices = coverage_lines(conn)
+    status.lines += [""] + lines
+    status.notices += notices  # said under the verdict: a period not computed is never silent
 
 
 def _last_cli_build() -> tuple[datetime, int] | None:

@@ -47,13 +47,15 @@ def make_private(out: Path) -> None:
         path.chmod(PRIVATE_FOLDER if path.is_dir() else PRIVATE_FILE)
 
 
-def write_world(out: Path, population: int, seed: int) -> dict:
+def write_world(out: Path, population: int, seed: int, delivery: str = "monthly") -> dict:
+    """`delivery`: how the hospital extracts are cut into files (pophealth.synth.extracts.DELIVERIES); the world and
+    its answer key are the same whichever it is."""
     out = Path(out)
     world = generate_world(population, seed)
     with _owner_only():
         out.mkdir(parents=True, exist_ok=True)
         make_private(out)
-        ledger = write_extracts(world, out)
+        ledger = write_extracts(world, out, delivery)
         summary = write_answer_key(world, ledger, out / "answer_key")
     make_private(out)
     return summary

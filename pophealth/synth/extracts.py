@@ -20,6 +20,11 @@ from pophealth.synth.world import HISTORY_START, WINDOW_END, WINDOW_START, Event
 CLD_PERIOD_ENDS = (date(2024, 6, 30), date(2024, 9, 30), date(2024, 12, 31), date(2025, 3, 31),
                    date(2025, 6, 30), date(2025, 9, 30))
 POPULATION_YEARS = (2023, 2024, 2025)
+#: How the trusts deliver their hospital extracts: a file a month (the spells finished in it, the open ones in the
+#: last); one file for the whole window; or cumulative year-to-date files every month (each a superset of the last,
+#: with the spells open at its end as they stood, and a few mistakes corrected in the next file). Social care is sent
+#: as rolling-year submissions (each repeats the last 12 months): quarterly, or every month with `ytd`.
+DELIVERIES = ("monthly", "annual", "ytd")
 
 # The first social care file is a Release 1 submission: these Release 2 values are sent as Release 1.
 RELEASE1 = {
@@ -115,7 +120,8 @@ class Ledger:
 
 
 class _Writer:
-    def __init__(self, out: Path, world: World, ledger: Ledger):
+    def __init__(self, out: Path, world: World, ledger: Ledger, delivery: str = "monthly"):
+        self.delivery = delivery
         self.out = out
         self.world = world
         self.ledger = ledger
@@ -190,39 +196,81 @@ class _Writer:
 
     # -- hospital -------------------------------------------------------------------------------------------------
     def apc(self) -> None:
-        files: dict[tuple[str, date], list[Spell]] = {}
-        for spell in self.world.spells:
-            if spell.admidate < WINDOW_START:
-                continue
-            period = month_end(spell.disdate) if spell.disdate else month_end(WINDOW_END)
-            files.setdefault((spell.procode, period), []).append(spell)
+        """The trusts' files, by the writer's delivery pattern (DELIVERIES). Every pattern holds the same spells as
+        they stand at the end of the window, so the platform must give the same metrics from each."""
+        spells = [spell for spell in self.world.spells if spell.admidate >= WINDOW_START]
+        files: dict[tuple[str, date], list[tuple[Spell, date | None]]] = {}  # -> (spell, as at; None: as finished)
+        if self.delivery == "monthly":
+            for spell in spells:
+                period = month_end(spell.disdate) if spell.disdate else month_end(WINDOW_END)
+                files.setdefault((spell.procode, period), []).append((spell, None))
+        elif self.delivery == "annual":
+            # One file per trust for the whole window (what a trust sends once a year).
+            for spell in spells:
+                files.setdefault((spell.procode, WINDOW_END), []).append((spell, None))
+        else:
+            # Year to date, every month, as SUS sends it: each file holds every spell finished since the start of its
+            # financial year, and the spells still open at its end as they stood then (so a spell that starts in one
+            # file's period and ends in the next arrives unfinished, then finished).
+            period = month_end(WINDOW_START)
+            while period <= WINDOW_END:
+                year_start = date(period.year - (period.month < 4), 4, 1)
+                for spell in spells:
+                    if spell.disdate and year_start <= spell.disdate <= period:
+                        files.setdefault((spell.procode, period), []).append((spell, None))
+                    elif spell.admidate <= period and (spell.disdate is None or spell.disdate > period):
+                        files.setdefault((spell.procode, period), []).append((spell, period))
+                period = month_end(period + timedelta(days=1))
         for procode in sorted({p for p, _ in files}):
             period = month_end(WINDOW_START)
             while period <= WINDOW_END:
                 if files.get((procode, period)):  # a trust with no finished spell in a month sends no file
                     self._apc_file(procode, period, files[(procode, period)])
                 period = month_end(period + timedelta(days=1))
+        for spell in spells:
+            if not (spell.person.opted_out and not spell.invalid_number):
+                self.ledger.loaded_spells.append((self._apc_identity(spell), spell))
 
-    def _apc_file(self, procode: str, period: date, spells: list[Spell]) -> None:
+    @staticmethod
+    def _apc_identity(spell: Spell) -> str:
+        return f"spell:{spell.procode}|{spell.spell_id}" if spell.invalid_number else f"nhs:{spell.person.nhs_number}"
+
+    def _mistaken(self, spell: Spell, period: date) -> bool:
+        """Year-to-date files only: a few emergency spells are first sent as elective in the file of the month they
+        finished, and corrected in every later file of the year (a late correction inside a cumulative file)."""
+        last_of_year = date(period.year + (period.month >= 4), 3, 31)
+        return (self.delivery == "ytd" and spell.emergency and spell.disdate is not None
+                and month_end(spell.disdate) == period and period < min(last_of_year, WINDOW_END)
+                and int(spell.spell_id[-3:]) % 7 == 0)
+
+    def _apc_file(self, procode: str, period: date, spells: list[tuple[Spell, date | None]]) -> None:
         rows = []
         fates = {"loaded": 0, "quarantined": 0, "opted_out": 0}
-        for spell in spells:
+        for spell, as_at in spells:
             person = spell.person
             number = invalidate(person.nhs_number) if spell.invalid_number else person.nhs_number
             written = self.spelled(number)
-            identity = f"spell:{spell.procode}|{spell.spell_id}" if spell.invalid_number else f"nhs:{person.nhs_number}"
+            identity = self._apc_identity(spell)
             removed = person.opted_out and not spell.invalid_number
+            finished = as_at is None
             for order, episode in enumerate(spell.episodes, start=1):
+                if not finished and episode.epistart > as_at:
+                    break  # not begun yet on the file's period end
                 diagnoses = list(episode.diagnoses) + [""] * (20 - len(episode.diagnoses))
+                epiend = episode.epiend if finished or (episode.epiend and episode.epiend <= as_at) else None
+                ready = spell.discharge_ready_date
+                ready = ready if finished or (ready and ready <= as_at) else None
                 row = {
                     "epikey": f"{spell.spell_id}{order:02d}", "spell_id": spell.spell_id, "nhs_number": written,
                     "nhs_number_status": "01", "date_of_birth": _iso(person.birth), "sex": person.sex,
                     "postcode": person.postcode, "gp_practice_code": person.apc_practice, "procode": spell.procode,
-                    "admidate": _iso(spell.admidate), "disdate": _iso(spell.disdate), "epistart": _iso(episode.epistart),
-                    "epiend": _iso(episode.epiend), "epiorder": str(order), "admimeth": spell.admimeth,
-                    "admisorc": spell.admisorc, "disdest": spell.disdest, "dismeth": spell.dismeth, "classpat": spell.classpat,
+                    "admidate": _iso(spell.admidate), "disdate": _iso(spell.disdate if finished else None),
+                    "epistart": _iso(episode.epistart), "epiend": _iso(epiend), "epiorder": str(order),
+                    "admimeth": "11" if self._mistaken(spell, period) else spell.admimeth,
+                    "admisorc": spell.admisorc, "disdest": spell.disdest if finished else "98",
+                    "dismeth": spell.dismeth if finished else "8", "classpat": spell.classpat,
                     "mainspef": spell.mainspef, "tretspef": spell.mainspef,
-                    "discharge_ready_date": _iso(spell.discharge_ready_date),
+                    "discharge_ready_date": _iso(ready),
                 }
                 row.update({f"diag_{i:02d}": code for i, code in enumerate(diagnoses, start=1)})
                 rows.append([row[c] for c in APC_COLUMNS])
@@ -230,16 +278,21 @@ class _Writer:
                     fates["opted_out"] += 1
                 else:
                     fates["loaded"] += 1
-                    self.ledger.loaded(identity, "apc", person, spell.disdate if spell.dismeth == "4" else None)
-            if not removed:
-                self.ledger.loaded_spells.append((identity, spell))
+                    self.ledger.loaded(identity, "apc", person,
+                                       spell.disdate if finished and spell.dismeth == "4" else None)
         self.write(f"apc_{procode}_{period:%Y%m%d}.csv", "apc", APC_COLUMNS, rows, fates)
 
     # -- social care ------------------------------------------------------------------------------------------------
     def cld(self) -> None:
         events = sorted(self.world.events, key=lambda e: (e.person.index, e.start, e.event_type))
         last_file: dict[int, date] = {}
-        for file_number, period_end in enumerate(CLD_PERIOD_ENDS):
+        period_ends = list(CLD_PERIOD_ENDS)
+        if self.delivery == "ytd":
+            # The council resubmits its rolling year every month: each file repeats eleven months of the last.
+            period_ends = [CLD_PERIOD_ENDS[0]]
+            while period_ends[-1] < WINDOW_END:
+                period_ends.append(month_end(period_ends[-1] + timedelta(days=1)))
+        for file_number, period_end in enumerate(period_ends):
             period_start = date(period_end.year - 1, period_end.month, period_end.day) + timedelta(days=1)
             release1 = file_number == 0
             rows = []
@@ -299,10 +352,12 @@ class _Writer:
         return [row[c] for c in CLD_CONTRACT_COLUMNS]
 
 
-def write_extracts(world: World, out: Path) -> Ledger:
+def write_extracts(world: World, out: Path, delivery: str = "monthly") -> Ledger:
+    if delivery not in DELIVERIES:
+        raise ValueError(f"unknown delivery pattern {delivery!r}: one of {', '.join(DELIVERIES)}")
     out.mkdir(parents=True, exist_ok=True)
     ledger = Ledger()
-    writer = _Writer(out, world, ledger)
+    writer = _Writer(out, world, ledger, delivery)
     writer.reference()
     writer.optouts()
     writer.gp_register()
@@ -311,4 +366,4 @@ def write_extracts(world: World, out: Path) -> Ledger:
     return ledger
 
 
-__all__ = ["write_extracts", "Ledger", "IdentityFacts", "CLD_PERIOD_ENDS", "HISTORY_START"]
+__all__ = ["write_extracts", "DELIVERIES", "Ledger", "IdentityFacts", "CLD_PERIOD_ENDS", "HISTORY_START"]

@@ -68,6 +68,15 @@ CREATE TABLE reporting.cohort_summary (
 CREATE TABLE reporting.admission_reasons (
     period_start date, period_end date, age_band text, primary_diagnosis_code text,
     primary_diagnosis_chapter text, admissions bigint, is_suppressed boolean, rank_in_age_band int);
+CREATE TABLE reporting.period_coverage (
+    period_type text, period_start date, period_end date, is_computed boolean, reason_not_computed text);
+-- March 2025 is not computed (a trust sent no file for it): the report says so, with why.
+INSERT INTO reporting.period_coverage VALUES
+    ('month', '2025-02-01', '2025-02-28', true, null),
+    ('month', '2025-03-01', '2025-03-31', false,
+     'not wholly covered: hospital data from RDE covers 2024-04-01 to 2025-02-28 and 2025-04-01 to 2025-09-30'),
+    ('quarter', '2025-01-01', '2025-03-31', false,
+     'not wholly covered: hospital data from RDE covers 2024-04-01 to 2025-02-28 and 2025-04-01 to 2025-09-30');
 """
 
 TIERS = (("very_high", 1), ("high", 2), ("moderate", 3), ("low", 4))
@@ -309,7 +318,14 @@ def test_the_report_reads_only_the_reporting_schema():
     qualified = re.findall(r"\b(marts|raw|audit|staging|intermediate)\.(?!md\b)\w+", source)
     assert qualified == []
     assert set(re.findall(r"\breporting\.(\w+)", source)) == {
-        "risk_pyramid", "bcf_metrics", "cohort_summary", "admission_reasons"}
+        "risk_pyramid", "bcf_metrics", "cohort_summary", "admission_reasons", "period_coverage"}
+
+
+def test_the_periods_not_computed_are_listed_with_why(report):
+    table = report["dom"].find_all("table", id="periods-not-computed-table")[0]
+    why = "not wholly covered: hospital data from RDE covers 2024-04-01 to 2025-02-28 and 2025-04-01 to 2025-09-30"
+    assert [cells(row) for row in body_rows(table)] == [["Jan–Mar 2025", why], ["Mar 2025", why]]  # by start
+    assert "2 period(s) are not reported" in report["raw"]
 
 
 def test_the_pyramid_has_four_tiers_labelled_with_the_latest_counts(report):

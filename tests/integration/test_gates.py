@@ -108,6 +108,14 @@ def _apc(i: int, provider: str = "RAJ", **changes: str) -> dict:
     return row
 
 
+def _in_month(i: int, period: str) -> dict:
+    """The dates of episode i of a hospital file for the month ending `period` (YYYYMMDD): its rows say which month
+    the file covers (audit.load.covers_from), and the volume rule compares month with month."""
+    admitted = _day(f"{period[:4]}-{period[4:6]}-01", i % 25)
+    return dict(admidate=admitted, disdate=_day(admitted, 2), epistart=admitted, epiend=_day(admitted, 2),
+                discharge_ready_date=_day(admitted, 1) if i % 3 == 0 else "")
+
+
 def _register(i: int, **changes: str) -> dict:
     row = dict(nhs_number=NUMBERS[i], date_of_birth="1950-10-15", sex="12"[i % 2], postcode="CM1 1AA",
                gp_practice_code="F81001", registration_start_date="2000-01-01",
@@ -595,7 +603,7 @@ def test_a_many_rule_failure_stays_one_screen(stage):
 VOLUME = {
     # feed: (file name pattern, first and second period, rows of the first delivery, rows of a delivery)
     "apc": ("apc_RDE_{}.csv", ("20250930", "20251031"), 60,
-            lambda n, _: [_apc(i, provider="RDE") for i in range(n)]),
+            lambda n, period: [_apc(i, provider="RDE", **_in_month(i, period)) for i in range(n)]),
     "gp_register": ("gp_register_{}.csv", ("20250831", "20250930"), 120,
                     lambda n, _: [_register(100 + i) for i in range(n)]),
     "cld": ("cld_E10000012_{}.csv", ("20250630", "20250930"), 60,
@@ -662,9 +670,34 @@ def test_a_second_delivery_within_the_band_passes(stage, retire_loads):
     first = stage("apc", [_apc(i, provider="RQW") for i in range(60)], "apc_RQW_20250930.csv")
     assert _gate(first) is None
     publish_load(first)
-    second = stage("apc", [_apc(i, provider="RQW") for i in range(45)], "apc_RQW_20251031.csv")  # 75%
+    second = stage("apc", [_apc(i, provider="RQW", **_in_month(i, "20251031")) for i in range(45)],
+                   "apc_RQW_20251031.csv")  # 75%
     assert _gate(second) is None
     volume = _recorded(second)["apc.volume.within_band"]
     assert volume["status"] == "passed" and volume["observed_number"] == 45
     assert volume["threshold"].startswith("rows between 60% and 200% of the 60 rows of the previous published "
                                           f"load of apc RQW (load {first}, period ending 2025-09-30), so 36 to 120")
+
+
+def test_a_monthly_file_after_an_annual_one_is_compared_with_a_months_share_of_it(stage, retire_loads):
+    from pophealth.load import publish_load
+
+    # A year to September 2025, 50 episodes a month; then October with 50 (passes) or 20 (40%: fails).
+    year = [_apc(i % 60, provider="RQW", epikey=f"Y{i}", spell_id=f"Y{i}",
+                 **_in_month(i, f"{2024 + (9 + i // 50 >= 12)}{(9 + i // 50) % 12 + 1:02d}01"))
+            for i in range(600)]
+    first = stage("apc", year, "apc_RQW_20250930.csv")
+    assert _query("SELECT covers_from::text, covers_to::text FROM audit.load WHERE load_id = %s", (first,)) == [
+        ("2024-10-01", "2025-09-30")]
+    assert _gate(first) is None
+    publish_load(first)
+    october = stage("apc", [_apc(i, provider="RQW", **_in_month(i, "20251031")) for i in range(50)],
+                    "apc_RQW_20251031.csv")
+    assert _gate(october) is None  # not "8% of the last load"
+    volume = _recorded(october)["apc.volume.within_band"]
+    assert volume["status"] == "passed" and volume["observed_number"] == 50
+    assert "12 months, scaled to the 1 month this file covers" in volume["threshold"]
+    assert "so 30 to 100" in volume["threshold"]
+    short = stage("apc", [_apc(i, provider="RQW", **_in_month(i, "20251031")) for i in range(20)],
+                  "apc_RQW_20251031.csv")
+    assert "FAILED [error] apc.volume.within_band:" in (_gate(short) or "")
