@@ -1,7 +1,7 @@
 """The `pophealth` command: one sub-command for every job a user runs.
 
     pophealth setup                       prepare the warehouse and Airflow's metadata database
-    pophealth synth --population N --seed S --out PATH
+    pophealth synth --population N --seed S --out PATH [--councils E10000012,E06000033,E06000034]
     pophealth pseudonymise IN_FILE OUT_FILE --lookup ref_postcode_lookup.csv   at a source, before sending
     pophealth run [--landing PATH]        the whole pipeline through Airflow (synthetic demo without --landing)
     pophealth dag DAG_ID [--landing PATH] one DAG through Airflow
@@ -76,9 +76,11 @@ def cmd_synth(args: argparse.Namespace) -> int:
     from pophealth.synth import write_world
 
     out = Path(args.out)
-    _say(f"Writing a synthetic world of {args.population:,} people (seed {args.seed}) to {out} ...")
+    councils = _councils(args.councils)
+    _say(f"Writing a synthetic world of {args.population:,} people (seed {args.seed}; councils "
+         f"{', '.join(councils)}) to {out} ...")
     with _still_working("generating"):
-        summary = write_world(out, population=args.population, seed=args.seed)
+        summary = write_world(out, population=args.population, seed=args.seed, councils=councils)
     _say(f"Done: {summary.get('people', '?')} people; the answer key is in {out / 'answer_key'}")
     return 0
 
@@ -99,21 +101,36 @@ def cmd_pseudonymise(args: argparse.Namespace) -> int:
     return 0
 
 
+def _councils(text: str) -> tuple[str, ...]:
+    """--councils E10000012,E06000033: the council codes, each one the generator knows."""
+    from pophealth.synth.geography import COUNCILS
+
+    councils = tuple(dict.fromkeys(c.strip().upper() for c in text.split(",") if c.strip()))
+    unknown = [c for c in councils if c not in COUNCILS]
+    if not councils or unknown:
+        raise SystemExit(f"pophealth synth: --councils takes codes among {', '.join(COUNCILS)}"
+                         + (f"; not {', '.join(unknown)}" if unknown else ""))
+    return councils
+
+
 def _demo_landing(population: int, seed: int) -> Path:
+    """The demo's world: Mid and South Essex, its three councils (one platform, each council's BCF)."""
     import json
 
-    from pophealth.synth import write_world
+    from pophealth.synth import MID_AND_SOUTH_ESSEX, write_world
 
-    out = config.paths().demo_world / f"population-{population}-seed-{seed}"
+    out = config.paths().demo_world / f"population-{population}-seed-{seed}-mse"
     marker = out / "answer_key" / "world.json"
     if marker.exists():
         world = json.loads(marker.read_text())
-        if world.get("population") == population and world.get("seed") == seed:
+        if (world.get("population") == population and world.get("seed") == seed
+                and world.get("councils") == list(MID_AND_SOUTH_ESSEX)):
             _say(f"Using the synthetic world already generated in {out}")
             return out
-    _say(f"Generating a synthetic population of {population:,} people and its extracts in {out} ...")
+    _say(f"Generating a synthetic population of {population:,} people in Mid and South Essex's three councils "
+         f"and its extracts in {out} ...")
     with _still_working("generating"):
-        write_world(out, population=population, seed=seed)
+        write_world(out, population=population, seed=seed, councils=MID_AND_SOUTH_ESSEX)
     return out
 
 
@@ -398,6 +415,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--population", type=int, required=True)
     p.add_argument("--seed", type=int, default=DEMO_SEED)
     p.add_argument("--out", required=True)
+    p.add_argument("--councils", default="E10000012",
+                   help="comma-separated council codes: E10000012 (Essex, the default: one council, its lookup "
+                        "without la_code), E06000033 (Southend-on-Sea), E06000034 (Thurrock); all three for "
+                        "Mid and South Essex")
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("pseudonymise", help="at a source: write the pseudonymised extract of an identifiable one")

@@ -12,14 +12,17 @@ from pathlib import Path
 
 from pophealth.synth.answer_key import write_answer_key
 from pophealth.synth.extracts import write_extracts
+from pophealth.synth.geography import AREA_CODE, MID_AND_SOUTH_ESSEX
 from pophealth.synth.world import generate_world
 
 
-def write_world(out: Path, population: int, seed: int) -> dict:
+def write_world(out: Path, population: int, seed: int, councils: tuple[str, ...] = (AREA_CODE,)) -> dict:
+    """councils: the council codes of the world (pophealth.synth.geography.COUNCILS); one council's world
+    sends its postcode lookup without la_code."""
     out = Path(out)
-    world = generate_world(population, seed)
+    world = generate_world(population, seed, tuple(councils))
     ledger = write_extracts(world, out)
     return write_answer_key(world, ledger, out / "answer_key")
 
 
-__all__ = ["write_world"]
+__all__ = ["write_world", "AREA_CODE", "MID_AND_SOUTH_ESSEX"]
