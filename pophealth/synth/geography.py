@@ -33,10 +33,10 @@ DISTRICTS = (
 COUNCILS = {
     "E10000012": ("Essex", DISTRICTS),
     "E06000033": ("Southend-on-Sea", (
-        ("SOUTHEND_WEST", "West", 45, "SS"),
-        ("SOUTHEND_WEST_CENTRAL", "West Central", 45, "SS"),
-        ("SOUTHEND_EAST_CENTRAL", "East Central", 45, "SS"),
-        ("SOUTHEND_EAST", "East", 45, "SS"),
+        ("SOS_WEST", "West", 45, "SS"),
+        ("SOS_WEST_CENTRAL", "West Central", 45, "SS"),
+        ("SOS_EAST_CENTRAL", "East Central", 45, "SS"),
+        ("SOS_EAST", "East", 45, "SS"),
     )),
     "E06000034": ("Thurrock", (
         ("GRAYS", "Grays", 55, "RM"),
