@@ -355,11 +355,26 @@ def _geography_notes(rows: list[dict]) -> str:
                      r["geography_code"]) for r in rows
                     if r["metric_code"] in population_metrics and r["denominator"] == 0
                     and r["geography_level"] != "area"})
-    if not empty:
+    notes = []
+    if empty:
+        notes.append("<p>No population estimates for these places, so their population rates cannot be computed "
+                     "(shown empty):</p><ul>" + "".join(
+                         f'<li data-geography="{esc(code)}">{esc(name)}</li>' for _l, name, code in empty) + "</ul>")
+    # Residents in no council: the area's population beyond its councils' (both rounded to 5, hence the margin).
+    years = [r for r in rows if r["metric_code"] == "emergency_admissions" and r["period_type"] == "financial_year"]
+    if years and any(r["geography_level"] == "local_authority" for r in years):
+        start = max(r["period_start"] for r in years)
+        latest = [r for r in years if r["period_start"] == start and r["denominator"] is not None]
+        area = sum(r["denominator"] for r in latest if r["geography_level"] == "area")
+        councils = [r["denominator"] for r in latest if r["geography_level"] == "local_authority"]
+        outside = area - sum(councils)
+        if outside > 3 * len(councils):
+            notes.append(f'<p data-residents-in-no-council="{esc(int(outside))}">About {format_count(outside)} '
+                         "residents live in LSOAs the postcode lookup puts in no council: they count in the area's "
+                         "figures and their locality's, but in no council's (pophealth status names them).</p>")
+    if not notes:
         return ""
-    return ('<div class="geography-notes" id="geography-notes"><p>No population estimates for these places, so '
-            "their population rates cannot be computed (shown empty):</p><ul>" + "".join(
-                f'<li data-geography="{esc(code)}">{esc(name)}</li>' for _l, name, code in empty) + "</ul></div>")
+    return '<div class="geography-notes" id="geography-notes">' + "".join(notes) + "</div>"
 
 
 def _council_page(code: str, name: str, rows: list[dict]) -> str:

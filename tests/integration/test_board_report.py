@@ -125,7 +125,9 @@ def bcf_rows():
             if code == "reablement_91_days_65" and place == AREA:
                 quarter = (245, 2000, Decimal("12.25"), False)  # half up: 12.3, where half-even gives 12.2
             rows.append((code, name, unit, "quarter", "2025-07-01", "2025-09-30", *place, *quarter))
-            rows.append((code, name, unit, "financial_year", "2024-04-01", "2025-03-31", *place, 4520 + p, 181000,
+            # 1,000 of the area's residents live in LSOAs of no council: Thurrock's population is 180,000
+            population = 180000 if (code, place) == ("emergency_admissions", THURROCK) else 181000
+            rows.append((code, name, unit, "financial_year", "2024-04-01", "2025-03-31", *place, 4520 + p, population,
                          Decimal("2497.24"), False))
     for row in rows:
         final_on = PROVISIONAL.get((row[0], row[3], row[4]))
@@ -392,6 +394,13 @@ def test_provisional_periods_are_named_with_their_final_date_and_never_shown_as_
     council = dom.by_id("table-council-E06000034")
     readmissions = council.find_all("tr", data_metric="emergency_readmissions_30d")[0]
     assert cells(readmissions)[1:3] == ["Apr–Jun 2025", "1,000.0"]
+
+
+def test_residents_in_no_council_are_said_not_left_out(report):
+    note = report["dom"].by_id("geography-notes")
+    said = note.find_all("p")[0]
+    assert said.attrs["data-residents-in-no-council"] == "1000"
+    assert "About 1,000 residents" in said.text() and "in no council's" in said.text()
 
 
 def test_each_council_has_its_own_page_reached_from_the_selector(report):
