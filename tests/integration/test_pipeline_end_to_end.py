@@ -264,7 +264,7 @@ def test_every_bcf_metric_equals_the_answer_key(world):
     for (code, start, _end, level, _geo), (_n, denominator, *_rest) in expected.items():
         if code == "emergency_admissions" and level in ("area", "local_authority"):
             target = area if level == "area" else by_council
-            target[start] = target.get(start, 0) + int(denominator)
+            target[start] = target.get(start, 0) + float(denominator)
     assert area == by_council
     # The as-of month's readmissions and the last three months' reablement are provisional.
     assert expected[("emergency_readmissions_30d", "2025-09-01", "2025-09-30", "area", "area")][3:] == (
