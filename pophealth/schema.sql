@@ -234,6 +234,7 @@ CREATE TABLE IF NOT EXISTS raw.ref_lsoa (
     locality_code text NOT NULL,
     locality_name text
 );
+ALTER TABLE raw.ref_lsoa ADD COLUMN IF NOT EXISTS la_code text;  -- the council (contract v2); empty: the lookup has none
 
 CREATE TABLE IF NOT EXISTS raw.ref_population (
     load_id    bigint NOT NULL,

@@ -90,6 +90,7 @@ def collect(landing: Path | None = None) -> Status:
         _coverage(conn, status)
         _marts(conn, status, now)
         _audit_logs(conn, status)
+        _geographies(conn, status)
     _waiting(landing or config.landing_dir(), status)
     return status
 
@@ -244,6 +245,23 @@ def _marts(conn, status: Status, now: datetime) -> None:
     if gate and gate["errors"] and candidates:
         status.problems.append(f"the marts gate refused the last build ({gate['errors']} rule(s) failed); analysts "
                                f"keep the last good marts; the refused build is in {', '.join(candidates)}")
+
+
+def _geographies(conn, status: Status) -> None:
+    """The councils and localities the metrics are reported for, and any that cannot be computed (said, never
+    left out in silence: issue 18)."""
+    from pophealth.geographies import default_la_code, geography_problems
+
+    if conn.execute("SELECT to_regclass('raw.ref_lsoa') IS NOT NULL AS e").fetchone()["e"]:
+        places = conn.execute(
+            """SELECT coalesce(la_code, CASE WHEN (SELECT count(la_code) FROM raw.ref_lsoa) = 0 THEN %s END)
+                      AS council, count(DISTINCT locality_code) AS localities, count(DISTINCT lsoa_code) AS lsoas
+               FROM raw.ref_lsoa GROUP BY 1 ORDER BY 1 NULLS LAST""", (default_la_code(),)).fetchall()
+        if places:
+            status.lines += ["", "Geographies of the Better Care Fund metrics (the area, each council, each locality):"]
+            status.lines += [f"  {p['council'] or 'NO COUNCIL':<12} {p['localities']:>4} localities {p['lsoas']:>6,} LSOAs"
+                             for p in places]
+    status.problems += geography_problems(conn)
 
 
 def _waiting(landing: Path | None, status: Status) -> None:

@@ -20,6 +20,7 @@ from typing import Iterator
 
 from pophealth.synth.answer_key import write_answer_key
 from pophealth.synth.extracts import write_extracts
+from pophealth.synth.geography import AREA_CODE, MID_AND_SOUTH_ESSEX
 from pophealth.synth.world import generate_world
 
 
@@ -47,11 +48,13 @@ def make_private(out: Path) -> None:
         path.chmod(PRIVATE_FOLDER if path.is_dir() else PRIVATE_FILE)
 
 
-def write_world(out: Path, population: int, seed: int, delivery: str = "monthly") -> dict:
+def write_world(out: Path, population: int, seed: int, delivery: str = "monthly",
+                councils: tuple[str, ...] = (AREA_CODE,)) -> dict:
     """`delivery`: how the hospital extracts are cut into files (pophealth.synth.extracts.DELIVERIES); the world and
-    its answer key are the same whichever it is."""
+    its answer key are the same whichever it is. `councils`: the council codes of the world
+    (pophealth.synth.geography.COUNCILS); one council's world sends its postcode lookup without la_code."""
     out = Path(out)
-    world = generate_world(population, seed)
+    world = generate_world(population, seed, tuple(councils))
     with _owner_only():
         out.mkdir(parents=True, exist_ok=True)
         make_private(out)
@@ -61,4 +64,4 @@ def write_world(out: Path, population: int, seed: int, delivery: str = "monthly"
     return summary
 
 
-__all__ = ["write_world", "make_private"]
+__all__ = ["write_world", "make_private", "AREA_CODE", "MID_AND_SOUTH_ESSEX"]

@@ -14,7 +14,6 @@ from datetime import date, timedelta
 from pathlib import Path
 
 from pophealth.feeds import APC_COLUMNS, CLD_CONTRACT_COLUMNS, GP_REGISTER_COLUMNS
-from pophealth.synth.geography import AREA_CODE
 from pophealth.synth.world import HISTORY_START, WINDOW_END, WINDOW_START, Event, Person, Spell, World, invalidate
 
 CLD_PERIOD_ENDS = (date(2024, 6, 30), date(2024, 9, 30), date(2024, 12, 31), date(2025, 3, 31),
@@ -150,10 +149,14 @@ class _Writer:
 
     # -- reference data ---------------------------------------------------------------------------------------
     def reference(self) -> None:
-        rows = [(postcode, lsoa.code, lsoa.locality_code, lsoa.locality_name)
+        # One council's world sends the lookup without la_code (the contract's default: one council's area);
+        # a world of several councils names each postcode's council.
+        several = len(self.world.councils) > 1
+        header = ("postcode", "lsoa_code", "locality_code", "locality_name") + (("la_code",) if several else ())
+        rows = [(postcode, lsoa.code, lsoa.locality_code, lsoa.locality_name) + ((lsoa.la_code,) if several else ())
                 for locality in self.world.localities for lsoa in locality.lsoas for postcode in lsoa.postcodes]
-        self.write("ref_postcode_lookup.csv", "ref_postcode_lookup", ("postcode", "lsoa_code", "locality_code",
-                   "locality_name"), rows, {"loaded": len(rows), "quarantined": 0, "opted_out": 0})
+        self.write("ref_postcode_lookup.csv", "ref_postcode_lookup", header, rows,
+                   {"loaded": len(rows), "quarantined": 0, "opted_out": 0})
         for year in POPULATION_YEARS:
             counts = population_counts(self.world, year)
             rows = [(lsoa.code, sex, age, counts.get((lsoa.code, sex, age), 0))
@@ -284,7 +287,14 @@ class _Writer:
 
     # -- social care ------------------------------------------------------------------------------------------------
     def cld(self) -> None:
-        events = sorted(self.world.events, key=lambda e: (e.person.index, e.start, e.event_type))
+        """Each council sends its own files (cld_<LA code>_<date>.csv) with the events of the people it supports:
+        here, its residents."""
+        for council in self.world.councils:
+            self._council_cld(council)
+
+    def _council_cld(self, council: str) -> None:
+        events = sorted((e for e in self.world.events if e.person.lsoa.la_code == council),
+                        key=lambda e: (e.person.index, e.start, e.event_type))
         last_file: dict[int, date] = {}
         period_ends = list(CLD_PERIOD_ENDS)
         if self.delivery == "ytd":
@@ -303,26 +313,27 @@ class _Writer:
                 if event.start < period_start and not (
                         event.event_type == "Service" and (event.end is None or event.end >= period_start)):
                     continue
-                rows.append(self._cld_row(event, period_start, period_end, release1, f"{file_number}-{n}"))
+                rows.append(self._cld_row(event, council, period_start, period_end, release1, f"{file_number}-{n}"))
                 person = event.person
                 if person.cld_number == "valid" and person.opted_out:
                     fates["opted_out"] += 1
                     continue
                 fates["loaded"] += 1
                 identity = (f"nhs:{person.nhs_number}" if person.cld_number == "valid"
-                            else f"la:{AREA_CODE}|{person.local_id}")
+                            else f"la:{council}|{person.local_id}")
                 death = person.death if person.death and person.death <= period_end else None
                 self.ledger.loaded(identity, "cld", person, death)
                 last_file[id(event)] = period_end
-            self.write(f"cld_{AREA_CODE}_{period_end:%Y%m%d}.csv", "cld", CLD_CONTRACT_COLUMNS, rows, fates)
+            self.write(f"cld_{council}_{period_end:%Y%m%d}.csv", "cld", CLD_CONTRACT_COLUMNS, rows, fates)
         for event in events:
             if id(event) in last_file:
                 person = event.person
                 identity = (f"nhs:{person.nhs_number}" if person.cld_number == "valid"
-                            else f"la:{AREA_CODE}|{person.local_id}")
+                            else f"la:{council}|{person.local_id}")
                 self.ledger.loaded_events.append((identity, event, last_file[id(event)]))
 
-    def _cld_row(self, event: Event, period_start: date, period_end: date, release1: bool, reference: str) -> list:
+    def _cld_row(self, event: Event, council: str, period_start: date, period_end: date, release1: bool,
+                 reference: str) -> list:
         person = event.person
 
         def value(v):
@@ -333,7 +344,7 @@ class _Writer:
         death = person.death if person.death and person.death <= period_end else None
         gender = {"1": "Male", "2": "Female"}.get(person.sex, "Other")
         row = {
-            "LA_Code": AREA_CODE, "Reporting_Period_Start_Date": _iso(period_start),
+            "LA_Code": council, "Reporting_Period_Start_Date": _iso(period_start),
             "Reporting_Period_End_Date": _iso(period_end), "Client_Type": value(event.client_type),
             "LA_Person_Unique_Identifier": person.local_id, "NHS_Number": self.spelled(number) if number else "",
             "Gender": gender, "Ethnicity": ETHNICITY[person.index % len(ETHNICITY)], "Date_of_Birth": _iso(person.birth),

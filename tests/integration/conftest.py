@@ -190,11 +190,15 @@ def marts_built_from(landing: Path, home: Path, key: str, timeout: int) -> Itera
         subprocess.run([sys.executable, "-m", "pophealth.cli", "db", "stop"], env=env, capture_output=True)
 
 
+#: The end-to-end world is Mid and South Essex: three councils, Thurrock's and Southend's own locality codes.
+COUNCILS = "E10000012,E06000033,E06000034"
+
+
 def make_world(tmp_path_factory, name: str) -> World:
     home = tmp_path_factory.mktemp(name)
     world = World(home=home, landing=home / "landing", key_dir=home / "keys", env=isolated_env(home))
     world.pophealth("synth", "--population", str(POPULATION), "--seed", str(SEED), "--out", str(world.landing),
-                    check=True)
+                    "--councils", COUNCILS, check=True)
     return world
 
 

@@ -71,7 +71,7 @@ HEADERS = {
     "gp_register": GP_REGISTER_COLUMNS,
     "cld": CLD_CONTRACT_COLUMNS,
     "optouts": ("nhs_number",),
-    "ref_postcode_lookup": ("postcode", "lsoa_code", "locality_code", "locality_name"),
+    "ref_postcode_lookup": ("postcode", "lsoa_code", "locality_code", "locality_name", "la_code"),
     "ref_population": ("lsoa_code", "sex", "age", "population"),
 }
 RAW_TABLES = {"apc": "raw.apc_episode", "gp_register": "raw.gp_register", "cld": "raw.cld_event",
@@ -165,7 +165,8 @@ def _postcode(i: int, **changes: str) -> dict:
     lsoa = 21000 + i // 4
     locality = "E07000070" if lsoa % 2 == 0 else "E07000071"
     row = dict(postcode=f"CM{i // 10 + 1} {i % 10}AB", lsoa_code=f"E01{lsoa:06d}",
-               locality_code=locality, locality_name="Chelmsford" if locality == "E07000070" else "Colchester")
+               locality_code=locality, locality_name="Chelmsford" if locality == "E07000070" else "Colchester",
+               la_code="E10000012")
     row.update(changes)
     return row
 
@@ -412,6 +413,13 @@ ERROR_CASES = [
          _broken("ref_postcode_lookup", {i: {"locality_code": "NOT A CODE"} for i in range(4)}), 4),
     Case("ref_postcode_lookup.lsoa_in_one_locality",
          _broken("ref_postcode_lookup", {1: {"locality_code": "E07000071"}}), 4),
+    # a district's code (E07, lower tier) where the council's belongs
+    Case("ref_postcode_lookup.la_code.format",
+         _broken("ref_postcode_lookup", {i: {"la_code": "E07000070"} for i in range(12)}), 12),
+    # postcode 2 (LSOA E01021000, locality E07000070) put in Thurrock: its LSOA (rows 1-4) and its locality
+    # (the even LSOAs: rows 1-4 and 9-12) would each be in two councils
+    Case("ref_postcode_lookup.locality_in_one_council",
+         _broken("ref_postcode_lookup", {1: {"la_code": "E06000034"}}), 8),
     # ref_population ---------------------------------------------------------------------------------------
     Case("ref_population.rows.loaded_share",
          _broken("ref_population", {10: {"population": "x"}, 20: {"age": "-1"}}), 2, (11, 21)),
@@ -498,6 +506,7 @@ WARN_CASES = [
          1, (5,)),
     Case("optouts.person.unique", _broken("optouts", {3: {"nhs_number": NUMBERS[362]}}), 2),
     Case("ref_postcode_lookup.locality_name.present", _broken("ref_postcode_lookup", {3: {"locality_name": ""}}), 1),
+    Case("ref_postcode_lookup.la_code.on_every_row", _broken("ref_postcode_lookup", {3: {"la_code": ""}}), 1),
     Case("ref_population.lsoa.in_lookup", lambda: _population("E01099999"), 182),
     Case("ref_population.grid.complete", lambda: _population()[:-1], 181),
 ]
@@ -556,6 +565,35 @@ def test_a_good_file_passes_every_rule_and_every_result_is_recorded(stage, feed)
     pages = [p for p in (index.parent / "validations").rglob("*.html")
              if p.name.endswith(f"load_batch.load_{load_id}.html")]
     assert len(pages) == 1 and f"load_batch.load_{load_id}" in index.read_text()
+
+
+def test_a_thurrock_lookup_with_its_own_locality_codes_passes_every_rule(stage):
+    """Thurrock plans by its four integrated locality areas, not ONS districts (contract v2): such a lookup
+    failed ref_postcode_lookup.locality_code.format before (E06-E09 and six digits only)."""
+    from pophealth import gates
+
+    areas = ["GRAYS", "TILBURY", "STANFORD-LE-HOPE", "AVELEY_OCKENDON"]
+    rows = [dict(postcode=f"RM{i // 10 + 1} {i % 10}TT", lsoa_code=f"E01{22000 + i // 2:06d}",
+                 locality_code=areas[(i // 2) % 4], locality_name=areas[(i // 2) % 4].title(), la_code="E06000034")
+            for i in range(16)]
+    load_id = stage("ref_postcode_lookup", rows)
+    outcome = gates.run_load_gate(load_id, "ref_postcode_lookup", f"load_batch.load_{load_id}", run_id="run-thurrock")
+    assert outcome.passed and not outcome.failures(), outcome.summary()
+    recorded = _recorded(load_id)
+    for rule in ("ref_postcode_lookup.locality_code.format", "ref_postcode_lookup.lsoa_in_one_locality",
+                 "ref_postcode_lookup.la_code.format", "ref_postcode_lookup.locality_in_one_council"):
+        assert recorded[rule]["status"] == "passed", rule
+
+
+def test_a_lookup_without_la_code_is_one_councils_area_and_its_council_rules_do_not_apply(stage):
+    from pophealth import gates
+
+    load_id = stage("ref_postcode_lookup", [{**_postcode(i), "la_code": ""} for i in range(12)])
+    outcome = gates.run_load_gate(load_id, "ref_postcode_lookup", f"load_batch.load_{load_id}", run_id="run-no-la")
+    assert outcome.passed, outcome.summary()
+    recorded = _recorded(load_id)
+    assert recorded["ref_postcode_lookup.la_code.format"]["status"] == "not_applicable"
+    assert recorded["ref_postcode_lookup.la_code.on_every_row"]["status"] == "not_applicable"
 
 
 def test_a_rule_on_a_column_empty_in_the_whole_file_is_not_applicable(stage):
