@@ -59,7 +59,8 @@ REVOKE ALL ON restricted.pseudonym, restricted.purpose_key FROM PUBLIC, loader, 
 REVOKE UPDATE ON audit.load FROM loader;
 GRANT SELECT, INSERT ON audit.load TO loader;
 GRANT UPDATE (status, message, finished_at, published_at, superseded_by, key_version, rows_read, rows_loaded,
-              rows_quarantined, rows_opted_out, rows_test_range, rows_unlinked, extra_columns, vault_entries)
+              rows_quarantined, rows_opted_out, rows_test_range, rows_unlinked, extra_columns, vault_entries,
+              covers_from, covers_to)
     ON audit.load TO loader;
 GRANT SELECT, INSERT ON audit.quarantine, audit.optout_applied, audit.gate_result TO loader;
 GRANT INSERT, DELETE ON vault.identity TO loader;            -- writes ciphertext; never reads it (nor could: public key only)
