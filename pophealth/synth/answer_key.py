@@ -19,7 +19,7 @@ import json
 from datetime import date
 from pathlib import Path
 
-from pophealth.synth.answer_metrics import compute_cohorts, compute_metrics
+from pophealth.synth.answer_metrics import compute_cohorts, compute_metrics, covered_periods, periods
 from pophealth.synth.extracts import Ledger
 from pophealth.synth.world import WINDOW_END, WINDOW_START, World
 
@@ -132,6 +132,10 @@ def write_answer_key(world: World, ledger: Ledger, out: Path) -> dict:
         "rows_opted_out": sum(f["rows_opted_out"] for f in ledger.files),
         "metrics_2024_25_area": financial_year,
         "councils": list(world.councils),
+        # Periods whose metrics the platform must not compute (a sender's files do not cover them wholly): it
+        # names them in reporting.period_coverage instead.
+        "periods_not_computed": [f"{period_type} {start.isoformat()}" for period_type, start, _end in periods()
+                                 if (period_type, start) not in covered_periods(ledger)],
         "metrics_2024_25_by_council": {
             council: {r["metric_code"]: r["value"] for r in metrics if r["period_type"] == "financial_year"
                       and r["geography_level"] == "local_authority" and r["geography_code"] == council}

@@ -92,6 +92,26 @@ def periods() -> list[tuple[str, date, date]]:
     return out
 
 
+def covered_periods(ledger: Ledger) -> set[tuple[str, date]]:
+    """(period_type, start) of the periods that every sender's files (every trust, every council) cover wholly:
+    the only periods whose metrics the platform computes (marts.md, "Periods"). A small world has trusts with no
+    discharge in some month, and so no file: those months, and their quarters and years, are not computed."""
+    by_sender: dict[tuple[str, str], list[tuple[date, date]]] = {}
+    for feed, provider, first, last in ledger.coverage:
+        by_sender.setdefault((feed, provider), []).append((first, last))
+    joined: dict[tuple[str, str], list[list[date]]] = {}
+    for sender, spans in by_sender.items():
+        runs: list[list[date]] = []
+        for first, last in sorted(spans):
+            if runs and first <= runs[-1][1] + timedelta(days=1):
+                runs[-1][1] = max(runs[-1][1], last)
+            else:
+                runs.append([first, last])
+        joined[sender] = runs
+    return {(period_type, start) for period_type, start, end in periods()
+            if joined and all(any(a <= start and end <= b for a, b in runs) for runs in joined.values())}
+
+
 def age_on(birth: tuple[int, int], on: date) -> int:
     """Age from birth (year, month) only, as if born on the 1st (what the warehouse keeps)."""
     year, month = birth
@@ -300,6 +320,7 @@ def compute_metrics(world: World, ledger: Ledger, people: dict[str, dict]) -> li
 
     spells = spell_facts(ledger, people)
     services = service_facts(ledger, people)
+    computed = covered_periods(ledger)
     deaths = {identity: date.fromisoformat(row["date_of_death"]) for identity, row in people.items()
               if row["date_of_death"]}
     contributions = {
@@ -326,6 +347,8 @@ def compute_metrics(world: World, ledger: Ledger, people: dict[str, dict]) -> li
         items = sorted(items, key=lambda c: c.day)
         days = [c.day for c in items]
         for period_type, start, end in periods():
+            if (period_type, start) not in computed:
+                continue
             chosen = items[bisect.bisect_left(days, start):bisect.bisect_right(days, end)]
             length = (end - start).days + 1
             final_on = end + timedelta(days=FOLLOW_UP_DAYS.get(code, 0))

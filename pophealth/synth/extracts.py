@@ -101,6 +101,9 @@ class Ledger:
     identities: dict[str, IdentityFacts] = field(default_factory=dict)
     loaded_spells: list[tuple[str, Spell]] = field(default_factory=list)      # (identity, spell)
     loaded_events: list[tuple[str, Event, date]] = field(default_factory=list)  # (identity, event, latest file)
+    # (feed, provider, first day, last day) that each written file's rows cover, as the loader reads it
+    # (pophealth.load.COVERAGE_START): the answer key's metrics are those of the periods every sender covers.
+    coverage: list[tuple[str, str, date, date]] = field(default_factory=list)
 
     def loaded(self, identity: str, feed: str, person: Person, death: date | None = None) -> None:
         facts = self.identities.get(identity)
@@ -284,6 +287,11 @@ class _Writer:
                     self.ledger.loaded(identity, "apc", person,
                                        spell.disdate if finished and spell.dismeth == "4" else None)
         self.write(f"apc_{procode}_{period:%Y%m%d}.csv", "apc", APC_COLUMNS, rows, fates)
+        if rows:  # from the first discharge (or, with none, the first episode end) in the file, to its period end
+            dated = ([r[APC_COLUMNS.index("disdate")] for r in rows if r[APC_COLUMNS.index("disdate")]]
+                     or [r[APC_COLUMNS.index("epiend")] for r in rows if r[APC_COLUMNS.index("epiend")]])
+            first = min(date.fromisoformat(min(dated)).replace(day=1), period.replace(day=1)) if dated else period.replace(day=1)
+            self.ledger.coverage.append(("apc", procode, first, period))
 
     # -- social care ------------------------------------------------------------------------------------------------
     def cld(self) -> None:
@@ -325,6 +333,8 @@ class _Writer:
                 self.ledger.loaded(identity, "cld", person, death)
                 last_file[id(event)] = period_end
             self.write(f"cld_{council}_{period_end:%Y%m%d}.csv", "cld", CLD_CONTRACT_COLUMNS, rows, fates)
+            if rows:  # a file with no rows is refused by the loader: it covers nothing
+                self.ledger.coverage.append(("cld", council, period_start.replace(day=1), period_end))
         for event in events:
             if id(event) in last_file:
                 person = event.person

@@ -526,3 +526,25 @@ def test_a_period_is_final_when_its_follow_up_has_ended_by_the_as_of_date(mse, c
     rows = [r for r in _read(mse / "answer_key" / "metrics.csv")
             if (r["metric_code"], r["period_type"], r["period_start"]) == (code, period_type, start)]
     assert rows and {(r["is_final"], r["final_on"]) for r in rows} == {(is_final, final_on)}
+
+
+def test_the_answer_key_leaves_out_every_period_a_sender_does_not_cover_wholly():
+    """Worked by hand: a trust sends every month of the window but July 2024 (no discharge that month), a council
+    sends two rolling years. July 2024, its quarter and its financial year are not computed; the rest are."""
+    from pophealth.synth.answer_metrics import covered_periods, periods
+    from pophealth.synth.extracts import Ledger, month_end
+
+    ledger = Ledger()
+    month = date(2024, 4, 1)
+    while month <= date(2025, 9, 1):
+        if month != date(2024, 7, 1):
+            ledger.coverage.append(("apc", "RAJ", month, month_end(month)))
+        month = month_end(month) + timedelta(days=1)
+    ledger.coverage += [("cld", "E10000012", date(2023, 10, 1), date(2024, 9, 30)),
+                        ("cld", "E10000012", date(2024, 10, 1), date(2025, 9, 30))]
+    left_out = {(t, s) for t, s, _e in periods()} - covered_periods(ledger)
+    assert left_out == {("month", date(2024, 7, 1)), ("quarter", date(2024, 7, 1)),
+                        ("financial_year", date(2024, 4, 1))}
+    # A council whose data starts late leaves out every period before it, whatever the trusts send.
+    ledger.coverage[-2:] = [("cld", "E10000012", date(2025, 1, 1), date(2025, 9, 30))]
+    assert min(s for _t, s in covered_periods(ledger)) == date(2025, 1, 1)
