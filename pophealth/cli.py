@@ -403,7 +403,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
                 _say(f"  {name:<14} {'running' if running else 'stopped'}")
         elif args.action == "load":
             started = time.monotonic()
-            states = cluster.load(say=_say)
+            states = cluster.load(Path(args.source) if args.source else None, say=_say)
             _say(f"Loaded through the cluster in {time.monotonic() - started:.0f} s")
             return 0 if set(states.values()) == {"success"} else 1
     except cluster.ClusterError as exc:
@@ -423,6 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["up", "down", "status", "load"])
     p.add_argument("--landing", help="up: the landing folder the workers read (default: one in the state folder)")
     p.add_argument("--wait", action="store_true", help="up: stay in the foreground; Ctrl-C takes it all down")
+    p.add_argument("--from", dest="source", help="load: a folder whose extracts arrive in the landing folder, feed by feed")
     p.set_defaults(func=cmd_cluster)
 
     p = sub.add_parser("synth", help="write a synthetic landing folder and its answer key")

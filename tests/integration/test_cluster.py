@@ -1,0 +1,172 @@
+"""The deployment's topology on real servers (`./dev.sh cluster`, pophealth/cluster.py), end to end.
+
+Brought up from nothing, as CI starts: Debian's PostgreSQL (two databases, two owners, passwords, TCP on
+127.0.0.1), redis-server with a password, Airflow's api-server, scheduler, dag-processor, triggerer and two
+Celery workers. A small synthetic world's files then arrive in the landing folder feed by feed; the
+scheduler hands every task to the workers, and the last feed's asset event builds the marts. The answer key
+must match, the audit must account for every row, and `down` must leave nothing running.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from .conftest import PURPOSE_KEYS_ENV, TEST_KEY, TEST_VAULT_KEY, isolated_env, synth_world
+from .identifiable import identifiable_values
+from .test_pipeline_end_to_end import PERSON_COLUMNS, _normal, expected_person_id, expected_person_row
+
+pytestmark = [pytest.mark.integration, pytest.mark.cluster]
+
+POPULATION = 300  # the number of files (and so of tasks), not of people, sets the time; the answer key is exact
+SEED = 20241
+PORT_OFFSET = "1000"  # beside a cluster someone runs with the default ports
+
+
+def ensure_redis_server() -> None:
+    """Install Debian's redis-server when it is missing and we may (as ./dev.sh test does); else fail clearly."""
+    if shutil.which("redis-server"):
+        return
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        if subprocess.run(["apt-get", "install", "-y", "-qq", "redis-server"], capture_output=True).returncode:
+            subprocess.run(["apt-get", "update", "-qq"], capture_output=True)
+            subprocess.run(["apt-get", "install", "-y", "-qq", "redis-server"], capture_output=True)
+    assert shutil.which("redis-server"), "the cluster test needs redis-server: apt-get install redis-server"
+
+
+@dataclass
+class Deployment:
+    home: Path
+    source: Path
+    env: dict[str, str]
+    up: subprocess.CompletedProcess
+    load: subprocess.CompletedProcess | None = None
+
+    def pophealth(self, *args: str, timeout: int = 1800) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "pophealth.cli", *args], env=self.env, capture_output=True,
+                              text=True, timeout=timeout)
+
+    def layout(self):
+        from pophealth import cluster
+
+        saved = {k: os.environ.get(k) for k in ("POPHEALTH_HOME", "POPHEALTH_CLUSTER_PORT_OFFSET")}
+        os.environ.update(POPHEALTH_HOME=self.env["POPHEALTH_HOME"], POPHEALTH_CLUSTER_PORT_OFFSET=PORT_OFFSET)
+        try:
+            return cluster.layout()
+        finally:
+            for k, v in saved.items():
+                os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+
+    def metadata(self, statement: str, params: tuple = ()) -> list[tuple]:
+        from pophealth import cluster
+
+        return cluster.metadata_query(self.layout(), statement, params)
+
+    def query(self, statement: str, params: tuple = ()) -> list[tuple]:
+        import psycopg
+
+        from pophealth import cluster
+
+        lay = self.layout()
+        with psycopg.connect(cluster.warehouse_url(lay), passfile=str(lay.secret("pgpass"))) as conn:
+            return conn.execute(statement, params).fetchall()
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory):
+    ensure_redis_server()
+    home = tmp_path_factory.mktemp("cluster")
+    source = synth_world(home, POPULATION, SEED)
+    env = {**isolated_env(home), "POPHEALTH_CLUSTER_PORT_OFFSET": PORT_OFFSET}
+    deployment = Deployment(home, source, env, up=None)
+    deployment.up = deployment.pophealth("cluster", "up", "--landing", str(home / "incoming"), timeout=900)
+    try:
+        assert deployment.up.returncode == 0, deployment.up.stdout[-3000:] + deployment.up.stderr[-3000:]
+        deployment.load = deployment.pophealth("cluster", "load", "--from", str(source))
+        yield deployment
+    finally:
+        down = deployment.pophealth("cluster", "down", timeout=300)
+        deployment.down = down
+
+
+def test_the_scheduler_and_two_celery_workers_load_every_feed_and_the_assets_build_the_marts_once(deployed):
+    assert deployed.load.returncode == 0, deployed.load.stdout[-4000:] + deployed.load.stderr[-3000:]
+    marts_runs = deployed.metadata("SELECT run_type, state FROM dag_run WHERE dag_id = 'build_marts'")
+    assert marts_runs == [("asset_triggered", "success")]
+    published = deployed.metadata("""SELECT count(*) FROM task_instance WHERE dag_id = 'build_marts'
+                                      AND task_id = 'publish_marts' AND state = 'success'""")
+    assert published == [(1,)]
+    # Every task ran on one of the two Celery workers (the embedded default runs them in one process).
+    hosts = deployed.metadata("SELECT DISTINCT hostname FROM task_instance WHERE state = 'success'")
+    assert {h for (h,) in hosts} == {"worker1", "worker2"}
+
+
+def test_one_feeds_files_are_loaded_by_both_workers_at_once(deployed):
+    stages = deployed.metadata(
+        """SELECT hostname, start_date, end_date FROM task_instance
+           WHERE dag_id = 'ingest_apc' AND task_id = 'ingest_file.stage' AND state = 'success'""")
+    assert len(stages) == len(list(deployed.source.glob("apc_*.csv")))
+    one = [s for s in stages if s[0] == "worker1"]
+    two = [s for s in stages if s[0] == "worker2"]
+    assert one and two
+    assert any(a[1] < b[2] and b[1] < a[2] for a in one for b in two), "the two workers never staged at once"
+
+
+def test_marts_person_equals_the_answer_key(deployed):
+    import csv
+
+    with (deployed.source / "answer_key" / "people.csv").open(newline="") as handle:
+        expected = {expected_person_id(r["identity"]): expected_person_row(r) for r in csv.DictReader(handle)}
+    actual = {row[0]: tuple(_normal(v) for v in row)
+              for row in deployed.query(f"SELECT {', '.join(PERSON_COLUMNS)} FROM marts.person")}
+    assert set(actual) == set(expected)
+    wrong = [p for p in expected if expected[p] != actual[p]]
+    assert not wrong, f"{len(wrong)} people differ, e.g. expected {expected[wrong[0]]} got {actual[wrong[0]]}"
+
+
+def test_the_audit_accounts_for_every_row_once(deployed):
+    import csv
+
+    with (deployed.source / "answer_key" / "files.csv").open(newline="") as handle:
+        files = list(csv.DictReader(handle))
+    audit = deployed.query("""SELECT file_name, rows_read, rows_loaded, rows_quarantined, rows_opted_out
+                              FROM audit.load WHERE status = 'published'""")
+    assert len(audit) == len({row[0] for row in audit}), "a file was published twice"
+    by_file = {row[0]: row[1:] for row in audit}
+    for f in files:
+        assert by_file[f["file_name"]] == (int(f["rows_read"]), int(f["rows_loaded"]), int(f["rows_quarantined"]),
+                                           int(f["rows_opted_out"])), f["file_name"]
+
+
+def test_nothing_identifiable_or_secret_is_in_the_clusters_logs(deployed):
+    # Airflow's task logs, every process's own log, the OpenLineage events: no NHS number, postcode, date of
+    # birth or key, and no password of the cluster's own.
+    identifiable = identifiable_values(deployed.source)
+    lay = deployed.layout()
+    secrets = [p.read_text().strip().encode() for p in lay.secrets.iterdir() if p.suffix in (".password", ".key")]
+    keys = [TEST_KEY.encode(), TEST_VAULT_KEY.encode(), *(k.encode() for k in PURPOSE_KEYS_ENV.values())]
+    files = [p for folder in (lay.logs, lay.home) for p in folder.rglob("*") if p.is_file()]
+    assert any("dag_id=ingest_apc" in str(p) for p in files), "no task log was found to scan"
+    for path in files:
+        data = path.read_bytes()
+        found = identifiable.found_in(data) + ["a key or password" for s in secrets + keys if s in data]
+        assert not found, f"{path} holds {', '.join(found)} in clear"
+
+
+def test_down_stops_every_process_and_server(deployed):
+    # The last test of the module: takes the cluster down itself, then nothing of it may still run.
+    from pophealth import cluster
+
+    down = deployed.pophealth("cluster", "down", timeout=300)
+    assert down.returncode == 0, down.stderr
+    lay = deployed.layout()
+    assert not any(cluster.status(lay).values()), cluster.status(lay)
+    assert not cluster.redis_ping(lay)
+    again = deployed.pophealth("cluster", "down", timeout=300)  # idempotent: nothing to stop, no error
+    assert again.returncode == 0 and "stopped" not in again.stdout
