@@ -401,6 +401,12 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         elif args.action == "status":
             for name, running in cluster.status().items():
                 _say(f"  {name:<14} {'running' if running else 'stopped'}")
+        elif args.action == "restart":
+            if not args.name:
+                _say("give the part to restart: postgres, redis or an Airflow process (pophealth cluster status)")
+                return 2
+            cluster.restart(args.name, crash=args.crash)
+            _say(f"{args.name} restarted")
         elif args.action == "load":
             started = time.monotonic()
             states = cluster.load(Path(args.source) if args.source else None, say=_say)
@@ -420,7 +426,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_setup)
 
     p = sub.add_parser("cluster", help="the deployment's topology on this machine: real servers, Celery, two workers")
-    p.add_argument("action", choices=["up", "down", "status", "load"])
+    p.add_argument("action", choices=["up", "down", "status", "load", "restart"])
+    p.add_argument("name", nargs="?", help="restart: postgres, redis, or an Airflow process (worker1, scheduler, ...)")
+    p.add_argument("--crash", action="store_true", help="restart: kill the process at once (SIGKILL), as a crash")
     p.add_argument("--landing", help="up: the landing folder the workers read (default: one in the state folder)")
     p.add_argument("--wait", action="store_true", help="up: stay in the foreground; Ctrl-C takes it all down")
     p.add_argument("--from", dest="source", help="load: a folder whose extracts arrive in the landing folder, feed by feed")

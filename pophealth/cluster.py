@@ -637,11 +637,25 @@ def _latest_run(lay: Layout, dag_id: str) -> tuple[str, str] | None:
     return rows[0] if rows else None
 
 
+def _latest_run_or_none(lay: Layout, dag_id: str):
+    import psycopg
+
+    try:
+        return _latest_run(lay, dag_id)
+    except psycopg.OperationalError:
+        return "unknown"
+
+
 def wait_for_run(lay: Layout, dag_id: str, run_id: str, timeout: float) -> str:
+    import psycopg
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        (state,), = metadata_query(lay, "SELECT state FROM dag_run WHERE dag_id = %s AND run_id = %s",
-                                   (dag_id, run_id))
+        try:
+            (state,), = metadata_query(lay, "SELECT state FROM dag_run WHERE dag_id = %s AND run_id = %s",
+                                       (dag_id, run_id))
+        except psycopg.OperationalError:  # the server restarting: look again
+            state = None
         if state in ("success", "failed"):
             return state
         time.sleep(2)
@@ -695,10 +709,37 @@ def load(source: Path | None = None, say=print, timeout: float = 3600) -> dict[s
         airflow_cli(lay, "dags", "unpause", MARTS_DAG)
     started = time.monotonic()
     deadline = started + timeout
-    while (latest := _latest_run(lay, MARTS_DAG)) == before:
+    while (latest := _latest_run_or_none(lay, MARTS_DAG)) in (before, "unknown"):
         if time.monotonic() > deadline:
             raise ClusterError(f"no {MARTS_DAG} run was triggered by the assets within {timeout:.0f} s")
         time.sleep(2)
     states[MARTS_DAG] = wait_for_run(lay, MARTS_DAG, latest[0], timeout)
     say(f"  {MARTS_DAG:<30} {states[MARTS_DAG]:<8} {time.monotonic() - started:6.1f} s (triggered by the assets)")
     return states
+
+
+def restart(name: str, crash: bool = False) -> None:
+    """Restart one part of a running cluster: an Airflow process by its name, `redis` or `postgres`. With `crash`,
+    an Airflow process (and its children, the tasks it runs) is killed at once (SIGKILL), as a crash would."""
+    lay = layout()
+    if name == "postgres":
+        stop_postgres(lay)
+        start_postgres(lay)
+        time.sleep(15)  # an Airflow process that lost its database and gave up is started again, as compose would
+        for process, command in processes(lay).items():
+            if pid_of(lay, process) is None:
+                start(lay, process, command, airflow_env(lay, process))
+    elif name == "redis":
+        stop(lay, "redis")
+        start_redis(lay)
+        _wait("Redis", lambda: redis_ping(lay), 30, lay, "redis")
+    else:
+        command = processes(lay).get(name)
+        if command is None:
+            raise ClusterError(f"the cluster has no process called {name}")
+        if crash:
+            kill(lay, name)
+            (lay.run / f"{name}.pid").unlink(missing_ok=True)
+        else:
+            stop(lay, name)
+        start(lay, name, command, airflow_env(lay, name))

@@ -13,6 +13,8 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,6 +80,45 @@ class Deployment:
             return conn.execute(statement, params).fetchall()
 
 
+class Faults(threading.Thread):
+    """The faults of a deployment, each injected while the load runs, when its moment comes (the metadata says),
+    and recorded: the warehouse's server restarted while the register loads, a worker killed while it stages a
+    hospital file, Redis restarted while social care loads, the scheduler killed while the marts build."""
+
+    PLAN = (
+        ("the warehouse restarted", ("restart", "postgres"),
+         "SELECT count(*) FROM dag_run WHERE dag_id = 'ingest_gp_register' AND run_id LIKE 'cluster_load%%'"),
+        ("a worker killed mid-load", ("restart", "worker1", "--crash"),
+         """SELECT count(*) FROM task_instance WHERE dag_id = 'ingest_apc' AND task_id = 'ingest_file.stage'
+            AND state = 'running' AND hostname = 'worker1'"""),
+        ("Redis restarted", ("restart", "redis"),
+         "SELECT count(*) FROM dag_run WHERE dag_id = 'ingest_cld' AND run_id LIKE 'cluster_load%%'"),
+        ("the scheduler restarted mid-run", ("restart", "scheduler", "--crash"),
+         """SELECT count(*) FROM task_instance WHERE dag_id = 'build_marts' AND task_id LIKE 'dbt.%%'
+            AND state = 'success'"""),
+    )
+
+    def __init__(self, deployment: "Deployment"):
+        super().__init__(daemon=True)
+        self.deployment = deployment
+        self.done: dict[str, str] = {}
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        for name, command, moment in self.PLAN:
+            while not self.stop.is_set():
+                try:
+                    if self.deployment.metadata(moment)[0][0] > 0:
+                        break
+                except Exception:  # the metadata database is restarting
+                    pass
+                time.sleep(0.5)
+            if self.stop.is_set():
+                return
+            proc = self.deployment.pophealth("cluster", *command, timeout=300)
+            self.done[name] = "done" if proc.returncode == 0 else f"failed: {proc.stderr[-500:]}"
+
+
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory):
     ensure_redis_server()
@@ -88,7 +129,10 @@ def deployed(tmp_path_factory):
     deployment.up = deployment.pophealth("cluster", "up", "--landing", str(home / "incoming"), timeout=900)
     try:
         assert deployment.up.returncode == 0, deployment.up.stdout[-3000:] + deployment.up.stderr[-3000:]
+        deployment.faults = Faults(deployment)
+        deployment.faults.start()
         deployment.load = deployment.pophealth("cluster", "load", "--from", str(source))
+        deployment.faults.stop.set()
         yield deployment
     finally:
         down = deployment.pophealth("cluster", "down", timeout=300)
@@ -105,6 +149,14 @@ def test_the_scheduler_and_two_celery_workers_load_every_feed_and_the_assets_bui
     # Every task ran on one of the two Celery workers (the embedded default runs them in one process).
     hosts = deployed.metadata("SELECT DISTINCT hostname FROM task_instance WHERE state = 'success'")
     assert {h for (h,) in hosts} == {"worker1", "worker2"}
+
+
+def test_every_fault_happened_mid_load_and_the_killed_workers_task_ran_again(deployed):
+    assert deployed.faults.done == dict.fromkeys((name for name, _, _ in Faults.PLAN), "done")
+    # The stage task the killed worker was running was failed for want of a heartbeat and retried.
+    retried = deployed.metadata("""SELECT count(*) FROM task_instance WHERE dag_id = 'ingest_apc'
+                                   AND task_id = 'ingest_file.stage' AND try_number > 1 AND state = 'success'""")
+    assert retried[0][0] >= 1
 
 
 def test_one_feeds_files_are_loaded_by_both_workers_at_once(deployed):
