@@ -124,5 +124,7 @@ def test_the_cluster_runs_the_shared_settings_and_two_workers_under_their_own_na
     commands = cluster.processes(layout)
     workers = [c for n, c in commands.items() if n.startswith("worker")]
     assert len(workers) == 2 and {"worker1@%h", "worker2@%h"} <= {part for c in workers for part in c}
-    ports = {cluster.airflow_env(layout, n)["AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT"] for n in ("worker1", "worker2")}
-    assert len(ports) == 2  # two log servers on one machine
+    # Every server of the cluster listens on a port of its own (two workers' log servers on one machine).
+    ports = [cluster.airflow_env(layout, n)["AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT"] for n in ("worker1", "worker2")]
+    ports += [layout.port(name) for name in DEPLOYMENT["cluster"]["ports"] if name != "worker_logs"]
+    assert len(set(map(int, ports))) == len(ports), ports
