@@ -397,6 +397,9 @@ def start_postgres(lay: Layout) -> bool:
             shutil.chown(lay.postgres, _pg_user(), _pg_user())
             shutil.chown(socket_dir, _pg_user(), _pg_user())
         lay.postgres.chmod(0o700)
+        if _pg_user() and subprocess.run(["runuser", "-u", _pg_user(), "--", "test", "-x", str(lay.postgres)]).returncode:
+            raise ClusterError(f"the {_pg_user()} user, who runs PostgreSQL, cannot reach {lay.postgres}: give the "
+                               "folders above it search permission (chmod o+x) or set POPHEALTH_HOME elsewhere")
         _run(_as_pg([_pg_bin(lay, "initdb"), "-D", str(lay.pgdata), "--auth-local=peer",
                      "--auth-host=scram-sha-256", "--encoding=UTF8", "--locale=C.UTF-8"]), "initdb")
     settings = (f"listen_addresses = '127.0.0.1'\nport = {lay.port('postgres')}\n"

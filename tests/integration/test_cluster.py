@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -122,7 +123,10 @@ class Faults(threading.Thread):
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory):
     ensure_redis_server()
-    home = tmp_path_factory.mktemp("cluster")
+    # Not under pytest's own temporary folder (mode 700): the PostgreSQL server runs as the `postgres` user, who
+    # must be able to reach its data folder.
+    home = Path(tempfile.mkdtemp(prefix="pophealth-cluster-"))
+    home.chmod(0o711)
     source = synth_world(home, POPULATION, SEED)
     env = {**isolated_env(home), "POPHEALTH_CLUSTER_PORT_OFFSET": PORT_OFFSET}
     deployment = Deployment(home, source, env, up=None)
@@ -135,8 +139,8 @@ def deployed(tmp_path_factory):
         deployment.faults.stop.set()
         yield deployment
     finally:
-        down = deployment.pophealth("cluster", "down", timeout=300)
-        deployment.down = down
+        deployment.pophealth("cluster", "down", timeout=300)
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def test_the_scheduler_and_two_celery_workers_load_every_feed_and_the_assets_build_the_marts_once(deployed):
