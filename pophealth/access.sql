@@ -25,13 +25,13 @@ END $$;
 -- nothing it lacks (loader's rights are a subset of the owner's).
 DO $$
 BEGIN
-    IF NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
-       AND NOT pg_has_role(current_user, 'loader', 'MEMBER') THEN
+    IF NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+        -- (on 16 the creator is already a member, with ADMIN but without SET: membership alone is not enough)
         IF current_setting('server_version_num')::int >= 160000 THEN
             IF NOT pg_has_role(current_user, 'loader', 'SET') THEN
                 EXECUTE format('GRANT loader TO %I WITH INHERIT FALSE, SET TRUE', current_user);
             END IF;
-        ELSE
+        ELSIF NOT pg_has_role(current_user, 'loader', 'MEMBER') THEN
             EXECUTE format('GRANT loader TO %I', current_user);
         END IF;
     END IF;
