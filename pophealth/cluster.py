@@ -681,14 +681,16 @@ def _arrive(source: Path, target: Path, feed: str) -> int:
 
 
 def load(source: Path | None = None, say=print, timeout: float = 3600) -> dict[str, str]:
-    """Load a landing folder through the cluster, then let the assets build the marts, once.
+    """Load a landing folder through the cluster, then let the assets build the marts (once or twice: below).
 
     Feed by feed in the contract's load order (the opt-outs and the register before the activity feeds), the
     feed's files arrive in the landing folder (copied from `source`, when given) and its ingest DAG is started as
     the Trigger button starts it; a scheduled run already waiting for files takes them first (the trigger waits
     behind it and finds nothing left). The scheduler hands every task to the Celery workers. build_marts is
-    paused until the last feed arrives, so that the asset event of that feed's publish triggers it once, on
-    everything (an asset event does not queue a paused DAG)."""
+    paused until the last feed arrives, so that no build starts on part of the feeds (an asset event does not
+    queue a paused DAG). Each file's publish is an asset event of its own, so the last feed's files, published one
+    by one, start a build at the first and at most one more after it (max_active_runs=1 folds the rest into one);
+    the last build has everything."""
     from pophealth.landing import LOAD_ORDER
     from pophealth.pipeline import MARTS_DAG
 
