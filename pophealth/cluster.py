@@ -743,7 +743,8 @@ def restart(name: str, crash: bool = False) -> None:
         if command is None:
             raise ClusterError(f"the cluster has no process called {name}")
         if crash:
-            kill(lay, name)
+            if pid_of(lay, name):
+                kill(lay, name)
             (lay.run / f"{name}.pid").unlink(missing_ok=True)
         else:
             stop(lay, name)
