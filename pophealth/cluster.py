@@ -61,6 +61,7 @@ class Layout:
 
     root: Path
     settings: dict
+    port_offset: int = 0
 
     @property
     def secrets(self) -> Path:
@@ -96,14 +97,14 @@ class Layout:
         return self.root / "landing_dir"
 
     def port(self, name: str) -> int:
-        return int(self.settings["cluster"]["ports"][name]) + int(os.environ.get(ENV_PORT_OFFSET, "0"))
+        return int(self.settings["cluster"]["ports"][name]) + self.port_offset
 
     def secret(self, name: str) -> Path:
         return self.secrets / name
 
 
 def layout() -> Layout:
-    return Layout(config.paths().home / "cluster", deployment())
+    return Layout(config.paths().home / "cluster", deployment(), int(os.environ.get(ENV_PORT_OFFSET) or 0))
 
 
 # ---------------------------------------------------------------------------------------------------- secrets
@@ -719,6 +720,22 @@ def load(source: Path | None = None, say=print, timeout: float = 3600) -> dict[s
             raise ClusterError(f"no {MARTS_DAG} run was triggered by the assets within {timeout:.0f} s")
         time.sleep(2)
     states[MARTS_DAG] = wait_for_run(lay, MARTS_DAG, latest[0], timeout)
+    # A second build that the last feed's later publishes queued (see above): the load is done when it is.
+    while time.monotonic() < deadline:
+        try:
+            waiting = metadata_query(
+                lay, """SELECT (SELECT count(*) FROM dag_run WHERE dag_id = %s AND state IN ('queued', 'running'))
+                        + (SELECT count(*) FROM asset_dag_run_queue WHERE target_dag_id = %s)""",
+                (MARTS_DAG, MARTS_DAG))[0][0]
+        except Exception:  # the metadata database restarting
+            waiting = 1
+        if not waiting:
+            break
+        time.sleep(5)
+    else:
+        raise ClusterError(f"{MARTS_DAG} was still building after {timeout:.0f} s")
+    (states[MARTS_DAG],), = metadata_query(lay, "SELECT state FROM dag_run WHERE dag_id = %s ORDER BY id DESC LIMIT 1",
+                                           (MARTS_DAG,))
     say(f"  {MARTS_DAG:<30} {states[MARTS_DAG]:<8} {time.monotonic() - started:6.1f} s (triggered by the assets)")
     return states
 
