@@ -32,7 +32,9 @@ def stage_name(feed: str) -> str:
 def use_bench_keys() -> None:
     """The benchmarks' fixed keys (never a real one): set unless the environment already has them."""
     os.environ.setdefault("POPHEALTH_LINKAGE_KEY", "ab" * 32)
-    os.environ.setdefault("POPHEALTH_VAULT_KEY", "cd" * 32)
+    from pophealth.keys import VaultPrivateKey
+
+    os.environ.setdefault("POPHEALTH_VAULT_PUBLIC_KEY", VaultPrivateKey(bytes.fromhex("cd" * 32)).public_hex())
     os.environ.setdefault("POPHEALTH_SECONDARY_USE_KEY", "e7" * 32)
     os.environ.setdefault("POPHEALTH_DIRECT_CARE_KEY", "d4" * 32)
 

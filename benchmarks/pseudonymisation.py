@@ -15,9 +15,9 @@ def bench_pseudonymisation(landing: Path, repeats: int, quiet: bool = False) -> 
     import hmac
 
     from pophealth.identifiers import NhsNumber, check_nhs_number, normalise_nhs_number
-    from pophealth.keys import LinkageKey, VaultKey
+    from pophealth.keys import LinkageKey, VaultPrivateKey
     from pophealth.pseudonymise import Pseudonymiser
-    from pophealth.vault import VaultCipher
+    from pophealth.vault import VaultSealer
 
     extract = next(Path(landing).glob("gp_register_*.csv"))
     with extract.open(newline="") as handle:
@@ -26,7 +26,7 @@ def bench_pseudonymisation(landing: Path, repeats: int, quiet: bool = False) -> 
     digits = [normalise_nhs_number(n).encode() for n in numbers]
     secret = bytes.fromhex("ab" * 32)
     pseudonymiser = Pseudonymiser(LinkageKey(secret))
-    cipher = VaultCipher(VaultKey(bytes.fromhex("cd" * 32)))
+    cipher = VaultSealer(VaultPrivateKey(bytes.fromhex("cd" * 32)).public_key())
 
     def bare_hmac():
         for d in digits:
@@ -49,7 +49,7 @@ def bench_pseudonymisation(landing: Path, repeats: int, quiet: bool = False) -> 
         print(f"{'baseline   bare HMAC-SHA256 of ' + format(count, ',') + ' NHS numbers':<52}{baseline:8.3f} s  "
               f"({count / baseline:10,.0f} /s)")
     for key, label, action in (("pseudonymise", "pseudonymise   check, type, HMAC", platform),
-                               ("pseudonymise_and_vault", "pseudonymise   + vault AES-256-GCM encryption",
+                               ("pseudonymise_and_vault", "pseudonymise   + vault HPKE (X25519, AES-256-GCM) encryption",
                                 platform_with_vault)):
         seconds = median_seconds(action, repeats)
         figures[f"{key}_s"] = seconds

@@ -13,7 +13,7 @@ from psycopg import sql
 
 from pophealth.db import role_password
 
-ROLES = ("loader", "analyst", "ig_auditor", "reidentifier")
+ROLES = ("loader", "analyst", "ig_auditor", "reidentifier", "caldicott_guardian")
 
 
 def apply_access(conn: psycopg.Connection) -> None:

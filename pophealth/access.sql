@@ -6,13 +6,16 @@
 --                 `grants` config, dbt_project/dbt_project.yml, reapplied on every build)
 --   ig_auditor    reads audit (loads, quarantine, gates, re-identifications, key rotations, lineage)
 --   care_team     reads direct_care (the case-finding list), nothing else (SELECT from dbt's `grants`)
---   reidentifier  may call the vault's two functions, nothing else
+--   reidentifier  may call the vault's request and release functions, nothing else
+--   caldicott_guardian  reads the re-identification log, and approves or refuses a request held beyond the
+--                 limits (vault.decide_reidentification), never their own
+--   audit_keeper  (NOLOGIN, schema.sql) owns the re-identification and key-rotation logs and the vault's functions
 -- Nobody but the owner reads restricted (the opt-out list, the transit -> purpose id mapping) or raw.
 DO $$
 DECLARE
     name text;
 BEGIN
-    FOREACH name IN ARRAY ARRAY['loader', 'analyst', 'ig_auditor', 'reidentifier', 'care_team'] LOOP
+    FOREACH name IN ARRAY ARRAY['loader', 'analyst', 'ig_auditor', 'reidentifier', 'care_team', 'caldicott_guardian'] LOOP
         IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = name) THEN
             EXECUTE format('CREATE ROLE %I LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT', name);
         END IF;
@@ -57,12 +60,22 @@ GRANT USAGE, CREATE ON SCHEMA load_batch TO loader;
 GRANT SELECT, INSERT, DELETE ON ALL TABLES IN SCHEMA raw TO loader;
 GRANT SELECT, INSERT, DELETE ON restricted.optout TO loader;
 REVOKE ALL ON restricted.pseudonym, restricted.purpose_key FROM PUBLIC, loader, analyst, ig_auditor, reidentifier, care_team;
-GRANT SELECT, INSERT, UPDATE ON audit.load TO loader;
+-- A load's row is written once, then only its outcome moves on: which file it was, when it started, and its
+-- id are never the loader's to change.
+REVOKE UPDATE ON audit.load FROM loader;
+GRANT SELECT, INSERT ON audit.load TO loader;
+GRANT UPDATE (status, message, finished_at, published_at, superseded_by, key_version, rows_read, rows_loaded,
+              rows_quarantined, rows_opted_out, rows_test_range, rows_unlinked, extra_columns, vault_entries,
+              covers_from, covers_to)
+    ON audit.load TO loader;
 GRANT SELECT, INSERT ON audit.quarantine, audit.optout_applied, audit.gate_result TO loader;
-GRANT SELECT ON audit.key_rotation TO loader;                  -- which key the warehouse is keyed with
-GRANT INSERT, DELETE ON vault.identity TO loader;            -- writes ciphertext; never reads it
+GRANT INSERT, DELETE ON vault.identity TO loader;            -- writes ciphertext; never reads it (nor could: public key only)
 GRANT SELECT (pseudonym, kind) ON vault.identity TO loader;    -- to skip a stored pseudonym, and remove opt-outs
-GRANT USAGE ON ALL SEQUENCES IN SCHEMA audit TO loader;
+-- The load ids' sequence only: never the re-identification log's (a number drawn there would look like a gap).
+REVOKE USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA audit FROM loader;
+GRANT USAGE ON SEQUENCE audit.load_load_id_seq TO loader;
+REVOKE ALL ON audit.reidentification, audit.reidentification_approval, audit.key_rotation FROM loader;
+GRANT SELECT (purpose, new_key_version, rotation_id) ON audit.key_rotation TO loader;  -- which key the warehouse is keyed with
 
 -- analyst: schema usage here; SELECT on each table from dbt's grants
 GRANT USAGE ON SCHEMA marts, reporting TO analyst;
@@ -75,10 +88,19 @@ GRANT USAGE ON SCHEMA audit TO ig_auditor;
 GRANT SELECT ON ALL TABLES IN SCHEMA audit TO ig_auditor;
 ALTER DEFAULT PRIVILEGES IN SCHEMA audit GRANT SELECT ON TABLES TO ig_auditor;
 
--- reidentifier: the two vault functions, and nothing else (they run as their owner: SECURITY DEFINER)
+-- reidentifier: the vault functions, and nothing else (they run as their owner, audit_keeper: SECURITY DEFINER)
 GRANT USAGE ON SCHEMA vault TO reidentifier;
 GRANT EXECUTE ON FUNCTION vault.request_reidentification(text[], text, text) TO reidentifier;
 GRANT EXECUTE ON FUNCTION vault.reidentify(bigint) TO reidentifier;
+GRANT EXECUTE ON FUNCTION vault.my_request(bigint) TO reidentifier;
 
--- The re-identification log is append-only for everyone (the owner is stopped by the triggers).
-REVOKE UPDATE, DELETE, TRUNCATE ON audit.reidentification FROM PUBLIC, loader, analyst, ig_auditor, reidentifier;
+-- caldicott_guardian: reads the re-identification log and decides on held requests
+GRANT USAGE ON SCHEMA vault, audit TO caldicott_guardian;
+GRANT SELECT ON audit.reidentification, audit.reidentification_approval TO caldicott_guardian;
+GRANT EXECUTE ON FUNCTION vault.decide_reidentification(bigint, boolean, text) TO caldicott_guardian;
+
+-- The logs are append-only for everyone (their owner, audit_keeper, is stopped by the triggers, and no process
+-- logs in as it); nobody else inserts into them but the vault's functions and the owner's key rotations.
+REVOKE INSERT, UPDATE, DELETE, TRUNCATE, TRIGGER, REFERENCES ON audit.reidentification, audit.reidentification_approval,
+    audit.key_rotation FROM PUBLIC, loader, analyst, ig_auditor, reidentifier, care_team, caldicott_guardian;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA audit FROM PUBLIC, analyst, ig_auditor, reidentifier, care_team, caldicott_guardian;

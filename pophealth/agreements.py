@@ -123,6 +123,22 @@ def load_register(path: Path | None = None) -> Register:
     return Register(int(data.get("register_version") or 0), tuple(agreements))
 
 
+def reidentification_purposes(path: Path | None = None) -> dict[str, str]:
+    """The closed list of reasons a person may be re-identified (code -> description), each under the register's
+    `direct_care` purpose: the database refuses any other (vault.reidentification_purpose)."""
+    path = path or register_path()
+    data = yaml.safe_load(path.read_text()) or {}
+    found = {}
+    for number, entry in enumerate(data.get("reidentification_purposes") or [], start=1):
+        where = f"{path.name}, reidentification_purposes entry {number}"
+        if not entry.get("code") or not entry.get("description"):
+            raise RegisterInvalid(f"{where}: needs a code and a description")
+        if entry.get("purpose") != "direct_care":
+            raise RegisterInvalid(f"{where}: re-identification serves direct care only (purpose: direct_care)")
+        found[str(entry["code"])] = str(entry["description"])
+    return found
+
+
 def today() -> date:
     return datetime.now(timezone.utc).date()
 

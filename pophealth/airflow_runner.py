@@ -20,20 +20,25 @@ from pophealth import config, db
 from pophealth.lineage import openlineage_env
 
 
+#: Settings no Airflow process is given (pophealth/keys.py: the vault's private key is the re-identification path's).
+PRIVATE_ONLY = frozenset({config.ENV_VAULT_PRIVATE_KEY, config.ENV_VAULT_PRIVATE_KEY_FILE})
+
+
 def airflow_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     paths = config.paths()
     paths.airflow_home.mkdir(parents=True, exist_ok=True)
+    # The vault's private key never reaches Airflow: no task reads it, and a worker's environment must not hold it.
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k not in PRIVATE_ONLY},
         "AIRFLOW_HOME": str(paths.airflow_home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(paths.dags_folder),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "60",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN")
-        or db.airflow_metadata_url(),
+        **_metadata_db_setting(),
         # Mask the key wherever Airflow might print it.
-        "AIRFLOW__CORE__SENSITIVE_VAR_CONN_NAMES": ("linkage_key,vault_key,secondary_use_key,direct_care_key,POPHEALTH_LINKAGE_KEY,"
-                                                   "POPHEALTH_VAULT_KEY,POPHEALTH_SECONDARY_USE_KEY,POPHEALTH_DIRECT_CARE_KEY"),
+        "AIRFLOW__CORE__SENSITIVE_VAR_CONN_NAMES": ("linkage_key,vault_key,vault_public_key,secondary_use_key,direct_care_key,"
+                                                   "POPHEALTH_LINKAGE_KEY,POPHEALTH_VAULT_PUBLIC_KEY,"
+                                                   "POPHEALTH_SECONDARY_USE_KEY,POPHEALTH_DIRECT_CARE_KEY"),
         "AIRFLOW__COSMOS__ENABLE_TELEMETRY": "False",
         "DO_NOT_TRACK": "1",
         "PYTHONWARNINGS": "ignore",
@@ -44,6 +49,15 @@ def airflow_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     if extra:
         env.update(extra)
     return env
+
+
+def _metadata_db_setting() -> dict[str, str]:
+    """Airflow's metadata database, unless the deployment gives it as a command or a secret (docker-compose.yml:
+    AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_CMD): a plain setting would win over those and point Airflow elsewhere."""
+    given = "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"
+    if not os.environ.get(given) and (os.environ.get(given + "_CMD") or os.environ.get(given + "_SECRET")):
+        return {}
+    return {given: os.environ.get(given) or db.airflow_metadata_url()}
 
 
 def _airflow_bin() -> str:

@@ -6,6 +6,9 @@ the numbers are embedded as JSON and a small inline script draws the charts as S
 browser, with no external file, font or library, so it opens offline from a file or an e-mail.
 
 A suppressed count (1 to 7 people, null in `reporting`) is shown as a marker, never as 0; zero is 0.
+A provisional period (`is_final` false: its follow-up runs past the as-of date) is left out of the charts
+and tables and named, with the date it becomes final; it is never shown as final. Each council
+(`local_authority`) has its own page of the six metrics, reached from the council selector.
 """
 
 from __future__ import annotations
@@ -100,9 +103,12 @@ def tier_name(tier: str) -> str:
     return TIER_NAMES.get(tier, tier.replace("_", " ").capitalize())
 
 
+LEVEL_ORDER = {"area": 0, "local_authority": 1, "locality": 2}
+
+
 def geography_key(row: dict) -> tuple:
-    """The area first, then its localities by name."""
-    return (0 if row["geography_level"] == "area" else 1, row["geography_name"] or "", row["geography_code"] or "")
+    """The area first, then the councils, then the localities, each by name."""
+    return (LEVEL_ORDER.get(row["geography_level"], 3), row["geography_name"] or "", row["geography_code"] or "")
 
 
 def age_band_key(band: str) -> tuple:
@@ -224,6 +230,23 @@ def _metric_order(codes: Iterable[str]) -> list[str]:
     return [c for c in METRIC_ORDER if c in codes] + sorted(codes - set(METRIC_ORDER))
 
 
+def _periods_not_computed(conn) -> str:
+    """The periods the data does not cover wholly, and why (reporting.period_coverage): said, never left out."""
+    table = "reporting.period_coverage"
+    if not _exists(conn, table):
+        return _missing(table, f"{table} has not been built yet: which periods are covered is not known.")
+    rows = _fetch(conn, f"""SELECT period_type, period_start, period_end, reason_not_computed FROM {table}
+                            WHERE NOT is_computed ORDER BY period_start, period_end""")
+    if not rows:
+        return ""
+    body = [f"<tr><td>{esc(period_label(r['period_type'], r['period_start'], r['period_end']))}</td>"
+            f"<td>{esc(r['reason_not_computed'])}</td></tr>" for r in rows]
+    return (f'<div class="not-computed" id="periods-not-computed"><p class="missing" data-missing="{esc(table)}">'
+            f"{len(rows)} period(s) are not reported: the data the platform holds does not cover them wholly.</p>"
+            + _table("periods-not-computed-table", "Periods not computed, and why", ("Period", "Why"), body)
+            + "</div>")
+
+
 def _bcf_section(conn, charts: dict) -> str:
     table = "reporting.bcf_metrics"
     parts = ['<section id="bcf"><h2>Better Care Fund metrics</h2>']
@@ -231,10 +254,21 @@ def _bcf_section(conn, charts: dict) -> str:
         return "".join(parts + [_missing(table, f"{table} has not been built yet."), "</section>"])
     rows = _fetch(conn, f"""SELECT metric_code, metric_name, unit, period_type, period_start, period_end,
                                    geography_level, geography_code, geography_name, numerator, denominator,
-                                   value, is_suppressed
+                                   value, is_suppressed, is_final, final_on
                             FROM {table} ORDER BY metric_code, period_start, geography_code""")
+    parts.append(_periods_not_computed(conn))
     if not rows:
         return "".join(parts + [_missing(table, f"{table} has no rows yet."), "</section>"])
+    # Provisional periods are named, never shown as final: they are left out of every chart and table below.
+    provisional = [r for r in rows if not r["is_final"]]
+    rows = [r for r in rows if r["is_final"]]
+    parts.append(_provisional_note(provisional))
+    parts.append(_geography_notes(rows))
+    councils = sorted({(r["geography_name"] or r["geography_code"], r["geography_code"])
+                       for r in rows if r["geography_level"] == "local_authority"})
+    if councils:
+        parts.append('<nav class="councils" id="council-selector"><p>Each council\'s own page:</p><ul>' + "".join(
+            f'<li><a href="#council-{esc(code)}">{esc(name)}</a></li>' for name, code in councils) + "</ul></nav>")
     by_metric: dict[str, list[dict]] = defaultdict(list)
     for row in rows:
         by_metric[row["metric_code"]].append(row)
@@ -250,6 +284,8 @@ def _bcf_section(conn, charts: dict) -> str:
 
         # The monthly trend: one line for the area and one for each locality.
         months = [r for r in metric if r["period_type"] == "month"]
+        if councils:  # several councils: the area and each council on the chart; localities in the tables
+            months = [r for r in months if r["geography_level"] in ("area", "local_authority")]
         if months:
             periods = sorted({r["period_start"] for r in months})
             series: dict[str, dict] = {}
@@ -303,8 +339,86 @@ def _bcf_section(conn, charts: dict) -> str:
                 body.append(cells + "</tr>")
             parts.append(_table(f"table-bcf-{code}", f"{name}: the latest quarter and financial year", head, body))
         parts.append("</article>")
+    for name, code in councils:
+        parts.append(_council_page(code, name, [r for r in rows if r["geography_code"] == code
+                                                and r["geography_level"] == "local_authority"]))
     parts.append("</section>")
     return "".join(parts)
+
+
+def _provisional_note(provisional: list[dict]) -> str:
+    """Which periods are provisional and left out, by metric, with the date each becomes final."""
+    if not provisional:
+        return ""
+    by_metric: dict[str, dict[tuple, dict]] = defaultdict(dict)
+    for r in provisional:
+        by_metric[r["metric_code"]][(r["period_type"], r["period_start"])] = r
+    items = []
+    for code in _metric_order(by_metric):
+        periods = sorted(by_metric[code].values(), key=lambda r: (r["period_start"], r["period_end"]))
+        name = periods[0]["metric_name"] or code
+        text = "; ".join(f"{period_label(r['period_type'], r['period_start'], r['period_end'])} "
+                         f"(final on {r['final_on'].isoformat()})" for r in periods)
+        items.append(f'<li data-metric="{esc(code)}">{esc(name)}: {esc(text)}</li>')
+    return ('<div class="provisional" id="provisional-periods"><p>Provisional, not shown: these periods\' '
+            "follow-up (30 days after discharge for readmissions, 91 days for reablement) runs past the date "
+            "the data reach, so their figures would still change.</p><ul>" + "".join(items) + "</ul></div>")
+
+
+def _geography_notes(rows: list[dict]) -> str:
+    """What cannot be computed for a geography, said rather than left out: a council or locality with no
+    population estimates has no rate for the population metrics."""
+    population_metrics = {r["metric_code"] for r in rows if "population" in (r["unit"] or "")}
+    empty = sorted({(LEVEL_ORDER.get(r["geography_level"], 3), r["geography_name"] or r["geography_code"],
+                     r["geography_code"]) for r in rows
+                    if r["metric_code"] in population_metrics and r["denominator"] == 0
+                    and r["geography_level"] != "area"})
+    notes = []
+    if empty:
+        notes.append("<p>No population estimates for these places, so their population rates cannot be computed "
+                     "(shown empty):</p><ul>" + "".join(
+                         f'<li data-geography="{esc(code)}">{esc(name)}</li>' for _l, name, code in empty) + "</ul>")
+    # Residents in no council: the area's population beyond its councils' (both rounded to 5, hence the margin).
+    years = [r for r in rows if r["metric_code"] == "emergency_admissions" and r["period_type"] == "financial_year"]
+    if years and any(r["geography_level"] == "local_authority" for r in years):
+        start = max(r["period_start"] for r in years)
+        latest = [r for r in years if r["period_start"] == start and r["denominator"] is not None]
+        area = sum(r["denominator"] for r in latest if r["geography_level"] == "area")
+        councils = [r["denominator"] for r in latest if r["geography_level"] == "local_authority"]
+        outside = area - sum(councils)
+        if outside > 3 * len(councils):
+            notes.append(f'<p data-residents-in-no-council="{esc(int(outside))}">About {format_count(outside)} '
+                         "residents live in LSOAs the postcode lookup puts in no council: they count in the area's "
+                         "figures and their locality's, but in no council's (pophealth status names them).</p>")
+    if not notes:
+        return ""
+    return '<div class="geography-notes" id="geography-notes">' + "".join(notes) + "</div>"
+
+
+def _council_page(code: str, name: str, rows: list[dict]) -> str:
+    """A council's page: its six metrics for the latest final quarter and financial year."""
+    by_metric: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        by_metric[r["metric_code"]].append(r)
+    body = []
+    for metric in _metric_order(by_metric):
+        cells = f'<tr data-metric="{esc(metric)}"><th scope="row">{esc(by_metric[metric][-1]["metric_name"])}</th>'
+        unit = by_metric[metric][-1]["unit"]
+        for period_type in ("quarter", "financial_year"):
+            of_type = [r for r in by_metric[metric] if r["period_type"] == period_type]
+            if not of_type:
+                cells += '<td class="none">–</td><td class="num none">–</td>'
+                continue
+            r = max(of_type, key=lambda x: x["period_start"])
+            cells += f"<td>{esc(period_label(period_type, r['period_start'], r['period_end']))}</td>"
+            cells += _number_cell(format_value(r["value"], unit), r["is_suppressed"] or r["value"] is None)
+        body.append(cells + f"<td>{esc(unit)}</td></tr>")
+    return (f'<section class="council" id="council-{esc(code)}"><h3>{esc(name)} ({esc(code)})</h3>'
+            "<p>The council's Better Care Fund metrics over its own area (its residents; its own social care "
+            "events), for its Health and Wellbeing Board.</p>"
+            + _table(f"table-council-{code}", f"{name}: the latest final quarter and financial year",
+                     ("Metric", "Quarter", "Value", "Financial year", "Value", "Unit"), body)
+            + '<p><a href="#council-selector">Back to the councils</a></p></section>')
 
 
 def _cohort_section(conn) -> str:

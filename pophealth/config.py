@@ -16,10 +16,23 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 #: Environment variables that are part of the interface (the README lists them).
 ENV_DATABASE_URL = "POPHEALTH_DATABASE_URL"
+#: The warehouse password in a file (a Docker secret), for a POPHEALTH_DATABASE_URL that carries none.
+ENV_DATABASE_PASSWORD_FILE = "POPHEALTH_DATABASE_PASSWORD_FILE"
 ENV_LINKAGE_KEY = "POPHEALTH_LINKAGE_KEY"
 ENV_LINKAGE_KEY_FILE = "POPHEALTH_LINKAGE_KEY_FILE"
+#: The symmetric vault key of before issue 17: no longer used; its presence alone is refused with a message.
 ENV_VAULT_KEY = "POPHEALTH_VAULT_KEY"
 ENV_VAULT_KEY_FILE = "POPHEALTH_VAULT_KEY_FILE"
+#: The vault's key pair: the pipeline holds the public key only; the private key is read by `pophealth
+#: reidentify` and the key custodian's rotations alone.
+ENV_VAULT_PUBLIC_KEY = "POPHEALTH_VAULT_PUBLIC_KEY"
+ENV_VAULT_PUBLIC_KEY_FILE = "POPHEALTH_VAULT_PUBLIC_KEY_FILE"
+ENV_VAULT_PRIVATE_KEY = "POPHEALTH_VAULT_PRIVATE_KEY"
+ENV_VAULT_PRIVATE_KEY_FILE = "POPHEALTH_VAULT_PRIVATE_KEY_FILE"
+#: Re-identification limits (enforced by the database, vault.request_reidentification): people per request,
+#: and people per login per day, beyond which a Caldicott guardian must approve.
+ENV_REIDENTIFY_MAX_PEOPLE = "POPHEALTH_REIDENTIFY_MAX_PEOPLE"
+ENV_REIDENTIFY_DAILY_PEOPLE = "POPHEALTH_REIDENTIFY_DAILY_PEOPLE"
 ENV_SECONDARY_USE_KEY = "POPHEALTH_SECONDARY_USE_KEY"
 ENV_SECONDARY_USE_KEY_FILE = "POPHEALTH_SECONDARY_USE_KEY_FILE"
 ENV_DIRECT_CARE_KEY = "POPHEALTH_DIRECT_CARE_KEY"

@@ -347,11 +347,12 @@ _LOCALITY_CODE = re.compile(r"^[A-Za-z0-9_-]{1,20}$")
 
 
 def postcode_row(row: dict[str, str], ctx: RowContext) -> tuple:
-    """raw.ref_lsoa's columns, then the postcode's digest and la_code, which go to raw.ref_postcode."""
+    """raw.ref_lsoa's columns (with la_code: the council, empty when the lookup has none), then the
+    postcode's digest, which goes to raw.ref_postcode only."""
     postcode = postcode_digest(_required(row, "postcode"))
     la_code = _text(row, "la_code")
     return (_required(row, "lsoa_code").upper(), _required(row, "locality_code").upper(), _text(row, "locality_name"),
-            postcode, la_code.upper() if la_code else None)
+            la_code.upper() if la_code else None, postcode)
 
 
 def population_row(row: dict[str, str], ctx: RowContext) -> tuple:
@@ -412,8 +413,9 @@ FEED_SPECS: dict[str, Feed] = {
     ),
     "ref_postcode_lookup": Feed(
         "ref_postcode_lookup", ("postcode", "lsoa_code", "locality_code", "locality_name", "la_code"),
-        ("postcode", "lsoa_code", "locality_code"), "raw.ref_lsoa", ("lsoa_code", "locality_code", "locality_name"),
-        postcode_row, personal=False, replaces_whole_table=True, staged_only=("postcode_digest", "la_code"),
+        ("postcode", "lsoa_code", "locality_code"), "raw.ref_lsoa",
+        ("lsoa_code", "locality_code", "locality_name", "la_code"),
+        postcode_row, personal=False, replaces_whole_table=True, staged_only=("postcode_digest",),
     ),
     "ref_population": Feed(
         "ref_population", ("lsoa_code", "sex", "age", "population"), ("lsoa_code", "sex", "age", "population"),

@@ -419,6 +419,14 @@ def _quarantine_filter(columns: tuple[str, ...]) -> tuple[str, tuple]:
     return " AND column_name = ANY(%s)", (list(columns),)
 
 
+def months_covered(covers_from, covers_to) -> int | None:
+    """How many calendar months a load's rows cover (audit.load.covers_from/covers_to); None for a snapshot (the
+    register) or a feed without periods: those are compared whole."""
+    if covers_from is None or covers_to is None or covers_from == covers_to:
+        return None
+    return (covers_to.year - covers_from.year) * 12 + covers_to.month - covers_from.month + 1
+
+
 def row_count_band(conn, check: dict, ctx: LoadContext) -> RowCountBand:
     """The bounds of a `row_count` rule for this load: its ratios times the rows of its baseline (the rows the
     file offered, or the previous published load of the same feed and provider), or why it does not apply."""
@@ -447,7 +455,7 @@ def row_count_band(conn, check: dict, ctx: LoadContext) -> RowCountBand:
             return band
     else:
         previous = conn.execute(
-            """SELECT load_id, rows_loaded, period_end FROM audit.load
+            """SELECT load_id, rows_loaded, period_end, covers_from, covers_to FROM audit.load
                WHERE feed = %s AND provider IS NOT DISTINCT FROM %s AND status = 'published' AND load_id <> %s
                  AND (period_end IS NULL OR %s::date IS NULL OR period_end <= %s::date)
                ORDER BY period_end DESC NULLS LAST, load_id DESC LIMIT 1""",
@@ -459,6 +467,14 @@ def row_count_band(conn, check: dict, ctx: LoadContext) -> RowCountBand:
         band.baseline_rows = int(previous[1])
         period = f", period ending {previous[2].isoformat()}" if previous[2] else ""
         band.baseline = f"previous published load of {ctx.describe()} (load {previous[0]}{period})"
+        # Like with like: a file covering a month after one covering a year is compared with a month's share of it.
+        this = conn.execute("SELECT covers_from, covers_to FROM audit.load WHERE load_id = %s",
+                            (ctx.load_id,)).fetchone()
+        these, those = months_covered(*(this or (None, None))), months_covered(previous[3], previous[4])
+        if these and those and these != those:
+            band.baseline_rows = round(band.baseline_rows * these / those)
+            band.baseline += (f", {those} months, scaled to the {these} month{'s' if these > 1 else ''}"
+                              " this file covers")
         if band.baseline_rows < minimum:
             band.not_applicable = (f"the previous published load has {band.baseline_rows:,} rows, "
                                    f"fewer than the {minimum:,} a volume comparison needs")

@@ -10,18 +10,22 @@ history.
 Every value from the database is escaped as text; the page fetches nothing (no script, font or style from
 the network).
 
-The identifiable-value scan reads every row (not a sample) of every text, date and integer column of every
-table outside `vault` (ciphertext by design: nothing there is readable without the vault key) and the system
-schemas. It looks for NHS numbers that pass the Modulus 11 check digit (pophealth/identifiers.py) standing
-alone in a text value or as a 10-digit integer, full postcodes, and full dates in any column whose name says
-birth. Pseudonyms (64 hex characters) and file checksums cannot match: a candidate must not touch a letter or
-digit either side.
+The identifiable-value scan reads every row (not a sample) of every text, date and integer column, and the
+text form of every jsonb, json, array, xml and user-defined column, of every table outside `vault`
+(ciphertext by design: nothing there is readable without the vault key) and the system schemas. It looks for
+NHS numbers that pass the Modulus 11 check digit (pophealth/identifiers.py) standing alone in a text value or
+as a 10-digit integer, full postcodes, and full dates in any column whose name says birth. An NHS number
+written in other digits (full-width, Arabic-Indic, Devanagari, any Unicode decimal digit) or with other
+dashes and spaces is read as the ASCII number it spells before the check digit is tried. Pseudonyms (64 hex
+characters) and file checksums cannot match: a candidate must not touch a letter or digit either side.
 """
 
 from __future__ import annotations
 
 import html
+import json
 import re
+import unicodedata
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -29,21 +33,64 @@ from pathlib import Path
 
 from psycopg import sql
 
-from pophealth import agreements, db, disclosure
+from pophealth import agreements, config, db, disclosure
 from pophealth.identifiers import is_valid_nhs_number
 
 PLATFORM_ROLES = ("loader", "analyst", "ig_auditor", "reidentifier")
-NHS_CANDIDATE = re.compile(r"(?<![0-9A-Za-z])(\d{3})[ -]?(\d{3})[ -]?(\d{4})(?![0-9A-Za-z])")
+#: Read on a value whose digits are ASCII already (as_ascii_digits): three, three and four digits, spaces or dashes
+#: between (U+2010..U+2015 and the minus sign too, which NFKC does not turn into "-").
+NHS_CANDIDATE = re.compile(r"(?<![0-9A-Za-z])([0-9]{3})[ \-\u2010-\u2015\u2212]?([0-9]{3})[ \-\u2010-\u2015\u2212]?([0-9]{4})"
+                           r"(?![0-9A-Za-z])")
 NHS_PREFILTER = r"(^|[^0-9A-Za-z])[0-9]{3}[ -]?[0-9]{3}[ -]?[0-9]{4}([^0-9A-Za-z]|$)"
 POSTCODE = r"(^|[^0-9A-Za-z])[A-Za-z]{1,2}[0-9][A-Za-z0-9]? ?[0-9][A-Za-z]{2}([^0-9A-Za-z]|$)"
-SCANNED_TYPES = ("text", "character varying", "character", "date", "timestamp without time zone",
-                 "timestamp with time zone", "bigint", "integer", "numeric")
+POSTCODE_IN_TEXT = re.compile(r"(?<![0-9A-Za-z])[A-Za-z]{1,2}[0-9][A-Za-z0-9]? ?[0-9][A-Za-z]{2}(?![0-9A-Za-z])")
+TEXT_TYPES = ("text", "character varying", "character")
+#: Scanned as their text form (`column::text`): a jsonb document, an array (of text or of numbers), xml, an enum or
+#: a composite can hold an NHS number as well as a text column can.
+TEXT_FORM_TYPES = ("jsonb", "json", "ARRAY", "xml", "USER-DEFINED")
+SCANNED_TYPES = (*TEXT_TYPES, *TEXT_FORM_TYPES, "date", "timestamp without time zone", "timestamp with time zone",
+                 "bigint", "integer", "numeric")
 #: Not scanned: the encrypted vault (ciphertext only) and PostgreSQL's own schemas.
 SKIPPED_SCHEMAS = ("vault", "pg_catalog", "information_schema", "pg_toast")
 #: A dbt node's id (`test.pophealth.<name>.<10 hex digits>`): its hash can be ten decimal digits that pass the check
 #: digit by chance (one in eleven of those that are all digits); it names a test, not a person.
 DBT_NODE_ID = re.compile(r"^(model|test|seed|snapshot|source|unit_test)\.[A-Za-z0-9_]+\.[A-Za-z0-9_.]+$")
+#: The same, inside a longer text (a jsonb document of a run's results): taken out before looking for numbers.
+DBT_NODE_ID_IN_TEXT = re.compile(r"(?<![0-9A-Za-z_])(model|test|seed|snapshot|source|unit_test)\.[A-Za-z0-9_]+\.[A-Za-z0-9_.]+")
 CANDIDATES_PER_COLUMN = 10_000  # a bound on the rows fetched for the check digit per column
+
+
+def as_ascii_digits(text: str) -> str:
+    """The text with every decimal digit as its ASCII digit: NFKC first (full-width digits, dashes and spaces to
+    ASCII), then any other script's decimal digit (Arabic-Indic, Devanagari, ...) by its Unicode value."""
+    text = unicodedata.normalize("NFKC", text)
+    if text.isascii():
+        return text
+    return "".join(str(unicodedata.decimal(ch)) if not ch.isascii() and ch.isdecimal() else ch for ch in text)
+
+
+def nhs_numbers_in(value: str) -> int:
+    """How many NHS numbers that pass the check digit stand in a text value, in whatever digits they are written."""
+    if DBT_NODE_ID.match(value):
+        return 0
+    text = as_ascii_digits(DBT_NODE_ID_IN_TEXT.sub(" ", value))
+    return sum(1 for m in NHS_CANDIDATE.finditer(text) if is_valid_nhs_number("".join(m.groups())))
+
+
+def postcode_only_beyond_ascii(value: str) -> bool:
+    """A full postcode written in full-width letters and digits ("ＳＷ１Ａ　１ＡＡ") or other digits, which the
+    database's ASCII match (POSTCODE, counted in SQL) does not see: counted here, and only here."""
+    if value.isascii() or POSTCODE_IN_TEXT.search(value):
+        return False
+    return bool(POSTCODE_IN_TEXT.search(as_ascii_digits(value)))
+
+
+def _json_unescaped(value: str) -> str:
+    """A json value (kept as written) with its \\u escapes read: "\\uff19" is a digit nine."""
+    try:
+        return json.dumps(json.loads(value), ensure_ascii=False)
+    except ValueError:
+        return value
 
 
 def e(value: object) -> str:
@@ -92,21 +139,30 @@ def scan_warehouse(conn) -> ScanResult:
             result.columns += 1
             ident = sql.Identifier(column)
             where = f"{schema}.{table}"
-            if kind in ("text", "character varying", "character"):
-                rows = conn.execute(sql.SQL("SELECT {c} FROM {t} WHERE {c} ~ %s LIMIT %s").format(c=ident, t=relation),
-                                    (NHS_PREFILTER, CANDIDATES_PER_COLUMN)).fetchall()
-                hits = sum(1 for (value,) in rows if not DBT_NODE_ID.match(value) and any(
-                    is_valid_nhs_number("".join(m.groups())) for m in NHS_CANDIDATE.finditer(value)))
+            if kind in TEXT_TYPES or kind in TEXT_FORM_TYPES:
+                text = ident if kind in TEXT_TYPES else sql.SQL("{}::text").format(ident)
+                # Candidates: ASCII digits in the NHS number's shape, any value with a character beyond ASCII
+                # (other digits, dashes, spaces), and a json value with a \u escape (json keeps them as written).
+                # Streamed, not bounded: a column of names with accents must not crowd a number out of the look.
+                rows = conn.cursor().stream(sql.SQL(
+                    "SELECT {c} FROM {t} WHERE {c} ~ %s OR octet_length({c}) > char_length({c}) OR strpos({c}, %s) > 0"
+                ).format(c=text, t=relation), (NHS_PREFILTER, "\\u"))
+                read = _json_unescaped if kind == "json" else str
+                hits = postcodes_beyond_ascii = 0
+                for (value,) in rows:
+                    value = read(value)
+                    hits += bool(nhs_numbers_in(value))
+                    postcodes_beyond_ascii += postcode_only_beyond_ascii(value)
                 if hits:
                     result.findings.append(Finding(where, column, "NHS number (passes Modulus 11)", hits))
-                postcodes = conn.execute(
-                    sql.SQL("SELECT count(*) FROM {t} WHERE {c} ~ %s").format(c=ident, t=relation),
+                postcodes = postcodes_beyond_ascii + conn.execute(
+                    sql.SQL("SELECT count(*) FROM {t} WHERE {c} ~ %s").format(c=text, t=relation),
                     (POSTCODE,)).fetchone()[0]
                 if postcodes:
                     result.findings.append(Finding(where, column, "full postcode", postcodes))
                 if "birth" in column or column in ("dob",):
                     dates = conn.execute(sql.SQL("SELECT count(*) FROM {t} WHERE {c} ~ %s").format(
-                        c=ident, t=relation), (r"\d{4}-\d{2}-\d{2}|\d{2}/\d{2}/\d{4}",)).fetchone()[0]
+                        c=text, t=relation), (r"\d{4}-\d{2}-\d{2}|\d{2}/\d{2}/\d{4}",)).fetchone()[0]
                     if dates:
                         result.findings.append(Finding(where, column, "full date of birth", dates))
             elif kind in ("bigint", "integer", "numeric"):
@@ -342,11 +398,34 @@ def _access(g: dict) -> str:
                      id_="default-grants"))
 
 
-def _reidentification(rows: list[tuple]) -> str:
-    return ("<p>Every request to the vault, logged before anything is released (append-only). How many people were "
-            "asked for and how many the vault held; never who.</p>"
-            + _table(["Request", "When", "Login", "On behalf of", "Purpose", "People asked for", "People in vault"],
-                     [list(r) for r in rows], {0, 5, 6}, "reidentifications"))
+def _chain(checks) -> str:
+    from pophealth.chain import summary_lines
+
+    out = []
+    for ok, line in summary_lines(checks):
+        out.append(f'<p class="verdict {"pass" if ok else "fail"}">{e(line)}</p>')
+    heads = [[c.table, c.head_position, c.head_hash] for c in checks]
+    return ("<h3>Hash chains</h3>" + "".join(out)
+            + "<p>Keep these heads outside the warehouse (print this page, or copy them to your own record): a later "
+              "head that does not extend one you kept means the log was rewritten, even if its chain was "
+              "recomputed.</p>" + _table(["Log", "Head position", "Head hash"], heads, {1}, "chain-heads"))
+
+
+def _reidentification(rows: list[tuple], per_login: list[tuple], approvals: list[tuple], checks) -> str:
+    return (_chain(checks)
+            + "<h3>Per login</h3><p>Requests each login made and what the database decided; decisions each "
+              "Caldicott guardian took.</p>"
+            + _table(["Login", "Requests", "Released", "Held for approval", "Refused", "People asked for",
+                      "Approvals given", "Refusals given"], [list(r) for r in per_login], {1, 2, 3, 4, 5, 6, 7},
+                     "reidentification-per-login")
+            + "<h3>Every request</h3><p>Every request to the vault, logged before anything is released (append-only, "
+              "hash-chained), refusals included. How many people were asked for and how many the vault held; "
+              "never who.</p>"
+            + _table(["Request", "When", "Login", "On behalf of", "Purpose", "People asked for", "People in vault",
+                      "Decision", "Reason"], [list(r) for r in rows], {0, 5, 6}, "reidentifications")
+            + "<h3>Caldicott guardian decisions</h3>"
+            + _table(["Request", "When", "Guardian", "Decision", "Note"], [list(r) for r in approvals], {0},
+                     "reidentification-approvals"))
 
 
 def _scan(result: ScanResult) -> str:
@@ -397,8 +476,27 @@ def build_report(conn, register: agreements.Register) -> tuple[str, dict]:
                               ORDER BY mart, column_name, source_feed, source_column""")
                if _table_exists(conn, "audit.column_lineage") else [])
     reids = _rows(conn, """SELECT request_id, to_char(requested_at, 'YYYY-MM-DD HH24:MI:SS'), requested_by,
-                                  on_behalf_of, purpose, cardinality(person_ids), people_in_vault
+                                  on_behalf_of, purpose, coalesce(people_named, cardinality(person_ids)),
+                                  people_in_vault, decision, coalesce(reason, '')
                            FROM audit.reidentification ORDER BY request_id DESC""")
+    approvals = _rows(conn, """SELECT request_id, to_char(decided_at, 'YYYY-MM-DD HH24:MI:SS'), decided_by, decision, note
+                               FROM audit.reidentification_approval ORDER BY approval_id DESC""")
+    per_login = _rows(conn, """
+        WITH asked AS (SELECT requested_by AS login, count(*) AS requests,
+                              count(*) FILTER (WHERE decision = 'released') AS released,
+                              count(*) FILTER (WHERE decision = 'awaiting_approval') AS held,
+                              count(*) FILTER (WHERE decision = 'refused') AS refused,
+                              coalesce(sum(coalesce(people_named, cardinality(person_ids))), 0) AS people
+                       FROM audit.reidentification GROUP BY requested_by),
+             decided AS (SELECT decided_by AS login, count(*) FILTER (WHERE decision = 'approved') AS approvals,
+                                count(*) FILTER (WHERE decision = 'refused') AS refusals
+                         FROM audit.reidentification_approval GROUP BY decided_by)
+        SELECT login, coalesce(requests, 0), coalesce(released, 0), coalesce(held, 0), coalesce(refused, 0),
+               coalesce(people, 0), coalesce(approvals, 0), coalesce(refusals, 0)
+        FROM asked FULL JOIN decided USING (login) ORDER BY login""")
+    from pophealth.chain import verify
+
+    checks = verify(conn, config.paths().home / "audit_chain_heads.json")
     gate_rows = _rows(conn, """
         SELECT load_id, feed, suite, to_char(max(checked_at), 'YYYY-MM-DD HH24:MI'), count(*),
                count(*) FILTER (WHERE status = 'passed'),
@@ -414,7 +512,7 @@ def build_report(conn, register: agreements.Register) -> tuple[str, dict]:
     written = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     bodies = {
         "sources": _sources(register, loads), "loads": _loads(loads, optouts_by_purpose), "lineage": _lineage(lineage),
-        "access": _access(access), "reidentification": _reidentification(reids), "scan": _scan(scan),
+        "access": _access(access), "reidentification": _reidentification(reids, per_login, approvals, checks), "scan": _scan(scan),
         "singling-out": _singling_out(uniqueness),
         "gates": _gates(gate_rows, statuses),
     }
@@ -426,7 +524,7 @@ def build_report(conn, register: agreements.Register) -> tuple[str, dict]:
             f"<div>Written {e(written)} from the live warehouse. Identifiable-value scan: "
             f"{'PASS' if scan.clean else 'FAIL'}.</div><nav>{nav}</nav></header><main>{sections}</main></body></html>")
     summary = {"loads": len(loads), "agreements": len(register.agreements), "lineage_links": len(lineage),
-               "reidentifications": len(reids), "scan_clean": scan.clean, "findings": len(scan.findings),
+               "reidentifications": len(reids), "chains": checks, "scan_clean": scan.clean, "findings": len(scan.findings),
                "columns_scanned": scan.columns,
                "most_unique": max(uniqueness, key=lambda r: r.share_unique, default=None)}
     return page, summary

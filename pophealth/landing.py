@@ -101,8 +101,15 @@ _NAME_FORMS = {
 _DATE_PART = re.compile(r"_(?P<date>[0-9]{8})\.csv(?:\.gz)?$")
 
 
+#: Why a symbolic link in the landing folder is never read, whatever its name and wherever it points.
+SYMLINK_REASON = ("a symbolic link, not a file delivered into the landing folder: the loader never follows a link "
+                  "(it could point at any file this machine's loader can read); copy the extract in instead")
+
+
 def why_not_an_extract(path: Path) -> str:
     """Why a file name is not one of the contract's extracts, in a few words (the name is not personal data)."""
+    if path.is_symlink():
+        return SYMLINK_REASON
     name = path.name
     lower = name.lower()
     if _case_fold_match(name) and not any(fp.pattern.match(name) for fp in FEED_PATTERNS):
@@ -155,13 +162,16 @@ def is_temporary(path: Path) -> bool:
 
 
 def scan(landing: Path) -> LandingScan:
-    """Every file at the top of the landing folder (sub-folders are not extracts), in load order."""
+    """Every file at the top of the landing folder (sub-folders are not extracts), in load order.
+
+    A symbolic link is never an extract, even one named like an extract and pointing at a file in the landing
+    folder: it is listed with the files that are not extracts (SYMLINK_REASON), so it is accounted for."""
     if not landing.is_dir():
         raise FileRejected(f"the landing folder does not exist: {landing}")
     extracts: list[ExtractFile] = []
     unrecognised: list[Path] = []
-    for path in sorted(p for p in landing.iterdir() if p.is_file() and not is_temporary(p)):
-        extract = identify(path)
+    for path in sorted(p for p in landing.iterdir() if (p.is_symlink() or p.is_file()) and not is_temporary(p)):
+        extract = None if path.is_symlink() else identify(path)
         (extracts.append(extract) if extract else unrecognised.append(path))
     extracts.sort(key=lambda e: (LOAD_ORDER.index(e.feed), e.period_end or date.min, e.provider or "", e.name))
     return LandingScan(extracts, unrecognised)
@@ -202,10 +212,22 @@ def settled(extracts: list[ExtractFile], seconds: float | None = None) -> list[E
     return [e for e in extracts if e.path not in moving]
 
 
+def _open_not_a_link(path: Path) -> io.BufferedReader:
+    """The file for reading, refused if it is a symbolic link: O_NOFOLLOW, so a file swapped for a link between
+    the scan and the read is refused too."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as exc:
+        if path.is_symlink():
+            raise FileRejected(SYMLINK_REASON) from None
+        raise FileRejected(f"the file cannot be read: {exc.strerror}") from None
+    return open(fd, "rb")
+
+
 def sha256_of(path: Path) -> tuple[str, int]:
     digest = hashlib.sha256()
     size = 0
-    with path.open("rb") as handle:
+    with _open_not_a_link(path) as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
             size += len(block)
@@ -223,10 +245,13 @@ class CsvReader:
 
 def open_extract(path: Path, contract_columns: tuple[str, ...], required: tuple[str, ...]) -> tuple[io.TextIOBase, CsvReader]:
     """Open a CSV extract; check its header against the contract. The caller closes the handle."""
+    binary = _open_not_a_link(path)
     if path.name.endswith(GZIP_SUFFIX):
-        handle = gzip.open(path, "rt", encoding="utf-8-sig", newline="", errors="strict")
+        unzipped = gzip.GzipFile(fileobj=binary, mode="rb")
+        unzipped.myfileobj = binary  # so that closing the text handle closes the file too (as gzip.open(path) does)
+        handle = io.TextIOWrapper(unzipped, encoding="utf-8-sig", newline="", errors="strict")
     else:
-        handle = path.open("r", encoding="utf-8-sig", newline="", errors="strict")
+        handle = io.TextIOWrapper(binary, encoding="utf-8-sig", newline="", errors="strict")
     try:
         try:
             header_line = handle.readline()

@@ -28,9 +28,9 @@ from psycopg import sql
 from pophealth import agreements, audit, db, vault
 from pophealth.access import apply_access
 from pophealth.feeds import FEED_SPECS, Feed, RowContext, RowProblem, identity_columns_present
-from pophealth.keys import KeyError_, load_linkage_key, load_vault_key
-from pophealth.landing import (ExtractFile, FileRejected, identify, open_extract, scan, settled, sha256_of,
-                               why_not_an_extract)
+from pophealth.keys import KeyError_, load_linkage_key, load_vault_public_key
+from pophealth.landing import (SYMLINK_REASON, ExtractFile, FileRejected, identify, open_extract, scan, settled,
+                               sha256_of, why_not_an_extract)
 from pophealth.pseudonymise import PostcodeLookup, Pseudonymiser
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,7 @@ def prepare_warehouse() -> None:
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('pophealth schema'))")
         conn.execute(ddl)
         apply_access(conn)
+        vault.apply_reidentification_rules(conn)
 
 
 def batch_table(load_id: int) -> str:
@@ -272,6 +273,8 @@ def stage_extract(path: str | Path, run_id: str | None = None) -> StageOutcome:
     if extract is None:
         raise LoadRefused(f"{path.name}: the file name does not match any feed of the extract contract "
                           f"({why_not_an_extract(path)})")
+    if path.is_symlink():
+        raise LoadRefused(f"{path.name}: {SYMLINK_REASON}")
     if not path.is_file():
         raise LoadRefused(f"{path.name}: the file is no longer in the landing folder")
     feed = FEED_SPECS[extract.feed]
@@ -337,11 +340,35 @@ def mark_interrupted_loads(conn: psycopg.Connection) -> int:
         (INTERRUPTED,)).rowcount
 
 
+#: Where each feed's rows say its data starts: a hospital file holds the spells finished in its period (the
+#: unfinished ones as they stand at its end), so the earliest discharge (else the earliest episode end); a social
+#: care file says its own reporting period. Periods of the contract are whole months (a month, a quarter, a year,
+#: the year to date), so coverage starts on the first day of that month.
+COVERAGE_START = {
+    "apc": "coalesce(min(disdate), min(epiend))",
+    "cld": "min(reporting_period_start_date)",
+}
+
+
+def _coverage(conn: psycopg.Connection, table: str, feed: str, period_end: date | None) -> tuple[date | None, date | None]:
+    """(covers_from, covers_to) of a staged load, from its rows: see COVERAGE_START. A register snapshot covers its
+    one date; reference data and opt-out lists cover no period."""
+    if feed == "gp_register":
+        return period_end, period_end
+    if feed not in COVERAGE_START or period_end is None:
+        return None, None
+    start = conn.execute(sql.SQL("SELECT date_trunc('month', {})::date FROM {}").format(
+        sql.SQL(COVERAGE_START[feed]), sql.SQL(table))).fetchone()[0]
+    # No row dated (every row unfinished): the file is taken to cover the month of its period end.
+    start = start or period_end.replace(day=1)
+    return min(start, period_end.replace(day=1)), period_end
+
+
 def _stage(extract: ExtractFile, feed: Feed, load_id: int) -> StageOutcome:
     needs_key = feed.personal or feed.name == "optouts"
     key = load_linkage_key() if needs_key else None  # fail closed: no key, no load
-    # The vault key too, for a personal feed: every identity the load pseudonymises goes to the vault.
-    vault_writer = (vault.VaultWriter(vault.VaultCipher(load_vault_key()), load_id, key.version)
+    # The vault's public key too, for a personal feed (it writes, never reads): every identity the load pseudonymises goes to the vault.
+    vault_writer = (vault.VaultWriter(vault.VaultSealer(load_vault_public_key()), load_id, key.version)
                     if feed.personal else None)
     pseudonymiser = (Pseudonymiser(key, on_identity=vault_writer.on_identity if vault_writer else None)
                      if key else None)
@@ -395,6 +422,9 @@ def _stage(extract: ExtractFile, feed: Feed, load_id: int) -> StageOutcome:
             ) as copy:
                 for entry in quarantine:
                     copy.write_row(entry)
+        covers_from, covers_to = _coverage(conn, table, extract.feed, extract.period_end)
+        conn.execute("UPDATE audit.load SET covers_from = %s, covers_to = %s WHERE load_id = %s",
+                     (covers_from, covers_to, load_id))
         conn.execute(
             """UPDATE audit.load SET status = 'validated', key_version = %s, rows_read = %s, rows_loaded = %s,
                       rows_quarantined = %s, rows_opted_out = %s, rows_test_range = %s, rows_unlinked = %s,

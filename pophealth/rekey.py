@@ -1,7 +1,10 @@
 """Rotating the linkage key: re-keying every pseudonym in the warehouse without re-reading any source.
 
-The key custodian runs this with the old linkage key (the usual place), the new one (a file) and the vault
-key. The mapping old pseudonym -> new pseudonym is made from the vault (decrypt the identifier, hash it
+The key custodian runs this with the old linkage key (the usual place), the new one (a file) and the vault's
+private key. It cannot do without the private key: a new pseudonym is the new key's HMAC of the NHS number,
+and the number is in the warehouse only inside the vault (a pseudonym cannot be re-keyed from the old one
+without changing what every source computes at source). It runs from the custodian's shell, never in
+Airflow. The mapping old pseudonym -> new pseudonym is made from the vault (decrypt the identifier, hash it
 under the new key), lives only in a temporary table of the custodian's own session, and is gone at commit:
 it is never stored. Everything happens in one transaction that first takes exclusive locks on every table
 it changes, so an analyst's query waits and then sees the new pseudonyms; there is no moment where old
@@ -26,10 +29,10 @@ from psycopg import sql
 
 from pophealth import db
 from pophealth.identifiers import NhsNumber
-from pophealth.keys import LinkageKey, VaultKey
+from pophealth.keys import LinkageKey, VaultPrivateKey, VaultPublicKey
 from pophealth.load import PERSONAL_TABLES, prepare_warehouse, warehouse_key_version
 from pophealth.pseudonymise import Pseudonymiser
-from pophealth.vault import VaultCipher
+from pophealth.vault import VaultError, VaultOpener, VaultSealer
 
 #: Columns that hold a pseudonym (person_id or a local pseudonym) wherever they appear.
 PSEUDONYM_COLUMNS = ("person_id", "person_key", "spell_key", "episode_key", "la_person_key", "transit_id")
@@ -60,7 +63,7 @@ def _pseudonym_columns(conn: psycopg.Connection) -> list[tuple[str, str, str]]:
            ORDER BY 1, 2, 3""", (list(REKEYED_SCHEMAS), list(PSEUDONYM_COLUMNS)))]
 
 
-def _build_mapping(conn: psycopg.Connection, old: LinkageKey, new: LinkageKey, cipher: VaultCipher,
+def _build_mapping(conn: psycopg.Connection, old: LinkageKey, new: LinkageKey, cipher: VaultOpener,
                    progress: Callable[[str], None]) -> int:
     """Fill the session's temporary mapping from the vault; returns how many pseudonyms it maps."""
     conn.execute("""CREATE TEMPORARY TABLE rekey_map (old_pseudonym text PRIMARY KEY, new_pseudonym text NOT NULL,
@@ -101,14 +104,14 @@ def _build_mapping(conn: psycopg.Connection, old: LinkageKey, new: LinkageKey, c
     return mapped
 
 
-def rotate_linkage_key(old: LinkageKey, new: LinkageKey, vault_key: VaultKey,
+def rotate_linkage_key(old: LinkageKey, new: LinkageKey, vault_key: VaultPrivateKey,
                        progress: Callable[[str], None] = print,
                        before_commit: Callable[[], None] | None = None) -> Rotation:
     """Re-key the warehouse from `old` to `new` in one transaction. Raises RotationRefused, changing nothing."""
     if old == new:
         raise RotationRefused("the new key is the old key")
     prepare_warehouse()
-    cipher = VaultCipher(vault_key)
+    cipher = VaultOpener(vault_key)
     with db.connect() as conn:
         current = warehouse_key_version(conn)
         if current is None:
@@ -160,3 +163,55 @@ def rotate_linkage_key(old: LinkageKey, new: LinkageKey, vault_key: VaultKey,
     progress(f"Re-keyed {sum(v for k, v in rekeyed.items() if 'optout' not in k):,} values in "
              f"{len(columns)} columns; {mapped:,} pseudonyms mapped; the mapping was not kept.")
     return Rotation(old.version, new.version, mapped, rekeyed)
+
+
+def rotate_vault_key(old: VaultPrivateKey, new: VaultPublicKey, progress: Callable[[str], None] = print,
+                     before_commit: Callable[[], None] | None = None) -> Rotation:
+    """Re-encrypt every vault entry from the old key pair to the new public key, in one transaction.
+
+    Opens each entry with the old private key and seals it again to the new public key: the new private key is
+    not needed here (the custodian keeps it for `pophealth reidentify`). Loads in flight write with the old
+    public key, so the rotation is refused while a load's vault batch is waiting to be published. Recorded in
+    audit.key_rotation (purpose `vault`). Raises RotationRefused, changing nothing."""
+    if old.version == new.version:
+        raise RotationRefused("the new vault key pair is the old one")
+    prepare_warehouse()
+    opener, sealer = VaultOpener(old), VaultSealer(new)
+    with db.connect() as conn:
+        conn.execute("LOCK TABLE vault.identity IN ACCESS EXCLUSIVE MODE")
+        waiting = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'load_batch' "
+                               "AND tablename LIKE 'vault\\_%%'").fetchone()[0]
+        if waiting:
+            raise RotationRefused(f"{waiting} load(s) have vault entries waiting to be published under the old "
+                                  "public key: let them finish (or fail), then rotate")
+        versions = [v for (v,) in conn.execute("SELECT DISTINCT vault_key_version FROM vault.identity")]
+        if any(v != opener.version for v in versions):
+            raise RotationRefused(f"the vault holds entries under {', '.join(sorted(versions))}, not only under the "
+                                  f"old key pair given ({opener.version})")
+        rows = []
+        with conn.cursor(name="vault_entries") as entries:
+            entries.execute("SELECT pseudonym, kind, nonce, ciphertext FROM vault.identity")
+            while batch := entries.fetchmany(_BATCH):
+                for pseudonym, kind, nonce, ciphertext in batch:
+                    try:
+                        clear = opener.decrypt(kind, pseudonym, nonce, ciphertext)
+                    except VaultError as exc:
+                        raise RotationRefused(str(exc)) from None
+                    rows.append((pseudonym, *sealer.encrypt(kind, pseudonym, clear)))
+        conn.execute("CREATE TEMPORARY TABLE vault_reseal (pseudonym text PRIMARY KEY, nonce bytea NOT NULL, "
+                     "ciphertext bytea NOT NULL) ON COMMIT DROP")
+        with conn.cursor().copy("COPY vault_reseal FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        resealed = conn.execute("""UPDATE vault.identity v SET nonce = r.nonce, ciphertext = r.ciphertext,
+                                          vault_key_version = %s
+                                   FROM vault_reseal r WHERE r.pseudonym = v.pseudonym""", (sealer.version,)).rowcount
+        rekeyed = {"vault.identity (re-encrypted)": resealed}
+        conn.execute("""INSERT INTO audit.key_rotation (old_key_version, new_key_version, pseudonyms_mapped,
+                                                        rows_rekeyed, purpose)
+                        VALUES (%s, %s, %s, %s, 'vault')""", (opener.version, sealer.version, resealed,
+                                                               json.dumps(rekeyed)))
+        if before_commit:
+            before_commit()
+    progress(f"Re-encrypted {resealed:,} vault entries from {opener.version} to {sealer.version}.")
+    return Rotation(opener.version, sealer.version, resealed, rekeyed)

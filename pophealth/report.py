@@ -6,6 +6,7 @@ import psycopg
 from psycopg.rows import dict_row, tuple_row
 
 from pophealth import db
+from pophealth.coverage import coverage_lines
 from pophealth.pipeline import PipelineOutcome
 
 
@@ -90,7 +91,9 @@ def summarise(outcome: PipelineOutcome) -> str:
             tally[label] = tally.get(label, 0) + g["n"]
         gate_text = (", ".join(f"{n:,} {label}" for label, n in tally.items()) + " checks"
                      if gates else "no gate ran (no new files)")
-        lines += ["", f"Quality gates (audit.gate_result): {gate_text}"]
+        lines += ["", f"Quality gates (audit.gate_result): {gate_text}", ""]
+        coverage, notices = coverage_lines(conn)
+        lines += coverage + [f"  Note: {n}" for n in notices]
         people = _count(conn, "SELECT count(*) FROM marts.person")
         linked = _count(conn, "SELECT count(*) FROM marts.person WHERE is_linked")
         registered = _count(conn, "SELECT count(*) FROM marts.person WHERE is_registered")
@@ -108,6 +111,7 @@ def summarise(outcome: PipelineOutcome) -> str:
             lines.append("                        by link method: "
                          + ", ".join(f"{m['link_method']} {m['n']:,}" for m in methods))
         lines += _marts_lines(conn)
+        lines += _geography_lines(conn)
         for table in ("raw.gp_register", "raw.apc_episode", "raw.cld_event", "raw.ref_population"):
             lines.append(f"  {table:<21} {_fmt(_count(conn, f'SELECT count(*) FROM {table}'))} rows")
         lines += [
@@ -120,6 +124,15 @@ def summarise(outcome: PipelineOutcome) -> str:
             "  next: pophealth status (what loaded, what waits), pophealth ig-report (the IG audit), ./dev.sh ui",
         ]
     return "\n".join(lines)
+
+
+def _geography_lines(conn) -> list[str]:
+    """Councils or localities whose metrics cannot be computed, said rather than left out (issue 18)."""
+    from pophealth.geographies import geography_problems
+
+    problems = geography_problems(conn)
+    return (["", "GEOGRAPHIES THAT CANNOT BE COMPUTED (pophealth status lists them too):"]
+            + [f"  - {p}" for p in problems]) if problems else []
 
 
 def _marts_lines(conn) -> list[str]:
@@ -136,13 +149,22 @@ def _marts_lines(conn) -> list[str]:
         lines.append(f"                        risk model version {evaluation['model_version']}, c-statistic "
                      f"{evaluation['c_statistic']} on a later year (marts.risk_model_evaluation)")
     metrics = conn.execute(
-        """SELECT metric_code, value, period_start, period_end FROM marts.bcf_metrics
-           WHERE geography_level = 'area' AND period_start = (
+        """SELECT metric_code, geography_level, geography_code, value, period_start, period_end, is_final
+           FROM marts.bcf_metrics
+           WHERE geography_level IN ('area', 'local_authority') AND period_start = (
                SELECT max(period_start) FROM marts.bcf_metrics WHERE period_end - period_start > 300)
-             AND period_end - period_start > 300 ORDER BY metric_code""").fetchall()
+             AND period_end - period_start > 300 ORDER BY metric_code, geography_level, geography_code""").fetchall()
     if metrics:
+        places = list(dict.fromkeys(m["geography_code"] for m in metrics))
+        values = {(m["metric_code"], m["geography_code"]): m for m in metrics}
         lines.append(f"  marts.bcf_metrics     financial year {metrics[0]['period_start']} to "
-                     f"{metrics[0]['period_end']}, whole area:")
-        lines += [f"                        {m['metric_code']:<28} {m['value'] if m['value'] is not None else '-'}"
-                  for m in metrics]
+                     f"{metrics[0]['period_end']}, the whole area and each council (* provisional):")
+        lines.append(f"                        {'':<28} " + " ".join(f"{p:>12}" for p in places))
+        for code in dict.fromkeys(m["metric_code"] for m in metrics):
+            shown = []
+            for place in places:
+                m = values.get((code, place))
+                text = "-" if m is None or m["value"] is None else f"{m['value']:.1f}" + ("" if m["is_final"] else "*")
+                shown.append(f"{text:>12}")
+            lines.append(f"                        {code:<28} " + " ".join(shown))
     return lines

@@ -9,6 +9,8 @@ same conditions that stop `build_marts` or keep the analysts on older marts.
 from __future__ import annotations
 
 import json
+import os
+import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,6 +35,11 @@ VERDICTS = {
 }
 
 
+#: Red on a terminal (or with FORCE_COLOR set), plain text otherwise (logs, files).
+_COLOUR = sys.stdout.isatty() or bool(os.environ.get("FORCE_COLOR"))
+RED, RESET = ("\033[31m", "\033[0m") if _COLOUR else ("", "")
+
+
 @dataclass
 class Status:
     lines: list[str] = field(default_factory=list)
@@ -45,7 +52,8 @@ class Status:
 
     def text(self) -> str:
         verdict = ("Healthy: nothing has failed." if self.healthy else
-                   f"NEEDS ATTENTION: {len(self.problems)} problem(s)\n" + "\n".join(f"  - {p}" for p in self.problems))
+                   f"{RED}NEEDS ATTENTION: {len(self.problems)} problem(s){RESET}\n"
+                   + "\n".join(f"  - {p}" for p in self.problems))
         return "\n".join(self.lines + ["", verdict] + [f"Note: {n}" for n in self.notices])
 
 
@@ -79,9 +87,34 @@ def collect(landing: Path | None = None) -> Status:
             status.lines += ["", "Nothing has been loaded yet (run: pophealth setup, then pophealth run)."]
             return status
         _sources(conn, status, now)
+        _coverage(conn, status)
         _marts(conn, status, now)
+        _audit_logs(conn, status)
+        _geographies(conn, status)
     _waiting(landing or config.landing_dir(), status)
     return status
+
+
+def _audit_logs(conn, status: Status) -> None:
+    """The re-identification and key-rotation logs' hash chains, and who could rewrite them."""
+    from psycopg.rows import tuple_row
+
+    from pophealth.chain import summary_lines, verify
+
+    if conn.execute("SELECT to_regclass('audit.reidentification_approval') AS t").fetchone()["t"] is None:
+        return
+    conn.row_factory = tuple_row
+    checks = verify(conn, config.paths().home / "audit_chain_heads.json")
+    keepers = [r[0] for r in conn.execute(
+        """SELECT m.rolname FROM pg_auth_members a JOIN pg_roles k ON k.oid = a.roleid
+           JOIN pg_roles m ON m.oid = a.member WHERE k.rolname = 'audit_keeper' AND m.rolcanlogin ORDER BY 1""")]
+    supers = [r[0] for r in conn.execute("SELECT rolname FROM pg_roles WHERE rolsuper AND rolcanlogin ORDER BY 1")]
+    status.lines += ["", "Audit logs (re-identification, approvals, key rotations):"]
+    for ok, line in summary_lines(checks):
+        status.lines.append(("  " if ok else "  " + RED) + line + ("" if ok else RESET))
+    status.problems += [f"{c.table}: the hash chain is broken ({c.breaks[0]})" for c in checks if not c.intact]
+    status.notices.append("logins that could rewrite the audit logs (and must not be used by any process): "
+                          + ", ".join(supers + keepers) + " (superusers, and members of audit_keeper)")
 
 
 def _sources(conn, status: Status, now: datetime) -> None:
@@ -131,6 +164,14 @@ def _sources(conn, status: Status, now: datetime) -> None:
             f"{refused['file_name']}: {VERDICTS.get(refused['status'], refused['status'])} (load {refused['load_id']})"
             + (f": {message[0]}" if message else "")
             + "; the marts are not rebuilt until a good file for that period is delivered (docs/runbook.md)")
+
+
+def _coverage(conn, status: Status) -> None:
+    from pophealth.coverage import coverage_lines
+
+    lines, notices = coverage_lines(conn)
+    status.lines += [""] + lines
+    status.notices += notices  # said under the verdict: a period not computed is never silent
 
 
 def _last_cli_build() -> tuple[datetime, int] | None:
@@ -204,6 +245,23 @@ def _marts(conn, status: Status, now: datetime) -> None:
     if gate and gate["errors"] and candidates:
         status.problems.append(f"the marts gate refused the last build ({gate['errors']} rule(s) failed); analysts "
                                f"keep the last good marts; the refused build is in {', '.join(candidates)}")
+
+
+def _geographies(conn, status: Status) -> None:
+    """The councils and localities the metrics are reported for, and any that cannot be computed (said, never
+    left out in silence: issue 18)."""
+    from pophealth.geographies import default_la_code, geography_problems
+
+    if conn.execute("SELECT to_regclass('raw.ref_lsoa') IS NOT NULL AS e").fetchone()["e"]:
+        places = conn.execute(
+            """SELECT coalesce(la_code, CASE WHEN (SELECT count(la_code) FROM raw.ref_lsoa) = 0 THEN %s END)
+                      AS council, count(DISTINCT locality_code) AS localities, count(DISTINCT lsoa_code) AS lsoas
+               FROM raw.ref_lsoa GROUP BY 1 ORDER BY 1 NULLS LAST""", (default_la_code(),)).fetchall()
+        if places:
+            status.lines += ["", "Geographies of the Better Care Fund metrics (the area, each council, each locality):"]
+            status.lines += [f"  {p['council'] or 'NO COUNCIL':<12} {p['localities']:>4} localities {p['lsoas']:>6,} LSOAs"
+                             for p in places]
+    status.problems += geography_problems(conn)
 
 
 def _waiting(landing: Path | None, status: Status) -> None:

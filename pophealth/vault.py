@@ -1,14 +1,17 @@
 """The re-identification vault: pseudonym -> the identifier it was made from, encrypted, for direct care.
 
 Case finding only helps if a clinician can act on it. The loader stores, for every pseudonym it makes from
-an identifier, that identifier encrypted with AES-256-GCM under the **vault key** (never the linkage key,
-never in the warehouse). The ciphertext is bound to its pseudonym and kind as associated data, so a
-ciphertext moved to another row does not decrypt.
+an identifier, that identifier sealed to the **vault's public key** with HPKE (RFC 9180: X25519, HKDF-SHA256,
+AES-256-GCM, from `cryptography`). The loader holds the public key only: it can write the vault and never
+read it, so whoever runs a load, or reads a worker's environment, finds nothing that opens an entry. Each
+entry is bound to its pseudonym and kind (HPKE `info`), so a ciphertext moved to another row does not open.
+The `nonce` column holds the entry's encapsulated key (HPKE `enc`, used once), the `ciphertext` the rest.
 
 Reading goes through one path only (`reidentify`): the `reidentifier` login records a request with its
-purpose in the append-only `audit.reidentification` (committed first), then the database releases the
-ciphertexts of that request, and this module decrypts them with the vault key. Analysts have no grant on
-any of it (pophealth/access.sql).
+purpose in the append-only, hash-chained `audit.reidentification` (committed first), the database checks the
+request against its limits (a Caldicott guardian approves beyond them), releases the ciphertexts of that
+request, and this module opens them with the vault's **private** key, which only this path and the key
+custodian's rotations read. Analysts have no grant on any of it (pophealth/access.sql).
 """
 
 from __future__ import annotations
@@ -17,13 +20,12 @@ import os
 from dataclasses import dataclass, field
 
 import psycopg
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives import hpke
 from psycopg import sql
 
-from pophealth import db
+from pophealth import config, db
 from pophealth.identifiers import IdentifierError, NhsNumber, PersonId
-from pophealth.keys import VaultKey
+from pophealth.keys import VaultPrivateKey, VaultPublicKey
 
 #: Entries kept in memory per file to skip re-encrypting a pseudonym seen on an earlier row (an episode
 #: per row, many rows per person); cleared when full, so memory stays bounded whatever the file size.
@@ -34,22 +36,78 @@ class VaultError(RuntimeError):
     """A re-identification that cannot be done; the message never holds an identifier."""
 
 
-class VaultCipher:
-    __slots__ = ("_aead", "version")
+_SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
+_ENC_BYTES = hpke.KEM.X25519.enc_length()
 
-    def __init__(self, key: VaultKey):
-        self._aead = AESGCM(key.secret_bytes())
+
+def _info(kind: str, pseudonym: str) -> bytes:
+    return f"pophealth vault|{kind}|{pseudonym}".encode()
+
+
+class VaultSealer:
+    """Writes vault entries with the public key: what the loader holds. It has no way to open one."""
+
+    __slots__ = ("_public", "version")
+
+    def __init__(self, key: VaultPublicKey):
+        self._public = key.x25519()
         self.version = key.version
 
     def encrypt(self, kind: str, pseudonym: str, clear: bytes) -> tuple[bytes, bytes]:
-        nonce = os.urandom(12)
-        return nonce, self._aead.encrypt(nonce, clear, f"{kind}|{pseudonym}".encode())
+        sealed = _SUITE.encrypt(clear, self._public, info=_info(kind, pseudonym))
+        return sealed[:_ENC_BYTES], sealed[_ENC_BYTES:]
+
+
+class VaultOpener(VaultSealer):
+    """Opens vault entries with the private key (re-identification, rotations), and can write them too."""
+
+    __slots__ = ("_private",)
+
+    def __init__(self, key: VaultPrivateKey):
+        super().__init__(key.public_key())
+        self._private = key.x25519()
 
     def decrypt(self, kind: str, pseudonym: str, nonce: bytes, ciphertext: bytes) -> bytes:
         try:
-            return self._aead.decrypt(bytes(nonce), bytes(ciphertext), f"{kind}|{pseudonym}".encode())
-        except InvalidTag:
-            raise VaultError("a vault entry does not decrypt with this vault key (wrong key, or tampered)") from None
+            return _SUITE.decrypt(bytes(nonce) + bytes(ciphertext), self._private, info=_info(kind, pseudonym))
+        except Exception:  # cryptography raises InvalidTag, or ValueError for a malformed entry
+            raise VaultError("a vault entry does not open with this vault private key (wrong key, or tampered)") from None
+
+
+#: The re-identification limits' defaults (settings POPHEALTH_REIDENTIFY_MAX_PEOPLE, _DAILY_PEOPLE): beyond them a
+#: Caldicott guardian approves; beyond MOST_PEOPLE_WITH_APPROVAL a request is refused outright.
+PEOPLE_PER_REQUEST = 10
+PEOPLE_PER_LOGIN_PER_DAY = 30
+MOST_PEOPLE_WITH_APPROVAL = 500
+
+
+def _positive_setting(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    if not value.isdigit() or int(value) < 1:
+        raise VaultError(f"{name} must be a whole number of people, at least 1 (it is {value!r})")
+    return int(value)
+
+
+def apply_reidentification_rules(conn: psycopg.Connection) -> None:
+    """Write the closed list of purposes (from the data sharing register) and the limits where the database's
+    re-identification functions read them; run by prepare_warehouse as the warehouse owner."""
+    from pophealth.agreements import reidentification_purposes
+
+    purposes = reidentification_purposes()
+    conn.execute("DELETE FROM vault.reidentification_purpose WHERE NOT (purpose = ANY(%s))", (list(purposes),))
+    for code, description in purposes.items():
+        conn.execute("""INSERT INTO vault.reidentification_purpose (purpose, description) VALUES (%s, %s)
+                        ON CONFLICT (purpose) DO UPDATE SET description = EXCLUDED.description""", (code, description))
+    per_request = _positive_setting(config.ENV_REIDENTIFY_MAX_PEOPLE, PEOPLE_PER_REQUEST)
+    per_day = _positive_setting(config.ENV_REIDENTIFY_DAILY_PEOPLE, PEOPLE_PER_LOGIN_PER_DAY)
+    conn.execute("""INSERT INTO vault.reidentification_limit (people_per_request, people_per_login_per_day,
+                                                              most_people_with_approval) VALUES (%s, %s, %s)
+                    ON CONFLICT (only_row) DO UPDATE SET people_per_request = EXCLUDED.people_per_request,
+                        people_per_login_per_day = EXCLUDED.people_per_login_per_day,
+                        most_people_with_approval = EXCLUDED.most_people_with_approval""",
+                 (per_request, per_day, max(MOST_PEOPLE_WITH_APPROVAL, per_request)))
 
 
 def vault_batch_table(load_id: int) -> str:
@@ -65,7 +123,7 @@ class VaultWriter:
     (opted-out people included: their care team may re-identify them).
     """
 
-    cipher: VaultCipher
+    cipher: VaultSealer
     load_id: int
     linkage_key_version: str
     sink: object = None  # the COPY into the batch table (open_batch)
@@ -132,35 +190,64 @@ class Reidentified:
     not_found: list[PersonId]
 
 
-def reidentify(person_ids: list[str], purpose: str, on_behalf_of: str, key: VaultKey,
-               conninfo: str | None = None) -> Reidentified:
+def _database_message(exc: psycopg.Error) -> str:
+    return (exc.diag.message_primary if getattr(exc, "diag", None) else None) or str(exc).splitlines()[0]
+
+
+def reidentify(person_ids: list[str], purpose: str, on_behalf_of: str, key: VaultPrivateKey,
+               conninfo: str | None = None, request_id: int | None = None) -> Reidentified:
     """Re-identify people for direct care, as the `reidentifier` login. Every call is in the audit log first.
 
-    `person_ids` are direct-care ids (direct_care.case_finding); the database refuses a secondary-use id."""
+    `person_ids` are direct-care ids (direct_care.case_finding). The database decides (vault.request_reidentification):
+    it refuses, logging the refusal, a request with a secondary-use or unknown id, a purpose not on the list or no
+    `on_behalf_of`; it holds one beyond the limits until a Caldicott guardian approves it. With `request_id`, the
+    people of an earlier, approved request are collected instead (person_ids, purpose, on_behalf_of unused)."""
     wanted = []
     for value in person_ids:
         try:
             wanted.append(PersonId(value.strip().lower()))
         except IdentifierError:
+            # Not sent to the database either: it could be an NHS number typed by mistake.
             raise VaultError("a person_id is 64 hexadecimal characters; one given is not") from None
-    if not wanted:
+    if not wanted and request_id is None:
         raise VaultError("name at least one person_id")
-    cipher = VaultCipher(key)
+    cipher = VaultOpener(key)
     url = conninfo or db.warehouse().with_user("reidentifier").url()
     try:
         with psycopg.connect(url, autocommit=True) as conn:
-            # Autocommit: the request is committed before the read, as vault.reidentify requires.
-            request_id = conn.execute("SELECT vault.request_reidentification(%s, %s, %s)",
-                                      ([p.value for p in wanted], purpose, on_behalf_of)).fetchone()[0]
-            rows = conn.execute("SELECT person_id, bound_to, nonce, ciphertext, vault_key_version "
-                                "FROM vault.reidentify(%s)", (request_id,)).fetchall()
+            # Autocommit: the request (or its refusal) is committed before the read, as vault.reidentify requires.
+            if request_id is None:
+                request_id = conn.execute("SELECT vault.request_reidentification(%s, %s, %s)",
+                                          ([p.value for p in wanted], purpose, on_behalf_of)).fetchone()[0]
+            else:
+                wanted = [PersonId(p) for p in conn.execute(
+                    "SELECT unnest(person_ids) FROM vault.my_request(%s)", (request_id,)).fetchall() for p in p]
+            try:
+                rows = conn.execute("SELECT person_id, bound_to, nonce, ciphertext, vault_key_version "
+                                    "FROM vault.reidentify(%s)", (request_id,)).fetchall()
+            except psycopg.Error as exc:
+                raise VaultError(f"re-identification request {request_id}: {_database_message(exc)}") from None
     except psycopg.Error as exc:
-        message = (exc.diag.message_primary if getattr(exc, "diag", None) else None) or str(exc).splitlines()[0]
-        raise VaultError(f"re-identification refused: {message}") from None
+        raise VaultError(f"re-identification refused: {_database_message(exc)}") from None
     found: dict[PersonId, NhsNumber] = {}
     for person_id, bound_to, nonce, ciphertext, version in rows:
         if version != cipher.version:
-            raise VaultError(f"the vault entry was written under vault key {version}, not {cipher.version}")
+            raise VaultError(f"the vault entry was written under vault key {version}, not {cipher.version}: "
+                             "use the private key of that pair")
         digits = cipher.decrypt("nhs", bound_to, nonce, ciphertext).decode("ascii")
         found[PersonId(person_id)] = NhsNumber(digits)
     return Reidentified(request_id, found, [p for p in wanted if p not in found])
+
+
+def decide(request_id: int, approve: bool, note: str, conninfo: str | None = None) -> str:
+    """A Caldicott guardian approves or refuses a request held beyond the limits (vault.decide_reidentification).
+
+    Runs as the `caldicott_guardian` login; the database refuses a decision on one's own request. Returns what
+    was recorded."""
+    url = conninfo or db.warehouse().with_user("caldicott_guardian").url()
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            return conn.execute("SELECT vault.decide_reidentification(%s, %s, %s)",
+                                (request_id, approve, note)).fetchone()[0]
+    except psycopg.Error as exc:
+        raise VaultError(f"decision refused: {_database_message(exc)}") from None

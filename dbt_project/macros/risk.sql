@@ -20,11 +20,22 @@
     were known on that date: age, prior emergency admissions and bed days in the 365 days up to it, the
     Hospital Frailty Risk Score over the two years up to it, social care status on it. -#}
 {% macro risk_features(on_date) -%}
-with register as (
+with snapshot_in_force as (
+    -- Each register file is the whole register on its date: the register on `on_date` is the latest snapshot
+    -- dated on or before it (before the first, the first one, read back through its registration dates).
+    select coalesce(
+        (select max(snapshot_date) from {{ ref('int_person_record') }}
+         where source = 'gp_register' and snapshot_date <= {{ on_date }}),
+        (select min(snapshot_date) from {{ ref('int_person_record') }} where source = 'gp_register')
+    ) as snapshot_date
+),
+
+register as (
     select distinct record.person_key
     from {{ ref('int_person_record') }} as record
     join {{ ref('int_person') }} as person on person.person_key = record.person_key
     where record.source = 'gp_register'
+        and record.snapshot_date = (select snapshot_date from snapshot_in_force)
         and record.record_date <= {{ on_date }}
         and (record.registration_end_date is null or record.registration_end_date > {{ on_date }})
         and (record.date_of_death is null or record.date_of_death > {{ on_date }})

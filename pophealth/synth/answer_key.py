@@ -19,7 +19,7 @@ import json
 from datetime import date
 from pathlib import Path
 
-from pophealth.synth.answer_metrics import compute_cohorts, compute_metrics
+from pophealth.synth.answer_metrics import compute_cohorts, compute_metrics, covered_periods, periods
 from pophealth.synth.extracts import Ledger
 from pophealth.synth.world import WINDOW_END, WINDOW_START, World
 
@@ -98,7 +98,8 @@ def write_answer_key(world: World, ledger: Ledger, out: Path) -> dict:
                                    "rows_opted_out"), sorted(ledger.files, key=lambda f: f["file_name"]))
     metrics = compute_metrics(world, ledger, {r["identity"]: r for r in people})
     _write_csv(out / "metrics.csv", ("metric_code", "period_type", "period_start", "period_end", "geography_level",
-                                     "geography_code", "numerator", "denominator", "value"), metrics)
+                                     "geography_code", "is_final", "final_on", "numerator", "denominator", "value"),
+               metrics)
     _write_csv(out / "cohorts.csv", ("cohort", "measure", "key", "value"),
                compute_cohorts(ledger, {r["identity"]: r for r in people}))
     alive_65 = sum(1 for p in world.people if p.age_on(date(2024, 6, 30)) >= 65)
@@ -130,6 +131,15 @@ def write_answer_key(world: World, ledger: Ledger, out: Path) -> dict:
         "rows_quarantined": sum(f["rows_quarantined"] for f in ledger.files),
         "rows_opted_out": sum(f["rows_opted_out"] for f in ledger.files),
         "metrics_2024_25_area": financial_year,
+        "councils": list(world.councils),
+        # Periods whose metrics the platform must not compute (a sender's files do not cover them wholly): it
+        # names them in reporting.period_coverage instead.
+        "periods_not_computed": [f"{period_type} {start.isoformat()}" for period_type, start, _end in periods()
+                                 if (period_type, start) not in covered_periods(ledger)],
+        "metrics_2024_25_by_council": {
+            council: {r["metric_code"]: r["value"] for r in metrics if r["period_type"] == "financial_year"
+                      and r["geography_level"] == "local_authority" and r["geography_code"] == council}
+            for council in world.councils},
     }
     (out / "world.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

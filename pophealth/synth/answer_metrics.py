@@ -41,10 +41,15 @@ Metric by metric (the unit of every spell metric is the spell; of care_home_admi
   365 days before it (end date null, or start - end < 365 days) / population 65+, per 100,000.
 
 Denominators come from ref_population of the year the period starts, summed over the geography (area =
-every LSOA; a locality = its LSOAs), with single-year ages (90 = 90+). Values are rounded to 4 decimals
+every LSOA; a council = its LSOAs; a locality = its LSOAs), with single-year ages (90 = 90+). Values are rounded to 4 decimals
 and empty when the denominator is 0; delayed_discharge_days' denominator column holds population x days.
 Periods: every calendar month, every quarter (Apr-Jun, Jul-Sep, Oct-Dec, Jan-Mar) and the financial year
 2024-04-01..2025-03-31 inside 2024-04-01..2025-09-30.
+
+Geographies: the area (geography_code `area`), each council (local_authority: events of people living in its
+LSOAs, and a social care event in the council whose file sent it) and each locality. A period is final when
+its last day plus the metric's follow-up (29 days for readmissions, 91 for reablement, else 0) is on or
+before the as-of date 2025-09-30; final_on is that day.
 """
 
 from __future__ import annotations
@@ -54,7 +59,6 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 
 from pophealth.synth.extracts import Ledger, month_end, population_counts
-from pophealth.synth.geography import AREA_CODE
 from pophealth.synth.world import WINDOW_END, WINDOW_START, World
 
 EMERGENCY = frozenset({"21", "22", "23", "24", "25", "2A", "2B", "2C", "2D", "28"})
@@ -62,6 +66,7 @@ CARE_HOME_SERVICES = frozenset({"Long term support: Residential care", "Long ter
 REABLEMENT = ("Short term support: ST-Max", "Reablement")
 SELF_FUNDED = "NFA: Self-funded client or under 12wk disregard"
 PER_100K = 100_000
+AREA = "area"  # the whole platform's geography_code (marts.md v2)
 
 METRICS = ("emergency_admissions", "care_home_admissions_65", "reablement_91_days_65", "delayed_discharge_days",
            "falls_admissions_65", "emergency_readmissions_30d")
@@ -85,6 +90,26 @@ def periods() -> list[tuple[str, date, date]]:
         start = end + timedelta(days=1)
     out.append(("financial_year", date(2024, 4, 1), date(2025, 3, 31)))
     return out
+
+
+def covered_periods(ledger: Ledger) -> set[tuple[str, date]]:
+    """(period_type, start) of the periods that every sender's files (every trust, every council) cover wholly:
+    the only periods whose metrics the platform computes (marts.md, "Periods"). A small world has trusts with no
+    discharge in some month, and so no file: those months, and their quarters and years, are not computed."""
+    by_sender: dict[tuple[str, str], list[tuple[date, date]]] = {}
+    for feed, provider, first, last in ledger.coverage:
+        by_sender.setdefault((feed, provider), []).append((first, last))
+    joined: dict[tuple[str, str], list[list[date]]] = {}
+    for sender, spans in by_sender.items():
+        runs: list[list[date]] = []
+        for first, last in sorted(spans):
+            if runs and first <= runs[-1][1] + timedelta(days=1):
+                runs[-1][1] = max(runs[-1][1], last)
+            else:
+                runs.append([first, last])
+        joined[sender] = runs
+    return {(period_type, start) for period_type, start, end in periods()
+            if joined and all(any(a <= start and end <= b for a, b in runs) for runs in joined.values())}
 
 
 def age_on(birth: tuple[int, int], on: date) -> int:
@@ -132,6 +157,7 @@ class SpellFact:
 class ServiceFact:
     identity: str
     locality: str | None
+    council: str          # the council whose cld file sent it (LA_Code)
     birth: tuple[int, int]
     service_type: str
     component: str
@@ -163,8 +189,8 @@ def service_facts(ledger: Ledger, people: dict[str, dict]) -> list[ServiceFact]:
             continue
         birth = event.person.birth
         facts.append(ServiceFact(
-            identity=identity, locality=people[identity]["locality_code"] or None, birth=(birth.year, birth.month),
-            service_type=event.service_type or "", component=event.component or "", start=event.start,
+            identity=identity, locality=people[identity]["locality_code"] or None,
+            council=event.person.lsoa.la_code, birth=(birth.year, birth.month), service_type=event.service_type or "", component=event.component or "", start=event.start,
             end=event.end if event.end and event.end <= latest_file else None,
             outcome=event.outcome if (event.end and event.end <= latest_file) or event.outcome == SELF_FUNDED
             else "Continuation of support or services",
@@ -183,6 +209,7 @@ class Contribution:
     numerator: int
     denominator: int = 0
     who: str | None = None  # set when the numerator counts distinct people
+    council: str | None = None  # a social care event's own council; else the locality's
 
 
 def emergency_admissions(spells: list[SpellFact]) -> list[Contribution]:
@@ -262,7 +289,7 @@ def care_home_admissions_65(services: list[ServiceFact]) -> list[Contribution]:
                 continue
             if any(o.start < f.start and (o.end is None or (f.start - o.end).days < 365) for o in mine):
                 continue  # another care home service was open, or ended less than a year before
-            out.append(Contribution(f.start, f.locality, 1, who=identity))
+            out.append(Contribution(f.start, f.locality, 1, who=identity, council=f.council))
     return out
 
 
@@ -270,19 +297,30 @@ def care_home_admissions_65(services: list[ServiceFact]) -> list[Contribution]:
 # Periods x geographies
 
 
+#: How many days after a period's last day its last follow-up window ends (marts.md, is_final / final_on).
+FOLLOW_UP_DAYS = {"emergency_readmissions_30d": 29, "reablement_91_days_65": 91}
+
+
 def compute_metrics(world: World, ledger: Ledger, people: dict[str, dict]) -> list[dict]:
+    """Every metric, period and geography: the area (code `area`), each council (its own LSOAs; a social
+    care event in the council that sent it) and each locality."""
     localities = [loc.code for loc in world.localities]
+    councils = list(world.councils)
     lsoa_locality = {lsoa.code: loc.code for loc in world.localities for lsoa in loc.lsoas}
-    population: dict[tuple[int, str, int], int] = {}  # (year, geography, minimum age) -> people
+    lsoa_council = {lsoa.code: loc.la_code for loc in world.localities for lsoa in loc.lsoas}
+    locality_council = {loc.code: loc.la_code for loc in world.localities}
+    population: dict[tuple[int, str, str, int], int] = {}  # (year, level, geography, minimum age) -> people
     for year in {start.year for _t, start, _e in periods()}:
         for (lsoa, _sex, age), n in population_counts(world, year).items():
-            for geography in (AREA_CODE, lsoa_locality[lsoa]):
+            for place in (("area", AREA), ("local_authority", lsoa_council[lsoa]), ("locality", lsoa_locality[lsoa])):
                 for min_age in (0, 18, 65):
                     if age >= min_age:
-                        population[(year, geography, min_age)] = population.get((year, geography, min_age), 0) + n
+                        key = (year, *place, min_age)
+                        population[key] = population.get(key, 0) + n
 
     spells = spell_facts(ledger, people)
     services = service_facts(ledger, people)
+    computed = covered_periods(ledger)
     deaths = {identity: date.fromisoformat(row["date_of_death"]) for identity, row in people.items()
               if row["date_of_death"]}
     contributions = {
@@ -293,16 +331,29 @@ def compute_metrics(world: World, ledger: Ledger, people: dict[str, dict]) -> li
         "falls_admissions_65": (falls_admissions_65(spells), "population", 65),
         "emergency_readmissions_30d": (emergency_readmissions_30d(spells), "percent", None),
     }
+    geographies = ([("area", AREA)] + [("local_authority", c) for c in councils]
+                   + [("locality", code) for code in localities])
+
+    def in_place(c: Contribution, level: str, code: str) -> bool:
+        if level == "area":
+            return True
+        if level == "locality":
+            return c.locality == code
+        return (c.council or locality_council.get(c.locality)) == code
+
     rows = []
     for code in METRICS:
         items, kind, min_age = contributions[code]
         items = sorted(items, key=lambda c: c.day)
         days = [c.day for c in items]
         for period_type, start, end in periods():
+            if (period_type, start) not in computed:
+                continue
             chosen = items[bisect.bisect_left(days, start):bisect.bisect_right(days, end)]
             length = (end - start).days + 1
-            for geography in [AREA_CODE] + localities:
-                here = chosen if geography == AREA_CODE else [c for c in chosen if c.locality == geography]
+            final_on = end + timedelta(days=FOLLOW_UP_DAYS.get(code, 0))
+            for level, geography in geographies:
+                here = [c for c in chosen if in_place(c, level, geography)]
                 if here and here[0].who is not None:
                     numerator = len({c.who for c in here if c.numerator})
                 else:
@@ -310,13 +361,14 @@ def compute_metrics(world: World, ledger: Ledger, people: dict[str, dict]) -> li
                 if kind == "percent":
                     denominator, scale = sum(c.denominator for c in here), 100
                 else:
-                    denominator = population.get((start.year, geography, min_age), 0)
+                    denominator = population.get((start.year, level, geography, min_age), 0)
                     denominator *= length if kind == "population_days" else 1
                     scale = PER_100K
                 rows.append({
                     "metric_code": code, "period_type": period_type, "period_start": start.isoformat(),
-                    "period_end": end.isoformat(), "geography_level": "area" if geography == AREA_CODE else "locality",
-                    "geography_code": geography, "numerator": numerator, "denominator": denominator,
+                    "period_end": end.isoformat(), "geography_level": level,
+                    "geography_code": geography, "is_final": "true" if final_on <= WINDOW_END else "false",
+                    "final_on": final_on.isoformat(), "numerator": numerator, "denominator": denominator,
                     "value": "" if denominator == 0 else f"{numerator / denominator * scale:.4f}",
                 })
     rows.sort(key=lambda r: (r["metric_code"], r["period_type"], r["period_start"], r["geography_level"],

@@ -14,12 +14,16 @@ from datetime import date, timedelta
 from pathlib import Path
 
 from pophealth.feeds import APC_COLUMNS, CLD_CONTRACT_COLUMNS, GP_REGISTER_COLUMNS
-from pophealth.synth.geography import AREA_CODE
 from pophealth.synth.world import HISTORY_START, WINDOW_END, WINDOW_START, Event, Person, Spell, World, invalidate
 
 CLD_PERIOD_ENDS = (date(2024, 6, 30), date(2024, 9, 30), date(2024, 12, 31), date(2025, 3, 31),
                    date(2025, 6, 30), date(2025, 9, 30))
 POPULATION_YEARS = (2023, 2024, 2025)
+#: How the trusts deliver their hospital extracts: a file a month (the spells finished in it, the open ones in the
+#: last); one file for the whole window; or cumulative year-to-date files every month (each a superset of the last,
+#: with the spells open at its end as they stood, and a few mistakes corrected in the next file). Social care is sent
+#: as rolling-year submissions (each repeats the last 12 months): quarterly, or every month with `ytd`.
+DELIVERIES = ("monthly", "annual", "ytd")
 
 # The first social care file is a Release 1 submission: these Release 2 values are sent as Release 1.
 RELEASE1 = {
@@ -97,6 +101,9 @@ class Ledger:
     identities: dict[str, IdentityFacts] = field(default_factory=dict)
     loaded_spells: list[tuple[str, Spell]] = field(default_factory=list)      # (identity, spell)
     loaded_events: list[tuple[str, Event, date]] = field(default_factory=list)  # (identity, event, latest file)
+    # (feed, provider, first day, last day) that each written file's rows cover, as the loader reads it
+    # (pophealth.load.COVERAGE_START): the answer key's metrics are those of the periods every sender covers.
+    coverage: list[tuple[str, str, date, date]] = field(default_factory=list)
 
     def loaded(self, identity: str, feed: str, person: Person, death: date | None = None) -> None:
         facts = self.identities.get(identity)
@@ -115,7 +122,8 @@ class Ledger:
 
 
 class _Writer:
-    def __init__(self, out: Path, world: World, ledger: Ledger):
+    def __init__(self, out: Path, world: World, ledger: Ledger, delivery: str = "monthly"):
+        self.delivery = delivery
         self.out = out
         self.world = world
         self.ledger = ledger
@@ -144,10 +152,14 @@ class _Writer:
 
     # -- reference data ---------------------------------------------------------------------------------------
     def reference(self) -> None:
-        rows = [(postcode, lsoa.code, lsoa.locality_code, lsoa.locality_name)
+        # One council's world sends the lookup without la_code (the contract's default: one council's area);
+        # a world of several councils names each postcode's council.
+        several = len(self.world.councils) > 1
+        header = ("postcode", "lsoa_code", "locality_code", "locality_name") + (("la_code",) if several else ())
+        rows = [(postcode, lsoa.code, lsoa.locality_code, lsoa.locality_name) + ((lsoa.la_code,) if several else ())
                 for locality in self.world.localities for lsoa in locality.lsoas for postcode in lsoa.postcodes]
-        self.write("ref_postcode_lookup.csv", "ref_postcode_lookup", ("postcode", "lsoa_code", "locality_code",
-                   "locality_name"), rows, {"loaded": len(rows), "quarantined": 0, "opted_out": 0})
+        self.write("ref_postcode_lookup.csv", "ref_postcode_lookup", header, rows,
+                   {"loaded": len(rows), "quarantined": 0, "opted_out": 0})
         for year in POPULATION_YEARS:
             counts = population_counts(self.world, year)
             rows = [(lsoa.code, sex, age, counts.get((lsoa.code, sex, age), 0))
@@ -190,39 +202,81 @@ class _Writer:
 
     # -- hospital -------------------------------------------------------------------------------------------------
     def apc(self) -> None:
-        files: dict[tuple[str, date], list[Spell]] = {}
-        for spell in self.world.spells:
-            if spell.admidate < WINDOW_START:
-                continue
-            period = month_end(spell.disdate) if spell.disdate else month_end(WINDOW_END)
-            files.setdefault((spell.procode, period), []).append(spell)
+        """The trusts' files, by the writer's delivery pattern (DELIVERIES). Every pattern holds the same spells as
+        they stand at the end of the window, so the platform must give the same metrics from each."""
+        spells = [spell for spell in self.world.spells if spell.admidate >= WINDOW_START]
+        files: dict[tuple[str, date], list[tuple[Spell, date | None]]] = {}  # -> (spell, as at; None: as finished)
+        if self.delivery == "monthly":
+            for spell in spells:
+                period = month_end(spell.disdate) if spell.disdate else month_end(WINDOW_END)
+                files.setdefault((spell.procode, period), []).append((spell, None))
+        elif self.delivery == "annual":
+            # One file per trust for the whole window (what a trust sends once a year).
+            for spell in spells:
+                files.setdefault((spell.procode, WINDOW_END), []).append((spell, None))
+        else:
+            # Year to date, every month, as SUS sends it: each file holds every spell finished since the start of its
+            # financial year, and the spells still open at its end as they stood then (so a spell that starts in one
+            # file's period and ends in the next arrives unfinished, then finished).
+            period = month_end(WINDOW_START)
+            while period <= WINDOW_END:
+                year_start = date(period.year - (period.month < 4), 4, 1)
+                for spell in spells:
+                    if spell.disdate and year_start <= spell.disdate <= period:
+                        files.setdefault((spell.procode, period), []).append((spell, None))
+                    elif spell.admidate <= period and (spell.disdate is None or spell.disdate > period):
+                        files.setdefault((spell.procode, period), []).append((spell, period))
+                period = month_end(period + timedelta(days=1))
         for procode in sorted({p for p, _ in files}):
             period = month_end(WINDOW_START)
             while period <= WINDOW_END:
                 if files.get((procode, period)):  # a trust with no finished spell in a month sends no file
                     self._apc_file(procode, period, files[(procode, period)])
                 period = month_end(period + timedelta(days=1))
+        for spell in spells:
+            if not (spell.person.opted_out and not spell.invalid_number):
+                self.ledger.loaded_spells.append((self._apc_identity(spell), spell))
 
-    def _apc_file(self, procode: str, period: date, spells: list[Spell]) -> None:
+    @staticmethod
+    def _apc_identity(spell: Spell) -> str:
+        return f"spell:{spell.procode}|{spell.spell_id}" if spell.invalid_number else f"nhs:{spell.person.nhs_number}"
+
+    def _mistaken(self, spell: Spell, period: date) -> bool:
+        """Year-to-date files only: a few emergency spells are first sent as elective in the file of the month they
+        finished, and corrected in every later file of the year (a late correction inside a cumulative file)."""
+        last_of_year = date(period.year + (period.month >= 4), 3, 31)
+        return (self.delivery == "ytd" and spell.emergency and spell.disdate is not None
+                and month_end(spell.disdate) == period and period < min(last_of_year, WINDOW_END)
+                and int(spell.spell_id[-3:]) % 7 == 0)
+
+    def _apc_file(self, procode: str, period: date, spells: list[tuple[Spell, date | None]]) -> None:
         rows = []
         fates = {"loaded": 0, "quarantined": 0, "opted_out": 0}
-        for spell in spells:
+        for spell, as_at in spells:
             person = spell.person
             number = invalidate(person.nhs_number) if spell.invalid_number else person.nhs_number
             written = self.spelled(number)
-            identity = f"spell:{spell.procode}|{spell.spell_id}" if spell.invalid_number else f"nhs:{person.nhs_number}"
+            identity = self._apc_identity(spell)
             removed = person.opted_out and not spell.invalid_number
+            finished = as_at is None
             for order, episode in enumerate(spell.episodes, start=1):
+                if not finished and episode.epistart > as_at:
+                    break  # not begun yet on the file's period end
                 diagnoses = list(episode.diagnoses) + [""] * (20 - len(episode.diagnoses))
+                epiend = episode.epiend if finished or (episode.epiend and episode.epiend <= as_at) else None
+                ready = spell.discharge_ready_date
+                ready = ready if finished or (ready and ready <= as_at) else None
                 row = {
                     "epikey": f"{spell.spell_id}{order:02d}", "spell_id": spell.spell_id, "nhs_number": written,
                     "nhs_number_status": "01", "date_of_birth": _iso(person.birth), "sex": person.sex,
                     "postcode": person.postcode, "gp_practice_code": person.apc_practice, "procode": spell.procode,
-                    "admidate": _iso(spell.admidate), "disdate": _iso(spell.disdate), "epistart": _iso(episode.epistart),
-                    "epiend": _iso(episode.epiend), "epiorder": str(order), "admimeth": spell.admimeth,
-                    "admisorc": spell.admisorc, "disdest": spell.disdest, "dismeth": spell.dismeth, "classpat": spell.classpat,
+                    "admidate": _iso(spell.admidate), "disdate": _iso(spell.disdate if finished else None),
+                    "epistart": _iso(episode.epistart), "epiend": _iso(epiend), "epiorder": str(order),
+                    "admimeth": "11" if self._mistaken(spell, period) else spell.admimeth,
+                    "admisorc": spell.admisorc, "disdest": spell.disdest if finished else "98",
+                    "dismeth": spell.dismeth if finished else "8", "classpat": spell.classpat,
                     "mainspef": spell.mainspef, "tretspef": spell.mainspef,
-                    "discharge_ready_date": _iso(spell.discharge_ready_date),
+                    "discharge_ready_date": _iso(ready),
                 }
                 row.update({f"diag_{i:02d}": code for i, code in enumerate(diagnoses, start=1)})
                 rows.append([row[c] for c in APC_COLUMNS])
@@ -230,16 +284,33 @@ class _Writer:
                     fates["opted_out"] += 1
                 else:
                     fates["loaded"] += 1
-                    self.ledger.loaded(identity, "apc", person, spell.disdate if spell.dismeth == "4" else None)
-            if not removed:
-                self.ledger.loaded_spells.append((identity, spell))
+                    self.ledger.loaded(identity, "apc", person,
+                                       spell.disdate if finished and spell.dismeth == "4" else None)
         self.write(f"apc_{procode}_{period:%Y%m%d}.csv", "apc", APC_COLUMNS, rows, fates)
+        if rows:  # from the first discharge (or, with none, the first episode end) in the file, to its period end
+            dated = ([r[APC_COLUMNS.index("disdate")] for r in rows if r[APC_COLUMNS.index("disdate")]]
+                     or [r[APC_COLUMNS.index("epiend")] for r in rows if r[APC_COLUMNS.index("epiend")]])
+            first = min(date.fromisoformat(min(dated)).replace(day=1), period.replace(day=1)) if dated else period.replace(day=1)
+            self.ledger.coverage.append(("apc", procode, first, period))
 
     # -- social care ------------------------------------------------------------------------------------------------
     def cld(self) -> None:
-        events = sorted(self.world.events, key=lambda e: (e.person.index, e.start, e.event_type))
+        """Each council sends its own files (cld_<LA code>_<date>.csv) with the events of the people it supports:
+        here, its residents."""
+        for council in self.world.councils:
+            self._council_cld(council)
+
+    def _council_cld(self, council: str) -> None:
+        events = sorted((e for e in self.world.events if e.person.lsoa.la_code == council),
+                        key=lambda e: (e.person.index, e.start, e.event_type))
         last_file: dict[int, date] = {}
-        for file_number, period_end in enumerate(CLD_PERIOD_ENDS):
+        period_ends = list(CLD_PERIOD_ENDS)
+        if self.delivery == "ytd":
+            # The council resubmits its rolling year every month: each file repeats eleven months of the last.
+            period_ends = [CLD_PERIOD_ENDS[0]]
+            while period_ends[-1] < WINDOW_END:
+                period_ends.append(month_end(period_ends[-1] + timedelta(days=1)))
+        for file_number, period_end in enumerate(period_ends):
             period_start = date(period_end.year - 1, period_end.month, period_end.day) + timedelta(days=1)
             release1 = file_number == 0
             rows = []
@@ -250,26 +321,29 @@ class _Writer:
                 if event.start < period_start and not (
                         event.event_type == "Service" and (event.end is None or event.end >= period_start)):
                     continue
-                rows.append(self._cld_row(event, period_start, period_end, release1, f"{file_number}-{n}"))
+                rows.append(self._cld_row(event, council, period_start, period_end, release1, f"{file_number}-{n}"))
                 person = event.person
                 if person.cld_number == "valid" and person.opted_out:
                     fates["opted_out"] += 1
                     continue
                 fates["loaded"] += 1
                 identity = (f"nhs:{person.nhs_number}" if person.cld_number == "valid"
-                            else f"la:{AREA_CODE}|{person.local_id}")
+                            else f"la:{council}|{person.local_id}")
                 death = person.death if person.death and person.death <= period_end else None
                 self.ledger.loaded(identity, "cld", person, death)
                 last_file[id(event)] = period_end
-            self.write(f"cld_{AREA_CODE}_{period_end:%Y%m%d}.csv", "cld", CLD_CONTRACT_COLUMNS, rows, fates)
+            self.write(f"cld_{council}_{period_end:%Y%m%d}.csv", "cld", CLD_CONTRACT_COLUMNS, rows, fates)
+            if rows:  # a file with no rows is refused by the loader: it covers nothing
+                self.ledger.coverage.append(("cld", council, period_start.replace(day=1), period_end))
         for event in events:
             if id(event) in last_file:
                 person = event.person
                 identity = (f"nhs:{person.nhs_number}" if person.cld_number == "valid"
-                            else f"la:{AREA_CODE}|{person.local_id}")
+                            else f"la:{council}|{person.local_id}")
                 self.ledger.loaded_events.append((identity, event, last_file[id(event)]))
 
-    def _cld_row(self, event: Event, period_start: date, period_end: date, release1: bool, reference: str) -> list:
+    def _cld_row(self, event: Event, council: str, period_start: date, period_end: date, release1: bool,
+                 reference: str) -> list:
         person = event.person
 
         def value(v):
@@ -280,7 +354,7 @@ class _Writer:
         death = person.death if person.death and person.death <= period_end else None
         gender = {"1": "Male", "2": "Female"}.get(person.sex, "Other")
         row = {
-            "LA_Code": AREA_CODE, "Reporting_Period_Start_Date": _iso(period_start),
+            "LA_Code": council, "Reporting_Period_Start_Date": _iso(period_start),
             "Reporting_Period_End_Date": _iso(period_end), "Client_Type": value(event.client_type),
             "LA_Person_Unique_Identifier": person.local_id, "NHS_Number": self.spelled(number) if number else "",
             "Gender": gender, "Ethnicity": ETHNICITY[person.index % len(ETHNICITY)], "Date_of_Birth": _iso(person.birth),
@@ -299,10 +373,12 @@ class _Writer:
         return [row[c] for c in CLD_CONTRACT_COLUMNS]
 
 
-def write_extracts(world: World, out: Path) -> Ledger:
+def write_extracts(world: World, out: Path, delivery: str = "monthly") -> Ledger:
+    if delivery not in DELIVERIES:
+        raise ValueError(f"unknown delivery pattern {delivery!r}: one of {', '.join(DELIVERIES)}")
     out.mkdir(parents=True, exist_ok=True)
     ledger = Ledger()
-    writer = _Writer(out, world, ledger)
+    writer = _Writer(out, world, ledger, delivery)
     writer.reference()
     writer.optouts()
     writer.gp_register()
@@ -311,4 +387,4 @@ def write_extracts(world: World, out: Path) -> Ledger:
     return ledger
 
 
-__all__ = ["write_extracts", "Ledger", "IdentityFacts", "CLD_PERIOD_ENDS", "HISTORY_START"]
+__all__ = ["write_extracts", "DELIVERIES", "Ledger", "IdentityFacts", "CLD_PERIOD_ENDS", "HISTORY_START"]

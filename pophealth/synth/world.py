@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 
 from pophealth.identifiers import nhs_check_digit
-from pophealth.synth.geography import Locality, Lsoa, build_geography
+from pophealth.synth.geography import AREA_CODE, Locality, Lsoa, build_geography
 
 HISTORY_START = date(2023, 7, 1)   # social care history starts here: the first rolling 12-month file is whole
 WINDOW_START = date(2024, 4, 1)    # hospital extracts cover the window
@@ -147,6 +147,11 @@ class World:
     events: list[Event]
     extra_optout_numbers: list[str] = field(default_factory=list)
 
+    @property
+    def councils(self) -> tuple[str, ...]:
+        """The councils of the world, in the order given (each person lives in one: their LSOA's)."""
+        return tuple(dict.fromkeys(locality.la_code for locality in self.localities))
+
 
 # ------------------------------------------------------------------------------------------------------
 # NHS numbers: the 999 test range holds about 900,000 valid numbers; a world bigger than that (Essex at full
@@ -210,11 +215,11 @@ def _days(d: date, n: float) -> date:
 
 
 class _Simulation:
-    def __init__(self, population: int, seed: int):
+    def __init__(self, population: int, seed: int, councils: tuple[str, ...] = (AREA_CODE,)):
         self.rng = random.Random(seed)
         self.population = population
         self.seed = seed
-        self.localities = build_geography(population)
+        self.localities = build_geography(population, councils)
         self.spells: list[Spell] = []
         self.events: list[Event] = []
         self.spell_counter = dict.fromkeys(PROVIDERS, 0)
@@ -335,7 +340,7 @@ class _Simulation:
     def _spell(self, person: Person, admission: date, emergency: bool, frail: float) -> Spell:
         rng = self.rng
         age = person.age_on(admission)
-        home = HOME_PROVIDER[person.lsoa.locality_code]
+        home = HOME_PROVIDER.get(person.lsoa.locality_code, "RAJ")  # Southend and Thurrock: RAJ's hospitals
         procode = home if rng.random() < 0.9 else rng.choice(PROVIDERS)
         self.spell_counter[procode] += 1
         spell_id = f"{procode}{self.spell_counter[procode]:08d}"
@@ -579,7 +584,7 @@ class _Simulation:
                      numbers[-extra:])
 
 
-def generate_world(population: int, seed: int) -> World:
+def generate_world(population: int, seed: int, councils: tuple[str, ...] = (AREA_CODE,)) -> World:
     if population < 1:
         raise ValueError("the population must be at least 1")
-    return _Simulation(population, seed).run()
+    return _Simulation(population, seed, councils).run()

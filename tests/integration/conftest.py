@@ -21,7 +21,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 TEST_KEY = "5a" * 32
-TEST_VAULT_KEY = "c3" * 32
+#: The vault's key pair: the pipeline's processes get the public key only; the private key is given to the
+#: re-identification and rotation calls that need it (`with_vault_private_key`).
+TEST_VAULT_PRIVATE_KEY = "c3" * 32
+TEST_VAULT_PUBLIC_KEY = __import__("pophealth.keys", fromlist=["VaultPrivateKey"]).VaultPrivateKey(
+    bytes.fromhex(TEST_VAULT_PRIVATE_KEY)).public_hex()
 TEST_SECONDARY_USE_KEY = "e7" * 32
 TEST_DIRECT_CARE_KEY = "d4" * 32
 #: The two purpose keys (pophealth/purposes.py) every test process that builds the marts needs.
@@ -140,9 +144,14 @@ def published_id(purpose: str, transit: str) -> str:
 def isolated_env(home: Path, key: str = TEST_KEY) -> dict[str, str]:
     """The environment of a pophealth process whose state lives under `home`, with the test keys."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("POPHEALTH_", "AIRFLOW"))}
-    env.update(POPHEALTH_HOME=str(home / "state"), POPHEALTH_LINKAGE_KEY=key, POPHEALTH_VAULT_KEY=TEST_VAULT_KEY,
+    env.update(POPHEALTH_HOME=str(home / "state"), POPHEALTH_LINKAGE_KEY=key, POPHEALTH_VAULT_PUBLIC_KEY=TEST_VAULT_PUBLIC_KEY,
                PYTHONPATH=str(REPO), **PURPOSE_KEYS_ENV)
     return env
+
+
+def with_vault_private_key(env: dict[str, str]) -> dict[str, str]:
+    """The environment of `pophealth reidentify` or a rotation: the pipeline's, plus the vault's private key."""
+    return {**env, "POPHEALTH_VAULT_PRIVATE_KEY": TEST_VAULT_PRIVATE_KEY}
 
 
 def synth_world(home: Path, population: int, seed: int) -> Path:
@@ -181,11 +190,15 @@ def marts_built_from(landing: Path, home: Path, key: str, timeout: int) -> Itera
         subprocess.run([sys.executable, "-m", "pophealth.cli", "db", "stop"], env=env, capture_output=True)
 
 
+#: The end-to-end world is Mid and South Essex: three councils, Thurrock's and Southend's own locality codes.
+COUNCILS = "E10000012,E06000033,E06000034"
+
+
 def make_world(tmp_path_factory, name: str) -> World:
     home = tmp_path_factory.mktemp(name)
     world = World(home=home, landing=home / "landing", key_dir=home / "keys", env=isolated_env(home))
     world.pophealth("synth", "--population", str(POPULATION), "--seed", str(SEED), "--out", str(world.landing),
-                    check=True)
+                    "--councils", COUNCILS, check=True)
     return world
 
 

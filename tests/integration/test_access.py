@@ -19,7 +19,7 @@ from psycopg import errors
 
 from pophealth.db import parse_url
 
-from .conftest import TEST_KEY, isolated_env, marts_built_from, published_id, synth_world
+from .conftest import TEST_KEY, isolated_env, marts_built_from, published_id, synth_world, with_vault_private_key
 from .conftest import BuiltWarehouse as Warehouse
 
 pytestmark = pytest.mark.integration
@@ -31,7 +31,7 @@ def warehouse(tmp_path_factory):
     env = isolated_env(home)
     landing = synth_world(home, population=300, seed=11)
     with marts_built_from(landing, home, TEST_KEY, timeout=900) as url:
-        yield Warehouse(url, landing, env)
+        yield Warehouse(url, landing, with_vault_private_key(env))  # the loads had the public key only
 
 
 def person_id(number: str) -> str:
@@ -149,7 +149,7 @@ def test_the_reidentifier_can_only_call_the_vault_functions(warehouse):
 def test_reidentification_returns_the_nhs_number_and_is_logged_first(warehouse):
     numbers = linked_numbers(warehouse.landing)[:3]
     wanted = [direct_care_id(n) for n in numbers]
-    proc = warehouse.pophealth("reidentify", *wanted, "--purpose", "falls clinic referral: case finding review",
+    proc = warehouse.pophealth("reidentify", *wanted, "--purpose", "case_finding_follow_up",
                                "--on-behalf-of", "Dr Test, community frailty team")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for pid, number in zip(wanted, numbers):
@@ -159,7 +159,7 @@ def test_reidentification_returns_the_nhs_number_and_is_logged_first(warehouse):
             """SELECT requested_by, purpose, person_ids, people_in_vault FROM audit.reidentification
                ORDER BY request_id DESC LIMIT 1""").fetchone()
     assert (requested_by, purpose, people, found) == (
-        "reidentifier", "falls clinic referral: case finding review", wanted, 3)
+        "reidentifier", "case_finding_follow_up", wanted, 3)
 
 
 def test_a_reidentification_without_a_purpose_is_refused(warehouse):
@@ -173,7 +173,7 @@ def test_a_read_in_the_same_transaction_as_its_request_is_refused(warehouse):
     # Otherwise a rollback would undo the audit row and keep the numbers.
     with warehouse.as_role("reidentifier", autocommit=False) as conn:
         request = conn.execute("SELECT vault.request_reidentification(%s, %s, %s)",
-                               ([direct_care_id(linked_numbers(warehouse.landing)[0])], "testing the rollback rule",
+                               ([direct_care_id(linked_numbers(warehouse.landing)[0])], "care_coordination",
                                 "nobody")).fetchone()[0]
         with pytest.raises(psycopg.errors.RaiseException, match="not committed"):
             conn.execute("SELECT * FROM vault.reidentify(%s)", (request,)).fetchall()
@@ -185,7 +185,7 @@ def test_the_reidentification_log_is_append_only_even_for_its_owner(warehouse):
         (rows,), = conn.execute("SELECT count(*) FROM audit.reidentification").fetchall()
         assert rows > 0
         for change in ("UPDATE audit.reidentification SET purpose = 'changed'", "DELETE FROM audit.reidentification",
-                       "TRUNCATE audit.reidentification"):
+                       "TRUNCATE audit.reidentification, audit.reidentification_approval"):
             with pytest.raises(errors.InsufficientPrivilege, match="append-only"):
                 conn.execute(change)
     with warehouse.as_role("ig_auditor") as conn:

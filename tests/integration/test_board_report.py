@@ -33,19 +33,26 @@ CHELMSFORD = ("locality", "E07000070", "Chelmsford")
 # Markup in a name must come out as text: the data is treated as untrusted.
 COLCHESTER = ("locality", "E07000071", "Colchester & <i>Tendring</i>")
 PLACES = (AREA, CHELMSFORD, COLCHESTER)
+# The metrics also have a council (contract v2's local_authority level): the charts show the area and the
+# councils, the tables every place, and the council has its own page.
+THURROCK = ("local_authority", "E06000034", "Thurrock")
+BCF_PLACES = (AREA, THURROCK, CHELMSFORD, COLCHESTER)
 
 MONTHS = [f"2025-{m:02d}-01" for m in range(4, 10)]  # April to September 2025
 MONTH_ENDS = ["2025-04-30", "2025-05-31", "2025-06-30", "2025-07-31", "2025-08-31", "2025-09-30"]
 
 METRICS = {
     # code: (name, unit, the places it is reported for)
-    "emergency_admissions": ("Emergency admissions", "per 100,000", PLACES),
-    "care_home_admissions_65": ("Permanent admissions to care homes, 65+", "per 100,000", PLACES),
-    "reablement_91_days_65": ("At home 91 days after reablement, 65+", "percent", PLACES),
+    "emergency_admissions": ("Emergency admissions", "per 100,000", BCF_PLACES),
+    "care_home_admissions_65": ("Permanent admissions to care homes, 65+", "per 100,000", BCF_PLACES),
+    "reablement_91_days_65": ("At home 91 days after reablement, 65+", "percent", BCF_PLACES),
     "delayed_discharge_days": ("Delayed discharge days", "delayed days per day per 100,000", (AREA,)),
-    "falls_admissions_65": ("Emergency admissions after a fall, 65+", "per 100,000", PLACES),
-    "emergency_readmissions_30d": ("Emergency readmissions within 30 days", "percent", PLACES),
+    "falls_admissions_65": ("Emergency admissions after a fall, 65+", "per 100,000", BCF_PLACES),
+    "emergency_readmissions_30d": ("Emergency readmissions within 30 days", "percent", BCF_PLACES),
 }
+# Readmissions' September and July-September have follow-up past the as-of date (30 September): provisional.
+PROVISIONAL = {("emergency_readmissions_30d", "month", "2025-09-01"): "2025-10-29",
+               ("emergency_readmissions_30d", "quarter", "2025-07-01"): "2025-10-29"}
 SUPPRESSED_MONTH = ("emergency_readmissions_30d", COLCHESTER[1], "2025-07-01")
 ZERO_MONTH = ("care_home_admissions_65", COLCHESTER[1], "2025-08-01")
 
@@ -60,7 +67,7 @@ CREATE TABLE reporting.risk_pyramid (
 CREATE TABLE reporting.bcf_metrics (
     metric_code text, metric_name text, unit text, period_type text, period_start date, period_end date,
     geography_level text, geography_code text, geography_name text, numerator numeric, denominator numeric,
-    value numeric, is_suppressed boolean);
+    value numeric, is_suppressed boolean, is_final boolean, final_on date);
 CREATE TABLE reporting.cohort_summary (
     cohort text, period_type text, period_start date, period_end date, geography_level text,
     geography_code text, geography_name text, measure text, measure_label text, measure_order int,
@@ -68,6 +75,15 @@ CREATE TABLE reporting.cohort_summary (
 CREATE TABLE reporting.admission_reasons (
     period_start date, period_end date, age_band text, primary_diagnosis_code text,
     primary_diagnosis_chapter text, admissions bigint, is_suppressed boolean, rank_in_age_band int);
+CREATE TABLE reporting.period_coverage (
+    period_type text, period_start date, period_end date, is_computed boolean, reason_not_computed text);
+-- March 2025 is not computed (a trust sent no file for it): the report says so, with why.
+INSERT INTO reporting.period_coverage VALUES
+    ('month', '2025-02-01', '2025-02-28', true, null),
+    ('month', '2025-03-01', '2025-03-31', false,
+     'not wholly covered: hospital data from RDE covers 2024-04-01 to 2025-02-28 and 2025-04-01 to 2025-09-30'),
+    ('quarter', '2025-01-01', '2025-03-31', false,
+     'not wholly covered: hospital data from RDE covers 2024-04-01 to 2025-02-28 and 2025-04-01 to 2025-09-30');
 """
 
 TIERS = (("very_high", 1), ("high", 2), ("moderate", 3), ("low", 4))
@@ -94,6 +110,7 @@ def risk_rows():
 
 def bcf_rows():
     rows = []
+    final = []
     for m, (code, (name, unit, places)) in enumerate(METRICS.items()):
         for p, place in enumerate(places):
             for i, (start, end) in enumerate(zip(MONTHS, MONTH_ENDS)):
@@ -117,9 +134,14 @@ def bcf_rows():
             if code == "reablement_91_days_65" and place == AREA:
                 quarter = (245, 2000, Decimal("12.25"), False)  # half up: 12.3, where half-even gives 12.2
             rows.append((code, name, unit, "quarter", "2025-07-01", "2025-09-30", *place, *quarter))
-            rows.append((code, name, unit, "financial_year", "2024-04-01", "2025-03-31", *place, 4520 + p, 181000,
+            # 1,000 of the area's residents live in LSOAs of no council: Thurrock's population is 180,000
+            population = 180000 if (code, place) == ("emergency_admissions", THURROCK) else 181000
+            rows.append((code, name, unit, "financial_year", "2024-04-01", "2025-03-31", *place, 4520 + p, population,
                          Decimal("2497.24"), False))
-    return rows
+    for row in rows:
+        final_on = PROVISIONAL.get((row[0], row[3], row[4]))
+        final.append((*row, final_on is None, final_on or row[5]))
+    return final
 
 
 COHORT_PERIODS = [
@@ -256,7 +278,7 @@ def report(tmp_path_factory, request):
 
     home = tmp_path_factory.mktemp("board-report")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("POPHEALTH_", "AIRFLOW"))}
-    env.update(POPHEALTH_HOME=str(home / "state"), POPHEALTH_LINKAGE_KEY=KEY, POPHEALTH_VAULT_KEY=KEY,
+    env.update(POPHEALTH_HOME=str(home / "state"), POPHEALTH_LINKAGE_KEY=KEY, POPHEALTH_VAULT_PUBLIC_KEY=KEY,
                PYTHONPATH=str(REPO), **PURPOSE_KEYS_ENV)
 
     def pophealth(*args: str) -> subprocess.CompletedProcess:
@@ -273,7 +295,7 @@ def report(tmp_path_factory, request):
             cur.executemany("INSERT INTO reporting.risk_pyramid VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
                             risk_rows())
             cur.executemany("INSERT INTO reporting.bcf_metrics VALUES "
-                            "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)", bcf_rows())
+                            "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)", bcf_rows())
             cur.executemany("INSERT INTO reporting.cohort_summary VALUES "
                             "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)", cohort_rows())
             cur.executemany("INSERT INTO reporting.admission_reasons VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
@@ -309,7 +331,14 @@ def test_the_report_reads_only_the_reporting_schema():
     qualified = re.findall(r"\b(marts|raw|audit|staging|intermediate)\.(?!md\b)\w+", source)
     assert qualified == []
     assert set(re.findall(r"\breporting\.(\w+)", source)) == {
-        "risk_pyramid", "bcf_metrics", "cohort_summary", "admission_reasons"}
+        "risk_pyramid", "bcf_metrics", "cohort_summary", "admission_reasons", "period_coverage"}
+
+
+def test_the_periods_not_computed_are_listed_with_why(report):
+    table = report["dom"].find_all("table", id="periods-not-computed-table")[0]
+    why = "not wholly covered: hospital data from RDE covers 2024-04-01 to 2025-02-28 and 2025-04-01 to 2025-09-30"
+    assert [cells(row) for row in body_rows(table)] == [["Jan–Mar 2025", why], ["Mar 2025", why]]  # by start
+    assert "2 period(s) are not reported" in report["raw"]
 
 
 def test_the_pyramid_has_four_tiers_labelled_with_the_latest_counts(report):
@@ -342,13 +371,18 @@ def test_each_metric_is_a_line_per_place_with_the_monthly_values(report, code):
     m = list(METRICS).index(code)
     svg = report["dom"].by_id(f"chart-bcf-{code}")
     series = svg.find_all("g", cls="series")
-    assert svg.attrs["data-series"] == str(len(places)) and len(series) == len(places)
-    assert [s.attrs["data-geography"] for s in series] == [p[1] for p in places]  # the area first
-    assert [e.text() for e in svg.find_all("text", cls="legend-item")] == [p[2] for p in places]
-    for p, (place, line) in enumerate(zip(places, series)):
+    # With councils in the data, the chart has the area and each council; the localities are in the tables.
+    drawn = [p for p in places if p[0] in ("area", "local_authority")]
+    assert svg.attrs["data-series"] == str(len(drawn)) and len(series) == len(drawn)
+    assert [s.attrs["data-geography"] for s in series] == [p[1] for p in drawn]  # the area first
+    assert [e.text() for e in svg.find_all("text", cls="legend-item")] == [p[2] for p in drawn]
+    months = [mo for mo in MONTHS if (code, "month", mo) not in PROVISIONAL]
+    for place, line in zip(drawn, series):
+        p = places.index(place)
         points = line.find_all(cls="point")
-        assert [pt.attrs["data-period"] for pt in points] == MONTHS
-        for i, point in enumerate(points):
+        assert [pt.attrs["data-period"] for pt in points] == months
+        for point in points:
+            i = MONTHS.index(point.attrs["data-period"])
             key = (code, place[1], MONTHS[i])
             if key == SUPPRESSED_MONTH:
                 assert point.attrs["data-suppressed"] == "true" and point.attrs["data-value"] == ""
@@ -362,6 +396,42 @@ def test_each_metric_is_a_line_per_place_with_the_monthly_values(report, code):
     assert unit in heading.find_all("p", cls="unit")[0].text()
 
 
+def test_provisional_periods_are_named_with_their_final_date_and_never_shown_as_final(report):
+    dom = report["dom"]
+    note = dom.by_id("provisional-periods")
+    items = [li.text() for li in note.find_all("li")]
+    assert items == ["Emergency readmissions within 30 days: Jul–Sep 2025 (final on 2025-10-29); "
+                     "Sep 2025 (final on 2025-10-29)"]
+    # The table reports the latest final quarter (Apr-Jun, 999.99), not the provisional Jul-Sep.
+    table = dom.by_id("table-bcf-emergency_readmissions_30d")
+    head = [c.text() for c in table.find_all("thead")[0].find_all("th")]
+    assert head[:3] == ["Geography", "Apr–Jun 2025", "Financial year 2024/25"]
+    assert cells(body_rows(table)[0])[1:4] == ["999", "150,000", "1,000.0"]
+    council = dom.by_id("table-council-E06000034")
+    readmissions = council.find_all("tr", data_metric="emergency_readmissions_30d")[0]
+    assert cells(readmissions)[1:3] == ["Apr–Jun 2025", "1,000.0"]
+
+
+def test_residents_in_no_council_are_said_not_left_out(report):
+    note = report["dom"].by_id("geography-notes")
+    said = note.find_all("p")[0]
+    assert said.attrs["data-residents-in-no-council"] == "1000"
+    assert "About 1,000 residents" in said.text() and "in no council's" in said.text()
+
+
+def test_each_council_has_its_own_page_reached_from_the_selector(report):
+    dom = report["dom"]
+    selector = dom.by_id("council-selector")
+    assert [(a.attrs["href"], a.text()) for a in selector.find_all("a")] == [("#council-E06000034", "Thurrock")]
+    page = dom.by_id("council-E06000034")
+    assert page.find_all("h3")[0].text() == "Thurrock (E06000034)"
+    rows = {cells(r)[0]: cells(r)[1:] for r in body_rows(dom.by_id("table-council-E06000034"))}
+    assert list(rows) == [METRICS[c][0] for c in METRICS if c != "delayed_discharge_days"]
+    # Thurrock is the second place (p = 1): its Jul-Sep quarter is 684.21 + 1, its year 2,497.24.
+    assert rows["Emergency admissions"] == ["Jul–Sep 2025", "685.2", "Financial year 2024/25", "2,497.2",
+                                            "per 100,000"]
+
+
 def test_the_metric_tables_show_the_latest_quarter_and_financial_year(report):
     dom = report["dom"]
     table = dom.by_id("table-bcf-emergency_admissions")
@@ -369,7 +439,7 @@ def test_the_metric_tables_show_the_latest_quarter_and_financial_year(report):
     assert head[:3] == ["Geography", "Jul–Sep 2025", "Financial year 2024/25"]
     rows = [cells(r) for r in body_rows(table)]
     assert rows[0] == ["Essex", "1,235", "180,500", "684.2", "4,520", "181,000", "2,497.2"]
-    assert [r[0] for r in rows] == ["Essex", "Chelmsford", "Colchester & <i>Tendring</i>"]
+    assert [r[0] for r in rows] == ["Essex", "Thurrock", "Chelmsford", "Colchester & <i>Tendring</i>"]
     assert "999" not in table.text() and "888" not in table.text()
 
     falls = {cells(r)[0]: cells(r)[1:4] for r in body_rows(dom.by_id("table-bcf-falls_admissions_65"))}
@@ -419,4 +489,5 @@ def test_admission_reasons_list_the_top_ten_per_age_band_in_rank_order(report):
 def test_text_from_the_data_stays_text(report):
     dom = report["dom"]
     assert dom.find_all("i") == []
-    assert "Colchester & <i>Tendring</i>" in dom.by_id("chart-bcf-emergency_admissions").text()
+    # (With councils in the data the charts draw the area and the councils; the locality's name is in the tables.)
+    assert "Colchester & <i>Tendring</i>" in dom.by_id("table-bcf-emergency_admissions").text()

@@ -29,10 +29,10 @@ from pophealth.identifiers import nhs_check_digit
 
 pytestmark = pytest.mark.integration
 
-from .conftest import PURPOSE_KEYS_ENV, TEST_KEY, TEST_VAULT_KEY
+from .conftest import PURPOSE_KEYS_ENV, TEST_KEY, TEST_VAULT_PUBLIC_KEY
 
-ENV = {"POPHEALTH_LINKAGE_KEY": TEST_KEY, "POPHEALTH_VAULT_KEY": TEST_VAULT_KEY, **PURPOSE_KEYS_ENV}
-ENV_REMOVED = ("POPHEALTH_DATABASE_URL", "POPHEALTH_LINKAGE_KEY_FILE", "POPHEALTH_VAULT_KEY_FILE", "POPHEALTH_EXPECTATIONS_DIR",
+ENV = {"POPHEALTH_LINKAGE_KEY": TEST_KEY, "POPHEALTH_VAULT_PUBLIC_KEY": TEST_VAULT_PUBLIC_KEY, **PURPOSE_KEYS_ENV}
+ENV_REMOVED = ("POPHEALTH_DATABASE_URL", "POPHEALTH_LINKAGE_KEY_FILE", "POPHEALTH_VAULT_PUBLIC_KEY_FILE", "POPHEALTH_VAULT_PRIVATE_KEY", "POPHEALTH_VAULT_PRIVATE_KEY_FILE", "POPHEALTH_EXPECTATIONS_DIR",
                "POPHEALTH_LANDING_DIR")
 
 
@@ -71,7 +71,7 @@ HEADERS = {
     "gp_register": GP_REGISTER_COLUMNS,
     "cld": CLD_CONTRACT_COLUMNS,
     "optouts": ("nhs_number",),
-    "ref_postcode_lookup": ("postcode", "lsoa_code", "locality_code", "locality_name"),
+    "ref_postcode_lookup": ("postcode", "lsoa_code", "locality_code", "locality_name", "la_code"),
     "ref_population": ("lsoa_code", "sex", "age", "population"),
 }
 RAW_TABLES = {"apc": "raw.apc_episode", "gp_register": "raw.gp_register", "cld": "raw.cld_event",
@@ -106,6 +106,14 @@ def _apc(i: int, provider: str = "RAJ", **changes: str) -> dict:
                discharge_ready_date=_day(admitted, 1) if i % 3 == 0 else "")
     row.update(changes)
     return row
+
+
+def _in_month(i: int, period: str) -> dict:
+    """The dates of episode i of a hospital file for the month ending `period` (YYYYMMDD): its rows say which month
+    the file covers (audit.load.covers_from), and the volume rule compares month with month."""
+    admitted = _day(f"{period[:4]}-{period[4:6]}-01", i % 25)
+    return dict(admidate=admitted, disdate=_day(admitted, 2), epistart=admitted, epiend=_day(admitted, 2),
+                discharge_ready_date=_day(admitted, 1) if i % 3 == 0 else "")
 
 
 def _register(i: int, **changes: str) -> dict:
@@ -157,7 +165,8 @@ def _postcode(i: int, **changes: str) -> dict:
     lsoa = 21000 + i // 4
     locality = "E07000070" if lsoa % 2 == 0 else "E07000071"
     row = dict(postcode=f"CM{i // 10 + 1} {i % 10}AB", lsoa_code=f"E01{lsoa:06d}",
-               locality_code=locality, locality_name="Chelmsford" if locality == "E07000070" else "Colchester")
+               locality_code=locality, locality_name="Chelmsford" if locality == "E07000070" else "Colchester",
+               la_code="E10000012")
     row.update(changes)
     return row
 
@@ -404,6 +413,13 @@ ERROR_CASES = [
          _broken("ref_postcode_lookup", {i: {"locality_code": "NOT A CODE"} for i in range(4)}), 4),
     Case("ref_postcode_lookup.lsoa_in_one_locality",
          _broken("ref_postcode_lookup", {1: {"locality_code": "E07000071"}}), 4),
+    # a district's code (E07, lower tier) where the council's belongs
+    Case("ref_postcode_lookup.la_code.format",
+         _broken("ref_postcode_lookup", {i: {"la_code": "E07000070"} for i in range(12)}), 12),
+    # postcode 2 (LSOA E01021000, locality E07000070) put in Thurrock: its LSOA (rows 1-4) and its locality
+    # (the even LSOAs: rows 1-4 and 9-12) would each be in two councils
+    Case("ref_postcode_lookup.locality_in_one_council",
+         _broken("ref_postcode_lookup", {1: {"la_code": "E06000034"}}), 8),
     # ref_population ---------------------------------------------------------------------------------------
     Case("ref_population.rows.loaded_share",
          _broken("ref_population", {10: {"population": "x"}, 20: {"age": "-1"}}), 2, (11, 21)),
@@ -490,6 +506,7 @@ WARN_CASES = [
          1, (5,)),
     Case("optouts.person.unique", _broken("optouts", {3: {"nhs_number": NUMBERS[362]}}), 2),
     Case("ref_postcode_lookup.locality_name.present", _broken("ref_postcode_lookup", {3: {"locality_name": ""}}), 1),
+    Case("ref_postcode_lookup.la_code.on_every_row", _broken("ref_postcode_lookup", {3: {"la_code": ""}}), 1),
     Case("ref_population.lsoa.in_lookup", lambda: _population("E01099999"), 182),
     Case("ref_population.grid.complete", lambda: _population()[:-1], 181),
 ]
@@ -550,6 +567,35 @@ def test_a_good_file_passes_every_rule_and_every_result_is_recorded(stage, feed)
     assert len(pages) == 1 and f"load_batch.load_{load_id}" in index.read_text()
 
 
+def test_a_thurrock_lookup_with_its_own_locality_codes_passes_every_rule(stage):
+    """Thurrock plans by its four integrated locality areas, not ONS districts (contract v2): such a lookup
+    failed ref_postcode_lookup.locality_code.format before (E06-E09 and six digits only)."""
+    from pophealth import gates
+
+    areas = ["GRAYS", "TILBURY", "STANFORD-LE-HOPE", "AVELEY_OCKENDON"]
+    rows = [dict(postcode=f"RM{i // 10 + 1} {i % 10}TT", lsoa_code=f"E01{22000 + i // 2:06d}",
+                 locality_code=areas[(i // 2) % 4], locality_name=areas[(i // 2) % 4].title(), la_code="E06000034")
+            for i in range(16)]
+    load_id = stage("ref_postcode_lookup", rows)
+    outcome = gates.run_load_gate(load_id, "ref_postcode_lookup", f"load_batch.load_{load_id}", run_id="run-thurrock")
+    assert outcome.passed and not outcome.failures(), outcome.summary()
+    recorded = _recorded(load_id)
+    for rule in ("ref_postcode_lookup.locality_code.format", "ref_postcode_lookup.lsoa_in_one_locality",
+                 "ref_postcode_lookup.la_code.format", "ref_postcode_lookup.locality_in_one_council"):
+        assert recorded[rule]["status"] == "passed", rule
+
+
+def test_a_lookup_without_la_code_is_one_councils_area_and_its_council_rules_do_not_apply(stage):
+    from pophealth import gates
+
+    load_id = stage("ref_postcode_lookup", [{**_postcode(i), "la_code": ""} for i in range(12)])
+    outcome = gates.run_load_gate(load_id, "ref_postcode_lookup", f"load_batch.load_{load_id}", run_id="run-no-la")
+    assert outcome.passed, outcome.summary()
+    recorded = _recorded(load_id)
+    assert recorded["ref_postcode_lookup.la_code.format"]["status"] == "not_applicable"
+    assert recorded["ref_postcode_lookup.la_code.on_every_row"]["status"] == "not_applicable"
+
+
 def test_a_rule_on_a_column_empty_in_the_whole_file_is_not_applicable(stage):
     from pophealth import gates
 
@@ -595,7 +641,7 @@ def test_a_many_rule_failure_stays_one_screen(stage):
 VOLUME = {
     # feed: (file name pattern, first and second period, rows of the first delivery, rows of a delivery)
     "apc": ("apc_RDE_{}.csv", ("20250930", "20251031"), 60,
-            lambda n, _: [_apc(i, provider="RDE") for i in range(n)]),
+            lambda n, period: [_apc(i, provider="RDE", **_in_month(i, period)) for i in range(n)]),
     "gp_register": ("gp_register_{}.csv", ("20250831", "20250930"), 120,
                     lambda n, _: [_register(100 + i) for i in range(n)]),
     "cld": ("cld_E10000012_{}.csv", ("20250630", "20250930"), 60,
@@ -662,9 +708,34 @@ def test_a_second_delivery_within_the_band_passes(stage, retire_loads):
     first = stage("apc", [_apc(i, provider="RQW") for i in range(60)], "apc_RQW_20250930.csv")
     assert _gate(first) is None
     publish_load(first)
-    second = stage("apc", [_apc(i, provider="RQW") for i in range(45)], "apc_RQW_20251031.csv")  # 75%
+    second = stage("apc", [_apc(i, provider="RQW", **_in_month(i, "20251031")) for i in range(45)],
+                   "apc_RQW_20251031.csv")  # 75%
     assert _gate(second) is None
     volume = _recorded(second)["apc.volume.within_band"]
     assert volume["status"] == "passed" and volume["observed_number"] == 45
     assert volume["threshold"].startswith("rows between 60% and 200% of the 60 rows of the previous published "
                                           f"load of apc RQW (load {first}, period ending 2025-09-30), so 36 to 120")
+
+
+def test_a_monthly_file_after_an_annual_one_is_compared_with_a_months_share_of_it(stage, retire_loads):
+    from pophealth.load import publish_load
+
+    # A year to September 2025, 50 episodes a month; then October with 50 (passes) or 20 (40%: fails).
+    year = [_apc(i % 60, provider="RQW", epikey=f"Y{i}", spell_id=f"Y{i}",
+                 **_in_month(i, f"{2024 + (9 + i // 50 >= 12)}{(9 + i // 50) % 12 + 1:02d}01"))
+            for i in range(600)]
+    first = stage("apc", year, "apc_RQW_20250930.csv")
+    assert _query("SELECT covers_from::text, covers_to::text FROM audit.load WHERE load_id = %s", (first,)) == [
+        ("2024-10-01", "2025-09-30")]
+    assert _gate(first) is None
+    publish_load(first)
+    october = stage("apc", [_apc(i, provider="RQW", **_in_month(i, "20251031")) for i in range(50)],
+                    "apc_RQW_20251031.csv")
+    assert _gate(october) is None  # not "8% of the last load"
+    volume = _recorded(october)["apc.volume.within_band"]
+    assert volume["status"] == "passed" and volume["observed_number"] == 50
+    assert "12 months, scaled to the 1 month this file covers" in volume["threshold"]
+    assert "so 30 to 100" in volume["threshold"]
+    short = stage("apc", [_apc(i, provider="RQW", **_in_month(i, "20251031")) for i in range(20)],
+                  "apc_RQW_20251031.csv")
+    assert "FAILED [error] apc.volume.within_band:" in (_gate(short) or "")

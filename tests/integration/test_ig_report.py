@@ -7,16 +7,20 @@ What an IG officer reads there is asserted on the drawn page (the DOM after the 
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
+import unicodedata
 from pathlib import Path
 
 import psycopg
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from .chromium import dump_dom, require_chromium
-from .conftest import TEST_KEY, isolated_env, marts_built_from, synth_world
+from .conftest import TEST_KEY, isolated_env, marts_built_from, synth_world, with_vault_private_key
 
 pytestmark = pytest.mark.integration
 
@@ -27,7 +31,7 @@ PLANTED_NHS_NUMBER = "9434765919"  # a synthetic number that passes the Modulus 
 
 class Report:
     def __init__(self, home: Path, url: str):
-        self.home, self.url, self.env = home, url, isolated_env(home)
+        self.home, self.url, self.env = home, url, with_vault_private_key(isolated_env(home))
         self.drawn = 0
 
     def pophealth(self, *args: str) -> subprocess.CompletedProcess:
@@ -66,7 +70,11 @@ def report(tmp_path_factory):
         assert recorded.returncode == 0, recorded.stderr[-3000:]
         # Re-identification takes the care teams' ids (direct_care), never an analyst's (marts).
         r.person_id = r.sql("SELECT person_id FROM direct_care.case_finding ORDER BY risk_rank LIMIT 1")[0][0]
-        asked = r.pophealth("reidentify", r.person_id, "--purpose", PURPOSE, "--on-behalf-of", "Dr Example")
+        # A purpose off the closed list is refused, and the refusal logged with the purpose as given.
+        refused = r.pophealth("reidentify", r.person_id, "--purpose", PURPOSE, "--on-behalf-of", "Dr Example")
+        assert refused.returncode == 2, refused.stdout[-2000:] + refused.stderr[-2000:]
+        asked = r.pophealth("reidentify", r.person_id, "--purpose", "case_finding_follow_up",
+                            "--on-behalf-of", "Dr Example")
         assert asked.returncode == 0, asked.stdout[-2000:] + asked.stderr[-2000:]
         r.revealed = re.findall(r"\b\d{10}\b", asked.stdout)
         r.first = r.draw()
@@ -132,8 +140,13 @@ def test_the_roles_schemas_vault_functions_and_default_privileges_are_read_from_
 def test_the_reidentification_log_says_who_why_and_how_many_but_never_whom(report):
     dom, written, _ = report.first
     log = table(dom, "reidentifications")
-    assert "Dr Example" in log and "falls clinic follow-up" in log
-    assert re.search(r'<td class="n">1</td><td class="n">1</td></tr>', log)
+    assert "Dr Example" in log and "falls clinic follow-up" in log and "case_finding_follow_up" in log
+    assert re.search(r'<td class="n">1</td><td class="n">1</td><td>released</td>', log)
+    assert re.search(r'<td class="n">1</td><td class="n">0</td><td>refused</td><td>the purpose must be one of', log)
+    # requests, released, held, refused, people asked for, approvals given, refusals given
+    assert re.search(r'<td>reidentifier</td><td class="n">2</td><td class="n">1</td><td class="n">0</td>'
+                     r'<td class="n">1</td><td class="n">2</td>', table(dom, "reidentification-per-login"))
+    assert "hash chain intact" in dom
     assert report.person_id not in dom
     assert report.revealed and not any(number in dom for number in report.revealed)
     # the purpose's markup is shown as text: no script reached the page
@@ -169,3 +182,99 @@ def test_the_people_each_purpose_left_out_are_shown_per_build(report):
                                  ORDER BY built_at DESC LIMIT 1""")
     assert re.search(rf"<td>secondary_use</td><td[^>]*>\d+</td><td[^>]*>{left_out}</td>", rows)
     assert re.search(r"<td>direct_care</td><td[^>]*>\d+</td><td[^>]*>0</td>", rows)
+
+
+# -- the scan, case by case: NHS numbers in any digits, and in jsonb, json and array columns ----------------------
+
+FULL_WIDTH = PLANTED_NHS_NUMBER.translate({ord(d): 0xFF10 + int(d) for d in "0123456789"})    # ９４３４７６５９１９
+ARABIC_INDIC = PLANTED_NHS_NUMBER.translate({ord(d): 0x0660 + int(d) for d in "0123456789"})  # ٩٤٣٤٧٦٥٩١٩
+DEVANAGARI = PLANTED_NHS_NUMBER.translate({ord(d): 0x0966 + int(d) for d in "0123456789"})
+SPACED = f"{PLANTED_NHS_NUMBER[:3]} {PLANTED_NHS_NUMBER[3:6]} {PLANTED_NHS_NUMBER[6:]}"
+
+
+@pytest.fixture(scope="module")
+def empty_warehouse(tmp_path_factory):
+    """A fresh embedded server with nothing in it but what a case plants (so the scan is quick and exact)."""
+    home = tmp_path_factory.mktemp("scan")
+    env = isolated_env(home)
+    url = subprocess.run([sys.executable, "-m", "pophealth.cli", "db", "url"], env=env, capture_output=True,
+                         text=True, check=True).stdout.strip().splitlines()[-1]
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE SCHEMA IF NOT EXISTS staging")
+            yield conn
+    finally:
+        subprocess.run([sys.executable, "-m", "pophealth.cli", "db", "stop"], env=env, capture_output=True)
+
+
+@pytest.mark.parametrize("column_type, value, found", [
+    ("text", f"rang {PLANTED_NHS_NUMBER} back", True),            # as before: ASCII digits
+    ("text", f"rang {FULL_WIDTH} back", True),                    # full-width digits
+    ("text", f"رقم {ARABIC_INDIC}", True),                        # Arabic-Indic digits
+    ("text", DEVANAGARI, True),                                   # Devanagari digits
+    ("text", "９４３　４７６　５９１９", True),                         # full-width digits, ideographic spaces
+    ("text", "943\u2010476\u20105919", True),                     # Unicode hyphens between the groups
+    ("text", FULL_WIDTH[:-1] + "８", False),                        # full-width, but the check digit fails
+    ("text", "naïve café, ward 7", False),                        # non-ASCII text without a number
+    ("jsonb", json.dumps({"caller": {"nhs": SPACED}}), True),     # a string inside a document
+    ("jsonb", json.dumps({"nhs": int(PLANTED_NHS_NUMBER)}), True),  # a number inside a document
+    ("jsonb", json.dumps({"nhs": FULL_WIDTH}), True),             # jsonb keeps \uff19 as the character
+    ("jsonb", json.dumps({"node": f"test.pophealth.not_null_person.{PLANTED_NHS_NUMBER}"}), False),  # a dbt node id
+    ("json", json.dumps({"nhs": FULL_WIDTH}), True),              # json keeps "\uff19..." as written: read it
+    ("text[]", ["ward 7", PLANTED_NHS_NUMBER], True),
+    ("bigint[]", [1, int(PLANTED_NHS_NUMBER)], True),
+    ("text[]", ["a" * 64, "ward 7"], False),                      # a pseudonym is not a number
+])
+def test_the_scan_finds_an_nhs_number_in_any_digits_and_in_jsonb_json_and_array_columns(empty_warehouse, column_type,
+                                                                                          value, found):
+    from pophealth.ig_report import scan_warehouse
+
+    conn = empty_warehouse
+    conn.execute(f"CREATE TABLE staging.planted (v {column_type})")
+    try:
+        conn.execute(f"INSERT INTO staging.planted VALUES (%s::{column_type})", (value,))
+        result = scan_warehouse(conn)
+    finally:
+        conn.execute("DROP TABLE staging.planted")
+    assert result.columns == 1  # the column was scanned at all
+    findings = [(f.relation, f.column, f.kind, f.rows) for f in result.findings]
+    assert findings == ([("staging.planted", "v", "NHS number (passes Modulus 11)", 1)] if found else [])
+
+
+#: Every Unicode script's digit zero (its nine follow it): Arabic-Indic, Devanagari, Bengali, Thai, full-width, ...
+DIGIT_ZEROS = [chr(c) for c in range(0x110000) if chr(c).isdecimal() and unicodedata.decimal(chr(c)) == 0
+               and all(unicodedata.decimal(chr(c + d), -1) == d for d in range(10))]
+
+
+@settings(derandomize=True, max_examples=300)  # deterministic: the same cases on every run
+@given(nine=st.text(alphabet="0123456789", min_size=9, max_size=9), zero=st.sampled_from(DIGIT_ZEROS),
+       separator=st.sampled_from(["", " ", "-", "\u3000", "\u2010", "\uff0d"]))
+def test_a_valid_nhs_number_in_any_script_s_digits_is_found_and_an_invalid_one_is_not(nine, zero, separator):
+    from pophealth.identifiers import nhs_check_digit
+    from pophealth.ig_report import nhs_numbers_in
+
+    check = nhs_check_digit(nine)
+    assume(check is not None and len(set(nine)) > 1)
+    written = "".join(chr(ord(zero) + int(d)) for d in nine + str(check))
+    spelled = f"{written[:3]}{separator}{written[3:6]}{separator}{written[6:]}"
+    assert nhs_numbers_in(f"note: {spelled}.") == 1
+    wrong = "".join(chr(ord(zero) + int(d)) for d in nine + str((check + 1) % 10))
+    assert nhs_numbers_in(f"note: {wrong}.") == 0
+
+
+@pytest.mark.parametrize("value, postcodes", [
+    ("lives at CM1 1AA", 1),                 # as before: the database's own match
+    ("lives at ＣＭ１　１ＡＡ", 1),           # full-width letters, digits and space: read as CM1 1AA
+    ("ward ＣＭ１ and café", 0),             # non-ASCII, no full postcode
+])
+def test_the_scan_finds_a_full_postcode_written_in_full_width_characters(empty_warehouse, value, postcodes):
+    from pophealth.ig_report import scan_warehouse
+
+    conn = empty_warehouse
+    conn.execute("CREATE TABLE staging.planted (v text)")
+    try:
+        conn.execute("INSERT INTO staging.planted VALUES (%s)", (value,))
+        result = scan_warehouse(conn)
+    finally:
+        conn.execute("DROP TABLE staging.planted")
+    assert [(f.kind, f.rows) for f in result.findings] == ([("full postcode", postcodes)] if postcodes else [])

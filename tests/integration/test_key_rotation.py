@@ -17,10 +17,10 @@ import psycopg
 import pytest
 
 from pophealth.config import environment
-from pophealth.keys import LinkageKey, VaultKey
+from pophealth.keys import LinkageKey, VaultPrivateKey
 from pophealth.pseudonymise import Pseudonymiser
 
-from .conftest import PURPOSE_KEYS_ENV, TEST_KEY, TEST_VAULT_KEY, marts_built_from, published_id, synth_world
+from .conftest import PURPOSE_KEYS_ENV, TEST_KEY, TEST_VAULT_PRIVATE_KEY, TEST_VAULT_PUBLIC_KEY, marts_built_from, published_id, synth_world
 
 pytestmark = pytest.mark.integration
 
@@ -71,7 +71,7 @@ def _rotate(url: str, landing: Path, home: Path) -> Rotated:
             "SELECT person_id FROM raw.gp_register UNION SELECT spell_key FROM raw.apc_episode "
             "UNION SELECT la_person_key FROM raw.cld_event")]
     old, new, vault_key = (LinkageKey.from_hex(TEST_KEY, "old"), LinkageKey.from_hex(NEW_KEY, "new"),
-                           VaultKey.from_hex(TEST_VAULT_KEY, "vault"))
+                           VaultPrivateKey.from_hex(TEST_VAULT_PRIVATE_KEY, "vault"))
     try:
         rotate_linkage_key(LinkageKey.from_hex("01" * 32, "wrong"), new, vault_key, progress=lambda _: None)
     except RotationRefused as exc:
@@ -164,7 +164,7 @@ def test_the_loader_refuses_the_old_key_and_personal_data_before_the_opt_outs_ar
     # A resubmission of the same episodes (one byte more, so not a duplicate) replaces the earlier file.
     (resubmission / apc.name).write_bytes(apc.read_bytes() + b"\n")
 
-    monkeypatch.setenv("POPHEALTH_VAULT_KEY", TEST_VAULT_KEY)
+    monkeypatch.setenv("POPHEALTH_VAULT_PUBLIC_KEY", TEST_VAULT_PUBLIC_KEY)  # a load needs no more
     monkeypatch.setenv("POPHEALTH_LINKAGE_KEY", TEST_KEY)
     with pytest.raises(LoadRefused, match="not the warehouse's key"):
         stage_extract(resubmission / apc.name)

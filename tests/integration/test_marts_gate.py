@@ -116,6 +116,21 @@ BREAKS = [
      "UPDATE marts__candidate.bcf_metrics SET value = -1 WHERE (metric_code, geography_level, period_start, period_end) "
      "= (SELECT metric_code, geography_level, period_start, period_end FROM marts__candidate.bcf_metrics "
      "WHERE geography_level = 'area' ORDER BY 1, 3, 4 LIMIT 1)"),
+    ("marts.bcf_metrics.every_geography", 1,
+     "DELETE FROM marts__candidate.bcf_metrics WHERE (metric_code, period_start, period_end, geography_code) = "
+     "(SELECT metric_code, period_start, period_end, geography_code FROM marts__candidate.bcf_metrics "
+     "WHERE geography_level = 'local_authority' ORDER BY 1, 2, 3 LIMIT 1)"),
+    ("marts.bcf_metrics.councils_within_the_area", 1,
+     "UPDATE marts__candidate.bcf_metrics SET denominator = denominator + 1 "
+     "WHERE (metric_code, period_start, period_end, geography_level) = (SELECT metric_code, period_start, period_end, "
+     "geography_level FROM marts__candidate.bcf_metrics WHERE geography_level = 'local_authority' "
+     "AND metric_code = 'emergency_admissions' ORDER BY 2, 3 LIMIT 1)"),
+    ("marts.bcf_metrics.final_after_follow_up", 1,
+     # September's readmissions (as of 30 September) marked final although their 30 days run to 29 October
+     "UPDATE marts__candidate.bcf_metrics SET is_final = true WHERE (metric_code, period_start, period_end, "
+     "geography_level) = (SELECT metric_code, period_start, period_end, geography_level "
+     "FROM marts__candidate.bcf_metrics WHERE metric_code = 'emergency_readmissions_30d' AND NOT is_final "
+     "AND geography_level = 'area' ORDER BY period_end DESC, period_start DESC LIMIT 1)"),
     ("published.no_identifiable_column", 1,
      "ALTER TABLE reporting__candidate.risk_pyramid ADD COLUMN nhs_number text"),
     ("published.no_nhs_number_values", 1,
@@ -143,6 +158,8 @@ def test_a_broken_candidate_fails_its_rule_and_is_not_published(warehouse, rule,
     assert (status, severity, unexpected) == ("failed", "error", count)
     if rule == "marts.risk_stratification.tier_sizes":
         assert "observed 2 returned by the rule's query" in message  # two tiers off by one
+    elif rule == "marts.bcf_metrics.every_geography":
+        assert "observed 1 returned by the rule's query" in message  # one council's row of one period gone
     elif rule.startswith("published."):
         assert "reporting.risk_pyramid.nhs_number" in message or "marts.person.gp_practice_code" in message
         assert "9434765919" not in message

@@ -37,6 +37,8 @@ def _valid_numbers():
 _numbers = _valid_numbers()
 # One NHS number per person of the story (all in the 999 test range).
 A, B, C, E_UNUSED, F, G, H, I, J_UNUSED, K, N = (next(_numbers) for _ in range(11))
+# L left the register and M died between the June and September register snapshots: in June's, not in September's.
+L_LEFT, M_DIED = next(_numbers), next(_numbers)
 D_INVALID = B[:9] + str((int(B[9]) + 1) % 10)  # B's number with a wrong check digit: invalid
 
 
@@ -105,6 +107,14 @@ def build_landing(landing: Path) -> None:
            [("E01021001", "1", age, 10) for age in range(91)])
     # G has opted out.
     _write(landing / "optouts_20250930.csv", ("nhs_number",), [(G,)])
+    # The register as it was in June (each file is the whole register on its date): September's says who is
+    # registered now. B lived in Colchester then; L and M are in June's register only.
+    _write(landing / "gp_register_20250630.csv", GP_REGISTER_COLUMNS, [
+        _gp(A, "1950-10-15", "1", "CM1 1AA", "F81001"),
+        _gp(B, "1940-09-02", "2", "CO1 1CC", "F81100"),
+        _gp(L_LEFT, "1970-07-07", "1", "CM1 1AA", "F81001"),
+        _gp(M_DIED, "1930-03-03", "2", "CM1 1AA", "F81001"),
+    ])
     _write(landing / "gp_register_20250930.csv", GP_REGISTER_COLUMNS, [
         _gp(A, "1950-10-15", "1", "CM1 1AA", "F81001"),                       # A: born October 1950
         _gp(B, "1940-09-02", "2", "CM1 1AA", "F81001"),                       # B: the register wins
@@ -158,15 +168,17 @@ def people(tmp_path_factory):
         cur = conn.execute("SELECT * FROM marts.person")
         names = [d.name for d in cur.description]
         rows = {row[0]: dict(zip(names, row)) for row in cur.fetchall()}
+        ranked = {row[0] for row in conn.execute("SELECT person_id FROM marts.risk_stratification")}
         events = conn.execute("SELECT client_type, submissions, latest_reporting_period_end_date::text "
                               "FROM intermediate.int_cld_event_deduplicated WHERE la_person_key = %s",
                               (local_transit("E10000012", "person|EC0000002"),)).fetchall()
-    yield {"people": rows, "b_events": events}
+    yield {"people": rows, "b_events": events, "ranked": ranked}
 
 
 def test_one_row_per_person_across_the_feeds(people):
-    # A B G(council id only) H I N from the register and social care; C D K from hospital; E F J from social care.
-    assert len(people["people"]) == 12
+    # A B G(council id only) H I N from the register and social care; C D K from hospital; E F J from social care;
+    # L and M from June's register.
+    assert len(people["people"]) == 14
 
 
 def test_age_band_is_at_the_as_of_date_as_if_born_on_the_first_of_the_month(people):
@@ -229,3 +241,14 @@ def test_deaths_known_only_to_social_care_or_hospital(people):
 def test_a_repeated_social_care_event_is_kept_once_from_its_latest_submission(people):
     # Submitted in June (Release 1 "Service User") and again in September with another Event_Reference.
     assert people["b_events"] == [("Service user", 2, "2025-09-30")]
+
+
+def test_the_latest_register_snapshot_says_who_is_registered_now(people):
+    # L (left) and M (died) are in June's snapshot, not in September's: not registered, and not ranked for risk,
+    # though the two files' rows are both held (two snapshots do not stack).
+    for number in (L_LEFT, M_DIED):
+        assert not people["people"][person_id(number)]["is_registered"]
+        assert person_id(number) not in people["ranked"]
+    assert people["people"][person_id(A)]["is_registered"] and person_id(A) in people["ranked"]
+    # B's address is September's, not June's.
+    assert people["people"][person_id(B)]["lsoa_code"] == "E01021001"

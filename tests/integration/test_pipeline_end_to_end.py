@@ -15,7 +15,7 @@ import pytest
 from pophealth.keys import LinkageKey
 from pophealth.pseudonymise import Pseudonymiser
 
-from .conftest import POPULATION, PURPOSE_KEYS_ENV, TEST_KEY, TEST_VAULT_KEY, break_one_hospital_file, published_id
+from .conftest import POPULATION, PURPOSE_KEYS_ENV, TEST_KEY, TEST_VAULT_PRIVATE_KEY, break_one_hospital_file, published_id
 from .identifiable import identifiable_values
 
 pytestmark = pytest.mark.integration
@@ -64,6 +64,10 @@ def test_the_first_run_succeeds_and_says_where_the_results_are(world):
     out = world.first_run.stdout
     assert world.first_run.returncode == 0, out[-5000:] + world.first_run.stderr[-3000:]
     assert "marts.person" in out and "linked" in out and "Quality gates" in out
+    # What each source covers, from the rows; every period of the window is covered, so none is said missing.
+    assert "What the data covers (from the rows of the published files):" in out
+    assert "  apc RAJ                  2024-04-01 to 2025-09-30 (18 files)" in out.splitlines()
+    assert "Periods NOT computed" not in out and "GAP" not in out
 
 
 def test_every_dag_ran_through_airflow(world):
@@ -146,7 +150,7 @@ def test_nothing_identifiable_is_in_any_table_log_or_file_the_run_wrote(world):
                         dump += block
                 found = identifiable.found_in(bytes(dump))
                 assert not found, f"{database}: {schema}.{table} holds {', '.join(found)} in clear"
-    keys = (TEST_KEY.encode(), TEST_VAULT_KEY.encode(), *(k.encode() for k in PURPOSE_KEYS_ENV.values()))
+    keys = (TEST_KEY.encode(), TEST_VAULT_PRIVATE_KEY.encode(), *(k.encode() for k in PURPOSE_KEYS_ENV.values()))
     files = [p for p in (world.home / "state").rglob("*") if p.is_file()]
     # The DAG runs' logs hold every task's log lines (dag.test runs the tasks and prints their logs).
     task_logs = [p for p in files if "runs" in p.parts and p.suffix == ".log"]
@@ -234,16 +238,19 @@ def _number(value) -> str:
 
 
 def test_every_bcf_metric_equals_the_answer_key(world):
+    """Every metric, period and geography (the area, each of the three councils, each locality), with whether
+    the period is final and from when, as the generator works them out."""
     expected = {
-        (r["metric_code"], r["period_start"], r["period_end"], r["geography_code"]):
-            (_number(r["numerator"]), _number(r["denominator"]), _number(r["value"]))
+        (r["metric_code"], r["period_start"], r["period_end"], r["geography_level"], r["geography_code"]):
+            (_number(r["numerator"]), _number(r["denominator"]), _number(r["value"]), r["is_final"], r["final_on"])
         for r in world.answers("metrics.csv")
     }
     actual = {
-        (code, start, end, geography): (_number(numerator), _number(denominator), _number(value))
-        for code, start, end, geography, numerator, denominator, value in world.query(
-            """SELECT metric_code, period_start::text, period_end::text, geography_code, numerator, denominator,
-                      value FROM marts.bcf_metrics""")
+        (code, start, end, level, geography): (_number(numerator), _number(denominator), _number(value),
+                                              _normal(is_final), final_on)
+        for code, start, end, level, geography, numerator, denominator, value, is_final, final_on in world.query(
+            """SELECT metric_code, period_start::text, period_end::text, geography_level, geography_code, numerator,
+                      denominator, value, is_final, final_on::text FROM marts.bcf_metrics""")
     }
     assert set(actual) == set(expected)
     wrong = {k: (expected[k], actual[k]) for k in expected if expected[k] != actual[k]}
@@ -252,6 +259,22 @@ def test_every_bcf_metric_equals_the_answer_key(world):
     assert {k[0] for k, v in expected.items() if v[0] not in ("", "0.0000")} == {
         "emergency_admissions", "care_home_admissions_65", "reablement_91_days_65", "delayed_discharge_days",
         "falls_admissions_65", "emergency_readmissions_30d"}
+    # Each council has every metric, and its own localities (Thurrock's are its integrated locality areas).
+    councils = {k[4] for k in expected if k[3] == "local_authority"}
+    assert councils == {"E10000012", "E06000033", "E06000034"}
+    assert {k[4] for k in expected if k[3] == "locality"} >= {"GRAYS", "TILBURY", "STANFORD-LE-HOPE", "AVELEY_OCKENDON"}
+    # The councils' denominators add up to the area's (every LSOA is in one council).
+    area, by_council = {}, {}
+    for (code, start, _end, level, _geo), (_n, denominator, *_rest) in expected.items():
+        if code == "emergency_admissions" and level in ("area", "local_authority"):
+            target = area if level == "area" else by_council
+            target[start] = target.get(start, 0) + float(denominator)
+    assert area == by_council
+    # The as-of month's readmissions and the last three months' reablement are provisional.
+    assert expected[("emergency_readmissions_30d", "2025-09-01", "2025-09-30", "area", "area")][3:] == (
+        "false", "2025-10-29")
+    assert expected[("reablement_91_days_65", "2025-06-01", "2025-06-30", "area", "area")][3:] == (
+        "true", "2025-09-29")
 
 
 def test_every_cohort_equals_the_answer_key(world):

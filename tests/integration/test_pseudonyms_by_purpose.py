@@ -24,7 +24,7 @@ from psycopg import errors
 
 from pophealth.identifiers import nhs_check_digit
 
-from .conftest import TEST_KEY, isolated_env, marts_built_from, published_id, synth_world
+from .conftest import TEST_KEY, isolated_env, marts_built_from, published_id, synth_world, with_vault_private_key
 from .conftest import BuiltWarehouse as Warehouse
 
 pytestmark = pytest.mark.integration
@@ -38,7 +38,7 @@ def warehouse(tmp_path_factory):
     env = isolated_env(home)
     landing = synth_world(home, population=400, seed=16)
     with marts_built_from(landing, home, TEST_KEY, timeout=900) as url:
-        warehouse = Warehouse(url, landing, env)
+        warehouse = Warehouse(url, landing, with_vault_private_key(env))
         warehouse.home = home
         yield warehouse
 
@@ -219,13 +219,13 @@ def test_case_finding_ranks_everyone_registered_and_alive_in_the_pyramid(warehou
 
 def test_reidentifying_a_secondary_use_id_is_refused_clearly(warehouse):
     analyst_id = warehouse.query("SELECT person_id FROM marts.risk_stratification LIMIT 1")[0][0]
-    proc = warehouse.pophealth("reidentify", analyst_id, "--purpose", "care coordination for a frail patient",
+    proc = warehouse.pophealth("reidentify", analyst_id, "--purpose", "care_coordination",
                                "--on-behalf-of", "Dr Test")
     assert proc.returncode == 2
     assert "a secondary-use person_id (from marts or reporting) cannot be re-identified" in proc.stderr
     assert "direct_care.case_finding" in proc.stderr
     care_id = warehouse.query("SELECT person_id FROM direct_care.case_finding ORDER BY risk_rank LIMIT 1")[0][0]
-    proc = warehouse.pophealth("reidentify", care_id, "--purpose", "care coordination for a frail patient",
+    proc = warehouse.pophealth("reidentify", care_id, "--purpose", "care_coordination",
                                "--on-behalf-of", "Dr Test")
     assert proc.returncode == 0, proc.stderr
     number = proc.stdout.strip().splitlines()[-1].split()[-1]

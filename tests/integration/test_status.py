@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import TEST_KEY, BuiltWarehouse, isolated_env, marts_built_from, synth_world
+from .conftest import TEST_KEY, TEST_VAULT_PRIVATE_KEY, BuiltWarehouse, isolated_env, marts_built_from, synth_world
 from .test_marts_gate import copy_to_candidates
 
 pytestmark = pytest.mark.integration
@@ -71,6 +71,41 @@ def test_a_healthy_warehouse_is_reported_healthy_with_every_source_and_the_marts
     as_of, = warehouse.query("SELECT max(as_of_date)::text FROM marts.risk_stratification")[0]
     assert f"the marts describe the data as of {as_of}" in out
     assert "0 file(s) to load" in out
+
+
+def _first_missing_month(landing: Path, provider: str) -> str | None:
+    """The first month (YYYY-MM-01) from April 2024 to September 2025 with no monthly file of the trust."""
+    months = {p.name.split("_")[2][:6] for p in landing.glob(f"apc_{provider}_*.csv")}
+    for n in range(18):
+        month = f"{2024 + (3 + n) // 12}{(3 + n) % 12 + 1:02d}"
+        if month not in months:
+            return f"{month[:4]}-{month[4:]}-01"
+    return None
+
+
+def test_status_shows_what_each_source_covers_and_says_which_periods_are_not_computed(warehouse):
+    # The small world's smaller trusts send no file in a month without a finished spell: a gap the platform cannot
+    # tell from a lost file, so the periods over it are not computed, and status says so (a note, not a failure).
+    out = warehouse.status().stdout
+    lines = out.splitlines()
+    assert "What the data covers (from the rows of the published files):" in lines
+    files = len(list(warehouse.landing.glob("apc_RDE_*.csv")))
+    assert any(line.startswith("  apc RDE                  2024-04-01 to ") and f"({files} files)" in line
+               for line in lines)
+    gap_start = _first_missing_month(warehouse.landing, "RDE")
+    assert gap_start is not None  # the world this test runs on has one
+    rde = next(line for line in lines if line.startswith("  apc RDE ") and "GAP" in line)
+    assert f"GAP: nothing covers {gap_start} to" in rde
+    assert "  gp_register              snapshot 2025-09-30 (the latest says who is registered now)" in lines
+    not_computed = warehouse.query("SELECT count(*) FROM reporting.period_coverage WHERE NOT is_computed")[0][0]
+    assert not_computed > 0 and f"Periods NOT computed ({not_computed}; reporting.period_coverage):" in lines
+    month = next(line for line in lines if line.startswith(f"  month           {gap_start} to"))
+    assert "not wholly covered: hospital data from RDE covers" in month
+    assert (f"Note: {not_computed} period(s) are not computed because the data does not cover them wholly "
+            "(listed above)") in lines
+    # The marts hold no metric for such a period: nothing is computed from part of a month.
+    assert warehouse.query("SELECT count(*) FROM marts.bcf_metrics WHERE period_start = %s::date",
+                           (gap_start,))[0][0] == 0
 
 
 def test_a_new_file_in_the_landing_folder_is_shown_as_waiting_and_is_not_a_failure(warehouse, tmp_path):
@@ -149,11 +184,11 @@ def test_after_a_key_rotation_the_missing_opt_out_list_is_reported_until_it_is_l
     new_key = "7e" * 32
     warehouse.python("""
         import sys
-        from pophealth.keys import LinkageKey, load_linkage_key, load_vault_key
+        from pophealth.keys import LinkageKey, VaultPrivateKey, load_linkage_key
         from pophealth.rekey import rotate_linkage_key
-        rotate_linkage_key(load_linkage_key(), LinkageKey.from_hex(sys.argv[1], "the test"), load_vault_key(),
-                           progress=lambda _: None)
-    """, new_key)
+        rotate_linkage_key(load_linkage_key(), LinkageKey.from_hex(sys.argv[1], "the test"),
+                           VaultPrivateKey.from_hex(sys.argv[2], "the test"), progress=lambda _: None)
+    """, new_key, TEST_VAULT_PRIVATE_KEY)
 
     proc = warehouse.status()
     assert proc.returncode == 1, proc.stdout + proc.stderr

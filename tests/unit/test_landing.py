@@ -135,3 +135,53 @@ def test_every_file_that_is_not_an_extract_is_listed_with_why(tmp_path, name, re
     listed = scan(tmp_path).not_extracts()
     assert [n for n, _ in listed] == [name]  # temporary names and sub-folders stay silent
     assert reason in listed[0][1]
+
+
+# -- symbolic links: never followed out of (or within) the landing folder ----------------------------------------
+
+
+def test_a_link_named_like_an_extract_is_listed_as_not_an_extract_and_never_read(tmp_path):
+    landing, elsewhere = tmp_path / "landing", tmp_path / "elsewhere"
+    landing.mkdir(), elsewhere.mkdir()
+    outside = elsewhere / "someone_elses_file.csv"
+    outside.write_text("nhs_number\n9434765919\n")
+    (landing / "gp_register_20250930.csv").symlink_to(outside)
+    (landing / "optouts_20250930.csv").write_text("nhs_number\n")
+    (landing / "apc_RAJ_20250131.csv").symlink_to(landing / "optouts_20250930.csv")  # inside the folder: refused too
+    (landing / "cld_E10000012_20250630.csv").symlink_to(elsewhere)  # a link to a folder: refused, not skipped
+    result = scan(landing)
+    assert [e.name for e in result.extracts] == ["optouts_20250930.csv"]
+    listed = dict(result.not_extracts())
+    assert sorted(listed) == ["apc_RAJ_20250131.csv", "cld_E10000012_20250630.csv", "gp_register_20250930.csv"]
+    assert all(why.startswith("a symbolic link") and "never follows a link" in why for why in listed.values())
+    assert str(elsewhere) not in " ".join(listed.values())  # where it points is not said
+
+
+def test_a_file_swapped_for_a_link_after_the_scan_is_refused_when_read(tmp_path):
+    from pophealth.landing import sha256_of
+
+    target = tmp_path / "target.csv"
+    target.write_text("procode\nRAJ\n")
+    link = tmp_path / "apc_RAJ_20250131.csv"
+    link.symlink_to(target)
+    with pytest.raises(FileRejected, match="a symbolic link"):
+        open_extract(link, ("procode",), ("procode",))
+    with pytest.raises(FileRejected, match="a symbolic link"):
+        sha256_of(link)
+
+
+def test_a_gzip_extract_read_without_following_links_closes_its_file(tmp_path):
+    import gzip
+
+    path = tmp_path / "apc_RAJ_20250131.csv.gz"
+    path.write_bytes(gzip.compress(b"procode\nRAJ\n"))
+    import os
+
+    def open_files() -> set[str]:
+        return {os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd") if os.path.exists(f"/proc/self/fd/{fd}")}
+
+    handle, reader = open_extract(path, ("procode",), ("procode",))
+    with handle:
+        assert str(path) in open_files()
+        assert [row["procode"] for _, row in reader.rows] == ["RAJ"]
+    assert str(path) not in open_files()

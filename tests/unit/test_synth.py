@@ -17,7 +17,7 @@ from pophealth.identifiers import NhsNumber, NhsNumberCheck, check_nhs_number, n
 from pophealth.keys import LinkageKey
 from pophealth.landing import identify, open_extract
 from pophealth.pseudonymise import PostcodeLookup, Pseudonymiser
-from pophealth.synth import write_world
+from pophealth.synth import MID_AND_SOUTH_ESSEX, write_world
 from pophealth.synth.answer_metrics import EMERGENCY, is_fall, is_injury, periods
 from pophealth.feeds import CLD_CONTRACT_COLUMNS as CLD_COLUMNS
 from pophealth.synth.extracts import RELEASE1
@@ -379,7 +379,7 @@ def test_the_emergency_admissions_answer_counts_first_episodes_read_back_from_th
 
 def test_metrics_cover_every_period_and_the_rates_are_plausible(world):
     metrics = _read(world / "answer_key" / "metrics.csv")
-    assert len(metrics) == 6 * 25 * 13
+    assert len(metrics) == 6 * 25 * (1 + 1 + 12)  # the area, its one council, its 12 districts
     fy = {r["metric_code"]: r for r in metrics if r["period_type"] == "financial_year"
           and r["geography_level"] == "area"}
     assert 5000 < float(fy["emergency_admissions"]["value"]) < 15000
@@ -416,3 +416,135 @@ def test_a_tiny_world_still_has_every_feed(tmp_path):
 def test_the_generator_rejects_an_empty_world(tmp_path):
     with pytest.raises(ValueError):
         write_world(tmp_path, population=0, seed=1)
+
+
+def _modes(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix() or ".": oct(p.stat().st_mode & 0o777)
+            for p in [folder, *sorted(folder.rglob("*"))]}
+
+
+def test_every_extract_and_answer_file_is_readable_by_its_owner_only(world):
+    """They hold NHS numbers, dates of birth and postcodes shaped as real ones: 0600 files in 0700 folders."""
+    modes = _modes(world)
+    assert "gp_register_20250930.csv" in "".join(modes) and "answer_key/people.csv" in modes
+    assert {mode for name, mode in modes.items() if (world / name).is_file()} == {"0o600"}
+    assert {mode for name, mode in modes.items() if (world / name).is_dir()} == {"0o700"}
+
+
+def test_the_demo_makes_a_world_written_by_an_older_version_private_before_loading_it(tmp_path, monkeypatch):
+    from pophealth import cli
+
+    monkeypatch.setenv("POPHEALTH_HOME", str(tmp_path / "home"))
+    out = tmp_path / "home" / "demo" / "population-10-seed-1-mse"
+    (out / "answer_key").mkdir(parents=True)
+    (out / "answer_key" / "world.json").write_text(json.dumps({"population": 10, "seed": 1,
+                                                                "councils": list(MID_AND_SOUTH_ESSEX)}))
+    (out / "gp_register_20250930.csv").write_text("nhs_number\n9434765919\n")
+    for path in (out, out / "answer_key"):
+        path.chmod(0o755)
+    for path in (out / "answer_key" / "world.json", out / "gp_register_20250930.csv"):
+        path.chmod(0o644)
+    assert cli._demo_landing(10, 1) == out
+    assert set(_modes(out).values()) <= {"0o600", "0o700"}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Three councils in one world (issue 18): Mid and South Essex
+
+
+@pytest.fixture(scope="module")
+def mse(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("mse") / "landing"
+    write_world(out, population=POPULATION, seed=SEED, councils=MID_AND_SOUTH_ESSEX)
+    return out
+
+
+def test_a_one_council_world_sends_its_lookup_without_la_code(world):
+    assert "la_code" not in _read(world / "ref_postcode_lookup.csv")[0]
+
+
+def test_each_council_sends_its_own_social_care_files_and_the_lookup_names_each_postcodes_council(mse):
+    lookup = _read(mse / "ref_postcode_lookup.csv")
+    councils = {r["la_code"] for r in lookup}
+    assert councils == set(MID_AND_SOUTH_ESSEX)
+    thurrock = {r["locality_code"] for r in lookup if r["la_code"] == "E06000034"}
+    assert thurrock == {"GRAYS", "TILBURY", "STANFORD-LE-HOPE", "AVELEY_OCKENDON"}
+    # An LSOA and a locality each lie in one council.
+    assert all(len({r["la_code"] for r in lookup if r["lsoa_code"] == lsoa}) == 1 for lsoa in {r["lsoa_code"] for r in lookup})
+    by_locality = defaultdict(set)
+    for r in lookup:
+        by_locality[r["locality_code"]].add(r["la_code"])
+    assert all(len(c) == 1 for c in by_locality.values())
+    lsoa_council = {r["lsoa_code"]: r["la_code"] for r in lookup}
+    postcode_lsoa = {r["postcode"]: r["lsoa_code"] for r in lookup}
+    for council in MID_AND_SOUTH_ESSEX:
+        files = sorted(mse.glob(f"cld_{council}_*.csv"))
+        assert len(files) == 6
+        rows = [r for f in files for r in _read(f)]
+        assert rows and {r["LA_Code"] for r in rows} == {council}
+        assert {lsoa_council[postcode_lsoa[r["Postcode"]]] for r in rows} == {council}  # its own residents
+
+
+def test_the_answer_key_has_every_metric_for_the_area_each_council_and_each_locality(mse):
+    metrics = _read(mse / "answer_key" / "metrics.csv")
+    localities = {r["locality_code"] for r in _read(mse / "ref_postcode_lookup.csv")}
+    assert len(metrics) == 6 * 25 * (1 + 3 + len(localities))
+    assert {r["geography_code"] for r in metrics if r["geography_level"] == "local_authority"} == set(MID_AND_SOUTH_ESSEX)
+    assert {r["geography_code"] for r in metrics if r["geography_level"] == "area"} == {"area"}
+    key = {(r["metric_code"], r["period_type"], r["period_start"], r["geography_level"], r["geography_code"]): r
+           for r in metrics}
+    for (code, period_type, start, level, _geo), r in key.items():
+        if level != "area":
+            continue
+        councils = [key[(code, period_type, start, "local_authority", c)] for c in MID_AND_SOUTH_ESSEX]
+        # Each council's denominators are its own LSOAs': together, the whole area's.
+        if code not in ("reablement_91_days_65", "emergency_readmissions_30d"):
+            assert sum(int(c["denominator"]) for c in councils) == int(r["denominator"])
+        if code != "care_home_admissions_65":  # people, who could be counted by two councils
+            assert sum(int(c["numerator"]) for c in councils) == int(r["numerator"])
+    summary = json.loads((mse / "answer_key" / "world.json").read_text())
+    assert summary["councils"] == list(MID_AND_SOUTH_ESSEX)
+    assert set(summary["metrics_2024_25_by_council"]) == set(MID_AND_SOUTH_ESSEX)
+
+
+@pytest.mark.parametrize(("code", "period_type", "start", "is_final", "final_on"), [
+    # as of 30 September 2025: readmissions need 0-29 days after the period's last discharge
+    ("emergency_readmissions_30d", "month", "2025-09-01", "false", "2025-10-29"),
+    ("emergency_readmissions_30d", "month", "2025-08-01", "true", "2025-09-29"),  # 31 August + 29 days
+    ("emergency_readmissions_30d", "quarter", "2025-07-01", "false", "2025-10-29"),
+    # reablement needs days 1-91 after discharge
+    ("reablement_91_days_65", "month", "2025-06-01", "true", "2025-09-29"),     # 30 June + 91 days
+    ("reablement_91_days_65", "month", "2025-07-01", "false", "2025-10-30"),
+    ("reablement_91_days_65", "quarter", "2025-04-01", "true", "2025-09-29"),
+    ("reablement_91_days_65", "financial_year", "2024-04-01", "true", "2025-06-30"),
+    # no follow-up: final once the period has ended
+    ("emergency_admissions", "month", "2025-09-01", "true", "2025-09-30"),
+    ("care_home_admissions_65", "quarter", "2025-07-01", "true", "2025-09-30"),
+])
+def test_a_period_is_final_when_its_follow_up_has_ended_by_the_as_of_date(mse, code, period_type, start, is_final,
+                                                                          final_on):
+    rows = [r for r in _read(mse / "answer_key" / "metrics.csv")
+            if (r["metric_code"], r["period_type"], r["period_start"]) == (code, period_type, start)]
+    assert rows and {(r["is_final"], r["final_on"]) for r in rows} == {(is_final, final_on)}
+
+
+def test_the_answer_key_leaves_out_every_period_a_sender_does_not_cover_wholly():
+    """Worked by hand: a trust sends every month of the window but July 2024 (no discharge that month), a council
+    sends two rolling years. July 2024, its quarter and its financial year are not computed; the rest are."""
+    from pophealth.synth.answer_metrics import covered_periods, periods
+    from pophealth.synth.extracts import Ledger, month_end
+
+    ledger = Ledger()
+    month = date(2024, 4, 1)
+    while month <= date(2025, 9, 1):
+        if month != date(2024, 7, 1):
+            ledger.coverage.append(("apc", "RAJ", month, month_end(month)))
+        month = month_end(month) + timedelta(days=1)
+    ledger.coverage += [("cld", "E10000012", date(2023, 10, 1), date(2024, 9, 30)),
+                        ("cld", "E10000012", date(2024, 10, 1), date(2025, 9, 30))]
+    left_out = {(t, s) for t, s, _e in periods()} - covered_periods(ledger)
+    assert left_out == {("month", date(2024, 7, 1)), ("quarter", date(2024, 7, 1)),
+                        ("financial_year", date(2024, 4, 1))}
+    # A council whose data starts late leaves out every period before it, whatever the trusts send.
+    ledger.coverage[-2:] = [("cld", "E10000012", date(2025, 1, 1), date(2025, 9, 30))]
+    assert min(s for _t, s in covered_periods(ledger)) == date(2025, 1, 1)

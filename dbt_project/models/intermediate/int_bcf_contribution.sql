@@ -1,6 +1,8 @@
 -- What each spell, discharge or service adds to each Better Care Fund metric (../shared/contract/marts.md):
--- the date that places it in a period, the person and their locality, and its numerator and denominator
--- (denominator only for the percentage metrics; the others take the population).
+-- the date that places it in a period, the person, their locality and council, and its numerator and
+-- denominator (denominator only for the percentage metrics; the others take the population).
+-- A person's council is their locality's. A social care event counts in the council that sent it (cld files
+-- name their council, LA_Code): a placement the council arranges out of its area is still its admission.
 with spells as (
     select * from {{ ref('int_spell') }}
 ),
@@ -77,34 +79,39 @@ reablement as (
 -- denominators that count people or spells (int_secondary_use_id): the law, and marts.md.
 contributions as (
     select 'emergency_admissions' as metric_code, admidate as event_date, person_key, locality_code,
-        1::bigint as numerator, null::bigint as denominator
+        null::text as event_la_code, 1::bigint as numerator, null::bigint as denominator
     from spells where is_emergency
 
     union all
-    select 'falls_admissions_65', admidate, person_key, locality_code, 1, null
+    select 'falls_admissions_65', admidate, person_key, locality_code, null, 1, null
     from spells where is_emergency and age_on_admission >= 65 and is_fall_with_injury
 
     union all
-    select 'delayed_discharge_days', disdate, person_key, locality_code, disdate - discharge_ready_date, null
+    select 'delayed_discharge_days', disdate, person_key, locality_code, null, disdate - discharge_ready_date, null
     from spells where is_finished and discharge_ready_date < disdate
 
     union all
-    select 'emergency_readmissions_30d', discharge.disdate, discharge.person_key, discharge.locality_code,
+    select 'emergency_readmissions_30d', discharge.disdate, discharge.person_key, discharge.locality_code, null,
         readmissions.is_readmitted::int, 1
     from discharges as discharge
     join readmissions on readmissions.spell_key = discharge.spell_key
 
     union all
-    select 'reablement_91_days_65', disdate, person_key, locality_code, is_at_home_after_91_days::int, 1
+    select 'reablement_91_days_65', disdate, person_key, locality_code, null, is_at_home_after_91_days::int, 1
     from reablement
 
     union all
     -- A person counts once per period however many new placements they start in it (see int_bcf_metric).
-    select 'care_home_admissions_65', service_start_date, person_key, locality_code, 1, null
+    select 'care_home_admissions_65', service_start_date, person_key, locality_code, la_code, 1, null
     from services
     where is_new_care_home_admission and not is_self_funded and age_on_start >= 65
 )
 
-select contributions.*
+select
+    contributions.metric_code, contributions.event_date, contributions.person_key, contributions.locality_code,
+    coalesce(contributions.event_la_code, locality.la_code) as la_code,
+    contributions.numerator, contributions.denominator
 from contributions
 join {{ ref('int_secondary_use_id') }} as ids on ids.transit_id = contributions.person_key
+left join {{ ref('int_geography') }} as locality
+    on locality.geography_level = 'locality' and locality.geography_code = contributions.locality_code

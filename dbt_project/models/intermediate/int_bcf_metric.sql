@@ -1,6 +1,8 @@
 -- Each Better Care Fund metric for every period and geography, with the number of contributing records
 -- (spells, discharges or people) that disclosure control in `reporting` needs. A period with no events
--- has a zero numerator, not a missing row.
+-- has a zero numerator, not a missing row. A period is final when every follow-up window of it (the
+-- metric's follow_up_days after its last day: 29 for readmissions, days 0-29; 91 for reablement, days 1-91)
+-- ends on or before the as-of date; final_on is that first as-of date (contract v2).
 with contributions as (
     select * from {{ ref('int_bcf_contribution') }}
 ),
@@ -26,7 +28,7 @@ counted as (
     left join contributions
         on contributions.metric_code = frame.metric_code
         and contributions.event_date between frame.period_start and frame.period_end
-        and (frame.geography_level = 'area' or contributions.locality_code = frame.geography_code)
+        and {{ in_geography('frame', 'contributions.locality_code', 'contributions.la_code') }}
     group by frame.metric_code, frame.period_type, frame.period_start, frame.geography_level,
         frame.geography_code, frame.counts_people
 )
@@ -41,6 +43,8 @@ select
     frame.geography_level,
     frame.geography_code,
     frame.geography_name,
+    frame.period_end + frame.follow_up_days as final_on,
+    frame.period_end + frame.follow_up_days <= (select as_of_date from {{ ref('int_as_of_date') }}) as is_final,
     counted.numerator,
     case frame.denominator_kind
         when 'contributions' then counted.contributed_denominator

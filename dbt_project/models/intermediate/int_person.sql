@@ -2,7 +2,7 @@
 -- published subset; birth month stays internal and is used only for ages on event dates).
 -- Each attribute comes from the GP register when the person is registered, else from hospital records,
 -- else from social care; within a source, from the latest record.
-{% set pick_order = "source_priority, record_date desc nulls last, load_id desc, source_row" %}
+{% set pick_order = "source_priority, snapshot_date desc nulls last, record_date desc nulls last, load_id desc, source_row" %}
 
 with records as (
     select * from {{ ref('int_person_record') }}
@@ -25,7 +25,9 @@ people as (
             max(date_of_death) filter (where source = 'cld'),
             max(date_of_death) filter (where source = 'apc')
         ) as date_of_death,
-        bool_or(source = 'gp_register'
+        -- Registered now: in the latest register snapshot (a leaver or the dead are not in it), still registered
+        -- and alive on the as-of date.
+        bool_or(source = 'gp_register' and is_latest_snapshot
                 and (registration_end_date is null or registration_end_date > as_of.as_of_date)
                 and (date_of_death is null or date_of_death > as_of.as_of_date)) as is_registered,
         bool_or(source = 'apc') as in_hospital_data,

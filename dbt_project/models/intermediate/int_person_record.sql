@@ -16,7 +16,9 @@ select
     locality_code,
     gp_practice_code,
     registration_end_date,
-    date_of_death
+    date_of_death,
+    snapshot_date,
+    is_latest_snapshot
 from {{ ref('stg_gp_register') }}
 
 union all
@@ -36,7 +38,9 @@ select
     episode.locality_code,
     episode.gp_practice_code,
     null::date,
-    case when spell.dismeth = '4' then spell.disdate end
+    case when spell.dismeth = '4' then spell.disdate end,
+    null::date,
+    false
 from {{ ref('stg_apc_episode') }} as episode
 join {{ ref('int_apc_spell') }} as spell on spell.spell_key = episode.spell_key
 
@@ -57,6 +61,8 @@ select
     event.locality_code,
     null,
     null::date,
-    event.date_of_death
+    event.date_of_death,
+    null::date,
+    false
 from {{ ref('int_cld_event_deduplicated') }} as event
 join {{ ref('int_cld_person') }} as person on person.la_person_key = event.la_person_key

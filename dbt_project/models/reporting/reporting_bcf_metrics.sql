@@ -35,6 +35,8 @@ select
     geography_level::text              as geography_level,
     geography_code::text               as geography_code,
     geography_name::text               as geography_name,
+    is_final::boolean                  as is_final,
+    final_on::date                     as final_on,
     shown_numerator::numeric           as numerator,
     shown_denominator::numeric         as denominator,
     case when shown_numerator is not null and shown_denominator is not null

@@ -1,8 +1,8 @@
 {{ config(alias='cohort_summary') }}
--- reporting.cohort_summary: the partners' cohorts counted by quarter and financial year, for the area and
--- each locality, with disclosure control (1-7 suppressed, others rounded to 5; days delayed are suppressed
+-- reporting.cohort_summary: the partners' cohorts counted by quarter and financial year, for the area, each
+-- council (its localities') and each locality, with disclosure control (1-7 suppressed, others rounded to 5; days delayed are suppressed
 -- with the spells they come from).
-with facts as (
+with cohort_facts as (
     select 'delayed_discharges' as cohort, discharge_date as cohort_date, locality_code,
         1 as spells, days_delayed, known_to_social_care::int as flag_a, 0 as flag_b
     from {{ ref('delayed_discharges') }}
@@ -14,6 +14,13 @@ with facts as (
     select 'care_home_after_hospital', service_start_date, locality_code,
         1, 0, was_emergency_admission::int, 0
     from {{ ref('care_home_after_hospital') }}
+),
+
+facts as (
+    select cohort_facts.*, locality.la_code
+    from cohort_facts
+    left join {{ ref('int_geography') }} as locality
+        on locality.geography_level = 'locality' and locality.geography_code = cohort_facts.locality_code
 ),
 
 measures as (
@@ -45,7 +52,7 @@ counted as (
     left join facts
         on facts.cohort = measures.cohort
         and facts.cohort_date between period.period_start and period.period_end
-        and (geography.geography_level = 'area' or facts.locality_code = geography.geography_code)
+        and {{ in_geography('geography', 'facts.locality_code', 'facts.la_code') }}
     where period.period_type in ('quarter', 'financial_year')
     group by 1, 2, 3, 4, 5, 6, 7, 8, 9, 10
 )

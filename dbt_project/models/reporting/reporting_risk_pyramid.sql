@@ -1,10 +1,13 @@
 {{ config(alias='risk_pyramid') }}
--- reporting.risk_pyramid: how many people are in each tier of the risk pyramid, for the area and each
--- locality, with disclosure control (1-7 suppressed, others rounded to 5).
+-- reporting.risk_pyramid: how many people are in each tier of the risk pyramid, for the area, each council
+-- and each locality (a person's council is their locality's), with disclosure control (1-7 suppressed,
+-- others rounded to 5).
 with people as (
-    select risk.as_of_date, risk.risk_tier, person.locality_code
+    select risk.as_of_date, risk.risk_tier, person.locality_code, locality.la_code
     from {{ ref('risk_stratification') }} as risk
     join {{ ref('person') }} as person on person.person_id = risk.person_id
+    left join {{ ref('int_geography') }} as locality
+        on locality.geography_level = 'locality' and locality.geography_code = person.locality_code
 ),
 
 tiers as (
@@ -18,7 +21,7 @@ counted as (
     cross join tiers
     left join people
         on people.risk_tier = tiers.risk_tier
-        and (geography.geography_level = 'area' or people.locality_code = geography.geography_code)
+        and {{ in_geography('geography', 'people.locality_code', 'people.la_code') }}
     group by 1, 2, 3, 4, 5
 )
 

@@ -1,4 +1,18 @@
--- Consultant episodes, typed, with codes in one form (ICD-10 without the dot, upper case).
+-- Consultant episodes, typed, with codes in one form (ICD-10 without the dot, upper case), each once. The same
+-- episode (provider and epikey) arrives in several files when they overlap (cumulative year-to-date files, a
+-- rolling-year resubmission, an unfinished episode sent again finished): the file with the latest period end says
+-- what it is (../shared/contract/extracts.md, "Files").
+with episodes as (
+    select
+        raw_episode.*,
+        row_number() over (
+            partition by raw_episode.episode_key
+            order by load.period_end desc nulls last, raw_episode.load_id desc, raw_episode.source_row
+        ) as file_rank
+    from {{ source('raw', 'apc_episode') }} as raw_episode
+    left join {{ ref('stg_load') }} as load on load.load_id = raw_episode.load_id
+)
+
 select
     episode_key,
     spell_key,
@@ -47,4 +61,5 @@ select
     discharge_ready_date,
     load_id,
     source_row
-from {{ source('raw', 'apc_episode') }}
+from episodes
+where file_rank = 1

@@ -4,6 +4,8 @@ select
     feed,
     provider,
     period_end,
+    covers_from,
+    covers_to,
     file_name,
     status,
     published_at
