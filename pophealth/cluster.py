@@ -6,10 +6,12 @@ refuses root) with two databases of separate owners (Airflow's metadata and the 
 with passwords; Debian's redis-server with a password; Airflow's api-server, scheduler, dag-processor,
 triggerer and two Celery workers. Settings come from infra/deployment.yml, which the compose file follows too.
 
-Secrets are files of mode 600 under `<state>/cluster/secrets`, generated on the first `up`: Airflow reads its
-own through the `_CMD` form of each setting, the platform reaches the warehouse through a libpq password file
-(PGPASSFILE), and only the workers are told where the platform's keys are. No password or key is in any
-process's environment or command line.
+Secrets are files of mode 600 under `<state>/cluster/secrets`, named as compose's Docker secrets and generated on
+the first `up`: Airflow reads its own through the `_CMD` form of each setting, as compose does (a URL's password
+filled in by `python -m pophealth.secret_url`), the Celery broker's and result backend's only in the scheduler
+and the workers; the platform reaches the warehouse through a libpq password file (PGPASSFILE), and only the
+workers are told where the platform's keys are: the vault's public key, never its private key (kept apart, for
+`pophealth reidentify` alone). No password or key is in any process's environment or command line.
 
 `up` is idempotent: what already runs is left alone, what is missing (or died) is started. `down` stops all
 of it; so does Ctrl-C while `up` is bringing it up, or while `up --wait` keeps it in the foreground.
@@ -20,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -33,6 +36,7 @@ from pathlib import Path
 import yaml
 
 from pophealth import config
+from pophealth.secret_url import ENV_SECRETS_DIR
 
 DEPLOYMENT_FILE = config.REPO_ROOT / "infra" / "deployment.yml"
 #: Added to every port of infra/deployment.yml (a second cluster on the same machine, e.g. the tests').
@@ -128,27 +132,22 @@ def _password(lay: Layout, name: str) -> str:
 
 
 def ensure_secrets(lay: Layout) -> None:
-    """Every password and Airflow secret, generated once; the URLs that carry them are written each time (the
-    ports may differ), all mode 600."""
+    """Every password and Airflow secret, generated once, each a file of mode 600 named as compose's Docker secret
+    (infra/deployment.yml); the libpq password file is written each time (the port may differ)."""
     from cryptography.fernet import Fernet
 
-    cl = lay.settings["cluster"]
-    metadata_pw, warehouse_pw, redis_pw = (_password(lay, n) for n in ("metadata_db.password", "warehouse_db.password",
-                                                                       "redis.password"))
-    pg, redis_port = lay.port("postgres"), lay.port("redis")
-    meta = cl["metadata"]
-    _write_private(lay.secret("metadata_db_url"),
-                   f"postgresql+psycopg2://{meta['owner']}:{metadata_pw}@127.0.0.1:{pg}/{meta['database']}")
-    _write_private(lay.secret("result_backend_url"),
-                   f"db+postgresql://{meta['owner']}:{metadata_pw}@127.0.0.1:{pg}/{meta['database']}")
-    _write_private(lay.secret("broker_url"), f"redis://:{redis_pw}@127.0.0.1:{redis_port}/0")
-    if not lay.secret("fernet_key").exists():
-        _write_private(lay.secret("fernet_key"), Fernet.generate_key().decode())
-    for name in ("api_secret_key", "jwt_secret"):
+    _rename_secrets_of_before(lay)
+    for name in ("airflow_db_password", "warehouse_db_password", "redis_password"):
+        _password(lay, name)
+    # Read by `cat` (Airflow takes a command's output as it is): no line end.
+    if not lay.secret("airflow_fernet_key").exists():
+        _write_private(lay.secret("airflow_fernet_key"), Fernet.generate_key().decode())
+    for name in ("airflow_api_secret_key", "airflow_jwt_secret"):
         if not lay.secret(name).exists():
             _write_private(lay.secret(name), secrets.token_urlsafe(32))
-    wh = cl["warehouse"]
-    _write_private(lay.secret("pgpass"), f"127.0.0.1:{pg}:{wh['database']}:{wh['owner']}:{warehouse_pw}\n")
+    wh = lay.settings["cluster"]["warehouse"]
+    _write_private(lay.secret("pgpass"), f"127.0.0.1:{lay.port('postgres')}:{wh['database']}:{wh['owner']}:"
+                                         f"{_password(lay, 'warehouse_db_password')}\n")
     if not lay.secret("simple_auth_manager_passwords.json").exists():
         users = [u.split(":")[0] for u in lay.settings["airflow"]["settings"]
                  ["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"].split(",")]
@@ -157,24 +156,80 @@ def ensure_secrets(lay: Layout) -> None:
     _ensure_keys(lay)
 
 
+def _rename_secrets_of_before(lay: Layout) -> None:
+    """A cluster made before its secrets took compose's names keeps its passwords and Fernet key (the databases and
+    the metadata's encrypted values have them); the whole URLs it kept are written no more."""
+    renamed = {"metadata_db.password": "airflow_db_password", "warehouse_db.password": "warehouse_db_password",
+               "redis.password": "redis_password", "fernet_key": "airflow_fernet_key",
+               "api_secret_key": "airflow_api_secret_key", "jwt_secret": "airflow_jwt_secret"}
+    for old, new in renamed.items():
+        if lay.secret(old).exists() and not lay.secret(new).exists():
+            os.replace(lay.secret(old), lay.secret(new))
+    for old in ("metadata_db_url", "result_backend_url", "broker_url"):
+        lay.secret(old).unlink(missing_ok=True)
+
+
+def _refuse_the_old_vault_key() -> None:
+    from pophealth.keys import VAULT_PRIVATE, VAULT_PUBLIC
+
+    old = [name for name in (config.ENV_VAULT_KEY, config.ENV_VAULT_KEY_FILE) if os.environ.get(name)]
+    if old:
+        raise ClusterError(f"{old[0]} (one symmetric vault key) is no longer used: the vault has a key pair. Make one "
+                           f"with `pophealth vault-key-pair` and set {VAULT_PUBLIC.env_file} (the workers get it); "
+                           f"{VAULT_PRIVATE.env_file} is for `pophealth reidentify` alone. Nothing was started.")
+
+
+def vault_private_key_file(lay: Layout) -> Path:
+    """Where the cluster keeps the private half of the vault key pair it made: outside its secrets folder, for
+    `pophealth reidentify` alone (POPHEALTH_VAULT_PRIVATE_KEY_FILE); no process of the cluster is told of it."""
+    from pophealth.keys import DEMO_VAULT_PRIVATE_KEY_FILE
+
+    return lay.root / "custodian" / DEMO_VAULT_PRIVATE_KEY_FILE
+
+
+def _ensure_vault_public_key(lay: Layout, target: Path) -> None:
+    """The vault's public key for the workers: a new key pair, the private half kept apart (as `pophealth
+    vault-key-pair` makes; docs/security.md). A private key already there (a public file lost) keeps its pair."""
+    from pophealth.keys import VaultPrivateKey, new_vault_key_pair
+
+    private = vault_private_key_file(lay)
+    if private.exists():
+        public_hex = VaultPrivateKey.from_hex(private.read_text(), str(private)).public_hex()
+    else:
+        private_hex, public_hex = new_vault_key_pair()
+        _write_private(private, private_hex + "\n")
+    _write_private(target, public_hex + "\n")
+    print(f"Created a vault key pair for this cluster: the workers get the public key {target}; the private key "
+          f"{private} (mode 600) is given to no process: only `pophealth reidentify` reads it "
+          f"(POPHEALTH_VAULT_PRIVATE_KEY_FILE). A real deployment's pair comes from the key custodian, the private "
+          f"key kept off the host.", flush=True)
+
+
 def _ensure_keys(lay: Layout) -> None:
     """The platform's keys for the workers, as files: those the caller names (POPHEALTH_*_KEY_FILE), a key given
-    in the caller's environment written to a file here, else a random demo key (as `pophealth run` makes)."""
-    from pophealth.keys import ALL_KEYS
+    in the caller's environment written to a file here, else a random demo key (as `pophealth run` makes; for the
+    vault, a key pair whose public half alone goes to the workers)."""
+    from pophealth.keys import ALL_KEYS, VAULT_PUBLIC
 
+    _refuse_the_old_vault_key()
     for source, file_name in ALL_KEYS:
         target = lay.secret(file_name)
         if os.environ.get(source.env_file):
             continue
         if os.environ.get(source.env):
             _write_private(target, os.environ[source.env].strip() + "\n")
-        elif not target.exists():
+        elif target.exists():
+            continue
+        elif source is VAULT_PUBLIC:
+            _ensure_vault_public_key(lay, target)
+        else:
             _write_private(target, secrets.token_hex(32) + "\n")
             print(f"Created a random {source.purpose} for this cluster in {target} (mode 600). A real deployment "
                   f"gets its key from the key custodian: set {source.env_file} before `cluster up`.", flush=True)
 
 
 def key_files(lay: Layout) -> dict[str, str]:
+    """Where each key the pipeline holds is (ALL_KEYS: never the vault's private key)."""
     from pophealth.keys import ALL_KEYS
 
     return {source.env_file: os.environ.get(source.env_file) or str(lay.secret(file_name))
@@ -214,6 +269,39 @@ def landing(lay: Layout) -> Path:
     return lay.root / "landing"
 
 
+#: The compose service each Airflow process of the cluster stands for (workerN: airflow-worker); `setup` and `cli`
+#: (airflow db migrate, dags trigger) stand for none and get Airflow's own secrets only.
+ROLE_SERVICES = {"api-server": "airflow-apiserver", "scheduler": "airflow-scheduler",
+                 "dag-processor": "airflow-dag-processor", "triggerer": "airflow-triggerer"}
+
+
+def service_of(role: str) -> str | None:
+    return "airflow-worker" if role.startswith("worker") else ROLE_SERVICES.get(role)
+
+
+def secret_settings(lay: Layout, role: str) -> dict[str, str]:
+    """The secret settings one process is given, each with the secret file it is read from: Airflow's own for
+    every process, the Celery executor's two for the scheduler and the workers only (infra/deployment.yml)."""
+    airflow = lay.settings["airflow"]
+    found = dict(airflow["secrets"])
+    if service_of(role) in airflow["celery"]["services"]:
+        found.update(airflow["celery"]["secrets"])
+    return found
+
+
+def secret_command(lay: Layout, setting: str, secret: str) -> str:
+    """The `<setting>_CMD` that gives Airflow a secret setting, as compose's: a connection URL from
+    `python -m pophealth.secret_url` (the password filled in from its file), any other secret `cat` of its file."""
+    meta = lay.settings["cluster"]["metadata"]
+    database = f"{meta['owner']}:{{{secret}}}@127.0.0.1:{lay.port('postgres')}/{meta['database']}"
+    urls = {"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"postgresql+psycopg2://{database}",
+            "AIRFLOW__CELERY__RESULT_BACKEND": f"db+postgresql://{database}",
+            "AIRFLOW__CELERY__BROKER_URL": f"redis://:{{{secret}}}@127.0.0.1:{lay.port('redis')}/0"}
+    if setting in urls:
+        return shlex.join([sys.executable, "-m", "pophealth.secret_url", urls[setting]])
+    return shlex.join(["cat", str(lay.secret(secret))])
+
+
 def airflow_env(lay: Layout, role: str) -> dict[str, str]:
     """The environment of one Airflow process: the shared settings of infra/deployment.yml, its secrets as
     `_CMD` settings, where this machine keeps things, and (workers only) the warehouse and the keys."""
@@ -222,9 +310,10 @@ def airflow_env(lay: Layout, role: str) -> dict[str, str]:
     cl = lay.settings["cluster"]
     env = _base_env()
     env.update({k: str(v) for k, v in lay.settings["airflow"]["settings"].items()})
-    for setting, secret in lay.settings["airflow"]["secrets"].items():
-        env[f"{setting}_CMD"] = f"cat {lay.secret(secret)}"
+    for setting, secret in secret_settings(lay, role).items():
+        env[f"{setting}_CMD"] = secret_command(lay, setting, secret)
     env.update({
+        ENV_SECRETS_DIR: str(lay.secrets),  # where `python -m pophealth.secret_url` finds the files
         config.ENV_HOME: str(lay.home),
         "AIRFLOW_HOME": str(lay.home / "airflow"),
         "AIRFLOW__CORE__DAGS_FOLDER": str(config.paths().dags_folder),
@@ -441,8 +530,8 @@ def ensure_databases(lay: Layout) -> None:
     """The two databases, each owned by its own login role (not a superuser); the metadata database open to its
     owner only. The warehouse owner may create the platform's roles (pophealth/access.sql)."""
     cl = lay.settings["cluster"]
-    roles = ((cl["metadata"], lay.secret("metadata_db.password"), "NOCREATEROLE"),
-             (cl["warehouse"], lay.secret("warehouse_db.password"), "CREATEROLE"))
+    roles = ((cl["metadata"], lay.secret("airflow_db_password"), "NOCREATEROLE"),
+             (cl["warehouse"], lay.secret("warehouse_db_password"), "CREATEROLE"))
     for db, password_file, createrole in roles:
         owner, database = db["owner"], db["database"]
         password = password_file.read_text().strip()
@@ -462,7 +551,7 @@ def start_redis(lay: Layout) -> bool:
         raise ClusterError("redis-server is missing: install Debian's (apt-get install redis-server); "
                            "./dev.sh cluster and ./dev.sh test install it when they run as root")
     lay.redis.mkdir(parents=True, exist_ok=True, mode=0o700)
-    password = _password(lay, "redis.password")
+    password = _password(lay, "redis_password")
     # Its own configuration file, mode 600, because it holds the password (requirepass).
     _write_private(lay.secret("redis.conf"), "\n".join([
         "bind 127.0.0.1", f"port {lay.port('redis')}", "protected-mode yes", "daemonize no",
@@ -472,7 +561,7 @@ def start_redis(lay: Layout) -> bool:
 
 def redis_ping(lay: Layout) -> bool:
     """PING with AUTH over the socket, without any client library's help (one less thing to go wrong)."""
-    password = lay.secret("redis.password").read_text().strip()
+    password = lay.secret("redis_password").read_text().strip()
     try:
         with socket.create_connection(("127.0.0.1", lay.port("redis")), timeout=2) as conn:
             conn.sendall(f"AUTH {password}\r\nPING\r\n".encode())
@@ -576,8 +665,9 @@ def _log_bytes(lay: Layout, name: str) -> bytes:
 def metadata_query(lay: Layout, statement: str, params: tuple = ()) -> list[tuple]:
     import psycopg
 
-    url = lay.secret("metadata_db_url").read_text().strip().replace("postgresql+psycopg2://", "postgresql://")
-    with psycopg.connect(url, autocommit=True) as conn:
+    meta = lay.settings["cluster"]["metadata"]
+    with psycopg.connect(host="127.0.0.1", port=lay.port("postgres"), dbname=meta["database"], user=meta["owner"],
+                         password=_password(lay, "airflow_db_password"), autocommit=True) as conn:
         return conn.execute(statement, params).fetchall()
 
 

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import PURPOSE_KEYS_ENV, TEST_KEY, TEST_VAULT_KEY, isolated_env, synth_world
+from .conftest import (PURPOSE_KEYS_ENV, TEST_KEY, TEST_VAULT_PRIVATE_KEY, TEST_VAULT_PUBLIC_KEY, isolated_env,
+                       synth_world)
 from .identifiable import identifiable_values
 from .test_pipeline_end_to_end import PERSON_COLUMNS, _normal, expected_person_id, expected_person_row
 
@@ -216,8 +217,11 @@ def test_nothing_identifiable_or_secret_is_in_the_clusters_logs(deployed):
     # birth or key, and no password of the cluster's own.
     identifiable = identifiable_values(deployed.source)
     lay = deployed.layout()
-    secrets = [p.read_text().strip().encode() for p in lay.secrets.iterdir() if p.suffix in (".password", ".key")]
-    keys = [TEST_KEY.encode(), TEST_VAULT_KEY.encode(), *(k.encode() for k in PURPOSE_KEYS_ENV.values())]
+    # every password and key file of the cluster (named as compose's secrets: no suffix, or .key)
+    secrets = [p.read_text().strip().encode() for p in lay.secrets.iterdir()
+               if p.suffix in ("", ".key") and p.name != "pgpass"]
+    keys = [TEST_KEY.encode(), TEST_VAULT_PUBLIC_KEY.encode(), TEST_VAULT_PRIVATE_KEY.encode(),
+            *(k.encode() for k in PURPOSE_KEYS_ENV.values())]
     files = [p for folder in (lay.logs, lay.home) for p in folder.rglob("*") if p.is_file()]
     assert any("dag_id=ingest_apc" in str(p) for p in files), "no task log was found to scan"
     for path in files:
