@@ -52,6 +52,7 @@ class Deployment:
     env: dict[str, str]
     up: subprocess.CompletedProcess
     load: subprocess.CompletedProcess | None = None
+    failed_tasks: list | None = None  # when the load failed: the task instances that failed, from the metadata
 
     def pophealth(self, *args: str, timeout: int = 1800) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "pophealth.cli", *args], env=self.env, capture_output=True,
@@ -142,14 +143,24 @@ def deployed(tmp_path_factory):
         deployment.faults.start()
         deployment.load = deployment.pophealth("cluster", "load", "--from", str(source))
         deployment.faults.stop.set()
+        if deployment.load.returncode != 0:
+            # What failed, while the metadata can still be asked; the state (logs) is kept to read afterwards.
+            deployment.failed_tasks = deployment.metadata(
+                """SELECT dag_id, task_id, state, try_number, hostname FROM task_instance
+                   WHERE state IN ('failed', 'upstream_failed') ORDER BY dag_id, task_id""")
         yield deployment
     finally:
         deployment.pophealth("cluster", "down", timeout=300)
-        shutil.rmtree(home, ignore_errors=True)
+        if deployment.load is not None and deployment.load.returncode == 0:
+            shutil.rmtree(home, ignore_errors=True)
+        else:
+            print(f"The cluster's state and logs are kept in {home} (synthetic data only).")
 
 
 def test_the_scheduler_and_two_celery_workers_load_every_feed_and_the_assets_build_the_marts(deployed):
-    assert deployed.load.returncode == 0, deployed.load.stdout[-4000:] + deployed.load.stderr[-3000:]
+    assert deployed.load.returncode == 0, (deployed.load.stdout[-4000:] + deployed.load.stderr[-3000:]
+                                           + f"\nfailed tasks: {deployed.failed_tasks}"
+                                           + f"\nstate and logs kept in {deployed.home}")
     # Only the assets started build_marts, and only once the last feed (social care) began to publish: never on a
     # part of the feeds before it. Each file's publish is an asset event, so the last feed's files, published one
     # by one, can start a second build after the first (max_active_runs=1 queues the rest into one): the marts
