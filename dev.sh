@@ -3,6 +3,7 @@
 #   ./dev.sh demo    set everything up, then run the whole pipeline on a synthetic population
 #   ./dev.sh test    set everything up, then run the tests (what CI runs)
 # and a few more:  ./dev.sh setup | bench [--scale] | ui [--port N] | docs [--port N | --static] | pophealth ARGS...
+#                  ./dev.sh cluster up [--wait] | down | status | load   (the deployment on this machine's servers)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -44,15 +45,26 @@ ensure_chromium() {
   fi
 }
 
+# The cluster (./dev.sh cluster up|down, pophealth/cluster.py) and its test need Debian's redis-server; installed
+# the same way, when it is missing and we may.
+ensure_redis() {
+  if ! command -v redis-server >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "Installing Debian's redis-server for the cluster ..."
+    (apt-get install -y -qq redis-server >/dev/null 2>&1 || (apt-get update -qq >/dev/null 2>&1 &&
+      apt-get install -y -qq redis-server >/dev/null 2>&1)) || echo "could not install redis-server" >&2
+  fi
+}
+
 command="${1:-help}"
 shift || true
 case "$command" in
   setup) setup; exec .venv/bin/pophealth setup "$@" ;;
   demo) setup; exec .venv/bin/pophealth run "$@" ;;
-  test) setup; ensure_chromium; exec .venv/bin/python -m pytest "$@" ;;
+  test) setup; ensure_chromium; ensure_redis; exec .venv/bin/python -m pytest "$@" ;;
   bench) setup; exec .venv/bin/python -m benchmarks "$@" ;;
+  cluster) setup; ensure_redis; exec .venv/bin/pophealth cluster "$@" ;;
   pophealth) setup; exec .venv/bin/pophealth "$@" ;;
   ui) setup; exec .venv/bin/pophealth ui "$@" ;;
   docs) setup; exec .venv/bin/pophealth docs "$@" ;;
-  *) sed -n '2,6p' "$0"; exit 2 ;;
+  *) sed -n '2,7p' "$0"; exit 2 ;;
 esac

@@ -23,13 +23,19 @@ BEGIN
 END $$;
 
 -- The loads work as loader (SET ROLE). On PostgreSQL 16 a non-superuser owner that created the role may
--- administer it but not act as it: give it SET, without INHERIT, so its own rights stay its own.
+-- administer it but not act as it: give it SET, without INHERIT, so its own rights stay its own. PostgreSQL 15
+-- (Debian 12's, the one `./dev.sh cluster` runs) has no such options: plain membership, which gives the owner
+-- nothing it lacks (loader's rights are a subset of the owner's).
 DO $$
 BEGIN
-    IF current_setting('server_version_num')::int >= 160000
-       AND NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
-        IF NOT pg_has_role(current_user, 'loader', 'SET') THEN
-            EXECUTE format('GRANT loader TO %I WITH INHERIT FALSE, SET TRUE', current_user);
+    IF NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+        -- (on 16 the creator is already a member, with ADMIN but without SET: membership alone is not enough)
+        IF current_setting('server_version_num')::int >= 160000 THEN
+            IF NOT pg_has_role(current_user, 'loader', 'SET') THEN
+                EXECUTE format('GRANT loader TO %I WITH INHERIT FALSE, SET TRUE', current_user);
+            END IF;
+        ELSIF NOT pg_has_role(current_user, 'loader', 'MEMBER') THEN
+            EXECUTE format('GRANT loader TO %I', current_user);
         END IF;
     END IF;
 END $$;

@@ -7,6 +7,7 @@
     pophealth dag DAG_ID [--landing PATH] one DAG through Airflow
     pophealth status                      the last load of each source and the marts' freshness
     pophealth db url | stop               the warehouse in use
+    pophealth cluster up [--landing P] [--wait] | down | status | load   the deployment on real servers
     pophealth docs [--port N | --static]  the dbt documentation site, served on 127.0.0.1
     pophealth board-report [--out PATH]   the board report (static HTML) from the reporting schema
     pophealth reidentify PERSON_ID... --purpose CODE --on-behalf-of NAME   direct care, audited, bounded
@@ -487,6 +488,36 @@ def cmd_rerun(args: argparse.Namespace) -> int:
     return 0 if outcome.succeeded else 1
 
 
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from pophealth import cluster
+
+    try:
+        if args.action == "up":
+            cluster.up(Path(args.landing) if args.landing else None, say=_say)
+            if args.wait:
+                cluster.wait_in_foreground(say=_say)
+        elif args.action == "down":
+            cluster.down(say=_say)
+        elif args.action == "status":
+            for name, running in cluster.status().items():
+                _say(f"  {name:<14} {'running' if running else 'stopped'}")
+        elif args.action == "restart":
+            if not args.name:
+                _say("give the part to restart: postgres, redis or an Airflow process (pophealth cluster status)")
+                return 2
+            cluster.restart(args.name, crash=args.crash)
+            _say(f"{args.name} restarted")
+        elif args.action == "load":
+            started = time.monotonic()
+            states = cluster.load(Path(args.source) if args.source else None, say=_say)
+            _say(f"Loaded through the cluster in {time.monotonic() - started:.0f} s")
+            return 0 if set(states.values()) == {"success"} else 1
+    except cluster.ClusterError as exc:
+        print(f"pophealth: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pophealth", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -496,6 +527,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the warehouse (schemas, roles, passwords) and the dbt manifest, not Airflow's metadata "
                         "database (docker-compose.yml migrates that in its own service, with its own password)")
     p.set_defaults(func=cmd_setup)
+
+    p = sub.add_parser("cluster", help="the deployment's topology on this machine: real servers, Celery, two workers")
+    p.add_argument("action", choices=["up", "down", "status", "load", "restart"])
+    p.add_argument("name", nargs="?", help="restart: postgres, redis, or an Airflow process (worker1, scheduler, ...)")
+    p.add_argument("--crash", action="store_true", help="restart: kill the process at once (SIGKILL), as a crash")
+    p.add_argument("--landing", help="up: the landing folder the workers read (default: one in the state folder)")
+    p.add_argument("--wait", action="store_true", help="up: stay in the foreground; Ctrl-C takes it all down")
+    p.add_argument("--from", dest="source", help="load: a folder whose extracts arrive in the landing folder, feed by feed")
+    p.set_defaults(func=cmd_cluster)
 
     p = sub.add_parser("synth", help="write a synthetic landing folder and its answer key")
     p.add_argument("--population", type=int, required=True)

@@ -57,7 +57,8 @@ ARRIVAL = {
                    "quarterly, from the 1st of the month after the quarter's month, waiting up to 14 days"),
 }
 #: While a scheduled run waits, how often it looks (the task is rescheduled in between, holding no worker).
-POKE_INTERVAL = timedelta(minutes=2)
+#: POPHEALTH_POKE_INTERVAL_SECONDS shortens it where files are copied in by a script (the cluster's tests).
+POKE_INTERVAL = timedelta(seconds=int(os.environ.get("POPHEALTH_POKE_INTERVAL_SECONDS") or 120))
 
 #: A re-run of a past period (`pophealth rerun`) limits the ingest DAG to that period's files with these.
 ENV_ONLY_PERIOD = "POPHEALTH_ONLY_PERIOD"

@@ -62,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m pophealth.secret_url 'scheme://user:{secret_name}@host:port/database'", file=sys.stderr)
         return 2
     try:
-        print(fill(args[0]))
+        # No line end: Airflow uses a `_CMD` setting's output as it is, and a URL ending in a newline names a
+        # database "airflow\n" that does not exist.
+        sys.stdout.write(fill(args[0]))
     except SecretMissing as exc:
         print(f"pophealth.secret_url: {exc}", file=sys.stderr)
         return 2

@@ -269,7 +269,7 @@ def _run_setting_command(command: str, secrets_dir: Path) -> str:
     proc = subprocess.run([sys.executable, *words[1:]], env={"POPHEALTH_SECRETS_DIR": str(secrets_dir)},
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    return proc.stdout.strip()
+    return proc.stdout  # as Airflow takes it: not stripped
 
 
 def test_airflow_reads_its_own_secrets_from_files_by_commands(tmp_path):

@@ -46,7 +46,9 @@ def test_the_command_airflow_runs_prints_the_url_or_fails_with_one_line(secrets)
     template = "db+postgresql://airflow:{airflow_db_password}@h/airflow"
     good = subprocess.run([sys.executable, "-m", "pophealth.secret_url", template], env=env, capture_output=True,
                           text=True, timeout=60)
-    assert good.returncode == 0 and unquote(urlparse(good.stdout.strip()).password) == PASSWORD
+    assert good.returncode == 0 and unquote(urlparse(good.stdout).password) == PASSWORD
+    # Airflow takes the output as it is (it does not strip it): the URL must not end in a line end.
+    assert good.stdout.endswith("@h/airflow")
     bad = subprocess.run([sys.executable, "-m", "pophealth.secret_url", "redis://:{redis_password}@redis:6379/0"],
                          env=env, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and bad.stdout == ""

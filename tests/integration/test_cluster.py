@@ -1,0 +1,254 @@
+"""The deployment's topology on real servers (`./dev.sh cluster`, pophealth/cluster.py), end to end.
+
+Brought up from nothing, as CI starts: Debian's PostgreSQL (two databases, two owners, passwords, TCP on
+127.0.0.1), redis-server with a password, Airflow's api-server, scheduler, dag-processor, triggerer and two
+Celery workers. A small synthetic world's files then arrive in the landing folder feed by feed; the
+scheduler hands every task to the workers, and the last feed's asset event builds the marts. The answer key
+must match, the audit must account for every row, and `down` must leave nothing running.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from .conftest import (PURPOSE_KEYS_ENV, TEST_KEY, TEST_VAULT_PRIVATE_KEY, TEST_VAULT_PUBLIC_KEY, isolated_env,
+                       synth_world)
+from .identifiable import identifiable_values
+from .test_pipeline_end_to_end import PERSON_COLUMNS, _normal, expected_person_id, expected_person_row
+
+pytestmark = [pytest.mark.integration, pytest.mark.cluster]
+
+POPULATION = 300  # the number of files (and so of tasks), not of people, sets the time; the answer key is exact
+SEED = 20241
+PORT_OFFSET = "1000"  # beside a cluster someone runs with the default ports
+
+
+def ensure_redis_server() -> None:
+    """Install Debian's redis-server when it is missing and we may (as ./dev.sh test does); else fail clearly."""
+    if shutil.which("redis-server"):
+        return
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        if subprocess.run(["apt-get", "install", "-y", "-qq", "redis-server"], capture_output=True).returncode:
+            subprocess.run(["apt-get", "update", "-qq"], capture_output=True)
+            subprocess.run(["apt-get", "install", "-y", "-qq", "redis-server"], capture_output=True)
+    assert shutil.which("redis-server"), "the cluster test needs redis-server: apt-get install redis-server"
+
+
+@dataclass
+class Deployment:
+    home: Path
+    source: Path
+    env: dict[str, str]
+    up: subprocess.CompletedProcess
+    load: subprocess.CompletedProcess | None = None
+    failed_tasks: list | None = None  # when the load failed: the task instances that failed, from the metadata
+
+    def pophealth(self, *args: str, timeout: int = 1800) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "pophealth.cli", *args], env=self.env, capture_output=True,
+                              text=True, timeout=timeout)
+
+    def layout(self):
+        from pophealth import cluster
+
+        saved = {k: os.environ.get(k) for k in ("POPHEALTH_HOME", "POPHEALTH_CLUSTER_PORT_OFFSET")}
+        os.environ.update(POPHEALTH_HOME=self.env["POPHEALTH_HOME"], POPHEALTH_CLUSTER_PORT_OFFSET=PORT_OFFSET)
+        try:
+            return cluster.layout()
+        finally:
+            for k, v in saved.items():
+                os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+
+    def metadata(self, statement: str, params: tuple = ()) -> list[tuple]:
+        from pophealth import cluster
+
+        return cluster.metadata_query(self.layout(), statement, params)
+
+    def query(self, statement: str, params: tuple = ()) -> list[tuple]:
+        import psycopg
+
+        from pophealth import cluster
+
+        lay = self.layout()
+        with psycopg.connect(cluster.warehouse_url(lay), passfile=str(lay.secret("pgpass"))) as conn:
+            return conn.execute(statement, params).fetchall()
+
+
+class Faults(threading.Thread):
+    """The faults of a deployment, each injected while the load runs, when its moment comes (the metadata says),
+    and recorded: the warehouse's server restarted while the register loads, a worker killed while it stages a
+    hospital file, Redis restarted while social care loads, the scheduler killed while the marts build."""
+
+    PLAN = (
+        ("the warehouse restarted", ("restart", "postgres"),
+         "SELECT count(*) FROM dag_run WHERE dag_id = 'ingest_gp_register' AND run_id LIKE 'cluster_load%%'"),
+        # a quality gate (the longest task of a load, some 15 s) is killed with its worker, at once
+        ("a worker killed mid-load", ("restart", "worker1", "--crash"),
+         """SELECT count(*) FROM task_instance WHERE dag_id = 'ingest_apc' AND task_id = 'ingest_file.gate'
+            AND state = 'running' AND hostname = 'worker1'"""),
+        ("Redis restarted", ("restart", "redis"),
+         "SELECT count(*) FROM dag_run WHERE dag_id = 'ingest_cld' AND run_id LIKE 'cluster_load%%'"),
+        ("the scheduler restarted mid-run", ("restart", "scheduler", "--crash"),
+         """SELECT count(*) FROM task_instance WHERE dag_id = 'build_marts' AND task_id LIKE 'dbt.%%'
+            AND state = 'success'"""),
+    )
+
+    def __init__(self, deployment: "Deployment"):
+        super().__init__(daemon=True)
+        self.deployment = deployment
+        self.done: dict[str, str] = {}
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        for name, command, moment in self.PLAN:
+            while not self.stop.is_set():
+                try:
+                    if self.deployment.metadata(moment)[0][0] > 0:
+                        break
+                except Exception:  # the metadata database is restarting
+                    pass
+                time.sleep(0.5)
+            if self.stop.is_set():
+                return
+            if "--crash" in command:  # killed from here, at once: the command's own start-up takes seconds
+                os.killpg(int((self.deployment.layout().run / f"{command[1]}.pid").read_text()), signal.SIGKILL)
+            proc = self.deployment.pophealth("cluster", *command, timeout=300)
+            self.done[name] = "done" if proc.returncode == 0 else f"failed: {proc.stderr[-500:]}"
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory):
+    ensure_redis_server()
+    # Not under pytest's own temporary folder (mode 700): the PostgreSQL server runs as the `postgres` user, who
+    # must be able to reach its data folder.
+    home = Path(tempfile.mkdtemp(prefix="pophealth-cluster-"))
+    home.chmod(0o711)
+    source = synth_world(home, POPULATION, SEED)
+    env = {**isolated_env(home), "POPHEALTH_CLUSTER_PORT_OFFSET": PORT_OFFSET}
+    deployment = Deployment(home, source, env, up=None)
+    deployment.up = deployment.pophealth("cluster", "up", "--landing", str(home / "incoming"), timeout=900)
+    try:
+        assert deployment.up.returncode == 0, deployment.up.stdout[-3000:] + deployment.up.stderr[-3000:]
+        deployment.faults = Faults(deployment)
+        deployment.faults.start()
+        deployment.load = deployment.pophealth("cluster", "load", "--from", str(source))
+        deployment.faults.stop.set()
+        if deployment.load.returncode != 0:
+            # What failed, while the metadata can still be asked; the state (logs) is kept to read afterwards.
+            deployment.failed_tasks = deployment.metadata(
+                """SELECT dag_id, task_id, state, try_number, hostname FROM task_instance
+                   WHERE state IN ('failed', 'upstream_failed') ORDER BY dag_id, task_id""")
+        yield deployment
+    finally:
+        deployment.pophealth("cluster", "down", timeout=300)
+        if deployment.load is not None and deployment.load.returncode == 0:
+            shutil.rmtree(home, ignore_errors=True)
+        else:
+            print(f"The cluster's state and logs are kept in {home} (synthetic data only).")
+
+
+def test_the_scheduler_and_two_celery_workers_load_every_feed_and_the_assets_build_the_marts(deployed):
+    assert deployed.load.returncode == 0, (deployed.load.stdout[-4000:] + deployed.load.stderr[-3000:]
+                                           + f"\nfailed tasks: {deployed.failed_tasks}"
+                                           + f"\nstate and logs kept in {deployed.home}")
+    # Only the assets started build_marts, and only once the last feed (social care) began to publish: never on a
+    # part of the feeds before it. Each file's publish is an asset event, so the last feed's files, published one
+    # by one, can start a second build after the first (max_active_runs=1 queues the rest into one): the marts
+    # are published once or twice, every build succeeds, and the last one starts after the last publish.
+    marts_runs = deployed.metadata("SELECT run_type, state, start_date FROM dag_run WHERE dag_id = 'build_marts'")
+    assert {(kind, state) for kind, state, _ in marts_runs} == {("asset_triggered", "success")}
+    assert 1 <= len(marts_runs) <= 2, marts_runs
+    (first_cld_publish, last_publish), = deployed.metadata(
+        """SELECT min(end_date) FILTER (WHERE dag_id = 'ingest_cld'), max(end_date) FROM task_instance
+           WHERE task_id = 'ingest_file.publish' AND state = 'success'""")
+    assert min(r[2] for r in marts_runs) >= first_cld_publish
+    assert max(r[2] for r in marts_runs) >= last_publish
+    # Every task ran on one of the two Celery workers (the embedded default runs them in one process).
+    hosts = deployed.metadata("SELECT DISTINCT hostname FROM task_instance WHERE state = 'success'")
+    assert {h for (h,) in hosts} == {"worker1", "worker2"}
+
+
+def test_every_fault_happened_mid_load_and_the_killed_workers_task_ran_again(deployed):
+    assert deployed.faults.done == dict.fromkeys((name for name, _, _ in Faults.PLAN), "done")
+    # The gate the killed worker was running was failed for want of a heartbeat and retried, and passed.
+    retried = deployed.metadata("""SELECT count(*) FROM task_instance WHERE dag_id = 'ingest_apc'
+                                   AND task_id = 'ingest_file.gate' AND try_number > 1 AND state = 'success'""")
+    assert retried[0][0] >= 1
+
+
+def test_one_feeds_files_are_loaded_by_both_workers_at_once(deployed):
+    stages = deployed.metadata(
+        """SELECT hostname, start_date, end_date FROM task_instance
+           WHERE dag_id = 'ingest_apc' AND task_id = 'ingest_file.stage' AND state = 'success'""")
+    assert len(stages) == len(list(deployed.source.glob("apc_*.csv")))
+    one = [s for s in stages if s[0] == "worker1"]
+    two = [s for s in stages if s[0] == "worker2"]
+    assert one and two
+    assert any(a[1] < b[2] and b[1] < a[2] for a in one for b in two), "the two workers never staged at once"
+
+
+def test_marts_person_equals_the_answer_key(deployed):
+    import csv
+
+    with (deployed.source / "answer_key" / "people.csv").open(newline="") as handle:
+        expected = {expected_person_id(r["identity"]): expected_person_row(r) for r in csv.DictReader(handle)}
+    actual = {row[0]: tuple(_normal(v) for v in row)
+              for row in deployed.query(f"SELECT {', '.join(PERSON_COLUMNS)} FROM marts.person")}
+    assert set(actual) == set(expected)
+    wrong = [p for p in expected if expected[p] != actual[p]]
+    assert not wrong, f"{len(wrong)} people differ, e.g. expected {expected[wrong[0]]} got {actual[wrong[0]]}"
+
+
+def test_the_audit_accounts_for_every_row_once(deployed):
+    import csv
+
+    with (deployed.source / "answer_key" / "files.csv").open(newline="") as handle:
+        files = list(csv.DictReader(handle))
+    audit = deployed.query("""SELECT file_name, rows_read, rows_loaded, rows_quarantined, rows_opted_out
+                              FROM audit.load WHERE status = 'published'""")
+    assert len(audit) == len({row[0] for row in audit}), "a file was published twice"
+    by_file = {row[0]: row[1:] for row in audit}
+    for f in files:
+        assert by_file[f["file_name"]] == (int(f["rows_read"]), int(f["rows_loaded"]), int(f["rows_quarantined"]),
+                                           int(f["rows_opted_out"])), f["file_name"]
+
+
+def test_nothing_identifiable_or_secret_is_in_the_clusters_logs(deployed):
+    # Airflow's task logs, every process's own log, the OpenLineage events: no NHS number, postcode, date of
+    # birth or key, and no password of the cluster's own.
+    identifiable = identifiable_values(deployed.source)
+    lay = deployed.layout()
+    # every password and key file of the cluster (named as compose's secrets: no suffix, or .key)
+    secrets = [p.read_text().strip().encode() for p in lay.secrets.iterdir()
+               if p.suffix in ("", ".key") and p.name != "pgpass"]
+    keys = [TEST_KEY.encode(), TEST_VAULT_PUBLIC_KEY.encode(), TEST_VAULT_PRIVATE_KEY.encode(),
+            *(k.encode() for k in PURPOSE_KEYS_ENV.values())]
+    files = [p for folder in (lay.logs, lay.home) for p in folder.rglob("*") if p.is_file()]
+    assert any("dag_id=ingest_apc" in str(p) for p in files), "no task log was found to scan"
+    for path in files:
+        data = path.read_bytes()
+        found = identifiable.found_in(data) + ["a key or password" for s in secrets + keys if s in data]
+        assert not found, f"{path} holds {', '.join(found)} in clear"
+
+
+def test_down_stops_every_process_and_server(deployed):
+    # The last test of the module: takes the cluster down itself, then nothing of it may still run.
+    from pophealth import cluster
+
+    down = deployed.pophealth("cluster", "down", timeout=300)
+    assert down.returncode == 0, down.stderr
+    lay = deployed.layout()
+    assert not any(cluster.status(lay).values()), cluster.status(lay)
+    assert not cluster.redis_ping(lay)
+    again = deployed.pophealth("cluster", "down", timeout=300)  # idempotent: nothing to stop, no error
+    assert again.returncode == 0 and "stopped" not in again.stdout
