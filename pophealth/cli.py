@@ -267,6 +267,8 @@ def cmd_ig_report(args: argparse.Namespace) -> int:
         _say("  " + line if ok else f"  {RED}{line}{RESET}")
     _say(f"  identifiable-value scan of {summary['columns_scanned']} columns: "
          + ("PASS" if summary["scan_clean"] else f"FAIL ({summary['findings']} column(s) hold identifiable values)"))
+    for relation, column, kind, rows in summary["finding_list"]:  # where and what kind, never the value
+        _say(f"  {RED}{relation}.{column}: {kind} in {rows:,} row(s){RESET}")
     most = summary["most_unique"]
     if most is not None:
         _say(f"  most singled out on quasi-identifiers: {most.mart}, {most.unique:,} of {most.people:,} people unique "

@@ -10,7 +10,7 @@ class and its keyword arguments, plus a severity (error refuses the load, warn r
 the OHDSI Data Quality Dashboard taxonomy (category, subcategory, verification or validation) and a
 one-line reason. Thresholds are the rules' own kwargs (`mostly`, `min_value`, ...), with per-source
 overrides (`by_provider`); a rule on the number of rows compares the batch with the file it came from or
-with the previous published load of the same source (`row_count`). A feed with no rules has no gate
+with the previous load of the same source (`row_count`: published, or an earlier period staged in the same backfill). A feed with no rules has no gate
 (`has_suite`).
 """
 
@@ -26,7 +26,7 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -427,9 +427,51 @@ def months_covered(covers_from, covers_to) -> int | None:
     return (covers_to.year - covers_from.year) * 12 + covers_to.month - covers_from.month + 1
 
 
+#: How long a volume rule waits for an earlier period of the same source that its own run is still staging (the
+#: files of a backfill are staged in parallel): long enough for a month of hospital episodes, bounded so that a
+#: stuck stage cannot hold the gate; after it, the rule compares with what has been staged or published.
+EARLIER_STAGING_WAIT = timedelta(minutes=5)
+
+
+def previous_load(conn, ctx: LoadContext) -> tuple | None:
+    """The load a `previous_load` volume rule compares with: of the same feed and provider, the latest period before
+    this one (or this period's published load, for a re-delivery), among loads published, or staged by the same run
+    (status validated: read whole, their gate pending or passed). A staged earlier period of the run counts, so that
+    a backfill, whose files are all loaded in one run before any is published, still compares each month with the
+    month before; a staged load another run left unpublished does not.
+    Returns (load_id, rows_loaded, period_end, covers_from, covers_to, status)."""
+    return conn.execute(
+        """SELECT load_id, rows_loaded, period_end, covers_from, covers_to, status FROM audit.load
+           WHERE feed = %(feed)s AND provider IS NOT DISTINCT FROM %(provider)s AND load_id <> %(load)s
+             AND (status = 'published' AND (period_end IS NULL OR %(period)s::date IS NULL OR period_end <= %(period)s)
+                  OR status = 'validated' AND period_end < %(period)s
+                     AND run_id = (SELECT run_id FROM audit.load WHERE load_id = %(load)s))
+           ORDER BY period_end DESC NULLS LAST, (status = 'published') DESC, load_id DESC LIMIT 1""",
+        {"load": ctx.load_id, "feed": ctx.feed, "provider": ctx.provider, "period": ctx.period_end}).fetchone()
+
+
+def _wait_for_earlier_periods_staging(conn, ctx: LoadContext) -> None:
+    """Wait (bounded) while this load's own run is still staging an earlier period of the same source: a stage in
+    progress holds its worker and ends, so waiting on it cannot deadlock; loads of other runs are not waited for."""
+    if ctx.period_end is None:
+        return
+    deadline = time.monotonic() + EARLIER_STAGING_WAIT.total_seconds()
+    while time.monotonic() < deadline:
+        staging = conn.execute(
+            """SELECT count(*) FROM audit.load l JOIN audit.load this ON this.load_id = %s
+               WHERE l.feed = this.feed AND l.provider IS NOT DISTINCT FROM this.provider AND l.status = 'loading'
+                 AND l.run_id = this.run_id AND l.period_end < this.period_end""", (ctx.load_id,)).fetchone()[0]
+        if not staging:
+            return
+        conn.commit()  # a fresh snapshot on the next look
+        time.sleep(1)
+    log.warning("%s: an earlier period was still staging after %s; the volume rule compares with what is staged",
+                ctx.describe(), EARLIER_STAGING_WAIT)
+
+
 def row_count_band(conn, check: dict, ctx: LoadContext) -> RowCountBand:
     """The bounds of a `row_count` rule for this load: its ratios times the rows of its baseline (the rows the
-    file offered, or the previous published load of the same feed and provider), or why it does not apply."""
+    file offered, or the previous load of the same feed and provider: previous_load), or why it does not apply."""
     spec = check["row_count"]
     minimum = int(spec.get("min_baseline_rows", 0))
     band = RowCountBand()
@@ -454,19 +496,16 @@ def row_count_band(conn, check: dict, ctx: LoadContext) -> RowCountBand:
             band.not_applicable = f"the file offered {offered:,} rows, fewer than the {minimum:,} a share needs"
             return band
     else:
-        previous = conn.execute(
-            """SELECT load_id, rows_loaded, period_end, covers_from, covers_to FROM audit.load
-               WHERE feed = %s AND provider IS NOT DISTINCT FROM %s AND status = 'published' AND load_id <> %s
-                 AND (period_end IS NULL OR %s::date IS NULL OR period_end <= %s::date)
-               ORDER BY period_end DESC NULLS LAST, load_id DESC LIMIT 1""",
-            (ctx.feed, ctx.provider, ctx.load_id, ctx.period_end, ctx.period_end)).fetchone()
+        _wait_for_earlier_periods_staging(conn, ctx)
+        previous = previous_load(conn, ctx)
         if previous is None:
             band.baseline = f"previous published load of {ctx.describe()}"
-            band.not_applicable = f"no previous published load of {ctx.describe()}"
+            band.not_applicable = f"no previous published or staged load of {ctx.describe()}"
             return band
         band.baseline_rows = int(previous[1])
         period = f", period ending {previous[2].isoformat()}" if previous[2] else ""
-        band.baseline = f"previous published load of {ctx.describe()} (load {previous[0]}{period})"
+        band.baseline = (f"previous published load of {ctx.describe()}" if previous[5] == "published"
+                         else f"previous load of {ctx.describe()} staged in this run") + f" (load {previous[0]}{period})"
         # Like with like: a file covering a month after one covering a year is compared with a month's share of it.
         this = conn.execute("SELECT covers_from, covers_to FROM audit.load WHERE load_id = %s",
                             (ctx.load_id,)).fetchone()
@@ -476,7 +515,7 @@ def row_count_band(conn, check: dict, ctx: LoadContext) -> RowCountBand:
             band.baseline += (f", {those} months, scaled to the {these} month{'s' if these > 1 else ''}"
                               " this file covers")
         if band.baseline_rows < minimum:
-            band.not_applicable = (f"the previous published load has {band.baseline_rows:,} rows, "
+            band.not_applicable = (f"the previous load has {band.baseline_rows:,} rows, "
                                    f"fewer than the {minimum:,} a volume comparison needs")
             return band
     if spec.get("min_ratio") is not None:

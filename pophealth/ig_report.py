@@ -18,6 +18,10 @@ as a 10-digit integer, full postcodes, and full dates in any column whose name s
 written in other digits (full-width, Arabic-Indic, Devanagari, any Unicode decimal digit) or with other
 dashes and spaces is read as the ASCII number it spells before the check digit is tried. Pseudonyms (64 hex
 characters) and file checksums cannot match: a candidate must not touch a letter or digit either side.
+
+The columns that hold machine identifiers by their meaning (MACHINE_IDENTIFIERS: a dbt node id, a run id, a
+checksum, a hash of the audit chain, each with why) are not scanned, and the page lists them; every other column
+is, whatever its values look like. A finding names the table, the column and the kind of value, never the value.
 """
 
 from __future__ import annotations
@@ -52,11 +56,27 @@ SCANNED_TYPES = (*TEXT_TYPES, *TEXT_FORM_TYPES, "date", "timestamp without time 
                  "bigint", "integer", "numeric")
 #: Not scanned: the encrypted vault (ciphertext only) and PostgreSQL's own schemas.
 SKIPPED_SCHEMAS = ("vault", "pg_catalog", "information_schema", "pg_toast")
-#: A dbt node's id (`test.pophealth.<name>.<10 hex digits>`): its hash can be ten decimal digits that pass the check
-#: digit by chance (one in eleven of those that are all digits); it names a test, not a person.
-DBT_NODE_ID = re.compile(r"^(model|test|seed|snapshot|source|unit_test)\.[A-Za-z0-9_]+\.[A-Za-z0-9_.]+$")
-#: The same, inside a longer text (a jsonb document of a run's results): taken out before looking for numbers.
-DBT_NODE_ID_IN_TEXT = re.compile(r"(?<![0-9A-Za-z_])(model|test|seed|snapshot|source|unit_test)\.[A-Za-z0-9_]+\.[A-Za-z0-9_.]+")
+_RUN_ID = ("the run that wrote the row: an Airflow run id (manual__<timestamp>, scheduled__<timestamp>) or the "
+           "command's own; made by the machine, never from a person's data")
+_CHAIN_HASH = "a sha256 of the audit hash chain (64 hex characters), computed from the rows; it names no one"
+#: Columns whose values are machine identifiers by what the column means, so that a value that happens to spell ten
+#: digits passing the Modulus 11 check is not an NHS number: not scanned, and listed on the page with why. Keyed
+#: schema.table.column; a column is added here only for its meaning, never because a scan flagged it.
+MACHINE_IDENTIFIERS: dict[str, str] = {
+    "audit.dbt_result.unique_id": "dbt's node id (test.pophealth.<test name>.<10 hex digits>): the hash at its end is "
+                                  "a digest of the test's configuration, ten decimal digits in about 1% of tests, "
+                                  "and one in eleven of those passes the check digit; it names a test, not a person",
+    "audit.dbt_result.run_id": _RUN_ID,
+    "audit.load.run_id": _RUN_ID,
+    "audit.gate_result.run_id": _RUN_ID,
+    "audit.optout_by_purpose.run_id": _RUN_ID,
+    "audit.column_lineage.run_id": _RUN_ID,
+    "audit.load.file_sha256": "the sha256 checksum of a delivered file (64 hex characters): it identifies a file",
+    "audit.load.file_bytes": "a delivered file's size in bytes: a measurement, ten digits for a file of 1 GB or more",
+    **{f"audit.{table}.{column}": _CHAIN_HASH
+       for table in ("reidentification", "reidentification_approval", "key_rotation")
+       for column in ("previous_hash", "row_hash")},
+}
 CANDIDATES_PER_COLUMN = 10_000  # a bound on the rows fetched for the check digit per column
 
 
@@ -71,9 +91,7 @@ def as_ascii_digits(text: str) -> str:
 
 def nhs_numbers_in(value: str) -> int:
     """How many NHS numbers that pass the check digit stand in a text value, in whatever digits they are written."""
-    if DBT_NODE_ID.match(value):
-        return 0
-    text = as_ascii_digits(DBT_NODE_ID_IN_TEXT.sub(" ", value))
+    text = as_ascii_digits(value)
     return sum(1 for m in NHS_CANDIDATE.finditer(text) if is_valid_nhs_number("".join(m.groups())))
 
 
@@ -114,6 +132,7 @@ class ScanResult:
     columns: int = 0
     rows: int = 0
     findings: list[Finding] = field(default_factory=list)
+    machine_identifiers: list[str] = field(default_factory=list)  # schema.table.column, present and not scanned
 
     @property
     def clean(self) -> bool:
@@ -136,9 +155,12 @@ def scan_warehouse(conn) -> ScanResult:
         result.tables += 1
         result.rows += conn.execute(sql.SQL("SELECT count(*) FROM {}").format(relation)).fetchone()[0]
         for column, kind in cols:
+            where = f"{schema}.{table}"
+            if f"{where}.{column}" in MACHINE_IDENTIFIERS:
+                result.machine_identifiers.append(f"{where}.{column}")
+                continue
             result.columns += 1
             ident = sql.Identifier(column)
-            where = f"{schema}.{table}"
             if kind in TEXT_TYPES or kind in TEXT_FORM_TYPES:
                 text = ident if kind in TEXT_TYPES else sql.SQL("{}::text").format(ident)
                 # Candidates: ASCII digits in the NHS number's shape, any value with a character beyond ASCII
@@ -437,7 +459,12 @@ def _scan(result: ScanResult) -> str:
             "digit, full postcodes, and full dates of birth (any value in a column named for birth). The values "
             "found are never shown.</p>"
             + _table(["Table", "Column", "What", "Rows"], [[f.relation, f.column, f.kind, f.rows] for f in result.findings],
-                     {3}, "scan-findings"))
+                     {3}, "scan-findings")
+            + "<h3>Columns not scanned: machine identifiers</h3><p>Columns that hold identifiers made by the machine, "
+              "by what the column means (a value there can spell ten digits that pass the check digit by chance); "
+              "every other column is scanned.</p>"
+            + _table(["Column", "Why it is not scanned"], [[c, MACHINE_IDENTIFIERS[c]] for c in result.machine_identifiers],
+                     id_="scan-machine-identifiers"))
 
 
 def _singling_out(results: list[disclosure.Uniqueness]) -> str:
@@ -457,10 +484,13 @@ def _singling_out(results: list[disclosure.Uniqueness]) -> str:
 def _gates(gate_rows: list[tuple], statuses: list[tuple]) -> str:
     return ("<h3>Loads by status</h3>" + _table(["Feed", "Status", "Files", "Last"], [list(r) for r in statuses], {2},
                                                 "load-statuses")
-            + "<h3>Every gate run</h3><p>One row per validation (a load's gate, or the marts gate: load 0); the rules "
-              "that failed are named.</p>"
+            + "<h3>Every gate run</h3><p>One row per validation (a load's gate, or the marts gate: load 0): its rules "
+              "are passed, failed or not applicable (nothing to check: a column empty in the file, no earlier "
+              "delivery to compare the volume with; the reasons are in audit.gate_result.observed), and add up. "
+              "The rules that failed, and those that did not apply, are named.</p>"
             + _table(["Load", "Feed", "Suite", "Checked", "Rules", "Passed", "Failed (error)", "Failed (warn)",
-                      "Failed rules"], [list(r) for r in gate_rows], {0, 4, 5, 6, 7}, "gate-history"))
+                      "Not applicable", "Failed rules", "Rules not applicable"], [list(r) for r in gate_rows],
+                     {0, 4, 5, 6, 7, 8}, "gate-history"))
 
 
 def build_report(conn, register: agreements.Register) -> tuple[str, dict]:
@@ -502,7 +532,9 @@ def build_report(conn, register: agreements.Register) -> tuple[str, dict]:
                count(*) FILTER (WHERE status = 'passed'),
                count(*) FILTER (WHERE status = 'failed' AND severity = 'error'),
                count(*) FILTER (WHERE status = 'failed' AND severity = 'warn'),
-               coalesce(string_agg(check_id, ', ' ORDER BY check_id) FILTER (WHERE status = 'failed'), '')
+               count(*) FILTER (WHERE status = 'not_applicable'),
+               coalesce(string_agg(check_id, ', ' ORDER BY check_id) FILTER (WHERE status = 'failed'), ''),
+               coalesce(string_agg(check_id, ', ' ORDER BY check_id) FILTER (WHERE status = 'not_applicable'), '')
         FROM audit.gate_result GROUP BY load_id, feed, suite, run_id ORDER BY max(checked_at) DESC""")
     statuses = _rows(conn, """SELECT feed, status, count(*), to_char(max(started_at), 'YYYY-MM-DD HH24:MI')
                               FROM audit.load GROUP BY feed, status ORDER BY feed, status""")
@@ -525,6 +557,7 @@ def build_report(conn, register: agreements.Register) -> tuple[str, dict]:
             f"{'PASS' if scan.clean else 'FAIL'}.</div><nav>{nav}</nav></header><main>{sections}</main></body></html>")
     summary = {"loads": len(loads), "agreements": len(register.agreements), "lineage_links": len(lineage),
                "reidentifications": len(reids), "chains": checks, "scan_clean": scan.clean, "findings": len(scan.findings),
+               "finding_list": [(f.relation, f.column, f.kind, f.rows) for f in scan.findings],
                "columns_scanned": scan.columns,
                "most_unique": max(uniqueness, key=lambda r: r.share_unique, default=None)}
     return page, summary

@@ -685,7 +685,7 @@ def test_a_second_delivery_with_half_the_rows_fails_the_volume_band(stage, retir
     assert _gate(first) is None
     volume = _recorded(first)[rule]
     assert volume["status"] == "not_applicable"  # a first delivery has nothing to compare with
-    assert volume["observed"].startswith(("no previous published load", "the previous published load has"))
+    assert volume["observed"].startswith(("no previous published or staged load", "the previous load has"))
     publish_load(first)
 
     rows = rows_of(size // 2, periods[1])
@@ -739,3 +739,47 @@ def test_a_monthly_file_after_an_annual_one_is_compared_with_a_months_share_of_i
     short = stage("apc", [_apc(i, provider="RQW", **_in_month(i, "20251031")) for i in range(20)],
                   "apc_RQW_20251031.csv")
     assert "FAILED [error] apc.volume.within_band:" in (_gate(short) or "")
+
+
+# A backfill: every month of a source staged in one run before any is published. Each month is compared with the
+# month before as staged by the same run; a load another run staged and never published is no baseline.
+
+
+def _stage_in_run(tmp_path, run_id: str, name: str, rows: list[dict]) -> int:
+    from pophealth.load import stage_extract
+
+    folder = _landing(tmp_path / f"landing{next(_folders)}")
+    outcome = stage_extract(_write(folder / name, HEADERS["apc"], rows), run_id)
+    assert outcome.status == "validated"
+    return outcome.load_id
+
+
+def _month(n: int, period: str, provider: str = "RQW") -> list[dict]:
+    return [_apc(i % 60, provider=provider, epikey=f"B{period}{i}", spell_id=f"B{period}{i}", **_in_month(i, period))
+            for i in range(n)]
+
+
+def test_a_backfilled_month_is_compared_with_the_month_before_staged_in_the_same_run(warehouse, tmp_path,
+                                                                                    retire_loads):
+    january = _stage_in_run(tmp_path, "backfill-1", "apc_RQW_20260131.csv", _month(80, "20260131"))
+    february = _stage_in_run(tmp_path, "backfill-1", "apc_RQW_20260228.csv", _month(60, "20260228"))
+    march = _stage_in_run(tmp_path, "backfill-1", "apc_RQW_20260331.csv", _month(30, "20260331"))  # truncated
+    assert _gate(january) is None
+    assert _recorded(january)["apc.volume.within_band"]["status"] == "not_applicable"
+    assert _gate(february) is None  # 60 of 80: 75%, within 60% to 200%
+    volume = _recorded(february)["apc.volume.within_band"]
+    assert volume["status"] == "passed" and volume["observed_number"] == 60
+    assert volume["threshold"].startswith("rows between 60% and 200% of the 80 rows of the previous load of apc RQW "
+                                          f"staged in this run (load {january}, period ending 2026-01-31), so 48 to 160")
+    message = _gate(march)  # 30 of 60: 50%, the truncated file the rule is there for, caught before publication
+    assert message is not None and "FAILED [error] apc.volume.within_band:" in message
+    assert f"(load {february}, period ending 2026-02-28)" in message
+
+
+def test_a_load_staged_by_another_run_and_never_published_is_no_baseline(warehouse, tmp_path, retire_loads):
+    _stage_in_run(tmp_path, "abandoned-run", "apc_RDE_20260131.csv", _month(60, "20260131", "RDE"))
+    april = _stage_in_run(tmp_path, "later-run", "apc_RDE_20260430.csv", _month(20, "20260430", "RDE"))
+    assert _gate(april) is None
+    volume = _recorded(april)["apc.volume.within_band"]
+    assert volume["status"] == "not_applicable"
+    assert volume["observed"] == "no previous published or staged load of apc RDE"

@@ -48,6 +48,7 @@ class Report:
         self.drawn += 1
         out = self.home / f"ig_report_{self.drawn}.html"
         made = self.pophealth("ig-report", "--out", str(out))
+        self.said = made.stdout
         assert out.exists(), made.stdout[-3000:] + made.stderr[-3000:]
         return dump_dom(out, self.home / f"chromium-{self.drawn}"), out.read_text(encoding="utf-8"), made.returncode
 
@@ -167,6 +168,66 @@ def test_the_scan_passes_on_the_warehouse_and_fails_naming_the_column_where_an_n
     assert re.search(r"<td>staging\.call_notes</td><td>note</td><td>NHS number \(passes Modulus 11\)</td>",
                      table(planted, "scan-findings"))
     assert PLANTED_NHS_NUMBER not in planted
+    # the command says where and what kind, never the value
+    assert "staging.call_notes.note: NHS number (passes Modulus 11) in 1 row(s)" in report.said
+    assert PLANTED_NHS_NUMBER not in report.said
+
+
+def test_every_machine_identifier_column_is_a_column_of_the_warehouse_with_a_reason(report):
+    from pophealth.ig_report import MACHINE_IDENTIFIERS
+
+    columns = {f"{s}.{t}.{c}" for s, t, c in report.sql(
+        "SELECT table_schema, table_name, column_name FROM information_schema.columns WHERE table_schema = 'audit'")}
+    assert set(MACHINE_IDENTIFIERS) <= columns  # no entry for a column that does not exist (a typo exempts nothing)
+    assert all(len(why) > 30 for why in MACHINE_IDENTIFIERS.values())
+    # Only machine-made columns: nothing that a source delivers, and nothing outside audit.
+    assert all(c.startswith("audit.") for c in MACHINE_IDENTIFIERS)
+    dom, _, _ = report.first
+    listed = table(dom, "scan-machine-identifiers")
+    assert "audit.dbt_result.unique_id" in listed and "audit.load.file_sha256" in listed
+
+
+def test_a_dbt_test_id_that_spells_an_nhs_number_is_no_finding_but_the_same_text_elsewhere_is(report):
+    # dbt's test ids end in a hash of ten hex digits; about 1 in 1,000 are all decimal and pass the check digit.
+    node = f"test.pophealth.not_null_reporting_admission_reasons_period_end.{PLANTED_NHS_NUMBER}"
+    report.sql("INSERT INTO audit.dbt_result (run_id, unique_id, resource_type, status) VALUES ('ig-test', %s, "
+               "'test', 'pass')", (node,))
+    try:
+        clean, _, exit_code = report.draw()
+        assert exit_code == 0 and 'id="scan-verdict">PASS' in clean
+        # The registry exempts the column, not the value: the same text in the message column is found.
+        report.sql("UPDATE audit.dbt_result SET message = unique_id WHERE run_id = 'ig-test'")
+        flagged, _, exit_code = report.draw()
+    finally:
+        report.sql("DELETE FROM audit.dbt_result WHERE run_id = 'ig-test'")
+    assert exit_code == 1
+    assert re.search(r"<td>audit\.dbt_result</td><td>message</td><td>NHS number \(passes Modulus 11\)</td>",
+                     table(flagged, "scan-findings"))
+    assert PLANTED_NHS_NUMBER not in flagged
+
+
+def test_the_gate_table_adds_up_rules_are_passed_failed_or_not_applicable(report):
+    # One gate run of five rules: two passed, one failed as a warning, two not applicable (a first delivery has no
+    # earlier one to compare its volume with; a column empty in the file).
+    rules = [("apc.a", "passed", "error", ""), ("apc.b", "passed", "error", ""), ("apc.c", "failed", "warn", ""),
+             ("apc.volume.within_band", "not_applicable", "error", "no previous published or staged load of apc RAJ"),
+             ("apc.d", "not_applicable", "warn", "column empty in this file")]
+    for check_id, status, severity, observed in rules:
+        report.sql("""INSERT INTO audit.gate_result (load_id, run_id, feed, suite, check_id, severity, category, status,
+                                                     observed) VALUES (987654, 'ig-gates', 'apc', 'apc_load', %s, %s,
+                                                     'plausibility', %s, %s)""", (check_id, severity, status, observed))
+    try:
+        dom, _, _ = report.draw()
+    finally:
+        report.sql("DELETE FROM audit.gate_result WHERE run_id = 'ig-gates'")
+    gates = table(dom, "gate-history")
+    assert "<th>Rules</th><th>Passed</th><th>Failed (error)</th><th>Failed (warn)</th><th>Not applicable</th>" in gates
+    row = re.search(r"<tr><td[^>]*>987654</td>(.*?)</tr>", gates, re.S)
+    assert row, gates[:2000]
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", row.group(1), re.S)
+    assert cells[3:8] == ["5", "2", "0", "1", "2"]  # rules = passed + failed (error) + failed (warn) + not applicable
+    assert cells[8] == "apc.c" and cells[9] == "apc.d, apc.volume.within_band"
+
 
 
 def test_the_page_fetches_nothing_from_the_network(report):
@@ -219,7 +280,8 @@ def empty_warehouse(tmp_path_factory):
     ("jsonb", json.dumps({"caller": {"nhs": SPACED}}), True),     # a string inside a document
     ("jsonb", json.dumps({"nhs": int(PLANTED_NHS_NUMBER)}), True),  # a number inside a document
     ("jsonb", json.dumps({"nhs": FULL_WIDTH}), True),             # jsonb keeps \uff19 as the character
-    ("jsonb", json.dumps({"node": f"test.pophealth.not_null_person.{PLANTED_NHS_NUMBER}"}), False),  # a dbt node id
+    # a dbt node id outside the registry's columns is scanned like any text: a column is exempt, never a value
+    ("jsonb", json.dumps({"node": f"test.pophealth.not_null_person.{PLANTED_NHS_NUMBER}"}), True),
     ("json", json.dumps({"nhs": FULL_WIDTH}), True),              # json keeps "\uff19..." as written: read it
     ("text[]", ["ward 7", PLANTED_NHS_NUMBER], True),
     ("bigint[]", [1, int(PLANTED_NHS_NUMBER)], True),
