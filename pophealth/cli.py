@@ -4,8 +4,8 @@
     pophealth synth --population N --seed S --out PATH [--delivery monthly|annual|ytd] [--councils E10000012,...]
     pophealth pseudonymise IN_FILE OUT_FILE --lookup ref_postcode_lookup.csv   at a source, before sending
     pophealth run [--landing PATH]        the whole pipeline through Airflow (synthetic demo without --landing)
-    pophealth dag DAG_ID [--landing PATH] one DAG through Airflow
-    pophealth status                      the last load of each source and the marts' freshness
+    pophealth dag DAG_ID [--landing PATH] one DAG through Airflow (`pophealth dag --help` lists the DAG ids)
+    pophealth status [--json]             the latest period of each source, the marts' freshness, the next delivery
     pophealth db url | stop               the warehouse in use
     pophealth cluster up [--landing P] [--wait] | down | status | load   the deployment on real servers
     pophealth docs [--port N | --static]  the dbt documentation site, served on 127.0.0.1
@@ -151,6 +151,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         _ensure_keys_for_demo()
         landing = _demo_landing(args.population, args.seed)
+    config.remember_landing(landing)  # `pophealth status` looks there for what is waiting
     _say(f"Warehouse: {db.warehouse_shown()}" + (" (embedded PostgreSQL)" if db.is_embedded() else ""))
     with _still_working("running", every=30.0):
         outcome = run_pipeline(landing, progress=_say)
@@ -172,6 +173,7 @@ def cmd_dag(args: argparse.Namespace) -> int:
     if landing is None:
         _say(f"give --landing PATH or set {config.ENV_LANDING_DIR}")
         return 2
+    config.remember_landing(landing)
     with _still_working(f"running {args.dag_id}", every=30.0):
         outcome = run_pipeline(landing, dag_ids=(args.dag_id,), progress=_say)
     _say(summarise(outcome))
@@ -195,11 +197,13 @@ def cmd_setup(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from pophealth.status import status_text
+    import json
 
-    text, healthy = status_text(Path(args.landing) if args.landing else None)
-    _say(text)
-    return 0 if healthy else 1
+    from pophealth.status import collect
+
+    status = collect(Path(args.landing) if args.landing else None)
+    _say(json.dumps(status.as_json(), indent=2, default=str) if args.json else status.text())
+    return 0 if status.healthy else 1
 
 
 def cmd_docs(args: argparse.Namespace) -> int:
@@ -520,9 +524,41 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     return 0
 
 
+#: `pophealth --help` lists the commands by who runs them (every command in exactly one group).
+ROLES = (
+    ("Data engineer: runs and watches the pipeline",
+     ("setup", "run", "dag", "rerun", "status", "ui", "db", "cluster", "synth", "pseudonymise")),
+    ("Analyst: reads the marts and the reports", ("docs", "board-report", "fit-risk-model")),
+    ("IG officer and Caldicott guardian: governance and re-identification",
+     ("ig-report", "quasi-identifiers", "register", "reidentify", "approve-reidentification")),
+    ("Key custodian: the keys", ("rotate-key", "vault-key-pair")),
+)
+
+
+def _dag_ids() -> tuple[str, ...]:
+    """The DAG ids, as pipeline.INGEST_DAGS and MARTS_DAG name them (without importing Airflow to print help)."""
+    from pophealth.landing import LOAD_ORDER
+
+    return (*(f"ingest_{feed}" for feed in LOAD_ORDER), "build_marts")
+
+
+def _group_by_role(parser: argparse.ArgumentParser, sub) -> None:
+    """Replace argparse's one flat list of commands by the same commands grouped by who runs them."""
+    helps = {a.dest: a.help for a in sub._choices_actions}
+    grouped = [name for _, names in ROLES for name in names]
+    missing = set(sub.choices) - set(grouped)
+    assert not missing and len(grouped) == len(set(grouped)), f"commands not in exactly one role: {missing}"
+    width = max(map(len, grouped)) + 2
+    parser.epilog = "\n\n".join(title + ":\n" + "\n".join(f"  {name:<{width}}{helps.get(name) or ''}" for name in names)
+                                 for title, names in ROLES) + "\n\n`pophealth COMMAND --help` says more about each."
+    sub._choices_actions.clear()  # the grouped list above replaces the flat one
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pophealth", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="pophealth", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                help="one of the commands below, listed by who runs them")
 
     p = sub.add_parser("setup", help="prepare the warehouse and Airflow's metadata database")
     p.add_argument("--warehouse-only", action="store_true",
@@ -565,13 +601,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=DEMO_SEED)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("dag", help="run one DAG through Airflow")
-    p.add_argument("dag_id")
-    p.add_argument("--landing")
+    dags = _dag_ids()
+    p = sub.add_parser("dag", help="run one DAG through Airflow", formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="DAG ids:\n" + "\n".join(f"  {d}" for d in dags))
+    p.add_argument("dag_id", metavar="DAG_ID", choices=dags, help="one of the DAG ids listed below")
+    p.add_argument("--landing", help=f"the landing folder (default: {config.ENV_LANDING_DIR})")
     p.set_defaults(func=cmd_dag)
 
-    p = sub.add_parser("status", help="last load of each source, marts freshness, what is waiting")
-    p.add_argument("--landing", help=f"the landing folder to look in (default: {config.ENV_LANDING_DIR})")
+    p = sub.add_parser("status", help="latest period of each source, next delivery due, marts freshness, what is "
+                                      "waiting (--json for monitoring)")
+    p.add_argument("--landing", help=f"the landing folder to look in (default: {config.ENV_LANDING_DIR}, else the "
+                                     "folder the last `pophealth run` or `pophealth dag` used)")
+    p.add_argument("--json", action="store_true", help="the same as one JSON document, for monitoring (the exit "
+                                                       "code is the same: 1 when something needs attention)")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("docs", help="generate the dbt documentation site and serve it on 127.0.0.1")
@@ -641,6 +683,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("fit-risk-model", help="fit the risk model on the warehouse and add it to its seed")
     p.set_defaults(func=cmd_fit_risk_model)
+    _group_by_role(parser, sub)
     return parser
 
 

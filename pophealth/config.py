@@ -108,3 +108,23 @@ def environment(**values: str | None) -> Iterator[None]:
 def landing_dir() -> Path | None:
     value = os.environ.get(ENV_LANDING_DIR)
     return Path(value).resolve() if value else None
+
+
+#: The landing folder the last `pophealth run` or `pophealth dag` used (the demo's world too), in POPHEALTH_HOME:
+#: `pophealth status` looks there for waiting files when it is given no folder. A path, never a file's content.
+LAST_LANDING_FILE = "last_landing_folder"
+
+
+def remember_landing(landing: Path) -> None:
+    home = paths().home
+    home.mkdir(parents=True, exist_ok=True)
+    (home / LAST_LANDING_FILE).write_text(str(Path(landing).resolve()) + "\n", encoding="utf-8")
+
+
+def remembered_landing() -> Path | None:
+    """The landing folder the last run used, or None when no run has recorded one."""
+    try:
+        value = (paths().home / LAST_LANDING_FILE).read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+    return Path(value) if value else None

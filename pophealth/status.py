@@ -1,4 +1,6 @@
-"""`pophealth status`: the last load of each source, the marts' freshness, and what is waiting in the landing folder.
+"""`pophealth status`: the latest period loaded of each source, the marts' freshness, the next delivery due of each
+feed (from its arrival schedule, orchestration.ARRIVAL) and what is waiting in the landing folder (the one given,
+else POPHEALTH_LANDING_DIR, else the one the last run used); `--json` gives the same as one document for monitoring.
 
 Everything comes from the audit schema (and dbt's last run results for builds outside Airflow), so the command is
 quick and never touches personal data. It is unhealthy (exit code 1) when a load is refused and not yet replaced
@@ -12,7 +14,7 @@ import json
 import os
 import sys
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 from psycopg.rows import dict_row
@@ -45,10 +47,14 @@ class Status:
     lines: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)  # said under the verdict, but not a failure
+    data: dict = field(default_factory=dict)  # the same facts for `--json`
 
     @property
     def healthy(self) -> bool:
         return not self.problems
+
+    def as_json(self) -> dict:
+        return {"healthy": self.healthy, "problems": self.problems, "notices": self.notices, **self.data}
 
     def text(self) -> str:
         verdict = ("Healthy: nothing has failed." if self.healthy else
@@ -81,17 +87,24 @@ def status_text(landing: Path | None = None) -> tuple[str, bool]:
 def collect(landing: Path | None = None) -> Status:
     now = datetime.now(timezone.utc)
     status = Status([f"Warehouse: {db.warehouse_shown()}"])
+    status.data["warehouse"] = db.warehouse_shown()
     with db.connect() as conn:
         conn.row_factory = dict_row
         if conn.execute("SELECT to_regclass('audit.load') AS t").fetchone()["t"] is None:
             status.lines += ["", "Nothing has been loaded yet (run: pophealth setup, then pophealth run)."]
             return status
         _sources(conn, status, now)
+        _next_deliveries(status, now)
         _coverage(conn, status)
         _marts(conn, status, now)
         _audit_logs(conn, status)
         _geographies(conn, status)
-    _waiting(landing or config.landing_dir(), status)
+    if landing is not None:
+        _waiting(landing, status, "given")
+    elif config.landing_dir() is not None:
+        _waiting(config.landing_dir(), status, config.ENV_LANDING_DIR)
+    else:
+        _waiting(config.remembered_landing(), status, "the folder the last run used")
     return status
 
 
@@ -136,7 +149,8 @@ def _sources(conn, status: Status, now: datetime) -> None:
     from pophealth.audit import latest_refusals
 
     latest = conn.execute(
-        """SELECT DISTINCT ON (l.feed, l.provider) l.load_id, l.feed, l.provider, l.file_name, l.status, l.rows_read,
+        """SELECT DISTINCT ON (l.feed, l.provider) l.load_id, l.feed, l.provider, l.period_end, l.file_name, l.status,
+                  l.rows_read,
                   l.rows_loaded, l.rows_quarantined, l.rows_opted_out, coalesce(l.finished_at, l.started_at) AS at,
                   g.errors, g.warnings, g.rules
            FROM audit.load l
@@ -145,12 +159,19 @@ def _sources(conn, status: Status, now: datetime) -> None:
                              count(*) FILTER (WHERE status = 'failed' AND severity = 'warn') AS warnings
                       FROM audit.gate_result WHERE feed <> 'marts' GROUP BY load_id) g USING (load_id)
            -- a file delivered again unchanged: its first load is the one to show; a stale opt-out list is listed below
+           -- the latest period, not the latest load: a past period delivered again is not what the source is up to;
+           -- a refused load that a later unchanged delivery of the published file resolved is not shown over it
            WHERE l.status NOT IN ('duplicate', 'stale')
-           ORDER BY l.feed, l.provider, l.load_id DESC"""
+           ORDER BY l.feed, l.provider, l.period_end DESC NULLS LAST,
+                    EXISTS (SELECT FROM audit.load d WHERE d.status = 'duplicate' AND d.feed = l.feed
+                              AND d.provider IS NOT DISTINCT FROM l.provider
+                              AND d.period_end IS NOT DISTINCT FROM l.period_end AND d.load_id > l.load_id)
+                    AND l.status IN ('gate_failed', 'rejected', 'failed'),
+                    l.load_id DESC"""
     ).fetchall()
-    status.lines += ["", "Last load of each source:"]
-    header = (f"  {'source':<24} {'file':<30} {'verdict':<26} {'read':>8} {'loaded':>8} {'quarant.':>8} "
-              f"{'opted out':>9} {'age':>8}")
+    status.lines += ["", "Latest period loaded of each source:"]
+    header = (f"  {'source':<24} {'period end':<10} {'file':<30} {'verdict':<26} {'read':>8} {'loaded':>8} "
+              f"{'quarant.':>8} {'opted out':>9} {'age':>8}")
     status.lines.append(header)
     order = {feed: i for i, feed in enumerate(LOAD_ORDER)}
     for load in sorted(latest, key=lambda r: (order.get(r["feed"], 99), r["provider"] or "")):
@@ -158,9 +179,17 @@ def _sources(conn, status: Status, now: datetime) -> None:
         verdict = VERDICTS.get(load["status"], load["status"])
         if load["rules"] and load["status"] != "gate_failed":
             verdict += f" ({load['warnings']} warning{'s' if load['warnings'] != 1 else ''})" if load["warnings"] else ""
+        period = load["period_end"].isoformat() if load["period_end"] else "-"
         status.lines.append(
-            f"  {source:<24} {load['file_name']:<30} {verdict:<26} {load['rows_read']:>8,} {load['rows_loaded']:>8,} "
-            f"{load['rows_quarantined']:>8,} {load['rows_opted_out']:>9,} {age(load['at'], now):>8}")
+            f"  {source:<24} {period:<10} {load['file_name']:<30} {verdict:<26} {load['rows_read']:>8,} "
+            f"{load['rows_loaded']:>8,} {load['rows_quarantined']:>8,} {load['rows_opted_out']:>9,} "
+            f"{age(load['at'], now):>8}")
+        status.data.setdefault("sources", []).append({
+            "feed": load["feed"], "provider": load["provider"], "period_end": load["period_end"],
+            "file_name": load["file_name"], "status": load["status"], "load_id": load["load_id"],
+            "rows_read": load["rows_read"], "rows_loaded": load["rows_loaded"],
+            "rows_quarantined": load["rows_quarantined"], "rows_opted_out": load["rows_opted_out"],
+            "gate_warnings": load["warnings"] or 0, "at": load["at"]})
     if not latest:
         status.lines.append("  nothing has been loaded yet")
     in_force = conn.execute("SELECT count(*) AS n FROM audit.load WHERE feed = 'optouts' AND status = 'published'"
@@ -179,6 +208,58 @@ def _sources(conn, status: Status, now: datetime) -> None:
             f"{refused['file_name']}: {VERDICTS.get(refused['status'], refused['status'])} (load {refused['load_id']})"
             + (f": {message[0]}" if message else "")
             + "; the marts are not rebuilt until a good file for that period is delivered (docs/runbook.md)")
+
+
+#: Months between two periods of a feed that sends one file per period: the period after the latest is the one due.
+PERIOD_MONTHS = {"apc": 1, "cld": 3}
+#: A latest load in one of these states has to be delivered again: that period is still the one due.
+DUE_AGAIN = ("gate_failed", "rejected", "failed", "interrupted", "rekeyed")
+
+
+def _month_end_after(period_end: date, months: int) -> date:
+    first = date(period_end.year + (period_end.month - 1 + months) // 12, (period_end.month - 1 + months) % 12 + 1, 1)
+    following = date(first.year + first.month // 12, first.month % 12 + 1, 1)
+    return following - timedelta(days=1)
+
+
+def next_deliveries(latest: list[dict], now: datetime) -> list[dict]:
+    """Per feed, when its scheduled run next looks for files (orchestration.ARRIVAL, Europe/London), until when it
+    waits, and, for a feed of periods, the period end due next of each provider: the one after its latest period
+    loaded, or that period again when its file was refused. `latest`: one row per source (status.data["sources"])."""
+    from zoneinfo import ZoneInfo
+
+    from croniter import croniter
+
+    from pophealth.orchestration import ARRIVAL
+
+    london = ZoneInfo("Europe/London")
+    due = []
+    for feed in LOAD_ORDER:
+        arrival = ARRIVAL[feed]
+        looks = croniter(arrival.cron, now.astimezone(london)).get_next(datetime)
+        expected = {}
+        if feed in PERIOD_MONTHS:
+            for r in latest:  # one row per source: its latest period
+                if r["feed"] == feed and r["period_end"]:
+                    # A refused file is due again; after a good one, the next period.
+                    expected[r["provider"]] = (r["period_end"] if r["status"] in DUE_AGAIN
+                                               else _month_end_after(r["period_end"], PERIOD_MONTHS[feed]))
+        due.append({"feed": feed, "schedule": arrival.described, "next_look": looks,
+                    "waits_until": looks + arrival.wait,
+                    "expected": [{"provider": p, "period_end": d} for p, d in sorted(expected.items())]})
+    return due
+
+
+def _next_deliveries(status: Status, now: datetime) -> None:
+    due = next_deliveries(status.data.get("sources", []), now)
+    status.data["next_deliveries"] = due
+    status.lines += ["", "Next delivery due of each feed (the arrival schedule):"]
+    for d in due:
+        expected = ", ".join(f"{e['provider']} {e['period_end']}" for e in d["expected"])
+        status.lines.append(f"  {d['feed']:<24} next looks {d['next_look']:%Y-%m-%d %H:%M %Z}"
+                            + (f", waits until {d['waits_until']:%Y-%m-%d %H:%M}" if d["waits_until"] - d["next_look"]
+                               > timedelta(hours=1) else "")
+                            + (f"; due: period ending {expected}" if expected else f"; {d['schedule']}"))
 
 
 def _coverage(conn, status: Status) -> None:
@@ -241,6 +322,10 @@ def _marts(conn, status: Status, now: datetime) -> None:
     newer_loads = conn.execute("SELECT count(*) AS n FROM audit.load WHERE status = 'published' AND published_at > %s",
                                (published_at,)).fetchone()["n"] if published_at else 0
 
+    status.data["marts"] = {"last_build": built_at, "build_failures": build_failures,
+                            "marts_gate": ({"at": gate["at"], "errors": gate["errors"]} if gate else None),
+                            "last_publish": published_at if has_marts else None, "as_of_date": as_of,
+                            "loads_not_in_marts": newer_loads, "candidates": candidates}
     status.lines += ["", "Marts:"]
     status.lines.append(f"  last build    {_when(built_at, now)}"
                         + (f": FAILED ({build_failures} model(s) or test(s) failed)" if build_failures else ""))
@@ -279,13 +364,16 @@ def _geographies(conn, status: Status) -> None:
     status.problems += geography_problems(conn)
 
 
-def _waiting(landing: Path | None, status: Status) -> None:
+def _waiting(landing: Path | None, status: Status, source: str = "given") -> None:
     from pophealth import landing as landing_rules
     from pophealth import load
 
     status.lines.append("")
+    status.data["waiting"] = {"landing": landing, "landing_from": source if landing else None, "files": [],
+                              "being_written": [], "not_extracts": []}
     if landing is None:
-        status.lines.append(f"Waiting: no landing folder given (--landing PATH or {config.ENV_LANDING_DIR})")
+        status.lines.append(f"Waiting: no landing folder given (--landing PATH or {config.ENV_LANDING_DIR}) and no "
+                            "run has used one yet")
         return
     if not landing.is_dir():
         status.problems.append(f"the landing folder does not exist: {landing}")
@@ -297,13 +385,15 @@ def _waiting(landing: Path | None, status: Status) -> None:
     complete = {e.path for e in landing_rules.settled(extracts)}
     writing = sorted([p.name for p in landing.iterdir() if p.is_file() and landing_rules.is_temporary(p)
                       and ".csv" in p.name] + [e.name for e in extracts if e.path not in complete])
-    status.lines.append(f"Waiting in {landing}: {len(waiting)} file(s) to load"
-                        + (f", {len(writing)} still being written" if writing else ""))
+    status.data["waiting"].update(files=[{"feed": f, "file_name": n} for f, n in waiting], being_written=writing)
+    status.lines.append(f"Waiting in {landing}" + (f" ({source})" if source != "given" else "")
+                        + f": {len(waiting)} file(s) to load" + (f", {len(writing)} still being written" if writing else ""))
     status.lines += [f"  {feed:<24} {name}" for feed, name in waiting[:30]]
     if len(waiting) > 30:
         status.lines.append(f"  ... and {len(waiting) - 30} more")
     status.lines += [f"  {'(still being written)':<24} {name}" for name in writing]
     not_extracts = landing_rules.scan(landing).not_extracts()
+    status.data["waiting"]["not_extracts"] = [{"file_name": n, "why": w} for n, w in not_extracts]
     if not_extracts:
         status.lines.append(f"Not extracts of the contract ({len(not_extracts)}; never loaded):")
         status.lines += [f"  {name}: {why}" for name, why in not_extracts[:30]]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -65,7 +66,7 @@ def test_a_healthy_warehouse_is_reported_healthy_with_every_source_and_the_marts
         """SELECT file_name, rows_read, rows_loaded, rows_quarantined, rows_opted_out FROM audit.load
            WHERE feed = 'gp_register' ORDER BY load_id DESC LIMIT 1""")
     register = next(line for line in out.splitlines() if line.startswith("  gp_register "))
-    assert register.split()[1:7] == [file_name, "published", f"{read:,}", f"{loaded:,}", f"{quarantined:,}",
+    assert register.split()[2:8] == [file_name, "published", f"{read:,}", f"{loaded:,}", f"{quarantined:,}",
                                      f"{opted_out:,}"]
     assert "last build    20" in out and "FAILED" not in out and "REFUSED" not in out
     as_of, = warehouse.query("SELECT max(as_of_date)::text FROM marts.risk_stratification")[0]
@@ -178,6 +179,74 @@ def test_marts_refused_by_the_marts_gate_are_reported_failed_with_where_the_refu
     # The next build clears the refused candidates (clear_candidates); nothing is then wrong.
     warehouse.python("from pophealth.marts_gate import drop_candidates; drop_candidates()")
     assert warehouse.status().returncode == 0
+
+
+def test_each_source_shows_its_latest_period_not_its_latest_load(warehouse, tmp_path):
+    # A trust sends its oldest month again, corrected (one episode fewer): the newest load, of the oldest period.
+    oldest = sorted(warehouse.landing.glob("apc_RAJ_*.csv"))[0]
+    resent = tmp_path / "resent" / oldest.name
+    resent.parent.mkdir()
+    lines = oldest.read_text().splitlines(keepends=True)
+    resent.write_text("".join(lines[:-1]))
+    assert warehouse.python(STAGE_GATE_PUBLISH, str(resent)).stdout.strip() == "validated"
+    (newest_load, period), = warehouse.query("""SELECT load_id, period_end FROM audit.load WHERE feed = 'apc'
+                                                AND provider = 'RAJ' ORDER BY load_id DESC LIMIT 1""")
+    assert warehouse.query("SELECT status FROM audit.load WHERE load_id = %s", (newest_load,)) == [("published",)]
+    latest = sorted(warehouse.landing.glob("apc_RAJ_*.csv"))[-1]
+    proc = warehouse.status()
+    row = next(line for line in proc.stdout.splitlines() if line.startswith("  apc RAJ "))
+    assert latest.name in row and oldest.name not in row
+    assert row.split()[2] == f"{latest.name[8:12]}-{latest.name[12:14]}-{latest.name[14:16]}"  # its period end
+    assert str(period) < row.split()[2]
+
+
+def test_status_says_the_next_delivery_due_of_each_feed(warehouse):
+    lines = warehouse.status().stdout.splitlines()
+    assert "Next delivery due of each feed (the arrival schedule):" in lines
+    latest = sorted(warehouse.landing.glob("apc_RQW_*.csv"))[-1].name  # e.g. apc_RQW_20250930.csv: October is due
+    year, month = int(latest[8:12]), int(latest[12:14])
+    following = f"{year + month // 12}-{month % 12 + 1:02d}"
+    apc = next(line for line in lines if line.startswith("  apc ") and "next looks" in line)
+    assert "waits until" in apc and f"RQW {following}-" in apc
+    register = next(line for line in lines if line.startswith("  gp_register ") and "next looks" in line)
+    assert register.endswith("; on arrival (checked hourly)")
+
+
+def test_status_as_json_for_monitoring(warehouse, tmp_path):
+    import json
+
+    landing = tmp_path / "landing"
+    shutil.copytree(warehouse.landing, landing, ignore=shutil.ignore_patterns("answer_key"))
+    shutil.copy(latest_apc(landing), landing / "apc_RAJ_20251031.csv")
+    proc = warehouse.pophealth("status", "--json", "--landing", str(landing))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    status = json.loads(proc.stdout)
+    assert status["healthy"] is True and status["problems"] == []
+    register = next(s for s in status["sources"] if s["feed"] == "gp_register")
+    (file_name, loaded), = warehouse.query("""SELECT file_name, rows_loaded FROM audit.load WHERE feed = 'gp_register'
+                                              ORDER BY period_end DESC, load_id DESC LIMIT 1""")
+    assert register["file_name"] == file_name and register["rows_loaded"] == loaded
+    assert {d["feed"] for d in status["next_deliveries"]} == {"ref_postcode_lookup", "ref_population", "optouts",
+                                                               "gp_register", "apc", "cld"}
+    assert {"feed": "apc", "file_name": "apc_RAJ_20251031.csv"} in status["waiting"]["files"]
+    assert status["waiting"]["landing"] == str(landing) and status["waiting"]["landing_from"] == "given"
+    assert status["marts"]["as_of_date"] == str(warehouse.query("SELECT max(as_of_date) FROM marts.risk_stratification")[0][0])
+
+
+def test_without_a_landing_folder_status_looks_in_the_one_the_last_run_used(warehouse, tmp_path):
+    landing = tmp_path / "landing"
+    shutil.copytree(warehouse.landing, landing, ignore=shutil.ignore_patterns("answer_key"))
+    shutil.copy(latest_apc(landing), landing / "apc_RAJ_20251031.csv")
+    env = {k: v for k, v in warehouse.env.items() if k != "POPHEALTH_LANDING_DIR"}
+    run = lambda *args: subprocess.run([sys.executable, "-m", "pophealth.cli", *args], env=env,  # noqa: E731
+                                       capture_output=True, text=True, timeout=300)
+    before = run("status")
+    assert "Waiting: no landing folder given" in before.stdout
+    # what `pophealth run --landing` (and the demo, with its world) records before it runs
+    warehouse.python("import sys; from pophealth import config; config.remember_landing(sys.argv[1])", str(landing))
+    after = run("status")
+    assert f"Waiting in {landing.resolve()} (the folder the last run used): " in after.stdout
+    assert "  apc                      apc_RAJ_20251031.csv" in after.stdout.splitlines()
 
 
 def test_after_a_key_rotation_the_missing_opt_out_list_is_reported_until_it_is_loaded_again(warehouse):
