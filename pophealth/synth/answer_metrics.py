@@ -57,6 +57,7 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass
 from datetime import date, timedelta
+from decimal import ROUND_HALF_UP, Decimal
 
 from pophealth.synth.extracts import Ledger, month_end, population_counts
 from pophealth.synth.world import WINDOW_END, WINDOW_START, World
@@ -74,6 +75,16 @@ METRICS = ("emergency_admissions", "care_home_admissions_65", "reablement_91_day
 
 # ----------------------------------------------------------------------------------------------------------
 # Periods, ages and codes
+
+
+#: The marts give a metric's value to one decimal place, the precision its unit needs (a percentage, a rate per
+#: 100,000: dbt_project/seeds/bcf_metric.csv, decimals); PostgreSQL's round() takes a half away from zero.
+VALUE_DECIMALS = 1
+
+
+def _value(numerator, denominator, scale) -> str:
+    exact = Decimal(numerator) / Decimal(denominator) * scale
+    return str(exact.quantize(Decimal(1).scaleb(-VALUE_DECIMALS), rounding=ROUND_HALF_UP))
 
 
 def periods() -> list[tuple[str, date, date]]:
@@ -369,7 +380,7 @@ def compute_metrics(world: World, ledger: Ledger, people: dict[str, dict]) -> li
                     "period_end": end.isoformat(), "geography_level": level,
                     "geography_code": geography, "is_final": "true" if final_on <= WINDOW_END else "false",
                     "final_on": final_on.isoformat(), "numerator": numerator, "denominator": denominator,
-                    "value": "" if denominator == 0 else f"{numerator / denominator * scale:.4f}",
+                    "value": "" if denominator == 0 else _value(numerator, denominator, scale),
                 })
     rows.sort(key=lambda r: (r["metric_code"], r["period_type"], r["period_start"], r["geography_level"],
                              r["geography_code"]))

@@ -72,3 +72,87 @@ def test_geographies_that_cannot_be_computed_are_said(warehouse):
     assert any(p.startswith("council E06000034 has no population estimates for 2025") for p in problems)
     assert any(p.startswith("locality GRAYS has no population estimates for 2025") for p in problems)
     assert not any("E10000012" in p or "E06000033" in p for p in problems)
+
+
+# -- names beside the codes (issue 21): the locality dimension, the metrics' words, ICD-10 titles ---------------
+
+
+def _seed(name: str) -> list[dict]:
+    from .conftest import REPO
+
+    with (REPO / "dbt_project" / "seeds" / f"{name}.csv").open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_the_locality_dimension_names_every_locality_and_its_council(warehouse):
+    url, _ = warehouse
+    councils = {r["la_code"]: r["la_name"] for r in _seed("local_authority")}
+    with psycopg.connect(url) as conn:
+        localities = conn.execute("SELECT locality_code, locality_name, la_code, council_name FROM marts.locality"
+                                  ).fetchall()
+        lookup = dict(conn.execute("SELECT locality_code, min(la_code) FROM raw.ref_lsoa GROUP BY 1").fetchall())
+        # the metrics' localities are the dimension's, with the same names
+        metric_names = dict(conn.execute("""SELECT DISTINCT geography_code, geography_name FROM marts.bcf_metrics
+                                            WHERE geography_level = 'locality'""").fetchall())
+    assert len(localities) == 20 and {r[0] for r in localities} == set(lookup)
+    for code, name, la_code, council in localities:
+        assert la_code == lookup[code] and council == councils[la_code] and name
+        assert metric_names[code] == name
+    assert ("GRAYS", "E06000034", "Thurrock") in {(r[0], r[2], r[3]) for r in localities}
+
+
+def test_bcf_metrics_say_in_words_what_their_codes_mean_as_reporting_does(warehouse):
+    url, _ = warehouse
+    with psycopg.connect(url) as conn:
+        differ = conn.execute("""
+            SELECT count(*) FILTER (WHERE (m.metric_name, m.unit, m.period_type, m.geography_name)
+                                          IS DISTINCT FROM (r.metric_name, r.unit, r.period_type, r.geography_name)),
+                   count(*)
+            FROM marts.bcf_metrics m JOIN reporting.bcf_metrics r
+                USING (metric_code, period_start, period_end, geography_level, geography_code)""").fetchone()
+        named = dict(conn.execute("SELECT DISTINCT metric_code, metric_name FROM marts.bcf_metrics").fetchall())
+        area = conn.execute("SELECT DISTINCT geography_name FROM marts.bcf_metrics WHERE geography_level = 'area'"
+                            ).fetchall()
+        periods = dict(conn.execute("""SELECT period_type, count(*) FILTER (WHERE CASE period_type
+                                              WHEN 'month' THEN period_end = (date_trunc('month', period_start)
+                                                                              + interval '1 month - 1 day')::date
+                                              WHEN 'quarter' THEN period_end = (period_start + interval '3 months'
+                                                                                - interval '1 day')::date
+                                              ELSE period_end = (period_start + interval '1 year' - interval '1 day')::date
+                                              END) = count(*) FROM marts.bcf_metrics GROUP BY 1""").fetchall())
+    assert differ[0] == 0 and differ[1] > 0
+    assert named == {r["metric_code"]: r["metric_name"] for r in _seed("bcf_metric")}
+    assert len(area) == 1 and area[0][0]
+    # each period is what its type says (this small world has months and quarters; a financial year if it is whole)
+    assert {"month", "quarter"} <= set(periods) <= {"month", "quarter", "financial_year"}
+    assert all(periods.values())
+
+
+def test_a_value_has_the_precision_its_unit_needs_and_numerator_and_denominator_stay_exact(warehouse):
+    # Hand-worked: 29 of 32 still at home is 90.625%, given as 90.6; 1 of 3 is 33.3; 2 of 3 is 66.7.
+    url, _ = warehouse
+    with psycopg.connect(url) as conn:
+        worst = conn.execute("SELECT max(scale(value)), bool_and(scale(numerator) = 0) FROM marts.bcf_metrics"
+                             ).fetchone()
+        wrong = conn.execute("""SELECT count(*) FROM marts.bcf_metrics m JOIN reference.bcf_metric d USING (metric_code)
+                                WHERE denominator > 0 AND value <> round(numerator / denominator * d.scale, 1)"""
+                                ).fetchone()[0]
+        hand = conn.execute("""SELECT round(29::numeric / 32 * 100, 1), round(1::numeric / 3 * 100, 1),
+                                      round(2::numeric / 3 * 100, 1)""").fetchone()
+    assert worst == (1, True) and wrong == 0
+    assert [str(v) for v in hand] == ["90.6", "33.3", "66.7"]
+
+
+@pytest.mark.parametrize("mart, code", [("admission_reasons", "primary_diagnosis_code"),
+                                        ("delayed_discharges", "left(primary_diagnosis, 3)"),
+                                        ("falls_admissions", "left(primary_diagnosis, 3)")])
+# (marts.care_home_after_hospital joins the titles the same way; this small world sends nobody to a care home)
+def test_each_diagnosis_comes_with_its_who_icd10_title(warehouse, mart, code):
+    url, _ = warehouse
+    titles = {r["code"]: r["title"] for r in _seed("icd10_category")}
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(f"SELECT DISTINCT {code}, primary_diagnosis_description FROM marts.{mart}").fetchall()
+    assert rows
+    for category, description in rows:
+        assert description == titles.get(category), (category, description)
+    assert any(description for _, description in rows)

@@ -24,6 +24,7 @@ select
     (select as_of_date from as_of)::date                                as period_end,
     coalesce(admissions.age_band, 'unknown')::text                      as age_band,
     admissions.primary_diagnosis_code::text                             as primary_diagnosis_code,
+    category.title::text                                                as primary_diagnosis_description,
     chapter.chapter::text                                               as primary_diagnosis_chapter,
     chapter.title::text                                                 as primary_diagnosis_chapter_title,
     admissions.admissions::bigint                                       as admissions,
@@ -33,3 +34,4 @@ select
 from admissions
 left join {{ ref('icd10_chapter') }} as chapter
     on admissions.primary_diagnosis_code between chapter.code_from and chapter.code_to
+left join {{ ref('icd10_category') }} as category on category.code = admissions.primary_diagnosis_code

@@ -38,6 +38,7 @@ select
     (matched.service_start_date - matched.disdate)::integer             as days_after_discharge,
     matched.is_emergency::boolean                                       as was_emergency_admission,
     matched.primary_diagnosis::text                                     as primary_diagnosis,
+    category.title::text                                            as primary_diagnosis_description,
     chapter.chapter::text                                               as primary_diagnosis_chapter,
     matched.length_of_stay::integer                                     as length_of_stay,
     {{ age_band(age_on('person.birth_year', 'person.birth_month', 'matched.service_start_date')) }}::text as age_band,
@@ -48,3 +49,4 @@ join {{ ref('int_secondary_use_id') }} as person_ids on person_ids.transit_id = 
 join {{ ref('int_secondary_use_id') }} as spell_ids on spell_ids.transit_id = matched.spell_key
 left join {{ ref('icd10_chapter') }} as chapter
     on left(matched.primary_diagnosis, 3) between chapter.code_from and chapter.code_to
+left join {{ ref('icd10_category') }} as category on category.code = left(matched.primary_diagnosis, 3)

@@ -23,6 +23,7 @@ select
     spells.sex::text                                                    as sex,
     spells.locality_code::text                                          as locality_code,
     spells.primary_diagnosis::text                                      as primary_diagnosis,
+    category.title::text                                            as primary_diagnosis_description,
     chapter.chapter::text                                               as primary_diagnosis_chapter,
     spells.disdest::text                                                as discharge_destination,
     (known.spell_key is not null)::boolean                              as known_to_social_care
@@ -32,3 +33,4 @@ join {{ ref('int_secondary_use_id') }} as spell_ids on spell_ids.transit_id = sp
 left join known on known.spell_key = spells.spell_key
 left join {{ ref('icd10_chapter') }} as chapter
     on left(spells.primary_diagnosis, 3) between chapter.code_from and chapter.code_to
+left join {{ ref('icd10_category') }} as category on category.code = left(spells.primary_diagnosis, 3)

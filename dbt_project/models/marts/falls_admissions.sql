@@ -35,6 +35,7 @@ select
     falls.sex::text                                                     as sex,
     falls.locality_code::text                                           as locality_code,
     falls.primary_diagnosis::text                                       as primary_diagnosis,
+    category.title::text                                            as primary_diagnosis_description,
     (select min(code) from unnest(falls.other_diagnoses) as code
      join {{ ref('icd10_code_list') }} as fall on fall.code_list = 'fall' and left(code, 3) between fall.code_from and fall.code_to)::text
                                                                         as fall_code,
@@ -47,3 +48,4 @@ join {{ ref('int_secondary_use_id') }} as person_ids on person_ids.transit_id = 
 join {{ ref('int_secondary_use_id') }} as spell_ids on spell_ids.transit_id = falls.spell_key
 left join support on support.spell_key = falls.spell_key
 left join known on known.spell_key = falls.spell_key
+left join {{ ref('icd10_category') }} as category on category.code = left(falls.primary_diagnosis, 3)
