@@ -89,6 +89,9 @@ def test_every_better_care_fund_metric_names_the_contract_definition_it_follows(
 def test_the_single_file_site_carries_the_descriptions(site):
     static = (site / "static_index.html").read_text()
     assert "Contract definition: marts.md, Better Care Fund metrics, `falls_admissions_65`." in static
+    # it opens on the project's own overview, not dbt's welcome page, and lists the board report as an exposure
+    assert "pophealth: the population health warehouse" in static and "marts.locality" in static
+    assert "exposure.pophealth.board_report" in static
 
 
 def test_the_site_is_served_on_loopback_only(site):

@@ -363,7 +363,7 @@ def test_the_emergency_admissions_answer_counts_first_episodes_read_back_from_th
     population_2025 = sum(int(r["population"]) for r in _read(world / "ref_population_2025.csv"))
     assert admissions["2024-12"]["denominator"] == str(population_2024)
     assert admissions["2025-01"]["denominator"] == str(population_2025)
-    assert float(admissions["2024-12"]["value"]) == round(by_month["2024-12"] / population_2024 * 100000, 4)
+    assert float(admissions["2024-12"]["value"]) == round(by_month["2024-12"] / population_2024 * 100000, 1)  # one decimal, as the marts
     for r in metrics:
         if r["geography_level"] != "area" or r["metric_code"] in ("care_home_admissions_65",):
             continue
