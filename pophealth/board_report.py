@@ -42,6 +42,16 @@ COHORT_TITLES = {
     "care_home_after_hospital": "Moving into a care home within 28 days of leaving hospital",
 }
 
+#: Which way is better for each metric: lower for the admissions, readmissions, delayed days and falls;
+#: higher for the share of people still at home after reablement.
+HIGHER_IS_BETTER = {"emergency_admissions": False, "care_home_admissions_65": False,
+                    "reablement_91_days_65": True, "delayed_discharge_days": False,
+                    "falls_admissions_65": False, "emergency_readmissions_30d": False}
+
+#: The plan figures a site supplies (dbt seed bcf_plan): published targets, not person data.
+PLAN_TABLE = "reference.bcf_plan"
+NO_PLAN = "no plan supplied"
+
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
@@ -228,6 +238,83 @@ def _risk_section(conn, charts: dict) -> tuple[str, str | None]:
 def _metric_order(codes: Iterable[str]) -> list[str]:
     codes = set(codes)
     return [c for c in METRIC_ORDER if c in codes] + sorted(codes - set(METRIC_ORDER))
+
+
+def _year_earlier(day: date) -> date:
+    return day.replace(year=day.year - 1) if not (day.month == 2 and day.day == 29) else date(day.year - 1, 2, 28)
+
+
+def direction(code: str, latest: Any, earlier: Any, unit: str | None) -> str:
+    """Better, worse or same, comparing the values as shown (to 1 decimal): a change the page cannot show
+    is no change. Not comparable when either is suppressed or missing."""
+    if latest is None or earlier is None:
+        return "not comparable"
+    shown_latest, shown_earlier = (Decimal(format_value(v, unit).replace(",", "")) for v in (latest, earlier))
+    if shown_latest == shown_earlier:
+        return "same"
+    higher = HIGHER_IS_BETTER.get(code)
+    if higher is None:
+        return "higher" if shown_latest > shown_earlier else "lower"
+    return "better" if (shown_latest > shown_earlier) == higher else "worse"
+
+
+def _plans(conn) -> dict[tuple, Any]:
+    if not _exists(conn, PLAN_TABLE):
+        return {}
+    return {(r["metric_code"], r["geography_code"], r["period_start"], r["period_end"]): r["plan_value"]
+            for r in _fetch(conn, f"SELECT metric_code, geography_code, period_start, period_end, plan_value "
+                                  f"FROM {PLAN_TABLE}")}
+
+
+def _summary_period_type(rows: list[dict]) -> str | None:
+    # The quarter: the BCF plans by quarter and a month on its own is noisy; else the month, else the year.
+    types = {r["period_type"] for r in rows}
+    return next((t for t in ("quarter", "month", "financial_year") if t in types), None)
+
+
+def _summary_section(rows: list[dict], plans: dict[tuple, Any]) -> str:
+    """At a glance: each metric's latest final period for the area, the same period a year earlier, which
+    way it moved (knowing which way is good) and the plan figure where the site supplied one."""
+    parts = ['<section id="summary"><h2>At a glance</h2>']
+    area = [r for r in rows if r["geography_level"] == "area" and r["is_final"]]
+    if not area:
+        return "".join(parts + [_missing("reporting.bcf_metrics", "No final figures for the area yet."),
+                                "</section>"])
+    by_metric: dict[str, list[dict]] = defaultdict(list)
+    for r in area:
+        by_metric[r["metric_code"]].append(r)
+    body = []
+    for code in _metric_order(by_metric):
+        metric = by_metric[code]
+        period_type = _summary_period_type(metric)
+        of_type = [r for r in metric if r["period_type"] == period_type]
+        latest = max(of_type, key=lambda r: (r["period_start"], r["period_end"]))
+        unit = latest["unit"]
+        earlier = next((r for r in of_type if r["period_start"] == _year_earlier(latest["period_start"])
+                        and r["period_end"] == _year_earlier(latest["period_end"])), None)
+        moved = direction(code, latest["value"], earlier["value"] if earlier else None, unit)
+        plan = plans.get((code, latest["geography_code"], latest["period_start"], latest["period_end"]))
+        good = {True: "higher is better", False: "lower is better"}.get(HIGHER_IS_BETTER.get(code), "")
+        row = (f'<tr data-metric="{esc(code)}" data-direction="{esc(moved)}">'
+               f'<th scope="row">{esc(latest["metric_name"])}<br><span class="note">{esc(good)}</span></th>'
+               f"<td>{esc(period_label(period_type, latest['period_start'], latest['period_end']))}</td>"
+               + _number_cell(format_value(latest["value"], unit), latest["value"] is None))
+        if earlier:
+            row += (f"<td>{esc(period_label(period_type, earlier['period_start'], earlier['period_end']))}</td>"
+                    + _number_cell(format_value(earlier["value"], unit), earlier["value"] is None))
+        else:
+            row += '<td class="none">no figure a year earlier</td><td class="num none">–</td>'
+        row += f'<td class="direction {esc(moved.replace(" ", "-"))}">{esc(moved.capitalize())}</td>'
+        row += (_number_cell(format_value(plan, unit), False) if plan is not None
+                else f'<td class="none">{esc(NO_PLAN)}</td>')
+        body.append(row + f"<td>{esc(unit)}</td></tr>")
+    parts.append("<p>The area's latest final period of each Better Care Fund metric against the same period a "
+                 "year earlier (provisional periods are left out), and the plan figure where one was supplied.</p>")
+    parts.append(_table("table-summary", "The six metrics at a glance",
+                        ("Metric", "Latest final period", "Value", "A year earlier", "Value", "Direction",
+                         "Plan", "Unit"), body))
+    parts.append("</section>")
+    return "".join(parts)
 
 
 def _periods_not_computed(conn) -> str:
@@ -536,6 +623,7 @@ td.code { font-family: ui-monospace, Menlo, Consolas, monospace; }
 .bands table { width: 100%; }
 .chart svg { max-width: 100%; height: auto; font-size: 12px; }
 .chart .axis-label, .chart .legend-item { fill: #4c6272; }
+td.direction.better { color: #007f3b; font-weight: 600; } td.direction.worse { color: #d5281b; font-weight: 600; }
 .missing { background: #fff4e5; padding: 0.5rem 0.8rem; border-left: 4px solid #ffb81c; }
 @media print { h2 { break-before: page; } .chart svg { max-width: 100%; } }
 """
@@ -686,6 +774,16 @@ SCRIPT = r"""
 """
 
 
+def _summary(conn) -> str:
+    table = "reporting.bcf_metrics"
+    if not _exists(conn, table):
+        return _missing(table, f"{table} has not been built yet: no summary.")
+    rows = _fetch(conn, f"""SELECT metric_code, metric_name, unit, period_type, period_start, period_end,
+                                   geography_level, geography_code, value, is_final
+                            FROM {table} WHERE geography_level = 'area'""")
+    return _summary_section(rows, _plans(conn))
+
+
 def _json_for_script(data: Any) -> str:
     # Inside <script> only "</" can end the block early; escaping <, > and & keeps any text inert.
     text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
@@ -696,7 +794,7 @@ def render_board_report(conn) -> str:
     """The board report as one HTML page, from `reporting` only."""
     charts: dict[str, dict] = {}
     risk, as_of = _risk_section(conn, charts)
-    sections = [risk, _bcf_section(conn, charts), _cohort_section(conn), _admission_reasons_section(conn)]
+    sections = [_summary(conn), risk, _bcf_section(conn, charts), _cohort_section(conn), _admission_reasons_section(conn)]
     generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     subtitle = f"Risk as at {as_of}. " if as_of else ""
     return f"""<!DOCTYPE html>
@@ -715,6 +813,7 @@ def render_board_report(conn) -> str:
 &ldquo;{esc(SUPPRESSED)}&rdquo; in the tables and &ldquo;*&rdquo; in the charts, and so do rates computed from
 them. Every other count is rounded to the nearest 5. Zero is shown as 0.</p>
 <nav><ul>
+<li><a href="#summary">At a glance</a></li>
 <li><a href="#risk">Who is at risk of a crisis</a></li>
 <li><a href="#bcf">Better Care Fund metrics</a></li>
 <li><a href="#cohorts">The cohorts partners asked about</a></li>

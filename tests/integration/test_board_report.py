@@ -77,6 +77,13 @@ CREATE TABLE reporting.admission_reasons (
     primary_diagnosis_chapter text, admissions bigint, is_suppressed boolean, rank_in_age_band int);
 CREATE TABLE reporting.period_coverage (
     period_type text, period_start date, period_end date, is_computed boolean, reason_not_computed text);
+CREATE SCHEMA IF NOT EXISTS reference;
+CREATE TABLE reference.bcf_plan (
+    metric_code text, geography_code text, period_start date, period_end date, plan_value numeric);
+-- The site planned emergency admissions for Jul-Sep 2025 only; for the other metrics: no plan supplied.
+INSERT INTO reference.bcf_plan VALUES
+    ('emergency_admissions', 'E10000012', '2025-07-01', '2025-09-30', 650.04),
+    ('emergency_admissions', 'E06000034', '2025-07-01', '2025-09-30', 1.0);
 -- March 2025 is not computed (a trust sent no file for it): the report says so, with why.
 INSERT INTO reporting.period_coverage VALUES
     ('month', '2025-02-01', '2025-02-28', true, null),
@@ -85,6 +92,17 @@ INSERT INTO reporting.period_coverage VALUES
     ('quarter', '2025-01-01', '2025-03-31', false,
      'not wholly covered: hospital data from RDE covers 2024-04-01 to 2025-02-28 and 2025-04-01 to 2025-09-30');
 """
+
+# The area's quarter a year before its latest final one, chosen so each direction shows (the area's latest
+# final quarter is Jul-Sep 2025 at 684.21, reablement's 12.25; readmissions' is Apr-Jun 2025 at 999.99).
+YEAR_EARLIER = {
+    "emergency_admissions": ("2024-07-01", "2024-09-30", Decimal("700.00")),     # 684.2 < 700.0, lower is better
+    "care_home_admissions_65": ("2024-07-01", "2024-09-30", Decimal("684.24")),  # shown 684.2 both: same
+    "reablement_91_days_65": ("2024-07-01", "2024-09-30", Decimal("20.00")),     # 12.3 < 20.0, higher is better
+    "delayed_discharge_days": ("2024-07-01", "2024-09-30", Decimal("600.00")),   # 684.2 > 600.0: worse
+    "falls_admissions_65": ("2024-07-01", "2024-09-30", None),                   # suppressed: not comparable
+    "emergency_readmissions_30d": ("2024-04-01", "2024-06-30", Decimal("1000.50")),  # 999.99 < 1,000.5
+}
 
 TIERS = (("very_high", 1), ("high", 2), ("moderate", 3), ("low", 4))
 
@@ -138,6 +156,10 @@ def bcf_rows():
             population = 180000 if (code, place) == ("emergency_admissions", THURROCK) else 181000
             rows.append((code, name, unit, "financial_year", "2024-04-01", "2025-03-31", *place, 4520 + p, population,
                          Decimal("2497.24"), False))
+    for code, (start, end, value) in YEAR_EARLIER.items():
+        name, unit, _places = METRICS[code]
+        rows.append((code, name, unit, "quarter", start, end, *AREA, None if value is None else 1000, 150000, value,
+                     value is None))
     for row in rows:
         final_on = PROVISIONAL.get((row[0], row[3], row[4]))
         final.append((*row, final_on is None, final_on or row[5]))
@@ -330,8 +352,38 @@ def test_the_report_reads_only_the_reporting_schema():
     source = (REPO / "pophealth" / "board_report.py").read_text()
     qualified = re.findall(r"\b(marts|raw|audit|staging|intermediate)\.(?!md\b)\w+", source)
     assert qualified == []
+    # And the plan figures, published targets from a seed.
+    assert set(re.findall(r"\breference\.(\w+)", source)) == {"bcf_plan"}
     assert set(re.findall(r"\breporting\.(\w+)", source)) == {
         "risk_pyramid", "bcf_metrics", "cohort_summary", "admission_reasons", "period_coverage"}
+
+
+def test_the_summary_compares_each_metric_with_a_year_earlier_and_the_plan(report):
+    dom = report["dom"]
+    assert dom.find_all("section")[0].attrs["id"] == "summary"  # at the top
+    rows = {r.attrs["data-metric"]: cells(r) for r in body_rows(dom.by_id("table-summary"))}
+    assert list(rows) == list(METRICS)
+    assert rows["emergency_admissions"][1:7] == ["Jul–Sep 2025", "684.2", "Jul–Sep 2024", "700.0", "Better",
+                                                 "650.0"]
+    assert rows["emergency_admissions"][0] == "Emergency admissionslower is better"
+    assert rows["care_home_admissions_65"][5:7] == ["Same", "no plan supplied"]
+    assert rows["reablement_91_days_65"][1:6] == ["Jul–Sep 2025", "12.3", "Jul–Sep 2024", "20.0", "Worse"]
+    assert rows["delayed_discharge_days"][5] == "Worse"
+    assert rows["falls_admissions_65"][3:6] == ["Jul–Sep 2024", SUPPRESSED, "Not comparable"]
+    # Readmissions' Jul-Sep 2025 is provisional: the summary's latest final quarter is Apr-Jun.
+    assert rows["emergency_readmissions_30d"][1:6] == ["Apr–Jun 2025", "1,000.0", "Apr–Jun 2024", "1,000.5",
+                                                       "Better"]
+
+
+@pytest.mark.parametrize(("code", "latest", "earlier", "expected"), [
+    ("emergency_admissions", "10.04", "10.0", "same"),    # equal as shown to 1 decimal
+    ("emergency_admissions", "10.05", "10.0", "worse"),   # 10.1 > 10.0 and lower is better
+    ("reablement_91_days_65", "80.0", "79.9", "better"),
+    ("falls_admissions_65", "5", None, "not comparable"),
+])
+def test_direction_knows_which_way_is_good(code, latest, earlier, expected):
+    from pophealth.board_report import direction
+    assert direction(code, latest and Decimal(latest), earlier and Decimal(earlier), "percent") == expected
 
 
 def test_the_periods_not_computed_are_listed_with_why(report):
