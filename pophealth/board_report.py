@@ -26,6 +26,7 @@ from typing import Any
 from psycopg.rows import dict_row
 
 from pophealth import db
+from pophealth.intervals import POISSON_METHOD, interval, scale_of
 
 #: What a reader sees in place of a suppressed count (and of a rate computed from one).
 SUPPRESSED = "suppressed (1–7)"
@@ -60,6 +61,22 @@ MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", 
 
 def esc(value: Any) -> str:
     return html.escape("" if value is None else str(value), quote=True)
+
+
+def unit_text(unit: str | None) -> str | None:
+    """The unit as a reader writes it: `per 100,000`, never `per 100000`."""
+    if unit is None:
+        return None
+    return re.sub(r"\b(\d{4,})\b", lambda m: f"{int(m.group(1)):,}", unit)
+
+
+def unit_in(unit: str | None, period_type: str) -> str:
+    """A rate's label for one period: a quarter's or a month's rate is not annualised, and says so."""
+    text = unit_text(unit) or ""
+    if period_type in ("quarter", "month") and (scale_of(unit) or ("", 0))[0] == "rate":
+        word = "quarter" if period_type == "quarter" else "month"
+        return f"{text} in the {word} (not annualised)"
+    return text
 
 
 def is_rate(unit: str | None) -> bool:
@@ -136,13 +153,14 @@ def _count_cell(value: Any, suppressed: bool) -> str:
     return _number_cell(format_count(value), suppressed or value is None)
 
 
-def _table(table_id: str, caption: str, head: Iterable[str] | str, body: list[str]) -> str:
+def _table(table_id: str, caption: str, head: Iterable[str] | str, body: list[str], cls: str = "") -> str:
     """A table; `head` is the column names, or the <thead> rows already written when they need two levels."""
     if isinstance(head, str):
         header = head
     else:
         header = "<tr>" + "".join(f'<th scope="col">{esc(h)}</th>' for h in head) + "</tr>"
-    return (f'<table id="{esc(table_id)}"><caption>{esc(caption)}</caption>'
+    klass = f' class="{esc(cls)}"' if cls else ""
+    return (f'<table id="{esc(table_id)}"{klass}><caption>{esc(caption)}</caption>'
             f"<thead>{header}</thead><tbody>{''.join(body)}</tbody></table>")
 
 
@@ -343,6 +361,8 @@ def _bcf_section(conn, charts: dict) -> str:
                                    geography_level, geography_code, geography_name, numerator, denominator,
                                    value, is_suppressed, is_final, final_on
                             FROM {table} ORDER BY metric_code, period_start, geography_code""")
+    for r in rows:
+        r["unit"] = unit_text(r["unit"])
     parts.append(_periods_not_computed(conn))
     if not rows:
         return "".join(parts + [_missing(table, f"{table} has no rows yet."), "</section>"])
@@ -369,10 +389,11 @@ def _bcf_section(conn, charts: dict) -> str:
         parts.append(f'<article class="metric" id="metric-{esc(code)}"><h3>{esc(name)}</h3>'
                      f'<p class="unit">Unit: {esc(unit)}</p>')
 
-        # The monthly trend: one line for the area and one for each locality.
+        # The monthly trend of the area alone: the councils have their own pages and the places are compared
+        # in the ranked dot plot below, where their intervals show (13 lines on one chart could not be read).
         months = [r for r in metric if r["period_type"] == "month"]
-        if councils:  # several councils: the area and each council on the chart; localities in the tables
-            months = [r for r in months if r["geography_level"] in ("area", "local_authority")]
+        area_months = [r for r in months if r["geography_level"] == "area"]
+        months = area_months or [r for r in months if r["geography_code"] == min(x["geography_code"] for x in months)]
         if months:
             periods = sorted({r["period_start"] for r in months})
             series: dict[str, dict] = {}
@@ -387,13 +408,17 @@ def _bcf_section(conn, charts: dict) -> str:
             for line in series.values():
                 line["points"].sort(key=lambda p: p["period"])
             key = f"bcf-{code}"
-            charts[key] = {"kind": "lines", "id": f"chart-{key}", "title": f"{name}, by month", "unit": unit,
-                           "decimals": 1 if is_rate(unit) else 0,
+            charts[key] = {"kind": "lines", "id": f"chart-{key}", "title": f"{name}, by month",
+                           "unit": unit_in(unit, "month"), "decimals": 1 if is_rate(unit) else 0,
                            "periods": [{"period": p.isoformat(), "label": month_label(p)} for p in periods],
                            "series": list(series.values())}
             parts.append(f'<div class="chart" data-chart="{esc(key)}" aria-label="{esc(name)} by month"></div>')
+            parts.append(_not_drawn(f"not-drawn-{key}", [
+                f"{line['name']}, {month_label(date.fromisoformat(p['period']))}"
+                for line in series.values() for p in line["points"] if p["suppressed"]]))
         else:
             parts.append('<p class="missing">No monthly figures for this metric.</p>')
+        parts.append(_dot_plot(code, name, unit, metric, charts))
 
         # The latest quarter and the latest financial year, by geography.
         columns = []
@@ -407,10 +432,12 @@ def _bcf_section(conn, charts: dict) -> str:
         if columns:
             places = sorted({code_: r for _label, latest in columns for code_, r in latest.items()}.values(),
                             key=geography_key)
-            sub_head = f'<th scope="col">Numerator</th><th scope="col">Denominator</th><th scope="col">{esc(unit)}</th>'
             head = ('<tr><th scope="col" rowspan="2">Geography</th>'
                     + "".join(f'<th scope="colgroup" colspan="3">{esc(label)}</th>' for label, _l in columns)
-                    + "</tr><tr>" + sub_head * len(columns) + "</tr>")
+                    + "</tr><tr>" + "".join(
+                        '<th scope="col">Numerator</th><th scope="col">Denominator</th>'
+                        f'<th scope="col">{esc(unit_in(unit, next(iter(latest.values()))["period_type"]))}</th>'
+                        for _label, latest in columns) + "</tr>")
             body = []
             for place in places:
                 cells = f'<tr data-geography="{esc(place["geography_code"])}"><th scope="row">' \
@@ -431,6 +458,58 @@ def _bcf_section(conn, charts: dict) -> str:
                                                 and r["geography_level"] == "local_authority"]))
     parts.append("</section>")
     return "".join(parts)
+
+
+def _not_drawn(element_id: str, items: list[str]) -> str:
+    """What a chart leaves out because it is suppressed, listed under it: a mark inside the plot would read
+    as a value."""
+    if not items:
+        return ""
+    return (f'<div class="not-drawn" id="{esc(element_id)}"><p>Not drawn, {esc(SUPPRESSED)}:</p><ul>'
+            + "".join(f"<li>{esc(item)}</li>" for item in items) + "</ul></div>")
+
+
+def _dot_plot(code: str, name: str, unit: str | None, metric: list[dict], charts: dict) -> str:
+    """The councils and localities in the latest final quarter, ranked, each with its 95% interval from the
+    published counts, against the area's value; the suppressed ones listed below, not drawn."""
+    quarters = [r for r in metric if r["period_type"] == "quarter"]
+    if not quarters:
+        return ""
+    start = max(r["period_start"] for r in quarters)
+    latest = [r for r in quarters if r["period_start"] == start]
+    places = [r for r in latest if r["geography_level"] != "area"]
+    if not places:
+        return ""
+    area = next((r for r in latest if r["geography_level"] == "area" and r["value"] is not None), None)
+    drawn, suppressed = [], []
+    for r in places:
+        if r["is_suppressed"] or r["value"] is None:
+            suppressed.append(r["geography_name"] or r["geography_code"])
+            continue
+        bounds = interval(r["numerator"], r["denominator"], unit)
+        drawn.append({"code": r["geography_code"], "name": r["geography_name"], "level": r["geography_level"],
+                      "value": _json_number(r["value"]), "display": format_value(r["value"], unit),
+                      "low": None if bounds is None else bounds[0], "high": None if bounds is None else bounds[1],
+                      "interval": "" if bounds is None else
+                      f"95% interval {format_value(bounds[0], unit)} to {format_value(bounds[1], unit)}"})
+    drawn.sort(key=lambda d: (-d["value"], d["name"] or ""))
+    label = period_label("quarter", start, latest[0]["period_end"])
+    key = f"dots-{code}"
+    method = "Wilson" if (scale_of(unit) or ("",))[0] == "percent" else POISSON_METHOD
+    charts[key] = {"kind": "dots", "id": f"chart-{key}", "title": f"{name}, {label}, by place",
+                   "unit": unit_in(unit, "quarter"), "decimals": 1 if is_rate(unit) else 0, "rows": drawn,
+                   "area": None if area is None else {"name": area["geography_name"],
+                                                      "value": _json_number(area["value"]),
+                                                      "display": format_value(area["value"], unit)}}
+    html_parts = [f'<h4>{esc(label)}, by place, highest first</h4>'
+                  f'<p class="note">Each dot is a place\'s value; the line across it its 95% interval ({esc(method)}, '
+                  "from the published counts): where two places' intervals overlap, the difference between them "
+                  "may be chance.</p>"] if drawn else []
+    if drawn:
+        html_parts.append(f'<div class="chart" data-chart="{esc(key)}" aria-label="{esc(name)}, {esc(label)}, '
+                          'by place"></div>')
+    html_parts.append(_not_drawn(f"not-drawn-{key}", suppressed))
+    return "".join(html_parts)
 
 
 def _provisional_note(provisional: list[dict]) -> str:
@@ -499,7 +578,7 @@ def _council_page(code: str, name: str, rows: list[dict]) -> str:
             r = max(of_type, key=lambda x: x["period_start"])
             cells += f"<td>{esc(period_label(period_type, r['period_start'], r['period_end']))}</td>"
             cells += _number_cell(format_value(r["value"], unit), r["is_suppressed"] or r["value"] is None)
-        body.append(cells + f"<td>{esc(unit)}</td></tr>")
+        body.append(cells + f"<td>{esc(unit_text(unit))}</td></tr>")
     return (f'<section class="council" id="council-{esc(code)}"><h3>{esc(name)} ({esc(code)})</h3>'
             "<p>The council's Better Care Fund metrics over its own area (its residents; its own social care "
             "events), for its Health and Wellbeing Board.</p>"
@@ -566,7 +645,7 @@ def _cohort_section(conn) -> str:
         title = COHORT_TITLES.get(cohort, cohort.replace("_", " ").capitalize())
         parts.append(f"<h3>{esc(title)}</h3>")
         parts.append(_table(f"table-cohort-{cohort}", title,
-                            ["Period", "Measure"] + [p["geography_name"] for p in places], body))
+                            ["Period", "Measure"] + [p["geography_name"] for p in places], body, cls="cohort"))
     parts.append("</section>")
     return "".join(parts)
 
@@ -624,8 +703,17 @@ td.code { font-family: ui-monospace, Menlo, Consolas, monospace; }
 .chart svg { max-width: 100%; height: auto; font-size: 12px; }
 .chart .axis-label, .chart .legend-item { fill: #4c6272; }
 td.direction.better { color: #007f3b; font-weight: 600; } td.direction.worse { color: #d5281b; font-weight: 600; }
+.marking { text-align: center; font-weight: 700; letter-spacing: 0.08em; color: #1b1b1b; padding: 0.2rem;
+           border: 2px solid #1b1b1b; margin: 0.4rem 0; }
+.banner.synthetic { background: #ffeb3b; color: #1b1b1b; border: 3px solid #1b1b1b; padding: 0.6rem 1rem;
+                    font-weight: 700; font-size: 1.1rem; margin: 0.6rem 0; }
+.not-drawn { font-size: 0.92rem; color: #4c6272; } .not-drawn ul { columns: 1; margin-top: 0; }
+table { max-width: 100%; } th, td { overflow-wrap: anywhere; }
+table.cohort { table-layout: fixed; width: 100%; } table.cohort th, table.cohort td { padding: 0.3rem 0.3rem; }
 .missing { background: #fff4e5; padding: 0.5rem 0.8rem; border-left: 4px solid #ffb81c; }
-@media print { h2 { break-before: page; } .chart svg { max-width: 100%; } }
+@media print { h2 { break-before: page; } .chart svg { max-width: 100%; }
+               /* fixed: Chromium repeats it on every printed page */
+               .marking.top { position: fixed; top: 0; left: 0; right: 0; background: #fff; } }
 """
 
 # The renderer: reads the JSON block and draws each `.chart` holder as SVG. All text goes in with
@@ -653,6 +741,20 @@ SCRIPT = r"""
 
   function formatTick(value, decimals) {
     return value.toLocaleString("en-GB", {minimumFractionDigits: decimals, maximumFractionDigits: decimals});
+  }
+
+  // An axis fitted to the data (not from 0): the values' range, padded, in round steps. A flat series
+  // gets a band around its value, never 0 to 1 with every point on the floor.
+  function fitted(values) {
+    if (!values.length) { return {min: 0, max: 1, step: 0.25}; }
+    var high = Math.max.apply(null, values), low = Math.min.apply(null, values);
+    var pad = high > low ? (high - low) * 0.1 : Math.max(Math.abs(high) * 0.1, 0.1);
+    high += pad; low = low - pad;
+    if (Math.min.apply(null, values) >= 0 && low < 0) { low = 0; }
+    var step = Math.pow(10, Math.floor(Math.log10((high - low) / 4)));
+    var tickStep = [1, 2, 2.5, 5, 10].map(function (m) { return m * step; })
+      .filter(function (s) { return (high - low) / s <= 5; })[0];
+    return {min: Math.floor(low / tickStep) * tickStep, max: Math.ceil(high / tickStep) * tickStep, step: tickStep};
   }
 
   // A pyramid of equal-height bands, narrow at the top. The band widths follow the tiers' places, not
@@ -693,12 +795,8 @@ SCRIPT = r"""
     chart.series.forEach(function (s) {
       s.points.forEach(function (p) { if (p.value !== null) { values.push(p.value); } });
     });
-    var high = Math.max.apply(null, values.concat([0])), low = Math.min.apply(null, values.concat([0]));
-    if (high === low) { high = low + 1; }
-    var step = Math.pow(10, Math.floor(Math.log10((high - low) / 4)));
-    var tickStep = [1, 2, 2.5, 5, 10].map(function (m) { return m * step; })
-      .filter(function (s) { return (high - low) / s <= 5; })[0];
-    var yMin = Math.floor(low / tickStep) * tickStep, yMax = Math.ceil(high / tickStep) * tickStep;
+    var scale = fitted(values);
+    var tickStep = scale.step, yMin = scale.min, yMax = scale.max;
     function x(i) { return left + (chart.periods.length < 2 ? plotW / 2 : plotW * i / (chart.periods.length - 1)); }
     function y(v) { return topMargin + plotH - plotH * (v - yMin) / (yMax - yMin); }
 
@@ -735,16 +833,10 @@ SCRIPT = r"""
       g.appendChild(el("path", {d: path.trim(), fill: "none", stroke: colour,
                                 "stroke-width": s.level === "area" ? 3 : 1.8}));
       s.points.forEach(function (p) {
-        var mark;
-        if (p.value === null) {
-          mark = el("text", {"class": "point", "data-period": p.period, "data-value": "", "data-suppressed": "true",
-                             x: x(index[p.period]), y: topMargin + 10 + 12 * n, "text-anchor": "middle",
-                             fill: colour}, "*");
-        } else {
-          mark = el("circle", {"class": "point", "data-period": p.period, "data-value": p.value,
-                               "data-suppressed": "false", cx: x(index[p.period]), cy: y(p.value), r: 3.5,
-                               fill: colour});
-        }
+        if (p.value === null) { return; }  // suppressed: a gap in the line, listed under the chart
+        var mark = el("circle", {"class": "point", "data-period": p.period, "data-value": p.value,
+                                 "data-suppressed": "false", cx: x(index[p.period]), cy: y(p.value), r: 3.5,
+                                 fill: colour});
         mark.appendChild(el("title", {}, s.name + ", " + chart.periods[index[p.period]].label + ": " + p.display));
         g.appendChild(mark);
       });
@@ -756,15 +848,61 @@ SCRIPT = r"""
       item.appendChild(el("text", {"class": "legend-item", x: left + plotW + 50, y: legendY + 4}, s.name));
       svg.appendChild(item);
     });
-    var anySuppressed = chart.series.some(function (s) { return s.points.some(function (p) { return p.suppressed; }); });
-    if (anySuppressed) {
-      svg.appendChild(el("text", {"class": "axis-label", x: left + plotW + 20,
-                                  y: topMargin + 20 + chart.series.length * 20}, "* suppressed (1–7)"));
-    }
     holder.appendChild(svg);
   }
 
-  var drawers = {pyramid: drawPyramid, lines: drawLines};
+  // The places ranked, one row each: a dot at the value, a line across its 95% interval, and the area's
+  // value as a dashed reference line. The axis fits the intervals.
+  function drawDots(holder, chart) {
+    var rowHeight = 26, left = 250, right = 150, topMargin = 24, bottomMargin = 46, width = 900;
+    var plotW = width - left - right, height = topMargin + bottomMargin + rowHeight * chart.rows.length;
+    var values = [];
+    chart.rows.forEach(function (r) {
+      values.push(r.value);
+      if (r.low !== null) { values.push(r.low, r.high); }
+    });
+    if (chart.area) { values.push(chart.area.value); }
+    var scale = fitted(values);
+    function x(v) { return left + plotW * (v - scale.min) / (scale.max - scale.min); }
+    var svg = svgFor(chart, width, height);
+    svg.setAttribute("class", "dots");
+    svg.setAttribute("data-rows", chart.rows.length);
+    var axes = el("g", {"class": "axes"}), bottom = topMargin + rowHeight * chart.rows.length;
+    for (var t = scale.min; t <= scale.max + scale.step / 2; t += scale.step) {
+      axes.appendChild(el("line", {x1: x(t), x2: x(t), y1: topMargin - 6, y2: bottom, stroke: "#e8edee"}));
+      axes.appendChild(el("text", {"class": "axis-label", x: x(t), y: bottom + 16, "text-anchor": "middle"},
+                          formatTick(t, scale.step < 1 ? chart.decimals : 0)));
+    }
+    axes.appendChild(el("text", {"class": "axis-label", x: left + plotW / 2, y: bottom + 36, "text-anchor": "middle"},
+                        chart.unit));
+    svg.appendChild(axes);
+    if (chart.area) {
+      var ref = el("g", {"class": "area-reference", "data-value": chart.area.value});
+      ref.appendChild(el("line", {x1: x(chart.area.value), x2: x(chart.area.value), y1: topMargin - 8, y2: bottom,
+                                  stroke: "#1b1b1b", "stroke-dasharray": "4 3"}));
+      ref.appendChild(el("text", {"class": "axis-label", x: x(chart.area.value), y: topMargin - 12,
+                                  "text-anchor": "middle"}, chart.area.name + " " + chart.area.display));
+      svg.appendChild(ref);
+    }
+    chart.rows.forEach(function (r, i) {
+      var y = topMargin + rowHeight * i + rowHeight / 2;
+      var g = el("g", {"class": "place", "data-geography": r.code, "data-level": r.level, "data-value": r.value,
+                       "data-low": r.low === null ? "" : r.low, "data-high": r.high === null ? "" : r.high});
+      g.appendChild(el("text", {"class": "place-name", x: left - 10, y: y + 4, "text-anchor": "end"}, r.name));
+      if (r.low !== null) {
+        g.appendChild(el("line", {"class": "interval", x1: x(r.low), x2: x(r.high), y1: y, y2: y,
+                                  stroke: "#005eb8", "stroke-width": 2}));
+      }
+      var dot = el("circle", {"class": "dot", cx: x(r.value), cy: y, r: 5, fill: "#005eb8"});
+      dot.appendChild(el("title", {}, r.name + ": " + r.display + (r.interval ? " (" + r.interval + ")" : "")));
+      g.appendChild(dot);
+      g.appendChild(el("text", {"class": "value-label", x: left + plotW + 12, y: y + 4}, r.display));
+      svg.appendChild(g);
+    });
+    holder.appendChild(svg);
+  }
+
+  var drawers = {pyramid: drawPyramid, lines: drawLines, dots: drawDots};
   Array.prototype.forEach.call(document.querySelectorAll(".chart[data-chart]"), function (holder) {
     var chart = charts[holder.getAttribute("data-chart")];
     if (chart && drawers[chart.kind]) { drawers[chart.kind](holder, chart); }
@@ -781,6 +919,8 @@ def _summary(conn) -> str:
     rows = _fetch(conn, f"""SELECT metric_code, metric_name, unit, period_type, period_start, period_end,
                                    geography_level, geography_code, value, is_final
                             FROM {table} WHERE geography_level = 'area'""")
+    for r in rows:
+        r["unit"] = unit_text(r["unit"])
     return _summary_section(rows, _plans(conn))
 
 
@@ -790,13 +930,21 @@ def _json_for_script(data: Any) -> str:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def render_board_report(conn) -> str:
-    """The board report as one HTML page, from `reporting` only."""
+#: The government security classification the page carries, top and bottom (and on every printed page).
+MARKING = "OFFICIAL-SENSITIVE"
+SYNTHETIC_BANNER = ("Synthetic data: these figures describe a generated population, not real people. "
+                    "Do not use them for decisions.")
+
+
+def render_board_report(conn, synthetic: bool = False) -> str:
+    """The board report as one HTML page, from `reporting` only; `synthetic` puts the synthetic-data banner on it."""
     charts: dict[str, dict] = {}
     risk, as_of = _risk_section(conn, charts)
     sections = [_summary(conn), risk, _bcf_section(conn, charts), _cohort_section(conn), _admission_reasons_section(conn)]
     generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     subtitle = f"Risk as at {as_of}. " if as_of else ""
+    banner = (f'<div class="banner synthetic" id="synthetic-banner" role="note">{esc(SYNTHETIC_BANNER)}</div>\n'
+              if synthetic else "")
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -806,7 +954,8 @@ def render_board_report(conn) -> str:
 <style>{STYLE}</style>
 </head>
 <body>
-<header>
+<div class="marking top" id="marking-top">{MARKING}</div>
+{banner}<header>
 <h1>Population health board report</h1>
 <p class="lede">{esc(subtitle)}Generated {esc(generated)} from the reporting tables.</p>
 <p class="note">Counts of 1 to 7 people are not shown, to protect the people behind them: they read
@@ -823,7 +972,7 @@ them. Every other count is rounded to the nearest 5. Zero is shown as 0.</p>
 <main>
 {chr(10).join(sections)}
 </main>
-<footer><p class="note">Source: the reporting schema of the pophealth warehouse (aggregates with disclosure
+<footer><div class="marking" id="marking-bottom">{MARKING}</div><p class="note">Source: the reporting schema of the pophealth warehouse (aggregates with disclosure
 control). The charts are drawn by this page itself; no file is fetched from anywhere.</p></footer>
 <script type="application/json" id="report-data">{_json_for_script({"charts": charts})}</script>
 <script>{SCRIPT}</script>
@@ -832,12 +981,15 @@ control). The charts are drawn by this page itself; no file is fetched from anyw
 """
 
 
-def write_board_report(path: Path) -> dict:
-    """Render the report from the warehouse's `reporting` schema into `path`; a summary of what it holds."""
+def write_board_report(path: Path, synthetic: bool | None = None) -> dict:
+    """Render the report from the warehouse's `reporting` schema into `path`; a summary of what it holds.
+    `synthetic` None: the data are synthetic when the demo loaded this warehouse (`synthetic_marker`)."""
     path = Path(path)
+    if synthetic is None:
+        synthetic = synthetic_marker().exists()
     with db.connect() as conn:
         conn.read_only = True  # the report only ever reads
-        page = render_board_report(conn)
+        page = render_board_report(conn, synthetic=synthetic)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page, encoding="utf-8")
     return {
@@ -845,4 +997,13 @@ def write_board_report(path: Path) -> dict:
         "charts": page.count('class="chart" data-chart='),
         "tables": page.count("<table "),
         "missing": re.findall(r'data-missing="([^"]+)"', page),
+        "synthetic": synthetic,
     }
+
+
+def synthetic_marker() -> Path:
+    """The file `pophealth run` leaves when it loads the generated demo world (and removes when it loads real
+    extracts): how a later `pophealth board-report` knows the warehouse's data are synthetic."""
+    from pophealth import config
+
+    return config.paths().home / "reports" / "DATA_ARE_SYNTHETIC"

@@ -47,7 +47,8 @@ METRICS = {
     "care_home_admissions_65": ("Permanent admissions to care homes, 65+", "per 100,000", BCF_PLACES),
     "reablement_91_days_65": ("At home 91 days after reablement, 65+", "percent", BCF_PLACES),
     "delayed_discharge_days": ("Delayed discharge days", "delayed days per day per 100,000", (AREA,)),
-    "falls_admissions_65": ("Emergency admissions after a fall, 65+", "per 100,000", BCF_PLACES),
+    # As the seed writes it: the page says "per 100,000".
+    "falls_admissions_65": ("Emergency admissions after a fall, 65+", "per 100000 population aged 65+", BCF_PLACES),
     "emergency_readmissions_30d": ("Emergency readmissions within 30 days", "percent", BCF_PLACES),
 }
 # Readmissions' September and July-September have follow-up past the as-of date (30 September): provisional.
@@ -55,6 +56,8 @@ PROVISIONAL = {("emergency_readmissions_30d", "month", "2025-09-01"): "2025-10-2
                ("emergency_readmissions_30d", "quarter", "2025-07-01"): "2025-10-29"}
 SUPPRESSED_MONTH = ("emergency_readmissions_30d", COLCHESTER[1], "2025-07-01")
 ZERO_MONTH = ("care_home_admissions_65", COLCHESTER[1], "2025-08-01")
+# The area's own May falls are suppressed: a gap in its trend line, listed under the chart.
+SUPPRESSED_AREA_MONTH = ("falls_admissions_65", AREA[1], "2025-05-01")
 
 # The 65-74 band's twelve codes by rank; only the first ten are reported.
 TOP_65_74 = ["J18", "I50", "J44", "N39", "R07", "S72", "I48", "R06", "E87", "K92", "A41", "R55"]
@@ -94,11 +97,11 @@ INSERT INTO reporting.period_coverage VALUES
 """
 
 # The area's quarter a year before its latest final one, chosen so each direction shows (the area's latest
-# final quarter is Jul-Sep 2025 at 684.21, reablement's 12.25; readmissions' is Apr-Jun 2025 at 999.99).
+# final quarter is Jul-Sep 2025 at 684.21, reablement's 82.25; readmissions' is Apr-Jun 2025 at 999.99).
 YEAR_EARLIER = {
     "emergency_admissions": ("2024-07-01", "2024-09-30", Decimal("700.00")),     # 684.2 < 700.0, lower is better
     "care_home_admissions_65": ("2024-07-01", "2024-09-30", Decimal("684.24")),  # shown 684.2 both: same
-    "reablement_91_days_65": ("2024-07-01", "2024-09-30", Decimal("20.00")),     # 12.3 < 20.0, higher is better
+    "reablement_91_days_65": ("2024-07-01", "2024-09-30", Decimal("90.00")),     # 82.3 < 90.0, higher is better
     "delayed_discharge_days": ("2024-07-01", "2024-09-30", Decimal("600.00")),   # 684.2 > 600.0: worse
     "falls_admissions_65": ("2024-07-01", "2024-09-30", None),                   # suppressed: not comparable
     "emergency_readmissions_30d": ("2024-04-01", "2024-06-30", Decimal("1000.50")),  # 999.99 < 1,000.5
@@ -134,7 +137,7 @@ def bcf_rows():
             for i, (start, end) in enumerate(zip(MONTHS, MONTH_ENDS)):
                 value = month_value(m, p, i)
                 numerator, suppressed = 100 + i, False
-                if (code, place[1], start) == SUPPRESSED_MONTH:
+                if (code, place[1], start) in (SUPPRESSED_MONTH, SUPPRESSED_AREA_MONTH):
                     value, numerator, suppressed = None, None, True
                 if (code, place[1], start) == ZERO_MONTH:
                     value, numerator = Decimal(0), 0
@@ -150,7 +153,10 @@ def bcf_rows():
             if code == "care_home_admissions_65" and place == COLCHESTER:
                 quarter = (0, 180500, Decimal(0), False)
             if code == "reablement_91_days_65" and place == AREA:
-                quarter = (245, 2000, Decimal("12.25"), False)  # half up: 12.3, where half-even gives 12.2
+                quarter = (1645, 2000, Decimal("82.25"), False)  # half up: 82.3, where half-even gives 82.2
+            if code == "reablement_91_days_65" and place != AREA:  # the issue's 29 of 32, and two more
+                quarter = {THURROCK: (29, 32, Decimal("90.63"), False), CHELMSFORD: (150, 180, Decimal("83.33"), False),
+                           COLCHESTER: (12, 15, Decimal("80.00"), False)}[place]
             rows.append((code, name, unit, "quarter", "2025-07-01", "2025-09-30", *place, *quarter))
             # 1,000 of the area's residents live in LSOAs of no council: Thurrock's population is 180,000
             population = 180000 if (code, place) == ("emergency_admissions", THURROCK) else 181000
@@ -323,25 +329,32 @@ def report(tmp_path_factory, request):
             cur.executemany("INSERT INTO reporting.admission_reasons VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
                             admission_rows())
 
+    # Without --synthetic and no demo run in this home: real data as far as the report knows, no banner.
+    unmarked = home / "unmarked.html"
+    plain = pophealth("board-report", "--out", str(unmarked))
+    assert plain.returncode == 0, plain.stdout[-3000:] + plain.stderr[-3000:]
+
     out = home / "report.html"
-    made = pophealth("board-report", "--out", str(out))
+    made = pophealth("board-report", "--out", str(out), "--synthetic")
     assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
     raw = out.read_text(encoding="utf-8")
 
     drawn = dump_dom(out, home / "chromium-profile")
-    return {"raw": raw, "raw_dom": parse(raw), "dom": parse(drawn), "stdout": made.stdout, "out": out}
+    return {"raw": raw, "raw_dom": parse(raw), "dom": parse(drawn), "stdout": made.stdout, "out": out,
+            "unmarked": unmarked.read_text(encoding="utf-8"), "home": home}
 
 
 def test_the_command_says_where_the_report_is(report):
     assert str(report["out"]) in report["stdout"]
-    assert "7 charts" in report["stdout"]  # the pyramid and six metrics
+    # The pyramid, six trends and five ranked dot plots (delayed discharge days has no places but the area).
+    assert "12 charts" in report["stdout"] and "synthetic data" in report["stdout"]
 
 
 def test_the_page_draws_nothing_until_the_browser_runs_it_and_fetches_nothing(report):
     raw, raw_dom = report["raw"], report["raw_dom"]
     assert "<svg" not in raw
     holders = raw_dom.find_all("div", cls="chart")
-    assert len(holders) == 7 and all(not h.children for h in holders)
+    assert len(holders) == 12 and all(not h.children for h in holders)
     # Self-contained: no external script, style sheet, image or font; the one URL is SVG's namespace name.
     assert not re.search(r"""(?:src|href)\s*=\s*["'](?!#)""", raw)
     assert set(re.findall(r"https?://[^\s\"'<>]+", raw)) == {"http://www.w3.org/2000/svg"}
@@ -367,7 +380,7 @@ def test_the_summary_compares_each_metric_with_a_year_earlier_and_the_plan(repor
                                                  "650.0"]
     assert rows["emergency_admissions"][0] == "Emergency admissionslower is better"
     assert rows["care_home_admissions_65"][5:7] == ["Same", "no plan supplied"]
-    assert rows["reablement_91_days_65"][1:6] == ["Jul–Sep 2025", "12.3", "Jul–Sep 2024", "20.0", "Worse"]
+    assert rows["reablement_91_days_65"][1:6] == ["Jul–Sep 2025", "82.3", "Jul–Sep 2024", "90.0", "Worse"]
     assert rows["delayed_discharge_days"][5] == "Worse"
     assert rows["falls_admissions_65"][3:6] == ["Jul–Sep 2024", SUPPRESSED, "Not comparable"]
     # Readmissions' Jul-Sep 2025 is provisional: the summary's latest final quarter is Apr-Jun.
@@ -418,17 +431,18 @@ def test_tiers_by_locality_show_suppressed_as_suppressed_and_zero_as_zero(report
 
 
 @pytest.mark.parametrize("code", list(METRICS))
-def test_each_metric_is_a_line_per_place_with_the_monthly_values(report, code):
+def test_each_metric_trend_is_the_area_alone_with_the_monthly_values(report, code):
     name, unit, places = METRICS[code]
     m = list(METRICS).index(code)
     svg = report["dom"].by_id(f"chart-bcf-{code}")
     series = svg.find_all("g", cls="series")
-    # With councils in the data, the chart has the area and each council; the localities are in the tables.
-    drawn = [p for p in places if p[0] in ("area", "local_authority")]
+    # The area alone: the councils have their own pages, and the places are compared in the dot plot.
+    drawn = [AREA]
     assert svg.attrs["data-series"] == str(len(drawn)) and len(series) == len(drawn)
     assert [s.attrs["data-geography"] for s in series] == [p[1] for p in drawn]  # the area first
     assert [e.text() for e in svg.find_all("text", cls="legend-item")] == [p[2] for p in drawn]
-    months = [mo for mo in MONTHS if (code, "month", mo) not in PROVISIONAL]
+    months = [mo for mo in MONTHS if (code, "month", mo) not in PROVISIONAL
+              and (code, AREA[1], mo) != SUPPRESSED_AREA_MONTH]  # suppressed: not drawn at all
     for place, line in zip(drawn, series):
         p = places.index(place)
         points = line.find_all(cls="point")
@@ -445,7 +459,86 @@ def test_each_metric_is_a_line_per_place_with_the_monthly_values(report, code):
                 assert Decimal(point.attrs["data-value"]) == month_value(m, p, i), (key, point.attrs)
     heading = report["dom"].by_id(f"metric-{code}")
     assert heading.find_all("h3")[0].text() == name
-    assert unit in heading.find_all("p", cls="unit")[0].text()
+    assert unit.replace("100000", "100,000") in heading.find_all("p", cls="unit")[0].text()
+
+
+def test_a_suppressed_month_is_listed_under_the_trend_never_drawn_in_it(report):
+    dom = report["dom"]
+    svg = dom.by_id("chart-bcf-falls_admissions_65")
+    assert "*" not in svg.text() and svg.find_all("text", cls="point") == []
+    listed = dom.by_id("not-drawn-bcf-falls_admissions_65")
+    assert [li.text() for li in listed.find_all("li")] == ["Essex, May 2025"]
+    assert SUPPRESSED in listed.text()
+    assert dom.find_all(id="not-drawn-bcf-emergency_admissions") == []  # nothing suppressed: no list
+
+
+def test_per_100000_is_written_per_100_000_and_a_quarter_rate_says_it_is_not_annualised(report):
+    raw = report["raw"]
+    assert "per 100000" not in raw and "per 100,000 population aged 65+" in raw
+    table = report["dom"].by_id("table-bcf-emergency_admissions")
+    sub_head = [c.text() for c in table.find_all("thead")[0].find_all("tr")[1].find_all("th")]
+    assert sub_head == ["Numerator", "Denominator", "per 100,000 in the quarter (not annualised)",
+                        "Numerator", "Denominator", "per 100,000"]
+    # The monthly trend's axis says the same of a month; a percentage is a percentage in any period.
+    axis = [t.text() for t in report["dom"].by_id("chart-bcf-emergency_admissions").find_all("text", cls="axis-label")]
+    assert "per 100,000 in the month (not annualised)" in axis
+    table = report["dom"].by_id("table-bcf-reablement_91_days_65")
+    assert "not annualised" not in table.text()
+
+
+@pytest.mark.parametrize(("code", "ranked"), [
+    # Jul-Sep 2025: Thurrock 685.21, Chelmsford 686.21, Colchester 687.21 (684.21 + place index); highest first.
+    ("emergency_admissions", [COLCHESTER, CHELMSFORD, THURROCK]),
+    ("reablement_91_days_65", [THURROCK, CHELMSFORD, COLCHESTER]),  # 29/32 = 90.6, 150/180 = 83.3, 12/15 = 80.0
+    ("falls_admissions_65", [CHELMSFORD, THURROCK]),  # Colchester's quarter is suppressed: listed, not drawn
+])
+def test_places_are_a_ranked_dot_plot_with_intervals_from_the_published_counts(report, code, ranked):
+    from pophealth.intervals import interval
+
+    _name, unit, places = METRICS[code]
+    svg = report["dom"].by_id(f"chart-dots-{code}")
+    rows = svg.find_all("g", cls="place")
+    assert svg.attrs["data-rows"] == str(len(ranked))
+    assert [r.attrs["data-geography"] for r in rows] == [p[1] for p in ranked]
+    assert [r.find_all("text", cls="place-name")[0].text() for r in rows] == [p[2] for p in ranked]
+    counts = {THURROCK: (29, 32), CHELMSFORD: (150, 180), COLCHESTER: (12, 15)}
+    for place, row in zip(ranked, rows):
+        # The quarter's published numerator, over 180,500 (reablement: its own counts).
+        numerator, denominator = (counts[place] if code == "reablement_91_days_65"
+                                  else (1235 + 10 * places.index(place), 180500))
+        low, high = interval(numerator, denominator, unit)
+        assert (float(row.attrs["data-low"]), float(row.attrs["data-high"])) == pytest.approx((low, high))
+        assert len(row.find_all("line", cls="interval")) == 1 and len(row.find_all("circle", cls="dot")) == 1
+    area = 82.25 if code == "reablement_91_days_65" else 684.21
+    assert float(svg.find_all("g", cls="area-reference")[0].attrs["data-value"]) == pytest.approx(area)
+    listed = report["dom"].find_all(id=f"not-drawn-dots-{code}")
+    not_drawn = [li.text() for li in listed[0].find_all("li")] if listed else []
+    assert not_drawn == ([COLCHESTER[2]] if code == "falls_admissions_65" else [])
+
+
+def test_the_issue_reablement_quarter_shows_its_wide_interval(report):
+    thurrock = report["dom"].by_id("chart-dots-reablement_91_days_65").find_all("g", data_geography=THURROCK[1])[0]
+    assert "90.6 (95% interval 75.8 to 96.8)" in thurrock.find_all("title")[0].text()
+
+
+def test_a_wilson_interval_for_a_percentage_and_exact_poisson_for_a_rate():
+    from pophealth.intervals import interval
+    # 1,265 of 180,500 as a percentage: 0.70%, Wilson 0.66% to 0.74%; as a rate 700.8 per
+    # 100,000, exact Poisson 662.7 to 740.5.
+    assert interval(1265, 180500, "percent") == pytest.approx((0.6634, 0.7404), abs=1e-4)
+    assert interval(1265, 180500, "per 100,000") == pytest.approx((662.7, 740.5), abs=0.1)
+
+
+def test_every_page_is_marked_official_sensitive_and_synthetic_data_carry_a_banner(report):
+    dom = report["dom"]
+    assert dom.by_id("marking-top").text() == "OFFICIAL-SENSITIVE"
+    assert dom.by_id("marking-bottom").text() == "OFFICIAL-SENSITIVE"
+    assert dom.by_id("synthetic-banner").text().startswith("Synthetic data")
+    # Printed, the top marking is fixed, which Chromium repeats on every page.
+    assert re.search(r"@media print[^@]*\.marking\.top \{ position: fixed", report["raw"])
+    unmarked = parse(report["unmarked"])
+    assert unmarked.by_id("marking-top").text() == "OFFICIAL-SENSITIVE"
+    assert unmarked.find_all(id="synthetic-banner") == [] and "Synthetic data" not in report["unmarked"]
 
 
 def test_provisional_periods_are_named_with_their_final_date_and_never_shown_as_final(report):
@@ -499,7 +592,7 @@ def test_the_metric_tables_show_the_latest_quarter_and_financial_year(report):
     care_home = {cells(r)[0]: cells(r)[1:4] for r in body_rows(dom.by_id("table-bcf-care_home_admissions_65"))}
     assert care_home["Colchester & <i>Tendring</i>"] == ["0", "180,500", "0.0"]
     reablement = {cells(r)[0]: cells(r)[1:4] for r in body_rows(dom.by_id("table-bcf-reablement_91_days_65"))}
-    assert reablement["Essex"] == ["245", "2,000", "12.3"]
+    assert reablement["Essex"] == ["1,645", "2,000", "82.3"]
 
 
 def test_the_cohort_tables_cover_the_latest_financial_year_and_its_quarters(report):
