@@ -73,7 +73,9 @@ def unit_text(unit: str | None) -> str | None:
 def unit_in(unit: str | None, period_type: str) -> str:
     """A rate's label for one period: a quarter's or a month's rate is not annualised, and says so."""
     text = unit_text(unit) or ""
-    if period_type in ("quarter", "month") and (scale_of(unit) or ("", 0))[0] == "rate":
+    # A rate per day (delayed days per day) is already an average over the period: nothing to annualise.
+    if (period_type in ("quarter", "month") and (scale_of(unit) or ("", 0))[0] == "rate"
+            and "per day" not in text):
         word = "quarter" if period_type == "quarter" else "month"
         return f"{text} in the {word} (not annualised)"
     return text
@@ -313,8 +315,10 @@ def _summary_section(rows: list[dict], plans: dict[tuple, Any]) -> str:
         moved = direction(code, latest["value"], earlier["value"] if earlier else None, unit)
         plan = plans.get((code, latest["geography_code"], latest["period_start"], latest["period_end"]))
         good = {True: "higher is better", False: "lower is better"}.get(HIGHER_IS_BETTER.get(code), "")
+        # The unit and which way is good under the name: a column fewer, so the table fits an A4 page.
         row = (f'<tr data-metric="{esc(code)}" data-direction="{esc(moved)}">'
-               f'<th scope="row">{esc(latest["metric_name"])}<br><span class="note">{esc(good)}</span></th>'
+               f'<th scope="row">{esc(latest["metric_name"])}<br><span class="note">'
+               f'{esc(unit_in(unit, period_type))}; {esc(good)}</span></th>'
                f"<td>{esc(period_label(period_type, latest['period_start'], latest['period_end']))}</td>"
                + _number_cell(format_value(latest["value"], unit), latest["value"] is None))
         if earlier:
@@ -325,12 +329,12 @@ def _summary_section(rows: list[dict], plans: dict[tuple, Any]) -> str:
         row += f'<td class="direction {esc(moved.replace(" ", "-"))}">{esc(moved.capitalize())}</td>'
         row += (_number_cell(format_value(plan, unit), False) if plan is not None
                 else f'<td class="none">{esc(NO_PLAN)}</td>')
-        body.append(row + f"<td>{esc(unit)}</td></tr>")
+        body.append(row + "</tr>")
     parts.append("<p>The area's latest final period of each Better Care Fund metric against the same period a "
                  "year earlier (provisional periods are left out), and the plan figure where one was supplied.</p>")
     parts.append(_table("table-summary", "The six metrics at a glance",
                         ("Metric", "Latest final period", "Value", "A year earlier", "Value", "Direction",
-                         "Plan", "Unit"), body))
+                         "Plan"), body))
     parts.append("</section>")
     return "".join(parts)
 
@@ -498,6 +502,7 @@ def _dot_plot(code: str, name: str, unit: str | None, metric: list[dict], charts
     method = "Wilson" if (scale_of(unit) or ("",))[0] == "percent" else POISSON_METHOD
     charts[key] = {"kind": "dots", "id": f"chart-{key}", "title": f"{name}, {label}, by place",
                    "unit": unit_in(unit, "quarter"), "decimals": 1 if is_rate(unit) else 0, "rows": drawn,
+                   "ceiling": 100 if (scale_of(unit) or ("",))[0] == "percent" else None,
                    "area": None if area is None else {"name": area["geography_name"],
                                                       "value": _json_number(area["value"]),
                                                       "display": format_value(area["value"], unit)}}
@@ -730,7 +735,8 @@ td.direction.better { color: #007f3b; font-weight: 600; } td.direction.worse { c
 .banner.synthetic { background: #ffeb3b; color: #1b1b1b; border: 3px solid #1b1b1b; padding: 0.6rem 1rem;
                     font-weight: 700; font-size: 1.1rem; margin: 0.6rem 0; }
 .not-drawn { font-size: 0.92rem; color: #4c6272; } .not-drawn ul { columns: 1; margin-top: 0; }
-table { max-width: 100%; } th, td { overflow-wrap: anywhere; }
+table { max-width: 100%; } th, td { overflow-wrap: break-word; hyphens: auto; }
+.metric table { font-size: 0.8rem; } .metric th, .metric td { padding: 0.25rem 0.3rem; }
 table.cohort { table-layout: fixed; width: 100%; } table.cohort th, table.cohort td { padding: 0.3rem 0.3rem; }
 .missing { background: #fff4e5; padding: 0.5rem 0.8rem; border-left: 4px solid #ffb81c; }
 @media print { h2 { break-before: page; } .chart svg { max-width: 100%; }
@@ -809,7 +815,7 @@ SCRIPT = r"""
 
   // One line per geography over the months; a suppressed month is a gap in the line with a "*" above it.
   function drawLines(holder, chart) {
-    var width = 900, height = 330, left = 70, right = 280, topMargin = 20, bottomMargin = 46;
+    var width = 900, height = 330, left = 70, right = 280, topMargin = 34, bottomMargin = 46;
     var plotW = width - left - right, plotH = height - topMargin - bottomMargin;
     var index = {};
     chart.periods.forEach(function (p, i) { index[p.period] = i; });
@@ -839,8 +845,8 @@ SCRIPT = r"""
                                      "text-anchor": "middle"}, p.label));
       }
     });
-    axes.appendChild(el("text", {"class": "axis-label", x: 12, y: topMargin + plotH / 2, "text-anchor": "middle",
-                                 transform: "rotate(-90 12 " + (topMargin + plotH / 2) + ")"}, chart.unit));
+    // The unit above the axis, read level: turned on its side a long unit ran off the chart.
+    axes.appendChild(el("text", {"class": "axis-label", x: 4, y: 14, "text-anchor": "start"}, chart.unit));
     svg.appendChild(axes);
 
     chart.series.forEach(function (s, n) {
@@ -885,6 +891,9 @@ SCRIPT = r"""
     });
     if (chart.area) { values.push(chart.area.value); }
     var scale = fitted(values);
+    if (chart.ceiling !== null && scale.max > chart.ceiling && Math.max.apply(null, values) <= chart.ceiling) {
+      scale.max = chart.ceiling;  // no 120%
+    }
     function x(v) { return left + plotW * (v - scale.min) / (scale.max - scale.min); }
     var svg = svgFor(chart, width, height);
     svg.setAttribute("class", "dots");
@@ -981,8 +990,8 @@ def render_board_report(conn, synthetic: bool = False) -> str:
 <h1>Population health board report</h1>
 <p class="lede">{esc(subtitle)}Generated {esc(generated)} from the reporting tables.</p>
 <p class="note">Counts of 1 to 7 people are not shown, to protect the people behind them: they read
-&ldquo;{esc(SUPPRESSED)}&rdquo; in the tables and &ldquo;*&rdquo; in the charts, and so do rates computed from
-them. Every other count is rounded to the nearest 5. Zero is shown as 0.</p>
+&ldquo;{esc(SUPPRESSED)}&rdquo; in the tables, and so do rates computed from
+them; a chart leaves them out and lists them under it. Every other count is rounded to the nearest 5. Zero is shown as 0.</p>
 <nav><ul>
 <li><a href="#summary">At a glance</a></li>
 <li><a href="#risk">Who is at risk of a crisis</a></li>

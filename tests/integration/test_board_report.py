@@ -378,7 +378,9 @@ def test_the_summary_compares_each_metric_with_a_year_earlier_and_the_plan(repor
     assert list(rows) == list(METRICS)
     assert rows["emergency_admissions"][1:7] == ["Jul–Sep 2025", "684.2", "Jul–Sep 2024", "700.0", "Better",
                                                  "650.0"]
-    assert rows["emergency_admissions"][0] == "Emergency admissionslower is better"
+    assert rows["emergency_admissions"][0] == ("Emergency admissionsper 100,000 in the quarter (not annualised); "
+                                               "lower is better")
+    assert rows["reablement_91_days_65"][0].endswith("percent; higher is better")
     assert rows["care_home_admissions_65"][5:7] == ["Same", "no plan supplied"]
     assert rows["reablement_91_days_65"][1:6] == ["Jul–Sep 2025", "82.3", "Jul–Sep 2024", "90.0", "Worse"]
     assert rows["delayed_discharge_days"][5] == "Worse"
@@ -483,6 +485,9 @@ def test_per_100000_is_written_per_100_000_and_a_quarter_rate_says_it_is_not_ann
     axis = [t.text() for t in report["dom"].by_id("chart-bcf-emergency_admissions").find_all("text", cls="axis-label")]
     assert "per 100,000 in the month (not annualised)" in axis
     table = report["dom"].by_id("table-bcf-reablement_91_days_65")
+    assert "not annualised" not in table.text()
+    # Delayed days per day are a daily average already: nothing to annualise.
+    table = report["dom"].by_id("table-bcf-delayed_discharge_days")
     assert "not annualised" not in table.text()
 
 
@@ -647,3 +652,88 @@ def test_text_from_the_data_stays_text(report):
     assert dom.find_all("i") == []
     # (With councils in the data the charts draw the area and the councils; the locality's name is in the tables.)
     assert "Colchester & <i>Tendring</i>" in dom.by_id("table-bcf-emergency_admissions").text()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Each chart looked at in headless Chromium at the width of an A4 page (794 CSS pixels), screenshots kept.
+
+#: What the page says about itself once drawn, measured by the browser: each chart's marks and text boxes,
+#: anything wider than the page, and whether the marking and the banner are on screen.
+MEASURE = """() => {
+  const width = document.documentElement.clientWidth;
+  const inside = (r, box) => r.left >= box.left - 1 && r.right <= box.right + 1 && r.top >= box.top - 1
+                              && r.bottom <= box.bottom + 1;
+  const charts = [...document.querySelectorAll('.chart svg')].map(svg => {
+    const box = svg.getBoundingClientRect();
+    const texts = [...svg.querySelectorAll('text')].filter(t => t.textContent.trim());
+    return {id: svg.id, kind: svg.getAttribute('class'), right: box.right,
+            circles: svg.querySelectorAll('circle').length, polygons: svg.querySelectorAll('polygon').length,
+            intervals: svg.querySelectorAll('line.interval').length,
+            textsOutside: texts.filter(t => !inside(t.getBoundingClientRect(), box)).map(t => t.textContent)};
+  });
+  const wide = [...document.querySelectorAll('table, .chart svg, p, h1, h2, h3, h4, li')]
+    .filter(e => e.getBoundingClientRect().right > width + 1).map(e => e.id || e.tagName + ':' + e.textContent.slice(0, 40));
+  const shown = id => { const e = document.getElementById(id); if (!e) return null;
+    const r = e.getBoundingClientRect(), s = getComputedStyle(e);
+    return {top: r.top, height: r.height, visible: s.visibility === 'visible' && s.display !== 'none' && r.height > 0,
+            text: e.innerText}; };
+  return {width, scrollWidth: document.documentElement.scrollWidth, charts, wide,
+          marking: shown('marking-top'), markingBottom: shown('marking-bottom'), banner: shown('synthetic-banner')};
+}"""
+
+
+@pytest.fixture(scope="module")
+def looked_at(report):
+    from playwright.sync_api import sync_playwright
+
+    from .chromium import ARGS, CHROMIUM
+
+    shots = report["home"] / "screenshots"
+    shots.mkdir()
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 794, "height": 1123})
+            page.goto(report["out"].as_uri())
+            page.wait_for_selector("body[data-charts-drawn=true]")
+            measured = page.evaluate(MEASURE)
+            page.screenshot(path=str(shots / "page-top.png"))
+            page.screenshot(path=str(shots / "whole-page.png"), full_page=True)
+            for chart in measured["charts"]:
+                page.locator(f"#{chart['id']}").screenshot(path=str(shots / f"{chart['id']}.png"))
+            page.locator("#table-summary").screenshot(path=str(shots / "table-summary.png"))
+        finally:
+            browser.close()
+    return {"measured": measured, "shots": shots}
+
+
+def test_every_chart_has_its_marks_and_keeps_its_text_inside_it(looked_at):
+    charts = {c["id"]: c for c in looked_at["measured"]["charts"]}
+    assert len(charts) == 12
+    assert charts["chart-pyramid-E10000012"]["polygons"] == 4
+    for code in METRICS:
+        # Six months less the provisional and suppressed ones, one dot each.
+        months = [mo for mo in MONTHS if (code, "month", mo) not in PROVISIONAL
+                  and (code, AREA[1], mo) != SUPPRESSED_AREA_MONTH]
+        assert charts[f"chart-bcf-{code}"]["circles"] == len(months), code
+    for code, rows in {"emergency_admissions": 3, "care_home_admissions_65": 3, "reablement_91_days_65": 3,
+                       "falls_admissions_65": 2, "emergency_readmissions_30d": 3}.items():
+        # One dot and one interval per place drawn (Colchester's zero care home quarter too: 0 to 2.0).
+        assert charts[f"chart-dots-{code}"]["circles"] == rows == charts[f"chart-dots-{code}"]["intervals"], code
+    for chart in charts.values():
+        assert chart["textsOutside"] == [], chart["id"]
+        assert (looked_at["shots"] / f"{chart['id']}.png").stat().st_size > 1000
+
+
+def test_nothing_runs_off_an_a4_page(looked_at):
+    measured = looked_at["measured"]
+    assert measured["wide"] == [] and measured["scrollWidth"] <= measured["width"]
+
+
+def test_the_marking_and_the_banner_are_on_the_first_screen(looked_at):
+    measured = looked_at["measured"]
+    assert measured["marking"]["visible"] and measured["marking"]["top"] < 100
+    assert measured["marking"]["text"] == "OFFICIAL-SENSITIVE"
+    assert measured["markingBottom"]["visible"]
+    assert measured["banner"]["visible"] and measured["banner"]["top"] < 200
+    assert measured["banner"]["text"].startswith("Synthetic data")
