@@ -1,11 +1,16 @@
 """The board report: one static HTML page drawn from the `reporting` schema, for wide circulation.
 
-It reads only `reporting` (the aggregates with disclosure control, ../shared/contract/marts.md), never
-`marts`, `raw` or `audit`, so the page can go wherever `reporting` may go. The page is self-contained:
-the numbers are embedded as JSON and a small inline script draws the charts as SVG in the reader's
-browser, with no external file, font or library, so it opens offline from a file or an e-mail.
+It reads only `reporting` (the aggregates with disclosure control, ../shared/contract/marts.md) and the
+site's plan figures (seed `reference.bcf_plan`, published targets), never `marts`, `raw` or `audit`, so the
+page can go wherever `reporting` may go. The page is self-contained: the numbers are embedded as JSON and a
+small inline script draws the charts as SVG in the reader's browser, with no external file, font or
+library, so it opens offline from a file or an e-mail. (Hand-written SVG, not Vega-Lite: vl-convert, which
+would render Altair's charts to static SVG without a browser, is not installed.)
 
-A suppressed count (1 to 7 people, null in `reporting`) is shown as a marker, never as 0; zero is 0.
+It opens on a summary of the six metrics (latest final quarter, a year earlier, better or worse, plan).
+The trends show the area alone; the places are a ranked dot plot with 95% intervals computed from the
+published counts (pophealth/intervals.py). A suppressed count (1 to 7 people, null in `reporting`) reads
+as suppressed in the tables and is listed under a chart, never drawn in it, never as 0; zero is 0.
 A provisional period (`is_final` false: its follow-up runs past the as-of date) is left out of the charts
 and tables and named, with the date it becomes final; it is never shown as final. Each council
 (`local_authority`) has its own page of the six metrics, reached from the council selector.
@@ -919,7 +924,9 @@ SCRIPT = r"""
       var y = topMargin + rowHeight * i + rowHeight / 2;
       var g = el("g", {"class": "place", "data-geography": r.code, "data-level": r.level, "data-value": r.value,
                        "data-low": r.low === null ? "" : r.low, "data-high": r.high === null ? "" : r.high});
-      g.appendChild(el("text", {"class": "place-name", x: left - 10, y: y + 4, "text-anchor": "end"}, r.name));
+      // Councils in bold, localities plain: the two levels share one ranking.
+      g.appendChild(el("text", {"class": "place-name", x: left - 10, y: y + 4, "text-anchor": "end",
+                                "font-weight": r.level === "local_authority" ? "700" : "400"}, r.name));
       if (r.low !== null) {
         g.appendChild(el("line", {"class": "interval", x1: x(r.low), x2: x(r.high), y1: y, y2: y,
                                   stroke: "#005eb8", "stroke-width": 2}));

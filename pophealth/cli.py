@@ -9,7 +9,7 @@
     pophealth db url | stop               the warehouse in use
     pophealth cluster up [--landing P] [--wait] | down | status | load   the deployment on real servers
     pophealth docs [--port N | --static]  the dbt documentation site, served on 127.0.0.1
-    pophealth board-report [--out PATH]   the board report (static HTML) from the reporting schema
+    pophealth board-report [--out PATH] [--synthetic]   the board report (static HTML) from the reporting schema
     pophealth reidentify PERSON_ID... --purpose CODE --on-behalf-of NAME   direct care, audited, bounded
     pophealth reidentify --request N      collect a request a Caldicott guardian approved
     pophealth approve-reidentification N --note TEXT [--refuse]   a Caldicott guardian's decision
