@@ -42,6 +42,9 @@ TIER_NAMES = {"very_high": "Very high", "high": "High", "moderate": "Moderate", 
 METRIC_ORDER = ("emergency_admissions", "care_home_admissions_65", "reablement_91_days_65",
                 "delayed_discharge_days", "falls_admissions_65", "emergency_readmissions_30d")
 
+#: The most places one cohort table shows (the area counted): more run off an A4 page.
+COHORT_PLACES_PER_TABLE = 6
+
 COHORT_TITLES = {
     "delayed_discharges": "People whose discharge from hospital was delayed",
     "falls_admissions": "Emergency admissions after a fall",
@@ -640,22 +643,32 @@ def _cohort_section(conn) -> str:
         # Each measure's place comes from the model (a whole, "People", before its parts).
         ranked = sorted(measures, key=lambda m: (measure_order[m], measures[m]))
         measures = {m: measures[m] for m in ranked}
-        body = []
-        for period in wanted:
-            label = period_label(period[0], period[1], ends[period])
-            for i, (measure, measure_label) in enumerate(measures.items()):
-                row_html = f'<tr data-period="{esc(period[1].isoformat())}" data-measure="{esc(measure)}">'
-                if i == 0:
-                    row_html += f'<th scope="rowgroup" rowspan="{len(measures)}">{esc(label)}</th>'
-                row_html += f'<th scope="row">{esc(measure_label)}</th>'
-                for place in places:
-                    r = cells.get((period, measure, place["geography_code"]))
-                    row_html += _count_cell(r["count"], r["is_suppressed"]) if r else '<td class="num none">–</td>'
-                body.append(row_html + "</tr>")
         title = COHORT_TITLES.get(cohort, cohort.replace("_", " ").capitalize())
         parts.append(f"<h3>{esc(title)}</h3>")
-        parts.append(_table(f"table-cohort-{cohort}", title,
-                            ["Period", "Measure"] + [p["geography_name"] for p in places], body, cls="cohort"))
+        # At most COHORT_PLACES_PER_TABLE places a table, the area first in each as the comparator: fourteen
+        # columns ran off the page; split, each table fits an A4 page.
+        area = [p for p in places if p["geography_level"] == "area"]
+        others = [p for p in places if p["geography_level"] != "area"]
+        size = COHORT_PLACES_PER_TABLE - len(area)
+        chunks = [area + others[i:i + size] for i in range(0, len(others), size)] or [area]
+        for n, chunk in enumerate(chunks, start=1):
+            body = []
+            for period in wanted:
+                label = period_label(period[0], period[1], ends[period])
+                for i, (measure, measure_label) in enumerate(measures.items()):
+                    row_html = f'<tr data-period="{esc(period[1].isoformat())}" data-measure="{esc(measure)}">'
+                    if i == 0:
+                        row_html += f'<th scope="rowgroup" rowspan="{len(measures)}">{esc(label)}</th>'
+                    row_html += f'<th scope="row">{esc(measure_label)}</th>'
+                    for place in chunk:
+                        r = cells.get((period, measure, place["geography_code"]))
+                        row_html += (_count_cell(r["count"], r["is_suppressed"]) if r
+                                     else '<td class="num none">–</td>')
+                    body.append(row_html + "</tr>")
+            table_id = f"table-cohort-{cohort}" + (f"-{n}" if n > 1 else "")
+            caption = title if len(chunks) == 1 else f"{title} ({n} of {len(chunks)})"
+            parts.append(_table(table_id, caption, ["Period", "Measure"] + [p["geography_name"] for p in chunk],
+                                body, cls="cohort"))
     parts.append("</section>")
     return "".join(parts)
 

@@ -202,6 +202,16 @@ def cohort_rows():
     return rows
 
 
+# A cohort reported for the area and twelve localities: split into tables of at most six places (the area
+# first in each), so that none runs off the page.
+MANY_PLACES = [("locality", f"E0200{n:04d}", f"Locality number {n} with a long name") for n in range(1, 13)]
+
+
+def many_places_rows():
+    return [("many_places", "financial_year", "2024-04-01", "2025-03-31", *place, "people", "People", 1,
+             1000 + 5 * p, False) for p, place in enumerate([AREA, *MANY_PLACES])]
+
+
 def admission_rows():
     rows = []
     latest = ("2024-10-01", "2025-09-30")
@@ -325,7 +335,7 @@ def report(tmp_path_factory, request):
             cur.executemany("INSERT INTO reporting.bcf_metrics VALUES "
                             "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)", bcf_rows())
             cur.executemany("INSERT INTO reporting.cohort_summary VALUES "
-                            "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)", cohort_rows())
+                            "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)", cohort_rows() + many_places_rows())
             cur.executemany("INSERT INTO reporting.admission_reasons VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
                             admission_rows())
 
@@ -620,6 +630,16 @@ def test_the_cohort_tables_cover_the_latest_financial_year_and_its_quarters(repo
         assert "2023" not in dom.by_id(f"table-cohort-{cohort}").text()
 
 
+def test_a_cohort_of_many_places_is_split_into_tables_of_six_places_with_the_area_in_each(report):
+    dom = report["dom"]
+    heads = [[c.text() for c in dom.by_id(table_id).find_all("thead")[0].find_all("th")][2:]
+             for table_id in ("table-cohort-many_places", "table-cohort-many_places-2", "table-cohort-many_places-3")]
+    names = [p[2] for p in sorted(MANY_PLACES, key=lambda p: p[2])]
+    assert heads == [["Essex", *names[:5]], ["Essex", *names[5:10]], ["Essex", *names[10:]]]
+    assert dom.find_all(id="table-cohort-many_places-4") == []
+    assert dom.by_id("table-cohort-many_places-2").find_all("caption")[0].text() == "Many places (2 of 3)"
+
+
 def test_admission_reasons_list_the_top_ten_per_age_band_in_rank_order(report):
     dom = report["dom"]
     tables = [t for t in dom.find_all("table") if t.attrs.get("id", "").startswith("table-admissions-")]
@@ -673,11 +693,14 @@ MEASURE = """() => {
   });
   const wide = [...document.querySelectorAll('table, .chart svg, p, h1, h2, h3, h4, li')]
     .filter(e => e.getBoundingClientRect().right > width + 1).map(e => e.id || e.tagName + ':' + e.textContent.slice(0, 40));
+  // A cell whose content is wider than the cell: a word cut or running into the next column.
+  const cramped = [...document.querySelectorAll('th, td')].filter(c => c.scrollWidth > c.clientWidth + 1)
+    .map(c => c.closest('table').id + ':' + c.textContent.slice(0, 40));
   const shown = id => { const e = document.getElementById(id); if (!e) return null;
     const r = e.getBoundingClientRect(), s = getComputedStyle(e);
     return {top: r.top, height: r.height, visible: s.visibility === 'visible' && s.display !== 'none' && r.height > 0,
             text: e.innerText}; };
-  return {width, scrollWidth: document.documentElement.scrollWidth, charts, wide,
+  return {width, scrollWidth: document.documentElement.scrollWidth, charts, wide, cramped,
           marking: shown('marking-top'), markingBottom: shown('marking-bottom'), banner: shown('synthetic-banner')};
 }"""
 
@@ -728,6 +751,7 @@ def test_every_chart_has_its_marks_and_keeps_its_text_inside_it(looked_at):
 def test_nothing_runs_off_an_a4_page(looked_at):
     measured = looked_at["measured"]
     assert measured["wide"] == [] and measured["scrollWidth"] <= measured["width"]
+    assert measured["cramped"] == []
 
 
 def test_the_marking_and_the_banner_are_on_the_first_screen(looked_at):
