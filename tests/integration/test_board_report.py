@@ -692,7 +692,8 @@ MEASURE = """() => {
             textsOutside: texts.filter(t => !inside(t.getBoundingClientRect(), box)).map(t => t.textContent)};
   });
   const wide = [...document.querySelectorAll('table, .chart svg, p, h1, h2, h3, h4, li')]
-    .filter(e => e.getBoundingClientRect().right > width + 1).map(e => e.id || e.tagName + ':' + e.textContent.slice(0, 40));
+    .filter(e => e.getBoundingClientRect().right > width + 1)
+    .map(e => e.id || e.tagName + ':' + e.textContent.slice(0, 40));
   // A cell whose content is wider than the cell: a word cut or running into the next column.
   const cramped = [...document.querySelectorAll('th, td')].filter(c => c.scrollWidth > c.clientWidth + 1)
     .map(c => c.closest('table').id + ':' + c.textContent.slice(0, 40));
