@@ -833,7 +833,9 @@ SCRIPT = r"""
 
   // One line per geography over the months; a suppressed month is a gap in the line with a "*" above it.
   function drawLines(holder, chart) {
-    var width = 900, height = 330, left = 70, right = 280, topMargin = 34, bottomMargin = 46;
+    // One line (the area alone) needs a narrower legend than several.
+    var width = 900, height = 330, left = 70, right = chart.series.length > 1 ? 280 : 200, topMargin = 34,
+        bottomMargin = 46;
     var plotW = width - left - right, plotH = height - topMargin - bottomMargin;
     var index = {};
     chart.periods.forEach(function (p, i) { index[p.period] = i; });
