@@ -9,7 +9,7 @@
     pophealth db url | stop               the warehouse in use
     pophealth cluster up [--landing P] [--wait] | down | status | load   the deployment on real servers
     pophealth docs [--port N | --static]  the dbt documentation site, served on 127.0.0.1
-    pophealth board-report [--out PATH]   the board report (static HTML) from the reporting schema
+    pophealth board-report [--out PATH] [--synthetic]   the board report (static HTML) from the reporting schema
     pophealth reidentify PERSON_ID... --purpose CODE --on-behalf-of NAME   direct care, audited, bounded
     pophealth reidentify --request N      collect a request a Caldicott guardian approved
     pophealth approve-reidentification N --note TEXT [--refuse]   a Caldicott guardian's decision
@@ -157,8 +157,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         outcome = run_pipeline(landing, progress=_say)
     _say(summarise(outcome))
     if outcome.succeeded:
-        from pophealth.board_report import write_board_report
+        from pophealth.board_report import synthetic_marker, write_board_report
 
+        # The warehouse now holds the generated world (no --landing) or real extracts: the report's banner says so.
+        marker = synthetic_marker()
+        if args.landing:
+            marker.unlink(missing_ok=True)
+        else:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text("pophealth run loaded the synthetic demo world\n", encoding="utf-8")
         report = config.paths().home / "reports" / "board_report.html"
         write_board_report(report)
         _say(f"\nBoard report (from reporting only; open it in a browser): {report}")
@@ -249,8 +256,9 @@ def cmd_board_report(args: argparse.Namespace) -> int:
     from pophealth.board_report import write_board_report
 
     out = Path(args.out) if args.out else config.paths().home / "reports" / "board_report.html"
-    summary = write_board_report(out)
-    _say(f"Board report ({summary['charts']} charts, {summary['tables']} tables): {out.resolve()}")
+    summary = write_board_report(out, synthetic=True if args.synthetic else None)
+    _say(f"Board report ({summary['charts']} charts, {summary['tables']} tables"
+         + (", synthetic data" if summary["synthetic"] else "") + f"): {out.resolve()}")
     for table in summary["missing"]:
         _say(f"  not in the report yet: {table} (build the marts first)")
     return 0
@@ -627,6 +635,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("board-report", help="the board report (static HTML) from the reporting schema")
     p.add_argument("--out", help="where to write it (default: POPHEALTH_HOME/reports/board_report.html)")
+    p.add_argument("--synthetic", action="store_true",
+                   help="banner the page as synthetic data (the demo's `pophealth run` remembers it by itself)")
     p.set_defaults(func=cmd_board_report)
 
     p = sub.add_parser("reidentify", help="direct care: the NHS numbers of named people (audited; reidentifier role)")
