@@ -21,6 +21,7 @@ from pathlib import Path
 
 import psycopg
 from psycopg import sql
+from psycopg.rows import tuple_row
 
 #: The chained tables and each one's id column.
 CHAINED = (("reidentification", "request_id"), ("reidentification_approval", "approval_id"),
@@ -48,7 +49,7 @@ def row_hash(previous_hash: str, canonical: str) -> str:
 
 def _check_table(conn: psycopg.Connection, table: str, id_column: str) -> ChainCheck:
     check = ChainCheck(f"audit.{table}")
-    rows = conn.execute(sql.SQL(
+    rows = conn.cursor(row_factory=tuple_row).execute(sql.SQL(
         "SELECT t.{id}, t.chain_position, t.previous_hash, t.row_hash, "
         "(pg_catalog.to_jsonb(t) OPERATOR(pg_catalog.-) 'row_hash'::text "
         " OPERATOR(pg_catalog.-) 'previous_hash'::text)::text "
@@ -92,7 +93,7 @@ def verify(conn: psycopg.Connection, anchor_file: Path | None = None) -> list[Ch
         for check in checks:
             head = remembered.get(check.table)
             if head and head["position"] <= check.head_position:
-                (found,), = conn.execute(sql.SQL("SELECT (SELECT row_hash FROM audit.{} WHERE chain_position = %s)").format(
+                (found,), = conn.cursor(row_factory=tuple_row).execute(sql.SQL("SELECT (SELECT row_hash FROM audit.{} WHERE chain_position = %s)").format(
                     sql.Identifier(check.table.split(".")[1])), (head["position"],)).fetchall()
                 if found != head["hash"]:
                     check.breaks.append(f"position {head['position']} is no longer the row seen on {head['seen_at']} "
@@ -115,7 +116,7 @@ def _read_anchor(anchor_file: Path | None) -> dict:
 
 
 def _write_anchor(anchor_file: Path, conn: psycopg.Connection, checks: list[ChainCheck]) -> None:
-    (now,), = conn.execute("SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI UTC')").fetchall()
+    (now,), = conn.cursor(row_factory=tuple_row).execute("SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI UTC')").fetchall()
     heads = {c.table: {"position": c.head_position, "hash": c.head_hash, "seen_at": now}
              for c in checks if c.head_position}
     anchor_file.parent.mkdir(parents=True, exist_ok=True)

@@ -110,39 +110,22 @@ def collect(landing: Path | None = None) -> Status:
 
 def _audit_logs(conn, status: Status) -> None:
     """The re-identification and key-rotation logs' hash chains, and who could rewrite them."""
-    from psycopg.rows import tuple_row
-
     from pophealth.chain import summary_lines, verify
 
     if conn.execute("SELECT to_regclass('audit.reidentification_approval') AS t").fetchone()["t"] is None:
         return
-    conn.row_factory = tuple_row  # the chain reads rows by position; the other sections by name (restored below)
-    try:
-        checks = _audit_chain_checks(conn, verify)
-    finally:
-        conn.row_factory = dict_row
-    status.lines += ["", "Audit logs (re-identification, approvals, key rotations):"]
-    for ok, line in summary_lines(checks.chains):
-        status.lines.append(("  " if ok else "  " + RED) + line + ("" if ok else RESET))
-    status.problems += [f"{c.table}: the hash chain is broken ({c.breaks[0]})" for c in checks.chains if not c.intact]
-    status.notices.append("logins that could rewrite the audit logs (and must not be used by any process): "
-                          + ", ".join(checks.supers + checks.keepers) + " (superusers, and members of audit_keeper)")
-
-
-@dataclass
-class _ChainChecks:
-    chains: list
-    keepers: list[str]
-    supers: list[str]
-
-
-def _audit_chain_checks(conn, verify) -> _ChainChecks:
-    chains = verify(conn, config.paths().home / "audit_chain_heads.json")
-    keepers = [r[0] for r in conn.execute(
+    checks = verify(conn, config.paths().home / "audit_chain_heads.json")
+    keepers = [r["rolname"] for r in conn.execute(
         """SELECT m.rolname FROM pg_auth_members a JOIN pg_roles k ON k.oid = a.roleid
            JOIN pg_roles m ON m.oid = a.member WHERE k.rolname = 'audit_keeper' AND m.rolcanlogin ORDER BY 1""")]
-    supers = [r[0] for r in conn.execute("SELECT rolname FROM pg_roles WHERE rolsuper AND rolcanlogin ORDER BY 1")]
-    return _ChainChecks(chains, keepers, supers)
+    supers = [r["rolname"] for r in conn.execute(
+        "SELECT rolname FROM pg_roles WHERE rolsuper AND rolcanlogin ORDER BY 1")]
+    status.lines += ["", "Audit logs (re-identification, approvals, key rotations):"]
+    for ok, line in summary_lines(checks):
+        status.lines.append(("  " if ok else "  " + RED) + line + ("" if ok else RESET))
+    status.problems += [f"{c.table}: the hash chain is broken ({c.breaks[0]})" for c in checks if not c.intact]
+    status.notices.append("logins that could rewrite the audit logs (and must not be used by any process): "
+                          + ", ".join(supers + keepers) + " (superusers, and members of audit_keeper)")
 
 
 def _sources(conn, status: Status, now: datetime) -> None:

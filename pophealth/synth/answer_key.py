@@ -97,6 +97,7 @@ def write_answer_key(world: World, ledger: Ledger, out: Path) -> dict:
     _write_csv(out / "files.csv", ("file_name", "feed", "rows_read", "rows_loaded", "rows_quarantined",
                                    "rows_opted_out"), sorted(ledger.files, key=lambda f: f["file_name"]))
     metrics = compute_metrics(world, ledger, {r["identity"]: r for r in people})
+    computed = covered_periods(ledger)
     _write_csv(out / "metrics.csv", ("metric_code", "period_type", "period_start", "period_end", "geography_level",
                                      "geography_code", "is_final", "final_on", "numerator", "denominator", "value"),
                metrics)
@@ -135,7 +136,7 @@ def write_answer_key(world: World, ledger: Ledger, out: Path) -> dict:
         # Periods whose metrics the platform must not compute (a sender's files do not cover them wholly): it
         # names them in reporting.period_coverage instead.
         "periods_not_computed": [f"{period_type} {start.isoformat()}" for period_type, start, _end in periods()
-                                 if (period_type, start) not in covered_periods(ledger)],
+                                 if (period_type, start) not in computed],
         "metrics_2024_25_by_council": {
             council: {r["metric_code"]: r["value"] for r in metrics if r["period_type"] == "financial_year"
                       and r["geography_level"] == "local_authority" and r["geography_code"] == council}

@@ -288,9 +288,11 @@ class _Writer:
                                        spell.disdate if finished and spell.dismeth == "4" else None)
         self.write(f"apc_{procode}_{period:%Y%m%d}.csv", "apc", APC_COLUMNS, rows, fates)
         if rows:  # from the first discharge (or, with none, the first episode end) in the file, to its period end
-            dated = ([r[APC_COLUMNS.index("disdate")] for r in rows if r[APC_COLUMNS.index("disdate")]]
-                     or [r[APC_COLUMNS.index("epiend")] for r in rows if r[APC_COLUMNS.index("epiend")]])
-            first = min(date.fromisoformat(min(dated)).replace(day=1), period.replace(day=1)) if dated else period.replace(day=1)
+            disdate, epiend = APC_COLUMNS.index("disdate"), APC_COLUMNS.index("epiend")
+            dated = [r[disdate] for r in rows if r[disdate]] or [r[epiend] for r in rows if r[epiend]]
+            first = period.replace(day=1)
+            if dated:
+                first = min(first, date.fromisoformat(min(dated)).replace(day=1))
             self.ledger.coverage.append(("apc", procode, first, period))
 
     # -- social care ------------------------------------------------------------------------------------------------
