@@ -45,13 +45,16 @@ ensure_chromium() {
   fi
 }
 
-# The cluster (./dev.sh cluster up|down, pophealth/cluster.py) and its test need Debian's redis-server; installed
-# the same way, when it is missing and we may.
-ensure_redis() {
-  if ! command -v redis-server >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "Installing Debian's redis-server for the cluster ..."
-    (apt-get install -y -qq redis-server >/dev/null 2>&1 || (apt-get update -qq >/dev/null 2>&1 &&
-      apt-get install -y -qq redis-server >/dev/null 2>&1)) || echo "could not install redis-server" >&2
+# The cluster (./dev.sh cluster up|down, pophealth/cluster.py) and its test need Debian's PostgreSQL server and
+# redis-server; installed the same way, when missing and we may (without them the cluster test is skipped, saying so).
+ensure_cluster_servers() {
+  local wanted=()
+  [ -x "$(sed -n 's/^ *postgres_bin: *//p' infra/deployment.yml)/postgres" ] || wanted+=(postgresql)
+  command -v redis-server >/dev/null 2>&1 || wanted+=(redis-server)
+  if [ "${#wanted[@]}" -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "Installing Debian's ${wanted[*]} for the cluster ..."
+    (apt-get install -y -qq "${wanted[@]}" >/dev/null 2>&1 || (apt-get update -qq >/dev/null 2>&1 &&
+      apt-get install -y -qq "${wanted[@]}" >/dev/null 2>&1)) || echo "could not install ${wanted[*]}" >&2
   fi
 }
 
@@ -60,9 +63,9 @@ shift || true
 case "$command" in
   setup) setup; exec .venv/bin/pophealth setup "$@" ;;
   demo) setup; exec .venv/bin/pophealth run "$@" ;;
-  test) setup; ensure_chromium; ensure_redis; exec .venv/bin/python -m pytest "$@" ;;
+  test) setup; ensure_chromium; ensure_cluster_servers; exec .venv/bin/python -m pytest "$@" ;;
   bench) setup; exec .venv/bin/python -m benchmarks "$@" ;;
-  cluster) setup; ensure_redis; exec .venv/bin/pophealth cluster "$@" ;;
+  cluster) setup; ensure_cluster_servers; exec .venv/bin/pophealth cluster "$@" ;;
   pophealth) setup; exec .venv/bin/pophealth "$@" ;;
   ui) setup; exec .venv/bin/pophealth ui "$@" ;;
   docs) setup; exec .venv/bin/pophealth docs "$@" ;;

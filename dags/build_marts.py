@@ -1,5 +1,8 @@
 """Build the marts with dbt when any published input changes (data-aware scheduling on the raw assets).
 
+A build the assets start first waits (wait_for_loads) until the landing folder has nothing left to load, so a
+delivery of several feeds is built once with all of it; a build they start when the marts already hold every
+published load is skipped (check_loads: audit.marts_publication), so the marts are published once per delivery.
 check_loads refuses to build while a load has failed its gate and not been replaced, so the marts keep
 their last good state. Write-audit-publish: dbt builds marts and reporting as candidate schemas
 (marts__candidate, reporting__candidate), gate_marts validates them (expectations/marts.yml), and only then
@@ -17,7 +20,7 @@ from datetime import datetime
 
 from airflow.sdk import dag, task
 
-from pophealth.orchestration import ANY_RAW_ASSET, DEFAULT_ARGS, MART_ASSETS, dbt_task_group
+from pophealth.orchestration import ANY_RAW_ASSET, DEFAULT_ARGS, LOADS_WAIT, MART_ASSETS, POKE_INTERVAL, dbt_task_group
 
 
 @dag(
@@ -31,13 +34,17 @@ from pophealth.orchestration import ANY_RAW_ASSET, DEFAULT_ARGS, MART_ASSETS, db
     tags=["marts", "dbt"],
 )
 def build_marts():
+    @task.sensor(poke_interval=POKE_INTERVAL, timeout=LOADS_WAIT + POKE_INTERVAL * 2, mode="reschedule")
+    def wait_for_loads(**context) -> bool:
+        from pophealth.orchestration import wait_for_loads
+
+        return wait_for_loads(context["dag_run"].run_type, context["dag_run"].start_date)
+
     @task
-    def check_loads() -> None:
+    def check_loads(**context) -> int:
         from pophealth import orchestration
 
-        orchestration.assert_loads_gated()
-        orchestration.clear_candidates()  # what a refused build left; dbt builds the candidates afresh
-        orchestration.assign_published_ids()  # the purpose-keyed ids dbt joins in; fails without the keys
+        return orchestration.check_loads(context["dag_run"].run_type)
 
     @task
     def gate_marts(**context) -> None:
@@ -46,16 +53,18 @@ def build_marts():
         orchestration.gate_marts(context["run_id"])
 
     @task
-    def publish_marts() -> None:
+    def publish_marts(newest_load_id: int, **context) -> None:
         from pophealth import orchestration
 
-        orchestration.publish_marts()
+        orchestration.publish_marts(newest_load_id, context["run_id"])
 
     @task(outlets=MART_ASSETS)
     def marts_published() -> None:
         """Marks the marts as updated, for whatever is scheduled on them."""
 
-    check_loads() >> dbt_task_group(build_candidates=True) >> gate_marts() >> publish_marts() >> marts_published()
+    checked = check_loads()
+    gated = wait_for_loads() >> checked >> dbt_task_group(build_candidates=True) >> gate_marts()
+    gated >> publish_marts(checked) >> marts_published()
 
 
 build_marts()

@@ -3,7 +3,8 @@
 Thin wiring only: every task calls one function of the `pophealth` package. Each file in the landing
 folder is a mapped task group, so one bad file fails on its own and the others still publish.
 Each feed is scheduled as its files arrive (orchestration.ARRIVAL); the first task, `discover`, waits
-(bounded) for complete new files in a scheduled run and looks once in a run started by hand.
+(bounded) for complete new files in a scheduled run, and for the feeds before it in the load order to finish
+theirs, and looks once in a run started by hand. The last task, `published`, is the run's one asset event.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def make_ingest_dag(feed: str):
 
                 return gate_load(load_id, context["run_id"])
 
-            @task(outlets=[raw_asset(feed)])
+            @task
             def publish(load_id: int) -> dict:
                 from pophealth.orchestration import publish_staged
 
@@ -67,7 +68,14 @@ def make_ingest_dag(feed: str):
 
             publish(gate(stage(path)))
 
-        ingest_file.expand(path=discover())
+        # One asset event per run, once every file of it is published (so one delivery starts one build of the
+        # marts, not one per file); a run with a refused file announces nothing: the marts are not rebuilt
+        # while a load is refused and not replaced (build_marts's check_loads).
+        @task(outlets=[raw_asset(feed)])
+        def published() -> None:
+            """Marks the feed's raw table as updated, for build_marts."""
+
+        ingest_file.expand(path=discover()) >> published()
 
     return ingest()
 

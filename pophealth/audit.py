@@ -57,3 +57,17 @@ def file_accounts(run_id: str | None = None) -> list[dict]:
                 FROM audit.load {where} ORDER BY load_id""",
             (run_id,) if run_id else (),
         ).fetchall()
+
+
+def newest_published_load() -> int | None:
+    """The newest load that was ever published (a later one superseding it keeps it counted): what a build of
+    the marts takes in."""
+    with db.connect() as conn:
+        return conn.execute("SELECT max(load_id) FROM audit.load WHERE published_at IS NOT NULL").fetchone()[0]
+
+
+def last_marts_publication() -> dict | None:
+    """The latest publication of the marts (audit.marts_publication): when, by which run, built on which load."""
+    with db.connect() as conn:
+        return conn.cursor(row_factory=dict_row).execute(
+            "SELECT * FROM audit.marts_publication ORDER BY publication_id DESC LIMIT 1").fetchone()

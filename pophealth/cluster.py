@@ -332,7 +332,9 @@ def airflow_env(lay: Layout, role: str) -> dict[str, str]:
         "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(lay.port("worker_logs")),
         "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(cl["worker_concurrency"]),
         config.ENV_LANDING_DIR: str(landing(lay)),
-        "POPHEALTH_POKE_INTERVAL_SECONDS": str(cl["poke_interval_seconds"]),
+        # the caller's, when given (the cluster's test looks more often), else the deployment's
+        "POPHEALTH_POKE_INTERVAL_SECONDS": os.environ.get("POPHEALTH_POKE_INTERVAL_SECONDS")
+                                           or str(cl["poke_interval_seconds"]),
         "PYTHONWARNINGS": "ignore",
     })
     env.update({k: v for k, v in openlineage_env().items() if k not in env})
@@ -717,117 +719,161 @@ def wait_in_foreground(say=print) -> None:
 
 # ------------------------------------------------------------------------------------------ the pipeline on it
 
-def airflow_cli(lay: Layout, *args: str) -> str:
-    """An `airflow` command on the cluster's metadata database (with the scheduler's settings: no keys)."""
-    proc = subprocess.run([_airflow_bin(), *args], env=airflow_env(lay, "cli"), capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise ClusterError(f"airflow {' '.join(args)} failed:\n" + "\n".join(proc.stderr.strip().splitlines()[-5:]))
-    return proc.stdout
+def warehouse_query(lay: Layout, statement: str, params: tuple = ()) -> list[tuple]:
+    import psycopg
+
+    with psycopg.connect(warehouse_url(lay), passfile=str(lay.secret("pgpass")), autocommit=True) as conn:
+        return conn.execute(statement, params).fetchall()
 
 
-def _latest_run(lay: Layout, dag_id: str) -> tuple[str, str] | None:
-    rows = metadata_query(lay, "SELECT run_id, state FROM dag_run WHERE dag_id = %s ORDER BY id DESC LIMIT 1",
-                          (dag_id,))
-    return rows[0] if rows else None
+def _arrive(source: Path, target: Path) -> list[tuple[str, str, str]]:
+    """A delivery arriving in the landing folder: every extract of `source` copied in under a temporary name
+    (which the platform never reads), then each renamed to its own; (feed, file name, sha256) of each."""
+    from pophealth.landing import identify, sha256_of
+
+    found = [(path, e) for path in sorted(source.iterdir()) if path.is_file() and (e := identify(path)) is not None]
+    for path, _ in found:
+        shutil.copy2(path, target / f".{path.name}.part")
+    for path, _ in found:
+        os.replace(target / f".{path.name}.part", target / path.name)
+    return [(e.feed, path.name, sha256_of(path)[0]) for path, e in found]
 
 
-def _latest_run_or_none(lay: Layout, dag_id: str):
+def _accounts(lay: Layout, arrived: list[tuple[str, str, str]]) -> dict[str, str]:
+    """File name -> the status of its latest load, for the arrived files that have one."""
+    rows = warehouse_query(lay, """SELECT DISTINCT ON (file_name, file_sha256) file_name, file_sha256, status
+                                   FROM audit.load WHERE file_name = ANY(%s)
+                                   ORDER BY file_name, file_sha256, load_id DESC""", ([a[1] for a in arrived],))
+    wanted = {(name, sha) for _, name, sha in arrived}
+    return {name: status for name, sha, status in rows if (name, sha) in wanted}
+
+
+def _settled_or_none(query):
     import psycopg
 
     try:
-        return _latest_run(lay, dag_id)
-    except psycopg.OperationalError:
-        return "unknown"
+        return query()
+    except psycopg.OperationalError:  # a server restarting: look again
+        return None
 
 
-def wait_for_run(lay: Layout, dag_id: str, run_id: str, timeout: float) -> str:
-    import psycopg
+def _wait_until_dealt_with(lay: Layout, arrived, started: float, deadline: float, say) -> dict[str, str]:
+    from pophealth.load import UNFINISHED
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            (state,), = metadata_query(lay, "SELECT state FROM dag_run WHERE dag_id = %s AND run_id = %s",
-                                       (dag_id, run_id))
-        except psycopg.OperationalError:  # the server restarting: look again
-            state = None
-        if state in ("success", "failed"):
-            return state
+    last_said, accounts = 0.0, {}
+    while True:
+        accounts = _settled_or_none(lambda: _accounts(lay, arrived)) or accounts
+        done = [name for name, status in accounts.items() if status not in UNFINISHED]
+        if len(done) == len(arrived):
+            return accounts
+        if time.monotonic() > deadline:
+            raise ClusterError(f"{len(arrived) - len(done)} of {len(arrived)} file(s) were not loaded in time")
+        if time.monotonic() - last_said >= 30:
+            say(f"  {time.monotonic() - started:6.0f} s: {len(done)} of {len(arrived)} file(s) dealt with")
+            last_said = time.monotonic()
+        time.sleep(3)
+
+
+def _wait_for_ingest_runs(lay: Layout, arrived, deadline: float) -> dict[str, tuple[str, list[str]]]:
+    """The ingest runs that loaded the files, once each has finished (its last task is the asset event):
+    dag id -> (failed if any run of it failed, else success; the run ids)."""
+    loaded_by = warehouse_query(lay, "SELECT DISTINCT feed, run_id FROM audit.load WHERE file_name = ANY(%s)",
+                                ([a[1] for a in arrived],))
+    while True:
+        found = _settled_or_none(lambda: {(d, r): st for d, r, st in metadata_query(
+            lay, "SELECT dag_id, run_id, state FROM dag_run WHERE run_id = ANY(%s)", ([r for _, r in loaded_by],))})
+        if found is not None:
+            runs = {(f"ingest_{feed}", run_id): found.get((f"ingest_{feed}", run_id)) for feed, run_id in loaded_by}
+            if all(state in ("success", "failed") for state in runs.values()):
+                break
+        if time.monotonic() > deadline:
+            raise ClusterError("the ingest runs did not finish in time")
         time.sleep(2)
-    raise ClusterError(f"{dag_id} run {run_id} did not finish within {timeout:.0f} s")
-
-
-def _arrive(source: Path, target: Path, feed: str) -> int:
-    """A feed's files arriving in the landing folder: each copied under a temporary name, then renamed."""
-    from pophealth.landing import identify
-
-    count = 0
-    for path in sorted(source.iterdir()):
-        found = identify(path) if path.is_file() else None
-        if found is None or found.feed != feed:
-            continue
-        shutil.copy2(path, target / f".{path.name}.part")
-        os.replace(target / f".{path.name}.part", target / path.name)
-        count += 1
-    return count
+    states: dict[str, tuple[str, list[str]]] = {}
+    for (dag_id, run_id), state in sorted(runs.items()):
+        before, run_ids = states.get(dag_id, ("success", []))
+        states[dag_id] = ("failed" if "failed" in (before, state) else "success", [*run_ids, run_id])
+    return states
 
 
 def load(source: Path | None = None, say=print, timeout: float = 3600) -> dict[str, str]:
-    """Load a landing folder through the cluster, then let the assets build the marts (once or twice: below).
+    """Deliver a folder of extracts to the cluster and watch the scheduler load it: nothing is triggered by hand.
 
-    Feed by feed in the contract's load order (the opt-outs and the register before the activity feeds), the
-    feed's files arrive in the landing folder (copied from `source`, when given) and its ingest DAG is started as
-    the Trigger button starts it; a scheduled run already waiting for files takes them first (the trigger waits
-    behind it and finds nothing left). The scheduler hands every task to the Celery workers. build_marts is
-    paused until the last feed arrives, so that no build starts on part of the feeds (an asset event does not
-    queue a paused DAG). Each file's publish is an asset event of its own, so the last feed's files, published one
-    by one, start a build at the first and at most one more after it (max_active_runs=1 folds the rest into one);
-    the last build has everything."""
-    from pophealth.landing import LOAD_ORDER
+    The files arrive in the landing folder all at once (copied from `source`, when given). Each ingest DAG's
+    scheduled run is already waiting for files (a deployment's first run of each feed starts when it is
+    deployed); each takes its feed's files in the contract's load order (a feed waits while one before it has
+    files to load), and the scheduler hands every task to the Celery workers. Each run's one asset event starts
+    build_marts, which waits until nothing is left to load and builds once; a build the later events start
+    finds nothing new and is skipped. Done when every file is accounted for in the audit, the marts are published
+    with the newest load, and no build is waiting; returns each DAG's outcome."""
+    from pophealth.load import UNFINISHED
     from pophealth.pipeline import MARTS_DAG
 
     lay = layout()
-    states: dict[str, str] = {}
-    before = _latest_run(lay, MARTS_DAG)
-    airflow_cli(lay, "dags", "pause", MARTS_DAG)
-    try:
-        for i, feed in enumerate(LOAD_ORDER):
-            dag_id = f"ingest_{feed}"
-            if i == len(LOAD_ORDER) - 1:
-                airflow_cli(lay, "dags", "unpause", MARTS_DAG)
-            if source is not None:
-                say(f"  {_arrive(source, landing(lay), feed)} {feed} file(s) arrived")
-            run_id = f"cluster_load__{time.strftime('%Y%m%dT%H%M%S')}__{dag_id}"
-            airflow_cli(lay, "dags", "trigger", dag_id, "--run-id", run_id)
-            started = time.monotonic()
-            states[dag_id] = wait_for_run(lay, dag_id, run_id, timeout)
-            say(f"  {dag_id:<30} {states[dag_id]:<8} {time.monotonic() - started:6.1f} s")
-    finally:
-        airflow_cli(lay, "dags", "unpause", MARTS_DAG)
+    target = landing(lay)
     started = time.monotonic()
     deadline = started + timeout
-    while (latest := _latest_run_or_none(lay, MARTS_DAG)) in (before, "unknown"):
-        if time.monotonic() > deadline:
-            raise ClusterError(f"no {MARTS_DAG} run was triggered by the assets within {timeout:.0f} s")
-        time.sleep(2)
-    states[MARTS_DAG] = wait_for_run(lay, MARTS_DAG, latest[0], timeout)
-    # A second build that the last feed's later publishes queued (see above): the load is done when it is.
-    while time.monotonic() < deadline:
-        try:
-            waiting = metadata_query(
-                lay, """SELECT (SELECT count(*) FROM dag_run WHERE dag_id = %s AND state IN ('queued', 'running'))
-                        + (SELECT count(*) FROM asset_dag_run_queue WHERE target_dag_id = %s)""",
-                (MARTS_DAG, MARTS_DAG))[0][0]
-        except Exception:  # the metadata database restarting
-            waiting = 1
-        if not waiting:
-            break
-        time.sleep(5)
+    if source is not None:
+        arrived = _arrive(source, target)
     else:
-        raise ClusterError(f"{MARTS_DAG} was still building after {timeout:.0f} s")
-    (states[MARTS_DAG],), = metadata_query(lay, "SELECT state FROM dag_run WHERE dag_id = %s ORDER BY id DESC LIMIT 1",
-                                           (MARTS_DAG,))
-    say(f"  {MARTS_DAG:<30} {states[MARTS_DAG]:<8} {time.monotonic() - started:6.1f} s (triggered by the assets)")
+        arrived = _arrive_in_place(target)
+    say(f"  {len(arrived)} file(s) in {target}: the scheduled ingest runs take them")
+    while True:
+        accounts = _wait_until_dealt_with(lay, arrived, started, deadline, say)
+        states = _wait_for_ingest_runs(lay, arrived, deadline)
+        # A task retried after a crash may have started a new load of a file meanwhile: look again.
+        accounts = _accounts(lay, arrived)
+        if len(accounts) == len(arrived) and all(status not in UNFINISHED for status in accounts.values()):
+            break
+    by_status: dict[str, int] = {}
+    for status in accounts.values():
+        by_status[status] = by_status.get(status, 0) + 1
+    say(f"  {time.monotonic() - started:6.0f} s: every file dealt with: "
+        + ", ".join(f"{n} {status}" for status, n in sorted(by_status.items())))
+    for dag_id, (state, run_ids) in sorted(states.items()):
+        say(f"  {dag_id:<30} {state:<8} {', '.join(run_ids)}")
+    states = {dag_id: state for dag_id, (state, _) in states.items()}
+    refused = {name: status for name, status in accounts.items() if status not in ("published", "duplicate")}
+    if refused:
+        say("  refused: " + ", ".join(f"{n} ({s})" for n, s in sorted(refused.items())) + ": the marts are not "
+            "rebuilt while a load is refused and not replaced")
+        states[MARTS_DAG] = "not built"
+        return states
+    newest = warehouse_query(lay, "SELECT max(load_id) FROM audit.load WHERE published_at IS NOT NULL")[0][0]
+    while True:
+        found = _settled_or_none(lambda: (
+            warehouse_query(lay, "SELECT max(newest_load_id) FROM audit.marts_publication")[0][0],
+            *metadata_query(lay, """SELECT (SELECT count(*) FROM dag_run WHERE dag_id = %s
+                                            AND state IN ('queued', 'running'))
+                                    + (SELECT count(*) FROM asset_dag_run_queue WHERE target_dag_id = %s),
+                                    (SELECT count(*) FROM dag_run WHERE dag_id = %s AND state = 'failed'
+                                            AND start_date >= now() - make_interval(secs => %s))""",
+                            (MARTS_DAG, MARTS_DAG, MARTS_DAG, time.monotonic() - started + 5))[0]))
+        if found is not None:
+            published, waiting, failed = found
+            if published is not None and published >= newest and not waiting:
+                states[MARTS_DAG] = "success"
+                break
+            if failed and not waiting:
+                states[MARTS_DAG] = "failed"
+                break
+        if time.monotonic() > deadline:
+            raise ClusterError(f"the marts were not published with the newest load within {timeout:.0f} s")
+        time.sleep(3)
+    runs = metadata_query(lay, """SELECT state, count(*) FROM dag_run WHERE dag_id = %s
+                                  AND start_date >= now() - make_interval(secs => %s) GROUP BY state""",
+                          (MARTS_DAG, time.monotonic() - started + 5))
+    say(f"  {time.monotonic() - started:6.0f} s: {MARTS_DAG} " + states[MARTS_DAG] + " ("
+        + ", ".join(f"{n} run(s) {state}" for state, n in runs) + ", started by the assets)")
     return states
+
+
+def _arrive_in_place(target: Path) -> list[tuple[str, str, str]]:
+    """The extracts already in the landing folder (a delivery that came another way)."""
+    from pophealth.landing import identify, sha256_of
+
+    return [(e.feed, path.name, sha256_of(path)[0]) for path in sorted(target.iterdir())
+            if path.is_file() and (e := identify(path)) is not None]
 
 
 def restart(name: str, crash: bool = False) -> None:

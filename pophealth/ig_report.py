@@ -70,6 +70,7 @@ MACHINE_IDENTIFIERS: dict[str, str] = {
     "audit.load.run_id": _RUN_ID,
     "audit.gate_result.run_id": _RUN_ID,
     "audit.optout_by_purpose.run_id": _RUN_ID,
+    "audit.marts_publication.run_id": _RUN_ID,
     "audit.column_lineage.run_id": _RUN_ID,
     "audit.load.file_sha256": "the sha256 checksum of a delivered file (64 hex characters): it identifies a file",
     "audit.load.file_bytes": "a delivered file's size in bytes: a measurement, ten digits for a file of 1 GB or more",

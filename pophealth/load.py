@@ -83,12 +83,14 @@ SETTLED = {"optouts": ("published", "superseded", "stale")}
 SETTLED_OTHER = ("published",)
 
 
-def pending_extracts(landing: Path, feed: str) -> list[str]:
+def pending_extracts(landing: Path, feed: str, wait_for_writes: bool = True) -> list[str]:
     """The complete files of a feed in the landing folder that are not already dealt with as they are now.
 
     Of opt-out lists, only the newest one, and only when it is not older than the list in force: the list in
-    force is the one with the latest date, whatever order the files arrive in (`stale_optout_lists`)."""
-    extracts = settled([e for e in scan(landing).extracts if e.feed == feed])
+    force is the one with the latest date, whatever order the files arrive in (`stale_optout_lists`). Without
+    `wait_for_writes`, a file still being written counts too (it is coming)."""
+    extracts = [e for e in scan(landing).extracts if e.feed == feed]
+    extracts = settled(extracts) if wait_for_writes else extracts
     if not extracts:
         return []
     prepare_warehouse()
@@ -110,6 +112,26 @@ def pending_extracts(landing: Path, feed: str) -> list[str]:
         newest = max((e.period_end for e in pending), default=None)
         pending = [e for e in pending if e.period_end == newest and (in_force is None or newest >= in_force[1])]
     return [str(e.path) for e in pending]
+
+
+#: A load with one of these has not finished: its file is still to be loaded (a load whose process died, found
+#: `interrupted` by `mark_interrupted_loads`, and a staged load never published are taken again).
+UNFINISHED = ("loading", "validated", "interrupted")
+
+
+def awaiting_extracts(landing: Path, feeds: tuple[str, ...] | list[str]) -> list[str]:
+    """The files of these feeds in the landing folder that are still to be loaded: new or changed, being
+    written or not, and not yet tried as they are now. A file that was tried and refused (or found a duplicate,
+    or stale) is not awaited: a corrected file, which is new, is. This is what a scheduled load waits for before
+    a later feed of the load order, and what a build of the marts waits for (pophealth/orchestration.py)."""
+    pending = [(feed, Path(p)) for feed in feeds for p in pending_extracts(landing, feed, wait_for_writes=False)]
+    if not pending:
+        return []
+    with db.connect(role=LOADER) as conn:
+        tried = {(row[0], row[1]) for row in conn.execute(
+            "SELECT file_name, file_sha256 FROM audit.load WHERE feed = ANY(%s) AND status <> ALL(%s)",
+            (list(feeds), list(UNFINISHED)))}
+    return [str(path) for feed, path in pending if (path.name, sha256_of(path)[0]) not in tried]
 
 
 def optout_list_in_force(conn: psycopg.Connection) -> tuple[int, date] | None:

@@ -219,8 +219,11 @@ def drop_candidates() -> list[str]:
     return dropped
 
 
-def publish_candidates(lock_timeout: str = "60s") -> list[str]:
-    """Swap the candidate schemas in, all in one transaction: analysts see the old marts or the new, never a mix."""
+def publish_candidates(lock_timeout: str = "60s", newest_load_id: int | None = None,
+                       run_id: str | None = None) -> list[str]:
+    """Swap the candidate schemas in, all in one transaction: analysts see the old marts or the new, never a mix.
+    The publication is recorded in the same transaction (audit.marts_publication), with the newest load the
+    candidates were built on (by default, the newest published now)."""
     with db.connect() as conn:
         missing = [schema_of(s, True) for s in PUBLISHED if not _schema_exists(conn, schema_of(s, True))]
         if missing:
@@ -236,6 +239,9 @@ def publish_candidates(lock_timeout: str = "60s") -> list[str]:
             conn.execute(sql.SQL("ALTER SCHEMA {} RENAME TO {}").format(candidate, real))
             conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(previous))
             conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(real, sql.Identifier(READER[published])))
+        conn.execute("""INSERT INTO audit.marts_publication (run_id, newest_load_id)
+                        VALUES (%s, coalesce(%s, (SELECT max(load_id) FROM audit.load WHERE published_at IS NOT NULL)))""",
+                     (run_id, newest_load_id))
     log.info("published %s", ", ".join(f"{s}{CANDIDATE} as {s}" for s in PUBLISHED))
     return list(PUBLISHED)
 

@@ -132,14 +132,59 @@ def log_not_extracts(landing: Path) -> None:
                     len(not_extracts), "\n".join(f"  {name}: {why}" for name, why in not_extracts))
 
 
+def _run_type(run_type) -> str:
+    return str(getattr(run_type, "value", run_type))
+
+
 def wait_for_files(feed: str, run_type) -> object:
     """The ingest DAG's first task, a sensor: done when there are complete new files; a scheduled run keeps
-    looking (bounded by ARRIVAL[feed].wait, then skipped: nothing came), any other run takes what is there."""
+    looking (bounded by ARRIVAL[feed].wait, then skipped: nothing came), any other run takes what is there.
+
+    A scheduled run also keeps the contract's load order when files of several feeds arrive together: it waits
+    while a feed before its own still has files to load (the opt-out list in force before the personal feeds,
+    the register before the activity), so a month's delivery loads in order whichever run looks first."""
     from airflow.sdk import PokeReturnValue
 
     files = discover_files(feed)
-    scheduled = str(getattr(run_type, "value", run_type)) == "scheduled"
-    return PokeReturnValue(is_done=bool(files) or not scheduled, xcom_value=files)
+    if _run_type(run_type) != "scheduled":
+        return PokeReturnValue(is_done=True, xcom_value=files)
+    if files:
+        from pophealth.load import awaiting_extracts
+
+        before = awaiting_extracts(_landing(), LOAD_ORDER[:LOAD_ORDER.index(feed)])
+        if before:
+            log.info("%d file(s) of the feeds loaded before %s are still to be loaded: waiting for them "
+                     "(the contract's load order)", len(before), feed)
+            return PokeReturnValue(is_done=False)
+    return PokeReturnValue(is_done=bool(files), xcom_value=files)
+
+
+#: How long a build started by the assets waits for files still arriving or loading before it builds anyway
+#: (with what is published, naming what it did not wait for).
+LOADS_WAIT = timedelta(hours=2)
+
+
+def wait_for_loads(run_type, started) -> bool:
+    """build_marts's first task, a sensor: a build the assets started waits until the landing folder has
+    nothing left to load, so that a delivery of several feeds (or many files of one) is built once, with all of
+    it, not once per feed. Bounded by LOADS_WAIT; a build started by hand builds at once."""
+    from datetime import datetime, timezone
+
+    from pophealth.load import awaiting_extracts
+
+    landing = config.landing_dir()
+    if _run_type(run_type) != "asset_triggered" or landing is None:
+        return True
+    awaiting = awaiting_extracts(landing, LOAD_ORDER)
+    if not awaiting:
+        return True
+    waited = datetime.now(timezone.utc) - started if started is not None else timedelta(0)
+    if waited >= LOADS_WAIT:
+        log.warning("building the marts after waiting %s, without these %d file(s) still to be loaded:\n%s",
+                    LOADS_WAIT, len(awaiting), "\n".join(f"  {Path(a).name}" for a in awaiting))
+        return True
+    log.info("%d file(s) in the landing folder are still to be loaded: the build waits for them", len(awaiting))
+    return False
 
 
 def stage_file(path: str, run_id: str) -> int:
@@ -184,6 +229,28 @@ def publish_staged(load_id: int) -> dict:
 
     emit_load_event(load_id)  # the file in, the raw table out, with rows and the gate's rules (OpenLineage)
     return changes
+
+
+def check_loads(run_type) -> int:
+    """build_marts after its wait: refuse while a load is refused and not replaced; in a build the assets
+    started, skip when no load was published since the marts were last published (a second asset event of a
+    delivery the last build already took in: the marts are published once). Returns the newest published load,
+    which the publication records (audit.marts_publication)."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from pophealth.audit import last_marts_publication, newest_published_load
+
+    assert_loads_gated()
+    newest = newest_published_load()
+    last = last_marts_publication()
+    if _run_type(run_type) == "asset_triggered" and last is not None and newest == last["newest_load_id"]:
+        message = (f"nothing new to build: the marts published at {last['published_at']:%Y-%m-%d %H:%M} (run "
+                   f"{last['run_id']}) already hold every published load (the newest, {newest})")
+        log.info(message)
+        raise AirflowSkipException(message)
+    clear_candidates()  # what a refused build left; dbt builds the candidates afresh
+    assign_published_ids()  # the purpose-keyed ids dbt joins in; fails without the keys
+    return newest or 0
 
 
 def assert_loads_gated() -> None:
@@ -232,14 +299,15 @@ def gate_marts(run_id: str | None = None) -> None:
     log.info("marts gate passed\n%s", outcome.summary())
 
 
-def publish_marts() -> None:
-    """Swap the gated candidates in as marts and reporting, in one transaction."""
+def publish_marts(newest_load_id: int | None = None, run_id: str | None = None) -> None:
+    """Swap the gated candidates in as marts and reporting, in one transaction, recording the publication with
+    the newest load it was built on."""
     from pophealth.marts_gate import PublishRefused, publish_candidates
 
     from pophealth.purposes import record_optouts_by_purpose
 
     try:
-        publish_candidates()
+        publish_candidates(newest_load_id=newest_load_id, run_id=run_id)
     except PublishRefused as exc:
         raise _fail(f"PUBLISH REFUSED: {exc}") from None
     log.info("people left out under the opt-out list in force, per purpose: %s", record_optouts_by_purpose())

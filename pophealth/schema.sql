@@ -124,6 +124,15 @@ CREATE TABLE IF NOT EXISTS audit.optout_by_purpose (
     people_left_out   bigint NOT NULL
 );
 
+-- Each publication of the marts (build_marts's publish, in the transaction that swaps the schemas in), with the
+-- newest load it was built on: a build the assets start when nothing was published since is skipped.
+CREATE TABLE IF NOT EXISTS audit.marts_publication (
+    publication_id  bigserial PRIMARY KEY,
+    published_at    timestamptz NOT NULL DEFAULT now(),
+    run_id          text,
+    newest_load_id  bigint
+);
+
 CREATE TABLE IF NOT EXISTS raw.gp_register (
     load_id                 bigint NOT NULL,
     source_row              bigint NOT NULL,

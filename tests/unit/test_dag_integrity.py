@@ -35,6 +35,7 @@ PARSE = textwrap.dedent(
                                          for c in (t.on_failure_callback if isinstance(t.on_failure_callback, list)
                                                    else [t.on_failure_callback]) if c}),
             "outlets": sorted(a.uri for t in dag.tasks for a in getattr(t, "outlets", []) or []),
+            "outlet_tasks": sorted(t.task_id for t in dag.tasks if getattr(t, "outlets", None)),
         }
     print("RESULT " + json.dumps({"errors": {k: str(v) for k, v in bag.import_errors.items()},
                                    "dags": dags, "seconds": seconds}))
@@ -79,12 +80,19 @@ def test_every_task_has_an_owner_and_retries_and_every_dag_tags(parsed):
             assert task["retries"] >= 1, (dag_id, task_id)
 
 
-def test_ingest_dags_stage_then_gate_then_publish_an_asset(parsed):
+def test_ingest_dags_stage_then_gate_then_publish_then_announce_one_asset_event(parsed):
+    # Each file is staged, gated and published on its own; the run's one asset event (the `published` task) comes
+    # after every file's publish, so a delivery of many files starts one build of the marts, not one per file.
     for dag_id in EXPECTED - {"build_marts"}:
         tasks = parsed["dags"][dag_id]["tasks"]
         assert tasks["ingest_file.gate"]["upstream"] == ["ingest_file.stage"]
         assert tasks["ingest_file.publish"]["upstream"] == ["ingest_file.gate"]
-        assert len(parsed["dags"][dag_id]["outlets"]) == 1
+        assert tasks["published"]["upstream"] == ["ingest_file.publish"]
+        assert parsed["dags"][dag_id]["outlets"] == [f"pophealth://warehouse/{table}" for table in {
+            "ingest_ref_postcode_lookup": ["raw/ref_lsoa"], "ingest_ref_population": ["raw/ref_population"],
+            "ingest_optouts": ["restricted/optout"], "ingest_gp_register": ["raw/gp_register"],
+            "ingest_apc": ["raw/apc_episode"], "ingest_cld": ["raw/cld_event"]}[dag_id]]
+        assert parsed["dags"][dag_id]["outlet_tasks"] == ["published"]
 
 
 def test_marts_are_built_only_after_the_loads_are_checked_and_on_asset_updates(parsed):
@@ -98,6 +106,9 @@ def test_marts_are_built_only_after_the_loads_are_checked_and_on_asset_updates(p
     # Nothing in dbt starts before the loads are checked, and the marts are published after the last test.
     roots = [t for t in dbt_tasks if not any(u.startswith("dbt.") for u in tasks[t]["upstream"])]
     assert roots and all(tasks[t]["upstream"] == ["check_loads"] for t in roots)
+    # ... and a build the assets start first waits for what is still to load (one build per delivery).
+    assert tasks["check_loads"]["upstream"] == ["wait_for_loads"]
+    assert tasks["wait_for_loads"]["upstream"] == []
     # marts_published comes after every dbt task: the marts are announced only once all are built and tested.
     ancestors, todo = set(), list(tasks["marts_published"]["upstream"])
     while todo:
@@ -127,7 +138,7 @@ def test_the_marts_are_gated_then_published_after_every_dbt_task(parsed):
             ancestors.add(task)
             todo += tasks[task]["upstream"]
     assert dbt_tasks <= ancestors
-    assert tasks["publish_marts"]["upstream"] == ["gate_marts"]
+    assert tasks["publish_marts"]["upstream"] == ["check_loads", "gate_marts"]  # check_loads: the newest load
     assert tasks["marts_published"]["upstream"] == ["publish_marts"]
 
 
