@@ -253,14 +253,9 @@ def warehouse_url(lay: Layout) -> str:
 
 
 def warehouse_env(lay: Layout) -> dict[str, str]:
-    """What a process that works on the warehouse needs: its URL, dbt's profile variables, the password file."""
-    wh = lay.settings["cluster"]["warehouse"]
-    return {
-        config.ENV_DATABASE_URL: warehouse_url(lay),
-        "PGPASSFILE": str(lay.secret("pgpass")),
-        "POPHEALTH_DB_HOST": "127.0.0.1", "POPHEALTH_DB_PORT": str(lay.port("postgres")),
-        "POPHEALTH_DB_USER": wh["owner"], "POPHEALTH_DB_PASSWORD": "", "POPHEALTH_DB_NAME": wh["database"],
-    }
+    """What a process that works on the warehouse needs: its URL and the password file (dbt's profile variables
+    follow from the URL in each dbt task: pophealth.marts.warehouse_for_dbt, as in compose)."""
+    return {config.ENV_DATABASE_URL: warehouse_url(lay), "PGPASSFILE": str(lay.secret("pgpass"))}
 
 
 def landing(lay: Layout) -> Path:

@@ -83,7 +83,7 @@ SETTLED = {"optouts": ("published", "superseded", "stale")}
 SETTLED_OTHER = ("published",)
 
 
-def pending_extracts(landing: Path, feed: str, wait_for_writes: bool = True) -> list[str]:
+def pending_extracts(landing: Path, feed: str, wait_for_writes: bool = True, prepare: bool = True) -> list[str]:
     """The complete files of a feed in the landing folder that are not already dealt with as they are now.
 
     Of opt-out lists, only the newest one, and only when it is not older than the list in force: the list in
@@ -93,7 +93,8 @@ def pending_extracts(landing: Path, feed: str, wait_for_writes: bool = True) -> 
     extracts = settled(extracts) if wait_for_writes else extracts
     if not extracts:
         return []
-    prepare_warehouse()
+    if prepare:
+        prepare_warehouse()
     with db.connect(role=LOADER) as conn:
         mark_interrupted_loads(conn)
         seen = {
@@ -124,7 +125,9 @@ def awaiting_extracts(landing: Path, feeds: tuple[str, ...] | list[str]) -> list
     written or not, and not yet tried as they are now. A file that was tried and refused (or found a duplicate,
     or stale) is not awaited: a corrected file, which is new, is. This is what a scheduled load waits for before
     a later feed of the load order, and what a build of the marts waits for (pophealth/orchestration.py)."""
-    pending = [(feed, Path(p)) for feed in feeds for p in pending_extracts(landing, feed, wait_for_writes=False)]
+    prepare_warehouse()
+    pending = [(feed, Path(p)) for feed in feeds
+               for p in pending_extracts(landing, feed, wait_for_writes=False, prepare=False)]
     if not pending:
         return []
     with db.connect(role=LOADER) as conn:

@@ -62,6 +62,19 @@ def parse_project() -> Path:
     return manifest_path()
 
 
+def warehouse_for_dbt(context: object = None) -> None:
+    """Before each dbt task (Cosmos runs dbt in the task's own process): the variables dbt_project/profiles.yml
+    reads, from the warehouse this process is given (POPHEALTH_DATABASE_URL, its password file, or the embedded
+    server), set in the task's process alone, the password masked in its log. A deployment then needs to give its
+    workers only what the rest of the platform reads (docker-compose.yml's POPHEALTH_DATABASE_PASSWORD_FILE)."""
+    found = db.dbt_env()
+    if found.get("POPHEALTH_DB_PASSWORD"):
+        from airflow.sdk.log import mask_secret
+
+        mask_secret(found["POPHEALTH_DB_PASSWORD"])
+    os.environ.update(found)
+
+
 def record_run_results(project_dir: str, context: dict | None = None, **_: object) -> None:
     """Cosmos callback after each dbt task: keep each node's result in audit.dbt_result and the task log."""
     run_results = Path(project_dir) / "target" / "run_results.json"

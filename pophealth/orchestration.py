@@ -336,7 +336,7 @@ def dbt_task_group(group_id: str = "dbt", build_candidates: bool = False):
     var read by the project's generate_schema_name), for the marts gate to validate before they are published."""
     from airflow.sdk import task
 
-    from pophealth.marts import dbt_executable, manifest_path
+    from pophealth.marts import dbt_executable, manifest_path, warehouse_for_dbt
 
     manifest = manifest_path()
     if not manifest.exists():
@@ -364,6 +364,7 @@ def dbt_task_group(group_id: str = "dbt", build_candidates: bool = False):
                                    # a test over two models runs once both are built, as its own task
                                    should_detach_multiple_parents_tests=True),
         operator_args={"install_deps": False, "callback": "pophealth.marts.record_run_results",
+                       "on_execute_callback": warehouse_for_dbt,
                        **({"vars": {"build_candidates": True}} if build_candidates else {})},
         default_args=DEFAULT_ARGS,
     )
