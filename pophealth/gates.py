@@ -123,6 +123,17 @@ _AFTER_TABLE = frozenset({"where", "group", "order", "union", "limit", "except",
                           "left", "right", "inner", "full", "cross", "having", "window", "fetch", "offset"})
 
 
+def unaliased_batch_in_a_join(query: str) -> bool:
+    """Whether a query with a JOIN names {batch} without an alias somewhere. Great Expectations leaves {batch}
+    unaliased in a query with a JOIN (the rule aliases it), and PostgreSQL before 16 refuses a subquery in FROM
+    without an alias: such a rule passes on PostgreSQL 16 and cannot be evaluated on 15 (Debian 12's)."""
+    if re.search(r"\bJOIN\b", query, re.IGNORECASE) is None:
+        return False
+    return any(alias is None or alias.lower() in _AFTER_TABLE
+               for alias in (m.group(1) for m in re.finditer(r"\{batch\}(?:\s+(?:AS\s+)?(\w+))?", query,
+                                                            re.IGNORECASE)))
+
+
 def query_problem(feed: str, query: str) -> str | None:
     """What is wrong with a rule's SQL, or None. It returns row numbers (`SELECT source_row FROM {batch}`;
     with a join, `SELECT b.source_row FROM {batch} b JOIN ...`), or for a feed without row numbers counts

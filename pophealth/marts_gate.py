@@ -103,6 +103,9 @@ def query_problem(query: str, key: list[str], reports: str | None) -> str | None
                                                                  "SELECT 1 FROM"]
     if not any(query.startswith(s) for s in starts):
         return "unexpected_rows_query must start with " + " or ".join(f"'{s}'" for s in starts)
+    if gates.unaliased_batch_in_a_join(query):
+        return ("unexpected_rows_query has a JOIN and names {batch} without an alias (Great Expectations aliases "
+                "it only in a query without a JOIN; PostgreSQL before 16 refuses a subquery without one)")
     names = _placeholders(query)
     if names is None:
         return "unexpected_rows_query has unpaired braces"

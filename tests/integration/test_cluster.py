@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import (PURPOSE_KEYS_ENV, TEST_KEY, TEST_VAULT_PRIVATE_KEY, TEST_VAULT_PUBLIC_KEY, isolated_env,
-                       synth_world)
+from .conftest import (COUNCILS, PURPOSE_KEYS_ENV, TEST_KEY, TEST_VAULT_PRIVATE_KEY, TEST_VAULT_PUBLIC_KEY,
+                       isolated_env)
 from .identifiable import identifiable_values
 from .test_pipeline_end_to_end import PERSON_COLUMNS, _normal, expected_person_id, expected_person_row
 
@@ -129,7 +129,10 @@ def deployed(tmp_path_factory):
     # must be able to reach its data folder.
     home = Path(tempfile.mkdtemp(prefix="pophealth-cluster-"))
     home.chmod(0o711)
-    source = synth_world(home, POPULATION, SEED)
+    source = home / "landing"  # Mid and South Essex's world, as the demo's: three councils
+    subprocess.run([sys.executable, "-m", "pophealth.cli", "synth", "--population", str(POPULATION), "--seed",
+                    str(SEED), "--out", str(source), "--councils", COUNCILS], env=isolated_env(home), check=True,
+                   capture_output=True, timeout=900)
     # The scheduled runs look for files every 15 s here (a deployment: every minute, infra/deployment.yml).
     env = {**isolated_env(home), "POPHEALTH_CLUSTER_PORT_OFFSET": PORT_OFFSET, "POPHEALTH_POKE_INTERVAL_SECONDS": "15"}
     deployment = Deployment(home, source, env, up=None)
