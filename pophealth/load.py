@@ -216,11 +216,10 @@ def _published_as(conn: psycopg.Connection, feed: str, provider: str | None, per
     return row[0] if row else None
 
 
-def _published_postcodes() -> PostcodeLookup:
+def _published_postcodes(conn: psycopg.Connection) -> PostcodeLookup:
     """The postcode lookup as last published (raw.ref_postcode): a lookup its gate refused is never used, and
-    nothing in the landing folder is read for it."""
-    with db.connect(role=LOADER) as conn:
-        rows = conn.execute("SELECT postcode_digest, lsoa_code, locality_code FROM raw.ref_postcode").fetchall()
+    nothing in the landing folder is read for it. Read on the staging connection (no connection of its own)."""
+    rows = conn.execute("SELECT postcode_digest, lsoa_code, locality_code FROM raw.ref_postcode").fetchall()
     if not rows:
         raise LoadRefused(
             "no postcode lookup is published: postcodes cannot be reduced to LSOA, so nothing is loaded; deliver a "
@@ -397,12 +396,12 @@ def _stage(extract: ExtractFile, feed: Feed, load_id: int) -> StageOutcome:
                     if feed.personal else None)
     pseudonymiser = (Pseudonymiser(key, on_identity=vault_writer.on_identity if vault_writer else None)
                      if key else None)
-    postcodes = _published_postcodes() if feed.personal else PostcodeLookup.empty()
     table = batch_table(load_id)
     meta = _meta_columns(feed)
     quarantine: list[tuple[int, int, str | None, str]] = []
     rows_read = rows_loaded = 0
     with db.connect(role=LOADER) as conn, db.connect(role=LOADER) as vault_conn:
+        postcodes = _published_postcodes(conn) if feed.personal else PostcodeLookup.empty()
         if key:
             _check_key_is_the_warehouses(conn, key.version)
         optouts = _optout_set(conn, key.version) if feed.personal else frozenset()
