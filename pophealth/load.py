@@ -322,7 +322,7 @@ def stage_extract(path: str | Path, run_id: str | None = None) -> StageOutcome:
         conn.commit()  # the row is seen as loading only once its lock is held
         try:
             agreements.check_agreement(extract.feed, extract.provider)  # before anything from the file is stored
-            return _stage(extract, feed, load_id)
+            return _stage(extract, feed, load_id, conn)
         except (FileRejected, LoadRefused, KeyError_, agreements.NoAgreement) as exc:
             _refuse(load_id, "rejected", str(exc))
             raise LoadRefused(f"{extract.name}: {exc}") from None
@@ -388,7 +388,21 @@ def _coverage(conn: psycopg.Connection, table: str, feed: str, period_end: date 
     return min(start, period_end.replace(day=1)), period_end
 
 
-def _stage(extract: ExtractFile, feed: Feed, load_id: int) -> StageOutcome:
+@contextmanager
+def _vault_connection(feed: Feed) -> Iterator[psycopg.Connection | None]:
+    """The connection the vault's COPY runs on, beside the batch table's (one connection holds one COPY at a
+    time); a feed that writes no vault entry opens none."""
+    if not feed.personal:
+        yield None
+        return
+    with db.connect(role=LOADER) as conn:
+        yield conn
+
+
+def _stage(extract: ExtractFile, feed: Feed, load_id: int, conn: psycopg.Connection) -> StageOutcome:
+    """Stage the file in one transaction on `conn`, the connection that holds the load's lock (stage_extract):
+    no connection of its own to open for each file. A failure rolls the transaction back, and the lock stays
+    held while stage_extract records why."""
     needs_key = feed.personal or feed.name == "optouts"
     key = load_linkage_key() if needs_key else None  # fail closed: no key, no load
     # The vault's public key too, for a personal feed (it writes, never reads): every identity the load pseudonymises goes to the vault.
@@ -400,7 +414,7 @@ def _stage(extract: ExtractFile, feed: Feed, load_id: int) -> StageOutcome:
     meta = _meta_columns(feed)
     quarantine: list[tuple[int, int, str | None, str]] = []
     rows_read = rows_loaded = 0
-    with db.connect(role=LOADER) as conn, db.connect(role=LOADER) as vault_conn:
+    with conn.transaction(), _vault_connection(feed) as vault_conn:
         postcodes = _published_postcodes(conn) if feed.personal else PostcodeLookup.empty()
         if key:
             _check_key_is_the_warehouses(conn, key.version)
@@ -447,16 +461,14 @@ def _stage(extract: ExtractFile, feed: Feed, load_id: int) -> StageOutcome:
                 for entry in quarantine:
                     copy.write_row(entry)
         covers_from, covers_to = _coverage(conn, table, extract.feed, extract.period_end)
-        conn.execute("UPDATE audit.load SET covers_from = %s, covers_to = %s WHERE load_id = %s",
-                     (covers_from, covers_to, load_id))
         conn.execute(
             """UPDATE audit.load SET status = 'validated', key_version = %s, rows_read = %s, rows_loaded = %s,
                       rows_quarantined = %s, rows_opted_out = %s, rows_test_range = %s, rows_unlinked = %s,
-                      extra_columns = %s, vault_entries = %s
+                      extra_columns = %s, vault_entries = %s, covers_from = %s, covers_to = %s
                WHERE load_id = %s""",
             (key.version if key else None, rows_read, rows_loaded, len(quarantine), ctx.counters["opted_out"],
              ctx.counters["test_range"], ctx.counters["unlinked"], reader.extra_columns,
-             vault_writer.stored if vault_writer else 0, load_id),
+             vault_writer.stored if vault_writer else 0, covers_from, covers_to, load_id),
         )
     log.info("%s: staged %d of %d rows (%d quarantined; %d of people with an opt-out, for direct care only) as "
              "load %d", extract.name, rows_loaded, rows_read, len(quarantine), ctx.counters["opted_out"], load_id)
