@@ -22,6 +22,8 @@ from pathlib import Path
 
 import yaml
 
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's parser when built with it
+
 from pophealth.config import REPO_ROOT
 
 ENV_REGISTER = "POPHEALTH_DATA_SHARING_REGISTER"
@@ -91,12 +93,28 @@ def _day(value: object, field: str, where: str) -> date:
         raise RegisterInvalid(f"{where}: {field} is not a date (YYYY-MM-DD)") from None
 
 
+#: The last register parsed, by its path and text: every file of a load checks its agreement, and parsing the
+#: YAML again for each (a month of hospital files is dozens) cost more than staging a small file. Keyed by the
+#: text itself, read each time, so an edit to the register is seen at once, however quickly it follows.
+_parsed: dict[tuple[str, str], Register] = {}
+
+
 def load_register(path: Path | None = None) -> Register:
     path = path or register_path()
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text()
     except FileNotFoundError:
         raise RegisterInvalid(f"the data sharing register {path} does not exist") from None
+    key = (str(path), text)
+    if key not in _parsed:
+        register = _parse_register(path, text)  # raises RegisterInvalid: nothing cached then
+        _parsed.clear()
+        _parsed[key] = register
+    return _parsed[key]
+
+
+def _parse_register(path: Path, text: str) -> Register:
+    data = yaml.load(text, Loader=_YAML_LOADER)
     if not isinstance(data, dict) or not isinstance(data.get("agreements"), list):
         raise RegisterInvalid(f"{path}: expected `register_version` and a list of `agreements`")
     agreements = []

@@ -824,7 +824,8 @@ class _GX:
                 "class_name": "SiteBuilder",
                 "store_backend": {"class_name": "TupleFilesystemStoreBackend",
                                   "base_directory": str(paths.gate_docs_dir)},
-                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+                # GE's DefaultSiteIndexBuilder, reading only what the index shows of each result (gate_docs.py).
+                "site_index_builder": {"class_name": "ValidationIndexBuilder", "module_name": "pophealth.gate_docs"},
             }},
         )
         project.stores[project.validation_results_store_name]["store_backend"] = {
@@ -833,6 +834,15 @@ class _GX:
         self.context = gx.get_context(mode="ephemeral", project_config=project)
         self.context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
         self.source = self.context.data_sources.add_sql(name="warehouse", connection_string=url)
+        # The Data Docs site's builder, made once per process and kept: Great Expectations' UpdateDataDocsAction
+        # makes a new one for every validation, and with it new Jinja environments that compile every page
+        # template again (more than half of a small file's gate). Each gate adds its own pages with it.
+        from great_expectations.render.renderer.site_builder import SiteBuilder
+
+        site = {k: v for k, v in self.context.variables.data_docs_sites[DOCS_SITE].items()
+                if k not in ("class_name", "module_name")}
+        self.docs = SiteBuilder(data_context=self.context, site_name=DOCS_SITE,
+                                runtime_environment={"root_directory": self.context.root_directory}, **site)
 
     @classmethod
     def for_url(cls, url: str) -> "_GX":
@@ -859,12 +869,17 @@ class _GX:
         validation = self.context.validation_definitions.add(
             gx.ValidationDefinition(name=name, data=batch, suite=suite))
         # BASIC gives counts; partial_unexpected_count 0 keeps GE's result, and so the Data Docs, free of values.
-        checkpoint = gx.Checkpoint(name=name, validation_definitions=[validation],
-                                   actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=[DOCS_SITE])],
+        checkpoint = gx.Checkpoint(name=name, validation_definitions=[validation], actions=[],
                                    result_format={"result_format": "BASIC", "partial_unexpected_count": 0})
         try:
             run = checkpoint.run(run_id=gx.core.run_identifier.RunIdentifier(run_name=f"{schema}.{table}"))
-            return next(iter(run.run_results.values()))
+            result_id, result = next(iter(run.run_results.items()))
+            # What UpdateDataDocsAction did, with the builder kept (see __init__): this validation's page and
+            # its suite's, and the index listing every validation kept on disk.
+            from great_expectations.data_context.types.resource_identifiers import ExpectationSuiteIdentifier
+
+            self.docs.build(resource_identifiers=[result_id, ExpectationSuiteIdentifier(name=name)])
+            return result
         finally:
             for remove in (lambda: self.context.checkpoints.delete(name),  # run() stores the checkpoint
                            lambda: self.context.validation_definitions.delete(name),

@@ -216,11 +216,10 @@ def _published_as(conn: psycopg.Connection, feed: str, provider: str | None, per
     return row[0] if row else None
 
 
-def _published_postcodes() -> PostcodeLookup:
+def _published_postcodes(conn: psycopg.Connection) -> PostcodeLookup:
     """The postcode lookup as last published (raw.ref_postcode): a lookup its gate refused is never used, and
-    nothing in the landing folder is read for it."""
-    with db.connect(role=LOADER) as conn:
-        rows = conn.execute("SELECT postcode_digest, lsoa_code, locality_code FROM raw.ref_postcode").fetchall()
+    nothing in the landing folder is read for it. Read on the staging connection (no connection of its own)."""
+    rows = conn.execute("SELECT postcode_digest, lsoa_code, locality_code FROM raw.ref_postcode").fetchall()
     if not rows:
         raise LoadRefused(
             "no postcode lookup is published: postcodes cannot be reduced to LSOA, so nothing is loaded; deliver a "
@@ -323,7 +322,7 @@ def stage_extract(path: str | Path, run_id: str | None = None) -> StageOutcome:
         conn.commit()  # the row is seen as loading only once its lock is held
         try:
             agreements.check_agreement(extract.feed, extract.provider)  # before anything from the file is stored
-            return _stage(extract, feed, load_id)
+            return _stage(extract, feed, load_id, conn)
         except (FileRejected, LoadRefused, KeyError_, agreements.NoAgreement) as exc:
             _refuse(load_id, "rejected", str(exc))
             raise LoadRefused(f"{extract.name}: {exc}") from None
@@ -389,7 +388,21 @@ def _coverage(conn: psycopg.Connection, table: str, feed: str, period_end: date 
     return min(start, period_end.replace(day=1)), period_end
 
 
-def _stage(extract: ExtractFile, feed: Feed, load_id: int) -> StageOutcome:
+@contextmanager
+def _vault_connection(feed: Feed) -> Iterator[psycopg.Connection | None]:
+    """The connection the vault's COPY runs on, beside the batch table's (one connection holds one COPY at a
+    time); a feed that writes no vault entry opens none."""
+    if not feed.personal:
+        yield None
+        return
+    with db.connect(role=LOADER) as conn:
+        yield conn
+
+
+def _stage(extract: ExtractFile, feed: Feed, load_id: int, conn: psycopg.Connection) -> StageOutcome:
+    """Stage the file in one transaction on `conn`, the connection that holds the load's lock (stage_extract):
+    no connection of its own to open for each file. A failure rolls the transaction back, and the lock stays
+    held while stage_extract records why."""
     needs_key = feed.personal or feed.name == "optouts"
     key = load_linkage_key() if needs_key else None  # fail closed: no key, no load
     # The vault's public key too, for a personal feed (it writes, never reads): every identity the load pseudonymises goes to the vault.
@@ -397,12 +410,12 @@ def _stage(extract: ExtractFile, feed: Feed, load_id: int) -> StageOutcome:
                     if feed.personal else None)
     pseudonymiser = (Pseudonymiser(key, on_identity=vault_writer.on_identity if vault_writer else None)
                      if key else None)
-    postcodes = _published_postcodes() if feed.personal else PostcodeLookup.empty()
     table = batch_table(load_id)
     meta = _meta_columns(feed)
     quarantine: list[tuple[int, int, str | None, str]] = []
     rows_read = rows_loaded = 0
-    with db.connect(role=LOADER) as conn, db.connect(role=LOADER) as vault_conn:
+    with conn.transaction(), _vault_connection(feed) as vault_conn:
+        postcodes = _published_postcodes(conn) if feed.personal else PostcodeLookup.empty()
         if key:
             _check_key_is_the_warehouses(conn, key.version)
         optouts = _optout_set(conn, key.version) if feed.personal else frozenset()
@@ -448,16 +461,14 @@ def _stage(extract: ExtractFile, feed: Feed, load_id: int) -> StageOutcome:
                 for entry in quarantine:
                     copy.write_row(entry)
         covers_from, covers_to = _coverage(conn, table, extract.feed, extract.period_end)
-        conn.execute("UPDATE audit.load SET covers_from = %s, covers_to = %s WHERE load_id = %s",
-                     (covers_from, covers_to, load_id))
         conn.execute(
             """UPDATE audit.load SET status = 'validated', key_version = %s, rows_read = %s, rows_loaded = %s,
                       rows_quarantined = %s, rows_opted_out = %s, rows_test_range = %s, rows_unlinked = %s,
-                      extra_columns = %s, vault_entries = %s
+                      extra_columns = %s, vault_entries = %s, covers_from = %s, covers_to = %s
                WHERE load_id = %s""",
             (key.version if key else None, rows_read, rows_loaded, len(quarantine), ctx.counters["opted_out"],
              ctx.counters["test_range"], ctx.counters["unlinked"], reader.extra_columns,
-             vault_writer.stored if vault_writer else 0, load_id),
+             vault_writer.stored if vault_writer else 0, covers_from, covers_to, load_id),
         )
     log.info("%s: staged %d of %d rows (%d quarantined; %d of people with an opt-out, for direct care only) as "
              "load %d", extract.name, rows_loaded, rows_read, len(quarantine), ctx.counters["opted_out"], load_id)

@@ -46,3 +46,21 @@ def test_a_register_with_an_unknown_purpose_is_refused(tmp_path):
     (tmp_path / "r.yml").write_text(text)
     with pytest.raises(RegisterInvalid, match="unknown purpose"):
         agreements.load_register(tmp_path / "r.yml")
+
+
+def test_an_edit_to_the_register_is_seen_by_the_next_load_however_soon(tmp_path):
+    """The parsed register is kept between files (pophealth.agreements._parsed), by its text: an edit made at
+    once after a load, even one of the same length in the same instant, is what the next load reads."""
+    path = tmp_path / "r.yml"
+    text = agreements.REGISTER_FILE.read_text()
+    path.write_text(text)
+    first = agreements.load_register(path)
+    assert agreements.load_register(path) is first  # not parsed again while the text is the same
+    version = f"register_version: {first.version}"
+    assert version in text
+    path.write_text(text.replace(version, f"register_version: {first.version + 1}", 1))
+    assert agreements.load_register(path).version == first.version + 1
+    path.write_text(text.replace("bcf_reporting]", "marketing]", 1))
+    with pytest.raises(RegisterInvalid, match="unknown purpose"):
+        agreements.load_register(path)
+    assert agreements.load_register(agreements.REGISTER_FILE).version == first.version
