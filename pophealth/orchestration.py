@@ -391,9 +391,9 @@ def _after_the_build(group, producer) -> None:
     deadlocks `dag.test()` (`pophealth run`), which runs one task at a time and may pick a node's task before the
     build, and it holds a triggerer slot per node in a deployment. After the build, each finds its node's result
     at once: a model dbt built succeeds, a failed test fails its task (and so everything after it, the gate and the
-    publish), and a node dbt skipped is shown skipped. `none_skipped`: they run after a failed build too, so that a failed build still shows which
-    nodes failed rather than all of them as upstream_failed; skipped with it when the build is skipped (check_loads
-    found nothing new), so that no node's task then runs dbt on its own."""
+    publish). `one_done`: they run after a failed build too, so that the UI shows which nodes failed rather than
+    every node as upstream_failed; and they are skipped when the build did not run (check_loads failed or found
+    nothing new), so that no node's task then runs dbt on its own (Cosmos's fallback when it finds no result)."""
     from airflow.sdk import TaskGroup
 
     from cosmos.constants import PRODUCER_WATCHER_DONE_TASK_ID
