@@ -9,8 +9,10 @@ their last good state. Write-audit-publish: dbt builds marts and reporting as ca
 does publish_marts swap them in, in one transaction; a failed error rule or dbt test stops the run before
 publish, and analysts keep the last good marts (pophealth/marts_gate.py).
 
-The dbt project is rendered by Astronomer Cosmos as one task per seed and model, each followed by its
-tests, so every model is visible and retryable here; each result is also kept in `audit.dbt_result`. The group is rendered from the dbt manifest (`pophealth setup` writes it), so
+The dbt project is rendered by Astronomer Cosmos (watcher mode): one `dbt build` of the whole project runs in
+`dbt.dbt_producer_watcher`, and every seed and model still has its own task, followed by its tests' task, which
+shows that node's result from the build, so every model is visible here and retryable alone; dbt is started
+once rather than once per node. Each result is also kept in `audit.dbt_result`. The group is rendered from the dbt manifest (`pophealth setup` writes it), so
 parsing this file never runs dbt.
 """
 

@@ -332,6 +332,13 @@ DBT_TARGET = "warehouse"
 def dbt_task_group(group_id: str = "dbt", build_candidates: bool = False):
     """The dbt project as Airflow tasks (Cosmos), rendered from the manifest that `pophealth setup` writes.
 
+    One `dbt build` of the whole project runs in one task (Cosmos's watcher mode: `dbt.dbt_producer_watcher`),
+    and every seed and model still has its own task, and its tests theirs (`dbt.<model>.run`, `dbt.<model>.test`),
+    which take their result from that build: every model is visible in the UI with its status, while dbt is
+    started once, not once per node (one invocation per node was most of the marts DAG's time). Each of those
+    tasks runs once the build has finished, so none waits on a sensor or a triggerer; a model's task, retried or
+    cleared in the UI, runs dbt for that model alone (Cosmos's fallback).
+
     With `build_candidates`, marts and reporting are built as marts__candidate and reporting__candidate (the dbt
     var read by the project's generate_schema_name), for the marts gate to validate before they are published."""
     from airflow.sdk import task
@@ -348,23 +355,58 @@ def dbt_task_group(group_id: str = "dbt", build_candidates: bool = False):
         return dbt_manifest_missing()
 
     from cosmos import DbtTaskGroup, ExecutionConfig, ProfileConfig, ProjectConfig, RenderConfig
-    from cosmos.constants import InvocationMode, LoadMode
+    from cosmos.constants import PRODUCER_WATCHER_TASK_ID, ExecutionMode, InvocationMode, LoadMode
 
     paths = config.paths()
-    return DbtTaskGroup(
+    group = DbtTaskGroup(
         group_id=group_id,
         project_config=ProjectConfig(paths.dbt_project_dir, manifest_path=manifest),
         profile_config=ProfileConfig(profile_name=DBT_PROFILE, target_name=DBT_TARGET,
                                      profiles_yml_filepath=paths.dbt_project_dir / "profiles.yml"),
-        execution_config=ExecutionConfig(dbt_executable_path=dbt_executable(),
-                                         invocation_mode=InvocationMode.DBT_RUNNER),
+        execution_config=ExecutionConfig(execution_mode=ExecutionMode.WATCHER,
+                                         dbt_executable_path=dbt_executable(),
+                                         invocation_mode=InvocationMode.DBT_RUNNER,
+                                         # A retry of the build would be skipped by Cosmos (it never runs a
+                                         # second whole build); the per-model tasks retry on their own instead.
+                                         setup_operator_args={"retries": 0}),
         # Cosmos's own asset URIs cannot name a warehouse reached over a unix socket; the DAG publishes
         # its own mart assets instead.
         render_config=RenderConfig(load_method=LoadMode.DBT_MANIFEST, emit_datasets=False,
-                                   # a test over two models runs once both are built, as its own task
-                                   should_detach_multiple_parents_tests=True),
+                                   # a test over two models is one of each model's tests (the build runs it
+                                   # once both are built), not a task of its own that would find no result
+                                   should_detach_multiple_parents_tests=False),
         operator_args={"install_deps": False, "callback": "pophealth.marts.record_run_results",
                        "on_execute_callback": warehouse_for_dbt,
                        **({"vars": {"build_candidates": True}} if build_candidates else {})},
         default_args=DEFAULT_ARGS,
     )
+    _after_the_build(group, group.children[f"{group_id}.{PRODUCER_WATCHER_TASK_ID}"])
+    return group
+
+
+def _after_the_build(group, producer) -> None:
+    """Every per-node task of the group starts once the one `dbt build` has finished, whatever its outcome.
+
+    Cosmos starts them beside the build, each waiting for its node's result (deferred to a triggerer); that
+    deadlocks `dag.test()` (`pophealth run`), which runs one task at a time and may pick a node's task before the
+    build, and it holds a triggerer slot per node in a deployment. After the build, each finds its node's result
+    at once: a model dbt built succeeds, a failed test fails its task (and so everything after it, the gate and the
+    publish). `one_done`: they run after a failed build too, so that the UI shows which nodes failed rather than
+    every node as upstream_failed; and they are skipped when the build did not run (check_loads failed or found
+    nothing new), so that no node's task then runs dbt on its own (Cosmos's fallback when it finds no result)."""
+    from airflow.sdk import TaskGroup
+
+    from cosmos.constants import PRODUCER_WATCHER_DONE_TASK_ID
+
+    def tasks(node):
+        return list(node.children.values()) if isinstance(node, TaskGroup) else [node]
+
+    inside = [t for child in group.children.values() for t in tasks(child)]
+    ids = {t.task_id for t in inside}
+    done = f"{group.group_id}.{PRODUCER_WATCHER_DONE_TASK_ID}"
+    for t in inside:
+        if t is producer or t.task_id == done:
+            continue
+        if not (set(t.upstream_task_ids) & ids):
+            producer >> t
+            t.trigger_rule = "one_done"
