@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 import secrets
 import shlex
 import shutil
@@ -724,14 +725,12 @@ def warehouse_query(lay: Layout, statement: str, params: tuple = ()) -> list[tup
 def _arrive(source: Path, target: Path) -> list[tuple[str, str, str]]:
     """A delivery arriving in the landing folder: every extract of `source` copied in under a temporary name
     (which the platform never reads), then each renamed to its own; (feed, file name, sha256) of each."""
-    from pophealth.landing import identify, sha256_of
-
-    found = [(path, e) for path in sorted(source.iterdir()) if path.is_file() and (e := identify(path)) is not None]
-    for path, _ in found:
-        shutil.copy2(path, target / f".{path.name}.part")
-    for path, _ in found:
-        os.replace(target / f".{path.name}.part", target / path.name)
-    return [(e.feed, path.name, sha256_of(path)[0]) for path, e in found]
+    found = _arrive_in_place(source)
+    for _, name, _ in found:
+        shutil.copy2(source / name, target / f".{name}.part")
+    for _, name, _ in found:
+        os.replace(target / f".{name}.part", target / name)
+    return found
 
 
 def _accounts(lay: Layout, arrived: list[tuple[str, str, str]]) -> dict[str, str]:
@@ -820,9 +819,7 @@ def load(source: Path | None = None, say=print, timeout: float = 3600) -> dict[s
         accounts = _accounts(lay, arrived)
         if len(accounts) == len(arrived) and all(status not in UNFINISHED for status in accounts.values()):
             break
-    by_status: dict[str, int] = {}
-    for status in accounts.values():
-        by_status[status] = by_status.get(status, 0) + 1
+    by_status = Counter(accounts.values())
     say(f"  {time.monotonic() - started:6.0f} s: every file dealt with: "
         + ", ".join(f"{n} {status}" for status, n in sorted(by_status.items())))
     for dag_id, (state, run_ids) in sorted(states.items()):
@@ -864,7 +861,8 @@ def load(source: Path | None = None, say=print, timeout: float = 3600) -> dict[s
 
 
 def _arrive_in_place(target: Path) -> list[tuple[str, str, str]]:
-    """The extracts already in the landing folder (a delivery that came another way)."""
+    """The extracts in a folder, (feed, file name, sha256) of each: the landing folder's when the delivery came
+    another way."""
     from pophealth.landing import identify, sha256_of
 
     return [(e.feed, path.name, sha256_of(path)[0]) for path in sorted(target.iterdir())

@@ -83,18 +83,23 @@ SETTLED = {"optouts": ("published", "superseded", "stale")}
 SETTLED_OTHER = ("published",)
 
 
-def pending_extracts(landing: Path, feed: str, wait_for_writes: bool = True, prepare: bool = True) -> list[str]:
+def pending_extracts(landing: Path, feed: str) -> list[str]:
     """The complete files of a feed in the landing folder that are not already dealt with as they are now.
 
     Of opt-out lists, only the newest one, and only when it is not older than the list in force: the list in
-    force is the one with the latest date, whatever order the files arrive in (`stale_optout_lists`). Without
-    `wait_for_writes`, a file still being written counts too (it is coming)."""
-    extracts = [e for e in scan(landing).extracts if e.feed == feed]
-    extracts = settled(extracts) if wait_for_writes else extracts
+    force is the one with the latest date, whatever order the files arrive in (`stale_optout_lists`)."""
+    extracts = settled([e for e in scan(landing).extracts if e.feed == feed])
     if not extracts:
         return []
-    if prepare:
-        prepare_warehouse()
+    prepare_warehouse()
+    return [str(e.path) for e, _ in _pending(extracts, feed)]
+
+
+def _pending(extracts: list[ExtractFile], feed: str) -> list[tuple[ExtractFile, str]]:
+    """Of a feed's extracts, those not dealt with as they are now (pending_extracts), each with its sha256 (read
+    once per look)."""
+    if not extracts:
+        return []
     with db.connect(role=LOADER) as conn:
         mark_interrupted_loads(conn)
         seen = {
@@ -107,12 +112,13 @@ def pending_extracts(landing: Path, feed: str, wait_for_writes: bool = True, pre
         # recorded as a duplicate), so such a file is not skipped.
         refused = {(row["provider"], row["period_end"]) for row in audit.latest_refusals(conn, feed)}
         in_force = optout_list_in_force(conn) if feed == "optouts" else None
-    pending = [e for e in extracts
-               if (e.name, sha256_of(e.path)[0]) not in seen or (e.provider, e.period_end) in refused]
+    digests = [(e, sha256_of(e.path)[0]) for e in extracts]
+    pending = [(e, sha) for e, sha in digests if (e.name, sha) not in seen or (e.provider, e.period_end) in refused]
     if feed == "optouts":
-        newest = max((e.period_end for e in pending), default=None)
-        pending = [e for e in pending if e.period_end == newest and (in_force is None or newest >= in_force[1])]
-    return [str(e.path) for e in pending]
+        newest = max((e.period_end for e, _ in pending), default=None)
+        pending = [(e, sha) for e, sha in pending
+                   if e.period_end == newest and (in_force is None or newest >= in_force[1])]
+    return pending
 
 
 #: A load with one of these has not finished: its file is still to be loaded (a load whose process died, found
@@ -125,16 +131,18 @@ def awaiting_extracts(landing: Path, feeds: tuple[str, ...] | list[str]) -> list
     written or not, and not yet tried as they are now. A file that was tried and refused (or found a duplicate,
     or stale) is not awaited: a corrected file, which is new, is. This is what a scheduled load waits for before
     a later feed of the load order, and what a build of the marts waits for (pophealth/orchestration.py)."""
+    extracts = [e for e in scan(landing).extracts if e.feed in feeds]  # being written or not: it is coming
+    if not extracts:
+        return []
     prepare_warehouse()
-    pending = [(feed, Path(p)) for feed in feeds
-               for p in pending_extracts(landing, feed, wait_for_writes=False, prepare=False)]
+    pending = [found for feed in feeds for found in _pending([e for e in extracts if e.feed == feed], feed)]
     if not pending:
         return []
     with db.connect(role=LOADER) as conn:
         tried = {(row[0], row[1]) for row in conn.execute(
             "SELECT file_name, file_sha256 FROM audit.load WHERE feed = ANY(%s) AND status <> ALL(%s)",
             (list(feeds), list(UNFINISHED)))}
-    return [str(path) for feed, path in pending if (path.name, sha256_of(path)[0]) not in tried]
+    return [str(e.path) for e, sha in pending if (e.name, sha) not in tried]
 
 
 def optout_list_in_force(conn: psycopg.Connection) -> tuple[int, date] | None:
