@@ -44,7 +44,7 @@ from pophealth.landing import ExtractFile, FileRejected, identify, open_extract
 from pophealth.pseudonymise import PostcodeLookup, Pseudonymiser, iso_date
 
 # ----------------------------------------------------------------------------------------------------------
-# The contract's columns (../shared/contract/extracts.md), as sources write them
+# The contract's columns (docs/contract/extracts.md), as sources write them
 
 GP_REGISTER_COLUMNS = (
     "nhs_number", "date_of_birth", "sex", "postcode", "gp_practice_code",

@@ -1,6 +1,6 @@
 """The board report: one static HTML page drawn from the `reporting` schema, for wide circulation.
 
-It reads only `reporting` (the aggregates with disclosure control, ../shared/contract/marts.md) and the
+It reads only `reporting` (the aggregates with disclosure control, docs/contract/marts.md) and the
 site's plan figures (seed `reference.bcf_plan`, published targets), never `marts`, `raw` or `audit`, so the
 page can go wherever `reporting` may go. The page is self-contained: the numbers are embedded as JSON and a
 small inline script draws the charts as SVG in the reader's browser, with no external file, font or

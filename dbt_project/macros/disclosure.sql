@@ -1,4 +1,4 @@
-{#- Disclosure control for `reporting` (../shared/contract/marts.md): a count describing 1 to 7 people is
+{#- Disclosure control for `reporting` (docs/contract/marts.md): a count describing 1 to 7 people is
     suppressed (null, and the row's is_suppressed flag is set); every other count is rounded to the
     nearest 5; zero stays zero. Rates are then computed from the rounded counts. -#}
 {% macro is_disclosive(count) -%}

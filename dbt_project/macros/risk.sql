@@ -135,7 +135,7 @@ from features
     group by model_version
 {%- endmacro %}
 
-{#- The risk pyramid (../shared/contract/marts.md): with N people and rank r (1 = highest score, ties
+{#- The risk pyramid (docs/contract/marts.md): with N people and rank r (1 = highest score, ties
     broken by person_id), very_high when r <= floor(0.005 N), high when r <= floor(0.05 N), moderate when
     r <= floor(0.20 N), else low. -#}
 {% macro risk_tier(rank, people) -%}

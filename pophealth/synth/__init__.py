@@ -2,7 +2,7 @@
 
     write_world(out, population=800, seed=42)
 
-writes every feed of ../shared/contract/extracts.md into `out` and, in `out/answer_key`, what the
+writes every feed of docs/contract/extracts.md into `out` and, in `out/answer_key`, what the
 platform must make of them, worked out from the generator's own knowledge of the world.
 
 The extracts carry NHS numbers, names of places, dates of birth and postcodes (synthetic, but shaped exactly as

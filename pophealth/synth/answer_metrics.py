@@ -1,4 +1,4 @@
-"""The Better Care Fund metrics of ../shared/contract/marts.md, worked out from what the platform was given.
+"""The Better Care Fund metrics of docs/contract/marts.md, worked out from what the platform was given.
 
 This is the reference implementation the SQL marts are compared with, so every choice is spelt out here.
 

@@ -1,4 +1,4 @@
-"""Writing a synthetic world as the extracts of ../shared/contract/extracts.md, exactly as sources send them.
+"""Writing a synthetic world as the extracts of docs/contract/extracts.md, exactly as sources send them.
 
 Beside each file the writer notes, from its own knowledge of the world, what the platform must do with
 every row it wrote: load it (and as whom), quarantine it, or remove it for an opt-out. That ledger is

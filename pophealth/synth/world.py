@@ -183,7 +183,7 @@ def invalidate(number: str) -> str:
 
 # ------------------------------------------------------------------------------------------------------
 # Rates, per year, by age. Tuned so that a world lands near the reference figures of
-# ../shared/contract/reference-figures.md: about 95 emergency spells per 1,000 people a year and 405 per
+# docs/contract/reference-figures.md: about 95 emergency spells per 1,000 people a year and 405 per
 # 1,000 aged 75+, 633 falls admissions and 583 care home admissions per 100,000 aged 65+, 82% of older
 # people at home 91 days after reablement, about 10 delayed days per day per 100,000 aged 18+, deaths
 # about 1% a year.

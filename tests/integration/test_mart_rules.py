@@ -2,7 +2,7 @@
 
 A landing folder of 1,000 people on the GP register (so the risk pyramid's cut is 5 / 45 / 150 / 800),
 most of them identical so that their risk scores tie, plus a few people whose hospital and social care
-records sit exactly on either side of a rule of ../shared/contract/marts.md. The extracts go through the
+records sit exactly on either side of a rule of docs/contract/marts.md. The extracts go through the
 real loader into a real PostgreSQL and the real dbt project builds the marts. The as-of date is the
 extracts' last period end, 2025-09-30.
 """

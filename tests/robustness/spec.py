@@ -1,7 +1,7 @@
 """The robustness corpus and faults: one table that the tests run and `docs/robustness.md` is generated from.
 
 Every bad input is made from a good synthetic hospital (apc) extract by a small, named change. Each case
-states the exact outcome the extract contract (`/work/shared/contract/extracts.md`) asks for:
+states the exact outcome the extract contract (`docs/contract/extracts.md`) asks for:
 
 - `refused`: the whole file is refused before anything is stored, with a message naming the rule;
 - `gate_failed`: the file is staged but its quality gate refuses it (a rule of `expectations/registry.yml`),

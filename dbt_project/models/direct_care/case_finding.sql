@@ -1,4 +1,4 @@
--- direct_care.case_finding: the risk stratification for the care teams (../shared/contract/marts.md): everyone
+-- direct_care.case_finding: the risk stratification for the care teams (docs/contract/marts.md): everyone
 -- on the GP register and alive at the as-of date, opt-outs included (the national data opt-out does not apply
 -- to a person's own care), ranked over all of them, under the direct-care id: the only id that
 -- re-identification (logged, bounded) turns back into an NHS number.

@@ -1,5 +1,5 @@
 -- Hospital spells from their episodes: admission attributes from the first episode, discharge
--- attributes from the last (../shared/contract/extracts.md). A spell whose NHS number was missing or
+-- attributes from the last (docs/contract/extracts.md). A spell whose NHS number was missing or
 -- invalid is its own person, known only by the spell.
 with episodes as (
     select

@@ -1,4 +1,4 @@
--- What each spell, discharge or service adds to each Better Care Fund metric (../shared/contract/marts.md):
+-- What each spell, discharge or service adds to each Better Care Fund metric (docs/contract/marts.md):
 -- the date that places it in a period, the person, their locality and council, and its numerator and
 -- denominator (denominator only for the percentage metrics; the others take the population).
 -- A person's council is their locality's. A social care event counts in the council that sent it (cld files

@@ -1,5 +1,5 @@
 -- marts.bcf_metrics: the six Better Care Fund metrics by month, quarter and financial year, for the area,
--- each council and each locality (../shared/contract/marts.md), with whether the period's follow-up is
+-- each council and each locality (docs/contract/marts.md), with whether the period's follow-up is
 -- complete at the as-of date (is_final) and from when (final_on). The value is empty when the denominator is zero,
 -- and given to the precision its unit needs (bcf_metric seed, decimals); numerator and denominator are exact.
 -- metric_name, unit, period_type and geography_name say in words what the codes mean (as reporting.bcf_metrics).

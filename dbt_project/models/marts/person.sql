@@ -1,4 +1,4 @@
--- marts.person: one row per person in the spine or in any feed (../shared/contract/marts.md).
+-- marts.person: one row per person in the spine or in any feed (docs/contract/marts.md).
 -- The rules that pick each attribute are in int_person. People with a national data opt-out are absent
 -- (int_secondary_use_id), and the date of death is published as its month: no mart rule needs the day, and the
 -- day would single people out (the IG report measures it).

@@ -1,7 +1,7 @@
 -- Consultant episodes, typed, with codes in one form (ICD-10 without the dot, upper case), each once. The same
 -- episode (provider and epikey) arrives in several files when they overlap (cumulative year-to-date files, a
 -- rolling-year resubmission, an unfinished episode sent again finished): the file with the latest period end says
--- what it is (../shared/contract/extracts.md, "Files").
+-- what it is (docs/contract/extracts.md, "Files").
 with episodes as (
     select
         raw_episode.*,

@@ -1,4 +1,4 @@
--- Social care events with Release 1 values mapped to Release 2 (../shared/contract/extracts.md): first
+-- Social care events with Release 1 values mapped to Release 2 (docs/contract/extracts.md): first
 -- the explicit Release 1 table, then a case-insensitive match on the Release 2 list. A value in neither
 -- is kept as sent and flagged, never dropped.
 {% set mapped_fields = ['client_type', 'event_type', 'event_outcome', 'request_route_of_access',
