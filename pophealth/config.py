@@ -14,7 +14,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-#: Environment variables that are part of the interface (the README lists them).
+#: Environment variables that are part of the interface (docs/commands.md lists them).
 ENV_DATABASE_URL = "POPHEALTH_DATABASE_URL"
 #: The warehouse password in a file (a Docker secret), for a POPHEALTH_DATABASE_URL that carries none.
 ENV_DATABASE_PASSWORD_FILE = "POPHEALTH_DATABASE_PASSWORD_FILE"

@@ -1,4 +1,4 @@
-{#- "Known to social care" before a hospital spell (cohorts; README "Decisions in the marts"): any social care
+{#- "Known to social care" before a hospital spell (cohorts; docs/contract/decisions.md, "The marts"): any social care
     event, of any type, that started before the admission and was open at some time in the 365 days before
     it. Returns the spell_key of each such spell of `spells` (a CTE with spell_key, person_key, admidate), as
     a join rather than a correlated EXISTS per spell, which PostgreSQL would run once per row. -#}

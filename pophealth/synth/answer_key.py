@@ -6,7 +6,7 @@
 - cohorts.csv the partners' cohorts as counts (see answer_metrics.compute_cohorts)
 - world.json  headline figures, and the population and seed that made the world
 
-The rules for people.csv are the platform's documented rules (README, "Who is who"): a person is their
+The rules for people.csv are the platform's documented rules (docs/marts.md, "Who is who"): a person is their
 NHS number when a row carries a valid one, else the hospital spell or the council's person id;
 attributes come from the GP register first, then hospital, then social care; ages are at the as-of
 date from birth year and month, as if born on the first of the month.

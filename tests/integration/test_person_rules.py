@@ -1,7 +1,7 @@
 """marts.person, one rule per person: a hand-built landing folder whose right answer is worked out by hand.
 
 Each person below exists to show one rule of the spine (docs/contract/marts.md, and the decisions in
-the README). The extracts go through the real loader (validate, pseudonymise, opt-outs) into a real
+docs/contract/decisions.md and docs/marts.md, "Who is who"). The extracts go through the real loader (validate, pseudonymise, opt-outs) into a real
 PostgreSQL, and the real dbt project builds the marts; Airflow is left to the end-to-end test.
 The as-of date is the last period end of the extracts: 2025-09-30.
 """
