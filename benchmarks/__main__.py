@@ -46,9 +46,15 @@ import tempfile
 import time
 from pathlib import Path
 
-
-from benchmarks.pipeline import (DBT_BUILD, LOAD_GATES, MARTS_GATE, expected_pyramid, risk_tiers, run_pipeline,
-                                 use_bench_keys)
+from benchmarks.pipeline import (
+    DBT_BUILD,
+    LOAD_GATES,
+    MARTS_GATE,
+    expected_pyramid,
+    risk_tiers,
+    run_pipeline,
+    use_bench_keys,
+)
 from benchmarks.pipeline import median_seconds as _median_seconds
 from benchmarks.pseudonymisation import bench_pseudonymisation
 

@@ -33,12 +33,22 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-from benchmarks.pipeline import (DBT_BUILD, LOAD_GATES, MARTS_GATE, PREPARE, PUBLISH_SWAP, Clock, PipelineRun,
-                                 expected_pyramid, stage_name, use_bench_keys)
+from benchmarks.pipeline import (
+    DBT_BUILD,
+    LOAD_GATES,
+    MARTS_GATE,
+    PREPARE,
+    PUBLISH_SWAP,
+    Clock,
+    PipelineRun,
+    expected_pyramid,
+    stage_name,
+    use_bench_keys,
+)
 
 ESSEX = 1_438_682
 SIZES = (14_387, 143_868, ESSEX)  # 1%, 10% and 100% of Essex County's register population
@@ -277,16 +287,15 @@ def pandas_baseline(landing: Path, platform_seconds: float, limit_s: float = PAN
 
 def measure(size: int, work: Path, pseudo_repeats: int, pandas_limit: float) -> dict:
     """One run at one size (POPHEALTH_HOME must already point at a fresh folder)."""
+    from benchmarks.pipeline import risk_tiers, run_pipeline
     from pophealth import db
     from pophealth.synth import write_world
-
-    from benchmarks.pipeline import risk_tiers, run_pipeline
 
     use_bench_keys()
     clock = Clock()
     sampler = MemorySampler(clock)
     sampler.start()
-    result: dict = {"people": size, "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    result: dict = {"people": size, "started": datetime.now(UTC).isoformat(timespec="seconds")}
 
     def say(text: str) -> None:
         print(f"[{size:,}] {text}", flush=True)
@@ -347,7 +356,7 @@ def measure(size: int, work: Path, pseudo_repeats: int, pandas_limit: float) -> 
         "postgres_by_stage_mib": {k: v / MIB for k, v in sampler.postgres_peak.items()},
     }
     result["load_average"] = {k: statistics.mean(v) for k, v in sampler.load.items() if v}
-    result["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    result["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
     return result
 
 
@@ -386,7 +395,7 @@ def machine() -> dict:
             pass
     return {"cores": os.cpu_count(), "ram_gib": round(psutil.virtual_memory().total / 2 ** 30, 1),
             "cpu_model": model, "python": platform.python_version(), "system": platform.platform(),
-            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+            "date": datetime.now(UTC).strftime("%Y-%m-%d"),
             "load_average_at_start": os.getloadavg(), "busy_processes_at_start": busy}
 
 
@@ -435,10 +444,10 @@ def summarise(runs: list[dict], info: dict) -> dict:
             entry["pandas"]["words"] = (f"the hand-written loader did not finish within {PANDAS_LIMIT_S:.0f} s "
                                         "(stopped; nothing extrapolated)")
         sizes.append(entry)
-    growths = [growth(a["people"], b["people"], a["pipeline_s"], b["pipeline_s"]) for a, b in zip(sizes, sizes[1:])]
+    growths = [growth(a["people"], b["people"], a["pipeline_s"], b["pipeline_s"]) for a, b in zip(sizes, sizes[1:], strict=False)]
     stage_growths = [{s: growth(a["people"], b["people"], a["stages"][s], b["stages"][s])["time_ratio"]
                       for s in PIPELINE_STAGES if a["stages"][s] and b["stages"][s]}
-                     for a, b in zip(sizes, sizes[1:])]
+                     for a, b in zip(sizes, sizes[1:], strict=False)]
     pseudo = [r["pseudonymisation"] for r in runs if "pseudonymisation" in r]
     pseudonymisation = {k: _median([p[k] for p in pseudo]) for k in pseudo[0]} if pseudo else None
     return {"machine": info, "sizes": sizes, "growth": growths, "stage_growth": stage_growths,
@@ -477,7 +486,7 @@ def table(summary: dict) -> str:
                  else "mean load average"] + [f"{s['load_average']:.1f}" if s["load_average"] else "-"
                                               for s in sizes])
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=False)))
              for r in [head, *rows]]
     lines.insert(1, "-" * len(lines[0]))
     for g in summary["growth"]:

@@ -12,8 +12,8 @@ publish, and analysts keep the last good marts (pophealth/marts_gate.py).
 The dbt project is rendered by Astronomer Cosmos (watcher mode): one `dbt build` of the whole project runs in
 `dbt.dbt_producer_watcher`, and every seed and model still has its own task, followed by its tests' task, which
 shows that node's result from the build, so every model is visible here and retryable alone; dbt is started
-once rather than once per node. Each result is also kept in `audit.dbt_result`. The group is rendered from the dbt manifest (`pophealth setup` writes it), so
-parsing this file never runs dbt.
+once rather than once per node. Each result is also kept in `audit.dbt_result`. The group is rendered from the
+dbt manifest (`pophealth setup` writes it), so parsing this file never runs dbt.
 """
 
 from __future__ import annotations

@@ -17,14 +17,14 @@ import csv
 import io
 import os
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import yaml
 
-_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's parser when built with it
-
 from pophealth.config import REPO_ROOT
+
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's parser when built with it
 
 ENV_REGISTER = "POPHEALTH_DATA_SHARING_REGISTER"
 REGISTER_FILE = REPO_ROOT / "governance" / "data_sharing_register.yml"
@@ -158,7 +158,7 @@ def reidentification_purposes(path: Path | None = None) -> dict[str, str]:
 
 
 def today() -> date:
-    return datetime.now(timezone.utc).date()
+    return datetime.now(UTC).date()
 
 
 def agreement_in_force(feed: str, provider: str | None, day: date | None = None,

@@ -19,7 +19,6 @@ from pathlib import Path
 from pophealth import config, db
 from pophealth.lineage import openlineage_env
 
-
 #: Settings no Airflow process is given (pophealth/keys.py: the vault's private key is the re-identification path's).
 PRIVATE_ONLY = frozenset({config.ENV_VAULT_PRIVATE_KEY, config.ENV_VAULT_PRIVATE_KEY_FILE})
 
@@ -36,8 +35,8 @@ def airflow_env(extra: dict[str, str] | None = None) -> dict[str, str]:
         "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "60",
         **_metadata_db_setting(),
         # Mask the key wherever Airflow might print it.
-        "AIRFLOW__CORE__SENSITIVE_VAR_CONN_NAMES": ("linkage_key,vault_key,vault_public_key,secondary_use_key,direct_care_key,"
-                                                   "POPHEALTH_LINKAGE_KEY,POPHEALTH_VAULT_PUBLIC_KEY,"
+        "AIRFLOW__CORE__SENSITIVE_VAR_CONN_NAMES": ("linkage_key,vault_key,vault_public_key,secondary_use_key,"
+                                                   "direct_care_key,POPHEALTH_LINKAGE_KEY,POPHEALTH_VAULT_PUBLIC_KEY,"
                                                    "POPHEALTH_SECONDARY_USE_KEY,POPHEALTH_DIRECT_CARE_KEY"),
         "AIRFLOW__COSMOS__ENABLE_TELEMETRY": "False",
         "DO_NOT_TRACK": "1",

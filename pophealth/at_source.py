@@ -34,10 +34,10 @@ import re
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Callable, Sequence
 
 from pophealth.identifiers import IdentifierError, NhsNumber, check_nhs_number
 from pophealth.landing import ExtractFile, FileRejected, identify, open_extract
@@ -194,7 +194,7 @@ def pseudonymise_row(feed: str, row: dict[str, str], pseudonymiser: Pseudonymise
     forms = forms_of(feed)
     get = row.get
     columns = forms.pseudonymised
-    out = dict(zip(columns, map(get, columns, _EMPTIES)))  # the hot path: this is the fastest way to copy
+    out = dict(zip(columns, map(get, columns, _EMPTIES), strict=False))  # the hot path: this is the fastest way to copy
 
     raw = get("nhs_number")
     try:
@@ -358,7 +358,7 @@ def pseudonymise_extract(source: Path, out: Path, lookup: Path | None, *, pseudo
         from pophealth.keys import load_linkage_key
 
         pseudonymiser = Pseudonymiser(load_linkage_key())  # fail closed: no key, nothing written
-    postcodes = read_postcode_lookup(lookup) if needs_lookup else PostcodeLookup.empty()
+    postcodes = read_postcode_lookup(lookup) if needs_lookup and lookup is not None else PostcodeLookup.empty()
     summary = AtSourceSummary(source.name, out, extract.feed, pseudonymiser.key_version)
 
     handle, reader = open_extract(source, forms.columns, ())

@@ -63,7 +63,7 @@ def newest_published_load() -> int | None:
     """The newest load that was ever published (a later one superseding it keeps it counted): what a build of
     the marts takes in."""
     with db.connect() as conn:
-        return conn.execute("SELECT max(load_id) FROM audit.load WHERE published_at IS NOT NULL").fetchone()[0]
+        return db.one_row(conn.execute("SELECT max(load_id) FROM audit.load WHERE published_at IS NOT NULL"))[0]
 
 
 def last_marts_publication() -> dict | None:

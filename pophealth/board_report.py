@@ -246,21 +246,21 @@ def _risk_section(conn, charts: dict) -> tuple[str, str | None]:
 
     localities = [r for r in rows if r["geography_level"] != "area"]
     if localities:
-        tiers = sorted({(r["tier_order"], r["risk_tier"]) for r in localities})
+        tier_columns = sorted({(r["tier_order"], r["risk_tier"]) for r in localities})
         by_place: dict[tuple, dict[str, dict]] = defaultdict(dict)
         for r in localities:
             by_place[(r["geography_level"], r["geography_name"] or "", r["geography_code"])][r["risk_tier"]] = r
         body = []
         for (_level, place_name, place_code), cells in sorted(by_place.items(), key=lambda item: item[0][1:]):
             row_html = f'<tr data-geography="{esc(place_code)}"><th scope="row">{esc(place_name)}</th>'
-            for _order, tier in tiers:
+            for _order, tier in tier_columns:
                 cell = cells.get(tier)
                 row_html += (_count_cell(cell["people"], cell["is_suppressed"]) if cell
                              else '<td class="num none">–</td>')
             body.append(row_html + "</tr>")
         parts.append("<h3>By locality</h3>")
         parts.append(_table("table-pyramid-localities", "People in each risk tier by locality",
-                            ["Locality"] + [tier_name(t) for _o, t in tiers], body))
+                            ["Locality"] + [tier_name(t) for _o, t in tier_columns], body))
     parts.append("</section>")
     return "".join(parts), latest.isoformat()
 
@@ -317,6 +317,7 @@ def _summary_section(rows: list[dict], plans: dict[tuple, Any]) -> str:
     for code in _metric_order(by_metric):
         metric = by_metric[code]
         period_type = _summary_period_type(metric)
+        assert period_type is not None, f"{code}: rows of no known period type"
         of_type = [r for r in metric if r["period_type"] == period_type]
         latest = max(of_type, key=lambda r: (r["period_start"], r["period_end"]))
         unit = latest["unit"]
@@ -324,7 +325,8 @@ def _summary_section(rows: list[dict], plans: dict[tuple, Any]) -> str:
                         and r["period_end"] == _year_earlier(latest["period_end"])), None)
         moved = direction(code, latest["value"], earlier["value"] if earlier else None, unit)
         plan = plans.get((code, latest["geography_code"], latest["period_start"], latest["period_end"]))
-        good = {True: "higher is better", False: "lower is better"}.get(HIGHER_IS_BETTER.get(code), "")
+        better = HIGHER_IS_BETTER.get(code)
+        good = "" if better is None else "higher is better" if better else "lower is better"
         # The unit and which way is good under the name: a column fewer, so the table fits an A4 page.
         row = (f'<tr data-metric="{esc(code)}" data-direction="{esc(moved)}">'
                f'<th scope="row">{esc(latest["metric_name"])}<br><span class="note">'
@@ -457,13 +459,14 @@ def _bcf_section(conn, charts: dict) -> str:
                 cells = f'<tr data-geography="{esc(place["geography_code"])}"><th scope="row">' \
                         f'{esc(place["geography_name"])}</th>'
                 for _label, latest in columns:
-                    r = latest.get(place["geography_code"])
-                    if r is None:
+                    found = latest.get(place["geography_code"])
+                    if found is None:
                         cells += '<td class="num none">–</td>' * 3
                         continue
-                    cells += _count_cell(r["numerator"], r["is_suppressed"])
-                    cells += _count_cell(r["denominator"], False)
-                    cells += _number_cell(format_value(r["value"], unit), r["is_suppressed"] or r["value"] is None)
+                    cells += _count_cell(found["numerator"], found["is_suppressed"])
+                    cells += _count_cell(found["denominator"], False)
+                    cells += _number_cell(format_value(found["value"], unit),
+                                          found["is_suppressed"] or found["value"] is None)
                 body.append(cells + "</tr>")
             parts.append(_table(f"table-bcf-{code}", f"{name}: the latest quarter and financial year", head, body))
         parts.append("</article>")
@@ -663,8 +666,8 @@ def _cohort_section(conn) -> str:
                         row_html += f'<th scope="rowgroup" rowspan="{len(measures)}">{esc(label)}</th>'
                     row_html += f'<th scope="row">{esc(measure_label)}</th>'
                     for place in chunk:
-                        r = cells.get((period, measure, place["geography_code"]))
-                        row_html += (_count_cell(r["count"], r["is_suppressed"]) if r
+                        found = cells.get((period, measure, place["geography_code"]))
+                        row_html += (_count_cell(found["count"], found["is_suppressed"]) if found
                                      else '<td class="num none">–</td>')
                     body.append(row_html + "</tr>")
             table_id = f"table-cohort-{cohort}" + (f"-{n}" if n > 1 else "")

@@ -93,8 +93,9 @@ def verify(conn: psycopg.Connection, anchor_file: Path | None = None) -> list[Ch
         for check in checks:
             head = remembered.get(check.table)
             if head and head["position"] <= check.head_position:
-                (found,), = conn.cursor(row_factory=tuple_row).execute(sql.SQL("SELECT (SELECT row_hash FROM audit.{} WHERE chain_position = %s)").format(
-                    sql.Identifier(check.table.split(".")[1])), (head["position"],)).fetchall()
+                query = sql.SQL("SELECT (SELECT row_hash FROM audit.{} WHERE chain_position = %s)").format(
+                    sql.Identifier(check.table.split(".")[1]))
+                (found,), = conn.cursor(row_factory=tuple_row).execute(query, (head["position"],)).fetchall()
                 if found != head["hash"]:
                     check.breaks.append(f"position {head['position']} is no longer the row seen on {head['seen_at']} "
                                         "(its hash differs): the log was rewritten and its chain recomputed")
@@ -116,7 +117,8 @@ def _read_anchor(anchor_file: Path | None) -> dict:
 
 
 def _write_anchor(anchor_file: Path, conn: psycopg.Connection, checks: list[ChainCheck]) -> None:
-    (now,), = conn.cursor(row_factory=tuple_row).execute("SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI UTC')").fetchall()
+    (now,), = conn.cursor(row_factory=tuple_row).execute(
+        "SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI UTC')").fetchall()
     heads = {c.table: {"position": c.head_position, "hash": c.head_hash, "seen_at": now}
              for c in checks if c.head_position}
     anchor_file.parent.mkdir(parents=True, exist_ok=True)

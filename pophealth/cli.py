@@ -270,8 +270,8 @@ def cmd_ig_report(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else config.paths().home / "reports" / "ig_report.html"
     summary = write_ig_report(out)
     _say(f"Information governance audit: {out.resolve()}")
-    _say(f"  {summary['agreements']} agreements, {summary['loads']} loads, {summary['lineage_links']} column lineage links, "
-         f"{summary['reidentifications']} re-identification requests")
+    _say(f"  {summary['agreements']} agreements, {summary['loads']} loads, "
+         f"{summary['lineage_links']} column lineage links, {summary['reidentifications']} re-identification requests")
     from pophealth.chain import summary_lines
     from pophealth.status import RED, RESET
 
@@ -323,7 +323,7 @@ def cmd_fit_risk_model(args: argparse.Namespace) -> int:
     version = append_to_seed(model)
     _say(f"Risk model version {version}: fitted on {model.people:,} people on the register at "
          f"{model.fitted_as_of} ({model.outcomes:,} had an emergency admission in the next 12 months)")
-    for term, coefficient in zip(model.terms, model.coefficients):
+    for term, coefficient in zip(model.terms, model.coefficients, strict=False):
         _say(f"  {term:<24} {coefficient:+.4f}")
     _say(f"  c-statistic on the fitting sample: {model.c_statistic:.3f}")
     _say("Rebuilding the risk model's marts (dbt build) ...")
@@ -580,7 +580,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crash", action="store_true", help="restart: kill the process at once (SIGKILL), as a crash")
     p.add_argument("--landing", help="up: the landing folder the workers read (default: one in the state folder)")
     p.add_argument("--wait", action="store_true", help="up: stay in the foreground; Ctrl-C takes it all down")
-    p.add_argument("--from", dest="source", help="load: a folder whose extracts arrive in the landing folder, feed by feed")
+    p.add_argument("--from", dest="source",
+                   help="load: a folder whose extracts arrive in the landing folder, feed by feed")
     p.set_defaults(func=cmd_cluster)
 
     p = sub.add_parser("synth", help="write a synthetic landing folder and its answer key")

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections import Counter
 import secrets
 import shlex
 import shutil
@@ -31,6 +30,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -481,11 +481,13 @@ def start_postgres(lay: Layout) -> bool:
     if not (lay.pgdata / "PG_VERSION").exists():
         lay.postgres.mkdir(parents=True, exist_ok=True)
         socket_dir.mkdir(exist_ok=True)
-        if _pg_user():
-            shutil.chown(lay.postgres, _pg_user(), _pg_user())
-            shutil.chown(socket_dir, _pg_user(), _pg_user())
+        pg_user = _pg_user()
+        if pg_user:
+            shutil.chown(lay.postgres, pg_user, pg_user)
+            shutil.chown(socket_dir, pg_user, pg_user)
         lay.postgres.chmod(0o700)
-        if _pg_user() and subprocess.run(["runuser", "-u", _pg_user(), "--", "test", "-x", str(lay.postgres)]).returncode:
+        if pg_user and subprocess.run(
+                ["runuser", "-u", pg_user, "--", "test", "-x", str(lay.postgres)]).returncode:
             raise ClusterError(f"the {_pg_user()} user, who runs PostgreSQL, cannot reach {lay.postgres}: give the "
                                "folders above it search permission (chmod o+x) or set POPHEALTH_HOME elsewhere")
         _run(_as_pg([_pg_bin(lay, "initdb"), "-D", str(lay.pgdata), "--auth-local=peer",
@@ -754,7 +756,8 @@ def _settled_or_none(query):
 def _wait_until_dealt_with(lay: Layout, arrived, started: float, deadline: float, say) -> dict[str, str]:
     from pophealth.load import UNFINISHED
 
-    last_said, accounts = 0.0, {}
+    last_said = 0.0
+    accounts: dict[str, str] = {}
     while True:
         accounts = _settled_or_none(lambda: _accounts(lay, arrived)) or accounts
         done = [name for name, status in accounts.items() if status not in UNFINISHED]
@@ -824,13 +827,13 @@ def load(source: Path | None = None, say=print, timeout: float = 3600) -> dict[s
         + ", ".join(f"{n} {status}" for status, n in sorted(by_status.items())))
     for dag_id, (state, run_ids) in sorted(states.items()):
         say(f"  {dag_id:<30} {state:<8} {', '.join(run_ids)}")
-    states = {dag_id: state for dag_id, (state, _) in states.items()}
+    outcome = {dag_id: state for dag_id, (state, _) in states.items()}
     refused = {name: status for name, status in accounts.items() if status not in ("published", "duplicate")}
     if refused:
         say("  refused: " + ", ".join(f"{n} ({s})" for n, s in sorted(refused.items())) + ": the marts are not "
             "rebuilt while a load is refused and not replaced")
-        states[MARTS_DAG] = "not built"
-        return states
+        outcome[MARTS_DAG] = "not built"
+        return outcome
     newest = warehouse_query(lay, "SELECT max(load_id) FROM audit.load WHERE published_at IS NOT NULL")[0][0]
     while True:
         found = _settled_or_none(lambda: (
@@ -844,10 +847,10 @@ def load(source: Path | None = None, say=print, timeout: float = 3600) -> dict[s
         if found is not None:
             published, waiting, failed = found
             if published is not None and published >= newest and not waiting:
-                states[MARTS_DAG] = "success"
+                outcome[MARTS_DAG] = "success"
                 break
             if failed and not waiting:
-                states[MARTS_DAG] = "failed"
+                outcome[MARTS_DAG] = "failed"
                 break
         if time.monotonic() > deadline:
             raise ClusterError(f"the marts were not published with the newest load within {timeout:.0f} s")
@@ -855,9 +858,9 @@ def load(source: Path | None = None, say=print, timeout: float = 3600) -> dict[s
     runs = metadata_query(lay, """SELECT state, count(*) FROM dag_run WHERE dag_id = %s
                                   AND start_date >= now() - make_interval(secs => %s) GROUP BY state""",
                           (MARTS_DAG, time.monotonic() - started + 5))
-    say(f"  {time.monotonic() - started:6.0f} s: {MARTS_DAG} " + states[MARTS_DAG] + " ("
+    say(f"  {time.monotonic() - started:6.0f} s: {MARTS_DAG} " + outcome[MARTS_DAG] + " ("
         + ", ".join(f"{n} run(s) {state}" for state, n in runs) + ", started by the assets)")
-    return states
+    return outcome
 
 
 def _arrive_in_place(target: Path) -> list[tuple[str, str, str]]:
@@ -885,8 +888,8 @@ def restart(name: str, crash: bool = False) -> None:
         start_redis(lay)
         _wait("Redis", lambda: redis_ping(lay), 30, lay, "redis")
     else:
-        command = processes(lay).get(name)
-        if command is None:
+        wanted = processes(lay).get(name)
+        if wanted is None:
             raise ClusterError(f"the cluster has no process called {name}")
         if crash:
             if pid_of(lay, name):
@@ -894,4 +897,4 @@ def restart(name: str, crash: bool = False) -> None:
             (lay.run / f"{name}.pid").unlink(missing_ok=True)
         else:
             stop(lay, name)
-        start(lay, name, command, airflow_env(lay, name))
+        start(lay, name, wanted, airflow_env(lay, name))

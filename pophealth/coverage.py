@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, timedelta
+from itertools import pairwise
 
 from psycopg.rows import dict_row, tuple_row
 
@@ -33,7 +34,7 @@ def stretches(covered: Iterable[tuple[date, date]]) -> list[tuple[date, date]]:
 
 def gaps(parts: list[tuple[date, date]]) -> list[tuple[date, date]]:
     """The days between consecutive stretches."""
-    return [(before[1] + timedelta(days=1), after[0] - timedelta(days=1)) for before, after in zip(parts, parts[1:])]
+    return [(before[1] + timedelta(days=1), after[0] - timedelta(days=1)) for before, after in pairwise(parts)]
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,8 @@ def coverage_lines(conn, limit: int = 20) -> tuple[list[str], list[str]]:
     covered = source_coverage(conn)
     for source in covered:
         holes = gaps(source.stretches)
-        lines.append(f"  {source.source:<24} {_span(source.stretches)} ({source.files} file{'s' if source.files != 1 else ''})"
+        files = f"{source.files} file{'s' if source.files != 1 else ''}"
+        lines.append(f"  {source.source:<24} {_span(source.stretches)} ({files})"
                      + (f"; GAP: nothing covers {_span(holes)}" if holes else ""))
         if holes:
             notices.append(f"{source.source}: no published file covers {_span(holes)}; the periods there are not "

@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
 import psycopg
 from psycopg import sql
+from psycopg.rows import Row
 
 from pophealth import config
 
@@ -52,10 +54,10 @@ class ConnectionParts:
         """user@host:port/database, for people to read: never the password (a real server's URL carries one)."""
         return f"{self.user}@{self.host}:{self.port}/{self.dbname}"
 
-    def with_db(self, dbname: str) -> "ConnectionParts":
+    def with_db(self, dbname: str) -> ConnectionParts:
         return ConnectionParts(self.host, self.port, self.user, self.password, dbname)
 
-    def with_user(self, user: str, password: str = "") -> "ConnectionParts":
+    def with_user(self, user: str, password: str = "") -> ConnectionParts:
         """The same server and database as one of the platform's roles (pophealth/access.sql)."""
         return ConnectionParts(self.host, self.port, user, password or role_password(user), self.dbname)
 
@@ -237,8 +239,16 @@ def dbt_env() -> dict[str, str]:
     }
 
 
+def one_row(cursor: psycopg.Cursor[Row]) -> Row:
+    """The row of a query that always returns exactly one (an aggregate, a function call, a to_regclass)."""
+    row = cursor.fetchone()
+    if row is None:
+        raise DatabaseError("a query that always returns a row returned none")
+    return row
+
+
 @contextmanager
-def connect(autocommit: bool = False, role: str | None = None) -> Iterator[psycopg.Connection]:
+def connect(autocommit: bool = False, role: str | None = None) -> Iterator[psycopg.Connection[Any]]:
     """A warehouse connection; with `role`, it works with that role's grants only (pophealth/access.sql)."""
     try:
         conn = psycopg.connect(warehouse().url(), autocommit=autocommit)

@@ -15,10 +15,11 @@ birth, postcode, local ids) never leave memory in clear.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal, InvalidOperation
-from typing import Callable
+from typing import Literal, overload
 
 from pophealth.at_source import (  # noqa: F401  (the column tuples are imported from here by synth and tests)
     APC_COLUMNS,
@@ -82,6 +83,10 @@ def _required(row: dict[str, str], column: str) -> str:
     return value
 
 
+@overload
+def _date(row: dict[str, str], column: str, required: Literal[True]) -> date: ...
+@overload
+def _date(row: dict[str, str], column: str, required: bool = False) -> date | None: ...
 def _date(row: dict[str, str], column: str, required: bool = False) -> date | None:
     value = _text(row, column)
     if value is None:
@@ -104,6 +109,10 @@ _NUMBER = re.compile(r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)$")
 MAX_DECIMAL_DIGITS = 20
 
 
+@overload
+def _int(row: dict[str, str], column: str, required: Literal[True], maximum: int = SMALLINT_MAX) -> int: ...
+@overload
+def _int(row: dict[str, str], column: str, required: bool = False, maximum: int = SMALLINT_MAX) -> int | None: ...
 def _int(row: dict[str, str], column: str, required: bool = False, maximum: int = SMALLINT_MAX) -> int | None:
     value = _text(row, column)
     if value is None:
@@ -161,6 +170,7 @@ def _linkage(row: dict[str, str], unreduced: dict[str, str] | None) -> tuple[Nhs
         return _CHECKS[row["nhs_number_check"]], row["person_id"] or None
     person = (_text(row, "person_id") or "").lower()
     stated = _text(row, "nhs_number_check")
+    check: NhsNumberCheck | None
     if stated is None:
         # The contract's own form: the source computed person_id and says nothing more.
         if not person:
@@ -238,19 +248,19 @@ def _birth(row: dict[str, str], ctx: RowContext, unreduced: dict[str, str] | Non
         return (int(year), int(row["birth_month"])) if year else (None, None)
     if _text(row, "date_of_birth") is not None:
         return _dob(row, ctx, "date_of_birth")
-    year = _text(row, "birth_year")
-    if year is None:
+    year_text = _text(row, "birth_year")
+    if year_text is None:
         return None, None
-    if not _YEAR.match(year):
+    if not _YEAR.match(year_text):
         raise RowProblem("birth_year", "birth year is not 4 digits")
     month_text = _text(row, "birth_month")
     month = int(month_text) if month_text is not None and _MONTH.match(month_text) else None
     if month_text is not None and not (month and 1 <= month <= 12):
         raise RowProblem("birth_month", "birth month is not a whole number from 1 to 12")
     end = ctx.period_end
-    if end is not None and (int(year), month or 1) > (end.year, end.month):
+    if end is not None and (int(year_text), month or 1) > (end.year, end.month):
         raise RowProblem("birth_year", "date of birth is after the extract's period end")
-    return int(year), month
+    return int(year_text), month
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -262,11 +272,11 @@ def gp_register_row(row: dict[str, str], ctx: RowContext) -> tuple:
     if person is None:
         raise RowProblem(_identity_column(row, unreduced),
                          "NHS number missing or invalid, and the register has no local id to follow")
-    person_id, check = _counted(ctx, check, person)
+    person_id, check_stored = _counted(ctx, check, person)
     birth_year, birth_month = _birth(row, ctx, unreduced)
     lsoa, locality = _area(row, ctx, unreduced)
     return (
-        person_id, check, birth_year, birth_month, _text(row, "sex"), lsoa, locality,
+        person_id, check_stored, birth_year, birth_month, _text(row, "sex"), lsoa, locality,
         _text(row, "gp_practice_code"), _date(row, "registration_start_date"),
         _date(row, "registration_end_date"), _date(row, "date_of_death"),
     )
@@ -359,6 +369,7 @@ def population_row(row: dict[str, str], ctx: RowContext) -> tuple:
     sex = _required(row, "sex")
     age = _int(row, "age", required=True)
     population = _int(row, "population", required=True, maximum=INTEGER_MAX)
+    assert ctx.period_end is not None, "a population file's name gives its year"
     return (ctx.period_end.year, _required(row, "lsoa_code").upper(), sex, age, population)
 
 

@@ -14,8 +14,11 @@ import json
 import logging
 from collections import OrderedDict
 
-from great_expectations.render.renderer.site_builder import (FALSEY_YAML_STRINGS, DefaultSiteIndexBuilder,
-                                                             resource_key_passes_run_name_filter)
+from great_expectations.render.renderer.site_builder import (
+    FALSEY_YAML_STRINGS,
+    DefaultSiteIndexBuilder,
+    resource_key_passes_run_name_filter,
+)
 
 log = logging.getLogger(__name__)
 

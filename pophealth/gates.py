@@ -378,7 +378,7 @@ class LoadContext:
     rows_opted_out: int = 0
 
     @classmethod
-    def of(cls, conn, load_id: int, feed: str) -> "LoadContext":
+    def of(cls, conn, load_id: int, feed: str) -> LoadContext:
         row = conn.execute(
             "SELECT file_name, provider, period_end, rows_read, rows_opted_out FROM audit.load WHERE load_id = %s",
             (load_id,)).fetchone()
@@ -805,13 +805,15 @@ class _GX:
 
     _lock = threading.Lock()
     _run_lock = threading.Lock()  # a GE context is not thread-safe: one validation at a time per process
-    _instance: "_GX | None" = None
+    _instance: _GX | None = None
 
     def __init__(self, url: str):
         import great_expectations as gx
-        from great_expectations.data_context.types.base import ProgressBarsConfig
-
-        from great_expectations.data_context.types.base import DataContextConfig, InMemoryStoreBackendDefaults
+        from great_expectations.data_context.types.base import (
+            DataContextConfig,
+            InMemoryStoreBackendDefaults,
+            ProgressBarsConfig,
+        )
 
         self.url = url
         self.gx = gx
@@ -845,7 +847,7 @@ class _GX:
                                 runtime_environment={"root_directory": self.context.root_directory}, **site)
 
     @classmethod
-    def for_url(cls, url: str) -> "_GX":
+    def for_url(cls, url: str) -> _GX:
         with cls._lock:
             if cls._instance is None or cls._instance.url != url:
                 cls._instance = _GX(url)
@@ -950,7 +952,7 @@ def run_load_gate(load_id: int, feed: str, batch_table: str, run_id: str | None 
             sql.SQL("SELECT count(*){} FROM {}").format(
                 sql.SQL("").join(sql.SQL(", count({})").format(sql.Identifier(c)) for c in columns), table)
         ).fetchone()
-        row_count, present = counts[0], dict(zip(columns, counts[1:]))
+        row_count, present = counts[0], dict(zip(columns, counts[1:], strict=False))
         for check in checks:
             if "row_count" in check:
                 band = bands[check["id"]] = row_count_band(conn, check, ctx)

@@ -32,7 +32,7 @@ def nhs_check_digit(first_nine: str) -> int | None:
     return check
 
 
-class NhsNumberCheck(str, enum.Enum):
+class NhsNumberCheck(str, enum.Enum):  # noqa: UP042  (StrEnum would change what str() and f-strings of a member give)
     """What the platform made of the NHS number on a row (stored instead of the number)."""
 
     VALID = "valid"
@@ -78,7 +78,7 @@ class NhsNumber:
 
     __slots__ = ("_digits", "check")
 
-    def __init__(self, raw: str):
+    def __init__(self, raw: str | None):
         check = check_nhs_number(raw)
         if check not in (NhsNumberCheck.VALID, NhsNumberCheck.TEST_RANGE):
             raise IdentifierError(f"not a valid NHS number ({check.value})")

@@ -31,8 +31,10 @@ import json
 import re
 import unicodedata
 from collections import defaultdict
+from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from psycopg import sql
@@ -283,7 +285,8 @@ SECTIONS = (("sources", "Sources and agreements"), ("loads", "Loads"), ("lineage
             ("gates", "Quality gates"))
 
 
-def _table(headers: list[str], rows: list[list[object]], numeric: set[int] = frozenset(), id_: str = "") -> str:
+def _table(headers: list[str], rows: Sequence[Sequence[object]], numeric: AbstractSet[int] = frozenset(),
+           id_: str = "") -> str:
     head = "".join(f"<th>{e(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(
         f"<td class=\"n\">{e(v)}</td>" if i in numeric else f"<td>{e(v)}</td>" for i, v in enumerate(row)) + "</tr>"
@@ -296,7 +299,7 @@ def _table(headers: list[str], rows: list[list[object]], numeric: set[int] = fro
 
 def _sources(register: agreements.Register, loads: list[tuple]) -> str:
     today = agreements.today()
-    last_load = {}
+    last_load: dict[tuple, tuple] = {}
     for row in loads:
         last_load.setdefault((row[1], row[2]), row)
     rows = []
@@ -392,7 +395,7 @@ def _lineage(lineage: list[tuple]) -> str:
 
 def _access(g: dict) -> str:
     per_role = defaultdict(list)
-    for grantee, schema, table, privilege, grantor in g["tables"]:
+    for grantee, schema, table, privilege, _grantor in g["tables"]:
         per_role[grantee].append((schema, table, privilege))
     role_blocks = []
     for role in sorted(per_role, key=lambda r: (r not in PLATFORM_ROLES, r)):
@@ -542,7 +545,7 @@ def build_report(conn, register: agreements.Register) -> tuple[str, dict]:
     access = grants(conn)
     scan = scan_warehouse(conn)
     uniqueness = disclosure.quasi_identifier_uniqueness(conn)
-    written = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    written = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     bodies = {
         "sources": _sources(register, loads), "loads": _loads(loads, optouts_by_purpose), "lineage": _lineage(lineage),
         "access": _access(access), "reidentification": _reidentification(reids, per_login, approvals, checks), "scan": _scan(scan),

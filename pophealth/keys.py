@@ -73,7 +73,8 @@ ALL_KEYS: tuple[tuple[KeySource, str], ...] = (
     (SECONDARY_USE, "secondary_use.key"), (DIRECT_CARE, "direct_care.key"),
 )
 DEMO_VAULT_PRIVATE_KEY_FILE = "vault_private.key"
-_VERSION_PREFIX = {LINKAGE.purpose: "k-", VAULT_PUBLIC.purpose: "v-", VAULT_PRIVATE.purpose: "v-", SECONDARY_USE.purpose: "s-", DIRECT_CARE.purpose: "d-"}
+_VERSION_PREFIX = {LINKAGE.purpose: "k-", VAULT_PUBLIC.purpose: "v-", VAULT_PRIVATE.purpose: "v-",
+                   SECONDARY_USE.purpose: "s-", DIRECT_CARE.purpose: "d-"}
 
 
 class _Key:
@@ -85,7 +86,8 @@ class _Key:
             raise KeyError_(f"the {self.source.purpose} must be 32 bytes (64 hexadecimal characters)")
         self._secret = secret
         # A fingerprint, not the key: which key made a row, without revealing it.
-        self.version = _VERSION_PREFIX[self.source.purpose] + hashlib.sha256(self.source.fingerprint_label + secret).hexdigest()[:12]
+        fingerprint = hashlib.sha256(self.source.fingerprint_label + secret).hexdigest()[:12]
+        self.version = _VERSION_PREFIX[self.source.purpose] + fingerprint
 
     @classmethod
     def from_hex(cls, text: str, where: str):
@@ -104,7 +106,8 @@ class _Key:
 
     def __eq__(self, other: object) -> bool:
         # Constant-time: how long a comparison takes must not tell a caller how many leading bytes matched.
-        return type(other) is type(self) and hmac.compare_digest(other._secret, self._secret)
+        return (type(other) is type(self) and isinstance(other, _Key)  # isinstance: for the type checker
+                and hmac.compare_digest(other._secret, self._secret))
 
     def __hash__(self) -> int:
         return hash(self.version)
@@ -172,7 +175,7 @@ def _mask_in_airflow_logs(hex_text: str) -> None:
     mask_secret(hex_text.strip().lower())
 
 
-def _from_airflow_connection(source: KeySource) -> str | None:
+def _from_airflow_connection(conn_id: str) -> str | None:
     """The key held as an Airflow connection's password (any secrets backend), or None when there is none."""
     import sys
 
@@ -184,7 +187,7 @@ def _from_airflow_connection(source: KeySource) -> str | None:
     except ImportError:  # pragma: no cover
         return None
     try:
-        connection = Connection.get(source.airflow_conn_id)
+        connection = Connection.get(conn_id)
     except AirflowNotFoundException:
         return None
     return connection.password or None
@@ -209,7 +212,7 @@ def _load(cls: type[_Key]) -> _Key:
         text = path.read_text()
         _mask_in_airflow_logs(text)
         return cls.from_hex(text, str(path))
-    value = _from_airflow_connection(source) if source.airflow_conn_id else None
+    value = _from_airflow_connection(source.airflow_conn_id) if source.airflow_conn_id else None
     if value:
         _mask_in_airflow_logs(value)
         return cls.from_hex(value, f"the Airflow connection {source.airflow_conn_id}")
@@ -221,7 +224,8 @@ def _load(cls: type[_Key]) -> _Key:
             f"{config.ENV_VAULT_PRIVATE_KEY_FILE} to `pophealth reidentify` alone. Nothing was loaded.")
     where = f"{source.env} (64 hex characters) or {source.env_file}"
     if source.airflow_conn_id:
-        where = f"{source.env} (64 hex characters), {source.env_file}, or the Airflow connection {source.airflow_conn_id}"
+        where = (f"{source.env} (64 hex characters), {source.env_file}, "
+                 f"or the Airflow connection {source.airflow_conn_id}")
     raise KeyError_(f"no {source.purpose}: set {where}. Nothing was loaded.")
 
 

@@ -16,10 +16,10 @@ import os
 import re
 import time
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Iterator
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +45,10 @@ class FeedPattern:
 
 FEED_PATTERNS: tuple[FeedPattern, ...] = (
     FeedPattern("gp_register", re.compile(r"^gp_register_(?P<period>[0-9]{8})\.csv(?:\.gz)?$"), False, "day"),
-    FeedPattern("apc", re.compile(r"^apc_(?P<provider>[A-Z0-9]{3,5})_(?P<period>[0-9]{8})\.csv(?:\.gz)?$"), True, "day"),
-    FeedPattern("cld", re.compile(r"^cld_(?P<provider>[A-Z][0-9]{8})_(?P<period>[0-9]{8})\.csv(?:\.gz)?$"), True, "day"),
+    FeedPattern("apc", re.compile(r"^apc_(?P<provider>[A-Z0-9]{3,5})_(?P<period>[0-9]{8})\.csv(?:\.gz)?$"),
+                True, "day"),
+    FeedPattern("cld", re.compile(r"^cld_(?P<provider>[A-Z][0-9]{8})_(?P<period>[0-9]{8})\.csv(?:\.gz)?$"),
+                True, "day"),
     FeedPattern("optouts", re.compile(r"^optouts_(?P<period>[0-9]{8})\.csv(?:\.gz)?$"), False, "day"),
     FeedPattern("ref_postcode_lookup", re.compile(r"^ref_postcode_lookup\.csv(?:\.gz)?$"), False, "none"),
     FeedPattern("ref_population", re.compile(r"^ref_population_(?P<period>[0-9]{4})\.csv(?:\.gz)?$"), False, "year"),
@@ -113,14 +115,16 @@ def why_not_an_extract(path: Path) -> str:
     name = path.name
     lower = name.lower()
     if _case_fold_match(name) and not any(fp.pattern.match(name) for fp in FEED_PATTERNS):
-        return "wrong case: the contract's names are lower case apart from the provider code (e.g. apc_RAJ_20250131.csv)"
+        return ("wrong case: the contract's names are lower case apart from the provider code "
+                "(e.g. apc_RAJ_20250131.csv)")
     for suffix in OTHER_COMPRESSIONS:
         if lower.endswith(suffix):
             return f"compressed or archived as {suffix}: the loader reads .csv and .csv.gz only"
     feed = next((f for f in sorted(_NAME_FORMS, key=len, reverse=True) if lower.startswith(f + "_")
                  or lower.startswith(f + ".")), None)
     if feed is None:
-        return "not a feed of the extract contract (gp_register, apc, cld, optouts, ref_postcode_lookup, ref_population)"
+        return ("not a feed of the extract contract "
+                "(gp_register, apc, cld, optouts, ref_postcode_lookup, ref_population)")
     if not (lower.endswith(".csv") or lower.endswith(".csv.gz")):
         return f"not a CSV file: the contract's name is {_NAME_FORMS[feed]} (or .csv.gz)"
     found = _DATE_PART.search(name)
@@ -203,7 +207,7 @@ def settled(extracts: list[ExtractFile], seconds: float | None = None) -> list[E
     seconds = settle_seconds() if seconds is None else seconds
     first = {e.path: _look(e.path) for e in extracts}
     now_ns = time.time_ns()
-    young = [e for e in extracts if first[e.path] and now_ns - first[e.path][1] < seconds * 1e9]
+    young = [e for e in extracts if (seen := first[e.path]) and now_ns - seen[1] < seconds * 1e9]
     if young:
         time.sleep(seconds)
     moving = {e.path for e in young if _look(e.path) != first[e.path]} | {p for p, look in first.items() if not look}
@@ -243,12 +247,16 @@ class CsvReader:
     rows: Iterator[tuple[int, dict[str, str]]]
 
 
-def open_extract(path: Path, contract_columns: tuple[str, ...], required: tuple[str, ...]) -> tuple[io.TextIOBase, CsvReader]:
+def open_extract(path: Path, contract_columns: tuple[str, ...],
+                 required: tuple[str, ...]) -> tuple[io.TextIOBase, CsvReader]:
     """Open a CSV extract; check its header against the contract. The caller closes the handle."""
     binary = _open_not_a_link(path)
+    handle: io.TextIOBase
     if path.name.endswith(GZIP_SUFFIX):
         unzipped = gzip.GzipFile(fileobj=binary, mode="rb")
-        unzipped.myfileobj = binary  # so that closing the text handle closes the file too (as gzip.open(path) does)
+        # So that closing the text handle closes the file too (as gzip.open(path) does); gzip's own attribute,
+        # typed FileIO there.
+        unzipped.myfileobj = binary  # type: ignore[assignment]
         handle = io.TextIOWrapper(unzipped, encoding="utf-8-sig", newline="", errors="strict")
     else:
         handle = io.TextIOWrapper(binary, encoding="utf-8-sig", newline="", errors="strict")
@@ -313,7 +321,7 @@ def _rows(handle: io.TextIOBase, columns: list[str]) -> Iterator[tuple[int, dict
             # Two files joined into one: the second's rows would overlap the first's; no row of it is quarantined.
             raise FileRejected(f"a repeated header row at row {row_number} (1 = the first data row): the file "
                                "looks like two files joined; send each period as a file of its own")
-        yield row_number, dict(zip(columns, values))
+        yield row_number, dict(zip(columns, values, strict=False))
 
 
 def _csv_reason(exc: csv.Error) -> str:

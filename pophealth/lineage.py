@@ -21,7 +21,7 @@ import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 
@@ -222,10 +222,12 @@ def _compiled_manifest() -> dict:
     from pophealth.marts import DbtFailed, _tail, dbt_command, manifest_path
 
     path = manifest_path()
-    manifest = json.loads(path.read_text()) if path.exists() else None
+    manifest: dict | None = json.loads(path.read_text()) if path.exists() else None
 
     def compiled(m: dict | None) -> bool:
-        return bool(m) and all(n.get("compiled_code") for n in m["nodes"].values()
+        if not m:
+            return False
+        return all(n.get("compiled_code") for n in m["nodes"].values()
                                if n["resource_type"] == "model" and n["schema"] in PUBLISHED_SCHEMAS)
 
     if not compiled(manifest):
@@ -233,6 +235,7 @@ def _compiled_manifest() -> dict:
         if proc.returncode != 0:
             raise DbtFailed("dbt compile (for column lineage) failed:\n" + _tail(proc.stdout + proc.stderr))
         manifest = json.loads(path.read_text())
+    assert manifest is not None  # read, or compiled just above
     return manifest
 
 
@@ -334,7 +337,7 @@ def _event(job: str, state: str, inputs: list, outputs: list, job_type: str):
     from openlineage.client.facet_v2 import job_type_job
     from openlineage.client.uuid import generate_new_uuid
 
-    return RunEvent(eventType=getattr(RunState, state), eventTime=datetime.now(timezone.utc).isoformat(),
+    return RunEvent(eventType=getattr(RunState, state), eventTime=datetime.now(UTC).isoformat(),
                     run=Run(runId=str(generate_new_uuid())),
                     job=Job(namespace=NAMESPACE, name=job, facets={"jobType": job_type_job.JobTypeJobFacet(
                         processingType="BATCH", integration="POPHEALTH", jobType=job_type)}),
@@ -348,9 +351,9 @@ def emit_load_event(load_id: int) -> None:
     """One COMPLETE event for a published load: the landing file in (rows read), the raw table out (schema, rows
     loaded, and every rule of its quality gate as a data quality assertion)."""
     from openlineage.client.event_v2 import InputDataset, OutputDataset
-    from openlineage.client.facet_v2 import (data_quality_assertions_dataset as dqa,
-                                             data_quality_metrics_input_dataset as dqm,
-                                             output_statistics_output_dataset as stats)
+    from openlineage.client.facet_v2 import data_quality_assertions_dataset as dqa
+    from openlineage.client.facet_v2 import data_quality_metrics_input_dataset as dqm
+    from openlineage.client.facet_v2 import output_statistics_output_dataset as stats
 
     with db.connect() as conn:
         load = conn.execute(
@@ -365,11 +368,14 @@ def emit_load_event(load_id: int) -> None:
         table = FEED_SPECS[feed].table
         columns = _typed_catalogue(conn).get(table, [])
     assertions = [dqa.Assertion(assertion=check, success=status != "failed", severity=severity, name=check,
-                                actual=observed, expected=threshold) for check, status, severity, observed, threshold in gate]
+                                actual=observed, expected=threshold)
+                  for check, status, severity, observed, threshold in gate]
     inputs = [InputDataset(namespace=LANDING_NAMESPACE, name=file_name, inputFacets={
         "dataQualityMetrics": dqm.DataQualityMetricsInputDatasetFacet(rowCount=rows_read, columnMetrics={})})]
     outputs = [OutputDataset(namespace=WAREHOUSE_NAMESPACE, name=f"pophealth.{table}",
-                             facets={"schema": _schema(columns), "dataQualityAssertions":
+                             # The client types the assertions facet an input facet; the gate's assertions are
+                             # about what was published, so they go on the output, as Marquez shows them.
+                             facets={"schema": _schema(columns), "dataQualityAssertions":  # type: ignore[dict-item]
                                      dqa.DataQualityAssertionsDatasetFacet(assertions=assertions)},
                              outputFacets={"outputStatistics": stats.OutputStatisticsOutputDatasetFacet(
                                  rowCount=rows_loaded)})]
@@ -385,9 +391,9 @@ def emit_dbt_events(manifest: dict) -> int:
     rules on its table as data quality assertions and, for a published model, its column lineage to the
     extract columns. Returns the count."""
     from openlineage.client.event_v2 import InputDataset, OutputDataset
-    from openlineage.client.facet_v2 import (column_lineage_dataset as cl,
-                                             data_quality_assertions_dataset as dqa,
-                                             output_statistics_output_dataset as stats)
+    from openlineage.client.facet_v2 import column_lineage_dataset as cl
+    from openlineage.client.facet_v2 import data_quality_assertions_dataset as dqa
+    from openlineage.client.facet_v2 import output_statistics_output_dataset as stats
 
     with db.connect() as conn:
         columns = _typed_catalogue(conn)
@@ -443,7 +449,8 @@ def emit_dbt_events(manifest: dict) -> int:
                                outputFacets={"outputStatistics": stats.OutputStatisticsOutputDatasetFacet(
                                    rowCount=rows)} if rows is not None else {})
         state = "FAIL" if status in ("error", "fail") else "COMPLETE"
-        client.emit(_event(f"dbt.{node['resource_type']}.{node['name']}", state, inputs, [output], node["resource_type"].upper()))
+        client.emit(_event(f"dbt.{node['resource_type']}.{node['name']}", state, inputs, [output],
+                           node["resource_type"].upper()))
         emitted += 1
     log.info("OpenLineage: %d dbt model and seed events to %s", emitted, events_file())
     return emitted

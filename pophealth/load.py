@@ -29,8 +29,17 @@ from pophealth import agreements, audit, db, vault
 from pophealth.access import apply_access
 from pophealth.feeds import FEED_SPECS, Feed, RowContext, RowProblem, identity_columns_present
 from pophealth.keys import KeyError_, load_linkage_key, load_vault_public_key
-from pophealth.landing import (SYMLINK_REASON, ExtractFile, FileRejected, identify, open_extract, scan, settled,
-                               sha256_of, why_not_an_extract)
+from pophealth.landing import (
+    SYMLINK_REASON,
+    ExtractFile,
+    FileRejected,
+    identify,
+    open_extract,
+    scan,
+    settled,
+    sha256_of,
+    why_not_an_extract,
+)
 from pophealth.pseudonymise import PostcodeLookup, Pseudonymiser
 
 log = logging.getLogger(__name__)

@@ -243,7 +243,8 @@ def publish_candidates(lock_timeout: str = "60s", newest_load_id: int | None = N
             conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(previous))
             conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(real, sql.Identifier(READER[published])))
         conn.execute("""INSERT INTO audit.marts_publication (run_id, newest_load_id)
-                        VALUES (%s, coalesce(%s, (SELECT max(load_id) FROM audit.load WHERE published_at IS NOT NULL)))""",
+                        VALUES (%s, coalesce(%s, (SELECT max(load_id) FROM audit.load
+                                                  WHERE published_at IS NOT NULL)))""",
                      (run_id, newest_load_id))
     log.info("published %s", ", ".join(f"{s}{CANDIDATE} as {s}" for s in PUBLISHED))
     return list(PUBLISHED)
@@ -345,6 +346,7 @@ def _is_table_level(check: dict) -> bool:
 
 def _examples(conn, check: dict, table: sql.Composable, key: list[str]) -> list[int]:
     keys = sql.SQL(", ").join(sql.Identifier(c) for c in key)
+    bad: sql.Composable | None
     if check["expectation"] == "UnexpectedRowsExpectation":
         query = _own_sql(check["kwargs"]["unexpected_rows_query"], table, conn)
         bad = sql.SQL("({}) IN ({})").format(keys, sql.SQL(query))
@@ -373,10 +375,10 @@ def run_marts_gate(candidates: bool = True, run_id: str | None = None) -> MartsG
             published = check["table"]
             schema, _, name = published.partition(".")
             if published not in row_counts:
-                exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL",
-                                      (sql.Identifier(schemas[schema], name).as_string(conn),)).fetchone()[0]
-                row_counts[published] = (conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
-                    sql.Identifier(schemas[schema], name))).fetchone()[0] if exists else -1)
+                exists = db.one_row(conn.execute("SELECT to_regclass(%s) IS NOT NULL",
+                                                 (sql.Identifier(schemas[schema], name).as_string(conn),)))[0]
+                row_counts[published] = (db.one_row(conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
+                    sql.Identifier(schemas[schema], name))))[0] if exists else -1)
             if row_counts[published] < 0:
                 skipped[check["id"]] = f"error: {schemas[schema]}.{name} does not exist"
                 continue

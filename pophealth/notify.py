@@ -66,7 +66,7 @@ def failure_from(context) -> Failure:
     what = lines[0] if lines else (type(exception).__name__ if exception else "the task failed")
     where = (f"the Airflow UI: DAG {dag_id}, run {run_id}, task {task_id}, its log; "
              "`pophealth status` for the loads")
-    return Failure(dag=scrub(dag_id), task=scrub(task_id), run=scrub(str(run_id)), what=scrub(what[:500]),
+    return Failure(dag=scrub(str(dag_id)), task=scrub(str(task_id)), run=scrub(str(run_id)), what=scrub(what[:500]),
                    where=scrub(where))
 
 
@@ -86,7 +86,7 @@ def send_email(addresses: str, failure: Failure) -> None:
     # conn_id=None: Airflow's [smtp] settings only, no connection lookup from inside a task
     send_email_smtp([a.strip() for a in addresses.split(",") if a.strip()],
                     f"pophealth: {failure.dag}.{failure.task} failed", f"<p>{escape(failure.text)}</p>",
-                    conn_id=None)
+                    conn_id=None)  # type: ignore[arg-type]  # typed str, but None is what Airflow documents
 
 
 def notify_failure(context) -> None:

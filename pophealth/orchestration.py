@@ -11,7 +11,7 @@ import logging
 import operator
 import os
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import UTC, date, timedelta
 from functools import reduce
 from pathlib import Path
 
@@ -168,7 +168,7 @@ def wait_for_loads(run_type, started) -> bool:
     """build_marts's first task, a sensor: a build the assets started waits until the landing folder has
     nothing left to load, so that a delivery of several feeds (or many files of one) is built once, with all of
     it, not once per feed. Bounded by LOADS_WAIT; a build started by hand builds at once."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from pophealth.load import awaiting_extracts
 
@@ -178,7 +178,7 @@ def wait_for_loads(run_type, started) -> bool:
     awaiting = awaiting_extracts(landing, LOAD_ORDER)
     if not awaiting:
         return True
-    waited = datetime.now(timezone.utc) - started if started is not None else timedelta(0)
+    waited = datetime.now(UTC) - started if started is not None else timedelta(0)
     if waited >= LOADS_WAIT:
         log.warning("building the marts after waiting %s, without these %d file(s) still to be loaded:\n%s",
                     LOADS_WAIT, len(awaiting), "\n".join(f"  {Path(a).name}" for a in awaiting))
@@ -303,7 +303,6 @@ def publish_marts(newest_load_id: int | None = None, run_id: str | None = None) 
     """Swap the gated candidates in as marts and reporting, in one transaction, recording the publication with
     the newest load it was built on."""
     from pophealth.marts_gate import PublishRefused, publish_candidates
-
     from pophealth.purposes import record_optouts_by_purpose
 
     try:
@@ -395,7 +394,6 @@ def _after_the_build(group, producer) -> None:
     every node as upstream_failed; and they are skipped when the build did not run (check_loads failed or found
     nothing new), so that no node's task then runs dbt on its own (Cosmos's fallback when it finds no result)."""
     from airflow.sdk import TaskGroup
-
     from cosmos.constants import PRODUCER_WATCHER_DONE_TASK_ID
 
     def tasks(node):

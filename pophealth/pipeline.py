@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pophealth import config
@@ -33,7 +33,7 @@ class PipelineOutcome:
 def run_pipeline(landing: Path, dag_ids: tuple[str, ...] = INGEST_DAGS + (MARTS_DAG,),
                  progress=print) -> PipelineOutcome:
     started = time.monotonic()
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     log_dir = config.paths().home / "runs" / now.strftime("%Y%m%dT%H%M%SZ")
     outcome = PipelineOutcome(landing=landing.resolve(), log_dir=log_dir, started_at=now)
     prepare_warehouse()

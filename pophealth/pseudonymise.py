@@ -10,10 +10,10 @@ import csv
 import hashlib
 import hmac
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Callable
 
 from pophealth.identifiers import LocalPseudonym, NhsNumber, PersonId
 from pophealth.keys import LinkageKey
@@ -51,7 +51,7 @@ class Pseudonymiser:
 
     def local(self, source: str, local_id: str) -> LocalPseudonym:
         """A keyed pseudonym of a local identifier, scoped by its source (`RAJ`, `E10000012`)."""
-        hashed = f"{source.strip()}|{local_id.strip()}".encode("utf-8")
+        hashed = f"{source.strip()}|{local_id.strip()}".encode()
         mac = self._local.copy()
         mac.update(hashed)
         value = mac.hexdigest()

@@ -71,7 +71,8 @@ class PurposeKeyring:
         try:
             return cls({purpose: load_purpose_key(purpose) for purpose in PURPOSES})
         except KeyError_ as exc:
-            raise PublishedIdsRefused(f"{exc} Without it no published id can be made: the marts are not built.") from None
+            raise PublishedIdsRefused(
+                f"{exc} Without it no published id can be made: the marts are not built.") from None
 
     def id_for(self, purpose: str, transit: str) -> str:
         mac = self._macs[purpose].copy()
@@ -90,7 +91,8 @@ def _check_versions(conn: psycopg.Connection, keyring: PurposeKeyring) -> None:
     recorded = recorded_versions(conn)
     for purpose, version in keyring.versions.items():
         if purpose not in recorded:
-            conn.execute("INSERT INTO restricted.purpose_key (purpose, key_version) VALUES (%s, %s)", (purpose, version))
+            conn.execute("INSERT INTO restricted.purpose_key (purpose, key_version) VALUES (%s, %s)",
+                         (purpose, version))
         elif recorded[purpose] != version:
             raise PublishedIdsRefused(
                 f"the {purpose.replace('_', '-')} key in use (version {version}) is not the one the warehouse's "
@@ -125,7 +127,8 @@ def assign_purpose_pseudonyms(progress: Callable[[str], None] | None = None) -> 
         _check_versions(conn, keyring)
         with reading.cursor(name="unmapped") as unmapped, conn.cursor() as writer:
             unmapped.execute(_unmapped_query())
-            with writer.copy("COPY restricted.pseudonym (transit_id, secondary_use_id, direct_care_id) FROM STDIN") as copy:
+            with writer.copy("COPY restricted.pseudonym (transit_id, secondary_use_id, direct_care_id) "
+                             "FROM STDIN") as copy:
                 while batch := unmapped.fetchmany(_BATCH):
                     for (transit,) in batch:
                         copy.write_row((transit, keyring.id_for("secondary_use", transit),

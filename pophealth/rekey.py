@@ -13,9 +13,9 @@ and new are both readable.
 What it changes: the transit pseudonym columns of raw and intermediate tables and of the purpose mapping
 (`restricted.pseudonym.transit_id`); the vault (new pseudonyms, ciphertexts bound to them); each raw row's key
 version. The published ids (marts, reporting, direct_care) are keyed under the purpose keys and do not change:
-analysts and care teams keep following the same people, and the marts need no rebuild. The opt-out list holds pseudonyms of people who
-are, by design, not in the vault: it is emptied and its loads marked `rekeyed`, so no personal load can start
-until the opt-out list is loaded again under the new key (fail closed).
+analysts and care teams keep following the same people, and the marts need no rebuild. The opt-out list holds
+pseudonyms of people who are, by design, not in the vault: it is emptied and its loads marked `rekeyed`, so no
+personal load can start until the opt-out list is loaded again under the new key (fail closed).
 """
 
 from __future__ import annotations
@@ -156,7 +156,8 @@ def rotate_linkage_key(old: LinkageKey, new: LinkageKey, vault_key: VaultPrivate
         conn.execute("""UPDATE audit.load SET status = 'rekeyed',
                                message = 'pseudonymised under a key that has been rotated: load it again'
                         WHERE feed = 'optouts' AND status = 'published'""")
-        conn.execute("""INSERT INTO audit.key_rotation (old_key_version, new_key_version, pseudonyms_mapped, rows_rekeyed)
+        conn.execute("""INSERT INTO audit.key_rotation
+                            (old_key_version, new_key_version, pseudonyms_mapped, rows_rekeyed)
                         VALUES (%s, %s, %s, %s)""", (old.version, new.version, mapped, json.dumps(rekeyed)))
         if before_commit:
             before_commit()
@@ -179,8 +180,8 @@ def rotate_vault_key(old: VaultPrivateKey, new: VaultPublicKey, progress: Callab
     opener, sealer = VaultOpener(old), VaultSealer(new)
     with db.connect() as conn:
         conn.execute("LOCK TABLE vault.identity IN ACCESS EXCLUSIVE MODE")
-        waiting = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'load_batch' "
-                               "AND tablename LIKE 'vault\\_%%'").fetchone()[0]
+        waiting = db.one_row(conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'load_batch' "
+                                          "AND tablename LIKE 'vault\\_%%'"))[0]
         if waiting:
             raise RotationRefused(f"{waiting} load(s) have vault entries waiting to be published under the old "
                                   "public key: let them finish (or fail), then rotate")

@@ -67,7 +67,8 @@ def summarise(outcome: PipelineOutcome) -> str:
             row[0] += 1
         lines += ["", "Loads this run (audit.load; every row is loaded or quarantined; 'opt-out': of the loaded rows, "
                       "people with a national data opt-out, kept for their direct care only):",
-                  f"  {'feed':<22} {'status':<12} {'files':>5} {'read':>10} {'loaded':>10} {'quarant.':>9} {'opt-out':>8}"]
+                  f"  {'feed':<22} {'status':<12} {'files':>5} {'read':>10} {'loaded':>10} {'quarant.':>9} "
+                  f"{'opt-out':>8}"]
         for (feed, status), (files, read, loaded, quarantined, opted_out) in totals.items():
             lines.append(f"  {feed:<22} {status:<12} {files:>5,} {read:>10,} {loaded:>10,} {quarantined:>9,} "
                          f"{opted_out:>8,}")

@@ -37,7 +37,8 @@ def rerun_period(landing: Path, feed: str, period: str, provider: str | None = N
     try:
         period_end = date.fromisoformat(period)
     except ValueError:
-        raise RerunRefused(f"the period must be a date, YYYY-MM-DD (the period end in the file name): {period!r}")
+        raise RerunRefused(
+            f"the period must be a date, YYYY-MM-DD (the period end in the file name): {period!r}") from None
     files = period_files(landing.resolve(), feed, period_end, provider)
     if not files:
         raise RerunRefused(f"no {feed} file for period {period}{f' from {provider}' if provider else ''} "

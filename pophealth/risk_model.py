@@ -126,6 +126,6 @@ def append_to_seed(model: FittedModel, path: Path | None = None) -> int:
                  f"emergency admission in the next 12 months; c-statistic on them {model.c_statistic:.3f}")
     with path.open("a", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
-        for term, coefficient in zip(model.terms, model.coefficients):
+        for term, coefficient in zip(model.terms, model.coefficients, strict=False):
             writer.writerow([version, term, f"{coefficient:.6f}", model.fitted_as_of.isoformat(), fitted_on])
     return version

@@ -14,7 +14,7 @@ import json
 import os
 import sys
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 from psycopg.rows import dict_row
@@ -85,12 +85,12 @@ def status_text(landing: Path | None = None) -> tuple[str, bool]:
 
 
 def collect(landing: Path | None = None) -> Status:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     status = Status([f"Warehouse: {db.warehouse_shown()}"])
     status.data["warehouse"] = db.warehouse_shown()
     with db.connect() as conn:
         conn.row_factory = dict_row
-        if conn.execute("SELECT to_regclass('audit.load') AS t").fetchone()["t"] is None:
+        if db.one_row(conn.execute("SELECT to_regclass('audit.load') AS t"))["t"] is None:
             status.lines += ["", "Nothing has been loaded yet (run: pophealth setup, then pophealth run)."]
             return status
         _sources(conn, status, now)
@@ -161,7 +161,8 @@ def _sources(conn, status: Status, now: datetime) -> None:
         source = load["feed"] + (f" {load['provider']}" if load["provider"] else "")
         verdict = VERDICTS.get(load["status"], load["status"])
         if load["rules"] and load["status"] != "gate_failed":
-            verdict += f" ({load['warnings']} warning{'s' if load['warnings'] != 1 else ''})" if load["warnings"] else ""
+            plural = "s" if load["warnings"] != 1 else ""
+            verdict += f" ({load['warnings']} warning{plural})" if load["warnings"] else ""
         period = load["period_end"].isoformat() if load["period_end"] else "-"
         status.lines.append(
             f"  {source:<24} {period:<10} {load['file_name']:<30} {verdict:<26} {load['rows_read']:>8,} "
@@ -314,7 +315,8 @@ def _marts(conn, status: Status, now: datetime) -> None:
                         + (f": FAILED ({build_failures} model(s) or test(s) failed)" if build_failures else ""))
     if gate:
         status.lines.append(f"  marts gate    {_when(gate['at'], now)}: "
-                            + (f"FAILED ({gate['errors']} rule(s)), the build was refused" if gate["errors"] else "passed"))
+                            + (f"FAILED ({gate['errors']} rule(s)), the build was refused" if gate["errors"]
+                               else "passed"))
     status.lines.append(f"  last publish  {_when(published_at, now) if has_marts else 'never'}"
                         + (f"; the marts describe the data as of {as_of}" if as_of else ""))
     if newer_loads:
@@ -342,8 +344,9 @@ def _geographies(conn, status: Status) -> None:
                FROM raw.ref_lsoa GROUP BY 1 ORDER BY 1 NULLS LAST""", (default_la_code(),)).fetchall()
         if places:
             status.lines += ["", "Geographies of the Better Care Fund metrics (the area, each council, each locality):"]
-            status.lines += [f"  {p['council'] or 'NO COUNCIL':<12} {p['localities']:>4} localities {p['lsoas']:>6,} LSOAs"
-                             for p in places]
+            status.lines += [
+                f"  {p['council'] or 'NO COUNCIL':<12} {p['localities']:>4} localities {p['lsoas']:>6,} LSOAs"
+                for p in places]
     status.problems += geography_problems(conn)
 
 
@@ -370,7 +373,8 @@ def _waiting(landing: Path | None, status: Status, source: str = "given") -> Non
                       and ".csv" in p.name] + [e.name for e in extracts if e.path not in complete])
     status.data["waiting"].update(files=[{"feed": f, "file_name": n} for f, n in waiting], being_written=writing)
     status.lines.append(f"Waiting in {landing}" + (f" ({source})" if source != "given" else "")
-                        + f": {len(waiting)} file(s) to load" + (f", {len(writing)} still being written" if writing else ""))
+                        + f": {len(waiting)} file(s) to load"
+                        + (f", {len(writing)} still being written" if writing else ""))
     status.lines += [f"  {feed:<24} {name}" for feed, name in waiting[:30]]
     if len(waiting) > 30:
         status.lines.append(f"  ... and {len(waiting) - 30} more")
@@ -382,6 +386,7 @@ def _waiting(landing: Path | None, status: Status, source: str = "given") -> Non
         status.lines += [f"  {name}: {why}" for name, why in not_extracts[:30]]
         if len(not_extracts) > 30:
             status.lines.append(f"  ... and {len(not_extracts) - 30} more")
-        # Not a failure (nothing was loaded or refused; the exit code stays 0), but never silent: said under the verdict.
+        # Not a failure (nothing was loaded or refused; the exit code stays 0), but never silent: said under the
+        # verdict.
         status.notices.append(f"{len(not_extracts)} file(s) in the landing folder are not extracts of the contract and "
                               "are NOT LOADED (listed above): rename, decompress or remove them")

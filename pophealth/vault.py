@@ -71,7 +71,8 @@ class VaultOpener(VaultSealer):
         try:
             return _SUITE.decrypt(bytes(nonce) + bytes(ciphertext), self._private, info=_info(kind, pseudonym))
         except Exception:  # cryptography raises InvalidTag, or ValueError for a malformed entry
-            raise VaultError("a vault entry does not open with this vault private key (wrong key, or tampered)") from None
+            raise VaultError(
+                "a vault entry does not open with this vault private key (wrong key, or tampered)") from None
 
 
 #: The re-identification limits' defaults (settings POPHEALTH_REIDENTIFY_MAX_PEOPLE, _DAILY_PEOPLE): beyond them a
@@ -126,7 +127,7 @@ class VaultWriter:
     cipher: VaultSealer
     load_id: int
     linkage_key_version: str
-    sink: object = None  # the COPY into the batch table (open_batch)
+    sink: psycopg.Copy | None = None  # the COPY into the batch table (open_batch)
     _row: list = field(default_factory=list)
     _recent: set = field(default_factory=set)
     stored: int = 0
@@ -145,6 +146,7 @@ class VaultWriter:
                 self._recent.clear()
             self._recent.add(pseudonym)
             nonce, ciphertext = self.cipher.encrypt(kind, pseudonym, clear)
+            assert self.sink is not None, "open_batch gives the sealer its COPY before any row is kept"
             self.sink.write_row((pseudonym, kind, nonce, ciphertext, self.cipher.version,
                                   self.linkage_key_version, self.load_id))
             self.stored += 1
@@ -168,7 +170,7 @@ def open_batch(conn: psycopg.Connection, load_id: int):
 def publish_batch(conn: psycopg.Connection, load_id: int) -> int:
     """Move a published load's vault batch into the vault (first entry per pseudonym wins); returns rows added."""
     table = sql.SQL(vault_batch_table(load_id))
-    exists = conn.execute("SELECT to_regclass(%s)", (vault_batch_table(load_id),)).fetchone()[0]
+    exists = db.one_row(conn.execute("SELECT to_regclass(%s)", (vault_batch_table(load_id),)))[0]
     if exists is None:
         return 0
     columns = sql.SQL(", ").join(sql.Identifier(c) for c in COPY_COLUMNS)
@@ -217,8 +219,8 @@ def reidentify(person_ids: list[str], purpose: str, on_behalf_of: str, key: Vaul
         with psycopg.connect(url, autocommit=True) as conn:
             # Autocommit: the request (or its refusal) is committed before the read, as vault.reidentify requires.
             if request_id is None:
-                request_id = conn.execute("SELECT vault.request_reidentification(%s, %s, %s)",
-                                          ([p.value for p in wanted], purpose, on_behalf_of)).fetchone()[0]
+                request_id = db.one_row(conn.execute("SELECT vault.request_reidentification(%s, %s, %s)",
+                                                     ([p.value for p in wanted], purpose, on_behalf_of)))[0]
             else:
                 wanted = [PersonId(p) for p in conn.execute(
                     "SELECT unnest(person_ids) FROM vault.my_request(%s)", (request_id,)).fetchall() for p in p]
@@ -247,7 +249,7 @@ def decide(request_id: int, approve: bool, note: str, conninfo: str | None = Non
     url = conninfo or db.warehouse().with_user("caldicott_guardian").url()
     try:
         with psycopg.connect(url, autocommit=True) as conn:
-            return conn.execute("SELECT vault.decide_reidentification(%s, %s, %s)",
-                                (request_id, approve, note)).fetchone()[0]
+            return db.one_row(conn.execute("SELECT vault.decide_reidentification(%s, %s, %s)",
+                                           (request_id, approve, note)))[0]
     except psycopg.Error as exc:
         raise VaultError(f"decision refused: {_database_message(exc)}") from None

@@ -22,6 +22,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pophealth import config
 
@@ -86,22 +87,23 @@ def _demo_keys_into_environment() -> None:
 
 def _configure(landing: str) -> None:
     """In a child with Airflow's environment: the variable and connection the pipeline's users look for."""
-    from psycopg.conninfo import conninfo_to_dict
-
     from airflow.models import Connection, Variable
     from airflow.utils.session import create_session
+    from psycopg.conninfo import conninfo_to_dict
+
     from pophealth import db
 
     if landing:
         Variable.set(LANDING_VARIABLE, landing,
                      description="the landing folder the ingest DAGs read (POPHEALTH_LANDING_DIR of this UI)")
-    parts = conninfo_to_dict(db.warehouse_url())
+    parts: dict[str, Any] = conninfo_to_dict(db.warehouse_url())  # libpq's keywords: text values here
     with create_session() as session:
         session.query(Connection).filter(Connection.conn_id == WAREHOUSE_CONNECTION).delete()
         session.add(Connection(conn_id=WAREHOUSE_CONNECTION, conn_type="postgres", host=parts.get("host"),
                                port=int(parts["port"]) if parts.get("port") else None,
                                schema=parts.get("dbname"), login=parts.get("user"), password=parts.get("password"),
-                               description="the pophealth warehouse (as POPHEALTH_DATABASE_URL or the embedded server)"))
+                               description="the pophealth warehouse "
+                                           "(as POPHEALTH_DATABASE_URL or the embedded server)"))
 
 
 @dataclass
@@ -163,11 +165,10 @@ def _interrupt(*_) -> None:
 
 def serve(port: int = DEFAULT_PORT, landing: Path | None = None, say=print,
           start_timeout: float = START_TIMEOUT_SECONDS) -> int:
+    from pophealth import db
     from pophealth.airflow_runner import ensure_metadata_db
     from pophealth.load import prepare_warehouse
     from pophealth.marts import parse_project
-
-    from pophealth import db
 
     if db.airflow_metadata_url().startswith("sqlite"):
         say(f"pophealth ui needs Airflow's metadata in PostgreSQL (its scheduler runs tasks in parallel) when the "

@@ -14,15 +14,14 @@ loading it, to load it again on the next `pophealth run` without generating it a
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from pophealth.synth.answer_key import write_answer_key
 from pophealth.synth.extracts import write_extracts
 from pophealth.synth.geography import AREA_CODE, MID_AND_SOUTH_ESSEX
 from pophealth.synth.world import generate_world
-
 
 PRIVATE_FILE = 0o600
 PRIVATE_FOLDER = 0o700

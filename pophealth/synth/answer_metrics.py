@@ -41,8 +41,8 @@ Metric by metric (the unit of every spell metric is the spell; of care_home_admi
   365 days before it (end date null, or start - end < 365 days) / population 65+, per 100,000.
 
 Denominators come from ref_population of the year the period starts, summed over the geography (area =
-every LSOA; a council = its LSOAs; a locality = its LSOAs), with single-year ages (90 = 90+). Values are rounded to 4 decimals
-and empty when the denominator is 0; delayed_discharge_days' denominator column holds population x days.
+every LSOA; a council = its LSOAs; a locality = its LSOAs), with single-year ages (90 = 90+). Values are rounded to
+4 decimals and empty when the denominator is 0; delayed_discharge_days' denominator column holds population x days.
 Periods: every calendar month, every quarter (Apr-Jun, Jul-Sep, Oct-Dec, Jan-Mar) and the financial year
 2024-04-01..2025-03-31 inside 2024-04-01..2025-09-30.
 
@@ -201,7 +201,8 @@ def service_facts(ledger: Ledger, people: dict[str, dict]) -> list[ServiceFact]:
         birth = event.person.birth
         facts.append(ServiceFact(
             identity=identity, locality=people[identity]["locality_code"] or None,
-            council=event.person.lsoa.la_code, birth=(birth.year, birth.month), service_type=event.service_type or "", component=event.component or "", start=event.start,
+            council=event.person.lsoa.la_code, birth=(birth.year, birth.month),
+            service_type=event.service_type or "", component=event.component or "", start=event.start,
             end=event.end if event.end and event.end <= latest_file else None,
             outcome=event.outcome if (event.end and event.end <= latest_file) or event.outcome == SELF_FUNDED
             else "Continuation of support or services",
@@ -275,8 +276,8 @@ def reablement_91_days_65(spells: list[SpellFact], services: list[ServiceFact],
         if not any(-3 <= (start - s.disdate).days <= 7 for start in reablement.get(s.identity, ())):
             continue
 
-        def within_91(day: date) -> bool:
-            return 1 <= (day - s.disdate).days <= 91
+        def within_91(day: date, disdate: date = s.disdate) -> bool:
+            return 1 <= (day - disdate).days <= 91
 
         death = deaths.get(s.identity)
         at_home = not (

@@ -162,11 +162,11 @@ class _Writer:
                    {"loaded": len(rows), "quarantined": 0, "opted_out": 0})
         for year in POPULATION_YEARS:
             counts = population_counts(self.world, year)
-            rows = [(lsoa.code, sex, age, counts.get((lsoa.code, sex, age), 0))
-                    for locality in self.world.localities for lsoa in locality.lsoas
-                    for sex in ("1", "2") for age in range(91)]
+            estimates = [(lsoa.code, sex, age, counts.get((lsoa.code, sex, age), 0))
+                         for locality in self.world.localities for lsoa in locality.lsoas
+                         for sex in ("1", "2") for age in range(91)]
             self.write(f"ref_population_{year}.csv", "ref_population", ("lsoa_code", "sex", "age", "population"),
-                       rows, {"loaded": len(rows), "quarantined": 0, "opted_out": 0})
+                       estimates, {"loaded": len(estimates), "quarantined": 0, "opted_out": 0})
 
     # -- opt-outs ---------------------------------------------------------------------------------------------
     def optouts(self) -> None:
@@ -260,12 +260,12 @@ class _Writer:
             removed = person.opted_out and not spell.invalid_number
             finished = as_at is None
             for order, episode in enumerate(spell.episodes, start=1):
-                if not finished and episode.epistart > as_at:
+                if as_at is not None and episode.epistart > as_at:
                     break  # not begun yet on the file's period end
                 diagnoses = list(episode.diagnoses) + [""] * (20 - len(episode.diagnoses))
-                epiend = episode.epiend if finished or (episode.epiend and episode.epiend <= as_at) else None
+                epiend = episode.epiend if as_at is None or (episode.epiend and episode.epiend <= as_at) else None
                 ready = spell.discharge_ready_date
-                ready = ready if finished or (ready and ready <= as_at) else None
+                ready = ready if as_at is None or (ready and ready <= as_at) else None
                 row = {
                     "epikey": f"{spell.spell_id}{order:02d}", "spell_id": spell.spell_id, "nhs_number": written,
                     "nhs_number_status": "01", "date_of_birth": _iso(person.birth), "sex": person.sex,
@@ -288,8 +288,8 @@ class _Writer:
                                        spell.disdate if finished and spell.dismeth == "4" else None)
         self.write(f"apc_{procode}_{period:%Y%m%d}.csv", "apc", APC_COLUMNS, rows, fates)
         if rows:  # from the first discharge (or, with none, the first episode end) in the file, to its period end
-            disdate, epiend = APC_COLUMNS.index("disdate"), APC_COLUMNS.index("epiend")
-            dated = [r[disdate] for r in rows if r[disdate]] or [r[epiend] for r in rows if r[epiend]]
+            disdate_at, epiend_at = APC_COLUMNS.index("disdate"), APC_COLUMNS.index("epiend")
+            dated = [r[disdate_at] for r in rows if r[disdate_at]] or [r[epiend_at] for r in rows if r[epiend_at]]
             first = period.replace(day=1)
             if dated:
                 first = min(first, date.fromisoformat(min(dated)).replace(day=1))
@@ -351,7 +351,8 @@ class _Writer:
         def value(v):
             return RELEASE1.get(v, v) if (release1 and v) else (v or "")
 
-        number = {"valid": person.nhs_number, "invalid": invalidate(person.nhs_number), "missing": ""}[person.cld_number]
+        numbers = {"valid": person.nhs_number, "invalid": invalidate(person.nhs_number), "missing": ""}
+        number = numbers[person.cld_number]
         end = event.end if event.end and event.end <= period_end else None
         death = person.death if person.death and person.death <= period_end else None
         gender = {"1": "Male", "2": "Female"}.get(person.sex, "Other")
@@ -359,12 +360,14 @@ class _Writer:
             "LA_Code": council, "Reporting_Period_Start_Date": _iso(period_start),
             "Reporting_Period_End_Date": _iso(period_end), "Client_Type": value(event.client_type),
             "LA_Person_Unique_Identifier": person.local_id, "NHS_Number": self.spelled(number) if number else "",
-            "Gender": gender, "Ethnicity": ETHNICITY[person.index % len(ETHNICITY)], "Date_of_Birth": _iso(person.birth),
+            "Gender": gender, "Ethnicity": ETHNICITY[person.index % len(ETHNICITY)],
+            "Date_of_Birth": _iso(person.birth),
             "Date_of_Death": _iso(death), "Postcode": person.postcode, "Primary_Support_Reason": event.support_reason,
             "Accommodation_Status": event.accommodation, "Event_Type": event.event_type, "Event_Reference": reference,
             "Event_Start_Date": _iso(event.start), "Event_End_Date": _iso(end),
             # An open service's outcome is not known yet, except that the council already knows who pays.
-            "Event_Outcome": value(event.outcome) if (end or event.event_type != "Service" or event.outcome == SELF_FUNDED)
+            "Event_Outcome": value(event.outcome)
+            if (end or event.event_type != "Service" or event.outcome == SELF_FUNDED)
             else value("Continuation of support or services"),
             "Request_Route_of_Access": value(event.route), "Assessment_Type": event.assessment_type or "",
             "Service_Type": value(event.service_type), "Service_Component": event.component or "",

@@ -530,7 +530,8 @@ class _Simulation:
         self._close_open_services(person, _days(start, -1), outcome="NFA: Support ended for other reason")
         self._add(Event(person, "Service", start, _days(start, 84) if self_funded else None,
                         SELF_FUNDED if self_funded else "Continuation of support or services",
-                        service_type="Long term support: Nursing care" if nursing else "Long term support: Residential care",
+                        service_type=("Long term support: Nursing care" if nursing
+                                      else "Long term support: Residential care"),
                         component="Long term nursing care" if nursing else "Long term residential care",
                         delivery="CASSR commissioned support", unit_cost=f"{900 + rng.randrange(400)}.00",
                         cost_unit="Weekly", units="1", accommodation="Registered care home"))

@@ -29,7 +29,8 @@ TEST_VAULT_PUBLIC_KEY = __import__("pophealth.keys", fromlist=["VaultPrivateKey"
 TEST_SECONDARY_USE_KEY = "e7" * 32
 TEST_DIRECT_CARE_KEY = "d4" * 32
 #: The two purpose keys (pophealth/purposes.py) every test process that builds the marts needs.
-PURPOSE_KEYS_ENV = {"POPHEALTH_SECONDARY_USE_KEY": TEST_SECONDARY_USE_KEY, "POPHEALTH_DIRECT_CARE_KEY": TEST_DIRECT_CARE_KEY}
+PURPOSE_KEYS_ENV = {"POPHEALTH_SECONDARY_USE_KEY": TEST_SECONDARY_USE_KEY,
+                    "POPHEALTH_DIRECT_CARE_KEY": TEST_DIRECT_CARE_KEY}
 POPULATION = 2000  # large enough that, with the seed below, every metric and cohort is non-empty (800 was not)
 SEED = 20241
 
@@ -144,8 +145,8 @@ def published_id(purpose: str, transit: str) -> str:
 def isolated_env(home: Path, key: str = TEST_KEY) -> dict[str, str]:
     """The environment of a pophealth process whose state lives under `home`, with the test keys."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("POPHEALTH_", "AIRFLOW"))}
-    env.update(POPHEALTH_HOME=str(home / "state"), POPHEALTH_LINKAGE_KEY=key, POPHEALTH_VAULT_PUBLIC_KEY=TEST_VAULT_PUBLIC_KEY,
-               PYTHONPATH=str(REPO), **PURPOSE_KEYS_ENV)
+    env.update(POPHEALTH_HOME=str(home / "state"), POPHEALTH_LINKAGE_KEY=key,
+               POPHEALTH_VAULT_PUBLIC_KEY=TEST_VAULT_PUBLIC_KEY, PYTHONPATH=str(REPO), **PURPOSE_KEYS_ENV)
     return env
 
 

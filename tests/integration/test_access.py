@@ -152,7 +152,7 @@ def test_reidentification_returns_the_nhs_number_and_is_logged_first(warehouse):
     proc = warehouse.pophealth("reidentify", *wanted, "--purpose", "case_finding_follow_up",
                                "--on-behalf-of", "Dr Test, community frailty team")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    for pid, number in zip(wanted, numbers):
+    for pid, number in zip(wanted, numbers, strict=False):
         assert f"{pid}  {number}" in proc.stdout
     with warehouse.as_role("ig_auditor") as conn:
         requested_by, purpose, people, found = conn.execute(
@@ -202,7 +202,8 @@ def test_the_vault_holds_every_linked_person_encrypted_opted_out_people_included
         stored = {r[0]: bytes(r[1]) for r in conn.execute(
             "SELECT pseudonym, ciphertext FROM vault.identity WHERE kind = 'nhs'")}
         linked = {r[0] for r in conn.execute(
-            "SELECT person_id FROM raw.gp_register UNION SELECT person_id FROM raw.apc_episode WHERE person_id IS NOT NULL "
+            "SELECT person_id FROM raw.gp_register "
+            "UNION SELECT person_id FROM raw.apc_episode WHERE person_id IS NOT NULL "
             "UNION SELECT person_id FROM raw.cld_event WHERE person_id IS NOT NULL")}
     assert set(stored) == linked
     assert {person_id(n) for n in optout_numbers} & linked <= set(stored)

@@ -91,7 +91,8 @@ def test_the_metric_trend_is_the_answer_keys_month_by_month(warehouse):
     _, rows = as_analyst(url, example_titled("A metric's trend").sql)
     expected = [(r["period_start"], int(r["numerator"]), int(r["denominator"]), Decimal(r["value"]))
                 for r in answers(answer_key, "metrics.csv")
-                if (r["metric_code"], r["period_type"], r["geography_level"]) == ("emergency_admissions", "month", "area")]
+                if (r["metric_code"], r["period_type"], r["geography_level"])
+                == ("emergency_admissions", "month", "area")]
     assert [(str(month), int(n), int(d), v) for month, n, d, v in rows] == sorted(expected)
 
 

@@ -120,13 +120,13 @@ def month_value(metric_index: int, place_index: int, month_index: int) -> Decima
 def risk_rows():
     rows = []
     # An older as-of date the report must not show.
-    for (tier, order), people in zip(TIERS, (30, 335, 1355, 5060)):
+    for (tier, order), people in zip(TIERS, (30, 335, 1355, 5060), strict=False):
         rows.append(("2025-06-30", *AREA, tier, order, people, False))
-    for (tier, order), people in zip(TIERS, (35, 340, 1360, 5065)):
+    for (tier, order), people in zip(TIERS, (35, 340, 1360, 5065), strict=False):
         rows.append(("2025-09-30", *AREA, tier, order, people, False))
-    for (tier, order), people in zip(TIERS, (None, 175, 690, 2530)):
+    for (tier, order), people in zip(TIERS, (None, 175, 690, 2530), strict=False):
         rows.append(("2025-09-30", *CHELMSFORD, tier, order, people, people is None))
-    for (tier, order), people in zip(TIERS, (0, 165, 670, 2535)):
+    for (tier, order), people in zip(TIERS, (0, 165, 670, 2535), strict=False):
         rows.append(("2025-09-30", *COLCHESTER, tier, order, people, False))
     return rows
 
@@ -136,7 +136,7 @@ def bcf_rows():
     final = []
     for m, (code, (name, unit, places)) in enumerate(METRICS.items()):
         for p, place in enumerate(places):
-            for i, (start, end) in enumerate(zip(MONTHS, MONTH_ENDS)):
+            for i, (start, end) in enumerate(zip(MONTHS, MONTH_ENDS, strict=False)):
                 value = month_value(m, p, i)
                 numerator, suppressed = 100 + i, False
                 if (code, place[1], start) in (SUPPRESSED_MONTH, SUPPRESSED_AREA_MONTH):
@@ -458,7 +458,7 @@ def test_each_metric_trend_is_the_area_alone_with_the_monthly_values(report, cod
     assert [e.text() for e in svg.find_all("text", cls="legend-item")] == [p[2] for p in drawn]
     months = [mo for mo in MONTHS if (code, "month", mo) not in PROVISIONAL
               and (code, AREA[1], mo) != SUPPRESSED_AREA_MONTH]  # suppressed: not drawn at all
-    for place, line in zip(drawn, series):
+    for place, line in zip(drawn, series, strict=False):
         p = places.index(place)
         points = line.find_all(cls="point")
         assert [pt.attrs["data-period"] for pt in points] == months
@@ -520,7 +520,7 @@ def test_places_are_a_ranked_dot_plot_with_intervals_from_the_published_counts(r
     assert [r.attrs["data-geography"] for r in rows] == [p[1] for p in ranked]
     assert [r.find_all("text", cls="place-name")[0].text() for r in rows] == [p[2] for p in ranked]
     counts = {THURROCK: (29, 32), CHELMSFORD: (150, 180), COLCHESTER: (12, 15)}
-    for place, row in zip(ranked, rows):
+    for place, row in zip(ranked, rows, strict=False):
         # The quarter's published numerator, over 180,500 (reablement: its own counts).
         numerator, denominator = (counts[place] if code == "reablement_91_days_65"
                                   else (1235 + 10 * places.index(place), 180500))

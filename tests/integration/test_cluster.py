@@ -23,8 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import (COUNCILS, PURPOSE_KEYS_ENV, TEST_KEY, TEST_VAULT_PRIVATE_KEY, TEST_VAULT_PUBLIC_KEY,
-                       isolated_env)
+from .conftest import COUNCILS, PURPOSE_KEYS_ENV, TEST_KEY, TEST_VAULT_PRIVATE_KEY, TEST_VAULT_PUBLIC_KEY, isolated_env
 from .identifiable import identifiable_values
 from .test_pipeline_end_to_end import PERSON_COLUMNS, _normal, expected_person_id, expected_person_row
 
@@ -100,7 +99,7 @@ class Faults(threading.Thread):
             AND state = 'success'"""),
     )
 
-    def __init__(self, deployment: "Deployment"):
+    def __init__(self, deployment: Deployment):
         super().__init__(daemon=True)
         self.deployment = deployment
         self.done: dict[str, str] = {}

@@ -43,8 +43,8 @@ def test_every_metric_for_the_area_each_council_and_each_locality_equals_the_ans
         rows = conn.execute(
             """SELECT metric_code, period_start::text, period_end::text, geography_level, geography_code, numerator,
                       denominator, value, is_final, final_on::text FROM marts.bcf_metrics""").fetchall()
-        published = dict(conn.execute("SELECT geography_level, count(DISTINCT geography_code) FROM reporting.bcf_metrics "
-                                      "GROUP BY 1").fetchall())
+        published = dict(conn.execute("SELECT geography_level, count(DISTINCT geography_code) "
+                                      "FROM reporting.bcf_metrics GROUP BY 1").fetchall())
     actual = {r[:5]: (_number(r[5]), _number(r[6]), _number(r[7]), "true" if r[8] else "false", r[9]) for r in rows}
     assert set(actual) == set(expected)
     wrong = {k: (expected[k], actual[k]) for k in expected if expected[k] != actual[k]}
@@ -118,7 +118,8 @@ def test_bcf_metrics_say_in_words_what_their_codes_mean_as_reporting_does(wareho
                                                                               + interval '1 month - 1 day')::date
                                               WHEN 'quarter' THEN period_end = (period_start + interval '3 months'
                                                                                 - interval '1 day')::date
-                                              ELSE period_end = (period_start + interval '1 year' - interval '1 day')::date
+                                              ELSE period_end = (period_start + interval '1 year'
+                                                                 - interval '1 day')::date
                                               END) = count(*) FROM marts.bcf_metrics GROUP BY 1""").fetchall())
     assert differ[0] == 0 and differ[1] > 0
     assert named == {r["metric_code"]: r["metric_name"] for r in _seed("bcf_metric")}

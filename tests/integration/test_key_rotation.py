@@ -20,7 +20,15 @@ from pophealth.config import environment
 from pophealth.keys import LinkageKey, VaultPrivateKey
 from pophealth.pseudonymise import Pseudonymiser
 
-from .conftest import PURPOSE_KEYS_ENV, TEST_KEY, TEST_VAULT_PRIVATE_KEY, TEST_VAULT_PUBLIC_KEY, marts_built_from, published_id, synth_world
+from .conftest import (
+    PURPOSE_KEYS_ENV,
+    TEST_KEY,
+    TEST_VAULT_PRIVATE_KEY,
+    TEST_VAULT_PUBLIC_KEY,
+    marts_built_from,
+    published_id,
+    synth_world,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -53,7 +61,8 @@ def _snapshot(conn: psycopg.Connection) -> dict:
     return {
         "metrics": conn.execute("""SELECT metric_code, period_start, period_end, geography_code, numerator,
                                           denominator, value FROM marts.bcf_metrics ORDER BY 1, 2, 3, 4""").fetchall(),
-        "tiers": conn.execute("SELECT risk_tier, count(*) FROM marts.risk_stratification GROUP BY 1 ORDER BY 1").fetchall(),
+        "tiers": conn.execute("SELECT risk_tier, count(*) FROM marts.risk_stratification "
+                              "GROUP BY 1 ORDER BY 1").fetchall(),
         "people": conn.execute("SELECT count(*), count(*) FILTER (WHERE is_linked) FROM marts.person").fetchone(),
     }
 
@@ -116,7 +125,8 @@ def test_every_transit_pseudonym_is_the_new_keys_and_every_published_id_is_uncha
     with psycopg.connect(rotated.url) as conn:
         published = {r[0] for r in conn.execute("SELECT person_id FROM marts.person")}
         transit_of_published = {r[0] for r in conn.execute(
-            """SELECT m.transit_id FROM restricted.pseudonym m JOIN marts.person p ON p.person_id = m.secondary_use_id""")}
+            """SELECT m.transit_id FROM restricted.pseudonym m
+               JOIN marts.person p ON p.person_id = m.secondary_use_id""")}
         versions = conn.execute("SELECT DISTINCT key_version FROM raw.apc_episode UNION "
                                 "SELECT DISTINCT key_version FROM raw.gp_register").fetchall()
     assert published == {published_id("secondary_use", expected_person_id(i, TEST_KEY)) for i in identities}
@@ -184,7 +194,8 @@ def test_the_loader_refuses_the_old_key_and_personal_data_before_the_opt_outs_ar
         unknown = conn.execute(
             """SELECT count(*) FROM raw.apc_episode a WHERE a.load_id = %s AND a.person_id IS NOT NULL
                AND NOT EXISTS (SELECT FROM restricted.optout o WHERE o.person_id = a.person_id)
-               AND NOT EXISTS (SELECT FROM restricted.pseudonym m JOIN marts.person p ON p.person_id = m.secondary_use_id
+               AND NOT EXISTS (SELECT FROM restricted.pseudonym m
+                               JOIN marts.person p ON p.person_id = m.secondary_use_id
                                WHERE m.transit_id = a.person_id)""",
             (outcome.load_id,)).fetchone()[0]
         after = _snapshot(conn)

@@ -4,7 +4,6 @@ column lineage of the published marts, down to the extract columns, in the audit
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -20,8 +19,8 @@ def events(world) -> list[dict]:
 
 def test_every_airflow_task_of_every_dag_run_has_its_openlineage_events(world):
     # every task that ran (a skipped or upstream-failed task never starts, so it has nothing to report)
-    task_instances = world.query("SELECT DISTINCT dag_id, task_id FROM task_instance WHERE state IN ('success', 'failed')",
-                                 database="airflow")
+    task_instances = world.query("SELECT DISTINCT dag_id, task_id FROM task_instance "
+                                 "WHERE state IN ('success', 'failed')", database="airflow")
     assert len(task_instances) > 20
     states: dict[str, set[str]] = {}
     for event in events(world):

@@ -8,18 +8,17 @@ and that publish is refused so the marts analysts read do not change.
 
 from __future__ import annotations
 
-
 import psycopg
 import pytest
 
 from pophealth.config import environment
 from pophealth.db import parse_url
+from pophealth.marts_gate import PUBLISHED, READER
 
 from .conftest import TEST_KEY, marts_built_from, synth_world
 
 pytestmark = pytest.mark.integration
 
-from pophealth.marts_gate import PUBLISHED, READER
 FINGERPRINT = ("SELECT (SELECT md5(string_agg(p::text, ',' ORDER BY person_id)) FROM marts.person p), "
                "(SELECT md5(string_agg(m::text, ',' ORDER BY metric_code, period_start, period_end, geography_level, "
                "geography_code)) FROM marts.bcf_metrics m)")
@@ -115,7 +114,8 @@ BREAKS = [
      "UPDATE marts__candidate.risk_stratification SET risk_tier = 'moderate' "
      "WHERE risk_rank = (SELECT max(risk_rank) FROM marts__candidate.risk_stratification)"),
     ("marts.bcf_metrics.value_possible", 1,
-     "UPDATE marts__candidate.bcf_metrics SET value = -1 WHERE (metric_code, geography_level, period_start, period_end) "
+     "UPDATE marts__candidate.bcf_metrics SET value = -1 "
+     "WHERE (metric_code, geography_level, period_start, period_end) "
      "= (SELECT metric_code, geography_level, period_start, period_end FROM marts__candidate.bcf_metrics "
      "WHERE geography_level = 'area' ORDER BY 1, 3, 4 LIMIT 1)"),
     ("marts.bcf_metrics.every_geography", 1,
@@ -195,7 +195,7 @@ def test_the_one_screen_summary_names_rule_count_and_row_numbers_never_values(wa
 
 
 def test_a_warning_is_recorded_and_publish_goes_ahead(warehouse):
-    from pophealth import marts_gate, orchestration
+    from pophealth import orchestration
 
     copy_to_candidates(warehouse)
     with owner(warehouse) as conn:

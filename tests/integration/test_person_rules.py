@@ -1,9 +1,9 @@
 """marts.person, one rule per person: a hand-built landing folder whose right answer is worked out by hand.
 
 Each person below exists to show one rule of the spine (docs/contract/marts.md, and the decisions in
-docs/contract/decisions.md and docs/marts.md, "Who is who"). The extracts go through the real loader (validate, pseudonymise, opt-outs) into a real
-PostgreSQL, and the real dbt project builds the marts; Airflow is left to the end-to-end test.
-The as-of date is the last period end of the extracts: 2025-09-30.
+docs/contract/decisions.md and docs/marts.md, "Who is who"). The extracts go through the real loader (validate,
+pseudonymise, opt-outs) into a real PostgreSQL, and the real dbt project builds the marts; Airflow is left to the
+end-to-end test. The as-of date is the last period end of the extracts: 2025-09-30.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def _valid_numbers():
 
 _numbers = _valid_numbers()
 # One NHS number per person of the story (all in the 999 test range).
-A, B, C, E_UNUSED, F, G, H, I, J_UNUSED, K, N = (next(_numbers) for _ in range(11))
+A, B, C, E_UNUSED, F, G, H, I, J_UNUSED, K, N = (next(_numbers) for _ in range(11))  # noqa: E741  (people A to N)
 # L left the register and M died between the June and September register snapshots: in June's, not in September's.
 L_LEFT, M_DIED = next(_numbers), next(_numbers)
 D_INVALID = B[:9] + str((int(B[9]) + 1) % 10)  # B's number with a wrong check digit: invalid
@@ -92,7 +92,8 @@ def _event(period_end, local_id, number, dob="1944-02-10", gender="Female", deat
                Client_Type=client_type, LA_Person_Unique_Identifier=local_id, NHS_Number=number, Gender=gender,
                Date_of_Birth=dob, Date_of_Death=death, Postcode="CM2 2BB", Event_Type="Service",
                Event_Reference=reference, Event_Start_Date=start, Service_Type="Long term support: Community",
-               Service_Component="Home support or domiciliary care", Event_Outcome="Continuation of support or services")
+               Service_Component="Home support or domiciliary care",
+               Event_Outcome="Continuation of support or services")
     return [row[c] for c in CLD_CONTRACT_COLUMNS]
 
 
@@ -167,7 +168,7 @@ def people(tmp_path_factory):
     with marts_built_from(home / "landing", home, KEY, timeout=600) as url, psycopg.connect(url) as conn:
         cur = conn.execute("SELECT * FROM marts.person")
         names = [d.name for d in cur.description]
-        rows = {row[0]: dict(zip(names, row)) for row in cur.fetchall()}
+        rows = {row[0]: dict(zip(names, row, strict=False)) for row in cur.fetchall()}
         ranked = {row[0] for row in conn.execute("SELECT person_id FROM marts.risk_stratification")}
         events = conn.execute("SELECT client_type, submissions, latest_reporting_period_end_date::text "
                               "FROM intermediate.int_cld_event_deduplicated WHERE la_person_key = %s",

@@ -15,7 +15,14 @@ import pytest
 from pophealth.keys import LinkageKey
 from pophealth.pseudonymise import Pseudonymiser
 
-from .conftest import POPULATION, PURPOSE_KEYS_ENV, TEST_KEY, TEST_VAULT_PRIVATE_KEY, break_one_hospital_file, published_id
+from .conftest import (
+    POPULATION,
+    PURPOSE_KEYS_ENV,
+    TEST_KEY,
+    TEST_VAULT_PRIVATE_KEY,
+    break_one_hospital_file,
+    published_id,
+)
 from .identifiable import identifiable_values
 
 pytestmark = pytest.mark.integration

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import hmac
 import json
 from datetime import date, timedelta
-import hmac
 from pathlib import Path
 
-import psycopg
 import pytest
 from psycopg import errors
 

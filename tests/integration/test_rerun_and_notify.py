@@ -15,8 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import (POPULATION, SEED, TEST_KEY, break_one_hospital_file, isolated_env,
-                                        marts_built_from, synth_world)
+from tests.integration.conftest import (
+    POPULATION,
+    SEED,
+    TEST_KEY,
+    break_one_hospital_file,
+    isolated_env,
+    marts_built_from,
+    synth_world,
+)
 from tests.integration.listeners import RECIPIENT, listening
 
 

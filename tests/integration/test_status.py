@@ -230,7 +230,8 @@ def test_status_as_json_for_monitoring(warehouse, tmp_path):
                                                                "gp_register", "apc", "cld"}
     assert {"feed": "apc", "file_name": "apc_RAJ_20251031.csv"} in status["waiting"]["files"]
     assert status["waiting"]["landing"] == str(landing) and status["waiting"]["landing_from"] == "given"
-    assert status["marts"]["as_of_date"] == str(warehouse.query("SELECT max(as_of_date) FROM marts.risk_stratification")[0][0])
+    as_of = warehouse.query("SELECT max(as_of_date) FROM marts.risk_stratification")[0][0]
+    assert status["marts"]["as_of_date"] == str(as_of)
 
 
 def test_without_a_landing_folder_status_looks_in_the_one_the_last_run_used(warehouse, tmp_path):

@@ -19,9 +19,15 @@ from psycopg import errors
 from pophealth.chain import verify
 from pophealth.keys import VaultPrivateKey
 
-from .conftest import RUN, TEST_KEY, TEST_VAULT_PRIVATE_KEY, TEST_VAULT_PUBLIC_KEY, isolated_env, synth_world
+from .conftest import (
+    RUN,
+    TEST_VAULT_PRIVATE_KEY,
+    TEST_VAULT_PUBLIC_KEY,
+    isolated_env,
+    synth_world,
+    with_vault_private_key,
+)
 from .conftest import BuiltWarehouse as Warehouse
-from .conftest import with_vault_private_key
 
 pytestmark = pytest.mark.integration
 

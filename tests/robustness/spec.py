@@ -160,7 +160,7 @@ def _extra(good: Good) -> bytes:
 
 def _latin1(good: Good) -> bytes:
     names = ["Zoë Brontë"] + ["Ann Smith"] * (len(good.rows) - 1)
-    return csv_bytes(good.header + ["patient_name"], [r + [n] for r, n in zip(good.rows, names)], encoding="latin-1")
+    return csv_bytes(good.header + ["patient_name"], [r + [n] for r, n in zip(good.rows, names, strict=False)], encoding="latin-1")
 
 
 def _full_width(digits: str) -> str:
@@ -369,7 +369,7 @@ FAULTS: tuple[Fault, ...] = (
           "a writer process appends to an extract slowly while the landing folder is scanned; temporary names "
           "(`.x.csv`, `*.part`, `*.tmp`) are present too",
           "the growing file and the temporary names are not picked up; once the writer has finished the file is "
-          f"picked up and loaded (settle rule: POPHEALTH_LANDING_SETTLE_SECONDS, default 2 s)"),
+          "picked up and loaded (settle rule: POPHEALTH_LANDING_SETTLE_SECONDS, default 2 s)"),
 )
 
 

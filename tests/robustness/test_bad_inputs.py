@@ -17,8 +17,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.robustness.spec import (CASES, FORMULA_VALUES, LAST_ROW, MILLION, MILLION_BAD_ROW, OWN_TEST, PROVIDER,
-                                   Case, write_million)
+from tests.robustness.spec import (
+    CASES,
+    FORMULA_VALUES,
+    LAST_ROW,
+    MILLION,
+    OWN_TEST,
+    PROVIDER,
+    Case,
+    write_million,
+)
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -79,7 +79,7 @@ def test_a_build_the_assets_start_waits_for_what_is_still_to_load_within_a_bound
 
     hospital = delivery / "apc_RAJ_20270430.csv"
     hospital.write_bytes(with_values(warehouse.good, 2))
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     assert wait_for_loads("asset_triggered", now) is False
     assert wait_for_loads("manual", now) is True  # a build started by hand builds at once
     with caplog.at_level(logging.WARNING, logger="pophealth"):

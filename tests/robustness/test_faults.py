@@ -24,8 +24,7 @@ import pytest
 
 from pophealth import load
 from tests.integration.conftest import TEST_KEY, isolated_env, synth_world
-from tests.integration.test_pipeline_end_to_end import (PERSON_COLUMNS, _normal, expected_person_id,
-                                                        expected_person_row)
+from tests.integration.test_pipeline_end_to_end import PERSON_COLUMNS, _normal, expected_person_id, expected_person_row
 from tests.robustness.conftest import good_apc
 from tests.robustness.spec import FAULTS, write_million
 
@@ -184,7 +183,7 @@ def cut_off(world: FaultWorld, load_ids: list[int]) -> list[tuple]:
 
 def retried(world: FaultWorld, path: Path, attempts: int = 3, pause: float = 5.0) -> subprocess.CompletedProcess:
     """The task's retry: the same load again, at most `attempts` times, `pause` seconds apart."""
-    for attempt in range(attempts):
+    for _attempt in range(attempts):
         proc = world.python(LOAD, str(path), check=False)
         if proc.returncode == 0:
             return proc

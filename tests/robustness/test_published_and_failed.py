@@ -7,7 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -83,7 +83,8 @@ def test_without_a_published_lookup_a_personal_load_is_refused(warehouse):
         from pophealth import db
 
         with db.connect() as conn, conn.cursor().copy(
-                "COPY raw.ref_postcode (load_id, postcode_digest, lsoa_code, locality_code, la_code) FROM STDIN") as copy:
+                "COPY raw.ref_postcode (load_id, postcode_digest, lsoa_code, locality_code, la_code) "
+                "FROM STDIN") as copy:
             for row in saved:
                 copy.write_row(row)
     assert result.verdict == "refused"
@@ -198,7 +199,7 @@ def test_files_that_are_not_extracts_are_named_in_status_the_run_summary_and_the
     assert ".hidden.csv" not in listed and ".part" not in listed and "answer_key" not in text  # silent, as before
     assert "apc_RAJ_20270731.csv.gz" in text.split("Not extracts of the contract")[0]  # waiting to be loaded
 
-    summary = summarise(PipelineOutcome(landing=place, log_dir=tmp_path, started_at=datetime.now(timezone.utc)))
+    summary = summarise(PipelineOutcome(landing=place, log_dir=tmp_path, started_at=datetime.now(UTC)))
     assert "2 file(s) in the landing folder were NOT LOADED" in summary.splitlines()[1]
     for name, why in expected.items():
         assert any(name in line and why in line for line in summary.splitlines()), summary
@@ -231,10 +232,11 @@ def test_a_cld_file_repeating_an_event_is_refused_by_its_gate_with_row_numbers_n
     result = deliver(path, "issue22__cld_repeat")
     assert result.verdict == "gate_failed", result.message
     assert "cld.event.unique_in_file" in result.message
-    line = next(l for l in result.message.splitlines()[result.message.splitlines().index(next(
-        l for l in result.message.splitlines() if "cld.event.unique_in_file" in l)) + 1:] if "rows" in l)
+    lines = result.message.splitlines()
+    rule = lines.index(next(text for text in lines if "cld.event.unique_in_file" in text))
+    line = next(text for text in lines[rule + 1:] if "rows" in text)
     assert f"2 of {len(data) + 1:,} rows" in line and f"1, {len(data) + 1}" in line
-    secrets = {v for r in data for k, v in zip(header, r)
+    secrets = {v for r in data for k, v in zip(header, r, strict=False)
                if k.lower() in ("nhs_number", "la_person_unique_identifier", "date_of_birth", "postcode") and v}
     assert_no_identifiable_value([result.message], secrets)
 

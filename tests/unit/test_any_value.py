@@ -4,8 +4,9 @@ Each feed's good row (both forms: identifiable, and pseudonymised at source) has
 replaced by arbitrary text; the transform, with a real RowContext, must return a row or raise RowProblem
 (a row of a person with an opt-out is loaded like any other). A row pseudonymised at source whose
 `linkage_key_version` is not the loading key's refuses its whole file (FileRejected): that field is the file's
-key, not a value of the row, so it is varied only in a test of its own. Surrogates are left out: a file is read as strict UTF-8, so none can reach a row. The same
-kinds of value go through a real load in the robustness corpus (tests/robustness/spec.py).
+key, not a value of the row, so it is varied only in a test of its own. Surrogates are left out: a file is read
+as strict UTF-8, so none can reach a row. The same kinds of value go through a real load in the robustness corpus
+(tests/robustness/spec.py).
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from hypothesis import strategies as st
 
 from pophealth.at_source import KEY_VERSION_COLUMN, pseudonymise_row
 from pophealth.feeds import FEED_SPECS, INTEGER_MAX, SMALLINT_MAX, RowContext, RowProblem
-from pophealth.landing import FileRejected
 from pophealth.identifiers import NhsNumberCheck, check_nhs_number
+from pophealth.landing import FileRejected
 from tests.unit.test_feeds import LOOKUP, PSEUDO, apc, event, register
 
 PROVIDERS = {"gp_register": None, "apc": "RAJ", "cld": "E10000012"}
@@ -51,7 +52,7 @@ def _loads_or_quarantines(feed: str, row: dict[str, str]) -> None:
     except RowProblem:
         return
     assert len(values) == len(FEED_SPECS[feed].table_columns)
-    stored = dict(zip(FEED_SPECS[feed].table_columns, values))
+    stored = dict(zip(FEED_SPECS[feed].table_columns, values, strict=False))
     for column in ("epiorder", "birth_year", "birth_month"):
         if stored.get(column) is not None:
             assert 0 <= stored[column] <= SMALLINT_MAX
@@ -84,7 +85,7 @@ def test_full_width_digits_make_an_nhs_number_invalid():
     full_width = "".join(chr(0xFF10 + int(d)) for d in "9990000018")
     assert check_nhs_number(full_width) is NhsNumberCheck.INVALID
     stored = dict(zip(FEED_SPECS["apc"].table_columns, FEED_SPECS["apc"].transform(apc(nhs_number=full_width),
-                                                                                 _ctx("apc"))))
+                                                                                 _ctx("apc")), strict=False))
     assert stored["person_id"] is None and stored["nhs_number_check"] == "invalid"
 
 

@@ -5,8 +5,19 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from benchmarks.pipeline import expected_pyramid
-from benchmarks.scale import (ESSEX, GENERATE, PIPELINE_STAGES, SIZES, growth, pandas_words, plot, ratio_words,
-                              summarise, svg_plot, table)
+from benchmarks.scale import (
+    ESSEX,
+    GENERATE,
+    PIPELINE_STAGES,
+    SIZES,
+    growth,
+    pandas_words,
+    plot,
+    ratio_words,
+    summarise,
+    svg_plot,
+    table,
+)
 
 SVG = "{http://www.w3.org/2000/svg}"
 

@@ -370,7 +370,7 @@ def test_redis_requires_the_password_from_its_secret(tmp_path):
 
 def test_every_secret_file_is_made_by_the_documented_steps_and_env_example_holds_no_secret():
     readme = (REPO / "infra" / "README.md").read_text()
-    for name, secret in COMPOSE["secrets"].items():
+    for secret in COMPOSE["secrets"].values():
         assert Path(secret["file"].rstrip("}").split("-")[-1] if "${" in secret["file"] else secret["file"]).name \
             in readme, f"infra/README.md does not say how to make {secret['file']}"
     example = (REPO / "infra" / "env.example").read_text()

@@ -15,7 +15,8 @@ D = date.fromisoformat
 
 
 def test_monthly_files_join_into_one_stretch():
-    months = [(D("2024-04-01"), D("2024-04-30")), (D("2024-05-01"), D("2024-05-31")), (D("2024-06-01"), D("2024-06-30"))]
+    months = [(D("2024-04-01"), D("2024-04-30")), (D("2024-05-01"), D("2024-05-31")),
+              (D("2024-06-01"), D("2024-06-30"))]
     assert stretches(reversed(months)) == [(D("2024-04-01"), D("2024-06-30"))]
 
 
@@ -43,7 +44,7 @@ def test_the_stretches_cover_exactly_the_days_of_the_loads_and_never_touch(raw):
     days = {load[0] + timedelta(days=i) for load in loads for i in range((load[1] - load[0]).days + 1)}
     parts = stretches(loads)
     assert {p[0] + timedelta(days=i) for p in parts for i in range((p[1] - p[0]).days + 1)} == days
-    for before, after in zip(parts, parts[1:]):
+    for before, after in zip(parts, parts[1:], strict=False):
         assert after[0] > before[1] + timedelta(days=1)  # a day apart at least: otherwise they would be one
     assert all(not any(g[0] <= day <= g[1] for day in days) for g in gaps(parts))
 

@@ -28,7 +28,8 @@ PARSE = textwrap.dedent(
     for dag_id, dag in bag.dags.items():
         dags[dag_id] = {
             "tags": sorted(dag.tags),
-            "tasks": {t.task_id: {"owner": t.owner, "retries": t.retries, "trigger_rule": getattr(t.trigger_rule, "value", t.trigger_rule),
+            "tasks": {t.task_id: {"owner": t.owner, "retries": t.retries,
+                                  "trigger_rule": getattr(t.trigger_rule, "value", t.trigger_rule),
                                   "upstream": sorted(t.upstream_task_ids)} for t in dag.tasks},
             "schedule": type(dag.timetable).__name__,
             "cron": getattr(dag.timetable, "expression", None),

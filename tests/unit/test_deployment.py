@@ -164,7 +164,8 @@ def test_the_cluster_makes_a_vault_key_pair_and_gives_the_workers_its_public_hal
 
 def test_the_old_symmetric_vault_key_stops_the_cluster_with_what_to_do(layout, monkeypatch):
     monkeypatch.setenv("POPHEALTH_VAULT_KEY", "ab" * 32)
-    with pytest.raises(cluster.ClusterError, match="POPHEALTH_VAULT_KEY .*vault-key-pair.*POPHEALTH_VAULT_PUBLIC_KEY_FILE"):
+    with pytest.raises(cluster.ClusterError,
+                       match="POPHEALTH_VAULT_KEY .*vault-key-pair.*POPHEALTH_VAULT_PUBLIC_KEY_FILE"):
         cluster.ensure_secrets(layout)
 
 

@@ -34,7 +34,7 @@ def apc(**overrides):
 
 
 def as_dict(feed: str, values: tuple) -> dict:
-    return dict(zip(FEED_SPECS[feed].table_columns, values))
+    return dict(zip(FEED_SPECS[feed].table_columns, values, strict=False))
 
 
 def test_an_episode_is_pseudonymised_and_reduced():

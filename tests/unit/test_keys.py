@@ -4,8 +4,16 @@ import os
 
 import pytest
 
-from pophealth.keys import (KeyError_, LinkageKey, VaultPrivateKey, VaultPublicKey, ensure_demo_key, load_linkage_key,
-                            load_vault_private_key, load_vault_public_key)
+from pophealth.keys import (
+    KeyError_,
+    LinkageKey,
+    VaultPrivateKey,
+    VaultPublicKey,
+    ensure_demo_key,
+    load_linkage_key,
+    load_vault_private_key,
+    load_vault_public_key,
+)
 
 
 @pytest.fixture(autouse=True)

@@ -93,7 +93,8 @@ def test_a_gzip_extract_is_identified_and_read_as_a_stream(tmp_path):
     assert scan(tmp_path).extracts == [extract]
     handle, reader = open_extract(path, ("procode", "epikey"), ("procode",))
     with handle:
-        assert [row for _, row in reader.rows] == [{"procode": "RAJ", "epikey": "E1"}, {"procode": "RAJ", "epikey": "E2"}]
+        assert [row for _, row in reader.rows] == [{"procode": "RAJ", "epikey": "E1"},
+                                                   {"procode": "RAJ", "epikey": "E2"}]
 
 
 @pytest.mark.parametrize("data", [b"not gzip at all\n", None])
@@ -178,7 +179,8 @@ def test_a_gzip_extract_read_without_following_links_closes_its_file(tmp_path):
     import os
 
     def open_files() -> set[str]:
-        return {os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd") if os.path.exists(f"/proc/self/fd/{fd}")}
+        return {os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
+                if os.path.exists(f"/proc/self/fd/{fd}")}
 
     handle, reader = open_extract(path, ("procode",), ("procode",))
     with handle:

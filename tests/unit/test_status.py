@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from pophealth.db import parse_url
 from pophealth.status import age
@@ -16,7 +16,7 @@ def test_the_warehouse_is_named_without_its_password():
 
 
 def test_ages_are_in_the_unit_a_person_reads_at_a_glance():
-    now = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
+    now = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
     assert age(now - timedelta(minutes=7), now) == "7 min"
     assert age(now - timedelta(hours=5), now) == "5.0 h"
     assert age(now - timedelta(days=40), now) == "40 d"
@@ -37,7 +37,7 @@ def test_the_next_delivery_of_each_feed_is_its_next_scheduled_look_and_the_perio
 
     from pophealth.status import next_deliveries
 
-    now = datetime(2026, 1, 12, 9, 30, tzinfo=timezone.utc)  # after this month's hospital look (the 10th, 06:00)
+    now = datetime(2026, 1, 12, 9, 30, tzinfo=UTC)  # after this month's hospital look (the 10th, 06:00)
     latest = [_source("apc", "RAJ", "2025-11-30"), _source("apc", "RDE", "2025-10-31", "gate_failed"),
               _source("cld", "E10000012", "2025-09-30"), _source("gp_register", None, "2025-12-31")]
     due = {d["feed"]: d for d in next_deliveries(latest, now)}
@@ -58,8 +58,8 @@ def test_the_next_delivery_of_each_feed_is_its_next_scheduled_look_and_the_perio
 def test_a_look_in_summer_is_at_six_in_london_which_is_five_utc():
     from pophealth.status import next_deliveries
 
-    due = {d["feed"]: d for d in next_deliveries([], datetime(2026, 6, 1, tzinfo=timezone.utc))}
-    assert due["apc"]["next_look"].astimezone(timezone.utc).isoformat() == "2026-06-10T05:00:00+00:00"
+    due = {d["feed"]: d for d in next_deliveries([], datetime(2026, 6, 1, tzinfo=UTC))}
+    assert due["apc"]["next_look"].astimezone(UTC).isoformat() == "2026-06-10T05:00:00+00:00"
 
 
 def test_the_period_after_a_month_end_is_the_next_month_end():

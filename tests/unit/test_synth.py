@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 
 from pophealth.feeds import APC_COLUMNS, FEED_SPECS, GP_REGISTER_COLUMNS, RowContext, RowProblem
+from pophealth.feeds import CLD_CONTRACT_COLUMNS as CLD_COLUMNS
 from pophealth.identifiers import NhsNumber, NhsNumberCheck, check_nhs_number, normalise_nhs_number
 from pophealth.keys import LinkageKey
 from pophealth.landing import identify, open_extract
 from pophealth.pseudonymise import PostcodeLookup, Pseudonymiser
 from pophealth.synth import MID_AND_SOUTH_ESSEX, write_world
 from pophealth.synth.answer_metrics import EMERGENCY, is_fall, is_injury, periods
-from pophealth.feeds import CLD_CONTRACT_COLUMNS as CLD_COLUMNS
 from pophealth.synth.extracts import RELEASE1
 
 POPULATION = 1500
@@ -312,7 +312,7 @@ def test_episodes_make_whole_contiguous_spells(world):
             for column in ("nhs_number", "date_of_birth", "sex", "postcode", "gp_practice_code", "admidate",
                            "disdate", "dismeth", "disdest", "admimeth"):
                 assert len({r[column].replace(" ", "").replace("-", "") for r in episodes}) == 1, column
-            for before, after in zip(episodes, episodes[1:]):
+            for before, after in zip(episodes, episodes[1:], strict=False):
                 assert before["epiend"] == after["epistart"]
             last = episodes[-1]
             for r in episodes:
@@ -363,7 +363,8 @@ def test_the_emergency_admissions_answer_counts_first_episodes_read_back_from_th
     population_2025 = sum(int(r["population"]) for r in _read(world / "ref_population_2025.csv"))
     assert admissions["2024-12"]["denominator"] == str(population_2024)
     assert admissions["2025-01"]["denominator"] == str(population_2025)
-    assert float(admissions["2024-12"]["value"]) == round(by_month["2024-12"] / population_2024 * 100000, 1)  # one decimal, as the marts
+    # one decimal, as the marts
+    assert float(admissions["2024-12"]["value"]) == round(by_month["2024-12"] / population_2024 * 100000, 1)
     for r in metrics:
         if r["geography_level"] != "area" or r["metric_code"] in ("care_home_admissions_65",):
             continue
@@ -470,7 +471,8 @@ def test_each_council_sends_its_own_social_care_files_and_the_lookup_names_each_
     thurrock = {r["locality_code"] for r in lookup if r["la_code"] == "E06000034"}
     assert thurrock == {"GRAYS", "TILBURY", "STANFORD-LE-HOPE", "AVELEY_OCKENDON"}
     # An LSOA and a locality each lie in one council.
-    assert all(len({r["la_code"] for r in lookup if r["lsoa_code"] == lsoa}) == 1 for lsoa in {r["lsoa_code"] for r in lookup})
+    assert all(len({r["la_code"] for r in lookup if r["lsoa_code"] == lsoa}) == 1
+               for lsoa in {r["lsoa_code"] for r in lookup})
     by_locality = defaultdict(set)
     for r in lookup:
         by_locality[r["locality_code"]].add(r["la_code"])
@@ -489,7 +491,8 @@ def test_the_answer_key_has_every_metric_for_the_area_each_council_and_each_loca
     metrics = _read(mse / "answer_key" / "metrics.csv")
     localities = {r["locality_code"] for r in _read(mse / "ref_postcode_lookup.csv")}
     assert len(metrics) == 6 * 25 * (1 + 3 + len(localities))
-    assert {r["geography_code"] for r in metrics if r["geography_level"] == "local_authority"} == set(MID_AND_SOUTH_ESSEX)
+    councils = {r["geography_code"] for r in metrics if r["geography_level"] == "local_authority"}
+    assert councils == set(MID_AND_SOUTH_ESSEX)
     assert {r["geography_code"] for r in metrics if r["geography_level"] == "area"} == {"area"}
     key = {(r["metric_code"], r["period_type"], r["period_start"], r["geography_level"], r["geography_code"]): r
            for r in metrics}
