@@ -48,11 +48,14 @@ def make_ingest_dag(feed: str):
 
             return wait_for_files(feed, context["dag_run"].run_type)
 
-        @task(retries=2, retry_delay=timedelta(seconds=5), map_index_template="{{ files_loaded }}")
-        def load(files: list[str], **context) -> list[dict]:
+        @task(retries=2, retry_delay=timedelta(seconds=5), map_index_template="{{ files_loaded | default('') }}")
+        def load(files: list[str]) -> list[dict]:
+            from airflow.sdk import get_current_context
+
             from pophealth.orchestration import group_label, load_files
 
-            context["files_loaded"] = group_label(files)
+            context = get_current_context()
+            context["files_loaded"] = group_label(files)  # the UI names each load task by its files
             return load_files(files, context["run_id"], retried=context["ti"].try_number > 1)
 
         # One asset event per run, once every file of it is published (so one delivery starts one build of the
