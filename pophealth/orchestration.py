@@ -229,12 +229,15 @@ def load_files(files: list[str], run_id: str, retried: bool = False) -> list[dic
     task at once, to be retried; a retry (`retried`) takes up each file where the earlier try left it."""
     from airflow.sdk.exceptions import AirflowFailException
 
+    from pophealth.gates import data_docs_once
+
     loaded, refused = [], []
-    for file in files:
-        try:
-            loaded.append(_load_file(file, run_id, retried))
-        except AirflowFailException as exc:
-            refused.append(str(exc))
+    with data_docs_once():
+        for file in files:
+            try:
+                loaded.append(_load_file(file, run_id, retried))
+            except AirflowFailException as exc:
+                refused.append(str(exc))
     if len(refused) == 1:  # its own message first: the one line a notification carries
         raise _fail(refused[0] + (f"\n\n(The other {len(loaded)} file(s) of this task were published.)" if loaded else ""))
     if refused:
