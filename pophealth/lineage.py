@@ -219,15 +219,19 @@ def catalogue(conn) -> dict[str, list[str]]:
 def _compiled_manifest() -> dict:
     """The manifest with every model's compiled SQL: the last build's, or `dbt compile` when it has none (the DAG's
     tasks build in Cosmos's own folders; the manifest beside the home is only parsed)."""
-    from pophealth.marts import DbtFailed, _tail, dbt_command, manifest_path
-
-    path = manifest_path()
-    manifest = json.loads(path.read_text()) if path.exists() else None
+    from pophealth.marts import DbtFailed, _tail, built_manifest_path, dbt_command, manifest_path
 
     def compiled(m: dict | None) -> bool:
         return bool(m) and all(n.get("compiled_code") for n in m["nodes"].values()
                                if n["resource_type"] == "model" and n["schema"] in PUBLISHED_SCHEMAS)
 
+    path, built = manifest_path(), built_manifest_path()
+    # The last build's (marts.record_run_results keeps it), when it is of the project as parsed now.
+    if built.exists() and (not path.exists() or built.stat().st_mtime >= path.stat().st_mtime):
+        manifest = json.loads(built.read_text())
+        if compiled(manifest):
+            return manifest
+    manifest = json.loads(path.read_text()) if path.exists() else None
     if not compiled(manifest):
         proc = dbt_command(["compile", "--select", "resource_type:model"])
         if proc.returncode != 0:
