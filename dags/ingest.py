@@ -1,7 +1,8 @@
-"""Ingest DAGs, one per feed of the extract contract: stage (validate + pseudonymise), gate, publish.
+"""Ingest DAGs, one per feed of the extract contract: each file staged (validated, pseudonymised), gated, published.
 
-Thin wiring only: every task calls one function of the `pophealth` package. Each file in the landing
-folder is a mapped task group, so one bad file fails on its own and the others still publish.
+Thin wiring only: every task calls one function of the `pophealth` package. The new files of the landing folder
+are loaded in groups, one mapped `load` task each (orchestration.in_groups: a task per file cost as much as the
+file); a bad file is refused on its own, the others of its group still publish, and then its task fails, naming it.
 Each feed is scheduled as its files arrive (orchestration.ARRIVAL); the first task, `discover`, waits
 (bounded) for complete new files in a scheduled run, and for the feeds before it in the load order to finish
 theirs, and looks once in a run started by hand. The last task, `published`, is the run's one asset event.
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import dag, task, task_group
+from airflow.sdk import dag, task
 
 from pophealth.orchestration import ARRIVAL, DEFAULT_ARGS, POKE_INTERVAL, raw_asset
 
@@ -29,8 +30,9 @@ def make_ingest_dag(feed: str):
     @dag(
         dag_id=f"ingest_{feed}",
         description=FEED_DOCS[feed],
-        doc_md=f"### Ingest `{feed}`\n{FEED_DOCS[feed]}\n\nstage (validate, pseudonymise, remove opt-outs) -> "
-        "quality gate -> publish. A failed gate leaves the published data as it was.\n\n"
+        doc_md=f"### Ingest `{feed}`\n{FEED_DOCS[feed]}\n\nEach file: stage (validate, pseudonymise, remove opt-outs) "
+        "-> quality gate -> publish, in `load` tasks of up to a dozen files. A failed gate leaves the published "
+        "data as it was.\n\n"
         f"Schedule: {ARRIVAL[feed].described}.",
         schedule=ARRIVAL[feed].timetable,
         start_date=datetime(2024, 1, 1),
@@ -46,27 +48,15 @@ def make_ingest_dag(feed: str):
 
             return wait_for_files(feed, context["dag_run"].run_type)
 
-        @task_group
-        def ingest_file(path: str):
-            @task(retries=2, retry_delay=timedelta(seconds=5))
-            def stage(path: str, **context) -> int:
-                from pophealth.orchestration import stage_file
+        @task(retries=2, retry_delay=timedelta(seconds=5), map_index_template="{{ files_loaded | default('') }}")
+        def load(files: list[str]) -> list[dict]:
+            from airflow.sdk import get_current_context
 
-                return stage_file(path, context["run_id"])
+            from pophealth.orchestration import group_label, load_files
 
-            @task
-            def gate(load_id: int, **context) -> int:
-                from pophealth.orchestration import gate_load
-
-                return gate_load(load_id, context["run_id"])
-
-            @task
-            def publish(load_id: int) -> dict:
-                from pophealth.orchestration import publish_staged
-
-                return publish_staged(load_id)
-
-            publish(gate(stage(path)))
+            context = get_current_context()
+            context["files_loaded"] = group_label(files)  # the UI names each load task by its files
+            return load_files(files, context["run_id"], retried=context["ti"].try_number > 1)
 
         # One asset event per run, once every file of it is published (so one delivery starts one build of the
         # marts, not one per file); a run with a refused file announces nothing: the marts are not rebuilt
@@ -75,7 +65,7 @@ def make_ingest_dag(feed: str):
         def published() -> None:
             """Marks the feed's raw table as updated, for build_marts."""
 
-        ingest_file.expand(path=discover()) >> published()
+        load.expand(files=discover()) >> published()
 
     return ingest()
 

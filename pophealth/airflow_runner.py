@@ -1,6 +1,6 @@
 """Running the real DAGs through Airflow itself, on the project's metadata database.
 
-Each DAG run is `dag.test()` in a child process whose environment points Airflow at the project's
+Each DAG run is `dag.test()` in a child process (one for all the DAGs of a run, see `run_dags`) whose environment points Airflow at the project's
 AIRFLOW_HOME, DAG folder and metadata database (the embedded server's `airflow` database). The child's
 full Airflow log is written to a file; the parent gets back the run's state and each task's state.
 This is the same DAG code the scheduler runs in a deployment; there is no second code path.
@@ -101,50 +101,120 @@ class DagOutcome:
         return [t for t in self.tasks if t["state"] in ("failed", "upstream_failed")]
 
 
-def run_dag(dag_id: str, log_dir: Path, env: dict[str, str] | None = None) -> DagOutcome:
+def run_dags(dag_ids: tuple[str, ...] | list[str], log_dir: Path, env: dict[str, str] | None = None,
+             on_start=None, on_finish=None) -> list[DagOutcome]:
+    """Run the DAGs one after another, in one child process while it lasts.
+
+    Why one process: starting Python, importing Airflow and parsing the DAG folder costs ~10 s, and Great
+    Expectations' context and dbt's imports as much again, in every process. The DAGs are still run one at a
+    time, each by `dag.test()`, each with its own log file and result. If the child dies (a crash, a kill),
+    the DAG it was running is reported crashed and a new child runs the rest: one DAG's crash never hides the
+    others' outcomes. `on_start(dag_id)` and `on_finish(outcome)` report progress as it happens.
+    """
     log_dir.mkdir(parents=True, exist_ok=True)
-    log_file = log_dir / f"{dag_id}.log"
-    # The run's result goes to a file of its own: the log is written by many hands (tasks, Airflow, dbt) at
-    # once, and a line of it can be interleaved with another.
+    outcomes: list[DagOutcome] = []
+    remaining = list(dag_ids)
+    while remaining:
+        for dag_id in remaining:
+            (log_dir / f"{dag_id}.result.json").unlink(missing_ok=True)
+        announced = 0
+        if on_start:
+            on_start(remaining[0])
+        # What the child says before its first DAG starts (an import failing, say) goes to the runner's log.
+        with (log_dir / "runner.log").open("a") as runner_log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "pophealth.airflow_runner", str(log_dir), *remaining],
+                env=airflow_env(env), stdout=runner_log, stderr=subprocess.STDOUT, text=True,
+            )
+        started = time.monotonic()
+        while True:
+            exited = proc.poll() is not None
+            # Report each DAG as its result appears (the child writes it whole, or not at all).
+            while announced < len(remaining):
+                result = _read_result(remaining[announced], log_dir)
+                if result is None:
+                    break
+                outcomes.append(result)
+                announced += 1
+                if on_finish:
+                    on_finish(result)
+                if on_start and announced < len(remaining):
+                    on_start(remaining[announced])
+                started = time.monotonic()
+            if exited or announced == len(remaining):
+                break
+            time.sleep(0.2)
+        proc.wait()
+        if announced < len(remaining):
+            dag_id = remaining[announced]
+            crashed = DagOutcome(dag_id, f"crashed (exit {proc.returncode})", None, time.monotonic() - started,
+                                 log_dir / f"{dag_id}.log")
+            outcomes.append(crashed)
+            if on_finish:
+                on_finish(crashed)
+            announced += 1
+        remaining = remaining[announced:]
+    return outcomes
+
+
+def _read_result(dag_id: str, log_dir: Path) -> DagOutcome | None:
     result_file = log_dir / f"{dag_id}.result.json"
-    result_file.unlink(missing_ok=True)
-    started = time.monotonic()
-    with log_file.open("w") as handle:
-        proc = subprocess.run(
-            [sys.executable, "-m", "pophealth.airflow_runner", dag_id, str(result_file)],
-            env=airflow_env(env), stdout=handle, stderr=subprocess.STDOUT, text=True,
-        )
-    seconds = time.monotonic() - started
     if not result_file.exists():
-        return DagOutcome(dag_id, f"crashed (exit {proc.returncode})", None, seconds, log_file)
+        return None
     result = json.loads(result_file.read_text())
-    return DagOutcome(dag_id, result["state"], result["run_id"], seconds, log_file, result["tasks"])
+    return DagOutcome(dag_id, result["state"], result["run_id"], result["seconds"], log_dir / f"{dag_id}.log",
+                      result["tasks"])
 
 
-def _child(dag_id: str, result_file: Path) -> int:
+def _child(log_dir: Path, dag_ids: list[str]) -> int:
+    """Each DAG's output (Airflow's, the tasks', dbt's) goes to its own log: the process's stdout and stderr
+    are pointed at that DAG's file while it runs. Its result goes to a file of its own: the log is written by
+    many hands at once, and a line of it can be interleaved with another."""
+    for dag_id in dag_ids:
+        started = time.monotonic()
+        log_file = log_dir / f"{dag_id}.log"
+        with log_file.open("w") as handle:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(handle.fileno(), 1)
+            os.dup2(handle.fileno(), 2)
+            result = _run_one(dag_id)
+            sys.stdout.flush()
+            sys.stderr.flush()
+        result["seconds"] = time.monotonic() - started
+        result_file = log_dir / f"{dag_id}.result.json"
+        written = result_file.with_name(f".{result_file.name}.part")
+        written.write_text(json.dumps(result))
+        written.replace(result_file)  # whole or absent
+    return 0
+
+
+_BAG = None
+
+
+def _run_one(dag_id: str) -> dict:
+    global _BAG
     from airflow.dag_processing.dagbag import DagBag
 
-    bag = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
-    if bag.import_errors:
-        for path, error in bag.import_errors.items():
-            print(f"DAG import error in {path}:\n{error}")
-        return 2
-    dag = bag.get_dag(dag_id)
+    if _BAG is None:
+        _BAG = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"])  # parsed once for every DAG of the run
+    if _BAG.import_errors:
+        for path, error in _BAG.import_errors.items():
+            print(f"DAG import error in {path}:\n{error}", flush=True)
+        return {"state": "not run (DAG import error)", "run_id": None, "tasks": []}
+    dag = _BAG.get_dag(dag_id)
     if dag is None:
-        print(f"no DAG called {dag_id}")
-        return 2
+        print(f"no DAG called {dag_id}", flush=True)
+        return {"state": "not run (no such DAG)", "run_id": None, "tasks": []}
     run = dag.test()
     tasks = [
         {"task_id": ti.task_id, "map_index": ti.map_index, "state": str(getattr(ti.state, "value", ti.state))}
         for ti in run.get_task_instances()
     ]
     state = str(getattr(run.state, "value", run.state))
-    written = result_file.with_name(f".{result_file.name}.part")
-    written.write_text(json.dumps({"state": state, "run_id": run.run_id, "tasks": tasks}))
-    written.replace(result_file)  # whole or absent
     print(f"DAG {dag_id} finished: {state}", flush=True)
-    return 0
+    return {"state": state, "run_id": run.run_id, "tasks": tasks}
 
 
 if __name__ == "__main__":
-    sys.exit(_child(sys.argv[1], Path(sys.argv[2])))
+    sys.exit(_child(Path(sys.argv[1]), sys.argv[2:]))

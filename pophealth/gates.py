@@ -25,6 +25,7 @@ import string
 import threading
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from decimal import Decimal
@@ -857,6 +858,24 @@ class _GX:
         with self._run_lock:
             return self._validate(schema, table, suite_name_, expectations)
 
+    #: Inside `data_docs_once()`: the site's index (and its static files) is built once at the end, not after
+    #: every validation. Rebuilding the index reads every validation kept, so per file it grew with the files.
+    _index_deferred = threading.local()
+
+    def _pages(self, resource_identifiers: list) -> None:
+        """This validation's pages of the Data Docs site, then the index unless it is deferred."""
+        for section in self.docs.site_section_builders.values():
+            section.build(resource_identifiers=resource_identifiers)
+        if getattr(self._index_deferred, "depth", 0):
+            self._index_deferred.pending = True
+        else:
+            self.build_index()
+
+    def build_index(self) -> None:
+        self.docs.target_store.copy_static_assets()
+        self.docs.site_index_builder.build(build_index=True)
+
+
     def _validate(self, schema: str, table: str, suite_name_: str, expectations: list) -> Any:
         gx = self.gx
         asset_name = f"{schema}.{table}"
@@ -880,7 +899,7 @@ class _GX:
             # its suite's, and the index listing every validation kept on disk.
             from great_expectations.data_context.types.resource_identifiers import ExpectationSuiteIdentifier
 
-            self.docs.build(resource_identifiers=[result_id, ExpectationSuiteIdentifier(name=name)])
+            self._pages([result_id, ExpectationSuiteIdentifier(name=name)])
             return result
         finally:
             for remove in (lambda: self.context.checkpoints.delete(name),  # run() stores the checkpoint
@@ -891,6 +910,23 @@ class _GX:
                     remove()
                 except Exception:  # noqa: BLE001 - cleaning up an in-memory context
                     pass
+
+
+@contextmanager
+def data_docs_once():
+    """Gates run inside build the Data Docs site's index once, when the block ends (a load task's files)."""
+    deferred = _GX._index_deferred
+    deferred.depth = getattr(deferred, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        deferred.depth -= 1
+        if deferred.depth == 0 and getattr(deferred, "pending", False):
+            deferred.pending = False
+            runner = _GX._instance
+            if runner is not None:
+                with runner._run_lock:
+                    runner.build_index()
 
 
 def _validate(schema: str, table: str, suite: str, checks: list[dict],

@@ -219,17 +219,23 @@ def catalogue(conn) -> dict[str, list[str]]:
 def _compiled_manifest() -> dict:
     """The manifest with every model's compiled SQL: the last build's, or `dbt compile` when it has none (the DAG's
     tasks build in Cosmos's own folders; the manifest beside the home is only parsed)."""
-    from pophealth.marts import DbtFailed, _tail, dbt_command, manifest_path
-
-    path = manifest_path()
-    manifest: dict | None = json.loads(path.read_text()) if path.exists() else None
+    from pophealth.marts import DbtFailed, _tail, built_manifest_path, dbt_command, manifest_path
 
     def compiled(m: dict | None) -> bool:
         if not m:
             return False
         return all(n.get("compiled_code") for n in m["nodes"].values()
-                               if n["resource_type"] == "model" and n["schema"] in PUBLISHED_SCHEMAS)
+                   if n["resource_type"] == "model" and n["schema"] in PUBLISHED_SCHEMAS)
 
+    path, built = manifest_path(), built_manifest_path()
+    manifest: dict | None = None
+    # The last build's (marts.record_run_results keeps it), when it is of the project as parsed now.
+    if built.exists() and (not path.exists() or built.stat().st_mtime >= path.stat().st_mtime):
+        manifest = json.loads(built.read_text())
+        if compiled(manifest):
+            assert manifest is not None
+            return manifest
+    manifest = json.loads(path.read_text()) if path.exists() else None
     if not compiled(manifest):
         proc = dbt_command(["compile", "--select", "resource_type:model"])
         if proc.returncode != 0:
@@ -301,6 +307,9 @@ def openlineage_env() -> dict[str, str]:
         "AIRFLOW__OPENLINEAGE__TRANSPORT": json.dumps(openlineage_transport()),
         # the task's Python source is not sent: the repository is the place to read it
         "AIRFLOW__OPENLINEAGE__DISABLE_SOURCE_CODE": "True",
+        # Each task's events are sent from a thread of its process, not a fork of it: a fork per event (the
+        # provider's default) cost ~0.2 s per task, most of what a task that reads a dbt node's result costs.
+        "AIRFLOW__OPENLINEAGE__EXECUTE_IN_THREAD": "True",
     }
     return {key: os.environ.get(key, value) for key, value in wanted.items()}
 

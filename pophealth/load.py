@@ -307,6 +307,28 @@ def _vault_copy(conn: psycopg.Connection, writer: vault.VaultWriter | None) -> I
         yield
 
 
+@dataclass(frozen=True)
+class EarlierAttempt:
+    load_id: int
+    status: str
+    message: str | None
+
+
+def earlier_attempt(path: str | Path, run_id: str) -> EarlierAttempt | None:
+    """The newest load of this file (by its content) in this run, for a retried task to take up where the earlier
+    try left it: published, staged (`validated`), refused; None when no try got as far as recording one."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    sha, _ = sha256_of(path)
+    with db.connect(role=LOADER) as conn:
+        mark_interrupted_loads(conn)  # a try cut off while staging left `loading`: it is `interrupted` now
+        row = conn.execute(
+            """SELECT load_id, status, message FROM audit.load WHERE run_id = %s AND file_sha256 = %s
+               ORDER BY load_id DESC LIMIT 1""", (run_id, sha)).fetchone()
+    return EarlierAttempt(*row) if row and row[1] not in ("loading", "interrupted") else None
+
+
 def stage_extract(path: str | Path, run_id: str | None = None) -> StageOutcome:
     """Validate, pseudonymise and stage one file. Raises LoadRefused (after recording why) when it cannot."""
     path = Path(path)

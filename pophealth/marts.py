@@ -85,6 +85,30 @@ def record_run_results(project_dir: str, context: dict | None = None, **_: objec
     for result in results:
         log.info("dbt %-7s %-70s %6.2fs", result["status"], result["unique_id"], result.get("execution_time") or 0)
     _record(results, run_id)
+    _keep_built_manifest(Path(project_dir) / "target" / "manifest.json")
+
+
+def built_manifest_path() -> Path:
+    """The manifest of the last build, with every model's compiled SQL, named as published (column lineage reads it)."""
+    return config.paths().home / "dbt_target" / "built_manifest.json"
+
+
+def _keep_built_manifest(built: Path) -> None:
+    """Keep the build's manifest (Cosmos builds in a folder of its own, gone after the task): the column lineage
+    after the publish reads it rather than running `dbt compile` again (~15 s). The build made the candidate
+    schemas, which the publish renames: so are they here."""
+    from pophealth.marts_gate import CANDIDATE, PUBLISHED
+
+    if not built.exists():
+        return
+    text = built.read_text()
+    for schema in PUBLISHED:
+        text = text.replace(f'"{schema}{CANDIDATE}"', f'"{schema}"').replace(f"{schema}{CANDIDATE}", schema)
+    target = built_manifest_path()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    written = target.with_name(f".{target.name}.part")
+    written.write_text(text)
+    written.replace(target)  # whole or absent
 
 
 def _tail(text: str, lines: int = 15) -> str:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from pophealth import config
-from pophealth.airflow_runner import DagOutcome, ensure_metadata_db, run_dag
+from pophealth.airflow_runner import DagOutcome, ensure_metadata_db, run_dags
 from pophealth.landing import LOAD_ORDER
 from pophealth.load import prepare_warehouse
 from pophealth.marts import parse_project
@@ -40,10 +40,9 @@ def run_pipeline(landing: Path, dag_ids: tuple[str, ...] = INGEST_DAGS + (MARTS_
     ensure_metadata_db()
     parse_project()  # the marts DAG is rendered from dbt's manifest
     env = {config.ENV_LANDING_DIR: str(outcome.landing)}
-    for dag_id in dag_ids:
-        progress(f"  running DAG {dag_id} ...")
-        result = run_dag(dag_id, log_dir, env)
-        outcome.dags.append(result)
-        progress(f"  {dag_id:<30} {result.state:<8} {result.seconds:6.1f} s")
+    outcome.dags = run_dags(
+        dag_ids, log_dir, env,
+        on_start=lambda dag_id: progress(f"  running DAG {dag_id} ..."),
+        on_finish=lambda result: progress(f"  {result.dag_id:<30} {result.state:<8} {result.seconds:6.1f} s"))
     outcome.seconds = time.monotonic() - started
     return outcome

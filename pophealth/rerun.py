@@ -49,7 +49,7 @@ def rerun_period(landing: Path, feed: str, period: str, provider: str | None = N
     with config.environment(**{ENV_ONLY_PERIOD: period, ENV_ONLY_PROVIDER: provider or None}):
         outcome = run_pipeline(landing, dag_ids=(f"ingest_{feed}",), progress=progress)
     ingest = outcome.dags[0]
-    published = sum(1 for t in ingest.tasks if t["task_id"] == "ingest_file.publish" and t["state"] == "success")
+    published = _published_by(ingest.run_id)
     if not ingest.succeeded:
         progress(f"The {feed} load for {period} did not complete: see {ingest.log_file} and `pophealth status`; "
                  "the marts were not rebuilt and keep their last good state.")
@@ -65,3 +65,14 @@ def rerun_period(landing: Path, feed: str, period: str, provider: str | None = N
     progress("Done: the marts are rebuilt." if marts.succeeded else
              f"The marts were not rebuilt: see {marts.dags[0].log_file}; they keep their last good state.")
     return outcome
+
+
+def _published_by(run_id: str | None) -> int:
+    """How many files the ingest run published (the load audit says; a load task holds several files)."""
+    from pophealth import db
+
+    if run_id is None:
+        return 0
+    with db.connect() as conn:
+        return conn.execute("SELECT count(*) FROM audit.load WHERE run_id = %s AND status = 'published'",
+                            (run_id,)).fetchone()[0]

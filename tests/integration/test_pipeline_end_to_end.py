@@ -85,10 +85,16 @@ def test_every_dag_ran_through_airflow(world):
     assert first_runs == dict.fromkeys(
         ("ingest_ref_postcode_lookup", "ingest_ref_population", "ingest_optouts", "ingest_gp_register",
          "ingest_apc", "ingest_cld", "build_marts"), "success")
-    staged = world.query(
-        "SELECT count(*) FROM task_instance WHERE dag_id = 'ingest_apc' AND task_id = 'ingest_file.stage'",
-        database="airflow")[0][0]
-    assert staged == len(list(world.landing.glob("apc_*.csv")))
+    # The hospital files were loaded in groups of at most a dozen, one mapped `load` task each, and every file
+    # was published by the run that loaded it.
+    files = sorted(world.landing.glob("apc_*.csv"))
+    loads = world.query("SELECT count(*) FROM task_instance WHERE dag_id = 'ingest_apc' AND task_id = 'load' "
+                        "AND state = 'success'", database="airflow")[0][0]
+    assert loads == -(-len(files) // 12)
+    apc_run = world.query("SELECT run_id FROM dag_run WHERE dag_id = 'ingest_apc' ORDER BY id LIMIT 1",
+                          database="airflow")[0][0]
+    published = world.query("SELECT file_name FROM audit.load WHERE run_id = %s AND status = 'published'", (apc_run,))
+    assert sorted(name for (name,) in published) == [f.name for f in files]
 
 
 def test_marts_person_equals_the_answer_key(world):

@@ -121,10 +121,10 @@ def test_a_failed_gate_in_a_real_dag_run_reaches_a_webhook_and_an_email(built, t
             failed = built.pophealth("dag", "ingest_apc", "--landing", str(landing), env=inbox.env(), timeout=600)
             assert failed.returncode != 0
             inbox.wait(30)
-        # One failed task, the gate of the broken file (its map index is its place among the files staged).
+        # One failed task, the load of the broken file (its map index is its group's place among the new files).
         assert len(inbox.posts) == 1
         post = inbox.posts[0]
-        assert post["dag"] == "ingest_apc" and re.fullmatch(r"ingest_file\.gate\[\d+\]", post["task"])
+        assert post["dag"] == "ingest_apc" and re.fullmatch(r"load\[\d+\]", post["task"])
         assert re.fullmatch(rf"QUALITY GATE FAILED for {re.escape(apc.name)} \(load \d+\)", post["what"])
         assert post["run"].startswith("manual__") and "Airflow UI" in post["where"]
         assert len(inbox.emails) == 1

@@ -125,7 +125,7 @@ def test_the_airflow_ui_shows_every_dag_a_run_graph_and_a_failed_gate_with_its_m
                 for task in ("check_loads", "gate_marts", "publish_marts", "marts_published"):
                     assert task in nodes
 
-                page.goto(f"{base}/dags/ingest_apc/runs/{failing}/tasks/ingest_file.gate/mapped/0")
+                page.goto(f"{base}/dags/ingest_apc/runs/{failing}/tasks/load/mapped/0")
                 page.wait_for_selector("text=QUALITY GATE FAILED")
                 assert page.locator("text=Failed").first.is_visible()
                 assert apc.name in page.inner_text("body")
@@ -141,9 +141,9 @@ def test_the_airflow_ui_shows_every_dag_a_run_graph_and_a_failed_gate_with_its_m
         # (Unpausing also lets the schedule run the latest due run once, which fails the same way: one per run.)
         gate_posts = [p for p in inbox.posts if p["run"] == failing]
         assert len(gate_posts) == 1
-        assert gate_posts[0]["dag"] == "ingest_apc" and gate_posts[0]["task"] == "ingest_file.gate[0]"
+        assert gate_posts[0]["dag"] == "ingest_apc" and gate_posts[0]["task"] == "load[0]"
         assert gate_posts[0]["what"].startswith(f"QUALITY GATE FAILED for {apc.name}")
-        assert any("ingest_apc.ingest_file.gate[0] failed" in m and "QUALITY GATE FAILED" in m
+        assert any("ingest_apc.load[0] failed" in m and "QUALITY GATE FAILED" in m
                    and RECIPIENT in m for m in inbox.emails)
         assert not re.search(r"(?<!\d)\d{10}(?!\d)", json.dumps(inbox.posts) + "".join(inbox.emails))
         print(f"\nUI {ready}; ready after {ui_ready_seconds:.0f} s; whole test {time.monotonic() - started:.0f} s")

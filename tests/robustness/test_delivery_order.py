@@ -63,12 +63,12 @@ def test_a_scheduled_run_waits_for_the_feeds_before_its_own_and_a_run_by_hand_do
     waiting = wait_for_files("apc", "scheduled")
     assert not waiting.is_done  # the register comes first
     by_hand = wait_for_files("apc", "manual")
-    assert by_hand.is_done and names(by_hand.xcom_value) == [hospital.name]
+    assert by_hand.is_done and [names(group) for group in by_hand.xcom_value] == [[hospital.name]]  # one load task
     assert wait_for_files("gp_register", "scheduled").is_done  # nothing before the register is awaited
 
     assert deliver(register, "order").verdict == "loaded"
     ready = wait_for_files("apc", "scheduled")
-    assert ready.is_done and names(ready.xcom_value) == [hospital.name]
+    assert ready.is_done and [names(group) for group in ready.xcom_value] == [[hospital.name]]
     assert deliver(hospital, "order").verdict == "loaded"
     nothing = wait_for_files("apc", "scheduled")
     assert not nothing.is_done  # a scheduled run keeps looking for its own files

@@ -88,14 +88,14 @@ def test_every_task_has_an_owner_and_retries_and_every_dag_tags(parsed):
                 assert task["retries"] >= 1, (dag_id, task_id)
 
 
-def test_ingest_dags_stage_then_gate_then_publish_then_announce_one_asset_event(parsed):
-    # Each file is staged, gated and published on its own; the run's one asset event (the `published` task) comes
-    # after every file's publish, so a delivery of many files starts one build of the marts, not one per file.
+def test_ingest_dags_load_their_files_in_groups_then_announce_one_asset_event(parsed):
+    # Each file is staged, gated and published in a `load` task of a group of files; the run's one asset event
+    # (the `published` task) comes after every load, so a delivery of many files starts one build of the marts.
     for dag_id in EXPECTED - {"build_marts"}:
         tasks = parsed["dags"][dag_id]["tasks"]
-        assert tasks["ingest_file.gate"]["upstream"] == ["ingest_file.stage"]
-        assert tasks["ingest_file.publish"]["upstream"] == ["ingest_file.gate"]
-        assert tasks["published"]["upstream"] == ["ingest_file.publish"]
+        assert set(tasks) == {"discover", "load", "published"}
+        assert tasks["load"]["upstream"] == ["discover"]
+        assert tasks["published"]["upstream"] == ["load"]
         assert parsed["dags"][dag_id]["outlets"] == [f"pophealth://warehouse/{table}" for table in {
             "ingest_ref_postcode_lookup": ["raw/ref_lsoa"], "ingest_ref_population": ["raw/ref_population"],
             "ingest_optouts": ["restricted/optout"], "ingest_gp_register": ["raw/gp_register"],
@@ -202,3 +202,22 @@ def test_every_task_notifies_on_failure(parsed):
     for dag_id, dag in parsed["dags"].items():
         # (the one dbt build adds Cosmos's own, which keeps its per-node results for the per-node tasks' retries)
         assert set(dag["failure_callbacks"]) - {"_backup_xcom_to_variable"} == {"notify_failure"}, dag_id
+
+
+def test_new_files_are_loaded_in_groups_of_at_most_a_dozen_in_their_order(tmp_path):
+    from pophealth.orchestration import BYTES_PER_TASK, group_label, in_groups
+
+    files = []
+    for n in range(26):
+        path = tmp_path / f"apc_RAJ_{n:02d}.csv"
+        path.write_text("x")
+        files.append(str(path))
+    assert [len(g) for g in in_groups(files)] == [12, 12, 2]
+    assert [f for g in in_groups(files) for f in g] == files  # the load order kept
+    assert in_groups([]) == []
+    big = tmp_path / "apc_RDE_big.csv"
+    with big.open("wb") as handle:
+        handle.truncate(BYTES_PER_TASK)  # a file as big as a group's bytes is a group alone
+    assert [len(g) for g in in_groups(files[:3] + [str(big)] + files[3:5])] == [3, 1, 2]
+    assert group_label(files[:1]) == "apc_RAJ_00.csv"
+    assert group_label(files[:3]) == "apc_RAJ_00.csv .. apc_RAJ_02.csv (3 files)"

@@ -21,7 +21,7 @@ def test_scrub_removes_nhs_number_and_postcode_shapes_only(text, expected):
 
 
 def _context(message: str, map_index: int = 0):
-    ti = SimpleNamespace(dag_id="ingest_apc", task_id="ingest_file.gate", map_index=map_index,
+    ti = SimpleNamespace(dag_id="ingest_apc", task_id="load", map_index=map_index,
                          run_id="manual__2026-11-23T19:00:00+00:00")
     return {"task_instance": ti, "exception": Exception(message)}
 
@@ -29,7 +29,7 @@ def _context(message: str, map_index: int = 0):
 def test_the_message_names_dag_task_run_and_the_first_line_of_what_failed():
     failure = notify.failure_from(_context("QUALITY GATE FAILED for apc_RAJ_20250331.csv (load 7)\n"
                                            "rule nhs_number_valid: 3 rows (e.g. row 4 with 9434765919)"))
-    assert (failure.dag, failure.task, failure.run) == ("ingest_apc", "ingest_file.gate[0]",
+    assert (failure.dag, failure.task, failure.run) == ("ingest_apc", "load[0]",
                                                         "manual__2026-11-23T19:00:00+00:00")
     assert failure.what == "QUALITY GATE FAILED for apc_RAJ_20250331.csv (load 7)"
     assert "9434765919" not in failure.text and "Airflow UI" in failure.where
@@ -37,7 +37,7 @@ def test_the_message_names_dag_task_run_and_the_first_line_of_what_failed():
 
 def test_a_ten_digit_value_in_the_first_line_is_scrubbed():
     failure = notify.failure_from(_context("bad value 9434765919 at postcode CM1 1AA", map_index=-1))
-    assert failure.task == "ingest_file.gate"
+    assert failure.task == "load"
     assert failure.what == "bad value [removed] at postcode [removed]"
 
 
@@ -49,7 +49,7 @@ def test_the_webhook_gets_one_json_post(monkeypatch):
     assert len(inbox.posts) == 1
     body = inbox.posts[0]
     assert body["dag"] == "ingest_apc" and body["what"].startswith("QUALITY GATE FAILED")
-    assert body["text"].startswith("pophealth: ingest_apc.ingest_file.gate[0] failed in run manual__")
+    assert body["text"].startswith("pophealth: ingest_apc.load[0] failed in run manual__")
 
 
 def test_a_notification_that_cannot_be_sent_is_logged_and_does_not_raise(monkeypatch, caplog):
@@ -71,5 +71,5 @@ def test_the_email_goes_through_airflows_smtp_settings(monkeypatch):
                 monkeypatch.setenv(name, value)
         notify.notify_failure(_context("QUALITY GATE FAILED for apc_RAJ_20250331.csv (load 7)"))
     assert len(inbox.emails) == 1 and inbox.posts == []
-    assert "Subject: pophealth: ingest_apc.ingest_file.gate[0] failed" in inbox.emails[0]
+    assert "Subject: pophealth: ingest_apc.load[0] failed" in inbox.emails[0]
     assert "QUALITY GATE FAILED for apc_RAJ_20250331.csv (load 7)" in inbox.emails[0]

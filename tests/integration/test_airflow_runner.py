@@ -1,0 +1,74 @@
+"""The runner behind `pophealth run`: every DAG of a run in one Airflow process, one after another, each with its
+own outcome and log; a DAG that takes its process down is reported crashed, and the DAGs after it still run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+from tests.integration.conftest import isolated_env
+
+DAGS = {
+    "dies.py": """
+        import os
+        from datetime import datetime
+        from airflow.sdk import dag, task
+
+        @dag(dag_id="dies", schedule=None, start_date=datetime(2024, 1, 1), catchup=False)
+        def dies():
+            @task
+            def exit_the_process():
+                os._exit(3)  # what a segfault or the out-of-memory killer does: no exception, no result
+            exit_the_process()
+
+        dies()
+    """,
+    "lives.py": """
+        from datetime import datetime
+        from airflow.sdk import dag, task
+
+        @dag(dag_id="lives", schedule=None, start_date=datetime(2024, 1, 1), catchup=False)
+        def lives():
+            @task
+            def say_so():
+                print("lives ran")
+            say_so()
+
+        lives()
+    """,
+}
+
+RUN = """
+    import json, sys
+    from pathlib import Path
+    from pophealth.airflow_runner import ensure_metadata_db, run_dags
+    ensure_metadata_db()
+    started, finished = [], []
+    outcomes = run_dags(sys.argv[3:], Path(sys.argv[1]), {"AIRFLOW__CORE__DAGS_FOLDER": sys.argv[2]},
+                        on_start=started.append, on_finish=lambda o: finished.append(o.dag_id))
+    print(json.dumps({"outcomes": [[o.dag_id, o.state, o.log_file.name] for o in outcomes],
+                      "started": started, "finished": finished}))
+"""
+
+
+def test_each_dag_has_its_outcome_and_log_and_a_crash_does_not_stop_the_next(tmp_path):
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    for name, text in DAGS.items():
+        (dags / name).write_text(textwrap.dedent(text))
+    logs = tmp_path / "logs"
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(RUN), str(logs), str(dags),
+                           "lives", "dies", "no_such_dag", "lives"],
+                          env=isolated_env(tmp_path), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    said = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert said["outcomes"] == [
+        ["lives", "success", "lives.log"],
+        ["dies", "crashed (exit 3)", "dies.log"],  # its process went; a new one ran the rest
+        ["no_such_dag", "not run (no such DAG)", "no_such_dag.log"],
+        ["lives", "success", "lives.log"],
+    ]
+    assert said["started"] == said["finished"] == ["lives", "dies", "no_such_dag", "lives"]
+    assert "lives ran" in (logs / "lives.log").read_text()
