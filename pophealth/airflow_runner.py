@@ -1,7 +1,8 @@
 """Running the real DAGs through Airflow itself, on the project's metadata database.
 
-Each DAG run is `dag.test()` in a child process (one for all the DAGs of a run, see `run_dags`) whose environment points Airflow at the project's
-AIRFLOW_HOME, DAG folder and metadata database (the embedded server's `airflow` database). The child's
+Each DAG run is `dag.test()` in a child process (one for all the DAGs of a run, see `run_dags`) whose
+environment points Airflow at the project's AIRFLOW_HOME, DAG folder and metadata database (the embedded
+server's `airflow` database). The child's
 full Airflow log is written to a file; the parent gets back the run's state and each task's state.
 This is the same DAG code the scheduler runs in a deployment; there is no second code path.
 """

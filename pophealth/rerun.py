@@ -74,5 +74,5 @@ def _published_by(run_id: str | None) -> int:
     if run_id is None:
         return 0
     with db.connect() as conn:
-        return conn.execute("SELECT count(*) FROM audit.load WHERE run_id = %s AND status = 'published'",
-                            (run_id,)).fetchone()[0]
+        return db.one_row(conn.execute("SELECT count(*) FROM audit.load WHERE run_id = %s AND status = 'published'",
+                                       (run_id,)))[0]
