@@ -158,7 +158,7 @@ def bench_gates(population: int, work: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--population", type=int, help="people (default 2,000; with --pyramid 1,438,682)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", "--repeat", type=int, default=3)
     parser.add_argument("--pyramid", action="store_true", help="the risk pyramid at a register population "
                         "(default 1,438,682, Essex County)")
     parser.add_argument("--gates", action="store_true", help="the load and marts gates' share of the pipeline")
@@ -167,6 +167,8 @@ def main() -> None:
     parser.add_argument("--sizes", help="with --scale: register populations, comma-separated "
                         "(default 14387,143868,1438682)")
     parser.add_argument("--out", help="with --scale: where scale.json and scale.svg go (default docs/benchmarks)")
+    parser.add_argument("--plot", help="with --scale: also draw time and peak memory against population, bare and "
+                        "DAGs, log-log, to this file (.svg, .png, .html or .json; altair)")
     parser.add_argument("--work-mem", help="with --scale: PostgreSQL work_mem for every connection, e.g. 256MB "
                         "(default: the server's)")
     args = parser.parse_args()
@@ -178,7 +180,8 @@ def main() -> None:
 
             sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else list(scale.SIZES)
             raise SystemExit(scale.run_scale(sizes, args.repeats, Path(args.out or scale.DEFAULT_OUT),
-                                             work_mem=args.work_mem))
+                                             work_mem=args.work_mem,
+                                             plot_file=Path(args.plot).resolve() if args.plot else None))
         if args.gates:
             raise SystemExit(bench_gates(args.population or 20_000, work))
         if args.pyramid:
