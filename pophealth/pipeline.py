@@ -40,8 +40,7 @@ class PipelineOutcome:
                          for d in self.dags]}
 
     def write(self) -> Path:
-        """outcome.json in the run's log folder, whole or absent (rewritten after each DAG, so a run stopped
-        half way still says what it finished)."""
+        """outcome.json in the run's log folder, whole or absent (`pophealth run` and `pophealth dag` write it)."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         path = self.log_dir / OUTCOME_FILE
         part = path.with_name(f".{OUTCOME_FILE}.part")
@@ -65,8 +64,5 @@ def run_pipeline(landing: Path, dag_ids: tuple[str, ...] = INGEST_DAGS + (MARTS_
         result = run_dag(dag_id, log_dir, env)
         outcome.dags.append(result)
         progress(f"  {dag_id:<30} {result.state:<8} {result.seconds:6.1f} s")
-        outcome.seconds = time.monotonic() - started
-        outcome.write()
     outcome.seconds = time.monotonic() - started
-    outcome.write()
     return outcome
