@@ -863,8 +863,8 @@ def growth_chart(summary: dict):
         tooltip=["run:N", "people:Q", "value:Q"]).properties(title="time" + ks("time"), width=380, height=300)
     memory_panel = base.transform_filter(alt.datum.measure == "peak memory").encode(
         x=x, y=alt.Y("value:Q", scale=alt.Scale(type="log"), title="peak memory (MiB, log scale)"), color=colour,
-        strokeDash=alt.StrokeDash("part:N", title="memory of"), tooltip=["run:N", "part:N", "people:Q", "value:Q"],
-    ).properties(title="peak memory" + ks("peak memory, processes"), width=380, height=300)
+        strokeDash=alt.StrokeDash("part:N", title="memory of", legend=alt.Legend(symbolType="stroke")),
+        tooltip=["run:N", "part:N", "people:Q", "value:Q"]).properties(title="peak memory" + ks("peak memory, processes"), width=380, height=300)
     return alt.hconcat(time_panel, memory_panel).properties(
         title=f"pophealth: bare pipeline and DAGs against population ({info.get('date', '')}, "
               f"{info.get('cores', '?')} cores)")
@@ -1039,18 +1039,22 @@ def _worker() -> None:
     args.result.write_text(json.dumps(result))
 
 
-def resummarise(path: Path) -> None:
+def resummarise(path: Path, plot_file: Path | None = None) -> None:
     """Summarise the runs kept in a scale.json again (after a change to the summary, the table or the plot:
-    the measurements are the same), rewriting it and its plot beside it, and print the table."""
+    the measurements are the same), rewriting it and its plot beside it, and print the table; with `plot_file`,
+    draw the growth chart there too."""
     kept = json.loads(path.read_text())
     summary = summarise(kept["runs"], kept["machine"], kept.get("dag_runs"))
     write_outputs(summary, path.parent)
     print(table(summary))
+    if plot_file:
+        for written in write_plot(summary, plot_file):
+            print(f"wrote {written}")
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--summarise"]:
-        resummarise(Path(sys.argv[2]))
+    if sys.argv[1:2] == ["--summarise"]:  # --summarise SCALE_JSON [--plot FILE]
+        resummarise(Path(sys.argv[2]), Path(sys.argv[4]) if sys.argv[3:4] == ["--plot"] else None)
     elif sys.argv[1:2] == ["--published-tiers"]:
         _published_tiers()
     elif sys.argv[1:2] == ["--generate"]:
