@@ -864,7 +864,8 @@ def growth_chart(summary: dict):
     memory_panel = base.transform_filter(alt.datum.measure == "peak memory").encode(
         x=x, y=alt.Y("value:Q", scale=alt.Scale(type="log"), title="peak memory (MiB, log scale)"), color=colour,
         strokeDash=alt.StrokeDash("part:N", title="memory of", legend=alt.Legend(symbolType="stroke")),
-        tooltip=["run:N", "part:N", "people:Q", "value:Q"]).properties(title="peak memory" + ks("peak memory, processes"), width=380, height=300)
+        tooltip=["run:N", "part:N", "people:Q", "value:Q"],
+    ).properties(title="peak memory" + ks("peak memory, processes"), width=380, height=300)
     return alt.hconcat(time_panel, memory_panel).properties(
         title=f"pophealth: bare pipeline and DAGs against population ({info.get('date', '')}, "
               f"{info.get('cores', '?')} cores)")
