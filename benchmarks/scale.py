@@ -520,7 +520,8 @@ def paired_overhead(pairs: list[tuple[float, float]]) -> float | None:
 
 FITTED = (("time", BARE, "pipeline_s"), ("time", DAGS, "seconds"),
           ("peak memory, processes", BARE, "process_peak_mib"), ("peak memory, processes", DAGS, "process_peak_mib"),
-          ("peak memory, PostgreSQL", BARE, "postgres_peak_mib"), ("peak memory, PostgreSQL", DAGS, "postgres_peak_mib"))
+          ("peak memory, PostgreSQL", BARE, "postgres_peak_mib"),
+          ("peak memory, PostgreSQL", DAGS, "postgres_peak_mib"))
 
 
 def growth_fits(sizes: list[dict]) -> list[dict]:
