@@ -674,7 +674,7 @@ def table(summary: dict) -> str:
     head = ["stage"] + [f"{s['people']:,} ({s['runs']} run{'s' if s['runs'] > 1 else ''})" for s in sizes]
     rows = [[GENERATE + " (outside the total)"] + [_s(s["generate_s"]) for s in sizes]]
     rows += [[name] + [_s(s["stages"][name]) for s in sizes] for name in PIPELINE_STAGES]
-    rows.append(["pipeline total"] + [_s(s["pipeline_s"]) for s in sizes])
+    rows.append(["bare pipeline total (the stages above)"] + [_s(s["pipeline_s"]) for s in sizes])
     rows.append(["rows read"] + [f"{s['rows_read']:,}" for s in sizes])
     rows.append(["gates' share"] + [f"{s['gates_share']:.1%}" for s in sizes])
     rows.append(["peak memory, bare run processes (RSS)"] + [f"{s['process_peak_mib']:,.0f} MiB" for s in sizes])
