@@ -528,7 +528,7 @@ def growth_fits(sizes: list[dict]) -> list[dict]:
     """k of a * people^k for time and peak memory, bare and DAGs, over the sizes' medians (when 2+ sizes have it)."""
     fits = []
     for what, run, key in FITTED:
-        points = [(s["people"], (s if run == BARE else s.get("dags") or {}).get(key)) for s in sizes]
+        points = [(s["people"], (s if run == BARE else _comparable_dags(s)).get(key)) for s in sizes]
         points = [(n, v) for n, v in points if v]
         try:
             fit = fit_power([n for n, _ in points], [v for _, v in points])
@@ -536,6 +536,12 @@ def growth_fits(sizes: list[dict]) -> list[dict]:
             continue
         fits.append({"what": what, "run": run, **fit})
     return fits
+
+
+def _comparable_dags(size: dict) -> dict:
+    """A size's DAG figures when its DAG runs all succeeded (they did the bare run's work), else nothing."""
+    dags = size.get("dags") or {}
+    return dags if dags.get("succeeded") else {}
 
 
 def fit_words(fit: dict) -> str:
@@ -605,7 +611,11 @@ def summarise_dags(mine: list[dict], bare: list[dict]) -> dict | None:
         "load_average": _median([r["load_average"] for r in mine]),
         "succeeded": all(r["succeeded"] for r in mine),
         "tiers_equal_contract": all(r["tiers_equal_contract"] for r in mine),
-        "overhead": paired_overhead([(by_repeat.get(r.get("repeat")), r["seconds"]) for r in mine]),
+        # A DAG run that failed did not do the bare run's work (a refused file stops build_marts before dbt, where
+        # the bare pipeline goes on): no overhead from it, and it is left out of the fits and the plot.
+        "overhead": paired_overhead([(by_repeat.get(r.get("repeat")), r["seconds"]) for r in mine
+                                     if r["succeeded"]]),
+        "failed_dags": sorted({d for r in mine for d, state in r.get("dag_states", {}).items() if state != "success"}),
     }
 
 
@@ -731,7 +741,9 @@ def dag_rows(sizes: list[dict]) -> list[list[str]]:
     rows = [["DAGs: pophealth run --landing (its own time)"] + each("seconds", _s)]
     rows += [[f"  DAG {d}"] + [_s(s["dags"]["dags"].get(d)) if s.get("dags") else "-" for s in sizes]
              for d in dag_ids]
-    rows.append(["orchestration overhead (DAGs / bare - 1)"] + each("overhead", _pct))
+    rows.append(["orchestration overhead (DAGs / bare - 1)"]
+                + [("- (DAG run failed: " + ", ".join(s["dags"]["failed_dags"]) + ")" if not s["dags"]["succeeded"]
+                    else _pct(s["dags"]["overhead"])) if s.get("dags") else "-" for s in sizes])
     rows.append(["pophealth run, the whole command"] + each("wall_s", _s))
     rows.append(["peak memory, DAG run processes (RSS)"] + each("process_peak_mib",
                                                                  lambda v: f"{v:,.0f} MiB" if v else "-"))
@@ -832,7 +844,7 @@ def growth_points(summary: dict) -> list[dict]:
     points = []
     for s in summary["sizes"]:
         for run, figures, seconds in ((BARE, s, s.get("pipeline_s")),
-                                      (DAGS, s.get("dags") or {}, (s.get("dags") or {}).get("seconds"))):
+                                      (DAGS, _comparable_dags(s), _comparable_dags(s).get("seconds"))):
             if seconds:
                 points.append({"people": s["people"], "run": run, "measure": "time", "value": seconds,
                                "unit": "seconds", "part": "whole run"})

@@ -254,3 +254,17 @@ def test_the_dag_run_is_keyed_as_the_demo_is_with_files_and_no_key_in_the_enviro
         assert key_file.endswith(file_name) and source.env not in env
         assert len(open(key_file).read().strip()) == 64
     assert demo_keyed_env(tmp_path / "home", given) == env  # the same home keeps its keys
+
+
+def test_a_failed_dag_run_gives_no_overhead_and_stays_out_of_the_fits():
+    bare = [{**_run(10_000, 1.0), "repeat": 1}, {**_run(20_000, 2.0), "repeat": 1}, {**_run(100_000, 10.0), "repeat": 1}]
+    failed = _dag_run(10_000, 66.0, 50.0)
+    failed.update(succeeded=False, tiers_equal_contract=False,
+                  dag_states={"ingest_apc": "failed", "build_marts": "failed", "ingest_cld": "success"})
+    dags = [failed, _dag_run(20_000, 132.0, 264.0), _dag_run(100_000, 660.0, 1_320.0)]
+    summary = summarise(bare, {"cores": 2, "date": "2026-12-04"}, dags)
+    assert summary["sizes"][0]["dags"]["overhead"] is None
+    assert summary["sizes"][1]["dags"]["overhead"] == pytest.approx(1.0)
+    fit = next(f for f in summary["fits"] if f["what"] == "time" and f["run"] == "DAGs (pophealth run)")
+    assert fit["points"] == 2 and fit["k"] == pytest.approx(1.0)  # 264 s -> 1,320 s for 5x the people
+    assert "- (DAG run failed: build_marts, ingest_apc)" in table(summary)
