@@ -10,16 +10,22 @@ beside a baseline that ran on the same machine a moment before:
   same file with Python's csv module, the least any loader must do.
 Nothing here is a test: nothing asserts a time.
 
-    ./dev.sh bench --scale [--sizes 14387,143868,1438682] [--repeats 3] [--out docs/benchmarks] [--work-mem 256MB]
+    ./dev.sh bench --scale [--sizes 14387,143868,1438682] [--repeats 3] [--out docs/benchmarks] [--plot FILE]
+                           [--work-mem 256MB]
 
-the whole pipeline without Airflow (benchmarks/pipeline.py: every extract staged, gated and published in
-load order, dbt building the candidate marts, the marts gate, the publish swap) for generated worlds of 1%,
-10% and 100% of Essex County's register population: each stage's time and peak memory (this process and
-its children, and the PostgreSQL server), how time grows with the people, the ingest rate beside a bare
-PostgreSQL COPY of the same pseudonymised rows, pseudonymisation beside the bare HMAC, the gates' share,
-and a hand-written pandas loader (read_csv, per-row HMAC, to_sql) on the same files. Sizes under 50,000
-are repeated --repeats times (medians), larger ones run once. It prints a table and writes scale.json and
-scale.svg (time against population, per stage) to --out. About 40 minutes on two cores (benchmarks/scale.py).
+for generated worlds of 1%, 10% and 100% of Essex County's register population (one world per size, seed 1),
+the same files run two ways, interleaved so that both see the same load, each in a fresh POPHEALTH_HOME: the
+pipeline without Airflow (benchmarks/pipeline.py: every extract staged, gated and published in load order, dbt
+building the candidate marts, the marts gate, the publish swap) and `pophealth run --landing` (the real DAGs
+through Airflow, keyed as the demo is). It prints bare and DAG seconds, the orchestration overhead (DAGs / bare
+- 1), each DAG's time (from the run's own outcome.json), the peak memory of each run's process tree (RSS) and
+PostgreSQL (PSS), the load average, and time and memory fitted to a * people^k on log-log (k > 1.1 called
+superlinear); for the bare run also each stage's time, the ingest rate beside a bare PostgreSQL COPY of the
+same pseudonymised rows, pseudonymisation beside the bare HMAC, the gates' share, and a hand-written pandas
+loader (read_csv, per-row HMAC, to_sql) on the same files. Sizes under 50,000 are repeated --repeats times
+(medians), larger ones run once. It writes scale.json and scale.svg (time against population, per stage) to
+--out, and with --plot FILE time and memory against population, bare and DAGs, log-log (altair: .svg, .png,
+.html or .json). Method and figures: docs/benchmarks.md.
 --work-mem sets PostgreSQL's work_mem for every connection of the runs (the published figures used 256MB:
 they were measured while the marts gate's person_in_spine rules were NOT IN subqueries, quadratic at Essex
 scale with the default 4MB; since f048af8 the default is enough).
@@ -164,15 +170,18 @@ def bench_gates(population: int, work: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--population", type=int, help="people (default 2,000; with --pyramid 1,438,682)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", "--repeat", type=int, default=3)
     parser.add_argument("--pyramid", action="store_true", help="the risk pyramid at a register population "
                         "(default 1,438,682, Essex County)")
     parser.add_argument("--gates", action="store_true", help="the load and marts gates' share of the pipeline")
     parser.add_argument("--scale", action="store_true", help="the whole pipeline at 1%%, 10%% and 100%% of Essex, "
-                        "with its baselines; writes scale.json and scale.svg")
+                        "bare and through the DAGs (pophealth run), with its baselines; writes scale.json and "
+                        "scale.svg")
     parser.add_argument("--sizes", help="with --scale: register populations, comma-separated "
                         "(default 14387,143868,1438682)")
     parser.add_argument("--out", help="with --scale: where scale.json and scale.svg go (default docs/benchmarks)")
+    parser.add_argument("--plot", help="with --scale: also draw time and peak memory against population, bare and "
+                        "DAGs, log-log, to this file (.svg, .png, .html or .json; altair)")
     parser.add_argument("--work-mem", help="with --scale: PostgreSQL work_mem for every connection, e.g. 256MB "
                         "(default: the server's)")
     args = parser.parse_args()
@@ -184,7 +193,8 @@ def main() -> None:
 
             sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else list(scale.SIZES)
             raise SystemExit(scale.run_scale(sizes, args.repeats, Path(args.out or scale.DEFAULT_OUT),
-                                             work_mem=args.work_mem))
+                                             work_mem=args.work_mem,
+                                             plot_file=Path(args.plot).resolve() if args.plot else None))
         if args.gates:
             raise SystemExit(bench_gates(args.population or 20_000, work))
         if args.pyramid:

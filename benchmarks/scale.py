@@ -1,11 +1,17 @@
 """Scale and speed: the whole pipeline at 1%, 10% and 100% of Essex County, measured against its limits.
 
-    ./dev.sh bench --scale [--sizes 14387,143868,1438682] [--repeats 3] [--out docs/benchmarks]
+    ./dev.sh bench --scale [--sizes 14387,143868,1438682] [--repeats 3] [--out docs/benchmarks] [--plot FILE]
 
-For each register population a world is generated and run through the pipeline without Airflow
-(benchmarks.pipeline.run_pipeline: every extract staged, gated and published in load order, dbt building the
-candidate marts, the marts gate, the publish swap), in a process of its own with its own embedded PostgreSQL,
-so that one size's memory or caches never reach the next. Each run measures:
+For each register population one world is generated (seed 1) and run twice over, interleaved (bare, DAGs,
+bare, DAGs ... so that both see the same machine load), each run in a process of its own with a fresh
+POPHEALTH_HOME and its own embedded PostgreSQL, so that one run's memory or caches never reach the next:
+- bare: the pipeline without Airflow (benchmarks.pipeline.run_pipeline: every extract staged, gated and published
+  in load order, dbt building the candidate marts, the marts gate, the publish swap);
+- DAGs: what a user runs, `pophealth run --landing DIR` (every ingest DAG, then build_marts, each `dag.test()`
+  in a child process: pophealth.pipeline), keyed as the demo is (a random key file per key in the fresh home),
+  with the time of each DAG from the run's own outcome (outcome.json in its log folder).
+Their ratio is the orchestration overhead (DAG time / bare time - 1); the time and peak memory of each are
+fitted to a * people^k by least squares on log-log, and k > 1.1 is called superlinear. Each bare run measures:
 - the time of each stage (generation beside it, outside the pipeline's total), and the peak memory of the
   benchmark process with its children (dbt) and, separately, of the PostgreSQL server (the sum of its
   processes' proportional set sizes), sampled in a background thread per stage;
@@ -15,8 +21,13 @@ so that one size's memory or caches never reach the next. Each run measures:
   unindexed table of the same columns, in the same run;
 - a hand-written loader (pandas read_csv, hmac per row, DataFrame.to_sql) on the same three feeds' files;
 - at the sizes under 50,000, pseudonymisation beside the bare HMAC (benchmarks.pseudonymisation).
+Peak memory, of both kinds of run alike: every 0.5 s, the resident sets (RSS) of the run's process and all its
+descendants are summed (dbt; Airflow's child per DAG and what it starts), leaving out the PostgreSQL server,
+whose processes are summed by proportional set size (PSS, so its shared buffers count once); the highest sum
+is the peak (bare: over the pipeline's stages; DAGs: over the whole `pophealth run`).
 Sizes under 50,000 run --repeats times and their medians are quoted; larger sizes run once. The figures go to
-scale.json (every run, the medians and the machine) and the plot to scale.svg, drawn here as SVG.
+scale.json (every run, the medians and the machine) and the per-stage plot to scale.svg, drawn here as SVG;
+--plot FILE draws time and memory against people, bare and DAGs, log-log, with altair (growth_chart).
 """
 
 from __future__ import annotations
@@ -63,6 +74,9 @@ COPY_AIM = 1.5
 PANDAS_LIMIT_S = 600.0
 TIERS = ("very_high", "high", "moderate", "low")
 MIB = 2 ** 20
+SUPERLINEAR = 1.1                 # a fitted exponent above this is called superlinear
+BARE = "bare pipeline"
+DAGS = "DAGs (pophealth run)"
 
 
 # --- wording -------------------------------------------------------------------------------------------------
@@ -103,18 +117,22 @@ def pandas_words(ratio: float) -> str:
 # --- memory ----------------------------------------------------------------------------------------------------
 
 class MemorySampler(threading.Thread):
-    """Samples, every `interval` seconds, the RSS of this process and its children (dbt), and the PSS of the
-    PostgreSQL server's processes; keeps the peak of each per stage (the clock's current stage), and the
-    load average, to say how busy the machine was."""
+    """Samples, every `interval` seconds, the summed RSS of a process tree (`root_pid`, this process by default,
+    and all its descendants: dbt, Airflow's children) leaving out the PostgreSQL server's processes, and the
+    summed PSS of those (the server whose postmaster.pid is in `pgdata`, by default this POPHEALTH_HOME's); keeps
+    the peak of each per stage (the clock's current stage), and the load average, to say how busy the machine
+    was."""
 
-    def __init__(self, clock: Clock, interval: float = 0.5):
+    def __init__(self, clock: Clock, interval: float = 0.5, root_pid: int | None = None,
+                 pgdata: Path | None = None):
         super().__init__(daemon=True)
         import psutil
 
         self.psutil = psutil
         self.clock = clock
         self.interval = interval
-        self.me = psutil.Process()
+        self.me = psutil.Process(root_pid) if root_pid else psutil.Process()
+        self.pgdata = pgdata
         self.process_peak: dict[str, int] = {}
         self.postgres_peak: dict[str, int] = {}
         self.load: dict[str, list[float]] = {}
@@ -137,7 +155,7 @@ class MemorySampler(threading.Thread):
 
         if self._postmaster is None or not self._postmaster.is_running():
             try:
-                pid = int((config.paths().pgdata / "postmaster.pid").read_text().split()[0])
+                pid = int(((self.pgdata or config.paths().pgdata) / "postmaster.pid").read_text().split()[0])
                 self._postmaster = self.psutil.Process(pid)
             except (OSError, ValueError, IndexError, self.psutil.Error):
                 self._postmaster = None
@@ -285,8 +303,10 @@ def pandas_baseline(landing: Path, platform_seconds: float, limit_s: float = PAN
 
 # --- one size, in a process of its own ------------------------------------------------------------------------
 
-def measure(size: int, work: Path, pseudo_repeats: int, pandas_limit: float) -> dict:
-    """One run at one size (POPHEALTH_HOME must already point at a fresh folder)."""
+def measure(size: int, work: Path, pseudo_repeats: int, pandas_limit: float, landing: Path | None = None) -> dict:
+    """One bare run at one size (POPHEALTH_HOME must already point at a fresh folder), on the world in `landing`
+    (generated by the caller, so that the DAG run reads the very same files) or, without it, on one generated
+    here first."""
     from benchmarks.pipeline import risk_tiers, run_pipeline
     from pophealth import db
     from pophealth.synth import write_world
@@ -301,21 +321,22 @@ def measure(size: int, work: Path, pseudo_repeats: int, pandas_limit: float) -> 
         print(f"[{size:,}] {text}", flush=True)
 
     try:
-        landing = work / "landing"
-        with clock.stage(GENERATE):
-            write_world(landing, population=size, seed=1)
-        say(f"generated in {clock.seconds[GENERATE]:.1f} s")
+        if landing is None:
+            landing = work / "landing"
+            with clock.stage(GENERATE):
+                write_world(landing, population=size, seed=1)
+            say(f"generated in {clock.seconds[GENERATE]:.1f} s")
         run = run_pipeline(landing, clock=clock)
         stages = {name: clock.seconds.get(name, 0.0) for name in PIPELINE_STAGES}
         total = sum(stages.values())
-        say(f"pipeline {total:.1f} s: " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()))
+        say(f"bare pipeline {total:.1f} s: " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()))
         tiers = risk_tiers()
         with db.connect() as conn:
             result["postgres_version"] = conn.execute("SHOW server_version").fetchone()[0]
             result["work_mem"] = conn.execute("SHOW work_mem").fetchone()[0]
         expected = expected_pyramid(size)
         result.update({
-            "generate_s": clock.seconds[GENERATE], "stages": stages, "pipeline_s": total,
+            "generate_s": clock.seconds.get(GENERATE), "stages": stages, "pipeline_s": total,
             "gates_s": stages[LOAD_GATES] + stages[MARTS_GATE],
             "gates_share": (stages[LOAD_GATES] + stages[MARTS_GATE]) / total,
             "loads_gated": run.gated, "loads_refused": run.refused, "refusals": run.refusals, "marts_gate_passed": run.marts_gate_passed,
@@ -358,6 +379,182 @@ def measure(size: int, work: Path, pseudo_repeats: int, pandas_limit: float) -> 
     result["load_average"] = {k: statistics.mean(v) for k, v in sampler.load.items() if v}
     result["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
     return result
+
+
+# --- the DAGs: what a user runs ---------------------------------------------------------------------------------
+
+class _Stage:
+    """A clock that is always in one stage: the sampler's label for a whole `pophealth run`."""
+
+    def __init__(self, name: str):
+        self.current = name
+
+
+DAG_RUN = "pophealth run"
+
+
+def demo_keyed_env(home: Path, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a `pophealth run` in the fresh POPHEALTH_HOME `home`, keyed as the demo is: a random key
+    file per key in the home's demo keys folder (pophealth.keys.ensure_demo_key, what `pophealth run` without
+    --landing does), named by its *_FILE setting; no key given in the environment itself, and no vault private key."""
+    from pophealth import config
+    from pophealth.keys import ALL_KEYS, ensure_demo_key
+
+    dropped = {config.ENV_VAULT_KEY, config.ENV_VAULT_KEY_FILE, config.ENV_VAULT_PRIVATE_KEY,
+               config.ENV_VAULT_PRIVATE_KEY_FILE, config.ENV_LANDING_DIR, config.ENV_HOME,
+               *(source.env for source, _ in ALL_KEYS), *(source.env_file for source, _ in ALL_KEYS)}
+    env = {k: v for k, v in (os.environ if base is None else base).items() if k not in dropped}
+    env[config.ENV_HOME] = str(home)
+    keys_dir = config.Paths(home=home).demo_keys_dir
+    for source, file_name in ALL_KEYS:
+        ensure_demo_key(keys_dir / file_name)
+        env[source.env_file] = str(keys_dir / file_name)
+    return env
+
+
+def _pophealth_command() -> list[str]:
+    beside = Path(sys.executable).parent / "pophealth"  # the console script of this venv: the user's command
+    return [str(beside)] if beside.exists() else [sys.executable, "-m", "pophealth.cli"]
+
+
+def measure_dags(size: int, landing: Path, work: Path, work_mem: str | None = None) -> dict:
+    """One `pophealth run --landing` on `landing` in a fresh POPHEALTH_HOME under `work`, its process tree's memory
+    sampled from here; then the published risk tiers are read and its embedded PostgreSQL stopped."""
+    from pophealth import config
+    from pophealth.pipeline import OUTCOME_FILE
+
+    home = work / "home"
+    env = demo_keyed_env(home)
+    if work_mem:
+        env["PGOPTIONS"] = f"{env.get('PGOPTIONS', '')} -c work_mem={work_mem}".strip()
+    log = work / "pophealth-run.log"
+    result: dict = {"people": size, "started": datetime.now(UTC).isoformat(timespec="seconds"),
+                    "command": "pophealth run --landing DIR", "load_average_at_start": os.getloadavg()[0]}
+    print(f"[{size:,}] DAGs: pophealth run --landing ... (fresh POPHEALTH_HOME, demo keys)", flush=True)
+    started = time.perf_counter()
+    proc = subprocess.Popen([*_pophealth_command(), "run", "--landing", str(landing)], env=env, cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    sampler = MemorySampler(_Stage(DAG_RUN), root_pid=proc.pid, pgdata=config.Paths(home=home).pgdata)
+    sampler.start()
+    try:
+        with log.open("w") as out:
+            for line in proc.stdout:
+                out.write(line)
+                # the DAGs' progress and the first line of the summary; the rest stays in the log
+                if line.startswith("  running DAG") or line.startswith("pophealth run ") or (
+                        line.startswith("  ") and line.split()[:1] and line.split()[0].startswith(("ingest_",
+                                                                                                    "build_marts"))
+                        and line.rstrip().endswith(" s")):
+                    print(f"[{size:,}] {line.rstrip()}", flush=True)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait()
+        sampler.stop()
+        result["wall_s"] = time.perf_counter() - started
+        result["exit_code"] = proc.returncode
+        tiers = subprocess.run([sys.executable, "-m", "benchmarks.scale", "--published-tiers"], env=env, cwd=REPO,
+                               capture_output=True, text=True, check=False)
+    outcomes = sorted((home / "runs").glob(f"*/{OUTCOME_FILE}"))
+    if not outcomes:
+        raise RuntimeError(f"pophealth run wrote no {OUTCOME_FILE} (exit {proc.returncode}); its log: "
+                           + "\n".join(log.read_text().splitlines()[-20:]))
+    outcome = json.loads(outcomes[-1].read_text())
+    result.update({"seconds": outcome["seconds"], "succeeded": outcome["succeeded"] and proc.returncode == 0,
+                   "dags": {d["dag_id"]: d["seconds"] for d in outcome["dags"]},
+                   "dag_states": {d["dag_id"]: d["state"] for d in outcome["dags"]}})
+    try:
+        found = json.loads(tiers.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        found = None
+    expected = expected_pyramid(size)
+    result["tiers"] = found
+    result["tiers_equal_contract"] = bool(found) and all(found.get(t, 0) == expected[t] for t in TIERS) \
+        and sum(found.values()) == size
+    result["memory"] = {"process_peak_mib": sampler.process_peak.get(DAG_RUN, 0) / MIB,
+                        "postgres_peak_mib": sampler.postgres_peak.get(DAG_RUN, 0) / MIB}
+    load = sampler.load.get(DAG_RUN)
+    result["load_average"] = statistics.mean(load) if load else None
+    result["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
+    print(f"[{size:,}] DAGs: {result['seconds']:.1f} s (the run's own), {result['wall_s']:.1f} s the whole command; "
+          f"{'succeeded' if result['succeeded'] else 'FAILED'}; peak {result['memory']['process_peak_mib']:,.0f} MiB "
+          f"+ PostgreSQL {result['memory']['postgres_peak_mib']:,.0f} MiB; tiers "
+          f"{'equal to' if result['tiers_equal_contract'] else 'DIFFERENT from'} the contract", flush=True)
+    return result
+
+
+def _published_tiers() -> None:
+    """Print the published risk tiers of this POPHEALTH_HOME as JSON, then stop its embedded PostgreSQL."""
+    from benchmarks.pipeline import risk_tiers
+    from pophealth import db
+
+    try:
+        print(json.dumps(risk_tiers()), flush=True)
+    finally:
+        db.stop_embedded()
+
+
+def _generate(size: int, landing: Path, result: Path) -> None:
+    from pophealth.synth import write_world
+
+    started = time.perf_counter()
+    write_world(landing, population=size, seed=1)
+    result.write_text(json.dumps({"generate_s": time.perf_counter() - started}))
+
+
+# --- growth: a * people^k, the overhead ------------------------------------------------------------------------
+
+def fit_power(people: list[float], values: list[float]) -> dict:
+    """Least squares on log-log: log y = log a + k log n. Needs two or more distinct sizes with positive values."""
+    points = [(math.log(n), math.log(y)) for n, y in zip(people, values, strict=True) if n and y and n > 0 and y > 0]
+    if len({x for x, _ in points}) < 2:
+        raise ValueError("a fit needs two or more distinct sizes with a value")
+    mean_x = statistics.fmean(x for x, _ in points)
+    mean_y = statistics.fmean(y for _, y in points)
+    k = (sum((x - mean_x) * (y - mean_y) for x, y in points) / sum((x - mean_x) ** 2 for x, _ in points))
+    return {"k": k, "a": math.exp(mean_y - k * mean_x), "points": len(points), "superlinear": k > SUPERLINEAR}
+
+
+def overhead(bare_s: float, dags_s: float) -> float:
+    """The orchestration overhead: how much longer the DAGs took than the bare pipeline, as a fraction."""
+    return dags_s / bare_s - 1.0
+
+
+def paired_overhead(pairs: list[tuple[float, float]]) -> float | None:
+    """The median of each interleaved pair's overhead (bare, DAGs run one after the other: the same load)."""
+    return _median([overhead(b, d) for b, d in pairs if b and d])
+
+
+FITTED = (("time", BARE, "pipeline_s"), ("time", DAGS, "seconds"),
+          ("peak memory, processes", BARE, "process_peak_mib"), ("peak memory, processes", DAGS, "process_peak_mib"),
+          ("peak memory, PostgreSQL", BARE, "postgres_peak_mib"),
+          ("peak memory, PostgreSQL", DAGS, "postgres_peak_mib"))
+
+
+def growth_fits(sizes: list[dict]) -> list[dict]:
+    """k of a * people^k for time and peak memory, bare and DAGs, over the sizes' medians (when 2+ sizes have it)."""
+    fits = []
+    for what, run, key in FITTED:
+        points = [(s["people"], (s if run == BARE else _comparable_dags(s)).get(key)) for s in sizes]
+        points = [(n, v) for n, v in points if v]
+        try:
+            fit = fit_power([n for n, _ in points], [v for _, v in points])
+        except ValueError:
+            continue
+        fits.append({"what": what, "run": run, **fit})
+    return fits
+
+
+def _comparable_dags(size: dict) -> dict:
+    """A size's DAG figures when its DAG runs all succeeded (they did the bare run's work), else nothing."""
+    dags = size.get("dags") or {}
+    return dags if dags.get("succeeded") else {}
+
+
+def fit_words(fit: dict) -> str:
+    kind = "SUPERLINEAR" if fit["superlinear"] else ("close to linear" if fit["k"] >= 0.9 else "less than linear")
+    return f"{fit['what']}, {fit['run']}: ~ people^{fit['k']:.2f} over {fit['points']} sizes ({kind})"
 
 
 # --- the machine, the summary, the table ----------------------------------------------------------------------
@@ -404,8 +601,36 @@ def _median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
 
-def summarise(runs: list[dict], info: dict) -> dict:
-    """The medians per size (over its repeats), how time grows between sizes, and the headline ratios."""
+def summarise_dags(mine: list[dict], bare: list[dict]) -> dict | None:
+    """The DAG runs of one size: medians over its repeats, and the overhead of each against the bare run it was
+    interleaved with (the same repeat)."""
+    if not mine:
+        return None
+    dag_ids = list(dict.fromkeys(d for r in mine for d in r["dags"]))
+    by_repeat = {r.get("repeat"): r["pipeline_s"] for r in bare}
+    return {
+        "runs": len(mine),
+        "seconds": _median([r["seconds"] for r in mine]),
+        "seconds_each_run": [r["seconds"] for r in mine],
+        "wall_s": _median([r["wall_s"] for r in mine]),
+        "dags": {d: _median([r["dags"].get(d) for r in mine]) for d in dag_ids},
+        "process_peak_mib": _median([r["memory"]["process_peak_mib"] for r in mine]),
+        "postgres_peak_mib": _median([r["memory"]["postgres_peak_mib"] for r in mine]),
+        "load_average": _median([r["load_average"] for r in mine]),
+        "succeeded": all(r["succeeded"] for r in mine),
+        "tiers_equal_contract": all(r["tiers_equal_contract"] for r in mine),
+        # A DAG run that failed did not do the bare run's work (a refused file stops build_marts before dbt, where
+        # the bare pipeline goes on): no overhead from it, and it is left out of the fits and the plot.
+        "overhead": paired_overhead([(by_repeat.get(r.get("repeat")), r["seconds"]) for r in mine
+                                     if r["succeeded"]]),
+        "failed_dags": sorted({d for r in mine for d, state in r.get("dag_states", {}).items() if state != "success"}),
+    }
+
+
+def summarise(runs: list[dict], info: dict, dag_runs: list[dict] | None = None) -> dict:
+    """The medians per size (over its repeats), how time grows between sizes, and the headline ratios; with DAG
+    runs, theirs beside them, the orchestration overhead, and the fitted exponents of time and memory."""
+    dag_runs = dag_runs or []
     sizes = []
     for people in sorted({r["people"] for r in runs}):
         mine = [r for r in runs if r["people"] == people]
@@ -443,6 +668,7 @@ def summarise(runs: list[dict], info: dict) -> dict:
         else:
             entry["pandas"]["words"] = (f"the hand-written loader did not finish within {PANDAS_LIMIT_S:.0f} s "
                                         "(stopped; nothing extrapolated)")
+        entry["dags"] = summarise_dags([d for d in dag_runs if d["people"] == people], mine)
         sizes.append(entry)
     growths = [growth(a["people"], b["people"], a["pipeline_s"], b["pipeline_s"]) for a, b in zip(sizes, sizes[1:], strict=False)]
     stage_growths = [{s: growth(a["people"], b["people"], a["stages"][s], b["stages"][s])["time_ratio"]
@@ -451,7 +677,7 @@ def summarise(runs: list[dict], info: dict) -> dict:
     pseudo = [r["pseudonymisation"] for r in runs if "pseudonymisation" in r]
     pseudonymisation = {k: _median([p[k] for p in pseudo]) for k in pseudo[0]} if pseudo else None
     return {"machine": info, "sizes": sizes, "growth": growths, "stage_growth": stage_growths,
-            "pseudonymisation": pseudonymisation, "runs": runs}
+            "fits": growth_fits(sizes), "pseudonymisation": pseudonymisation, "runs": runs, "dag_runs": dag_runs}
 
 
 def _s(seconds: float | None) -> str:
@@ -466,11 +692,11 @@ def table(summary: dict) -> str:
     head = ["stage"] + [f"{s['people']:,} ({s['runs']} run{'s' if s['runs'] > 1 else ''})" for s in sizes]
     rows = [[GENERATE + " (outside the total)"] + [_s(s["generate_s"]) for s in sizes]]
     rows += [[name] + [_s(s["stages"][name]) for s in sizes] for name in PIPELINE_STAGES]
-    rows.append(["pipeline total"] + [_s(s["pipeline_s"]) for s in sizes])
+    rows.append(["bare pipeline total (the stages above)"] + [_s(s["pipeline_s"]) for s in sizes])
     rows.append(["rows read"] + [f"{s['rows_read']:,}" for s in sizes])
     rows.append(["gates' share"] + [f"{s['gates_share']:.1%}" for s in sizes])
-    rows.append(["peak memory, process + dbt"] + [f"{s['process_peak_mib']:,.0f} MiB" for s in sizes])
-    rows.append(["peak memory, PostgreSQL (PSS)"] + [f"{s['postgres_peak_mib']:,.0f} MiB" for s in sizes])
+    rows.append(["peak memory, bare run processes (RSS)"] + [f"{s['process_peak_mib']:,.0f} MiB" for s in sizes])
+    rows.append(["peak memory, bare run PostgreSQL (PSS)"] + [f"{s['postgres_peak_mib']:,.0f} MiB" for s in sizes])
     rows.append(["staging rows/s (apc, cld, gp_register)"]
                 + [f"{s['ingest_vs_copy']['all']['staging_rows_per_s']:,.0f}" for s in sizes])
     rows.append(["bare COPY rows/s (same rows)"]
@@ -482,15 +708,23 @@ def table(summary: dict) -> str:
     rows.append(["pandas time / platform time"] + [f"{s['pandas']['ratio']:.1f}x" if s["pandas"]["ratio"] else "-"
                                          for s in sizes])
     rows.append(["tiers equal to the contract"] + ["yes" if s["tiers_equal_contract"] else "NO" for s in sizes])
-    rows.append(["mean load average (2 = both cores busy)" if (summary["machine"].get("cores") == 2)
-                 else "mean load average"] + [f"{s['load_average']:.1f}" if s["load_average"] else "-"
-                                              for s in sizes])
+    two = summary["machine"].get("cores") == 2
+    rows.append([("mean load average, bare run (2 = both cores busy)" if two else "mean load average, bare run")]
+                + [f"{s['load_average']:.1f}" if s["load_average"] else "-" for s in sizes])
+    if any(s.get("dags") for s in sizes):
+        rows += dag_rows(sizes)
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=False)))
              for r in [head, *rows]]
     lines.insert(1, "-" * len(lines[0]))
     for g in summary["growth"]:
         lines.append(f"{g['from']:,} -> {g['to']:,} people: {g['words']} (time ~ people^{g['exponent']:.2f})")
+    fits = summary.get("fits") or []
+    if fits:
+        lines.append(f"growth, fitted a * people^k (least squares on log-log; k > {SUPERLINEAR:g} is superlinear):")
+        lines += [f"  {fit_words(f)}" for f in fits]
+        superlinear = [f"{f['what']} ({f['run']})" for f in fits if f["superlinear"]]
+        lines.append("  superlinear: " + (", ".join(superlinear) if superlinear else "nothing"))
     for s in summary["sizes"]:
         lines.append(f"{s['people']:,}: staging {s['ingest_vs_copy']['words']}; {s['pandas']['words']}")
     p = summary["pseudonymisation"]
@@ -499,6 +733,36 @@ def table(summary: dict) -> str:
                      f"{p['bare_hmac_per_s']:,.0f}/s ({p['pseudonymise_ratio_to_hmac']:.1f}x its time); with the "
                      f"vault {p['pseudonymise_and_vault_per_s']:,.0f}/s ({p['pseudonymise_and_vault_ratio_to_hmac']:.1f}x)")
     return "\n".join(lines)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.1%}"
+
+
+def dag_rows(sizes: list[dict]) -> list[list[str]]:
+    """The DAG runs' rows of the table, beside the bare pipeline's: their time (the run's own, and each DAG's),
+    the overhead, the whole command, their peak memory and the load they ran under."""
+    def each(key, show):
+        return [show(s["dags"].get(key)) if s.get("dags") else "-" for s in sizes]
+
+    dag_ids = list(dict.fromkeys(d for s in sizes if s.get("dags") for d in s["dags"]["dags"]))
+    rows = [["DAGs: pophealth run --landing (its own time)"] + each("seconds", _s)]
+    rows += [[f"  DAG {d}"] + [_s(s["dags"]["dags"].get(d)) if s.get("dags") else "-" for s in sizes]
+             for d in dag_ids]
+    rows.append(["orchestration overhead (DAGs / bare - 1)"]
+                + [("- (DAG run failed: " + ", ".join(s["dags"]["failed_dags"]) + ")" if not s["dags"]["succeeded"]
+                    else _pct(s["dags"]["overhead"])) if s.get("dags") else "-" for s in sizes])
+    rows.append(["pophealth run, the whole command"] + each("wall_s", _s))
+    rows.append(["peak memory, DAG run processes (RSS)"] + each("process_peak_mib",
+                                                                 lambda v: f"{v:,.0f} MiB" if v else "-"))
+    rows.append(["peak memory, DAG run PostgreSQL (PSS)"] + each("postgres_peak_mib",
+                                                                  lambda v: f"{v:,.0f} MiB" if v else "-"))
+    rows.append(["DAG run succeeded, tiers equal to the contract"]
+                + [("yes" if s["dags"]["succeeded"] else "NO") + ", " + ("yes" if s["dags"]["tiers_equal_contract"]
+                                                                        else "NO") if s.get("dags") else "-"
+                   for s in sizes])
+    rows.append(["mean load average, DAG run"] + each("load_average", lambda v: f"{v:.1f}" if v else "-"))
+    return rows
 
 
 # --- the plot ------------------------------------------------------------------------------------------------
@@ -583,6 +847,80 @@ def plot(summary: dict) -> str:
     return svg_plot(series, [(s["people"], s["pipeline_s"]) for s in sizes], title)
 
 
+def growth_points(summary: dict) -> list[dict]:
+    """The plot's data: per size, bare and DAGs, the time and the two peak memories (medians)."""
+    points = []
+    for s in summary["sizes"]:
+        for run, figures, seconds in ((BARE, s, s.get("pipeline_s")),
+                                      (DAGS, _comparable_dags(s), _comparable_dags(s).get("seconds"))):
+            if seconds:
+                points.append({"people": s["people"], "run": run, "measure": "time", "value": seconds,
+                               "unit": "seconds", "part": "whole run"})
+            for part, key in (("processes (RSS)", "process_peak_mib"), ("PostgreSQL (PSS)", "postgres_peak_mib")):
+                if figures.get(key):
+                    points.append({"people": s["people"], "run": run, "measure": "peak memory",
+                                   "value": figures[key], "unit": "MiB", "part": part})
+    return points
+
+
+def growth_chart(summary: dict):
+    """Time and peak memory against people, bare and DAGs, log-log (altair): two panels side by side, each line
+    a run (colour) and, for memory, a part (dash); the fitted exponents in the titles."""
+    import altair as alt
+
+    points = growth_points(summary)
+    fits = {(f["what"], f["run"]): f["k"] for f in summary.get("fits") or []}
+
+    def ks(what: str) -> str:
+        found = [f"{run.split(' ')[0]} k={fits[(what, run)]:.2f}" for run in (BARE, DAGS) if (what, run) in fits]
+        return f" ({', '.join(found)})" if found else ""
+
+    info = summary["machine"]
+    x = alt.X("people:Q", scale=alt.Scale(type="log"), title="register population (people, log scale)")
+    colour = alt.Color("run:N", title="run")
+    base = alt.Chart(alt.Data(values=points)).mark_line(point=True)
+    time_panel = base.transform_filter(alt.datum.measure == "time").encode(
+        x=x, y=alt.Y("value:Q", scale=alt.Scale(type="log"), title="time (seconds, log scale)"), color=colour,
+        tooltip=["run:N", "people:Q", "value:Q"]).properties(title="time" + ks("time"), width=380, height=300)
+    memory_panel = base.transform_filter(alt.datum.measure == "peak memory").encode(
+        x=x, y=alt.Y("value:Q", scale=alt.Scale(type="log"), title="peak memory (MiB, log scale)"), color=colour,
+        strokeDash=alt.StrokeDash("part:N", title="memory of", legend=alt.Legend(symbolType="stroke")),
+        tooltip=["run:N", "part:N", "people:Q", "value:Q"],
+    ).properties(title="peak memory" + ks("peak memory, processes"), width=380, height=300)
+    return alt.hconcat(time_panel, memory_panel).properties(
+        title=f"pophealth: bare pipeline and DAGs against population ({info.get('date', '')}, "
+              f"{info.get('cores', '?')} cores)")
+
+
+def write_plot(summary: dict, path: Path) -> list[Path]:
+    """The growth chart to `path`: .svg or .png drawn offline by vl-convert; .html (the JavaScript inlined when
+    vl-convert is there, else loaded from a CDN when opened); .json the Vega-Lite spec. Without vl-convert an
+    .svg/.png is written as .html and .json beside it, and says so."""
+    chart = growth_chart(summary)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import vl_convert  # noqa: F401  (altair's offline renderer)
+
+        offline = True
+    except ImportError:
+        offline = False
+    suffix = path.suffix.lower()
+    if suffix in (".svg", ".png") and not offline:
+        written = [path.with_suffix(".html"), path.with_suffix(".json")]
+        chart.save(written[0])
+        chart.save(written[1])
+        print(f"vl-convert-python is not installed, so no static image: wrote the Vega-Lite chart as {written[0]} "
+              f"(its JavaScript is loaded from a CDN when opened) and its spec as {written[1]}")
+        return written
+    if suffix == ".html":
+        chart.save(path, inline=offline)
+    elif suffix in (".svg", ".png", ".json"):
+        chart.save(path)
+    else:
+        raise SystemExit(f"--plot: a file ending .svg, .png, .html or .json, not {path.name}")
+    return [path]
+
+
 # --- the command -----------------------------------------------------------------------------------------------
 
 def rounded(value):
@@ -603,8 +941,10 @@ def write_outputs(summary: dict, out: Path) -> None:
     (out / "scale.svg").write_text(plot(summary))
 
 
-def run_scale(sizes: list[int], repeats: int, out: Path, note: str = "", work_mem: str | None = None) -> int:
-    """Every size (the small ones `repeats` times), each in a process of its own; then the table, JSON, plot.
+def run_scale(sizes: list[int], repeats: int, out: Path, note: str = "", work_mem: str | None = None,
+              plot_file: Path | None = None) -> int:
+    """Every size: one world generated, then (the small sizes `repeats` times) a bare run and a DAG run,
+    interleaved, each in a process of its own with a fresh POPHEALTH_HOME; then the table, JSON and plots.
 
     `work_mem` (e.g. "256MB") sets PostgreSQL's work_mem for every connection of the runs (libpq's PGOPTIONS:
     the loader, dbt and Great Expectations alike). Before f048af8, with the default 4 MB, the marts gate's
@@ -614,43 +954,90 @@ def run_scale(sizes: list[int], repeats: int, out: Path, note: str = "", work_me
     info["note"] = note or os.environ.get("POPHEALTH_BENCH_NOTE", "")
     info["work_mem"] = work_mem or "PostgreSQL's default (4MB)"
     info["repeats"] = {str(s): (repeats if s < SMALL else 1) for s in sizes}
-    print(f"pophealth scale benchmark: {', '.join(f'{s:,}' for s in sizes)} people; {info['cores']} cores, "
-          f"{info['ram_gib']:g} GiB, {info['cpu_model']}; load average {info['load_average_at_start'][0]:.1f}",
-          flush=True)
+    print(f"pophealth scale benchmark: {', '.join(f'{s:,}' for s in sizes)} people, bare pipeline and DAGs "
+          f"interleaved; {info['cores']} cores, {info['ram_gib']:g} GiB, {info['cpu_model']}; load average "
+          f"{' / '.join(f'{v:.1f}' for v in info['load_average_at_start'])} (1, 5, 15 min)", flush=True)
     for busy in info["busy_processes_at_start"]:
         print(f"  beside it: {busy}", flush=True)
     runs: list[dict] = []
+    dag_runs: list[dict] = []
     failed = []
+
+    def save() -> None:  # what is measured so far, in case a later size does not finish
+        if runs:
+            write_outputs(summarise(runs, info, dag_runs), out)
+
     with tempfile.TemporaryDirectory(prefix="pophealth-scale-") as tmp:
         for size in sizes:
+            folder = Path(tmp) / str(size)
+            landing = folder / "landing"
+            folder.mkdir()
+            generated = folder / "generated.json"
+            proc = subprocess.run([sys.executable, "-m", "benchmarks.scale", "--generate", "--size", str(size),
+                                   "--landing", str(landing), "--result", str(generated)], cwd=REPO, check=False)
+            if proc.returncode != 0 or not generated.exists():
+                failed.append(size)
+                print(f"[{size:,}] generating the world FAILED (exit {proc.returncode})", flush=True)
+                continue
+            generate_s = json.loads(generated.read_text())["generate_s"]
+            print(f"[{size:,}] world generated in {generate_s:.1f} s (seed 1); load average "
+                  f"{os.getloadavg()[0]:.1f}", flush=True)
             for repeat in range(repeats if size < SMALL else 1):
-                work = Path(tmp) / f"{size}-{repeat}"
+                print(f"[{size:,}] run {repeat + 1}: bare pipeline; load average {os.getloadavg()[0]:.1f}",
+                      flush=True)
+                work = folder / f"bare-{repeat}"
                 work.mkdir()
                 result_file = work / "result.json"
                 env = {**os.environ, "POPHEALTH_HOME": str(work / "state")}
                 if work_mem:
                     env["PGOPTIONS"] = f"{env.get('PGOPTIONS', '')} -c work_mem={work_mem}".strip()
                 cmd = [sys.executable, "-m", "benchmarks.scale", "--size", str(size), "--work", str(work),
-                       "--result", str(result_file), "--pseudo-repeats", "3" if size < SMALL else "0"]
+                       "--landing", str(landing), "--result", str(result_file),
+                       "--pseudo-repeats", "3" if size < SMALL else "0"]
                 proc = subprocess.run(cmd, env=env, cwd=REPO, check=False)
                 if proc.returncode != 0 or not result_file.exists():
                     failed.append(size)
-                    print(f"[{size:,}] run {repeat + 1} FAILED (exit {proc.returncode})", flush=True)
+                    print(f"[{size:,}] bare run {repeat + 1} FAILED (exit {proc.returncode})", flush=True)
                 else:
                     result = json.loads(result_file.read_text())
                     result["repeat"] = repeat + 1
+                    result["generate_s"] = generate_s
                     runs.append(result)
                 shutil.rmtree(work, ignore_errors=True)
-                if runs:  # what is measured so far, in case a later size does not finish
-                    write_outputs(summarise(runs, info), out)
+                save()
+                print(f"[{size:,}] run {repeat + 1}: DAGs; load average {os.getloadavg()[0]:.1f}", flush=True)
+                work = folder / f"dags-{repeat}"
+                work.mkdir()
+                try:
+                    dags = measure_dags(size, landing, work, work_mem)
+                except Exception as exc:  # said, and the other runs still summarised
+                    failed.append(size)
+                    print(f"[{size:,}] DAG run {repeat + 1} FAILED: {exc}", flush=True)
+                else:
+                    dags["repeat"] = repeat + 1
+                    dag_runs.append(dags)
+                    if not dags["succeeded"]:
+                        failed.append(size)
+                        kept = out / f"pophealth-run-{size}-{repeat + 1}.log"
+                        shutil.copy(work / "pophealth-run.log", kept)
+                        print(f"[{size:,}] the DAG run did not succeed: its summary is in {kept}", flush=True)
+                shutil.rmtree(work, ignore_errors=True)
+                save()
+            shutil.rmtree(folder, ignore_errors=True)
     if not runs:
         return 1
-    summary = summarise(runs, info)
+    summary = summarise(runs, info, dag_runs)
     summary["machine"]["load_average_at_end"] = os.getloadavg()
     write_outputs(summary, out)
     print(table(summary))
+    print(f"load average at the end {' / '.join(f'{v:.1f}' for v in os.getloadavg())} (1, 5, 15 min)")
     print(f"wrote {out / 'scale.json'} and {out / 'scale.svg'}")
-    return 0 if not failed and all(s["tiers_equal_contract"] for s in summary["sizes"]) else 1
+    if plot_file:
+        for written in write_plot(summary, plot_file):
+            print(f"wrote {written}")
+    ok = all(s["tiers_equal_contract"] and (s["dags"] is None or s["dags"]["tiers_equal_contract"])
+             for s in summary["sizes"])
+    return 0 if not failed and ok else 1
 
 
 def _worker() -> None:
@@ -658,6 +1045,7 @@ def _worker() -> None:
     parser.add_argument("--size", type=int, required=True)
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--result", type=Path, required=True)
+    parser.add_argument("--landing", type=Path, help="the world to run on (default: generate one in --work)")
     parser.add_argument("--pseudo-repeats", type=int, default=0)
     parser.add_argument("--pandas-limit", type=float, default=PANDAS_LIMIT_S)
     args = parser.parse_args()
@@ -669,21 +1057,35 @@ def _worker() -> None:
     # finally), rather than leave it running without its folder.
     for stop in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(stop, lambda number, frame: sys.exit(128 + number))
-    result = measure(args.size, args.work, args.pseudo_repeats, args.pandas_limit)
+    result = measure(args.size, args.work, args.pseudo_repeats, args.pandas_limit, args.landing)
     args.result.write_text(json.dumps(result))
 
 
-def resummarise(path: Path) -> None:
+def resummarise(path: Path, plot_file: Path | None = None) -> None:
     """Summarise the runs kept in a scale.json again (after a change to the summary, the table or the plot:
-    the measurements are the same), rewriting it and its plot beside it, and print the table."""
+    the measurements are the same), rewriting it and its plot beside it, and print the table; with `plot_file`,
+    draw the growth chart there too."""
     kept = json.loads(path.read_text())
-    summary = summarise(kept["runs"], kept["machine"])
+    summary = summarise(kept["runs"], kept["machine"], kept.get("dag_runs"))
     write_outputs(summary, path.parent)
     print(table(summary))
+    if plot_file:
+        for written in write_plot(summary, plot_file):
+            print(f"wrote {written}")
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--summarise"]:
-        resummarise(Path(sys.argv[2]))
+    if sys.argv[1:2] == ["--summarise"]:  # --summarise SCALE_JSON [--plot FILE]
+        resummarise(Path(sys.argv[2]), Path(sys.argv[4]) if sys.argv[3:4] == ["--plot"] else None)
+    elif sys.argv[1:2] == ["--published-tiers"]:
+        _published_tiers()
+    elif sys.argv[1:2] == ["--generate"]:
+        given = argparse.ArgumentParser(description="generate one size's world (run by --scale)")
+        given.add_argument("--generate", action="store_true")
+        given.add_argument("--size", type=int, required=True)
+        given.add_argument("--landing", type=Path, required=True)
+        given.add_argument("--result", type=Path, required=True)
+        args = given.parse_args()
+        _generate(args.size, args.landing, args.result)
     else:
         _worker()

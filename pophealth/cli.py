@@ -155,6 +155,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _say(f"Warehouse: {db.warehouse_shown()}" + (" (embedded PostgreSQL)" if db.is_embedded() else ""))
     with _still_working("running", every=30.0):
         outcome = run_pipeline(landing, progress=_say)
+    outcome.write()  # outcome.json beside the run's logs: each DAG's state and time, for programs (the benchmark)
     _say(summarise(outcome))
     if outcome.succeeded:
         from pophealth.board_report import synthetic_marker, write_board_report
@@ -183,6 +184,7 @@ def cmd_dag(args: argparse.Namespace) -> int:
     config.remember_landing(landing)
     with _still_working(f"running {args.dag_id}", every=30.0):
         outcome = run_pipeline(landing, dag_ids=(args.dag_id,), progress=_say)
+    outcome.write()
     _say(summarise(outcome))
     return 0 if outcome.succeeded else 1
 

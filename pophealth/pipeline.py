@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -15,6 +16,7 @@ from pophealth.marts import parse_project
 
 INGEST_DAGS = tuple(f"ingest_{feed}" for feed in LOAD_ORDER)
 MARTS_DAG = "build_marts"
+OUTCOME_FILE = "outcome.json"  # in the run's log folder (POPHEALTH_HOME/runs/<started>/)
 
 
 @dataclass
@@ -28,6 +30,23 @@ class PipelineOutcome:
     @property
     def succeeded(self) -> bool:
         return all(d.succeeded for d in self.dags)
+
+    def as_json(self) -> dict:
+        """What the run did, for a program reading it afterwards (the scale benchmark's time per DAG): each DAG's
+        state and seconds. Names, states and times only: nothing of the data."""
+        return {"landing": str(self.landing), "started_at": self.started_at.isoformat(timespec="seconds"),
+                "seconds": round(self.seconds, 3), "succeeded": self.succeeded,
+                "dags": [{"dag_id": d.dag_id, "state": d.state, "run_id": d.run_id, "seconds": round(d.seconds, 3)}
+                         for d in self.dags]}
+
+    def write(self) -> Path:
+        """outcome.json in the run's log folder, whole or absent (`pophealth run` and `pophealth dag` write it)."""
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        path = self.log_dir / OUTCOME_FILE
+        part = path.with_name(f".{OUTCOME_FILE}.part")
+        part.write_text(json.dumps(self.as_json(), indent=1) + "\n")
+        part.replace(path)
+        return path
 
 
 def run_pipeline(landing: Path, dag_ids: tuple[str, ...] = INGEST_DAGS + (MARTS_DAG,),

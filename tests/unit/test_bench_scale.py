@@ -1,6 +1,7 @@
 """The scale benchmark's own logic, without a database: the pyramid it checks, its wording, its plot."""
 
 import xml.etree.ElementTree as ET
+from datetime import UTC
 
 import pytest
 
@@ -119,3 +120,164 @@ def test_the_figures_written_are_rounded_so_no_long_run_of_digits_is_committed()
 
     assert rounded({"copy_rows_per_s": 165289.61236, "runs": [[5.11239, 7]], "cores": 2}) == \
         {"copy_rows_per_s": 165289.612, "runs": [[5.112, 7]], "cores": 2}
+
+
+# --- bare pipeline beside the DAGs: the fit, the overhead, the table (hand-worked numbers) --------------------------
+
+def test_a_power_law_fit_finds_a_straight_line_exactly():
+    from benchmarks.scale import fit_power
+
+    fit = fit_power([1_000, 10_000, 100_000], [2.0, 20.0, 200.0])  # y = 0.002 n: k 1, a 0.002
+    assert fit["k"] == pytest.approx(1.0)
+    assert fit["a"] == pytest.approx(0.002)
+    assert fit["points"] == 3 and fit["superlinear"] is False
+
+
+def test_a_power_law_fit_is_least_squares_on_log_log():
+    from benchmarks.scale import fit_power
+
+    # log10 n = 0, 1, 2 and log10 y = 1, 1, 3: the mean point (1, 5/3); slope = sum dx*dy / sum dx^2
+    # = ((-1)(-2/3) + 0 + (1)(4/3)) / 2 = 1; log10 a = 5/3 - 1 = 2/3. Not through any two of the points.
+    fit = fit_power([1, 10, 100], [10.0, 10.0, 1000.0])
+    assert fit["k"] == pytest.approx(1.0)
+    assert fit["a"] == pytest.approx(10 ** (2 / 3))
+
+
+def test_superlinear_is_above_one_point_one():
+    from benchmarks.scale import fit_power, fit_words
+
+    quadratic = fit_power([10, 100], [1.0, 100.0])
+    assert quadratic["k"] == pytest.approx(2.0) and quadratic["superlinear"] is True
+    # 10x the people, 10^1.1 = 12.59x the time: k 1.1 exactly is not yet superlinear; 13x is
+    assert fit_power([10, 100], [1.0, 10 ** 1.1])["superlinear"] is False
+    assert fit_power([10, 100], [1.0, 13.0])["superlinear"] is True
+    assert "SUPERLINEAR" in fit_words({"what": "time", "run": "bare pipeline", **quadratic})
+    assert "less than linear" in fit_words({"what": "time", "run": "bare pipeline",
+                                            **fit_power([10, 100], [1.0, 5.0])})
+
+
+@pytest.mark.parametrize("people, values", [([1_000], [2.0]), ([1_000, 1_000], [2.0, 3.0]),
+                                            ([1_000, 10_000], [2.0, 0.0])])
+def test_a_fit_needs_two_sizes_with_a_value(people, values):
+    from benchmarks.scale import fit_power
+
+    with pytest.raises(ValueError, match="two or more distinct sizes"):
+        fit_power(people, values)
+
+
+def test_the_overhead_is_dags_over_bare_minus_one_paired_by_repeat():
+    from benchmarks.scale import overhead, paired_overhead
+
+    assert overhead(100.0, 130.0) == pytest.approx(0.30)
+    assert overhead(80.0, 60.0) == pytest.approx(-0.25)
+    # pairs run one after the other: 30%, 25%, 50%; the median pair is 30%, not 400/300 - 1 = 33.3%
+    assert paired_overhead([(100.0, 130.0), (120.0, 150.0), (80.0, 120.0)]) == pytest.approx(0.30)
+    assert paired_overhead([(None, 130.0)]) is None
+
+
+def _dag_run(people: int, bare_s: float, dags_s: float, repeat: int = 1) -> dict:
+    return {"people": people, "repeat": repeat, "seconds": dags_s, "wall_s": dags_s + 5.0,
+            "dags": {"ingest_gp_register": dags_s * 0.25, "ingest_apc": dags_s * 0.25, "build_marts": dags_s * 0.5},
+            "memory": {"process_peak_mib": 1_000.0 * (people / 10_000), "postgres_peak_mib": 100.0},
+            "load_average": 3.0, "succeeded": True, "tiers_equal_contract": True}
+
+
+def test_the_summary_and_table_set_the_dags_beside_the_bare_pipeline():
+    # bare: _run's stages add up to scale * (1 + 2 + ... + 11) = 66 * scale seconds
+    bare = [_run(10_000, 1.0), _run(100_000, 10.0)]
+    bare[0]["repeat"] = bare[1]["repeat"] = 1
+    dags = [_dag_run(10_000, 66.0, 85.8), _dag_run(100_000, 660.0, 2_574.0)]  # +30% and +290%
+    summary = summarise(bare, {"cores": 2, "ram_gib": 23.5, "date": "2026-12-04", "cpu_model": "x"}, dags)
+    small, large = summary["sizes"]
+    assert small["pipeline_s"] == pytest.approx(66.0)
+    assert small["dags"]["overhead"] == pytest.approx(0.30)
+    assert large["dags"]["overhead"] == pytest.approx(2.90)
+    assert small["dags"]["dags"]["build_marts"] == pytest.approx(42.9)
+    fits = {(f["what"], f["run"]): f for f in summary["fits"]}
+    assert fits[("time", "bare pipeline")]["k"] == pytest.approx(1.0)             # 10x the people, 10x the time
+    assert fits[("time", "DAGs (pophealth run)")]["k"] == pytest.approx(1.477, abs=1e-3)  # log10(30)
+    assert fits[("time", "DAGs (pophealth run)")]["superlinear"] is True
+    assert fits[("peak memory, processes", "bare pipeline")]["k"] == pytest.approx(0.0)  # 400 MiB at both sizes
+    assert fits[("peak memory, processes", "DAGs (pophealth run)")]["k"] == pytest.approx(1.0)
+    printed = table(summary)
+    assert "orchestration overhead (DAGs / bare - 1)" in printed
+    assert "+30.0%" in printed and "+290.0%" in printed
+    for dag in ("DAG ingest_gp_register", "DAG ingest_apc", "DAG build_marts"):
+        assert dag in printed
+    assert "time, DAGs (pophealth run): ~ people^1.48 over 2 sizes (SUPERLINEAR)" in printed
+    assert "superlinear: time (DAGs (pophealth run))" in printed
+    assert "mean load average, DAG run" in printed
+
+
+def test_a_summary_without_dag_runs_prints_no_dag_rows():
+    summary = summarise([_run(14_387, 1.0)], {"cores": 2, "ram_gib": 23.5, "date": "2026-11-30", "cpu_model": "x"})
+    assert summary["sizes"][0]["dags"] is None and summary["fits"] == []
+    assert "orchestration overhead" not in table(summary)
+
+
+def test_the_growth_chart_is_log_log_with_bare_and_dags():
+    from benchmarks.scale import growth_chart, growth_points
+
+    bare = [_run(10_000, 1.0), _run(100_000, 10.0)]
+    summary = summarise(bare, {"cores": 2, "date": "2026-12-04"}, [_dag_run(10_000, 66.0, 85.8)])
+    points = growth_points(summary)
+    times = {(p["run"], p["people"]): p["value"] for p in points if p["measure"] == "time"}
+    assert times == {("bare pipeline", 10_000): pytest.approx(66.0), ("bare pipeline", 100_000): pytest.approx(660.0),
+                     ("DAGs (pophealth run)", 10_000): pytest.approx(85.8)}
+    spec = growth_chart(summary).to_dict()
+    for panel in spec["hconcat"]:
+        assert panel["encoding"]["x"]["scale"]["type"] == "log"
+        assert panel["encoding"]["y"]["scale"]["type"] == "log"
+    assert "k=1.00" in spec["hconcat"][0]["title"]
+
+
+def test_the_run_writes_its_own_outcome_with_each_dags_time(tmp_path):
+    import json
+    from datetime import datetime
+
+    from pophealth.airflow_runner import DagOutcome
+    from pophealth.pipeline import OUTCOME_FILE, PipelineOutcome
+
+    outcome = PipelineOutcome(landing=tmp_path / "landing", log_dir=tmp_path / "runs" / "x",
+                              started_at=datetime(2026, 12, 4, 16, 0, tzinfo=UTC), seconds=12.34567,
+                              dags=[DagOutcome("ingest_apc", "success", "r1", 5.0, tmp_path / "a.log"),
+                                    DagOutcome("build_marts", "failed", "r2", 7.25, tmp_path / "b.log")])
+    written = json.loads(outcome.write().read_text())
+    assert outcome.write().name == OUTCOME_FILE
+    assert written == {"landing": str(tmp_path / "landing"), "started_at": "2026-12-04T16:00:00+00:00",
+                       "seconds": 12.346, "succeeded": False,
+                       "dags": [{"dag_id": "ingest_apc", "state": "success", "run_id": "r1", "seconds": 5.0},
+                                {"dag_id": "build_marts", "state": "failed", "run_id": "r2", "seconds": 7.25}]}
+    assert not list((tmp_path / "runs" / "x").glob(".*.part"))
+
+
+def test_the_dag_run_is_keyed_as_the_demo_is_with_files_and_no_key_in_the_environment(tmp_path):
+    from benchmarks.scale import demo_keyed_env
+    from pophealth.keys import ALL_KEYS
+
+    given = {"POPHEALTH_LINKAGE_KEY": "ab" * 32, "POPHEALTH_VAULT_PRIVATE_KEY": "cd" * 32,
+             "POPHEALTH_HOME": "/elsewhere", "POPHEALTH_LANDING_DIR": "/elsewhere/landing", "PATH": "/usr/bin"}
+    env = demo_keyed_env(tmp_path / "home", given)
+    assert env["POPHEALTH_HOME"] == str(tmp_path / "home") and env["PATH"] == "/usr/bin"
+    assert "POPHEALTH_LINKAGE_KEY" not in env and "POPHEALTH_LANDING_DIR" not in env
+    assert not any("PRIVATE" in name for name in env)
+    for source, file_name in ALL_KEYS:
+        key_file = env[source.env_file]
+        assert key_file.endswith(file_name) and source.env not in env
+        assert len(open(key_file).read().strip()) == 64
+    assert demo_keyed_env(tmp_path / "home", given) == env  # the same home keeps its keys
+
+
+def test_a_failed_dag_run_gives_no_overhead_and_stays_out_of_the_fits():
+    bare = [{**_run(10_000, 1.0), "repeat": 1}, {**_run(20_000, 2.0), "repeat": 1},
+            {**_run(100_000, 10.0), "repeat": 1}]
+    failed = _dag_run(10_000, 66.0, 50.0)
+    failed.update(succeeded=False, tiers_equal_contract=False,
+                  dag_states={"ingest_apc": "failed", "build_marts": "failed", "ingest_cld": "success"})
+    dags = [failed, _dag_run(20_000, 132.0, 264.0), _dag_run(100_000, 660.0, 1_320.0)]
+    summary = summarise(bare, {"cores": 2, "date": "2026-12-04"}, dags)
+    assert summary["sizes"][0]["dags"]["overhead"] is None
+    assert summary["sizes"][1]["dags"]["overhead"] == pytest.approx(1.0)
+    fit = next(f for f in summary["fits"] if f["what"] == "time" and f["run"] == "DAGs (pophealth run)")
+    assert fit["points"] == 2 and fit["k"] == pytest.approx(1.0)  # 264 s -> 1,320 s for 5x the people
+    assert "- (DAG run failed: build_marts, ingest_apc)" in table(summary)
