@@ -7,6 +7,13 @@ birth month `8`).
 The tests marked `cluster` (tests/integration/test_cluster.py: the deployment's topology brought up on this
 machine's servers) run in the test command when Debian's PostgreSQL server and redis-server are present (./dev.sh
 test installs them when it may, as it installs Chromium); without them they are skipped, saying which is missing.
+
+The test command runs the tests on several processes (pytest-xdist, ./dev.sh test: `--dist loadgroup`). A world
+that is expensive to build (a module's or the session's warehouse, a DAG run, a dbt build) is built by fixtures
+of module or session scope; every test that uses one is put in the same group (`xdist_group`), so that one process
+runs them all, in the file's order, and the world is built once, as in a serial run. The cluster tests, the
+longest single group and the only one on fixed ports, are sent first, to one process, and the rest run beside
+them. `./dev.sh test -n 0` runs serially, in the same order.
 """
 
 from __future__ import annotations
@@ -31,7 +38,56 @@ def cluster_servers_missing() -> list[str]:
     return missing + ([] if shutil.which("redis-server") else ["redis-server"])
 
 
+def _shared_world(item: pytest.Item) -> tuple[str, str] | None:
+    """The widest project fixture above function scope that `item` uses, as (scope, name), or None. A fixture of
+    the project is one defined under tests/ (pytest's own, such as tmp_path_factory, are per process anyway)."""
+    widest = None
+    for defs in item._fixtureinfo.name2fixturedefs.values():
+        for fixturedef in defs:
+            if fixturedef.scope not in ("module", "package", "session"):
+                continue
+            if not getattr(fixturedef.func, "__module__", "").startswith("tests."):
+                continue
+            if widest is None or fixturedef.scope == "session":
+                widest = (fixturedef.scope, fixturedef.argname)
+    return widest
+
+
+def group_for_processes(items: list[pytest.Item]) -> dict[str, str]:
+    """The xdist group of each test module that builds an expensive world, by module path. A module that uses a
+    session world (the end-to-end `world`) goes with every other module that uses it: the modules change that
+    world in turn (test_web_ui delivers a file again for the tests after it), so they keep the serial order, on
+    one process. A module with a module-scoped world is its own group; the rest are spread test by test."""
+    groups: dict[str, str] = {}
+    for item in items:
+        module = item.nodeid.split("::", 1)[0]
+        if item.get_closest_marker("cluster"):
+            groups[module] = "cluster"
+            continue
+        world = _shared_world(item)
+        if world is None:
+            continue
+        scope, name = world
+        if scope == "session":
+            groups[module] = f"session-{name}"
+        else:
+            groups.setdefault(module, module)
+    return groups
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups (its own hook appends them to the test ids)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    groups = group_for_processes(items)
+    for item in items:
+        group = groups.get(item.nodeid.split("::", 1)[0])
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+    # xdist hands out the groups in this order (`--no-loadscope-reorder`): the cluster first (the longest single
+    # item), then the other worlds, then the tests that share nothing, which fill the processes' ends evenly.
+    # A stable sort: within each, the files' own order.
+    items.sort(key=lambda item: 0 if item.get_closest_marker("cluster") else
+               1 if groups.get(item.nodeid.split("::", 1)[0]) else 2)
+
     cluster = [item for item in items if item.get_closest_marker("cluster")]
     missing = cluster_servers_missing() if cluster else []
     if missing:
