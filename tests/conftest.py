@@ -54,7 +54,7 @@ def _shared_world(item: pytest.Item) -> tuple[str, str] | None:
 
 
 def group_for_processes(items: list[pytest.Item]) -> dict[str, str]:
-    """The xdist group of each test module that builds an expensive world, by module path. A module that uses a
+    """The process group of each test module that builds an expensive world, by module path. A module that uses a
     session world (the end-to-end `world`) goes with every other module that uses it: the modules change that
     world in turn (test_web_ui delivers a file again for the tests after it), so they keep the serial order, on
     one process. A module with a module-scoped world is its own group; the rest are spread test by test."""
@@ -75,18 +75,30 @@ def group_for_processes(items: list[pytest.Item]) -> dict[str, str]:
     return groups
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups (its own hook appends them to the test ids)
+def _in_group(item: pytest.Item, group: str) -> None:
+    """Put `item` in an xdist group. xdist's loadgroup reads a test's group from a suffix of its id (`id@group`);
+    xdist 3.8 writes that suffix from `xdist_group` marks into an attribute pytest 9.2 no longer reads
+    (`item._nodeid`; pytest 9.2 keeps the id in `item._id`), so without this every test is on its own and each
+    process that gets one of a module's tests builds the module's world again (the cluster test, on fixed ports,
+    then collides with itself). tests/unit/test_test_processes.py holds this to what the processes really do."""
+    if not item.nodeid.endswith(f"@{group}"):
+        item._id = type(item._id).parse(f"{item.nodeid}@{group}")
+
+
+# Last: after -k, -m and --deselect have chosen the tests by their own ids.
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     groups = group_for_processes(items)
-    for item in items:
-        group = groups.get(item.nodeid.split("::", 1)[0])
-        if group is not None:
-            item.add_marker(pytest.mark.xdist_group(group))
     # xdist hands out the groups in this order (`--no-loadscope-reorder`): the cluster first (the longest single
     # item), then the other worlds, then the tests that share nothing, which fill the processes' ends evenly.
     # A stable sort: within each, the files' own order.
     items.sort(key=lambda item: 0 if item.get_closest_marker("cluster") else
                1 if groups.get(item.nodeid.split("::", 1)[0]) else 2)
+    if getattr(config.option, "loadgroup", False):  # set on xdist's test processes under --dist loadgroup
+        for item in items:
+            group = groups.get(item.nodeid.split("::", 1)[0])
+            if group is not None:
+                _in_group(item, group)
 
     cluster = [item for item in items if item.get_closest_marker("cluster")]
     missing = cluster_servers_missing() if cluster else []
