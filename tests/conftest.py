@@ -89,11 +89,15 @@ def _in_group(item: pytest.Item, group: str) -> None:
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     groups = group_for_processes(items)
-    # xdist hands out the groups in this order (`--no-loadscope-reorder`): the cluster first (the longest single
-    # item), then the other worlds, then the tests that share nothing, which fill the processes' ends evenly.
-    # A stable sort: within each, the files' own order.
-    items.sort(key=lambda item: 0 if item.get_closest_marker("cluster") else
-               1 if groups.get(item.nodeid.split("::", 1)[0]) else 2)
+    # xdist hands out the groups in this order (`--no-loadscope-reorder`): the longest first, so that they start
+    # at once side by side: the cluster, then the session's world (the end-to-end run and every module that
+    # works on it, one after the other), then the modules' worlds, then the tests that share nothing, which fill
+    # the processes' ends evenly. A stable sort: within each, the files' own order.
+    def rank(item: pytest.Item) -> int:
+        group = groups.get(item.nodeid.split("::", 1)[0])
+        return 0 if group == "cluster" else 1 if group and group.startswith("session-") else 2 if group else 3
+
+    items.sort(key=rank)
     if getattr(config.option, "loadgroup", False):  # set on xdist's test processes under --dist loadgroup
         for item in items:
             group = groups.get(item.nodeid.split("::", 1)[0])

@@ -123,8 +123,9 @@ def test_without_processes_the_tests_run_serially_in_the_same_groups_order(tmp_p
     assert {process for process, _ in lines} == {"serial"}
     reported = [line.split(" ")[0] for line in run.stdout.splitlines() if line.startswith("tests/")]
     assert not any("@" in r for r in reported), reported  # the ids are the tests' own
-    # the cluster first, then the worlds in the files' order, then the tests that share nothing
+    # the cluster first, then the session's world, then the module's, each in the files' order, then the tests
+    # that share nothing
     assert reported[0].startswith("tests/test_e_cluster.py::test_cluster[0]"), reported
-    worlds = [r for r in reported if "world" in r]
-    assert reported[3:3 + len(worlds)] == worlds, reported
-    assert all("test_a_alone" in r for r in reported[3 + len(worlds):]), reported
+    assert [r.split("::")[0].split("_", 2)[-1] for r in reported[3:15]] == (
+        ["session_one.py"] * 3 + ["session_two.py"] * 3 + ["module_world.py"] * 6), reported
+    assert all("test_a_alone" in r for r in reported[15:]), reported
