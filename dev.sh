@@ -63,7 +63,13 @@ shift || true
 case "$command" in
   setup) setup; exec .venv/bin/pophealth setup "$@" ;;
   demo) setup; exec .venv/bin/pophealth run "$@" ;;
-  test) setup; ensure_chromium; ensure_cluster_servers; exec .venv/bin/python -m pytest "$@" ;;
+  # Several test processes (pytest-xdist): most tests wait on subprocesses, PostgreSQL and Airflow, so more
+  # processes than cores pay (measured on 2 cores, issue 19). loadgroup keeps each expensive world on one process
+  # (tests/conftest.py groups them and puts the cluster first). `./dev.sh test -n 0` runs serially; any argument
+  # given overrides these. The 25 slowest tests and fixtures are listed at the end, so every log shows the time.
+  test) setup; ensure_chromium; ensure_cluster_servers
+        exec .venv/bin/python -m pytest -n "${POPHEALTH_TEST_PROCESSES:-3}" --dist loadgroup --no-loadscope-reorder \
+          --durations=25 "$@" ;;
   bench) setup; exec .venv/bin/python -m benchmarks "$@" ;;
   cluster) setup; ensure_cluster_servers; exec .venv/bin/pophealth cluster "$@" ;;
   pophealth) setup; exec .venv/bin/pophealth "$@" ;;

@@ -53,7 +53,9 @@ class World:
     def world(self) -> dict:
         return json.loads((self.answer_key / "world.json").read_text())
 
-    def pophealth(self, *args: str, check: bool = False, timeout: int = 1500) -> subprocess.CompletedProcess:
+    # The timeout only catches a hang: the whole run of the DAGs on 2,000 people, beside the test command's other
+    # processes on a shared 2-core machine, once took more than 25 minutes (issue 19), so an hour.
+    def pophealth(self, *args: str, check: bool = False, timeout: int = 3600) -> subprocess.CompletedProcess:
         proc = subprocess.run([sys.executable, "-m", "pophealth.cli", *args], env=self.env, capture_output=True,
                               text=True, timeout=timeout)
         if check and proc.returncode != 0:

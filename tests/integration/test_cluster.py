@@ -35,7 +35,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.cluster]
 POPULATION = int(os.environ.get("POPHEALTH_CLUSTER_TEST_POPULATION") or 300)
 SEED = int(os.environ.get("POPHEALTH_CLUSTER_TEST_SEED") or 20241)
 FAULTS = os.environ.get("POPHEALTH_CLUSTER_TEST_FAULTS", "1") != "0"
-PORT_OFFSET = "1000"  # beside a cluster someone runs with the default ports
+# Beside a cluster someone runs with the default ports; another offset (POPHEALTH_CLUSTER_TEST_PORT_OFFSET) beside
+# another run of this test on the same machine (the ports are fixed: only one test process runs this module).
+PORT_OFFSET = os.environ.get("POPHEALTH_CLUSTER_TEST_PORT_OFFSET") or "1000"
 
 
 @dataclass

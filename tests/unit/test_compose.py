@@ -147,8 +147,10 @@ def _commands():
             yield name, part.split()
 
 
-def test_every_airflow_and_pophealth_subcommand_exists():
-    env = {**os.environ, "AIRFLOW_HOME": str(REPO / ".pophealth" / "compose-check"),
+def test_every_airflow_and_pophealth_subcommand_exists(tmp_path):
+    # Airflow writes its config into its home: the test's own folder, not the repository's .pophealth/, which the
+    # demo uses and another run on the same checkout might be writing at the same moment.
+    env = {**os.environ, "AIRFLOW_HOME": str(tmp_path / "compose-check"),
            "AIRFLOW__CORE__LOAD_EXAMPLES": "False"}
     checked = 0
     for name, words in _commands():
