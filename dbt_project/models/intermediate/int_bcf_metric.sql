@@ -15,6 +15,17 @@ frame as (
     cross join {{ ref('int_geography') }} as geography
 ),
 
+-- Each contribution once in each geography it counts in (the macro in_geography's rule: the whole area, its
+-- council, its locality; int_geography's area is 'area'), so that counted joins the frame on equal keys
+-- rather than testing every frame of a metric against every contribution (issue 19).
+contribution_in_geography as (
+    select contributions.*, geography.geography_level, geography.geography_code
+    from contributions
+    cross join lateral (
+        values ('area', 'area'), ('local_authority', contributions.la_code), ('locality', contributions.locality_code)
+    ) as geography (geography_level, geography_code)
+),
+
 counted as (
     select
         frame.metric_code, frame.period_type, frame.period_start, frame.geography_level, frame.geography_code,
@@ -25,10 +36,11 @@ counted as (
         coalesce(sum(contributions.denominator), 0) as contributed_denominator,
         count(contributions.person_key) as records
     from frame
-    left join contributions
+    left join contribution_in_geography as contributions
         on contributions.metric_code = frame.metric_code
+        and contributions.geography_level = frame.geography_level
+        and contributions.geography_code = frame.geography_code
         and contributions.event_date between frame.period_start and frame.period_end
-        and {{ in_geography('frame', 'contributions.locality_code', 'contributions.la_code') }}
     group by frame.metric_code, frame.period_type, frame.period_start, frame.geography_level,
         frame.geography_code, frame.counts_people
 )
