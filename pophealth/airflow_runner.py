@@ -183,10 +183,7 @@ def _child(log_dir: Path, dag_ids: list[str]) -> int:
             sys.stdout.flush()
             sys.stderr.flush()
         result["seconds"] = time.monotonic() - started
-        result_file = log_dir / f"{dag_id}.result.json"
-        written = result_file.with_name(f".{result_file.name}.part")
-        written.write_text(json.dumps(result))
-        written.replace(result_file)  # whole or absent
+        config.write_whole(log_dir / f"{dag_id}.result.json", json.dumps(result))
     return 0
 
 

@@ -128,3 +128,12 @@ def remembered_landing() -> Path | None:
     except OSError:
         return None
     return Path(value) if value else None
+
+
+def write_whole(path: Path, text: str) -> None:
+    """Write a file whole or not at all: beside it under a hidden name, then renamed over it, so a reader (another
+    process polling for it) never sees half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    part = path.with_name(f".{path.name}.part")
+    part.write_text(text)
+    part.replace(path)

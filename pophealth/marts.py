@@ -104,11 +104,7 @@ def _keep_built_manifest(built: Path) -> None:
     text = built.read_text()
     for schema in PUBLISHED:
         text = text.replace(f'"{schema}{CANDIDATE}"', f'"{schema}"').replace(f"{schema}{CANDIDATE}", schema)
-    target = built_manifest_path()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    written = target.with_name(f".{target.name}.part")
-    written.write_text(text)
-    written.replace(target)  # whole or absent
+    config.write_whole(built_manifest_path(), text)
 
 
 def _tail(text: str, lines: int = 15) -> str:

@@ -41,11 +41,8 @@ class PipelineOutcome:
 
     def write(self) -> Path:
         """outcome.json in the run's log folder, whole or absent (`pophealth run` and `pophealth dag` write it)."""
-        self.log_dir.mkdir(parents=True, exist_ok=True)
         path = self.log_dir / OUTCOME_FILE
-        part = path.with_name(f".{OUTCOME_FILE}.part")
-        part.write_text(json.dumps(self.as_json(), indent=1) + "\n")
-        part.replace(path)
+        config.write_whole(path, json.dumps(self.as_json(), indent=1) + "\n")
         return path
 
 
