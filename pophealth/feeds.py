@@ -193,9 +193,9 @@ def _linkage(row: dict[str, str], unreduced: dict[str, str] | None) -> tuple[Nhs
 
 
 def _counted(ctx: RowContext, check: NhsNumberCheck, person: str | None) -> tuple[str | None, str]:
-    """person_id (or None) and the NHS number check as stored, counting. A person with an opt-out is loaded
-    like anyone (their own care may use it: direct_care); the marts build leaves them out of every secondary
-    use under the list in force then. Here they are only counted, for the load audit."""
+    """nhs_number_key (the row's person_id, or None) and the NHS number check as stored, counting. A person with
+    an opt-out is loaded like anyone (their own care may use it: direct_care); the marts build leaves them out of
+    every secondary use under the list in force then. Here they are only counted, for the load audit."""
     if person is None:
         ctx.counters["unlinked"] += 1
         return None, check.value
@@ -272,11 +272,11 @@ def gp_register_row(row: dict[str, str], ctx: RowContext) -> tuple:
     if person is None:
         raise RowProblem(_identity_column(row, unreduced),
                          "NHS number missing or invalid, and the register has no local id to follow")
-    person_id, check_stored = _counted(ctx, check, person)
+    nhs_number_key, check_stored = _counted(ctx, check, person)
     birth_year, birth_month = _birth(row, ctx, unreduced)
     lsoa, locality = _area(row, ctx, unreduced)
     return (
-        person_id, check_stored, birth_year, birth_month, _text(row, "sex"), lsoa, locality,
+        nhs_number_key, check_stored, birth_year, birth_month, _text(row, "sex"), lsoa, locality,
         _text(row, "gp_practice_code"), _date(row, "registration_start_date"),
         _date(row, "registration_end_date"), _date(row, "date_of_death"),
     )
@@ -298,11 +298,11 @@ def apc_row(row: dict[str, str], ctx: RowContext) -> tuple:
     if epiorder < 1:
         raise RowProblem("epiorder", "epiorder must be 1 or more")
     admimeth = _required(row, "admimeth").upper()
-    person_id, check = _counted(ctx, *_linkage(row, unreduced))
+    nhs_number_key, check = _counted(ctx, *_linkage(row, unreduced))
     birth_year, birth_month = _birth(row, ctx, unreduced)
     lsoa, locality = _area(row, ctx, unreduced)
     return (
-        person_id, check, episode_key, spell_key,
+        nhs_number_key, check, episode_key, spell_key,
         _text(row, "nhs_number_status"), birth_year, birth_month, _text(row, "sex"), lsoa, locality,
         _text(row, "gp_practice_code"), procode, admidate, _date(row, "disdate"), epistart, _date(row, "epiend"),
         epiorder, admimeth, _text(row, "admisorc"), _text(row, "disdest"), _text(row, "dismeth"),
@@ -320,15 +320,15 @@ def cld_row(row: dict[str, str], ctx: RowContext) -> tuple:
     la_code = _required(row, "la_code").upper()
     if ctx.provider and la_code != ctx.provider:
         raise RowProblem("la_code", "LA_Code differs from the council in the file name")
-    person_key = _local_key(row, ctx, unreduced, "la_person_unique_identifier", la_code, "person")
+    la_person_key = _local_key(row, ctx, unreduced, "la_person_unique_identifier", la_code, "person")
     period_end = _date(row, "reporting_period_end_date", required=True)
     event_type = _required(row, "event_type")
     event_start = _date(row, "event_start_date", required=True)
-    person_id, check = _counted(ctx, *_linkage(row, unreduced))
+    nhs_number_key, check = _counted(ctx, *_linkage(row, unreduced))
     birth_year, birth_month = _birth(row, ctx, unreduced)
     lsoa, locality = _area(row, ctx, unreduced)
     return (
-        person_id, check, person_key, la_code,
+        nhs_number_key, check, la_person_key, la_code,
         _date(row, "reporting_period_start_date"), period_end, _text(row, "client_type"), _text(row, "gender"),
         _text(row, "ethnicity"), birth_year, birth_month, _date(row, "date_of_death"), lsoa, locality,
         _text(row, "primary_support_reason"), _text(row, "accommodation_status"), event_type,
@@ -396,13 +396,13 @@ class Feed:
 FEED_SPECS: dict[str, Feed] = {
     "gp_register": Feed(
         "gp_register", FORMS["gp_register"].columns, (), "raw.gp_register",
-        ("person_id", "nhs_number_check", "birth_year", "birth_month", "sex", "lsoa_code", "locality_code",
+        ("nhs_number_key", "nhs_number_check", "birth_year", "birth_month", "sex", "lsoa_code", "locality_code",
          "gp_practice_code", "registration_start_date", "registration_end_date", "date_of_death"),
         gp_register_row, personal=True,
     ),
     "apc": Feed(
         "apc", FORMS["apc"].columns, (), "raw.apc_episode",
-        ("person_id", "nhs_number_check", "episode_key", "spell_key", "nhs_number_status", "birth_year",
+        ("nhs_number_key", "nhs_number_check", "episode_key", "spell_key", "nhs_number_status", "birth_year",
          "birth_month", "sex", "lsoa_code", "locality_code", "gp_practice_code", "procode", "admidate", "disdate",
          "epistart", "epiend", "epiorder", "admimeth", "admisorc", "disdest", "dismeth", "classpat", "mainspef",
          "tretspef", *DIAG_COLUMNS, "discharge_ready_date"),
@@ -410,7 +410,7 @@ FEED_SPECS: dict[str, Feed] = {
     ),
     "cld": Feed(
         "cld", FORMS["cld"].columns, (), "raw.cld_event",
-        ("person_id", "nhs_number_check", "la_person_key", "la_code", "reporting_period_start_date",
+        ("nhs_number_key", "nhs_number_check", "la_person_key", "la_code", "reporting_period_start_date",
          "reporting_period_end_date", "client_type", "gender", "ethnicity", "birth_year", "birth_month",
          "date_of_death", "lsoa_code", "locality_code", "primary_support_reason", "accommodation_status",
          "event_type", "event_reference", "event_start_date", "event_end_date", "event_outcome",
@@ -419,7 +419,7 @@ FEED_SPECS: dict[str, Feed] = {
         cld_row, personal=True,
     ),
     "optouts": Feed(
-        "optouts", FORMS["optouts"].columns, (), "restricted.optout", ("person_id",), optout_row,
+        "optouts", FORMS["optouts"].columns, (), "restricted.optout", ("nhs_number_key",), optout_row,
         personal=False, replaces_whole_table=True,
     ),
     "ref_postcode_lookup": Feed(

@@ -1,6 +1,6 @@
 """The platform's keys, where they come from, and the refusal to go on without them (fail closed).
 
-- The **linkage key** makes the transit pseudonyms (`person_id` in raw, and the local pseudonyms). Every
+- The **linkage key** makes the transit pseudonyms (`nhs_number_key` in raw, and the local pseudonyms). Every
   source that pseudonymises on its own premises holds it too, so anything made with it alone can be
   reversed by a source (hash every NHS number): it never leaves raw.
 - The **vault key pair** (X25519) encrypts the re-identification vault (transit pseudonym -> NHS number).

@@ -32,8 +32,9 @@ from pophealth.feeds import FEED_SPECS
 log = logging.getLogger("pophealth")
 
 PUBLISHED_SCHEMAS = ("marts", "reporting", "direct_care")
-#: Local identifiers become keyed pseudonyms under another name (pophealth/feeds.py).
-PSEUDONYM_OF = {"episode_key": "epikey", "spell_key": "spell_id", "la_person_key": "la_person_unique_identifier"}
+#: The NHS number and local identifiers become keyed pseudonyms under another name (pophealth/feeds.py).
+PSEUDONYM_OF = {"nhs_number_key": "nhs_number", "episode_key": "epikey", "spell_key": "spell_id",
+                "la_person_key": "la_person_unique_identifier"}
 #: Columns the loader adds: they come from the file as a whole, not from a column of it.
 LOAD_COLUMNS = ("load_id", "source_row", "key_version", "loaded_at")
 FILE = "(the file)"

@@ -271,7 +271,7 @@ def _optout_set(conn: psycopg.Connection, key_version: str) -> frozenset[str]:
             f"the opt-out list in the warehouse was pseudonymised under key {published[0]}, not {key_version}: "
             "load the opt-out list again under the current key first"
         )
-    return frozenset(r[0] for r in conn.execute("SELECT person_id FROM restricted.optout"))
+    return frozenset(r[0] for r in conn.execute("SELECT nhs_number_key FROM restricted.optout"))
 
 
 def warehouse_key_version(conn: psycopg.Connection) -> str | None:

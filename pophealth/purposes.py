@@ -37,10 +37,10 @@ from pophealth.load import optout_list_in_force
 PURPOSES = ("secondary_use", "direct_care")
 #: The columns of raw whose values can become a published person or spell: every one is mapped.
 TRANSIT_COLUMNS = (
-    ("raw", "gp_register", "person_id"),
-    ("raw", "apc_episode", "person_id"),
+    ("raw", "gp_register", "nhs_number_key"),
+    ("raw", "apc_episode", "nhs_number_key"),
     ("raw", "apc_episode", "spell_key"),
-    ("raw", "cld_event", "person_id"),
+    ("raw", "cld_event", "nhs_number_key"),
     ("raw", "cld_event", "la_person_key"),
 )
 _BATCH = 20_000
@@ -113,7 +113,7 @@ def _unmapped_query() -> str:
     union = " UNION ".join(f"SELECT {column} AS transit FROM {schema}.{table} WHERE {column} IS NOT NULL"
                            for schema, table, column in TRANSIT_COLUMNS)
     return (f"SELECT t.transit FROM ({union}) t "
-            "WHERE NOT EXISTS (SELECT FROM restricted.pseudonym p WHERE p.transit_id = t.transit)")
+            "WHERE NOT EXISTS (SELECT FROM restricted.pseudonym p WHERE p.transit_key = t.transit)")
 
 
 def assign_purpose_pseudonyms(progress: Callable[[str], None] | None = None) -> Assigned:
@@ -127,7 +127,7 @@ def assign_purpose_pseudonyms(progress: Callable[[str], None] | None = None) -> 
         _check_versions(conn, keyring)
         with reading.cursor(name="unmapped") as unmapped, conn.cursor() as writer:
             unmapped.execute(_unmapped_query())
-            with writer.copy("COPY restricted.pseudonym (transit_id, secondary_use_id, direct_care_id) "
+            with writer.copy("COPY restricted.pseudonym (transit_key, secondary_use_id, direct_care_id) "
                              "FROM STDIN") as copy:
                 while batch := unmapped.fetchmany(_BATCH):
                     for (transit,) in batch:
@@ -160,15 +160,15 @@ def rotate_purpose_key(purpose: str, new_key: SecondaryUseKey | DirectCareKey,
         if recorded is not None and recorded != old_ring.versions[purpose]:
             raise PublishedIdsRefused(f"the warehouse's {purpose} ids were made with key {recorded}, not with the "
                                     f"current key given ({old_ring.versions[purpose]})")
-        conn.execute("CREATE TEMPORARY TABLE purpose_rekey (transit_id text PRIMARY KEY, new_id text NOT NULL) "
+        conn.execute("CREATE TEMPORARY TABLE purpose_rekey (transit_key text PRIMARY KEY, new_id text NOT NULL) "
                      "ON COMMIT DROP")
-        transits = [r[0] for r in conn.execute("SELECT transit_id FROM restricted.pseudonym")]
+        transits = [r[0] for r in conn.execute("SELECT transit_key FROM restricted.pseudonym")]
         with conn.cursor().copy("COPY purpose_rekey FROM STDIN") as copy:
             for transit in transits:
                 copy.write_row((transit, new_ring.id_for(purpose, transit)))
         # Unique ids: swap through the temporary table in one statement.
         rekeyed = conn.execute(f"UPDATE restricted.pseudonym p SET {column} = r.new_id FROM purpose_rekey r "
-                               "WHERE r.transit_id = p.transit_id").rowcount
+                               "WHERE r.transit_key = p.transit_key").rowcount
         conn.execute("""INSERT INTO restricted.purpose_key (purpose, key_version) VALUES (%s, %s)
                         ON CONFLICT (purpose) DO UPDATE SET key_version = excluded.key_version, set_at = now()""",
                      (purpose, new_ring.versions[purpose]))
@@ -188,7 +188,7 @@ def record_optouts_by_purpose(run_id: str | None = None) -> dict[str, int]:
         in_force = optout_list_in_force(conn)
         (left_out,), = conn.execute(
             """SELECT count(*) FROM intermediate.int_person p
-               WHERE EXISTS (SELECT FROM restricted.optout o WHERE o.person_id = p.person_key)""").fetchall()
+               WHERE EXISTS (SELECT FROM restricted.optout o WHERE o.nhs_number_key = p.person_key)""").fetchall()
         (on_list,), = conn.execute("SELECT count(*) FROM restricted.optout").fetchall()
         counts = {"secondary_use": left_out, "direct_care": 0}
         for purpose, people in counts.items():

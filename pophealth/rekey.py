@@ -11,7 +11,7 @@ it changes, so an analyst's query waits and then sees the new pseudonyms; there 
 and new are both readable.
 
 What it changes: the transit pseudonym columns of raw and intermediate tables and of the purpose mapping
-(`restricted.pseudonym.transit_id`); the vault (new pseudonyms, ciphertexts bound to them); each raw row's key
+(`restricted.pseudonym.transit_key`); the vault (new pseudonyms, ciphertexts bound to them); each raw row's key
 version. The published ids (marts, reporting, direct_care) are keyed under the purpose keys and do not change:
 analysts and care teams keep following the same people, and the marts need no rebuild. The opt-out list holds
 pseudonyms of people who are, by design, not in the vault: it is emptied and its loads marked `rekeyed`, so no
@@ -34,8 +34,9 @@ from pophealth.load import PERSONAL_TABLES, prepare_warehouse, warehouse_key_ver
 from pophealth.pseudonymise import Pseudonymiser
 from pophealth.vault import VaultError, VaultOpener, VaultSealer
 
-#: Columns that hold a pseudonym (person_id or a local pseudonym) wherever they appear.
-PSEUDONYM_COLUMNS = ("person_id", "person_key", "spell_key", "episode_key", "la_person_key", "transit_id")
+#: Columns that hold a transit pseudonym (the NHS number's or a local one) wherever they appear: every `_key` of
+#: raw and intermediate that a linkage key makes (docs/architecture.md, "Names").
+PSEUDONYM_COLUMNS = ("nhs_number_key", "person_key", "spell_key", "episode_key", "la_person_key", "transit_key")
 #: Schemas whose tables hold transit pseudonyms (staging is views; marts, reporting and direct_care hold ids
 #: keyed by purpose, which a linkage key rotation leaves as they are). The opt-out list is emptied instead.
 REKEYED_SCHEMAS = ("raw", "intermediate", "restricted")
@@ -150,7 +151,7 @@ def rotate_linkage_key(old: LinkageKey, new: LinkageKey, vault_key: VaultPrivate
                                                     linkage_key_version, load_id)
                         SELECT m.new_pseudonym, m.kind, m.nonce, m.ciphertext, %s, %s, m.load_id FROM rekey_map m""",
                      (cipher.version, new.version))
-        rekeyed["restricted.optout.person_id (emptied: load the opt-out list again)"] = conn.execute(
+        rekeyed["restricted.optout.nhs_number_key (emptied: load the opt-out list again)"] = conn.execute(
             "DELETE FROM restricted.optout").rowcount
         # 'rekeyed', not 'superseded': the same file is loaded again under the new key (pending_extracts).
         conn.execute("""UPDATE audit.load SET status = 'rekeyed',

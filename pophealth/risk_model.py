@@ -91,7 +91,7 @@ def fit_from_warehouse() -> FittedModel:
             f"""SELECT as_of_date, had_emergency_admission_next_12m::int, {', '.join(columns)}
                 FROM intermediate.int_risk_history history
                 -- model development is a secondary use: people with an opt-out in force are not in it
-                JOIN intermediate.int_secondary_use_id ids ON ids.transit_id = history.person_key
+                JOIN intermediate.int_secondary_use_id ids ON ids.transit_key = history.person_key
                 WHERE sample = 'fit'""").fetchall()
     if not rows:
         raise FitFailed("the fitting sample is empty: the warehouse holds nobody on the register 15 months "

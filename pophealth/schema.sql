@@ -1,5 +1,5 @@
 -- The warehouse tables the loader owns. Idempotent: safe to run on every load.
--- Nothing identifiable is stored: NHS numbers become person_id (keyed hash), local identifiers become
+-- Nothing identifiable is stored: NHS numbers become nhs_number_key (keyed hash), local identifiers become
 -- keyed pseudonyms, dates of birth become year and month, postcodes become LSOA and locality.
 CREATE SCHEMA IF NOT EXISTS raw;
 CREATE SCHEMA IF NOT EXISTS restricted;   -- the opt-out list, the purpose mapping: the owner (dbt) alone reads it
@@ -94,15 +94,15 @@ CREATE TABLE IF NOT EXISTS audit.dbt_result (
 );
 
 CREATE TABLE IF NOT EXISTS restricted.optout (
-    person_id text PRIMARY KEY,
+    nhs_number_key text PRIMARY KEY,
     load_id   bigint NOT NULL
 );
 
--- Pseudonyms by purpose (pophealth/purposes.py): each transit pseudonym of raw (person_id, or a local
+-- Pseudonyms by purpose (pophealth/purposes.py): each transit pseudonym of raw (nhs_number_key, or a local
 -- pseudonym that stands for a person or a spell) and its published ids, one per purpose, each keyed under a
 -- key no source holds. The keys never reach the database; this table is read by the owner (dbt) alone.
 CREATE TABLE IF NOT EXISTS restricted.pseudonym (
-    transit_id       text PRIMARY KEY,
+    transit_key      text PRIMARY KEY,
     secondary_use_id text NOT NULL UNIQUE,   -- marts, reporting
     direct_care_id   text NOT NULL UNIQUE,   -- direct_care; the only ids re-identification accepts
     assigned_at      timestamptz NOT NULL DEFAULT now()
@@ -138,7 +138,7 @@ CREATE TABLE IF NOT EXISTS raw.gp_register (
     source_row              bigint NOT NULL,
     key_version             text NOT NULL,
     loaded_at               timestamptz NOT NULL DEFAULT now(),
-    person_id               text NOT NULL,
+    nhs_number_key          text NOT NULL,
     nhs_number_check        text NOT NULL,
     birth_year              smallint,
     birth_month             smallint,
@@ -156,7 +156,7 @@ CREATE TABLE IF NOT EXISTS raw.apc_episode (
     source_row           bigint NOT NULL,
     key_version          text NOT NULL,
     loaded_at            timestamptz NOT NULL DEFAULT now(),
-    person_id            text,
+    nhs_number_key       text,
     nhs_number_check     text NOT NULL,
     episode_key          text NOT NULL,   -- pseudonym of procode|epikey
     spell_key            text NOT NULL,   -- pseudonym of procode|spell_id
@@ -192,7 +192,7 @@ CREATE TABLE IF NOT EXISTS raw.cld_event (
     source_row                  bigint NOT NULL,
     key_version                 text NOT NULL,
     loaded_at                   timestamptz NOT NULL DEFAULT now(),
-    person_id                   text,
+    nhs_number_key              text,
     nhs_number_check            text NOT NULL,
     la_person_key               text NOT NULL,   -- pseudonym of LA_Code|LA_Person_Unique_Identifier
     la_code                     text NOT NULL,
@@ -223,6 +223,26 @@ CREATE TABLE IF NOT EXISTS raw.cld_event (
     cost_frequency_unit_type    text,
     planned_units_per_week      numeric
 );
+
+-- One name per meaning (docs/architecture.md, "Names"): a warehouse made before issue 20 has the NHS number's
+-- transit pseudonym as person_id, a published id's name, and the purpose mapping's as transit_id; renamed in
+-- place, so an existing warehouse keeps its rows.
+DO $$
+DECLARE
+    renamed text[];
+BEGIN
+    FOREACH renamed SLICE 1 IN ARRAY ARRAY[
+        ['raw', 'gp_register', 'person_id', 'nhs_number_key'],
+        ['raw', 'apc_episode', 'person_id', 'nhs_number_key'],
+        ['raw', 'cld_event', 'person_id', 'nhs_number_key'],
+        ['restricted', 'optout', 'person_id', 'nhs_number_key'],
+        ['restricted', 'pseudonym', 'transit_id', 'transit_key']] LOOP
+        IF EXISTS (SELECT FROM information_schema.columns
+                   WHERE table_schema = renamed[1] AND table_name = renamed[2] AND column_name = renamed[3]) THEN
+            EXECUTE format('ALTER TABLE %I.%I RENAME COLUMN %I TO %I', renamed[1], renamed[2], renamed[3], renamed[4]);
+        END IF;
+    END LOOP;
+END $$;
 
 -- Reference data: public geography and population estimates (not personal). A person's postcode is never
 -- kept: it is reduced in memory to its LSOA. The lookup's own postcodes (every postcode of the area: public
@@ -261,7 +281,7 @@ CREATE TABLE IF NOT EXISTS raw.ref_population (
 -- pseudonyms when the linkage key is rotated. Nobody reads this table directly (pophealth/access.sql).
 CREATE SCHEMA IF NOT EXISTS vault;
 CREATE TABLE IF NOT EXISTS vault.identity (
-    pseudonym           text PRIMARY KEY,    -- person_id, or a local pseudonym
+    pseudonym           text PRIMARY KEY,    -- nhs_number_key, or a local pseudonym
     kind                text NOT NULL CHECK (kind IN ('nhs', 'local')),
     nonce               bytea NOT NULL,
     ciphertext          bytea NOT NULL,      -- bound to kind and pseudonym (associated data)
@@ -470,7 +490,7 @@ BEGIN
     VALUES (on_behalf_of, coalesce(left(btrim(purpose), 200), ''), well_formed, named,
             CASE WHEN verdict = 'refused' THEN 0 ELSE
             (SELECT count(*) FROM restricted.pseudonym p JOIN vault.identity v
-                ON v.kind = 'nhs' AND v.pseudonym = p.transit_id
+                ON v.kind = 'nhs' AND v.pseudonym = p.transit_key
              WHERE p.direct_care_id = ANY (well_formed)) END,
             verdict, why)
     RETURNING request_id INTO request;
@@ -561,7 +581,7 @@ BEGIN
         RAISE EXCEPTION 'request % has expired: make a new request', request;
     END IF;
     RETURN QUERY SELECT p.direct_care_id, v.pseudonym, v.nonce, v.ciphertext, v.vault_key_version
-                 FROM restricted.pseudonym p JOIN vault.identity v ON v.kind = 'nhs' AND v.pseudonym = p.transit_id
+                 FROM restricted.pseudonym p JOIN vault.identity v ON v.kind = 'nhs' AND v.pseudonym = p.transit_key
                  WHERE p.direct_care_id = ANY (r.person_ids);
 END $$;
 

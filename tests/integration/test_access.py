@@ -202,9 +202,9 @@ def test_the_vault_holds_every_linked_person_encrypted_opted_out_people_included
         stored = {r[0]: bytes(r[1]) for r in conn.execute(
             "SELECT pseudonym, ciphertext FROM vault.identity WHERE kind = 'nhs'")}
         linked = {r[0] for r in conn.execute(
-            "SELECT person_id FROM raw.gp_register "
-            "UNION SELECT person_id FROM raw.apc_episode WHERE person_id IS NOT NULL "
-            "UNION SELECT person_id FROM raw.cld_event WHERE person_id IS NOT NULL")}
+            "SELECT nhs_number_key FROM raw.gp_register "
+            "UNION SELECT nhs_number_key FROM raw.apc_episode WHERE nhs_number_key IS NOT NULL "
+            "UNION SELECT nhs_number_key FROM raw.cld_event WHERE nhs_number_key IS NOT NULL")}
     assert set(stored) == linked
     assert {person_id(n) for n in optout_numbers} & linked <= set(stored)
     assert {person_id(n) for n in optout_numbers} & linked, "the world has opted-out people in its feeds"

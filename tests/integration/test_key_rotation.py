@@ -77,7 +77,7 @@ def _rotate(url: str, landing: Path, home: Path) -> Rotated:
     with psycopg.connect(url, autocommit=True) as conn:
         seen.before = _snapshot(conn)
         seen.old_pseudonyms = [r[0] for r in conn.execute(
-            "SELECT person_id FROM raw.gp_register UNION SELECT spell_key FROM raw.apc_episode "
+            "SELECT nhs_number_key FROM raw.gp_register UNION SELECT spell_key FROM raw.apc_episode "
             "UNION SELECT la_person_key FROM raw.cld_event")]
     old, new, vault_key = (LinkageKey.from_hex(TEST_KEY, "old"), LinkageKey.from_hex(NEW_KEY, "new"),
                            VaultPrivateKey.from_hex(TEST_VAULT_PRIVATE_KEY, "vault"))
@@ -125,7 +125,7 @@ def test_every_transit_pseudonym_is_the_new_keys_and_every_published_id_is_uncha
     with psycopg.connect(rotated.url) as conn:
         published = {r[0] for r in conn.execute("SELECT person_id FROM marts.person")}
         transit_of_published = {r[0] for r in conn.execute(
-            """SELECT m.transit_id FROM restricted.pseudonym m
+            """SELECT m.transit_key FROM restricted.pseudonym m
                JOIN marts.person p ON p.person_id = m.secondary_use_id""")}
         versions = conn.execute("SELECT DISTINCT key_version FROM raw.apc_episode UNION "
                                 "SELECT DISTINCT key_version FROM raw.gp_register").fetchall()
@@ -192,11 +192,11 @@ def test_the_loader_refuses_the_old_key_and_personal_data_before_the_opt_outs_ar
     assert dbt_build().returncode == 0
     with psycopg.connect(rotated.url) as conn:
         unknown = conn.execute(
-            """SELECT count(*) FROM raw.apc_episode a WHERE a.load_id = %s AND a.person_id IS NOT NULL
-               AND NOT EXISTS (SELECT FROM restricted.optout o WHERE o.person_id = a.person_id)
+            """SELECT count(*) FROM raw.apc_episode a WHERE a.load_id = %s AND a.nhs_number_key IS NOT NULL
+               AND NOT EXISTS (SELECT FROM restricted.optout o WHERE o.nhs_number_key = a.nhs_number_key)
                AND NOT EXISTS (SELECT FROM restricted.pseudonym m
                                JOIN marts.person p ON p.person_id = m.secondary_use_id
-                               WHERE m.transit_id = a.person_id)""",
+                               WHERE m.transit_key = a.nhs_number_key)""",
             (outcome.load_id,)).fetchone()[0]
         after = _snapshot(conn)
     assert outcome.rows_loaded > 0 and unknown == 0

@@ -58,10 +58,10 @@ def optout_numbers(landing: Path) -> list[str]:
 def opted_out_in_feeds(warehouse) -> list[str]:
     """The transit pseudonyms of opted-out people who have records in the feeds (raw)."""
     return [r[0] for r in warehouse.query(
-        """SELECT DISTINCT o.person_id FROM restricted.optout o
-           WHERE EXISTS (SELECT FROM raw.gp_register g WHERE g.person_id = o.person_id)
-              OR EXISTS (SELECT FROM raw.apc_episode a WHERE a.person_id = o.person_id)
-              OR EXISTS (SELECT FROM raw.cld_event c WHERE c.person_id = o.person_id)""")]
+        """SELECT DISTINCT o.nhs_number_key FROM restricted.optout o
+           WHERE EXISTS (SELECT FROM raw.gp_register g WHERE g.nhs_number_key = o.nhs_number_key)
+              OR EXISTS (SELECT FROM raw.apc_episode a WHERE a.nhs_number_key = o.nhs_number_key)
+              OR EXISTS (SELECT FROM raw.cld_event c WHERE c.nhs_number_key = o.nhs_number_key)""")]
 
 
 def published_values(warehouse) -> set[str]:
@@ -105,7 +105,8 @@ def test_an_attacker_with_the_linkage_key_finds_nobody_in_any_published_table(wa
 
 def test_no_transit_pseudonym_of_raw_is_in_any_published_table_or_the_files_of_the_run(warehouse):
     transits = {r[0] for r in warehouse.query(
-        """SELECT person_id FROM raw.gp_register UNION SELECT person_id FROM raw.apc_episode WHERE person_id IS NOT NULL
+        """SELECT nhs_number_key FROM raw.gp_register UNION SELECT nhs_number_key FROM raw.apc_episode
+           WHERE nhs_number_key IS NOT NULL
            UNION SELECT spell_key FROM raw.apc_episode UNION SELECT episode_key FROM raw.apc_episode
            UNION SELECT la_person_key FROM raw.cld_event""")}
     assert len(transits) > 400
@@ -128,7 +129,7 @@ def test_each_purpose_has_its_own_id_and_the_two_cannot_be_joined(warehouse):
         care_ids = {r[0] for r in conn.execute("SELECT person_id FROM direct_care.case_finding")}
         registered = [r[0] for r in conn.execute(
             "SELECT person_key FROM intermediate.int_risk_scored "  # registered and alive at the as-of date
-            "WHERE person_key NOT IN (SELECT person_id FROM restricted.optout) LIMIT 20")]
+            "WHERE person_key NOT IN (SELECT nhs_number_key FROM restricted.optout) LIMIT 20")]
     assert len(registered) == 20
     assert marts_ids and care_ids and not marts_ids & care_ids
     for person in registered:

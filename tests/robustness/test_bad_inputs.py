@@ -118,7 +118,8 @@ def assert_accounted(warehouse, load_id: int, rows_in_file: int, case: Case) -> 
     assert list(extra or []) == list(case.expect.extra_columns)
     for row, check in case.expect.nhs_number_check.items():
         person, stored = warehouse.query(
-            f"SELECT person_id, nhs_number_check FROM {RAW} WHERE load_id = %s AND source_row = %s", (load_id, row))[0]
+            f"SELECT nhs_number_key, nhs_number_check FROM {RAW} WHERE load_id = %s AND source_row = %s",
+            (load_id, row))[0]
         assert stored == check
         assert (person is None) == (check == "invalid")
 

@@ -86,7 +86,7 @@ def test_full_width_digits_make_an_nhs_number_invalid():
     assert check_nhs_number(full_width) is NhsNumberCheck.INVALID
     stored = dict(zip(FEED_SPECS["apc"].table_columns, FEED_SPECS["apc"].transform(apc(nhs_number=full_width),
                                                                                  _ctx("apc")), strict=False))
-    assert stored["person_id"] is None and stored["nhs_number_check"] == "invalid"
+    assert stored["nhs_number_key"] is None and stored["nhs_number_check"] == "invalid"
 
 
 @pytest.mark.parametrize("value, reason", [

@@ -39,7 +39,7 @@ def as_dict(feed: str, values: tuple) -> dict:
 
 def test_an_episode_is_pseudonymised_and_reduced():
     out = as_dict("apc", FEED_SPECS["apc"].transform(apc(), ctx("RAJ")))
-    assert out["person_id"] == PSEUDO.person_id(NhsNumber("9990000018")).value
+    assert out["nhs_number_key"] == PSEUDO.person_id(NhsNumber("9990000018")).value
     assert out["nhs_number_check"] == "test_range"
     assert out["spell_key"] == PSEUDO.local("RAJ", "spell|S1").value
     assert (out["birth_year"], out["birth_month"]) == (1940, 6)
@@ -50,7 +50,7 @@ def test_an_episode_is_pseudonymised_and_reduced():
 
 def test_an_episode_with_an_invalid_nhs_number_is_kept_unlinked():
     out = as_dict("apc", FEED_SPECS["apc"].transform(apc(nhs_number="9990000019"), ctx("RAJ")))
-    assert out["person_id"] is None and out["nhs_number_check"] == "invalid"
+    assert out["nhs_number_key"] is None and out["nhs_number_check"] == "invalid"
 
 
 def test_an_opted_out_persons_row_is_loaded_and_counted_for_direct_care_only():
@@ -85,7 +85,7 @@ def test_a_source_pseudonym_is_accepted_in_place_of_the_nhs_number():
     row["person_id"] = "AB" * 32
     row["linkage_key_version"] = KEY.version
     out = as_dict("apc", FEED_SPECS["apc"].transform(row, ctx("RAJ")))
-    assert out["person_id"] == "ab" * 32 and out["nhs_number_check"] == "source_pseudonym"
+    assert out["nhs_number_key"] == "ab" * 32 and out["nhs_number_check"] == "source_pseudonym"
 
 
 def test_a_register_row_without_a_valid_number_is_quarantined():
@@ -101,7 +101,7 @@ def test_a_social_care_row_is_followed_on_its_council_id():
     row.update(la_code="E10000012", la_person_unique_identifier="P0000001", reporting_period_end_date="2025-06-30",
                event_type="Service", event_start_date="2025-01-01", unit_cost="12.50")
     out = as_dict("cld", FEED_SPECS["cld"].transform(row, ctx("E10000012")))
-    assert out["person_id"] is None and out["nhs_number_check"] == "missing"
+    assert out["nhs_number_key"] is None and out["nhs_number_check"] == "missing"
     assert out["la_person_key"] == PSEUDO.local("E10000012", "person|P0000001").value
     assert str(out["unit_cost"]) == "12.50"
 

@@ -92,7 +92,7 @@ def test_a_feed_without_row_numbers_counts_rows_and_returns_nothing_else():
 
 def test_a_join_rule_may_alias_the_batch_and_fill_the_loads_placeholders():
     assert gates.query_problem(
-        "apc", "SELECT b.source_row FROM {batch} b JOIN raw.gp_register g ON g.person_id = b.person_id "
+        "apc", "SELECT b.source_row FROM {batch} b JOIN raw.gp_register g ON g.nhs_number_key = b.nhs_number_key "
                "WHERE g.date_of_death < {period_end} AND {provider} = 'RAJ' AND b.load_id = {load_id}") is None
     ctx = LoadContext(7, "apc", provider="R'X", period_end=date(2025, 9, 30))
     bound = gates.bind_query("SELECT source_row FROM {batch} WHERE d > {period_end} AND p = {provider} "

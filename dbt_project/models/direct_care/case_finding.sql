@@ -6,7 +6,7 @@ with scored as (
     select scored.*, ids.direct_care_id, person.locality_code as home_locality_code,
         person.gp_practice_code as practice_code
     from {{ ref('int_risk_scored') }} as scored
-    join {{ ref('int_direct_care_id') }} as ids on ids.transit_id = scored.person_key
+    join {{ ref('int_direct_care_id') }} as ids on ids.transit_key = scored.person_key
     join {{ ref('int_person') }} as person on person.person_key = scored.person_key
 ),
 

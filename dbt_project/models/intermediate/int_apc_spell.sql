@@ -12,7 +12,7 @@ with episodes as (
         row_number() over in_order as from_first,
         count(*) over whole_spell as spell_episode_count,
         -- The first episode's NHS number that is known (episodes in order, the missing ones skipped).
-        (array_agg(person_id) filter (where person_id is not null) over whole_spell)[1] as spell_person_id,
+        (array_agg(nhs_number_key) filter (where nhs_number_key is not null) over whole_spell)[1] as spell_nhs_number_key,
         max(discharge_ready_date) over whole_spell as spell_discharge_ready_date,
         -- The last episode in the same order (episode_key is unique, so the order is total).
         last_value(disdate) over whole_spell as last_disdate,
@@ -26,8 +26,8 @@ with episodes as (
 
 select
     first_episode.spell_key,
-    coalesce(first_episode.spell_person_id, first_episode.spell_key) as person_key,
-    first_episode.spell_person_id as person_id,
+    coalesce(first_episode.spell_nhs_number_key, first_episode.spell_key) as person_key,
+    first_episode.spell_nhs_number_key as nhs_number_key,
     first_episode.spell_episode_count as episode_count,
     first_episode.procode,
     first_episode.birth_year,

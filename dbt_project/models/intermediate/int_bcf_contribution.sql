@@ -112,6 +112,6 @@ select
     coalesce(contributions.event_la_code, locality.la_code) as la_code,
     contributions.numerator, contributions.denominator
 from contributions
-join {{ ref('int_secondary_use_id') }} as ids on ids.transit_id = contributions.person_key
+join {{ ref('int_secondary_use_id') }} as ids on ids.transit_key = contributions.person_key
 left join {{ ref('int_geography') }} as locality
     on locality.geography_level = 'locality' and locality.geography_code = contributions.locality_code

@@ -32,7 +32,7 @@ select
     md5(concat_ws('|', la_code, la_person_key, client_type, event_type, event_start_date, event_detail))
         as event_key,
     la_person_key,
-    person_id,
+    nhs_number_key,
     nhs_number_check,
     la_code,
     reporting_period_end_date as latest_reporting_period_end_date,

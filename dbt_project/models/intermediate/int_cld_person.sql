@@ -2,11 +2,11 @@
 -- carried a valid number (the latest such row wins), else the council's own id (pseudonymised).
 select
     la_person_key,
-    (array_agg(person_id order by reporting_period_end_date desc, load_id desc, source_row)
-        filter (where person_id is not null))[1] as person_id,
+    (array_agg(nhs_number_key order by reporting_period_end_date desc, load_id desc, source_row)
+        filter (where nhs_number_key is not null))[1] as nhs_number_key,
     coalesce(
-        (array_agg(person_id order by reporting_period_end_date desc, load_id desc, source_row)
-            filter (where person_id is not null))[1],
+        (array_agg(nhs_number_key order by reporting_period_end_date desc, load_id desc, source_row)
+            filter (where nhs_number_key is not null))[1],
         la_person_key
     ) as person_key
 from {{ ref('stg_cld_event') }}

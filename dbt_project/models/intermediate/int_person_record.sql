@@ -2,7 +2,7 @@
 -- attributes each source knows. marts.person picks from these: the register first, then hospital, then
 -- social care, and within a source the latest record.
 select
-    person_id as person_key,
+    nhs_number_key as person_key,
     'gp_register' as source,
     1 as source_priority,
     registration_start_date as record_date,

@@ -12,7 +12,7 @@ admissions as (
         count(*) as admissions,
         count(distinct spell.person_key) as people
     from {{ ref('int_spell') }} as spell
-    join {{ ref('int_secondary_use_id') }} as ids on ids.transit_id = spell.person_key  -- opted-out people apart
+    join {{ ref('int_secondary_use_id') }} as ids on ids.transit_key = spell.person_key  -- opted-out people apart
     cross join as_of
     where spell.is_emergency
         and spell.admidate between (as_of.as_of_date - interval '1 year')::date + 1 and as_of.as_of_date

@@ -45,8 +45,8 @@ select
     person.locality_code::text                                          as locality_code
 from numbered as matched
 join {{ ref('int_person') }} as person on person.person_key = matched.person_key
-join {{ ref('int_secondary_use_id') }} as person_ids on person_ids.transit_id = matched.person_key
-join {{ ref('int_secondary_use_id') }} as spell_ids on spell_ids.transit_id = matched.spell_key
+join {{ ref('int_secondary_use_id') }} as person_ids on person_ids.transit_key = matched.person_key
+join {{ ref('int_secondary_use_id') }} as spell_ids on spell_ids.transit_key = matched.spell_key
 left join {{ ref('icd10_chapter') }} as chapter
     on left(matched.primary_diagnosis, 3) between chapter.code_from and chapter.code_to
 left join {{ ref('icd10_category') }} as category on category.code = left(matched.primary_diagnosis, 3)

@@ -28,8 +28,8 @@ select
     spells.disdest::text                                                as discharge_destination,
     (known.spell_key is not null)::boolean                              as known_to_social_care
 from spells
-join {{ ref('int_secondary_use_id') }} as person_ids on person_ids.transit_id = spells.person_key
-join {{ ref('int_secondary_use_id') }} as spell_ids on spell_ids.transit_id = spells.spell_key
+join {{ ref('int_secondary_use_id') }} as person_ids on person_ids.transit_key = spells.person_key
+join {{ ref('int_secondary_use_id') }} as spell_ids on spell_ids.transit_key = spells.spell_key
 left join known on known.spell_key = spells.spell_key
 left join {{ ref('icd10_chapter') }} as chapter
     on left(spells.primary_diagnosis, 3) between chapter.code_from and chapter.code_to

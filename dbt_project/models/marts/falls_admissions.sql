@@ -44,8 +44,8 @@ select
     support.service_type::text                                          as support_service_type,
     support.event_start_date::date                                      as support_start_date
 from falls
-join {{ ref('int_secondary_use_id') }} as person_ids on person_ids.transit_id = falls.person_key
-join {{ ref('int_secondary_use_id') }} as spell_ids on spell_ids.transit_id = falls.spell_key
+join {{ ref('int_secondary_use_id') }} as person_ids on person_ids.transit_key = falls.person_key
+join {{ ref('int_secondary_use_id') }} as spell_ids on spell_ids.transit_key = falls.spell_key
 left join support on support.spell_key = falls.spell_key
 left join known on known.spell_key = falls.spell_key
 left join {{ ref('icd10_category') }} as category on category.code = left(falls.primary_diagnosis, 3)

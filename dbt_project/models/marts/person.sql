@@ -17,4 +17,4 @@ select
     is_linked::boolean          as is_linked,
     link_method::text           as link_method
 from {{ ref('int_person') }} as person
-join {{ ref('int_secondary_use_id') }} as ids on ids.transit_id = person.person_key
+join {{ ref('int_secondary_use_id') }} as ids on ids.transit_key = person.person_key

@@ -16,7 +16,7 @@ scored as (
         coefficients.fitted_as_of,
         {{ risk_score('history', 'coefficients') }} as risk_score
     from {{ ref('int_risk_history') }} as history
-    join {{ ref('int_secondary_use_id') }} as ids on ids.transit_id = history.person_key  -- opted-out people apart
+    join {{ ref('int_secondary_use_id') }} as ids on ids.transit_key = history.person_key  -- opted-out people apart
     cross join coefficients
     where history.sample = 'evaluate'
 ),

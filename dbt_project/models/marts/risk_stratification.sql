@@ -3,7 +3,7 @@
 with scored as (
     select scored.*, ids.secondary_use_id
     from {{ ref('int_risk_scored') }} as scored
-    join {{ ref('int_secondary_use_id') }} as ids on ids.transit_id = scored.person_key
+    join {{ ref('int_secondary_use_id') }} as ids on ids.transit_key = scored.person_key
 ),
 
 ranked as (

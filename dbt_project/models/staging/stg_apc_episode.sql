@@ -16,7 +16,7 @@ with episodes as (
 select
     episode_key,
     spell_key,
-    person_id,
+    nhs_number_key,
     nhs_number_check,
     nhs_number_status,
     birth_year::int                 as birth_year,

@@ -20,7 +20,7 @@ release2 as (
 
 select
     events.la_person_key,
-    events.person_id,
+    events.nhs_number_key,
     events.nhs_number_check,
     events.la_code,
     events.reporting_period_start_date,

@@ -9,7 +9,7 @@ with snapshots as (
 )
 
 select
-    person_id,
+    nhs_number_key,
     nhs_number_check,
     birth_year::int                as birth_year,
     birth_month::int               as birth_month,
