@@ -3,8 +3,7 @@
 -- to a person's own care), ranked over all of them, under the direct-care id: the only id that
 -- re-identification (logged, bounded) turns back into an NHS number.
 with scored as (
-    select scored.*, ids.direct_care_id, person.locality_code as home_locality_code,
-        person.gp_practice_code as practice_code
+    select scored.*, ids.direct_care_id, person.gp_practice_code
     from {{ ref('int_risk_scored') }} as scored
     join {{ ref('int_direct_care_id') }} as ids on ids.transit_key = scored.person_key
     join {{ ref('int_person') }} as person on person.person_key = scored.person_key
@@ -16,8 +15,8 @@ ranked as (
 
 select
     {{ risk_pyramid_columns('direct_care_id') }},
-    home_locality_code::text                                as locality_code,
-    practice_code::text                                     as gp_practice_code,
+    locality_code::text                                     as locality_code,
+    gp_practice_code::text                                  as gp_practice_code,
     prior_emergency_admissions::integer                     as prior_emergency_admissions,
     bed_days::integer                                       as bed_days,
     social_care_status::text                                as social_care_status,

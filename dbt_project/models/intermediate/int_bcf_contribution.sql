@@ -9,7 +9,7 @@ with spells as (
 
 services as (
     select services.*, person.locality_code,
-        {{ age_on('person.birth_year', 'person.birth_month', 'services.service_start_date') }} as age_on_start
+        {{ age_on('person.birth_year', 'person.birth_month', 'services.event_start_date') }} as age_on_start
     from {{ ref('int_cld_service') }} as services
     join {{ ref('int_person') }} as person on person.person_key = services.person_key
 ),
@@ -43,7 +43,7 @@ reabled as (
     from discharges as discharge
     join services as reablement
         on reablement.person_key = discharge.person_key and reablement.service_group = 'reablement'
-        and reablement.service_start_date - discharge.disdate between -3 and 7
+        and reablement.event_start_date - discharge.disdate between -3 and 7
     where discharge.age_on_discharge >= 65
 ),
 
@@ -62,7 +62,7 @@ left_home as (
     join discharges as discharge on discharge.spell_key = reabled.spell_key
     join services as care_home
         on care_home.person_key = discharge.person_key and care_home.service_group = 'care_home'
-        and care_home.service_start_date - discharge.disdate between 1 and 91
+        and care_home.event_start_date - discharge.disdate between 1 and 91
 ),
 
 reablement as (
@@ -102,7 +102,7 @@ contributions as (
 
     union all
     -- A person counts once per period however many new placements they start in it (see int_bcf_metric).
-    select 'care_home_admissions_65', service_start_date, person_key, locality_code, la_code, 1, null
+    select 'care_home_admissions_65', event_start_date, person_key, locality_code, la_code, 1, null
     from services
     where is_new_care_home_admission and not is_self_funded and age_on_start >= 65
 )

@@ -10,8 +10,8 @@ with services as (
         event.la_code,
         event.service_type,
         event.service_component,
-        event.event_start_date as service_start_date,
-        event.event_end_date as service_end_date,
+        event.event_start_date,
+        event.event_end_date,
         event.event_outcome,
         coalesce(service_group.service_group, 'other') as service_group
     from {{ ref('int_cld_event_deduplicated') }} as event
@@ -27,21 +27,21 @@ with services as (
 earlier_care_home as (
     select
         services.*,
-        bool_or(service_end_date is null) over earlier as earlier_open,
-        max(service_end_date) over earlier as earlier_latest_end
+        bool_or(event_end_date is null) over earlier as earlier_open,
+        max(event_end_date) over earlier as earlier_latest_end
     from services
     window earlier as (
         partition by person_key, service_group = 'care_home'
-        order by service_start_date
+        order by event_start_date
         range between unbounded preceding and current row exclude group
     )
 )
 
 select
-    event_key, person_key, la_code, service_type, service_component, service_start_date, service_end_date,
+    event_key, person_key, la_code, service_type, service_component, event_start_date, event_end_date,
     event_outcome, service_group,
     event_outcome = 'NFA: Self-funded client or under 12wk disregard' as is_self_funded,
     service_group = 'care_home'
         and not coalesce(earlier_open, false)
-        and (earlier_latest_end is null or service_start_date - earlier_latest_end >= 365) as is_new_care_home_admission
+        and (earlier_latest_end is null or event_start_date - earlier_latest_end >= 365) as is_new_care_home_admission
 from earlier_care_home

@@ -13,13 +13,13 @@ matched as (
     from placements
     join {{ ref('int_spell') }} as spell
         on spell.person_key = placements.person_key
-        and placements.service_start_date - spell.disdate between 0 and 28
+        and placements.event_start_date - spell.disdate between 0 and 28
     order by placements.event_key, spell.disdate desc, spell.spell_key
 ),
 
 numbered as (
     select matched.*, row_number() over (
-        partition by matched.person_key, matched.la_code, matched.service_type, matched.service_start_date
+        partition by matched.person_key, matched.la_code, matched.service_type, matched.event_start_date
         order by matched.event_key) as placement_order
     from matched
 )
@@ -27,21 +27,21 @@ numbered as (
 select
     -- made of the published id and the row's own published values only: nothing a source's key could compute
     md5(concat_ws('|', person_ids.secondary_use_id, matched.la_code, matched.service_type,
-                  matched.service_start_date, matched.placement_order))::text as service_id,
+                  matched.event_start_date, matched.placement_order))::text as service_id,
     person_ids.secondary_use_id::text                                   as person_id,
     matched.service_type::text                                          as service_type,
-    matched.service_start_date::date                                    as service_start_date,
+    matched.event_start_date::date                                      as service_start_date,
     matched.is_self_funded::boolean                                     as is_self_funded,
     spell_ids.secondary_use_id::text                                    as spell_id,
     matched.admidate::date                                              as admission_date,
     matched.disdate::date                                               as discharge_date,
-    (matched.service_start_date - matched.disdate)::integer             as days_after_discharge,
+    (matched.event_start_date - matched.disdate)::integer               as days_after_discharge,
     matched.is_emergency::boolean                                       as was_emergency_admission,
     matched.primary_diagnosis::text                                     as primary_diagnosis,
     category.title::text                                            as primary_diagnosis_description,
     chapter.chapter::text                                               as primary_diagnosis_chapter,
     matched.length_of_stay::integer                                     as length_of_stay,
-    {{ age_band(age_on('person.birth_year', 'person.birth_month', 'matched.service_start_date')) }}::text as age_band,
+    {{ age_band(age_on('person.birth_year', 'person.birth_month', 'matched.event_start_date')) }}::text as age_band,
     person.locality_code::text                                          as locality_code
 from numbered as matched
 join {{ ref('int_person') }} as person on person.person_key = matched.person_key
