@@ -64,11 +64,10 @@ def raw_to_feed(table: str, column: str) -> SourceColumn | None:
         return SourceColumn(table, column) if table.startswith("audit.") else None
     if column in LOAD_COLUMNS or (table == "raw.ref_population" and column == "year"):
         return SourceColumn(feed.name, FILE)  # the file itself: its load, or the year in its name
-    if feed.personal:
-        if column in PSEUDONYM_OF:
-            column = PSEUDONYM_OF[column]
-        else:
-            column = next((identifiable for identifiable, made in REPLACED_BY.items() if column in made), column)
+    if column in PSEUDONYM_OF:  # the opt-out list's nhs_number_key too: its file's one column is nhs_number
+        column = PSEUDONYM_OF[column]
+    elif feed.personal:
+        column = next((identifiable for identifiable, made in REPLACED_BY.items() if column in made), column)
     if feed.name == "cld":
         column = {c.lower(): c for c in CLD_CONTRACT_COLUMNS}.get(column, column)
     return SourceColumn(feed.name, column)

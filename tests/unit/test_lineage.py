@@ -27,6 +27,7 @@ def test_a_condition_ends_with_its_clause_or_its_parenthesis():
 def test_raw_columns_are_named_as_the_extract_contract_names_them():
     assert raw_to_feed("raw.apc_episode", "admimeth") == SourceColumn("apc", "admimeth")
     assert raw_to_feed("raw.apc_episode", "nhs_number_key") == SourceColumn("apc", "nhs_number")
+    assert raw_to_feed("restricted.optout", "nhs_number_key") == SourceColumn("optouts", "nhs_number")
     assert raw_to_feed("raw.apc_episode", "spell_key") == SourceColumn("apc", "spell_id")
     assert raw_to_feed("raw.gp_register", "birth_year") == SourceColumn("gp_register", "date_of_birth")
     assert raw_to_feed("raw.cld_event", "lsoa_code") == SourceColumn("cld", "Postcode")
