@@ -375,7 +375,7 @@ def test_the_page_draws_nothing_until_the_browser_runs_it_and_fetches_nothing(re
 
 
 def test_the_report_reads_only_the_reporting_schema():
-    source = (REPO / "pophealth" / "board_report.py").read_text()
+    source = (REPO / "pophealth" / "reports" / "board_report.py").read_text()
     qualified = re.findall(r"\b(marts|raw|audit|staging|intermediate)\.(?!md\b)\w+", source)
     assert qualified == []
     # And the plan figures, published targets from a seed.
@@ -410,7 +410,7 @@ def test_the_summary_compares_each_metric_with_a_year_earlier_and_the_plan(repor
     ("falls_admissions_65", "5", None, "not comparable"),
 ])
 def test_direction_knows_which_way_is_good(code, latest, earlier, expected):
-    from pophealth.board_report import direction
+    from pophealth.reports.board_report import direction
     assert direction(code, latest and Decimal(latest), earlier and Decimal(earlier), "percent") == expected
 
 
@@ -511,7 +511,7 @@ def test_per_100000_is_written_per_100_000_and_a_quarter_rate_says_it_is_not_ann
     ("falls_admissions_65", [CHELMSFORD, THURROCK]),  # Colchester's quarter is suppressed: listed, not drawn
 ])
 def test_places_are_a_ranked_dot_plot_with_intervals_from_the_published_counts(report, code, ranked):
-    from pophealth.intervals import interval
+    from pophealth.reports.intervals import interval
 
     _name, unit, places = METRICS[code]
     svg = report["dom"].by_id(f"chart-dots-{code}")
@@ -540,7 +540,7 @@ def test_the_issue_reablement_quarter_shows_its_wide_interval(report):
 
 
 def test_a_wilson_interval_for_a_percentage_and_exact_poisson_for_a_rate():
-    from pophealth.intervals import interval
+    from pophealth.reports.intervals import interval
     # 1,265 of 180,500 as a percentage: 0.70%, Wilson 0.66% to 0.74%; as a rate 700.8 per
     # 100,000, exact Poisson 662.7 to 740.5.
     assert interval(1265, 180500, "percent") == pytest.approx((0.6634, 0.7404), abs=1e-4)
@@ -671,7 +671,7 @@ def icd10_seed() -> dict[str, str]:
                                              ("A419", "Other sepsis"), ("A41.9", "Other sepsis"),
                                              ("U99", None), ("", None), (None, None)])
 def test_icd10_titles_are_the_seeds_who_category_titles(code, title):
-    from pophealth.board_report import icd10_title
+    from pophealth.reports.board_report import icd10_title
     assert icd10_title(code, icd10_seed()) == title
 
 
