@@ -7,8 +7,8 @@ many people, never who); whether anything identifiable is stored; how many peopl
 still singles out on its quasi-identifiers (`pophealth.governance.disclosure`, counts only); and the quality gates'
 history.
 
-Every value from the database is escaped as text; the page fetches nothing (no script, font or style from
-the network).
+The page is a Jinja2 template (templates/ig_report.html.j2, autoescaped: every value from the database is text);
+it fetches nothing (no script, font or style from the network).
 
 The identifiable-value scan reads every row (not a sample) of every text, date and integer column, and the
 text form of every jsonb, json, array, xml and user-defined column, of every table outside `vault`
@@ -26,17 +26,15 @@ is, whatever its values look like. A finding names the table, the column and the
 
 from __future__ import annotations
 
-import html
 import json
 import re
 import unicodedata
 from collections import defaultdict
-from collections.abc import Sequence
-from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from jinja2 import Environment, PackageLoader, StrictUndefined
 from psycopg import sql
 
 from pophealth import config
@@ -115,10 +113,6 @@ def _json_unescaped(value: str) -> str:
         return json.dumps(json.loads(value), ensure_ascii=False)
     except ValueError:
         return value
-
-
-def e(value: object) -> str:
-    return html.escape("" if value is None else str(value), quote=True)
 
 
 # -- the scan ------------------------------------------------------------------------------------------------
@@ -269,235 +263,99 @@ def grants(conn) -> dict:
 
 
 # -- the page ---------------------------------------------------------------------------------------------------
+# The page is the template templates/ig_report.html.j2 (package data), autoescaped; this module prepares its values.
 
-CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1b1f24;background:#fff}
-header{background:#0b3d5c;color:#fff;padding:1.2rem 2rem} header h1{margin:0 0 .3rem 0;font-size:1.5rem}
-main{padding:0 2rem 3rem 2rem;max-width:1400px} h2{border-bottom:2px solid #0b3d5c;padding-top:1.2rem}
-table{border-collapse:collapse;margin:.5rem 0 1rem 0;font-size:.85rem} th,td{border:1px solid #c9d1d9;padding:.25rem .5rem;
-text-align:left;vertical-align:top} th{background:#eef2f6} td.n{text-align:right;font-variant-numeric:tabular-nums}
-.verdict{display:inline-block;padding:.4rem .8rem;border-radius:4px;font-weight:600}
-.pass{background:#dff5e3;color:#0f5323}.fail{background:#fde2e1;color:#8a1c14}.warn{background:#fff4ce;color:#6b4e00}
-nav a{margin-right:1rem;color:#fff} details{margin:.3rem 0} summary{cursor:pointer;font-weight:600}
-.muted{color:#57606a} code{background:#f3f4f6;padding:0 .2rem}
-"""
-
-SECTIONS = (("sources", "Sources and agreements"), ("loads", "Loads"), ("lineage", "Lineage"),
-            ("access", "Who can read what"), ("reidentification", "Re-identification log"),
-            ("scan", "Identifiable-value scan"), ("singling-out", "What analysts can single out"),
-            ("gates", "Quality gates"))
+_PAGES = Environment(loader=PackageLoader("pophealth.governance"), autoescape=True, undefined=StrictUndefined,
+                     trim_blocks=True, lstrip_blocks=True)
+_PAGES.filters["text"] = lambda value: "" if value is None else str(value)
 
 
-def _table(headers: list[str], rows: Sequence[Sequence[object]], numeric: AbstractSet[int] = frozenset(),
-           id_: str = "") -> str:
-    head = "".join(f"<th>{e(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(
-        f"<td class=\"n\">{e(v)}</td>" if i in numeric else f"<td>{e(v)}</td>" for i, v in enumerate(row)) + "</tr>"
-                   for row in rows)
-    ident = f' id="{e(id_)}"' if id_ else ""
-    if not rows:
-        body = f'<tr><td colspan="{len(headers)}" class="muted">none</td></tr>'
-    return f"<table{ident}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _sources(register: agreements.Register, loads: list[tuple]) -> str:
+def _sources(register: agreements.Register, loads: list[tuple]) -> dict:
     today = agreements.today()
-    last_load: dict[tuple, tuple] = {}
-    for row in loads:
-        last_load.setdefault((row[1], row[2]), row)
-    rows = []
-    for a in register.agreements:
-        rows.append([a.organisation_name, a.organisation_code, a.feed, a.provider or "", a.dsa_reference, a.version,
-                     a.start_date, a.end_date, "in force" if a.in_force(today) else "NOT in force",
-                     a.legal_basis_article_6, a.legal_basis_article_9, a.common_law_basis, ", ".join(a.purposes),
-                     a.data_controller])
+    rows = [[a.organisation_name, a.organisation_code, a.feed, a.provider or "", a.dsa_reference, a.version,
+             a.start_date, a.end_date, "in force" if a.in_force(today) else "NOT in force", a.legal_basis_article_6,
+             a.legal_basis_article_9, a.common_law_basis, ", ".join(a.purposes), a.data_controller]
+            for a in register.agreements]
     known = {(a.feed, a.provider) for a in register.agreements}
     unknown = sorted({(r[1], r[2]) for r in loads if (r[1], r[2]) not in known}, key=str)
-    extra = ""
-    if unknown:
-        extra = "<p class=\"verdict fail\">Loads were offered by sources the register does not name: " + e(", ".join(
-            f"{f} from {p}" if p else f for f, p in unknown)) + "</p>"
-    return (f"<p>Data sharing register version {e(register.version)} "
-            f"(<code>governance/data_sharing_register.yml</code>), {len(register.agreements)} agreements; "
-            f"in force is judged on {e(today)} (the load date is the day of the load).</p>" + extra + _table(
-                ["Organisation", "Code", "Feed", "Provider", "DSA reference", "Version", "Start", "End", "Today",
-                 "UK GDPR Article 6", "UK GDPR Article 9", "Common law", "Purposes allowed", "Data controller"],
-                rows, {5}, "agreements"))
+    return {"version": register.version, "agreements": len(register.agreements), "today": today, "rows": rows,
+            "unknown": [f"{f} from {p}" if p else f for f, p in unknown]}
 
 
-def _loads(loads: list[tuple], optouts_by_purpose: list[tuple]) -> str:
+def _loads(loads: list[tuple], optouts_by_purpose: list[tuple]) -> dict:
     rows = [[r[0], r[1], r[2] or "", r[3] or "", r[4], r[5], (r[6] or "")[:16] + ("…" if r[6] else ""), r[7], r[8],
              r[9], r[10], r[11], r[12] or "", r[13] or "", r[14] or "", (r[15] or "")[:300]] for r in loads]
-    by_purpose = _table(["Built", "Opt-out list (load)", "List dated", "Purpose", "People on the list",
-                         "People left out"], [list(r) for r in optouts_by_purpose], {1, 4, 5}, "optouts-by-purpose")
-    return ("<p>Every file offered, its checksum (SHA-256, first 16 characters), what happened to its rows, and the "
-            "linkage key version its pseudonyms were made with. Rows read = loaded + quarantined; of the rows "
-            "loaded, those of people with a national data opt-out are kept for their direct care only.</p>" + _table(
-                ["Load", "Feed", "Provider", "Period end", "File", "Status", "SHA-256", "Bytes", "Rows read",
-                 "Loaded", "Quarantined", "Of people with an opt-out", "Key version", "Started", "Published",
-                 "Message"], rows, {0, 7, 8, 9, 10, 11}, "loads")
-            + "<h3>People each purpose left out, per marts build</h3><p>Under the opt-out list in force (the one "
-              "with the latest date): secondary use (marts, reporting) leaves them out; direct care "
-              "(direct_care.case_finding) does not, as the opt-out does not apply to a person's own care.</p>"
-            + by_purpose)
+    return {"rows": rows, "by_purpose": optouts_by_purpose}
 
 
-def _graph(edges: list[tuple[str, str]]) -> str:
-    """Sources on the left, published tables on the right, a line for each dependency (inline SVG)."""
+def _graph(edges: list[tuple[str, str]]) -> dict:
+    """Sources on the left, published tables on the right, a line for each dependency (drawn as inline SVG)."""
     sources = sorted({s for s, _ in edges}, key=lambda s: (s.startswith("seed "), s.startswith("audit."), s))
     targets = sorted({t for _, t in edges})
     step, width = 26, 900
-    height = max(len(sources), len(targets)) * step + 30
     y_s = {s: 20 + i * step * max(len(targets), 1) / max(len(sources), 1) for i, s in enumerate(sources)}
     y_t = {t: 20 + i * step for i, t in enumerate(targets)}
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" id="lineage-graph" width="{width}" height="{height}" '
-             f'viewBox="0 0 {width} {height}" role="img" aria-label="Lineage from sources to published tables">']
-    for s, t in edges:
-        colour = "#0b3d5c" if not s.startswith(("seed ", "audit.")) else "#b0b8c1"
-        parts.append(f'<line x1="290" y1="{y_s[s]:.0f}" x2="600" y2="{y_t[t]:.0f}" stroke="{colour}" '
-                     'stroke-opacity="0.45"/>')
-    for s in sources:
-        parts.append(f'<text x="285" y="{y_s[s] + 4:.0f}" text-anchor="end" font-size="12" class="source">{e(s)}</text>')
-    for t in targets:
-        parts.append(f'<text x="605" y="{y_t[t] + 4:.0f}" font-size="12" class="mart">{e(t)}</text>')
-    parts.append("</svg>")
-    return "".join(parts)
+    return {"width": width, "height": max(len(sources), len(targets)) * step + 30,
+            "lines": [{"y1": f"{y_s[s]:.0f}", "y2": f"{y_t[t]:.0f}",
+                       "colour": "#b0b8c1" if s.startswith(("seed ", "audit.")) else "#0b3d5c"} for s, t in edges],
+            "sources": [{"y": f"{y_s[s] + 4:.0f}", "text": s} for s in sources],
+            "targets": [{"y": f"{y_t[t] + 4:.0f}", "text": t} for t in targets]}
 
 
-def _lineage(lineage: list[tuple]) -> str:
+def _lineage(lineage: list[tuple]) -> dict:
     if not lineage:
-        return ("<p class=\"verdict warn\">No column lineage is recorded yet: it is written after every marts build "
-                "(audit.column_lineage).</p>")
+        return {"graph": None, "marts": []}
     edges = sorted({(feed, mart) for mart, _, feed, _, _, _ in lineage})
     by_column: dict[str, dict[str, list[tuple]]] = defaultdict(lambda: defaultdict(list))
     for mart, column, feed, source_column, kind, path in lineage:
         by_column[mart][column].append((feed, source_column, kind, path))
-    details = []
+    marts = []
     for mart in sorted(by_column):
         rows = []
-        for column in by_column[mart]:
-            sources = by_column[mart][column]
+        for column, sources in by_column[mart].items():
             for kind in ("direct", "indirect"):
                 named = defaultdict(list)
                 for feed, source_column, k, _ in sources:
                     if k == kind:
                         named[feed].append(source_column)
                 if named:
-                    rows.append([column, kind, "; ".join(f"{f}: {', '.join(sorted(c))}" for f, c in sorted(named.items()))])
-        details.append(f'<details class="mart-columns" data-mart="{e(mart)}"><summary>{e(mart)} '
-                       f'({len(by_column[mart])} columns)</summary>'
-                       + _table(["Column", "Kind", "Source columns (feed: extract columns)"], rows) + "</details>")
-    return ("<p>From each source (left) to each published table (right): a line where the table uses the source. "
-            "Grey: code lists kept in the repository and the load audit.</p>" + _graph(edges)
-            + "<h3>The source columns behind each published column</h3>"
-            "<p><b>direct</b>: the value is computed from the source column; <b>indirect</b>: the source column "
-            "decides which rows are counted, how they are joined or grouped (filters, joins, CASE conditions). "
-            "Columns are named as the extract contract names them; <code>(the file)</code> is the file as a whole."
-            "</p>" + "".join(details))
+                    rows.append([column, kind,
+                                 "; ".join(f"{f}: {', '.join(sorted(c))}" for f, c in sorted(named.items()))])
+        marts.append({"name": mart, "columns": len(by_column[mart]), "rows": rows})
+    return {"graph": _graph(edges), "marts": marts}
 
 
-def _access(g: dict) -> str:
+def _access(g: dict) -> dict:
     per_role = defaultdict(list)
     for grantee, schema, table, privilege, _grantor in g["tables"]:
         per_role[grantee].append((schema, table, privilege))
-    role_blocks = []
+    tables_by_role = []
     for role in sorted(per_role, key=lambda r: (r not in PLATFORM_ROLES, r)):
         grouped = defaultdict(list)
         for schema, table, privilege in per_role[role]:
             grouped[(schema, table)].append(privilege)
-        rows = [[f"{s}.{t}", ", ".join(sorted(p))] for (s, t), p in sorted(grouped.items())]
-        role_blocks.append(f'<h4>{e(role)}</h4>' + _table(["Table or view", "Privileges"], rows,
-                                                           id_=f"grants-{role}"))
-    return ("<p>Read from PostgreSQL's catalogues when this report was written: what each role <em>can</em> do now, "
-            "whatever the code intends. The owner of the warehouse's tables can do everything and is not listed "
-            "table by table.</p>"
-            + "<h3>Roles</h3>" + _table(["Role", "Can log in", "Superuser", "Inherits", "Create role", "Create DB",
-                                         "Bypasses row security", "Member of"], [list(r) for r in g["roles"]],
-                                        id_="roles")
-            + "<h3>Schema privileges</h3>" + _table(["Role", "Schema", "Privileges"], [list(r) for r in g["schemas"]],
-                                                    id_="schema-grants")
-            + "<h3>Table privileges, by role</h3>" + "".join(role_blocks)
-            + "<h3>Column privileges (where a role has some columns of a table only)</h3>"
-            + _table(["Role", "Schema", "Table", "Columns", "Privilege"], [list(r) for r in g["columns"]],
-                     id_="column-grants")
-            + "<h3>Functions a role may call (vault and audit)</h3>"
-            + _table(["Role", "Function", "Runs as its owner"], [list(r) for r in g["functions"]], id_="function-grants")
-            + "<h3>Default privileges (what future tables will grant)</h3>"
-            + _table(["Owner", "Schema", "Objects", "Role", "Privileges"], [list(r) for r in g["defaults"]],
-                     id_="default-grants"))
+        tables_by_role.append((role, [[f"{s}.{t}", ", ".join(sorted(p))] for (s, t), p in sorted(grouped.items())]))
+    return {"roles": g["roles"], "schemas": g["schemas"], "tables_by_role": tables_by_role, "columns": g["columns"],
+            "functions": g["functions"], "defaults": g["defaults"]}
 
 
-def _chain(checks) -> str:
+def _reidentification(rows: list[tuple], per_login: list[tuple], approvals: list[tuple], checks) -> dict:
     from pophealth.governance.chain import summary_lines
 
-    out = []
-    for ok, line in summary_lines(checks):
-        out.append(f'<p class="verdict {"pass" if ok else "fail"}">{e(line)}</p>')
-    heads = [[c.table, c.head_position, c.head_hash] for c in checks]
-    return ("<h3>Hash chains</h3>" + "".join(out)
-            + "<p>Keep these heads outside the warehouse (print this page, or copy them to your own record): a later "
-              "head that does not extend one you kept means the log was rewritten, even if its chain was "
-              "recomputed.</p>" + _table(["Log", "Head position", "Head hash"], heads, {1}, "chain-heads"))
+    return {"chain_lines": list(summary_lines(checks)),
+            "heads": [[c.table, c.head_position, c.head_hash] for c in checks],
+            "per_login": per_login, "requests": rows, "approvals": approvals}
 
 
-def _reidentification(rows: list[tuple], per_login: list[tuple], approvals: list[tuple], checks) -> str:
-    return (_chain(checks)
-            + "<h3>Per login</h3><p>Requests each login made and what the database decided; decisions each "
-              "Caldicott guardian took.</p>"
-            + _table(["Login", "Requests", "Released", "Held for approval", "Refused", "People asked for",
-                      "Approvals given", "Refusals given"], [list(r) for r in per_login], {1, 2, 3, 4, 5, 6, 7},
-                     "reidentification-per-login")
-            + "<h3>Every request</h3><p>Every request to the vault, logged before anything is released (append-only, "
-              "hash-chained), refusals included. How many people were asked for and how many the vault held; "
-              "never who.</p>"
-            + _table(["Request", "When", "Login", "On behalf of", "Purpose", "People asked for", "People in vault",
-                      "Decision", "Reason"], [list(r) for r in rows], {0, 5, 6}, "reidentifications")
-            + "<h3>Caldicott guardian decisions</h3>"
-            + _table(["Request", "When", "Guardian", "Decision", "Note"], [list(r) for r in approvals], {0},
-                     "reidentification-approvals"))
+def _scan(result: ScanResult) -> dict:
+    return {"clean": result.clean, "findings": result.findings, "columns": result.columns, "tables": result.tables,
+            "rows": result.rows, "finding_rows": [[f.relation, f.column, f.kind, f.rows] for f in result.findings],
+            "machine_identifier_rows": [[c, MACHINE_IDENTIFIERS[c]] for c in result.machine_identifiers]}
 
 
-def _scan(result: ScanResult) -> str:
-    verdict = ('<p class="verdict pass" id="scan-verdict">PASS: no identifiable value found</p>' if result.clean else
-               f'<p class="verdict fail" id="scan-verdict">FAIL: identifiable values found in {len(result.findings)} '
-               'column(s)</p>')
-    return (verdict + f"<p>Scanned every row of {result.columns} text, date and integer columns in {result.tables} "
-            f"tables ({result.rows} rows) outside the encrypted vault, for NHS numbers passing the Modulus 11 check "
-            "digit, full postcodes, and full dates of birth (any value in a column named for birth). The values "
-            "found are never shown.</p>"
-            + _table(["Table", "Column", "What", "Rows"], [[f.relation, f.column, f.kind, f.rows] for f in result.findings],
-                     {3}, "scan-findings")
-            + "<h3>Columns not scanned: machine identifiers</h3><p>Columns that hold identifiers made by the machine, "
-              "by what the column means (a value there can spell ten digits that pass the check digit by chance); "
-              "every other column is scanned.</p>"
-            + _table(["Column", "Why it is not scanned"], [[c, MACHINE_IDENTIFIERS[c]] for c in result.machine_identifiers],
-                     id_="scan-machine-identifiers"))
-
-
-def _singling_out(results: list[disclosure.Uniqueness]) -> str:
-    rows = [[r.mart, ", ".join(r.quasi_identifiers) or "(none)", r.people, r.unique, f"{r.share_unique:.1%}",
+def _singling_out(results: list[disclosure.Uniqueness]) -> list[list]:
+    return [[r.mart, ", ".join(r.quasi_identifiers) or "(none)", r.people, r.unique, f"{r.share_unique:.1%}",
              r.in_classes_of_2_to_4, r.in_classes_of_5_or_more] for r in results]
-    return ("<p>For each table an analyst or care team can read with a row per person or per event (in "
-            "<code>marts</code> and <code>direct_care</code>, with a <code>person_id</code>): how many people it "
-            "holds and how many of them are the only person with their quasi-identifiers, the columns of it "
-            "that someone could know from elsewhere (birth year, age, age band, sex, LSOA, locality, practice, "
-            "date of death, and the dates of the row). A person counts in the smallest group any of their rows "
-            "falls in (k-anonymity: groups of 1, 2-4, 5 or more people). Counted in the database; no value is "
-            "shown.</p>"
-            + _table(["Mart", "Quasi-identifiers", "People", "Unique (k = 1)", "Share unique", "k 2-4", "k 5+"],
-                     rows, {2, 3, 4, 5, 6}, "quasi-identifiers"))
-
-
-def _gates(gate_rows: list[tuple], statuses: list[tuple]) -> str:
-    return ("<h3>Loads by status</h3>" + _table(["Feed", "Status", "Files", "Last"], [list(r) for r in statuses], {2},
-                                                "load-statuses")
-            + "<h3>Every gate run</h3><p>One row per validation (a load's gate, or the marts gate: load 0): its rules "
-              "are passed, failed or not applicable (nothing to check: a column empty in the file, no earlier "
-              "delivery to compare the volume with; the reasons are in audit.gate_result.observed), and add up. "
-              "The rules that failed, and those that did not apply, are named.</p>"
-            + _table(["Load", "Feed", "Suite", "Checked", "Rules", "Passed", "Failed (error)", "Failed (warn)",
-                      "Not applicable", "Failed rules", "Rules not applicable"], [list(r) for r in gate_rows],
-                     {0, 4, 5, 6, 7, 8}, "gate-history"))
 
 
 def build_report(conn, register: agreements.Register) -> tuple[str, dict]:
@@ -549,19 +407,11 @@ def build_report(conn, register: agreements.Register) -> tuple[str, dict]:
     scan = scan_warehouse(conn)
     uniqueness = disclosure.quasi_identifier_uniqueness(conn)
     written = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    bodies = {
-        "sources": _sources(register, loads), "loads": _loads(loads, optouts_by_purpose), "lineage": _lineage(lineage),
-        "access": _access(access), "reidentification": _reidentification(reids, per_login, approvals, checks), "scan": _scan(scan),
-        "singling-out": _singling_out(uniqueness),
-        "gates": _gates(gate_rows, statuses),
-    }
-    nav = "".join(f'<a href="#{key}">{e(title)}</a>' for key, title in SECTIONS)
-    sections = "".join(f'<section id="{key}"><h2>{e(title)}</h2>{bodies[key]}</section>' for key, title in SECTIONS)
-    page = (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Information governance audit"
-            f"</title><meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'; "
-            f"img-src data:\"><style>{CSS}</style></head><body><header><h1>Information governance audit</h1>"
-            f"<div>Written {e(written)} from the live warehouse. Identifiable-value scan: "
-            f"{'PASS' if scan.clean else 'FAIL'}.</div><nav>{nav}</nav></header><main>{sections}</main></body></html>")
+    page = _PAGES.get_template("ig_report.html.j2").render(
+        written=written, sources=_sources(register, loads), loads=_loads(loads, optouts_by_purpose),
+        lineage=_lineage(lineage), access=_access(access),
+        reidentification=_reidentification(reids, per_login, approvals, checks), scan=_scan(scan),
+        singling_out=_singling_out(uniqueness), gates={"statuses": statuses, "runs": gate_rows})
     summary = {"loads": len(loads), "agreements": len(register.agreements), "lineage_links": len(lineage),
                "reidentifications": len(reids), "chains": checks, "scan_clean": scan.clean, "findings": len(scan.findings),
                "finding_list": [(f.relation, f.column, f.kind, f.rows) for f in scan.findings],
