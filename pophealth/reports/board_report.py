@@ -20,6 +20,7 @@ and tables and named, with the date it becomes final; it is never shown as final
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections import defaultdict
@@ -646,6 +647,7 @@ def _json_for_script(data: Any) -> str:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
+@functools.cache  # compiled once a process: compiling the templates takes longer than rendering them
 def _templates() -> Environment:
     """The page's templates, shipped in the package (templates/): every value escaped (autoescape), a name the
     template uses but the data lack an error rather than an empty cell (StrictUndefined), and None written as
