@@ -636,7 +636,6 @@ def _admission_reasons_section(conn) -> dict:
                       for band in sorted(by_band, key=age_band_key)]}
 
 
-
 # ---------------------------------------------------------------------------------------------------
 # The page.
 
