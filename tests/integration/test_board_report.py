@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import sys
+import tomllib
 from decimal import Decimal
 from html.parser import HTMLParser
 from pathlib import Path
@@ -401,6 +402,16 @@ def test_the_summary_compares_each_metric_with_a_year_earlier_and_the_plan(repor
     # Readmissions' Jul-Sep 2025 is provisional: the summary's latest final quarter is Apr-Jun.
     assert rows["emergency_readmissions_30d"][1:6] == ["Apr–Jun 2025", "1,000.0", "Apr–Jun 2024", "1,000.5",
                                                        "Better"]
+
+
+def test_the_page_is_written_in_templates_shipped_with_the_package():
+    # The markup is in the templates, where autoescaping guards every value; the code only prepares the data.
+    source = (REPO / "pophealth" / "reports" / "board_report.py").read_text()
+    assert re.findall(r"<[a-z/][^\n]{0,30}", source) == []
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert pyproject["tool"]["setuptools"]["package-data"]["pophealth.reports"] == ["templates/*"]
+    shipped = {p.name for p in (REPO / "pophealth" / "reports" / "templates").iterdir()}
+    assert {"board_report.html.j2", "board_report_sections.html.j2", "board_report.css", "board_report.js"} <= shipped
 
 
 @pytest.mark.parametrize(("code", "latest", "earlier", "expected"), [
