@@ -291,7 +291,7 @@ def _summary_section(rows: list[dict], plans: dict[tuple, Any]) -> dict:
     way it moved (knowing which way is good) and the plan figure where the site supplied one."""
     area = [r for r in rows if r["geography_level"] == "area" and r["is_final"]]
     if not area:
-        return {"bare": False, "missing": Missing("reporting.bcf_metrics", "No final figures for the area yet.")}
+        return {"missing": Missing("reporting.bcf_metrics", "No final figures for the area yet.")}
     by_metric: dict[str, list[dict]] = defaultdict(list)
     for r in area:
         by_metric[r["metric_code"]].append(r)
@@ -317,14 +317,14 @@ def _summary_section(rows: list[dict], plans: dict[tuple, Any]) -> dict:
                 "value": _value(earlier["value"], unit)},
             "direction": direction(code, latest["value"], earlier["value"] if earlier else None, unit),
             "plan": None if plan is None else Figure(format_value(plan, unit))})
-    return {"bare": False, "missing": None, "metrics": metrics}
+    return {"missing": None, "metrics": metrics}
 
 
 def _summary(conn) -> dict:
     table = "reporting.bcf_metrics"
     if not _exists(conn, table):
-        # Said on its own, without the section's heading, as the page always has.
-        return {"bare": True, "missing": Missing(table, f"{table} has not been built yet: no summary.")}
+        # Said under the section's heading, so the page's "At a glance" link still leads somewhere.
+        return {"missing": Missing(table, f"{table} has not been built yet: no summary.")}
     rows = _fetch(conn, f"""SELECT metric_code, metric_name, unit, period_type, period_start, period_end,
                                    geography_level, geography_code, value, is_final
                             FROM {table} WHERE geography_level = 'area'""")

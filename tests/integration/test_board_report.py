@@ -355,7 +355,31 @@ def report(tmp_path_factory, request):
 
     drawn = dump_dom(out, home / "chromium-profile")
     return {"raw": raw, "raw_dom": parse(raw), "dom": parse(drawn), "stdout": made.stdout, "out": out,
-            "unmarked": unmarked.read_text(encoding="utf-8"), "home": home}
+            "unmarked": unmarked.read_text(encoding="utf-8"), "home": home, "url": url}
+
+
+def test_a_warehouse_with_nothing_built_says_so_under_every_heading_the_page_links_to(report):
+    """Before the first marts build: each section says which table is not built yet, and no link leads nowhere."""
+    import psycopg
+
+    from pophealth.reports.board_report import render_board_report
+
+    with psycopg.connect(report["url"], autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS nothing_built")
+        conn.execute("CREATE DATABASE nothing_built")
+    with psycopg.connect(conninfo_with_dbname(report["url"], "nothing_built")) as conn:
+        page = render_board_report(conn)
+    links = re.findall(r'<nav><ul>(.*?)</ul></nav>', page, re.S)[0]
+    for anchor in re.findall(r'href="#([^"]+)"', links):
+        assert f'id="{anchor}"' in page, f"the page links to #{anchor}, which is not on it"
+    for table in ("reporting.bcf_metrics", "reporting.risk_pyramid"):
+        assert f"{table} has not been built yet" in page
+
+
+def conninfo_with_dbname(url: str, dbname: str) -> str:
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    return make_conninfo(**{**conninfo_to_dict(url), "dbname": dbname})
 
 
 def test_the_command_says_where_the_report_is(report):
