@@ -45,7 +45,7 @@ ensure_chromium() {
   fi
 }
 
-# The cluster (./dev.sh cluster up|down, pophealth/cluster.py) and its test need Debian's PostgreSQL server and
+# The cluster (./dev.sh cluster up|down, pophealth/operate/cluster.py) and its test need Debian's PostgreSQL server and
 # redis-server; installed the same way, when missing and we may (without them the cluster test is skipped, saying so).
 ensure_cluster_servers() {
   local wanted=()

@@ -80,8 +80,9 @@ def bench_generator(population: int, repeats: int, work: Path) -> Path:
 
 def bench_staging(landing: Path, repeats: int) -> None:
     use_bench_keys()
-    from pophealth import db
-    from pophealth.load import prepare_warehouse, publish_load, refuse_load, stage_extract
+    from pophealth.ingest.load import publish_load, refuse_load, stage_extract
+    from pophealth.warehouse import db
+    from pophealth.warehouse.schema import prepare_warehouse
 
     prepare_warehouse()
     for name in ("ref_postcode_lookup.csv", *sorted(p.name for p in landing.glob("optouts_*.csv"))):
@@ -109,8 +110,8 @@ def bench_staging(landing: Path, repeats: int) -> None:
 
 
 def bench_pyramid(population: int, work: Path) -> int:
-    from pophealth import db
     from pophealth.synth import write_world
+    from pophealth.warehouse import db
 
     started = time.perf_counter()
     write_world(work / "landing", population=population, seed=1)
@@ -147,8 +148,8 @@ def bench_gates(population: int, work: Path) -> None:
     """The quality gates' share of the pipeline at a register population (benchmarks.pipeline.run_pipeline:
     every extract staged, gated and published in load order, dbt building the candidate marts, the marts
     gate and the publish swap). World generation is not part of the pipeline and is left out of the total."""
-    from pophealth import db
     from pophealth.synth import write_world
+    from pophealth.warehouse import db
 
     write_world(work / "landing", population=population, seed=1)
     run = run_pipeline(work / "landing")

@@ -1,9 +1,9 @@
 """The pipeline without Airflow, once, for every benchmark that needs it (--gates, --pyramid, --scale).
 
 It does what the DAGs do, in the same order: every extract of the landing folder staged (validate,
-pseudonymise, COPY into its batch table), gated (pophealth.gates.run_load_gate) and published, feed by feed
+pseudonymise, COPY into its batch table), gated (pophealth.quality.gates.run_load_gate) and published, feed by feed
 in load order; then dbt builds the marts (into the candidate schemas, as the marts DAG does), the marts
-gate validates them (pophealth.marts_gate) and the publish swap makes them the published marts. Each
+gate validates them (pophealth.quality.marts_gate) and the publish swap makes them the published marts. Each
 stage's time is kept under its name, and a `Clock` tells a memory sampler which stage is running.
 """
 
@@ -32,7 +32,7 @@ def stage_name(feed: str) -> str:
 def use_bench_keys() -> None:
     """The benchmarks' fixed keys (never a real one): set unless the environment already has them."""
     os.environ.setdefault("POPHEALTH_LINKAGE_KEY", "ab" * 32)
-    from pophealth.keys import VaultPrivateKey
+    from pophealth.identity.keys import VaultPrivateKey
 
     os.environ.setdefault("POPHEALTH_VAULT_PUBLIC_KEY", VaultPrivateKey(bytes.fromhex("cd" * 32)).public_hex())
     os.environ.setdefault("POPHEALTH_SECONDARY_USE_KEY", "e7" * 32)
@@ -111,11 +111,12 @@ def run_pipeline(landing: Path, *, gates: bool = True, candidates: bool = True,
                  clock: Clock | None = None, run_id: str = "bench") -> PipelineRun:
     """Stage, gate and publish every extract of `landing` in load order, then build, gate and publish the
     marts. With gates=False no gate runs and dbt builds the published marts directly (candidates=False)."""
-    from pophealth import gates as load_gates
-    from pophealth import marts_gate
-    from pophealth.landing import LOAD_ORDER, identify
-    from pophealth.load import batch_table, prepare_warehouse, publish_load, refuse_load, stage_extract
-    from pophealth.marts import dbt_build
+    from pophealth.ingest.landing import LOAD_ORDER, identify
+    from pophealth.ingest.load import batch_table, publish_load, refuse_load, stage_extract
+    from pophealth.marts.build import dbt_build
+    from pophealth.quality import gates as load_gates
+    from pophealth.quality import marts_gate
+    from pophealth.warehouse.schema import prepare_warehouse
 
     use_bench_keys()
     clock = clock or Clock()
@@ -179,7 +180,7 @@ def run_pipeline(landing: Path, *, gates: bool = True, candidates: bool = True,
 
 def risk_tiers() -> dict[str, int]:
     """The published risk pyramid: people per tier."""
-    from pophealth import db
+    from pophealth.warehouse import db
 
     with db.connect() as conn:
         return dict(conn.execute("SELECT risk_tier, count(*) FROM marts.risk_stratification GROUP BY 1").fetchall())

@@ -14,10 +14,10 @@ def bench_pseudonymisation(landing: Path, repeats: int, quiet: bool = False) -> 
     import hashlib
     import hmac
 
-    from pophealth.identifiers import NhsNumber, check_nhs_number, normalise_nhs_number
-    from pophealth.keys import LinkageKey, VaultPrivateKey
-    from pophealth.pseudonymise import Pseudonymiser
-    from pophealth.vault import VaultSealer
+    from pophealth.contract.identifiers import NhsNumber, check_nhs_number, normalise_nhs_number
+    from pophealth.identity.keys import LinkageKey, VaultPrivateKey
+    from pophealth.identity.pseudonymise import Pseudonymiser
+    from pophealth.identity.vault import VaultSealer
 
     extract = next(Path(landing).glob("gp_register_*.csv"))
     with extract.open(newline="") as handle:

@@ -7,7 +7,7 @@ check_loads refuses to build while a load has failed its gate and not been repla
 their last good state. Write-audit-publish: dbt builds marts and reporting as candidate schemas
 (marts__candidate, reporting__candidate), gate_marts validates them (expectations/marts.yml), and only then
 does publish_marts swap them in, in one transaction; a failed error rule or dbt test stops the run before
-publish, and analysts keep the last good marts (pophealth/marts_gate.py).
+publish, and analysts keep the last good marts (pophealth/quality/marts_gate.py).
 
 The dbt project is rendered by Astronomer Cosmos (watcher mode): one `dbt build` of the whole project runs in
 `dbt.dbt_producer_watcher`, and every seed and model still has its own task, followed by its tests' task, which
@@ -22,7 +22,14 @@ from datetime import datetime
 
 from airflow.sdk import dag, task
 
-from pophealth.orchestration import ANY_RAW_ASSET, DEFAULT_ARGS, LOADS_WAIT, MART_ASSETS, POKE_INTERVAL, dbt_task_group
+from pophealth.operate.orchestration import (
+    ANY_RAW_ASSET,
+    DEFAULT_ARGS,
+    LOADS_WAIT,
+    MART_ASSETS,
+    POKE_INTERVAL,
+    dbt_task_group,
+)
 
 
 @dag(
@@ -38,25 +45,25 @@ from pophealth.orchestration import ANY_RAW_ASSET, DEFAULT_ARGS, LOADS_WAIT, MAR
 def build_marts():
     @task.sensor(poke_interval=POKE_INTERVAL, timeout=LOADS_WAIT + POKE_INTERVAL * 2, mode="reschedule")
     def wait_for_loads(**context) -> bool:
-        from pophealth.orchestration import wait_for_loads
+        from pophealth.operate.orchestration import wait_for_loads
 
         return wait_for_loads(context["dag_run"].run_type, context["dag_run"].start_date)
 
     @task
     def check_loads(**context) -> int:
-        from pophealth import orchestration
+        from pophealth.operate import orchestration
 
         return orchestration.check_loads(context["dag_run"].run_type)
 
     @task
     def gate_marts(**context) -> None:
-        from pophealth import orchestration
+        from pophealth.operate import orchestration
 
         orchestration.gate_marts(context["run_id"])
 
     @task
     def publish_marts(newest_load_id: int, **context) -> None:
-        from pophealth import orchestration
+        from pophealth.operate import orchestration
 
         orchestration.publish_marts(newest_load_id, context["run_id"])
 

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import dag, task
 
-from pophealth.orchestration import ARRIVAL, DEFAULT_ARGS, POKE_INTERVAL, raw_asset
+from pophealth.operate.orchestration import ARRIVAL, DEFAULT_ARGS, POKE_INTERVAL, raw_asset
 
 FEED_DOCS = {
     "ref_postcode_lookup": "Postcode to LSOA and locality lookup (public reference data).",
@@ -44,7 +44,7 @@ def make_ingest_dag(feed: str):
     def ingest():
         @task.sensor(poke_interval=POKE_INTERVAL, timeout=ARRIVAL[feed].wait, mode="reschedule", soft_fail=True)
         def discover(**context):
-            from pophealth.orchestration import wait_for_files
+            from pophealth.operate.orchestration import wait_for_files
 
             return wait_for_files(feed, context["dag_run"].run_type)
 
@@ -52,7 +52,7 @@ def make_ingest_dag(feed: str):
         def load(files: list[str]) -> list[dict]:
             from airflow.sdk import get_current_context
 
-            from pophealth.orchestration import group_label, load_files
+            from pophealth.operate.orchestration import group_label, load_files
 
             context = get_current_context()
             context["files_loaded"] = group_label(files)  # the UI names each load task by its files

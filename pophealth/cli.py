@@ -64,7 +64,7 @@ def _still_working(what: str, every: float = 15.0):
 
 
 def _ensure_keys_for_demo() -> None:
-    from pophealth.keys import ALL_KEYS, ensure_demo_key
+    from pophealth.identity.keys import ALL_KEYS, ensure_demo_key
 
     keys_dir = config.paths().demo_keys_dir
     for source, file_name in ALL_KEYS:
@@ -92,7 +92,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_pseudonymise(args: argparse.Namespace) -> int:
-    from pophealth.at_source import AtSourceRefused, pseudonymise_extract, summary_text
+    from pophealth.ingest.at_source import AtSourceRefused, pseudonymise_extract, summary_text
 
     def progress(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
@@ -142,9 +142,9 @@ def _demo_landing(population: int, seed: int) -> Path:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pophealth import db
-    from pophealth.pipeline import run_pipeline
-    from pophealth.report import summarise
+    from pophealth.operate.pipeline import run_pipeline
+    from pophealth.operate.run_summary import summarise
+    from pophealth.warehouse import db
 
     if args.landing:
         landing = Path(args.landing)
@@ -158,7 +158,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     outcome.write()  # outcome.json beside the run's logs: each DAG's state and time, for programs (the benchmark)
     _say(summarise(outcome))
     if outcome.succeeded:
-        from pophealth.board_report import synthetic_marker, write_board_report
+        from pophealth.reports.board_report import synthetic_marker, write_board_report
 
         # The warehouse now holds the generated world (no --landing) or real extracts: the report's banner says so.
         marker = synthetic_marker()
@@ -174,8 +174,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_dag(args: argparse.Namespace) -> int:
-    from pophealth.pipeline import run_pipeline
-    from pophealth.report import summarise
+    from pophealth.operate.pipeline import run_pipeline
+    from pophealth.operate.run_summary import summarise
 
     landing = Path(args.landing) if args.landing else config.landing_dir()
     if landing is None:
@@ -190,10 +190,10 @@ def cmd_dag(args: argparse.Namespace) -> int:
 
 
 def cmd_setup(args: argparse.Namespace) -> int:
-    from pophealth import db
-    from pophealth.airflow_runner import ensure_metadata_db
-    from pophealth.load import prepare_warehouse
-    from pophealth.marts import parse_project
+    from pophealth.marts.build import parse_project
+    from pophealth.operate.airflow_runner import ensure_metadata_db
+    from pophealth.warehouse import db
+    from pophealth.warehouse.schema import prepare_warehouse
 
     prepare_warehouse()
     if not args.warehouse_only:
@@ -208,7 +208,7 @@ def cmd_setup(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     import json
 
-    from pophealth.status import collect
+    from pophealth.operate.status import collect
 
     status = collect(Path(args.landing) if args.landing else None)
     _say(json.dumps(status.as_json(), indent=2, default=str) if args.json else status.text())
@@ -216,8 +216,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_docs(args: argparse.Namespace) -> int:
-    from pophealth.dbt_docs import generate, serve
-    from pophealth.marts import DbtFailed
+    from pophealth.marts.build import DbtFailed
+    from pophealth.marts.dbt_docs import generate, serve
 
     _say("Generating the dbt documentation site (dbt docs generate: compile, then the catalog from the warehouse) ...")
     try:
@@ -245,7 +245,7 @@ def cmd_docs(args: argparse.Namespace) -> int:
 
 
 def cmd_db(args: argparse.Namespace) -> int:
-    from pophealth import db
+    from pophealth.warehouse import db
 
     if args.action == "url":
         _say(db.warehouse_url())
@@ -255,7 +255,7 @@ def cmd_db(args: argparse.Namespace) -> int:
 
 
 def cmd_board_report(args: argparse.Namespace) -> int:
-    from pophealth.board_report import write_board_report
+    from pophealth.reports.board_report import write_board_report
 
     out = Path(args.out) if args.out else config.paths().home / "reports" / "board_report.html"
     summary = write_board_report(out, synthetic=True if args.synthetic else None)
@@ -267,15 +267,15 @@ def cmd_board_report(args: argparse.Namespace) -> int:
 
 
 def cmd_ig_report(args: argparse.Namespace) -> int:
-    from pophealth.ig_report import write_ig_report
+    from pophealth.governance.ig_report import write_ig_report
 
     out = Path(args.out) if args.out else config.paths().home / "reports" / "ig_report.html"
     summary = write_ig_report(out)
     _say(f"Information governance audit: {out.resolve()}")
     _say(f"  {summary['agreements']} agreements, {summary['loads']} loads, "
          f"{summary['lineage_links']} column lineage links, {summary['reidentifications']} re-identification requests")
-    from pophealth.chain import summary_lines
-    from pophealth.status import RED, RESET
+    from pophealth.governance.chain import summary_lines
+    from pophealth.operate.status import RED, RESET
 
     for ok, line in summary_lines(summary["chains"]):
         _say("  " + line if ok else f"  {RED}{line}{RESET}")
@@ -291,8 +291,8 @@ def cmd_ig_report(args: argparse.Namespace) -> int:
 
 
 def cmd_quasi_identifiers(args: argparse.Namespace) -> int:
-    from pophealth import db
-    from pophealth.disclosure import quasi_identifier_uniqueness, uniqueness_text
+    from pophealth.governance.disclosure import quasi_identifier_uniqueness, uniqueness_text
+    from pophealth.warehouse import db
 
     with db.connect() as conn:
         _say(uniqueness_text(quasi_identifier_uniqueness(conn)))
@@ -300,7 +300,7 @@ def cmd_quasi_identifiers(args: argparse.Namespace) -> int:
 
 
 def cmd_register(args: argparse.Namespace) -> int:
-    from pophealth.agreements import RegisterInvalid, load_register, register_path, write_seed
+    from pophealth.contract.agreements import RegisterInvalid, load_register, register_path, write_seed
 
     try:
         register = load_register()
@@ -314,8 +314,8 @@ def cmd_register(args: argparse.Namespace) -> int:
 
 
 def cmd_fit_risk_model(args: argparse.Namespace) -> int:
-    from pophealth.marts import dbt_build
-    from pophealth.risk_model import FitFailed, append_to_seed, fit_from_warehouse
+    from pophealth.marts.build import dbt_build
+    from pophealth.marts.risk_model import FitFailed, append_to_seed, fit_from_warehouse
 
     try:
         model = fit_from_warehouse()
@@ -334,7 +334,7 @@ def cmd_fit_risk_model(args: argparse.Namespace) -> int:
     if proc.returncode != 0:
         print(proc.stdout[-3000:], file=sys.stderr)
         return 1
-    from pophealth import db
+    from pophealth.warehouse import db
 
     with db.connect() as conn:
         rows = conn.execute("""SELECT risk_tier, people, share_of_emergency_admissions, c_statistic, evaluated_as_of
@@ -350,7 +350,7 @@ def cmd_fit_risk_model(args: argparse.Namespace) -> int:
 def _vault_private_key():
     """The vault's private key, for the re-identification path and the custodian's rotations only. The local demo
     keeps it in POPHEALTH_HOME/keys/vault_private.key, which its pipeline is never given."""
-    from pophealth.keys import demo_vault_private_key_file, load_vault_private_key
+    from pophealth.identity.keys import demo_vault_private_key_file, load_vault_private_key
 
     if not (os.environ.get(config.ENV_VAULT_PRIVATE_KEY) or os.environ.get(config.ENV_VAULT_PRIVATE_KEY_FILE)):
         demo = demo_vault_private_key_file()
@@ -360,8 +360,8 @@ def _vault_private_key():
 
 
 def cmd_reidentify(args: argparse.Namespace) -> int:
-    from pophealth.keys import KeyError_
-    from pophealth.vault import VaultError, reidentify
+    from pophealth.identity.keys import KeyError_
+    from pophealth.identity.vault import VaultError, reidentify
 
     if args.request is None and (not args.person_ids or not args.purpose or not args.on_behalf_of):
         print("pophealth: name the people (PERSON_ID ...), --purpose and --on-behalf-of; or --request N to collect "
@@ -382,7 +382,7 @@ def cmd_reidentify(args: argparse.Namespace) -> int:
 
 
 def cmd_approve_reidentification(args: argparse.Namespace) -> int:
-    from pophealth.vault import VaultError, decide
+    from pophealth.identity.vault import VaultError, decide
 
     try:
         outcome = decide(args.request, not args.refuse, args.note)
@@ -394,7 +394,7 @@ def cmd_approve_reidentification(args: argparse.Namespace) -> int:
 
 
 def cmd_vault_key_pair(args: argparse.Namespace) -> int:
-    from pophealth.keys import write_vault_key_pair
+    from pophealth.identity.keys import write_vault_key_pair
 
     private, public = Path(args.private_key_file), Path(args.public_key_file)
     if private.exists() or public.exists():
@@ -408,8 +408,8 @@ def cmd_vault_key_pair(args: argparse.Namespace) -> int:
 
 
 def _rotate_vault_key(path: Path) -> int:
-    from pophealth.keys import KeyError_, VaultPublicKey
-    from pophealth.rekey import RotationRefused, rotate_vault_key
+    from pophealth.identity.keys import KeyError_, VaultPublicKey
+    from pophealth.identity.rekey import RotationRefused, rotate_vault_key
 
     try:
         new = VaultPublicKey.from_hex(path.read_text(), str(path))
@@ -425,7 +425,7 @@ def _rotate_vault_key(path: Path) -> int:
 
 
 def cmd_rotate_key(args: argparse.Namespace) -> int:
-    from pophealth.keys import KeyError_, LinkageKey, load_linkage_key
+    from pophealth.identity.keys import KeyError_, LinkageKey, load_linkage_key
 
     if args.vault:
         if not args.new_public_key_file or not Path(args.new_public_key_file).is_file():
@@ -442,7 +442,7 @@ def cmd_rotate_key(args: argparse.Namespace) -> int:
         return 2
     if args.purpose:
         return _rotate_purpose_key(args.purpose, path, rebuild=not args.no_rebuild)
-    from pophealth.rekey import RotationRefused, rotate_linkage_key
+    from pophealth.identity.rekey import RotationRefused, rotate_linkage_key
 
     new = LinkageKey.from_hex(path.read_text(), str(path))
     try:
@@ -459,9 +459,9 @@ def cmd_rotate_key(args: argparse.Namespace) -> int:
 
 
 def _rotate_purpose_key(purpose: str, path: Path, rebuild: bool) -> int:
-    from pophealth.keys import PURPOSE_KEYS
-    from pophealth.marts import dbt_build
-    from pophealth.purposes import PublishedIdsRefused, rotate_purpose_key
+    from pophealth.identity.keys import PURPOSE_KEYS
+    from pophealth.identity.purposes import PublishedIdsRefused, rotate_purpose_key
+    from pophealth.marts.build import dbt_build
 
     key_class = PURPOSE_KEYS[purpose]
     new = key_class.from_hex(path.read_text(), str(path))
@@ -483,14 +483,14 @@ def _rotate_purpose_key(purpose: str, path: Path, rebuild: bool) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    from pophealth.webui import serve
+    from pophealth.operate.webui import serve
 
     landing = Path(args.landing).resolve() if args.landing else config.landing_dir()
     return serve(port=args.port, landing=landing, say=_say)
 
 
 def cmd_rerun(args: argparse.Namespace) -> int:
-    from pophealth.rerun import RerunRefused, rerun_period
+    from pophealth.operate.rerun import RerunRefused, rerun_period
 
     landing = Path(args.landing) if args.landing else config.landing_dir()
     if landing is None:
@@ -505,7 +505,7 @@ def cmd_rerun(args: argparse.Namespace) -> int:
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:
-    from pophealth import cluster
+    from pophealth.operate import cluster
 
     try:
         if args.action == "up":
@@ -547,7 +547,7 @@ ROLES = (
 
 def _dag_ids() -> tuple[str, ...]:
     """The DAG ids, as pipeline.INGEST_DAGS and MARTS_DAG name them (without importing Airflow to print help)."""
-    from pophealth.landing import LOAD_ORDER
+    from pophealth.ingest.landing import LOAD_ORDER
 
     return (*(f"ingest_{feed}" for feed in LOAD_ORDER), "build_marts")
 
@@ -704,10 +704,10 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore")
     os.environ.setdefault("XDG_RUNTIME_DIR", str(config.paths().home / "run"))
     args = build_parser().parse_args(argv)
-    from pophealth.db import DatabaseError
-    from pophealth.keys import KeyError_
-    from pophealth.landing import FileRejected
-    from pophealth.load import LoadRefused
+    from pophealth.identity.keys import KeyError_
+    from pophealth.ingest.landing import FileRejected
+    from pophealth.ingest.load import LoadRefused
+    from pophealth.warehouse.db import DatabaseError
 
     try:
         return args.func(args)

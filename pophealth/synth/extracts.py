@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
 
-from pophealth.feeds import APC_COLUMNS, CLD_CONTRACT_COLUMNS, GP_REGISTER_COLUMNS
+from pophealth.ingest.feeds import APC_COLUMNS, CLD_CONTRACT_COLUMNS, GP_REGISTER_COLUMNS
 from pophealth.synth.world import HISTORY_START, WINDOW_END, WINDOW_START, Event, Person, Spell, World, invalidate
 
 CLD_PERIOD_ENDS = (date(2024, 6, 30), date(2024, 9, 30), date(2024, 12, 31), date(2025, 3, 31),
@@ -102,7 +102,7 @@ class Ledger:
     loaded_spells: list[tuple[str, Spell]] = field(default_factory=list)      # (identity, spell)
     loaded_events: list[tuple[str, Event, date]] = field(default_factory=list)  # (identity, event, latest file)
     # (feed, provider, first day, last day) that each written file's rows cover, as the loader reads it
-    # (pophealth.load.COVERAGE_START): the answer key's metrics are those of the periods every sender covers.
+    # (pophealth.ingest.load.COVERAGE_START): the answer key's metrics are those of the periods every sender covers.
     coverage: list[tuple[str, str, date, date]] = field(default_factory=list)
 
     def loaded(self, identity: str, feed: str, person: Person, death: date | None = None) -> None:

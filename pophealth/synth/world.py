@@ -16,7 +16,7 @@ import random
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 
-from pophealth.identifiers import nhs_check_digit
+from pophealth.contract.identifiers import nhs_check_digit
 from pophealth.synth.geography import AREA_CODE, Locality, Lsoa, build_geography
 
 HISTORY_START = date(2023, 7, 1)   # social care history starts here: the first rolling 12-month file is whole

@@ -24,11 +24,11 @@ TEST_KEY = "5a" * 32
 #: The vault's key pair: the pipeline's processes get the public key only; the private key is given to the
 #: re-identification and rotation calls that need it (`with_vault_private_key`).
 TEST_VAULT_PRIVATE_KEY = "c3" * 32
-TEST_VAULT_PUBLIC_KEY = __import__("pophealth.keys", fromlist=["VaultPrivateKey"]).VaultPrivateKey(
+TEST_VAULT_PUBLIC_KEY = __import__("pophealth.identity.keys", fromlist=["VaultPrivateKey"]).VaultPrivateKey(
     bytes.fromhex(TEST_VAULT_PRIVATE_KEY)).public_hex()
 TEST_SECONDARY_USE_KEY = "e7" * 32
 TEST_DIRECT_CARE_KEY = "d4" * 32
-#: The two purpose keys (pophealth/purposes.py) every test process that builds the marts needs.
+#: The two purpose keys (pophealth/identity/purposes.py) every test process that builds the marts needs.
 PURPOSE_KEYS_ENV = {"POPHEALTH_SECONDARY_USE_KEY": TEST_SECONDARY_USE_KEY,
                     "POPHEALTH_DIRECT_CARE_KEY": TEST_DIRECT_CARE_KEY}
 POPULATION = 2000  # large enough that, with the seed below, every metric and cohort is non-empty (800 was not)
@@ -79,9 +79,10 @@ RUN = textwrap.dedent(
     """
     from pathlib import Path
     import sys
-    from pophealth.landing import LOAD_ORDER, identify
-    from pophealth.load import prepare_warehouse, publish_load, stage_extract
-    from pophealth.marts import dbt_build
+    from pophealth.ingest.landing import LOAD_ORDER, identify
+    from pophealth.ingest.load import publish_load, stage_extract
+    from pophealth.warehouse.schema import prepare_warehouse
+    from pophealth.marts.build import dbt_build
     prepare_warehouse()
     landing = Path(sys.argv[1])
     for feed in LOAD_ORDER:
@@ -112,7 +113,7 @@ class BuiltWarehouse:
     def as_role(self, role: str, autocommit: bool = True):
         import psycopg
 
-        from pophealth.db import parse_url
+        from pophealth.warehouse.db import parse_url
 
         return psycopg.connect(parse_url(self.url).with_user(role).url(), autocommit=autocommit)
 
@@ -134,10 +135,10 @@ class BuiltWarehouse:
 
 
 def published_id(purpose: str, transit: str) -> str:
-    """The id a purpose publishes for a transit pseudonym under the test keys (pophealth/purposes.py), worked out
+    """The id a purpose publishes for a transit pseudonym under the test keys (identity/purposes.py), worked out
     here for the answer key's people; the platform's own mapping must agree."""
-    from pophealth.keys import DirectCareKey, SecondaryUseKey
-    from pophealth.purposes import PurposeKeyring
+    from pophealth.identity.keys import DirectCareKey, SecondaryUseKey
+    from pophealth.identity.purposes import PurposeKeyring
 
     ring = PurposeKeyring({"secondary_use": SecondaryUseKey.from_hex(TEST_SECONDARY_USE_KEY, "test"),
                            "direct_care": DirectCareKey.from_hex(TEST_DIRECT_CARE_KEY, "test")})

@@ -23,7 +23,7 @@ class Inbox:
     emails: list[str] = field(default_factory=list)  # headers and decoded text of each message
 
     def env(self) -> dict[str, str]:
-        """The settings that send a failed task's notification here (pophealth/notify.py)."""
+        """The settings that send a failed task's notification here (pophealth/operate/notify.py)."""
         return {"POPHEALTH_NOTIFY_WEBHOOK": f"http://127.0.0.1:{self.webhook_port}/pophealth",
                 "POPHEALTH_NOTIFY_EMAIL": RECIPIENT,
                 "AIRFLOW__SMTP__SMTP_HOST": "127.0.0.1", "AIRFLOW__SMTP__SMTP_PORT": str(self.smtp_port),

@@ -1,7 +1,7 @@
 """Who can read what, over real connections as each role; and the audited re-identification vault.
 
 A small generated world is loaded and its marts built on a real embedded PostgreSQL; each test then logs in
-as one of the platform's roles (pophealth/access.sql) and is allowed, or refused, what the issue says.
+as one of the platform's roles (pophealth/warehouse/access.sql) and is allowed, or refused, what the issue says.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from pophealth.db import parse_url
+from pophealth.warehouse.db import parse_url
 
 from .conftest import TEST_KEY, isolated_env, marts_built_from, published_id, synth_world, with_vault_private_key
 from .conftest import BuiltWarehouse as Warehouse
@@ -221,7 +221,7 @@ def test_an_owner_that_is_not_a_superuser_can_set_up_the_roles_and_work_as_the_l
     run = lambda code, env=env: subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,  # noqa: E731
                                                text=True, timeout=300)
     try:
-        started = run("from pophealth import db; print(db.warehouse_url())")
+        started = run("from pophealth.warehouse import db; print(db.warehouse_url())")
         assert started.returncode == 0, started.stderr[-2000:]
         superuser = parse_url(started.stdout.strip().splitlines()[-1])
         with psycopg.connect(superuser.url(), autocommit=True) as conn:
@@ -230,7 +230,8 @@ def test_an_owner_that_is_not_a_superuser_can_set_up_the_roles_and_work_as_the_l
         owner = superuser.with_db("owned_warehouse").with_user("pophealth_owner", "-")
         owner = parse_url(owner.url().replace(":-@", ":@"))
         as_owner = {**env, "POPHEALTH_DATABASE_URL": owner.url()}
-        setup = run("from pophealth.load import prepare_warehouse; prepare_warehouse(); prepare_warehouse()",
+        setup = run("from pophealth.warehouse.schema import prepare_warehouse; "
+                    "prepare_warehouse(); prepare_warehouse()",
                     env=as_owner)
         assert setup.returncode == 0, setup.stderr[-2000:]
         with psycopg.connect(owner.url(), autocommit=True) as conn:
@@ -244,4 +245,4 @@ def test_an_owner_that_is_not_a_superuser_can_set_up_the_roles_and_work_as_the_l
             assert conn.execute("SELECT count(*) FROM audit.load").fetchone() == (0,)
             assert not can(conn, "SELECT * FROM vault.identity")
     finally:
-        run("from pophealth import db; db.stop_embedded()")
+        run("from pophealth.warehouse import db; db.stop_embedded()")

@@ -18,7 +18,7 @@ import psycopg
 import pytest
 import yaml
 
-from pophealth import agreements
+from pophealth.contract import agreements
 
 from .conftest import REPO, TEST_KEY, isolated_env, marts_built_from, synth_world
 
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.integration
 STAGE = textwrap.dedent(
     """
     import sys
-    from pophealth.load import LoadRefused, stage_extract
+    from pophealth.ingest.load import LoadRefused, stage_extract
     try:
         outcome = stage_extract(sys.argv[1])
     except LoadRefused as exc:
@@ -40,8 +40,8 @@ STAGE = textwrap.dedent(
 DBT_BUILD = textwrap.dedent(
     """
     import os, subprocess, sys
-    from pophealth import db
-    from pophealth.marts import dbt_executable
+    from pophealth.warehouse import db
+    from pophealth.marts.build import dbt_executable
     project, target = sys.argv[1], sys.argv[2]
     proc = subprocess.run([dbt_executable(), "build", "--project-dir", project, "--profiles-dir", project,
                            "--target-path", target, "--log-path", target],

@@ -43,7 +43,7 @@ DAGS = {
 RUN = """
     import json, sys
     from pathlib import Path
-    from pophealth.airflow_runner import ensure_metadata_db, run_dags
+    from pophealth.operate.airflow_runner import ensure_metadata_db, run_dags
     ensure_metadata_db()
     started, finished = [], []
     outcomes = run_dags(sys.argv[3:], Path(sys.argv[1]), {"AIRFLOW__CORE__DAGS_FOLDER": sys.argv[2]},

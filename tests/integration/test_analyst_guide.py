@@ -17,7 +17,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pophealth.db import parse_url
+from pophealth.warehouse.db import parse_url
 
 from .conftest import REPO
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pophealth.keys import LinkageKey
-from pophealth.landing import identify
+from pophealth.identity.keys import LinkageKey
+from pophealth.ingest.landing import identify
 
 from .conftest import REPO, TEST_KEY, isolated_env, marts_built_from
 
@@ -111,8 +111,9 @@ OTHER_KEY = "a1" * 32
 @pytest.fixture(scope="module")
 def keyed_warehouse(landings):
     """A warehouse whose postcode lookup and opt-out list are published; yields (landing, home, stage, query)."""
-    from pophealth import db
-    from pophealth.load import prepare_warehouse, publish_load, stage_extract
+    from pophealth.ingest.load import publish_load, stage_extract
+    from pophealth.warehouse import db
+    from pophealth.warehouse.schema import prepare_warehouse
 
     home, _identifiable, pseudonymised, _summaries = landings
     with pytest.MonkeyPatch.context() as patch:
@@ -150,7 +151,7 @@ def _folder(tmp_path: Path, name: str, landing: Path) -> Path:
 
 def _refused(keyed_warehouse, path: Path) -> str:
     """Stage `path`; it must be refused with nothing stored. Returns the refusal's message."""
-    from pophealth.load import LoadRefused
+    from pophealth.ingest.load import LoadRefused
 
     _landing, _home, stage, _publish, query = keyed_warehouse
     before = query("SELECT count(*) FROM raw.gp_register")
@@ -170,8 +171,8 @@ def _refused(keyed_warehouse, path: Path) -> str:
 
 def test_a_file_pseudonymised_at_source_under_another_key_is_refused_whole_naming_both_versions(keyed_warehouse,
                                                                                                tmp_path):
-    from pophealth.at_source import pseudonymise_extract
-    from pophealth.pseudonymise import Pseudonymiser
+    from pophealth.identity.pseudonymise import Pseudonymiser
+    from pophealth.ingest.at_source import pseudonymise_extract
 
     landing, home, *_ = keyed_warehouse
     identifiable = home / "identifiable"

@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import sys
+import tomllib
 from decimal import Decimal
 from html.parser import HTMLParser
 from pathlib import Path
@@ -354,7 +355,31 @@ def report(tmp_path_factory, request):
 
     drawn = dump_dom(out, home / "chromium-profile")
     return {"raw": raw, "raw_dom": parse(raw), "dom": parse(drawn), "stdout": made.stdout, "out": out,
-            "unmarked": unmarked.read_text(encoding="utf-8"), "home": home}
+            "unmarked": unmarked.read_text(encoding="utf-8"), "home": home, "url": url}
+
+
+def test_a_warehouse_with_nothing_built_says_so_under_every_heading_the_page_links_to(report):
+    """Before the first marts build: each section says which table is not built yet, and no link leads nowhere."""
+    import psycopg
+
+    from pophealth.reports.board_report import render_board_report
+
+    with psycopg.connect(report["url"], autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS nothing_built")
+        conn.execute("CREATE DATABASE nothing_built")
+    with psycopg.connect(conninfo_with_dbname(report["url"], "nothing_built")) as conn:
+        page = render_board_report(conn)
+    links = re.findall(r'<nav><ul>(.*?)</ul></nav>', page, re.S)[0]
+    for anchor in re.findall(r'href="#([^"]+)"', links):
+        assert f'id="{anchor}"' in page, f"the page links to #{anchor}, which is not on it"
+    for table in ("reporting.bcf_metrics", "reporting.risk_pyramid"):
+        assert f"{table} has not been built yet" in page
+
+
+def conninfo_with_dbname(url: str, dbname: str) -> str:
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    return make_conninfo(**{**conninfo_to_dict(url), "dbname": dbname})
 
 
 def test_the_command_says_where_the_report_is(report):
@@ -375,7 +400,7 @@ def test_the_page_draws_nothing_until_the_browser_runs_it_and_fetches_nothing(re
 
 
 def test_the_report_reads_only_the_reporting_schema():
-    source = (REPO / "pophealth" / "board_report.py").read_text()
+    source = (REPO / "pophealth" / "reports" / "board_report.py").read_text()
     qualified = re.findall(r"\b(marts|raw|audit|staging|intermediate)\.(?!md\b)\w+", source)
     assert qualified == []
     # And the plan figures, published targets from a seed.
@@ -403,6 +428,16 @@ def test_the_summary_compares_each_metric_with_a_year_earlier_and_the_plan(repor
                                                        "Better"]
 
 
+def test_the_page_is_written_in_templates_shipped_with_the_package():
+    # The markup is in the templates, where autoescaping guards every value; the code only prepares the data.
+    source = (REPO / "pophealth" / "reports" / "board_report.py").read_text()
+    assert re.findall(r"<[a-z/][^\n]{0,30}", source) == []
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert pyproject["tool"]["setuptools"]["package-data"]["pophealth.reports"] == ["templates/*"]
+    shipped = {p.name for p in (REPO / "pophealth" / "reports" / "templates").iterdir()}
+    assert {"board_report.html.j2", "board_report_sections.html.j2", "board_report.css", "board_report.js"} <= shipped
+
+
 @pytest.mark.parametrize(("code", "latest", "earlier", "expected"), [
     ("emergency_admissions", "10.04", "10.0", "same"),    # equal as shown to 1 decimal
     ("emergency_admissions", "10.05", "10.0", "worse"),   # 10.1 > 10.0 and lower is better
@@ -410,7 +445,7 @@ def test_the_summary_compares_each_metric_with_a_year_earlier_and_the_plan(repor
     ("falls_admissions_65", "5", None, "not comparable"),
 ])
 def test_direction_knows_which_way_is_good(code, latest, earlier, expected):
-    from pophealth.board_report import direction
+    from pophealth.reports.board_report import direction
     assert direction(code, latest and Decimal(latest), earlier and Decimal(earlier), "percent") == expected
 
 
@@ -511,7 +546,7 @@ def test_per_100000_is_written_per_100_000_and_a_quarter_rate_says_it_is_not_ann
     ("falls_admissions_65", [CHELMSFORD, THURROCK]),  # Colchester's quarter is suppressed: listed, not drawn
 ])
 def test_places_are_a_ranked_dot_plot_with_intervals_from_the_published_counts(report, code, ranked):
-    from pophealth.intervals import interval
+    from pophealth.reports.intervals import interval
 
     _name, unit, places = METRICS[code]
     svg = report["dom"].by_id(f"chart-dots-{code}")
@@ -540,7 +575,7 @@ def test_the_issue_reablement_quarter_shows_its_wide_interval(report):
 
 
 def test_a_wilson_interval_for_a_percentage_and_exact_poisson_for_a_rate():
-    from pophealth.intervals import interval
+    from pophealth.reports.intervals import interval
     # 1,265 of 180,500 as a percentage: 0.70%, Wilson 0.66% to 0.74%; as a rate 700.8 per
     # 100,000, exact Poisson 662.7 to 740.5.
     assert interval(1265, 180500, "percent") == pytest.approx((0.6634, 0.7404), abs=1e-4)
@@ -671,7 +706,7 @@ def icd10_seed() -> dict[str, str]:
                                              ("A419", "Other sepsis"), ("A41.9", "Other sepsis"),
                                              ("U99", None), ("", None), (None, None)])
 def test_icd10_titles_are_the_seeds_who_category_titles(code, title):
-    from pophealth.board_report import icd10_title
+    from pophealth.reports.board_report import icd10_title
     assert icd10_title(code, icd10_seed()) == title
 
 

@@ -1,4 +1,4 @@
-"""The deployment's topology on real servers (`./dev.sh cluster`, pophealth/cluster.py), end to end.
+"""The deployment's topology on real servers (`./dev.sh cluster`, pophealth/operate/cluster.py), end to end.
 
 Brought up from nothing, as CI starts: Debian's PostgreSQL (two databases, two owners, passwords, TCP on
 127.0.0.1), redis-server with a password, Airflow's api-server, scheduler, dag-processor, triggerer and two
@@ -54,7 +54,7 @@ class Deployment:
                               text=True, timeout=timeout)
 
     def layout(self):
-        from pophealth import cluster
+        from pophealth.operate import cluster
 
         saved = {k: os.environ.get(k) for k in ("POPHEALTH_HOME", "POPHEALTH_CLUSTER_PORT_OFFSET")}
         os.environ.update(POPHEALTH_HOME=self.env["POPHEALTH_HOME"], POPHEALTH_CLUSTER_PORT_OFFSET=PORT_OFFSET)
@@ -65,14 +65,14 @@ class Deployment:
                 os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
 
     def metadata(self, statement: str, params: tuple = ()) -> list[tuple]:
-        from pophealth import cluster
+        from pophealth.operate import cluster
 
         return cluster.metadata_query(self.layout(), statement, params)
 
     def query(self, statement: str, params: tuple = ()) -> list[tuple]:
         import psycopg
 
-        from pophealth import cluster
+        from pophealth.operate import cluster
 
         lay = self.layout()
         with psycopg.connect(cluster.warehouse_url(lay), passfile=str(lay.secret("pgpass"))) as conn:
@@ -267,7 +267,7 @@ def test_nothing_identifiable_or_secret_is_in_the_clusters_logs(deployed):
 
 def test_down_stops_every_process_and_server(deployed):
     # The last test of the module: takes the cluster down itself, then nothing of it may still run.
-    from pophealth import cluster
+    from pophealth.operate import cluster
 
     down = deployed.pophealth("cluster", "down", timeout=300)
     assert down.returncode == 0, down.stderr

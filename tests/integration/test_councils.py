@@ -56,7 +56,7 @@ def test_every_metric_for_the_area_each_council_and_each_locality_equals_the_ans
 def test_geographies_that_cannot_be_computed_are_said(warehouse):
     """Hand-made faults on the published reference tables: two LSOAs with no council, Thurrock with no 2025
     population estimates. pophealth status and the run summary print what geography_problems says."""
-    from pophealth.geographies import geography_problems
+    from pophealth.reports.geographies import geography_problems
 
     url, _ = warehouse
     with psycopg.connect(url) as conn:  # rolled back at the end: the warehouse is as it was

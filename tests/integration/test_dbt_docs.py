@@ -95,7 +95,7 @@ def test_the_single_file_site_carries_the_descriptions(site):
 
 
 def test_the_site_is_served_on_loopback_only(site):
-    from pophealth.dbt_docs import DocsSite, serve
+    from pophealth.marts.dbt_docs import DocsSite, serve
 
     server = serve(DocsSite(site, 0.0), 0)
     host, port = server.server_address

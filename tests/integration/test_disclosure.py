@@ -1,4 +1,4 @@
-"""What analysts can still single out (`pophealth.disclosure`), on hand-made tables in a real PostgreSQL whose
+"""What analysts can still single out (`governance.disclosure`), on hand-made tables in a real PostgreSQL whose
 answers are worked out by hand below; and the IG report's section that shows it.
 
 A person table, quasi-identifiers birth_year, sex, lsoa_code (risk_score and note are not):
@@ -57,8 +57,8 @@ def _hand_made(conn, schema: str) -> None:
 def warehouse(tmp_path_factory):
     """A fresh warehouse (schemas and grants, nothing loaded) with the hand-made tables in a scratch schema
     and in `marts`; yields (a function that opens a connection to it, its home)."""
-    from pophealth import db
-    from pophealth.load import prepare_warehouse
+    from pophealth.warehouse import db
+    from pophealth.warehouse.schema import prepare_warehouse
 
     home = tmp_path_factory.mktemp("disclosure")
     with pytest.MonkeyPatch.context() as patch:
@@ -80,7 +80,7 @@ def warehouse(tmp_path_factory):
 
 
 def test_the_people_a_hand_made_table_singles_out_are_counted_as_worked_out_by_hand(warehouse):
-    from pophealth.disclosure import Uniqueness, quasi_identifier_uniqueness
+    from pophealth.governance.disclosure import Uniqueness, quasi_identifier_uniqueness
 
     with warehouse[0]() as conn:
         results = quasi_identifier_uniqueness(conn, ("qi_scratch",))
@@ -92,12 +92,12 @@ def test_the_people_a_hand_made_table_singles_out_are_counted_as_worked_out_by_h
 
 
 def test_the_marts_and_direct_care_are_found_in_the_catalogue_and_no_other_schema(warehouse):
-    from pophealth.disclosure import quasi_identifier_uniqueness, uniqueness_text
+    from pophealth.governance.disclosure import quasi_identifier_uniqueness, uniqueness_text
 
     with warehouse[0]() as conn:
         found = [r.mart for r in quasi_identifier_uniqueness(conn)]
         assert found == ["marts.hand_made_admissions", "marts.hand_made_person"]  # no table in direct_care yet
-        conn.execute("CREATE SCHEMA IF NOT EXISTS direct_care")  # setup creates it (pophealth/access.sql)
+        conn.execute("CREATE SCHEMA IF NOT EXISTS direct_care")  # setup creates it (pophealth/warehouse/access.sql)
         conn.execute("CREATE TABLE direct_care.case_finding (person_id text, locality_code text)")
         conn.execute("INSERT INTO direct_care.case_finding VALUES ('c1', 'L1'), ('c2', 'L1'), ('c3', 'L2')")
         results = quasi_identifier_uniqueness(conn)
@@ -109,8 +109,8 @@ def test_the_marts_and_direct_care_are_found_in_the_catalogue_and_no_other_schem
 
 
 def test_the_ig_report_shows_what_each_mart_singles_out(warehouse):
-    from pophealth import agreements
-    from pophealth.ig_report import build_report
+    from pophealth.contract import agreements
+    from pophealth.governance.ig_report import build_report
 
     with warehouse[0]() as conn:
         page, summary = build_report(conn, agreements.load_register())

@@ -2,7 +2,7 @@
 
 Whoever starts it (a developer, `pophealth run`, a test) may hold every key of the platform in its environment;
 a PostgreSQL superuser can read the postmaster's environment as a file. So the server is given an allow-list
-of variables only (pophealth/db.py: SERVER_ENVIRONMENT), and one found running with a secret is restarted.
+of variables only (pophealth/warehouse/db.py: SERVER_ENVIRONMENT), and one found running with a secret is restarted.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pophealth import config, db
+from pophealth import config
+from pophealth.warehouse import db
 
 #: What an operator's shell might hold when it starts the server: each must stay out of the server.
 SECRETS = {

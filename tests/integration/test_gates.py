@@ -1,7 +1,7 @@
 """The quality gates on real staged loads: hand-made extracts of every feed, the real loader, a real PostgreSQL.
 
-Each file is staged by `pophealth.load.stage_extract` (validated, pseudonymised, opt-outs applied) into its
-batch table, and the DAG's gate task (`pophealth.orchestration.gate_load`) runs the feed's suite from
+Each file is staged by `pophealth.ingest.load.stage_extract` (validated, pseudonymised, opt-outs applied) into its
+batch table, and the DAG's gate task (`pophealth.operate.orchestration.gate_load`) runs the feed's suite from
 expectations/registry.yml on it through Great Expectations' SQL data source; a failed gate refuses the load.
 
 For every error rule of the registry there is a case below that takes a good extract, breaks exactly that
@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 
 from pophealth.config import environment
-from pophealth.feeds import APC_COLUMNS, CLD_CONTRACT_COLUMNS, GP_REGISTER_COLUMNS
-from pophealth.identifiers import nhs_check_digit
+from pophealth.contract.identifiers import nhs_check_digit
+from pophealth.ingest.feeds import APC_COLUMNS, CLD_CONTRACT_COLUMNS, GP_REGISTER_COLUMNS
 
 from .conftest import PURPOSE_KEYS_ENV, TEST_KEY, TEST_VAULT_PUBLIC_KEY
 
@@ -207,12 +207,13 @@ def warehouse(tmp_path_factory):
     """A fresh embedded PostgreSQL under a temporary POPHEALTH_HOME with an opt-out list, a small postcode
     lookup and a GP register (in which one person died) published."""
     home = tmp_path_factory.mktemp("gates")
-    from pophealth import db, load
+    from pophealth.ingest import load
+    from pophealth.warehouse import db, schema
 
     with environment(**ENV, **dict.fromkeys(ENV_REMOVED), POPHEALTH_HOME=str(home / "state")):
         db._cached = None  # the server is cached per process: make sure it is this home's
         try:
-            load.prepare_warehouse()
+            schema.prepare_warehouse()
             for feed, name, rows in (
                 ("optouts", "optouts_20250930.csv", [_optout(399)]),
                 ("ref_postcode_lookup", "ref_postcode_lookup.csv", FIXTURE_LOOKUP),
@@ -261,7 +262,7 @@ def _landing(folder: Path) -> Path:
 @pytest.fixture
 def stage(warehouse, tmp_path):
     """Stage a file of a feed made of the given rows (each in its own landing folder); returns its load id."""
-    from pophealth.load import stage_extract
+    from pophealth.ingest.load import stage_extract
 
     def _stage(feed: str, rows: list[dict], name: str | None = None) -> int:
         folder = _landing(tmp_path / f"landing{next(_folders)}")
@@ -273,14 +274,14 @@ def stage(warehouse, tmp_path):
 
 
 def _query(sql: str, params: tuple = ()) -> list[tuple]:
-    from pophealth import db
+    from pophealth.warehouse import db
 
     with db.connect() as conn:
         return conn.execute(sql, params).fetchall()
 
 
 def _recorded(load_id: int) -> dict[str, dict]:
-    from pophealth import db
+    from pophealth.warehouse import db
 
     with db.connect() as conn:
         cur = conn.execute("SELECT * FROM audit.gate_result WHERE load_id = %s", (load_id,))
@@ -295,7 +296,7 @@ def _gate(load_id: int) -> str | None:
     """Run the DAG's gate task on the load: None when it passes, the task's failure message when it does not."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    from pophealth.orchestration import gate_load
+    from pophealth.operate.orchestration import gate_load
 
     try:
         assert gate_load(load_id, "gates-test") == load_id
@@ -435,7 +436,7 @@ VOLUME_FEEDS = ("apc", "gp_register", "cld", "optouts", "ref_postcode_lookup", "
 
 @pytest.mark.parametrize("case", ERROR_CASES, ids=lambda c: c.rule)
 def test_a_file_that_breaks_an_error_rule_is_refused_with_the_rule_rows_and_no_value(stage, case):
-    from pophealth import gates
+    from pophealth.quality import gates
 
     rows = case.rows()
     load_id = stage(case.feed, rows)
@@ -529,7 +530,7 @@ def test_a_file_that_breaks_a_warn_rule_is_loaded_and_the_warning_recorded(stage
 
 
 def test_every_rule_of_the_registry_has_a_case_here():
-    from pophealth import gates
+    from pophealth.quality import gates
 
     checks = gates.all_checks()
     errors = {c["id"] for c in checks if c["severity"] == "error"}
@@ -546,7 +547,7 @@ def test_every_rule_of_the_registry_has_a_case_here():
 
 @pytest.mark.parametrize("feed", list(GOOD))
 def test_a_good_file_passes_every_rule_and_every_result_is_recorded(stage, feed):
-    from pophealth import gates
+    from pophealth.quality import gates
 
     load_id = stage(feed, GOOD[feed]())
     outcome = gates.run_load_gate(load_id, feed, f"load_batch.load_{load_id}", run_id="run-good")
@@ -571,7 +572,7 @@ def test_a_good_file_passes_every_rule_and_every_result_is_recorded(stage, feed)
 def test_a_thurrock_lookup_with_its_own_locality_codes_passes_every_rule(stage):
     """Thurrock plans by its four integrated locality areas, not ONS districts (contract v2): such a lookup
     failed ref_postcode_lookup.locality_code.format before (E06-E09 and six digits only)."""
-    from pophealth import gates
+    from pophealth.quality import gates
 
     areas = ["GRAYS", "TILBURY", "STANFORD-LE-HOPE", "AVELEY_OCKENDON"]
     rows = [dict(postcode=f"RM{i // 10 + 1} {i % 10}TT", lsoa_code=f"E01{22000 + i // 2:06d}",
@@ -587,7 +588,7 @@ def test_a_thurrock_lookup_with_its_own_locality_codes_passes_every_rule(stage):
 
 
 def test_a_lookup_without_la_code_is_one_councils_area_and_its_council_rules_do_not_apply(stage):
-    from pophealth import gates
+    from pophealth.quality import gates
 
     load_id = stage("ref_postcode_lookup", [{**_postcode(i), "la_code": ""} for i in range(12)])
     outcome = gates.run_load_gate(load_id, "ref_postcode_lookup", f"load_batch.load_{load_id}", run_id="run-no-la")
@@ -598,7 +599,7 @@ def test_a_lookup_without_la_code_is_one_councils_area_and_its_council_rules_do_
 
 
 def test_a_rule_on_a_column_empty_in_the_whole_file_is_not_applicable(stage):
-    from pophealth import gates
+    from pophealth.quality import gates
 
     load_id = stage("apc", [_apc(i, discharge_ready_date="", epiend="") for i in range(10)])
     outcome = gates.run_load_gate(load_id, "apc", f"load_batch.load_{load_id}", run_id="run-empty")
@@ -617,7 +618,7 @@ def test_a_rule_on_a_column_empty_in_the_whole_file_is_not_applicable(stage):
 
 
 def test_a_many_rule_failure_stays_one_screen(stage):
-    from pophealth import gates
+    from pophealth.quality import gates
 
     rows = _changed(GOOD["apc"](), {
         0: {"admimeth": "XX", "dismeth": "X", "disdest": "00", "admisorc": "77", "classpat": "7", "sex": "3",
@@ -658,8 +659,8 @@ VOLUME = {
 def retire_loads(warehouse, tmp_path):
     """Afterwards, make the loads a test published no longer the previous delivery of their source, so that
     no other test compares its file with them; the opt-out list is restored by publishing it again."""
-    from pophealth import db
-    from pophealth.load import publish_load, stage_extract
+    from pophealth.ingest.load import publish_load, stage_extract
+    from pophealth.warehouse import db
 
     (first,), = _query("SELECT coalesce(max(load_id), 0) FROM audit.load")
     yield
@@ -678,7 +679,7 @@ def retire_loads(warehouse, tmp_path):
 
 @pytest.mark.parametrize("feed", VOLUME_FEEDS)
 def test_a_second_delivery_with_half_the_rows_fails_the_volume_band(stage, retire_loads, feed):
-    from pophealth.load import publish_load
+    from pophealth.ingest.load import publish_load
 
     pattern, periods, size, rows_of = VOLUME[feed]
     rule = f"{feed}.volume.within_band"
@@ -704,7 +705,7 @@ def test_a_second_delivery_with_half_the_rows_fails_the_volume_band(stage, retir
 
 
 def test_a_second_delivery_within_the_band_passes(stage, retire_loads):
-    from pophealth.load import publish_load
+    from pophealth.ingest.load import publish_load
 
     first = stage("apc", [_apc(i, provider="RQW") for i in range(60)], "apc_RQW_20250930.csv")
     assert _gate(first) is None
@@ -719,7 +720,7 @@ def test_a_second_delivery_within_the_band_passes(stage, retire_loads):
 
 
 def test_a_monthly_file_after_an_annual_one_is_compared_with_a_months_share_of_it(stage, retire_loads):
-    from pophealth.load import publish_load
+    from pophealth.ingest.load import publish_load
 
     # A year to September 2025, 50 episodes a month; then October with 50 (passes) or 20 (40%: fails).
     year = [_apc(i % 60, provider="RQW", epikey=f"Y{i}", spell_id=f"Y{i}",
@@ -747,7 +748,7 @@ def test_a_monthly_file_after_an_annual_one_is_compared_with_a_months_share_of_i
 
 
 def _stage_in_run(tmp_path, run_id: str, name: str, rows: list[dict]) -> int:
-    from pophealth.load import stage_extract
+    from pophealth.ingest.load import stage_extract
 
     folder = _landing(tmp_path / f"landing{next(_folders)}")
     outcome = stage_extract(_write(folder / name, HEADERS["apc"], rows), run_id)

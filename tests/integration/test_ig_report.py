@@ -25,7 +25,7 @@ from .conftest import TEST_KEY, isolated_env, marts_built_from, synth_world, wit
 pytestmark = pytest.mark.integration
 
 PURPOSE = "direct care: <script>alert(1)</script> falls clinic follow-up"
-RECORD_LINEAGE = "from pophealth.lineage import record_column_lineage; print(record_column_lineage())"
+RECORD_LINEAGE = "from pophealth.governance.lineage import record_column_lineage; print(record_column_lineage())"
 PLANTED_NHS_NUMBER = "9434765919"  # a synthetic number that passes the Modulus 11 check
 
 
@@ -174,7 +174,7 @@ def test_the_scan_passes_on_the_warehouse_and_fails_naming_the_column_where_an_n
 
 
 def test_every_machine_identifier_column_is_a_column_of_the_warehouse_with_a_reason(report):
-    from pophealth.ig_report import MACHINE_IDENTIFIERS
+    from pophealth.governance.ig_report import MACHINE_IDENTIFIERS
 
     columns = {f"{s}.{t}.{c}" for s, t, c in report.sql(
         "SELECT table_schema, table_name, column_name FROM information_schema.columns WHERE table_schema = 'audit'")}
@@ -289,7 +289,7 @@ def empty_warehouse(tmp_path_factory):
 ])
 def test_the_scan_finds_an_nhs_number_in_any_digits_and_in_jsonb_json_and_array_columns(empty_warehouse, column_type,
                                                                                           value, found):
-    from pophealth.ig_report import scan_warehouse
+    from pophealth.governance.ig_report import scan_warehouse
 
     conn = empty_warehouse
     conn.execute(f"CREATE TABLE staging.planted (v {column_type})")
@@ -312,8 +312,8 @@ DIGIT_ZEROS = [chr(c) for c in range(0x110000) if chr(c).isdecimal() and unicode
 @given(nine=st.text(alphabet="0123456789", min_size=9, max_size=9), zero=st.sampled_from(DIGIT_ZEROS),
        separator=st.sampled_from(["", " ", "-", "\u3000", "\u2010", "\uff0d"]))
 def test_a_valid_nhs_number_in_any_script_s_digits_is_found_and_an_invalid_one_is_not(nine, zero, separator):
-    from pophealth.identifiers import nhs_check_digit
-    from pophealth.ig_report import nhs_numbers_in
+    from pophealth.contract.identifiers import nhs_check_digit
+    from pophealth.governance.ig_report import nhs_numbers_in
 
     check = nhs_check_digit(nine)
     assume(check is not None and len(set(nine)) > 1)
@@ -330,7 +330,7 @@ def test_a_valid_nhs_number_in_any_script_s_digits_is_found_and_an_invalid_one_i
     ("ward ＣＭ１ and café", 0),             # non-ASCII, no full postcode
 ])
 def test_the_scan_finds_a_full_postcode_written_in_full_width_characters(empty_warehouse, value, postcodes):
-    from pophealth.ig_report import scan_warehouse
+    from pophealth.governance.ig_report import scan_warehouse
 
     conn = empty_warehouse
     conn.execute("CREATE TABLE staging.planted (v text)")

@@ -17,8 +17,8 @@ import psycopg
 import pytest
 
 from pophealth.config import environment
-from pophealth.keys import LinkageKey, VaultPrivateKey
-from pophealth.pseudonymise import Pseudonymiser
+from pophealth.identity.keys import LinkageKey, VaultPrivateKey
+from pophealth.identity.pseudonymise import Pseudonymiser
 
 from .conftest import (
     PURPOSE_KEYS_ENV,
@@ -68,9 +68,9 @@ def _snapshot(conn: psycopg.Connection) -> dict:
 
 
 def _rotate(url: str, landing: Path, home: Path) -> Rotated:
-    from pophealth.marts import dbt_build
-    from pophealth.purposes import PublishedIdsRefused
-    from pophealth.rekey import RotationRefused, rotate_linkage_key
+    from pophealth.identity.purposes import PublishedIdsRefused
+    from pophealth.identity.rekey import RotationRefused, rotate_linkage_key
+    from pophealth.marts.build import dbt_build
 
     seen = Rotated()
     seen.url, seen.landing, seen.home = url, landing, home
@@ -164,7 +164,7 @@ def test_the_rotation_is_in_the_audit_log_without_the_mapping(rotated):
 
 
 def test_the_loader_refuses_the_old_key_and_personal_data_before_the_opt_outs_are_reloaded(rotated, monkeypatch):
-    from pophealth.load import LoadRefused, publish_load, stage_extract
+    from pophealth.ingest.load import LoadRefused, publish_load, stage_extract
 
     apc = sorted(rotated.landing.glob("apc_*.csv"))[0]
     resubmission = rotated.home / "resubmission"
@@ -187,7 +187,7 @@ def test_the_loader_refuses_the_old_key_and_personal_data_before_the_opt_outs_ar
     publish_load(outcome.load_id)
     outcome = stage_extract(resubmission / apc.name)
     publish_load(outcome.load_id)
-    from pophealth.marts import dbt_build
+    from pophealth.marts.build import dbt_build
 
     assert dbt_build().returncode == 0
     with psycopg.connect(rotated.url) as conn:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pophealth.feeds import APC_COLUMNS, CLD_CONTRACT_COLUMNS, GP_REGISTER_COLUMNS
+from pophealth.ingest.feeds import APC_COLUMNS, CLD_CONTRACT_COLUMNS, GP_REGISTER_COLUMNS
 
 from .conftest import marts_built_from
 from .test_person_rules import KEY, _valid_numbers, _write, person_id, transit

@@ -12,8 +12,8 @@ import psycopg
 import pytest
 
 from pophealth.config import environment
-from pophealth.db import parse_url
-from pophealth.marts_gate import PUBLISHED, READER
+from pophealth.quality.marts_gate import PUBLISHED, READER
+from pophealth.warehouse.db import parse_url
 
 from .conftest import TEST_KEY, marts_built_from, synth_world
 
@@ -65,8 +65,8 @@ def gate_results(url: str, run_id: str) -> dict[str, tuple]:
 
 
 def test_good_candidates_built_by_dbt_pass_every_rule_and_are_published_with_the_analysts_access(warehouse):
-    from pophealth import marts_gate
-    from pophealth.marts import dbt_command
+    from pophealth.marts.build import dbt_command
+    from pophealth.quality import marts_gate
 
     # dbt with the marts DAG's var builds marts and reporting as candidates; staging and intermediate stay put,
     # and the reporting models read the candidate marts.
@@ -144,7 +144,8 @@ BREAKS = [
 
 @pytest.mark.parametrize(("rule", "count", "statement"), BREAKS, ids=[b[0] for b in BREAKS])
 def test_a_broken_candidate_fails_its_rule_and_is_not_published(warehouse, rule, count, statement):
-    from pophealth import marts_gate, orchestration
+    from pophealth.operate import orchestration
+    from pophealth.quality import marts_gate
 
     before = fingerprint(warehouse)
     copy_to_candidates(warehouse)
@@ -176,7 +177,7 @@ def test_a_broken_candidate_fails_its_rule_and_is_not_published(warehouse, rule,
 
 
 def test_the_one_screen_summary_names_rule_count_and_row_numbers_never_values(warehouse):
-    from pophealth import marts_gate
+    from pophealth.quality import marts_gate
 
     copy_to_candidates(warehouse)
     with owner(warehouse) as conn:
@@ -195,7 +196,7 @@ def test_the_one_screen_summary_names_rule_count_and_row_numbers_never_values(wa
 
 
 def test_a_warning_is_recorded_and_publish_goes_ahead(warehouse):
-    from pophealth import orchestration
+    from pophealth.operate import orchestration
 
     copy_to_candidates(warehouse)
     with owner(warehouse) as conn:
@@ -218,7 +219,7 @@ def test_a_warning_is_recorded_and_publish_goes_ahead(warehouse):
 
 
 def test_publish_without_candidates_is_refused(warehouse):
-    from pophealth import marts_gate
+    from pophealth.quality import marts_gate
 
     marts_gate.drop_candidates()
     before = fingerprint(warehouse)
@@ -228,7 +229,7 @@ def test_publish_without_candidates_is_refused(warehouse):
 
 
 def test_the_marts_rules_are_well_formed_and_great_expectations_accepts_them():
-    from pophealth import gates, marts_gate
+    from pophealth.quality import gates, marts_gate
 
     assert marts_gate.rule_problems(marts_gate.rules()) == []
     for check in marts_gate.all_checks():

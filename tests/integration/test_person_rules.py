@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from pophealth.feeds import APC_COLUMNS, CLD_CONTRACT_COLUMNS, GP_REGISTER_COLUMNS
-from pophealth.identifiers import nhs_check_digit
-from pophealth.keys import LinkageKey
-from pophealth.pseudonymise import Pseudonymiser
+from pophealth.contract.identifiers import nhs_check_digit
+from pophealth.identity.keys import LinkageKey
+from pophealth.identity.pseudonymise import Pseudonymiser
+from pophealth.ingest.feeds import APC_COLUMNS, CLD_CONTRACT_COLUMNS, GP_REGISTER_COLUMNS
 
 from .conftest import marts_built_from, published_id
 

@@ -12,8 +12,8 @@ import shutil
 
 import pytest
 
-from pophealth.keys import LinkageKey
-from pophealth.pseudonymise import Pseudonymiser
+from pophealth.identity.keys import LinkageKey
+from pophealth.identity.pseudonymise import Pseudonymiser
 
 from .conftest import (
     POPULATION,
@@ -175,7 +175,7 @@ def test_nothing_identifiable_is_in_any_table_log_or_file_the_run_wrote(world):
 
 
 def test_a_good_run_passes_every_gate_and_keeps_every_result(world):
-    from pophealth import gates, marts_gate
+    from pophealth.quality import gates, marts_gate
 
     # Every published load was gated by every rule of its feed, and no error rule failed.
     rows = world.query(

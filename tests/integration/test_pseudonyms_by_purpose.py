@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from psycopg import errors
 
-from pophealth.identifiers import nhs_check_digit
+from pophealth.contract.identifiers import nhs_check_digit
 
 from .conftest import TEST_KEY, isolated_env, marts_built_from, published_id, synth_world, with_vault_private_key
 from .conftest import BuiltWarehouse as Warehouse
@@ -153,7 +153,7 @@ def test_each_purpose_has_its_own_id_and_the_two_cannot_be_joined(warehouse):
 def test_the_ids_are_stable_from_build_to_build(warehouse):
     before = {r[0] for r in warehouse.query("SELECT person_id FROM marts.person")}
     rebuilt = warehouse.python("""
-        from pophealth.marts import dbt_build
+        from pophealth.marts.build import dbt_build
         proc = dbt_build(["--select", "person"])
         assert proc.returncode == 0, proc.stdout[-2000:]
     """)
@@ -164,8 +164,8 @@ def test_the_ids_are_stable_from_build_to_build(warehouse):
 def test_no_marts_are_built_without_a_purpose_key(warehouse):
     env = {k: v for k, v in warehouse.env.items() if k != "POPHEALTH_DIRECT_CARE_KEY"}
     proc = Warehouse(warehouse.url, warehouse.landing, env).python("""
-        from pophealth.marts import dbt_build
-        from pophealth.purposes import PublishedIdsRefused
+        from pophealth.marts.build import dbt_build
+        from pophealth.identity.purposes import PublishedIdsRefused
         try:
             dbt_build()
         except PublishedIdsRefused as exc:
@@ -177,7 +177,7 @@ def test_no_marts_are_built_without_a_purpose_key(warehouse):
 def test_a_purpose_key_other_than_the_warehouses_is_refused_naming_the_versions(warehouse):
     env = {**warehouse.env, "POPHEALTH_SECONDARY_USE_KEY": "0b" * 32}
     proc = Warehouse(warehouse.url, warehouse.landing, env).python("""
-        from pophealth.purposes import PublishedIdsRefused, assign_purpose_pseudonyms
+        from pophealth.identity.purposes import PublishedIdsRefused, assign_purpose_pseudonyms
         try:
             assign_purpose_pseudonyms()
         except PublishedIdsRefused as exc:
@@ -266,7 +266,7 @@ def test_the_build_records_how_many_people_each_purpose_left_out(warehouse):
 def _load(warehouse, path: Path) -> str:
     proc = warehouse.python("""
         import sys
-        from pophealth.load import LoadRefused, publish_load, stage_extract
+        from pophealth.ingest.load import LoadRefused, publish_load, stage_extract
         try:
             outcome = stage_extract(sys.argv[1])
             publish_load(outcome.load_id)
@@ -279,7 +279,7 @@ def _load(warehouse, path: Path) -> str:
 
 def _rebuild(warehouse) -> None:
     warehouse.python("""
-        from pophealth.marts import dbt_build
+        from pophealth.marts.build import dbt_build
         proc = dbt_build()
         assert proc.returncode == 0, proc.stdout[-3000:]
     """)
@@ -340,7 +340,7 @@ def test_of_several_lists_in_the_folder_only_the_newest_is_picked_up_the_others_
         out = settled_at_once.python("""
             import json, sys
             from pathlib import Path
-            from pophealth.load import pending_extracts, stale_optout_lists
+            from pophealth.ingest.load import pending_extracts, stale_optout_lists
             stale = stale_optout_lists(Path(sys.argv[1]))
             print(json.dumps([[Path(p).name for p in pending_extracts(Path(sys.argv[1]), "optouts")],
                               [s.split(":")[0] for s in stale]]))
@@ -378,7 +378,7 @@ def test_rotating_the_secondary_use_key_changes_every_marts_id_and_no_direct_car
     assert "6a" * 32 not in proc.stdout + proc.stderr
     # The old key is refused from now on, naming both versions.
     refused = warehouse.python("""
-        from pophealth.purposes import PublishedIdsRefused, assign_purpose_pseudonyms
+        from pophealth.identity.purposes import PublishedIdsRefused, assign_purpose_pseudonyms
         try:
             assign_purpose_pseudonyms()
         except PublishedIdsRefused as exc:

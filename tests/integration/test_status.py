@@ -29,8 +29,8 @@ class Warehouse(BuiltWarehouse):
 # gate passes, refuse it when it fails. Prints the load's status.
 STAGE_GATE_PUBLISH = """
     import sys
-    from pophealth import gates
-    from pophealth.load import batch_table, publish_load, refuse_load, stage_extract
+    from pophealth.quality import gates
+    from pophealth.ingest.load import batch_table, publish_load, refuse_load, stage_extract
     outcome = stage_extract(sys.argv[1], run_id="status-test")
     if outcome.status == "validated":
         gate = gates.run_load_gate(outcome.load_id, "apc", batch_table(outcome.load_id), run_id="status-test")
@@ -166,7 +166,7 @@ def test_marts_refused_by_the_marts_gate_are_reported_failed_with_where_the_refu
     copy_to_candidates(warehouse.url)
     warehouse.query("INSERT INTO marts__candidate.person SELECT * FROM marts.person LIMIT 1")
     warehouse.python("""
-        from pophealth.marts_gate import run_marts_gate
+        from pophealth.quality.marts_gate import run_marts_gate
         assert not run_marts_gate(candidates=True, run_id="status-test").passed
     """)
 
@@ -177,7 +177,7 @@ def test_marts_refused_by_the_marts_gate_are_reported_failed_with_where_the_refu
     assert "marts__candidate, reporting__candidate" in proc.stdout
 
     # The next build clears the refused candidates (clear_candidates); nothing is then wrong.
-    warehouse.python("from pophealth.marts_gate import drop_candidates; drop_candidates()")
+    warehouse.python("from pophealth.quality.marts_gate import drop_candidates; drop_candidates()")
     assert warehouse.status().returncode == 0
 
 
@@ -254,8 +254,8 @@ def test_after_a_key_rotation_the_missing_opt_out_list_is_reported_until_it_is_l
     new_key = "7e" * 32
     warehouse.python("""
         import sys
-        from pophealth.keys import LinkageKey, VaultPrivateKey, load_linkage_key
-        from pophealth.rekey import rotate_linkage_key
+        from pophealth.identity.keys import LinkageKey, VaultPrivateKey, load_linkage_key
+        from pophealth.identity.rekey import rotate_linkage_key
         rotate_linkage_key(load_linkage_key(), LinkageKey.from_hex(sys.argv[1], "the test"),
                            VaultPrivateKey.from_hex(sys.argv[2], "the test"), progress=lambda _: None)
     """, new_key, TEST_VAULT_PRIVATE_KEY)
@@ -270,7 +270,7 @@ def test_after_a_key_rotation_the_missing_opt_out_list_is_reported_until_it_is_l
     warehouse.env["POPHEALTH_LINKAGE_KEY"] = new_key
     warehouse.python("""
         import sys
-        from pophealth.load import publish_load, stage_extract
+        from pophealth.ingest.load import publish_load, stage_extract
         publish_load(stage_extract(sys.argv[1]).load_id)
     """, str(optouts))
     proc = warehouse.status()

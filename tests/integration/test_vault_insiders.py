@@ -16,8 +16,8 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from pophealth.chain import verify
-from pophealth.keys import VaultPrivateKey
+from pophealth.governance.chain import verify
+from pophealth.identity.keys import VaultPrivateKey
 
 from .conftest import (
     RUN,
@@ -152,13 +152,13 @@ def test_a_login_beyond_its_daily_cap_waits_for_approval(warehouse):
                                    WHERE requested_by = 'reidentifier' AND decision <> 'refused'""")
     warehouse.env["POPHEALTH_REIDENTIFY_DAILY_PEOPLE"] = str(today + 5)
     try:
-        warehouse.python("from pophealth.load import prepare_warehouse; prepare_warehouse()")
+        warehouse.python("from pophealth.warehouse.schema import prepare_warehouse; prepare_warehouse()")
         with warehouse.as_role("reidentifier") as conn:
             assert request(conn, care_ids(warehouse, 3, skip=40))[1] == "released"
             assert request(conn, care_ids(warehouse, 3, skip=43))[1] == "awaiting_approval"
     finally:
         del warehouse.env["POPHEALTH_REIDENTIFY_DAILY_PEOPLE"]
-        warehouse.python("from pophealth.load import prepare_warehouse; prepare_warehouse()")
+        warehouse.python("from pophealth.warehouse.schema import prepare_warehouse; prepare_warehouse()")
 
 
 # -- 3. a log that shows tampering ------------------------------------------------------------------------------
@@ -287,8 +287,8 @@ def test_the_vault_key_pair_rotates_and_only_the_new_private_key_opens_it_afterw
     new_public = VaultPrivateKey.from_hex(new_private, "new").public_hex()
     warehouse.python("""
         import sys
-        from pophealth.keys import VaultPrivateKey, VaultPublicKey
-        from pophealth.rekey import rotate_vault_key
+        from pophealth.identity.keys import VaultPrivateKey, VaultPublicKey
+        from pophealth.identity.rekey import rotate_vault_key
         rotate_vault_key(VaultPrivateKey.from_hex(sys.argv[1], "old"), VaultPublicKey.from_hex(sys.argv[2], "new"),
                          progress=lambda _: None)
     """, TEST_VAULT_PRIVATE_KEY, new_public)

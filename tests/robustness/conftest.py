@@ -26,7 +26,7 @@ class Warehouse:
     good: Good     # every RAJ hospital episode of the world, as one good file
 
     def query(self, text: str, params: tuple = ()) -> list[tuple]:
-        from pophealth import db
+        from pophealth.warehouse import db
 
         with db.connect() as conn:
             return conn.execute(text, params).fetchall()
@@ -52,8 +52,9 @@ def good_apc(landing: Path) -> Good:
 
 @pytest.fixture(scope="module")
 def warehouse(tmp_path_factory) -> Iterator[Warehouse]:
-    from pophealth import db
-    from pophealth.load import prepare_warehouse, publish_load, stage_extract
+    from pophealth.ingest.load import publish_load, stage_extract
+    from pophealth.warehouse import db
+    from pophealth.warehouse.schema import prepare_warehouse
 
     home = tmp_path_factory.mktemp("robustness")
     landing = synth_world(home, POPULATION, SEED)

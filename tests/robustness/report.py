@@ -50,7 +50,7 @@ SETTLE = """
 A file still being written: the contract is silent, so the platform's rule is that hidden or temporary
 names (`.name.csv`, `*.part`, `*.tmp`) are never picked up, and a file changed within the last
 `POPHEALTH_LANDING_SETTLE_SECONDS` (default 2, at most 60) is looked at again that long later and left
-for the next run if its size or modification time moved (`pophealth/landing.py: settled`, used by
+for the next run if its size or modification time moved (`pophealth/ingest/landing.py: settled`, used by
 `load.pending_extracts`, so by the ingest DAGs' discover task and `pophealth status`). A folder of older
 files costs no wait.
 """

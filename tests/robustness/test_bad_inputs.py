@@ -45,9 +45,9 @@ def deliver(path: Path, run_id: str) -> Delivered:
     """What an ingest DAG does with one file: stage, gate, publish; a refusal is an outcome, not a crash."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    from pophealth.landing import identify
-    from pophealth.load import LoadRefused, publish_load, stage_extract
-    from pophealth.orchestration import gate_load
+    from pophealth.ingest.landing import identify
+    from pophealth.ingest.load import LoadRefused, publish_load, stage_extract
+    from pophealth.operate.orchestration import gate_load
 
     try:
         staged = stage_extract(path, run_id)
@@ -126,7 +126,7 @@ def assert_accounted(warehouse, load_id: int, rows_in_file: int, case: Case) -> 
 
 def assert_period_held_once(warehouse, path: Path) -> None:
     """A provider's period is in the raw table once: the rows of its one published load, or nothing."""
-    from pophealth.landing import identify
+    from pophealth.ingest.landing import identify
 
     extract = identify(path)
     if extract is None:
@@ -143,8 +143,8 @@ def assert_period_held_once(warehouse, path: Path) -> None:
 
 @pytest.mark.parametrize("case", TABLE_CASES, ids=[c.id for c in TABLE_CASES])
 def test_each_bad_input_gets_its_exact_outcome_and_loses_nothing(warehouse, case: Case):
-    from pophealth.landing import scan
-    from pophealth.load import pending_extracts
+    from pophealth.ingest.landing import scan
+    from pophealth.ingest.load import pending_extracts
 
     path = case_path(warehouse, case)
     deliveries = case.deliveries(warehouse.good)
@@ -196,7 +196,7 @@ def test_a_million_row_file_with_one_bad_row_loads_the_rest(warehouse, record_pr
     path = case_path(warehouse, case)
     write_million(warehouse.good, path)
     before = snapshot(warehouse)
-    from pophealth.load import stage_extract
+    from pophealth.ingest.load import stage_extract
 
     started = time.monotonic()
     staged = stage_extract(path, "robustness__million")
@@ -204,8 +204,8 @@ def test_a_million_row_file_with_one_bad_row_loads_the_rest(warehouse, record_pr
     print(f"\nmillion-row file staged in {seconds:.1f} s ({MILLION / seconds:,.0f} rows/s)")
     record_property("million_stage_seconds", round(seconds, 1))
     assert (staged.rows_read, staged.rows_loaded, staged.rows_quarantined) == (MILLION, MILLION - 1, 1)
-    from pophealth.load import publish_load
-    from pophealth.orchestration import gate_load
+    from pophealth.ingest.load import publish_load
+    from pophealth.operate.orchestration import gate_load
 
     started = time.monotonic()
     gate_load(staged.load_id, "robustness__million")

@@ -33,7 +33,7 @@ def names(paths: list[str]) -> list[str]:
 
 
 def test_a_file_is_awaited_until_it_is_loaded_or_refused(warehouse, delivery):
-    from pophealth.load import awaiting_extracts
+    from pophealth.ingest.load import awaiting_extracts
 
     register = delivery / "gp_register_20251031.csv"
     shutil.copy(warehouse.landing / "gp_register_20250930.csv", register)
@@ -53,7 +53,7 @@ def test_a_file_is_awaited_until_it_is_loaded_or_refused(warehouse, delivery):
 
 
 def test_a_scheduled_run_waits_for_the_feeds_before_its_own_and_a_run_by_hand_does_not(warehouse, delivery):
-    from pophealth.orchestration import wait_for_files
+    from pophealth.operate.orchestration import wait_for_files
 
     register = delivery / "gp_register_20251130.csv"
     shutil.copy(warehouse.landing / "gp_register_20250930.csv", register)
@@ -75,7 +75,7 @@ def test_a_scheduled_run_waits_for_the_feeds_before_its_own_and_a_run_by_hand_do
 
 
 def test_a_build_the_assets_start_waits_for_what_is_still_to_load_within_a_bound(warehouse, delivery, caplog):
-    from pophealth.orchestration import LOADS_WAIT, wait_for_loads
+    from pophealth.operate.orchestration import LOADS_WAIT, wait_for_loads
 
     hospital = delivery / "apc_RAJ_20270430.csv"
     hospital.write_bytes(with_values(warehouse.good, 2))
@@ -93,8 +93,8 @@ def test_a_build_the_assets_start_waits_for_what_is_still_to_load_within_a_bound
 def test_a_build_the_assets_start_is_skipped_when_the_marts_hold_every_published_load(warehouse, delivery):
     from airflow.sdk.exceptions import AirflowSkipException
 
-    from pophealth import db
-    from pophealth.orchestration import check_loads
+    from pophealth.operate.orchestration import check_loads
+    from pophealth.warehouse import db
 
     newest = check_loads("asset_triggered")
     assert newest == warehouse.value("SELECT max(load_id) FROM audit.load WHERE published_at IS NOT NULL")

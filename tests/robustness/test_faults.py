@@ -22,7 +22,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pophealth import load
+from pophealth.ingest import load
 from tests.integration.conftest import TEST_KEY, isolated_env, synth_world
 from tests.integration.test_pipeline_end_to_end import PERSON_COLUMNS, _normal, expected_person_id, expected_person_row
 from tests.robustness.conftest import good_apc
@@ -41,7 +41,7 @@ FAULT_FILE = "apc_RAJ_20250930.csv"
 LOAD = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from pophealth.load import publish_load, stage_extract
+    from pophealth.ingest.load import publish_load, stage_extract
     for name in sys.argv[1:]:
         outcome = stage_extract(Path(name), "faults")
         if outcome.status == "validated":
@@ -53,9 +53,10 @@ LOAD = textwrap.dedent("""
 NORMAL_RUN = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from pophealth.landing import LOAD_ORDER
-    from pophealth.load import pending_extracts, prepare_warehouse, publish_load, stage_extract
-    from pophealth.marts import dbt_build
+    from pophealth.ingest.landing import LOAD_ORDER
+    from pophealth.ingest.load import pending_extracts, publish_load, stage_extract
+    from pophealth.warehouse.schema import prepare_warehouse
+    from pophealth.marts.build import dbt_build
     prepare_warehouse()
     landing = Path(sys.argv[1])
     skip = set(sys.argv[2].split(",")) if len(sys.argv) > 2 else set()
@@ -75,7 +76,7 @@ NORMAL_RUN = textwrap.dedent("""
 PENDING = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from pophealth.load import pending_extracts
+    from pophealth.ingest.load import pending_extracts
     for name in pending_extracts(Path(sys.argv[1]), "apc"):
         print("PENDING", Path(name).name, flush=True)
 """)

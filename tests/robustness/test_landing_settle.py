@@ -1,4 +1,4 @@
-"""The landing folder's rule for files still being written (the contract is silent; pophealth/landing.py):
+"""The landing folder's rule for files still being written (the contract is silent; pophealth/ingest/landing.py):
 temporary names are never picked up, and a just-changed file must stay unchanged for the settle interval."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from pophealth.landing import FileRejected, scan, settle_seconds, settled
+from pophealth.ingest.landing import FileRejected, scan, settle_seconds, settled
 
 
 def test_hidden_and_temporary_names_are_neither_extracts_nor_unrecognised(tmp_path):

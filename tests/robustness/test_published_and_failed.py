@@ -27,7 +27,7 @@ def folder(warehouse, name: str) -> Path:
 
 
 def execute(text: str, params: tuple = ()) -> None:
-    from pophealth import db
+    from pophealth.warehouse import db
 
     with db.connect() as conn:
         conn.execute(text, params)
@@ -66,7 +66,8 @@ def test_a_personal_load_uses_the_published_lookup_and_ignores_the_landing_folde
     stored = localities(warehouse, result.load_id) - {None}
     assert stored and stored <= original and "ELSEWHERE" not in stored
     # The lookup's postcodes are kept as one-way digests only: no full postcode at rest, so the scan finds none.
-    from pophealth import db, ig_report
+    from pophealth.governance import ig_report
+    from pophealth.warehouse import db
 
     with db.connect() as conn:
         findings = ig_report.scan_warehouse(conn).findings
@@ -80,7 +81,7 @@ def test_without_a_published_lookup_a_personal_load_is_refused(warehouse):
     try:
         result = deliver(apc_file(warehouse, "no_lookup", "20270228"), "issue22__no_lookup")
     finally:
-        from pophealth import db
+        from pophealth.warehouse import db
 
         with db.connect() as conn, conn.cursor().copy(
                 "COPY raw.ref_postcode (load_id, postcode_digest, lsoa_code, locality_code, la_code) "
@@ -143,9 +144,9 @@ def test_a_crash_is_recorded_failed_stops_the_marts_and_needs_a_person(warehouse
     interruption, but a failure that blocks the marts until a good file of the period is loaded."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    from pophealth import status
-    from pophealth.audit import blocking_loads
-    from pophealth.orchestration import assert_loads_gated
+    from pophealth.operate import status
+    from pophealth.operate.orchestration import assert_loads_gated
+    from pophealth.warehouse.audit import blocking_loads
 
     path = apc_file(warehouse, "crash", "20270630", with_values(warehouse.good, 2, sex="XX"))
     execute("ALTER TABLE raw.apc_episode ALTER COLUMN sex TYPE varchar(1)")
@@ -175,9 +176,10 @@ def test_files_that_are_not_extracts_are_named_in_status_the_run_summary_and_the
                                                                                            tmp_path):
     import gzip
 
-    from pophealth import config, orchestration, status
-    from pophealth.pipeline import PipelineOutcome
-    from pophealth.report import summarise
+    from pophealth import config
+    from pophealth.operate import orchestration, status
+    from pophealth.operate.pipeline import PipelineOutcome
+    from pophealth.operate.run_summary import summarise
 
     place = folder(warehouse, "not_extracts")
     (place / "APC_RAJ_20250131.csv").write_bytes(good_bytes(warehouse.good))

@@ -6,8 +6,8 @@ from datetime import date
 
 import pytest
 
-from pophealth import agreements
-from pophealth.agreements import NoAgreement, Register, RegisterInvalid, agreement_in_force
+from pophealth.contract import agreements
+from pophealth.contract.agreements import NoAgreement, Register, RegisterInvalid, agreement_in_force
 
 
 def agreement(version: int, start: date, end: date, purposes=("bcf_reporting",)) -> agreements.Agreement:
@@ -49,7 +49,7 @@ def test_a_register_with_an_unknown_purpose_is_refused(tmp_path):
 
 
 def test_an_edit_to_the_register_is_seen_by_the_next_load_however_soon(tmp_path):
-    """The parsed register is kept between files (pophealth.agreements._parsed), by its text: an edit made at
+    """The parsed register is kept between files (pophealth.contract.agreements._parsed), by its text: an edit made at
     once after a load, even one of the same length in the same instant, is what the next load reads."""
     path = tmp_path / "r.yml"
     text = agreements.REGISTER_FILE.read_text()

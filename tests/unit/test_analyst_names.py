@@ -52,7 +52,8 @@ def test_the_seed_records_where_it_comes_from():
 def manifest(tmp_path_factory) -> dict:
     home = tmp_path_factory.mktemp("manifest")
     env = {**os.environ, "POPHEALTH_HOME": str(home), "POPHEALTH_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"}
-    proc = subprocess.run([sys.executable, "-c", "from pophealth.marts import parse_project; print(parse_project())"],
+    code = "from pophealth.marts.build import parse_project; print(parse_project())"
+    proc = subprocess.run([sys.executable, "-c", code],
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     return json.loads(Path(proc.stdout.strip().splitlines()[-1]).read_text())
@@ -66,7 +67,7 @@ def test_the_docs_site_opens_on_the_projects_own_overview(manifest):
 def test_the_board_report_is_an_exposure_on_the_reporting_tables_it_reads(manifest):
     exposure = manifest["exposures"]["exposure.pophealth.board_report"]
     read = {dep.split(".")[-1] for dep in exposure["depends_on"]["nodes"]}
-    board_report = (REPO / "pophealth" / "board_report.py").read_text()
+    board_report = (REPO / "pophealth" / "reports" / "board_report.py").read_text()
     tables = set(re.findall(r'"reporting\.([a-z_]+)"', board_report))
     assert tables and read == {f"reporting_{t}" for t in tables}  # every table it reads, and no other
 

@@ -17,10 +17,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pophealth.at_source import KEY_VERSION_COLUMN, pseudonymise_row
-from pophealth.feeds import FEED_SPECS, INTEGER_MAX, SMALLINT_MAX, RowContext, RowProblem
-from pophealth.identifiers import NhsNumberCheck, check_nhs_number
-from pophealth.landing import FileRejected
+from pophealth.contract.identifiers import NhsNumberCheck, check_nhs_number
+from pophealth.ingest.at_source import KEY_VERSION_COLUMN, pseudonymise_row
+from pophealth.ingest.feeds import FEED_SPECS, INTEGER_MAX, SMALLINT_MAX, RowContext, RowProblem
+from pophealth.ingest.landing import FileRejected
 from tests.unit.test_feeds import LOOKUP, PSEUDO, apc, event, register
 
 PROVIDERS = {"gp_register": None, "apc": "RAJ", "cld": "E10000012"}

@@ -20,7 +20,11 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from pophealth.at_source import (
+from pophealth.cli import main
+from pophealth.contract.identifiers import nhs_check_digit
+from pophealth.identity.keys import LinkageKey
+from pophealth.identity.pseudonymise import Area, PostcodeLookup, Pseudonymiser
+from pophealth.ingest.at_source import (
     APC_COLUMNS,
     CLD_CONTRACT_COLUMNS,
     FORMS,
@@ -31,11 +35,7 @@ from pophealth.at_source import (
     source_key_problem,
     summary_text,
 )
-from pophealth.cli import main
-from pophealth.identifiers import nhs_check_digit
-from pophealth.keys import LinkageKey
-from pophealth.landing import FileRejected
-from pophealth.pseudonymise import Area, PostcodeLookup, Pseudonymiser
+from pophealth.ingest.landing import FileRejected
 
 KEY_HEX = "0f" * 32
 SECRET = bytes.fromhex(KEY_HEX)

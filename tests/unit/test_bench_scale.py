@@ -235,8 +235,8 @@ def test_the_run_writes_its_own_outcome_with_each_dags_time(tmp_path):
     import json
     from datetime import datetime
 
-    from pophealth.airflow_runner import DagOutcome
-    from pophealth.pipeline import OUTCOME_FILE, PipelineOutcome
+    from pophealth.operate.airflow_runner import DagOutcome
+    from pophealth.operate.pipeline import OUTCOME_FILE, PipelineOutcome
 
     outcome = PipelineOutcome(landing=tmp_path / "landing", log_dir=tmp_path / "runs" / "x",
                               started_at=datetime(2026, 12, 4, 16, 0, tzinfo=UTC), seconds=12.34567,
@@ -253,7 +253,7 @@ def test_the_run_writes_its_own_outcome_with_each_dags_time(tmp_path):
 
 def test_the_dag_run_is_keyed_as_the_demo_is_with_files_and_no_key_in_the_environment(tmp_path):
     from benchmarks.scale import demo_keyed_env
-    from pophealth.keys import ALL_KEYS
+    from pophealth.identity.keys import ALL_KEYS
 
     given = {"POPHEALTH_LINKAGE_KEY": "ab" * 32, "POPHEALTH_VAULT_PRIVATE_KEY": "cd" * 32,
              "POPHEALTH_HOME": "/elsewhere", "POPHEALTH_LANDING_DIR": "/elsewhere/landing", "PATH": "/usr/bin"}

@@ -32,7 +32,7 @@ def test_the_help_groups_every_command_under_who_runs_it(capsys):
 
 
 def test_dag_help_lists_the_dag_ids_the_pipeline_runs(capsys):
-    from pophealth.pipeline import INGEST_DAGS, MARTS_DAG
+    from pophealth.operate.pipeline import INGEST_DAGS, MARTS_DAG
 
     out = _help(capsys, "dag")
     listed = out.split("DAG ids:\n", 1)[1].split()

@@ -206,7 +206,7 @@ AIRFLOW_SECRET_SETTINGS = {"AIRFLOW__CORE__FERNET_KEY": "airflow_fernet_key",
 CELERY_SECRET_SETTINGS = {"AIRFLOW__CELERY__BROKER_URL": "redis_password",
                           "AIRFLOW__CELERY__RESULT_BACKEND": "airflow_db_password"}
 CELERY_SERVICES = ("airflow-scheduler", "airflow-worker")
-#: pophealth's keys (pophealth/keys.py): what the loading tasks hold; the vault's private key is not one of them.
+#: pophealth's keys (identity/keys.py): what the loading tasks hold; the vault's private key is not one of them.
 WORKER_KEYS = {"POPHEALTH_LINKAGE_KEY_FILE": "linkage_key", "POPHEALTH_VAULT_PUBLIC_KEY_FILE": "vault_public_key",
                "POPHEALTH_SECONDARY_USE_KEY_FILE": "secondary_use_key",
                "POPHEALTH_DIRECT_CARE_KEY_FILE": "direct_care_key"}
@@ -267,7 +267,7 @@ def _run_setting_command(command: str, secrets_dir: Path) -> str:
     words = shlex.split(command)  # as Airflow runs it: split, no shell
     if words[:2] == ["cat", words[1]] and len(words) == 2:
         return (secrets_dir / Path(words[1]).relative_to("/run/secrets")).read_text().strip()
-    assert words[:3] == ["python", "-m", "pophealth.secret_url"] and len(words) == 4, command
+    assert words[:3] == ["python", "-m", "pophealth.operate.secret_url"] and len(words) == 4, command
     proc = subprocess.run([sys.executable, *words[1:]], env={"POPHEALTH_SECRETS_DIR": str(secrets_dir)},
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pophealth.at_source import APC_COLUMNS, CLD_CONTRACT_COLUMNS, FORMS, GP_REGISTER_COLUMNS, KEY_VERSION_COLUMN
-from pophealth.feeds import FEED_SPECS
+from pophealth.ingest.at_source import APC_COLUMNS, CLD_CONTRACT_COLUMNS, FORMS, GP_REGISTER_COLUMNS, KEY_VERSION_COLUMN
+from pophealth.ingest.feeds import FEED_SPECS
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTRACT = ROOT / "docs" / "contract"

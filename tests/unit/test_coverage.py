@@ -1,5 +1,5 @@
 """Coverage from the rows: a sender's loads join into unbroken stretches, a month no load covers is a gap; and the
-volume rule compares a file with the previous one month for month (pophealth/coverage.py, gates.months_covered)."""
+volume rule compares a file with the previous one month for month (reports/coverage.py, gates.months_covered)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from datetime import date, timedelta
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pophealth.coverage import gaps, stretches
-from pophealth.gates import months_covered
+from pophealth.quality.gates import months_covered
+from pophealth.reports.coverage import gaps, stretches
 
 D = date.fromisoformat
 

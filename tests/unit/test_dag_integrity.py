@@ -64,7 +64,7 @@ def parsed(tmp_path_factory):
     }
     env.pop("POPHEALTH_LINKAGE_KEY", None)
     # The marts DAG is rendered from the dbt manifest, which `dbt parse` writes without a database.
-    subprocess.run([sys.executable, "-c", "from pophealth.marts import parse_project; parse_project()"], env=env,
+    subprocess.run([sys.executable, "-c", "from pophealth.marts.build import parse_project; parse_project()"], env=env,
                    check=True, capture_output=True, timeout=300)
     proc = subprocess.run([sys.executable, "-c", PARSE], env=env, capture_output=True, text=True, timeout=300)
     line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))
@@ -205,7 +205,7 @@ def test_every_task_notifies_on_failure(parsed):
 
 
 def test_new_files_are_loaded_in_groups_of_at_most_a_dozen_in_their_order(tmp_path):
-    from pophealth.orchestration import BYTES_PER_TASK, group_label, in_groups
+    from pophealth.operate.orchestration import BYTES_PER_TASK, group_label, in_groups
 
     files = []
     for n in range(26):

@@ -1,5 +1,5 @@
 """One source of truth for the deployment: infra/deployment.yml, which docker-compose.yml (containers) and
-pophealth/cluster.py (`./dev.sh cluster`, the same topology on this machine's servers) both follow.
+pophealth/operate/cluster.py (`./dev.sh cluster`, the same topology on this machine's servers) both follow.
 
 These read both files and the environments the cluster gives its processes; nothing is started.
 """
@@ -14,8 +14,8 @@ from urllib.parse import unquote, urlparse
 import pytest
 import yaml
 
-from pophealth import cluster
-from pophealth.keys import ALL_KEYS
+from pophealth.identity.keys import ALL_KEYS
+from pophealth.operate import cluster
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
@@ -48,7 +48,7 @@ def secret_settings(service: str) -> dict[str, str]:
 
 
 def test_the_keys_are_masked_by_the_same_names_in_compose_the_cluster_and_the_embedded_default(tmp_path, monkeypatch):
-    from pophealth.airflow_runner import airflow_env
+    from pophealth.operate.airflow_runner import airflow_env
 
     monkeypatch.setenv("POPHEALTH_HOME", str(tmp_path))
     monkeypatch.setenv("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "postgresql://nobody@localhost/none")
@@ -98,7 +98,7 @@ def test_compose_gives_the_keys_to_the_workers_alone_and_the_vaults_public_key_o
 
 
 def test_the_deployment_names_only_key_settings_the_platform_reads_and_never_the_vaults_private_key():
-    from pophealth.keys import VAULT_PRIVATE, VAULT_PUBLIC
+    from pophealth.identity.keys import VAULT_PRIVATE, VAULT_PUBLIC
 
     known = {source.env_file for source, _ in ALL_KEYS}
     assert set(DEPLOYMENT["keys"]["airflow-worker"]) == known
@@ -110,7 +110,7 @@ def test_the_deployment_names_only_key_settings_the_platform_reads_and_never_the
 
 @pytest.fixture
 def layout(tmp_path, monkeypatch):
-    from pophealth.keys import VAULT_PRIVATE
+    from pophealth.identity.keys import VAULT_PRIVATE
 
     monkeypatch.setenv("POPHEALTH_HOME", str(tmp_path))
     for source, _ in [*ALL_KEYS, (VAULT_PRIVATE, None)]:
@@ -147,7 +147,7 @@ def test_every_secret_is_a_file_only_its_owner_can_read_named_as_composes(layout
 
 
 def test_the_cluster_makes_a_vault_key_pair_and_gives_the_workers_its_public_half_only(layout):
-    from pophealth.keys import VaultPrivateKey
+    from pophealth.identity.keys import VaultPrivateKey
 
     private = cluster.vault_private_key_file(layout)
     assert private.parent != layout.secrets

@@ -6,12 +6,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pophealth.at_source import pseudonymise_row
-from pophealth.feeds import FEED_SPECS, RowContext, RowProblem, identity_columns_present
-from pophealth.identifiers import NhsNumber
-from pophealth.keys import LinkageKey
-from pophealth.landing import FileRejected
-from pophealth.pseudonymise import Area, PostcodeLookup, Pseudonymiser
+from pophealth.contract.identifiers import NhsNumber
+from pophealth.identity.keys import LinkageKey
+from pophealth.identity.pseudonymise import Area, PostcodeLookup, Pseudonymiser
+from pophealth.ingest.at_source import pseudonymise_row
+from pophealth.ingest.feeds import FEED_SPECS, RowContext, RowProblem, identity_columns_present
+from pophealth.ingest.landing import FileRejected
 
 KEY = LinkageKey.from_hex("3c" * 32, "test")
 PSEUDO = Pseudonymiser(KEY)

@@ -7,9 +7,9 @@ from datetime import date
 
 import pytest
 
-from pophealth import gates
-from pophealth.gates import CheckResult, GateOutcome, LoadContext
-from pophealth.landing import LOAD_ORDER
+from pophealth.ingest.landing import LOAD_ORDER
+from pophealth.quality import gates
+from pophealth.quality.gates import CheckResult, GateOutcome, LoadContext
 
 
 def _rule(rule_id: str) -> dict:

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pophealth.identifiers import (
+from pophealth.contract.identifiers import (
     Icd10Code,
     IdentifierError,
     NhsNumber,

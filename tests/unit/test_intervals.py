@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pophealth.intervals import byar, garwood, interval, scale_of, wilson
+from pophealth.reports.intervals import byar, garwood, interval, scale_of, wilson
 
 
 def test_wilson_of_none_of_ten_starts_at_zero_and_is_not_zero_wide():

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from pophealth.keys import (
+from pophealth.identity.keys import (
     KeyError_,
     LinkageKey,
     VaultPrivateKey,

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from pophealth.feeds import FEED_SPECS, identity_columns_present
-from pophealth.landing import FileRejected, identify, open_extract, scan
+from pophealth.ingest.feeds import FEED_SPECS, identity_columns_present
+from pophealth.ingest.landing import FileRejected, identify, open_extract, scan
 
 
 @pytest.mark.parametrize(
@@ -159,7 +159,7 @@ def test_a_link_named_like_an_extract_is_listed_as_not_an_extract_and_never_read
 
 
 def test_a_file_swapped_for_a_link_after_the_scan_is_refused_when_read(tmp_path):
-    from pophealth.landing import sha256_of
+    from pophealth.ingest.landing import sha256_of
 
     target = tmp_path / "target.csv"
     target.write_text("procode\nRAJ\n")

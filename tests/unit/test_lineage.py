@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pophealth.lineage import FILE, SourceColumn, condition_identifiers, raw_to_feed
+from pophealth.governance.lineage import FILE, SourceColumn, condition_identifiers, raw_to_feed
 
 
 def test_filter_join_grouping_and_case_conditions_are_found_and_the_selected_values_are_not():

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from pophealth import marts_gate
+from pophealth.quality import marts_gate
 
 KEY = ["metric_code"]
 

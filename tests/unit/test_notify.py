@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from pophealth import notify
+from pophealth.operate import notify
 from tests.integration.listeners import listening
 
 

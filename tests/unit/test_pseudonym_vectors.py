@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pophealth.identifiers import NhsNumber, NhsNumberCheck, check_nhs_number
-from pophealth.keys import LinkageKey
-from pophealth.pseudonymise import Pseudonymiser
+from pophealth.contract.identifiers import NhsNumber, NhsNumberCheck, check_nhs_number
+from pophealth.identity.keys import LinkageKey
+from pophealth.identity.pseudonymise import Pseudonymiser
 
 KEY_0_TO_31 = bytes(range(32)).hex()
 KEY_5A = "5a" * 32

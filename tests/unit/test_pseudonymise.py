@@ -4,9 +4,9 @@ import hashlib
 import hmac
 from datetime import date
 
-from pophealth.identifiers import NhsNumber
-from pophealth.keys import LinkageKey
-from pophealth.pseudonymise import Pseudonymiser, birth_year_month, normalise_postcode
+from pophealth.contract.identifiers import NhsNumber
+from pophealth.identity.keys import LinkageKey
+from pophealth.identity.pseudonymise import Pseudonymiser, birth_year_month, normalise_postcode
 
 KEY_HEX = "0f" * 32
 

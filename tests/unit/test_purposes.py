@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pophealth.keys import DirectCareKey, KeyError_, SecondaryUseKey, load_purpose_key
-from pophealth.purposes import PURPOSES, PublishedIdsRefused, PurposeKeyring
+from pophealth.identity.keys import DirectCareKey, KeyError_, SecondaryUseKey, load_purpose_key
+from pophealth.identity.purposes import PURPOSES, PublishedIdsRefused, PurposeKeyring
 
 SECONDARY = "e7" * 32
 DIRECT = "d4" * 32

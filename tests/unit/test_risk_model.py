@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pophealth.risk_model import FittedModel, append_to_seed, c_statistic, fit_logistic
+from pophealth.marts.risk_model import FittedModel, append_to_seed, c_statistic, fit_logistic
 
 
 def test_c_statistic_of_a_hand_worked_case():

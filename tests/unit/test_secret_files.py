@@ -10,8 +10,9 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 
-from pophealth import config, db
-from pophealth.secret_url import SecretMissing, fill
+from pophealth import config
+from pophealth.operate.secret_url import SecretMissing, fill
+from pophealth.warehouse import db
 
 PASSWORD = "p@ss:w/rd #1%"  # every character that would break a URL written by hand
 
@@ -44,12 +45,12 @@ def test_a_missing_empty_or_outside_secret_is_refused_naming_the_file_only(secre
 def test_the_command_airflow_runs_prints_the_url_or_fails_with_one_line(secrets):
     env = {"POPHEALTH_SECRETS_DIR": str(secrets), "PATH": "/usr/bin:/bin"}
     template = "db+postgresql://airflow:{airflow_db_password}@h/airflow"
-    good = subprocess.run([sys.executable, "-m", "pophealth.secret_url", template], env=env, capture_output=True,
-                          text=True, timeout=60)
+    good = subprocess.run([sys.executable, "-m", "pophealth.operate.secret_url", template], env=env,
+                          capture_output=True, text=True, timeout=60)
     assert good.returncode == 0 and unquote(urlparse(good.stdout).password) == PASSWORD
     # Airflow takes the output as it is (it does not strip it): the URL must not end in a line end.
     assert good.stdout.endswith("@h/airflow")
-    bad = subprocess.run([sys.executable, "-m", "pophealth.secret_url", "redis://:{redis_password}@redis:6379/0"],
+    bad = subprocess.run([sys.executable, "-m", "pophealth.operate.secret_url", "redis://:{redis_password}@redis:6379/0"],
                          env=env, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.count("\n") == 1 and "redis_password does not exist" in bad.stderr
@@ -80,9 +81,9 @@ def test_a_password_file_that_cannot_be_used_is_an_error_not_an_empty_password(s
 
 
 def test_setup_gives_airflow_s_metadata_database_to_a_command_when_the_deployment_does(monkeypatch):
-    from pophealth.airflow_runner import airflow_env
+    from pophealth.operate.airflow_runner import airflow_env
 
     monkeypatch.delenv("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", raising=False)
-    monkeypatch.setenv("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_CMD", "python -m pophealth.secret_url x")
+    monkeypatch.setenv("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_CMD", "python -m pophealth.operate.secret_url x")
     monkeypatch.setenv("POPHEALTH_DATABASE_URL", "postgresql://pophealth:x@warehouse:5432/pophealth")
     assert "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN" not in airflow_env()

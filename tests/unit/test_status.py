@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from pophealth.db import parse_url
-from pophealth.status import age
+from pophealth.operate.status import age
+from pophealth.warehouse.db import parse_url
 
 
 def test_the_warehouse_is_named_without_its_password():
@@ -35,7 +35,7 @@ def _source(feed: str, provider: str | None, period_end: str, status: str = "pub
 def test_the_next_delivery_of_each_feed_is_its_next_scheduled_look_and_the_period_after_the_latest():
     from datetime import date
 
-    from pophealth.status import next_deliveries
+    from pophealth.operate.status import next_deliveries
 
     now = datetime(2026, 1, 12, 9, 30, tzinfo=UTC)  # after this month's hospital look (the 10th, 06:00)
     latest = [_source("apc", "RAJ", "2025-11-30"), _source("apc", "RDE", "2025-10-31", "gate_failed"),
@@ -56,7 +56,7 @@ def test_the_next_delivery_of_each_feed_is_its_next_scheduled_look_and_the_perio
 
 
 def test_a_look_in_summer_is_at_six_in_london_which_is_five_utc():
-    from pophealth.status import next_deliveries
+    from pophealth.operate.status import next_deliveries
 
     due = {d["feed"]: d for d in next_deliveries([], datetime(2026, 6, 1, tzinfo=UTC))}
     assert due["apc"]["next_look"].astimezone(UTC).isoformat() == "2026-06-10T05:00:00+00:00"
@@ -65,7 +65,7 @@ def test_a_look_in_summer_is_at_six_in_london_which_is_five_utc():
 def test_the_period_after_a_month_end_is_the_next_month_end():
     from datetime import date
 
-    from pophealth.status import _month_end_after
+    from pophealth.operate.status import _month_end_after
 
     assert _month_end_after(date(2025, 1, 31), 1) == date(2025, 2, 28)
     assert _month_end_after(date(2024, 1, 31), 1) == date(2024, 2, 29)

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from pophealth.feeds import APC_COLUMNS, FEED_SPECS, GP_REGISTER_COLUMNS, RowContext, RowProblem
-from pophealth.feeds import CLD_CONTRACT_COLUMNS as CLD_COLUMNS
-from pophealth.identifiers import NhsNumber, NhsNumberCheck, check_nhs_number, normalise_nhs_number
-from pophealth.keys import LinkageKey
-from pophealth.landing import identify, open_extract
-from pophealth.pseudonymise import PostcodeLookup, Pseudonymiser
+from pophealth.contract.identifiers import NhsNumber, NhsNumberCheck, check_nhs_number, normalise_nhs_number
+from pophealth.identity.keys import LinkageKey
+from pophealth.identity.pseudonymise import PostcodeLookup, Pseudonymiser
+from pophealth.ingest.feeds import APC_COLUMNS, FEED_SPECS, GP_REGISTER_COLUMNS, RowContext, RowProblem
+from pophealth.ingest.feeds import CLD_CONTRACT_COLUMNS as CLD_COLUMNS
+from pophealth.ingest.landing import identify, open_extract
 from pophealth.synth import MID_AND_SOUTH_ESSEX, write_world
 from pophealth.synth.answer_metrics import EMERGENCY, is_fall, is_injury, periods
 from pophealth.synth.extracts import RELEASE1

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pophealth.keys import VaultPrivateKey
-from pophealth.vault import VaultError, VaultOpener, VaultSealer
+from pophealth.identity.keys import VaultPrivateKey
+from pophealth.identity.vault import VaultError, VaultOpener, VaultSealer
 
 REPO = Path(__file__).resolve().parents[2]
 PERSON = "ab" * 32
@@ -77,11 +77,11 @@ def test_the_private_key_is_read_by_the_command_line_alone_never_by_a_dag_or_a_t
     # runs the loads with a private-key setting that would fail if anything read it).
     assert _callers("load_vault_private_key") == {"pophealth/cli.py"}
     assert _callers("_vault_private_key") == {"pophealth/cli.py"}
-    assert _callers("VaultOpener") <= {"pophealth/vault.py", "pophealth/rekey.py"}
+    assert _callers("VaultOpener") <= {"pophealth/identity/vault.py", "pophealth/identity/rekey.py"}
 
 
 def test_airflow_is_never_given_the_private_key(monkeypatch, tmp_path):
-    from pophealth.airflow_runner import airflow_env
+    from pophealth.operate.airflow_runner import airflow_env
 
     monkeypatch.setenv("POPHEALTH_HOME", str(tmp_path))
     monkeypatch.setenv("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "postgresql://nobody@localhost/none")

@@ -11,7 +11,7 @@ import time
 
 PARENT = textwrap.dedent("""
     import subprocess, sys
-    from pophealth.webui import dies_with_parent
+    from pophealth.operate.webui import dies_with_parent
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"], start_new_session=True,
                              preexec_fn=dies_with_parent)
     print(child.pid, flush=True)
@@ -45,7 +45,9 @@ def test_a_child_started_by_the_ui_ends_when_the_ui_is_killed():
 
 
 def test_the_ui_on_a_real_warehouse_asks_for_a_postgresql_metadata_database_before_touching_anything(tmp_path):
-    from pophealth import config, db, webui
+    from pophealth import config
+    from pophealth.operate import webui
+    from pophealth.warehouse import db
 
     said: list[str] = []
     with config.environment(POPHEALTH_HOME=str(tmp_path), POPHEALTH_AIRFLOW_DATABASE_URL=None,

@@ -1,4 +1,4 @@
--- The purpose mapping (pophealth/purposes.py): each transit pseudonym of raw and its published id per purpose.
+-- The purpose mapping (pophealth/identity/purposes.py): each transit pseudonym of raw and its published id per purpose.
 -- Read only to swap the transit pseudonym for a published id as the last step of a published model; no
 -- published model carries a transit pseudonym or both ids of a person.
 select

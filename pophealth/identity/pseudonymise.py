@@ -1,0 +1,136 @@
+"""Pseudonymisation: the keyed hash of the NHS number, keyed pseudonyms of local ids, and the reductions
+of date of birth and postcode. Everything here runs in memory, before anything is written.
+
+These are the primitives; `at_source.pseudonymise_row` applies them to a row of each feed.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import hmac
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+from pophealth.contract.identifiers import LocalPseudonym, NhsNumber, PersonId
+from pophealth.identity.keys import LinkageKey
+
+# Local identifiers are hashed under a key derived from the linkage key for that purpose only, so that a
+# local pseudonym can never equal, or be tested against, a person_id (domain separation).
+_LOCAL_KEY_LABEL = b"pophealth|local-identifier|v1"
+
+
+#: Told of every identity hashed: (kind "nhs" or "local", the pseudonym in hex, the exact bytes hashed).
+OnIdentity = Callable[[str, str, bytes], None]
+
+
+class Pseudonymiser:
+    __slots__ = ("_linkage", "_local", "_on_identity", "key_version")
+
+    def __init__(self, key: LinkageKey, *, on_identity: OnIdentity | None = None):
+        secret = key.secret_bytes()
+        self._linkage = hmac.new(secret, digestmod=hashlib.sha256)
+        self._local = hmac.new(hmac.new(secret, _LOCAL_KEY_LABEL, hashlib.sha256).digest(), digestmod=hashlib.sha256)
+        # Called for every value hashed, whatever becomes of its row (quarantined and opted-out rows included):
+        # the caller decides what to keep.
+        self._on_identity = on_identity
+        self.key_version = key.version
+
+    def person_id(self, nhs_number: NhsNumber) -> PersonId:
+        """Lowercase hex HMAC-SHA256 of the ten ASCII digits: what a source computes on its own premises."""
+        digits = nhs_number.digits_for_hashing()
+        mac = self._linkage.copy()
+        mac.update(digits)
+        value = mac.hexdigest()
+        if self._on_identity is not None:
+            self._on_identity("nhs", value, digits)
+        return PersonId(value)
+
+    def local(self, source: str, local_id: str) -> LocalPseudonym:
+        """A keyed pseudonym of a local identifier, scoped by its source (`RAJ`, `E10000012`)."""
+        hashed = f"{source.strip()}|{local_id.strip()}".encode()
+        mac = self._local.copy()
+        mac.update(hashed)
+        value = mac.hexdigest()
+        if self._on_identity is not None:
+            self._on_identity("local", value, hashed)
+        return LocalPseudonym(value)
+
+
+_ISO_DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")  # ASCII digits only
+
+
+def iso_date(text: str) -> date:
+    """A date as the contract writes it (ISO YYYY-MM-DD). ValueError says why not, never with the value."""
+    if not _ISO_DATE.match(text):
+        raise ValueError("date is not in ISO YYYY-MM-DD form")
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise ValueError("date does not exist in the calendar") from None
+
+
+def birth_year_month(date_of_birth: date | None) -> tuple[int | None, int | None]:
+    """A date of birth reduced to what age needs: year and month, never the day."""
+    if date_of_birth is None:
+        return None, None
+    return date_of_birth.year, date_of_birth.month
+
+
+_POSTCODE_SPACE = re.compile(r"\s+")
+
+
+def normalise_postcode(raw: str | None) -> str:
+    return _POSTCODE_SPACE.sub("", raw or "").upper()
+
+
+def postcode_digest(raw: str | None) -> str:
+    """A postcode as the warehouse keeps the published lookup's: a one-way hash of the normalised postcode, so no
+    full postcode is at rest in clear, not even the lookup's (public geography, but a full postcode all the same)."""
+    return hashlib.sha256(b"pophealth|postcode|" + normalise_postcode(raw).encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Area:
+    lsoa_code: str
+    locality_code: str
+
+
+class PostcodeLookup:
+    """Postcode -> LSOA and locality, held in memory only (postcodes are never written)."""
+
+    def __init__(self, areas: dict[str, Area], localities: dict[str, str]):
+        """`areas`: postcode (any spacing or case) -> its area; held by the postcode's digest only."""
+        self._areas = {postcode_digest(postcode): area for postcode, area in areas.items()}
+        self.localities = localities  # lsoa_code -> locality_code
+
+    @classmethod
+    def from_file(cls, path: Path) -> PostcodeLookup:
+        areas: dict[str, Area] = {}
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            for row in csv.DictReader(handle):
+                row = {k.strip().lower(): (v or "").strip() for k, v in row.items() if k}
+                area = Area(row["lsoa_code"], row["locality_code"])
+                areas[row["postcode"]] = area
+        return cls(areas, {a.lsoa_code: a.locality_code for a in areas.values()})
+
+    @classmethod
+    def from_rows(cls, rows) -> PostcodeLookup:
+        """From (postcode_digest, lsoa_code, locality_code) rows: the published lookup (load._published_postcodes)."""
+        lookup = cls({}, {})
+        lookup._areas = {digest: Area(lsoa, locality) for digest, lsoa, locality in rows}
+        lookup.localities = {a.lsoa_code: a.locality_code for a in lookup._areas.values()}
+        return lookup
+
+    @classmethod
+    def empty(cls) -> PostcodeLookup:
+        return cls({}, {})
+
+    def area(self, postcode: str | None) -> Area | None:
+        return self._areas.get(postcode_digest(postcode))
+
+    def __len__(self) -> int:
+        return len(self._areas)

@@ -1,0 +1,219 @@
+"""Rotating the linkage key: re-keying every pseudonym in the warehouse without re-reading any source.
+
+The key custodian runs this with the old linkage key (the usual place), the new one (a file) and the vault's
+private key. It cannot do without the private key: a new pseudonym is the new key's HMAC of the NHS number,
+and the number is in the warehouse only inside the vault (a pseudonym cannot be re-keyed from the old one
+without changing what every source computes at source). It runs from the custodian's shell, never in
+Airflow. The mapping old pseudonym -> new pseudonym is made from the vault (decrypt the identifier, hash it
+under the new key), lives only in a temporary table of the custodian's own session, and is gone at commit:
+it is never stored. Everything happens in one transaction that first takes exclusive locks on every table
+it changes, so an analyst's query waits and then sees the new pseudonyms; there is no moment where old
+and new are both readable.
+
+What it changes: the transit pseudonym columns of raw and intermediate tables and of the purpose mapping
+(`restricted.pseudonym.transit_key`); the vault (new pseudonyms, ciphertexts bound to them); each raw row's key
+version. The published ids (marts, reporting, direct_care) are keyed under the purpose keys and do not change:
+analysts and care teams keep following the same people, and the marts need no rebuild. The opt-out list holds
+pseudonyms of people who are, by design, not in the vault: it is emptied and its loads marked `rekeyed`, so no
+personal load can start until the opt-out list is loaded again under the new key (fail closed).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+from pophealth.contract.identifiers import NhsNumber
+from pophealth.identity.keys import LinkageKey, VaultPrivateKey, VaultPublicKey
+from pophealth.identity.pseudonymise import Pseudonymiser
+from pophealth.identity.vault import VaultError, VaultOpener, VaultSealer
+from pophealth.warehouse import db
+from pophealth.warehouse.schema import PERSONAL_TABLES, prepare_warehouse, warehouse_key_version
+
+#: Columns that hold a transit pseudonym (the NHS number's or a local one) wherever they appear: every `_key` of
+#: raw and intermediate that a linkage key makes (docs/architecture.md, "Names").
+PSEUDONYM_COLUMNS = ("nhs_number_key", "person_key", "spell_key", "episode_key", "la_person_key", "transit_key")
+#: Schemas whose tables hold transit pseudonyms (staging is views; marts, reporting and direct_care hold ids
+#: keyed by purpose, which a linkage key rotation leaves as they are). The opt-out list is emptied instead.
+REKEYED_SCHEMAS = ("raw", "intermediate", "restricted")
+_BATCH = 5_000
+
+
+class RotationRefused(RuntimeError):
+    """The rotation did not happen (nothing was changed); the message says why."""
+
+
+@dataclass(frozen=True)
+class Rotation:
+    old_version: str
+    new_version: str
+    pseudonyms_mapped: int
+    rows_rekeyed: dict[str, int]
+
+
+def _pseudonym_columns(conn: psycopg.Connection) -> list[tuple[str, str, str]]:
+    return [tuple(r) for r in conn.execute(
+        """SELECT c.table_schema, c.table_name, c.column_name
+           FROM information_schema.columns c JOIN information_schema.tables t USING (table_schema, table_name)
+           WHERE t.table_type = 'BASE TABLE' AND c.table_schema = ANY(%s) AND c.column_name = ANY(%s)
+             AND (c.table_schema, c.table_name) <> ('restricted', 'optout')
+           ORDER BY 1, 2, 3""", (list(REKEYED_SCHEMAS), list(PSEUDONYM_COLUMNS)))]
+
+
+def _build_mapping(conn: psycopg.Connection, old: LinkageKey, new: LinkageKey, cipher: VaultOpener,
+                   progress: Callable[[str], None]) -> int:
+    """Fill the session's temporary mapping from the vault; returns how many pseudonyms it maps."""
+    conn.execute("""CREATE TEMPORARY TABLE rekey_map (old_pseudonym text PRIMARY KEY, new_pseudonym text NOT NULL,
+                        kind text NOT NULL, nonce bytea NOT NULL, ciphertext bytea NOT NULL,
+                        load_id bigint NOT NULL) ON COMMIT DROP""")
+    old_side, new_side = Pseudonymiser(old), Pseudonymiser(new)
+    mapped = 0
+    with conn.cursor(name="vault_entries") as entries:
+        entries.execute("SELECT pseudonym, kind, nonce, ciphertext, vault_key_version, linkage_key_version, "
+                        "load_id FROM vault.identity")
+        while batch := entries.fetchmany(_BATCH):
+            rows = []
+            for pseudonym, kind, nonce, ciphertext, vault_version, linkage_version, load_id in batch:
+                if vault_version != cipher.version:
+                    raise RotationRefused(f"vault entries were written under vault key {vault_version}, "
+                                          f"not the one given ({cipher.version})")
+                if linkage_version != old.version:
+                    raise RotationRefused(f"vault entries were made under linkage key {linkage_version}, "
+                                          f"not the old key given ({old.version})")
+                clear = cipher.decrypt(kind, pseudonym, nonce, ciphertext)
+                if kind == "nhs":
+                    number = NhsNumber(clear.decode("ascii"))
+                    if old_side.person_id(number).value != pseudonym:
+                        raise RotationRefused("the old key given did not make the vault's pseudonyms")
+                    renamed = new_side.person_id(number).value
+                else:
+                    source, _, local_id = clear.decode("utf-8").partition("|")
+                    renamed = new_side.local(source, local_id).value
+                new_nonce, new_ciphertext = cipher.encrypt(kind, renamed, clear)
+                rows.append((pseudonym, renamed, kind, new_nonce, new_ciphertext, load_id))
+            with conn.cursor().copy("COPY rekey_map FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+            mapped += len(rows)
+            if mapped % (_BATCH * 40) == 0:
+                progress(f"  mapped {mapped:,} pseudonyms")
+    conn.execute("ANALYZE rekey_map")
+    return mapped
+
+
+def rotate_linkage_key(old: LinkageKey, new: LinkageKey, vault_key: VaultPrivateKey,
+                       progress: Callable[[str], None] = print,
+                       before_commit: Callable[[], None] | None = None) -> Rotation:
+    """Re-key the warehouse from `old` to `new` in one transaction. Raises RotationRefused, changing nothing."""
+    if old == new:
+        raise RotationRefused("the new key is the old key")
+    prepare_warehouse()
+    cipher = VaultOpener(vault_key)
+    with db.connect() as conn:
+        current = warehouse_key_version(conn)
+        if current is None:
+            raise RotationRefused("the warehouse holds no pseudonyms yet: there is nothing to re-key")
+        if current != old.version:
+            raise RotationRefused(f"the warehouse is keyed with {current}, not with the old key given ({old.version})")
+        columns = _pseudonym_columns(conn)
+        tables = sorted({(s, t) for s, t, _ in columns} | {("vault", "identity"), ("restricted", "optout")})
+        # Analysts' queries wait on these locks, then see the new pseudonyms: never a mixture.
+        conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
+            sql.SQL(", ").join(sql.Identifier(s, t) for s, t in tables)))
+        progress(f"Building the mapping from the vault ({old.version} -> {new.version}) ...")
+        mapped = _build_mapping(conn, old, new, cipher, progress)
+        unmapped = {}
+        for schema, table, column in columns:
+            (count,), = conn.execute(sql.SQL(
+                "SELECT count(*) FROM {t} x WHERE x.{c} IS NOT NULL AND NOT EXISTS "
+                "(SELECT FROM rekey_map m WHERE m.old_pseudonym = x.{c})").format(
+                t=sql.Identifier(schema, table), c=sql.Identifier(column))).fetchall()
+            if count:
+                unmapped[f"{schema}.{table}.{column}"] = count
+        if unmapped:
+            raise RotationRefused(
+                "some pseudonyms have no vault entry (from extracts pseudonymised at source, with no identifiable "
+                "record here), so they cannot be re-keyed; ask those sources to resend under the new key. "
+                "Rows per column: " + ", ".join(f"{k} {v:,}" for k, v in unmapped.items()))
+        rekeyed: dict[str, int] = {}
+        for schema, table, column in columns:
+            rekeyed[f"{schema}.{table}.{column}"] = conn.execute(sql.SQL(
+                "UPDATE {t} x SET {c} = m.new_pseudonym FROM rekey_map m WHERE x.{c} = m.old_pseudonym").format(
+                t=sql.Identifier(schema, table), c=sql.Identifier(column))).rowcount
+        for table in PERSONAL_TABLES:
+            conn.execute(sql.SQL("UPDATE {} SET key_version = %s").format(sql.SQL(table)), (new.version,))
+        conn.execute("DELETE FROM vault.identity")
+        conn.execute("""INSERT INTO vault.identity (pseudonym, kind, nonce, ciphertext, vault_key_version,
+                                                    linkage_key_version, load_id)
+                        SELECT m.new_pseudonym, m.kind, m.nonce, m.ciphertext, %s, %s, m.load_id FROM rekey_map m""",
+                     (cipher.version, new.version))
+        rekeyed["restricted.optout.nhs_number_key (emptied: load the opt-out list again)"] = conn.execute(
+            "DELETE FROM restricted.optout").rowcount
+        # 'rekeyed', not 'superseded': the same file is loaded again under the new key (pending_extracts).
+        conn.execute("""UPDATE audit.load SET status = 'rekeyed',
+                               message = 'pseudonymised under a key that has been rotated: load it again'
+                        WHERE feed = 'optouts' AND status = 'published'""")
+        conn.execute("""INSERT INTO audit.key_rotation
+                            (old_key_version, new_key_version, pseudonyms_mapped, rows_rekeyed)
+                        VALUES (%s, %s, %s, %s)""", (old.version, new.version, mapped, json.dumps(rekeyed)))
+        if before_commit:
+            before_commit()
+    progress(f"Re-keyed {sum(v for k, v in rekeyed.items() if 'optout' not in k):,} values in "
+             f"{len(columns)} columns; {mapped:,} pseudonyms mapped; the mapping was not kept.")
+    return Rotation(old.version, new.version, mapped, rekeyed)
+
+
+def rotate_vault_key(old: VaultPrivateKey, new: VaultPublicKey, progress: Callable[[str], None] = print,
+                     before_commit: Callable[[], None] | None = None) -> Rotation:
+    """Re-encrypt every vault entry from the old key pair to the new public key, in one transaction.
+
+    Opens each entry with the old private key and seals it again to the new public key: the new private key is
+    not needed here (the custodian keeps it for `pophealth reidentify`). Loads in flight write with the old
+    public key, so the rotation is refused while a load's vault batch is waiting to be published. Recorded in
+    audit.key_rotation (purpose `vault`). Raises RotationRefused, changing nothing."""
+    if old.version == new.version:
+        raise RotationRefused("the new vault key pair is the old one")
+    prepare_warehouse()
+    opener, sealer = VaultOpener(old), VaultSealer(new)
+    with db.connect() as conn:
+        conn.execute("LOCK TABLE vault.identity IN ACCESS EXCLUSIVE MODE")
+        waiting = db.one_row(conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'load_batch' "
+                                          "AND tablename LIKE 'vault\\_%%'"))[0]
+        if waiting:
+            raise RotationRefused(f"{waiting} load(s) have vault entries waiting to be published under the old "
+                                  "public key: let them finish (or fail), then rotate")
+        versions = [v for (v,) in conn.execute("SELECT DISTINCT vault_key_version FROM vault.identity")]
+        if any(v != opener.version for v in versions):
+            raise RotationRefused(f"the vault holds entries under {', '.join(sorted(versions))}, not only under the "
+                                  f"old key pair given ({opener.version})")
+        rows = []
+        with conn.cursor(name="vault_entries") as entries:
+            entries.execute("SELECT pseudonym, kind, nonce, ciphertext FROM vault.identity")
+            while batch := entries.fetchmany(_BATCH):
+                for pseudonym, kind, nonce, ciphertext in batch:
+                    try:
+                        clear = opener.decrypt(kind, pseudonym, nonce, ciphertext)
+                    except VaultError as exc:
+                        raise RotationRefused(str(exc)) from None
+                    rows.append((pseudonym, *sealer.encrypt(kind, pseudonym, clear)))
+        conn.execute("CREATE TEMPORARY TABLE vault_reseal (pseudonym text PRIMARY KEY, nonce bytea NOT NULL, "
+                     "ciphertext bytea NOT NULL) ON COMMIT DROP")
+        with conn.cursor().copy("COPY vault_reseal FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        resealed = conn.execute("""UPDATE vault.identity v SET nonce = r.nonce, ciphertext = r.ciphertext,
+                                          vault_key_version = %s
+                                   FROM vault_reseal r WHERE r.pseudonym = v.pseudonym""", (sealer.version,)).rowcount
+        rekeyed = {"vault.identity (re-encrypted)": resealed}
+        conn.execute("""INSERT INTO audit.key_rotation (old_key_version, new_key_version, pseudonyms_mapped,
+                                                        rows_rekeyed, purpose)
+                        VALUES (%s, %s, %s, %s, 'vault')""", (opener.version, sealer.version, resealed,
+                                                               json.dumps(rekeyed)))
+        if before_commit:
+            before_commit()
+    progress(f"Re-encrypted {resealed:,} vault entries from {opener.version} to {sealer.version}.")
+    return Rotation(opener.version, sealer.version, resealed, rekeyed)

@@ -1,0 +1,442 @@
+"""Each feed of the extract contract: its columns, and how one row becomes a pseudonymised warehouse row.
+
+A personal file comes in one of two forms (`at_source.py`): identifiable, as the contract lists it, or
+pseudonymised at source (`person_id` and no `nhs_number`). A row of an identifiable file is first made a
+pseudonymised row in memory by `at_source.pseudonymise_row`, the function the `pophealth pseudonymise`
+command runs at a source, so there is one way to pseudonymise; the transforms below then work on
+pseudonymised rows. Values that come pseudonymised from a source are checked here instead.
+
+A row transform returns the tuple to store (in `Feed.table_columns` order), raises `RowProblem` to
+quarantine the row with a reason; a row pseudonymised at source under another linkage key (or that does not
+say which) raises `FileRejected`, and the whole file is refused. Identifiable values (NHS number, date of
+birth, postcode, local ids) never leave memory in clear.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date
+from decimal import Decimal, InvalidOperation
+from typing import Literal, overload
+
+from pophealth.contract.identifiers import NhsNumberCheck
+from pophealth.identity.pseudonymise import PostcodeLookup, Pseudonymiser, birth_year_month, iso_date, postcode_digest
+from pophealth.ingest.at_source import (  # noqa: F401  (the column tuples are imported from here by synth and tests)
+    APC_COLUMNS,
+    CLD_COLUMNS,
+    CLD_CONTRACT_COLUMNS,
+    DIAG_COLUMNS,
+    FORMS,
+    GP_REGISTER_COLUMNS,
+    header_problem,
+    pseudonymise_row,
+    source_key_problem,
+)
+from pophealth.ingest.landing import FileRejected
+
+
+class RowProblem(Exception):
+    """A row that cannot be loaded as it is: quarantined with this reason (never its value)."""
+
+    def __init__(self, column: str | None, reason: str):
+        super().__init__(reason)
+        self.column = column
+        self.reason = reason
+
+
+@dataclass
+class RowContext:
+    pseudonymiser: Pseudonymiser
+    postcodes: PostcodeLookup
+    optouts: frozenset[str]
+    provider: str | None
+    period_end: date | None
+    counters: dict[str, int] = field(default_factory=lambda: {"test_range": 0, "unlinked": 0, "opted_out": 0})
+
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_YEAR = re.compile(r"^[0-9]{4}$")
+_MONTH = re.compile(r"^[0-9]{1,2}$")
+_CHECKS = {c.value: c for c in NhsNumberCheck}
+
+
+#: No field of the contract is longer than a few hundred characters: a longer value is a broken row, not data.
+MAX_FIELD_CHARS = 1000
+
+
+def _text(row: dict[str, str], column: str) -> str | None:
+    value = row.get(column)
+    if value is None:
+        return None
+    value = value.strip()
+    if len(value) > MAX_FIELD_CHARS:
+        raise RowProblem(column, f"value is longer than {MAX_FIELD_CHARS:,} characters")
+    return value or None
+
+
+def _required(row: dict[str, str], column: str) -> str:
+    value = _text(row, column)
+    if value is None:
+        raise RowProblem(column, "required value is missing")
+    return value
+
+
+@overload
+def _date(row: dict[str, str], column: str, required: Literal[True]) -> date: ...
+@overload
+def _date(row: dict[str, str], column: str, required: bool = False) -> date | None: ...
+def _date(row: dict[str, str], column: str, required: bool = False) -> date | None:
+    value = _text(row, column)
+    if value is None:
+        if required:
+            raise RowProblem(column, "required date is missing")
+        return None
+    try:
+        return iso_date(value)
+    except ValueError as problem:
+        raise RowProblem(column, str(problem)) from None
+
+
+#: The largest whole number each column holds (PostgreSQL smallint unless said): a larger one is a quarantine
+#: reason, not a crash of the load's COPY.
+SMALLINT_MAX = 32_767
+INTEGER_MAX = 2_147_483_647
+_WHOLE = re.compile(r"^[0-9]+$")  # ASCII digits only: str.isdigit() also takes '²' and full-width digits
+_NUMBER = re.compile(r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)$")
+#: A decimal (a cost, units a week) of more digits than this is a broken value, not data.
+MAX_DECIMAL_DIGITS = 20
+
+
+@overload
+def _int(row: dict[str, str], column: str, required: Literal[True], maximum: int = SMALLINT_MAX) -> int: ...
+@overload
+def _int(row: dict[str, str], column: str, required: bool = False, maximum: int = SMALLINT_MAX) -> int | None: ...
+def _int(row: dict[str, str], column: str, required: bool = False, maximum: int = SMALLINT_MAX) -> int | None:
+    value = _text(row, column)
+    if value is None:
+        if required:
+            raise RowProblem(column, "required number is missing")
+        return None
+    if not _WHOLE.match(value):
+        raise RowProblem(column, "not a whole number")
+    number = int(value)
+    if number > maximum:
+        raise RowProblem(column, f"number is larger than {maximum:,}, the most the column holds")
+    return number
+
+
+def _decimal(row: dict[str, str], column: str) -> Decimal | None:
+    value = _text(row, column)
+    if value is None:
+        return None
+    if not _NUMBER.match(value):
+        raise RowProblem(column, "not a number")
+    if sum(c.isdigit() for c in value) > MAX_DECIMAL_DIGITS:
+        raise RowProblem(column, f"number has more than {MAX_DECIMAL_DIGITS} digits")
+    try:
+        return Decimal(value)
+    except InvalidOperation:
+        raise RowProblem(column, "not a number") from None
+
+
+def _pseudonymised(feed: str, row: dict[str, str], ctx: RowContext) -> tuple[dict[str, str], dict[str, str] | None]:
+    """The row in its pseudonymised form, and why an identifiable value of it could not be reduced.
+
+    An identifiable row (it has `nhs_number`) is pseudonymised here, in memory; the second value is then
+    a dict (column -> reason), and the row's pseudonymised values are ours and need no checking. A row
+    that came pseudonymised from its source is returned as it is, with None: its values are checked, and
+    first that it was made under the loading key (else the whole file is refused: `FileRejected`).
+    """
+    if "nhs_number" not in row:
+        problem = source_key_problem(row, ctx.pseudonymiser.key_version)
+        if problem:
+            raise FileRejected(problem)
+        return row, None
+    unreduced: dict[str, str] = {}
+    return pseudonymise_row(feed, row, ctx.pseudonymiser, ctx.postcodes, period_end=ctx.period_end,
+                            unreduced=unreduced), unreduced
+
+
+def _identity_column(row: dict[str, str], unreduced: dict[str, str] | None) -> str:
+    """The column a missing identity is reported against: the NHS number's, unless the source only sent person_id."""
+    return "person_id" if unreduced is None and _text(row, "nhs_number_check") is None else "nhs_number"
+
+
+def _linkage(row: dict[str, str], unreduced: dict[str, str] | None) -> tuple[NhsNumberCheck, str | None]:
+    """The NHS number check and person_id (None when there is none) of a pseudonymised row."""
+    if unreduced is not None:
+        return _CHECKS[row["nhs_number_check"]], row["person_id"] or None
+    person = (_text(row, "person_id") or "").lower()
+    stated = _text(row, "nhs_number_check")
+    check: NhsNumberCheck | None
+    if stated is None:
+        # The contract's own form: the source computed person_id and says nothing more.
+        if not person:
+            return NhsNumberCheck.MISSING, None
+        check = NhsNumberCheck.SOURCE_PSEUDONYM
+    else:
+        check = _CHECKS.get(stated.lower())
+        if check is None:
+            raise RowProblem("nhs_number_check", "not one of valid, test_range, missing, invalid, source_pseudonym")
+        if not check.linkable:
+            if person:
+                raise RowProblem("person_id",
+                                 "person_id is given but nhs_number_check says there was no valid NHS number")
+            return check, None
+        if not person:
+            raise RowProblem("person_id", "person_id is missing but nhs_number_check says the NHS number was valid")
+    if not _HEX64.match(person):
+        raise RowProblem("person_id", "person_id is not 64 hexadecimal characters")
+    return check, person
+
+
+def _counted(ctx: RowContext, check: NhsNumberCheck, person: str | None) -> tuple[str | None, str]:
+    """nhs_number_key (the row's person_id, or None) and the NHS number check as stored, counting. A person with
+    an opt-out is loaded like anyone (their own care may use it: direct_care); the marts build leaves them out of
+    every secondary use under the list in force then. Here they are only counted, for the load audit."""
+    if person is None:
+        ctx.counters["unlinked"] += 1
+        return None, check.value
+    if person in ctx.optouts:
+        ctx.counters["opted_out"] += 1
+    if check is NhsNumberCheck.TEST_RANGE:
+        ctx.counters["test_range"] += 1
+    return person, check.value
+
+
+def _local_key(row: dict[str, str], ctx: RowContext, unreduced: dict[str, str] | None, column: str, source: str,
+               kind: str) -> str:
+    """The keyed pseudonym of a local id: ours already, or sent as one (64 lowercase hex), or made now."""
+    value = _required(row, column)
+    if unreduced is not None or _HEX64.match(value):
+        return value
+    return ctx.pseudonymiser.local(source, f"{kind}|{value}").value
+
+
+def _area(row: dict[str, str], ctx: RowContext, unreduced: dict[str, str] | None) -> tuple[str | None, str | None]:
+    if unreduced is not None:
+        return row["lsoa_code"] or None, row["locality_code"] or None
+    if _text(row, "postcode") is not None:
+        area = ctx.postcodes.area(row.get("postcode"))
+        return (area.lsoa_code, area.locality_code) if area else (None, None)
+    # An LSOA sent by the source counts only if the lookup knows it (the locality is the lookup's); an
+    # unknown one is treated like a postcode not in the lookup: no area, the row is kept.
+    lsoa = _text(row, "lsoa_code")
+    if lsoa is None:
+        return None, None
+    for code in (lsoa, lsoa.upper()):
+        if code in ctx.postcodes.localities:
+            return code, ctx.postcodes.localities[code] or None
+    return None, None
+
+
+def _dob(row: dict[str, str], ctx: RowContext, column: str) -> tuple[int | None, int | None]:
+    dob = _date(row, column)
+    if dob is not None and ctx.period_end is not None and dob > ctx.period_end:
+        raise RowProblem(column, "date of birth is after the extract's period end")
+    return birth_year_month(dob)
+
+
+def _birth(row: dict[str, str], ctx: RowContext, unreduced: dict[str, str] | None) -> tuple[int | None, int | None]:
+    if unreduced is not None:
+        reason = unreduced.get("date_of_birth")
+        if reason:
+            raise RowProblem("date_of_birth", reason)
+        year = row["birth_year"]
+        return (int(year), int(row["birth_month"])) if year else (None, None)
+    if _text(row, "date_of_birth") is not None:
+        return _dob(row, ctx, "date_of_birth")
+    year_text = _text(row, "birth_year")
+    if year_text is None:
+        return None, None
+    if not _YEAR.match(year_text):
+        raise RowProblem("birth_year", "birth year is not 4 digits")
+    month_text = _text(row, "birth_month")
+    month = int(month_text) if month_text is not None and _MONTH.match(month_text) else None
+    if month_text is not None and not (month and 1 <= month <= 12):
+        raise RowProblem("birth_month", "birth month is not a whole number from 1 to 12")
+    end = ctx.period_end
+    if end is not None and (int(year_text), month or 1) > (end.year, end.month):
+        raise RowProblem("birth_year", "date of birth is after the extract's period end")
+    return int(year_text), month
+
+
+# ----------------------------------------------------------------------------------------------------------
+# gp_register
+
+def gp_register_row(row: dict[str, str], ctx: RowContext) -> tuple:
+    row, unreduced = _pseudonymised("gp_register", row, ctx)
+    check, person = _linkage(row, unreduced)
+    if person is None:
+        raise RowProblem(_identity_column(row, unreduced),
+                         "NHS number missing or invalid, and the register has no local id to follow")
+    nhs_number_key, check_stored = _counted(ctx, check, person)
+    birth_year, birth_month = _birth(row, ctx, unreduced)
+    lsoa, locality = _area(row, ctx, unreduced)
+    return (
+        nhs_number_key, check_stored, birth_year, birth_month, _text(row, "sex"), lsoa, locality,
+        _text(row, "gp_practice_code"), _date(row, "registration_start_date"),
+        _date(row, "registration_end_date"), _date(row, "date_of_death"),
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# apc
+
+def apc_row(row: dict[str, str], ctx: RowContext) -> tuple:
+    row, unreduced = _pseudonymised("apc", row, ctx)
+    procode = _required(row, "procode").upper()
+    if ctx.provider and procode != ctx.provider:
+        raise RowProblem("procode", "procode differs from the provider in the file name")
+    episode_key = _local_key(row, ctx, unreduced, "epikey", procode, "episode")
+    spell_key = _local_key(row, ctx, unreduced, "spell_id", procode, "spell")
+    admidate = _date(row, "admidate", required=True)
+    epistart = _date(row, "epistart", required=True)
+    epiorder = _int(row, "epiorder", required=True)
+    if epiorder < 1:
+        raise RowProblem("epiorder", "epiorder must be 1 or more")
+    admimeth = _required(row, "admimeth").upper()
+    nhs_number_key, check = _counted(ctx, *_linkage(row, unreduced))
+    birth_year, birth_month = _birth(row, ctx, unreduced)
+    lsoa, locality = _area(row, ctx, unreduced)
+    return (
+        nhs_number_key, check, episode_key, spell_key,
+        _text(row, "nhs_number_status"), birth_year, birth_month, _text(row, "sex"), lsoa, locality,
+        _text(row, "gp_practice_code"), procode, admidate, _date(row, "disdate"), epistart, _date(row, "epiend"),
+        epiorder, admimeth, _text(row, "admisorc"), _text(row, "disdest"), _text(row, "dismeth"),
+        _text(row, "classpat"), _text(row, "mainspef"), _text(row, "tretspef"),
+        *(_text(row, c) for c in DIAG_COLUMNS), _date(row, "discharge_ready_date"),
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# cld (rows hold the CLD's column names lower-cased)
+
+
+def cld_row(row: dict[str, str], ctx: RowContext) -> tuple:
+    row, unreduced = _pseudonymised("cld", row, ctx)
+    la_code = _required(row, "la_code").upper()
+    if ctx.provider and la_code != ctx.provider:
+        raise RowProblem("la_code", "LA_Code differs from the council in the file name")
+    la_person_key = _local_key(row, ctx, unreduced, "la_person_unique_identifier", la_code, "person")
+    period_end = _date(row, "reporting_period_end_date", required=True)
+    event_type = _required(row, "event_type")
+    event_start = _date(row, "event_start_date", required=True)
+    nhs_number_key, check = _counted(ctx, *_linkage(row, unreduced))
+    birth_year, birth_month = _birth(row, ctx, unreduced)
+    lsoa, locality = _area(row, ctx, unreduced)
+    return (
+        nhs_number_key, check, la_person_key, la_code,
+        _date(row, "reporting_period_start_date"), period_end, _text(row, "client_type"), _text(row, "gender"),
+        _text(row, "ethnicity"), birth_year, birth_month, _date(row, "date_of_death"), lsoa, locality,
+        _text(row, "primary_support_reason"), _text(row, "accommodation_status"), event_type,
+        _text(row, "event_reference"), event_start, _date(row, "event_end_date"), _text(row, "event_outcome"),
+        _text(row, "request_route_of_access"), _text(row, "assessment_type"), _text(row, "service_type"),
+        _text(row, "service_component"), _text(row, "delivery_mechanism"), _text(row, "review_reason"),
+        _decimal(row, "unit_cost"), _text(row, "cost_frequency_unit_type"), _decimal(row, "planned_units_per_week"),
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# optouts and reference data
+
+
+def optout_row(row: dict[str, str], ctx: RowContext) -> tuple:
+    row, unreduced = _pseudonymised("optouts", row, ctx)
+    check, person = _linkage(row, unreduced)
+    if person is None:
+        raise RowProblem(_identity_column(row, unreduced),
+                         f"NHS number {check.value}: an opt-out cannot be applied without one")
+    return (person,)
+
+
+#: A locality code as the contract (v2) has it: a district's ONS code or a council's own code such as GRAYS.
+_LOCALITY_CODE = re.compile(r"^[A-Za-z0-9_-]{1,20}$")
+
+
+def postcode_row(row: dict[str, str], ctx: RowContext) -> tuple:
+    """raw.ref_lsoa's columns (with la_code: the council, empty when the lookup has none), then the
+    postcode's digest, which goes to raw.ref_postcode only."""
+    postcode = postcode_digest(_required(row, "postcode"))
+    la_code = _text(row, "la_code")
+    return (_required(row, "lsoa_code").upper(), _required(row, "locality_code").upper(), _text(row, "locality_name"),
+            la_code.upper() if la_code else None, postcode)
+
+
+def population_row(row: dict[str, str], ctx: RowContext) -> tuple:
+    sex = _required(row, "sex")
+    age = _int(row, "age", required=True)
+    population = _int(row, "population", required=True, maximum=INTEGER_MAX)
+    assert ctx.period_end is not None, "a population file's name gives its year"
+    return (ctx.period_end.year, _required(row, "lsoa_code").upper(), sex, age, population)
+
+
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Feed:
+    name: str
+    contract_columns: tuple[str, ...]  # every column of the feed in either form; the rest are reported as extra
+    # Checked by landing.open_extract in every file; a personal feed's and the opt-out list's depend on the
+    # file's form and are checked by identity_columns_present.
+    required_columns: tuple[str, ...]
+    table: str                       # where published rows go
+    table_columns: tuple[str, ...]   # what the transform returns, in order
+    transform: Callable[[dict[str, str], RowContext], tuple]
+    personal: bool                   # opt-outs apply, and a key is needed
+    replaces_whole_table: bool = False  # the latest file is the whole truth (opt-out list, reference data)
+    # Columns the transform returns after table_columns that the batch table holds but the raw table does not
+    # (the postcode lookup's postcodes, published to raw.ref_postcode by load.publish_load).
+    staged_only: tuple[str, ...] = ()
+
+
+FEED_SPECS: dict[str, Feed] = {
+    "gp_register": Feed(
+        "gp_register", FORMS["gp_register"].columns, (), "raw.gp_register",
+        ("nhs_number_key", "nhs_number_check", "birth_year", "birth_month", "sex", "lsoa_code", "locality_code",
+         "gp_practice_code", "registration_start_date", "registration_end_date", "date_of_death"),
+        gp_register_row, personal=True,
+    ),
+    "apc": Feed(
+        "apc", FORMS["apc"].columns, (), "raw.apc_episode",
+        ("nhs_number_key", "nhs_number_check", "episode_key", "spell_key", "nhs_number_status", "birth_year",
+         "birth_month", "sex", "lsoa_code", "locality_code", "gp_practice_code", "procode", "admidate", "disdate",
+         "epistart", "epiend", "epiorder", "admimeth", "admisorc", "disdest", "dismeth", "classpat", "mainspef",
+         "tretspef", *DIAG_COLUMNS, "discharge_ready_date"),
+        apc_row, personal=True,
+    ),
+    "cld": Feed(
+        "cld", FORMS["cld"].columns, (), "raw.cld_event",
+        ("nhs_number_key", "nhs_number_check", "la_person_key", "la_code", "reporting_period_start_date",
+         "reporting_period_end_date", "client_type", "gender", "ethnicity", "birth_year", "birth_month",
+         "date_of_death", "lsoa_code", "locality_code", "primary_support_reason", "accommodation_status",
+         "event_type", "event_reference", "event_start_date", "event_end_date", "event_outcome",
+         "request_route_of_access", "assessment_type", "service_type", "service_component", "delivery_mechanism",
+         "review_reason", "unit_cost", "cost_frequency_unit_type", "planned_units_per_week"),
+        cld_row, personal=True,
+    ),
+    "optouts": Feed(
+        "optouts", FORMS["optouts"].columns, (), "restricted.optout", ("nhs_number_key",), optout_row,
+        personal=False, replaces_whole_table=True,
+    ),
+    "ref_postcode_lookup": Feed(
+        "ref_postcode_lookup", ("postcode", "lsoa_code", "locality_code", "locality_name", "la_code"),
+        ("postcode", "lsoa_code", "locality_code"), "raw.ref_lsoa",
+        ("lsoa_code", "locality_code", "locality_name", "la_code"),
+        postcode_row, personal=False, replaces_whole_table=True, staged_only=("postcode_digest",),
+    ),
+    "ref_population": Feed(
+        "ref_population", ("lsoa_code", "sex", "age", "population"), ("lsoa_code", "sex", "age", "population"),
+        "raw.ref_population", ("year", "lsoa_code", "sex", "age", "population"), population_row, personal=False,
+    ),
+}
+
+
+def identity_columns_present(feed: Feed, columns: list[str]) -> str | None:
+    """For a personal feed or the opt-out list: None when the header has every column its form requires
+    (identifiable: as the contract says; pseudonymised at source: person_id, and birth_year or
+    date_of_birth, lsoa_code or postcode), else the problem. Reference feeds: None."""
+    return header_problem(feed.name, columns)

@@ -1,0 +1,219 @@
+"""Running the real DAGs through Airflow itself, on the project's metadata database.
+
+Each DAG run is `dag.test()` in a child process (one for all the DAGs of a run, see `run_dags`) whose
+environment points Airflow at the project's AIRFLOW_HOME, DAG folder and metadata database (the embedded
+server's `airflow` database). The child's
+full Airflow log is written to a file; the parent gets back the run's state and each task's state.
+This is the same DAG code the scheduler runs in a deployment; there is no second code path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pophealth import config
+from pophealth.governance.lineage import openlineage_env
+from pophealth.warehouse import db
+
+#: Settings no Airflow process is given (identity/keys.py: the vault's private key is the re-identification path's).
+PRIVATE_ONLY = frozenset({config.ENV_VAULT_PRIVATE_KEY, config.ENV_VAULT_PRIVATE_KEY_FILE})
+
+
+def airflow_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    paths = config.paths()
+    paths.airflow_home.mkdir(parents=True, exist_ok=True)
+    # The vault's private key never reaches Airflow: no task reads it, and a worker's environment must not hold it.
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in PRIVATE_ONLY},
+        "AIRFLOW_HOME": str(paths.airflow_home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(paths.dags_folder),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "60",
+        **_metadata_db_setting(),
+        # Mask the key wherever Airflow might print it.
+        "AIRFLOW__CORE__SENSITIVE_VAR_CONN_NAMES": ("linkage_key,vault_key,vault_public_key,secondary_use_key,"
+                                                   "direct_care_key,POPHEALTH_LINKAGE_KEY,POPHEALTH_VAULT_PUBLIC_KEY,"
+                                                   "POPHEALTH_SECONDARY_USE_KEY,POPHEALTH_DIRECT_CARE_KEY"),
+        "AIRFLOW__COSMOS__ENABLE_TELEMETRY": "False",
+        "DO_NOT_TRACK": "1",
+        "PYTHONWARNINGS": "ignore",
+        "XDG_RUNTIME_DIR": os.environ.get("XDG_RUNTIME_DIR", str(paths.home / "run")),
+    }
+    env.update(db.dbt_env())  # dbt_project/profiles.yml reads the warehouse from these
+    env.update(openlineage_env())  # every task's OpenLineage events: a file under POPHEALTH_HOME, Marquez if set
+    if extra:
+        env.update(extra)
+    return env
+
+
+def _metadata_db_setting() -> dict[str, str]:
+    """Airflow's metadata database, unless the deployment gives it as a command or a secret (docker-compose.yml:
+    AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_CMD): a plain setting would win over those and point Airflow elsewhere."""
+    given = "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"
+    if not os.environ.get(given) and (os.environ.get(given + "_CMD") or os.environ.get(given + "_SECRET")):
+        return {}
+    return {given: os.environ.get(given) or db.airflow_metadata_url()}
+
+
+def _airflow_bin() -> str:
+    beside = Path(sys.executable).parent / "airflow"
+    return str(beside) if beside.exists() else "airflow"
+
+
+def ensure_metadata_db() -> None:
+    """`airflow db migrate` once per Airflow version (it is idempotent, but takes seconds)."""
+    import airflow
+
+    marker = config.paths().airflow_home / f".migrated-{airflow.__version__}-{_metadata_fingerprint()}"
+    if marker.exists():
+        return
+    proc = subprocess.run([_airflow_bin(), "db", "migrate"], env=airflow_env(), capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError("airflow db migrate failed:\n" + "\n".join(proc.stderr.strip().splitlines()[-10:]))
+    marker.write_text("ok\n")
+
+
+def _metadata_fingerprint() -> str:
+    import hashlib
+
+    return hashlib.sha256(airflow_env()["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].encode()).hexdigest()[:8]
+
+
+@dataclass
+class DagOutcome:
+    dag_id: str
+    state: str
+    run_id: str | None
+    seconds: float
+    log_file: Path
+    tasks: list[dict] = field(default_factory=list)
+
+    @property
+    def succeeded(self) -> bool:
+        return self.state == "success"
+
+    @property
+    def failed_tasks(self) -> list[dict]:
+        return [t for t in self.tasks if t["state"] in ("failed", "upstream_failed")]
+
+
+def run_dags(dag_ids: tuple[str, ...] | list[str], log_dir: Path, env: dict[str, str] | None = None,
+             on_start=None, on_finish=None) -> list[DagOutcome]:
+    """Run the DAGs one after another, in one child process while it lasts.
+
+    Why one process: starting Python, importing Airflow and parsing the DAG folder costs ~10 s, and Great
+    Expectations' context and dbt's imports as much again, in every process. The DAGs are still run one at a
+    time, each by `dag.test()`, each with its own log file and result. If the child dies (a crash, a kill),
+    the DAG it was running is reported crashed and a new child runs the rest: one DAG's crash never hides the
+    others' outcomes. `on_start(dag_id)` and `on_finish(outcome)` report progress as it happens.
+    """
+    log_dir.mkdir(parents=True, exist_ok=True)
+    outcomes: list[DagOutcome] = []
+    remaining = list(dag_ids)
+    while remaining:
+        for dag_id in remaining:
+            (log_dir / f"{dag_id}.result.json").unlink(missing_ok=True)
+        announced = 0
+        if on_start:
+            on_start(remaining[0])
+        # What the child says before its first DAG starts (an import failing, say) goes to the runner's log.
+        with (log_dir / "runner.log").open("a") as runner_log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "pophealth.operate.airflow_runner", str(log_dir), *remaining],
+                env=airflow_env(env), stdout=runner_log, stderr=subprocess.STDOUT, text=True,
+            )
+        started = time.monotonic()
+        while True:
+            exited = proc.poll() is not None
+            # Report each DAG as its result appears (the child writes it whole, or not at all).
+            while announced < len(remaining):
+                result = _read_result(remaining[announced], log_dir)
+                if result is None:
+                    break
+                outcomes.append(result)
+                announced += 1
+                if on_finish:
+                    on_finish(result)
+                if on_start and announced < len(remaining):
+                    on_start(remaining[announced])
+                started = time.monotonic()
+            if exited or announced == len(remaining):
+                break
+            time.sleep(0.2)
+        proc.wait()
+        if announced < len(remaining):
+            dag_id = remaining[announced]
+            crashed = DagOutcome(dag_id, f"crashed (exit {proc.returncode})", None, time.monotonic() - started,
+                                 log_dir / f"{dag_id}.log")
+            outcomes.append(crashed)
+            if on_finish:
+                on_finish(crashed)
+            announced += 1
+        remaining = remaining[announced:]
+    return outcomes
+
+
+def _read_result(dag_id: str, log_dir: Path) -> DagOutcome | None:
+    result_file = log_dir / f"{dag_id}.result.json"
+    if not result_file.exists():
+        return None
+    result = json.loads(result_file.read_text())
+    return DagOutcome(dag_id, result["state"], result["run_id"], result["seconds"], log_dir / f"{dag_id}.log",
+                      result["tasks"])
+
+
+def _child(log_dir: Path, dag_ids: list[str]) -> int:
+    """Each DAG's output (Airflow's, the tasks', dbt's) goes to its own log: the process's stdout and stderr
+    are pointed at that DAG's file while it runs. Its result goes to a file of its own: the log is written by
+    many hands at once, and a line of it can be interleaved with another."""
+    for dag_id in dag_ids:
+        started = time.monotonic()
+        log_file = log_dir / f"{dag_id}.log"
+        with log_file.open("w") as handle:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(handle.fileno(), 1)
+            os.dup2(handle.fileno(), 2)
+            result = _run_one(dag_id)
+            sys.stdout.flush()
+            sys.stderr.flush()
+        result["seconds"] = time.monotonic() - started
+        config.write_whole(log_dir / f"{dag_id}.result.json", json.dumps(result))
+    return 0
+
+
+_BAG = None
+
+
+def _run_one(dag_id: str) -> dict:
+    global _BAG
+    from airflow.dag_processing.dagbag import DagBag
+
+    if _BAG is None:
+        _BAG = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"])  # parsed once for every DAG of the run
+    if _BAG.import_errors:
+        for path, error in _BAG.import_errors.items():
+            print(f"DAG import error in {path}:\n{error}", flush=True)
+        return {"state": "not run (DAG import error)", "run_id": None, "tasks": []}
+    dag = _BAG.get_dag(dag_id)
+    if dag is None:
+        print(f"no DAG called {dag_id}", flush=True)
+        return {"state": "not run (no such DAG)", "run_id": None, "tasks": []}
+    run = dag.test()
+    tasks = [
+        {"task_id": ti.task_id, "map_index": ti.map_index, "state": str(getattr(ti.state, "value", ti.state))}
+        for ti in run.get_task_instances()
+    ]
+    state = str(getattr(run.state, "value", run.state))
+    print(f"DAG {dag_id} finished: {state}", flush=True)
+    return {"state": state, "run_id": run.run_id, "tasks": tasks}
+
+
+if __name__ == "__main__":
+    sys.exit(_child(Path(sys.argv[1]), sys.argv[2:]))
