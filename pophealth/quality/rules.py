@@ -25,6 +25,9 @@ from typing import Any, Literal, TypeVar
 import yaml
 from psycopg import sql
 
+from pophealth.ingest.feeds import FEED_SPECS
+from pophealth.ingest.landing import FEED_PATTERNS
+
 RULES_DIR_ENV = "POPHEALTH_EXPECTATIONS_DIR"
 LOAD_RULES_FILE = "registry.yml"
 MARTS_RULES_FILE = "marts.yml"
@@ -321,15 +324,11 @@ def _names(value: Any) -> bool:
 def has_row_numbers(feed: str) -> bool:
     """Whether the feed's batch table keeps each row's number in the file (`source_row`): the personal feeds.
     Reference data and the opt-out list are stored without it (pophealth/ingest/load.py)."""
-    from pophealth.ingest.feeds import FEED_SPECS
-
     return feed in FEED_SPECS and FEED_SPECS[feed].personal
 
 
 def parse_load_rules(data: Any) -> tuple[tuple[LoadRule, ...], list[str]]:
     """The rules of a `registry.yml`'s contents, and what is wrong with it (when anything is, use no rule)."""
-    from pophealth.ingest.feeds import FEED_SPECS
-
     entries, problems = _entries(data, "the registry")
     rules: list[LoadRule] = []
     for name, entry in entries:
@@ -393,8 +392,6 @@ def _load_rule(entry: dict) -> LoadRule:
 
 
 def _row_count_problems(name: str, feed: str | None, check: dict, spec: Any) -> list[str]:
-    from pophealth.ingest.feeds import FEED_SPECS
-
     problems: list[str] = []
     if not isinstance(spec, dict):
         return [f"{name}: row_count must be a mapping"]
@@ -432,8 +429,6 @@ def _row_count_problems(name: str, feed: str | None, check: dict, spec: Any) -> 
 
 
 def _override_problems(name: str, feed: str | None, check: dict) -> list[str]:
-    from pophealth.ingest.landing import FEED_PATTERNS
-
     overrides = check.get("by_provider")
     if not isinstance(overrides, dict) or not overrides:
         return [f"{name}: by_provider must map provider codes to overrides"]
@@ -460,8 +455,6 @@ def _override_problems(name: str, feed: str | None, check: dict) -> list[str]:
 
 def published_column(reference: Any) -> tuple[str, str] | None:
     """`schema.table.column` of a feed's published table, as (table, column); None when it is not one."""
-    from pophealth.ingest.feeds import FEED_SPECS
-
     if not isinstance(reference, str) or reference.count(".") != 2:
         return None
     table, _, column = reference.rpartition(".")
