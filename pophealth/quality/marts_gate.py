@@ -4,8 +4,8 @@ The marts DAG builds `marts` and `reporting` with dbt into candidate schemas (`m
 `reporting__candidate`: the dbt var `build_candidates`, read by the project's `generate_schema_name`), then
 `run_marts_gate` validates the candidates with the rules of `expectations/marts.yml`, as one Great
 Expectations suite (`marts_publish`) run inside PostgreSQL through the same SQL data source as the load gates
-(pophealth/quality/gates.py), and records every result in `audit.gate_result` (load_id 0, feed `marts`). Only when no
-`error` rule failed does `publish_candidates` swap the candidates in, in one transaction: the current schema is
+(pophealth/quality/validation.py), and records every result in `audit.gate_result` (load_id 0, feed `marts`). Only
+when no `error` rule failed does `publish_candidates` swap the candidates in, in one transaction: the current schema is
 renamed `<name>__previous`, the candidate takes the name, the previous one is dropped, and the analyst's USAGE on
 the schema is granted again (a schema's privileges stay with the schema object; the tables' SELECT grants
 come from dbt's `grants` config and moved with the tables). A failed gate leaves the candidates where they are

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Self, TypeVar
 
 import yaml
 from psycopg import sql
@@ -111,7 +111,7 @@ class Rule:
         """The rule's SQL on one line (as the gates compare and run it); empty for a rule without SQL."""
         return " ".join((self.query or "").split())
 
-    def with_kwargs(self, **changes: Any):
+    def with_kwargs(self, **changes: Any) -> Self:
         """The same rule with some kwargs changed (a query's placeholders filled, a band's bounds set)."""
         return replace(self, kwargs=_frozen({**self.kwargs, **changes}))
 
