@@ -707,11 +707,12 @@ def main(argv: list[str] | None = None) -> int:
     from pophealth.identity.keys import KeyError_
     from pophealth.ingest.landing import FileRejected
     from pophealth.ingest.load import LoadRefused
+    from pophealth.quality.rules import RulesError
     from pophealth.warehouse.db import DatabaseError
 
     try:
         return args.func(args)
-    except (DatabaseError, KeyError_, FileRejected, LoadRefused) as exc:
+    except (DatabaseError, KeyError_, FileRejected, LoadRefused, RulesError) as exc:
         print(f"pophealth: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

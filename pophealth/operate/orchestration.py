@@ -229,7 +229,7 @@ def load_files(files: list[str], run_id: str, retried: bool = False) -> list[dic
     task at once, to be retried; a retry (`retried`) takes up each file where the earlier try left it."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    from pophealth.quality.gates import data_docs_once
+    from pophealth.quality.validation import data_docs_once
 
     loaded, refused = [], []
     with data_docs_once():

@@ -5,7 +5,8 @@ the results store (marshmallow, then pydantic): every gate rebuilds the index, s
 validation ever kept, a cost growing with the warehouse's history (more than the gate's own rules once a few
 dozen files were loaded). The index needs four things of a result (success, batch kwargs, batch spec, asset
 name); this builder reads them from the stored JSON itself and remembers them per result, which never changes
-once written. Imported by Great Expectations from the site's configuration (pophealth.quality.gates._GX), only then.
+once written. Imported by Great Expectations from the site's configuration (pophealth.quality.validation._GX), only
+then.
 """
 
 from __future__ import annotations

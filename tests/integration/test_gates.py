@@ -436,7 +436,7 @@ VOLUME_FEEDS = ("apc", "gp_register", "cld", "optouts", "ref_postcode_lookup", "
 
 @pytest.mark.parametrize("case", ERROR_CASES, ids=lambda c: c.rule)
 def test_a_file_that_breaks_an_error_rule_is_refused_with_the_rule_rows_and_no_value(stage, case):
-    from pophealth.quality import gates
+    from pophealth.quality.validation import SUMMARY_FAILURES
 
     rows = case.rows()
     load_id = stage(case.feed, rows)
@@ -454,7 +454,7 @@ def test_a_file_that_breaks_an_error_rule_is_refused_with_the_rule_rows_and_no_v
     assert f"{case.count:,} of " in message and rule["threshold"] in message
     if case.examples:
         assert "example rows (1 = first data row): " + ", ".join(map(str, case.examples)) in message
-    assert len(message.splitlines()) <= 2 + 2 * gates.SUMMARY_FAILURES + 8
+    assert len(message.splitlines()) <= 2 + 2 * SUMMARY_FAILURES + 8
     _assert_no_value_of(rows, message)
     _assert_no_value_of(rows, repr(recorded))
     _assert_refused(load_id, case.feed)
@@ -530,15 +530,15 @@ def test_a_file_that_breaks_a_warn_rule_is_loaded_and_the_warning_recorded(stage
 
 
 def test_every_rule_of_the_registry_has_a_case_here():
-    from pophealth.quality import gates
+    from pophealth.quality.rules import load_rules
 
-    checks = gates.all_checks()
-    errors = {c["id"] for c in checks if c["severity"] == "error"}
-    warns = {c["id"] for c in checks if c["severity"] == "warn"}
-    volume = {c["id"] for c in checks if (c.get("row_count") or {}).get("baseline") == "previous_load"}
+    rules = load_rules()
+    errors = {r.id for r in rules if r.severity == "error"}
+    warns = {r.id for r in rules if r.severity == "warn"}
+    volume = {r.id for r in rules if r.row_count is not None and r.row_count.baseline == "previous_load"}
     assert {c.rule for c in ERROR_CASES} | volume == errors
     assert {c.rule for c in WARN_CASES} == warns
-    assert {c["feed"] for c in checks if c["id"] in volume} == set(VOLUME_FEEDS)
+    assert {r.feed for r in rules if r.id in volume} == set(VOLUME_FEEDS)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -548,12 +548,13 @@ def test_every_rule_of_the_registry_has_a_case_here():
 @pytest.mark.parametrize("feed", list(GOOD))
 def test_a_good_file_passes_every_rule_and_every_result_is_recorded(stage, feed):
     from pophealth.quality import gates
+    from pophealth.quality.validation import data_docs_index
 
     load_id = stage(feed, GOOD[feed]())
     outcome = gates.run_load_gate(load_id, feed, f"load_batch.load_{load_id}", run_id="run-good")
     assert outcome.passed and not outcome.failures(), outcome.summary()
     recorded = _recorded(load_id)
-    assert set(recorded) == {c["id"] for c in gates.checks_for(feed)}
+    assert set(recorded) == {rule.id for rule in gates.checks_for(feed)}
     skipped = {k for k, r in recorded.items() if r["status"] == "not_applicable"}
     assert skipped == {f"{feed}.volume.within_band"}  # nothing to compare with: no earlier delivery
     for check_id, row in recorded.items():
@@ -562,7 +563,7 @@ def test_a_good_file_passes_every_rule_and_every_result_is_recorded(stage, feed)
     assert f"{FILE_NAMES[feed]} (load {load_id}): {feed} suite:" in outcome.summary()
     assert "0 failed" in outcome.summary()
     # Great Expectations' Data Docs: a page for this validation, listed in the site's index.
-    index = gates.data_docs_index()
+    index = data_docs_index()
     assert str(index) in outcome.summary() and index.is_file()
     pages = [p for p in (index.parent / "validations").rglob("*.html")
              if p.name.endswith(f"load_batch.load_{load_id}.html")]
@@ -618,7 +619,7 @@ def test_a_rule_on_a_column_empty_in_the_whole_file_is_not_applicable(stage):
 
 
 def test_a_many_rule_failure_stays_one_screen(stage):
-    from pophealth.quality import gates
+    from pophealth.quality.validation import SUMMARY_FAILURES
 
     rows = _changed(GOOD["apc"](), {
         0: {"admimeth": "XX", "dismeth": "X", "disdest": "00", "admisorc": "77", "classpat": "7", "sex": "3",
@@ -629,9 +630,9 @@ def test_a_many_rule_failure_stays_one_screen(stage):
     message = _gate(load_id)
     assert message is not None
     failed = [k for k, r in _recorded(load_id).items() if r["status"] == "failed"]
-    assert len(failed) > gates.SUMMARY_FAILURES
-    assert len(message.splitlines()) <= 2 + 2 * gates.SUMMARY_FAILURES + 8
-    assert f"and {len(failed) - gates.SUMMARY_FAILURES} more failed rules (audit.gate_result)" in message
+    assert len(failed) > SUMMARY_FAILURES
+    assert len(message.splitlines()) <= 2 + 2 * SUMMARY_FAILURES + 8
+    assert f"and {len(failed) - SUMMARY_FAILURES} more failed rules (audit.gate_result)" in message
     _assert_no_value_of(rows, message)
     _assert_refused(load_id, "apc")
 

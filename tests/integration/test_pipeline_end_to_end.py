@@ -175,7 +175,8 @@ def test_nothing_identifiable_is_in_any_table_log_or_file_the_run_wrote(world):
 
 
 def test_a_good_run_passes_every_gate_and_keeps_every_result(world):
-    from pophealth.quality import gates, marts_gate
+    from pophealth.quality import gates
+    from pophealth.quality.rules import marts_rules
 
     # Every published load was gated by every rule of its feed, and no error rule failed.
     rows = world.query(
@@ -184,11 +185,11 @@ def test_a_good_run_passes_every_gate_and_keeps_every_result(world):
     published = world.query("SELECT feed, load_id FROM audit.load WHERE status = 'published'")
     for feed, load_id in published:
         checked = {r[2] for r in rows if r[1] == load_id}
-        assert checked == {c["id"] for c in gates.checks_for(feed)}, f"load {load_id} ({feed})"
+        assert checked == {rule.id for rule in gates.checks_for(feed)}, f"load {load_id} ({feed})"
     assert not [r for r in rows if r[3] == "error" and r[4] == "failed"]
     # The marts gate ran on the candidates before they were published, every rule recorded, no error failed.
     marts = world.query("SELECT check_id, severity, status FROM audit.gate_result WHERE feed = 'marts'")
-    assert {r[0] for r in marts} >= {c["id"] for c in marts_gate.all_checks()}
+    assert {r[0] for r in marts} >= {rule.id for rule in marts_rules().rules}
     assert not [r for r in marts if r[1] == "error" and r[2] == "failed"]
     assert world.query("""SELECT count(*) FROM information_schema.schemata
                           WHERE schema_name LIKE '%%__candidate' OR schema_name LIKE '%%__previous'""") == [(0,)]

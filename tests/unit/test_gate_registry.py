@@ -2,41 +2,62 @@
 
 from __future__ import annotations
 
-import copy
 from datetime import date
 
 import pytest
+import yaml
 
 from pophealth.ingest.landing import LOAD_ORDER
 from pophealth.quality import gates
-from pophealth.quality.gates import CheckResult, GateOutcome, LoadContext
+from pophealth.quality.gates import LoadContext
+from pophealth.quality.rules import (
+    LOAD_RULES_FILE,
+    SUBCATEGORIES,
+    LoadRule,
+    load_query_problem,
+    load_rule_problems,
+    load_rules,
+    parse_load_rules,
+    rules_dir,
+)
+from pophealth.quality.validation import SUMMARY_FAILURES, CheckResult, GateOutcome, build_expectation
 
 
-def _rule(rule_id: str) -> dict:
-    return next(c for c in gates.all_checks() if c["id"] == rule_id)
+def _rule(rule_id: str) -> LoadRule:
+    return next(r for r in load_rules() if r.id == rule_id)
+
+
+def _registry() -> dict:
+    """The registry as written (a fresh copy each time, to break)."""
+    return yaml.safe_load((rules_dir() / LOAD_RULES_FILE).read_text())
+
+
+def _entry(rule_id: str) -> dict:
+    return next(c for c in _registry()["checks"] if c["id"] == rule_id)
 
 
 def _problems_with(rule_id: str, **changes) -> str:
     """The registry's problems once one rule is changed (a value of None removes the key)."""
-    broken = copy.deepcopy(gates.registry())
+    broken = _registry()
     rule = next(c for c in broken["checks"] if c["id"] == rule_id)
     for key, value in changes.items():
         if value is None:
             rule.pop(key, None)
         else:
             rule[key] = value
-    return " ".join(gates.registry_problems(broken))
+    return " ".join(load_rule_problems(broken))
 
 
 def test_the_registry_is_well_formed():
-    assert gates.registry_problems(gates.registry()) == []
+    assert load_rule_problems(_registry()) == []
+    assert len(load_rules()) == len(_registry()["checks"])
 
 
 def test_a_malformed_rule_is_named_with_what_is_wrong():
-    broken = copy.deepcopy(gates.registry())
+    broken = _registry()
     broken["checks"][0]["severity"] = "fatal"
     broken["checks"][1]["kwargs"] = {"column_A": "no_such_column", "column_B": "admidate"}
-    problems = " ".join(gates.registry_problems(broken))
+    problems = " ".join(load_rule_problems(broken))
     assert broken["checks"][0]["id"] in problems and "severity" in problems
     assert "no_such_column is not a column" in problems
 
@@ -46,13 +67,13 @@ def test_every_feed_is_gated():
 
 
 def test_every_rule_has_its_place_in_the_dqd_taxonomy():
-    for check in gates.all_checks():
-        assert check["context"] in ("verification", "validation"), check["id"]
-        assert check.get("subcategory") in (gates.SUBCATEGORIES[check["category"]] or (None,)), check["id"]
+    for rule in load_rules():
+        assert rule.context in ("verification", "validation"), rule.id
+        assert rule.subcategory in (SUBCATEGORIES[rule.category] or (None,)), rule.id
     # Comparing with another load or another feed is validation; the rest is verification.
-    validation = {c["id"] for c in gates.all_checks() if c["context"] == "validation"}
-    assert {c["id"] for c in gates.all_checks()
-            if (c.get("row_count") or {}).get("baseline") == "previous_load" or c.get("reads_published")} <= validation
+    validation = {r.id for r in load_rules() if r.context == "validation"}
+    assert {r.id for r in load_rules()
+            if (r.row_count is not None and r.row_count.baseline == "previous_load") or r.reads_published} <= validation
     assert {"apc.admitted_after_death", "apc.admitted_after_hospital_death"} <= validation
 
 
@@ -91,7 +112,7 @@ def test_a_feed_without_row_numbers_counts_rows_and_returns_nothing_else():
 
 
 def test_a_join_rule_may_alias_the_batch_and_fill_the_loads_placeholders():
-    assert gates.query_problem(
+    assert load_query_problem(
         "apc", "SELECT b.source_row FROM {batch} b JOIN raw.gp_register g ON g.nhs_number_key = b.nhs_number_key "
                "WHERE g.date_of_death < {period_end} AND {provider} = 'RAJ' AND b.load_id = {load_id}") is None
     ctx = LoadContext(7, "apc", provider="R'X", period_end=date(2025, 9, 30))
@@ -125,8 +146,8 @@ def test_a_row_count_rule_goes_with_the_row_count_expectation():
 
 
 def test_per_source_thresholds_override_only_what_the_rule_sets():
-    assert gates.registry_problems({"checks": [{**_rule("apc.nhs_number.valid_share"),
-                                                "by_provider": {"RQW": {"kwargs": {"mostly": 0.9}}}}]}) == []
+    assert load_rule_problems({"checks": [{**_entry("apc.nhs_number.valid_share"),
+                                           "by_provider": {"RQW": {"kwargs": {"mostly": 0.9}}}}]}) == []
     assert "overrides kwargs.regex, which the rule does not set" in _problems_with(
         "apc.nhs_number.valid_share", by_provider={"RQW": {"kwargs": {"regex": "x"}}})
     assert "must be a number like the rule's" in _problems_with(
@@ -138,55 +159,66 @@ def test_per_source_thresholds_override_only_what_the_rule_sets():
 
 
 def test_a_providers_threshold_is_the_one_applied_and_shown():
-    rule = {**_rule("apc.nhs_number.valid_share"), "by_provider": {"RQW": {"kwargs": {"mostly": 0.9}}}}
-    assert gates.for_provider(rule, "RAJ") is rule
-    rqw = gates.for_provider(rule, "RQW")
-    assert rqw["kwargs"]["mostly"] == 0.9 and rule["kwargs"]["mostly"] == 0.95
+    (rule,), problems = _parsed({**_entry("apc.nhs_number.valid_share"),
+                                 "by_provider": {"RQW": {"kwargs": {"mostly": 0.9}}}})
+    assert problems == []
+    assert rule.for_provider("RAJ") is rule
+    rqw = rule.for_provider("RQW")
+    assert rqw.kwargs["mostly"] == 0.9 and rule.kwargs["mostly"] == 0.95
     assert gates._threshold(rqw).endswith("on at least 90% of rows (RQW's threshold)")
-    volume = {**_rule("apc.volume.within_band"), "by_provider": {"RDE": {"row_count": {"min_ratio": 0.4}}}}
-    rde = gates.for_provider(volume, "RDE")
-    assert rde["row_count"]["min_ratio"] == 0.4 and rde["row_count"]["max_ratio"] == 2.0
-    assert volume["row_count"]["min_ratio"] == 0.6
+    (volume,), problems = _parsed({**_entry("apc.volume.within_band"),
+                                   "by_provider": {"RDE": {"row_count": {"min_ratio": 0.4}}}})
+    assert problems == []
+    rde = volume.for_provider("RDE")
+    assert rde.row_count is not None and volume.row_count is not None
+    assert rde.row_count.min_ratio == 0.4 and rde.row_count.max_ratio == 2.0
+    assert volume.row_count.min_ratio == 0.6
+
+
+def _parsed(entry: dict) -> tuple[tuple[LoadRule, ...], list[str]]:
+    return parse_load_rules({"checks": [entry]})
 
 
 def test_published_data_a_rule_reads_must_exist():
     assert "reads_published 'raw.gp_register.shoe_size'" in _problems_with(
         "apc.admitted_after_death", reads_published=["raw.gp_register.shoe_size"])
-    assert _rule("apc.admitted_after_death")["reads_published"] == ["raw.gp_register.date_of_death"]
+    assert _rule("apc.admitted_after_death").reads_published == ("raw.gp_register.date_of_death",)
 
 
 def test_the_thresholds_differ_by_feed_as_the_sources_do():
     """Social care has more missing NHS numbers than hospitals; the register refuses rows without one."""
     def mostly(rule_id: str) -> float:
-        return _rule(rule_id)["kwargs"]["mostly"]
+        return _rule(rule_id).kwargs["mostly"]
 
     assert mostly("apc.nhs_number.valid_share") > mostly("cld.nhs_number.valid_share")
     assert mostly("apc.nhs_number.valid_share_floor") > mostly("cld.nhs_number.valid_share_floor")
     assert mostly("apc.nhs_number.present") > mostly("cld.nhs_number.present")
-    register = _rule("gp_register.nhs_number.valid_share")["row_count"]
-    assert register["min_ratio"] > mostly("apc.nhs_number.valid_share")
-    assert register["only_quarantined_for"] == ["nhs_number", "person_id"]
+    register = _rule("gp_register.nhs_number.valid_share").row_count
+    assert register is not None and register.min_ratio is not None
+    assert register.min_ratio > mostly("apc.nhs_number.valid_share")
+    assert register.only_quarantined_for == ("nhs_number", "person_id")
     for feed in ("apc", "cld", "gp_register"):
         floor = _rule(f"{feed}.nhs_number.valid_share_floor")
-        assert floor["severity"] == "error" and _rule(f"{feed}.nhs_number.valid_share")["severity"] == "warn"
+        assert floor.severity == "error" and _rule(f"{feed}.nhs_number.valid_share").severity == "warn"
     for feed in LOAD_ORDER:
-        volume = _rule(f"{feed}.volume.within_band")
-        assert volume["severity"] == "error" and volume["row_count"]["baseline"] == "previous_load"
-        assert volume["row_count"]["min_ratio"] > 0.5  # half the usual rows is a failed extract
-        assert _rule(f"{feed}.rows.loaded_share")["severity"] == "error"
+        volume = _rule(f"{feed}.volume.within_band").row_count
+        assert _rule(f"{feed}.volume.within_band").severity == "error"
+        assert volume is not None and volume.baseline == "previous_load"
+        assert volume.min_ratio is not None and volume.min_ratio > 0.5  # half the usual rows is a failed extract
+        assert _rule(f"{feed}.rows.loaded_share").severity == "error"
 
 
 def test_the_hospital_feed_refuses_an_episode_before_its_admission():
     rule = _rule("apc.episode_starts_after_admission")
-    assert rule["severity"] == "error"
-    assert rule["expectation"] == "ExpectColumnPairValuesAToBeGreaterThanB"
-    assert (rule["kwargs"]["column_A"], rule["kwargs"]["column_B"], rule["kwargs"]["or_equal"]) == (
+    assert rule.severity == "error"
+    assert rule.expectation == "ExpectColumnPairValuesAToBeGreaterThanB"
+    assert (rule.kwargs["column_A"], rule.kwargs["column_B"], rule.kwargs["or_equal"]) == (
         "epistart", "admidate", True)
 
 
 def test_every_rule_builds_as_a_great_expectations_expectation():
-    for check in gates.all_checks():
-        gates.build_expectation(check)  # every class exists in GE 1.x and accepts its kwargs
+    for rule in load_rules():
+        build_expectation(rule)  # every class exists in GE 1.x and accepts its kwargs
 
 
 def test_only_an_error_fails_the_gate_and_the_summary_names_rows_not_values():
@@ -220,5 +252,5 @@ def test_many_failures_stay_one_screen():
     failures = [CheckResult(f"apc.r{i:02d}", "conformance", "error", "failed", "n", 1, 10, "t", "1", [i])
                 for i in range(40)]
     lines = GateOutcome("apc", failures).summary().splitlines()
-    assert len(lines) == 1 + 2 * gates.SUMMARY_FAILURES + 1 + 1  # the tally, the rules, the rest, Data Docs
-    assert lines[-2].startswith(f"  ... and {40 - gates.SUMMARY_FAILURES} more failed rules (audit.gate_result): ")
+    assert len(lines) == 1 + 2 * SUMMARY_FAILURES + 1 + 1  # the tally, the rules, the rest, Data Docs
+    assert lines[-2].startswith(f"  ... and {40 - SUMMARY_FAILURES} more failed rules (audit.gate_result): ")

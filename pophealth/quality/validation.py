@@ -1,0 +1,340 @@
+"""Great Expectations inside PostgreSQL, for both gates: one validation of a table by a list of rules, its pages
+on the Data Docs site, and what a gate's results say.
+
+The load gates (pophealth/quality/gates.py) and the marts gate (pophealth/quality/marts_gate.py) run their rules
+through the same ephemeral Great Expectations context and SQL data source (nothing is pulled into pandas), turn
+each rule object (pophealth/quality/rules.py) into an expectation the same way, read GE's results the same way,
+and report in the same shape: one `CheckResult` per rule, a `GateOutcome` and its one-screen summary.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import warnings
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from pophealth import config
+from pophealth.quality.rules import LoadRule, Rule, RulesError
+from pophealth.warehouse import db
+
+log = logging.getLogger("pophealth")
+
+EXAMPLE_ROWS = 5
+SUMMARY_FAILURES = 12  # failed rules listed in full in the summary; the rest by id (all are in audit.gate_result)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Results
+
+
+@dataclass
+class CheckResult:
+    check_id: str
+    category: str
+    severity: str
+    status: str            # passed, failed, not_applicable
+    note: str
+    unexpected_count: int | None = None
+    row_count: int = 0
+    threshold: str = ""
+    observed: str = ""
+    example_rows: list[int] = field(default_factory=list)
+    expectation: str = ""
+    observed_number: float | None = None
+    subcategory: str = ""
+    context: str = ""
+
+
+@dataclass
+class GateOutcome:
+    feed: str
+    results: list[CheckResult]
+    seconds: float = 0.0
+    file_name: str = ""
+    load_id: int | None = None
+
+    @property
+    def passed(self) -> bool:
+        """False exactly when an error rule failed; warnings and not-applicable rules never stop a load."""
+        return not any(r.status == "failed" and r.severity == "error" for r in self.results)
+
+    def failures(self, severity: str | None = None) -> list[CheckResult]:
+        return [r for r in self.results if r.status == "failed" and (severity is None or r.severity == severity)]
+
+    def summary(self) -> str:
+        """One screen: the file and the tally, then each failed rule (errors first) with its reason, threshold,
+        how many rows and example row numbers; never a value from the file."""
+        counts = {s: sum(1 for r in self.results if r.status == s) for s in ("passed", "failed", "not_applicable")}
+        errors, warns = len(self.failures("error")), len(self.failures("warn"))
+        where = f"{self.file_name} (load {self.load_id}): " if self.file_name else ""
+        lines = [f"{where}{self.feed} suite: {counts['passed']} passed, {counts['failed']} failed "
+                 f"({errors} error, {warns} warn), {counts['not_applicable']} not applicable"]
+        ordered = sorted(self.failures(), key=lambda r: (r.severity != "error", r.check_id))
+        for r in ordered[:SUMMARY_FAILURES]:
+            lines.append(f"  {'FAILED' if r.severity == 'error' else 'warning'} [{r.severity}] {r.check_id}: {r.note}")
+            if r.unexpected_count is not None:
+                measured = f"{r.unexpected_count:,} of {r.row_count:,} rows"
+            else:
+                measured = f"observed {r.observed or '?'}"
+            examples = ", ".join(str(n) for n in r.example_rows)
+            lines.append(f"      {measured}; threshold: {r.threshold}"
+                         + (f"; example rows (1 = first data row): {examples}" if examples else ""))
+        if len(ordered) > SUMMARY_FAILURES:
+            rest = ordered[SUMMARY_FAILURES:]
+            lines.append(f"  ... and {len(rest)} more failed rules (audit.gate_result): "
+                         + ", ".join(r.check_id for r in rest))
+        skipped: dict[str, list[str]] = {}
+        for r in self.results:
+            if r.status == "not_applicable":
+                skipped.setdefault(r.observed or "column empty in this file", []).append(r.check_id)
+        for reason, ids in skipped.items():
+            lines.append(f"  not applicable ({reason}): {', '.join(ids)}")
+        lines.append(f"  Data Docs (Great Expectations): {data_docs_index()}")
+        return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Great Expectations
+
+
+def _quiet_great_expectations() -> None:
+    """No usage statistics, no progress bars, no INFO chatter from GE in the task logs."""
+    os.environ["GX_ANALYTICS_ENABLED"] = "False"
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
+    logging.getLogger("posthog").setLevel(logging.WARNING)
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("great_expectations."):
+            logger = logging.getLogger(name)
+            if logger.level and logger.level < logging.WARNING:
+                logger.setLevel(logging.WARNING)
+
+
+def import_great_expectations():
+    """Import Great Expectations quietly (it takes a few seconds: done on the first gate, not at import)."""
+    _quiet_great_expectations()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import great_expectations
+        import great_expectations.expectations  # noqa: F401
+    _quiet_great_expectations()
+    return great_expectations
+
+
+def _sqlalchemy_url(url: str) -> str:
+    """The warehouse URL for SQLAlchemy with psycopg2 (which reaches a unix socket through ?host=)."""
+    scheme, sep, rest = url.partition("://")
+    if scheme in ("postgresql", "postgres", "postgresql+psycopg"):
+        scheme = "postgresql+psycopg2"
+    return scheme + sep + rest
+
+
+def build_expectation(rule: Rule):
+    """The Great Expectations expectation object for a rule. A load rule on the number of rows (`row_count`) has its
+    bounds set by the load gate for each load (pophealth/quality/gates.py); without them it accepts any count."""
+    gxe = import_great_expectations().expectations
+
+    cls = getattr(gxe, rule.expectation, None)
+    if cls is None:
+        raise RulesError(f"{rule.id}: great_expectations.expectations has no {rule.expectation}")
+    kwargs = dict(rule.kwargs)
+    if rule.expectation == "UnexpectedRowsExpectation":
+        kwargs["unexpected_rows_query"] = rule.one_line_query
+        kwargs.setdefault("description", rule.note)
+    if isinstance(rule, LoadRule) and rule.row_count is not None:
+        kwargs.setdefault("min_value", 0)
+        kwargs.setdefault("max_value", None)
+    meta = {"check_id": rule.id, "category": rule.category, "severity": rule.severity,
+            "context": rule.context, "subcategory": rule.subcategory}
+    try:
+        return cls(**kwargs, severity="critical" if rule.severity == "error" else "warning",
+                   notes=rule.note, meta=meta)
+    except Exception as exc:  # pydantic validation: a bad kwarg in the rules file
+        raise RulesError(f"{rule.id}: {rule.expectation} rejects its kwargs: {exc}") from None
+
+
+DOCS_SITE = "quality_gates"
+
+
+def data_docs_index() -> Path:
+    """The Data Docs site of every gate run (Great Expectations' HTML): one page per validation."""
+    return config.paths().gate_docs_dir / "index.html"
+
+
+class _GX:
+    """One ephemeral Great Expectations context and SQL data source per warehouse URL, reused between gates."""
+
+    _lock = threading.Lock()
+    _run_lock = threading.Lock()  # a GE context is not thread-safe: one validation at a time per process
+    _instance: _GX | None = None
+
+    def __init__(self, url: str):
+        import great_expectations as gx
+        from great_expectations.data_context.types.base import (
+            DataContextConfig,
+            InMemoryStoreBackendDefaults,
+            ProgressBarsConfig,
+        )
+
+        self.url = url
+        self.gx = gx
+        # In memory, except the validation results, kept on disk so that the Data Docs site lists every
+        # validation of every process (each Airflow task is one), and the site itself.
+        paths = config.paths()
+        project = DataContextConfig(
+            store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
+            data_docs_sites={DOCS_SITE: {
+                "class_name": "SiteBuilder",
+                "store_backend": {"class_name": "TupleFilesystemStoreBackend",
+                                  "base_directory": str(paths.gate_docs_dir)},
+                # GE's DefaultSiteIndexBuilder, reading only what the index shows of each result (gate_docs.py).
+                "site_index_builder": {"class_name": "ValidationIndexBuilder",
+                                       "module_name": "pophealth.quality.gate_docs"},
+            }},
+        )
+        project.stores[project.validation_results_store_name]["store_backend"] = {
+            "class_name": "TupleFilesystemStoreBackend",
+            "base_directory": str(paths.home / "great_expectations" / "validation_results")}
+        self.context = gx.get_context(mode="ephemeral", project_config=project)
+        self.context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
+        self.source = self.context.data_sources.add_sql(name="warehouse", connection_string=url)
+        # The Data Docs site's builder, made once per process and kept: Great Expectations' UpdateDataDocsAction
+        # makes a new one for every validation, and with it new Jinja environments that compile every page
+        # template again (more than half of a small file's gate). Each gate adds its own pages with it.
+        from great_expectations.render.renderer.site_builder import SiteBuilder
+
+        sites = self.context.variables.data_docs_sites
+        assert sites is not None  # the project configuration above declares the site
+        site = {k: v for k, v in sites[DOCS_SITE].items() if k not in ("class_name", "module_name")}
+        self.docs = SiteBuilder(data_context=self.context, site_name=DOCS_SITE,
+                                runtime_environment={"root_directory": self.context.root_directory}, **site)
+
+    @classmethod
+    def for_url(cls, url: str) -> _GX:
+        with cls._lock:
+            if cls._instance is None or cls._instance.url != url:
+                cls._instance = _GX(url)
+            return cls._instance
+
+    def validate(self, schema: str, table: str, suite_name_: str, expectations: list) -> Any:
+        with self._run_lock:
+            return self._validate(schema, table, suite_name_, expectations)
+
+    #: Inside `data_docs_once()`: the site's index (and its static files) is built once at the end, not after
+    #: every validation. Rebuilding the index reads every validation kept, so per file it grew with the files.
+    _index_deferred = threading.local()
+
+    def _pages(self, resource_identifiers: list) -> None:
+        """This validation's pages of the Data Docs site, then the index unless it is deferred."""
+        for section in self.docs.site_section_builders.values():
+            section.build(resource_identifiers=resource_identifiers)
+        if getattr(self._index_deferred, "depth", 0):
+            self._index_deferred.pending = True
+        else:
+            self.build_index()
+
+    def build_index(self) -> None:
+        self.docs.target_store.copy_static_assets()
+        self.docs.site_index_builder.build(build_index=True)
+
+
+    def _validate(self, schema: str, table: str, suite_name_: str, expectations: list) -> Any:
+        gx = self.gx
+        asset_name = f"{schema}.{table}"
+        try:
+            self.source.delete_asset(asset_name)
+        except Exception:  # noqa: BLE001 - no such asset yet
+            pass
+        asset = self.source.add_table_asset(name=asset_name, table_name=table, schema_name=schema)
+        batch = asset.add_batch_definition_whole_table("whole_table")
+        name = f"{suite_name_}:{schema}.{table}"
+        suite = self.context.suites.add(gx.ExpectationSuite(name=name, expectations=expectations))
+        validation = self.context.validation_definitions.add(
+            gx.ValidationDefinition(name=name, data=batch, suite=suite))
+        # BASIC gives counts; partial_unexpected_count 0 keeps GE's result, and so the Data Docs, free of values.
+        checkpoint = gx.Checkpoint(name=name, validation_definitions=[validation], actions=[],
+                                   result_format={"result_format": "BASIC", "partial_unexpected_count": 0})
+        try:
+            run = checkpoint.run(run_id=gx.core.run_identifier.RunIdentifier(run_name=f"{schema}.{table}"))
+            result_id, result = next(iter(run.run_results.items()))
+            # What UpdateDataDocsAction did, with the builder kept (see __init__): this validation's page and
+            # its suite's, and the index listing every validation kept on disk.
+            from great_expectations.data_context.types.resource_identifiers import ExpectationSuiteIdentifier
+
+            self._pages([result_id, ExpectationSuiteIdentifier(name=name)])
+            return result
+        finally:
+            for remove in (lambda: self.context.checkpoints.delete(name),  # run() stores the checkpoint
+                           lambda: self.context.validation_definitions.delete(name),
+                           lambda: self.context.suites.delete(name),
+                           lambda: self.source.delete_asset(asset_name)):
+                try:
+                    remove()
+                except Exception:  # noqa: BLE001 - cleaning up an in-memory context
+                    pass
+
+
+@contextmanager
+def data_docs_once():
+    """Gates run inside build the Data Docs site's index once, when the block ends (a load task's files)."""
+    deferred = _GX._index_deferred
+    deferred.depth = getattr(deferred, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        deferred.depth -= 1
+        if deferred.depth == 0 and getattr(deferred, "pending", False):
+            deferred.pending = False
+            runner = _GX._instance
+            if runner is not None:
+                with runner._run_lock:
+                    runner.build_index()
+
+
+def validate(schema: str, table: str, suite: str, rules: Sequence[Rule]) -> dict[str, Any]:
+    """Run the rules as one Great Expectations validation on the table; GE's results by rule id."""
+    if not rules:
+        return {}
+    _quiet_great_expectations()
+    with warnings.catch_warnings():
+        # GE's deprecation and "use PostgresDatasource" notices: PostgresDatasource rejects socket URLs, and
+        # the table asset's schema_name is what reaches a table outside the connection's search path.
+        warnings.simplefilter("ignore")
+        runner = _GX.for_url(_sqlalchemy_url(db.warehouse_url()))
+        _quiet_great_expectations()
+        expectations = [build_expectation(r) for r in rules]
+        run = runner.validate(schema, table, suite, expectations)
+    return {r.expectation_config.meta["check_id"]: r for r in run.results}
+
+
+def evaluation_problem(info: Any) -> str | None:
+    """Why GE could not evaluate a rule, or None. Database messages can quote a value, so only GE's own
+    explanation of a missing column is kept; anything else is named by its kind alone."""
+    if not isinstance(info, dict):
+        return None
+    entries = [info] if "raised_exception" in info else [v for v in info.values() if isinstance(v, dict)]
+    for entry in entries:
+        if entry.get("raised_exception"):
+            text = str(entry.get("exception_message") or "")
+            message = text.splitlines()[0] if text else ""
+            if "does not exist" in message and len(message) < 200:
+                return message
+            return "the rule could not be evaluated on this table (check its expectation and kwargs)"
+    return None
+
+
+def number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float, Decimal)):
+        return float(value)
+    return None
+
+
