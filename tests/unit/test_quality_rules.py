@@ -59,9 +59,9 @@ checks:
     expectation: UnexpectedRowsExpectation
     kwargs:
       unexpected_rows_query: >-
-        SELECT b.source_row FROM {batch} b JOIN raw.gp_register g ON g.person_id = b.person_id
+        SELECT b.source_row FROM {batch} b JOIN raw.gp_register g ON g.nhs_number_key = b.nhs_number_key
         WHERE b.admidate > g.date_of_death
-    applies_to: [admidate, person_id]
+    applies_to: [admidate, nhs_number_key]
     reads_published: [raw.gp_register.date_of_death]
     severity: error
     category: plausibility
@@ -127,7 +127,7 @@ def test_a_good_registry_parses_to_its_rule_objects(rules_folder):
     assert volume.row_count == RowCount(baseline="previous_load", min_ratio=0.6, max_ratio=2.0, min_baseline_rows=50)
     assert (volume.severity, volume.context, volume.columns) == ("error", "validation", [])
     assert after_death.query is not None and after_death.one_line_query.startswith("SELECT b.source_row FROM {batch} b")
-    assert after_death.columns == ["admidate", "person_id"]
+    assert after_death.columns == ["admidate", "nhs_number_key"]
     assert after_death.reads_published == ("raw.gp_register.date_of_death",)
     assert (diagnosis.subcategory, diagnosis.row_count, diagnosis.columns) == (None, None, ["diag_01"])
 
