@@ -38,7 +38,7 @@ def test_every_dbt_model_has_an_event_with_its_schema_and_rows(world):
     by_job = {e["job"]["name"]: e for e in events(world) if e["job"]["name"].startswith("dbt.model.")}
     assert {f"dbt.model.{m}" for m in models} <= set(by_job)
     bcf = by_job["dbt.model.bcf_metrics"]["outputs"][0]
-    assert bcf["name"] == "pophealth.marts.build.bcf_metrics"
+    assert bcf["name"] == "pophealth.marts.bcf_metrics"
     assert "numerator" in [f["name"] for f in bcf["facets"]["schema"]["fields"]]
     assert bcf["outputFacets"]["outputStatistics"]["rowCount"] > 0
     assert by_job["dbt.model.bcf_metrics"]["eventType"] == "COMPLETE"
