@@ -114,9 +114,9 @@ def registry() -> dict:
 def has_row_numbers(feed: str) -> bool:
     """Whether the feed's batch table keeps each row's number in the file (`source_row`): the personal feeds.
     Reference data and the opt-out list are stored without it (pophealth/ingest/load.py)."""
-    from pophealth.ingest.feeds import FEED_SPECS
+    from pophealth.contract.feeds import FEEDS_BY_NAME
 
-    return feed in FEED_SPECS and FEED_SPECS[feed].personal
+    return feed in FEEDS_BY_NAME and FEEDS_BY_NAME[feed].personal
 
 
 _ROWS_QUERY = re.compile(r"^SELECT (?:(?P<alias>\w+)\.)?source_row FROM \{batch\}(?: (?P<as>\w+))?")
@@ -177,7 +177,7 @@ def _is_number(value: Any) -> bool:
 
 
 def _row_count_problems(name: str, feed: str, check: dict, spec: Any) -> list[str]:
-    from pophealth.ingest.feeds import FEED_SPECS
+    from pophealth.contract.feeds import FEEDS_BY_NAME
 
     problems: list[str] = []
     if not isinstance(spec, dict):
@@ -205,9 +205,9 @@ def _row_count_problems(name: str, feed: str, check: dict, spec: Any) -> list[st
             problems.append(f"{name}: only_quarantined_for goes with baseline: file")
         if not isinstance(only, list) or not only:
             problems.append(f"{name}: only_quarantined_for must be a list of the file's columns")
-        elif feed in FEED_SPECS:
+        elif feed in FEEDS_BY_NAME:
             for column in only:
-                if column not in FEED_SPECS[feed].contract_columns:
+                if column not in FEEDS_BY_NAME[feed].contract_columns:
                     problems.append(f"{name}: only_quarantined_for names {column}, "
                                     f"not a column of an extract of {feed}")
     if {"min_value", "max_value"} & set(check.get("kwargs") or {}):
@@ -216,12 +216,12 @@ def _row_count_problems(name: str, feed: str, check: dict, spec: Any) -> list[st
 
 
 def _override_problems(name: str, feed: str, check: dict) -> list[str]:
-    from pophealth.ingest.landing import FEED_PATTERNS
+    from pophealth.contract.feeds import FEEDS_BY_NAME
 
     overrides = check.get("by_provider")
     if not isinstance(overrides, dict) or not overrides:
         return [f"{name}: by_provider must map provider codes to overrides"]
-    if not any(p.feed == feed and p.has_provider for p in FEED_PATTERNS):
+    if feed not in FEEDS_BY_NAME or not FEEDS_BY_NAME[feed].file_name.has_provider:
         return [f"{name}: by_provider on {feed}, a feed with one sender"]
     problems: list[str] = []
     for provider, override in overrides.items():
@@ -244,12 +244,12 @@ def _override_problems(name: str, feed: str, check: dict) -> list[str]:
 
 def _published_column(reference: Any) -> tuple[str, str] | None:
     """`schema.table.column` of a feed's published table, as (table, column); None when it is not one."""
-    from pophealth.ingest.feeds import FEED_SPECS
+    from pophealth.contract.feeds import FEEDS_BY_NAME
 
     if not isinstance(reference, str) or reference.count(".") != 2:
         return None
     table, _, column = reference.rpartition(".")
-    for spec in FEED_SPECS.values():
+    for spec in FEEDS_BY_NAME.values():
         if spec.table == table and column in spec.table_columns:
             return table, column
     return None
@@ -257,7 +257,7 @@ def _published_column(reference: Any) -> tuple[str, str] | None:
 
 def registry_problems(data: dict) -> list[str]:
     """What is wrong with a registry (empty when it is well formed). Does not import Great Expectations."""
-    from pophealth.ingest.feeds import FEED_SPECS
+    from pophealth.contract.feeds import FEEDS_BY_NAME
 
     problems: list[str] = []
     checks = data.get("checks") if isinstance(data, dict) else None
@@ -276,7 +276,7 @@ def registry_problems(data: dict) -> list[str]:
         if unknown:
             problems.append(f"{name}: unknown keys {', '.join(sorted(unknown))}")
         feed = check.get("feed")
-        if feed not in FEED_SPECS:
+        if feed not in FEEDS_BY_NAME:
             problems.append(f"{name}: unknown feed {feed!r}")
         elif not name.startswith(feed + "."):
             problems.append(f"{name}: the id must start with its feed ({feed}.)")
@@ -307,17 +307,17 @@ def registry_problems(data: dict) -> list[str]:
                 problems.append(f"{name}: reads_published {reference!r} is not schema.table.column "
                                 "of a published table")
         query = (check.get("kwargs") or {}).get("unexpected_rows_query")
-        if query is not None and feed in FEED_SPECS:
+        if query is not None and feed in FEEDS_BY_NAME:
             problem = query_problem(feed, query)
             if problem:
                 problems.append(f"{name}: {problem}")
-        if feed in FEED_SPECS:
-            known = set(FEED_SPECS[feed].table_columns) | {"load_id"}
+        if feed in FEEDS_BY_NAME:
+            known = set(FEEDS_BY_NAME[feed].table_columns) | {"load_id"}
             if has_row_numbers(feed):
                 known.add("source_row")
             for column in columns_of(check):
                 if column not in known:
-                    problems.append(f"{name}: {column} is not a column of {FEED_SPECS[feed].table}")
+                    problems.append(f"{name}: {column} is not a column of {FEEDS_BY_NAME[feed].table}")
     return problems
 
 
