@@ -112,6 +112,9 @@ class Feed:
     # Columns the transform returns after table_columns that the batch table holds but the raw table does not
     # (the postcode lookup's postcodes, published to raw.ref_postcode by load.publish_load).
     staged_only: tuple[str, ...] = ()
+    # A feed whose files each cover a period (the metrics need them), one file per period per provider: the months
+    # from one period to the next. None: a snapshot on its date (the register), reference data, the opt-out list.
+    period_months: int | None = None
 
     @cached_property
     def identifiable(self) -> tuple[str, ...]:
@@ -246,7 +249,7 @@ FEEDS: tuple[Feed, ...] = (
                        "birth_month", "sex", "lsoa_code", "locality_code", "gp_practice_code", "procode", "admidate",
                        "disdate", "epistart", "epiend", "epiorder", "admimeth", "admisorc", "disdest", "dismeth",
                        "classpat", "mainspef", "tretspef", *DIAG_COLUMNS, "discharge_ready_date"),
-        personal=True,
+        personal=True, period_months=1,
     ),
     Feed(
         "cld", "Adult social care client level data (Release 2), quarterly, rolling 12 months.",
@@ -272,7 +275,7 @@ FEEDS: tuple[Feed, ...] = (
                        "event_outcome", "request_route_of_access", "assessment_type", "service_type",
                        "service_component", "delivery_mechanism", "review_reason", "unit_cost",
                        "cost_frequency_unit_type", "planned_units_per_week"),
-        personal=True,
+        personal=True, period_months=3,
     ),
 )
 

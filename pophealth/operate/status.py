@@ -196,7 +196,7 @@ def _sources(conn, status: Status, now: datetime) -> None:
 
 
 #: Months between two periods of a feed that sends one file per period: the period after the latest is the one due.
-PERIOD_MONTHS = {"apc": 1, "cld": 3}
+PERIOD_MONTHS = {feed.name: feed.period_months for feed in FEEDS if feed.period_months}
 #: A latest load in one of these states has to be delivered again: that period is still the one due.
 DUE_AGAIN = ("gate_failed", "rejected", "failed", "interrupted", "rekeyed")
 

@@ -63,6 +63,8 @@ def test_a_file_named_as_the_declared_form_is_identified_as_its_feed(feed):
     assert found.period_end == {"day": date(2025, 1, 31), "year": date(2025, 12, 31), "none": None}[
         feed.file_name.period]
     assert feed.file_name.form in why_not_an_extract(Path(_a_name(feed).replace(".csv", ".txt")))
+    # A feed of periods is dated to the day and sent per provider (coverage and the next delivery due are per provider).
+    assert feed.period_months is None or (feed.file_name.period == "day" and feed.file_name.has_provider)
 
 
 @pytest.mark.parametrize("feed", FEEDS, ids=lambda f: f.name)
