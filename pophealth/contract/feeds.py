@@ -10,11 +10,13 @@ How to add a feed:
 1. declare it below, in `FEEDS` at its place in the load order (reference data and the opt-out list come before
    any personal feed);
 2. write its row transform in pophealth/ingest/feeds.py and put it in `TRANSFORMS` (how a row becomes a row of
-   its raw table: that is code, and the only thing the declaration does not say);
+   its raw table: that is code, not a declaration), and a good row of it in tests/unit/test_feed_declarations.py;
 3. create its raw table in pophealth/warehouse/schema.sql, its quality gate in expectations/registry.yml, its dbt
-   source and staging model, and say it in docs/contract/extracts.md.
-tests/unit/test_feed_declarations.py checks that the lists derived from `FEEDS` agree with it, and that each
-identifier has its pseudonym column in the raw table.
+   source and staging model, and say it in docs/contract/extracts.md;
+4. a feed of periods: say where its rows say its data starts (ingest/load.py COVERAGE_START); an identifier that
+   becomes a published id: map it (identity/purposes.py TRANSIT_COLUMNS).
+That test checks that what is derived from `FEEDS` agrees with it, and that each identifier has its pseudonym
+column in the raw table.
 
 An identifier is never stored in clear: the NHS number becomes `person_id`, a source's local id (an episode, a
 spell, a council's person) its keyed pseudonym. A date of birth and a postcode are not identifiers here but are
