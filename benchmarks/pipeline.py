@@ -111,7 +111,8 @@ def run_pipeline(landing: Path, *, gates: bool = True, candidates: bool = True,
                  clock: Clock | None = None, run_id: str = "bench") -> PipelineRun:
     """Stage, gate and publish every extract of `landing` in load order, then build, gate and publish the
     marts. With gates=False no gate runs and dbt builds the published marts directly (candidates=False)."""
-    from pophealth.ingest.landing import LOAD_ORDER, identify
+    from pophealth.contract.feeds import LOAD_ORDER
+    from pophealth.ingest.landing import identify
     from pophealth.ingest.load import batch_table, publish_load, refuse_load, stage_extract
     from pophealth.marts.build import dbt_build
     from pophealth.quality import gates as load_gates

@@ -60,6 +60,7 @@ from benchmarks.pipeline import (
     stage_name,
     use_bench_keys,
 )
+from pophealth.contract.feeds import LOAD_ORDER, PERSONAL_FEEDS
 
 ESSEX = 1_438_682
 SIZES = (14_387, 143_868, ESSEX)  # 1%, 10% and 100% of Essex County's register population
@@ -67,9 +68,7 @@ SMALL = 50_000                    # sizes under this are repeated and their medi
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "docs" / "benchmarks"
 GENERATE = "generate the world"
-FEEDS = ("ref_postcode_lookup", "ref_population", "optouts", "gp_register", "apc", "cld")
-PIPELINE_STAGES = (PREPARE, *(stage_name(f) for f in FEEDS), LOAD_GATES, DBT_BUILD, MARTS_GATE, PUBLISH_SWAP)
-COPY_FEEDS = ("apc", "cld", "gp_register")  # the personal feeds: nearly every row of a world
+PIPELINE_STAGES = (PREPARE, *(stage_name(f) for f in LOAD_ORDER), LOAD_GATES, DBT_BUILD, MARTS_GATE, PUBLISH_SWAP)
 COPY_AIM = 1.5
 PANDAS_LIMIT_S = 600.0
 TIERS = ("very_high", "high", "moderate", "low")
@@ -194,15 +193,15 @@ def copy_baseline(run: PipelineRun, work: Path) -> dict:
     table is."""
     from psycopg import sql
 
-    from pophealth.ingest.feeds import FEED_SPECS
+    from pophealth.contract.feeds import FEEDS_BY_NAME
     from pophealth.warehouse import db
 
     figures = {}
     with db.connect(autocommit=True) as conn:
         conn.execute("DROP SCHEMA IF EXISTS bench_copy CASCADE")
         conn.execute("CREATE SCHEMA bench_copy")
-        for feed in COPY_FEEDS:
-            spec = FEED_SPECS[feed]
+        for feed in PERSONAL_FEEDS:
+            spec = FEEDS_BY_NAME[feed]
             columns = sql.SQL(", ").join(sql.Identifier(c) for c in ("load_id", "source_row", "key_version")
                                         + spec.table_columns)
             path = work / f"{feed}.copy"
@@ -270,7 +269,7 @@ def pandas_baseline(landing: Path, platform_seconds: float, limit_s: float = PAN
         conn.exec_driver_sql("CREATE SCHEMA bench_pandas")
     figures: dict = {"feeds": {}, "limit_s": limit_s, "completed": True}
     started_all = time.perf_counter()
-    for feed in COPY_FEEDS:
+    for feed in PERSONAL_FEEDS:
         files = sorted(landing.glob(f"{feed}_*.csv"))
         done = rows = 0
         started = time.perf_counter()
@@ -354,10 +353,10 @@ def measure(size: int, work: Path, pseudo_repeats: int, pandas_limit: float, lan
         with clock.stage("baseline: bare COPY"):
             result["copy"] = copy_baseline(run, work)
         say(f"ingest vs COPY: {result['copy']['all']['ratio']:.2f}x")
-        platform_s = sum(run.feeds[f].stage_seconds + run.feeds[f].publish_seconds for f in COPY_FEEDS)
+        platform_s = sum(run.feeds[f].stage_seconds + run.feeds[f].publish_seconds for f in PERSONAL_FEEDS)
         with clock.stage("baseline: pandas read_csv + hmac + to_sql"):
             result["pandas"] = pandas_baseline(landing, platform_s, pandas_limit)
-        result["pandas"]["platform_with_gates_s"] = platform_s + sum(run.feeds[f].gate_seconds for f in COPY_FEEDS)
+        result["pandas"]["platform_with_gates_s"] = platform_s + sum(run.feeds[f].gate_seconds for f in PERSONAL_FEEDS)
         say(f"pandas {result['pandas']['seconds']:.1f} s (platform {platform_s:.1f} s), "
             f"completed: {result['pandas']['completed']}")
         if pseudo_repeats:
@@ -652,7 +651,7 @@ def summarise(runs: list[dict], info: dict, dag_runs: list[dict] | None = None) 
             "tiers_equal_contract": all(r["tiers_equal_contract"] for r in mine),
             "ingest_vs_copy": {f: {k: _median([r["copy"][f][k] for r in mine])
                                    for k in ("staging_rows_per_s", "copy_rows_per_s", "ratio")}
-                               for f in (*COPY_FEEDS, "all")},
+                               for f in (*PERSONAL_FEEDS, "all")},
         }
         # the median of the runs' ratios (not the ratio of the median rates), as the table shows it
         entry["ingest_vs_copy"]["words"] = ratio_words(1.0, entry["ingest_vs_copy"]["all"]["ratio"], "a bare COPY",

@@ -3,7 +3,7 @@
 Thin wiring only: every task calls one function of the `pophealth` package. The new files of the landing folder
 are loaded in groups, one mapped `load` task each (orchestration.in_groups: a task per file cost as much as the
 file); a bad file is refused on its own, the others of its group still publish, and then its task fails, naming it.
-Each feed is scheduled as its files arrive (orchestration.ARRIVAL); the first task, `discover`, waits
+Each feed (declared in pophealth/contract/feeds.py) is scheduled as its files arrive; the first task, `discover`, waits
 (bounded) for complete new files in a scheduled run, and for the feeds before it in the load order to finish
 theirs, and looks once in a run started by hand. The last task, `published`, is the run's one asset event.
 """
@@ -14,27 +14,21 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import dag, task
 
-from pophealth.operate.orchestration import ARRIVAL, DEFAULT_ARGS, POKE_INTERVAL, raw_asset
-
-FEED_DOCS = {
-    "ref_postcode_lookup": "Postcode to LSOA and locality lookup (public reference data).",
-    "ref_population": "Mid-year population estimates by LSOA, sex and single year of age (public reference data).",
-    "optouts": "National data opt-out list: applied to every personal feed before anything is stored.",
-    "gp_register": "GP-registered population: the person spine.",
-    "apc": "Hospital admitted patient care, one row per consultant episode (HES field names).",
-    "cld": "Adult social care client level data (Release 2), quarterly, rolling 12 months.",
-}
+from pophealth.contract.feeds import FEEDS, Feed
+from pophealth.operate.orchestration import DEFAULT_ARGS, POKE_INTERVAL, raw_asset, timetable
 
 
-def make_ingest_dag(feed: str):
+def make_ingest_dag(declared: Feed):
+    feed = declared.name
+
     @dag(
         dag_id=f"ingest_{feed}",
-        description=FEED_DOCS[feed],
-        doc_md=f"### Ingest `{feed}`\n{FEED_DOCS[feed]}\n\nEach file: stage (validate, pseudonymise, remove opt-outs) "
-        "-> quality gate -> publish, in `load` tasks of up to a dozen files. A failed gate leaves the published "
-        "data as it was.\n\n"
-        f"Schedule: {ARRIVAL[feed].described}.",
-        schedule=ARRIVAL[feed].timetable,
+        description=declared.described,
+        doc_md=f"### Ingest `{feed}`\n{declared.described}\n\nEach file: stage (validate, pseudonymise, remove "
+        "opt-outs) -> quality gate -> publish, in `load` tasks of up to a dozen files. A failed gate leaves the "
+        "published data as it was.\n\n"
+        f"Schedule: {declared.arrival.described}.",
+        schedule=timetable(declared.arrival),
         start_date=datetime(2024, 1, 1),
         catchup=False,
         max_active_runs=1,
@@ -42,7 +36,7 @@ def make_ingest_dag(feed: str):
         tags=["ingest", feed],
     )
     def ingest():
-        @task.sensor(poke_interval=POKE_INTERVAL, timeout=ARRIVAL[feed].wait, mode="reschedule", soft_fail=True)
+        @task.sensor(poke_interval=POKE_INTERVAL, timeout=declared.arrival.wait, mode="reschedule", soft_fail=True)
         def discover(**context):
             from pophealth.operate.orchestration import wait_for_files
 
@@ -70,5 +64,5 @@ def make_ingest_dag(feed: str):
     return ingest()
 
 
-for _feed in FEED_DOCS:
-    globals()[f"ingest_{_feed}"] = make_ingest_dag(_feed)
+for _feed in FEEDS:
+    globals()[f"ingest_{_feed.name}"] = make_ingest_dag(_feed)

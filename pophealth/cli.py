@@ -547,7 +547,7 @@ ROLES = (
 
 def _dag_ids() -> tuple[str, ...]:
     """The DAG ids, as pipeline.INGEST_DAGS and MARTS_DAG name them (without importing Airflow to print help)."""
-    from pophealth.ingest.landing import LOAD_ORDER
+    from pophealth.contract.feeds import LOAD_ORDER
 
     return (*(f"ingest_{feed}" for feed in LOAD_ORDER), "build_marts")
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import yaml
 
 from pophealth.config import REPO_ROOT
+from pophealth.contract.feeds import FEEDS
 
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's parser when built with it
 
@@ -30,8 +31,9 @@ ENV_REGISTER = "POPHEALTH_DATA_SHARING_REGISTER"
 REGISTER_FILE = REPO_ROOT / "governance" / "data_sharing_register.yml"
 SEED_FILE = REPO_ROOT / "dbt_project" / "seeds" / "data_sharing_register.csv"
 PURPOSES = ("direct_care", "population_health_management", "commissioning_and_planning", "bcf_reporting")
-#: Feeds sent by more than one organisation: their agreements are per provider (trust or council code).
-PER_PROVIDER_FEEDS = ("apc", "cld")
+#: Feeds sent by more than one organisation (the provider is in the file name): their agreements are per provider
+#: (trust or council code).
+PER_PROVIDER_FEEDS = tuple(feed.name for feed in FEEDS if feed.file_name.has_provider)
 SEED_COLUMNS = (
     "register_version", "organisation_code", "organisation_name", "feed", "provider", "dsa_reference", "version",
     "start_date", "end_date", "legal_basis_article_6", "legal_basis_article_9", "common_law_basis", "purposes",

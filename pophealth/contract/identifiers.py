@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass
+from typing import NoReturn
 
 _SEPARATORS = re.compile(r"[\s\-]", re.ASCII)
 # ASCII digits only: in Python `\d` also matches full-width and other scripts' digits, which the contract
@@ -107,7 +108,7 @@ class NhsNumber:
     def __hash__(self) -> int:
         return hash(("NhsNumber", self._digits))
 
-    def __reduce__(self):  # refuse to be pickled into an XCom, a cache or a log
+    def __reduce__(self) -> NoReturn:  # refuse to be pickled into an XCom, a cache or a log
         raise TypeError("an NHS number is not serialisable")
 
 

@@ -26,16 +26,15 @@ from functools import lru_cache
 from pathlib import Path
 
 from pophealth import config
-from pophealth.ingest.at_source import CLD_CONTRACT_COLUMNS, REPLACED_BY
-from pophealth.ingest.feeds import FEED_SPECS
+from pophealth.contract.feeds import FEEDS, FEEDS_BY_NAME, REPLACED_BY
 from pophealth.warehouse import db
 
 log = logging.getLogger("pophealth")
 
 PUBLISHED_SCHEMAS = ("marts", "reporting", "direct_care")
-#: The NHS number and local identifiers become keyed pseudonyms under another name (pophealth/ingest/feeds.py).
-PSEUDONYM_OF = {"nhs_number_key": "nhs_number", "episode_key": "epikey", "spell_key": "spell_id",
-                "la_person_key": "la_person_unique_identifier"}
+#: Identifiers become keyed pseudonyms under another name (their declarations, contract/feeds.py): the NHS number
+#: nhs_number_key, a source's local ids theirs.
+PSEUDONYM_OF = {i.pseudonym_column: i.column for feed in FEEDS for i in feed.identifiers}
 #: Columns the loader adds: they come from the file as a whole, not from a column of it.
 LOAD_COLUMNS = ("load_id", "source_row", "key_version", "loaded_at")
 FILE = "(the file)"
@@ -60,7 +59,7 @@ class Reach:
 
 def raw_to_feed(table: str, column: str) -> SourceColumn | None:
     """The extract contract's column a raw table's column is made from (None for a column of no feed)."""
-    feed = next((f for f in FEED_SPECS.values() if f.table == table), None)
+    feed = next((f for f in FEEDS if f.table == table), None)
     if feed is None:
         return SourceColumn(table, column) if table.startswith("audit.") else None
     if column in LOAD_COLUMNS or (table == "raw.ref_population" and column == "year"):
@@ -69,8 +68,8 @@ def raw_to_feed(table: str, column: str) -> SourceColumn | None:
         column = PSEUDONYM_OF[column]
     elif feed.personal:
         column = next((identifiable for identifiable, made in REPLACED_BY.items() if column in made), column)
-    if feed.name == "cld":
-        column = {c.lower(): c for c in CLD_CONTRACT_COLUMNS}.get(column, column)
+    # As the contract writes it (the CLD's are capitalised).
+    column = dict(zip(feed.identifiable, feed.written, strict=True)).get(column, column)
     return SourceColumn(feed.name, column)
 
 
@@ -375,7 +374,7 @@ def emit_load_event(load_id: int) -> None:
         gate = conn.execute(
             """SELECT check_id, status, severity, observed, threshold FROM audit.gate_result WHERE load_id = %s
                ORDER BY check_id""", (load_id,)).fetchall()
-        table = FEED_SPECS[feed].table
+        table = FEEDS_BY_NAME[feed].table
         columns = _typed_catalogue(conn).get(table, [])
     assertions = [dqa.Assertion(assertion=check, success=status != "failed", severity=severity, name=check,
                                 actual=observed, expected=threshold)

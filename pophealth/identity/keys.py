@@ -30,6 +30,7 @@ import secrets
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn, Self
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
@@ -90,7 +91,7 @@ class _Key:
         self.version = _VERSION_PREFIX[self.source.purpose] + fingerprint
 
     @classmethod
-    def from_hex(cls, text: str, where: str):
+    def from_hex(cls, text: str, where: str) -> Self:
         text = text.strip()
         if not _HEX64.match(text):
             raise KeyError_(f"the {cls.source.purpose} in {where} is not 64 hexadecimal characters")
@@ -112,7 +113,7 @@ class _Key:
     def __hash__(self) -> int:
         return hash(self.version)
 
-    def __reduce__(self):
+    def __reduce__(self) -> NoReturn:
         raise TypeError("a key is not serialisable")
 
 
@@ -246,7 +247,8 @@ def load_vault_private_key() -> VaultPrivateKey:
 
 
 #: The key of each purpose of the published ids (pophealth/identity/purposes.py).
-PURPOSE_KEYS: dict[str, type[_Key]] = {"secondary_use": SecondaryUseKey, "direct_care": DirectCareKey}
+PURPOSE_KEYS: dict[str, type[SecondaryUseKey | DirectCareKey]] = {"secondary_use": SecondaryUseKey,
+                                                                   "direct_care": DirectCareKey}
 
 
 def load_purpose_key(purpose: str) -> SecondaryUseKey | DirectCareKey:

@@ -10,7 +10,7 @@ import csv
 import hashlib
 import hmac
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -118,7 +118,7 @@ class PostcodeLookup:
         return cls(areas, {a.lsoa_code: a.locality_code for a in areas.values()})
 
     @classmethod
-    def from_rows(cls, rows) -> PostcodeLookup:
+    def from_rows(cls, rows: Iterable[tuple[str, str, str]]) -> PostcodeLookup:
         """From (postcode_digest, lsoa_code, locality_code) rows: the published lookup (load._published_postcodes)."""
         lookup = cls({}, {})
         lookup._areas = {digest: Area(lsoa, locality) for digest, lsoa, locality in rows}

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
+from pophealth.contract.feeds import PSEUDONYM_COLUMNS
 from pophealth.contract.identifiers import NhsNumber
 from pophealth.identity.keys import LinkageKey, VaultPrivateKey, VaultPublicKey
 from pophealth.identity.pseudonymise import Pseudonymiser
@@ -34,9 +35,10 @@ from pophealth.identity.vault import VaultError, VaultOpener, VaultSealer
 from pophealth.warehouse import db
 from pophealth.warehouse.schema import PERSONAL_TABLES, prepare_warehouse, warehouse_key_version
 
-#: Columns that hold a transit pseudonym (the NHS number's or a local one) wherever they appear: every `_key` of
-#: raw and intermediate that a linkage key makes (docs/architecture.md, "Names").
-PSEUDONYM_COLUMNS = ("nhs_number_key", "person_key", "spell_key", "episode_key", "la_person_key", "transit_key")
+#: Columns that hold a transit pseudonym wherever they appear (docs/architecture.md, "Names"): the raw tables' (the
+#: NHS number's nhs_number_key and the local pseudonyms, from the feeds' declarations), and those the intermediate
+#: models and the purpose mapping make of them.
+REKEYED_COLUMNS = (*PSEUDONYM_COLUMNS, "person_key", "transit_key")
 #: Schemas whose tables hold transit pseudonyms (staging is views; marts, reporting and direct_care hold ids
 #: keyed by purpose, which a linkage key rotation leaves as they are). The opt-out list is emptied instead.
 REKEYED_SCHEMAS = ("raw", "intermediate", "restricted")
@@ -61,7 +63,7 @@ def _pseudonym_columns(conn: psycopg.Connection) -> list[tuple[str, str, str]]:
            FROM information_schema.columns c JOIN information_schema.tables t USING (table_schema, table_name)
            WHERE t.table_type = 'BASE TABLE' AND c.table_schema = ANY(%s) AND c.column_name = ANY(%s)
              AND (c.table_schema, c.table_name) <> ('restricted', 'optout')
-           ORDER BY 1, 2, 3""", (list(REKEYED_SCHEMAS), list(PSEUDONYM_COLUMNS)))]
+           ORDER BY 1, 2, 3""", (list(REKEYED_SCHEMAS), list(REKEYED_COLUMNS)))]
 
 
 def _build_mapping(conn: psycopg.Connection, old: LinkageKey, new: LinkageKey, cipher: VaultOpener,

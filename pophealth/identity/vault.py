@@ -16,6 +16,7 @@ custodian's rotations read. Analysts have no grant on any of it (pophealth/wareh
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 import psycopg
@@ -91,8 +92,8 @@ class VaultWriter:
     load_id: int
     linkage_key_version: str
     sink: psycopg.Copy | None = None  # the COPY into the batch table (open_batch)
-    _row: list = field(default_factory=list)
-    _recent: set = field(default_factory=set)
+    _row: list[tuple[str, str, bytes]] = field(default_factory=list)
+    _recent: set[str] = field(default_factory=set)
     stored: int = 0
 
     def on_identity(self, kind: str, pseudonym: str, clear: bytes) -> None:
@@ -119,7 +120,7 @@ class VaultWriter:
 COPY_COLUMNS = ("pseudonym", "kind", "nonce", "ciphertext", "vault_key_version", "linkage_key_version", "load_id")
 
 
-def open_batch(conn: psycopg.Connection, load_id: int):
+def open_batch(conn: psycopg.Connection, load_id: int) -> AbstractContextManager[psycopg.Copy]:
     """Create the file's vault batch table; returns the COPY context to write into."""
     table = sql.SQL(vault_batch_table(load_id))
     # Spelled out rather than LIKE vault.identity: the loader may write the vault but not read it.
@@ -212,7 +213,7 @@ def decide(request_id: int, approve: bool, note: str, conninfo: str | None = Non
     url = conninfo or db.warehouse().with_user("caldicott_guardian").url()
     try:
         with psycopg.connect(url, autocommit=True) as conn:
-            return db.one_row(conn.execute("SELECT vault.decide_reidentification(%s, %s, %s)",
-                                           (request_id, approve, note)))[0]
+            return str(db.one_row(conn.execute("SELECT vault.decide_reidentification(%s, %s, %s)",
+                                               (request_id, approve, note)))[0])
     except psycopg.Error as exc:
         raise VaultError(f"decision refused: {_database_message(exc)}") from None

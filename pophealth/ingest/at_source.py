@@ -6,11 +6,10 @@ file (`feeds.py`), so both roads go through one function, `pseudonymise_row`, an
 warehouse rows.
 
 A module of its own rather than more of pseudonymise.py: pseudonymise.py holds the primitives (keyed
-hashes, the date-of-birth and postcode reductions) and knows nothing of the feeds; this module knows each
-feed's columns in both forms and which of them are identifiable. feeds.py needs that knowledge too and
-imports it from here (the columns cannot stay in feeds.py without an import cycle).
+hashes, the date-of-birth and postcode reductions) and knows nothing of the feeds; this module applies them
+to each feed's columns, as its declaration (pophealth/contract/feeds.py) gives them in both forms.
 
-The pseudonymised form of a feed is its contract columns in the contract's order, with
+The pseudonymised form of a feed (`Feed.header`) is its contract columns in the contract's order, with
 `nhs_number` -> `person_id, nhs_number_check`, `date_of_birth` -> `birth_year, birth_month`,
 `postcode` -> `lsoa_code, locality_code` in place, and the local identifiers (`epikey`, `spell_id`,
 `LA_Person_Unique_Identifier`) keeping their names but holding their keyed pseudonyms, and a last
@@ -39,108 +38,20 @@ from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
+from pophealth.contract.feeds import FEEDS, FEEDS_BY_NAME, KEY_VERSION_COLUMN, Feed
 from pophealth.contract.identifiers import IdentifierError, NhsNumber, check_nhs_number
 from pophealth.identity.pseudonymise import PostcodeLookup, Pseudonymiser, iso_date
 from pophealth.ingest.landing import ExtractFile, FileRejected, identify, open_extract
 
-# ----------------------------------------------------------------------------------------------------------
-# The contract's columns (docs/contract/extracts.md), as sources write them
-
-GP_REGISTER_COLUMNS = (
-    "nhs_number", "date_of_birth", "sex", "postcode", "gp_practice_code",
-    "registration_start_date", "registration_end_date", "date_of_death",
-)
-DIAG_COLUMNS = tuple(f"diag_{i:02d}" for i in range(1, 21))
-APC_COLUMNS = (
-    "epikey", "spell_id", "nhs_number", "nhs_number_status", "date_of_birth", "sex", "postcode",
-    "gp_practice_code", "procode", "admidate", "disdate", "epistart", "epiend", "epiorder", "admimeth",
-    "admisorc", "disdest", "dismeth", "classpat", "mainspef", "tretspef", *DIAG_COLUMNS, "discharge_ready_date",
-)
-# The CLD's names with its capitalisation; matched case-insensitively, so rows hold them lower-cased.
-CLD_CONTRACT_COLUMNS = (
-    "LA_Code", "Reporting_Period_Start_Date", "Reporting_Period_End_Date", "Client_Type",
-    "LA_Person_Unique_Identifier", "NHS_Number", "Gender", "Ethnicity", "Date_of_Birth", "Date_of_Death",
-    "Postcode", "Primary_Support_Reason", "Accommodation_Status", "Event_Type", "Event_Reference",
-    "Event_Start_Date", "Event_End_Date", "Event_Outcome", "Request_Route_of_Access", "Assessment_Type",
-    "Service_Type", "Service_Component", "Delivery_Mechanism", "Review_Reason", "Unit_Cost",
-    "Cost_Frequency_Unit_Type", "Planned_units_per_week",
-)
-CLD_COLUMNS = tuple(c.lower() for c in CLD_CONTRACT_COLUMNS)
-OPTOUT_COLUMNS = ("nhs_number",)
-
-#: The last column of every pseudonymised extract: the version of the linkage key that made it.
-KEY_VERSION_COLUMN = "linkage_key_version"
 _KEY_VERSION = re.compile(r"^k-[0-9a-f]{12}$")  # LinkageKey.version's shape: only such a value is ever repeated
 
-#: What each identifiable column becomes in a pseudonymised extract, in place.
-REPLACED_BY = {
-    "nhs_number": ("person_id", "nhs_number_check"),
-    "date_of_birth": ("birth_year", "birth_month"),
-    "postcode": ("lsoa_code", "locality_code"),
-}
 
-
-@dataclass(frozen=True)
-class LocalId:
-    """A source's own identifier, pseudonymised under its source's code as `local(scope, kind|value)`."""
-
-    column: str  # lower-case, as rows hold it
-    scope: str   # the column holding the source's code (procode, la_code)
-    kind: str    # episode, spell, person: keeps an episode key from ever equalling a spell key
-
-
-@dataclass(frozen=True)
-class ExtractForms:
-    """One personal feed's columns in its two forms: identifiable (the contract) and pseudonymised."""
-
-    feed: str
-    identifiable: tuple[str, ...]          # lower-case, the contract's order
-    pseudonymised: tuple[str, ...]         # lower-case, the pseudonymised extract's order
-    header: tuple[str, ...]                # the pseudonymised extract's header as written
-    local_ids: tuple[LocalId, ...]
-    identifiable_required: tuple[str, ...]
-    pseudonymised_required: tuple[tuple[str, ...], ...]  # each: the columns any one of which will do
-
-    @property
-    def columns(self) -> tuple[str, ...]:
-        """Every column a file of this feed may have, in either form (the rest are extra)."""
-        return tuple(dict.fromkeys(self.identifiable + ("person_id",) + self.pseudonymised))
-
-
-def _forms(feed: str, written: tuple[str, ...], local_ids: tuple[LocalId, ...],
-           optional: tuple[str, ...] = ()) -> ExtractForms:
-    identifiable = tuple(c.lower() for c in written)
-    header: list[str] = []
-    for column in written:
-        header.extend(REPLACED_BY.get(column.lower(), (column,)))
-    header.append(KEY_VERSION_COLUMN)
-    # Required as today for identifiable files; in the pseudonymised form the identity is person_id (its
-    # presence is what makes the form), and a date of birth or postcode may still come unreduced.
-    identifiable_required = tuple(c for c in identifiable if c not in optional)
-    pseudonymised_required = tuple(
-        (REPLACED_BY[c][0], c) if c in REPLACED_BY else (c,)
-        for c in identifiable_required if c != "nhs_number"
-    )
-    return ExtractForms(feed, identifiable, tuple(c.lower() for c in header), tuple(header), local_ids,
-                        identifiable_required, pseudonymised_required)
-
-
-FORMS: dict[str, ExtractForms] = {
-    "gp_register": _forms("gp_register", GP_REGISTER_COLUMNS, ()),
-    "apc": _forms("apc", APC_COLUMNS,
-                  (LocalId("epikey", "procode", "episode"), LocalId("spell_id", "procode", "spell")),
-                  optional=("nhs_number", "nhs_number_status")),
-    "cld": _forms("cld", CLD_CONTRACT_COLUMNS, (LocalId("la_person_unique_identifier", "la_code", "person"),),
-                  optional=("nhs_number",)),
-    "optouts": _forms("optouts", OPTOUT_COLUMNS, ()),
-}
-
-
-def forms_of(feed: str) -> ExtractForms:
-    forms = FORMS.get(feed)
-    if forms is None:
+def pseudonymisable(feed: str) -> Feed:
+    """The declaration of a feed that has identifiers (contract/feeds.py); reference data raises ValueError."""
+    declared = FEEDS_BY_NAME.get(feed)
+    if declared is None or not declared.pseudonymisable:
         raise ValueError(f"{feed} is reference data, not personal: there is nothing to pseudonymise")
-    return forms
+    return declared
 
 
 def is_pseudonymised(columns: Sequence[str]) -> bool:
@@ -150,8 +61,8 @@ def is_pseudonymised(columns: Sequence[str]) -> bool:
 
 def header_problem(feed: str, columns: Sequence[str]) -> str | None:
     """The required columns of the file's form that its header lacks, as a message; None when all are there."""
-    forms = FORMS.get(feed)
-    if forms is None:
+    forms = FEEDS_BY_NAME.get(feed)
+    if forms is None or not forms.pseudonymisable:
         return None
     if is_pseudonymised(columns):
         missing = [" (or ".join(options) + ")" * (len(options) - 1)
@@ -191,7 +102,7 @@ def pseudonymise_row(feed: str, row: dict[str, str], pseudonymiser: Pseudonymise
     whose source code is empty. The loader passes the file's period end and quarantines such rows as it
     always has; the at-source command does not, and leaves the period check to the warehouse.
     """
-    forms = forms_of(feed)
+    forms = pseudonymisable(feed)
     get = row.get
     columns = forms.pseudonymised
     out = dict(zip(columns, map(get, columns, _EMPTIES), strict=False))  # the hot path: this is the fastest way to copy
@@ -299,8 +210,8 @@ def read_postcode_lookup(path: Path) -> PostcodeLookup:
     if not path.is_file():
         raise AtSourceRefused(f"the postcode lookup does not exist: {path}")
     try:
-        handle, _reader = open_extract(path, ("postcode", "lsoa_code", "locality_code", "locality_name"),
-                                       ("postcode", "lsoa_code", "locality_code"))
+        lookup = FEEDS_BY_NAME["ref_postcode_lookup"]
+        handle, _reader = open_extract(path, lookup.contract_columns, lookup.required_columns)
     except FileRejected as problem:
         raise AtSourceRefused(f"{path.name}: {problem}") from None
     handle.close()
@@ -312,8 +223,8 @@ def _identifiable_extract(source: Path) -> ExtractFile:
     if extract is None:
         raise AtSourceRefused(
             f"{source.name}: the file name does not match any feed of the extract contract "
-            "(gp_register_YYYYMMDD.csv, apc_<provider>_YYYYMMDD.csv, cld_<LA code>_YYYYMMDD.csv, optouts_YYYYMMDD.csv)")
-    if extract.feed not in FORMS:
+            f"({', '.join(f.file_name.form for f in FEEDS if f.pseudonymisable)})")
+    if not FEEDS_BY_NAME[extract.feed].pseudonymisable:
         raise AtSourceRefused(f"{source.name} is reference data, not personal: it needs no pseudonymisation; "
                               "send it as it is")
     if not source.is_file():
@@ -350,7 +261,7 @@ def pseudonymise_extract(source: Path, out: Path, lookup: Path | None, *, pseudo
     started = time.monotonic()
     extract = _identifiable_extract(source)
     out = _output_path(source, out, extract)
-    forms = FORMS[extract.feed]
+    forms = FEEDS_BY_NAME[extract.feed]
     needs_lookup = "lsoa_code" in forms.pseudonymised
     if needs_lookup and lookup is None:
         raise AtSourceRefused("give --lookup ref_postcode_lookup.csv: postcodes become LSOA codes through it")
@@ -361,7 +272,7 @@ def pseudonymise_extract(source: Path, out: Path, lookup: Path | None, *, pseudo
     postcodes = read_postcode_lookup(lookup) if needs_lookup and lookup is not None else PostcodeLookup.empty()
     summary = AtSourceSummary(source.name, out, extract.feed, pseudonymiser.key_version)
 
-    handle, reader = open_extract(source, forms.columns, ())
+    handle, reader = open_extract(source, forms.contract_columns, ())
     with handle:
         if is_pseudonymised(reader.columns):
             raise FileRejected("the file has person_id and no nhs_number: it is pseudonymised already")
@@ -386,7 +297,7 @@ def pseudonymise_extract(source: Path, out: Path, lookup: Path | None, *, pseudo
     return summary
 
 
-def _write_rows(rows, target, forms: ExtractForms, pseudonymiser: Pseudonymiser, postcodes: PostcodeLookup,
+def _write_rows(rows, target, forms: Feed, pseudonymiser: Pseudonymiser, postcodes: PostcodeLookup,
                 summary: AtSourceSummary, started: float, progress, every_seconds: float, every_rows: int) -> None:
     writer = csv.writer(target, lineterminator="\n")
     writer.writerow(forms.header)
@@ -405,7 +316,7 @@ def _write_rows(rows, target, forms: ExtractForms, pseudonymiser: Pseudonymiser,
             summary.first_skipped_row = summary.first_skipped_row or row_number
             continue
         unreduced: dict[str, str] = {}
-        values = pseudonymise_row(forms.feed, row, pseudonymiser, postcodes, unreduced=unreduced)
+        values = pseudonymise_row(forms.name, row, pseudonymiser, postcodes, unreduced=unreduced)
         writer.writerow(values.values())  # in the header's order: pseudonymise_row builds it so
         summary.rows_written += 1
         check = values["nhs_number_check"]

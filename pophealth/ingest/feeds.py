@@ -6,9 +6,10 @@ pseudonymised row in memory by `at_source.pseudonymise_row`, the function the `p
 command runs at a source, so there is one way to pseudonymise; the transforms below then work on
 pseudonymised rows. Values that come pseudonymised from a source are checked here instead.
 
-A row transform returns the tuple to store (in `Feed.table_columns` order), raises `RowProblem` to
-quarantine the row with a reason; a row pseudonymised at source under another linkage key (or that does not
-say which) raises `FileRejected`, and the whole file is refused. Identifiable values (NHS number, date of
+A row transform returns the row to store, by column of its raw table (`Row`; `Feed.copy_row` makes it
+the COPY's row in the declared order), or raises `RowProblem` to quarantine the row with a reason; a row
+pseudonymised at source under another linkage key (or that does not say which) raises `FileRejected`,
+and the whole file is refused. Identifiable values (NHS number, date of
 birth, postcode, local ids) never leave memory in clear.
 """
 
@@ -21,19 +22,10 @@ from datetime import date
 from decimal import Decimal, InvalidOperation
 from typing import Literal, overload
 
+from pophealth.contract.feeds import DIAG_COLUMNS, Feed, Row
 from pophealth.contract.identifiers import NhsNumberCheck
 from pophealth.identity.pseudonymise import PostcodeLookup, Pseudonymiser, birth_year_month, iso_date, postcode_digest
-from pophealth.ingest.at_source import (  # noqa: F401  (the column tuples are imported from here by synth and tests)
-    APC_COLUMNS,
-    CLD_COLUMNS,
-    CLD_CONTRACT_COLUMNS,
-    DIAG_COLUMNS,
-    FORMS,
-    GP_REGISTER_COLUMNS,
-    header_problem,
-    pseudonymise_row,
-    source_key_problem,
-)
+from pophealth.ingest.at_source import header_problem, pseudonymise_row, source_key_problem
 from pophealth.ingest.landing import FileRejected
 
 
@@ -266,7 +258,7 @@ def _birth(row: dict[str, str], ctx: RowContext, unreduced: dict[str, str] | Non
 # ----------------------------------------------------------------------------------------------------------
 # gp_register
 
-def gp_register_row(row: dict[str, str], ctx: RowContext) -> tuple:
+def gp_register_row(row: dict[str, str], ctx: RowContext) -> Row:
     row, unreduced = _pseudonymised("gp_register", row, ctx)
     check, person = _linkage(row, unreduced)
     if person is None:
@@ -275,17 +267,19 @@ def gp_register_row(row: dict[str, str], ctx: RowContext) -> tuple:
     nhs_number_key, check_stored = _counted(ctx, check, person)
     birth_year, birth_month = _birth(row, ctx, unreduced)
     lsoa, locality = _area(row, ctx, unreduced)
-    return (
-        nhs_number_key, check_stored, birth_year, birth_month, _text(row, "sex"), lsoa, locality,
-        _text(row, "gp_practice_code"), _date(row, "registration_start_date"),
-        _date(row, "registration_end_date"), _date(row, "date_of_death"),
-    )
+    return {
+        "nhs_number_key": nhs_number_key, "nhs_number_check": check_stored, "birth_year": birth_year,
+        "birth_month": birth_month, "sex": _text(row, "sex"), "lsoa_code": lsoa, "locality_code": locality,
+        "gp_practice_code": _text(row, "gp_practice_code"),
+        "registration_start_date": _date(row, "registration_start_date"),
+        "registration_end_date": _date(row, "registration_end_date"), "date_of_death": _date(row, "date_of_death"),
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------
 # apc
 
-def apc_row(row: dict[str, str], ctx: RowContext) -> tuple:
+def apc_row(row: dict[str, str], ctx: RowContext) -> Row:
     row, unreduced = _pseudonymised("apc", row, ctx)
     procode = _required(row, "procode").upper()
     if ctx.provider and procode != ctx.provider:
@@ -301,21 +295,27 @@ def apc_row(row: dict[str, str], ctx: RowContext) -> tuple:
     nhs_number_key, check = _counted(ctx, *_linkage(row, unreduced))
     birth_year, birth_month = _birth(row, ctx, unreduced)
     lsoa, locality = _area(row, ctx, unreduced)
-    return (
-        nhs_number_key, check, episode_key, spell_key,
-        _text(row, "nhs_number_status"), birth_year, birth_month, _text(row, "sex"), lsoa, locality,
-        _text(row, "gp_practice_code"), procode, admidate, _date(row, "disdate"), epistart, _date(row, "epiend"),
-        epiorder, admimeth, _text(row, "admisorc"), _text(row, "disdest"), _text(row, "dismeth"),
-        _text(row, "classpat"), _text(row, "mainspef"), _text(row, "tretspef"),
-        *(_text(row, c) for c in DIAG_COLUMNS), _date(row, "discharge_ready_date"),
-    )
+    out: dict[str, object] = {
+        "nhs_number_key": nhs_number_key, "nhs_number_check": check, "episode_key": episode_key, "spell_key": spell_key,
+        "nhs_number_status": _text(row, "nhs_number_status"), "birth_year": birth_year, "birth_month": birth_month,
+        "sex": _text(row, "sex"), "lsoa_code": lsoa, "locality_code": locality,
+        "gp_practice_code": _text(row, "gp_practice_code"), "procode": procode, "admidate": admidate,
+        "disdate": _date(row, "disdate"), "epistart": epistart, "epiend": _date(row, "epiend"), "epiorder": epiorder,
+        "admimeth": admimeth, "admisorc": _text(row, "admisorc"), "disdest": _text(row, "disdest"),
+        "dismeth": _text(row, "dismeth"), "classpat": _text(row, "classpat"), "mainspef": _text(row, "mainspef"),
+        "tretspef": _text(row, "tretspef"),
+    }
+    for column in DIAG_COLUMNS:
+        out[column] = _text(row, column)
+    out["discharge_ready_date"] = _date(row, "discharge_ready_date")
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------
 # cld (rows hold the CLD's column names lower-cased)
 
 
-def cld_row(row: dict[str, str], ctx: RowContext) -> tuple:
+def cld_row(row: dict[str, str], ctx: RowContext) -> Row:
     row, unreduced = _pseudonymised("cld", row, ctx)
     la_code = _required(row, "la_code").upper()
     if ctx.provider and la_code != ctx.provider:
@@ -327,111 +327,74 @@ def cld_row(row: dict[str, str], ctx: RowContext) -> tuple:
     nhs_number_key, check = _counted(ctx, *_linkage(row, unreduced))
     birth_year, birth_month = _birth(row, ctx, unreduced)
     lsoa, locality = _area(row, ctx, unreduced)
-    return (
-        nhs_number_key, check, la_person_key, la_code,
-        _date(row, "reporting_period_start_date"), period_end, _text(row, "client_type"), _text(row, "gender"),
-        _text(row, "ethnicity"), birth_year, birth_month, _date(row, "date_of_death"), lsoa, locality,
-        _text(row, "primary_support_reason"), _text(row, "accommodation_status"), event_type,
-        _text(row, "event_reference"), event_start, _date(row, "event_end_date"), _text(row, "event_outcome"),
-        _text(row, "request_route_of_access"), _text(row, "assessment_type"), _text(row, "service_type"),
-        _text(row, "service_component"), _text(row, "delivery_mechanism"), _text(row, "review_reason"),
-        _decimal(row, "unit_cost"), _text(row, "cost_frequency_unit_type"), _decimal(row, "planned_units_per_week"),
-    )
+    return {
+        "nhs_number_key": nhs_number_key, "nhs_number_check": check, "la_person_key": la_person_key, "la_code": la_code,
+        "reporting_period_start_date": _date(row, "reporting_period_start_date"),
+        "reporting_period_end_date": period_end, "client_type": _text(row, "client_type"),
+        "gender": _text(row, "gender"), "ethnicity": _text(row, "ethnicity"), "birth_year": birth_year,
+        "birth_month": birth_month, "date_of_death": _date(row, "date_of_death"), "lsoa_code": lsoa,
+        "locality_code": locality, "primary_support_reason": _text(row, "primary_support_reason"),
+        "accommodation_status": _text(row, "accommodation_status"), "event_type": event_type,
+        "event_reference": _text(row, "event_reference"), "event_start_date": event_start,
+        "event_end_date": _date(row, "event_end_date"), "event_outcome": _text(row, "event_outcome"),
+        "request_route_of_access": _text(row, "request_route_of_access"),
+        "assessment_type": _text(row, "assessment_type"), "service_type": _text(row, "service_type"),
+        "service_component": _text(row, "service_component"), "delivery_mechanism": _text(row, "delivery_mechanism"),
+        "review_reason": _text(row, "review_reason"), "unit_cost": _decimal(row, "unit_cost"),
+        "cost_frequency_unit_type": _text(row, "cost_frequency_unit_type"),
+        "planned_units_per_week": _decimal(row, "planned_units_per_week"),
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------
 # optouts and reference data
 
 
-def optout_row(row: dict[str, str], ctx: RowContext) -> tuple:
+def optout_row(row: dict[str, str], ctx: RowContext) -> Row:
     row, unreduced = _pseudonymised("optouts", row, ctx)
     check, person = _linkage(row, unreduced)
     if person is None:
         raise RowProblem(_identity_column(row, unreduced),
                          f"NHS number {check.value}: an opt-out cannot be applied without one")
-    return (person,)
+    return {"nhs_number_key": person}
 
 
 #: A locality code as the contract (v2) has it: a district's ONS code or a council's own code such as GRAYS.
 _LOCALITY_CODE = re.compile(r"^[A-Za-z0-9_-]{1,20}$")
 
 
-def postcode_row(row: dict[str, str], ctx: RowContext) -> tuple:
-    """raw.ref_lsoa's columns (with la_code: the council, empty when the lookup has none), then the
+def postcode_row(row: dict[str, str], ctx: RowContext) -> Row:
+    """raw.ref_lsoa's columns (with la_code: the council, empty when the lookup has none), and the
     postcode's digest, which goes to raw.ref_postcode only."""
     postcode = postcode_digest(_required(row, "postcode"))
     la_code = _text(row, "la_code")
-    return (_required(row, "lsoa_code").upper(), _required(row, "locality_code").upper(), _text(row, "locality_name"),
-            la_code.upper() if la_code else None, postcode)
+    return {"lsoa_code": _required(row, "lsoa_code").upper(), "locality_code": _required(row, "locality_code").upper(),
+            "locality_name": _text(row, "locality_name"), "la_code": la_code.upper() if la_code else None,
+            "postcode_digest": postcode}
 
 
-def population_row(row: dict[str, str], ctx: RowContext) -> tuple:
+def population_row(row: dict[str, str], ctx: RowContext) -> Row:
     sex = _required(row, "sex")
     age = _int(row, "age", required=True)
     population = _int(row, "population", required=True, maximum=INTEGER_MAX)
     assert ctx.period_end is not None, "a population file's name gives its year"
-    return (ctx.period_end.year, _required(row, "lsoa_code").upper(), sex, age, population)
+    return {"year": ctx.period_end.year, "lsoa_code": _required(row, "lsoa_code").upper(), "sex": sex, "age": age,
+            "population": population}
 
 
 # ----------------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Feed:
-    name: str
-    contract_columns: tuple[str, ...]  # every column of the feed in either form; the rest are reported as extra
-    # Checked by landing.open_extract in every file; a personal feed's and the opt-out list's depend on the
-    # file's form and are checked by identity_columns_present.
-    required_columns: tuple[str, ...]
-    table: str                       # where published rows go
-    table_columns: tuple[str, ...]   # what the transform returns, in order
-    transform: Callable[[dict[str, str], RowContext], tuple]
-    personal: bool                   # opt-outs apply, and a key is needed
-    replaces_whole_table: bool = False  # the latest file is the whole truth (opt-out list, reference data)
-    # Columns the transform returns after table_columns that the batch table holds but the raw table does not
-    # (the postcode lookup's postcodes, published to raw.ref_postcode by load.publish_load).
-    staged_only: tuple[str, ...] = ()
-
-
-FEED_SPECS: dict[str, Feed] = {
-    "gp_register": Feed(
-        "gp_register", FORMS["gp_register"].columns, (), "raw.gp_register",
-        ("nhs_number_key", "nhs_number_check", "birth_year", "birth_month", "sex", "lsoa_code", "locality_code",
-         "gp_practice_code", "registration_start_date", "registration_end_date", "date_of_death"),
-        gp_register_row, personal=True,
-    ),
-    "apc": Feed(
-        "apc", FORMS["apc"].columns, (), "raw.apc_episode",
-        ("nhs_number_key", "nhs_number_check", "episode_key", "spell_key", "nhs_number_status", "birth_year",
-         "birth_month", "sex", "lsoa_code", "locality_code", "gp_practice_code", "procode", "admidate", "disdate",
-         "epistart", "epiend", "epiorder", "admimeth", "admisorc", "disdest", "dismeth", "classpat", "mainspef",
-         "tretspef", *DIAG_COLUMNS, "discharge_ready_date"),
-        apc_row, personal=True,
-    ),
-    "cld": Feed(
-        "cld", FORMS["cld"].columns, (), "raw.cld_event",
-        ("nhs_number_key", "nhs_number_check", "la_person_key", "la_code", "reporting_period_start_date",
-         "reporting_period_end_date", "client_type", "gender", "ethnicity", "birth_year", "birth_month",
-         "date_of_death", "lsoa_code", "locality_code", "primary_support_reason", "accommodation_status",
-         "event_type", "event_reference", "event_start_date", "event_end_date", "event_outcome",
-         "request_route_of_access", "assessment_type", "service_type", "service_component", "delivery_mechanism",
-         "review_reason", "unit_cost", "cost_frequency_unit_type", "planned_units_per_week"),
-        cld_row, personal=True,
-    ),
-    "optouts": Feed(
-        "optouts", FORMS["optouts"].columns, (), "restricted.optout", ("nhs_number_key",), optout_row,
-        personal=False, replaces_whole_table=True,
-    ),
-    "ref_postcode_lookup": Feed(
-        "ref_postcode_lookup", ("postcode", "lsoa_code", "locality_code", "locality_name", "la_code"),
-        ("postcode", "lsoa_code", "locality_code"), "raw.ref_lsoa",
-        ("lsoa_code", "locality_code", "locality_name", "la_code"),
-        postcode_row, personal=False, replaces_whole_table=True, staged_only=("postcode_digest",),
-    ),
-    "ref_population": Feed(
-        "ref_population", ("lsoa_code", "sex", "age", "population"), ("lsoa_code", "sex", "age", "population"),
-        "raw.ref_population", ("year", "lsoa_code", "sex", "age", "population"), population_row, personal=False,
-    ),
+#: How a row of each feed becomes a row of its raw table: the one thing of a feed its declaration
+#: (pophealth/contract/feeds.py) does not say.
+RowTransform = Callable[[dict[str, str], RowContext], Row]
+TRANSFORMS: dict[str, RowTransform] = {
+    "ref_postcode_lookup": postcode_row,
+    "ref_population": population_row,
+    "optouts": optout_row,
+    "gp_register": gp_register_row,
+    "apc": apc_row,
+    "cld": cld_row,
 }
 
 

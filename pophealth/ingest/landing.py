@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
+from pophealth.contract.feeds import FEEDS, FEEDS_BY_NAME, LOAD_ORDER
+
 log = logging.getLogger(__name__)
 
 # Large free-text fields exist in real extracts; the limit only guards against a broken quote swallowing a file.
@@ -33,30 +35,6 @@ _GZIP_ERRORS = (gzip.BadGzipFile, EOFError, zlib.error)
 
 class FileRejected(Exception):
     """The whole file is refused; the message names the rule, never a value."""
-
-
-@dataclass(frozen=True)
-class FeedPattern:
-    feed: str
-    pattern: re.Pattern[str]
-    has_provider: bool
-    period: str  # "day" (YYYYMMDD), "year" (YYYY) or "none"
-
-
-FEED_PATTERNS: tuple[FeedPattern, ...] = (
-    FeedPattern("gp_register", re.compile(r"^gp_register_(?P<period>[0-9]{8})\.csv(?:\.gz)?$"), False, "day"),
-    FeedPattern("apc", re.compile(r"^apc_(?P<provider>[A-Z0-9]{3,5})_(?P<period>[0-9]{8})\.csv(?:\.gz)?$"),
-                True, "day"),
-    FeedPattern("cld", re.compile(r"^cld_(?P<provider>[A-Z][0-9]{8})_(?P<period>[0-9]{8})\.csv(?:\.gz)?$"),
-                True, "day"),
-    FeedPattern("optouts", re.compile(r"^optouts_(?P<period>[0-9]{8})\.csv(?:\.gz)?$"), False, "day"),
-    FeedPattern("ref_postcode_lookup", re.compile(r"^ref_postcode_lookup\.csv(?:\.gz)?$"), False, "none"),
-    FeedPattern("ref_population", re.compile(r"^ref_population_(?P<period>[0-9]{4})\.csv(?:\.gz)?$"), False, "year"),
-)
-
-FEEDS = tuple(p.feed for p in FEED_PATTERNS)
-#: The order feeds must be loaded in: reference data and the opt-out list before any personal feed.
-LOAD_ORDER = ("ref_postcode_lookup", "ref_population", "optouts", "gp_register", "apc", "cld")
 
 
 @dataclass(frozen=True)
@@ -73,21 +51,22 @@ class ExtractFile:
 
 def identify(path: Path) -> ExtractFile | None:
     """The feed a file belongs to by its name, or None when the name is not one of the contract's."""
-    for fp in FEED_PATTERNS:
-        match = fp.pattern.match(path.name)
+    for feed in FEEDS:
+        name = feed.file_name
+        match = name.pattern.match(path.name)
         if not match:
             continue
         period = None
-        if fp.period == "day":
+        if name.period == "day":
             raw = match.group("period")
             try:
                 period = date(int(raw[:4]), int(raw[4:6]), int(raw[6:]))
             except ValueError:
                 return None
-        elif fp.period == "year":
+        elif name.period == "year":
             period = date(int(match.group("period")), 12, 31)
-        provider = match.group("provider") if fp.has_provider else None
-        return ExtractFile(path, fp.feed, provider, period)
+        provider = match.group("provider") if name.has_provider else None
+        return ExtractFile(path, feed.name, provider, period)
     return None
 
 
@@ -95,11 +74,6 @@ def identify(path: Path) -> ExtractFile | None:
 GZIP_SUFFIX = ".gz"
 #: Other compressions and archives, named so that the reason a file is not loaded says what it is.
 OTHER_COMPRESSIONS = (".zip", ".bz2", ".xz", ".7z", ".zst", ".tgz", ".rar", ".lz", ".lzma", ".z", ".gzip", ".tar")
-_NAME_FORMS = {
-    "gp_register": "gp_register_<YYYYMMDD>.csv", "apc": "apc_<provider>_<YYYYMMDD>.csv",
-    "cld": "cld_<LA code>_<YYYYMMDD>.csv", "optouts": "optouts_<YYYYMMDD>.csv",
-    "ref_postcode_lookup": "ref_postcode_lookup.csv", "ref_population": "ref_population_<YYYY>.csv",
-}
 _DATE_PART = re.compile(r"_(?P<date>[0-9]{8})\.csv(?:\.gz)?$")
 
 
@@ -114,33 +88,33 @@ def why_not_an_extract(path: Path) -> str:
         return SYMLINK_REASON
     name = path.name
     lower = name.lower()
-    if _case_fold_match(name) and not any(fp.pattern.match(name) for fp in FEED_PATTERNS):
+    if _case_fold_match(name) and not any(f.file_name.pattern.match(name) for f in FEEDS):
         return ("wrong case: the contract's names are lower case apart from the provider code "
                 "(e.g. apc_RAJ_20250131.csv)")
     for suffix in OTHER_COMPRESSIONS:
         if lower.endswith(suffix):
             return f"compressed or archived as {suffix}: the loader reads .csv and .csv.gz only"
-    feed = next((f for f in sorted(_NAME_FORMS, key=len, reverse=True) if lower.startswith(f + "_")
+    feed = next((f for f in sorted(LOAD_ORDER, key=len, reverse=True) if lower.startswith(f + "_")
                  or lower.startswith(f + ".")), None)
     if feed is None:
-        return ("not a feed of the extract contract "
-                "(gp_register, apc, cld, optouts, ref_postcode_lookup, ref_population)")
+        return f"not a feed of the extract contract ({', '.join(LOAD_ORDER)})"
+    form = FEEDS_BY_NAME[feed].file_name.form
     if not (lower.endswith(".csv") or lower.endswith(".csv.gz")):
-        return f"not a CSV file: the contract's name is {_NAME_FORMS[feed]} (or .csv.gz)"
+        return f"not a CSV file: the contract's name is {form} (or .csv.gz)"
     found = _DATE_PART.search(name)
     if found:
         raw = found.group("date")
         try:
             date(int(raw[:4]), int(raw[4:6]), int(raw[6:]))
         except ValueError:
-            return f"an impossible date in the name: the contract's name is {_NAME_FORMS[feed]}"
-    elif "YYYYMMDD" in _NAME_FORMS[feed]:
-        return f"the date is not in the contract's form YYYYMMDD: the contract's name is {_NAME_FORMS[feed]}"
-    return f"the name does not follow the contract's {_NAME_FORMS[feed]}"
+            return f"an impossible date in the name: the contract's name is {form}"
+    elif "YYYYMMDD" in form:
+        return f"the date is not in the contract's form YYYYMMDD: the contract's name is {form}"
+    return f"the name does not follow the contract's {form}"
 
 
 def _case_fold_match(name: str) -> bool:
-    return any(re.match(fp.pattern.pattern, name, re.IGNORECASE) for fp in FEED_PATTERNS)
+    return any(re.match(f.file_name.pattern.pattern, name, re.IGNORECASE) for f in FEEDS)
 
 
 @dataclass(frozen=True)

@@ -25,10 +25,11 @@ import psycopg
 from psycopg import sql
 
 from pophealth.contract import agreements
+from pophealth.contract.feeds import FEEDS_BY_NAME, Feed
 from pophealth.identity import vault
 from pophealth.identity.keys import KeyError_, load_linkage_key, load_vault_public_key
 from pophealth.identity.pseudonymise import PostcodeLookup, Pseudonymiser
-from pophealth.ingest.feeds import FEED_SPECS, Feed, RowContext, RowProblem, identity_columns_present
+from pophealth.ingest.feeds import TRANSFORMS, RowContext, RowProblem, identity_columns_present
 from pophealth.ingest.landing import (
     SYMLINK_REASON,
     ExtractFile,
@@ -311,7 +312,7 @@ def stage_extract(path: str | Path, run_id: str | None = None) -> StageOutcome:
         raise LoadRefused(f"{path.name}: {SYMLINK_REASON}")
     if not path.is_file():
         raise LoadRefused(f"{path.name}: the file is no longer in the landing folder")
-    feed = FEED_SPECS[extract.feed]
+    feed = FEEDS_BY_NAME[extract.feed]
     sha, size = sha256_of(path)
     # This connection stays open while the file is staged: its lock on the load says the load is alive.
     with db.connect(role=LOADER) as conn:
@@ -441,6 +442,7 @@ def _stage(extract: ExtractFile, feed: Feed, load_id: int, conn: psycopg.Connect
                 raise FileRejected(problem)
             columns = sql.SQL(", ").join(sql.Identifier(c) for c in meta + feed.table_columns + feed.staged_only)
             copy_sql = sql.SQL("COPY {} ({}) FROM STDIN").format(sql.SQL(table), columns)
+            transform, copy_row = TRANSFORMS[feed.name], feed.copy_row
             with conn.cursor() as cur, cur.copy(copy_sql) as copy, _vault_copy(vault_conn, vault_writer):
                 for row_number, row in reader.rows:
                     rows_read += 1
@@ -450,7 +452,7 @@ def _stage(extract: ExtractFile, feed: Feed, load_id: int, conn: psycopg.Connect
                         continue
                     counted = dict(ctx.counters)
                     try:
-                        values = feed.transform(row, ctx)
+                        values = transform(row, ctx)
                     except RowProblem as problem_:
                         quarantine.append((load_id, row_number, problem_.column, problem_.reason))
                         ctx.counters.update(counted)  # a quarantined row is not counted as loaded anything
@@ -458,7 +460,7 @@ def _stage(extract: ExtractFile, feed: Feed, load_id: int, conn: psycopg.Connect
                             vault_writer.drop_row()
                         continue
                     head = (load_id, row_number, key.version) if feed.personal else (load_id,)
-                    copy.write_row(head + values)
+                    copy.write_row(head + copy_row(values))
                     if vault_writer:
                         vault_writer.keep_row()
                     rows_loaded += 1
@@ -504,7 +506,7 @@ def publish_load(load_id: int) -> dict[str, int]:
             return {}
         if status != "validated":
             raise LoadRefused(f"load {load_id} is {status}, not validated: it cannot be published")
-        feed = FEED_SPECS[feed_name]
+        feed = FEEDS_BY_NAME[feed_name]
         # One publisher per feed at a time: two loads of one source never interleave.
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('pophealth publish ' || %s))", (feed_name,))
         in_force = optout_list_in_force(conn) if feed_name == "optouts" else None

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import operator
 import os
-from dataclasses import dataclass
 from datetime import UTC, date, timedelta
 from functools import reduce
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 from airflow.sdk import Asset, CronTriggerTimetable
 
 from pophealth import config
-from pophealth.ingest.landing import LOAD_ORDER
+from pophealth.contract.feeds import FEEDS_BY_NAME, LOAD_ORDER, Arrival
 from pophealth.operate.notify import notify_failure
 
 log = logging.getLogger("pophealth")
@@ -31,31 +30,12 @@ DEFAULT_ARGS = {
 }
 
 
-@dataclass(frozen=True)
-class Arrival:
-    """How a feed's files arrive: when its scheduled run looks, and how long that run waits for them."""
-
-    cron: str
-    wait: timedelta
-    described: str
-
-    @property
-    def timetable(self) -> CronTriggerTimetable:
-        return CronTriggerTimetable(self.cron, timezone="Europe/London")
+def timetable(arrival: Arrival) -> CronTriggerTimetable:
+    """The Airflow timetable of a feed's arrival (its declaration, contract/feeds.py). A run you start yourself
+    (`pophealth run`, `pophealth dag`, Trigger in the UI) never waits: it takes what is there."""
+    return CronTriggerTimetable(arrival.cron, timezone="Europe/London")
 
 
-# Hospital extracts monthly (SUS/HES month end plus a few working days), social care quarterly (CLD is due about
-# a month after the quarter), the rest when they arrive: an hourly run that waits most of the hour. A run you
-# start yourself (`pophealth run`, `pophealth dag`, Trigger in the UI) never waits: it takes what is there.
-ARRIVAL = {
-    "ref_postcode_lookup": Arrival("0 * * * *", timedelta(minutes=55), "on arrival (checked hourly)"),
-    "ref_population": Arrival("0 * * * *", timedelta(minutes=55), "on arrival (checked hourly)"),
-    "optouts": Arrival("0 * * * *", timedelta(minutes=55), "on arrival (checked hourly)"),
-    "gp_register": Arrival("0 * * * *", timedelta(minutes=55), "on arrival (checked hourly)"),
-    "apc": Arrival("0 6 10 * *", timedelta(days=5), "monthly, from the 10th, waiting up to 5 days"),
-    "cld": Arrival("0 6 1 2,5,8,11 *", timedelta(days=14),
-                   "quarterly, from the 1st of the month after the quarter's month, waiting up to 14 days"),
-}
 #: While a scheduled run waits, how often it looks (the task is rescheduled in between, holding no worker).
 #: POPHEALTH_POKE_INTERVAL_SECONDS shortens it where files are copied in by a script (the cluster's tests).
 POKE_INTERVAL = timedelta(seconds=int(os.environ.get("POPHEALTH_POKE_INTERVAL_SECONDS") or 120))
@@ -64,18 +44,9 @@ POKE_INTERVAL = timedelta(seconds=int(os.environ.get("POPHEALTH_POKE_INTERVAL_SE
 ENV_ONLY_PERIOD = "POPHEALTH_ONLY_PERIOD"
 ENV_ONLY_PROVIDER = "POPHEALTH_ONLY_PROVIDER"
 
-RAW_TABLE_OF_FEED = {
-    "ref_postcode_lookup": "raw.ref_lsoa",
-    "ref_population": "raw.ref_population",
-    "optouts": "restricted.optout",
-    "gp_register": "raw.gp_register",
-    "apc": "raw.apc_episode",
-    "cld": "raw.cld_event",
-}
-
 
 def raw_asset(feed: str) -> Asset:
-    table = RAW_TABLE_OF_FEED[feed]
+    table = FEEDS_BY_NAME[feed].table
     return Asset(name=f"warehouse.{table}", uri=f"pophealth://warehouse/{table.replace('.', '/')}", group="raw")
 
 
@@ -138,7 +109,7 @@ def _run_type(run_type) -> str:
 
 def wait_for_files(feed: str, run_type) -> object:
     """The ingest DAG's first task, a sensor: done when there are complete new files; a scheduled run keeps
-    looking (bounded by ARRIVAL[feed].wait, then skipped: nothing came), any other run takes what is there.
+    looking (bounded by its arrival's wait, then skipped: nothing came), any other run takes what is there.
 
     A scheduled run also keeps the contract's load order when files of several feeds arrive together: it waits
     while a feed before its own still has files to load (the opt-out list in force before the personal feeds,

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from pophealth import config
-from pophealth.ingest.landing import LOAD_ORDER
+from pophealth.contract.feeds import LOAD_ORDER
 from pophealth.marts.build import parse_project
 from pophealth.operate.airflow_runner import DagOutcome, ensure_metadata_db, run_dags
 from pophealth.warehouse.schema import prepare_warehouse

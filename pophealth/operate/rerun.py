@@ -13,7 +13,8 @@ from datetime import date
 from pathlib import Path
 
 from pophealth import config
-from pophealth.ingest.landing import LOAD_ORDER, identify
+from pophealth.contract.feeds import LOAD_ORDER
+from pophealth.ingest.landing import identify
 from pophealth.operate.orchestration import ENV_ONLY_PERIOD, ENV_ONLY_PROVIDER
 from pophealth.operate.pipeline import MARTS_DAG, PipelineOutcome, run_pipeline
 

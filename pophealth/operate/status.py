@@ -1,5 +1,5 @@
 """`pophealth status`: the latest period loaded of each source, the marts' freshness, the next delivery due of each
-feed (from its arrival schedule, orchestration.ARRIVAL) and what is waiting in the landing folder (the one given,
+feed (from its declared arrival schedule) and what is waiting in the landing folder (the one given,
 else POPHEALTH_LANDING_DIR, else the one the last run used); `--json` gives the same as one document for monitoring.
 
 Everything comes from the audit schema (and dbt's last run results for builds outside Airflow), so the command is
@@ -20,7 +20,7 @@ from pathlib import Path
 from psycopg.rows import dict_row
 
 from pophealth import config
-from pophealth.ingest.landing import LOAD_ORDER
+from pophealth.contract.feeds import FEEDS, LOAD_ORDER, PERSONAL_FEEDS
 from pophealth.warehouse import db
 
 #: audit.load.status -> what the user reads (the refusals in capitals, so they stand out in a list).
@@ -184,7 +184,7 @@ def _sources(conn, status: Status, now: datetime) -> None:
                                                          WHERE feed = 'optouts' AND status = 'published'), 0)
                                  ORDER BY load_id"""):
         status.lines.append(f"  optouts: {stale['file_name']} refused as {stale['message']}")
-    if not in_force and any(load["feed"] in ("gp_register", "apc", "cld") for load in latest):
+    if not in_force and any(load["feed"] in PERSONAL_FEEDS for load in latest):
         status.problems.append("no national data opt-out list is in force (after a key rotation it must be loaded "
                                "again): every personal load is refused until it is (docs/runbook.md)")
     for refused in latest_refusals(conn):
@@ -196,7 +196,7 @@ def _sources(conn, status: Status, now: datetime) -> None:
 
 
 #: Months between two periods of a feed that sends one file per period: the period after the latest is the one due.
-PERIOD_MONTHS = {"apc": 1, "cld": 3}
+PERIOD_MONTHS = {feed.name: feed.period_months for feed in FEEDS if feed.period_months}
 #: A latest load in one of these states has to be delivered again: that period is still the one due.
 DUE_AGAIN = ("gate_failed", "rejected", "failed", "interrupted", "rekeyed")
 
@@ -208,19 +208,17 @@ def _month_end_after(period_end: date, months: int) -> date:
 
 
 def next_deliveries(latest: list[dict], now: datetime) -> list[dict]:
-    """Per feed, when its scheduled run next looks for files (orchestration.ARRIVAL, Europe/London), until when it
+    """Per feed, when its scheduled run next looks for files (its declared arrival, Europe/London), until when it
     waits, and, for a feed of periods, the period end due next of each provider: the one after its latest period
     loaded, or that period again when its file was refused. `latest`: one row per source (status.data["sources"])."""
     from zoneinfo import ZoneInfo
 
     from croniter import croniter
 
-    from pophealth.operate.orchestration import ARRIVAL
-
     london = ZoneInfo("Europe/London")
     due = []
-    for feed in LOAD_ORDER:
-        arrival = ARRIVAL[feed]
+    for declared in FEEDS:
+        feed, arrival = declared.name, declared.arrival
         looks = croniter(arrival.cron, now.astimezone(london)).get_next(datetime)
         expected = {}
         if feed in PERIOD_MONTHS:

@@ -25,8 +25,7 @@ from typing import Any, Literal, Self, TypeVar
 import yaml
 from psycopg import sql
 
-from pophealth.ingest.feeds import FEED_SPECS
-from pophealth.ingest.landing import FEED_PATTERNS
+from pophealth.contract.feeds import FEEDS_BY_NAME
 
 RULES_DIR_ENV = "POPHEALTH_EXPECTATIONS_DIR"
 LOAD_RULES_FILE = "registry.yml"
@@ -324,7 +323,7 @@ def _names(value: Any) -> bool:
 def has_row_numbers(feed: str) -> bool:
     """Whether the feed's batch table keeps each row's number in the file (`source_row`): the personal feeds.
     Reference data and the opt-out list are stored without it (pophealth/ingest/load.py)."""
-    return feed in FEED_SPECS and FEED_SPECS[feed].personal
+    return feed in FEEDS_BY_NAME and FEEDS_BY_NAME[feed].personal
 
 
 def parse_load_rules(data: Any) -> tuple[tuple[LoadRule, ...], list[str]]:
@@ -334,7 +333,7 @@ def parse_load_rules(data: Any) -> tuple[tuple[LoadRule, ...], list[str]]:
     for name, entry in entries:
         found = _common(entry, name, LOAD_RULE_KEYS)
         feed = entry.get("feed")
-        if not isinstance(feed, str) or feed not in FEED_SPECS:
+        if not isinstance(feed, str) or feed not in FEEDS_BY_NAME:
             found.append(f"{name}: unknown feed {feed!r}")
             feed = None
         elif not name.startswith(feed + "."):
@@ -364,12 +363,12 @@ def parse_load_rules(data: Any) -> tuple[tuple[LoadRule, ...], list[str]]:
             if problem:
                 found.append(f"{name}: {problem}")
         if feed is not None:
-            known = set(FEED_SPECS[feed].table_columns) | {"load_id"}
+            known = set(FEEDS_BY_NAME[feed].table_columns) | {"load_id"}
             if has_row_numbers(feed):
                 known.add("source_row")
             for column in columns_of(kwargs, applies_to):
                 if column not in known:
-                    found.append(f"{name}: {column} is not a column of {FEED_SPECS[feed].table}")
+                    found.append(f"{name}: {column} is not a column of {FEEDS_BY_NAME[feed].table}")
         problems.extend(found)
         if not found:
             rules.append(_load_rule(entry))
@@ -420,7 +419,7 @@ def _row_count_problems(name: str, feed: str | None, check: dict, spec: Any) -> 
             problems.append(f"{name}: only_quarantined_for must be a list of the file's columns")
         elif feed is not None:
             for column in only:
-                if column not in FEED_SPECS[feed].contract_columns:
+                if column not in FEEDS_BY_NAME[feed].contract_columns:
                     problems.append(f"{name}: only_quarantined_for names {column}, "
                                     f"not a column of an extract of {feed}")
     if {"min_value", "max_value"} & set(check.get("kwargs") or {}):
@@ -432,7 +431,7 @@ def _override_problems(name: str, feed: str | None, check: dict) -> list[str]:
     overrides = check.get("by_provider")
     if not isinstance(overrides, dict) or not overrides:
         return [f"{name}: by_provider must map provider codes to overrides"]
-    if not any(p.feed == feed and p.has_provider for p in FEED_PATTERNS):
+    if feed not in FEEDS_BY_NAME or not FEEDS_BY_NAME[feed].file_name.has_provider:
         return [f"{name}: by_provider on {feed}, a feed with one sender"]
     problems: list[str] = []
     for provider, override in overrides.items():
@@ -458,7 +457,7 @@ def published_column(reference: Any) -> tuple[str, str] | None:
     if not isinstance(reference, str) or reference.count(".") != 2:
         return None
     table, _, column = reference.rpartition(".")
-    for spec in FEED_SPECS.values():
+    for spec in FEEDS_BY_NAME.values():
         if spec.table == table and column in spec.table_columns:
             return table, column
     return None

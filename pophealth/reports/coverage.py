@@ -16,8 +16,10 @@ from itertools import pairwise
 
 from psycopg.rows import dict_row, tuple_row
 
+from pophealth.contract.feeds import FEEDS
+
 #: The feeds whose files cover a period (the metrics need them); the register is a snapshot on its date.
-PERIOD_FEEDS = ("apc", "cld")
+PERIOD_FEEDS = tuple(feed.name for feed in FEEDS if feed.period_months)
 
 
 def stretches(covered: Iterable[tuple[date, date]]) -> list[tuple[date, date]]:

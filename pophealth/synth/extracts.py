@@ -13,8 +13,11 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
 
-from pophealth.ingest.feeds import APC_COLUMNS, CLD_CONTRACT_COLUMNS, GP_REGISTER_COLUMNS
+from pophealth.contract.feeds import FEEDS_BY_NAME
 from pophealth.synth.world import HISTORY_START, WINDOW_END, WINDOW_START, Event, Person, Spell, World, invalidate
+
+#: The contract's columns as the sources write them, in their order (the feeds' declarations).
+GP_REGISTER_WRITTEN, APC_WRITTEN, CLD_WRITTEN = (FEEDS_BY_NAME[f].written for f in ("gp_register", "apc", "cld"))
 
 CLD_PERIOD_ENDS = (date(2024, 6, 30), date(2024, 9, 30), date(2024, 12, 31), date(2025, 3, 31),
                    date(2025, 6, 30), date(2025, 9, 30))
@@ -198,7 +201,7 @@ class _Writer:
             else:
                 fates["loaded"] += 1
                 self.ledger.loaded(f"nhs:{person.nhs_number}", "gp_register", person, person.death)
-        self.write(f"gp_register_{WINDOW_END:%Y%m%d}.csv", "gp_register", GP_REGISTER_COLUMNS, rows, fates)
+        self.write(f"gp_register_{WINDOW_END:%Y%m%d}.csv", "gp_register", GP_REGISTER_WRITTEN, rows, fates)
 
     # -- hospital -------------------------------------------------------------------------------------------------
     def apc(self) -> None:
@@ -279,16 +282,16 @@ class _Writer:
                     "discharge_ready_date": _iso(ready),
                 }
                 row.update({f"diag_{i:02d}": code for i, code in enumerate(diagnoses, start=1)})
-                rows.append([row[c] for c in APC_COLUMNS])
+                rows.append([row[c] for c in APC_WRITTEN])
                 if removed:
                     fates["opted_out"] += 1
                 else:
                     fates["loaded"] += 1
                     self.ledger.loaded(identity, "apc", person,
                                        spell.disdate if finished and spell.dismeth == "4" else None)
-        self.write(f"apc_{procode}_{period:%Y%m%d}.csv", "apc", APC_COLUMNS, rows, fates)
+        self.write(f"apc_{procode}_{period:%Y%m%d}.csv", "apc", APC_WRITTEN, rows, fates)
         if rows:  # from the first discharge (or, with none, the first episode end) in the file, to its period end
-            disdate_at, epiend_at = APC_COLUMNS.index("disdate"), APC_COLUMNS.index("epiend")
+            disdate_at, epiend_at = APC_WRITTEN.index("disdate"), APC_WRITTEN.index("epiend")
             dated = [r[disdate_at] for r in rows if r[disdate_at]] or [r[epiend_at] for r in rows if r[epiend_at]]
             first = period.replace(day=1)
             if dated:
@@ -334,7 +337,7 @@ class _Writer:
                 death = person.death if person.death and person.death <= period_end else None
                 self.ledger.loaded(identity, "cld", person, death)
                 last_file[id(event)] = period_end
-            self.write(f"cld_{council}_{period_end:%Y%m%d}.csv", "cld", CLD_CONTRACT_COLUMNS, rows, fates)
+            self.write(f"cld_{council}_{period_end:%Y%m%d}.csv", "cld", CLD_WRITTEN, rows, fates)
             if rows:  # a file with no rows is refused by the loader: it covers nothing
                 self.ledger.coverage.append(("cld", council, period_start.replace(day=1), period_end))
         for event in events:
@@ -375,7 +378,7 @@ class _Writer:
             "Unit_Cost": event.unit_cost or "", "Cost_Frequency_Unit_Type": event.cost_unit or "",
             "Planned_units_per_week": event.units or "",
         }
-        return [row[c] for c in CLD_CONTRACT_COLUMNS]
+        return [row[c] for c in CLD_WRITTEN]
 
 
 def write_extracts(world: World, out: Path, delivery: str = "monthly") -> Ledger:

@@ -79,7 +79,8 @@ RUN = textwrap.dedent(
     """
     from pathlib import Path
     import sys
-    from pophealth.ingest.landing import LOAD_ORDER, identify
+    from pophealth.contract.feeds import LOAD_ORDER
+    from pophealth.ingest.landing import identify
     from pophealth.ingest.load import publish_load, stage_extract
     from pophealth.warehouse.schema import prepare_warehouse
     from pophealth.marts.build import dbt_build

@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 
 from pophealth.config import environment
+from pophealth.contract.feeds import FEEDS, LOAD_ORDER
 from pophealth.contract.identifiers import nhs_check_digit
-from pophealth.ingest.feeds import APC_COLUMNS, CLD_CONTRACT_COLUMNS, GP_REGISTER_COLUMNS
 
 from .conftest import PURPOSE_KEYS_ENV, TEST_KEY, TEST_VAULT_PUBLIC_KEY
 
@@ -67,17 +67,8 @@ FIXTURE_LOOKUP = [
     {"postcode": "CM1 1AA", "lsoa_code": "E01021001", "locality_code": "E07000070", "locality_name": "Chelmsford"},
     {"postcode": "CO1 1CC", "lsoa_code": "E01021100", "locality_code": "E07000071", "locality_name": "Colchester"},
 ]
-HEADERS = {
-    "apc": APC_COLUMNS,
-    "gp_register": GP_REGISTER_COLUMNS,
-    "cld": CLD_CONTRACT_COLUMNS,
-    "optouts": ("nhs_number",),
-    "ref_postcode_lookup": ("postcode", "lsoa_code", "locality_code", "locality_name", "la_code"),
-    "ref_population": ("lsoa_code", "sex", "age", "population"),
-}
-RAW_TABLES = {"apc": "raw.apc_episode", "gp_register": "raw.gp_register", "cld": "raw.cld_event",
-              "optouts": "restricted.optout", "ref_postcode_lookup": "raw.ref_lsoa",
-              "ref_population": "raw.ref_population"}
+HEADERS = {feed.name: feed.written for feed in FEEDS}
+RAW_TABLES = {feed.name: feed.table for feed in FEEDS}
 
 
 def _write(path: Path, header, rows: list[dict]) -> Path:
@@ -431,7 +422,6 @@ ERROR_CASES = [
     Case("ref_population.cell.unique", lambda: _population() + [_population()[5]], 2),
     Case("ref_population.age.in_range", _broken("ref_population", {100: {"age": "95"}}), 1),
 ]
-VOLUME_FEEDS = ("apc", "gp_register", "cld", "optouts", "ref_postcode_lookup", "ref_population")
 
 
 @pytest.mark.parametrize("case", ERROR_CASES, ids=lambda c: c.rule)
@@ -538,7 +528,7 @@ def test_every_rule_of_the_registry_has_a_case_here():
     volume = {r.id for r in rules if r.row_count is not None and r.row_count.baseline == "previous_load"}
     assert {c.rule for c in ERROR_CASES} | volume == errors
     assert {c.rule for c in WARN_CASES} == warns
-    assert {r.feed for r in rules if r.id in volume} == set(VOLUME_FEEDS)
+    assert {r.feed for r in rules if r.id in volume} == set(LOAD_ORDER)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -678,7 +668,7 @@ def retire_loads(warehouse, tmp_path):
         publish_load(stage_extract(path, "gates-restore").load_id)
 
 
-@pytest.mark.parametrize("feed", VOLUME_FEEDS)
+@pytest.mark.parametrize("feed", LOAD_ORDER)
 def test_a_second_delivery_with_half_the_rows_fails_the_volume_band(stage, retire_loads, feed):
     from pophealth.ingest.load import publish_load
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pophealth.ingest.feeds import APC_COLUMNS, CLD_CONTRACT_COLUMNS, GP_REGISTER_COLUMNS
+from pophealth.contract.feeds import FEEDS_BY_NAME
 
 from .conftest import marts_built_from
 from .test_person_rules import KEY, _valid_numbers, _write, person_id, transit
@@ -34,7 +34,7 @@ OPTED_OUT = next(_numbers)                                       # in no extract
 
 def _episode(epikey: str, spell: str, number: str, admidate: str, disdate: str, *, admimeth: str = "21",
              diagnoses: tuple[str, ...] = ("J18.9",), ready: str = "", dismeth: str = "1", disdest: str = "19"):
-    row = dict.fromkeys(APC_COLUMNS, "")
+    row = dict.fromkeys(FEEDS_BY_NAME["apc"].written, "")
     row.update(epikey=epikey, spell_id=spell, nhs_number=number, nhs_number_status="01", date_of_birth="1935-03-03",
                sex="2", postcode="CM1 1AA", gp_practice_code="F81001", procode="RAJ", admidate=admidate,
                disdate=disdate, epistart=admidate, epiend=disdate, epiorder="1", admimeth=admimeth, admisorc="19",
@@ -42,19 +42,19 @@ def _episode(epikey: str, spell: str, number: str, admidate: str, disdate: str, 
                discharge_ready_date=ready)
     for position, code in enumerate(diagnoses, start=1):
         row[f"diag_{position:02d}"] = code
-    return [row[c] for c in APC_COLUMNS]
+    return [row[c] for c in FEEDS_BY_NAME["apc"].written]
 
 
 def _service(period_end: str, local_id: str, number: str, start: str, end: str = "", *,
              service_type: str, component: str, outcome: str = "Continuation of support or services"):
     period_start = {"2025-06-30": "2024-07-01", "2025-09-30": "2024-10-01"}[period_end]
-    row = dict.fromkeys(CLD_CONTRACT_COLUMNS, "")
+    row = dict.fromkeys(FEEDS_BY_NAME["cld"].written, "")
     row.update(LA_Code="E10000012", Reporting_Period_Start_Date=period_start, Reporting_Period_End_Date=period_end,
                Client_Type="Service user", LA_Person_Unique_Identifier=local_id, NHS_Number=number, Gender="Female",
                Date_of_Birth="1935-03-03", Postcode="CM1 1AA", Event_Type="Service", Event_Reference=local_id + start,
                Event_Start_Date=start, Event_End_Date=end, Service_Type=service_type, Service_Component=component,
                Event_Outcome=outcome if not end else "NFA: Support ended for other reason")
-    return [row[c] for c in CLD_CONTRACT_COLUMNS]
+    return [row[c] for c in FEEDS_BY_NAME["cld"].written]
 
 
 REABLEMENT = {"service_type": "Short term support: ST-Max", "component": "Reablement"}
@@ -72,10 +72,11 @@ def build_landing(landing: Path) -> None:
     _write(landing / "optouts_20250930.csv", ("nhs_number",), [(OPTED_OUT,)])
     register = [[n, "1935-03-03", "2", "CM1 1AA", "F81001", "2000-01-01", "", ""] for n in STORY]
     register += [[n, "1980-01-01", "1", "CM1 1AA", "F81001", "2000-01-01", "", ""] for n in FILLERS]
-    assert [c for c in GP_REGISTER_COLUMNS] == ["nhs_number", "date_of_birth", "sex", "postcode", "gp_practice_code",
-                                                "registration_start_date", "registration_end_date", "date_of_death"]
-    _write(landing / "gp_register_20250930.csv", GP_REGISTER_COLUMNS, register)
-    _write(landing / "apc_RAJ_20250930.csv", APC_COLUMNS, [
+    assert list(FEEDS_BY_NAME["gp_register"].written) == [
+        "nhs_number", "date_of_birth", "sex", "postcode", "gp_practice_code", "registration_start_date",
+        "registration_end_date", "date_of_death"]
+    _write(landing / "gp_register_20250930.csv", FEEDS_BY_NAME["gp_register"].written, register)
+    _write(landing / "apc_RAJ_20250930.csv", FEEDS_BY_NAME["apc"].written, [
         # R_IN and R_OUT are discharged alive on 2025-03-10 (elective, so only the discharge matters).
         _episode("E1", "S1", R_IN, "2025-03-01", "2025-03-10", admimeth="11"),
         _episode("E2", "S2", R_OUT, "2025-03-01", "2025-03-10", admimeth="11"),
@@ -93,14 +94,14 @@ def build_landing(landing: Path) -> None:
         _episode("E10", "S10", H, "2025-06-10", "2025-06-12", diagnoses=("R29.6", "F00.1")),
     ])
     # The hospital data starts in July 2024 (the metrics' periods start with the first hospital extract).
-    _write(landing / "apc_RAJ_20240731.csv", APC_COLUMNS, [
+    _write(landing / "apc_RAJ_20240731.csv", FEEDS_BY_NAME["apc"].written, [
         _episode("E0", "S0", H, "2024-07-01", "2024-07-02", admimeth="11", diagnoses=("I10",)),
     ])
-    _write(landing / "cld_E10000012_20250630.csv", CLD_CONTRACT_COLUMNS, [
+    _write(landing / "cld_E10000012_20250630.csv", FEEDS_BY_NAME["cld"].written, [
         # C_400's first placement ends 2024-07-10; the next starts 400 days later, 2025-08-14.
         _service("2025-06-30", "EC400", C_400, "2024-07-01", "2024-07-10", **CARE_HOME),
     ])
-    _write(landing / "cld_E10000012_20250930.csv", CLD_CONTRACT_COLUMNS, [
+    _write(landing / "cld_E10000012_20250930.csv", FEEDS_BY_NAME["cld"].written, [
         _service("2025-09-30", "ECR1", R_IN, "2025-03-07", "2025-03-20", **REABLEMENT),    # 3 days before
         _service("2025-09-30", "ECR2", R_OUT, "2025-03-06", "2025-03-20", **REABLEMENT),   # 4 days before
         # C_200's first placement ends 2024-10-05; the next starts 200 days later, 2025-04-23.

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from pophealth.contract.feeds import FEEDS_BY_NAME
 from pophealth.contract.identifiers import nhs_check_digit
 from pophealth.identity.keys import LinkageKey
 from pophealth.identity.pseudonymise import Pseudonymiser
-from pophealth.ingest.feeds import APC_COLUMNS, CLD_CONTRACT_COLUMNS, GP_REGISTER_COLUMNS
 
 from .conftest import marts_built_from, published_id
 
@@ -75,26 +75,26 @@ def _gp(number, dob, sex, postcode, practice, start="2010-01-01", end="", death=
 
 def _episode(epikey, spell, number, dob, sex, postcode, practice, admidate, disdate, epiorder=1, dismeth="1",
              disdest="19", admimeth="21"):
-    row = dict.fromkeys(APC_COLUMNS, "")
+    row = dict.fromkeys(FEEDS_BY_NAME["apc"].written, "")
     row.update(epikey=epikey, spell_id=spell, nhs_number=number, nhs_number_status="01", date_of_birth=dob,
                sex=sex, postcode=postcode, gp_practice_code=practice, procode="RAJ", admidate=admidate,
                disdate=disdate, epistart=admidate, epiend=disdate, epiorder=str(epiorder), admimeth=admimeth,
                admisorc="19", disdest=disdest, dismeth=dismeth, classpat="1", mainspef="300", tretspef="300",
                diag_01="J18.9")
-    return [row[c] for c in APC_COLUMNS]
+    return [row[c] for c in FEEDS_BY_NAME["apc"].written]
 
 
 def _event(period_end, local_id, number, dob="1944-02-10", gender="Female", death="", start="2025-05-01",
            reference="R1", client_type="Service user"):
     period_start = {"2025-06-30": "2024-07-01", "2025-09-30": "2024-10-01"}[period_end]
-    row = dict.fromkeys(CLD_CONTRACT_COLUMNS, "")
+    row = dict.fromkeys(FEEDS_BY_NAME["cld"].written, "")
     row.update(LA_Code="E10000012", Reporting_Period_Start_Date=period_start, Reporting_Period_End_Date=period_end,
                Client_Type=client_type, LA_Person_Unique_Identifier=local_id, NHS_Number=number, Gender=gender,
                Date_of_Birth=dob, Date_of_Death=death, Postcode="CM2 2BB", Event_Type="Service",
                Event_Reference=reference, Event_Start_Date=start, Service_Type="Long term support: Community",
                Service_Component="Home support or domiciliary care",
                Event_Outcome="Continuation of support or services")
-    return [row[c] for c in CLD_CONTRACT_COLUMNS]
+    return [row[c] for c in FEEDS_BY_NAME["cld"].written]
 
 
 def build_landing(landing: Path) -> None:
@@ -110,13 +110,13 @@ def build_landing(landing: Path) -> None:
     _write(landing / "optouts_20250930.csv", ("nhs_number",), [(G,)])
     # The register as it was in June (each file is the whole register on its date): September's says who is
     # registered now. B lived in Colchester then; L and M are in June's register only.
-    _write(landing / "gp_register_20250630.csv", GP_REGISTER_COLUMNS, [
+    _write(landing / "gp_register_20250630.csv", FEEDS_BY_NAME["gp_register"].written, [
         _gp(A, "1950-10-15", "1", "CM1 1AA", "F81001"),
         _gp(B, "1940-09-02", "2", "CO1 1CC", "F81100"),
         _gp(L_LEFT, "1970-07-07", "1", "CM1 1AA", "F81001"),
         _gp(M_DIED, "1930-03-03", "2", "CM1 1AA", "F81001"),
     ])
-    _write(landing / "gp_register_20250930.csv", GP_REGISTER_COLUMNS, [
+    _write(landing / "gp_register_20250930.csv", FEEDS_BY_NAME["gp_register"].written, [
         _gp(A, "1950-10-15", "1", "CM1 1AA", "F81001"),                       # A: born October 1950
         _gp(B, "1940-09-02", "2", "CM1 1AA", "F81001"),                       # B: the register wins
         _gp(G, "1960-01-01", "1", "CM1 1AA", "F81001"),                       # G: opted out
@@ -125,7 +125,7 @@ def build_landing(landing: Path) -> None:
         _gp(N[:3] + " " + N[3:6] + " " + N[6:], "2001-09-30", "2", "CM1 1AA", "F81001",
             death="2025-09-30"),                                              # N: died on the as-of date
     ])
-    _write(landing / "apc_RAJ_20250930.csv", APC_COLUMNS, [
+    _write(landing / "apc_RAJ_20250930.csv", FEEDS_BY_NAME["apc"].written, [
         # B in hospital with a different postcode and practice: the register's values win.
         _episode("E1", "S1", B, "1940-09-02", "2", "CO1 1CC", "F81100", "2025-09-01", "2025-09-05"),
         # C is in no register: two spells, one person; attributes from the latest episode.
@@ -141,11 +141,11 @@ def build_landing(landing: Path) -> None:
         _episode("E7", "S7", K, "1935-05-05", "1", "CM2 2BB", "F81002", "2025-09-20", "2025-09-25",
                  dismeth="4", disdest="79"),
     ])
-    _write(landing / "cld_E10000012_20250630.csv", CLD_CONTRACT_COLUMNS, [
+    _write(landing / "cld_E10000012_20250630.csv", FEEDS_BY_NAME["cld"].written, [
         # B's event, first submission (Release 1 client type), repeated in the next quarter.
         _event("2025-06-30", "EC0000002", B, reference="old-ref", client_type="Service User"),
     ])
-    _write(landing / "cld_E10000012_20250930.csv", CLD_CONTRACT_COLUMNS, [
+    _write(landing / "cld_E10000012_20250930.csv", FEEDS_BY_NAME["cld"].written, [
         _event("2025-09-30", "EC0000002", B, reference="new-ref"),
         # E: no NHS number at all: a person known by the council's id.
         _event("2025-09-30", "EC0000005", "", gender="Female"),

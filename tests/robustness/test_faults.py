@@ -53,7 +53,7 @@ LOAD = textwrap.dedent("""
 NORMAL_RUN = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from pophealth.ingest.landing import LOAD_ORDER
+    from pophealth.contract.feeds import LOAD_ORDER
     from pophealth.ingest.load import pending_extracts, publish_load, stage_extract
     from pophealth.warehouse.schema import prepare_warehouse
     from pophealth.marts.build import dbt_build

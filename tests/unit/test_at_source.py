@@ -21,14 +21,11 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from pophealth.cli import main
+from pophealth.contract.feeds import FEEDS_BY_NAME
 from pophealth.contract.identifiers import nhs_check_digit
 from pophealth.identity.keys import LinkageKey
 from pophealth.identity.pseudonymise import Area, PostcodeLookup, Pseudonymiser
 from pophealth.ingest.at_source import (
-    APC_COLUMNS,
-    CLD_CONTRACT_COLUMNS,
-    FORMS,
-    GP_REGISTER_COLUMNS,
     AtSourceRefused,
     pseudonymise_extract,
     pseudonymise_row,
@@ -68,7 +65,7 @@ def gp_row(**overrides) -> dict[str, str]:
 
 
 def apc_row(**overrides) -> dict[str, str]:
-    row = dict.fromkeys(APC_COLUMNS, "")
+    row = dict.fromkeys(FEEDS_BY_NAME["apc"].written, "")
     row.update(epikey="E1", spell_id="S1", nhs_number="999 000 0018", nhs_number_status="01",
                date_of_birth="1940-06-15", sex="2", postcode="CM1 1AA", gp_practice_code="F81001", procode="raj ",
                admidate="2025-01-03", disdate="2025-01-10", epistart="2025-01-03", epiend="2025-01-10",
@@ -78,7 +75,7 @@ def apc_row(**overrides) -> dict[str, str]:
 
 
 def cld_row(**overrides) -> dict[str, str]:
-    row = dict.fromkeys(CLD_CONTRACT_COLUMNS, "")
+    row = dict.fromkeys(FEEDS_BY_NAME["cld"].written, "")
     row.update(LA_Code="E10000012", Reporting_Period_Start_Date="2024-07-01", Reporting_Period_End_Date="2025-06-30",
                Client_Type="Service user", LA_Person_Unique_Identifier="P0000001", NHS_Number="9990000019",
                Gender="Female", Date_of_Birth="1944-02-10", Postcode="CO1 1CC", Event_Type="Service",
@@ -92,21 +89,21 @@ def cld_row(**overrides) -> dict[str, str]:
 
 
 def test_the_pseudonymised_headers_replace_identifiable_columns_in_place():
-    assert FORMS["gp_register"].header == (
+    assert FEEDS_BY_NAME["gp_register"].header == (
         "person_id", "nhs_number_check", "birth_year", "birth_month", "sex", "lsoa_code", "locality_code",
         "gp_practice_code", "registration_start_date", "registration_end_date", "date_of_death",
         "linkage_key_version")
-    assert FORMS["optouts"].header == ("person_id", "nhs_number_check", "linkage_key_version")
-    assert FORMS["apc"].header[:12] == (
+    assert FEEDS_BY_NAME["optouts"].header == ("person_id", "nhs_number_check", "linkage_key_version")
+    assert FEEDS_BY_NAME["apc"].header[:12] == (
         "epikey", "spell_id", "person_id", "nhs_number_check", "nhs_number_status", "birth_year", "birth_month",
         "sex", "lsoa_code", "locality_code", "gp_practice_code", "procode")
-    assert FORMS["apc"].header[12:] == APC_COLUMNS[9:] + ("linkage_key_version",)
-    assert FORMS["cld"].header[:16] == (
+    assert FEEDS_BY_NAME["apc"].header[12:] == FEEDS_BY_NAME["apc"].written[9:] + ("linkage_key_version",)
+    assert FEEDS_BY_NAME["cld"].header[:16] == (
         "LA_Code", "Reporting_Period_Start_Date", "Reporting_Period_End_Date", "Client_Type",
         "LA_Person_Unique_Identifier", "person_id", "nhs_number_check", "Gender", "Ethnicity", "birth_year",
         "birth_month", "Date_of_Death", "lsoa_code", "locality_code", "Primary_Support_Reason",
         "Accommodation_Status")
-    assert FORMS["cld"].header[16:] == CLD_CONTRACT_COLUMNS[13:] + ("linkage_key_version",)
+    assert FEEDS_BY_NAME["cld"].header[16:] == FEEDS_BY_NAME["cld"].written[13:] + ("linkage_key_version",)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -121,7 +118,7 @@ def test_a_register_row():
         "registration_start_date": "2000-01-01", "registration_end_date": "", "date_of_death": "",
         "linkage_key_version": PSEUDO.key_version,
     }
-    assert list(out) == [c.lower() for c in FORMS["gp_register"].header]
+    assert list(out) == [c.lower() for c in FEEDS_BY_NAME["gp_register"].header]
 
 
 def test_an_episode_keeps_the_loaders_local_pseudonyms():
@@ -252,7 +249,7 @@ def test_no_nhs_number_date_of_birth_postcode_or_local_id_reaches_the_output(fee
     # The year and month of birth are meant to be sent: a local id `8` beside a birth month `8` is no leak.
     assume(not secrets_ & {out.get("birth_year"), out.get("birth_month")})
 
-    assert list(out) == list(FORMS[feed].pseudonymised)  # no column outside the contract, none identifiable
+    assert list(out) == list(FEEDS_BY_NAME[feed].pseudonymised)  # no column outside the contract, none identifiable
     for value in out.values():
         assert value not in secrets_
         assert not any(s in value for s in secrets_ if len(s) >= 6)
@@ -284,13 +281,13 @@ def folders(tmp_path):
 
 
 def _apc_file(folder: Path, episodes: int, name: str = "apc_RAJ_20250930.csv") -> Path:
-    header = ["forename"] + list(APC_COLUMNS)
+    header = ["forename"] + list(FEEDS_BY_NAME["apc"].written)
     numbers = (n for n in (_valid_number(999_000_000 + i) for i in range(10 * episodes + 100)) if n)
 
     def rows():
         for i in range(episodes):
             row = apc_row(epikey=f"E{i}", spell_id=f"S{i // 2}", nhs_number=next(numbers))
-            yield ["Alice"] + [row[c] for c in APC_COLUMNS]
+            yield ["Alice"] + [row[c] for c in FEEDS_BY_NAME["apc"].written]
 
     return _write(folder / name, header, rows())
 
@@ -308,7 +305,7 @@ def test_the_command_writes_the_pseudonymised_extract_and_says_what_it_did(folde
     written = out / path.name
     with written.open(newline="") as handle:
         rows = list(csv.reader(handle))
-    assert tuple(rows[0]) == FORMS["apc"].header and len(rows) == 6
+    assert tuple(rows[0]) == FEEDS_BY_NAME["apc"].header and len(rows) == 6
     assert summary.rows_written == 5 and summary.test_range == 5 and summary.dropped_columns == ["forename"]
     assert told and all("rows/s" in line for line in told)
     text = summary_text(summary) + "\n".join(told)
@@ -433,9 +430,9 @@ def test_a_file_that_is_not_an_identifiable_extract_gets_the_loaders_message(fol
 
 def test_a_bad_value_is_emptied_and_counted_and_a_ragged_row_skipped_the_file_goes_on(folders):
     source, out = folders
-    good = [gp_row()[c] for c in GP_REGISTER_COLUMNS]
-    rows = [good, [gp_row(date_of_birth="17/03/1950")[c] for c in GP_REGISTER_COLUMNS], good[:5], good]
-    path = _write(source / "gp_register_20250930.csv", GP_REGISTER_COLUMNS, rows)
+    good = [gp_row()[c] for c in FEEDS_BY_NAME["gp_register"].written]
+    rows = [good, [gp_row(date_of_birth="17/03/1950")[c] for c in FEEDS_BY_NAME["gp_register"].written], good[:5], good]
+    path = _write(source / "gp_register_20250930.csv", FEEDS_BY_NAME["gp_register"].written, rows)
     summary = pseudonymise_extract(path, out, source / "ref_postcode_lookup.csv", pseudonymiser=PSEUDO)
     assert summary.rows_written == 3 and summary.rows_skipped == 1 and summary.first_skipped_row == 3
     assert summary.emptied == {("date_of_birth", "date is not in ISO YYYY-MM-DD form"): 1}

@@ -17,8 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pophealth.ingest.at_source import APC_COLUMNS, CLD_CONTRACT_COLUMNS, FORMS, GP_REGISTER_COLUMNS, KEY_VERSION_COLUMN
-from pophealth.ingest.feeds import FEED_SPECS
+from pophealth.contract.feeds import FEEDS_BY_NAME, KEY_VERSION_COLUMN
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTRACT = ROOT / "docs" / "contract"
@@ -115,30 +114,30 @@ def test_the_parsers_read_what_the_contract_says():
 ])
 def test_each_feed_accepts_the_contract_columns(feed, section):
     contract = table_first_column(EXTRACTS[section])
-    if feed in FORMS:
+    declared = FEEDS_BY_NAME[feed]
+    if declared.pseudonymisable:
         # The identifiable form is the contract's columns, with the CLD's capitalisation, in its order.
-        written = {"gp_register": GP_REGISTER_COLUMNS, "apc": APC_COLUMNS, "cld": CLD_CONTRACT_COLUMNS}[feed]
-        assert list(written) == contract
-    accepted = {c.lower() for c in FEED_SPECS[feed].contract_columns} - {"person_id", KEY_VERSION_COLUMN}
-    if feed in FORMS:
-        accepted -= set(FORMS[feed].pseudonymised) - set(FORMS[feed].identifiable)
+        assert list(declared.written) == contract
+    accepted = {c.lower() for c in declared.contract_columns} - {"person_id", KEY_VERSION_COLUMN}
+    if declared.pseudonymisable:
+        accepted -= set(declared.pseudonymised) - set(declared.identifiable)
     assert accepted - {c.lower() for c in contract} == ACCEPTED_BEYOND_CONTRACT.get(feed, set()), \
         f"{feed}: the loader accepts columns the contract does not have"
     assert {c.lower() for c in contract} <= accepted, f"{feed}: the loader does not accept every contract column"
-    assert set(FEED_SPECS[feed].required_columns) <= {c.lower() for c in contract}
+    assert set(declared.required_columns) <= {c.lower() for c in contract}
 
 
 def test_the_optout_list_is_one_column_nhs_number():
     assert "One column, `nhs_number`." in EXTRACTS["optouts"]
-    assert FORMS["optouts"].identifiable == ("nhs_number",)
+    assert FEEDS_BY_NAME["optouts"].identifiable == ("nhs_number",)
 
 
 def test_pseudonymised_at_source_files_use_the_contract_names():
     identifiers = EXTRACTS["Identifiers"]
     assert f"`{KEY_VERSION_COLUMN}`" in identifiers and "column\n  `person_id`" in identifiers
     for feed in ("gp_register", "apc", "cld", "optouts"):
-        assert FORMS[feed].pseudonymised[-1] == KEY_VERSION_COLUMN
-        assert "person_id" in FORMS[feed].pseudonymised
+        assert FEEDS_BY_NAME[feed].pseudonymised[-1] == KEY_VERSION_COLUMN
+        assert "person_id" in FEEDS_BY_NAME[feed].pseudonymised
 
 
 @pytest.mark.parametrize("relation, complete", [

@@ -6,11 +6,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pophealth.contract.feeds import FEEDS_BY_NAME
 from pophealth.contract.identifiers import NhsNumber
 from pophealth.identity.keys import LinkageKey
 from pophealth.identity.pseudonymise import Area, PostcodeLookup, Pseudonymiser
 from pophealth.ingest.at_source import pseudonymise_row
-from pophealth.ingest.feeds import FEED_SPECS, RowContext, RowProblem, identity_columns_present
+from pophealth.ingest.feeds import TRANSFORMS, RowContext, RowProblem, identity_columns_present
 from pophealth.ingest.landing import FileRejected
 
 KEY = LinkageKey.from_hex("3c" * 32, "test")
@@ -24,7 +25,7 @@ def ctx(provider=None):
 
 
 def apc(**overrides):
-    row = {c: "" for c in FEED_SPECS["apc"].contract_columns if c != "person_id"}
+    row = {c: "" for c in FEEDS_BY_NAME["apc"].contract_columns if c != "person_id"}
     row.update(epikey="E1", spell_id="S1", nhs_number="999 000 0018", nhs_number_status="01",
                date_of_birth="1940-06-15", sex="2", postcode="cm1 1aa", gp_practice_code="F81001", procode="RAJ",
                admidate="2025-01-03", disdate="2025-01-10", epistart="2025-01-03", epiend="2025-01-10",
@@ -33,12 +34,8 @@ def apc(**overrides):
     return row
 
 
-def as_dict(feed: str, values: tuple) -> dict:
-    return dict(zip(FEED_SPECS[feed].table_columns, values, strict=False))
-
-
 def test_an_episode_is_pseudonymised_and_reduced():
-    out = as_dict("apc", FEED_SPECS["apc"].transform(apc(), ctx("RAJ")))
+    out = TRANSFORMS["apc"](apc(), ctx("RAJ"))
     assert out["nhs_number_key"] == PSEUDO.person_id(NhsNumber("9990000018")).value
     assert out["nhs_number_check"] == "test_range"
     assert out["spell_key"] == PSEUDO.local("RAJ", "spell|S1").value
@@ -49,15 +46,15 @@ def test_an_episode_is_pseudonymised_and_reduced():
 
 
 def test_an_episode_with_an_invalid_nhs_number_is_kept_unlinked():
-    out = as_dict("apc", FEED_SPECS["apc"].transform(apc(nhs_number="9990000019"), ctx("RAJ")))
+    out = TRANSFORMS["apc"](apc(nhs_number="9990000019"), ctx("RAJ"))
     assert out["nhs_number_key"] is None and out["nhs_number_check"] == "invalid"
 
 
 def test_an_opted_out_persons_row_is_loaded_and_counted_for_direct_care_only():
     # Contract v2: the opt-out keeps them out of secondary use at the marts build, not out of their own care.
     context = ctx("RAJ")
-    values = FEED_SPECS["apc"].transform(apc(nhs_number="999-000-0026"), context)
-    assert values[0] == OPTED_OUT and context.counters["opted_out"] == 1
+    values = TRANSFORMS["apc"](apc(nhs_number="999-000-0026"), context)
+    assert values["nhs_number_key"] == OPTED_OUT and context.counters["opted_out"] == 1
 
 
 @pytest.mark.parametrize(
@@ -74,7 +71,7 @@ def test_an_opted_out_persons_row_is_loaded_and_counted_for_direct_care_only():
 )
 def test_rows_that_cannot_be_loaded_are_quarantined_with_a_reason(overrides, column, reason):
     with pytest.raises(RowProblem) as raised:
-        FEED_SPECS["apc"].transform(apc(**overrides), ctx("RAJ"))
+        TRANSFORMS["apc"](apc(**overrides), ctx("RAJ"))
     assert raised.value.column == column and reason in raised.value.reason
     assert all(str(v) not in raised.value.reason for v in overrides.values() if v)
 
@@ -84,7 +81,7 @@ def test_a_source_pseudonym_is_accepted_in_place_of_the_nhs_number():
     del row["nhs_number"]
     row["person_id"] = "AB" * 32
     row["linkage_key_version"] = KEY.version
-    out = as_dict("apc", FEED_SPECS["apc"].transform(row, ctx("RAJ")))
+    out = TRANSFORMS["apc"](row, ctx("RAJ"))
     assert out["nhs_number_key"] == "ab" * 32 and out["nhs_number_check"] == "source_pseudonym"
 
 
@@ -93,14 +90,14 @@ def test_a_register_row_without_a_valid_number_is_quarantined():
            "gp_practice_code": "F81001", "registration_start_date": "2000-01-01", "registration_end_date": "",
            "date_of_death": ""}
     with pytest.raises(RowProblem, match="local id"):
-        FEED_SPECS["gp_register"].transform(row, ctx())
+        TRANSFORMS["gp_register"](row, ctx())
 
 
 def test_a_social_care_row_is_followed_on_its_council_id():
-    row = {c: "" for c in FEED_SPECS["cld"].contract_columns if c != "person_id"}
+    row = {c: "" for c in FEEDS_BY_NAME["cld"].contract_columns if c != "person_id"}
     row.update(la_code="E10000012", la_person_unique_identifier="P0000001", reporting_period_end_date="2025-06-30",
                event_type="Service", event_start_date="2025-01-01", unit_cost="12.50")
-    out = as_dict("cld", FEED_SPECS["cld"].transform(row, ctx("E10000012")))
+    out = TRANSFORMS["cld"](row, ctx("E10000012"))
     assert out["nhs_number_key"] is None and out["nhs_number_check"] == "missing"
     assert out["la_person_key"] == PSEUDO.local("E10000012", "person|P0000001").value
     assert str(out["unit_cost"]) == "12.50"
@@ -118,7 +115,7 @@ def at_source(feed: str, row: dict) -> dict:
 def fate(feed: str, row: dict, provider=None):
     context = ctx(provider)
     try:
-        outcome = FEED_SPECS[feed].transform(row, context)
+        outcome = TRANSFORMS[feed](row, context)
     except RowProblem as problem:
         outcome = ("quarantined", problem.column, problem.reason)
     return outcome, context.counters
@@ -133,7 +130,7 @@ def register(**overrides):
 
 
 def event(**overrides):
-    row = {c: "" for c in FEED_SPECS["cld"].contract_columns if c != "person_id"}
+    row = {c: "" for c in FEEDS_BY_NAME["cld"].contract_columns if c != "person_id"}
     row.update(la_code="E10000012", la_person_unique_identifier="P0000001", reporting_period_end_date="2025-06-30",
                event_type="Service", event_start_date="2025-01-01", nhs_number="999-000-0018",
                date_of_birth="1944-02-10", postcode="cm11aa")
@@ -176,7 +173,7 @@ def sent(feed="gp_register", **values):
 
 
 def test_local_ids_sent_as_pseudonyms_are_kept_and_others_are_pseudonymised_on_the_spot():
-    out = as_dict("apc", FEED_SPECS["apc"].transform(sent("apc", epikey="E1", spell_id="ab" * 32), ctx("RAJ")))
+    out = TRANSFORMS["apc"](sent("apc", epikey="E1", spell_id="ab" * 32), ctx("RAJ"))
     assert out["episode_key"] == PSEUDO.local("RAJ", "episode|E1").value
     assert out["spell_key"] == "ab" * 32
 
@@ -188,7 +185,7 @@ def test_local_ids_sent_as_pseudonyms_are_kept_and_others_are_pseudonymised_on_t
     ({"birth_year": "", "birth_month": "", "date_of_birth": "1961-07-31"}, (1961, 7)),
 ])
 def test_a_birth_year_sent_by_the_source_is_used(values, expected):
-    out = as_dict("gp_register", FEED_SPECS["gp_register"].transform(sent(**values), ctx()))
+    out = TRANSFORMS["gp_register"](sent(**values), ctx())
     assert (out["birth_year"], out["birth_month"]) == expected
 
 
@@ -205,7 +202,7 @@ def test_a_birth_year_sent_by_the_source_is_used(values, expected):
 ])
 def test_values_sent_by_the_source_are_checked(values, column, reason):
     with pytest.raises(RowProblem) as raised:
-        FEED_SPECS["gp_register"].transform(sent(**values), ctx())
+        TRANSFORMS["gp_register"](sent(**values), ctx())
     assert raised.value.column == column and reason in raised.value.reason
 
 
@@ -214,13 +211,13 @@ def test_values_sent_by_the_source_are_checked(values, column, reason):
     ("E01999999", (None, None)), ("", (None, None)),
 ])
 def test_an_lsoa_sent_by_the_source_counts_only_if_the_lookup_knows_it(lsoa, expected):
-    out = as_dict("gp_register", FEED_SPECS["gp_register"].transform(sent(lsoa_code=lsoa, locality_code="X"), ctx()))
+    out = TRANSFORMS["gp_register"](sent(lsoa_code=lsoa, locality_code="X"), ctx())
     assert (out["lsoa_code"], out["locality_code"]) == expected
 
 
 def test_an_opt_out_is_counted_on_a_row_pseudonymised_at_source():
     context = ctx()
-    FEED_SPECS["gp_register"].transform(sent(person_id=OPTED_OUT, nhs_number_check="test_range"), context)
+    TRANSFORMS["gp_register"](sent(person_id=OPTED_OUT, nhs_number_check="test_range"), context)
     assert context.counters["opted_out"] == 1
 
 
@@ -240,21 +237,21 @@ GP_PSEUDONYMISED = ["person_id", "nhs_number_check", "birth_year", "birth_month"
                      "date_of_death"], "missing required column(s): date_of_birth, sex"),
     ("gp_register", ["sex"], "missing required column(s): nhs_number, date_of_birth, postcode, gp_practice_code, "
                              "registration_start_date, registration_end_date, date_of_death"),
-    ("apc", [c for c in FEED_SPECS["apc"].contract_columns if c not in ("nhs_number", "person_id")],
+    ("apc", [c for c in FEEDS_BY_NAME["apc"].contract_columns if c not in ("nhs_number", "person_id")],
      "missing required column: nhs_number (or person_id when pseudonymised at source)"),
     ("optouts", ["number"], "missing required column(s): nhs_number"),
     ("optouts", ["person_id"], None),
     ("ref_population", ["lsoa_code"], None),  # reference feeds: open_extract checks them
 ])
 def test_the_header_a_file_needs_depends_on_its_form(feed, columns, problem):
-    assert identity_columns_present(FEED_SPECS[feed], columns) == problem
+    assert identity_columns_present(FEEDS_BY_NAME[feed], columns) == problem
 
 
 def test_a_row_pseudonymised_at_source_under_another_key_refuses_the_whole_file():
     other = Pseudonymiser(LinkageKey.from_hex("a1" * 32, "test"))
     with pytest.raises(FileRejected, match=f"version {other.key_version}.*version {KEY.version}"):
-        FEED_SPECS["gp_register"].transform(sent(linkage_key_version=other.key_version), ctx())
+        TRANSFORMS["gp_register"](sent(linkage_key_version=other.key_version), ctx())
     without = sent()
     del without["linkage_key_version"]
     with pytest.raises(FileRejected, match="no linkage_key_version column"):
-        FEED_SPECS["gp_register"].transform(without, ctx())
+        TRANSFORMS["gp_register"](without, ctx())

@@ -7,7 +7,7 @@ from datetime import date
 import pytest
 import yaml
 
-from pophealth.ingest.landing import LOAD_ORDER
+from pophealth.contract.feeds import LOAD_ORDER
 from pophealth.quality import gates
 from pophealth.quality.gates import LoadContext
 from pophealth.quality.rules import (

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from pophealth.ingest.feeds import FEED_SPECS, identity_columns_present
+from pophealth.contract.feeds import FEEDS_BY_NAME
+from pophealth.ingest.feeds import identity_columns_present
 from pophealth.ingest.landing import FileRejected, identify, open_extract, scan
 
 
@@ -45,7 +46,7 @@ def _open(tmp_path, text: str, encoding="utf-8"):
     pseudonymised at source) requires."""
     path = tmp_path / "optouts_20250930.csv"
     path.write_bytes(text.encode(encoding))
-    spec = FEED_SPECS["optouts"]
+    spec = FEEDS_BY_NAME["optouts"]
     handle, reader = open_extract(path, spec.contract_columns, spec.required_columns)
     with handle:
         problem = identity_columns_present(spec, reader.columns)

@@ -23,7 +23,7 @@ def test_ages_are_in_the_unit_a_person_reads_at_a_glance():
     assert age(None, now) == "-"
 
 
-# The next delivery due of each feed, from the arrival schedule (orchestration.ARRIVAL, Europe/London)
+# The next delivery due of each feed, from the arrival schedule (each feed's declared arrival, Europe/London)
 
 
 def _source(feed: str, provider: str | None, period_end: str, status: str = "published") -> dict:
