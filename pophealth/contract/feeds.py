@@ -252,8 +252,8 @@ FEEDS: tuple[Feed, ...] = (
         table="raw.apc_episode",
         table_columns=("nhs_number_key", "nhs_number_check", "episode_key", "spell_key", "nhs_number_status",
                        "birth_year", "birth_month", "sex", "lsoa_code", "locality_code", "gp_practice_code", "procode",
-                       "admidate", "disdate", "epistart", "epiend", "epiorder", "admimeth", "admisorc", "disdest", "dismeth",
-                       "classpat", "mainspef", "tretspef", *DIAG_COLUMNS, "discharge_ready_date"),
+                       "admidate", "disdate", "epistart", "epiend", "epiorder", "admimeth", "admisorc", "disdest",
+                       "dismeth", "classpat", "mainspef", "tretspef", *DIAG_COLUMNS, "discharge_ready_date"),
         personal=True, period_months=1,
     ),
     Feed(
