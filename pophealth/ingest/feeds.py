@@ -40,12 +40,20 @@ class RowProblem(Exception):
 
 @dataclass
 class RowContext:
-    pseudonymiser: Pseudonymiser
+    # None for reference data, which has no identifier and needs no key; a feed with identifiers has one
+    # (load._stage: no key, no load), and `keyed` says so if it ever has not.
+    pseudonymiser: Pseudonymiser | None
     postcodes: PostcodeLookup
     optouts: frozenset[str]
     provider: str | None
     period_end: date | None
     counters: dict[str, int] = field(default_factory=lambda: {"test_range": 0, "unlinked": 0, "opted_out": 0})
+
+    @property
+    def keyed(self) -> Pseudonymiser:
+        if self.pseudonymiser is None:
+            raise FileRejected("this feed's identifiers need the linkage key, and the load has none")
+        return self.pseudonymiser
 
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -142,12 +150,12 @@ def _pseudonymised(feed: str, row: dict[str, str], ctx: RowContext) -> tuple[dic
     first that it was made under the loading key (else the whole file is refused: `FileRejected`).
     """
     if "nhs_number" not in row:
-        problem = source_key_problem(row, ctx.pseudonymiser.key_version)
+        problem = source_key_problem(row, ctx.keyed.key_version)
         if problem:
             raise FileRejected(problem)
         return row, None
     unreduced: dict[str, str] = {}
-    return pseudonymise_row(feed, row, ctx.pseudonymiser, ctx.postcodes, period_end=ctx.period_end,
+    return pseudonymise_row(feed, row, ctx.keyed, ctx.postcodes, period_end=ctx.period_end,
                             unreduced=unreduced), unreduced
 
 
@@ -204,7 +212,7 @@ def _local_key(row: dict[str, str], ctx: RowContext, unreduced: dict[str, str] |
     value = _required(row, column)
     if unreduced is not None or _HEX64.match(value):
         return value
-    return ctx.pseudonymiser.local(source, f"{kind}|{value}").value
+    return ctx.keyed.local(source, f"{kind}|{value}").value
 
 
 def _area(row: dict[str, str], ctx: RowContext, unreduced: dict[str, str] | None) -> tuple[str | None, str | None]:

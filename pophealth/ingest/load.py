@@ -116,9 +116,9 @@ def _pending(extracts: list[ExtractFile], feed: str) -> list[tuple[ExtractFile, 
     digests = [(e, sha256_of(e.path)[0]) for e in extracts]
     pending = [(e, sha) for e, sha in digests if (e.name, sha) not in seen or (e.provider, e.period_end) in refused]
     if feed == "optouts":
-        newest = max((e.period_end for e, _ in pending), default=None)
-        pending = [(e, sha) for e, sha in pending
-                   if e.period_end == newest and (in_force is None or newest >= in_force[1])]
+        newest = max((e.period_end for e, _ in pending if e.period_end is not None), default=None)
+        pending = [(e, sha) for e, sha in pending if newest is not None and e.period_end == newest
+                   and (in_force is None or newest >= in_force[1])]
     return pending
 
 
@@ -146,7 +146,7 @@ def awaiting_extracts(landing: Path, feeds: tuple[str, ...] | list[str]) -> list
     return [str(e.path) for e, sha in pending if (e.name, sha) not in tried]
 
 
-def _stale_message(period_end: date | None, newer: date, where: str) -> str:
+def _stale_message(period_end: date | None, newer: date | None, where: str) -> str:
     return (f"stale: this opt-out list is dated {period_end}, before {where} ({newer}); an older list never "
             "replaces a newer one, so nothing of it was loaded")
 
@@ -159,7 +159,7 @@ def stale_optout_lists(landing: Path, run_id: str | None = None) -> list[str]:
     """Record, once each, the opt-out lists in the landing folder that will never be in force as `stale`, with
     why; returns their messages. pending_extracts passes over exactly these: the lists older than the newest one
     waiting, or than the list in force."""
-    waiting = [identify(Path(p)) for p in pending_extracts(landing, "optouts")]
+    waiting = [e for p in pending_extracts(landing, "optouts") if (e := identify(Path(p))) is not None]
     messages = []
     with db.connect(role=LOADER) as conn:
         in_force = optout_list_in_force(conn)
@@ -174,6 +174,8 @@ def stale_optout_lists(landing: Path, run_id: str | None = None) -> list[str]:
                 message = _stale_message(extract.period_end, waiting[0].period_end,
                                          "a newer list in the landing folder")
             else:
+                # Neither waiting nor loaded: older than the list in force, so there is one.
+                assert in_force is not None
                 message = _in_force_message(extract.period_end, in_force)
             _insert_audit(conn, extract, run_id, sha, size, "stale", message)
             messages.append(f"{extract.name}: {message}")
@@ -184,13 +186,13 @@ def stale_optout_lists(landing: Path, run_id: str | None = None) -> list[str]:
 
 def _insert_audit(conn: psycopg.Connection, extract: ExtractFile, run_id: str | None, sha: str, size: int,
                   status: str, message: str | None = None) -> int:
-    return conn.execute(
+    return db.one_row(conn.execute(
         """INSERT INTO audit.load (run_id, feed, provider, period_end, file_name, file_sha256, file_bytes, status,
                                    message, finished_at)
            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, CASE WHEN %s <> 'loading' THEN now() END)
            RETURNING load_id""",
         (run_id, extract.feed, extract.provider, extract.period_end, extract.name, sha, size, status, message, status),
-    ).fetchone()[0]
+    ))[0]
 
 
 def _close_unpublished(conn: psycopg.Connection, load_id: int, status: str, message: str) -> None:
@@ -270,8 +272,8 @@ def _check_key_is_the_warehouses(conn: psycopg.Connection, key_version: str) -> 
 
 
 @contextmanager
-def _vault_copy(conn: psycopg.Connection, writer: vault.VaultWriter | None) -> Iterator[None]:
-    if writer is None:
+def _vault_copy(conn: psycopg.Connection | None, writer: vault.VaultWriter | None) -> Iterator[None]:
+    if conn is None or writer is None:
         yield
         return
     with vault.open_batch(conn, writer.load_id) as copy:
@@ -323,7 +325,7 @@ def stage_extract(path: str | Path, run_id: str | None = None) -> StageOutcome:
                                     f"the same file was already published as load {earlier}")
             return StageOutcome(load_id, extract.name, extract.feed, "duplicate")
         in_force = optout_list_in_force(conn) if extract.feed == "optouts" else None
-        if in_force and extract.period_end < in_force[1]:
+        if in_force and extract.period_end is not None and extract.period_end < in_force[1]:
             message = _in_force_message(extract.period_end, in_force)
             _insert_audit(conn, extract, run_id, sha, size, "stale", message)
             conn.commit()  # recorded, then refused
@@ -392,8 +394,8 @@ def _coverage(conn: psycopg.Connection, table: str, feed: str, period_end: date 
         return period_end, period_end
     if feed not in COVERAGE_START or period_end is None:
         return None, None
-    start = conn.execute(sql.SQL("SELECT date_trunc('month', {})::date FROM {}").format(
-        sql.SQL(COVERAGE_START[feed]), sql.SQL(table))).fetchone()[0]
+    start = db.one_row(conn.execute(sql.SQL("SELECT date_trunc('month', {})::date FROM {}").format(
+        sql.SQL(COVERAGE_START[feed]), sql.SQL(table))))[0]
     # No row dated (every row unfinished): the file is taken to cover the month of its period end.
     start = start or period_end.replace(day=1)
     return min(start, period_end.replace(day=1)), period_end
@@ -416,9 +418,12 @@ def _stage(extract: ExtractFile, feed: Feed, load_id: int, conn: psycopg.Connect
     held while stage_extract records why."""
     needs_key = feed.personal or feed.name == "optouts"
     key = load_linkage_key() if needs_key else None  # fail closed: no key, no load
-    # The vault's public key too, for a personal feed (it writes, never reads): every identity the load pseudonymises goes to the vault.
-    vault_writer = (vault.VaultWriter(vault.VaultSealer(load_vault_public_key()), load_id, key.version)
-                    if feed.personal else None)
+    key_version = key.version if key else None
+    # The vault's public key too, for a personal feed (it writes, never reads): every identity the load
+    # pseudonymises goes to the vault.
+    vault_writer = None
+    if feed.personal and key_version:  # always both: a personal feed needs the key, and has it or is refused
+        vault_writer = vault.VaultWriter(vault.VaultSealer(load_vault_public_key()), load_id, key_version)
     pseudonymiser = (Pseudonymiser(key, on_identity=vault_writer.on_identity if vault_writer else None)
                      if key else None)
     table = batch_table(load_id)
@@ -427,9 +432,9 @@ def _stage(extract: ExtractFile, feed: Feed, load_id: int, conn: psycopg.Connect
     rows_read = rows_loaded = 0
     with conn.transaction(), _vault_connection(feed) as vault_conn:
         postcodes = _published_postcodes(conn) if feed.personal else PostcodeLookup.empty()
-        if key:
-            _check_key_is_the_warehouses(conn, key.version)
-        optouts = _optout_set(conn, key.version) if feed.personal else frozenset()
+        if key_version:
+            _check_key_is_the_warehouses(conn, key_version)
+        optouts = _optout_set(conn, key_version) if key_version and feed.personal else frozenset()
         ctx = RowContext(pseudonymiser, postcodes, optouts, extract.provider, extract.period_end)
         conn.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS)").format(
             sql.SQL(table), sql.SQL(feed.table)))
@@ -459,7 +464,7 @@ def _stage(extract: ExtractFile, feed: Feed, load_id: int, conn: psycopg.Connect
                         if vault_writer:
                             vault_writer.drop_row()
                         continue
-                    head = (load_id, row_number, key.version) if feed.personal else (load_id,)
+                    head = (load_id, row_number, key_version) if feed.personal else (load_id,)
                     copy.write_row(head + copy_row(values))
                     if vault_writer:
                         vault_writer.keep_row()
