@@ -68,9 +68,11 @@ def _airflow_bin() -> str:
 
 def ensure_metadata_db() -> None:
     """`airflow db migrate` once per Airflow version (it is idempotent, but takes seconds)."""
-    import airflow
+    from importlib.metadata import version
 
-    marker = config.paths().airflow_home / f".migrated-{airflow.__version__}-{_metadata_fingerprint()}"
+    # The installed version from its metadata: importing airflow for it cost every run 2-3 s in this process,
+    # which otherwise never imports Airflow (the DAGs run in a child).
+    marker = config.paths().airflow_home / f".migrated-{version('apache-airflow')}-{_metadata_fingerprint()}"
     if marker.exists():
         return
     proc = subprocess.run([_airflow_bin(), "db", "migrate"], env=airflow_env(), capture_output=True, text=True)
