@@ -73,8 +73,10 @@ def bench_generator(population: int, repeats: int, work: Path) -> Path:
     small = _median_seconds(lambda: write_world(work / "small", population=population, seed=1), repeats)
     large = _median_seconds(lambda: write_world(work / "large", population=population * 10, seed=1), 1)
     print(f"generator  {population:>9,} people  {small:8.2f} s  ({population / small:10,.0f} people/s)")
-    print(f"generator  {population * 10:>9,} people  {large:8.2f} s  ({population * 10 / large:10,.0f} people/s)"
-          f"  ratio to {population:,}: {large / small:5.1f}x for 10x the people")
+    print(
+        f"generator  {population * 10:>9,} people  {large:8.2f} s  ({population * 10 / large:10,.0f} people/s)"
+        f"  ratio to {population:,}: {large / small:5.1f}x for 10x the people"
+    )
     return work / "large"
 
 
@@ -103,9 +105,13 @@ def bench_staging(landing: Path, repeats: int) -> None:
 
     baseline = _median_seconds(read_only, repeats)
     staged = _median_seconds(stage, repeats)
-    print(f"baseline   csv read of {extract.name} ({rows:,} rows)  {baseline:8.3f} s  ({rows / baseline:10,.0f} rows/s)")
-    print(f"staging    validate+pseudonymise+COPY          {staged:8.3f} s  ({rows / staged:10,.0f} rows/s)"
-          f"  ratio to the csv read: {staged / baseline:5.1f}x")
+    print(
+        f"baseline   csv read of {extract.name} ({rows:,} rows)  {baseline:8.3f} s  ({rows / baseline:10,.0f} rows/s)"
+    )
+    print(
+        f"staging    validate+pseudonymise+COPY          {staged:8.3f} s  ({rows / staged:10,.0f} rows/s)"
+        f"  ratio to the csv read: {staged / baseline:5.1f}x"
+    )
     db.stop_embedded()
 
 
@@ -132,14 +138,19 @@ def bench_pyramid(population: int, work: Path) -> int:
     for name, seconds in stages.items():
         print(f"  {name:<40} {seconds:9.1f} s  {seconds / total:6.1%}")
     print(f"  {'total':<40} {total:9.1f} s")
-    print(f"  baseline: the bare ranking query on the scored people {baseline:7.2f} s; dbt build is "
-          f"{stages[DBT_BUILD] / baseline:,.0f}x that")
+    print(
+        f"  baseline: the bare ranking query on the scored people {baseline:7.2f} s; dbt build is "
+        f"{stages[DBT_BUILD] / baseline:,.0f}x that"
+    )
     print(f"  people stratified: {people:,} (register population {population:,})")
     ok = True
     for tier in ("very_high", "high", "moderate", "low"):
         same = tiers.get(tier, 0) == expected[tier]
         ok &= same
-        print(f"  {tier:<10} {tiers.get(tier, 0):>10,}  contract {expected[tier]:>10,}  {'equal' if same else 'DIFFERENT'}")
+        print(
+            f"  {tier:<10} {tiers.get(tier, 0):>10,}  contract {expected[tier]:>10,}  "
+            f"{'equal' if same else 'DIFFERENT'}"
+        )
     db.stop_embedded()
     return 0 if ok and people == population else 1
 
@@ -155,9 +166,11 @@ def bench_gates(population: int, work: Path) -> None:
     run = run_pipeline(work / "landing")
     stages = run.stages
     total = run.total
-    print(f"gates      register population {population:,}; {os.cpu_count()} cores; {run.gated} loads gated "
-          f"({run.refused} refused); marts gate {'passed' if run.marts_gate_passed else 'FAILED'} "
-          f"({run.marts_rules} rules, {run.marts_warnings} warnings)")
+    print(
+        f"gates      register population {population:,}; {os.cpu_count()} cores; {run.gated} loads gated "
+        f"({run.refused} refused); marts gate {'passed' if run.marts_gate_passed else 'FAILED'} "
+        f"({run.marts_rules} rules, {run.marts_warnings} warnings)"
+    )
     for refusal in run.refusals:
         print(f"  refused: {refusal[:300]}")
     for name, seconds in stages.items():
@@ -172,19 +185,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--population", type=int, help="people (default 2,000; with --pyramid 1,438,682)")
     parser.add_argument("--repeats", "--repeat", type=int, default=3)
-    parser.add_argument("--pyramid", action="store_true", help="the risk pyramid at a register population "
-                        "(default 1,438,682, Essex County)")
+    parser.add_argument(
+        "--pyramid",
+        action="store_true",
+        help="the risk pyramid at a register population (default 1,438,682, Essex County)",
+    )
     parser.add_argument("--gates", action="store_true", help="the load and marts gates' share of the pipeline")
-    parser.add_argument("--scale", action="store_true", help="the whole pipeline at 1%%, 10%% and 100%% of Essex, "
-                        "bare and through the DAGs (pophealth run), with its baselines; writes scale.json and "
-                        "scale.svg")
-    parser.add_argument("--sizes", help="with --scale: register populations, comma-separated "
-                        "(default 14387,143868,1438682)")
+    parser.add_argument(
+        "--scale",
+        action="store_true",
+        help="the whole pipeline at 1%%, 10%% and 100%% of Essex, "
+        "bare and through the DAGs (pophealth run), with its baselines; writes scale.json and "
+        "scale.svg",
+    )
+    parser.add_argument(
+        "--sizes", help="with --scale: register populations, comma-separated (default 14387,143868,1438682)"
+    )
     parser.add_argument("--out", help="with --scale: where scale.json and scale.svg go (default docs/benchmarks)")
-    parser.add_argument("--plot", help="with --scale: also draw time and peak memory against population, bare and "
-                        "DAGs, log-log, to this file (.svg, .png, .html or .json; altair)")
-    parser.add_argument("--work-mem", help="with --scale: PostgreSQL work_mem for every connection, e.g. 256MB "
-                        "(default: the server's)")
+    parser.add_argument(
+        "--plot",
+        help="with --scale: also draw time and peak memory against population, bare and "
+        "DAGs, log-log, to this file (.svg, .png, .html or .json; altair)",
+    )
+    parser.add_argument(
+        "--work-mem", help="with --scale: PostgreSQL work_mem for every connection, e.g. 256MB (default: the server's)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="pophealth-bench-") as tmp:
         work = Path(tmp)
@@ -193,9 +218,15 @@ def main() -> None:
             from benchmarks import scale
 
             sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else list(scale.SIZES)
-            raise SystemExit(scale.run_scale(sizes, args.repeats, Path(args.out or scale.DEFAULT_OUT),
-                                             work_mem=args.work_mem,
-                                             plot_file=Path(args.plot).resolve() if args.plot else None))
+            raise SystemExit(
+                scale.run_scale(
+                    sizes,
+                    args.repeats,
+                    Path(args.out or scale.DEFAULT_OUT),
+                    work_mem=args.work_mem,
+                    plot_file=Path(args.plot).resolve() if args.plot else None,
+                )
+            )
         if args.gates:
             raise SystemExit(bench_gates(args.population or 20_000, work))
         if args.pyramid:

@@ -81,7 +81,7 @@ class FeedFigures:
     files: int = 0
     rows_read: int = 0
     rows_loaded: int = 0
-    stage_seconds: float = 0.0    # stage_extract alone: validate, pseudonymise, COPY into the batch table
+    stage_seconds: float = 0.0  # stage_extract alone: validate, pseudonymise, COPY into the batch table
     publish_seconds: float = 0.0  # publish_load: INSERT ... SELECT from the batch table into the raw table
     gate_seconds: float = 0.0
     load_ids: list[int] = field(default_factory=list)
@@ -107,8 +107,9 @@ class PipelineRun:
         return sum(self.clock.seconds.values())
 
 
-def run_pipeline(landing: Path, *, gates: bool = True, candidates: bool = True,
-                 clock: Clock | None = None, run_id: str = "bench") -> PipelineRun:
+def run_pipeline(
+    landing: Path, *, gates: bool = True, candidates: bool = True, clock: Clock | None = None, run_id: str = "bench"
+) -> PipelineRun:
     """Stage, gate and publish every extract of `landing` in load order, then build, gate and publish the
     marts. With gates=False no gate runs and dbt builds the published marts directly (candidates=False)."""
     from pophealth.contract.feeds import LOAD_ORDER
@@ -144,8 +145,9 @@ def run_pipeline(landing: Path, *, gates: bool = True, candidates: bool = True,
             if gates and load_gates.has_suite(feed):
                 started = time.perf_counter()
                 with clock.stage(LOAD_GATES):
-                    result = load_gates.run_load_gate(outcome.load_id, feed, batch_table(outcome.load_id),
-                                                      run_id=run_id)
+                    result = load_gates.run_load_gate(
+                        outcome.load_id, feed, batch_table(outcome.load_id), run_id=run_id
+                    )
                 figures.gate_seconds += time.perf_counter() - started
                 run.gated += 1
                 if not result.passed:

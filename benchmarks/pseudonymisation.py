@@ -46,16 +46,21 @@ def bench_pseudonymisation(landing: Path, repeats: int, quiet: bool = False) -> 
     baseline = median_seconds(bare_hmac, repeats)
     figures = {"numbers": count, "repeats": repeats, "bare_hmac_s": baseline, "bare_hmac_per_s": count / baseline}
     if not quiet:
-        print(f"{'baseline   bare HMAC-SHA256 of ' + format(count, ',') + ' NHS numbers':<52}{baseline:8.3f} s  "
-              f"({count / baseline:10,.0f} /s)")
-    for key, label, action in (("pseudonymise", "pseudonymise   check, type, HMAC", platform),
-                               ("pseudonymise_and_vault", "pseudonymise   + vault HPKE (X25519, AES-256-GCM) encryption",
-                                platform_with_vault)):
+        print(
+            f"{'baseline   bare HMAC-SHA256 of ' + format(count, ',') + ' NHS numbers':<52}{baseline:8.3f} s  "
+            f"({count / baseline:10,.0f} /s)"
+        )
+    for key, label, action in (
+        ("pseudonymise", "pseudonymise   check, type, HMAC", platform),
+        ("pseudonymise_and_vault", "pseudonymise   + vault HPKE (X25519, AES-256-GCM) encryption", platform_with_vault),
+    ):
         seconds = median_seconds(action, repeats)
         figures[f"{key}_s"] = seconds
         figures[f"{key}_per_s"] = count / seconds
         figures[f"{key}_ratio_to_hmac"] = seconds / baseline
         if not quiet:
-            print(f"{label:<52}{seconds:8.3f} s  ({count / seconds:10,.0f} /s)  ratio to bare HMAC: "
-                  f"{seconds / baseline:5.1f}x")
+            print(
+                f"{label:<52}{seconds:8.3f} s  ({count / seconds:10,.0f} /s)  ratio to bare HMAC: "
+                f"{seconds / baseline:5.1f}x"
+            )
     return figures

@@ -64,7 +64,7 @@ from pophealth.contract.feeds import LOAD_ORDER, PERSONAL_FEEDS
 
 ESSEX = 1_438_682
 SIZES = (14_387, 143_868, ESSEX)  # 1%, 10% and 100% of Essex County's register population
-SMALL = 50_000                    # sizes under this are repeated and their medians quoted
+SMALL = 50_000  # sizes under this are repeated and their medians quoted
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "docs" / "benchmarks"
 GENERATE = "generate the world"
@@ -72,13 +72,14 @@ PIPELINE_STAGES = (PREPARE, *(stage_name(f) for f in LOAD_ORDER), LOAD_GATES, DB
 COPY_AIM = 1.5
 PANDAS_LIMIT_S = 600.0
 TIERS = ("very_high", "high", "moderate", "low")
-MIB = 2 ** 20
-SUPERLINEAR = 1.1                 # a fitted exponent above this is called superlinear
+MIB = 2**20
+SUPERLINEAR = 1.1  # a fitted exponent above this is called superlinear
 BARE = "bare pipeline"
 DAGS = "DAGs (pophealth run)"
 
 
 # --- wording -------------------------------------------------------------------------------------------------
+
 
 def growth(people_from: int, people_to: int, seconds_from: float, seconds_to: float) -> dict:
     """How time grows between two sizes: the ratios, the exponent b of time ~ people^b, and in words."""
@@ -91,15 +92,20 @@ def growth(people_from: int, people_to: int, seconds_from: float, seconds_to: fl
         kind = "close to linear"
     else:
         kind = "more than linear"
-    return {"from": people_from, "to": people_to, "people_ratio": people_ratio, "time_ratio": time_ratio,
-            "exponent": exponent,
-            "words": f"{time_ratio:.1f}x the time for {people_ratio:.1f}x the people: {kind}"}
+    return {
+        "from": people_from,
+        "to": people_to,
+        "people_ratio": people_ratio,
+        "time_ratio": time_ratio,
+        "exponent": exponent,
+        "words": f"{time_ratio:.1f}x the time for {people_ratio:.1f}x the people: {kind}",
+    }
 
 
 def ratio_words(ours_per_s: float, baseline_per_s: float, baseline: str, aim: float | None = None) -> str:
     """A rate beside a baseline's: how many times slower (or faster) than it, and against an aim if any."""
     ratio = baseline_per_s / ours_per_s
-    words = (f"{ratio:.2f}x slower than {baseline}" if ratio >= 1 else f"{1 / ratio:.2f}x faster than {baseline}")
+    words = f"{ratio:.2f}x slower than {baseline}" if ratio >= 1 else f"{1 / ratio:.2f}x faster than {baseline}"
     if aim is not None:
         words += f" ({'within' if ratio <= aim else 'outside'} the {aim:g}x aim)"
     return words
@@ -109,11 +115,14 @@ def pandas_words(ratio: float) -> str:
     """The hand-written loader's time over the platform's stage and publish time of the same files, in words."""
     if ratio >= 1:
         return f"the hand-written pandas loader took {ratio:.1f}x the platform's stage and publish time"
-    return (f"the platform's stage and publish took {1 / ratio:.1f}x the hand-written pandas loader's time (which "
-            "validates nothing and keeps no quarantine, vault or audit)")
+    return (
+        f"the platform's stage and publish took {1 / ratio:.1f}x the hand-written pandas loader's time (which "
+        "validates nothing and keeps no quarantine, vault or audit)"
+    )
 
 
 # --- memory ----------------------------------------------------------------------------------------------------
+
 
 class MemorySampler(threading.Thread):
     """Samples, every `interval` seconds, the summed RSS of a process tree (`root_pid`, this process by default,
@@ -122,8 +131,7 @@ class MemorySampler(threading.Thread):
     the peak of each per stage (the clock's current stage), and the load average, to say how busy the machine
     was."""
 
-    def __init__(self, clock: Clock, interval: float = 0.5, root_pid: int | None = None,
-                 pgdata: Path | None = None):
+    def __init__(self, clock: Clock, interval: float = 0.5, root_pid: int | None = None, pgdata: Path | None = None):
         super().__init__(daemon=True)
         import psutil
 
@@ -187,6 +195,7 @@ class MemorySampler(threading.Thread):
 
 # --- the baselines -------------------------------------------------------------------------------------------
 
+
 def copy_baseline(run: PipelineRun, work: Path) -> dict:
     """For each personal feed, the rows the loader wrote (COPY TO a file), then a timed bare COPY FROM that file
     into a fresh unindexed table of the same columns, created in the same transaction as the loader's batch
@@ -202,12 +211,19 @@ def copy_baseline(run: PipelineRun, work: Path) -> dict:
         conn.execute("CREATE SCHEMA bench_copy")
         for feed in PERSONAL_FEEDS:
             spec = FEEDS_BY_NAME[feed]
-            columns = sql.SQL(", ").join(sql.Identifier(c) for c in ("load_id", "source_row", "key_version")
-                                        + spec.table_columns)
+            columns = sql.SQL(", ").join(
+                sql.Identifier(c) for c in ("load_id", "source_row", "key_version") + spec.table_columns
+            )
             path = work / f"{feed}.copy"
-            with path.open("wb") as out, conn.cursor() as cur, cur.copy(
+            with (
+                path.open("wb") as out,
+                conn.cursor() as cur,
+                cur.copy(
                     sql.SQL("COPY (SELECT {} FROM {} WHERE load_id = ANY({})) TO STDOUT").format(
-                        columns, sql.SQL(spec.table), sql.Literal(run.feeds[feed].load_ids))) as copy:
+                        columns, sql.SQL(spec.table), sql.Literal(run.feeds[feed].load_ids)
+                    )
+                ) as copy,
+            ):
                 for data in copy:
                     out.write(data)
             size = path.stat().st_size
@@ -216,21 +232,30 @@ def copy_baseline(run: PipelineRun, work: Path) -> dict:
             target = sql.Identifier("bench_copy", feed)
             with path.open("rb") as handle:
                 with conn.transaction():
-                    conn.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS)").format(
-                        target, sql.SQL(spec.table)))
+                    conn.execute(
+                        sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS)").format(target, sql.SQL(spec.table))
+                    )
                     started = time.perf_counter()
-                    with conn.cursor() as cur, cur.copy(
-                            sql.SQL("COPY {} ({}) FROM STDIN").format(target, columns)) as copy:
+                    with (
+                        conn.cursor() as cur,
+                        cur.copy(sql.SQL("COPY {} ({}) FROM STDIN").format(target, columns)) as copy,
+                    ):
                         for chunk in iter(lambda: handle.read(1 << 20), b""):
                             copy.write(chunk)
                 seconds = time.perf_counter() - started  # the COPY and its commit
             path.unlink()
             staged = run.feeds[feed]
             figures[feed] = {
-                "rows": rows, "bytes": size, "copy_s": seconds, "copy_rows_per_s": rows / seconds,
-                "staging_rows_read": staged.rows_read, "staging_rows_loaded": staged.rows_loaded,
-                "staging_s": staged.stage_seconds, "staging_rows_per_s": staged.rows_read / staged.stage_seconds,
-                "publish_s": staged.publish_seconds, "files": staged.files,
+                "rows": rows,
+                "bytes": size,
+                "copy_s": seconds,
+                "copy_rows_per_s": rows / seconds,
+                "staging_rows_read": staged.rows_read,
+                "staging_rows_loaded": staged.rows_loaded,
+                "staging_s": staged.stage_seconds,
+                "staging_rows_per_s": staged.rows_read / staged.stage_seconds,
+                "publish_s": staged.publish_seconds,
+                "files": staged.files,
                 "ratio": (rows / seconds) / (staged.rows_read / staged.stage_seconds),
             }
         conn.execute("DROP SCHEMA bench_copy CASCADE")
@@ -238,9 +263,15 @@ def copy_baseline(run: PipelineRun, work: Path) -> dict:
     read = sum(f["staging_rows_read"] for f in figures.values())
     copy_s = sum(f["copy_s"] for f in figures.values())
     staging_s = sum(f["staging_s"] for f in figures.values())
-    figures["all"] = {"rows": rows, "copy_s": copy_s, "copy_rows_per_s": rows / copy_s,
-                      "staging_rows_read": read, "staging_s": staging_s, "staging_rows_per_s": read / staging_s,
-                      "ratio": (rows / copy_s) / (read / staging_s)}
+    figures["all"] = {
+        "rows": rows,
+        "copy_s": copy_s,
+        "copy_rows_per_s": rows / copy_s,
+        "staging_rows_read": read,
+        "staging_s": staging_s,
+        "staging_rows_per_s": read / staging_s,
+        "ratio": (rows / copy_s) / (read / staging_s),
+    }
     return figures
 
 
@@ -285,8 +316,13 @@ def pandas_baseline(landing: Path, platform_seconds: float, limit_s: float = PAN
             rows += len(frame)
             done += 1
         seconds = time.perf_counter() - started
-        figures["feeds"][feed] = {"files": done, "of_files": len(files), "rows": rows, "seconds": seconds,
-                                  "rows_per_s": rows / seconds if seconds else None}
+        figures["feeds"][feed] = {
+            "files": done,
+            "of_files": len(files),
+            "rows": rows,
+            "seconds": seconds,
+            "rows_per_s": rows / seconds if seconds else None,
+        }
         if not figures["completed"]:
             break
     with engine.begin() as conn:
@@ -301,6 +337,7 @@ def pandas_baseline(landing: Path, platform_seconds: float, limit_s: float = PAN
 
 
 # --- one size, in a process of its own ------------------------------------------------------------------------
+
 
 def measure(size: int, work: Path, pseudo_repeats: int, pandas_limit: float, landing: Path | None = None) -> dict:
     """One bare run at one size (POPHEALTH_HOME must already point at a fresh folder), on the world in `landing`
@@ -334,22 +371,41 @@ def measure(size: int, work: Path, pseudo_repeats: int, pandas_limit: float, lan
             result["postgres_version"] = conn.execute("SHOW server_version").fetchone()[0]
             result["work_mem"] = conn.execute("SHOW work_mem").fetchone()[0]
         expected = expected_pyramid(size)
-        result.update({
-            "generate_s": clock.seconds.get(GENERATE), "stages": stages, "pipeline_s": total,
-            "gates_s": stages[LOAD_GATES] + stages[MARTS_GATE],
-            "gates_share": (stages[LOAD_GATES] + stages[MARTS_GATE]) / total,
-            "loads_gated": run.gated, "loads_refused": run.refused, "refusals": run.refusals, "marts_gate_passed": run.marts_gate_passed,
-            "marts_gate_rules": run.marts_rules, "marts_gate_warnings": run.marts_warnings,
-            "feeds": {f: {"files": v.files, "rows_read": v.rows_read, "rows_loaded": v.rows_loaded,
-                          "stage_s": v.stage_seconds, "publish_s": v.publish_seconds, "gate_s": v.gate_seconds}
-                      for f, v in run.feeds.items()},
-            "rows_read": sum(v.rows_read for v in run.feeds.values()),
-            "tiers": {t: tiers.get(t, 0) for t in TIERS}, "tiers_expected": expected,
-            "tiers_equal_contract": all(tiers.get(t, 0) == expected[t] for t in TIERS)
-                                    and sum(tiers.values()) == size,
-        })
-        say(f"tiers {result['tiers']} ({'equal to' if result['tiers_equal_contract'] else 'DIFFERENT from'} "
-            "the contract)")
+        result.update(
+            {
+                "generate_s": clock.seconds.get(GENERATE),
+                "stages": stages,
+                "pipeline_s": total,
+                "gates_s": stages[LOAD_GATES] + stages[MARTS_GATE],
+                "gates_share": (stages[LOAD_GATES] + stages[MARTS_GATE]) / total,
+                "loads_gated": run.gated,
+                "loads_refused": run.refused,
+                "refusals": run.refusals,
+                "marts_gate_passed": run.marts_gate_passed,
+                "marts_gate_rules": run.marts_rules,
+                "marts_gate_warnings": run.marts_warnings,
+                "feeds": {
+                    f: {
+                        "files": v.files,
+                        "rows_read": v.rows_read,
+                        "rows_loaded": v.rows_loaded,
+                        "stage_s": v.stage_seconds,
+                        "publish_s": v.publish_seconds,
+                        "gate_s": v.gate_seconds,
+                    }
+                    for f, v in run.feeds.items()
+                },
+                "rows_read": sum(v.rows_read for v in run.feeds.values()),
+                "tiers": {t: tiers.get(t, 0) for t in TIERS},
+                "tiers_expected": expected,
+                "tiers_equal_contract": all(tiers.get(t, 0) == expected[t] for t in TIERS)
+                and sum(tiers.values()) == size,
+            }
+        )
+        say(
+            f"tiers {result['tiers']} ({'equal to' if result['tiers_equal_contract'] else 'DIFFERENT from'} "
+            "the contract)"
+        )
         with clock.stage("baseline: bare COPY"):
             result["copy"] = copy_baseline(run, work)
         say(f"ingest vs COPY: {result['copy']['all']['ratio']:.2f}x")
@@ -357,8 +413,10 @@ def measure(size: int, work: Path, pseudo_repeats: int, pandas_limit: float, lan
         with clock.stage("baseline: pandas read_csv + hmac + to_sql"):
             result["pandas"] = pandas_baseline(landing, platform_s, pandas_limit)
         result["pandas"]["platform_with_gates_s"] = platform_s + sum(run.feeds[f].gate_seconds for f in PERSONAL_FEEDS)
-        say(f"pandas {result['pandas']['seconds']:.1f} s (platform {platform_s:.1f} s), "
-            f"completed: {result['pandas']['completed']}")
+        say(
+            f"pandas {result['pandas']['seconds']:.1f} s (platform {platform_s:.1f} s), "
+            f"completed: {result['pandas']['completed']}"
+        )
         if pseudo_repeats:
             from benchmarks.pseudonymisation import bench_pseudonymisation
 
@@ -368,10 +426,9 @@ def measure(size: int, work: Path, pseudo_repeats: int, pandas_limit: float, lan
         sampler.stop()
         db.stop_embedded()
     result["memory"] = {
-        "process_peak_mib": max((v for k, v in sampler.process_peak.items() if k in PIPELINE_STAGES), default=0)
-                            / MIB,
+        "process_peak_mib": max((v for k, v in sampler.process_peak.items() if k in PIPELINE_STAGES), default=0) / MIB,
         "postgres_peak_mib": max((v for k, v in sampler.postgres_peak.items() if k in PIPELINE_STAGES), default=0)
-                             / MIB,
+        / MIB,
         "process_by_stage_mib": {k: v / MIB for k, v in sampler.process_peak.items()},
         "postgres_by_stage_mib": {k: v / MIB for k, v in sampler.postgres_peak.items()},
     }
@@ -381,6 +438,7 @@ def measure(size: int, work: Path, pseudo_repeats: int, pandas_limit: float, lan
 
 
 # --- the DAGs: what a user runs ---------------------------------------------------------------------------------
+
 
 class _Stage:
     """A clock that is always in one stage: the sampler's label for a whole `pophealth run`."""
@@ -399,9 +457,16 @@ def demo_keyed_env(home: Path, base: dict[str, str] | None = None) -> dict[str, 
     from pophealth import config
     from pophealth.identity.keys import ALL_KEYS, ensure_demo_key
 
-    dropped = {config.ENV_VAULT_KEY, config.ENV_VAULT_KEY_FILE, config.ENV_VAULT_PRIVATE_KEY,
-               config.ENV_VAULT_PRIVATE_KEY_FILE, config.ENV_LANDING_DIR, config.ENV_HOME,
-               *(source.env for source, _ in ALL_KEYS), *(source.env_file for source, _ in ALL_KEYS)}
+    dropped = {
+        config.ENV_VAULT_KEY,
+        config.ENV_VAULT_KEY_FILE,
+        config.ENV_VAULT_PRIVATE_KEY,
+        config.ENV_VAULT_PRIVATE_KEY_FILE,
+        config.ENV_LANDING_DIR,
+        config.ENV_HOME,
+        *(source.env for source, _ in ALL_KEYS),
+        *(source.env_file for source, _ in ALL_KEYS),
+    }
     env = {k: v for k, v in (os.environ if base is None else base).items() if k not in dropped}
     env[config.ENV_HOME] = str(home)
     keys_dir = config.Paths(home=home).demo_keys_dir
@@ -427,12 +492,22 @@ def measure_dags(size: int, landing: Path, work: Path, work_mem: str | None = No
     if work_mem:
         env["PGOPTIONS"] = f"{env.get('PGOPTIONS', '')} -c work_mem={work_mem}".strip()
     log = work / "pophealth-run.log"
-    result: dict = {"people": size, "started": datetime.now(UTC).isoformat(timespec="seconds"),
-                    "command": "pophealth run --landing DIR", "load_average_at_start": os.getloadavg()[0]}
+    result: dict = {
+        "people": size,
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": "pophealth run --landing DIR",
+        "load_average_at_start": os.getloadavg()[0],
+    }
     print(f"[{size:,}] DAGs: pophealth run --landing ... (fresh POPHEALTH_HOME, demo keys)", flush=True)
     started = time.perf_counter()
-    proc = subprocess.Popen([*_pophealth_command(), "run", "--landing", str(landing)], env=env, cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [*_pophealth_command(), "run", "--landing", str(landing)],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     sampler = MemorySampler(_Stage(DAG_RUN), root_pid=proc.pid, pgdata=config.Paths(home=home).pgdata)
     sampler.start()
     try:
@@ -440,10 +515,16 @@ def measure_dags(size: int, landing: Path, work: Path, work_mem: str | None = No
             for line in proc.stdout:
                 out.write(line)
                 # the DAGs' progress and the first line of the summary; the rest stays in the log
-                if line.startswith("  running DAG") or line.startswith("pophealth run ") or (
-                        line.startswith("  ") and line.split()[:1] and line.split()[0].startswith(("ingest_",
-                                                                                                    "build_marts"))
-                        and line.rstrip().endswith(" s")):
+                if (
+                    line.startswith("  running DAG")
+                    or line.startswith("pophealth run ")
+                    or (
+                        line.startswith("  ")
+                        and line.split()[:1]
+                        and line.split()[0].startswith(("ingest_", "build_marts"))
+                        and line.rstrip().endswith(" s")
+                    )
+                ):
                     print(f"[{size:,}] {line.rstrip()}", flush=True)
         proc.wait()
     finally:
@@ -453,33 +534,52 @@ def measure_dags(size: int, landing: Path, work: Path, work_mem: str | None = No
         sampler.stop()
         result["wall_s"] = time.perf_counter() - started
         result["exit_code"] = proc.returncode
-        tiers = subprocess.run([sys.executable, "-m", "benchmarks.scale", "--published-tiers"], env=env, cwd=REPO,
-                               capture_output=True, text=True, check=False)
+        tiers = subprocess.run(
+            [sys.executable, "-m", "benchmarks.scale", "--published-tiers"],
+            env=env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
     outcomes = sorted((home / "runs").glob(f"*/{OUTCOME_FILE}"))
     if not outcomes:
-        raise RuntimeError(f"pophealth run wrote no {OUTCOME_FILE} (exit {proc.returncode}); its log: "
-                           + "\n".join(log.read_text().splitlines()[-20:]))
+        raise RuntimeError(
+            f"pophealth run wrote no {OUTCOME_FILE} (exit {proc.returncode}); its log: "
+            + "\n".join(log.read_text().splitlines()[-20:])
+        )
     outcome = json.loads(outcomes[-1].read_text())
-    result.update({"seconds": outcome["seconds"], "succeeded": outcome["succeeded"] and proc.returncode == 0,
-                   "dags": {d["dag_id"]: d["seconds"] for d in outcome["dags"]},
-                   "dag_states": {d["dag_id"]: d["state"] for d in outcome["dags"]}})
+    result.update(
+        {
+            "seconds": outcome["seconds"],
+            "succeeded": outcome["succeeded"] and proc.returncode == 0,
+            "dags": {d["dag_id"]: d["seconds"] for d in outcome["dags"]},
+            "dag_states": {d["dag_id"]: d["state"] for d in outcome["dags"]},
+        }
+    )
     try:
         found = json.loads(tiers.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
         found = None
     expected = expected_pyramid(size)
     result["tiers"] = found
-    result["tiers_equal_contract"] = bool(found) and all(found.get(t, 0) == expected[t] for t in TIERS) \
-        and sum(found.values()) == size
-    result["memory"] = {"process_peak_mib": sampler.process_peak.get(DAG_RUN, 0) / MIB,
-                        "postgres_peak_mib": sampler.postgres_peak.get(DAG_RUN, 0) / MIB}
+    result["tiers_equal_contract"] = (
+        bool(found) and all(found.get(t, 0) == expected[t] for t in TIERS) and sum(found.values()) == size
+    )
+    result["memory"] = {
+        "process_peak_mib": sampler.process_peak.get(DAG_RUN, 0) / MIB,
+        "postgres_peak_mib": sampler.postgres_peak.get(DAG_RUN, 0) / MIB,
+    }
     load = sampler.load.get(DAG_RUN)
     result["load_average"] = statistics.mean(load) if load else None
     result["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
-    print(f"[{size:,}] DAGs: {result['seconds']:.1f} s (the run's own), {result['wall_s']:.1f} s the whole command; "
-          f"{'succeeded' if result['succeeded'] else 'FAILED'}; peak {result['memory']['process_peak_mib']:,.0f} MiB "
-          f"+ PostgreSQL {result['memory']['postgres_peak_mib']:,.0f} MiB; tiers "
-          f"{'equal to' if result['tiers_equal_contract'] else 'DIFFERENT from'} the contract", flush=True)
+    print(
+        f"[{size:,}] DAGs: {result['seconds']:.1f} s (the run's own), {result['wall_s']:.1f} s the whole command; "
+        f"{'succeeded' if result['succeeded'] else 'FAILED'}; peak {result['memory']['process_peak_mib']:,.0f} MiB "
+        f"+ PostgreSQL {result['memory']['postgres_peak_mib']:,.0f} MiB; tiers "
+        f"{'equal to' if result['tiers_equal_contract'] else 'DIFFERENT from'} the contract",
+        flush=True,
+    )
     return result
 
 
@@ -504,6 +604,7 @@ def _generate(size: int, landing: Path, result: Path) -> None:
 
 # --- growth: a * people^k, the overhead ------------------------------------------------------------------------
 
+
 def fit_power(people: list[float], values: list[float]) -> dict:
     """Least squares on log-log: log y = log a + k log n. Needs two or more distinct sizes with positive values."""
     points = [(math.log(n), math.log(y)) for n, y in zip(people, values, strict=True) if n and y and n > 0 and y > 0]
@@ -511,7 +612,7 @@ def fit_power(people: list[float], values: list[float]) -> dict:
         raise ValueError("a fit needs two or more distinct sizes with a value")
     mean_x = statistics.fmean(x for x, _ in points)
     mean_y = statistics.fmean(y for _, y in points)
-    k = (sum((x - mean_x) * (y - mean_y) for x, y in points) / sum((x - mean_x) ** 2 for x, _ in points))
+    k = sum((x - mean_x) * (y - mean_y) for x, y in points) / sum((x - mean_x) ** 2 for x, _ in points)
     return {"k": k, "a": math.exp(mean_y - k * mean_x), "points": len(points), "superlinear": k > SUPERLINEAR}
 
 
@@ -525,10 +626,14 @@ def paired_overhead(pairs: list[tuple[float, float]]) -> float | None:
     return _median([overhead(b, d) for b, d in pairs if b and d])
 
 
-FITTED = (("time", BARE, "pipeline_s"), ("time", DAGS, "seconds"),
-          ("peak memory, processes", BARE, "process_peak_mib"), ("peak memory, processes", DAGS, "process_peak_mib"),
-          ("peak memory, PostgreSQL", BARE, "postgres_peak_mib"),
-          ("peak memory, PostgreSQL", DAGS, "postgres_peak_mib"))
+FITTED = (
+    ("time", BARE, "pipeline_s"),
+    ("time", DAGS, "seconds"),
+    ("peak memory, processes", BARE, "process_peak_mib"),
+    ("peak memory, processes", DAGS, "process_peak_mib"),
+    ("peak memory, PostgreSQL", BARE, "postgres_peak_mib"),
+    ("peak memory, PostgreSQL", DAGS, "postgres_peak_mib"),
+)
 
 
 def growth_fits(sizes: list[dict]) -> list[dict]:
@@ -558,6 +663,7 @@ def fit_words(fit: dict) -> str:
 
 # --- the machine, the summary, the table ----------------------------------------------------------------------
 
+
 def machine() -> dict:
     import psutil
 
@@ -585,14 +691,22 @@ def machine() -> dict:
             share = process.cpu_percent(None)
             if share >= 20:
                 words = process.info["cmdline"] or [process.info["name"]]
-                busy.append(f"{' '.join(Path(w).name if i == 0 else w for i, w in enumerate(words[:4]))[:80]} "
-                            f"({share:.0f}% CPU)")
+                busy.append(
+                    f"{' '.join(Path(w).name if i == 0 else w for i, w in enumerate(words[:4]))[:80]} "
+                    f"({share:.0f}% CPU)"
+                )
         except psutil.Error:
             pass
-    return {"cores": os.cpu_count(), "ram_gib": round(psutil.virtual_memory().total / 2 ** 30, 1),
-            "cpu_model": model, "python": platform.python_version(), "system": platform.platform(),
-            "date": datetime.now(UTC).strftime("%Y-%m-%d"),
-            "load_average_at_start": os.getloadavg(), "busy_processes_at_start": busy}
+    return {
+        "cores": os.cpu_count(),
+        "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "system": platform.platform(),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+        "load_average_at_start": os.getloadavg(),
+        "busy_processes_at_start": busy,
+    }
 
 
 def _median(values: list[float]) -> float | None:
@@ -620,8 +734,7 @@ def summarise_dags(mine: list[dict], bare: list[dict]) -> dict | None:
         "tiers_equal_contract": all(r["tiers_equal_contract"] for r in mine),
         # A DAG run that failed did not do the bare run's work (a refused file stops build_marts before dbt, where
         # the bare pipeline goes on): no overhead from it, and it is left out of the fits and the plot.
-        "overhead": paired_overhead([(by_repeat.get(r.get("repeat")), r["seconds"]) for r in mine
-                                     if r["succeeded"]]),
+        "overhead": paired_overhead([(by_repeat.get(r.get("repeat")), r["seconds"]) for r in mine if r["succeeded"]]),
         "failed_dags": sorted({d for r in mine for d, state in r.get("dag_states", {}).items() if state != "success"}),
     }
 
@@ -634,7 +747,8 @@ def summarise(runs: list[dict], info: dict, dag_runs: list[dict] | None = None) 
     for people in sorted({r["people"] for r in runs}):
         mine = [r for r in runs if r["people"] == people]
         entry = {
-            "people": people, "runs": len(mine),
+            "people": people,
+            "runs": len(mine),
             "generate_s": _median([r["generate_s"] for r in mine]),
             "stages": {s: _median([r["stages"][s] for r in mine]) for s in PIPELINE_STAGES},
             "pipeline_s": _median([r["pipeline_s"] for r in mine]),
@@ -643,40 +757,66 @@ def summarise(runs: list[dict], info: dict, dag_runs: list[dict] | None = None) 
             "rows_read": mine[0]["rows_read"],
             "process_peak_mib": _median([r["memory"]["process_peak_mib"] for r in mine]),
             "postgres_peak_mib": _median([r["memory"]["postgres_peak_mib"] for r in mine]),
-            "pandas_process_peak_mib": _median([r["memory"]["process_by_stage_mib"].get(
-                "baseline: pandas read_csv + hmac + to_sql") for r in mine]),
-            "load_average": _median([statistics.mean(r["load_average"].values()) for r in mine
-                                     if r["load_average"]]),
-            "tiers": mine[0]["tiers"], "tiers_expected": mine[0]["tiers_expected"],
+            "pandas_process_peak_mib": _median(
+                [r["memory"]["process_by_stage_mib"].get("baseline: pandas read_csv + hmac + to_sql") for r in mine]
+            ),
+            "load_average": _median([statistics.mean(r["load_average"].values()) for r in mine if r["load_average"]]),
+            "tiers": mine[0]["tiers"],
+            "tiers_expected": mine[0]["tiers_expected"],
             "tiers_equal_contract": all(r["tiers_equal_contract"] for r in mine),
-            "ingest_vs_copy": {f: {k: _median([r["copy"][f][k] for r in mine])
-                                   for k in ("staging_rows_per_s", "copy_rows_per_s", "ratio")}
-                               for f in (*PERSONAL_FEEDS, "all")},
+            "ingest_vs_copy": {
+                f: {
+                    k: _median([r["copy"][f][k] for r in mine])
+                    for k in ("staging_rows_per_s", "copy_rows_per_s", "ratio")
+                }
+                for f in (*PERSONAL_FEEDS, "all")
+            },
         }
         # the median of the runs' ratios (not the ratio of the median rates), as the table shows it
-        entry["ingest_vs_copy"]["words"] = ratio_words(1.0, entry["ingest_vs_copy"]["all"]["ratio"], "a bare COPY",
-                                                       COPY_AIM)
+        entry["ingest_vs_copy"]["words"] = ratio_words(
+            1.0, entry["ingest_vs_copy"]["all"]["ratio"], "a bare COPY", COPY_AIM
+        )
         completed = [r["pandas"] for r in mine if r["pandas"]["completed"]]
-        entry["pandas"] = {"completed_runs": len(completed), "of_runs": len(mine),
-                           "seconds": _median([p["seconds"] for p in completed]),
-                           "platform_s": _median([p["platform_s"] for p in completed]),
-                           "platform_with_gates_s": _median([p["platform_with_gates_s"] for p in completed]),
-                           "ratio": _median([p["ratio"] for p in completed])}
+        entry["pandas"] = {
+            "completed_runs": len(completed),
+            "of_runs": len(mine),
+            "seconds": _median([p["seconds"] for p in completed]),
+            "platform_s": _median([p["platform_s"] for p in completed]),
+            "platform_with_gates_s": _median([p["platform_with_gates_s"] for p in completed]),
+            "ratio": _median([p["ratio"] for p in completed]),
+        }
         if completed:
             entry["pandas"]["words"] = pandas_words(entry["pandas"]["ratio"])
         else:
-            entry["pandas"]["words"] = (f"the hand-written loader did not finish within {PANDAS_LIMIT_S:.0f} s "
-                                        "(stopped; nothing extrapolated)")
+            entry["pandas"]["words"] = (
+                f"the hand-written loader did not finish within {PANDAS_LIMIT_S:.0f} s (stopped; nothing extrapolated)"
+            )
         entry["dags"] = summarise_dags([d for d in dag_runs if d["people"] == people], mine)
         sizes.append(entry)
-    growths = [growth(a["people"], b["people"], a["pipeline_s"], b["pipeline_s"]) for a, b in zip(sizes, sizes[1:], strict=False)]
-    stage_growths = [{s: growth(a["people"], b["people"], a["stages"][s], b["stages"][s])["time_ratio"]
-                      for s in PIPELINE_STAGES if a["stages"][s] and b["stages"][s]}
-                     for a, b in zip(sizes, sizes[1:], strict=False)]
+    growths = [
+        growth(a["people"], b["people"], a["pipeline_s"], b["pipeline_s"])
+        for a, b in zip(sizes, sizes[1:], strict=False)
+    ]
+    stage_growths = [
+        {
+            s: growth(a["people"], b["people"], a["stages"][s], b["stages"][s])["time_ratio"]
+            for s in PIPELINE_STAGES
+            if a["stages"][s] and b["stages"][s]
+        }
+        for a, b in zip(sizes, sizes[1:], strict=False)
+    ]
     pseudo = [r["pseudonymisation"] for r in runs if "pseudonymisation" in r]
     pseudonymisation = {k: _median([p[k] for p in pseudo]) for k in pseudo[0]} if pseudo else None
-    return {"machine": info, "sizes": sizes, "growth": growths, "stage_growth": stage_growths,
-            "fits": growth_fits(sizes), "pseudonymisation": pseudonymisation, "runs": runs, "dag_runs": dag_runs}
+    return {
+        "machine": info,
+        "sizes": sizes,
+        "growth": growths,
+        "stage_growth": stage_growths,
+        "fits": growth_fits(sizes),
+        "pseudonymisation": pseudonymisation,
+        "runs": runs,
+        "dag_runs": dag_runs,
+    }
 
 
 def _s(seconds: float | None) -> str:
@@ -696,25 +836,36 @@ def table(summary: dict) -> str:
     rows.append(["gates' share"] + [f"{s['gates_share']:.1%}" for s in sizes])
     rows.append(["peak memory, bare run processes (RSS)"] + [f"{s['process_peak_mib']:,.0f} MiB" for s in sizes])
     rows.append(["peak memory, bare run PostgreSQL (PSS)"] + [f"{s['postgres_peak_mib']:,.0f} MiB" for s in sizes])
-    rows.append(["staging rows/s (apc, cld, gp_register)"]
-                + [f"{s['ingest_vs_copy']['all']['staging_rows_per_s']:,.0f}" for s in sizes])
-    rows.append(["bare COPY rows/s (same rows)"]
-                + [f"{s['ingest_vs_copy']['all']['copy_rows_per_s']:,.0f}" for s in sizes])
+    rows.append(
+        ["staging rows/s (apc, cld, gp_register)"]
+        + [f"{s['ingest_vs_copy']['all']['staging_rows_per_s']:,.0f}" for s in sizes]
+    )
+    rows.append(
+        ["bare COPY rows/s (same rows)"] + [f"{s['ingest_vs_copy']['all']['copy_rows_per_s']:,.0f}" for s in sizes]
+    )
     rows.append(["COPY rate / staging rate"] + [f"{s['ingest_vs_copy']['all']['ratio']:.2f}x" for s in sizes])
-    rows.append(["pandas loader (same 3 feeds)"] + [_s(s["pandas"]["seconds"]) if s["pandas"]["completed_runs"]
-                                                    else "stopped" for s in sizes])
+    rows.append(
+        ["pandas loader (same 3 feeds)"]
+        + [_s(s["pandas"]["seconds"]) if s["pandas"]["completed_runs"] else "stopped" for s in sizes]
+    )
     rows.append(["platform stage + publish (3 feeds)"] + [_s(s["pandas"]["platform_s"]) for s in sizes])
-    rows.append(["pandas time / platform time"] + [f"{s['pandas']['ratio']:.1f}x" if s["pandas"]["ratio"] else "-"
-                                         for s in sizes])
+    rows.append(
+        ["pandas time / platform time"]
+        + [f"{s['pandas']['ratio']:.1f}x" if s["pandas"]["ratio"] else "-" for s in sizes]
+    )
     rows.append(["tiers equal to the contract"] + ["yes" if s["tiers_equal_contract"] else "NO" for s in sizes])
     two = summary["machine"].get("cores") == 2
-    rows.append([("mean load average, bare run (2 = both cores busy)" if two else "mean load average, bare run")]
-                + [f"{s['load_average']:.1f}" if s["load_average"] else "-" for s in sizes])
+    rows.append(
+        [("mean load average, bare run (2 = both cores busy)" if two else "mean load average, bare run")]
+        + [f"{s['load_average']:.1f}" if s["load_average"] else "-" for s in sizes]
+    )
     if any(s.get("dags") for s in sizes):
         rows += dag_rows(sizes)
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=False)))
-             for r in [head, *rows]]
+    lines = [
+        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=False)))
+        for r in [head, *rows]
+    ]
     lines.insert(1, "-" * len(lines[0]))
     for g in summary["growth"]:
         lines.append(f"{g['from']:,} -> {g['to']:,} people: {g['words']} (time ~ people^{g['exponent']:.2f})")
@@ -728,9 +879,11 @@ def table(summary: dict) -> str:
         lines.append(f"{s['people']:,}: staging {s['ingest_vs_copy']['words']}; {s['pandas']['words']}")
     p = summary["pseudonymisation"]
     if p:
-        lines.append(f"pseudonymisation: {p['pseudonymise_per_s']:,.0f} numbers/s, bare HMAC "
-                     f"{p['bare_hmac_per_s']:,.0f}/s ({p['pseudonymise_ratio_to_hmac']:.1f}x its time); with the "
-                     f"vault {p['pseudonymise_and_vault_per_s']:,.0f}/s ({p['pseudonymise_and_vault_ratio_to_hmac']:.1f}x)")
+        lines.append(
+            f"pseudonymisation: {p['pseudonymise_per_s']:,.0f} numbers/s, bare HMAC "
+            f"{p['bare_hmac_per_s']:,.0f}/s ({p['pseudonymise_ratio_to_hmac']:.1f}x its time); with the "
+            f"vault {p['pseudonymise_and_vault_per_s']:,.0f}/s ({p['pseudonymise_and_vault_ratio_to_hmac']:.1f}x)"
+        )
     return "\n".join(lines)
 
 
@@ -741,37 +894,68 @@ def _pct(value: float | None) -> str:
 def dag_rows(sizes: list[dict]) -> list[list[str]]:
     """The DAG runs' rows of the table, beside the bare pipeline's: their time (the run's own, and each DAG's),
     the overhead, the whole command, their peak memory and the load they ran under."""
+
     def each(key, show):
         return [show(s["dags"].get(key)) if s.get("dags") else "-" for s in sizes]
 
     dag_ids = list(dict.fromkeys(d for s in sizes if s.get("dags") for d in s["dags"]["dags"]))
     rows = [["DAGs: pophealth run --landing (its own time)"] + each("seconds", _s)]
-    rows += [[f"  DAG {d}"] + [_s(s["dags"]["dags"].get(d)) if s.get("dags") else "-" for s in sizes]
-             for d in dag_ids]
-    rows.append(["orchestration overhead (DAGs / bare - 1)"]
-                + [("- (DAG run failed: " + ", ".join(s["dags"]["failed_dags"]) + ")" if not s["dags"]["succeeded"]
-                    else _pct(s["dags"]["overhead"])) if s.get("dags") else "-" for s in sizes])
+    rows += [[f"  DAG {d}"] + [_s(s["dags"]["dags"].get(d)) if s.get("dags") else "-" for s in sizes] for d in dag_ids]
+    rows.append(
+        ["orchestration overhead (DAGs / bare - 1)"]
+        + [
+            (
+                "- (DAG run failed: " + ", ".join(s["dags"]["failed_dags"]) + ")"
+                if not s["dags"]["succeeded"]
+                else _pct(s["dags"]["overhead"])
+            )
+            if s.get("dags")
+            else "-"
+            for s in sizes
+        ]
+    )
     rows.append(["pophealth run, the whole command"] + each("wall_s", _s))
-    rows.append(["peak memory, DAG run processes (RSS)"] + each("process_peak_mib",
-                                                                 lambda v: f"{v:,.0f} MiB" if v else "-"))
-    rows.append(["peak memory, DAG run PostgreSQL (PSS)"] + each("postgres_peak_mib",
-                                                                  lambda v: f"{v:,.0f} MiB" if v else "-"))
-    rows.append(["DAG run succeeded, tiers equal to the contract"]
-                + [("yes" if s["dags"]["succeeded"] else "NO") + ", " + ("yes" if s["dags"]["tiers_equal_contract"]
-                                                                        else "NO") if s.get("dags") else "-"
-                   for s in sizes])
+    rows.append(
+        ["peak memory, DAG run processes (RSS)"] + each("process_peak_mib", lambda v: f"{v:,.0f} MiB" if v else "-")
+    )
+    rows.append(
+        ["peak memory, DAG run PostgreSQL (PSS)"] + each("postgres_peak_mib", lambda v: f"{v:,.0f} MiB" if v else "-")
+    )
+    rows.append(
+        ["DAG run succeeded, tiers equal to the contract"]
+        + [
+            ("yes" if s["dags"]["succeeded"] else "NO") + ", " + ("yes" if s["dags"]["tiers_equal_contract"] else "NO")
+            if s.get("dags")
+            else "-"
+            for s in sizes
+        ]
+    )
     rows.append(["mean load average, DAG run"] + each("load_average", lambda v: f"{v:.1f}" if v else "-"))
     return rows
 
 
 # --- the plot ------------------------------------------------------------------------------------------------
 
-COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
-           "#17becf", "#393b79", "#ad494a", "#637939")
+COLOURS = (
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+    "#393b79",
+    "#ad494a",
+    "#637939",
+)
 
 
-def svg_plot(series: dict[str, list[tuple[float, float]]], total: list[tuple[float, float]] | None = None,
-             title: str = "") -> str:
+def svg_plot(
+    series: dict[str, list[tuple[float, float]]], total: list[tuple[float, float]] | None = None, title: str = ""
+) -> str:
     """Time against population on log-log axes: one labelled polyline per stage (class "stage"), and the
     pipeline's total dashed (class "total"). Points with no time (or zero) are left out."""
     width, height = 1080, 560
@@ -790,27 +974,32 @@ def svg_plot(series: dict[str, list[tuple[float, float]]], total: list[tuple[flo
         return bottom - (math.log10(value) - y0) / (y1 - y0) * (bottom - top)
 
     def seconds(power: int) -> str:
-        value = 10.0 ** power
+        value = 10.0**power
         return f"{value:g} s" if value < 1000 else f"{value:,.0f} s"
 
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-           f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">',
-           f'<rect width="{width}" height="{height}" fill="white"/>',
-           f'<text x="{left}" y="28" font-size="15" font-weight="bold">{escape(title)}</text>']
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">',
+        f'<rect width="{width}" height="{height}" fill="white"/>',
+        f'<text x="{left}" y="28" font-size="15" font-weight="bold">{escape(title)}</text>',
+    ]
     for power in range(x0, x1 + 1):
-        px = x(10 ** power)
+        px = x(10**power)
         out.append(f'<line x1="{px:.1f}" y1="{top}" x2="{px:.1f}" y2="{bottom}" stroke="#ddd"/>')
-        out.append(f'<text x="{px:.1f}" y="{bottom + 18}" text-anchor="middle">{10 ** power:,}</text>')
+        out.append(f'<text x="{px:.1f}" y="{bottom + 18}" text-anchor="middle">{10**power:,}</text>')
     for power in range(y0, y1 + 1):
-        py = y(10.0 ** power)
+        py = y(10.0**power)
         out.append(f'<line x1="{left}" y1="{py:.1f}" x2="{right}" y2="{py:.1f}" stroke="#ddd"/>')
         out.append(f'<text x="{left - 6}" y="{py + 4:.1f}" text-anchor="end">{seconds(power)}</text>')
-    out.append(f'<rect x="{left}" y="{top}" width="{right - left}" height="{bottom - top}" fill="none" '
-               'stroke="#333"/>')
-    out.append(f'<text x="{(left + right) / 2}" y="{bottom + 40}" text-anchor="middle">register population '
-               '(people, log scale)</text>')
-    out.append(f'<text x="18" y="{(top + bottom) / 2}" text-anchor="middle" '
-               f'transform="rotate(-90 18 {(top + bottom) / 2})">time (seconds, log scale)</text>')
+    out.append(f'<rect x="{left}" y="{top}" width="{right - left}" height="{bottom - top}" fill="none" stroke="#333"/>')
+    out.append(
+        f'<text x="{(left + right) / 2}" y="{bottom + 40}" text-anchor="middle">register population '
+        "(people, log scale)</text>"
+    )
+    out.append(
+        f'<text x="18" y="{(top + bottom) / 2}" text-anchor="middle" '
+        f'transform="rotate(-90 18 {(top + bottom) / 2})">time (seconds, log scale)</text>'
+    )
     lines = [(name, [p for p in pts if p[0] > 0 and p[1] > 0]) for name, pts in series.items()]
     lines.sort(key=lambda item: -(item[1][-1][1] if item[1] else 0))  # the legend in the order of the last size
     if total:
@@ -819,18 +1008,27 @@ def svg_plot(series: dict[str, list[tuple[float, float]]], total: list[tuple[flo
         is_total = total is not None and index == 0
         colour = "#000" if is_total else COLOURS[index % len(COLOURS)]
         kind = "total" if is_total else "stage"
-        dash = (' stroke-dasharray="6 4"' if is_total
-                else ' stroke-dasharray="2 3"' if name.endswith("(outside the total)") else "")
+        dash = (
+            ' stroke-dasharray="6 4"'
+            if is_total
+            else ' stroke-dasharray="2 3"'
+            if name.endswith("(outside the total)")
+            else ""
+        )
         coords = " ".join(f"{x(a):.1f},{y(b):.1f}" for a, b in pts)
         last = f"{pts[-1][1]:,.1f} s at {pts[-1][0]:,.0f}" if pts else "no time"
-        out.append(f'<polyline class="{kind}" data-stage="{escape(name)}" points="{coords}" fill="none" '
-                   f'stroke="{colour}" stroke-width="{2.5 if is_total else 1.8}"{dash}>'
-                   f'<title>{escape(name)}: {escape(last)}</title></polyline>')
+        out.append(
+            f'<polyline class="{kind}" data-stage="{escape(name)}" points="{coords}" fill="none" '
+            f'stroke="{colour}" stroke-width="{2.5 if is_total else 1.8}"{dash}>'
+            f"<title>{escape(name)}: {escape(last)}</title></polyline>"
+        )
         for a, b in pts:
             out.append(f'<circle cx="{x(a):.1f}" cy="{y(b):.1f}" r="3" fill="{colour}"/>')
         ly = top + 8 + index * 20
-        out.append(f'<line x1="{right + 20}" y1="{ly}" x2="{right + 44}" y2="{ly}" stroke="{colour}" '
-                   f'stroke-width="2.5"{dash}/>')
+        out.append(
+            f'<line x1="{right + 20}" y1="{ly}" x2="{right + 44}" y2="{ly}" stroke="{colour}" '
+            f'stroke-width="2.5"{dash}/>'
+        )
         out.append(f'<text x="{right + 50}" y="{ly + 4}">{escape(name)} ({escape(last)})</text>')
     out.append("</svg>")
     return "\n".join(out) + "\n"
@@ -841,8 +1039,10 @@ def plot(summary: dict) -> str:
     series = {GENERATE + " (outside the total)": [(s["people"], s["generate_s"]) for s in sizes]}
     series.update({name: [(s["people"], s["stages"][name]) for s in sizes] for name in PIPELINE_STAGES})
     info = summary["machine"]
-    title = (f"pophealth pipeline, time against population, per stage ({info['date']}, {info['cores']} cores, "
-             f"{info['ram_gib']:g} GiB)")
+    title = (
+        f"pophealth pipeline, time against population, per stage ({info['date']}, {info['cores']} cores, "
+        f"{info['ram_gib']:g} GiB)"
+    )
     return svg_plot(series, [(s["people"], s["pipeline_s"]) for s in sizes], title)
 
 
@@ -850,15 +1050,33 @@ def growth_points(summary: dict) -> list[dict]:
     """The plot's data: per size, bare and DAGs, the time and the two peak memories (medians)."""
     points = []
     for s in summary["sizes"]:
-        for run, figures, seconds in ((BARE, s, s.get("pipeline_s")),
-                                      (DAGS, _comparable_dags(s), _comparable_dags(s).get("seconds"))):
+        for run, figures, seconds in (
+            (BARE, s, s.get("pipeline_s")),
+            (DAGS, _comparable_dags(s), _comparable_dags(s).get("seconds")),
+        ):
             if seconds:
-                points.append({"people": s["people"], "run": run, "measure": "time", "value": seconds,
-                               "unit": "seconds", "part": "whole run"})
+                points.append(
+                    {
+                        "people": s["people"],
+                        "run": run,
+                        "measure": "time",
+                        "value": seconds,
+                        "unit": "seconds",
+                        "part": "whole run",
+                    }
+                )
             for part, key in (("processes (RSS)", "process_peak_mib"), ("PostgreSQL (PSS)", "postgres_peak_mib")):
                 if figures.get(key):
-                    points.append({"people": s["people"], "run": run, "measure": "peak memory",
-                                   "value": figures[key], "unit": "MiB", "part": part})
+                    points.append(
+                        {
+                            "people": s["people"],
+                            "run": run,
+                            "measure": "peak memory",
+                            "value": figures[key],
+                            "unit": "MiB",
+                            "part": part,
+                        }
+                    )
     return points
 
 
@@ -878,17 +1096,31 @@ def growth_chart(summary: dict):
     x = alt.X("people:Q", scale=alt.Scale(type="log"), title="register population (people, log scale)")
     colour = alt.Color("run:N", title="run")
     base = alt.Chart(alt.Data(values=points)).mark_line(point=True)
-    time_panel = base.transform_filter(alt.datum.measure == "time").encode(
-        x=x, y=alt.Y("value:Q", scale=alt.Scale(type="log"), title="time (seconds, log scale)"), color=colour,
-        tooltip=["run:N", "people:Q", "value:Q"]).properties(title="time" + ks("time"), width=380, height=300)
-    memory_panel = base.transform_filter(alt.datum.measure == "peak memory").encode(
-        x=x, y=alt.Y("value:Q", scale=alt.Scale(type="log"), title="peak memory (MiB, log scale)"), color=colour,
-        strokeDash=alt.StrokeDash("part:N", title="memory of", legend=alt.Legend(symbolType="stroke")),
-        tooltip=["run:N", "part:N", "people:Q", "value:Q"],
-    ).properties(title="peak memory" + ks("peak memory, processes"), width=380, height=300)
+    time_panel = (
+        base.transform_filter(alt.datum.measure == "time")
+        .encode(
+            x=x,
+            y=alt.Y("value:Q", scale=alt.Scale(type="log"), title="time (seconds, log scale)"),
+            color=colour,
+            tooltip=["run:N", "people:Q", "value:Q"],
+        )
+        .properties(title="time" + ks("time"), width=380, height=300)
+    )
+    memory_panel = (
+        base.transform_filter(alt.datum.measure == "peak memory")
+        .encode(
+            x=x,
+            y=alt.Y("value:Q", scale=alt.Scale(type="log"), title="peak memory (MiB, log scale)"),
+            color=colour,
+            strokeDash=alt.StrokeDash("part:N", title="memory of", legend=alt.Legend(symbolType="stroke")),
+            tooltip=["run:N", "part:N", "people:Q", "value:Q"],
+        )
+        .properties(title="peak memory" + ks("peak memory, processes"), width=380, height=300)
+    )
     return alt.hconcat(time_panel, memory_panel).properties(
         title=f"pophealth: bare pipeline and DAGs against population ({info.get('date', '')}, "
-              f"{info.get('cores', '?')} cores)")
+        f"{info.get('cores', '?')} cores)"
+    )
 
 
 def write_plot(summary: dict, path: Path) -> list[Path]:
@@ -908,8 +1140,10 @@ def write_plot(summary: dict, path: Path) -> list[Path]:
         written = [path.with_suffix(".html"), path.with_suffix(".json")]
         chart.save(written[0])
         chart.save(written[1])
-        print(f"vl-convert-python is not installed, so no static image: wrote the Vega-Lite chart as {written[0]} "
-              f"(its JavaScript is loaded from a CDN when opened) and its spec as {written[1]}")
+        print(
+            f"vl-convert-python is not installed, so no static image: wrote the Vega-Lite chart as {written[0]} "
+            f"(its JavaScript is loaded from a CDN when opened) and its spec as {written[1]}"
+        )
         return written
     if suffix == ".html":
         chart.save(path, inline=offline)
@@ -921,6 +1155,7 @@ def write_plot(summary: dict, path: Path) -> list[Path]:
 
 
 # --- the command -----------------------------------------------------------------------------------------------
+
 
 def rounded(value):
     """Every float to 3 decimals, all the way down: more is noise, and a long run of a float's digits can pass
@@ -940,8 +1175,14 @@ def write_outputs(summary: dict, out: Path) -> None:
     (out / "scale.svg").write_text(plot(summary))
 
 
-def run_scale(sizes: list[int], repeats: int, out: Path, note: str = "", work_mem: str | None = None,
-              plot_file: Path | None = None) -> int:
+def run_scale(
+    sizes: list[int],
+    repeats: int,
+    out: Path,
+    note: str = "",
+    work_mem: str | None = None,
+    plot_file: Path | None = None,
+) -> int:
     """Every size: one world generated, then (the small sizes `repeats` times) a bare run and a DAG run,
     interleaved, each in a process of its own with a fresh POPHEALTH_HOME; then the table, JSON and plots.
 
@@ -953,9 +1194,12 @@ def run_scale(sizes: list[int], repeats: int, out: Path, note: str = "", work_me
     info["note"] = note or os.environ.get("POPHEALTH_BENCH_NOTE", "")
     info["work_mem"] = work_mem or "PostgreSQL's default (4MB)"
     info["repeats"] = {str(s): (repeats if s < SMALL else 1) for s in sizes}
-    print(f"pophealth scale benchmark: {', '.join(f'{s:,}' for s in sizes)} people, bare pipeline and DAGs "
-          f"interleaved; {info['cores']} cores, {info['ram_gib']:g} GiB, {info['cpu_model']}; load average "
-          f"{' / '.join(f'{v:.1f}' for v in info['load_average_at_start'])} (1, 5, 15 min)", flush=True)
+    print(
+        f"pophealth scale benchmark: {', '.join(f'{s:,}' for s in sizes)} people, bare pipeline and DAGs "
+        f"interleaved; {info['cores']} cores, {info['ram_gib']:g} GiB, {info['cpu_model']}; load average "
+        f"{' / '.join(f'{v:.1f}' for v in info['load_average_at_start'])} (1, 5, 15 min)",
+        flush=True,
+    )
     for busy in info["busy_processes_at_start"]:
         print(f"  beside it: {busy}", flush=True)
     runs: list[dict] = []
@@ -972,27 +1216,54 @@ def run_scale(sizes: list[int], repeats: int, out: Path, note: str = "", work_me
             landing = folder / "landing"
             folder.mkdir()
             generated = folder / "generated.json"
-            proc = subprocess.run([sys.executable, "-m", "benchmarks.scale", "--generate", "--size", str(size),
-                                   "--landing", str(landing), "--result", str(generated)], cwd=REPO, check=False)
+            proc = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "benchmarks.scale",
+                    "--generate",
+                    "--size",
+                    str(size),
+                    "--landing",
+                    str(landing),
+                    "--result",
+                    str(generated),
+                ],
+                cwd=REPO,
+                check=False,
+            )
             if proc.returncode != 0 or not generated.exists():
                 failed.append(size)
                 print(f"[{size:,}] generating the world FAILED (exit {proc.returncode})", flush=True)
                 continue
             generate_s = json.loads(generated.read_text())["generate_s"]
-            print(f"[{size:,}] world generated in {generate_s:.1f} s (seed 1); load average "
-                  f"{os.getloadavg()[0]:.1f}", flush=True)
+            print(
+                f"[{size:,}] world generated in {generate_s:.1f} s (seed 1); load average {os.getloadavg()[0]:.1f}",
+                flush=True,
+            )
             for repeat in range(repeats if size < SMALL else 1):
-                print(f"[{size:,}] run {repeat + 1}: bare pipeline; load average {os.getloadavg()[0]:.1f}",
-                      flush=True)
+                print(f"[{size:,}] run {repeat + 1}: bare pipeline; load average {os.getloadavg()[0]:.1f}", flush=True)
                 work = folder / f"bare-{repeat}"
                 work.mkdir()
                 result_file = work / "result.json"
                 env = {**os.environ, "POPHEALTH_HOME": str(work / "state")}
                 if work_mem:
                     env["PGOPTIONS"] = f"{env.get('PGOPTIONS', '')} -c work_mem={work_mem}".strip()
-                cmd = [sys.executable, "-m", "benchmarks.scale", "--size", str(size), "--work", str(work),
-                       "--landing", str(landing), "--result", str(result_file),
-                       "--pseudo-repeats", "3" if size < SMALL else "0"]
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "benchmarks.scale",
+                    "--size",
+                    str(size),
+                    "--work",
+                    str(work),
+                    "--landing",
+                    str(landing),
+                    "--result",
+                    str(result_file),
+                    "--pseudo-repeats",
+                    "3" if size < SMALL else "0",
+                ]
                 proc = subprocess.run(cmd, env=env, cwd=REPO, check=False)
                 if proc.returncode != 0 or not result_file.exists():
                     failed.append(size)
@@ -1034,8 +1305,9 @@ def run_scale(sizes: list[int], repeats: int, out: Path, note: str = "", work_me
     if plot_file:
         for written in write_plot(summary, plot_file):
             print(f"wrote {written}")
-    ok = all(s["tiers_equal_contract"] and (s["dags"] is None or s["dags"]["tiers_equal_contract"])
-             for s in summary["sizes"])
+    ok = all(
+        s["tiers_equal_contract"] and (s["dags"] is None or s["dags"]["tiers_equal_contract"]) for s in summary["sizes"]
+    )
     return 0 if not failed and ok else 1
 
 

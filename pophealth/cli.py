@@ -1,26 +1,26 @@
 """The `pophealth` command: one sub-command for every job a user runs.
 
-    pophealth setup                       prepare the warehouse and Airflow's metadata database
-    pophealth synth --population N --seed S --out PATH [--delivery monthly|annual|ytd] [--councils E10000012,...]
-    pophealth pseudonymise IN_FILE OUT_FILE --lookup ref_postcode_lookup.csv   at a source, before sending
-    pophealth run [--landing PATH]        the whole pipeline through Airflow (synthetic demo without --landing)
-    pophealth dag DAG_ID [--landing PATH] one DAG through Airflow (`pophealth dag --help` lists the DAG ids)
-    pophealth status [--json]             the latest period of each source, the marts' freshness, the next delivery
-    pophealth db url | stop               the warehouse in use
-    pophealth cluster up [--landing P] [--wait] | down | status | load   the deployment on real servers
-    pophealth docs [--port N | --static]  the dbt documentation site, served on 127.0.0.1
-    pophealth board-report [--out PATH] [--synthetic]   the board report (static HTML) from the reporting schema
-    pophealth reidentify PERSON_ID... --purpose CODE --on-behalf-of NAME   direct care, audited, bounded
-    pophealth reidentify --request N      collect a request a Caldicott guardian approved
-    pophealth approve-reidentification N --note TEXT [--refuse]   a Caldicott guardian's decision
-    pophealth rotate-key --new-key-file PATH   key custodian: re-key the warehouse
-    pophealth rotate-key --vault --new-public-key-file PATH   key custodian: re-encrypt the vault to a new key pair
-    pophealth vault-key-pair --private-key-file PATH --public-key-file PATH   key custodian: a new vault key pair
-    pophealth ig-report [--out PATH]      the information governance audit (HTML) from the live warehouse
-    pophealth quasi-identifiers           how many people each person-level mart singles out (counts only)
-    pophealth register [--write-seed]     check the data sharing register (and write its dbt seed)
-    pophealth ui [--port N] [--landing PATH]   the Airflow web UI on 127.0.0.1
-    pophealth rerun --feed F --period YYYY-MM-DD [--provider P]   re-run a past period, then the marts
+pophealth setup                       prepare the warehouse and Airflow's metadata database
+pophealth synth --population N --seed S --out PATH [--delivery monthly|annual|ytd] [--councils E10000012,...]
+pophealth pseudonymise IN_FILE OUT_FILE --lookup ref_postcode_lookup.csv   at a source, before sending
+pophealth run [--landing PATH]        the whole pipeline through Airflow (synthetic demo without --landing)
+pophealth dag DAG_ID [--landing PATH] one DAG through Airflow (`pophealth dag --help` lists the DAG ids)
+pophealth status [--json]             the latest period of each source, the marts' freshness, the next delivery
+pophealth db url | stop               the warehouse in use
+pophealth cluster up [--landing P] [--wait] | down | status | load   the deployment on real servers
+pophealth docs [--port N | --static]  the dbt documentation site, served on 127.0.0.1
+pophealth board-report [--out PATH] [--synthetic]   the board report (static HTML) from the reporting schema
+pophealth reidentify PERSON_ID... --purpose CODE --on-behalf-of NAME   direct care, audited, bounded
+pophealth reidentify --request N      collect a request a Caldicott guardian approved
+pophealth approve-reidentification N --note TEXT [--refuse]   a Caldicott guardian's decision
+pophealth rotate-key --new-key-file PATH   key custodian: re-key the warehouse
+pophealth rotate-key --vault --new-public-key-file PATH   key custodian: re-encrypt the vault to a new key pair
+pophealth vault-key-pair --private-key-file PATH --public-key-file PATH   key custodian: a new vault key pair
+pophealth ig-report [--out PATH]      the information governance audit (HTML) from the live warehouse
+pophealth quasi-identifiers           how many people each person-level mart singles out (counts only)
+pophealth register [--write-seed]     check the data sharing register (and write its dbt seed)
+pophealth ui [--port N] [--landing PATH]   the Airflow web UI on 127.0.0.1
+pophealth rerun --feed F --period YYYY-MM-DD [--provider P]   re-run a past period, then the marts
 """
 
 from __future__ import annotations
@@ -72,8 +72,10 @@ def _ensure_keys_for_demo() -> None:
             continue
         key_file = keys_dir / file_name
         if ensure_demo_key(key_file):
-            _say(f"Created a random {source.purpose} for this local demo in {key_file} (mode 600). "
-                 f"A real deployment gets its key from the key custodian: set {source.env_file}.")
+            _say(
+                f"Created a random {source.purpose} for this local demo in {key_file} (mode 600). "
+                f"A real deployment gets its key from the key custodian: set {source.env_file}."
+            )
         os.environ[source.env_file] = str(key_file)
 
 
@@ -82,11 +84,14 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     councils = _councils(args.councils)
-    _say(f"Writing a synthetic world of {args.population:,} people (seed {args.seed}; councils "
-         f"{', '.join(councils)}) to {out} ...")
+    _say(
+        f"Writing a synthetic world of {args.population:,} people (seed {args.seed}; councils "
+        f"{', '.join(councils)}) to {out} ..."
+    )
     with _still_working("generating"):
-        summary = write_world(out, population=args.population, seed=args.seed, delivery=args.delivery,
-                              councils=councils)
+        summary = write_world(
+            out, population=args.population, seed=args.seed, delivery=args.delivery, councils=councils
+        )
     _say(f"Done: {summary.get('people', '?')} people; the answer key is in {out / 'answer_key'}")
     return 0
 
@@ -98,8 +103,9 @@ def cmd_pseudonymise(args: argparse.Namespace) -> int:
         print(text, file=sys.stderr, flush=True)
 
     try:
-        summary = pseudonymise_extract(Path(args.in_file), Path(args.out_file),
-                                       Path(args.lookup) if args.lookup else None, progress=progress)
+        summary = pseudonymise_extract(
+            Path(args.in_file), Path(args.out_file), Path(args.lookup) if args.lookup else None, progress=progress
+        )
     except AtSourceRefused as exc:
         print(f"pophealth: {exc}", file=sys.stderr)
         return 2
@@ -114,8 +120,10 @@ def _councils(text: str) -> tuple[str, ...]:
     councils = tuple(dict.fromkeys(c.strip().upper() for c in text.split(",") if c.strip()))
     unknown = [c for c in councils if c not in COUNCILS]
     if not councils or unknown:
-        raise SystemExit(f"pophealth synth: --councils takes codes among {', '.join(COUNCILS)}"
-                         + (f"; not {', '.join(unknown)}" if unknown else ""))
+        raise SystemExit(
+            f"pophealth synth: --councils takes codes among {', '.join(COUNCILS)}"
+            + (f"; not {', '.join(unknown)}" if unknown else "")
+        )
     return councils
 
 
@@ -129,13 +137,18 @@ def _demo_landing(population: int, seed: int) -> Path:
     marker = out / "answer_key" / "world.json"
     if marker.exists():
         world = json.loads(marker.read_text())
-        if (world.get("population") == population and world.get("seed") == seed
-                and world.get("councils") == list(MID_AND_SOUTH_ESSEX)):
+        if (
+            world.get("population") == population
+            and world.get("seed") == seed
+            and world.get("councils") == list(MID_AND_SOUTH_ESSEX)
+        ):
             make_private(out)  # a world generated by an older version was left readable by everyone
             _say(f"Using the synthetic world already generated in {out}")
             return out
-    _say(f"Generating a synthetic population of {population:,} people in Mid and South Essex's three councils "
-         f"and its extracts in {out} ...")
+    _say(
+        f"Generating a synthetic population of {population:,} people in Mid and South Essex's three councils "
+        f"and its extracts in {out} ..."
+    )
     with _still_working("generating"):
         write_world(out, population=population, seed=seed, councils=MID_AND_SOUTH_ESSEX)
     return out
@@ -259,8 +272,11 @@ def cmd_board_report(args: argparse.Namespace) -> int:
 
     out = Path(args.out) if args.out else config.paths().home / "reports" / "board_report.html"
     summary = write_board_report(out, synthetic=True if args.synthetic else None)
-    _say(f"Board report ({summary['charts']} charts, {summary['tables']} tables"
-         + (", synthetic data" if summary["synthetic"] else "") + f"): {out.resolve()}")
+    _say(
+        f"Board report ({summary['charts']} charts, {summary['tables']} tables"
+        + (", synthetic data" if summary["synthetic"] else "")
+        + f"): {out.resolve()}"
+    )
     for table in summary["missing"]:
         _say(f"  not in the report yet: {table} (build the marts first)")
     return 0
@@ -272,21 +288,27 @@ def cmd_ig_report(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else config.paths().home / "reports" / "ig_report.html"
     summary = write_ig_report(out)
     _say(f"Information governance audit: {out.resolve()}")
-    _say(f"  {summary['agreements']} agreements, {summary['loads']} loads, "
-         f"{summary['lineage_links']} column lineage links, {summary['reidentifications']} re-identification requests")
+    _say(
+        f"  {summary['agreements']} agreements, {summary['loads']} loads, "
+        f"{summary['lineage_links']} column lineage links, {summary['reidentifications']} re-identification requests"
+    )
     from pophealth.governance.chain import summary_lines
     from pophealth.operate.status import RED, RESET
 
     for ok, line in summary_lines(summary["chains"]):
         _say("  " + line if ok else f"  {RED}{line}{RESET}")
-    _say(f"  identifiable-value scan of {summary['columns_scanned']} columns: "
-         + ("PASS" if summary["scan_clean"] else f"FAIL ({summary['findings']} column(s) hold identifiable values)"))
+    _say(
+        f"  identifiable-value scan of {summary['columns_scanned']} columns: "
+        + ("PASS" if summary["scan_clean"] else f"FAIL ({summary['findings']} column(s) hold identifiable values)")
+    )
     for relation, column, kind, rows in summary["finding_list"]:  # where and what kind, never the value
         _say(f"  {RED}{relation}.{column}: {kind} in {rows:,} row(s){RESET}")
     most = summary["most_unique"]
     if most is not None:
-        _say(f"  most singled out on quasi-identifiers: {most.mart}, {most.unique:,} of {most.people:,} people unique "
-             f"({most.share_unique:.1%}); all marts: pophealth quasi-identifiers")
+        _say(
+            f"  most singled out on quasi-identifiers: {most.mart}, {most.unique:,} of {most.people:,} people unique "
+            f"({most.share_unique:.1%}); all marts: pophealth quasi-identifiers"
+        )
     return 0 if summary["scan_clean"] and all(c.intact for c in summary["chains"]) else 1
 
 
@@ -323,8 +345,10 @@ def cmd_fit_risk_model(args: argparse.Namespace) -> int:
         print(f"pophealth: {exc}", file=sys.stderr)
         return 2
     version = append_to_seed(model)
-    _say(f"Risk model version {version}: fitted on {model.people:,} people on the register at "
-         f"{model.fitted_as_of} ({model.outcomes:,} had an emergency admission in the next 12 months)")
+    _say(
+        f"Risk model version {version}: fitted on {model.people:,} people on the register at "
+        f"{model.fitted_as_of} ({model.outcomes:,} had an emergency admission in the next 12 months)"
+    )
     for term, coefficient in zip(model.terms, model.coefficients, strict=False):
         _say(f"  {term:<24} {coefficient:+.4f}")
     _say(f"  c-statistic on the fitting sample: {model.c_statistic:.3f}")
@@ -342,8 +366,10 @@ def cmd_fit_risk_model(args: argparse.Namespace) -> int:
     _say(f"Evaluated on other people at {rows[0][4]} (marts.risk_model_evaluation): c-statistic {rows[0][3]}")
     for tier, people, share, _c, _d in rows:
         _say(f"  {tier:<10} {people:>9,} people  {share}% of the next year's emergency admissions")
-    _say(f"The new version is in {config.paths().dbt_project_dir / 'seeds' / 'risk_model_coefficient.csv'}: "
-         "review it and commit it.")
+    _say(
+        f"The new version is in {config.paths().dbt_project_dir / 'seeds' / 'risk_model_coefficient.csv'}: "
+        "review it and commit it."
+    )
     return 0
 
 
@@ -364,12 +390,16 @@ def cmd_reidentify(args: argparse.Namespace) -> int:
     from pophealth.identity.vault import VaultError, reidentify
 
     if args.request is None and (not args.person_ids or not args.purpose or not args.on_behalf_of):
-        print("pophealth: name the people (PERSON_ID ...), --purpose and --on-behalf-of; or --request N to collect "
-              "an approved request", file=sys.stderr)
+        print(
+            "pophealth: name the people (PERSON_ID ...), --purpose and --on-behalf-of; or --request N to collect "
+            "an approved request",
+            file=sys.stderr,
+        )
         return 2
     try:
-        result = reidentify(args.person_ids, args.purpose, args.on_behalf_of, _vault_private_key(),
-                            request_id=args.request)
+        result = reidentify(
+            args.person_ids, args.purpose, args.on_behalf_of, _vault_private_key(), request_id=args.request
+        )
     except (VaultError, KeyError_) as exc:
         print(f"pophealth: {exc}", file=sys.stderr)
         return 2
@@ -401,9 +431,11 @@ def cmd_vault_key_pair(args: argparse.Namespace) -> int:
         print("pophealth: a key file is never overwritten: name new files", file=sys.stderr)
         return 2
     key = write_vault_key_pair(private, public)
-    _say(f"A new vault key pair {key.version}: the private key in {private} (mode 600) for the key custodian and "
-         f"`pophealth reidentify` only; the public key in {public} for the pipeline "
-         f"({config.ENV_VAULT_PUBLIC_KEY_FILE}).")
+    _say(
+        f"A new vault key pair {key.version}: the private key in {private} (mode 600) for the key custodian and "
+        f"`pophealth reidentify` only; the public key in {public} for the pipeline "
+        f"({config.ENV_VAULT_PUBLIC_KEY_FILE})."
+    )
     return 0
 
 
@@ -418,9 +450,11 @@ def _rotate_vault_key(path: Path) -> int:
         print(f"pophealth: vault key rotation refused, nothing was changed: {exc}", file=sys.stderr)
         return 2
     _say(f"The vault is now encrypted to {rotation.new_version} (was {rotation.old_version}).")
-    _say(f"Next: point {config.ENV_VAULT_PUBLIC_KEY_FILE} at {path} for the pipeline, "
-         f"{config.ENV_VAULT_PRIVATE_KEY_FILE} at the new private key for `pophealth reidentify`, and destroy the "
-         "old private key.")
+    _say(
+        f"Next: point {config.ENV_VAULT_PUBLIC_KEY_FILE} at {path} for the pipeline, "
+        f"{config.ENV_VAULT_PRIVATE_KEY_FILE} at the new private key for `pophealth reidentify`, and destroy the "
+        "old private key."
+    )
     return 0
 
 
@@ -429,8 +463,10 @@ def cmd_rotate_key(args: argparse.Namespace) -> int:
 
     if args.vault:
         if not args.new_public_key_file or not Path(args.new_public_key_file).is_file():
-            print("pophealth: --vault needs --new-public-key-file, an existing file (pophealth vault-key-pair)",
-                  file=sys.stderr)
+            print(
+                "pophealth: --vault needs --new-public-key-file, an existing file (pophealth vault-key-pair)",
+                file=sys.stderr,
+            )
             return 2
         return _rotate_vault_key(Path(args.new_public_key_file))
     if not args.new_key_file:
@@ -451,10 +487,14 @@ def cmd_rotate_key(args: argparse.Namespace) -> int:
     except (RotationRefused, KeyError_) as exc:
         print(f"pophealth: key rotation refused, nothing was changed: {exc}", file=sys.stderr)
         return 2
-    _say(f"The warehouse is now keyed with {rotation.new_version} (was {rotation.old_version}). The published ids "
-         "(marts, reporting, direct_care) are keyed by purpose and have not changed.")
-    _say(f"Next: point {config.ENV_LINKAGE_KEY_FILE} at the new key, give it to every source that pseudonymises "
-         "at source, load the opt-out list again (no marts are built until then), and destroy the old key.")
+    _say(
+        f"The warehouse is now keyed with {rotation.new_version} (was {rotation.old_version}). The published ids "
+        "(marts, reporting, direct_care) are keyed by purpose and have not changed."
+    )
+    _say(
+        f"Next: point {config.ENV_LINKAGE_KEY_FILE} at the new key, give it to every source that pseudonymises "
+        "at source, load the opt-out list again (no marts are built until then), and destroy the old key."
+    )
     return 0
 
 
@@ -536,11 +576,15 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 
 #: `pophealth --help` lists the commands by who runs them (every command in exactly one group).
 ROLES = (
-    ("Data engineer: runs and watches the pipeline",
-     ("setup", "run", "dag", "rerun", "status", "ui", "db", "cluster", "synth", "pseudonymise")),
+    (
+        "Data engineer: runs and watches the pipeline",
+        ("setup", "run", "dag", "rerun", "status", "ui", "db", "cluster", "synth", "pseudonymise"),
+    ),
     ("Analyst: reads the marts and the reports", ("docs", "board-report", "fit-risk-model")),
-    ("IG officer and Caldicott guardian: governance and re-identification",
-     ("ig-report", "quasi-identifiers", "register", "reidentify", "approve-reidentification")),
+    (
+        "IG officer and Caldicott guardian: governance and re-identification",
+        ("ig-report", "quasi-identifiers", "register", "reidentify", "approve-reidentification"),
+    ),
     ("Key custodian: the keys", ("rotate-key", "vault-key-pair")),
 )
 
@@ -559,21 +603,31 @@ def _group_by_role(parser: argparse.ArgumentParser, sub) -> None:
     missing = set(sub.choices) - set(grouped)
     assert not missing and len(grouped) == len(set(grouped)), f"commands not in exactly one role: {missing}"
     width = max(map(len, grouped)) + 2
-    parser.epilog = "\n\n".join(title + ":\n" + "\n".join(f"  {name:<{width}}{helps.get(name) or ''}" for name in names)
-                                 for title, names in ROLES) + "\n\n`pophealth COMMAND --help` says more about each."
+    parser.epilog = (
+        "\n\n".join(
+            title + ":\n" + "\n".join(f"  {name:<{width}}{helps.get(name) or ''}" for name in names)
+            for title, names in ROLES
+        )
+        + "\n\n`pophealth COMMAND --help` says more about each."
+    )
     sub._choices_actions.clear()  # the grouped list above replaces the flat one
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pophealth", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
-                                help="one of the commands below, listed by who runs them")
+    parser = argparse.ArgumentParser(
+        prog="pophealth", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", help="one of the commands below, listed by who runs them"
+    )
 
     p = sub.add_parser("setup", help="prepare the warehouse and Airflow's metadata database")
-    p.add_argument("--warehouse-only", action="store_true",
-                   help="the warehouse (schemas, roles, passwords) and the dbt manifest, not Airflow's metadata "
-                        "database (docker-compose.yml migrates that in its own service, with its own password)")
+    p.add_argument(
+        "--warehouse-only",
+        action="store_true",
+        help="the warehouse (schemas, roles, passwords) and the dbt manifest, not Airflow's metadata "
+        "database (docker-compose.yml migrates that in its own service, with its own password)",
+    )
     p.set_defaults(func=cmd_setup)
 
     p = sub.add_parser("cluster", help="the deployment's topology on this machine: real servers, Celery, two workers")
@@ -582,27 +636,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crash", action="store_true", help="restart: kill the process at once (SIGKILL), as a crash")
     p.add_argument("--landing", help="up: the landing folder the workers read (default: one in the state folder)")
     p.add_argument("--wait", action="store_true", help="up: stay in the foreground; Ctrl-C takes it all down")
-    p.add_argument("--from", dest="source",
-                   help="load: a folder whose extracts arrive in the landing folder, feed by feed")
+    p.add_argument(
+        "--from", dest="source", help="load: a folder whose extracts arrive in the landing folder, feed by feed"
+    )
     p.set_defaults(func=cmd_cluster)
 
     p = sub.add_parser("synth", help="write a synthetic landing folder and its answer key")
     p.add_argument("--population", type=int, required=True)
     p.add_argument("--seed", type=int, default=DEMO_SEED)
     p.add_argument("--out", required=True)
-    p.add_argument("--delivery", choices=("monthly", "annual", "ytd"), default="monthly",
-                   help="how the hospital extracts are cut into files: a file a month, one for the whole window, or "
-                        "cumulative year-to-date files every month (the same world and answer key in each)")
-    p.add_argument("--councils", default="E10000012",
-                   help="comma-separated council codes: E10000012 (Essex, the default: one council, its lookup "
-                        "without la_code), E06000033 (Southend-on-Sea), E06000034 (Thurrock); all three for "
-                        "Mid and South Essex")
+    p.add_argument(
+        "--delivery",
+        choices=("monthly", "annual", "ytd"),
+        default="monthly",
+        help="how the hospital extracts are cut into files: a file a month, one for the whole window, or "
+        "cumulative year-to-date files every month (the same world and answer key in each)",
+    )
+    p.add_argument(
+        "--councils",
+        default="E10000012",
+        help="comma-separated council codes: E10000012 (Essex, the default: one council, its lookup "
+        "without la_code), E06000033 (Southend-on-Sea), E06000034 (Thurrock); all three for "
+        "Mid and South Essex",
+    )
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("pseudonymise", help="at a source: write the pseudonymised extract of an identifiable one")
     p.add_argument("in_file", metavar="IN_FILE", help="the identifiable extract, named as the contract says")
-    p.add_argument("out_file", metavar="OUT_FILE", help="the pseudonymised extract: a file of the same name "
-                   "in another folder, or that folder")
+    p.add_argument(
+        "out_file",
+        metavar="OUT_FILE",
+        help="the pseudonymised extract: a file of the same name in another folder, or that folder",
+    )
     p.add_argument("--lookup", help="the postcode lookup (ref_postcode_lookup.csv); not needed for opt-outs")
     p.set_defaults(func=cmd_pseudonymise)
 
@@ -613,18 +678,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     dags = _dag_ids()
-    p = sub.add_parser("dag", help="run one DAG through Airflow", formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog="DAG ids:\n" + "\n".join(f"  {d}" for d in dags))
+    p = sub.add_parser(
+        "dag",
+        help="run one DAG through Airflow",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="DAG ids:\n" + "\n".join(f"  {d}" for d in dags),
+    )
     p.add_argument("dag_id", metavar="DAG_ID", choices=dags, help="one of the DAG ids listed below")
     p.add_argument("--landing", help=f"the landing folder (default: {config.ENV_LANDING_DIR})")
     p.set_defaults(func=cmd_dag)
 
-    p = sub.add_parser("status", help="latest period of each source, next delivery due, marts freshness, what is "
-                                      "waiting (--json for monitoring)")
-    p.add_argument("--landing", help=f"the landing folder to look in (default: {config.ENV_LANDING_DIR}, else the "
-                                     "folder the last `pophealth run` or `pophealth dag` used)")
-    p.add_argument("--json", action="store_true", help="the same as one JSON document, for monitoring (the exit "
-                                                       "code is the same: 1 when something needs attention)")
+    p = sub.add_parser(
+        "status",
+        help="latest period of each source, next delivery due, marts freshness, what is "
+        "waiting (--json for monitoring)",
+    )
+    p.add_argument(
+        "--landing",
+        help=f"the landing folder to look in (default: {config.ENV_LANDING_DIR}, else the "
+        "folder the last `pophealth run` or `pophealth dag` used)",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="the same as one JSON document, for monitoring (the exit "
+        "code is the same: 1 when something needs attention)",
+    )
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("docs", help="generate the dbt documentation site and serve it on 127.0.0.1")
@@ -638,8 +717,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("board-report", help="the board report (static HTML) from the reporting schema")
     p.add_argument("--out", help="where to write it (default: POPHEALTH_HOME/reports/board_report.html)")
-    p.add_argument("--synthetic", action="store_true",
-                   help="banner the page as synthetic data (the demo's `pophealth run` remembers it by itself)")
+    p.add_argument(
+        "--synthetic",
+        action="store_true",
+        help="banner the page as synthetic data (the demo's `pophealth run` remembers it by itself)",
+    )
     p.set_defaults(func=cmd_board_report)
 
     p = sub.add_parser("reidentify", help="direct care: the NHS numbers of named people (audited; reidentifier role)")
@@ -649,8 +731,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--request", type=int, help="collect this earlier request, once a Caldicott guardian approved it")
     p.set_defaults(func=cmd_reidentify)
 
-    p = sub.add_parser("approve-reidentification",
-                       help="Caldicott guardian: approve (or --refuse) a request held beyond the limits")
+    p = sub.add_parser(
+        "approve-reidentification", help="Caldicott guardian: approve (or --refuse) a request held beyond the limits"
+    )
     p.add_argument("request", type=int, metavar="REQUEST")
     p.add_argument("--note", required=True, help="why, in words an auditor will read")
     p.add_argument("--refuse", action="store_true", help="refuse the request instead")
@@ -665,8 +748,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--new-key-file", help="the new key (64 hex characters, mode 600)")
     p.add_argument("--vault", action="store_true", help="re-encrypt the vault to a new key pair instead")
     p.add_argument("--new-public-key-file", help="with --vault: the new key pair's public key")
-    p.add_argument("--purpose", choices=("secondary_use", "direct_care"),
-                   help="rotate this purpose's key (its published ids all change) instead of the linkage key")
+    p.add_argument(
+        "--purpose",
+        choices=("secondary_use", "direct_care"),
+        help="rotate this purpose's key (its published ids all change) instead of the linkage key",
+    )
     p.add_argument("--no-rebuild", action="store_true", help="do not rebuild the marts afterwards")
     p.set_defaults(func=cmd_rotate_key)
 
@@ -686,8 +772,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="where to write it (default: POPHEALTH_HOME/reports/ig_report.html)")
     p.set_defaults(func=cmd_ig_report)
 
-    p = sub.add_parser("quasi-identifiers", help="how many people each person-level mart singles out on its "
-                                                 "quasi-identifiers (counts only)")
+    p = sub.add_parser(
+        "quasi-identifiers",
+        help="how many people each person-level mart singles out on its quasi-identifiers (counts only)",
+    )
     p.set_defaults(func=cmd_quasi_identifiers)
 
     p = sub.add_parser("register", help="check the data sharing register; --write-seed writes its dbt seed")

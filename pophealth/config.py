@@ -90,6 +90,7 @@ def paths() -> Paths:
 @contextmanager
 def environment(**values: str | None) -> Iterator[None]:
     """Set (a value) or unset (None) these environment variables for a while, then put them back as they were."""
+
     def put(settings: dict[str, str | None]) -> None:
         for name, value in settings.items():
             if value is None:

@@ -89,6 +89,7 @@ def _in_group(item: pytest.Item, group: str) -> None:
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     groups = group_for_processes(items)
+
     # xdist hands out the groups in this order (`--no-loadscope-reorder`): the longest first, so that they start
     # at once side by side: the cluster, then the session's world (the end-to-end run and every module that
     # works on it, one after the other), then the modules' worlds, then the tests that share nothing, which fill
@@ -107,7 +108,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     cluster = [item for item in items if item.get_closest_marker("cluster")]
     missing = cluster_servers_missing() if cluster else []
     if missing:
-        skip = pytest.mark.skip(reason=f"a cluster test: this machine has no {' and no '.join(missing)} "
-                                       "(apt-get install postgresql redis-server; ./dev.sh test installs them as root)")
+        skip = pytest.mark.skip(
+            reason=f"a cluster test: this machine has no {' and no '.join(missing)} "
+            "(apt-get install postgresql redis-server; ./dev.sh test installs them as root)"
+        )
         for item in cluster:
             item.add_marker(skip)

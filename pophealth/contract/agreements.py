@@ -35,8 +35,19 @@ PURPOSES = ("direct_care", "population_health_management", "commissioning_and_pl
 #: (trust or council code).
 PER_PROVIDER_FEEDS = tuple(feed.name for feed in FEEDS if feed.file_name.has_provider)
 SEED_COLUMNS = (
-    "register_version", "organisation_code", "organisation_name", "feed", "provider", "dsa_reference", "version",
-    "start_date", "end_date", "legal_basis_article_6", "legal_basis_article_9", "common_law_basis", "purposes",
+    "register_version",
+    "organisation_code",
+    "organisation_name",
+    "feed",
+    "provider",
+    "dsa_reference",
+    "version",
+    "start_date",
+    "end_date",
+    "legal_basis_article_6",
+    "legal_basis_article_9",
+    "common_law_basis",
+    "purposes",
     "data_controller",
 )
 
@@ -133,13 +144,31 @@ def _parse_register(path: Path, text: str) -> Register:
             raise RegisterInvalid(f"{where}: end_date is before start_date")
         provider = entry.get("provider")
         if (entry["feed"] in PER_PROVIDER_FEEDS) != bool(provider):
-            raise RegisterInvalid(f"{where}: feed {entry['feed']} " + (
-                "needs the provider's code" if entry["feed"] in PER_PROVIDER_FEEDS else "has one sender: no provider"))
-        agreements.append(Agreement(
-            str(entry["organisation_code"]), str(entry["organisation_name"]), str(entry["feed"]),
-            str(provider) if provider else None, str(entry["dsa_reference"]), int(entry["version"]), start, end,
-            str(entry["legal_basis_article_6"]), str(entry["legal_basis_article_9"]), str(entry["common_law_basis"]),
-            tuple(entry["purposes"]), str(entry["data_controller"])))
+            raise RegisterInvalid(
+                f"{where}: feed {entry['feed']} "
+                + (
+                    "needs the provider's code"
+                    if entry["feed"] in PER_PROVIDER_FEEDS
+                    else "has one sender: no provider"
+                )
+            )
+        agreements.append(
+            Agreement(
+                str(entry["organisation_code"]),
+                str(entry["organisation_name"]),
+                str(entry["feed"]),
+                str(provider) if provider else None,
+                str(entry["dsa_reference"]),
+                int(entry["version"]),
+                start,
+                end,
+                str(entry["legal_basis_article_6"]),
+                str(entry["legal_basis_article_9"]),
+                str(entry["common_law_basis"]),
+                tuple(entry["purposes"]),
+                str(entry["data_controller"]),
+            )
+        )
     return Register(int(data.get("register_version") or 0), tuple(agreements))
 
 
@@ -163,8 +192,9 @@ def today() -> date:
     return datetime.now(UTC).date()
 
 
-def agreement_in_force(feed: str, provider: str | None, day: date | None = None,
-                       register: Register | None = None) -> Agreement:
+def agreement_in_force(
+    feed: str, provider: str | None, day: date | None = None, register: Register | None = None
+) -> Agreement:
     """The agreement (its latest version) under which `feed` from `provider` may be loaded on `day`, or NoAgreement."""
     day = day or today()
     register = register or load_register()
@@ -174,13 +204,15 @@ def agreement_in_force(feed: str, provider: str | None, day: date | None = None,
         raise NoAgreement(
             f"no data sharing agreement for {source} in the data sharing register (register version "
             f"{register.version}): nothing from this source may be loaded until its agreement is added to "
-            "governance/data_sharing_register.yml")
+            "governance/data_sharing_register.yml"
+        )
     in_force = [a for a in known if a.in_force(day)]
     if not in_force:
         spans = "; ".join(f"{a.dsa_reference} v{a.version} {a.start_date} to {a.end_date}" for a in known)
         raise NoAgreement(
             f"no data sharing agreement for {source} is in force on the load date {day} (register version "
-            f"{register.version} has {spans}): nothing may be loaded until the agreement is renewed in the register")
+            f"{register.version} has {spans}): nothing may be loaded until the agreement is renewed in the register"
+        )
     return max(in_force, key=lambda a: a.version)
 
 
@@ -196,10 +228,24 @@ def seed_text(register: Register | None = None) -> str:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(SEED_COLUMNS)
     for a in register.agreements:
-        writer.writerow((register.version, a.organisation_code, a.organisation_name, a.feed, a.provider or "",
-                         a.dsa_reference, a.version, a.start_date.isoformat(), a.end_date.isoformat(),
-                         a.legal_basis_article_6, a.legal_basis_article_9, a.common_law_basis, "|".join(a.purposes),
-                         a.data_controller))
+        writer.writerow(
+            (
+                register.version,
+                a.organisation_code,
+                a.organisation_name,
+                a.feed,
+                a.provider or "",
+                a.dsa_reference,
+                a.version,
+                a.start_date.isoformat(),
+                a.end_date.isoformat(),
+                a.legal_basis_article_6,
+                a.legal_basis_article_9,
+                a.common_law_basis,
+                "|".join(a.purposes),
+                a.data_controller,
+            )
+        )
     return out.getvalue()
 
 

@@ -57,8 +57,8 @@ class Identifier:
     (LocalId).
     """
 
-    column: str             # lower-case, as rows hold it
-    pseudonym_column: str   # in the raw table
+    column: str  # lower-case, as rows hold it
+    pseudonym_column: str  # in the raw table
 
 
 @dataclass(frozen=True)
@@ -103,16 +103,16 @@ class Feed:
     """One feed of the extract contract. See the module's docstring for how to add one."""
 
     name: str
-    described: str                    # one line, in the users' words (the DAG's description)
+    described: str  # one line, in the users' words (the DAG's description)
     file_name: FileName
     arrival: Arrival
-    written: tuple[str, ...]          # the contract's columns as sources write them, in the contract's order
-    table: str                        # the raw table its published rows go to
-    table_columns: tuple[str, ...]    # what its transform returns, in the COPY's order
+    written: tuple[str, ...]  # the contract's columns as sources write them, in the contract's order
+    table: str  # the raw table its published rows go to
+    table_columns: tuple[str, ...]  # what its transform returns, in the COPY's order
     # The feed comes identifiable, or pseudonymised at source, when it has identifiers; reference data has none.
     identifiers: tuple[Identifier, ...] = ()
-    optional: tuple[str, ...] = ()    # written columns (lower-case) a file may leave out
-    personal: bool = False            # opt-outs apply, and each identity goes to the vault
+    optional: tuple[str, ...] = ()  # written columns (lower-case) a file may leave out
+    personal: bool = False  # opt-outs apply, and each identity goes to the vault
     replaces_whole_table: bool = False  # the latest file is the whole truth (opt-out list, reference data)
     # Columns the transform returns after table_columns that the batch table holds but the raw table does not
     # (the postcode lookup's postcodes, published to raw.ref_postcode by load.publish_load).
@@ -159,8 +159,11 @@ class Feed:
     def pseudonymised_required(self) -> tuple[tuple[str, ...], ...]:
         """For a file pseudonymised at source: each, the columns any one of which will do. The identity is
         person_id (its presence is what makes the form), and a date of birth or postcode may still come unreduced."""
-        return tuple((REPLACED_BY[c][0], c) if c in REPLACED_BY else (c,)
-                     for c in self.identifiable_required if c != NHS_NUMBER.column)
+        return tuple(
+            (REPLACED_BY[c][0], c) if c in REPLACED_BY else (c,)
+            for c in self.identifiable_required
+            if c != NHS_NUMBER.column
+        )
 
     @cached_property
     def contract_columns(self) -> tuple[str, ...]:
@@ -199,13 +202,16 @@ DIAG_COLUMNS = tuple(f"diag_{i:02d}" for i in range(1, 21))
 
 FEEDS: tuple[Feed, ...] = (
     Feed(
-        "ref_postcode_lookup", "Postcode to LSOA and locality lookup (public reference data).",
+        "ref_postcode_lookup",
+        "Postcode to LSOA and locality lookup (public reference data).",
         FileName(re.compile("^ref_postcode_lookup" + _CSV), "ref_postcode_lookup.csv", "none"),
         _ON_ARRIVAL,
         written=("postcode", "lsoa_code", "locality_code", "locality_name", "la_code"),
         optional=("locality_name", "la_code"),
-        table="raw.ref_lsoa", table_columns=("lsoa_code", "locality_code", "locality_name", "la_code"),
-        replaces_whole_table=True, staged_only=("postcode_digest",),
+        table="raw.ref_lsoa",
+        table_columns=("lsoa_code", "locality_code", "locality_name", "la_code"),
+        replaces_whole_table=True,
+        staged_only=("postcode_digest",),
     ),
     Feed(
         "ref_population",
@@ -213,74 +219,202 @@ FEEDS: tuple[Feed, ...] = (
         FileName(re.compile("^ref_population_(?P<period>[0-9]{4})" + _CSV), "ref_population_<YYYY>.csv", "year"),
         _ON_ARRIVAL,
         written=("lsoa_code", "sex", "age", "population"),
-        table="raw.ref_population", table_columns=("year", "lsoa_code", "sex", "age", "population"),
+        table="raw.ref_population",
+        table_columns=("year", "lsoa_code", "sex", "age", "population"),
     ),
     Feed(
-        "optouts", "National data opt-out list: applied to every personal feed before anything is stored.",
+        "optouts",
+        "National data opt-out list: applied to every personal feed before anything is stored.",
         FileName(re.compile(f"^optouts_{_DAY}" + _CSV), "optouts_<YYYYMMDD>.csv", "day"),
         _ON_ARRIVAL,
-        written=("nhs_number",), identifiers=(NHS_NUMBER,),
-        table="restricted.optout", table_columns=("nhs_number_key",),
+        written=("nhs_number",),
+        identifiers=(NHS_NUMBER,),
+        table="restricted.optout",
+        table_columns=("nhs_number_key",),
         replaces_whole_table=True,
     ),
     Feed(
-        "gp_register", "GP-registered population: the person spine.",
+        "gp_register",
+        "GP-registered population: the person spine.",
         FileName(re.compile(f"^gp_register_{_DAY}" + _CSV), "gp_register_<YYYYMMDD>.csv", "day"),
         _ON_ARRIVAL,
-        written=("nhs_number", "date_of_birth", "sex", "postcode", "gp_practice_code", "registration_start_date",
-                 "registration_end_date", "date_of_death"),
+        written=(
+            "nhs_number",
+            "date_of_birth",
+            "sex",
+            "postcode",
+            "gp_practice_code",
+            "registration_start_date",
+            "registration_end_date",
+            "date_of_death",
+        ),
         identifiers=(NHS_NUMBER,),
         table="raw.gp_register",
-        table_columns=("nhs_number_key", "nhs_number_check", "birth_year", "birth_month", "sex", "lsoa_code",
-                       "locality_code", "gp_practice_code", "registration_start_date", "registration_end_date",
-                       "date_of_death"),
+        table_columns=(
+            "nhs_number_key",
+            "nhs_number_check",
+            "birth_year",
+            "birth_month",
+            "sex",
+            "lsoa_code",
+            "locality_code",
+            "gp_practice_code",
+            "registration_start_date",
+            "registration_end_date",
+            "date_of_death",
+        ),
         personal=True,
     ),
     Feed(
-        "apc", "Hospital admitted patient care, one row per consultant episode (HES field names).",
-        FileName(re.compile(f"^apc_(?P<provider>[A-Z0-9]{{3,5}})_{_DAY}" + _CSV), "apc_<provider>_<YYYYMMDD>.csv",
-                 "day"),
+        "apc",
+        "Hospital admitted patient care, one row per consultant episode (HES field names).",
+        FileName(
+            re.compile(f"^apc_(?P<provider>[A-Z0-9]{{3,5}})_{_DAY}" + _CSV), "apc_<provider>_<YYYYMMDD>.csv", "day"
+        ),
         # Hospital extracts monthly: SUS/HES month end plus a few working days.
         Arrival("0 6 10 * *", timedelta(days=5), "monthly, from the 10th, waiting up to 5 days"),
-        written=("epikey", "spell_id", "nhs_number", "nhs_number_status", "date_of_birth", "sex", "postcode",
-                 "gp_practice_code", "procode", "admidate", "disdate", "epistart", "epiend", "epiorder", "admimeth",
-                 "admisorc", "disdest", "dismeth", "classpat", "mainspef", "tretspef", *DIAG_COLUMNS,
-                 "discharge_ready_date"),
+        written=(
+            "epikey",
+            "spell_id",
+            "nhs_number",
+            "nhs_number_status",
+            "date_of_birth",
+            "sex",
+            "postcode",
+            "gp_practice_code",
+            "procode",
+            "admidate",
+            "disdate",
+            "epistart",
+            "epiend",
+            "epiorder",
+            "admimeth",
+            "admisorc",
+            "disdest",
+            "dismeth",
+            "classpat",
+            "mainspef",
+            "tretspef",
+            *DIAG_COLUMNS,
+            "discharge_ready_date",
+        ),
         optional=("nhs_number", "nhs_number_status"),
-        identifiers=(NHS_NUMBER, LocalId("epikey", "episode_key", "procode", "episode"),
-                     LocalId("spell_id", "spell_key", "procode", "spell")),
+        identifiers=(
+            NHS_NUMBER,
+            LocalId("epikey", "episode_key", "procode", "episode"),
+            LocalId("spell_id", "spell_key", "procode", "spell"),
+        ),
         table="raw.apc_episode",
-        table_columns=("nhs_number_key", "nhs_number_check", "episode_key", "spell_key", "nhs_number_status",
-                       "birth_year", "birth_month", "sex", "lsoa_code", "locality_code", "gp_practice_code", "procode",
-                       "admidate", "disdate", "epistart", "epiend", "epiorder", "admimeth", "admisorc", "disdest",
-                       "dismeth", "classpat", "mainspef", "tretspef", *DIAG_COLUMNS, "discharge_ready_date"),
-        personal=True, period_months=1,
+        table_columns=(
+            "nhs_number_key",
+            "nhs_number_check",
+            "episode_key",
+            "spell_key",
+            "nhs_number_status",
+            "birth_year",
+            "birth_month",
+            "sex",
+            "lsoa_code",
+            "locality_code",
+            "gp_practice_code",
+            "procode",
+            "admidate",
+            "disdate",
+            "epistart",
+            "epiend",
+            "epiorder",
+            "admimeth",
+            "admisorc",
+            "disdest",
+            "dismeth",
+            "classpat",
+            "mainspef",
+            "tretspef",
+            *DIAG_COLUMNS,
+            "discharge_ready_date",
+        ),
+        personal=True,
+        period_months=1,
     ),
     Feed(
-        "cld", "Adult social care client level data (Release 2), quarterly, rolling 12 months.",
-        FileName(re.compile(f"^cld_(?P<provider>[A-Z][0-9]{{8}})_{_DAY}" + _CSV), "cld_<LA code>_<YYYYMMDD>.csv",
-                 "day"),
+        "cld",
+        "Adult social care client level data (Release 2), quarterly, rolling 12 months.",
+        FileName(
+            re.compile(f"^cld_(?P<provider>[A-Z][0-9]{{8}})_{_DAY}" + _CSV), "cld_<LA code>_<YYYYMMDD>.csv", "day"
+        ),
         # CLD is due about a month after the quarter.
-        Arrival("0 6 1 2,5,8,11 *", timedelta(days=14),
-                "quarterly, from the 1st of the month after the quarter's month, waiting up to 14 days"),
+        Arrival(
+            "0 6 1 2,5,8,11 *",
+            timedelta(days=14),
+            "quarterly, from the 1st of the month after the quarter's month, waiting up to 14 days",
+        ),
         # The CLD's names with its capitalisation; matched case-insensitively, so rows hold them lower-cased.
-        written=("LA_Code", "Reporting_Period_Start_Date", "Reporting_Period_End_Date", "Client_Type",
-                 "LA_Person_Unique_Identifier", "NHS_Number", "Gender", "Ethnicity", "Date_of_Birth", "Date_of_Death",
-                 "Postcode", "Primary_Support_Reason", "Accommodation_Status", "Event_Type", "Event_Reference",
-                 "Event_Start_Date", "Event_End_Date", "Event_Outcome", "Request_Route_of_Access", "Assessment_Type",
-                 "Service_Type", "Service_Component", "Delivery_Mechanism", "Review_Reason", "Unit_Cost",
-                 "Cost_Frequency_Unit_Type", "Planned_units_per_week"),
+        written=(
+            "LA_Code",
+            "Reporting_Period_Start_Date",
+            "Reporting_Period_End_Date",
+            "Client_Type",
+            "LA_Person_Unique_Identifier",
+            "NHS_Number",
+            "Gender",
+            "Ethnicity",
+            "Date_of_Birth",
+            "Date_of_Death",
+            "Postcode",
+            "Primary_Support_Reason",
+            "Accommodation_Status",
+            "Event_Type",
+            "Event_Reference",
+            "Event_Start_Date",
+            "Event_End_Date",
+            "Event_Outcome",
+            "Request_Route_of_Access",
+            "Assessment_Type",
+            "Service_Type",
+            "Service_Component",
+            "Delivery_Mechanism",
+            "Review_Reason",
+            "Unit_Cost",
+            "Cost_Frequency_Unit_Type",
+            "Planned_units_per_week",
+        ),
         optional=("nhs_number",),
         identifiers=(NHS_NUMBER, LocalId("la_person_unique_identifier", "la_person_key", "la_code", "person")),
         table="raw.cld_event",
-        table_columns=("nhs_number_key", "nhs_number_check", "la_person_key", "la_code", "reporting_period_start_date",
-                       "reporting_period_end_date", "client_type", "gender", "ethnicity", "birth_year", "birth_month",
-                       "date_of_death", "lsoa_code", "locality_code", "primary_support_reason",
-                       "accommodation_status", "event_type", "event_reference", "event_start_date", "event_end_date",
-                       "event_outcome", "request_route_of_access", "assessment_type", "service_type",
-                       "service_component", "delivery_mechanism", "review_reason", "unit_cost",
-                       "cost_frequency_unit_type", "planned_units_per_week"),
-        personal=True, period_months=3,
+        table_columns=(
+            "nhs_number_key",
+            "nhs_number_check",
+            "la_person_key",
+            "la_code",
+            "reporting_period_start_date",
+            "reporting_period_end_date",
+            "client_type",
+            "gender",
+            "ethnicity",
+            "birth_year",
+            "birth_month",
+            "date_of_death",
+            "lsoa_code",
+            "locality_code",
+            "primary_support_reason",
+            "accommodation_status",
+            "event_type",
+            "event_reference",
+            "event_start_date",
+            "event_end_date",
+            "event_outcome",
+            "request_route_of_access",
+            "assessment_type",
+            "service_type",
+            "service_component",
+            "delivery_mechanism",
+            "review_reason",
+            "unit_cost",
+            "cost_frequency_unit_type",
+            "planned_units_per_week",
+        ),
+        personal=True,
+        period_months=3,
     ),
 )
 

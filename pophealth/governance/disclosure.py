@@ -23,8 +23,16 @@ from psycopg import sql
 #: Where analysts (and care teams) read person-level rows.
 PERSON_LEVEL_SCHEMAS = ("marts", "direct_care")
 #: Columns someone could know of a person from elsewhere, when a mart has them (dates are added by type).
-QUASI_IDENTIFIERS = ("birth_year", "age", "age_band", "sex", "lsoa_code", "locality_code", "gp_practice_code",
-                     "date_of_death")
+QUASI_IDENTIFIERS = (
+    "birth_year",
+    "age",
+    "age_band",
+    "sex",
+    "lsoa_code",
+    "locality_code",
+    "gp_practice_code",
+    "date_of_death",
+)
 DATE_TYPES = ("date", "timestamp without time zone", "timestamp with time zone")
 
 
@@ -32,10 +40,10 @@ DATE_TYPES = ("date", "timestamp without time zone", "timestamp with time zone")
 class Uniqueness:
     """One mart's people and how many of them its quasi-identifiers single out."""
 
-    mart: str                             # schema.table
+    mart: str  # schema.table
     quasi_identifiers: tuple[str, ...]
-    people: int                           # distinct person_id
-    unique: int                           # in a class of 1
+    people: int  # distinct person_id
+    unique: int  # in a class of 1
     in_classes_of_2_to_4: int
     in_classes_of_5_or_more: int
 
@@ -53,7 +61,9 @@ def person_level_marts(conn, schemas: tuple[str, ...] = PERSON_LEVEL_SCHEMAS) ->
            WHERE n.nspname = ANY(%s) AND c.relkind IN ('r', 'v', 'm', 'p') AND NOT c.relispartition
              AND EXISTS (SELECT 1 FROM pg_attribute p WHERE p.attrelid = c.oid AND p.attname = 'person_id'
                                                         AND NOT p.attisdropped)
-           ORDER BY n.nspname, c.relname, a.attnum""", (list(schemas),)).fetchall()
+           ORDER BY n.nspname, c.relname, a.attnum""",
+        (list(schemas),),
+    ).fetchall()
     marts: dict[tuple[str, str], list[str]] = {}
     for schema, table, column, kind in rows:
         columns = marts.setdefault((schema, table), [])
@@ -65,15 +75,20 @@ def person_level_marts(conn, schemas: tuple[str, ...] = PERSON_LEVEL_SCHEMAS) ->
 def measure(conn, schema: str, table: str, quasi_identifiers: tuple[str, ...]) -> Uniqueness:
     """The people of one table and the sizes of the classes its quasi-identifiers put them in."""
     columns = sql.SQL("").join(sql.SQL(", ") + sql.Identifier(c) for c in quasi_identifiers)
-    partition = (sql.SQL("PARTITION BY ") + sql.SQL(", ").join(map(sql.Identifier, quasi_identifiers))
-                 if quasi_identifiers else sql.SQL(""))
-    people, unique, small, crowd = conn.execute(sql.SQL(
-        """WITH records AS (SELECT DISTINCT person_id{columns} FROM {table} WHERE person_id IS NOT NULL),
+    partition = (
+        sql.SQL("PARTITION BY ") + sql.SQL(", ").join(map(sql.Identifier, quasi_identifiers))
+        if quasi_identifiers
+        else sql.SQL("")
+    )
+    people, unique, small, crowd = conn.execute(
+        sql.SQL(
+            """WITH records AS (SELECT DISTINCT person_id{columns} FROM {table} WHERE person_id IS NOT NULL),
                 classes AS (SELECT person_id, count(*) OVER ({partition}) AS size FROM records),
                 people AS (SELECT person_id, min(size) AS size FROM classes GROUP BY person_id)
            SELECT count(*), count(*) FILTER (WHERE size = 1), count(*) FILTER (WHERE size BETWEEN 2 AND 4),
                   count(*) FILTER (WHERE size >= 5)
-           FROM people""").format(columns=columns, table=sql.Identifier(schema, table), partition=partition)
+           FROM people"""
+        ).format(columns=columns, table=sql.Identifier(schema, table), partition=partition)
     ).fetchone()
     return Uniqueness(f"{schema}.{table}", quasi_identifiers, people, unique, small, crowd)
 
@@ -87,6 +102,8 @@ def uniqueness_text(results: list[Uniqueness]) -> str:
     """The figures as a few lines of text, for the command line: counts only."""
     lines = [f"{'mart':<34}{'people':>9}{'unique':>9}{'share':>8}{'k 2-4':>9}{'k 5+':>9}  quasi-identifiers"]
     for r in results:
-        lines.append(f"{r.mart:<34}{r.people:>9,}{r.unique:>9,}{r.share_unique:>8.1%}{r.in_classes_of_2_to_4:>9,}"
-                     f"{r.in_classes_of_5_or_more:>9,}  {', '.join(r.quasi_identifiers) or '(none)'}")
+        lines.append(
+            f"{r.mart:<34}{r.people:>9,}{r.unique:>9,}{r.share_unique:>8.1%}{r.in_classes_of_2_to_4:>9,}"
+            f"{r.in_classes_of_5_or_more:>9,}  {', '.join(r.quasi_identifiers) or '(none)'}"
+        )
     return "\n".join(lines)

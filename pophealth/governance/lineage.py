@@ -40,8 +40,30 @@ LOAD_COLUMNS = ("load_id", "source_row", "key_version", "loaded_at")
 FILE = "(the file)"
 CONDITION_WORDS = {"where", "on", "using", "having", "when", "qualify"}
 CONDITION_PAIRS = {("group", "by"), ("partition", "by")}
-ENDING_WORDS = {"select", "from", "join", "order", "window", "limit", "union", "except", "intersect", "then",
-                "else", "end", "inner", "left", "right", "full", "cross", "lateral", "natural", "as", "rows", "range"}
+ENDING_WORDS = {
+    "select",
+    "from",
+    "join",
+    "order",
+    "window",
+    "limit",
+    "union",
+    "except",
+    "intersect",
+    "then",
+    "else",
+    "end",
+    "inner",
+    "left",
+    "right",
+    "full",
+    "cross",
+    "lateral",
+    "natural",
+    "as",
+    "rows",
+    "range",
+}
 _TOKEN = re.compile(r"""'(?:[^']|'')*'|"(?:[^"]|"")*"|--[^\n]*|/\*.*?\*/|[A-Za-z_][A-Za-z0-9_$]*|\(|\)|.""", re.S)
 
 
@@ -53,7 +75,7 @@ class SourceColumn:
 
 @dataclass(frozen=True)
 class Reach:
-    kind: str   # direct | indirect
+    kind: str  # direct | indirect
     path: tuple[str, ...]  # the relations walked through, published column first
 
 
@@ -127,7 +149,8 @@ def _direct_lineage(sql: str) -> dict[str, set[tuple[str | None, str]]]:
         before = sum(len(v) for v in out.values())
         for column in meta.column_lineage:
             out.setdefault(column.descendant.name, set()).update(
-                (origin.origin.name if origin.origin else None, origin.name) for origin in column.lineage)
+                (origin.origin.name if origin.origin else None, origin.name) for origin in column.lineage
+            )
         unchanged = unchanged + 1 if sum(len(v) for v in out.values()) == before else 0
         if unchanged == 5:
             break
@@ -224,8 +247,11 @@ def _compiled_manifest() -> dict:
     def compiled(m: dict | None) -> bool:
         if not m:
             return False
-        return all(n.get("compiled_code") for n in m["nodes"].values()
-                   if n["resource_type"] == "model" and n["schema"] in PUBLISHED_SCHEMAS)
+        return all(
+            n.get("compiled_code")
+            for n in m["nodes"].values()
+            if n["resource_type"] == "model" and n["schema"] in PUBLISHED_SCHEMAS
+        )
 
     path, built = manifest_path(), built_manifest_path()
     manifest: dict | None = None
@@ -250,13 +276,17 @@ def record_column_lineage(run_id: str | None = None, manifest: dict | None = Non
     manifest = manifest or _compiled_manifest()
     with db.connect() as conn:
         walker = LineageWalker(manifest, catalogue(conn))
-        rows = [(relation, column, source.feed, source.column, reach.kind, " <- ".join(reach.path), run_id)
-                for relation, column, source, reach in walker.published()]
+        rows = [
+            (relation, column, source.feed, source.column, reach.kind, " <- ".join(reach.path), run_id)
+            for relation, column, source, reach in walker.published()
+        ]
         conn.execute("DELETE FROM audit.column_lineage")
         with conn.cursor() as cur:
             cur.executemany(
                 """INSERT INTO audit.column_lineage (mart, column_name, source_feed, source_column, kind, path, run_id)
-                   VALUES (%s, %s, %s, %s, %s, %s, %s)""", rows)
+                   VALUES (%s, %s, %s, %s, %s, %s, %s)""",
+                rows,
+            )
     log.info("column lineage: %d published column-to-source links in audit.column_lineage", len(rows))
     return len(rows)
 
@@ -323,9 +353,12 @@ def _client():
 def _schema(columns: list[tuple[str, str]]):
     from openlineage.client.facet_v2 import schema_dataset
 
-    return schema_dataset.SchemaDatasetFacet(fields=[
-        schema_dataset.SchemaDatasetFacetFields(name=name, type=kind, ordinal_position=i)
-        for i, (name, kind) in enumerate(columns, start=1)])
+    return schema_dataset.SchemaDatasetFacet(
+        fields=[
+            schema_dataset.SchemaDatasetFacetFields(name=name, type=kind, ordinal_position=i)
+            for i, (name, kind) in enumerate(columns, start=1)
+        ]
+    )
 
 
 def _typed_catalogue(conn) -> dict[str, list[tuple[str, str]]]:
@@ -334,7 +367,8 @@ def _typed_catalogue(conn) -> dict[str, list[tuple[str, str]]]:
            WHERE table_schema IN ('raw', 'restricted', 'staging', 'intermediate', 'marts', 'reporting', 'direct_care',
                                   'reference',
                                   'audit')
-           ORDER BY table_schema, table_name, ordinal_position""").fetchall()
+           ORDER BY table_schema, table_name, ordinal_position"""
+    ).fetchall()
     out: dict[str, list[tuple[str, str]]] = {}
     for relation, column, kind in rows:
         out.setdefault(relation, []).append((column, kind))
@@ -346,11 +380,23 @@ def _event(job: str, state: str, inputs: list, outputs: list, job_type: str):
     from openlineage.client.facet_v2 import job_type_job
     from openlineage.client.uuid import generate_new_uuid
 
-    return RunEvent(eventType=getattr(RunState, state), eventTime=datetime.now(UTC).isoformat(),
-                    run=Run(runId=str(generate_new_uuid())),
-                    job=Job(namespace=NAMESPACE, name=job, facets={"jobType": job_type_job.JobTypeJobFacet(
-                        processingType="BATCH", integration="POPHEALTH", jobType=job_type)}),
-                    inputs=inputs, outputs=outputs, producer=PRODUCER)
+    return RunEvent(
+        eventType=getattr(RunState, state),
+        eventTime=datetime.now(UTC).isoformat(),
+        run=Run(runId=str(generate_new_uuid())),
+        job=Job(
+            namespace=NAMESPACE,
+            name=job,
+            facets={
+                "jobType": job_type_job.JobTypeJobFacet(
+                    processingType="BATCH", integration="POPHEALTH", jobType=job_type
+                )
+            },
+        ),
+        inputs=inputs,
+        outputs=outputs,
+        producer=PRODUCER,
+    )
 
 
 PRODUCER = "https://github.com/pophealth/pophealth"
@@ -367,31 +413,65 @@ def emit_load_event(load_id: int) -> None:
     with db.connect() as conn:
         load = conn.execute(
             """SELECT feed, file_name, rows_read, rows_loaded, rows_quarantined, rows_opted_out, status
-               FROM audit.load WHERE load_id = %s""", (load_id,)).fetchone()
+               FROM audit.load WHERE load_id = %s""",
+            (load_id,),
+        ).fetchone()
         if load is None or load[6] != "published":
             return
         feed, file_name, rows_read, rows_loaded, rows_quarantined, rows_opted_out, _ = load
         gate = conn.execute(
             """SELECT check_id, status, severity, observed, threshold FROM audit.gate_result WHERE load_id = %s
-               ORDER BY check_id""", (load_id,)).fetchall()
+               ORDER BY check_id""",
+            (load_id,),
+        ).fetchall()
         table = FEEDS_BY_NAME[feed].table
         columns = _typed_catalogue(conn).get(table, [])
-    assertions = [dqa.Assertion(assertion=check, success=status != "failed", severity=severity, name=check,
-                                actual=observed, expected=threshold)
-                  for check, status, severity, observed, threshold in gate]
-    inputs = [InputDataset(namespace=LANDING_NAMESPACE, name=file_name, inputFacets={
-        "dataQualityMetrics": dqm.DataQualityMetricsInputDatasetFacet(rowCount=rows_read, columnMetrics={})})]
-    outputs = [OutputDataset(namespace=WAREHOUSE_NAMESPACE, name=f"pophealth.{table}",
-                             # The client types the assertions facet an input facet; the gate's assertions are
-                             # about what was published, so they go on the output, as Marquez shows them.
-                             facets={"schema": _schema(columns), "dataQualityAssertions":  # type: ignore[dict-item]
-                                     dqa.DataQualityAssertionsDatasetFacet(assertions=assertions)},
-                             outputFacets={"outputStatistics": stats.OutputStatisticsOutputDatasetFacet(
-                                 rowCount=rows_loaded)})]
+    assertions = [
+        dqa.Assertion(
+            assertion=check,
+            success=status != "failed",
+            severity=severity,
+            name=check,
+            actual=observed,
+            expected=threshold,
+        )
+        for check, status, severity, observed, threshold in gate
+    ]
+    inputs = [
+        InputDataset(
+            namespace=LANDING_NAMESPACE,
+            name=file_name,
+            inputFacets={
+                "dataQualityMetrics": dqm.DataQualityMetricsInputDatasetFacet(rowCount=rows_read, columnMetrics={})
+            },
+        )
+    ]
+    outputs = [
+        OutputDataset(
+            namespace=WAREHOUSE_NAMESPACE,
+            name=f"pophealth.{table}",
+            # The client types the assertions facet an input facet; the gate's assertions are
+            # about what was published, so they go on the output, as Marquez shows them.
+            facets={
+                "schema": _schema(columns),
+                "dataQualityAssertions":  # type: ignore[dict-item]
+                dqa.DataQualityAssertionsDatasetFacet(assertions=assertions),
+            },
+            outputFacets={"outputStatistics": stats.OutputStatisticsOutputDatasetFacet(rowCount=rows_loaded)},
+        )
+    ]
     client = _client()
     client.emit(_event(f"load.{feed}", "COMPLETE", inputs, outputs, "LOAD"))
-    log.info("OpenLineage: load %d (%s): %d read, %d loaded, %d quarantined, %d removed by opt-out, %d gate rules",
-             load_id, file_name, rows_read, rows_loaded, rows_quarantined, rows_opted_out, len(assertions))
+    log.info(
+        "OpenLineage: load %d (%s): %d read, %d loaded, %d quarantined, %d removed by opt-out, %d gate rules",
+        load_id,
+        file_name,
+        rows_read,
+        rows_loaded,
+        rows_quarantined,
+        rows_opted_out,
+        len(assertions),
+    )
 
 
 def emit_dbt_events(manifest: dict) -> int:
@@ -406,37 +486,58 @@ def emit_dbt_events(manifest: dict) -> int:
 
     with db.connect() as conn:
         columns = _typed_catalogue(conn)
-        results = {uid: (status, rows) for uid, status, rows in conn.execute(
-            """SELECT DISTINCT ON (unique_id) unique_id, status, rows_affected FROM audit.dbt_result
-               ORDER BY unique_id, recorded_at DESC""")}
+        results = {
+            uid: (status, rows)
+            for uid, status, rows in conn.execute(
+                """SELECT DISTINCT ON (unique_id) unique_id, status, rows_affected FROM audit.dbt_result
+               ORDER BY unique_id, recorded_at DESC"""
+            )
+        }
         lineage_rows = conn.execute(
-            "SELECT mart, column_name, source_feed, source_column, kind FROM audit.column_lineage").fetchall()
+            "SELECT mart, column_name, source_feed, source_column, kind FROM audit.column_lineage"
+        ).fetchall()
         # The marts gate's latest verdict on each of its rules (pophealth/quality/marts_gate.py, expectations/marts.yml)
         marts_gate = conn.execute(
             """SELECT DISTINCT ON (check_id) check_id, expectation, severity, status FROM audit.gate_result
-               WHERE feed = 'marts' ORDER BY check_id, checked_at DESC""").fetchall()
+               WHERE feed = 'marts' ORDER BY check_id, checked_at DESC"""
+        ).fetchall()
     walker = LineageWalker(manifest, {})
     tests: dict[str, list] = {}
     gate_rules: dict[str, list] = {}  # relation -> its marts gate rules (ids are <schema>.<table>.<what>)
     for check_id, expectation, severity, status in marts_gate:
         schema, table, _ = (check_id.split(".", 2) + ["", ""])[:3]
-        gate_rules.setdefault(f"{schema}.{table}", []).append(dqa.Assertion(
-            assertion=expectation or check_id, success=status != "failed", severity=severity,
-            name=f"marts gate: {check_id}"))
+        gate_rules.setdefault(f"{schema}.{table}", []).append(
+            dqa.Assertion(
+                assertion=expectation or check_id,
+                success=status != "failed",
+                severity=severity,
+                name=f"marts gate: {check_id}",
+            )
+        )
     for uid, node in manifest["nodes"].items():
         if node["resource_type"] == "test":
             status = results.get(uid, ("not run", None))[0]
             meta = node.get("test_metadata") or {}
             for parent in node.get("depends_on", {}).get("nodes", []):
-                tests.setdefault(parent, []).append(dqa.Assertion(
-                    assertion=meta.get("name") or node["name"], success=status in ("pass", "success"),
-                    column=node.get("column_name"), severity=(node.get("config") or {}).get("severity"),
-                    name=node["name"]))
+                tests.setdefault(parent, []).append(
+                    dqa.Assertion(
+                        assertion=meta.get("name") or node["name"],
+                        success=status in ("pass", "success"),
+                        column=node.get("column_name"),
+                        severity=(node.get("config") or {}).get("severity"),
+                        name=node["name"],
+                    )
+                )
     lineage: dict[str, dict[str, list]] = {}
     for mart, column, feed, source_column, kind in lineage_rows:
-        lineage.setdefault(mart, {}).setdefault(column, []).append(cl.InputField(
-            namespace=LANDING_NAMESPACE, name=feed, field=source_column, transformations=[
-                cl.Transformation(type=kind.upper())]))
+        lineage.setdefault(mart, {}).setdefault(column, []).append(
+            cl.InputField(
+                namespace=LANDING_NAMESPACE,
+                name=feed,
+                field=source_column,
+                transformations=[cl.Transformation(type=kind.upper())],
+            )
+        )
     client = _client()
     emitted = 0
     for uid in sorted(walker.nodes):
@@ -445,21 +546,38 @@ def emit_dbt_events(manifest: dict) -> int:
             continue
         relation = walker.relation(uid)
         status, rows = results.get(uid, ("not run", None))
-        inputs = [InputDataset(namespace=WAREHOUSE_NAMESPACE, name=f"pophealth.{walker.relation(p)}",
-                               facets={"schema": _schema(columns.get(walker.relation(p), []))})
-                  for p in walker.parents(uid)]
-        facets = {"schema": _schema(columns.get(relation, [])),
-                  "dataQualityAssertions": dqa.DataQualityAssertionsDatasetFacet(
-                      assertions=tests.get(uid, []) + gate_rules.get(relation, []))}
+        inputs = [
+            InputDataset(
+                namespace=WAREHOUSE_NAMESPACE,
+                name=f"pophealth.{walker.relation(p)}",
+                facets={"schema": _schema(columns.get(walker.relation(p), []))},
+            )
+            for p in walker.parents(uid)
+        ]
+        facets = {
+            "schema": _schema(columns.get(relation, [])),
+            "dataQualityAssertions": dqa.DataQualityAssertionsDatasetFacet(
+                assertions=tests.get(uid, []) + gate_rules.get(relation, [])
+            ),
+        }
         if relation in lineage:
-            facets["columnLineage"] = cl.ColumnLineageDatasetFacet(fields={
-                column: cl.Fields(inputFields=fields) for column, fields in lineage[relation].items()})
-        output = OutputDataset(namespace=WAREHOUSE_NAMESPACE, name=f"pophealth.{relation}", facets=facets,
-                               outputFacets={"outputStatistics": stats.OutputStatisticsOutputDatasetFacet(
-                                   rowCount=rows)} if rows is not None else {})
+            facets["columnLineage"] = cl.ColumnLineageDatasetFacet(
+                fields={column: cl.Fields(inputFields=fields) for column, fields in lineage[relation].items()}
+            )
+        output = OutputDataset(
+            namespace=WAREHOUSE_NAMESPACE,
+            name=f"pophealth.{relation}",
+            facets=facets,
+            outputFacets={"outputStatistics": stats.OutputStatisticsOutputDatasetFacet(rowCount=rows)}
+            if rows is not None
+            else {},
+        )
         state = "FAIL" if status in ("error", "fail") else "COMPLETE"
-        client.emit(_event(f"dbt.{node['resource_type']}.{node['name']}", state, inputs, [output],
-                           node["resource_type"].upper()))
+        client.emit(
+            _event(
+                f"dbt.{node['resource_type']}.{node['name']}", state, inputs, [output], node["resource_type"].upper()
+            )
+        )
         emitted += 1
     log.info("OpenLineage: %d dbt model and seed events to %s", emitted, events_file())
     return emitted

@@ -47,35 +47,64 @@ class KeyError_(RuntimeError):
 class KeySource:
     """Where one kind of key is looked for."""
 
-    purpose: str        # "linkage key", "vault key": said in messages
+    purpose: str  # "linkage key", "vault key": said in messages
     env: str
     env_file: str
-    airflow_conn_id: str | None   # None: never looked up in Airflow (the vault's private key)
+    airflow_conn_id: str | None  # None: never looked up in Airflow (the vault's private key)
     fingerprint_label: bytes
-    secret: bool = True           # a public key's file may be readable by others
+    secret: bool = True  # a public key's file may be readable by others
 
 
-LINKAGE = KeySource("linkage key", config.ENV_LINKAGE_KEY, config.ENV_LINKAGE_KEY_FILE, "pophealth_linkage_key",
-                    b"pophealth key version|")
+LINKAGE = KeySource(
+    "linkage key",
+    config.ENV_LINKAGE_KEY,
+    config.ENV_LINKAGE_KEY_FILE,
+    "pophealth_linkage_key",
+    b"pophealth key version|",
+)
 #: Both halves of the vault's key pair have one version: the fingerprint of the public key.
 _VAULT_PAIR_LABEL = b"pophealth vault key pair version|"
-VAULT_PUBLIC = KeySource("vault public key", config.ENV_VAULT_PUBLIC_KEY, config.ENV_VAULT_PUBLIC_KEY_FILE,
-                         "pophealth_vault_public_key", _VAULT_PAIR_LABEL, secret=False)
-VAULT_PRIVATE = KeySource("vault private key", config.ENV_VAULT_PRIVATE_KEY, config.ENV_VAULT_PRIVATE_KEY_FILE,
-                          None, _VAULT_PAIR_LABEL)
-SECONDARY_USE = KeySource("secondary-use key", config.ENV_SECONDARY_USE_KEY, config.ENV_SECONDARY_USE_KEY_FILE,
-                          "pophealth_secondary_use_key", b"pophealth secondary-use key version|")
-DIRECT_CARE = KeySource("direct-care key", config.ENV_DIRECT_CARE_KEY, config.ENV_DIRECT_CARE_KEY_FILE,
-                        "pophealth_direct_care_key", b"pophealth direct-care key version|")
+VAULT_PUBLIC = KeySource(
+    "vault public key",
+    config.ENV_VAULT_PUBLIC_KEY,
+    config.ENV_VAULT_PUBLIC_KEY_FILE,
+    "pophealth_vault_public_key",
+    _VAULT_PAIR_LABEL,
+    secret=False,
+)
+VAULT_PRIVATE = KeySource(
+    "vault private key", config.ENV_VAULT_PRIVATE_KEY, config.ENV_VAULT_PRIVATE_KEY_FILE, None, _VAULT_PAIR_LABEL
+)
+SECONDARY_USE = KeySource(
+    "secondary-use key",
+    config.ENV_SECONDARY_USE_KEY,
+    config.ENV_SECONDARY_USE_KEY_FILE,
+    "pophealth_secondary_use_key",
+    b"pophealth secondary-use key version|",
+)
+DIRECT_CARE = KeySource(
+    "direct-care key",
+    config.ENV_DIRECT_CARE_KEY,
+    config.ENV_DIRECT_CARE_KEY_FILE,
+    "pophealth_direct_care_key",
+    b"pophealth direct-care key version|",
+)
 #: Every key the pipeline holds, with the file name the local demo keeps it in (POPHEALTH_HOME/keys/<name>).
 #: Not the vault's private key: the demo keeps it in keys/vault_private.key, and gives it to no pipeline.
 ALL_KEYS: tuple[tuple[KeySource, str], ...] = (
-    (LINKAGE, "linkage.key"), (VAULT_PUBLIC, "vault_public.key"),
-    (SECONDARY_USE, "secondary_use.key"), (DIRECT_CARE, "direct_care.key"),
+    (LINKAGE, "linkage.key"),
+    (VAULT_PUBLIC, "vault_public.key"),
+    (SECONDARY_USE, "secondary_use.key"),
+    (DIRECT_CARE, "direct_care.key"),
 )
 DEMO_VAULT_PRIVATE_KEY_FILE = "vault_private.key"
-_VERSION_PREFIX = {LINKAGE.purpose: "k-", VAULT_PUBLIC.purpose: "v-", VAULT_PRIVATE.purpose: "v-",
-                   SECONDARY_USE.purpose: "s-", DIRECT_CARE.purpose: "d-"}
+_VERSION_PREFIX = {
+    LINKAGE.purpose: "k-",
+    VAULT_PUBLIC.purpose: "v-",
+    VAULT_PRIVATE.purpose: "v-",
+    SECONDARY_USE.purpose: "s-",
+    DIRECT_CARE.purpose: "d-",
+}
 
 
 class _Key:
@@ -107,8 +136,11 @@ class _Key:
 
     def __eq__(self, other: object) -> bool:
         # Constant-time: how long a comparison takes must not tell a caller how many leading bytes matched.
-        return (type(other) is type(self) and isinstance(other, _Key)  # isinstance: for the type checker
-                and hmac.compare_digest(other._secret, self._secret))
+        return (
+            type(other) is type(self)
+            and isinstance(other, _Key)  # isinstance: for the type checker
+            and hmac.compare_digest(other._secret, self._secret)
+        )
 
     def __hash__(self) -> int:
         return hash(self.version)
@@ -217,16 +249,19 @@ def _load(cls: type[_Key]) -> _Key:
     if value:
         _mask_in_airflow_logs(value)
         return cls.from_hex(value, f"the Airflow connection {source.airflow_conn_id}")
-    if source in (VAULT_PUBLIC, VAULT_PRIVATE) and (os.environ.get(config.ENV_VAULT_KEY)
-                                                     or os.environ.get(config.ENV_VAULT_KEY_FILE)):
+    if source in (VAULT_PUBLIC, VAULT_PRIVATE) and (
+        os.environ.get(config.ENV_VAULT_KEY) or os.environ.get(config.ENV_VAULT_KEY_FILE)
+    ):
         raise KeyError_(
             f"{config.ENV_VAULT_KEY} (one symmetric vault key) is no longer used: the vault has a key pair. Make "
             f"one with `pophealth vault-key-pair`, give the pipeline {config.ENV_VAULT_PUBLIC_KEY_FILE} and give "
-            f"{config.ENV_VAULT_PRIVATE_KEY_FILE} to `pophealth reidentify` alone. Nothing was loaded.")
+            f"{config.ENV_VAULT_PRIVATE_KEY_FILE} to `pophealth reidentify` alone. Nothing was loaded."
+        )
     where = f"{source.env} (64 hex characters) or {source.env_file}"
     if source.airflow_conn_id:
-        where = (f"{source.env} (64 hex characters), {source.env_file}, "
-                 f"or the Airflow connection {source.airflow_conn_id}")
+        where = (
+            f"{source.env} (64 hex characters), {source.env_file}, or the Airflow connection {source.airflow_conn_id}"
+        )
     raise KeyError_(f"no {source.purpose}: set {where}. Nothing was loaded.")
 
 
@@ -247,8 +282,10 @@ def load_vault_private_key() -> VaultPrivateKey:
 
 
 #: The key of each purpose of the published ids (pophealth/identity/purposes.py).
-PURPOSE_KEYS: dict[str, type[SecondaryUseKey | DirectCareKey]] = {"secondary_use": SecondaryUseKey,
-                                                                   "direct_care": DirectCareKey}
+PURPOSE_KEYS: dict[str, type[SecondaryUseKey | DirectCareKey]] = {
+    "secondary_use": SecondaryUseKey,
+    "direct_care": DirectCareKey,
+}
 
 
 def load_purpose_key(purpose: str) -> SecondaryUseKey | DirectCareKey:

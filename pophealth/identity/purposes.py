@@ -62,8 +62,10 @@ class PurposeKeyring:
     __slots__ = ("_macs", "versions")
 
     def __init__(self, keys: dict[str, SecondaryUseKey | DirectCareKey]):
-        self._macs = {purpose: hmac.new(key.secret_bytes(), f"pophealth|{purpose}|".encode(), hashlib.sha256)
-                      for purpose, key in keys.items()}
+        self._macs = {
+            purpose: hmac.new(key.secret_bytes(), f"pophealth|{purpose}|".encode(), hashlib.sha256)
+            for purpose, key in keys.items()
+        }
         self.versions = {purpose: key.version for purpose, key in keys.items()}
 
     @classmethod
@@ -72,7 +74,8 @@ class PurposeKeyring:
             return cls({purpose: load_purpose_key(purpose) for purpose in PURPOSES})
         except KeyError_ as exc:
             raise PublishedIdsRefused(
-                f"{exc} Without it no published id can be made: the marts are not built.") from None
+                f"{exc} Without it no published id can be made: the marts are not built."
+            ) from None
 
     def id_for(self, purpose: str, transit: str) -> str:
         mac = self._macs[purpose].copy()
@@ -91,13 +94,15 @@ def _check_versions(conn: psycopg.Connection, keyring: PurposeKeyring) -> None:
     recorded = recorded_versions(conn)
     for purpose, version in keyring.versions.items():
         if purpose not in recorded:
-            conn.execute("INSERT INTO restricted.purpose_key (purpose, key_version) VALUES (%s, %s)",
-                         (purpose, version))
+            conn.execute(
+                "INSERT INTO restricted.purpose_key (purpose, key_version) VALUES (%s, %s)", (purpose, version)
+            )
         elif recorded[purpose] != version:
             raise PublishedIdsRefused(
                 f"the {purpose.replace('_', '-')} key in use (version {version}) is not the one the warehouse's "
                 f"{purpose.replace('_', '-')} ids were made with (version {recorded[purpose]}): use that key, or "
-                f"rotate to the new one with `pophealth rotate-key --purpose {purpose} --new-key-file FILE`")
+                f"rotate to the new one with `pophealth rotate-key --purpose {purpose} --new-key-file FILE`"
+            )
 
 
 def _require_optout_list(conn: psycopg.Connection) -> None:
@@ -106,14 +111,19 @@ def _require_optout_list(conn: psycopg.Connection) -> None:
         raise PublishedIdsRefused(
             "no national data opt-out list is in force (none loaded yet, or emptied by a linkage key rotation): "
             "the secondary-use marts cannot leave opted-out people out, so nothing is built; load the latest "
-            "optouts_<YYYYMMDD>.csv first")
+            "optouts_<YYYYMMDD>.csv first"
+        )
 
 
 def _unmapped_query() -> str:
-    union = " UNION ".join(f"SELECT {column} AS transit FROM {schema}.{table} WHERE {column} IS NOT NULL"
-                           for schema, table, column in TRANSIT_COLUMNS)
-    return (f"SELECT t.transit FROM ({union}) t "
-            "WHERE NOT EXISTS (SELECT FROM restricted.pseudonym p WHERE p.transit_key = t.transit)")
+    union = " UNION ".join(
+        f"SELECT {column} AS transit FROM {schema}.{table} WHERE {column} IS NOT NULL"
+        for schema, table, column in TRANSIT_COLUMNS
+    )
+    return (
+        f"SELECT t.transit FROM ({union}) t "
+        "WHERE NOT EXISTS (SELECT FROM restricted.pseudonym p WHERE p.transit_key = t.transit)"
+    )
 
 
 def assign_purpose_pseudonyms(progress: Callable[[str], None] | None = None) -> Assigned:
@@ -127,12 +137,14 @@ def assign_purpose_pseudonyms(progress: Callable[[str], None] | None = None) -> 
         _check_versions(conn, keyring)
         with reading.cursor(name="unmapped") as unmapped, conn.cursor() as writer:
             unmapped.execute(_unmapped_query())
-            with writer.copy("COPY restricted.pseudonym (transit_key, secondary_use_id, direct_care_id) "
-                             "FROM STDIN") as copy:
+            with writer.copy(
+                "COPY restricted.pseudonym (transit_key, secondary_use_id, direct_care_id) FROM STDIN"
+            ) as copy:
                 while batch := unmapped.fetchmany(_BATCH):
                     for (transit,) in batch:
-                        copy.write_row((transit, keyring.id_for("secondary_use", transit),
-                                        keyring.id_for("direct_care", transit)))
+                        copy.write_row(
+                            (transit, keyring.id_for("secondary_use", transit), keyring.id_for("direct_care", transit))
+                        )
                     added += len(batch)
                     if progress and added % (_BATCH * 25) == 0:
                         progress(f"  {added:,} pseudonyms given their published ids")
@@ -140,8 +152,9 @@ def assign_purpose_pseudonyms(progress: Callable[[str], None] | None = None) -> 
     return Assigned(added, keyring.versions)
 
 
-def rotate_purpose_key(purpose: str, new_key: SecondaryUseKey | DirectCareKey,
-                       progress: Callable[[str], None] = print) -> dict[str, object]:
+def rotate_purpose_key(
+    purpose: str, new_key: SecondaryUseKey | DirectCareKey, progress: Callable[[str], None] = print
+) -> dict[str, object]:
     """Re-key every id of one purpose under a new key, in one transaction; the other purpose is untouched.
 
     The published ids of that purpose all change (that is the point of rotating): analysts' or care teams'
@@ -158,44 +171,72 @@ def rotate_purpose_key(purpose: str, new_key: SecondaryUseKey | DirectCareKey,
         conn.execute("LOCK TABLE restricted.pseudonym, restricted.purpose_key IN ACCESS EXCLUSIVE MODE")
         recorded = recorded_versions(conn).get(purpose)
         if recorded is not None and recorded != old_ring.versions[purpose]:
-            raise PublishedIdsRefused(f"the warehouse's {purpose} ids were made with key {recorded}, not with the "
-                                    f"current key given ({old_ring.versions[purpose]})")
-        conn.execute("CREATE TEMPORARY TABLE purpose_rekey (transit_key text PRIMARY KEY, new_id text NOT NULL) "
-                     "ON COMMIT DROP")
+            raise PublishedIdsRefused(
+                f"the warehouse's {purpose} ids were made with key {recorded}, not with the "
+                f"current key given ({old_ring.versions[purpose]})"
+            )
+        conn.execute(
+            "CREATE TEMPORARY TABLE purpose_rekey (transit_key text PRIMARY KEY, new_id text NOT NULL) ON COMMIT DROP"
+        )
         transits = [r[0] for r in conn.execute("SELECT transit_key FROM restricted.pseudonym")]
         with conn.cursor().copy("COPY purpose_rekey FROM STDIN") as copy:
             for transit in transits:
                 copy.write_row((transit, new_ring.id_for(purpose, transit)))
         # Unique ids: swap through the temporary table in one statement.
-        rekeyed = conn.execute(f"UPDATE restricted.pseudonym p SET {column} = r.new_id FROM purpose_rekey r "
-                               "WHERE r.transit_key = p.transit_key").rowcount
-        conn.execute("""INSERT INTO restricted.purpose_key (purpose, key_version) VALUES (%s, %s)
+        rekeyed = conn.execute(
+            f"UPDATE restricted.pseudonym p SET {column} = r.new_id FROM purpose_rekey r "
+            "WHERE r.transit_key = p.transit_key"
+        ).rowcount
+        conn.execute(
+            """INSERT INTO restricted.purpose_key (purpose, key_version) VALUES (%s, %s)
                         ON CONFLICT (purpose) DO UPDATE SET key_version = excluded.key_version, set_at = now()""",
-                     (purpose, new_ring.versions[purpose]))
-        conn.execute("""INSERT INTO audit.key_rotation (purpose, old_key_version, new_key_version, pseudonyms_mapped,
+            (purpose, new_ring.versions[purpose]),
+        )
+        conn.execute(
+            """INSERT INTO audit.key_rotation (purpose, old_key_version, new_key_version, pseudonyms_mapped,
                                                         rows_rekeyed) VALUES (%s, %s, %s, %s, %s)""",
-                     (purpose, old_ring.versions[purpose], new_ring.versions[purpose], rekeyed,
-                      json.dumps({f"restricted.pseudonym.{column}": rekeyed})))
-    progress(f"Re-keyed {rekeyed:,} {purpose.replace('_', '-')} ids ({old_ring.versions[purpose]} -> "
-             f"{new_ring.versions[purpose]}); rebuild the marts to publish them.")
-    return {"purpose": purpose, "old": old_ring.versions[purpose], "new": new_ring.versions[purpose],
-            "rekeyed": rekeyed}
+            (
+                purpose,
+                old_ring.versions[purpose],
+                new_ring.versions[purpose],
+                rekeyed,
+                json.dumps({f"restricted.pseudonym.{column}": rekeyed}),
+            ),
+        )
+    progress(
+        f"Re-keyed {rekeyed:,} {purpose.replace('_', '-')} ids ({old_ring.versions[purpose]} -> "
+        f"{new_ring.versions[purpose]}); rebuild the marts to publish them."
+    )
+    return {
+        "purpose": purpose,
+        "old": old_ring.versions[purpose],
+        "new": new_ring.versions[purpose],
+        "rekeyed": rekeyed,
+    }
 
 
 def record_optouts_by_purpose(run_id: str | None = None) -> dict[str, int]:
     """After a marts build: how many people each purpose left out under the opt-out list in force (audit)."""
     with db.connect() as conn:
         in_force = optout_list_in_force(conn)
-        (left_out,), = conn.execute(
+        ((left_out,),) = conn.execute(
             """SELECT count(*) FROM intermediate.int_person p
-               WHERE EXISTS (SELECT FROM restricted.optout o WHERE o.nhs_number_key = p.person_key)""").fetchall()
-        (on_list,), = conn.execute("SELECT count(*) FROM restricted.optout").fetchall()
+               WHERE EXISTS (SELECT FROM restricted.optout o WHERE o.nhs_number_key = p.person_key)"""
+        ).fetchall()
+        ((on_list,),) = conn.execute("SELECT count(*) FROM restricted.optout").fetchall()
         counts = {"secondary_use": left_out, "direct_care": 0}
         for purpose, people in counts.items():
             conn.execute(
                 """INSERT INTO audit.optout_by_purpose (run_id, optout_load_id, optout_period_end, purpose,
                                                         people_on_list, people_left_out)
                    VALUES (%s, %s, %s, %s, %s, %s)""",
-                (run_id, in_force[0] if in_force else None, in_force[1] if in_force else None, purpose, on_list,
-                 people))
+                (
+                    run_id,
+                    in_force[0] if in_force else None,
+                    in_force[1] if in_force else None,
+                    purpose,
+                    on_list,
+                    people,
+                ),
+            )
     return counts

@@ -58,16 +58,22 @@ class Rotation:
 
 
 def _pseudonym_columns(conn: psycopg.Connection) -> list[tuple[str, str, str]]:
-    return [tuple(r) for r in conn.execute(
-        """SELECT c.table_schema, c.table_name, c.column_name
+    return [
+        tuple(r)
+        for r in conn.execute(
+            """SELECT c.table_schema, c.table_name, c.column_name
            FROM information_schema.columns c JOIN information_schema.tables t USING (table_schema, table_name)
            WHERE t.table_type = 'BASE TABLE' AND c.table_schema = ANY(%s) AND c.column_name = ANY(%s)
              AND (c.table_schema, c.table_name) <> ('restricted', 'optout')
-           ORDER BY 1, 2, 3""", (list(REKEYED_SCHEMAS), list(REKEYED_COLUMNS)))]
+           ORDER BY 1, 2, 3""",
+            (list(REKEYED_SCHEMAS), list(REKEYED_COLUMNS)),
+        )
+    ]
 
 
-def _build_mapping(conn: psycopg.Connection, old: LinkageKey, new: LinkageKey, cipher: VaultOpener,
-                   progress: Callable[[str], None]) -> int:
+def _build_mapping(
+    conn: psycopg.Connection, old: LinkageKey, new: LinkageKey, cipher: VaultOpener, progress: Callable[[str], None]
+) -> int:
     """Fill the session's temporary mapping from the vault; returns how many pseudonyms it maps."""
     conn.execute("""CREATE TEMPORARY TABLE rekey_map (old_pseudonym text PRIMARY KEY, new_pseudonym text NOT NULL,
                         kind text NOT NULL, nonce bytea NOT NULL, ciphertext bytea NOT NULL,
@@ -75,17 +81,23 @@ def _build_mapping(conn: psycopg.Connection, old: LinkageKey, new: LinkageKey, c
     old_side, new_side = Pseudonymiser(old), Pseudonymiser(new)
     mapped = 0
     with conn.cursor(name="vault_entries") as entries:
-        entries.execute("SELECT pseudonym, kind, nonce, ciphertext, vault_key_version, linkage_key_version, "
-                        "load_id FROM vault.identity")
+        entries.execute(
+            "SELECT pseudonym, kind, nonce, ciphertext, vault_key_version, linkage_key_version, "
+            "load_id FROM vault.identity"
+        )
         while batch := entries.fetchmany(_BATCH):
             rows = []
             for pseudonym, kind, nonce, ciphertext, vault_version, linkage_version, load_id in batch:
                 if vault_version != cipher.version:
-                    raise RotationRefused(f"vault entries were written under vault key {vault_version}, "
-                                          f"not the one given ({cipher.version})")
+                    raise RotationRefused(
+                        f"vault entries were written under vault key {vault_version}, "
+                        f"not the one given ({cipher.version})"
+                    )
                 if linkage_version != old.version:
-                    raise RotationRefused(f"vault entries were made under linkage key {linkage_version}, "
-                                          f"not the old key given ({old.version})")
+                    raise RotationRefused(
+                        f"vault entries were made under linkage key {linkage_version}, "
+                        f"not the old key given ({old.version})"
+                    )
                 clear = cipher.decrypt(kind, pseudonym, nonce, ciphertext)
                 if kind == "nhs":
                     number = NhsNumber(clear.decode("ascii"))
@@ -107,9 +119,13 @@ def _build_mapping(conn: psycopg.Connection, old: LinkageKey, new: LinkageKey, c
     return mapped
 
 
-def rotate_linkage_key(old: LinkageKey, new: LinkageKey, vault_key: VaultPrivateKey,
-                       progress: Callable[[str], None] = print,
-                       before_commit: Callable[[], None] | None = None) -> Rotation:
+def rotate_linkage_key(
+    old: LinkageKey,
+    new: LinkageKey,
+    vault_key: VaultPrivateKey,
+    progress: Callable[[str], None] = print,
+    before_commit: Callable[[], None] | None = None,
+) -> Rotation:
     """Re-key the warehouse from `old` to `new` in one transaction. Raises RotationRefused, changing nothing."""
     if old == new:
         raise RotationRefused("the new key is the old key")
@@ -124,53 +140,73 @@ def rotate_linkage_key(old: LinkageKey, new: LinkageKey, vault_key: VaultPrivate
         columns = _pseudonym_columns(conn)
         tables = sorted({(s, t) for s, t, _ in columns} | {("vault", "identity"), ("restricted", "optout")})
         # Analysts' queries wait on these locks, then see the new pseudonyms: never a mixture.
-        conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
-            sql.SQL(", ").join(sql.Identifier(s, t) for s, t in tables)))
+        conn.execute(
+            sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
+                sql.SQL(", ").join(sql.Identifier(s, t) for s, t in tables)
+            )
+        )
         progress(f"Building the mapping from the vault ({old.version} -> {new.version}) ...")
         mapped = _build_mapping(conn, old, new, cipher, progress)
         unmapped = {}
         for schema, table, column in columns:
-            (count,), = conn.execute(sql.SQL(
-                "SELECT count(*) FROM {t} x WHERE x.{c} IS NOT NULL AND NOT EXISTS "
-                "(SELECT FROM rekey_map m WHERE m.old_pseudonym = x.{c})").format(
-                t=sql.Identifier(schema, table), c=sql.Identifier(column))).fetchall()
+            ((count,),) = conn.execute(
+                sql.SQL(
+                    "SELECT count(*) FROM {t} x WHERE x.{c} IS NOT NULL AND NOT EXISTS "
+                    "(SELECT FROM rekey_map m WHERE m.old_pseudonym = x.{c})"
+                ).format(t=sql.Identifier(schema, table), c=sql.Identifier(column))
+            ).fetchall()
             if count:
                 unmapped[f"{schema}.{table}.{column}"] = count
         if unmapped:
             raise RotationRefused(
                 "some pseudonyms have no vault entry (from extracts pseudonymised at source, with no identifiable "
                 "record here), so they cannot be re-keyed; ask those sources to resend under the new key. "
-                "Rows per column: " + ", ".join(f"{k} {v:,}" for k, v in unmapped.items()))
+                "Rows per column: " + ", ".join(f"{k} {v:,}" for k, v in unmapped.items())
+            )
         rekeyed: dict[str, int] = {}
         for schema, table, column in columns:
-            rekeyed[f"{schema}.{table}.{column}"] = conn.execute(sql.SQL(
-                "UPDATE {t} x SET {c} = m.new_pseudonym FROM rekey_map m WHERE x.{c} = m.old_pseudonym").format(
-                t=sql.Identifier(schema, table), c=sql.Identifier(column))).rowcount
+            rekeyed[f"{schema}.{table}.{column}"] = conn.execute(
+                sql.SQL("UPDATE {t} x SET {c} = m.new_pseudonym FROM rekey_map m WHERE x.{c} = m.old_pseudonym").format(
+                    t=sql.Identifier(schema, table), c=sql.Identifier(column)
+                )
+            ).rowcount
         for table in PERSONAL_TABLES:
             conn.execute(sql.SQL("UPDATE {} SET key_version = %s").format(sql.SQL(table)), (new.version,))
         conn.execute("DELETE FROM vault.identity")
-        conn.execute("""INSERT INTO vault.identity (pseudonym, kind, nonce, ciphertext, vault_key_version,
+        conn.execute(
+            """INSERT INTO vault.identity (pseudonym, kind, nonce, ciphertext, vault_key_version,
                                                     linkage_key_version, load_id)
                         SELECT m.new_pseudonym, m.kind, m.nonce, m.ciphertext, %s, %s, m.load_id FROM rekey_map m""",
-                     (cipher.version, new.version))
+            (cipher.version, new.version),
+        )
         rekeyed["restricted.optout.nhs_number_key (emptied: load the opt-out list again)"] = conn.execute(
-            "DELETE FROM restricted.optout").rowcount
+            "DELETE FROM restricted.optout"
+        ).rowcount
         # 'rekeyed', not 'superseded': the same file is loaded again under the new key (pending_extracts).
         conn.execute("""UPDATE audit.load SET status = 'rekeyed',
                                message = 'pseudonymised under a key that has been rotated: load it again'
                         WHERE feed = 'optouts' AND status = 'published'""")
-        conn.execute("""INSERT INTO audit.key_rotation
+        conn.execute(
+            """INSERT INTO audit.key_rotation
                             (old_key_version, new_key_version, pseudonyms_mapped, rows_rekeyed)
-                        VALUES (%s, %s, %s, %s)""", (old.version, new.version, mapped, json.dumps(rekeyed)))
+                        VALUES (%s, %s, %s, %s)""",
+            (old.version, new.version, mapped, json.dumps(rekeyed)),
+        )
         if before_commit:
             before_commit()
-    progress(f"Re-keyed {sum(v for k, v in rekeyed.items() if 'optout' not in k):,} values in "
-             f"{len(columns)} columns; {mapped:,} pseudonyms mapped; the mapping was not kept.")
+    progress(
+        f"Re-keyed {sum(v for k, v in rekeyed.items() if 'optout' not in k):,} values in "
+        f"{len(columns)} columns; {mapped:,} pseudonyms mapped; the mapping was not kept."
+    )
     return Rotation(old.version, new.version, mapped, rekeyed)
 
 
-def rotate_vault_key(old: VaultPrivateKey, new: VaultPublicKey, progress: Callable[[str], None] = print,
-                     before_commit: Callable[[], None] | None = None) -> Rotation:
+def rotate_vault_key(
+    old: VaultPrivateKey,
+    new: VaultPublicKey,
+    progress: Callable[[str], None] = print,
+    before_commit: Callable[[], None] | None = None,
+) -> Rotation:
     """Re-encrypt every vault entry from the old key pair to the new public key, in one transaction.
 
     Opens each entry with the old private key and seals it again to the new public key: the new private key is
@@ -183,15 +219,22 @@ def rotate_vault_key(old: VaultPrivateKey, new: VaultPublicKey, progress: Callab
     opener, sealer = VaultOpener(old), VaultSealer(new)
     with db.connect() as conn:
         conn.execute("LOCK TABLE vault.identity IN ACCESS EXCLUSIVE MODE")
-        waiting = db.one_row(conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'load_batch' "
-                                          "AND tablename LIKE 'vault\\_%%'"))[0]
+        waiting = db.one_row(
+            conn.execute(
+                "SELECT count(*) FROM pg_tables WHERE schemaname = 'load_batch' AND tablename LIKE 'vault\\_%%'"
+            )
+        )[0]
         if waiting:
-            raise RotationRefused(f"{waiting} load(s) have vault entries waiting to be published under the old "
-                                  "public key: let them finish (or fail), then rotate")
+            raise RotationRefused(
+                f"{waiting} load(s) have vault entries waiting to be published under the old "
+                "public key: let them finish (or fail), then rotate"
+            )
         versions = [v for (v,) in conn.execute("SELECT DISTINCT vault_key_version FROM vault.identity")]
         if any(v != opener.version for v in versions):
-            raise RotationRefused(f"the vault holds entries under {', '.join(sorted(versions))}, not only under the "
-                                  f"old key pair given ({opener.version})")
+            raise RotationRefused(
+                f"the vault holds entries under {', '.join(sorted(versions))}, not only under the "
+                f"old key pair given ({opener.version})"
+            )
         rows = []
         with conn.cursor(name="vault_entries") as entries:
             entries.execute("SELECT pseudonym, kind, nonce, ciphertext FROM vault.identity")
@@ -202,19 +245,26 @@ def rotate_vault_key(old: VaultPrivateKey, new: VaultPublicKey, progress: Callab
                     except VaultError as exc:
                         raise RotationRefused(str(exc)) from None
                     rows.append((pseudonym, *sealer.encrypt(kind, pseudonym, clear)))
-        conn.execute("CREATE TEMPORARY TABLE vault_reseal (pseudonym text PRIMARY KEY, nonce bytea NOT NULL, "
-                     "ciphertext bytea NOT NULL) ON COMMIT DROP")
+        conn.execute(
+            "CREATE TEMPORARY TABLE vault_reseal (pseudonym text PRIMARY KEY, nonce bytea NOT NULL, "
+            "ciphertext bytea NOT NULL) ON COMMIT DROP"
+        )
         with conn.cursor().copy("COPY vault_reseal FROM STDIN") as copy:
             for row in rows:
                 copy.write_row(row)
-        resealed = conn.execute("""UPDATE vault.identity v SET nonce = r.nonce, ciphertext = r.ciphertext,
+        resealed = conn.execute(
+            """UPDATE vault.identity v SET nonce = r.nonce, ciphertext = r.ciphertext,
                                           vault_key_version = %s
-                                   FROM vault_reseal r WHERE r.pseudonym = v.pseudonym""", (sealer.version,)).rowcount
+                                   FROM vault_reseal r WHERE r.pseudonym = v.pseudonym""",
+            (sealer.version,),
+        ).rowcount
         rekeyed = {"vault.identity (re-encrypted)": resealed}
-        conn.execute("""INSERT INTO audit.key_rotation (old_key_version, new_key_version, pseudonyms_mapped,
+        conn.execute(
+            """INSERT INTO audit.key_rotation (old_key_version, new_key_version, pseudonyms_mapped,
                                                         rows_rekeyed, purpose)
-                        VALUES (%s, %s, %s, %s, 'vault')""", (opener.version, sealer.version, resealed,
-                                                               json.dumps(rekeyed)))
+                        VALUES (%s, %s, %s, %s, 'vault')""",
+            (opener.version, sealer.version, resealed, json.dumps(rekeyed)),
+        )
         if before_commit:
             before_commit()
     progress(f"Re-encrypted {resealed:,} vault entries from {opener.version} to {sealer.version}.")

@@ -72,7 +72,8 @@ class VaultOpener(VaultSealer):
             return _SUITE.decrypt(bytes(nonce) + bytes(ciphertext), self._private, info=_info(kind, pseudonym))
         except Exception:  # cryptography raises InvalidTag, or ValueError for a malformed entry
             raise VaultError(
-                "a vault entry does not open with this vault private key (wrong key, or tampered)") from None
+                "a vault entry does not open with this vault private key (wrong key, or tampered)"
+            ) from None
 
 
 def vault_batch_table(load_id: int) -> str:
@@ -111,8 +112,9 @@ class VaultWriter:
             self._recent.add(pseudonym)
             nonce, ciphertext = self.cipher.encrypt(kind, pseudonym, clear)
             assert self.sink is not None, "open_batch gives the sealer its COPY before any row is kept"
-            self.sink.write_row((pseudonym, kind, nonce, ciphertext, self.cipher.version,
-                                  self.linkage_key_version, self.load_id))
+            self.sink.write_row(
+                (pseudonym, kind, nonce, ciphertext, self.cipher.version, self.linkage_key_version, self.load_id)
+            )
             self.stored += 1
         self._row.clear()
 
@@ -124,9 +126,11 @@ def open_batch(conn: psycopg.Connection, load_id: int) -> AbstractContextManager
     """Create the file's vault batch table; returns the COPY context to write into."""
     table = sql.SQL(vault_batch_table(load_id))
     # Spelled out rather than LIKE vault.identity: the loader may write the vault but not read it.
-    conn.execute(sql.SQL("""CREATE TABLE {} (pseudonym text NOT NULL, kind text NOT NULL, nonce bytea NOT NULL,
+    conn.execute(
+        sql.SQL("""CREATE TABLE {} (pseudonym text NOT NULL, kind text NOT NULL, nonce bytea NOT NULL,
         ciphertext bytea NOT NULL, vault_key_version text NOT NULL, linkage_key_version text NOT NULL,
-        load_id bigint NOT NULL)""").format(table))
+        load_id bigint NOT NULL)""").format(table)
+    )
     columns = sql.SQL(", ").join(sql.Identifier(c) for c in COPY_COLUMNS)
     return conn.cursor().copy(sql.SQL("COPY {} ({}) FROM STDIN").format(table, columns))
 
@@ -138,9 +142,12 @@ def publish_batch(conn: psycopg.Connection, load_id: int) -> int:
     if exists is None:
         return 0
     columns = sql.SQL(", ").join(sql.Identifier(c) for c in COPY_COLUMNS)
-    added = conn.execute(sql.SQL(
-        "INSERT INTO vault.identity ({cols}) SELECT DISTINCT ON (pseudonym) {cols} FROM {t} "
-        "ORDER BY pseudonym ON CONFLICT (pseudonym) DO NOTHING").format(cols=columns, t=table)).rowcount
+    added = conn.execute(
+        sql.SQL(
+            "INSERT INTO vault.identity ({cols}) SELECT DISTINCT ON (pseudonym) {cols} FROM {t} "
+            "ORDER BY pseudonym ON CONFLICT (pseudonym) DO NOTHING"
+        ).format(cols=columns, t=table)
+    ).rowcount
     conn.execute(sql.SQL("DROP TABLE {}").format(table))
     return added
 
@@ -160,8 +167,14 @@ def _database_message(exc: psycopg.Error) -> str:
     return (exc.diag.message_primary if getattr(exc, "diag", None) else None) or str(exc).splitlines()[0]
 
 
-def reidentify(person_ids: list[str], purpose: str, on_behalf_of: str, key: VaultPrivateKey,
-               conninfo: str | None = None, request_id: int | None = None) -> Reidentified:
+def reidentify(
+    person_ids: list[str],
+    purpose: str,
+    on_behalf_of: str,
+    key: VaultPrivateKey,
+    conninfo: str | None = None,
+    request_id: int | None = None,
+) -> Reidentified:
     """Re-identify people for direct care, as the `reidentifier` login. Every call is in the audit log first.
 
     `person_ids` are direct-care ids (direct_care.case_finding). The database decides (vault.request_reidentification):
@@ -183,14 +196,25 @@ def reidentify(person_ids: list[str], purpose: str, on_behalf_of: str, key: Vaul
         with psycopg.connect(url, autocommit=True) as conn:
             # Autocommit: the request (or its refusal) is committed before the read, as vault.reidentify requires.
             if request_id is None:
-                request_id = db.one_row(conn.execute("SELECT vault.request_reidentification(%s, %s, %s)",
-                                                     ([p.value for p in wanted], purpose, on_behalf_of)))[0]
+                request_id = db.one_row(
+                    conn.execute(
+                        "SELECT vault.request_reidentification(%s, %s, %s)",
+                        ([p.value for p in wanted], purpose, on_behalf_of),
+                    )
+                )[0]
             else:
-                wanted = [PersonId(p) for p in conn.execute(
-                    "SELECT unnest(person_ids) FROM vault.my_request(%s)", (request_id,)).fetchall() for p in p]
+                wanted = [
+                    PersonId(p)
+                    for p in conn.execute(
+                        "SELECT unnest(person_ids) FROM vault.my_request(%s)", (request_id,)
+                    ).fetchall()
+                    for p in p
+                ]
             try:
-                rows = conn.execute("SELECT person_id, bound_to, nonce, ciphertext, vault_key_version "
-                                    "FROM vault.reidentify(%s)", (request_id,)).fetchall()
+                rows = conn.execute(
+                    "SELECT person_id, bound_to, nonce, ciphertext, vault_key_version FROM vault.reidentify(%s)",
+                    (request_id,),
+                ).fetchall()
             except psycopg.Error as exc:
                 raise VaultError(f"re-identification request {request_id}: {_database_message(exc)}") from None
     except psycopg.Error as exc:
@@ -198,8 +222,10 @@ def reidentify(person_ids: list[str], purpose: str, on_behalf_of: str, key: Vaul
     found: dict[PersonId, NhsNumber] = {}
     for person_id, bound_to, nonce, ciphertext, version in rows:
         if version != cipher.version:
-            raise VaultError(f"the vault entry was written under vault key {version}, not {cipher.version}: "
-                             "use the private key of that pair")
+            raise VaultError(
+                f"the vault entry was written under vault key {version}, not {cipher.version}: "
+                "use the private key of that pair"
+            )
         digits = cipher.decrypt("nhs", bound_to, nonce, ciphertext).decode("ascii")
         found[PersonId(person_id)] = NhsNumber(digits)
     return Reidentified(request_id, found, [p for p in wanted if p not in found])
@@ -213,7 +239,10 @@ def decide(request_id: int, approve: bool, note: str, conninfo: str | None = Non
     url = conninfo or db.warehouse().with_user("caldicott_guardian").url()
     try:
         with psycopg.connect(url, autocommit=True) as conn:
-            return str(db.one_row(conn.execute("SELECT vault.decide_reidentification(%s, %s, %s)",
-                                               (request_id, approve, note)))[0])
+            return str(
+                db.one_row(
+                    conn.execute("SELECT vault.decide_reidentification(%s, %s, %s)", (request_id, approve, note))
+                )[0]
+            )
     except psycopg.Error as exc:
         raise VaultError(f"decision refused: {_database_message(exc)}") from None

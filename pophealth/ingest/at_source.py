@@ -65,8 +65,11 @@ def header_problem(feed: str, columns: Sequence[str]) -> str | None:
     if forms is None or not forms.pseudonymisable:
         return None
     if is_pseudonymised(columns):
-        missing = [" (or ".join(options) + ")" * (len(options) - 1)
-                   for options in forms.pseudonymised_required if not any(c in columns for c in options)]
+        missing = [
+            " (or ".join(options) + ")" * (len(options) - 1)
+            for options in forms.pseudonymised_required
+            if not any(c in columns for c in options)
+        ]
         return f"missing required column(s): {', '.join(missing)}" if missing else None
     missing = [c for c in forms.identifiable_required if c not in columns]
     if missing:
@@ -80,8 +83,15 @@ def header_problem(feed: str, columns: Sequence[str]) -> str | None:
 # One row
 
 
-def pseudonymise_row(feed: str, row: dict[str, str], pseudonymiser: Pseudonymiser, postcodes: PostcodeLookup, *,
-                     period_end: date | None = None, unreduced: dict[str, str] | None = None) -> dict[str, str]:
+def pseudonymise_row(
+    feed: str,
+    row: dict[str, str],
+    pseudonymiser: Pseudonymiser,
+    postcodes: PostcodeLookup,
+    *,
+    period_end: date | None = None,
+    unreduced: dict[str, str] | None = None,
+) -> dict[str, str]:
     """An identifiable extract row as its pseudonymised extract row.
 
     `row` maps the header's names, lower-cased (as `landing.open_extract` yields them), to their text.
@@ -172,10 +182,12 @@ def source_key_problem(row: dict[str, str], loading_version: str) -> str | None:
         said = f"was made under linkage key version {found.strip()}"
     else:
         said = f"has a {KEY_VERSION_COLUMN} that is not a key version (not shown)"
-    return (f"the file is pseudonymised at source and {said}; the loading key is version {loading_version}. "
-            "Pseudonyms made under another key link to nobody and slip past the opt-outs: nothing of the file "
-            f"was loaded; the source pseudonymises it again under the current key (`pophealth pseudonymise` "
-            f"writes {KEY_VERSION_COLUMN})")
+    return (
+        f"the file is pseudonymised at source and {said}; the loading key is version {loading_version}. "
+        "Pseudonyms made under another key link to nobody and slip past the opt-outs: nothing of the file "
+        f"was loaded; the source pseudonymises it again under the current key (`pophealth pseudonymise` "
+        f"writes {KEY_VERSION_COLUMN})"
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -195,10 +207,10 @@ class AtSourceSummary:
     feed: str
     key_version: str
     rows_written: int = 0
-    unlinked: Counter = field(default_factory=Counter)    # nhs_number_check (missing, invalid) -> rows
+    unlinked: Counter = field(default_factory=Counter)  # nhs_number_check (missing, invalid) -> rows
     test_range: int = 0
     dropped_columns: list[str] = field(default_factory=list)
-    emptied: Counter = field(default_factory=Counter)     # (column, reason) -> rows
+    emptied: Counter = field(default_factory=Counter)  # (column, reason) -> rows
     postcodes_not_found: int = 0
     rows_skipped: int = 0
     first_skipped_row: int | None = None
@@ -223,10 +235,12 @@ def _identifiable_extract(source: Path) -> ExtractFile:
     if extract is None:
         raise AtSourceRefused(
             f"{source.name}: the file name does not match any feed of the extract contract "
-            f"({', '.join(f.file_name.form for f in FEEDS if f.pseudonymisable)})")
+            f"({', '.join(f.file_name.form for f in FEEDS if f.pseudonymisable)})"
+        )
     if not FEEDS_BY_NAME[extract.feed].pseudonymisable:
-        raise AtSourceRefused(f"{source.name} is reference data, not personal: it needs no pseudonymisation; "
-                              "send it as it is")
+        raise AtSourceRefused(
+            f"{source.name} is reference data, not personal: it needs no pseudonymisation; send it as it is"
+        )
     if not source.is_file():
         raise AtSourceRefused(f"the input file does not exist: {source}")
     return extract
@@ -238,8 +252,11 @@ def _output_path(source: Path, out: Path, extract: ExtractFile) -> Path:
     if out.exists() and out.resolve() == source.resolve():
         raise AtSourceRefused("the output would overwrite the identifiable input: write it to another folder")
     named = identify(out)
-    if named is None or (named.feed, named.provider, named.period_end) != (extract.feed, extract.provider,
-                                                                          extract.period_end):
+    if named is None or (named.feed, named.provider, named.period_end) != (
+        extract.feed,
+        extract.provider,
+        extract.period_end,
+    ):
         # The loader knows a file by its name: a wrong one would load as another feed, provider or period.
         raise AtSourceRefused(f"the output must be named like the input ({source.name}), or be a folder")
     if not out.parent.is_dir():
@@ -247,9 +264,16 @@ def _output_path(source: Path, out: Path, extract: ExtractFile) -> Path:
     return out
 
 
-def pseudonymise_extract(source: Path, out: Path, lookup: Path | None, *, pseudonymiser: Pseudonymiser | None = None,
-                         progress: Callable[[str], None] | None = None, every_seconds: float = 5.0,
-                         every_rows: int = 10_000) -> AtSourceSummary:
+def pseudonymise_extract(
+    source: Path,
+    out: Path,
+    lookup: Path | None,
+    *,
+    pseudonymiser: Pseudonymiser | None = None,
+    progress: Callable[[str], None] | None = None,
+    every_seconds: float = 5.0,
+    every_rows: int = 10_000,
+) -> AtSourceSummary:
     """Write the pseudonymised extract of an identifiable one, streaming, with constant memory.
 
     `out` is a file named like `source` in another folder, or a folder. Without `pseudonymiser`, the key
@@ -281,12 +305,22 @@ def pseudonymise_extract(source: Path, out: Path, lookup: Path | None, *, pseudo
             raise FileRejected(problem)
         summary.dropped_columns = [c for c in reader.columns if c not in forms.identifiable]
         temporary = tempfile.NamedTemporaryFile(  # a dot file: the landing scan never sees it
-            "w", encoding="utf-8", newline="", dir=out.parent, prefix=f".{out.name}.", suffix=".partial",
-            delete=False)
+            "w", encoding="utf-8", newline="", dir=out.parent, prefix=f".{out.name}.", suffix=".partial", delete=False
+        )
         try:
             with temporary:
-                _write_rows(reader.rows, temporary, forms, pseudonymiser, postcodes, summary, started, progress,
-                            every_seconds, every_rows)
+                _write_rows(
+                    reader.rows,
+                    temporary,
+                    forms,
+                    pseudonymiser,
+                    postcodes,
+                    summary,
+                    started,
+                    progress,
+                    every_seconds,
+                    every_rows,
+                )
                 temporary.flush()
                 os.fsync(temporary.fileno())
             os.replace(temporary.name, out)
@@ -297,8 +331,18 @@ def pseudonymise_extract(source: Path, out: Path, lookup: Path | None, *, pseudo
     return summary
 
 
-def _write_rows(rows, target, forms: Feed, pseudonymiser: Pseudonymiser, postcodes: PostcodeLookup,
-                summary: AtSourceSummary, started: float, progress, every_seconds: float, every_rows: int) -> None:
+def _write_rows(
+    rows,
+    target,
+    forms: Feed,
+    pseudonymiser: Pseudonymiser,
+    postcodes: PostcodeLookup,
+    summary: AtSourceSummary,
+    started: float,
+    progress,
+    every_seconds: float,
+    every_rows: int,
+) -> None:
     writer = csv.writer(target, lineterminator="\n")
     writer.writerow(forms.header)
     has_postcode = "lsoa_code" in forms.pseudonymised
@@ -345,15 +389,22 @@ def summary_text(summary: AtSourceSummary) -> str:
     say("rows written", f"{summary.rows_written:,}")
     say("unlinked (no valid NHS number)", f"{unlinked:,}" + (f" ({by_check})" if unlinked else ""))
     say("test-range NHS numbers", f"{summary.test_range:,}")
-    say("columns dropped", ", ".join(summary.dropped_columns) + " (not in the contract; none of their values "
-        "was written)" if summary.dropped_columns else "none")
+    say(
+        "columns dropped",
+        ", ".join(summary.dropped_columns) + " (not in the contract; none of their values was written)"
+        if summary.dropped_columns
+        else "none",
+    )
     for (column, reason), count in sorted(summary.emptied.items()):
         say(f"{column} left empty", f"{count:,} ({reason})")
     if summary.postcodes_not_found:
         say("postcodes not in the lookup", f"{summary.postcodes_not_found:,} (lsoa_code left empty)")
     if summary.rows_skipped:
-        say("rows skipped", f"{summary.rows_skipped:,} (their number of fields differs from the header; "
-            f"the first is data row {summary.first_skipped_row})")
+        say(
+            "rows skipped",
+            f"{summary.rows_skipped:,} (their number of fields differs from the header; "
+            f"the first is data row {summary.first_skipped_row})",
+        )
     say("linkage key version", summary.key_version)
     say("time", f"{summary.seconds:.1f} s ({rate:,.0f} rows/s)")
     return "\n".join(lines)

@@ -155,8 +155,9 @@ def _pseudonymised(feed: str, row: dict[str, str], ctx: RowContext) -> tuple[dic
             raise FileRejected(problem)
         return row, None
     unreduced: dict[str, str] = {}
-    return pseudonymise_row(feed, row, ctx.keyed, ctx.postcodes, period_end=ctx.period_end,
-                            unreduced=unreduced), unreduced
+    return pseudonymise_row(
+        feed, row, ctx.keyed, ctx.postcodes, period_end=ctx.period_end, unreduced=unreduced
+    ), unreduced
 
 
 def _identity_column(row: dict[str, str], unreduced: dict[str, str] | None) -> str:
@@ -182,8 +183,9 @@ def _linkage(row: dict[str, str], unreduced: dict[str, str] | None) -> tuple[Nhs
             raise RowProblem("nhs_number_check", "not one of valid, test_range, missing, invalid, source_pseudonym")
         if not check.linkable:
             if person:
-                raise RowProblem("person_id",
-                                 "person_id is given but nhs_number_check says there was no valid NHS number")
+                raise RowProblem(
+                    "person_id", "person_id is given but nhs_number_check says there was no valid NHS number"
+                )
             return check, None
         if not person:
             raise RowProblem("person_id", "person_id is missing but nhs_number_check says the NHS number was valid")
@@ -206,8 +208,9 @@ def _counted(ctx: RowContext, check: NhsNumberCheck, person: str | None) -> tupl
     return person, check.value
 
 
-def _local_key(row: dict[str, str], ctx: RowContext, unreduced: dict[str, str] | None, column: str, source: str,
-               kind: str) -> str:
+def _local_key(
+    row: dict[str, str], ctx: RowContext, unreduced: dict[str, str] | None, column: str, source: str, kind: str
+) -> str:
     """The keyed pseudonym of a local id: ours already, or sent as one (64 lowercase hex), or made now."""
     value = _required(row, column)
     if unreduced is not None or _HEX64.match(value):
@@ -266,26 +269,36 @@ def _birth(row: dict[str, str], ctx: RowContext, unreduced: dict[str, str] | Non
 # ----------------------------------------------------------------------------------------------------------
 # gp_register
 
+
 def gp_register_row(row: dict[str, str], ctx: RowContext) -> Row:
     row, unreduced = _pseudonymised("gp_register", row, ctx)
     check, person = _linkage(row, unreduced)
     if person is None:
-        raise RowProblem(_identity_column(row, unreduced),
-                         "NHS number missing or invalid, and the register has no local id to follow")
+        raise RowProblem(
+            _identity_column(row, unreduced),
+            "NHS number missing or invalid, and the register has no local id to follow",
+        )
     nhs_number_key, check_stored = _counted(ctx, check, person)
     birth_year, birth_month = _birth(row, ctx, unreduced)
     lsoa, locality = _area(row, ctx, unreduced)
     return {
-        "nhs_number_key": nhs_number_key, "nhs_number_check": check_stored, "birth_year": birth_year,
-        "birth_month": birth_month, "sex": _text(row, "sex"), "lsoa_code": lsoa, "locality_code": locality,
+        "nhs_number_key": nhs_number_key,
+        "nhs_number_check": check_stored,
+        "birth_year": birth_year,
+        "birth_month": birth_month,
+        "sex": _text(row, "sex"),
+        "lsoa_code": lsoa,
+        "locality_code": locality,
         "gp_practice_code": _text(row, "gp_practice_code"),
         "registration_start_date": _date(row, "registration_start_date"),
-        "registration_end_date": _date(row, "registration_end_date"), "date_of_death": _date(row, "date_of_death"),
+        "registration_end_date": _date(row, "registration_end_date"),
+        "date_of_death": _date(row, "date_of_death"),
     }
 
 
 # ----------------------------------------------------------------------------------------------------------
 # apc
+
 
 def apc_row(row: dict[str, str], ctx: RowContext) -> Row:
     row, unreduced = _pseudonymised("apc", row, ctx)
@@ -304,13 +317,29 @@ def apc_row(row: dict[str, str], ctx: RowContext) -> Row:
     birth_year, birth_month = _birth(row, ctx, unreduced)
     lsoa, locality = _area(row, ctx, unreduced)
     out: dict[str, object] = {
-        "nhs_number_key": nhs_number_key, "nhs_number_check": check, "episode_key": episode_key, "spell_key": spell_key,
-        "nhs_number_status": _text(row, "nhs_number_status"), "birth_year": birth_year, "birth_month": birth_month,
-        "sex": _text(row, "sex"), "lsoa_code": lsoa, "locality_code": locality,
-        "gp_practice_code": _text(row, "gp_practice_code"), "procode": procode, "admidate": admidate,
-        "disdate": _date(row, "disdate"), "epistart": epistart, "epiend": _date(row, "epiend"), "epiorder": epiorder,
-        "admimeth": admimeth, "admisorc": _text(row, "admisorc"), "disdest": _text(row, "disdest"),
-        "dismeth": _text(row, "dismeth"), "classpat": _text(row, "classpat"), "mainspef": _text(row, "mainspef"),
+        "nhs_number_key": nhs_number_key,
+        "nhs_number_check": check,
+        "episode_key": episode_key,
+        "spell_key": spell_key,
+        "nhs_number_status": _text(row, "nhs_number_status"),
+        "birth_year": birth_year,
+        "birth_month": birth_month,
+        "sex": _text(row, "sex"),
+        "lsoa_code": lsoa,
+        "locality_code": locality,
+        "gp_practice_code": _text(row, "gp_practice_code"),
+        "procode": procode,
+        "admidate": admidate,
+        "disdate": _date(row, "disdate"),
+        "epistart": epistart,
+        "epiend": _date(row, "epiend"),
+        "epiorder": epiorder,
+        "admimeth": admimeth,
+        "admisorc": _text(row, "admisorc"),
+        "disdest": _text(row, "disdest"),
+        "dismeth": _text(row, "dismeth"),
+        "classpat": _text(row, "classpat"),
+        "mainspef": _text(row, "mainspef"),
         "tretspef": _text(row, "tretspef"),
     }
     for column in DIAG_COLUMNS:
@@ -336,19 +365,34 @@ def cld_row(row: dict[str, str], ctx: RowContext) -> Row:
     birth_year, birth_month = _birth(row, ctx, unreduced)
     lsoa, locality = _area(row, ctx, unreduced)
     return {
-        "nhs_number_key": nhs_number_key, "nhs_number_check": check, "la_person_key": la_person_key, "la_code": la_code,
+        "nhs_number_key": nhs_number_key,
+        "nhs_number_check": check,
+        "la_person_key": la_person_key,
+        "la_code": la_code,
         "reporting_period_start_date": _date(row, "reporting_period_start_date"),
-        "reporting_period_end_date": period_end, "client_type": _text(row, "client_type"),
-        "gender": _text(row, "gender"), "ethnicity": _text(row, "ethnicity"), "birth_year": birth_year,
-        "birth_month": birth_month, "date_of_death": _date(row, "date_of_death"), "lsoa_code": lsoa,
-        "locality_code": locality, "primary_support_reason": _text(row, "primary_support_reason"),
-        "accommodation_status": _text(row, "accommodation_status"), "event_type": event_type,
-        "event_reference": _text(row, "event_reference"), "event_start_date": event_start,
-        "event_end_date": _date(row, "event_end_date"), "event_outcome": _text(row, "event_outcome"),
+        "reporting_period_end_date": period_end,
+        "client_type": _text(row, "client_type"),
+        "gender": _text(row, "gender"),
+        "ethnicity": _text(row, "ethnicity"),
+        "birth_year": birth_year,
+        "birth_month": birth_month,
+        "date_of_death": _date(row, "date_of_death"),
+        "lsoa_code": lsoa,
+        "locality_code": locality,
+        "primary_support_reason": _text(row, "primary_support_reason"),
+        "accommodation_status": _text(row, "accommodation_status"),
+        "event_type": event_type,
+        "event_reference": _text(row, "event_reference"),
+        "event_start_date": event_start,
+        "event_end_date": _date(row, "event_end_date"),
+        "event_outcome": _text(row, "event_outcome"),
         "request_route_of_access": _text(row, "request_route_of_access"),
-        "assessment_type": _text(row, "assessment_type"), "service_type": _text(row, "service_type"),
-        "service_component": _text(row, "service_component"), "delivery_mechanism": _text(row, "delivery_mechanism"),
-        "review_reason": _text(row, "review_reason"), "unit_cost": _decimal(row, "unit_cost"),
+        "assessment_type": _text(row, "assessment_type"),
+        "service_type": _text(row, "service_type"),
+        "service_component": _text(row, "service_component"),
+        "delivery_mechanism": _text(row, "delivery_mechanism"),
+        "review_reason": _text(row, "review_reason"),
+        "unit_cost": _decimal(row, "unit_cost"),
         "cost_frequency_unit_type": _text(row, "cost_frequency_unit_type"),
         "planned_units_per_week": _decimal(row, "planned_units_per_week"),
     }
@@ -362,8 +406,9 @@ def optout_row(row: dict[str, str], ctx: RowContext) -> Row:
     row, unreduced = _pseudonymised("optouts", row, ctx)
     check, person = _linkage(row, unreduced)
     if person is None:
-        raise RowProblem(_identity_column(row, unreduced),
-                         f"NHS number {check.value}: an opt-out cannot be applied without one")
+        raise RowProblem(
+            _identity_column(row, unreduced), f"NHS number {check.value}: an opt-out cannot be applied without one"
+        )
     return {"nhs_number_key": person}
 
 
@@ -376,9 +421,13 @@ def postcode_row(row: dict[str, str], ctx: RowContext) -> Row:
     postcode's digest, which goes to raw.ref_postcode only."""
     postcode = postcode_digest(_required(row, "postcode"))
     la_code = _text(row, "la_code")
-    return {"lsoa_code": _required(row, "lsoa_code").upper(), "locality_code": _required(row, "locality_code").upper(),
-            "locality_name": _text(row, "locality_name"), "la_code": la_code.upper() if la_code else None,
-            "postcode_digest": postcode}
+    return {
+        "lsoa_code": _required(row, "lsoa_code").upper(),
+        "locality_code": _required(row, "locality_code").upper(),
+        "locality_name": _text(row, "locality_name"),
+        "la_code": la_code.upper() if la_code else None,
+        "postcode_digest": postcode,
+    }
 
 
 def population_row(row: dict[str, str], ctx: RowContext) -> Row:
@@ -386,8 +435,13 @@ def population_row(row: dict[str, str], ctx: RowContext) -> Row:
     age = _int(row, "age", required=True)
     population = _int(row, "population", required=True, maximum=INTEGER_MAX)
     assert ctx.period_end is not None, "a population file's name gives its year"
-    return {"year": ctx.period_end.year, "lsoa_code": _required(row, "lsoa_code").upper(), "sex": sex, "age": age,
-            "population": population}
+    return {
+        "year": ctx.period_end.year,
+        "lsoa_code": _required(row, "lsoa_code").upper(),
+        "sex": sex,
+        "age": age,
+        "population": population,
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------

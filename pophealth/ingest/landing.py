@@ -78,8 +78,10 @@ _DATE_PART = re.compile(r"_(?P<date>[0-9]{8})\.csv(?:\.gz)?$")
 
 
 #: Why a symbolic link in the landing folder is never read, whatever its name and wherever it points.
-SYMLINK_REASON = ("a symbolic link, not a file delivered into the landing folder: the loader never follows a link "
-                  "(it could point at any file this machine's loader can read); copy the extract in instead")
+SYMLINK_REASON = (
+    "a symbolic link, not a file delivered into the landing folder: the loader never follows a link "
+    "(it could point at any file this machine's loader can read); copy the extract in instead"
+)
 
 
 def why_not_an_extract(path: Path) -> str:
@@ -89,13 +91,20 @@ def why_not_an_extract(path: Path) -> str:
     name = path.name
     lower = name.lower()
     if _case_fold_match(name) and not any(f.file_name.pattern.match(name) for f in FEEDS):
-        return ("wrong case: the contract's names are lower case apart from the provider code "
-                "(e.g. apc_RAJ_20250131.csv)")
+        return (
+            "wrong case: the contract's names are lower case apart from the provider code (e.g. apc_RAJ_20250131.csv)"
+        )
     for suffix in OTHER_COMPRESSIONS:
         if lower.endswith(suffix):
             return f"compressed or archived as {suffix}: the loader reads .csv and .csv.gz only"
-    feed = next((f for f in sorted(LOAD_ORDER, key=len, reverse=True) if lower.startswith(f + "_")
-                 or lower.startswith(f + ".")), None)
+    feed = next(
+        (
+            f
+            for f in sorted(LOAD_ORDER, key=len, reverse=True)
+            if lower.startswith(f + "_") or lower.startswith(f + ".")
+        ),
+        None,
+    )
     if feed is None:
         return f"not a feed of the extract contract ({', '.join(LOAD_ORDER)})"
     form = FEEDS_BY_NAME[feed].file_name.form
@@ -221,8 +230,9 @@ class CsvReader:
     rows: Iterator[tuple[int, dict[str, str]]]
 
 
-def open_extract(path: Path, contract_columns: tuple[str, ...],
-                 required: tuple[str, ...]) -> tuple[io.TextIOBase, CsvReader]:
+def open_extract(
+    path: Path, contract_columns: tuple[str, ...], required: tuple[str, ...]
+) -> tuple[io.TextIOBase, CsvReader]:
     """Open a CSV extract; check its header against the contract. The caller closes the handle."""
     binary = _open_not_a_link(path)
     handle: io.TextIOBase
@@ -293,8 +303,10 @@ def _rows(handle: io.TextIOBase, columns: list[str]) -> Iterator[tuple[int, dict
             continue
         if values[0].strip().lower() == columns[0] and [v.strip().lower() for v in values] == columns:
             # Two files joined into one: the second's rows would overlap the first's; no row of it is quarantined.
-            raise FileRejected(f"a repeated header row at row {row_number} (1 = the first data row): the file "
-                               "looks like two files joined; send each period as a file of its own")
+            raise FileRejected(
+                f"a repeated header row at row {row_number} (1 = the first data row): the file "
+                "looks like two files joined; send each period as a file of its own"
+            )
         yield row_number, dict(zip(columns, values, strict=False))
 
 

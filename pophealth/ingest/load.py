@@ -1,11 +1,11 @@
 """Loading one extract: stage it (validated and pseudonymised) in a batch table, then publish or refuse it.
 
-The walk of one file, each step an Airflow task:
+The walk of one file, three steps of its group's `load` task (operate/orchestration.py, `load_files`):
 1. `stage_extract`: read the file as a stream, pseudonymise every row in memory, COPY the rows into
    `load_batch.load_<id>`, quarantine the rows that cannot be loaded (with a reason, never a value),
    and count everything in `audit.load`, including the rows of people on the opt-out list in force
-   (loaded: the list decides what each purpose may use at the marts build, see pophealth/identity/purposes.py). One transaction: a file
-   is staged whole or not at all.
+   (loaded: the list decides what each purpose may use at the marts build, see identity/purposes.py). One
+   transaction: a file is staged whole or not at all.
 2. the quality gate runs on the batch table (`pophealth.quality.gates`).
 3. `publish_load`: in one transaction, replace any earlier load of the same feed, provider and period
    (a resubmission) and move the batch into the raw table; or `refuse_load` drops it.
@@ -107,7 +107,8 @@ def _pending(extracts: list[ExtractFile], feed: str) -> list[tuple[ExtractFile, 
             (row[0], row[1])
             for row in conn.execute(
                 "SELECT file_name, file_sha256 FROM audit.load WHERE feed = %s AND status = ANY(%s)",
-                (feed, list(SETTLED.get(feed, SETTLED_OTHER))))
+                (feed, list(SETTLED.get(feed, SETTLED_OTHER))),
+            )
         }
         # A period whose latest delivery was refused: delivering the published file again resolves it (it is
         # recorded as a duplicate), so such a file is not skipped.
@@ -117,8 +118,11 @@ def _pending(extracts: list[ExtractFile], feed: str) -> list[tuple[ExtractFile, 
     pending = [(e, sha) for e, sha in digests if (e.name, sha) not in seen or (e.provider, e.period_end) in refused]
     if feed == "optouts":
         newest = max((e.period_end for e, _ in pending if e.period_end is not None), default=None)
-        pending = [(e, sha) for e, sha in pending if newest is not None and e.period_end == newest
-                   and (in_force is None or newest >= in_force[1])]
+        pending = [
+            (e, sha)
+            for e, sha in pending
+            if newest is not None and e.period_end == newest and (in_force is None or newest >= in_force[1])
+        ]
     return pending
 
 
@@ -140,15 +144,21 @@ def awaiting_extracts(landing: Path, feeds: tuple[str, ...] | list[str]) -> list
     if not pending:
         return []
     with db.connect(role=LOADER) as conn:
-        tried = {(row[0], row[1]) for row in conn.execute(
-            "SELECT file_name, file_sha256 FROM audit.load WHERE feed = ANY(%s) AND status <> ALL(%s)",
-            (list(feeds), list(UNFINISHED)))}
+        tried = {
+            (row[0], row[1])
+            for row in conn.execute(
+                "SELECT file_name, file_sha256 FROM audit.load WHERE feed = ANY(%s) AND status <> ALL(%s)",
+                (list(feeds), list(UNFINISHED)),
+            )
+        }
     return [str(e.path) for e, sha in pending if (e.name, sha) not in tried]
 
 
 def _stale_message(period_end: date | None, newer: date | None, where: str) -> str:
-    return (f"stale: this opt-out list is dated {period_end}, before {where} ({newer}); an older list never "
-            "replaces a newer one, so nothing of it was loaded")
+    return (
+        f"stale: this opt-out list is dated {period_end}, before {where} ({newer}); an older list never "
+        "replaces a newer one, so nothing of it was loaded"
+    )
 
 
 def _in_force_message(period_end: date | None, in_force: tuple[int, date]) -> str:
@@ -163,16 +173,21 @@ def stale_optout_lists(landing: Path, run_id: str | None = None) -> list[str]:
     messages = []
     with db.connect(role=LOADER) as conn:
         in_force = optout_list_in_force(conn)
-        seen = {(r[0], r[1]) for r in conn.execute(
-            "SELECT file_name, file_sha256 FROM audit.load WHERE feed = 'optouts' AND status = ANY(%s)",
-            (list(SETTLED["optouts"]),))}
+        seen = {
+            (r[0], r[1])
+            for r in conn.execute(
+                "SELECT file_name, file_sha256 FROM audit.load WHERE feed = 'optouts' AND status = ANY(%s)",
+                (list(SETTLED["optouts"]),),
+            )
+        }
         for extract in settled([e for e in scan(landing).extracts if e.feed == "optouts"]):
             sha, size = sha256_of(extract.path)
             if extract in waiting or (extract.name, sha) in seen:
                 continue
             if waiting:
-                message = _stale_message(extract.period_end, waiting[0].period_end,
-                                         "a newer list in the landing folder")
+                message = _stale_message(
+                    extract.period_end, waiting[0].period_end, "a newer list in the landing folder"
+                )
             else:
                 # Neither waiting nor loaded: older than the list in force, so there is one.
                 assert in_force is not None
@@ -184,15 +199,35 @@ def stale_optout_lists(landing: Path, run_id: str | None = None) -> list[str]:
     return messages
 
 
-def _insert_audit(conn: psycopg.Connection, extract: ExtractFile, run_id: str | None, sha: str, size: int,
-                  status: str, message: str | None = None) -> int:
-    return db.one_row(conn.execute(
-        """INSERT INTO audit.load (run_id, feed, provider, period_end, file_name, file_sha256, file_bytes, status,
+def _insert_audit(
+    conn: psycopg.Connection,
+    extract: ExtractFile,
+    run_id: str | None,
+    sha: str,
+    size: int,
+    status: str,
+    message: str | None = None,
+) -> int:
+    return db.one_row(
+        conn.execute(
+            """INSERT INTO audit.load (run_id, feed, provider, period_end, file_name, file_sha256, file_bytes, status,
                                    message, finished_at)
            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, CASE WHEN %s <> 'loading' THEN now() END)
            RETURNING load_id""",
-        (run_id, extract.feed, extract.provider, extract.period_end, extract.name, sha, size, status, message, status),
-    ))[0]
+            (
+                run_id,
+                extract.feed,
+                extract.provider,
+                extract.period_end,
+                extract.name,
+                sha,
+                size,
+                status,
+                message,
+                status,
+            ),
+        )
+    )[0]
 
 
 def _close_unpublished(conn: psycopg.Connection, load_id: int, status: str, message: str) -> None:
@@ -209,8 +244,9 @@ def _refuse(load_id: int, status: str, message: str) -> None:
         _close_unpublished(conn, load_id, status, message)
 
 
-def _published_as(conn: psycopg.Connection, feed: str, provider: str | None, period_end: date | None,
-                  sha: str) -> int | None:
+def _published_as(
+    conn: psycopg.Connection, feed: str, provider: str | None, period_end: date | None, sha: str
+) -> int | None:
     """The load that published this very file for this provider and period, if one did."""
     row = conn.execute(
         """SELECT load_id FROM audit.load WHERE feed = %s AND provider IS NOT DISTINCT FROM %s
@@ -228,7 +264,8 @@ def _published_postcodes(conn: psycopg.Connection) -> PostcodeLookup:
         raise LoadRefused(
             "no postcode lookup is published: postcodes cannot be reduced to LSOA, so nothing is loaded; deliver a "
             "ref_postcode_lookup.csv that passes its gate first (a lookup published before postcodes were kept "
-            "must be delivered again)")
+            "must be delivered again)"
+        )
     return PostcodeLookup.from_rows(rows)
 
 
@@ -236,10 +273,13 @@ def _publish_postcodes(conn: psycopg.Connection, load_id: int) -> int:
     """The lookup's postcodes replace the last published ones (raw.ref_postcode: public geography, read by
     the loader only). Runs in publish_load's transaction, before the batch table goes."""
     conn.execute("DELETE FROM raw.ref_postcode")
-    count = conn.execute(sql.SQL(
-        """INSERT INTO raw.ref_postcode (load_id, postcode_digest, lsoa_code, locality_code, la_code)
+    count = conn.execute(
+        sql.SQL(
+            """INSERT INTO raw.ref_postcode (load_id, postcode_digest, lsoa_code, locality_code, la_code)
            SELECT DISTINCT ON (postcode_digest) load_id, postcode_digest, lsoa_code, locality_code, la_code FROM {}
-           ORDER BY postcode_digest, lsoa_code""").format(sql.SQL(batch_table(load_id)))).rowcount
+           ORDER BY postcode_digest, lsoa_code"""
+        ).format(sql.SQL(batch_table(load_id)))
+    ).rowcount
     log.info("postcode lookup of load %d published: %d postcodes", load_id, count)
     return count
 
@@ -299,7 +339,9 @@ def earlier_attempt(path: str | Path, run_id: str) -> EarlierAttempt | None:
         mark_interrupted_loads(conn)  # a try cut off while staging left `loading`: it is `interrupted` now
         row = conn.execute(
             """SELECT load_id, status, message FROM audit.load WHERE run_id = %s AND file_sha256 = %s
-               ORDER BY load_id DESC LIMIT 1""", (run_id, sha)).fetchone()
+               ORDER BY load_id DESC LIMIT 1""",
+            (run_id, sha),
+        ).fetchone()
     return EarlierAttempt(*row) if row and row[1] not in ("loading", "interrupted") else None
 
 
@@ -308,8 +350,9 @@ def stage_extract(path: str | Path, run_id: str | None = None) -> StageOutcome:
     path = Path(path)
     extract = identify(path)
     if extract is None:
-        raise LoadRefused(f"{path.name}: the file name does not match any feed of the extract contract "
-                          f"({why_not_an_extract(path)})")
+        raise LoadRefused(
+            f"{path.name}: the file name does not match any feed of the extract contract ({why_not_an_extract(path)})"
+        )
     if path.is_symlink():
         raise LoadRefused(f"{path.name}: {SYMLINK_REASON}")
     if not path.is_file():
@@ -321,8 +364,9 @@ def stage_extract(path: str | Path, run_id: str | None = None) -> StageOutcome:
         mark_interrupted_loads(conn)
         earlier = _published_as(conn, extract.feed, extract.provider, extract.period_end, sha)
         if earlier:
-            load_id = _insert_audit(conn, extract, run_id, sha, size, "duplicate",
-                                    f"the same file was already published as load {earlier}")
+            load_id = _insert_audit(
+                conn, extract, run_id, sha, size, "duplicate", f"the same file was already published as load {earlier}"
+            )
             return StageOutcome(load_id, extract.name, extract.feed, "duplicate")
         in_force = optout_list_in_force(conn) if extract.feed == "optouts" else None
         if in_force and extract.period_end is not None and extract.period_end < in_force[1]:
@@ -354,8 +398,10 @@ class LoadFailed(LoadRefused):
 
 
 def crash_message(exc: BaseException) -> str:
-    return (f"the load failed with {type(exc).__name__} (a crash, not a rule of the contract); nothing of the "
-            "file was stored; a person must look at it: the marts are not rebuilt until the period has a good load")
+    return (
+        f"the load failed with {type(exc).__name__} (a crash, not a rule of the contract); nothing of the "
+        "file was stored; a person must look at it: the marts are not rebuilt until the period has a good load"
+    )
 
 
 def _crash_site(exc: BaseException) -> str:
@@ -364,8 +410,10 @@ def _crash_site(exc: BaseException) -> str:
     return " <- ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(frames))
 
 
-INTERRUPTED = ("the load was cut off before it was staged (its process or the database stopped); nothing of the "
-               "file was stored, and the file is loaded again by the next run")
+INTERRUPTED = (
+    "the load was cut off before it was staged (its process or the database stopped); nothing of the "
+    "file was stored, and the file is loaded again by the next run"
+)
 
 
 def mark_interrupted_loads(conn: psycopg.Connection) -> int:
@@ -374,7 +422,8 @@ def mark_interrupted_loads(conn: psycopg.Connection) -> int:
     return conn.execute(
         """UPDATE audit.load SET status = 'interrupted', message = %s, finished_at = now()
            WHERE status = 'loading' AND pg_try_advisory_xact_lock(hashtext('pophealth load'), load_id::int)""",
-        (INTERRUPTED,)).rowcount
+        (INTERRUPTED,),
+    ).rowcount
 
 
 #: Where each feed's rows say its data starts: a hospital file holds the spells finished in its period (the
@@ -387,15 +436,22 @@ COVERAGE_START = {
 }
 
 
-def _coverage(conn: psycopg.Connection, table: str, feed: str, period_end: date | None) -> tuple[date | None, date | None]:
+def _coverage(
+    conn: psycopg.Connection, table: str, feed: str, period_end: date | None
+) -> tuple[date | None, date | None]:
     """(covers_from, covers_to) of a staged load, from its rows: see COVERAGE_START. A register snapshot covers its
     one date; reference data and opt-out lists cover no period."""
     if feed == "gp_register":
         return period_end, period_end
     if feed not in COVERAGE_START or period_end is None:
         return None, None
-    start = db.one_row(conn.execute(sql.SQL("SELECT date_trunc('month', {})::date FROM {}").format(
-        sql.SQL(COVERAGE_START[feed]), sql.SQL(table))))[0]
+    start = db.one_row(
+        conn.execute(
+            sql.SQL("SELECT date_trunc('month', {})::date FROM {}").format(
+                sql.SQL(COVERAGE_START[feed]), sql.SQL(table)
+            )
+        )
+    )[0]
     # No row dated (every row unfinished): the file is taken to cover the month of its period end.
     start = start or period_end.replace(day=1)
     return min(start, period_end.replace(day=1)), period_end
@@ -424,8 +480,7 @@ def _stage(extract: ExtractFile, feed: Feed, load_id: int, conn: psycopg.Connect
     vault_writer = None
     if feed.personal and key_version:  # always both: a personal feed needs the key, and has it or is refused
         vault_writer = vault.VaultWriter(vault.VaultSealer(load_vault_public_key()), load_id, key_version)
-    pseudonymiser = (Pseudonymiser(key, on_identity=vault_writer.on_identity if vault_writer else None)
-                     if key else None)
+    pseudonymiser = Pseudonymiser(key, on_identity=vault_writer.on_identity if vault_writer else None) if key else None
     table = batch_table(load_id)
     meta = _meta_columns(feed)
     quarantine: list[tuple[int, int, str | None, str]] = []
@@ -436,8 +491,9 @@ def _stage(extract: ExtractFile, feed: Feed, load_id: int, conn: psycopg.Connect
             _check_key_is_the_warehouses(conn, key_version)
         optouts = _optout_set(conn, key_version) if key_version and feed.personal else frozenset()
         ctx = RowContext(pseudonymiser, postcodes, optouts, extract.provider, extract.period_end)
-        conn.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS)").format(
-            sql.SQL(table), sql.SQL(feed.table)))
+        conn.execute(
+            sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS)").format(sql.SQL(table), sql.SQL(feed.table))
+        )
         for column in feed.staged_only:
             conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {} text").format(sql.SQL(table), sql.Identifier(column)))
         handle, reader = open_extract(extract.path, feed.contract_columns, feed.required_columns)
@@ -452,8 +508,14 @@ def _stage(extract: ExtractFile, feed: Feed, load_id: int, conn: psycopg.Connect
                 for row_number, row in reader.rows:
                     rows_read += 1
                     if "__width__" in row:
-                        quarantine.append((load_id, row_number, None,
-                                           f"row has {row['__width__']} fields, the header has {len(reader.columns)}"))
+                        quarantine.append(
+                            (
+                                load_id,
+                                row_number,
+                                None,
+                                f"row has {row['__width__']} fields, the header has {len(reader.columns)}",
+                            )
+                        )
                         continue
                     counted = dict(ctx.counters)
                     try:
@@ -472,9 +534,10 @@ def _stage(extract: ExtractFile, feed: Feed, load_id: int, conn: psycopg.Connect
         if rows_read == 0:
             raise FileRejected("the file has a header but no data rows")
         if quarantine:
-            with conn.cursor() as cur, cur.copy(
-                "COPY audit.quarantine (load_id, source_row, column_name, reason) FROM STDIN"
-            ) as copy:
+            with (
+                conn.cursor() as cur,
+                cur.copy("COPY audit.quarantine (load_id, source_row, column_name, reason) FROM STDIN") as copy,
+            ):
                 for entry in quarantine:
                     copy.write_row(entry)
         covers_from, covers_to = _coverage(conn, table, extract.feed, extract.period_end)
@@ -483,14 +546,40 @@ def _stage(extract: ExtractFile, feed: Feed, load_id: int, conn: psycopg.Connect
                       rows_quarantined = %s, rows_opted_out = %s, rows_test_range = %s, rows_unlinked = %s,
                       extra_columns = %s, vault_entries = %s, covers_from = %s, covers_to = %s
                WHERE load_id = %s""",
-            (key.version if key else None, rows_read, rows_loaded, len(quarantine), ctx.counters["opted_out"],
-             ctx.counters["test_range"], ctx.counters["unlinked"], reader.extra_columns,
-             vault_writer.stored if vault_writer else 0, covers_from, covers_to, load_id),
+            (
+                key.version if key else None,
+                rows_read,
+                rows_loaded,
+                len(quarantine),
+                ctx.counters["opted_out"],
+                ctx.counters["test_range"],
+                ctx.counters["unlinked"],
+                reader.extra_columns,
+                vault_writer.stored if vault_writer else 0,
+                covers_from,
+                covers_to,
+                load_id,
+            ),
         )
-    log.info("%s: staged %d of %d rows (%d quarantined; %d of people with an opt-out, for direct care only) as "
-             "load %d", extract.name, rows_loaded, rows_read, len(quarantine), ctx.counters["opted_out"], load_id)
-    return StageOutcome(load_id, extract.name, extract.feed, "validated", rows_read, rows_loaded,
-                        len(quarantine), ctx.counters["opted_out"])
+    log.info(
+        "%s: staged %d of %d rows (%d quarantined; %d of people with an opt-out, for direct care only) as load %d",
+        extract.name,
+        rows_loaded,
+        rows_read,
+        len(quarantine),
+        ctx.counters["opted_out"],
+        load_id,
+    )
+    return StageOutcome(
+        load_id,
+        extract.name,
+        extract.feed,
+        "validated",
+        rows_read,
+        rows_loaded,
+        len(quarantine),
+        ctx.counters["opted_out"],
+    )
 
 
 def refuse_load(load_id: int, message: str) -> None:
@@ -503,7 +592,8 @@ def publish_load(load_id: int) -> dict[str, int]:
     with db.connect(role=LOADER) as conn:
         row = conn.execute(
             "SELECT feed, provider, period_end, status, file_sha256 FROM audit.load WHERE load_id = %s FOR UPDATE",
-            (load_id,)).fetchone()
+            (load_id,),
+        ).fetchone()
         if row is None:
             raise LoadRefused(f"load {load_id} does not exist")
         feed_name, provider, period_end, status, sha = row
@@ -524,13 +614,22 @@ def publish_load(load_id: int) -> dict[str, int]:
         same = _published_as(conn, feed_name, provider, period_end, sha)
         if same:
             # Staged at the same time as the same file, which published first: as if it had come after it.
-            _close_unpublished(conn, load_id, "duplicate",
-                               f"the same file was published as load {same} while this one was staged")
+            _close_unpublished(
+                conn, load_id, "duplicate", f"the same file was published as load {same} while this one was staged"
+            )
             return {}
-        scope = "" if feed.replaces_whole_table else " AND provider IS NOT DISTINCT FROM %s AND period_end IS NOT DISTINCT FROM %s"
+        scope = (
+            ""
+            if feed.replaces_whole_table
+            else " AND provider IS NOT DISTINCT FROM %s AND period_end IS NOT DISTINCT FROM %s"
+        )
         params: tuple = (feed_name,) if feed.replaces_whole_table else (feed_name, provider, period_end)
-        replaced = [r[0] for r in conn.execute(
-            "SELECT load_id FROM audit.load WHERE feed = %s AND status = 'published'" + scope, params)]
+        replaced = [
+            r[0]
+            for r in conn.execute(
+                "SELECT load_id FROM audit.load WHERE feed = %s AND status = 'published'" + scope, params
+            )
+        ]
         target = sql.SQL(feed.table)
         if replaced:
             conn.execute(sql.SQL("DELETE FROM {} WHERE load_id = ANY(%s)").format(target), (replaced,))
@@ -538,7 +637,9 @@ def publish_load(load_id: int) -> dict[str, int]:
                 "UPDATE audit.load SET status = 'superseded', superseded_by = %s WHERE load_id = ANY(%s)",
                 (load_id, replaced),
             )
-        columns = sql.SQL(", ").join(sql.Identifier(c) for c in ("load_id",) + _meta_columns(feed)[1:] + feed.table_columns)
+        columns = sql.SQL(", ").join(
+            sql.Identifier(c) for c in ("load_id",) + _meta_columns(feed)[1:] + feed.table_columns
+        )
         distinct = sql.SQL("DISTINCT") if feed.replaces_whole_table else sql.SQL("")
         published = conn.execute(
             sql.SQL("INSERT INTO {} ({}) SELECT {} {} FROM {}").format(
@@ -548,8 +649,11 @@ def publish_load(load_id: int) -> dict[str, int]:
         if feed_name == "ref_postcode_lookup":
             _publish_postcodes(conn, load_id)  # before the batch table goes: it holds the postcodes
         conn.execute(sql.SQL("DROP TABLE {}").format(sql.SQL(batch_table(load_id))))
-        changes = {"published_rows": published, "replaced_loads": len(replaced),
-                   "vault_entries_added": vault.publish_batch(conn, load_id)}
+        changes = {
+            "published_rows": published,
+            "replaced_loads": len(replaced),
+            "vault_entries_added": vault.publish_batch(conn, load_id),
+        }
         conn.execute(
             "UPDATE audit.load SET status = 'published', published_at = now(), finished_at = now() WHERE load_id = %s",
             (load_id,),

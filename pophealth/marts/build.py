@@ -20,6 +20,7 @@ from pophealth.warehouse import db
 
 log = logging.getLogger("pophealth")
 
+
 class DbtFailed(RuntimeError):
     pass
 
@@ -33,9 +34,18 @@ def dbt_command(args: list[str]) -> subprocess.CompletedProcess:
     paths = config.paths()
     env = {**os.environ, **db.dbt_env(), "DBT_SEND_ANONYMOUS_USAGE_STATS": "False"}
     target = manifest_path().parent
-    cmd = [dbt_executable(), *args, "--project-dir", str(paths.dbt_project_dir),
-           "--profiles-dir", str(paths.dbt_project_dir), "--target-path", str(target),
-           "--log-path", str(paths.home / "dbt_logs")]
+    cmd = [
+        dbt_executable(),
+        *args,
+        "--project-dir",
+        str(paths.dbt_project_dir),
+        "--profiles-dir",
+        str(paths.dbt_project_dir),
+        "--target-path",
+        str(target),
+        "--log-path",
+        str(paths.home / "dbt_logs"),
+    ]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
 
 
@@ -120,9 +130,16 @@ def _record(results: list[dict], run_id: str | None) -> None:
                                                  rows_affected, failures, message)
                    VALUES (%s, %s, %s, %s, %s, %s, %s, %s)""",
                 [
-                    (run_id, r["unique_id"], r["unique_id"].split(".")[0], r["status"], r.get("execution_time"),
-                     (r.get("adapter_response") or {}).get("rows_affected"), r.get("failures"),
-                     (r.get("message") or "")[:500])
+                    (
+                        run_id,
+                        r["unique_id"],
+                        r["unique_id"].split(".")[0],
+                        r["status"],
+                        r.get("execution_time"),
+                        (r.get("adapter_response") or {}).get("rows_affected"),
+                        r.get("failures"),
+                        (r.get("message") or "")[:500],
+                    )
                     for r in results
                 ],
             )

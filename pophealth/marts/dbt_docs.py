@@ -55,8 +55,9 @@ def generate(static: bool = False) -> DocsSite:
             run_results.write_bytes(last_build)
     site = DocsSite(manifest_path().parent, time.monotonic() - started)
     if proc.returncode != 0 or not site.catalog.exists():
-        raise DbtFailed("dbt docs generate failed (are the marts built? run: pophealth run):\n"
-                        + _tail(proc.stdout + proc.stderr))
+        raise DbtFailed(
+            "dbt docs generate failed (are the marts built? run: pophealth run):\n" + _tail(proc.stdout + proc.stderr)
+        )
     return site
 
 

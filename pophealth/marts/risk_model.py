@@ -24,7 +24,7 @@ import numpy as np
 from pophealth import config
 from pophealth.warehouse import db
 
-RIDGE = 1.0                  # penalty on the squared coefficients (not the intercept), in units of one person
+RIDGE = 1.0  # penalty on the squared coefficients (not the intercept), in units of one person
 MAX_ITERATIONS = 50
 TOLERANCE = 1e-8
 SEED_COLUMNS = ("model_version", "term", "coefficient", "fitted_as_of", "fitted_on")
@@ -36,12 +36,12 @@ class FitFailed(RuntimeError):
 
 @dataclass(frozen=True)
 class FittedModel:
-    terms: tuple[str, ...]            # "intercept" first
+    terms: tuple[str, ...]  # "intercept" first
     coefficients: tuple[float, ...]
     fitted_as_of: date
     people: int
     outcomes: int
-    c_statistic: float                # on the fitting sample itself (the evaluation mart has the honest one)
+    c_statistic: float  # on the fitting sample itself (the evaluation mart has the honest one)
 
 
 def fit_logistic(features: np.ndarray, outcome: np.ndarray, ridge: float = RIDGE) -> np.ndarray:
@@ -71,7 +71,7 @@ def c_statistic(score: np.ndarray, outcome: np.ndarray) -> float:
         j = i
         while j + 1 < len(score) and sorted_scores[j + 1] == sorted_scores[i]:
             j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
         i = j + 1
     positives = outcome.astype(bool)
     n1, n0 = positives.sum(), (~positives).sum()
@@ -82,21 +82,27 @@ def c_statistic(score: np.ndarray, outcome: np.ndarray) -> float:
 
 def fit_from_warehouse() -> FittedModel:
     with db.connect() as conn:
-        columns = [row[0] for row in conn.execute(
-            """SELECT column_name FROM information_schema.columns
+        columns = [
+            row[0]
+            for row in conn.execute(
+                """SELECT column_name FROM information_schema.columns
                WHERE table_schema = 'intermediate' AND table_name = 'int_risk_history' AND column_name LIKE 'term\\_%'
-               ORDER BY ordinal_position""").fetchall()]
+               ORDER BY ordinal_position"""
+            ).fetchall()
+        ]
         if not columns:
             raise FitFailed("intermediate.int_risk_history is missing: build the marts first (pophealth run)")
         rows = conn.execute(
-            f"""SELECT as_of_date, had_emergency_admission_next_12m::int, {', '.join(columns)}
+            f"""SELECT as_of_date, had_emergency_admission_next_12m::int, {", ".join(columns)}
                 FROM intermediate.int_risk_history history
                 -- model development is a secondary use: people with an opt-out in force are not in it
                 JOIN intermediate.int_secondary_use_id ids ON ids.transit_key = history.person_key
-                WHERE sample = 'fit'""").fetchall()
+                WHERE sample = 'fit'"""
+        ).fetchall()
     if not rows:
-        raise FitFailed("the fitting sample is empty: the warehouse holds nobody on the register 15 months "
-                        "before the as-of date")
+        raise FitFailed(
+            "the fitting sample is empty: the warehouse holds nobody on the register 15 months before the as-of date"
+        )
     outcome = np.array([r[1] for r in rows], dtype=float)
     features = np.array([r[2:] for r in rows], dtype=float)
     if outcome.sum() == 0 or outcome.sum() == len(outcome):
@@ -123,8 +129,10 @@ def append_to_seed(model: FittedModel, path: Path | None = None) -> int:
     with path.open(newline="") as handle:
         existing = list(csv.DictReader(handle))
     version = max((int(r["model_version"]) for r in existing), default=0) + 1
-    fitted_on = (f"{model.people} people on the register at {model.fitted_as_of}, {model.outcomes} with an "
-                 f"emergency admission in the next 12 months; c-statistic on them {model.c_statistic:.3f}")
+    fitted_on = (
+        f"{model.people} people on the register at {model.fitted_as_of}, {model.outcomes} with an "
+        f"emergency admission in the next 12 months; c-statistic on them {model.c_statistic:.3f}"
+    )
     with path.open("a", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         for term, coefficient in zip(model.terms, model.coefficients, strict=False):

@@ -37,9 +37,11 @@ def airflow_env(extra: dict[str, str] | None = None) -> dict[str, str]:
         "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "60",
         **_metadata_db_setting(),
         # Mask the key wherever Airflow might print it.
-        "AIRFLOW__CORE__SENSITIVE_VAR_CONN_NAMES": ("linkage_key,vault_key,vault_public_key,secondary_use_key,"
-                                                   "direct_care_key,POPHEALTH_LINKAGE_KEY,POPHEALTH_VAULT_PUBLIC_KEY,"
-                                                   "POPHEALTH_SECONDARY_USE_KEY,POPHEALTH_DIRECT_CARE_KEY"),
+        "AIRFLOW__CORE__SENSITIVE_VAR_CONN_NAMES": (
+            "linkage_key,vault_key,vault_public_key,secondary_use_key,"
+            "direct_care_key,POPHEALTH_LINKAGE_KEY,POPHEALTH_VAULT_PUBLIC_KEY,"
+            "POPHEALTH_SECONDARY_USE_KEY,POPHEALTH_DIRECT_CARE_KEY"
+        ),
         "AIRFLOW__COSMOS__ENABLE_TELEMETRY": "False",
         "DO_NOT_TRACK": "1",
         "PYTHONWARNINGS": "ignore",
@@ -105,8 +107,13 @@ class DagOutcome:
         return [t for t in self.tasks if t["state"] in ("failed", "upstream_failed")]
 
 
-def run_dags(dag_ids: tuple[str, ...] | list[str], log_dir: Path, env: dict[str, str] | None = None,
-             on_start=None, on_finish=None) -> list[DagOutcome]:
+def run_dags(
+    dag_ids: tuple[str, ...] | list[str],
+    log_dir: Path,
+    env: dict[str, str] | None = None,
+    on_start=None,
+    on_finish=None,
+) -> list[DagOutcome]:
     """Run the DAGs one after another, in one child process while it lasts.
 
     Why one process: starting Python, importing Airflow and parsing the DAG folder costs ~10 s, and Great
@@ -128,7 +135,10 @@ def run_dags(dag_ids: tuple[str, ...] | list[str], log_dir: Path, env: dict[str,
         with (log_dir / "runner.log").open("a") as runner_log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "pophealth.operate.airflow_runner", str(log_dir), *remaining],
-                env=airflow_env(env), stdout=runner_log, stderr=subprocess.STDOUT, text=True,
+                env=airflow_env(env),
+                stdout=runner_log,
+                stderr=subprocess.STDOUT,
+                text=True,
             )
         started = time.monotonic()
         while True:
@@ -151,8 +161,9 @@ def run_dags(dag_ids: tuple[str, ...] | list[str], log_dir: Path, env: dict[str,
         proc.wait()
         if announced < len(remaining):
             dag_id = remaining[announced]
-            crashed = DagOutcome(dag_id, f"crashed (exit {proc.returncode})", None, time.monotonic() - started,
-                                 log_dir / f"{dag_id}.log")
+            crashed = DagOutcome(
+                dag_id, f"crashed (exit {proc.returncode})", None, time.monotonic() - started, log_dir / f"{dag_id}.log"
+            )
             outcomes.append(crashed)
             if on_finish:
                 on_finish(crashed)
@@ -166,8 +177,9 @@ def _read_result(dag_id: str, log_dir: Path) -> DagOutcome | None:
     if not result_file.exists():
         return None
     result = json.loads(result_file.read_text())
-    return DagOutcome(dag_id, result["state"], result["run_id"], result["seconds"], log_dir / f"{dag_id}.log",
-                      result["tasks"])
+    return DagOutcome(
+        dag_id, result["state"], result["run_id"], result["seconds"], log_dir / f"{dag_id}.log", result["tasks"]
+    )
 
 
 def _child(log_dir: Path, dag_ids: list[str]) -> int:

@@ -114,6 +114,7 @@ def layout() -> Layout:
 
 # ---------------------------------------------------------------------------------------------------- secrets
 
+
 def _write_private(path: Path, text: str) -> None:
     """A file only its owner can read, created so (never readable for an instant). Airflow takes the output of a
     `_CMD` setting as it is, so the files it reads end without a newline."""
@@ -147,22 +148,32 @@ def ensure_secrets(lay: Layout) -> None:
         if not lay.secret(name).exists():
             _write_private(lay.secret(name), secrets.token_urlsafe(32))
     wh = lay.settings["cluster"]["warehouse"]
-    _write_private(lay.secret("pgpass"), f"127.0.0.1:{lay.port('postgres')}:{wh['database']}:{wh['owner']}:"
-                                         f"{_password(lay, 'warehouse_db_password')}\n")
+    _write_private(
+        lay.secret("pgpass"),
+        f"127.0.0.1:{lay.port('postgres')}:{wh['database']}:{wh['owner']}:{_password(lay, 'warehouse_db_password')}\n",
+    )
     if not lay.secret("simple_auth_manager_passwords.json").exists():
-        users = [u.split(":")[0] for u in lay.settings["airflow"]["settings"]
-                 ["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"].split(",")]
-        _write_private(lay.secret("simple_auth_manager_passwords.json"),
-                       json.dumps({u: secrets.token_urlsafe(16) for u in users}))
+        users = [
+            u.split(":")[0]
+            for u in lay.settings["airflow"]["settings"]["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"].split(",")
+        ]
+        _write_private(
+            lay.secret("simple_auth_manager_passwords.json"), json.dumps({u: secrets.token_urlsafe(16) for u in users})
+        )
     _ensure_keys(lay)
 
 
 def _rename_secrets_of_before(lay: Layout) -> None:
     """A cluster made before its secrets took compose's names keeps its passwords and Fernet key (the databases and
     the metadata's encrypted values have them); the whole URLs it kept are written no more."""
-    renamed = {"metadata_db.password": "airflow_db_password", "warehouse_db.password": "warehouse_db_password",
-               "redis.password": "redis_password", "fernet_key": "airflow_fernet_key",
-               "api_secret_key": "airflow_api_secret_key", "jwt_secret": "airflow_jwt_secret"}
+    renamed = {
+        "metadata_db.password": "airflow_db_password",
+        "warehouse_db.password": "warehouse_db_password",
+        "redis.password": "redis_password",
+        "fernet_key": "airflow_fernet_key",
+        "api_secret_key": "airflow_api_secret_key",
+        "jwt_secret": "airflow_jwt_secret",
+    }
     for old, new in renamed.items():
         if lay.secret(old).exists() and not lay.secret(new).exists():
             os.replace(lay.secret(old), lay.secret(new))
@@ -175,9 +186,11 @@ def _refuse_the_old_vault_key() -> None:
 
     old = [name for name in (config.ENV_VAULT_KEY, config.ENV_VAULT_KEY_FILE) if os.environ.get(name)]
     if old:
-        raise ClusterError(f"{old[0]} (one symmetric vault key) is no longer used: the vault has a key pair. Make one "
-                           f"with `pophealth vault-key-pair` and set {VAULT_PUBLIC.env_file} (the workers get it); "
-                           f"{VAULT_PRIVATE.env_file} is for `pophealth reidentify` alone. Nothing was started.")
+        raise ClusterError(
+            f"{old[0]} (one symmetric vault key) is no longer used: the vault has a key pair. Make one "
+            f"with `pophealth vault-key-pair` and set {VAULT_PUBLIC.env_file} (the workers get it); "
+            f"{VAULT_PRIVATE.env_file} is for `pophealth reidentify` alone. Nothing was started."
+        )
 
 
 def vault_private_key_file(lay: Layout) -> Path:
@@ -200,10 +213,13 @@ def _ensure_vault_public_key(lay: Layout, target: Path) -> None:
         private_hex, public_hex = new_vault_key_pair()
         _write_private(private, private_hex + "\n")
     _write_private(target, public_hex + "\n")
-    print(f"Created a vault key pair for this cluster: the workers get the public key {target}; the private key "
-          f"{private} (mode 600) is given to no process: only `pophealth reidentify` reads it "
-          f"(POPHEALTH_VAULT_PRIVATE_KEY_FILE). A real deployment's pair comes from the key custodian, the private "
-          f"key kept off the host.", flush=True)
+    print(
+        f"Created a vault key pair for this cluster: the workers get the public key {target}; the private key "
+        f"{private} (mode 600) is given to no process: only `pophealth reidentify` reads it "
+        f"(POPHEALTH_VAULT_PRIVATE_KEY_FILE). A real deployment's pair comes from the key custodian, the private "
+        f"key kept off the host.",
+        flush=True,
+    )
 
 
 def _ensure_keys(lay: Layout) -> None:
@@ -225,19 +241,24 @@ def _ensure_keys(lay: Layout) -> None:
             _ensure_vault_public_key(lay, target)
         else:
             _write_private(target, secrets.token_hex(32) + "\n")
-            print(f"Created a random {source.purpose} for this cluster in {target} (mode 600). A real deployment "
-                  f"gets its key from the key custodian: set {source.env_file} before `cluster up`.", flush=True)
+            print(
+                f"Created a random {source.purpose} for this cluster in {target} (mode 600). A real deployment "
+                f"gets its key from the key custodian: set {source.env_file} before `cluster up`.",
+                flush=True,
+            )
 
 
 def key_files(lay: Layout) -> dict[str, str]:
     """Where each key the pipeline holds is (ALL_KEYS: never the vault's private key)."""
     from pophealth.identity.keys import ALL_KEYS
 
-    return {source.env_file: os.environ.get(source.env_file) or str(lay.secret(file_name))
-            for source, file_name in ALL_KEYS}
+    return {
+        source.env_file: os.environ.get(source.env_file) or str(lay.secret(file_name)) for source, file_name in ALL_KEYS
+    }
 
 
 # ---------------------------------------------------------------------------------------------- environments
+
 
 def _base_env() -> dict[str, str]:
     """What every process gets from the caller: nothing but the basics (never a key or a password)."""
@@ -267,8 +288,12 @@ def landing(lay: Layout) -> Path:
 
 #: The compose service each Airflow process of the cluster stands for (workerN: airflow-worker); `setup` and `cli`
 #: (airflow db migrate, dags trigger) stand for none and get Airflow's own secrets only.
-ROLE_SERVICES = {"api-server": "airflow-apiserver", "scheduler": "airflow-scheduler",
-                 "dag-processor": "airflow-dag-processor", "triggerer": "airflow-triggerer"}
+ROLE_SERVICES = {
+    "api-server": "airflow-apiserver",
+    "scheduler": "airflow-scheduler",
+    "dag-processor": "airflow-dag-processor",
+    "triggerer": "airflow-triggerer",
+}
 
 
 def service_of(role: str) -> str | None:
@@ -291,9 +316,11 @@ def secret_command(lay: Layout, setting: str, secret: str) -> str:
     file."""
     meta = lay.settings["cluster"]["metadata"]
     database = f"{meta['owner']}:{{{secret}}}@127.0.0.1:{lay.port('postgres')}/{meta['database']}"
-    urls = {"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"postgresql+psycopg2://{database}",
-            "AIRFLOW__CELERY__RESULT_BACKEND": f"db+postgresql://{database}",
-            "AIRFLOW__CELERY__BROKER_URL": f"redis://:{{{secret}}}@127.0.0.1:{lay.port('redis')}/0"}
+    urls = {
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"postgresql+psycopg2://{database}",
+        "AIRFLOW__CELERY__RESULT_BACKEND": f"db+postgresql://{database}",
+        "AIRFLOW__CELERY__BROKER_URL": f"redis://:{{{secret}}}@127.0.0.1:{lay.port('redis')}/0",
+    }
     if setting in urls:
         return shlex.join([sys.executable, "-m", "pophealth.operate.secret_url", urls[setting]])
     return shlex.join(["cat", str(lay.secret(secret))])
@@ -309,31 +336,33 @@ def airflow_env(lay: Layout, role: str) -> dict[str, str]:
     env.update({k: str(v) for k, v in lay.settings["airflow"]["settings"].items()})
     for setting, secret in secret_settings(lay, role).items():
         env[f"{setting}_CMD"] = secret_command(lay, setting, secret)
-    env.update({
-        ENV_SECRETS_DIR: str(lay.secrets),  # where `python -m pophealth.operate.secret_url` finds the files
-        config.ENV_HOME: str(lay.home),
-        "AIRFLOW_HOME": str(lay.home / "airflow"),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(config.paths().dags_folder),
-        "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "120",
-        "AIRFLOW__CORE__HOSTNAME_CALLABLE": "pophealth.operate.cluster.worker_hostname",
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{lay.port('api_server')}/execution/",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(lay.secret("simple_auth_manager_passwords.json")),
-        "AIRFLOW__API__HOST": "127.0.0.1",
-        "AIRFLOW__API__PORT": str(lay.port("api_server")),
-        "AIRFLOW__API__WORKERS": "1",
-        "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST": "127.0.0.1",
-        "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT": str(lay.port("scheduler_health")),
-        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(cl["task_heartbeat_timeout_seconds"]),
-        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(lay.home / "airflow" / "logs"),
-        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(lay.port("triggerer_logs")),
-        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(lay.port("worker_logs")),
-        "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(cl["worker_concurrency"]),
-        config.ENV_LANDING_DIR: str(landing(lay)),
-        # the caller's, when given (the cluster's test looks more often), else the deployment's
-        "POPHEALTH_POKE_INTERVAL_SECONDS": os.environ.get("POPHEALTH_POKE_INTERVAL_SECONDS")
-                                           or str(cl["poke_interval_seconds"]),
-        "PYTHONWARNINGS": "ignore",
-    })
+    env.update(
+        {
+            ENV_SECRETS_DIR: str(lay.secrets),  # where `python -m pophealth.operate.secret_url` finds the files
+            config.ENV_HOME: str(lay.home),
+            "AIRFLOW_HOME": str(lay.home / "airflow"),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(config.paths().dags_folder),
+            "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "120",
+            "AIRFLOW__CORE__HOSTNAME_CALLABLE": "pophealth.operate.cluster.worker_hostname",
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{lay.port('api_server')}/execution/",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(lay.secret("simple_auth_manager_passwords.json")),
+            "AIRFLOW__API__HOST": "127.0.0.1",
+            "AIRFLOW__API__PORT": str(lay.port("api_server")),
+            "AIRFLOW__API__WORKERS": "1",
+            "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST": "127.0.0.1",
+            "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT": str(lay.port("scheduler_health")),
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(cl["task_heartbeat_timeout_seconds"]),
+            "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(lay.home / "airflow" / "logs"),
+            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(lay.port("triggerer_logs")),
+            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(lay.port("worker_logs")),
+            "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(cl["worker_concurrency"]),
+            config.ENV_LANDING_DIR: str(landing(lay)),
+            # the caller's, when given (the cluster's test looks more often), else the deployment's
+            "POPHEALTH_POKE_INTERVAL_SECONDS": os.environ.get("POPHEALTH_POKE_INTERVAL_SECONDS")
+            or str(cl["poke_interval_seconds"]),
+            "PYTHONWARNINGS": "ignore",
+        }
+    )
     env.update({k: v for k, v in openlineage_env().items() if k not in env})
     if role.startswith("worker"):
         number = int(role.removeprefix("worker"))
@@ -361,12 +390,19 @@ def processes(lay: Layout) -> dict[str, list[str]]:
         "triggerer": [airflow, *services["airflow-triggerer"]],
     }
     for n in range(1, int(lay.settings["cluster"]["workers"]) + 1):
-        found[f"worker{n}"] = [airflow, *services["airflow-worker"], "--celery-hostname", f"worker{n}@%h",
-                               "--concurrency", str(lay.settings["cluster"]["worker_concurrency"])]
+        found[f"worker{n}"] = [
+            airflow,
+            *services["airflow-worker"],
+            "--celery-hostname",
+            f"worker{n}@%h",
+            "--concurrency",
+            str(lay.settings["cluster"]["worker_concurrency"]),
+        ]
     return found
 
 
 # ------------------------------------------------------------------------------------------------- processes
+
 
 def _alive(pid: int) -> bool:
     try:
@@ -399,8 +435,15 @@ def start(lay: Layout, name: str, command: list[str], env: dict[str, str], user:
     if user:
         command = ["runuser", "-u", user, "--", *command]
     with (lay.logs / f"{name}.log").open("ab") as log:
-        proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, cwd=lay.root)
+        proc = subprocess.Popen(
+            command,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=lay.root,
+        )
     (lay.run / f"{name}.pid").write_text(f"{proc.pid}\n")
     return True
 
@@ -442,6 +485,7 @@ def kill(lay: Layout, name: str) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ PostgreSQL
+
 
 def _pg_user() -> str | None:
     """initdb and postgres refuse to run as root: as root, the server runs as the `postgres` user."""
@@ -487,15 +531,30 @@ def start_postgres(lay: Layout) -> bool:
             shutil.chown(lay.postgres, pg_user, pg_user)
             shutil.chown(socket_dir, pg_user, pg_user)
         lay.postgres.chmod(0o700)
-        if pg_user and subprocess.run(
-                ["runuser", "-u", pg_user, "--", "test", "-x", str(lay.postgres)]).returncode:
-            raise ClusterError(f"the {_pg_user()} user, who runs PostgreSQL, cannot reach {lay.postgres}: give the "
-                               "folders above it search permission (chmod o+x) or set POPHEALTH_HOME elsewhere")
-        _run(_as_pg([_pg_bin(lay, "initdb"), "-D", str(lay.pgdata), "--auth-local=peer",
-                     "--auth-host=scram-sha-256", "--encoding=UTF8", "--locale=C.UTF-8"]), "initdb")
-    settings = (f"listen_addresses = '127.0.0.1'\nport = {lay.port('postgres')}\n"
-                f"unix_socket_directories = '{socket_dir}'\npassword_encryption = 'scram-sha-256'\n"
-                "max_connections = 200\n")
+        if pg_user and subprocess.run(["runuser", "-u", pg_user, "--", "test", "-x", str(lay.postgres)]).returncode:
+            raise ClusterError(
+                f"the {_pg_user()} user, who runs PostgreSQL, cannot reach {lay.postgres}: give the "
+                "folders above it search permission (chmod o+x) or set POPHEALTH_HOME elsewhere"
+            )
+        _run(
+            _as_pg(
+                [
+                    _pg_bin(lay, "initdb"),
+                    "-D",
+                    str(lay.pgdata),
+                    "--auth-local=peer",
+                    "--auth-host=scram-sha-256",
+                    "--encoding=UTF8",
+                    "--locale=C.UTF-8",
+                ]
+            ),
+            "initdb",
+        )
+    settings = (
+        f"listen_addresses = '127.0.0.1'\nport = {lay.port('postgres')}\n"
+        f"unix_socket_directories = '{socket_dir}'\npassword_encryption = 'scram-sha-256'\n"
+        "max_connections = 200\n"
+    )
     conf = lay.pgdata / "postgresql.auto.conf"
     if _pg_user():
         _run(_as_pg(["sh", "-c", f"cat > {conf}"]), "writing postgresql.auto.conf", input=settings)
@@ -503,24 +562,56 @@ def start_postgres(lay: Layout) -> bool:
         conf.write_text(settings)
     if _postgres_running(lay):
         return False
-    _run(_as_pg([_pg_bin(lay, "pg_ctl"), "-D", str(lay.pgdata), "-l", str(lay.postgres / "server.log"),
-                 "-w", "-t", "60", "start"]), "starting PostgreSQL")
+    _run(
+        _as_pg(
+            [
+                _pg_bin(lay, "pg_ctl"),
+                "-D",
+                str(lay.pgdata),
+                "-l",
+                str(lay.postgres / "server.log"),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ]
+        ),
+        "starting PostgreSQL",
+    )
     return True
 
 
 def stop_postgres(lay: Layout) -> bool:
     if not _postgres_running(lay):
         return False
-    _run(_as_pg([_pg_bin(lay, "pg_ctl"), "-D", str(lay.pgdata), "-m", "fast", "-w", "-t", "60", "stop"]),
-         "stopping PostgreSQL")
+    _run(
+        _as_pg([_pg_bin(lay, "pg_ctl"), "-D", str(lay.pgdata), "-m", "fast", "-w", "-t", "60", "stop"]),
+        "stopping PostgreSQL",
+    )
     return True
 
 
 def psql(lay: Layout, statements: str, database: str = "postgres") -> str:
     """SQL as the server's superuser over its socket (peer authentication), the statements on stdin so that a
     password in them is never on a command line."""
-    return _run(_as_pg([_pg_bin(lay, "psql"), "-h", str(lay.postgres / "socket"), "-p", str(lay.port("postgres")),
-                        "-d", database, "-v", "ON_ERROR_STOP=1", "-qAt"]), "psql", input=statements)
+    return _run(
+        _as_pg(
+            [
+                _pg_bin(lay, "psql"),
+                "-h",
+                str(lay.postgres / "socket"),
+                "-p",
+                str(lay.port("postgres")),
+                "-d",
+                database,
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-qAt",
+            ]
+        ),
+        "psql",
+        input=statements,
+    )
 
 
 def _literal(text: str) -> str:
@@ -531,8 +622,10 @@ def ensure_databases(lay: Layout) -> None:
     """The two databases, each owned by its own login role (not a superuser); the metadata database open to its
     owner only. The warehouse owner may create the platform's roles (pophealth/warehouse/access.sql)."""
     cl = lay.settings["cluster"]
-    roles = ((cl["metadata"], lay.secret("airflow_db_password"), "NOCREATEROLE"),
-             (cl["warehouse"], lay.secret("warehouse_db_password"), "CREATEROLE"))
+    roles = (
+        (cl["metadata"], lay.secret("airflow_db_password"), "NOCREATEROLE"),
+        (cl["warehouse"], lay.secret("warehouse_db_password"), "CREATEROLE"),
+    )
     for db, password_file, createrole in roles:
         owner, database = db["owner"], db["database"]
         password = password_file.read_text().strip()
@@ -546,17 +639,33 @@ def ensure_databases(lay: Layout) -> None:
 
 # ---------------------------------------------------------------------------------------------------- Redis
 
+
 def start_redis(lay: Layout) -> bool:
     redis = shutil.which("redis-server")
     if redis is None:
-        raise ClusterError("redis-server is missing: install Debian's (apt-get install redis-server); "
-                           "./dev.sh cluster and ./dev.sh test install it when they run as root")
+        raise ClusterError(
+            "redis-server is missing: install Debian's (apt-get install redis-server); "
+            "./dev.sh cluster and ./dev.sh test install it when they run as root"
+        )
     lay.redis.mkdir(parents=True, exist_ok=True, mode=0o700)
     password = _password(lay, "redis_password")
     # Its own configuration file, mode 600, because it holds the password (requirepass).
-    _write_private(lay.secret("redis.conf"), "\n".join([
-        "bind 127.0.0.1", f"port {lay.port('redis')}", "protected-mode yes", "daemonize no",
-        f"dir {lay.redis}", "appendonly yes", "save \"\"", f"requirepass {password}", ""]))
+    _write_private(
+        lay.secret("redis.conf"),
+        "\n".join(
+            [
+                "bind 127.0.0.1",
+                f"port {lay.port('redis')}",
+                "protected-mode yes",
+                "daemonize no",
+                f"dir {lay.redis}",
+                "appendonly yes",
+                'save ""',
+                f"requirepass {password}",
+                "",
+            ]
+        ),
+    )
     return start(lay, "redis", [redis, str(lay.secret("redis.conf"))], _base_env())
 
 
@@ -579,6 +688,7 @@ def redis_ping(lay: Layout) -> bool:
 
 # ---------------------------------------------------------------------------------------------- up and down
 
+
 def _wait(what: str, ready, timeout: float, lay: Layout, log: str | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -587,8 +697,9 @@ def _wait(what: str, ready, timeout: float, lay: Layout, log: str | None = None)
         if log and pid_of(lay, log) is None:
             raise ClusterError(f"{what} stopped while starting; see {lay.logs / (log + '.log')}")
         time.sleep(1)
-    raise ClusterError(f"{what} was not ready within {timeout:.0f} s" + (f"; see {lay.logs / (log + '.log')}"
-                                                                          if log else ""))
+    raise ClusterError(
+        f"{what} was not ready within {timeout:.0f} s" + (f"; see {lay.logs / (log + '.log')}" if log else "")
+    )
 
 
 def _http_ok(url: str) -> bool:
@@ -609,8 +720,11 @@ def up(landing_dir: Path | None = None, say=print) -> Layout:
     landing(lay).mkdir(parents=True, exist_ok=True)
     try:
         ensure_secrets(lay)
-        say("PostgreSQL " + ("started" if start_postgres(lay) else "already running")
-            + f" on 127.0.0.1:{lay.port('postgres')}")
+        say(
+            "PostgreSQL "
+            + ("started" if start_postgres(lay) else "already running")
+            + f" on 127.0.0.1:{lay.port('postgres')}"
+        )
         ensure_databases(lay)
         say("Redis " + ("started" if start_redis(lay) else "already running") + f" on 127.0.0.1:{lay.port('redis')}")
         _wait("Redis", lambda: redis_ping(lay), 30, lay, "redis")
@@ -618,10 +732,20 @@ def up(landing_dir: Path | None = None, say=print) -> Layout:
         for name, command in processes(lay).items():
             started = start(lay, name, command, airflow_env(lay, name))
             say(f"{name} " + ("started" if started else "already running"))
-        _wait("the api-server", lambda: _http_ok(f"http://127.0.0.1:{lay.port('api_server')}/api/v2/version"),
-              180, lay, "api-server")
-        _wait("the scheduler", lambda: _http_ok(f"http://127.0.0.1:{lay.port('scheduler_health')}/health"),
-              180, lay, "scheduler")
+        _wait(
+            "the api-server",
+            lambda: _http_ok(f"http://127.0.0.1:{lay.port('api_server')}/api/v2/version"),
+            180,
+            lay,
+            "api-server",
+        )
+        _wait(
+            "the scheduler",
+            lambda: _http_ok(f"http://127.0.0.1:{lay.port('scheduler_health')}/health"),
+            180,
+            lay,
+            "scheduler",
+        )
         for name in processes(lay):
             if name.startswith("worker"):
                 _wait(name, lambda n=name: b" ready." in _log_bytes(lay, n), 180, lay, name)
@@ -630,8 +754,10 @@ def up(landing_dir: Path | None = None, say=print) -> Layout:
         say("Bringing the cluster down again ...")
         down(say=lambda _: None)
         raise
-    say(f"Airflow UI: http://127.0.0.1:{lay.port('api_server')}/ (users and passwords: "
-        f"{lay.secret('simple_auth_manager_passwords.json')})")
+    say(
+        f"Airflow UI: http://127.0.0.1:{lay.port('api_server')}/ (users and passwords: "
+        f"{lay.secret('simple_auth_manager_passwords.json')})"
+    )
     say(f"Landing folder the workers read: {landing(lay)}")
     return lay
 
@@ -649,9 +775,11 @@ def _setup(lay: Layout, env: dict[str, str]) -> None:
             raise ClusterError("airflow db migrate failed:\n" + "\n".join(proc.stderr.strip().splitlines()[-8:]))
         stamp.write_text("ok\n")
     wenv = {**_base_env(), config.ENV_HOME: str(lay.home), **warehouse_env(lay)}
-    code = ("from pophealth.warehouse.schema import prepare_warehouse; "
-            "from pophealth.marts.build import parse_project; "
-            "prepare_warehouse(); parse_project()")
+    code = (
+        "from pophealth.warehouse.schema import prepare_warehouse; "
+        "from pophealth.marts.build import parse_project; "
+        "prepare_warehouse(); parse_project()"
+    )
     proc = subprocess.run([sys.executable, "-c", code], env=wenv, capture_output=True, text=True)
     if proc.returncode != 0:
         raise ClusterError("preparing the warehouse failed:\n" + "\n".join(proc.stderr.strip().splitlines()[-8:]))
@@ -668,8 +796,14 @@ def metadata_query(lay: Layout, statement: str, params: tuple = ()) -> list[tupl
     import psycopg
 
     meta = lay.settings["cluster"]["metadata"]
-    with psycopg.connect(host="127.0.0.1", port=lay.port("postgres"), dbname=meta["database"], user=meta["owner"],
-                         password=_password(lay, "airflow_db_password"), autocommit=True) as conn:
+    with psycopg.connect(
+        host="127.0.0.1",
+        port=lay.port("postgres"),
+        dbname=meta["database"],
+        user=meta["owner"],
+        password=_password(lay, "airflow_db_password"),
+        autocommit=True,
+    ) as conn:
         return conn.execute(statement, params).fetchall()
 
 
@@ -704,6 +838,7 @@ def status(lay: Layout | None = None) -> dict[str, bool]:
 
 def wait_in_foreground(say=print) -> None:
     """Keep `up --wait` in the foreground until Ctrl-C (or SIGTERM), then take everything down."""
+
     def on_term(signum, frame):
         raise KeyboardInterrupt
 
@@ -718,6 +853,7 @@ def wait_in_foreground(say=print) -> None:
 
 
 # ------------------------------------------------------------------------------------------ the pipeline on it
+
 
 def warehouse_query(lay: Layout, statement: str, params: tuple = ()) -> list[tuple]:
     import psycopg
@@ -739,9 +875,13 @@ def _arrive(source: Path, target: Path) -> list[tuple[str, str, str]]:
 
 def _accounts(lay: Layout, arrived: list[tuple[str, str, str]]) -> dict[str, str]:
     """File name -> the status of its latest load, for the arrived files that have one."""
-    rows = warehouse_query(lay, """SELECT DISTINCT ON (file_name, file_sha256) file_name, file_sha256, status
+    rows = warehouse_query(
+        lay,
+        """SELECT DISTINCT ON (file_name, file_sha256) file_name, file_sha256, status
                                    FROM audit.load WHERE file_name = ANY(%s)
-                                   ORDER BY file_name, file_sha256, load_id DESC""", ([a[1] for a in arrived],))
+                                   ORDER BY file_name, file_sha256, load_id DESC""",
+        ([a[1] for a in arrived],),
+    )
     wanted = {(name, sha) for _, name, sha in arrived}
     return {name: status for name, sha, status in rows if (name, sha) in wanted}
 
@@ -776,11 +916,20 @@ def _wait_until_dealt_with(lay: Layout, arrived, started: float, deadline: float
 def _wait_for_ingest_runs(lay: Layout, arrived, deadline: float) -> dict[str, tuple[str, list[str]]]:
     """The ingest runs that loaded the files, once each has finished (its last task is the asset event):
     dag id -> (failed if any run of it failed, else success; the run ids)."""
-    loaded_by = warehouse_query(lay, "SELECT DISTINCT feed, run_id FROM audit.load WHERE file_name = ANY(%s)",
-                                ([a[1] for a in arrived],))
+    loaded_by = warehouse_query(
+        lay, "SELECT DISTINCT feed, run_id FROM audit.load WHERE file_name = ANY(%s)", ([a[1] for a in arrived],)
+    )
     while True:
-        found = _settled_or_none(lambda: {(d, r): st for d, r, st in metadata_query(
-            lay, "SELECT dag_id, run_id, state FROM dag_run WHERE run_id = ANY(%s)", ([r for _, r in loaded_by],))})
+        found = _settled_or_none(
+            lambda: {
+                (d, r): st
+                for d, r, st in metadata_query(
+                    lay,
+                    "SELECT dag_id, run_id, state FROM dag_run WHERE run_id = ANY(%s)",
+                    ([r for _, r in loaded_by],),
+                )
+            }
+        )
         if found is not None:
             runs = {(f"ingest_{feed}", run_id): found.get((f"ingest_{feed}", run_id)) for feed, run_id in loaded_by}
             if all(state in ("success", "failed") for state in runs.values()):
@@ -825,27 +974,37 @@ def load(source: Path | None = None, say=print, timeout: float = 3600) -> dict[s
         if len(accounts) == len(arrived) and all(status not in UNFINISHED for status in accounts.values()):
             break
     by_status = Counter(accounts.values())
-    say(f"  {time.monotonic() - started:6.0f} s: every file dealt with: "
-        + ", ".join(f"{n} {status}" for status, n in sorted(by_status.items())))
+    say(
+        f"  {time.monotonic() - started:6.0f} s: every file dealt with: "
+        + ", ".join(f"{n} {status}" for status, n in sorted(by_status.items()))
+    )
     for dag_id, (state, run_ids) in sorted(states.items()):
         say(f"  {dag_id:<30} {state:<8} {', '.join(run_ids)}")
     outcome = {dag_id: state for dag_id, (state, _) in states.items()}
     refused = {name: status for name, status in accounts.items() if status not in ("published", "duplicate")}
     if refused:
-        say("  refused: " + ", ".join(f"{n} ({s})" for n, s in sorted(refused.items())) + ": the marts are not "
-            "rebuilt while a load is refused and not replaced")
+        say(
+            "  refused: " + ", ".join(f"{n} ({s})" for n, s in sorted(refused.items())) + ": the marts are not "
+            "rebuilt while a load is refused and not replaced"
+        )
         outcome[MARTS_DAG] = "not built"
         return outcome
     newest = warehouse_query(lay, "SELECT max(load_id) FROM audit.load WHERE published_at IS NOT NULL")[0][0]
     while True:
-        found = _settled_or_none(lambda: (
-            warehouse_query(lay, "SELECT max(newest_load_id) FROM audit.marts_publication")[0][0],
-            *metadata_query(lay, """SELECT (SELECT count(*) FROM dag_run WHERE dag_id = %s
+        found = _settled_or_none(
+            lambda: (
+                warehouse_query(lay, "SELECT max(newest_load_id) FROM audit.marts_publication")[0][0],
+                *metadata_query(
+                    lay,
+                    """SELECT (SELECT count(*) FROM dag_run WHERE dag_id = %s
                                             AND state IN ('queued', 'running'))
                                     + (SELECT count(*) FROM asset_dag_run_queue WHERE target_dag_id = %s),
                                     (SELECT count(*) FROM dag_run WHERE dag_id = %s AND state = 'failed'
                                             AND start_date >= now() - make_interval(secs => %s))""",
-                            (MARTS_DAG, MARTS_DAG, MARTS_DAG, time.monotonic() - started + 5))[0]))
+                    (MARTS_DAG, MARTS_DAG, MARTS_DAG, time.monotonic() - started + 5),
+                )[0],
+            )
+        )
         if found is not None:
             published, waiting, failed = found
             if published is not None and published >= newest and not waiting:
@@ -857,11 +1016,19 @@ def load(source: Path | None = None, say=print, timeout: float = 3600) -> dict[s
         if time.monotonic() > deadline:
             raise ClusterError(f"the marts were not published with the newest load within {timeout:.0f} s")
         time.sleep(3)
-    runs = metadata_query(lay, """SELECT state, count(*) FROM dag_run WHERE dag_id = %s
+    runs = metadata_query(
+        lay,
+        """SELECT state, count(*) FROM dag_run WHERE dag_id = %s
                                   AND start_date >= now() - make_interval(secs => %s) GROUP BY state""",
-                          (MARTS_DAG, time.monotonic() - started + 5))
-    say(f"  {time.monotonic() - started:6.0f} s: {MARTS_DAG} " + outcome[MARTS_DAG] + " ("
-        + ", ".join(f"{n} run(s) {state}" for state, n in runs) + ", started by the assets)")
+        (MARTS_DAG, time.monotonic() - started + 5),
+    )
+    say(
+        f"  {time.monotonic() - started:6.0f} s: {MARTS_DAG} "
+        + outcome[MARTS_DAG]
+        + " ("
+        + ", ".join(f"{n} run(s) {state}" for state, n in runs)
+        + ", started by the assets)"
+    )
     return outcome
 
 
@@ -870,8 +1037,11 @@ def _arrive_in_place(target: Path) -> list[tuple[str, str, str]]:
     another way."""
     from pophealth.ingest.landing import identify, sha256_of
 
-    return [(e.feed, path.name, sha256_of(path)[0]) for path in sorted(target.iterdir())
-            if path.is_file() and (e := identify(path)) is not None]
+    return [
+        (e.feed, path.name, sha256_of(path)[0])
+        for path in sorted(target.iterdir())
+        if path.is_file() and (e := identify(path)) is not None
+    ]
 
 
 def restart(name: str, crash: bool = False) -> None:

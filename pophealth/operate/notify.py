@@ -64,16 +64,19 @@ def failure_from(context) -> Failure:
     exception = context.get("exception")
     lines = [line.strip() for line in str(exception or "").splitlines() if line.strip()]
     what = lines[0] if lines else (type(exception).__name__ if exception else "the task failed")
-    where = (f"the Airflow UI: DAG {dag_id}, run {run_id}, task {task_id}, its log; "
-             "`pophealth status` for the loads")
-    return Failure(dag=scrub(str(dag_id)), task=scrub(str(task_id)), run=scrub(str(run_id)), what=scrub(what[:500]),
-                   where=scrub(where))
+    where = f"the Airflow UI: DAG {dag_id}, run {run_id}, task {task_id}, its log; `pophealth status` for the loads"
+    return Failure(
+        dag=scrub(str(dag_id)),
+        task=scrub(str(task_id)),
+        run=scrub(str(run_id)),
+        what=scrub(what[:500]),
+        where=scrub(where),
+    )
 
 
 def send_webhook(url: str, failure: Failure) -> None:
     body = json.dumps({"text": failure.text, **asdict(failure)}).encode()
-    request = urllib.request.Request(url, data=body, method="POST",
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=SEND_TIMEOUT_SECONDS) as response:
         response.read()
 
@@ -84,9 +87,12 @@ def send_email(addresses: str, failure: Failure) -> None:
     from airflow.utils.email import send_email_smtp
 
     # conn_id=None: Airflow's [smtp] settings only, no connection lookup from inside a task
-    send_email_smtp([a.strip() for a in addresses.split(",") if a.strip()],
-                    f"pophealth: {failure.dag}.{failure.task} failed", f"<p>{escape(failure.text)}</p>",
-                    conn_id=None)  # type: ignore[arg-type]  # typed str, but None is what Airflow documents
+    send_email_smtp(
+        [a.strip() for a in addresses.split(",") if a.strip()],
+        f"pophealth: {failure.dag}.{failure.task} failed",
+        f"<p>{escape(failure.text)}</p>",
+        conn_id=None,  # type: ignore[arg-type]  # typed str, but None is what Airflow documents
+    )
 
 
 def notify_failure(context) -> None:
@@ -104,5 +110,6 @@ def notify_failure(context) -> None:
             send(target, failure)
             log.info("failure notification sent (%s)", env)
         except Exception as exc:  # noqa: BLE001
-            log.warning("failure notification (%s) could not be sent: %s: %s", env, type(exc).__name__,
-                        scrub(str(exc))[:200])
+            log.warning(
+                "failure notification (%s) could not be sent: %s: %s", env, type(exc).__name__, scrub(str(exc))[:200]
+            )

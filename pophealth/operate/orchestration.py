@@ -82,9 +82,13 @@ def discover_files(feed: str) -> list[str]:
     period, provider = os.environ.get(ENV_ONLY_PERIOD), os.environ.get(ENV_ONLY_PROVIDER)
     if period or provider:
         wanted = date.fromisoformat(period) if period else None
-        files = [f for f in files if (found := identify(Path(f))) is not None
-                 and (wanted is None or found.period_end == wanted)
-                 and (provider is None or found.provider == provider)]
+        files = [
+            f
+            for f in files
+            if (found := identify(Path(f))) is not None
+            and (wanted is None or found.period_end == wanted)
+            and (provider is None or found.provider == provider)
+        ]
         log.info("re-run limited to period %s, provider %s", period or "any", provider or "any")
     log.info("%d new or changed %s file(s) in the landing folder", len(files), feed)
     return files
@@ -99,8 +103,11 @@ def log_not_extracts(landing: Path) -> None:
     except FileRejected:
         return
     if not_extracts:
-        log.warning("%d file(s) in the landing folder are not extracts of the contract and are NOT LOADED:\n%s",
-                    len(not_extracts), "\n".join(f"  {name}: {why}" for name, why in not_extracts))
+        log.warning(
+            "%d file(s) in the landing folder are not extracts of the contract and are NOT LOADED:\n%s",
+            len(not_extracts),
+            "\n".join(f"  {name}: {why}" for name, why in not_extracts),
+        )
 
 
 def _run_type(run_type) -> str:
@@ -122,10 +129,14 @@ def wait_for_files(feed: str, run_type) -> object:
     if files:
         from pophealth.ingest.load import awaiting_extracts
 
-        before = awaiting_extracts(_landing(), LOAD_ORDER[:LOAD_ORDER.index(feed)])
+        before = awaiting_extracts(_landing(), LOAD_ORDER[: LOAD_ORDER.index(feed)])
         if before:
-            log.info("%d file(s) of the feeds loaded before %s are still to be loaded: waiting for them "
-                     "(the contract's load order)", len(before), feed)
+            log.info(
+                "%d file(s) of the feeds loaded before %s are still to be loaded: waiting for them "
+                "(the contract's load order)",
+                len(before),
+                feed,
+            )
             return PokeReturnValue(is_done=False)
     return PokeReturnValue(is_done=bool(files), xcom_value=in_groups(files))
 
@@ -151,8 +162,12 @@ def wait_for_loads(run_type, started) -> bool:
         return True
     waited = datetime.now(UTC) - started if started is not None else timedelta(0)
     if waited >= LOADS_WAIT:
-        log.warning("building the marts after waiting %s, without these %d file(s) still to be loaded:\n%s",
-                    LOADS_WAIT, len(awaiting), "\n".join(f"  {Path(a).name}" for a in awaiting))
+        log.warning(
+            "building the marts after waiting %s, without these %d file(s) still to be loaded:\n%s",
+            LOADS_WAIT,
+            len(awaiting),
+            "\n".join(f"  {Path(a).name}" for a in awaiting),
+        )
         return True
     log.info("%d file(s) in the landing folder are still to be loaded: the build waits for them", len(awaiting))
     return False
@@ -210,10 +225,16 @@ def load_files(files: list[str], run_id: str, retried: bool = False) -> list[dic
             except AirflowFailException as exc:
                 refused.append(str(exc))
     if len(refused) == 1:  # its own message first: the one line a notification carries
-        raise _fail(refused[0] + (f"\n\n(The other {len(loaded)} file(s) of this task were published.)" if loaded else ""))
+        raise _fail(
+            refused[0] + (f"\n\n(The other {len(loaded)} file(s) of this task were published.)" if loaded else "")
+        )
     if refused:
-        raise _fail(f"{len(refused)} of the {len(files)} files of this task were not published"
-                    + (f" (the other {len(loaded)} were)" if loaded else "") + ":\n\n" + "\n\n".join(refused))
+        raise _fail(
+            f"{len(refused)} of the {len(files)} files of this task were not published"
+            + (f" (the other {len(loaded)} were)" if loaded else "")
+            + ":\n\n"
+            + "\n\n".join(refused)
+        )
     return loaded
 
 
@@ -225,8 +246,10 @@ def _load_file(file: str, run_id: str, retried: bool) -> dict:
         log.info("%s: %s by an earlier try of this task (load %d)", Path(file).name, earlier.status, earlier.load_id)
         return {"file": Path(file).name, "load_id": earlier.load_id, "status": earlier.status}
     if earlier is not None and earlier.status in ("rejected", "failed", "gate_failed", "stale"):
-        raise _fail(f"{earlier.status.upper().replace('_', ' ')} {Path(file).name} (load {earlier.load_id}, by an "
-                    f"earlier try of this task): {earlier.message}")
+        raise _fail(
+            f"{earlier.status.upper().replace('_', ' ')} {Path(file).name} (load {earlier.load_id}, by an "
+            f"earlier try of this task): {earlier.message}"
+        )
     load_id = earlier.load_id if earlier is not None and earlier.status == "validated" else stage_file(file, run_id)
     gate_load(load_id, run_id)
     return {"file": Path(file).name, "load_id": load_id, **publish_staged(load_id)}
@@ -242,8 +265,13 @@ def stage_file(path: str, run_id: str) -> int:
         raise _fail(f"{'LOAD FAILED' if isinstance(exc, LoadFailed) else 'LOAD REFUSED'} {exc}") from None
     log.info(
         "%s: %s; read %d, loaded %d, quarantined %d, removed by opt-out %d (load %d)",
-        outcome.file_name, outcome.status, outcome.rows_read, outcome.rows_loaded,
-        outcome.rows_quarantined, outcome.rows_opted_out, outcome.load_id,
+        outcome.file_name,
+        outcome.status,
+        outcome.rows_read,
+        outcome.rows_loaded,
+        outcome.rows_quarantined,
+        outcome.rows_opted_out,
+        outcome.load_id,
     )
     return outcome.load_id
 
@@ -289,8 +317,10 @@ def check_loads(run_type) -> int:
     newest = newest_published_load()
     last = last_marts_publication()
     if _run_type(run_type) == "asset_triggered" and last is not None and newest == last["newest_load_id"]:
-        message = (f"nothing new to build: the marts published at {last['published_at']:%Y-%m-%d %H:%M} (run "
-                   f"{last['run_id']}) already hold every published load (the newest, {newest})")
+        message = (
+            f"nothing new to build: the marts published at {last['published_at']:%Y-%m-%d %H:%M} (run "
+            f"{last['run_id']}) already hold every published load (the newest, {newest})"
+        )
         log.info(message)
         raise AirflowSkipException(message)
     clear_candidates()  # what a refused build left; dbt builds the candidates afresh
@@ -311,7 +341,7 @@ def assert_loads_gated() -> None:
 
 
 def assign_published_ids() -> None:
-    """Before dbt: every transit pseudonym in raw gets its secondary-use and direct-care ids (pophealth/identity/purposes.py);
+    """Before dbt: every transit pseudonym in raw gets its secondary-use and direct-care ids (identity/purposes.py);
     without both purpose keys nothing is built (fail closed)."""
     from pophealth.identity.purposes import PublishedIdsRefused, assign_purpose_pseudonyms
 
@@ -319,12 +349,15 @@ def assign_published_ids() -> None:
         assigned = assign_purpose_pseudonyms()
     except PublishedIdsRefused as exc:
         raise _fail(f"PUBLISHED IDS REFUSED: {exc}") from None
-    log.info("%d new transit pseudonyms given their published ids (keys %s)", assigned.new_transit_pseudonyms,
-             ", ".join(f"{p} {v}" for p, v in assigned.key_versions.items()))
+    log.info(
+        "%d new transit pseudonyms given their published ids (keys %s)",
+        assigned.new_transit_pseudonyms,
+        ", ".join(f"{p} {v}" for p, v in assigned.key_versions.items()),
+    )
 
 
 def clear_candidates() -> None:
-    """Before dbt builds the candidate marts: drop what an earlier, refused build left (pophealth/quality/marts_gate.py)."""
+    """Before dbt builds the candidate marts: drop what an earlier, refused build left (quality/marts_gate.py)."""
     from pophealth.quality.marts_gate import drop_candidates
 
     drop_candidates()
@@ -339,8 +372,10 @@ def gate_marts(run_id: str | None = None) -> None:
     except PublishRefused as exc:
         raise _fail(f"MARTS GATE REFUSED: {exc}") from None
     if not outcome.passed:
-        raise _fail("MARTS GATE FAILED: the candidate marts are not published; analysts keep the last good marts "
-                    f"(the candidates stay in marts__candidate and reporting__candidate to look at)\n{outcome.summary()}")
+        raise _fail(
+            "MARTS GATE FAILED: the candidate marts are not published; analysts keep the last good marts "
+            f"(the candidates stay in marts__candidate and reporting__candidate to look at)\n{outcome.summary()}"
+        )
     log.info("marts gate passed\n%s", outcome.summary())
 
 
@@ -405,27 +440,38 @@ def dbt_task_group(group_id: str = "dbt", build_candidates: bool = False):
     group = DbtTaskGroup(
         group_id=group_id,
         project_config=ProjectConfig(paths.dbt_project_dir, manifest_path=manifest),
-        profile_config=ProfileConfig(profile_name=DBT_PROFILE, target_name=DBT_TARGET,
-                                     profiles_yml_filepath=paths.dbt_project_dir / "profiles.yml"),
-        execution_config=ExecutionConfig(execution_mode=ExecutionMode.WATCHER,
-                                         dbt_executable_path=dbt_executable(),
-                                         # dbt in a process of its own: in this one (DBT_RUNNER) Cosmos turned
-                                         # each of dbt's ~6,800 events into JSON and pushed ~1,800 XComs from
-                                         # dbt's threads, one at a time (18 ms each): the build took 4x as long
-                                         # as dbt alone. From dbt's output it pushes one result per node.
-                                         invocation_mode=InvocationMode.SUBPROCESS,
-                                         # A retry of the build would be skipped by Cosmos (it never runs a
-                                         # second whole build); the per-model tasks retry on their own instead.
-                                         setup_operator_args={"retries": 0}),
+        profile_config=ProfileConfig(
+            profile_name=DBT_PROFILE,
+            target_name=DBT_TARGET,
+            profiles_yml_filepath=paths.dbt_project_dir / "profiles.yml",
+        ),
+        execution_config=ExecutionConfig(
+            execution_mode=ExecutionMode.WATCHER,
+            dbt_executable_path=dbt_executable(),
+            # dbt in a process of its own: in this one (DBT_RUNNER) Cosmos turned
+            # each of dbt's ~6,800 events into JSON and pushed ~1,800 XComs from
+            # dbt's threads, one at a time (18 ms each): the build took 4x as long
+            # as dbt alone. From dbt's output it pushes one result per node.
+            invocation_mode=InvocationMode.SUBPROCESS,
+            # A retry of the build would be skipped by Cosmos (it never runs a
+            # second whole build); the per-model tasks retry on their own instead.
+            setup_operator_args={"retries": 0},
+        ),
         # Cosmos's own asset URIs cannot name a warehouse reached over a unix socket; the DAG publishes
         # its own mart assets instead.
-        render_config=RenderConfig(load_method=LoadMode.DBT_MANIFEST, emit_datasets=False,
-                                   # a test over two models is one of each model's tests (the build runs it
-                                   # once both are built), not a task of its own that would find no result
-                                   should_detach_multiple_parents_tests=False),
-        operator_args={"install_deps": False, "callback": "pophealth.marts.build.record_run_results",
-                       "on_execute_callback": warehouse_for_dbt,
-                       **({"vars": {"build_candidates": True}} if build_candidates else {})},
+        render_config=RenderConfig(
+            load_method=LoadMode.DBT_MANIFEST,
+            emit_datasets=False,
+            # a test over two models is one of each model's tests (the build runs it
+            # once both are built), not a task of its own that would find no result
+            should_detach_multiple_parents_tests=False,
+        ),
+        operator_args={
+            "install_deps": False,
+            "callback": "pophealth.marts.build.record_run_results",
+            "on_execute_callback": warehouse_for_dbt,
+            **({"vars": {"build_candidates": True}} if build_candidates else {}),
+        },
         default_args=DEFAULT_ARGS,
     )
     _after_the_build(group, group.children[f"{group_id}.{PRODUCER_WATCHER_TASK_ID}"])

@@ -34,10 +34,16 @@ class PipelineOutcome:
     def as_json(self) -> dict:
         """What the run did, for a program reading it afterwards (the scale benchmark's time per DAG): each DAG's
         state and seconds. Names, states and times only: nothing of the data."""
-        return {"landing": str(self.landing), "started_at": self.started_at.isoformat(timespec="seconds"),
-                "seconds": round(self.seconds, 3), "succeeded": self.succeeded,
-                "dags": [{"dag_id": d.dag_id, "state": d.state, "run_id": d.run_id, "seconds": round(d.seconds, 3)}
-                         for d in self.dags]}
+        return {
+            "landing": str(self.landing),
+            "started_at": self.started_at.isoformat(timespec="seconds"),
+            "seconds": round(self.seconds, 3),
+            "succeeded": self.succeeded,
+            "dags": [
+                {"dag_id": d.dag_id, "state": d.state, "run_id": d.run_id, "seconds": round(d.seconds, 3)}
+                for d in self.dags
+            ],
+        }
 
     def write(self) -> Path:
         """outcome.json in the run's log folder, whole or absent (`pophealth run` and `pophealth dag` write it)."""
@@ -46,8 +52,9 @@ class PipelineOutcome:
         return path
 
 
-def run_pipeline(landing: Path, dag_ids: tuple[str, ...] = INGEST_DAGS + (MARTS_DAG,),
-                 progress=print) -> PipelineOutcome:
+def run_pipeline(
+    landing: Path, dag_ids: tuple[str, ...] = INGEST_DAGS + (MARTS_DAG,), progress=print
+) -> PipelineOutcome:
     started = time.monotonic()
     now = datetime.now(UTC)
     log_dir = config.paths().home / "runs" / now.strftime("%Y%m%dT%H%M%SZ")
@@ -57,8 +64,11 @@ def run_pipeline(landing: Path, dag_ids: tuple[str, ...] = INGEST_DAGS + (MARTS_
     parse_project()  # the marts DAG is rendered from dbt's manifest
     env = {config.ENV_LANDING_DIR: str(outcome.landing)}
     outcome.dags = run_dags(
-        dag_ids, log_dir, env,
+        dag_ids,
+        log_dir,
+        env,
         on_start=lambda dag_id: progress(f"  running DAG {dag_id} ..."),
-        on_finish=lambda result: progress(f"  {result.dag_id:<30} {result.state:<8} {result.seconds:6.1f} s"))
+        on_finish=lambda result: progress(f"  {result.dag_id:<30} {result.state:<8} {result.seconds:6.1f} s"),
+    )
     outcome.seconds = time.monotonic() - started
     return outcome

@@ -39,8 +39,12 @@ def summarise(outcome: PipelineOutcome) -> str:
     lines = [
         "",
         f"pophealth run {'finished' if outcome.succeeded else 'FAILED'} in {outcome.seconds:.0f} s"
-        + (f", but {len(not_extracts)} file(s) in the landing folder were NOT LOADED: they are not extracts of the "
-           "contract (listed below)" if not_extracts else ""),
+        + (
+            f", but {len(not_extracts)} file(s) in the landing folder were NOT LOADED: they are not extracts of the "
+            "contract (listed below)"
+            if not_extracts
+            else ""
+        ),
         f"  landing folder: {outcome.landing}",
         f"  Airflow logs:   {outcome.log_dir}",
         "",
@@ -65,13 +69,16 @@ def summarise(outcome: PipelineOutcome) -> str:
             for i, column in enumerate(("rows_read", "rows_loaded", "rows_quarantined", "rows_opted_out")):
                 row[i + 1] += load[column]
             row[0] += 1
-        lines += ["", "Loads this run (audit.load; every row is loaded or quarantined; 'opt-out': of the loaded rows, "
-                      "people with a national data opt-out, kept for their direct care only):",
-                  f"  {'feed':<22} {'status':<12} {'files':>5} {'read':>10} {'loaded':>10} {'quarant.':>9} "
-                  f"{'opt-out':>8}"]
+        lines += [
+            "",
+            "Loads this run (audit.load; every row is loaded or quarantined; 'opt-out': of the loaded rows, "
+            "people with a national data opt-out, kept for their direct care only):",
+            f"  {'feed':<22} {'status':<12} {'files':>5} {'read':>10} {'loaded':>10} {'quarant.':>9} {'opt-out':>8}",
+        ]
         for (feed, status), (files, read, loaded, quarantined, opted_out) in totals.items():
-            lines.append(f"  {feed:<22} {status:<12} {files:>5,} {read:>10,} {loaded:>10,} {quarantined:>9,} "
-                         f"{opted_out:>8,}")
+            lines.append(
+                f"  {feed:<22} {status:<12} {files:>5,} {read:>10,} {loaded:>10,} {quarantined:>9,} {opted_out:>8,}"
+            )
         for load in loads:
             if load["status"] in ("rejected", "gate_failed", "failed", "stale") and load["message"]:
                 lines.append(f"  {'FAILED' if load['status'] == 'failed' else 'REFUSED'} {load['file_name']}:")
@@ -90,8 +97,11 @@ def summarise(outcome: PipelineOutcome) -> str:
         for g in gates:
             label = f"failed ({g['severity']})" if g["status"] == "failed" else g["status"].replace("_", " ")
             tally[label] = tally.get(label, 0) + g["n"]
-        gate_text = (", ".join(f"{n:,} {label}" for label, n in tally.items()) + " checks"
-                     if gates else "no gate ran (no new files)")
+        gate_text = (
+            ", ".join(f"{n:,} {label}" for label, n in tally.items()) + " checks"
+            if gates
+            else "no gate ran (no new files)"
+        )
         lines += ["", f"Quality gates (audit.gate_result): {gate_text}", ""]
         coverage, notices = coverage_lines(conn)
         lines += coverage + [f"  Note: {n}" for n in notices]
@@ -101,7 +111,8 @@ def summarise(outcome: PipelineOutcome) -> str:
         methods = []
         if people is not None:
             methods = conn.execute(
-                "SELECT link_method, count(*) AS n FROM marts.person GROUP BY 1 ORDER BY 1").fetchall()
+                "SELECT link_method, count(*) AS n FROM marts.person GROUP BY 1 ORDER BY 1"
+            ).fetchall()
         lines += [
             "",
             f"Where the results are (warehouse {db.warehouse_shown()}):",
@@ -109,8 +120,10 @@ def summarise(outcome: PipelineOutcome) -> str:
             f"{_fmt(linked)} linked (in both hospital and social care data)",
         ]
         if methods:
-            lines.append("                        by link method: "
-                         + ", ".join(f"{m['link_method']} {m['n']:,}" for m in methods))
+            lines.append(
+                "                        by link method: "
+                + ", ".join(f"{m['link_method']} {m['n']:,}" for m in methods)
+            )
         lines += _marts_lines(conn)
         lines += _geography_lines(conn)
         for table in ("raw.gp_register", "raw.apc_episode", "raw.cld_event", "raw.ref_population"):
@@ -132,34 +145,52 @@ def _geography_lines(conn) -> list[str]:
     from pophealth.reports.geographies import geography_problems
 
     problems = geography_problems(conn)
-    return (["", "GEOGRAPHIES THAT CANNOT BE COMPUTED (pophealth status lists them too):"]
-            + [f"  - {p}" for p in problems]) if problems else []
+    return (
+        (
+            ["", "GEOGRAPHIES THAT CANNOT BE COMPUTED (pophealth status lists them too):"]
+            + [f"  - {p}" for p in problems]
+        )
+        if problems
+        else []
+    )
 
 
 def _marts_lines(conn) -> list[str]:
     """The risk pyramid and the latest financial year's BCF metrics for the area, when the marts exist."""
     if _count(conn, "SELECT count(*) FROM marts.risk_stratification") is None:
         return []
-    tiers = {r["risk_tier"]: r["people"] for r in conn.execute(
-        "SELECT risk_tier, count(*) AS people FROM marts.risk_stratification GROUP BY 1").fetchall()}
+    tiers = {
+        r["risk_tier"]: r["people"]
+        for r in conn.execute(
+            "SELECT risk_tier, count(*) AS people FROM marts.risk_stratification GROUP BY 1"
+        ).fetchall()
+    }
     evaluation = conn.execute(
-        "SELECT model_version, c_statistic FROM marts.risk_model_evaluation WHERE risk_tier = 'all'").fetchone()
-    lines = [f"  marts.risk_stratification  {_fmt(sum(tiers.values()))} people: "
-             + " / ".join(f"{tier} {_fmt(tiers.get(tier, 0))}" for tier in ("very_high", "high", "moderate", "low"))]
+        "SELECT model_version, c_statistic FROM marts.risk_model_evaluation WHERE risk_tier = 'all'"
+    ).fetchone()
+    lines = [
+        f"  marts.risk_stratification  {_fmt(sum(tiers.values()))} people: "
+        + " / ".join(f"{tier} {_fmt(tiers.get(tier, 0))}" for tier in ("very_high", "high", "moderate", "low"))
+    ]
     if evaluation:
-        lines.append(f"                        risk model version {evaluation['model_version']}, c-statistic "
-                     f"{evaluation['c_statistic']} on a later year (marts.risk_model_evaluation)")
+        lines.append(
+            f"                        risk model version {evaluation['model_version']}, c-statistic "
+            f"{evaluation['c_statistic']} on a later year (marts.risk_model_evaluation)"
+        )
     metrics = conn.execute(
         """SELECT metric_code, geography_level, geography_code, value, period_start, period_end, is_final
            FROM marts.bcf_metrics
            WHERE geography_level IN ('area', 'local_authority') AND period_start = (
                SELECT max(period_start) FROM marts.bcf_metrics WHERE period_end - period_start > 300)
-             AND period_end - period_start > 300 ORDER BY metric_code, geography_level, geography_code""").fetchall()
+             AND period_end - period_start > 300 ORDER BY metric_code, geography_level, geography_code"""
+    ).fetchall()
     if metrics:
         places = list(dict.fromkeys(m["geography_code"] for m in metrics))
         values = {(m["metric_code"], m["geography_code"]): m for m in metrics}
-        lines.append(f"  marts.bcf_metrics     financial year {metrics[0]['period_start']} to "
-                     f"{metrics[0]['period_end']}, the whole area and each council (* provisional):")
+        lines.append(
+            f"  marts.bcf_metrics     financial year {metrics[0]['period_start']} to "
+            f"{metrics[0]['period_end']}, the whole area and each council (* provisional):"
+        )
         lines.append(f"                        {'':<28} " + " ".join(f"{p:>12}" for p in places))
         for code in dict.fromkeys(m["metric_code"] for m in metrics):
             shown = []

@@ -59,8 +59,10 @@ def fill(template: str, folder: Path | None = None) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m pophealth.operate.secret_url 'scheme://user:{secret_name}@host:port/database'",
-              file=sys.stderr)
+        print(
+            "usage: python -m pophealth.operate.secret_url 'scheme://user:{secret_name}@host:port/database'",
+            file=sys.stderr,
+        )
         return 2
     try:
         # No line end: Airflow uses a `_CMD` setting's output as it is, and a URL ending in a newline names a

@@ -58,9 +58,12 @@ class Status:
         return {"healthy": self.healthy, "problems": self.problems, "notices": self.notices, **self.data}
 
     def text(self) -> str:
-        verdict = ("Healthy: nothing has failed." if self.healthy else
-                   f"{RED}NEEDS ATTENTION: {len(self.problems)} problem(s){RESET}\n"
-                   + "\n".join(f"  - {p}" for p in self.problems))
+        verdict = (
+            "Healthy: nothing has failed."
+            if self.healthy
+            else f"{RED}NEEDS ATTENTION: {len(self.problems)} problem(s){RESET}\n"
+            + "\n".join(f"  - {p}" for p in self.problems)
+        )
         return "\n".join(self.lines + ["", verdict] + [f"Note: {n}" for n in self.notices])
 
 
@@ -116,17 +119,25 @@ def _audit_logs(conn, status: Status) -> None:
     if conn.execute("SELECT to_regclass('audit.reidentification_approval') AS t").fetchone()["t"] is None:
         return
     checks = verify(conn, config.paths().home / "audit_chain_heads.json")
-    keepers = [r["rolname"] for r in conn.execute(
-        """SELECT m.rolname FROM pg_auth_members a JOIN pg_roles k ON k.oid = a.roleid
-           JOIN pg_roles m ON m.oid = a.member WHERE k.rolname = 'audit_keeper' AND m.rolcanlogin ORDER BY 1""")]
-    supers = [r["rolname"] for r in conn.execute(
-        "SELECT rolname FROM pg_roles WHERE rolsuper AND rolcanlogin ORDER BY 1")]
+    keepers = [
+        r["rolname"]
+        for r in conn.execute(
+            """SELECT m.rolname FROM pg_auth_members a JOIN pg_roles k ON k.oid = a.roleid
+           JOIN pg_roles m ON m.oid = a.member WHERE k.rolname = 'audit_keeper' AND m.rolcanlogin ORDER BY 1"""
+        )
+    ]
+    supers = [
+        r["rolname"] for r in conn.execute("SELECT rolname FROM pg_roles WHERE rolsuper AND rolcanlogin ORDER BY 1")
+    ]
     status.lines += ["", "Audit logs (re-identification, approvals, key rotations):"]
     for ok, line in summary_lines(checks):
         status.lines.append(("  " if ok else "  " + RED) + line + ("" if ok else RESET))
     status.problems += [f"{c.table}: the hash chain is broken ({c.breaks[0]})" for c in checks if not c.intact]
-    status.notices.append("logins that could rewrite the audit logs (and must not be used by any process): "
-                          + ", ".join(supers + keepers) + " (superusers, and members of audit_keeper)")
+    status.notices.append(
+        "logins that could rewrite the audit logs (and must not be used by any process): "
+        + ", ".join(supers + keepers)
+        + " (superusers, and members of audit_keeper)"
+    )
 
 
 def _sources(conn, status: Status, now: datetime) -> None:
@@ -154,8 +165,10 @@ def _sources(conn, status: Status, now: datetime) -> None:
                     l.load_id DESC"""
     ).fetchall()
     status.lines += ["", "Latest period loaded of each source:"]
-    header = (f"  {'source':<24} {'period end':<10} {'file':<30} {'verdict':<26} {'read':>8} {'loaded':>8} "
-              f"{'quarant.':>8} {'opted out':>9} {'age':>8}")
+    header = (
+        f"  {'source':<24} {'period end':<10} {'file':<30} {'verdict':<26} {'read':>8} {'loaded':>8} "
+        f"{'quarant.':>8} {'opted out':>9} {'age':>8}"
+    )
     status.lines.append(header)
     order = {feed: i for i, feed in enumerate(LOAD_ORDER)}
     for load in sorted(latest, key=lambda r: (order.get(r["feed"], 99), r["provider"] or "")):
@@ -168,31 +181,46 @@ def _sources(conn, status: Status, now: datetime) -> None:
         status.lines.append(
             f"  {source:<24} {period:<10} {load['file_name']:<30} {verdict:<26} {load['rows_read']:>8,} "
             f"{load['rows_loaded']:>8,} {load['rows_quarantined']:>8,} {load['rows_opted_out']:>9,} "
-            f"{age(load['at'], now):>8}")
-        status.data.setdefault("sources", []).append({
-            "feed": load["feed"], "provider": load["provider"], "period_end": load["period_end"],
-            "file_name": load["file_name"], "status": load["status"], "load_id": load["load_id"],
-            "rows_read": load["rows_read"], "rows_loaded": load["rows_loaded"],
-            "rows_quarantined": load["rows_quarantined"], "rows_opted_out": load["rows_opted_out"],
-            "gate_warnings": load["warnings"] or 0, "at": load["at"]})
+            f"{age(load['at'], now):>8}"
+        )
+        status.data.setdefault("sources", []).append(
+            {
+                "feed": load["feed"],
+                "provider": load["provider"],
+                "period_end": load["period_end"],
+                "file_name": load["file_name"],
+                "status": load["status"],
+                "load_id": load["load_id"],
+                "rows_read": load["rows_read"],
+                "rows_loaded": load["rows_loaded"],
+                "rows_quarantined": load["rows_quarantined"],
+                "rows_opted_out": load["rows_opted_out"],
+                "gate_warnings": load["warnings"] or 0,
+                "at": load["at"],
+            }
+        )
     if not latest:
         status.lines.append("  nothing has been loaded yet")
-    in_force = conn.execute("SELECT count(*) AS n FROM audit.load WHERE feed = 'optouts' AND status = 'published'"
-                            ).fetchone()["n"]
+    in_force = conn.execute(
+        "SELECT count(*) AS n FROM audit.load WHERE feed = 'optouts' AND status = 'published'"
+    ).fetchone()["n"]
     for stale in conn.execute("""SELECT file_name, message FROM audit.load WHERE status = 'stale'
                                  AND load_id > coalesce((SELECT max(load_id) FROM audit.load
                                                          WHERE feed = 'optouts' AND status = 'published'), 0)
                                  ORDER BY load_id"""):
         status.lines.append(f"  optouts: {stale['file_name']} refused as {stale['message']}")
     if not in_force and any(load["feed"] in PERSONAL_FEEDS for load in latest):
-        status.problems.append("no national data opt-out list is in force (after a key rotation it must be loaded "
-                               "again): every personal load is refused until it is (docs/runbook.md)")
+        status.problems.append(
+            "no national data opt-out list is in force (after a key rotation it must be loaded "
+            "again): every personal load is refused until it is (docs/runbook.md)"
+        )
     for refused in latest_refusals(conn):
         message = (refused["message"] or "").strip().splitlines()
         status.problems.append(
             f"{refused['file_name']}: {VERDICTS.get(refused['status'], refused['status'])} (load {refused['load_id']})"
             + (f": {message[0]}" if message else "")
-            + "; the marts are not rebuilt until a good file for that period is delivered (docs/runbook.md)")
+            + "; the marts are not rebuilt until a good file for that period is delivered (docs/runbook.md)"
+        )
 
 
 #: Months between two periods of a feed that sends one file per period: the period after the latest is the one due.
@@ -225,11 +253,20 @@ def next_deliveries(latest: list[dict], now: datetime) -> list[dict]:
             for r in latest:  # one row per source: its latest period
                 if r["feed"] == feed and r["period_end"]:
                     # A refused file is due again; after a good one, the next period.
-                    expected[r["provider"]] = (r["period_end"] if r["status"] in DUE_AGAIN
-                                               else _month_end_after(r["period_end"], PERIOD_MONTHS[feed]))
-        due.append({"feed": feed, "schedule": arrival.described, "next_look": looks,
-                    "waits_until": looks + arrival.wait,
-                    "expected": [{"provider": p, "period_end": d} for p, d in sorted(expected.items())]})
+                    expected[r["provider"]] = (
+                        r["period_end"]
+                        if r["status"] in DUE_AGAIN
+                        else _month_end_after(r["period_end"], PERIOD_MONTHS[feed])
+                    )
+        due.append(
+            {
+                "feed": feed,
+                "schedule": arrival.described,
+                "next_look": looks,
+                "waits_until": looks + arrival.wait,
+                "expected": [{"provider": p, "period_end": d} for p, d in sorted(expected.items())],
+            }
+        )
     return due
 
 
@@ -239,10 +276,15 @@ def _next_deliveries(status: Status, now: datetime) -> None:
     status.lines += ["", "Next delivery due of each feed (the arrival schedule):"]
     for d in due:
         expected = ", ".join(f"{e['provider']} {e['period_end']}" for e in d["expected"])
-        status.lines.append(f"  {d['feed']:<24} next looks {d['next_look']:%Y-%m-%d %H:%M %Z}"
-                            + (f", waits until {d['waits_until']:%Y-%m-%d %H:%M}" if d["waits_until"] - d["next_look"]
-                               > timedelta(hours=1) else "")
-                            + (f"; due: period ending {expected}" if expected else f"; {d['schedule']}"))
+        status.lines.append(
+            f"  {d['feed']:<24} next looks {d['next_look']:%Y-%m-%d %H:%M %Z}"
+            + (
+                f", waits until {d['waits_until']:%Y-%m-%d %H:%M}"
+                if d["waits_until"] - d["next_look"] > timedelta(hours=1)
+                else ""
+            )
+            + (f"; due: period ending {expected}" if expected else f"; {d['schedule']}")
+        )
 
 
 def _coverage(conn, status: Status) -> None:
@@ -285,50 +327,81 @@ def _marts(conn, status: Status, now: datetime) -> None:
 
     gate = conn.execute(
         """SELECT checked_at AS at, count(*) FILTER (WHERE status = 'failed' AND severity = 'error') AS errors
-           FROM audit.gate_result WHERE feed = %s GROUP BY checked_at ORDER BY checked_at DESC LIMIT 1""", (FEED,)
+           FROM audit.gate_result WHERE feed = %s GROUP BY checked_at ORDER BY checked_at DESC LIMIT 1""",
+        (FEED,),
     ).fetchone()
-    passed_gate = conn.execute("""SELECT max(checked_at) AS at FROM (
+    passed_gate = conn.execute(
+        """SELECT max(checked_at) AS at FROM (
                                       SELECT checked_at FROM audit.gate_result WHERE feed = %s GROUP BY checked_at
                                       HAVING count(*) FILTER (WHERE status = 'failed' AND severity = 'error') = 0) g""",
-                               (FEED,)).fetchone()["at"]
-    candidates = [s + CANDIDATE for s in PUBLISHED if conn.execute(
-        "SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = %s) AS e", (s + CANDIDATE,)).fetchone()["e"]]
+        (FEED,),
+    ).fetchone()["at"]
+    candidates = [
+        s + CANDIDATE
+        for s in PUBLISHED
+        if conn.execute(
+            "SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = %s) AS e", (s + CANDIDATE,)
+        ).fetchone()["e"]
+    ]
     has_marts = conn.execute("SELECT to_regclass('marts.risk_stratification') IS NOT NULL AS e").fetchone()["e"]
-    as_of = (conn.execute("SELECT max(as_of_date) AS d FROM marts.risk_stratification").fetchone()["d"]
-             if has_marts else None)
+    as_of = (
+        conn.execute("SELECT max(as_of_date) AS d FROM marts.risk_stratification").fetchone()["d"]
+        if has_marts
+        else None
+    )
     # The publish itself is a schema swap with no record of its own: the marts were last published when the
     # marts gate last passed (the DAG swaps them in right after), or by the last build if it built straight into
     # `marts` (outside the DAG: no candidates, and after every gate).
     published_at = passed_gate
     if built_at and not build_failures and not candidates and (published_at is None or built_at > published_at):
         published_at = built_at
-    newer_loads = conn.execute("SELECT count(*) AS n FROM audit.load WHERE status = 'published' AND published_at > %s",
-                               (published_at,)).fetchone()["n"] if published_at else 0
+    newer_loads = (
+        conn.execute(
+            "SELECT count(*) AS n FROM audit.load WHERE status = 'published' AND published_at > %s", (published_at,)
+        ).fetchone()["n"]
+        if published_at
+        else 0
+    )
 
-    status.data["marts"] = {"last_build": built_at, "build_failures": build_failures,
-                            "marts_gate": ({"at": gate["at"], "errors": gate["errors"]} if gate else None),
-                            "last_publish": published_at if has_marts else None, "as_of_date": as_of,
-                            "loads_not_in_marts": newer_loads, "candidates": candidates}
+    status.data["marts"] = {
+        "last_build": built_at,
+        "build_failures": build_failures,
+        "marts_gate": ({"at": gate["at"], "errors": gate["errors"]} if gate else None),
+        "last_publish": published_at if has_marts else None,
+        "as_of_date": as_of,
+        "loads_not_in_marts": newer_loads,
+        "candidates": candidates,
+    }
     status.lines += ["", "Marts:"]
-    status.lines.append(f"  last build    {_when(built_at, now)}"
-                        + (f": FAILED ({build_failures} model(s) or test(s) failed)" if build_failures else ""))
+    status.lines.append(
+        f"  last build    {_when(built_at, now)}"
+        + (f": FAILED ({build_failures} model(s) or test(s) failed)" if build_failures else "")
+    )
     if gate:
-        status.lines.append(f"  marts gate    {_when(gate['at'], now)}: "
-                            + (f"FAILED ({gate['errors']} rule(s)), the build was refused" if gate["errors"]
-                               else "passed"))
-    status.lines.append(f"  last publish  {_when(published_at, now) if has_marts else 'never'}"
-                        + (f"; the marts describe the data as of {as_of}" if as_of else ""))
+        status.lines.append(
+            f"  marts gate    {_when(gate['at'], now)}: "
+            + (f"FAILED ({gate['errors']} rule(s)), the build was refused" if gate["errors"] else "passed")
+        )
+    status.lines.append(
+        f"  last publish  {_when(published_at, now) if has_marts else 'never'}"
+        + (f"; the marts describe the data as of {as_of}" if as_of else "")
+    )
     if newer_loads:
-        status.lines.append(f"  {newer_loads} file(s) published since then are not in the marts yet "
-                            "(build_marts runs when its inputs change)")
+        status.lines.append(
+            f"  {newer_loads} file(s) published since then are not in the marts yet "
+            "(build_marts runs when its inputs change)"
+        )
     if candidates:
         status.lines.append(f"  candidates kept for inspection: {', '.join(candidates)}")
     if build_failures:
-        status.problems.append(f"the last marts build failed ({build_failures} model(s) or test(s)); analysts keep "
-                               "the last good marts")
+        status.problems.append(
+            f"the last marts build failed ({build_failures} model(s) or test(s)); analysts keep the last good marts"
+        )
     if gate and gate["errors"] and candidates:
-        status.problems.append(f"the marts gate refused the last build ({gate['errors']} rule(s) failed); analysts "
-                               f"keep the last good marts; the refused build is in {', '.join(candidates)}")
+        status.problems.append(
+            f"the marts gate refused the last build ({gate['errors']} rule(s) failed); analysts "
+            f"keep the last good marts; the refused build is in {', '.join(candidates)}"
+        )
 
 
 def _geographies(conn, status: Status) -> None:
@@ -340,12 +413,15 @@ def _geographies(conn, status: Status) -> None:
         places = conn.execute(
             """SELECT coalesce(la_code, CASE WHEN (SELECT count(la_code) FROM raw.ref_lsoa) = 0 THEN %s END)
                       AS council, count(DISTINCT locality_code) AS localities, count(DISTINCT lsoa_code) AS lsoas
-               FROM raw.ref_lsoa GROUP BY 1 ORDER BY 1 NULLS LAST""", (default_la_code(),)).fetchall()
+               FROM raw.ref_lsoa GROUP BY 1 ORDER BY 1 NULLS LAST""",
+            (default_la_code(),),
+        ).fetchall()
         if places:
             status.lines += ["", "Geographies of the Better Care Fund metrics (the area, each council, each locality):"]
             status.lines += [
                 f"  {p['council'] or 'NO COUNCIL':<12} {p['localities']:>4} localities {p['lsoas']:>6,} LSOAs"
-                for p in places]
+                for p in places
+            ]
     status.problems += geography_problems(conn)
 
 
@@ -354,11 +430,17 @@ def _waiting(landing: Path | None, status: Status, source: str = "given") -> Non
     from pophealth.ingest import load
 
     status.lines.append("")
-    status.data["waiting"] = {"landing": landing, "landing_from": source if landing else None, "files": [],
-                              "being_written": [], "not_extracts": []}
+    status.data["waiting"] = {
+        "landing": landing,
+        "landing_from": source if landing else None,
+        "files": [],
+        "being_written": [],
+        "not_extracts": [],
+    }
     if landing is None:
-        status.lines.append(f"Waiting: no landing folder given (--landing PATH or {config.ENV_LANDING_DIR}) and no "
-                            "run has used one yet")
+        status.lines.append(
+            f"Waiting: no landing folder given (--landing PATH or {config.ENV_LANDING_DIR}) and no run has used one yet"
+        )
         return
     if not landing.is_dir():
         status.problems.append(f"the landing folder does not exist: {landing}")
@@ -368,12 +450,17 @@ def _waiting(landing: Path | None, status: Status, source: str = "given") -> Non
     # extracts that changed while the landing rules looked at them (landing.settled).
     extracts = landing_rules.scan(landing).extracts
     complete = {e.path for e in landing_rules.settled(extracts)}
-    writing = sorted([p.name for p in landing.iterdir() if p.is_file() and landing_rules.is_temporary(p)
-                      and ".csv" in p.name] + [e.name for e in extracts if e.path not in complete])
+    writing = sorted(
+        [p.name for p in landing.iterdir() if p.is_file() and landing_rules.is_temporary(p) and ".csv" in p.name]
+        + [e.name for e in extracts if e.path not in complete]
+    )
     status.data["waiting"].update(files=[{"feed": f, "file_name": n} for f, n in waiting], being_written=writing)
-    status.lines.append(f"Waiting in {landing}" + (f" ({source})" if source != "given" else "")
-                        + f": {len(waiting)} file(s) to load"
-                        + (f", {len(writing)} still being written" if writing else ""))
+    status.lines.append(
+        f"Waiting in {landing}"
+        + (f" ({source})" if source != "given" else "")
+        + f": {len(waiting)} file(s) to load"
+        + (f", {len(writing)} still being written" if writing else "")
+    )
     status.lines += [f"  {feed:<24} {name}" for feed, name in waiting[:30]]
     if len(waiting) > 30:
         status.lines.append(f"  ... and {len(waiting) - 30} more")
@@ -387,5 +474,7 @@ def _waiting(landing: Path | None, status: Status, source: str = "given") -> Non
             status.lines.append(f"  ... and {len(not_extracts) - 30} more")
         # Not a failure (nothing was loaded or refused; the exit code stays 0), but never silent: said under the
         # verdict.
-        status.notices.append(f"{len(not_extracts)} file(s) in the landing folder are not extracts of the contract and "
-                              "are NOT LOADED (listed above): rename, decompress or remove them")
+        status.notices.append(
+            f"{len(not_extracts)} file(s) in the landing folder are not extracts of the contract and "
+            "are NOT LOADED (listed above): rename, decompress or remove them"
+        )

@@ -94,16 +94,26 @@ def _configure(landing: str) -> None:
     from pophealth.warehouse import db
 
     if landing:
-        Variable.set(LANDING_VARIABLE, landing,
-                     description="the landing folder the ingest DAGs read (POPHEALTH_LANDING_DIR of this UI)")
+        Variable.set(
+            LANDING_VARIABLE,
+            landing,
+            description="the landing folder the ingest DAGs read (POPHEALTH_LANDING_DIR of this UI)",
+        )
     parts: dict[str, Any] = conninfo_to_dict(db.warehouse_url())  # libpq's keywords: text values here
     with create_session() as session:
         session.query(Connection).filter(Connection.conn_id == WAREHOUSE_CONNECTION).delete()
-        session.add(Connection(conn_id=WAREHOUSE_CONNECTION, conn_type="postgres", host=parts.get("host"),
-                               port=int(parts["port"]) if parts.get("port") else None,
-                               schema=parts.get("dbname"), login=parts.get("user"), password=parts.get("password"),
-                               description="the pophealth warehouse "
-                                           "(as POPHEALTH_DATABASE_URL or the embedded server)"))
+        session.add(
+            Connection(
+                conn_id=WAREHOUSE_CONNECTION,
+                conn_type="postgres",
+                host=parts.get("host"),
+                port=int(parts["port"]) if parts.get("port") else None,
+                schema=parts.get("dbname"),
+                login=parts.get("user"),
+                password=parts.get("password"),
+                description="the pophealth warehouse (as POPHEALTH_DATABASE_URL or the embedded server)",
+            )
+        )
 
 
 @dataclass
@@ -130,8 +140,14 @@ def _start(name: str, env: dict[str, str], log_dir: Path) -> Running:
     log_file = log_dir / f"{name}.log"
     handle = log_file.open("w")
     # Its own session: Ctrl-C reaches this command only, which then stops each component in order.
-    proc = subprocess.Popen([_airflow_bin(), name], env=env, stdout=handle, stderr=subprocess.STDOUT,
-                            start_new_session=True, preexec_fn=dies_with_parent)
+    proc = subprocess.Popen(
+        [_airflow_bin(), name],
+        env=env,
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=dies_with_parent,
+    )
     return Running(name, proc, log_file)
 
 
@@ -142,8 +158,9 @@ def _ready(port: int) -> bool:
             health = json.loads(response.read())
     except (OSError, ValueError):
         return False
-    return all(health.get(part, {}).get("status") == "healthy" for part in ("metadatabase", "scheduler",
-                                                                             "dag_processor"))
+    return all(
+        health.get(part, {}).get("status") == "healthy" for part in ("metadatabase", "scheduler", "dag_processor")
+    )
 
 
 def stop(running: list[Running]) -> None:
@@ -163,17 +180,20 @@ def _interrupt(*_) -> None:
     raise KeyboardInterrupt
 
 
-def serve(port: int = DEFAULT_PORT, landing: Path | None = None, say=print,
-          start_timeout: float = START_TIMEOUT_SECONDS) -> int:
+def serve(
+    port: int = DEFAULT_PORT, landing: Path | None = None, say=print, start_timeout: float = START_TIMEOUT_SECONDS
+) -> int:
     from pophealth.marts.build import parse_project
     from pophealth.operate.airflow_runner import ensure_metadata_db
     from pophealth.warehouse import db
     from pophealth.warehouse.schema import prepare_warehouse
 
     if db.airflow_metadata_url().startswith("sqlite"):
-        say(f"pophealth ui needs Airflow's metadata in PostgreSQL (its scheduler runs tasks in parallel) when the "
+        say(
+            f"pophealth ui needs Airflow's metadata in PostgreSQL (its scheduler runs tasks in parallel) when the "
             f"warehouse is a real server: set {config.ENV_AIRFLOW_DATABASE_URL} (for example a database `airflow` "
-            "on the same server, owned by the same login)")
+            "on the same server, owned by the same login)"
+        )
         return 2
     started = time.monotonic()
     _demo_keys_into_environment()
@@ -182,8 +202,13 @@ def serve(port: int = DEFAULT_PORT, landing: Path | None = None, say=print,
     parse_project()  # the marts DAG is rendered from dbt's manifest
     passwords = ensure_password()
     env = ui_env(port, landing)
-    proc = subprocess.run([sys.executable, "-m", "pophealth.operate.webui", "configure", str(landing or "")], env=env,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pophealth.operate.webui", "configure", str(landing or "")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     if proc.returncode != 0:
         say("could not write the Airflow variable and connection:\n" + "\n".join(proc.stderr.splitlines()[-5:]))
         return 1
@@ -195,8 +220,10 @@ def serve(port: int = DEFAULT_PORT, landing: Path | None = None, say=print,
     try:
         for name in COMPONENTS:
             running.append(_start(name, env, log_dir))
-        say(f"Starting Airflow ({', '.join(COMPONENTS)}) on the metadata database "
-            f"{config.paths().airflow_home.name}/ of {config.paths().home} ...")
+        say(
+            f"Starting Airflow ({', '.join(COMPONENTS)}) on the metadata database "
+            f"{config.paths().airflow_home.name}/ of {config.paths().home} ..."
+        )
         deadline = time.monotonic() + start_timeout
         while not _ready(port):
             dead = [r for r in running if r.proc.poll() is not None]

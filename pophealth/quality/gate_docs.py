@@ -33,8 +33,11 @@ def _summary(text: str) -> tuple:
     batch_kwargs = meta.get("batch_kwargs") or {}
     batch_spec = meta.get("batch_spec") or {}
     # As great_expectations.render.renderer.site_builder._resolve_asset_name.
-    asset_name = (batch_kwargs.get("data_asset_name") or batch_spec.get("data_asset_name")
-                  or (meta.get("active_batch_definition") or {}).get("data_asset_name"))
+    asset_name = (
+        batch_kwargs.get("data_asset_name")
+        or batch_spec.get("data_asset_name")
+        or (meta.get("active_batch_definition") or {}).get("data_asset_name")
+    )
     return data.get("success"), batch_kwargs, batch_spec, asset_name
 
 
@@ -44,12 +47,16 @@ class ValidationIndexBuilder(DefaultSiteIndexBuilder):
         if not validations or validations in FALSEY_YAML_STRINGS:
             return
         name_filter = self.site_section_builders_config["validations"]["run_name_filter"]
-        keys = sorted((k for k in site_keys if resource_key_passes_run_name_filter(k, name_filter)),
-                      key=lambda k: k.run_id.run_time, reverse=True)
+        keys = sorted(
+            (k for k in site_keys if resource_key_passes_run_name_filter(k, name_filter)),
+            key=lambda k: k.run_id.run_time,
+            reverse=True,
+        )
         if self.validation_results_limit:
             keys = keys[: self.validation_results_limit]
-        store = self.data_context.stores[self.source_stores.get("validations")
-                                         or self.data_context.validation_results_store_name]
+        store = self.data_context.stores[
+            self.source_stores.get("validations") or self.data_context.validation_results_store_name
+        ]
         backend = store.store_backend
         where = getattr(backend, "full_base_directory", None) or id(backend)
         for key in keys:

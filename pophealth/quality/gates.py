@@ -79,7 +79,8 @@ class LoadContext:
     def of(cls, conn, load_id: int, feed: str) -> LoadContext:
         row = conn.execute(
             "SELECT file_name, provider, period_end, rows_read, rows_opted_out FROM audit.load WHERE load_id = %s",
-            (load_id,)).fetchone()
+            (load_id,),
+        ).fetchone()
         if row is None:
             return cls(load_id, feed)
         return cls(load_id, feed, row[0], row[1], row[2], int(row[3] or 0), int(row[4] or 0))
@@ -116,7 +117,7 @@ class RowCountBand:
     min_value: int | None = None
     max_value: int | None = None
     baseline_rows: int = 0
-    baseline: str = ""                 # what the bounds are relative to, in words
+    baseline: str = ""  # what the bounds are relative to, in words
     not_applicable: str | None = None
     quarantined_columns: tuple[str, ...] = ()
 
@@ -155,7 +156,8 @@ def previous_load(conn, ctx: LoadContext) -> tuple | None:
                   OR status = 'validated' AND period_end < %(period)s
                      AND run_id = (SELECT run_id FROM audit.load WHERE load_id = %(load)s))
            ORDER BY period_end DESC NULLS LAST, (status = 'published') DESC, load_id DESC LIMIT 1""",
-        {"load": ctx.load_id, "feed": ctx.feed, "provider": ctx.provider, "period": ctx.period_end}).fetchone()
+        {"load": ctx.load_id, "feed": ctx.feed, "provider": ctx.provider, "period": ctx.period_end},
+    ).fetchone()
 
 
 def _wait_for_earlier_periods_staging(conn, ctx: LoadContext) -> None:
@@ -168,13 +170,18 @@ def _wait_for_earlier_periods_staging(conn, ctx: LoadContext) -> None:
         staging = conn.execute(
             """SELECT count(*) FROM audit.load l JOIN audit.load this ON this.load_id = %s
                WHERE l.feed = this.feed AND l.provider IS NOT DISTINCT FROM this.provider AND l.status = 'loading'
-                 AND l.run_id = this.run_id AND l.period_end < this.period_end""", (ctx.load_id,)).fetchone()[0]
+                 AND l.run_id = this.run_id AND l.period_end < this.period_end""",
+            (ctx.load_id,),
+        ).fetchone()[0]
         if not staging:
             return
         conn.commit()  # a fresh snapshot on the next look
         time.sleep(1)
-    log.warning("%s: an earlier period was still staging after %s; the volume rule compares with what is staged",
-                ctx.describe(), EARLIER_STAGING_WAIT)
+    log.warning(
+        "%s: an earlier period was still staging after %s; the volume rule compares with what is staged",
+        ctx.describe(),
+        EARLIER_STAGING_WAIT,
+    )
 
 
 def row_count_band(conn, spec: RowCount, ctx: LoadContext) -> RowCountBand:
@@ -190,12 +197,21 @@ def row_count_band(conn, spec: RowCount, ctx: LoadContext) -> RowCountBand:
             where, params = _quarantine_filter(band.quarantined_columns)
             other = conn.execute(
                 "SELECT count(*) FROM audit.quarantine WHERE load_id = %s AND NOT (column_name IS NOT NULL"
-                + where + ")", (ctx.load_id, *params)).fetchone()[0]
+                + where
+                + ")",
+                (ctx.load_id, *params),
+            ).fetchone()[0]
             offered -= int(other)
         band.baseline_rows = offered
-        band.baseline = ("rows the file offered" + (" (opted-out people apart)" if ctx.rows_opted_out else "")
-                         + (f" that were not quarantined for another column than {', '.join(band.quarantined_columns)}"
-                            if band.quarantined_columns else ""))
+        band.baseline = (
+            "rows the file offered"
+            + (" (opted-out people apart)" if ctx.rows_opted_out else "")
+            + (
+                f" that were not quarantined for another column than {', '.join(band.quarantined_columns)}"
+                if band.quarantined_columns
+                else ""
+            )
+        )
         if offered <= 0:
             band.not_applicable = "no row of the file to compare with"
             return band
@@ -211,20 +227,25 @@ def row_count_band(conn, spec: RowCount, ctx: LoadContext) -> RowCountBand:
             return band
         band.baseline_rows = int(previous[1])
         period = f", period ending {previous[2].isoformat()}" if previous[2] else ""
-        band.baseline = (f"previous published load of {ctx.describe()}" if previous[5] == "published"
-                         else f"previous load of {ctx.describe()} staged in this run")
+        band.baseline = (
+            f"previous published load of {ctx.describe()}"
+            if previous[5] == "published"
+            else f"previous load of {ctx.describe()} staged in this run"
+        )
         band.baseline += f" (load {previous[0]}{period})"
         # Like with like: a file covering a month after one covering a year is compared with a month's share of it.
-        this = conn.execute("SELECT covers_from, covers_to FROM audit.load WHERE load_id = %s",
-                            (ctx.load_id,)).fetchone()
+        this = conn.execute(
+            "SELECT covers_from, covers_to FROM audit.load WHERE load_id = %s", (ctx.load_id,)
+        ).fetchone()
         these, those = months_covered(*(this or (None, None))), months_covered(previous[3], previous[4])
         if these and those and these != those:
             band.baseline_rows = round(band.baseline_rows * these / those)
-            band.baseline += (f", {those} months, scaled to the {these} month{'s' if these > 1 else ''}"
-                              " this file covers")
+            band.baseline += f", {those} months, scaled to the {these} month{'s' if these > 1 else ''} this file covers"
         if band.baseline_rows < minimum:
-            band.not_applicable = (f"the previous load has {band.baseline_rows:,} rows, "
-                                   f"fewer than the {minimum:,} a volume comparison needs")
+            band.not_applicable = (
+                f"the previous load has {band.baseline_rows:,} rows, "
+                f"fewer than the {minimum:,} a volume comparison needs"
+            )
             return band
     if spec.min_ratio is not None:
         band.min_value = math.ceil(spec.min_ratio * band.baseline_rows - 1e-9)
@@ -240,12 +261,14 @@ def _published_has_values(conn, rule: LoadRule) -> str | None:
         assert found_column is not None, reference  # the registry's validator checked it
         table, column = found_column
         schema, _, name = table.partition(".")
-        found = conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE {} IS NOT NULL)").format(
-            sql.Identifier(schema, name), sql.Identifier(column))).fetchone()[0]
+        found = conn.execute(
+            sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE {} IS NOT NULL)").format(
+                sql.Identifier(schema, name), sql.Identifier(column)
+            )
+        ).fetchone()[0]
         if not found:
             return f"nothing published in {reference} yet"
     return None
-
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -263,9 +286,13 @@ def run_load_gate(load_id: int, feed: str, batch_table: str, run_id: str | None 
         ctx = LoadContext.of(conn, load_id, feed)
         rules = [_bound(rule, ctx) for rule in checks_for(feed)]
         columns = sorted({c for rule in rules for c in rule.columns})
-        counts = db.one_row(conn.execute(
-            sql.SQL("SELECT count(*){} FROM {}").format(
-                sql.SQL("").join(sql.SQL(", count({})").format(sql.Identifier(c)) for c in columns), table)))
+        counts = db.one_row(
+            conn.execute(
+                sql.SQL("SELECT count(*){} FROM {}").format(
+                    sql.SQL("").join(sql.SQL(", count({})").format(sql.Identifier(c)) for c in columns), table
+                )
+            )
+        )
         row_count, present = counts[0], dict(zip(columns, counts[1:], strict=False))
         for rule in rules:
             if rule.row_count is not None:
@@ -305,10 +332,18 @@ def run_load_gate(load_id: int, feed: str, batch_table: str, run_id: str | None 
     with db.connect() as conn:
         for rule in rules:
             rule_band = bands.get(rule.id)
-            result = CheckResult(rule.id, rule.category, rule.severity, "not_applicable", rule.note,
-                                 row_count=row_count, threshold=_threshold(rule, rule_band),
-                                 expectation=rule.expectation, subcategory=rule.subcategory or "",
-                                 context=rule.context)
+            result = CheckResult(
+                rule.id,
+                rule.category,
+                rule.severity,
+                "not_applicable",
+                rule.note,
+                row_count=row_count,
+                threshold=_threshold(rule, rule_band),
+                expectation=rule.expectation,
+                subcategory=rule.subcategory or "",
+                context=rule.context,
+            )
             ge = ge_results.get(rule.id)
             if ge is None:
                 result.observed = skipped.get(rule.id, "")
@@ -332,14 +367,38 @@ def run_load_gate(load_id: int, feed: str, batch_table: str, run_id: str | None 
                                                   category, subcategory, context, status, observed, observed_number,
                                                   threshold, unexpected_count, row_count, example_rows, note)
                    VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
-                [(load_id, run_id, feed, suite_name(feed), r.check_id, r.expectation, r.severity, r.category,
-                  r.subcategory or None, r.context or None, r.status, r.observed, r.observed_number, r.threshold,
-                  r.unexpected_count, r.row_count, r.example_rows, r.note) for r in results],
+                [
+                    (
+                        load_id,
+                        run_id,
+                        feed,
+                        suite_name(feed),
+                        r.check_id,
+                        r.expectation,
+                        r.severity,
+                        r.category,
+                        r.subcategory or None,
+                        r.context or None,
+                        r.status,
+                        r.observed,
+                        r.observed_number,
+                        r.threshold,
+                        r.unexpected_count,
+                        r.row_count,
+                        r.example_rows,
+                        r.note,
+                    )
+                    for r in results
+                ],
             )
-    outcome = GateOutcome(feed, results, seconds=time.monotonic() - started, file_name=ctx.file_name,
-                          load_id=load_id)
-    log.info("quality gate for load %d ran %d rules in %.1fs: %s", load_id, len(results), outcome.seconds,
-             outcome.summary().splitlines()[0])
+    outcome = GateOutcome(feed, results, seconds=time.monotonic() - started, file_name=ctx.file_name, load_id=load_id)
+    log.info(
+        "quality gate for load %d ran %d rules in %.1fs: %s",
+        load_id,
+        len(results),
+        outcome.seconds,
+        outcome.summary().splitlines()[0],
+    )
     return outcome
 
 
@@ -350,8 +409,7 @@ def _with_band(rule: LoadRule, band: RowCountBand | None) -> LoadRule:
     return rule.with_kwargs(min_value=band.min_value, max_value=band.max_value)
 
 
-def _fill_row_count(conn, spec: RowCount, band: RowCountBand, ge: Any, result: CheckResult,
-                    ctx: LoadContext) -> None:
+def _fill_row_count(conn, spec: RowCount, band: RowCountBand, ge: Any, result: CheckResult, ctx: LoadContext) -> None:
     """A `row_count` rule: the rows the batch holds against its baseline; for the file baseline, the rows the
     loader quarantined are the unexpected ones, and their row numbers the examples."""
     observed = validation.number((ge.result or {}).get("observed_value"))
@@ -366,9 +424,15 @@ def _fill_row_count(conn, spec: RowCount, band: RowCountBand, ge: Any, result: C
     result.unexpected_count = max(band.baseline_rows - loaded, 0)
     if result.status == "failed" and result.unexpected_count:  # row numbers are kept in the quarantine for every feed
         where, params = _quarantine_filter(band.quarantined_columns)
-        result.example_rows = [r[0] for r in conn.execute(
-            "SELECT source_row FROM audit.quarantine WHERE load_id = %s" + where
-            + f" ORDER BY source_row LIMIT {EXAMPLE_ROWS}", (ctx.load_id, *params)).fetchall()]
+        result.example_rows = [
+            r[0]
+            for r in conn.execute(
+                "SELECT source_row FROM audit.quarantine WHERE load_id = %s"
+                + where
+                + f" ORDER BY source_row LIMIT {EXAMPLE_ROWS}",
+                (ctx.load_id, *params),
+            ).fetchall()
+        ]
 
 
 def _fill_counts(conn, rule: LoadRule, table: sql.Composable, ge: Any, result: CheckResult) -> None:
@@ -395,11 +459,20 @@ def _fill_counts(conn, rule: LoadRule, table: sql.Composable, ge: Any, result: C
             percent = info.get("unexpected_percent_total", info.get("unexpected_percent"))
             result.observed = f"{int(unexpected):,} unexpected" + (f" ({percent:.2f}%)" if percent is not None else "")
             result.observed_number = float(unexpected)
-    if (result.status == "failed" and condition is not None and (result.unexpected_count or 0) > 0
-            and has_row_numbers(rule.feed)):
-        result.example_rows = [r[0] for r in conn.execute(
-            sql.SQL("SELECT source_row FROM {} WHERE {} ORDER BY source_row LIMIT {}").format(
-                table, condition, sql.Literal(EXAMPLE_ROWS))).fetchall()]
+    if (
+        result.status == "failed"
+        and condition is not None
+        and (result.unexpected_count or 0) > 0
+        and has_row_numbers(rule.feed)
+    ):
+        result.example_rows = [
+            r[0]
+            for r in conn.execute(
+                sql.SQL("SELECT source_row FROM {} WHERE {} ORDER BY source_row LIMIT {}").format(
+                    table, condition, sql.Literal(EXAMPLE_ROWS)
+                )
+            ).fetchall()
+        ]
 
 
 def _threshold(rule: LoadRule, band: RowCountBand | None = None) -> str:
@@ -409,20 +482,36 @@ def _threshold(rule: LoadRule, band: RowCountBand | None = None) -> str:
     if spec is None:
         return threshold(rule, source)
     low, high = spec.min_ratio, spec.max_ratio
-    share = (f"between {low:.0%} and {high:.0%}" if low is not None and high is not None
-             else f"at least {low:.0%}" if low is not None else f"at most {high:.0%}")
+    share = (
+        f"between {low:.0%} and {high:.0%}"
+        if low is not None and high is not None
+        else f"at least {low:.0%}"
+        if low is not None
+        else f"at most {high:.0%}"
+    )
     known = band is not None and band.not_applicable is None and bool(band.baseline)
     if band is not None and known:
-        bounds = (f"{band.min_value:,} to {band.max_value:,}" if low is not None and high is not None
-                  else f"at least {band.min_value:,}" if low is not None else f"at most {band.max_value:,}")
+        bounds = (
+            f"{band.min_value:,} to {band.max_value:,}"
+            if low is not None and high is not None
+            else f"at least {band.min_value:,}"
+            if low is not None
+            else f"at most {band.max_value:,}"
+        )
     if spec.baseline == "file":
         what = band.baseline if band and band.baseline else "rows the file offered"
-        text = (f"rows loaded {share} of the {band.baseline_rows:,} {what}, so {bounds}" if band is not None and known
-                else f"rows loaded {share} of the {what}")
+        text = (
+            f"rows loaded {share} of the {band.baseline_rows:,} {what}, so {bounds}"
+            if band is not None and known
+            else f"rows loaded {share} of the {what}"
+        )
     else:
         what = band.baseline if band and band.baseline else "previous published load of the same source"
-        text = (f"rows {share} of the {band.baseline_rows:,} rows of the {what}, so {bounds}"
-                if band is not None and known else f"rows {share} of the {what}")
+        text = (
+            f"rows {share} of the {band.baseline_rows:,} rows of the {what}, so {bounds}"
+            if band is not None and known
+            else f"rows {share} of the {what}"
+        )
         if spec.min_baseline_rows:
             text += f"; compared when it has at least {spec.min_baseline_rows:,} rows"
     return text + source

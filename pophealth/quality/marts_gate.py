@@ -38,8 +38,8 @@ from pophealth.warehouse import db
 log = logging.getLogger("pophealth")
 
 SUITE = "marts_publish"
-FEED = "marts"          # audit.gate_result.feed
-LOAD_ID = 0             # audit.gate_result.load_id is NOT NULL: the marts gate is not a load, so 0
+FEED = "marts"  # audit.gate_result.feed
+LOAD_ID = 0  # audit.gate_result.load_id is NOT NULL: the marts gate is not a load, so 0
 #: Who reads each published schema (pophealth/warehouse/access.sql); USAGE is granted again after each swap.
 READER = {"marts": "analyst", "reporting": "analyst", "direct_care": "care_team"}
 CANDIDATE = "__candidate"
@@ -83,30 +83,38 @@ def drop_candidates() -> list[str]:
     return dropped
 
 
-def publish_candidates(lock_timeout: str = "60s", newest_load_id: int | None = None,
-                       run_id: str | None = None) -> list[str]:
+def publish_candidates(
+    lock_timeout: str = "60s", newest_load_id: int | None = None, run_id: str | None = None
+) -> list[str]:
     """Swap the candidate schemas in, all in one transaction: analysts see the old marts or the new, never a mix.
     The publication is recorded in the same transaction (audit.marts_publication), with the newest load the
     candidates were built on (by default, the newest published now)."""
     with db.connect() as conn:
         missing = [schema_of(s, True) for s in PUBLISHED if not _schema_exists(conn, schema_of(s, True))]
         if missing:
-            raise PublishRefused(f"nothing to publish: {', '.join(missing)} does not exist (did dbt build the "
-                                 "candidates, with the var build_candidates?)")
+            raise PublishRefused(
+                f"nothing to publish: {', '.join(missing)} does not exist (did dbt build the "
+                "candidates, with the var build_candidates?)"
+            )
         conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(lock_timeout)))
         for published in PUBLISHED:
-            real, candidate, previous = (sql.Identifier(published), sql.Identifier(published + CANDIDATE),
-                                         sql.Identifier(published + PREVIOUS))
+            real, candidate, previous = (
+                sql.Identifier(published),
+                sql.Identifier(published + CANDIDATE),
+                sql.Identifier(published + PREVIOUS),
+            )
             conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(previous))
             if _schema_exists(conn, published):
                 conn.execute(sql.SQL("ALTER SCHEMA {} RENAME TO {}").format(real, previous))
             conn.execute(sql.SQL("ALTER SCHEMA {} RENAME TO {}").format(candidate, real))
             conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(previous))
             conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(real, sql.Identifier(READER[published])))
-        conn.execute("""INSERT INTO audit.marts_publication (run_id, newest_load_id)
+        conn.execute(
+            """INSERT INTO audit.marts_publication (run_id, newest_load_id)
                         VALUES (%s, coalesce(%s, (SELECT max(load_id) FROM audit.load
                                                   WHERE published_at IS NOT NULL)))""",
-                     (run_id, newest_load_id))
+            (run_id, newest_load_id),
+        )
     log.info("published %s", ", ".join(f"{s}{CANDIDATE} as {s}" for s in PUBLISHED))
     return list(PUBLISHED)
 
@@ -126,7 +134,8 @@ def _text_columns(conn, schemas: dict[str, str]) -> list[tuple[str, str, str]]:
         """SELECT table_schema, table_name, column_name FROM information_schema.columns
            WHERE table_schema = ANY(%s) AND data_type = ANY(%s)
            ORDER BY table_schema, table_name, ordinal_position""",
-        (list(schemas.values()), list(TEXT_TYPES))).fetchall()
+        (list(schemas.values()), list(TEXT_TYPES)),
+    ).fetchall()
 
 
 def _scan_query(conn, condition: str, schemas: dict[str, str]) -> str:
@@ -137,8 +146,10 @@ def _scan_query(conn, condition: str, schemas: dict[str, str]) -> str:
         value = sql.Identifier(column).as_string(conn)
         where = " ".join(condition.split()).replace("{value}", value)
         name = f"{schema}.{table}.{column}".replace("'", "''")
-        parts.append(f"SELECT '{name}' AS found WHERE EXISTS (SELECT 1 FROM "
-                     f"{sql.Identifier(schema, table).as_string(conn)} WHERE {where})")
+        parts.append(
+            f"SELECT '{name}' AS found WHERE EXISTS (SELECT 1 FROM "
+            f"{sql.Identifier(schema, table).as_string(conn)} WHERE {where})"
+        )
     inner = " UNION ALL ".join(parts) if parts else "SELECT CAST(NULL AS text) AS found WHERE false"
     return f"SELECT found FROM ({inner}) AS scanned"
 
@@ -164,7 +175,7 @@ def _own_sql(query: str, table: sql.Composable, conn) -> str:
 @dataclass
 class MartsGateOutcome(GateOutcome):
     schemas: tuple[str, ...] = field(default_factory=tuple)
-    table_level: frozenset[str] = frozenset()   # rules that count tiers or columns, not rows
+    table_level: frozenset[str] = frozenset()  # rules that count tiers or columns, not rows
 
     def summary(self) -> str:
         """One screen, as the load gates' (validation.GateOutcome.summary): the tally, then each failed rule (errors
@@ -172,8 +183,10 @@ class MartsGateOutcome(GateOutcome):
         table's key order; never a value."""
         counts = {s: sum(1 for r in self.results if r.status == s) for s in ("passed", "failed", "not_applicable")}
         errors, warns = len(self.failures("error")), len(self.failures("warn"))
-        lines = [f"{' and '.join(self.schemas)}: {SUITE} suite: {counts['passed']} passed, {counts['failed']} failed "
-                 f"({errors} error, {warns} warn), {counts['not_applicable']} not applicable"]
+        lines = [
+            f"{' and '.join(self.schemas)}: {SUITE} suite: {counts['passed']} passed, {counts['failed']} failed "
+            f"({errors} error, {warns} warn), {counts['not_applicable']} not applicable"
+        ]
         ordered = sorted(self.failures(), key=lambda r: (r.severity != "error", r.check_id))
         for r in ordered[:SUMMARY_FAILURES]:
             lines.append(f"  {'FAILED' if r.severity == 'error' else 'warning'} [{r.severity}] {r.check_id}: {r.note}")
@@ -182,12 +195,15 @@ class MartsGateOutcome(GateOutcome):
             else:
                 measured = f"{r.unexpected_count:,} of {r.row_count:,} rows"
             examples = ", ".join(str(n) for n in r.example_rows)
-            lines.append(f"      {measured}; threshold: {r.threshold}"
-                         + (f"; example rows (row numbers in the table's key order): {examples}" if examples else ""))
+            lines.append(
+                f"      {measured}; threshold: {r.threshold}"
+                + (f"; example rows (row numbers in the table's key order): {examples}" if examples else "")
+            )
         if len(ordered) > SUMMARY_FAILURES:
             rest = ordered[SUMMARY_FAILURES:]
-            lines.append(f"  ... and {len(rest)} more failed rules (audit.gate_result): "
-                         + ", ".join(r.check_id for r in rest))
+            lines.append(
+                f"  ... and {len(rest)} more failed rules (audit.gate_result): " + ", ".join(r.check_id for r in rest)
+            )
         skipped: dict[str, list[str]] = {}
         for r in self.results:
             if r.status == "not_applicable":
@@ -206,10 +222,15 @@ def _examples(conn, rule: MartsRule, table: sql.Composable, key: tuple[str, ...]
         bad = failing_rows_condition(rule, table)
         if bad is None:
             return []
-    return [r[0] for r in conn.execute(sql.SQL(
-        "SELECT n FROM (SELECT row_number() OVER (ORDER BY {k}) AS n, ({bad}) AS bad FROM {t}) AS r "
-        "WHERE bad ORDER BY n LIMIT {limit}").format(k=keys, bad=bad, t=table,
-                                                     limit=sql.Literal(EXAMPLE_ROWS))).fetchall()]
+    return [
+        r[0]
+        for r in conn.execute(
+            sql.SQL(
+                "SELECT n FROM (SELECT row_number() OVER (ORDER BY {k}) AS n, ({bad}) AS bad FROM {t}) AS r "
+                "WHERE bad ORDER BY n LIMIT {limit}"
+            ).format(k=keys, bad=bad, t=table, limit=sql.Literal(EXAMPLE_ROWS))
+        ).fetchall()
+    ]
 
 
 def run_marts_gate(candidates: bool = True, run_id: str | None = None) -> MartsGateOutcome:
@@ -228,10 +249,18 @@ def run_marts_gate(candidates: bool = True, run_id: str | None = None) -> MartsG
             published = rule.table
             schema, _, name = published.partition(".")
             if published not in row_counts:
-                exists = db.one_row(conn.execute("SELECT to_regclass(%s) IS NOT NULL",
-                                                 (sql.Identifier(schemas[schema], name).as_string(conn),)))[0]
-                row_counts[published] = (db.one_row(conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
-                    sql.Identifier(schemas[schema], name))))[0] if exists else -1)
+                exists = db.one_row(
+                    conn.execute(
+                        "SELECT to_regclass(%s) IS NOT NULL", (sql.Identifier(schemas[schema], name).as_string(conn),)
+                    )
+                )[0]
+                row_counts[published] = (
+                    db.one_row(
+                        conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schemas[schema], name)))
+                    )[0]
+                    if exists
+                    else -1
+                )
             if row_counts[published] < 0:
                 skipped[rule.id] = f"error: {schemas[schema]}.{name} does not exist"
                 continue
@@ -257,9 +286,17 @@ def run_marts_gate(candidates: bool = True, run_id: str | None = None) -> MartsG
             schema, _, name = published.partition(".")
             table = sql.Identifier(schemas[schema], name)
             result = CheckResult(
-                rule.id, rule.category, rule.severity, "not_applicable", rule.note,
-                row_count=max(row_counts.get(published, 0), 0), threshold=_threshold(rule),
-                expectation=rule.expectation, subcategory=rule.subcategory or "", context=rule.context)
+                rule.id,
+                rule.category,
+                rule.severity,
+                "not_applicable",
+                rule.note,
+                row_count=max(row_counts.get(published, 0), 0),
+                threshold=_threshold(rule),
+                expectation=rule.expectation,
+                subcategory=rule.subcategory or "",
+                context=rule.context,
+            )
             ge = ge_results.get(rule.id)
             reason = skipped.get(rule.id, "")
             if reason.startswith("error: "):
@@ -275,13 +312,36 @@ def run_marts_gate(candidates: bool = True, run_id: str | None = None) -> MartsG
                                                   category, status, observed, observed_number, threshold,
                                                   unexpected_count, row_count, example_rows, note)
                    VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
-                [(LOAD_ID, run_id, FEED, SUITE, r.check_id, r.expectation, r.severity, r.category, r.status,
-                  r.observed, r.observed_number, r.threshold, r.unexpected_count, r.row_count, r.example_rows,
-                  r.note) for r in results])
-    outcome = MartsGateOutcome(FEED, results, seconds=time.monotonic() - started, schemas=tuple(schemas.values()),
-                               table_level=frozenset(rule.id for rule in marts.rules if rule.is_table_level))
-    log.info("marts gate ran %d rules in %.1fs: %s", len(results), outcome.seconds,
-             outcome.summary().splitlines()[0])
+                [
+                    (
+                        LOAD_ID,
+                        run_id,
+                        FEED,
+                        SUITE,
+                        r.check_id,
+                        r.expectation,
+                        r.severity,
+                        r.category,
+                        r.status,
+                        r.observed,
+                        r.observed_number,
+                        r.threshold,
+                        r.unexpected_count,
+                        r.row_count,
+                        r.example_rows,
+                        r.note,
+                    )
+                    for r in results
+                ],
+            )
+    outcome = MartsGateOutcome(
+        FEED,
+        results,
+        seconds=time.monotonic() - started,
+        schemas=tuple(schemas.values()),
+        table_level=frozenset(rule.id for rule in marts.rules if rule.is_table_level),
+    )
+    log.info("marts gate ran %d rules in %.1fs: %s", len(results), outcome.seconds, outcome.summary().splitlines()[0])
     return outcome
 
 
@@ -308,8 +368,12 @@ def _fill(conn, rule: MartsRule, ge: Any, result: CheckResult, table: sql.Compos
         if rule.reports == "columns":
             result.observed = f"{result.unexpected_count or 0} column(s)"
             if result.unexpected_count:
-                found = [r[0] for r in conn.execute(
-                    f"{_own_sql(rule.query or '', table, conn)} LIMIT {EXAMPLE_COLUMNS}").fetchall()]
+                found = [
+                    r[0]
+                    for r in conn.execute(
+                        f"{_own_sql(rule.query or '', table, conn)} LIMIT {EXAMPLE_COLUMNS}"
+                    ).fetchall()
+                ]
                 result.observed += ": " + ", ".join(_published_name(f) for f in found)
             return
         result.observed = f"{result.unexpected_count} rows returned by the rule's query"
@@ -323,8 +387,11 @@ def _fill(conn, rule: MartsRule, ge: Any, result: CheckResult, table: sql.Compos
             result.observed, result.observed_number = str(info.get("observed_value")), observed
         elif unexpected is not None:
             result.observed, result.observed_number = f"{int(unexpected):,} unexpected", float(unexpected)
-    if (result.status == "failed" and (result.unexpected_count or 0) > 0
-            and not rule.one_line_query.startswith("SELECT 1 FROM")):
+    if (
+        result.status == "failed"
+        and (result.unexpected_count or 0) > 0
+        and not rule.one_line_query.startswith("SELECT 1 FROM")
+    ):
         result.example_rows = _examples(conn, rule, table, key)
 
 

@@ -37,11 +37,13 @@ CATEGORIES = ("conformance", "completeness", "plausibility")
 # OHDSI DQD (Kahn et al. 2016): subcategories of conformance and plausibility (completeness has none), and
 # the context: verification (against the contract and the file itself) or validation (against other data:
 # the previous load, another feed already published).
-SUBCATEGORIES: Mapping[str, tuple[str, ...]] = MappingProxyType({
-    "conformance": ("value", "relational", "computational"),
-    "completeness": (),
-    "plausibility": ("uniqueness", "atemporal", "temporal"),
-})
+SUBCATEGORIES: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "conformance": ("value", "relational", "computational"),
+        "completeness": (),
+        "plausibility": ("uniqueness", "atemporal", "temporal"),
+    }
+)
 CONTEXTS = ("verification", "validation")
 
 COMMON_KEYS = frozenset({"id", "expectation", "kwargs", "severity", "category", "subcategory", "context", "note"})
@@ -62,16 +64,18 @@ ROW_COUNT_KEYS = frozenset({"baseline", "min_ratio", "max_ratio", "min_baseline_
 _COLUMN_KWARGS = ("column", "column_A", "column_B", "column_list")
 
 # Rules that measure presence itself: an empty column is exactly their failure, never "not applicable".
-PRESENCE_EXPECTATIONS = frozenset({
-    "ExpectColumnValuesToNotBeNull",
-    "ExpectColumnValuesToBeNull",
-    "ExpectColumnProportionOfNonNullValuesToBeBetween",
-    "ExpectTableRowCountToBeBetween",
-    "ExpectTableRowCountToEqual",
-    "ExpectTableColumnsToMatchSet",
-    "ExpectTableColumnsToMatchOrderedList",
-    "ExpectColumnToExist",
-})
+PRESENCE_EXPECTATIONS = frozenset(
+    {
+        "ExpectColumnValuesToNotBeNull",
+        "ExpectColumnValuesToBeNull",
+        "ExpectColumnProportionOfNonNullValuesToBeBetween",
+        "ExpectTableRowCountToBeBetween",
+        "ExpectTableRowCountToEqual",
+        "ExpectTableColumnsToMatchSet",
+        "ExpectTableColumnsToMatchOrderedList",
+        "ExpectColumnToExist",
+    }
+)
 
 
 class RulesError(ValueError):
@@ -91,13 +95,13 @@ class Rule:
     """What every rule has, in either file."""
 
     id: str
-    expectation: str                   # a class of great_expectations.expectations
-    kwargs: Mapping[str, Any]          # that class's own keyword arguments: the threshold is here (mostly, ...)
-    severity: Severity                 # error refuses the load (or the marts); warn is recorded and reported
-    category: str                      # OHDSI DQD: conformance | completeness | plausibility
-    subcategory: str | None            # None for completeness
-    context: str                       # verification | validation
-    note: str                          # why the rule exists, shown in the gate summary
+    expectation: str  # a class of great_expectations.expectations
+    kwargs: Mapping[str, Any]  # that class's own keyword arguments: the threshold is here (mostly, ...)
+    severity: Severity  # error refuses the load (or the marts); warn is recorded and reported
+    category: str  # OHDSI DQD: conformance | completeness | plausibility
+    subcategory: str | None  # None for completeness
+    context: str  # verification | validation
+    note: str  # why the rule exists, shown in the gate summary
 
     @property
     def query(self) -> str | None:
@@ -139,11 +143,11 @@ class LoadRule(Rule):
     """A rule of `registry.yml`, run on each staged load of its feed."""
 
     feed: str
-    applies_to: tuple[str, ...] = ()            # the columns a rule written as SQL reads
+    applies_to: tuple[str, ...] = ()  # the columns a rule written as SQL reads
     row_count: RowCount | None = None
     by_provider: Mapping[str, ProviderThreshold] = field(default_factory=lambda: _frozen({}))
-    reads_published: tuple[str, ...] = ()       # schema.table.column of published data it compares with
-    threshold_of: str | None = None             # the source whose own threshold applies (`for_provider`)
+    reads_published: tuple[str, ...] = ()  # schema.table.column of published data it compares with
+    threshold_of: str | None = None  # the source whose own threshold applies (`for_provider`)
 
     @property
     def columns(self) -> list[str]:
@@ -157,20 +161,20 @@ class LoadRule(Rule):
             return self
         row_count = self.row_count
         if row_count is not None and override.row_count:
-            changes: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v
-                                       for k, v in override.row_count.items()}
+            changes: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in override.row_count.items()}
             row_count = replace(row_count, **changes)
-        return replace(self, kwargs=_frozen({**self.kwargs, **override.kwargs}), row_count=row_count,
-                       threshold_of=provider)
+        return replace(
+            self, kwargs=_frozen({**self.kwargs, **override.kwargs}), row_count=row_count, threshold_of=provider
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
 class MartsRule(Rule):
     """A rule of `marts.yml`, run on a published table (its candidate) before analysts see it."""
 
-    table: str                                   # schema.table, as published
-    reports: Literal["columns"] | None = None    # the query returns column names (`found`), not rows
-    scan_text_columns: str | None = None         # a condition on {value}, applied to every text column
+    table: str  # schema.table, as published
+    reports: Literal["columns"] | None = None  # the query returns column names (`found`), not rows
+    scan_text_columns: str | None = None  # a condition on {value}, applied to every text column
 
     @property
     def is_table_level(self) -> bool:
@@ -284,9 +288,16 @@ def _common(entry: dict, name: str, keys: frozenset[str]) -> list[str]:
 
 
 def _common_fields(entry: dict) -> dict[str, Any]:
-    return {"id": entry["id"], "expectation": entry["expectation"], "kwargs": _frozen(entry.get("kwargs") or {}),
-            "severity": entry["severity"], "category": entry["category"], "subcategory": entry.get("subcategory"),
-            "context": entry["context"], "note": entry["note"]}
+    return {
+        "id": entry["id"],
+        "expectation": entry["expectation"],
+        "kwargs": _frozen(entry.get("kwargs") or {}),
+        "severity": entry["severity"],
+        "category": entry["category"],
+        "subcategory": entry.get("subcategory"),
+        "context": entry["context"],
+        "note": entry["note"],
+    }
 
 
 def _entries(data: Any, what: str) -> tuple[list[tuple[str, dict]], list[str]]:
@@ -378,16 +389,31 @@ def parse_load_rules(data: Any) -> tuple[tuple[LoadRule, ...], list[str]]:
 def _load_rule(entry: dict) -> LoadRule:
     """The rule object of an entry the validator found well formed."""
     spec = entry.get("row_count")
-    row_count = None if spec is None else RowCount(
-        baseline=spec["baseline"], min_ratio=spec.get("min_ratio"), max_ratio=spec.get("max_ratio"),
-        min_baseline_rows=spec.get("min_baseline_rows", 0),
-        only_quarantined_for=tuple(spec.get("only_quarantined_for") or ()))
-    by_provider = {str(provider): ProviderThreshold(kwargs=_frozen(override.get("kwargs") or {}),
-                                                    row_count=_frozen(override.get("row_count") or {}))
-                   for provider, override in (entry.get("by_provider") or {}).items()}
-    return LoadRule(**_common_fields(entry), feed=entry["feed"], applies_to=tuple(entry.get("applies_to") or ()),
-                    row_count=row_count, by_provider=_frozen(by_provider),
-                    reads_published=tuple(entry.get("reads_published") or ()))
+    row_count = (
+        None
+        if spec is None
+        else RowCount(
+            baseline=spec["baseline"],
+            min_ratio=spec.get("min_ratio"),
+            max_ratio=spec.get("max_ratio"),
+            min_baseline_rows=spec.get("min_baseline_rows", 0),
+            only_quarantined_for=tuple(spec.get("only_quarantined_for") or ()),
+        )
+    )
+    by_provider = {
+        str(provider): ProviderThreshold(
+            kwargs=_frozen(override.get("kwargs") or {}), row_count=_frozen(override.get("row_count") or {})
+        )
+        for provider, override in (entry.get("by_provider") or {}).items()
+    }
+    return LoadRule(
+        **_common_fields(entry),
+        feed=entry["feed"],
+        applies_to=tuple(entry.get("applies_to") or ()),
+        row_count=row_count,
+        by_provider=_frozen(by_provider),
+        reads_published=tuple(entry.get("reads_published") or ()),
+    )
 
 
 def _row_count_problems(name: str, feed: str | None, check: dict, spec: Any) -> list[str]:
@@ -420,8 +446,9 @@ def _row_count_problems(name: str, feed: str | None, check: dict, spec: Any) -> 
         elif feed is not None:
             for column in only:
                 if column not in FEEDS_BY_NAME[feed].contract_columns:
-                    problems.append(f"{name}: only_quarantined_for names {column}, "
-                                    f"not a column of an extract of {feed}")
+                    problems.append(
+                        f"{name}: only_quarantined_for names {column}, not a column of an extract of {feed}"
+                    )
     if {"min_value", "max_value"} & set(check.get("kwargs") or {}):
         problems.append(f"{name}: with row_count, min_value and max_value are computed; do not set them")
     return problems
@@ -445,8 +472,9 @@ def _override_problems(name: str, feed: str | None, check: dict) -> list[str]:
                 continue
             for key, value in values.items():
                 if not isinstance(base, dict) or key not in base:
-                    problems.append(f"{name}: by_provider {provider} overrides {part}.{key}, "
-                                    "which the rule does not set")
+                    problems.append(
+                        f"{name}: by_provider {provider} overrides {part}.{key}, which the rule does not set"
+                    )
                 elif _is_number(base[key]) != _is_number(value):
                     problems.append(f"{name}: by_provider {provider} {part}.{key} must be a number like the rule's")
     return problems
@@ -512,8 +540,14 @@ def parse_marts_rules(data: Any) -> tuple[MartsRules, list[str]]:
                 found.append(f"{name}: {problem}")
         problems.extend(found)
         if not found:
-            rules.append(MartsRule(**_common_fields(entry), table=table, reports=reports,
-                                   scan_text_columns=entry.get("scan_text_columns")))
+            rules.append(
+                MartsRule(
+                    **_common_fields(entry),
+                    table=table,
+                    reports=reports,
+                    scan_text_columns=entry.get("scan_text_columns"),
+                )
+            )
     if problems:
         return MartsRules(_frozen({}), ()), problems
     return MartsRules(_frozen({str(t): tuple(k) for t, k in tables.items()}), tuple(rules)), problems
@@ -525,8 +559,28 @@ def parse_marts_rules(data: Any) -> tuple[MartsRules, list[str]]:
 
 _ROWS_QUERY = re.compile(r"^SELECT (?:(?P<alias>\w+)\.)?source_row FROM \{batch\}(?: (?P<as>\w+))?")
 _BATCH_FOLLOWED_BY = re.compile(r"\{batch\}\s+(?:AS\s+)?(\w+)", re.IGNORECASE)
-_AFTER_TABLE = frozenset({"where", "group", "order", "union", "limit", "except", "intersect", "join", "on",
-                          "left", "right", "inner", "full", "cross", "having", "window", "fetch", "offset"})
+_AFTER_TABLE = frozenset(
+    {
+        "where",
+        "group",
+        "order",
+        "union",
+        "limit",
+        "except",
+        "intersect",
+        "join",
+        "on",
+        "left",
+        "right",
+        "inner",
+        "full",
+        "cross",
+        "having",
+        "window",
+        "fetch",
+        "offset",
+    }
+)
 
 
 def has_join(query: str) -> bool:
@@ -539,9 +593,10 @@ def unaliased_batch_in_a_join(query: str) -> bool:
     without an alias: such a rule passes on PostgreSQL 16 and cannot be evaluated on 15 (Debian 12's)."""
     if not has_join(query):
         return False
-    return any(alias is None or alias.lower() in _AFTER_TABLE
-               for alias in (m.group(1) for m in re.finditer(r"\{batch\}(?:\s+(?:AS\s+)?(\w+))?", query,
-                                                            re.IGNORECASE)))
+    return any(
+        alias is None or alias.lower() in _AFTER_TABLE
+        for alias in (m.group(1) for m in re.finditer(r"\{batch\}(?:\s+(?:AS\s+)?(\w+))?", query, re.IGNORECASE))
+    )
 
 
 def _placeholder_problem(query: str, allowed: tuple[str, ...]) -> str | None:
@@ -552,8 +607,9 @@ def _placeholder_problem(query: str, allowed: tuple[str, ...]) -> str | None:
         return "unexpected_rows_query has unpaired braces"
     unknown = sorted(set(names) - set(allowed))
     if unknown:
-        return (f"unexpected_rows_query names {{{unknown[0]}}}; the placeholders are "
-                + ", ".join("{" + p + "}" for p in allowed))
+        return f"unexpected_rows_query names {{{unknown[0]}}}; the placeholders are " + ", ".join(
+            "{" + p + "}" for p in allowed
+        )
     return None
 
 
@@ -566,11 +622,15 @@ def load_query_problem(feed: str, query: Any) -> str | None:
     if has_row_numbers(feed):
         match = _ROWS_QUERY.match(query)
         if match is None or (match.group("alias") and match.group("alias") != match.group("as")):
-            return (f"unexpected_rows_query must start with '{ROWS_QUERY_PREFIX}' (or, joining, "
-                    "'SELECT b.source_row FROM {batch} b JOIN ...'): row numbers only, never values")
+            return (
+                f"unexpected_rows_query must start with '{ROWS_QUERY_PREFIX}' (or, joining, "
+                "'SELECT b.source_row FROM {batch} b JOIN ...'): row numbers only, never values"
+            )
     elif not query.startswith(COUNT_QUERY_PREFIX):
-        return (f"unexpected_rows_query must start with '{COUNT_QUERY_PREFIX}' "
-                f"({feed} keeps no row numbers: count rows, never return values)")
+        return (
+            f"unexpected_rows_query must start with '{COUNT_QUERY_PREFIX}' "
+            f"({feed} keeps no row numbers: count rows, never return values)"
+        )
     aliased = [w for w in _BATCH_FOLLOWED_BY.findall(query) if w.lower() not in _AFTER_TABLE]
     if aliased and not has_join(query):
         return "unexpected_rows_query aliases {batch} without a JOIN (Great Expectations aliases it itself then)"
@@ -581,13 +641,16 @@ def marts_query_problem(query: Any, key: list[str] | tuple[str, ...], reports: s
     """What is wrong with a marts rule's SQL, or None: it returns the table's key, or 1, or (reporting columns)
     `found`; never values."""
     query = " ".join(str(query).split())
-    starts = ["SELECT found FROM"] if reports == "columns" else [f"SELECT {', '.join(key)} FROM {{batch}}",
-                                                                 "SELECT 1 FROM"]
+    starts = (
+        ["SELECT found FROM"] if reports == "columns" else [f"SELECT {', '.join(key)} FROM {{batch}}", "SELECT 1 FROM"]
+    )
     if not any(query.startswith(s) for s in starts):
         return "unexpected_rows_query must start with " + " or ".join(f"'{s}'" for s in starts)
     if unaliased_batch_in_a_join(query):
-        return ("unexpected_rows_query has a JOIN and names {batch} without an alias (Great Expectations aliases "
-                "it only in a query without a JOIN; PostgreSQL before 16 refuses a subquery without one)")
+        return (
+            "unexpected_rows_query has a JOIN and names {batch} without an alias (Great Expectations aliases "
+            "it only in a query without a JOIN; PostgreSQL before 16 refuses a subquery without one)"
+        )
     return _placeholder_problem(query, MARTS_PLACEHOLDERS)
 
 
@@ -619,8 +682,9 @@ def threshold(rule: Rule, source: str = "") -> str:
     if kind == "ExpectColumnValuesToNotBeInSet":
         return f"{kw['column']} not in {_values(kw['value_set'])} on {share}{source}"
     if kind == "ExpectColumnValuesToBeBetween":
-        return (f"{kw['column']} between {kw.get('min_value', '-inf')} and {kw.get('max_value', 'inf')} "
-                f"on {share}{source}")
+        return (
+            f"{kw['column']} between {kw.get('min_value', '-inf')} and {kw.get('max_value', 'inf')} on {share}{source}"
+        )
     if kind == "ExpectColumnValuesToBeUnique":
         return f"{kw['column']} unique"
     if kind == "ExpectCompoundColumnsToBeUnique":

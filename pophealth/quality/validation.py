@@ -39,7 +39,7 @@ class CheckResult:
     check_id: str
     category: str
     severity: str
-    status: str            # passed, failed, not_applicable
+    status: str  # passed, failed, not_applicable
     note: str
     unexpected_count: int | None = None
     row_count: int = 0
@@ -74,8 +74,10 @@ class GateOutcome:
         counts = {s: sum(1 for r in self.results if r.status == s) for s in ("passed", "failed", "not_applicable")}
         errors, warns = len(self.failures("error")), len(self.failures("warn"))
         where = f"{self.file_name} (load {self.load_id}): " if self.file_name else ""
-        lines = [f"{where}{self.feed} suite: {counts['passed']} passed, {counts['failed']} failed "
-                 f"({errors} error, {warns} warn), {counts['not_applicable']} not applicable"]
+        lines = [
+            f"{where}{self.feed} suite: {counts['passed']} passed, {counts['failed']} failed "
+            f"({errors} error, {warns} warn), {counts['not_applicable']} not applicable"
+        ]
         ordered = sorted(self.failures(), key=lambda r: (r.severity != "error", r.check_id))
         for r in ordered[:SUMMARY_FAILURES]:
             lines.append(f"  {'FAILED' if r.severity == 'error' else 'warning'} [{r.severity}] {r.check_id}: {r.note}")
@@ -84,12 +86,15 @@ class GateOutcome:
             else:
                 measured = f"observed {r.observed or '?'}"
             examples = ", ".join(str(n) for n in r.example_rows)
-            lines.append(f"      {measured}; threshold: {r.threshold}"
-                         + (f"; example rows (1 = first data row): {examples}" if examples else ""))
+            lines.append(
+                f"      {measured}; threshold: {r.threshold}"
+                + (f"; example rows (1 = first data row): {examples}" if examples else "")
+            )
         if len(ordered) > SUMMARY_FAILURES:
             rest = ordered[SUMMARY_FAILURES:]
-            lines.append(f"  ... and {len(rest)} more failed rules (audit.gate_result): "
-                         + ", ".join(r.check_id for r in rest))
+            lines.append(
+                f"  ... and {len(rest)} more failed rules (audit.gate_result): " + ", ".join(r.check_id for r in rest)
+            )
         skipped: dict[str, list[str]] = {}
         for r in self.results:
             if r.status == "not_applicable":
@@ -151,11 +156,15 @@ def build_expectation(rule: Rule):
     if isinstance(rule, LoadRule) and rule.row_count is not None:
         kwargs.setdefault("min_value", 0)
         kwargs.setdefault("max_value", None)
-    meta = {"check_id": rule.id, "category": rule.category, "severity": rule.severity,
-            "context": rule.context, "subcategory": rule.subcategory}
+    meta = {
+        "check_id": rule.id,
+        "category": rule.category,
+        "severity": rule.severity,
+        "context": rule.context,
+        "subcategory": rule.subcategory,
+    }
     try:
-        return cls(**kwargs, severity="critical" if rule.severity == "error" else "warning",
-                   notes=rule.note, meta=meta)
+        return cls(**kwargs, severity="critical" if rule.severity == "error" else "warning", notes=rule.note, meta=meta)
     except Exception as exc:  # pydantic validation: a bad kwarg in the rules file
         raise RulesError(f"{rule.id}: {rule.expectation} rejects its kwargs: {exc}") from None
 
@@ -190,18 +199,25 @@ class _GX:
         paths = config.paths()
         project = DataContextConfig(
             store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
-            data_docs_sites={DOCS_SITE: {
-                "class_name": "SiteBuilder",
-                "store_backend": {"class_name": "TupleFilesystemStoreBackend",
-                                  "base_directory": str(paths.gate_docs_dir)},
-                # GE's DefaultSiteIndexBuilder, reading only what the index shows of each result (gate_docs.py).
-                "site_index_builder": {"class_name": "ValidationIndexBuilder",
-                                       "module_name": "pophealth.quality.gate_docs"},
-            }},
+            data_docs_sites={
+                DOCS_SITE: {
+                    "class_name": "SiteBuilder",
+                    "store_backend": {
+                        "class_name": "TupleFilesystemStoreBackend",
+                        "base_directory": str(paths.gate_docs_dir),
+                    },
+                    # GE's DefaultSiteIndexBuilder, reading only what the index shows of each result (gate_docs.py).
+                    "site_index_builder": {
+                        "class_name": "ValidationIndexBuilder",
+                        "module_name": "pophealth.quality.gate_docs",
+                    },
+                }
+            },
         )
         project.stores[project.validation_results_store_name]["store_backend"] = {
             "class_name": "TupleFilesystemStoreBackend",
-            "base_directory": str(paths.home / "great_expectations" / "validation_results")}
+            "base_directory": str(paths.home / "great_expectations" / "validation_results"),
+        }
         self.context = gx.get_context(mode="ephemeral", project_config=project)
         self.context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
         self.source = self.context.data_sources.add_sql(name="warehouse", connection_string=url)
@@ -213,8 +229,12 @@ class _GX:
         sites = self.context.variables.data_docs_sites
         assert sites is not None  # the project configuration above declares the site
         site = {k: v for k, v in sites[DOCS_SITE].items() if k not in ("class_name", "module_name")}
-        self.docs = SiteBuilder(data_context=self.context, site_name=DOCS_SITE,
-                                runtime_environment={"root_directory": self.context.root_directory}, **site)
+        self.docs = SiteBuilder(
+            data_context=self.context,
+            site_name=DOCS_SITE,
+            runtime_environment={"root_directory": self.context.root_directory},
+            **site,
+        )
 
     @classmethod
     def for_url(cls, url: str) -> _GX:
@@ -244,7 +264,6 @@ class _GX:
         self.docs.target_store.copy_static_assets()
         self.docs.site_index_builder.build(build_index=True)
 
-
     def _validate(self, schema: str, table: str, suite_name_: str, expectations: list) -> Any:
         gx = self.gx
         asset_name = f"{schema}.{table}"
@@ -257,10 +276,15 @@ class _GX:
         name = f"{suite_name_}:{schema}.{table}"
         suite = self.context.suites.add(gx.ExpectationSuite(name=name, expectations=expectations))
         validation = self.context.validation_definitions.add(
-            gx.ValidationDefinition(name=name, data=batch, suite=suite))
+            gx.ValidationDefinition(name=name, data=batch, suite=suite)
+        )
         # BASIC gives counts; partial_unexpected_count 0 keeps GE's result, and so the Data Docs, free of values.
-        checkpoint = gx.Checkpoint(name=name, validation_definitions=[validation], actions=[],
-                                   result_format={"result_format": "BASIC", "partial_unexpected_count": 0})
+        checkpoint = gx.Checkpoint(
+            name=name,
+            validation_definitions=[validation],
+            actions=[],
+            result_format={"result_format": "BASIC", "partial_unexpected_count": 0},
+        )
         try:
             run = checkpoint.run(run_id=gx.core.run_identifier.RunIdentifier(run_name=f"{schema}.{table}"))
             result_id, result = next(iter(run.run_results.items()))
@@ -271,10 +295,12 @@ class _GX:
             self._pages([result_id, ExpectationSuiteIdentifier(name=name)])
             return result
         finally:
-            for remove in (lambda: self.context.checkpoints.delete(name),  # run() stores the checkpoint
-                           lambda: self.context.validation_definitions.delete(name),
-                           lambda: self.context.suites.delete(name),
-                           lambda: self.source.delete_asset(asset_name)):
+            for remove in (
+                lambda: self.context.checkpoints.delete(name),  # run() stores the checkpoint
+                lambda: self.context.validation_definitions.delete(name),
+                lambda: self.context.suites.delete(name),
+                lambda: self.source.delete_asset(asset_name),
+            ):
                 try:
                     remove()
                 except Exception:  # noqa: BLE001 - cleaning up an in-memory context
@@ -336,5 +362,3 @@ def number(value: Any) -> float | None:
     if isinstance(value, (int, float, Decimal)):
         return float(value)
     return None
-
-

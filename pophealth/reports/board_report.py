@@ -43,8 +43,14 @@ SUPPRESSED = "suppressed (1–7)"
 TIER_NAMES = {"very_high": "Very high", "high": "High", "moderate": "Moderate", "low": "Low"}
 
 #: The Better Care Fund metrics in the order the plan lists them; any other metric follows, by code.
-METRIC_ORDER = ("emergency_admissions", "care_home_admissions_65", "reablement_91_days_65",
-                "delayed_discharge_days", "falls_admissions_65", "emergency_readmissions_30d")
+METRIC_ORDER = (
+    "emergency_admissions",
+    "care_home_admissions_65",
+    "reablement_91_days_65",
+    "delayed_discharge_days",
+    "falls_admissions_65",
+    "emergency_readmissions_30d",
+)
 
 #: The most places one cohort table shows (the area counted): more run off an A4 page.
 COHORT_PLACES_PER_TABLE = 6
@@ -57,9 +63,14 @@ COHORT_TITLES = {
 
 #: Which way is better for each metric: lower for the admissions, readmissions, delayed days and falls;
 #: higher for the share of people still at home after reablement.
-HIGHER_IS_BETTER = {"emergency_admissions": False, "care_home_admissions_65": False,
-                    "reablement_91_days_65": True, "delayed_discharge_days": False,
-                    "falls_admissions_65": False, "emergency_readmissions_30d": False}
+HIGHER_IS_BETTER = {
+    "emergency_admissions": False,
+    "care_home_admissions_65": False,
+    "reablement_91_days_65": True,
+    "delayed_discharge_days": False,
+    "falls_admissions_65": False,
+    "emergency_readmissions_30d": False,
+}
 
 #: The plan figures a site supplies (dbt seed bcf_plan): published targets, not person data.
 PLAN_TABLE = "reference.bcf_plan"
@@ -74,6 +85,7 @@ MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", 
 # Formatting: each number and date as the reader sees it. The page's markup is in the templates
 # (templates/board_report.html.j2), which escape every value.
 
+
 def unit_text(unit: str | None) -> str | None:
     """The unit as a reader writes it: `per 100,000`, never `per 100000`."""
     if unit is None:
@@ -85,8 +97,7 @@ def unit_in(unit: str | None, period_type: str) -> str:
     """A rate's label for one period: a quarter's or a month's rate is not annualised, and says so."""
     text = unit_text(unit) or ""
     # A rate per day (delayed days per day) is already an average over the period: nothing to annualise.
-    if (period_type in ("quarter", "month") and (scale_of(unit) or ("", 0))[0] == "rate"
-            and "per day" not in text):
+    if period_type in ("quarter", "month") and (scale_of(unit) or ("", 0))[0] == "rate" and "per day" not in text:
         word = "quarter" if period_type == "quarter" else "month"
         return f"{text} in the {word} (not annualised)"
     return text
@@ -181,6 +192,7 @@ class Missing(NamedTuple):
 # ---------------------------------------------------------------------------------------------------
 # Reading `reporting`.
 
+
 def _fetch(conn, sql: str, params: tuple = ()) -> list[dict]:
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(sql, params)
@@ -199,6 +211,7 @@ def _json_number(value: Any) -> float | None:
 # The sections: each gathers its rows and hands the page template plain data, every figure already written as
 # the reader sees it (templates/board_report_sections.html.j2 lays them out).
 
+
 def _risk_section(conn, charts: dict) -> dict:
     """The risk pyramid of each area (chart and table) and the tiers by locality."""
     table = "reporting.risk_pyramid"
@@ -207,10 +220,14 @@ def _risk_section(conn, charts: dict) -> dict:
     latest = _fetch(conn, f"SELECT max(as_of_date) AS as_of FROM {table}")[0]["as_of"]
     if latest is None:
         return {"missing": Missing(table, f"{table} has no rows yet.")}
-    rows = _fetch(conn, f"""SELECT geography_level, geography_code, geography_name, risk_tier, tier_order,
+    rows = _fetch(
+        conn,
+        f"""SELECT geography_level, geography_code, geography_name, risk_tier, tier_order,
                                    people, is_suppressed
                             FROM {table} WHERE as_of_date = %s
-                            ORDER BY tier_order, geography_code""", (latest,))
+                            ORDER BY tier_order, geography_code""",
+        (latest,),
+    )
 
     areas: dict[str, list[dict]] = defaultdict(list)
     for row in rows:
@@ -225,28 +242,53 @@ def _risk_section(conn, charts: dict) -> dict:
         bars = []
         for r in tiers:
             suppressed = r["is_suppressed"] or r["people"] is None
-            share = (f"{_one_decimal(Decimal(r['people']) * 100 / Decimal(total))}%"
-                     if total and not suppressed else "")
-            bars.append({"tier": r["risk_tier"], "name": tier_name(r["risk_tier"]),
-                         "value": None if suppressed else r["people"], "suppressed": suppressed,
-                         "label": SUPPRESSED if suppressed else format_count(r["people"]), "share": share})
+            share = f"{_one_decimal(Decimal(r['people']) * 100 / Decimal(total))}%" if total and not suppressed else ""
+            bars.append(
+                {
+                    "tier": r["risk_tier"],
+                    "name": tier_name(r["risk_tier"]),
+                    "value": None if suppressed else r["people"],
+                    "suppressed": suppressed,
+                    "label": SUPPRESSED if suppressed else format_count(r["people"]),
+                    "share": share,
+                }
+            )
         key = f"pyramid-{code}"
         charts[key] = {"kind": "pyramid", "id": f"chart-{key}", "title": f"Risk pyramid: {name}", "bars": bars}
-        pyramids.append({"key": key, "name": name,
-                         "tiers": [{"name": b["name"], "people": _count(b["value"], b["suppressed"]),
-                                    "share": b["share"]} for b in bars]})
+        pyramids.append(
+            {
+                "key": key,
+                "name": name,
+                "tiers": [
+                    {"name": b["name"], "people": _count(b["value"], b["suppressed"]), "share": b["share"]}
+                    for b in bars
+                ],
+            }
+        )
 
     localities = [r for r in rows if r["geography_level"] != "area"]
     tier_columns = sorted({(r["tier_order"], r["risk_tier"]) for r in localities})
     by_place: dict[tuple, dict[str, dict]] = defaultdict(dict)
     for r in localities:
         by_place[(r["geography_level"], r["geography_name"] or "", r["geography_code"])][r["risk_tier"]] = r
-    places = [{"code": place_code, "name": place_name,
-               "people": [_count(cells[tier]["people"], cells[tier]["is_suppressed"]) if tier in cells else None
-                          for _order, tier in tier_columns]}
-              for (_level, place_name, place_code), cells in sorted(by_place.items(), key=lambda item: item[0][1:])]
-    return {"missing": None, "as_of": latest.isoformat(), "pyramids": pyramids,
-            "tiers": [tier_name(t) for _o, t in tier_columns], "localities": places}
+    places = [
+        {
+            "code": place_code,
+            "name": place_name,
+            "people": [
+                _count(cells[tier]["people"], cells[tier]["is_suppressed"]) if tier in cells else None
+                for _order, tier in tier_columns
+            ],
+        }
+        for (_level, place_name, place_code), cells in sorted(by_place.items(), key=lambda item: item[0][1:])
+    ]
+    return {
+        "missing": None,
+        "as_of": latest.isoformat(),
+        "pyramids": pyramids,
+        "tiers": [tier_name(t) for _o, t in tier_columns],
+        "localities": places,
+    }
 
 
 def _metric_order(codes: Iterable[str]) -> list[str]:
@@ -275,9 +317,12 @@ def direction(code: str, latest: Any, earlier: Any, unit: str | None) -> str:
 def _plans(conn) -> dict[tuple, Any]:
     if not _exists(conn, PLAN_TABLE):
         return {}
-    return {(r["metric_code"], r["geography_code"], r["period_start"], r["period_end"]): r["plan_value"]
-            for r in _fetch(conn, f"SELECT metric_code, geography_code, period_start, period_end, plan_value "
-                                  f"FROM {PLAN_TABLE}")}
+    return {
+        (r["metric_code"], r["geography_code"], r["period_start"], r["period_end"]): r["plan_value"]
+        for r in _fetch(
+            conn, f"SELECT metric_code, geography_code, period_start, period_end, plan_value FROM {PLAN_TABLE}"
+        )
+    }
 
 
 def _summary_period_type(rows: list[dict]) -> str | None:
@@ -303,20 +348,35 @@ def _summary_section(rows: list[dict], plans: dict[tuple, Any]) -> dict:
         of_type = [r for r in metric if r["period_type"] == period_type]
         latest = max(of_type, key=lambda r: (r["period_start"], r["period_end"]))
         unit = latest["unit"]
-        earlier = next((r for r in of_type if r["period_start"] == _year_earlier(latest["period_start"])
-                        and r["period_end"] == _year_earlier(latest["period_end"])), None)
+        earlier = next(
+            (
+                r
+                for r in of_type
+                if r["period_start"] == _year_earlier(latest["period_start"])
+                and r["period_end"] == _year_earlier(latest["period_end"])
+            ),
+            None,
+        )
         plan = plans.get((code, latest["geography_code"], latest["period_start"], latest["period_end"]))
         better = HIGHER_IS_BETTER.get(code)
-        metrics.append({
-            "code": code, "name": latest["metric_name"], "unit": unit_in(unit, period_type),
-            "good": "" if better is None else "higher is better" if better else "lower is better",
-            "period": period_label(period_type, latest["period_start"], latest["period_end"]),
-            "value": _value(latest["value"], unit),
-            "earlier": None if earlier is None else {
-                "period": period_label(period_type, earlier["period_start"], earlier["period_end"]),
-                "value": _value(earlier["value"], unit)},
-            "direction": direction(code, latest["value"], earlier["value"] if earlier else None, unit),
-            "plan": None if plan is None else Figure(format_value(plan, unit))})
+        metrics.append(
+            {
+                "code": code,
+                "name": latest["metric_name"],
+                "unit": unit_in(unit, period_type),
+                "good": "" if better is None else "higher is better" if better else "lower is better",
+                "period": period_label(period_type, latest["period_start"], latest["period_end"]),
+                "value": _value(latest["value"], unit),
+                "earlier": None
+                if earlier is None
+                else {
+                    "period": period_label(period_type, earlier["period_start"], earlier["period_end"]),
+                    "value": _value(earlier["value"], unit),
+                },
+                "direction": direction(code, latest["value"], earlier["value"] if earlier else None, unit),
+                "plan": None if plan is None else Figure(format_value(plan, unit)),
+            }
+        )
     return {"missing": None, "metrics": metrics}
 
 
@@ -325,9 +385,12 @@ def _summary(conn) -> dict:
     if not _exists(conn, table):
         # Said under the section's heading, so the page's "At a glance" link still leads somewhere.
         return {"missing": Missing(table, f"{table} has not been built yet: no summary.")}
-    rows = _fetch(conn, f"""SELECT metric_code, metric_name, unit, period_type, period_start, period_end,
+    rows = _fetch(
+        conn,
+        f"""SELECT metric_code, metric_name, unit, period_type, period_start, period_end,
                                    geography_level, geography_code, value, is_final
-                            FROM {table} WHERE geography_level = 'area'""")
+                            FROM {table} WHERE geography_level = 'area'""",
+    )
     for r in rows:
         r["unit"] = unit_text(r["unit"])
     return _summary_section(rows, _plans(conn))
@@ -338,21 +401,35 @@ def _periods_not_computed(conn) -> dict:
     table = "reporting.period_coverage"
     if not _exists(conn, table):
         return {"missing": Missing(table, f"{table} has not been built yet: which periods are covered is not known.")}
-    rows = _fetch(conn, f"""SELECT period_type, period_start, period_end, reason_not_computed FROM {table}
-                            WHERE NOT is_computed ORDER BY period_start, period_end""")
-    return {"missing": None, "table": table,
-            "periods": [{"period": period_label(r["period_type"], r["period_start"], r["period_end"]),
-                         "why": r["reason_not_computed"]} for r in rows]}
+    rows = _fetch(
+        conn,
+        f"""SELECT period_type, period_start, period_end, reason_not_computed FROM {table}
+                            WHERE NOT is_computed ORDER BY period_start, period_end""",
+    )
+    return {
+        "missing": None,
+        "table": table,
+        "periods": [
+            {
+                "period": period_label(r["period_type"], r["period_start"], r["period_end"]),
+                "why": r["reason_not_computed"],
+            }
+            for r in rows
+        ],
+    }
 
 
 def _bcf_section(conn, charts: dict) -> dict:
     table = "reporting.bcf_metrics"
     if not _exists(conn, table):
         return {"not_computed": None, "missing": Missing(table, f"{table} has not been built yet.")}
-    rows = _fetch(conn, f"""SELECT metric_code, metric_name, unit, period_type, period_start, period_end,
+    rows = _fetch(
+        conn,
+        f"""SELECT metric_code, metric_name, unit, period_type, period_start, period_end,
                                    geography_level, geography_code, geography_name, numerator, denominator,
                                    value, is_suppressed, is_final, final_on
-                            FROM {table} ORDER BY metric_code, period_start, geography_code""")
+                            FROM {table} ORDER BY metric_code, period_start, geography_code""",
+    )
     for r in rows:
         r["unit"] = unit_text(r["unit"])
     not_computed = _periods_not_computed(conn)
@@ -361,18 +438,32 @@ def _bcf_section(conn, charts: dict) -> dict:
     # Provisional periods are named, never shown as final: they are left out of every chart and table below.
     provisional = [r for r in rows if not r["is_final"]]
     rows = [r for r in rows if r["is_final"]]
-    councils = sorted({(r["geography_name"] or r["geography_code"], r["geography_code"])
-                       for r in rows if r["geography_level"] == "local_authority"})
+    councils = sorted(
+        {
+            (r["geography_name"] or r["geography_code"], r["geography_code"])
+            for r in rows
+            if r["geography_level"] == "local_authority"
+        }
+    )
     by_metric: dict[str, list[dict]] = defaultdict(list)
     for row in rows:
         by_metric[row["metric_code"]].append(row)
-    return {"not_computed": not_computed, "missing": None, "provisional": _provisional(provisional),
-            "geography_notes": _geography_notes(rows),
-            "councils": [{"code": code, "name": name} for name, code in councils],
-            "metrics": [_metric(code, by_metric[code], charts) for code in _metric_order(by_metric)],
-            "council_pages": [_council_page(code, name, [r for r in rows if r["geography_code"] == code
-                                                         and r["geography_level"] == "local_authority"])
-                              for name, code in councils]}
+    return {
+        "not_computed": not_computed,
+        "missing": None,
+        "provisional": _provisional(provisional),
+        "geography_notes": _geography_notes(rows),
+        "councils": [{"code": code, "name": name} for name, code in councils],
+        "metrics": [_metric(code, by_metric[code], charts) for code in _metric_order(by_metric)],
+        "council_pages": [
+            _council_page(
+                code,
+                name,
+                [r for r in rows if r["geography_code"] == code and r["geography_level"] == "local_authority"],
+            )
+            for name, code in councils
+        ],
+    }
 
 
 def _metric(code: str, metric: list[dict], charts: dict) -> dict:
@@ -390,23 +481,40 @@ def _metric(code: str, metric: list[dict], charts: dict) -> dict:
         periods = sorted({r["period_start"] for r in months})
         series: dict[str, dict] = {}
         for r in sorted(months, key=geography_key):
-            line = series.setdefault(r["geography_code"], {
-                "code": r["geography_code"], "name": r["geography_name"], "level": r["geography_level"],
-                "points": []})
+            line = series.setdefault(
+                r["geography_code"],
+                {"code": r["geography_code"], "name": r["geography_name"], "level": r["geography_level"], "points": []},
+            )
             suppressed = r["is_suppressed"] or r["value"] is None
-            line["points"].append({
-                "period": r["period_start"].isoformat(), "value": None if suppressed else _json_number(r["value"]),
-                "suppressed": suppressed, "display": format_value(r["value"], unit)})
+            line["points"].append(
+                {
+                    "period": r["period_start"].isoformat(),
+                    "value": None if suppressed else _json_number(r["value"]),
+                    "suppressed": suppressed,
+                    "display": format_value(r["value"], unit),
+                }
+            )
         for line in series.values():
             line["points"].sort(key=lambda p: p["period"])
         key = f"bcf-{code}"
-        charts[key] = {"kind": "lines", "id": f"chart-{key}", "title": f"{name}, by month",
-                       "unit": unit_in(unit, "month"), "decimals": 1 if is_rate(unit) else 0,
-                       "periods": [{"period": p.isoformat(), "label": month_label(p)} for p in periods],
-                       "series": list(series.values())}
-        shown["trend"] = {"key": key, "not_drawn": [
-            f"{line['name']}, {month_label(date.fromisoformat(p['period']))}"
-            for line in series.values() for p in line["points"] if p["suppressed"]]}
+        charts[key] = {
+            "kind": "lines",
+            "id": f"chart-{key}",
+            "title": f"{name}, by month",
+            "unit": unit_in(unit, "month"),
+            "decimals": 1 if is_rate(unit) else 0,
+            "periods": [{"period": p.isoformat(), "label": month_label(p)} for p in periods],
+            "series": list(series.values()),
+        }
+        shown["trend"] = {
+            "key": key,
+            "not_drawn": [
+                f"{line['name']}, {month_label(date.fromisoformat(p['period']))}"
+                for line in series.values()
+                for p in line["points"]
+                if p["suppressed"]
+            ],
+        }
     shown["dots"] = _dot_plot(code, name, unit, metric, charts)
 
     # The latest quarter and the latest financial year, by geography.
@@ -417,18 +525,24 @@ def _metric(code: str, metric: list[dict], charts: dict) -> dict:
             start = max(r["period_start"] for r in of_type)
             latest = {r["geography_code"]: r for r in of_type if r["period_start"] == start}
             first = next(iter(latest.values()))
-            columns.append((period_label(period_type, start, first["period_end"]), unit_in(unit, period_type),
-                            latest))
-    places = sorted({code_: r for _label, _unit, latest in columns for code_, r in latest.items()}.values(),
-                    key=geography_key)
+            columns.append((period_label(period_type, start, first["period_end"]), unit_in(unit, period_type), latest))
+    places = sorted(
+        {code_: r for _label, _unit, latest in columns for code_, r in latest.items()}.values(), key=geography_key
+    )
     figures = []
     for place in places:
         cells: list[Figure | None] = []
         for _label, _unit, latest in columns:
             found = latest.get(place["geography_code"])
-            cells += [None] * 3 if found is None else [
-                _count(found["numerator"], found["is_suppressed"]), _count(found["denominator"]),
-                _value(found["value"], unit, found["is_suppressed"])]
+            cells += (
+                [None] * 3
+                if found is None
+                else [
+                    _count(found["numerator"], found["is_suppressed"]),
+                    _count(found["denominator"]),
+                    _value(found["value"], unit, found["is_suppressed"]),
+                ]
+            )
         figures.append({"code": place["geography_code"], "name": place["geography_name"], "figures": cells})
     shown["columns"] = [{"period": label, "unit": unit_of} for label, unit_of, _latest in columns]
     shown["places"] = figures
@@ -453,22 +567,46 @@ def _dot_plot(code: str, name: str, unit: str | None, metric: list[dict], charts
             suppressed.append(r["geography_name"] or r["geography_code"])
             continue
         bounds = interval(r["numerator"], r["denominator"], unit)
-        drawn.append({"code": r["geography_code"], "name": r["geography_name"], "level": r["geography_level"],
-                      "value": _json_number(r["value"]), "display": format_value(r["value"], unit),
-                      "low": None if bounds is None else bounds[0], "high": None if bounds is None else bounds[1],
-                      "interval": "" if bounds is None else
-                      f"95% interval {format_value(bounds[0], unit)} to {format_value(bounds[1], unit)}"})
+        drawn.append(
+            {
+                "code": r["geography_code"],
+                "name": r["geography_name"],
+                "level": r["geography_level"],
+                "value": _json_number(r["value"]),
+                "display": format_value(r["value"], unit),
+                "low": None if bounds is None else bounds[0],
+                "high": None if bounds is None else bounds[1],
+                "interval": ""
+                if bounds is None
+                else f"95% interval {format_value(bounds[0], unit)} to {format_value(bounds[1], unit)}",
+            }
+        )
     drawn.sort(key=lambda d: (-d["value"], d["name"] or ""))
     label = period_label("quarter", start, latest[0]["period_end"])
     key = f"dots-{code}"
-    charts[key] = {"kind": "dots", "id": f"chart-{key}", "title": f"{name}, {label}, by place",
-                   "unit": unit_in(unit, "quarter"), "decimals": 1 if is_rate(unit) else 0, "rows": drawn,
-                   "ceiling": 100 if (scale_of(unit) or ("",))[0] == "percent" else None,
-                   "area": None if area is None else {"name": area["geography_name"],
-                                                      "value": _json_number(area["value"]),
-                                                      "display": format_value(area["value"], unit)}}
-    return {"key": key, "period": label, "drawn": bool(drawn), "not_drawn": suppressed,
-            "method": "Wilson" if (scale_of(unit) or ("",))[0] == "percent" else POISSON_METHOD}
+    charts[key] = {
+        "kind": "dots",
+        "id": f"chart-{key}",
+        "title": f"{name}, {label}, by place",
+        "unit": unit_in(unit, "quarter"),
+        "decimals": 1 if is_rate(unit) else 0,
+        "rows": drawn,
+        "ceiling": 100 if (scale_of(unit) or ("",))[0] == "percent" else None,
+        "area": None
+        if area is None
+        else {
+            "name": area["geography_name"],
+            "value": _json_number(area["value"]),
+            "display": format_value(area["value"], unit),
+        },
+    }
+    return {
+        "key": key,
+        "period": label,
+        "drawn": bool(drawn),
+        "not_drawn": suppressed,
+        "method": "Wilson" if (scale_of(unit) or ("",))[0] == "percent" else POISSON_METHOD,
+    }
 
 
 def _provisional(provisional: list[dict]) -> list[dict]:
@@ -479,9 +617,19 @@ def _provisional(provisional: list[dict]) -> list[dict]:
     metrics = []
     for code in _metric_order(by_metric):
         periods = sorted(by_metric[code].values(), key=lambda r: (r["period_start"], r["period_end"]))
-        metrics.append({"code": code, "name": periods[0]["metric_name"] or code,
-                        "periods": [{"period": period_label(r["period_type"], r["period_start"], r["period_end"]),
-                                     "final_on": r["final_on"].isoformat()} for r in periods]})
+        metrics.append(
+            {
+                "code": code,
+                "name": periods[0]["metric_name"] or code,
+                "periods": [
+                    {
+                        "period": period_label(r["period_type"], r["period_start"], r["period_end"]),
+                        "final_on": r["final_on"].isoformat(),
+                    }
+                    for r in periods
+                ],
+            }
+        )
     return metrics
 
 
@@ -489,12 +637,17 @@ def _geography_notes(rows: list[dict]) -> dict:
     """What cannot be computed for a geography, said rather than left out: a council or locality with no
     population estimates has no rate for the population metrics."""
     population_metrics = {r["metric_code"] for r in rows if "population" in (r["unit"] or "")}
-    empty = sorted({(LEVEL_ORDER.get(r["geography_level"], 3), r["geography_name"] or r["geography_code"],
-                     r["geography_code"]) for r in rows
-                    if r["metric_code"] in population_metrics and r["denominator"] == 0
-                    and r["geography_level"] != "area"})
-    notes: dict[str, Any] = {"no_population": [{"code": code, "name": name} for _l, name, code in empty],
-                             "residents_in_no_council": None}
+    empty = sorted(
+        {
+            (LEVEL_ORDER.get(r["geography_level"], 3), r["geography_name"] or r["geography_code"], r["geography_code"])
+            for r in rows
+            if r["metric_code"] in population_metrics and r["denominator"] == 0 and r["geography_level"] != "area"
+        }
+    )
+    notes: dict[str, Any] = {
+        "no_population": [{"code": code, "name": name} for _l, name, code in empty],
+        "residents_in_no_council": None,
+    }
     # Residents in no council: the area's population beyond its councils' (both rounded to 5, hence the margin).
     years = [r for r in rows if r["metric_code"] == "emergency_admissions" and r["period_type"] == "financial_year"]
     if years and any(r["geography_level"] == "local_authority" for r in years):
@@ -523,10 +676,15 @@ def _council_page(code: str, name: str, rows: list[dict]) -> dict:
                 periods.append(None)
                 continue
             r = max(of_type, key=lambda x: x["period_start"])
-            periods.append({"period": period_label(period_type, r["period_start"], r["period_end"]),
-                            "value": _value(r["value"], unit, r["is_suppressed"])})
-        metrics.append({"code": metric, "name": by_metric[metric][-1]["metric_name"], "periods": periods,
-                        "unit": unit_text(unit)})
+            periods.append(
+                {
+                    "period": period_label(period_type, r["period_start"], r["period_end"]),
+                    "value": _value(r["value"], unit, r["is_suppressed"]),
+                }
+            )
+        metrics.append(
+            {"code": metric, "name": by_metric[metric][-1]["metric_name"], "periods": periods, "unit": unit_text(unit)}
+        )
     return {"code": code, "name": name, "metrics": metrics}
 
 
@@ -534,9 +692,12 @@ def _cohort_section(conn) -> dict:
     table = "reporting.cohort_summary"
     if not _exists(conn, table):
         return {"missing": Missing(table, f"{table} has not been built yet.")}
-    rows = _fetch(conn, f"""SELECT cohort, period_type, period_start, period_end, geography_level, geography_code,
+    rows = _fetch(
+        conn,
+        f"""SELECT cohort, period_type, period_start, period_end, geography_level, geography_code,
                                    geography_name, measure, measure_label, measure_order, count, is_suppressed
-                            FROM {table} ORDER BY cohort, period_start, measure, geography_code""")
+                            FROM {table} ORDER BY cohort, period_start, measure, geography_code""",
+    )
     if not rows:
         return {"missing": Missing(table, f"{table} has no rows yet.")}
     by_cohort: dict[str, list[dict]] = defaultdict(list)
@@ -578,7 +739,7 @@ def _cohort_section(conn) -> dict:
         area = [p for p in places if p["geography_level"] == "area"]
         others = [p for p in places if p["geography_level"] != "area"]
         size = COHORT_PLACES_PER_TABLE - len(area)
-        chunks = [area + others[i:i + size] for i in range(0, len(others), size)] or [area]
+        chunks = [area + others[i : i + size] for i in range(0, len(others), size)] or [area]
         tables = []
         for n, chunk in enumerate(chunks, start=1):
             periods = []
@@ -586,13 +747,28 @@ def _cohort_section(conn) -> dict:
                 rows_of_period = []
                 for measure in ranked:
                     found = [cells.get((period, measure, place["geography_code"])) for place in chunk]
-                    rows_of_period.append({"code": measure, "label": measures[measure], "counts": [
-                        None if r is None else _count(r["count"], r["is_suppressed"]) for r in found]})
-                periods.append({"start": period[1].isoformat(), "measures": rows_of_period,
-                                "period": period_label(period[0], period[1], ends[period])})
-            tables.append({"id": f"table-cohort-{cohort}" + (f"-{n}" if n > 1 else ""),
-                           "caption": title if len(chunks) == 1 else f"{title} ({n} of {len(chunks)})",
-                           "places": [p["geography_name"] for p in chunk], "periods": periods})
+                    rows_of_period.append(
+                        {
+                            "code": measure,
+                            "label": measures[measure],
+                            "counts": [None if r is None else _count(r["count"], r["is_suppressed"]) for r in found],
+                        }
+                    )
+                periods.append(
+                    {
+                        "start": period[1].isoformat(),
+                        "measures": rows_of_period,
+                        "period": period_label(period[0], period[1], ends[period]),
+                    }
+                )
+            tables.append(
+                {
+                    "id": f"table-cohort-{cohort}" + (f"-{n}" if n > 1 else ""),
+                    "caption": title if len(chunks) == 1 else f"{title} ({n} of {len(chunks)})",
+                    "places": [p["geography_name"] for p in chunk],
+                    "periods": periods,
+                }
+            )
         cohorts.append({"title": title, "tables": tables})
     return {"missing": None, "cohorts": cohorts}
 
@@ -619,25 +795,45 @@ def _admission_reasons_section(conn) -> dict:
     latest = _fetch(conn, f"SELECT max(period_end) AS period_end FROM {table}")[0]["period_end"]
     if latest is None:
         return {"missing": Missing(table, f"{table} has no rows yet.")}
-    rows = _fetch(conn, f"""SELECT period_start, period_end, age_band, primary_diagnosis_code,
+    rows = _fetch(
+        conn,
+        f"""SELECT period_start, period_end, age_band, primary_diagnosis_code,
                                    primary_diagnosis_chapter, admissions, is_suppressed, rank_in_age_band
                             FROM {table} WHERE period_end = %s AND rank_in_age_band <= 10
-                            ORDER BY age_band, rank_in_age_band, primary_diagnosis_code""", (latest,))
+                            ORDER BY age_band, rank_in_age_band, primary_diagnosis_code""",
+        (latest,),
+    )
     start = min(r["period_start"] for r in rows)
     titles = _icd10_titles(conn)
     by_band: dict[str, list[dict]] = defaultdict(list)
     for row in rows:
         by_band[row["age_band"]].append(row)
-    return {"missing": None, "from": start.isoformat(), "to": latest.isoformat(),
-            "bands": [{"band": band, "reasons": [
-                {"rank": r["rank_in_age_band"], "code": r["primary_diagnosis_code"],
-                 "title": icd10_title(r["primary_diagnosis_code"], titles), "chapter": r["primary_diagnosis_chapter"],
-                 "admissions": _count(r["admissions"], r["is_suppressed"])} for r in by_band[band]]}
-                      for band in sorted(by_band, key=age_band_key)]}
+    return {
+        "missing": None,
+        "from": start.isoformat(),
+        "to": latest.isoformat(),
+        "bands": [
+            {
+                "band": band,
+                "reasons": [
+                    {
+                        "rank": r["rank_in_age_band"],
+                        "code": r["primary_diagnosis_code"],
+                        "title": icd10_title(r["primary_diagnosis_code"], titles),
+                        "chapter": r["primary_diagnosis_chapter"],
+                        "admissions": _count(r["admissions"], r["is_suppressed"]),
+                    }
+                    for r in by_band[band]
+                ],
+            }
+            for band in sorted(by_band, key=age_band_key)
+        ],
+    }
 
 
 # ---------------------------------------------------------------------------------------------------
 # The page.
+
 
 def _json_for_script(data: Any) -> str:
     # Inside a script element only an end tag can end the block early; escaping the less-than sign (and the
@@ -651,9 +847,15 @@ def _templates() -> Environment:
     """The page's templates, shipped in the package (templates/): every value escaped (autoescape), a name the
     template uses but the data lack an error rather than an empty cell (StrictUndefined), and None written as
     nothing, never as "None"."""
-    environment = Environment(loader=PackageLoader("pophealth.reports"), autoescape=True,
-                              undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True,
-                              keep_trailing_newline=True, finalize=lambda value: "" if value is None else value)
+    environment = Environment(
+        loader=PackageLoader("pophealth.reports"),
+        autoescape=True,
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        finalize=lambda value: "" if value is None else value,
+    )
     # The chart data go in a script element as JSON, which HTML escaping would corrupt (an entity is not decoded
     # there): `_json_for_script` makes it inert instead, and the template marks its output safe.
     environment.filters["json_for_script"] = _json_for_script
@@ -663,19 +865,34 @@ def _templates() -> Environment:
 
 #: The government security classification the page carries, top and bottom (and on every printed page).
 MARKING = "OFFICIAL-SENSITIVE"
-SYNTHETIC_BANNER = ("Synthetic data: these figures describe a generated population, not real people. "
-                    "Do not use them for decisions.")
+SYNTHETIC_BANNER = (
+    "Synthetic data: these figures describe a generated population, not real people. Do not use them for decisions."
+)
 
 
 def render_board_report(conn, synthetic: bool = False) -> str:
     """The board report as one HTML page, from `reporting` only; `synthetic` puts the synthetic-data banner on it."""
     charts: dict[str, dict] = {}
     risk = _risk_section(conn, charts)
-    page = {"summary": _summary(conn), "risk": risk, "bcf": _bcf_section(conn, charts),
-            "cohorts": _cohort_section(conn), "admission_reasons": _admission_reasons_section(conn)}
-    return _templates().get_template("board_report.html.j2").render(
-        **page, charts=charts, as_of=risk.get("as_of"), generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        marking=MARKING, synthetic_banner=SYNTHETIC_BANNER if synthetic else None)
+    page = {
+        "summary": _summary(conn),
+        "risk": risk,
+        "bcf": _bcf_section(conn, charts),
+        "cohorts": _cohort_section(conn),
+        "admission_reasons": _admission_reasons_section(conn),
+    }
+    return (
+        _templates()
+        .get_template("board_report.html.j2")
+        .render(
+            **page,
+            charts=charts,
+            as_of=risk.get("as_of"),
+            generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            marking=MARKING,
+            synthetic_banner=SYNTHETIC_BANNER if synthetic else None,
+        )
+    )
 
 
 def write_board_report(path: Path, synthetic: bool | None = None) -> dict:
@@ -692,8 +909,13 @@ def write_board_report(path: Path, synthetic: bool | None = None) -> dict:
     census = _Census()
     census.feed(page)
     census.close()
-    return {"path": str(path), "charts": census.charts, "tables": census.tables, "missing": census.missing,
-            "synthetic": synthetic}
+    return {
+        "path": str(path),
+        "charts": census.charts,
+        "tables": census.tables,
+        "missing": census.missing,
+        "synthetic": synthetic,
+    }
 
 
 class _Census(HTMLParser):

@@ -53,31 +53,51 @@ class SourceCoverage:
 
 def source_coverage(conn) -> list[SourceCoverage]:
     """Each sender's published coverage (the loads in force), hospital trusts and councils."""
-    rows = conn.cursor(row_factory=dict_row).execute(
-        """SELECT feed, provider, covers_from, covers_to FROM audit.load
+    rows = (
+        conn.cursor(row_factory=dict_row)
+        .execute(
+            """SELECT feed, provider, covers_from, covers_to FROM audit.load
            WHERE status = 'published' AND feed = ANY(%s) AND covers_from IS NOT NULL AND covers_to IS NOT NULL
-           ORDER BY feed, provider""", (list(PERIOD_FEEDS),)).fetchall()
+           ORDER BY feed, provider""",
+            (list(PERIOD_FEEDS),),
+        )
+        .fetchall()
+    )
     senders: dict[tuple[str, str | None], list[tuple[date, date]]] = {}
     for row in rows:
         senders.setdefault((row["feed"], row["provider"]), []).append((row["covers_from"], row["covers_to"]))
-    return [SourceCoverage(feed, provider, len(loads), stretches(loads))
-            for (feed, provider), loads in sorted(senders.items(), key=lambda kv: (kv[0][0], kv[0][1] or ""))]
+    return [
+        SourceCoverage(feed, provider, len(loads), stretches(loads))
+        for (feed, provider), loads in sorted(senders.items(), key=lambda kv: (kv[0][0], kv[0][1] or ""))
+    ]
 
 
 def register_snapshots(conn) -> list[date]:
-    return [r[0] for r in conn.cursor(row_factory=tuple_row).execute(
-        """SELECT DISTINCT period_end FROM audit.load WHERE feed = 'gp_register' AND status = 'published'
-           AND period_end IS NOT NULL ORDER BY 1""")]
+    return [
+        r[0]
+        for r in conn.cursor(row_factory=tuple_row).execute(
+            """SELECT DISTINCT period_end FROM audit.load WHERE feed = 'gp_register' AND status = 'published'
+           AND period_end IS NOT NULL ORDER BY 1"""
+        )
+    ]
 
 
 def periods_not_computed(conn) -> list[dict]:
     """The periods reporting.period_coverage says cannot be computed, with why; [] before the marts are built."""
-    if conn.cursor(row_factory=tuple_row).execute(
-            "SELECT to_regclass('reporting.period_coverage') IS NULL").fetchone()[0]:
+    if (
+        conn.cursor(row_factory=tuple_row)
+        .execute("SELECT to_regclass('reporting.period_coverage') IS NULL")
+        .fetchone()[0]
+    ):
         return []
-    return conn.cursor(row_factory=dict_row).execute(
-        """SELECT period_type, period_start, period_end, reason_not_computed FROM reporting.period_coverage
-           WHERE NOT is_computed ORDER BY period_start, period_end""").fetchall()
+    return (
+        conn.cursor(row_factory=dict_row)
+        .execute(
+            """SELECT period_type, period_start, period_end, reason_not_computed FROM reporting.period_coverage
+           WHERE NOT is_computed ORDER BY period_start, period_end"""
+        )
+        .fetchall()
+    )
 
 
 def _span(parts: list[tuple[date, date]]) -> str:
@@ -93,24 +113,33 @@ def coverage_lines(conn, limit: int = 20) -> tuple[list[str], list[str]]:
     for source in covered:
         holes = gaps(source.stretches)
         files = f"{source.files} file{'s' if source.files != 1 else ''}"
-        lines.append(f"  {source.source:<24} {_span(source.stretches)} ({files})"
-                     + (f"; GAP: nothing covers {_span(holes)}" if holes else ""))
+        lines.append(
+            f"  {source.source:<24} {_span(source.stretches)} ({files})"
+            + (f"; GAP: nothing covers {_span(holes)}" if holes else "")
+        )
         if holes:
-            notices.append(f"{source.source}: no published file covers {_span(holes)}; the periods there are not "
-                           "computed until one does")
+            notices.append(
+                f"{source.source}: no published file covers {_span(holes)}; the periods there are not "
+                "computed until one does"
+            )
     snapshots = register_snapshots(conn)
     if snapshots:
-        lines.append(f"  {'gp_register':<24} snapshot{'s' if len(snapshots) > 1 else ''} "
-                     f"{', '.join(str(d) for d in snapshots)} (the latest says who is registered now)")
+        lines.append(
+            f"  {'gp_register':<24} snapshot{'s' if len(snapshots) > 1 else ''} "
+            f"{', '.join(str(d) for d in snapshots)} (the latest says who is registered now)"
+        )
     if not covered and not snapshots:
         lines.append("  nothing published yet")
     missing = periods_not_computed(conn)
     if missing:
         lines.append(f"Periods NOT computed ({len(missing)}; reporting.period_coverage):")
-        lines += [f"  {m['period_type']:<15} {m['period_start']} to {m['period_end']}: {m['reason_not_computed']}"
-                  for m in missing[:limit]]
+        lines += [
+            f"  {m['period_type']:<15} {m['period_start']} to {m['period_end']}: {m['reason_not_computed']}"
+            for m in missing[:limit]
+        ]
         if len(missing) > limit:
             lines.append(f"  ... and {len(missing) - limit} more")
-        notices.append(f"{len(missing)} period(s) are not computed because the data does not cover them wholly "
-                       "(listed above)")
+        notices.append(
+            f"{len(missing)} period(s) are not computed because the data does not cover them wholly (listed above)"
+        )
     return lines, notices

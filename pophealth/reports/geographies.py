@@ -29,14 +29,16 @@ def geography_problems(conn) -> list[str]:
     """Each reason a council or locality's metrics cannot be computed (or not wholly), in words; [] when none
     or before any lookup is published."""
     cur = conn.cursor(row_factory=dict_row)
-    found = cur.execute("SELECT to_regclass('raw.ref_lsoa') IS NOT NULL AND to_regclass('raw.ref_population') "
-                        "IS NOT NULL AS ok").fetchone()
+    found = cur.execute(
+        "SELECT to_regclass('raw.ref_lsoa') IS NOT NULL AND to_regclass('raw.ref_population') IS NOT NULL AS ok"
+    ).fetchone()
     if not found["ok"]:
         return []
     lookup = cur.execute(
         """SELECT count(DISTINCT lsoa_code) AS lsoas, count(la_code) AS with_council,
                   count(DISTINCT lsoa_code) FILTER (WHERE la_code IS NULL) AS lsoas_without_council
-           FROM raw.ref_lsoa""").fetchone()
+           FROM raw.ref_lsoa"""
+    ).fetchone()
     if not lookup["lsoas"]:
         return []
     problems = []
@@ -44,7 +46,8 @@ def geography_problems(conn) -> list[str]:
         problems.append(
             f"{lookup['lsoas_without_council']:,} of {lookup['lsoas']:,} LSOAs of the postcode lookup have no la_code: "
             "their residents count in the area and their locality but in no council's Better Care Fund metrics "
-            "(send la_code on every row of ref_postcode_lookup.csv)")
+            "(send la_code on every row of ref_postcode_lookup.csv)"
+        )
     default = default_la_code()
     years = [r["year"] for r in cur.execute("SELECT DISTINCT year FROM raw.ref_population ORDER BY 1")]
     places = cur.execute(
@@ -60,18 +63,23 @@ def geography_problems(conn) -> list[str]:
            SELECT 'locality', lsoa.locality_code, array_agg(DISTINCT p.year) FILTER (WHERE p.year IS NOT NULL)
            FROM lsoa LEFT JOIN raw.ref_population p USING (lsoa_code) GROUP BY lsoa.locality_code
            ORDER BY 1, 2""",
-        {"any": bool(lookup["with_council"]), "default": default}).fetchall()
+        {"any": bool(lookup["with_council"]), "default": default},
+    ).fetchall()
     for place in places:
         missing = [y for y in years if y not in (place["years"] or [])]
         if years and missing:
             problems.append(
                 f"{place['kind']} {place['code']} has no population estimates for "
                 f"{', '.join(str(y) for y in missing)}: its population-based Better Care Fund rates for periods "
-                "starting in those years are empty (load ref_population_<YYYY>.csv covering its LSOAs)")
+                "starting in those years are empty (load ref_population_<YYYY>.csv covering its LSOAs)"
+            )
     outside = cur.execute(
         """SELECT count(DISTINCT p.lsoa_code) AS n FROM raw.ref_population p
-           WHERE NOT EXISTS (SELECT 1 FROM raw.ref_lsoa l WHERE l.lsoa_code = p.lsoa_code)""").fetchone()["n"]
+           WHERE NOT EXISTS (SELECT 1 FROM raw.ref_lsoa l WHERE l.lsoa_code = p.lsoa_code)"""
+    ).fetchone()["n"]
     if outside:
-        problems.append(f"{outside:,} LSOAs of the population estimates are not in the postcode lookup: their "
-                        "residents count in the area's denominators only, in no council's or locality's")
+        problems.append(
+            f"{outside:,} LSOAs of the population estimates are not in the postcode lookup: their "
+            "residents count in the area's denominators only, in no council's or locality's"
+        )
     return problems

@@ -47,8 +47,9 @@ def make_private(out: Path) -> None:
         path.chmod(PRIVATE_FOLDER if path.is_dir() else PRIVATE_FILE)
 
 
-def write_world(out: Path, population: int, seed: int, delivery: str = "monthly",
-                councils: tuple[str, ...] = (AREA_CODE,)) -> dict:
+def write_world(
+    out: Path, population: int, seed: int, delivery: str = "monthly", councils: tuple[str, ...] = (AREA_CODE,)
+) -> dict:
     """`delivery`: how the hospital extracts are cut into files (pophealth.synth.extracts.DELIVERIES); the world and
     its answer key are the same whichever it is. `councils`: the council codes of the world
     (pophealth.synth.geography.COUNCILS); one council's world sends its postcode lookup without la_code."""

@@ -24,9 +24,21 @@ from pophealth.synth.extracts import Ledger
 from pophealth.synth.world import WINDOW_END, WINDOW_START, World
 
 AS_OF = WINDOW_END
-PEOPLE_COLUMNS = ("identity", "birth_year", "age_band", "sex", "lsoa_code", "locality_code", "gp_practice_code",
-                  "is_registered", "date_of_death", "in_hospital_data", "in_social_care_data", "is_linked",
-                  "link_method")
+PEOPLE_COLUMNS = (
+    "identity",
+    "birth_year",
+    "age_band",
+    "sex",
+    "lsoa_code",
+    "locality_code",
+    "gp_practice_code",
+    "is_registered",
+    "date_of_death",
+    "in_hospital_data",
+    "in_social_care_data",
+    "is_linked",
+    "link_method",
+)
 
 
 def age_from_year_month(year: int, month: int, on: date) -> int:
@@ -60,25 +72,30 @@ def people_rows(ledger: Ledger) -> list[dict]:
             sex = person.sex
         else:  # social care sends Gender: Male / Female / Other
             sex = {"1": "1", "2": "2"}.get(person.sex, "9")
-        registered = facts.gp and (person.registration_end is None or person.registration_end > AS_OF) and (
-            facts.gp_death is None or facts.gp_death > AS_OF)
+        registered = (
+            facts.gp
+            and (person.registration_end is None or person.registration_end > AS_OF)
+            and (facts.gp_death is None or facts.gp_death > AS_OF)
+        )
         death = (facts.gp_death if facts.gp else None) or facts.cld_death or facts.apc_death
         practice = person.practice if facts.gp else person.apc_practice if facts.apc else ""
-        rows.append({
-            "identity": identity,
-            "birth_year": str(person.birth.year),
-            "age_band": age_band(age_from_year_month(person.birth.year, person.birth.month, AS_OF)),
-            "sex": sex,
-            "lsoa_code": person.lsoa.code,
-            "locality_code": person.lsoa.locality_code,
-            "gp_practice_code": practice,
-            "is_registered": "true" if registered else "false",
-            "date_of_death": death.isoformat() if death else "",
-            "in_hospital_data": "true" if facts.apc else "false",
-            "in_social_care_data": "true" if facts.cld else "false",
-            "is_linked": "true" if facts.apc and facts.cld else "false",
-            "link_method": "nhs_number" if identity.startswith("nhs:") else "local_id_only",
-        })
+        rows.append(
+            {
+                "identity": identity,
+                "birth_year": str(person.birth.year),
+                "age_band": age_band(age_from_year_month(person.birth.year, person.birth.month, AS_OF)),
+                "sex": sex,
+                "lsoa_code": person.lsoa.code,
+                "locality_code": person.lsoa.locality_code,
+                "gp_practice_code": practice,
+                "is_registered": "true" if registered else "false",
+                "date_of_death": death.isoformat() if death else "",
+                "in_hospital_data": "true" if facts.apc else "false",
+                "in_social_care_data": "true" if facts.cld else "false",
+                "is_linked": "true" if facts.apc and facts.cld else "false",
+                "link_method": "nhs_number" if identity.startswith("nhs:") else "local_id_only",
+            }
+        )
     rows.sort(key=lambda r: r["identity"])
     return rows
 
@@ -94,19 +111,42 @@ def write_answer_key(world: World, ledger: Ledger, out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     people = people_rows(ledger)
     _write_csv(out / "people.csv", PEOPLE_COLUMNS, people)
-    _write_csv(out / "files.csv", ("file_name", "feed", "rows_read", "rows_loaded", "rows_quarantined",
-                                   "rows_opted_out"), sorted(ledger.files, key=lambda f: f["file_name"]))
+    _write_csv(
+        out / "files.csv",
+        ("file_name", "feed", "rows_read", "rows_loaded", "rows_quarantined", "rows_opted_out"),
+        sorted(ledger.files, key=lambda f: f["file_name"]),
+    )
     metrics = compute_metrics(world, ledger, {r["identity"]: r for r in people})
     computed = covered_periods(ledger)
-    _write_csv(out / "metrics.csv", ("metric_code", "period_type", "period_start", "period_end", "geography_level",
-                                     "geography_code", "is_final", "final_on", "numerator", "denominator", "value"),
-               metrics)
-    _write_csv(out / "cohorts.csv", ("cohort", "measure", "key", "value"),
-               compute_cohorts(ledger, {r["identity"]: r for r in people}))
+    _write_csv(
+        out / "metrics.csv",
+        (
+            "metric_code",
+            "period_type",
+            "period_start",
+            "period_end",
+            "geography_level",
+            "geography_code",
+            "is_final",
+            "final_on",
+            "numerator",
+            "denominator",
+            "value",
+        ),
+        metrics,
+    )
+    _write_csv(
+        out / "cohorts.csv",
+        ("cohort", "measure", "key", "value"),
+        compute_cohorts(ledger, {r["identity"]: r for r in people}),
+    )
     alive_65 = sum(1 for p in world.people if p.age_on(date(2024, 6, 30)) >= 65)
     in_window = [s for s in world.spells if s.admidate >= WINDOW_START]
-    financial_year = {r["metric_code"]: r["value"] for r in metrics
-                      if r["period_type"] == "financial_year" and r["geography_level"] == "area"}
+    financial_year = {
+        r["metric_code"]: r["value"]
+        for r in metrics
+        if r["period_type"] == "financial_year" and r["geography_level"] == "area"
+    }
     summary = {
         "population": world.population,
         "seed": world.seed,
@@ -135,12 +175,21 @@ def write_answer_key(world: World, ledger: Ledger, out: Path) -> dict:
         "councils": list(world.councils),
         # Periods whose metrics the platform must not compute (a sender's files do not cover them wholly): it
         # names them in reporting.period_coverage instead.
-        "periods_not_computed": [f"{period_type} {start.isoformat()}" for period_type, start, _end in periods()
-                                 if (period_type, start) not in computed],
+        "periods_not_computed": [
+            f"{period_type} {start.isoformat()}"
+            for period_type, start, _end in periods()
+            if (period_type, start) not in computed
+        ],
         "metrics_2024_25_by_council": {
-            council: {r["metric_code"]: r["value"] for r in metrics if r["period_type"] == "financial_year"
-                      and r["geography_level"] == "local_authority" and r["geography_code"] == council}
-            for council in world.councils},
+            council: {
+                r["metric_code"]: r["value"]
+                for r in metrics
+                if r["period_type"] == "financial_year"
+                and r["geography_level"] == "local_authority"
+                and r["geography_code"] == council
+            }
+            for council in world.councils
+        },
     }
     (out / "world.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

@@ -69,8 +69,14 @@ SELF_FUNDED = "NFA: Self-funded client or under 12wk disregard"
 PER_100K = 100_000
 AREA = "area"  # the whole platform's geography_code (marts.md v2)
 
-METRICS = ("emergency_admissions", "care_home_admissions_65", "reablement_91_days_65", "delayed_discharge_days",
-           "falls_admissions_65", "emergency_readmissions_30d")
+METRICS = (
+    "emergency_admissions",
+    "care_home_admissions_65",
+    "reablement_91_days_65",
+    "delayed_discharge_days",
+    "falls_admissions_65",
+    "emergency_readmissions_30d",
+)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -119,8 +125,11 @@ def covered_periods(ledger: Ledger) -> set[tuple[str, date]]:
             else:
                 runs.append([first, last])
         joined[sender] = runs
-    return {(period_type, start) for period_type, start, end in periods()
-            if joined and all(any(a <= start and end <= b for a, b in runs) for runs in joined.values())}
+    return {
+        (period_type, start)
+        for period_type, start, end in periods()
+        if joined and all(any(a <= start and end <= b for a, b in runs) for runs in joined.values())
+    }
 
 
 def age_on(birth: tuple[int, int], on: date) -> int:
@@ -168,13 +177,13 @@ class SpellFact:
 class ServiceFact:
     identity: str
     locality: str | None
-    council: str          # the council whose cld file sent it (LA_Code)
+    council: str  # the council whose cld file sent it (LA_Code)
     birth: tuple[int, int]
     service_type: str
     component: str
     start: date
-    end: date | None      # as the latest submission says
-    outcome: str | None   # as the latest submission says
+    end: date | None  # as the latest submission says
+    outcome: str | None  # as the latest submission says
 
 
 def spell_facts(ledger: Ledger, people: dict[str, dict]) -> list[SpellFact]:
@@ -182,14 +191,23 @@ def spell_facts(ledger: Ledger, people: dict[str, dict]) -> list[SpellFact]:
     for number, (identity, spell) in enumerate(ledger.loaded_spells):
         first = spell.episodes[0]
         birth = spell.person.birth
-        facts.append(SpellFact(
-            number=number, identity=identity, locality=people[identity]["locality_code"] or None,
-            birth=(birth.year, birth.month), admidate=spell.admidate, disdate=spell.disdate,
-            emergency=spell.admimeth in EMERGENCY,
-            discharged_alive=spell.disdate is not None and spell.dismeth not in ("4", "5") and spell.disdest != "79",
-            ready=spell.discharge_ready_date,
-            primary=first.diagnoses[0] if first.diagnoses else "", others=tuple(first.diagnoses[1:]),
-        ))
+        facts.append(
+            SpellFact(
+                number=number,
+                identity=identity,
+                locality=people[identity]["locality_code"] or None,
+                birth=(birth.year, birth.month),
+                admidate=spell.admidate,
+                disdate=spell.disdate,
+                emergency=spell.admimeth in EMERGENCY,
+                discharged_alive=spell.disdate is not None
+                and spell.dismeth not in ("4", "5")
+                and spell.disdest != "79",
+                ready=spell.discharge_ready_date,
+                primary=first.diagnoses[0] if first.diagnoses else "",
+                others=tuple(first.diagnoses[1:]),
+            )
+        )
     return facts
 
 
@@ -199,14 +217,21 @@ def service_facts(ledger: Ledger, people: dict[str, dict]) -> list[ServiceFact]:
         if event.event_type != "Service":
             continue
         birth = event.person.birth
-        facts.append(ServiceFact(
-            identity=identity, locality=people[identity]["locality_code"] or None,
-            council=event.person.lsoa.la_code, birth=(birth.year, birth.month),
-            service_type=event.service_type or "", component=event.component or "", start=event.start,
-            end=event.end if event.end and event.end <= latest_file else None,
-            outcome=event.outcome if (event.end and event.end <= latest_file) or event.outcome == SELF_FUNDED
-            else "Continuation of support or services",
-        ))
+        facts.append(
+            ServiceFact(
+                identity=identity,
+                locality=people[identity]["locality_code"] or None,
+                council=event.person.lsoa.la_code,
+                birth=(birth.year, birth.month),
+                service_type=event.service_type or "",
+                component=event.component or "",
+                start=event.start,
+                end=event.end if event.end and event.end <= latest_file else None,
+                outcome=event.outcome
+                if (event.end and event.end <= latest_file) or event.outcome == SELF_FUNDED
+                else "Continuation of support or services",
+            )
+        )
     return facts
 
 
@@ -229,14 +254,22 @@ def emergency_admissions(spells: list[SpellFact]) -> list[Contribution]:
 
 
 def falls_admissions_65(spells: list[SpellFact]) -> list[Contribution]:
-    return [Contribution(s.admidate, s.locality, 1) for s in spells
-            if s.emergency and age_on(s.birth, s.admidate) >= 65 and is_injury(s.primary)
-            and any(is_fall(c) for c in s.others)]
+    return [
+        Contribution(s.admidate, s.locality, 1)
+        for s in spells
+        if s.emergency
+        and age_on(s.birth, s.admidate) >= 65
+        and is_injury(s.primary)
+        and any(is_fall(c) for c in s.others)
+    ]
 
 
 def delayed_discharge_days(spells: list[SpellFact]) -> list[Contribution]:
-    return [Contribution(s.disdate, s.locality, (s.disdate - s.ready).days) for s in spells
-            if s.disdate is not None and s.ready is not None and s.ready < s.disdate]
+    return [
+        Contribution(s.disdate, s.locality, (s.disdate - s.ready).days)
+        for s in spells
+        if s.disdate is not None and s.ready is not None and s.ready < s.disdate
+    ]
 
 
 def _emergency_admissions_by_identity(spells: list[SpellFact]) -> dict[str, list[tuple[date, int]]]:
@@ -253,14 +286,16 @@ def emergency_readmissions_30d(spells: list[SpellFact]) -> list[Contribution]:
     for s in spells:
         if not s.discharged_alive:
             continue
-        readmitted = any(0 <= (day - s.disdate).days <= 29 and number != s.number
-                         for day, number in admissions.get(s.identity, ()))
+        readmitted = any(
+            0 <= (day - s.disdate).days <= 29 and number != s.number for day, number in admissions.get(s.identity, ())
+        )
         out.append(Contribution(s.disdate, s.locality, int(readmitted), 1))
     return out
 
 
-def reablement_91_days_65(spells: list[SpellFact], services: list[ServiceFact],
-                          deaths: dict[str, date]) -> list[Contribution]:
+def reablement_91_days_65(
+    spells: list[SpellFact], services: list[ServiceFact], deaths: dict[str, date]
+) -> list[Contribution]:
     admissions = _emergency_admissions_by_identity(spells)
     reablement: dict[str, list[date]] = {}
     care_homes: dict[str, list[date]] = {}
@@ -333,8 +368,9 @@ def compute_metrics(world: World, ledger: Ledger, people: dict[str, dict]) -> li
     spells = spell_facts(ledger, people)
     services = service_facts(ledger, people)
     computed = covered_periods(ledger)
-    deaths = {identity: date.fromisoformat(row["date_of_death"]) for identity, row in people.items()
-              if row["date_of_death"]}
+    deaths = {
+        identity: date.fromisoformat(row["date_of_death"]) for identity, row in people.items() if row["date_of_death"]
+    }
     contributions = {
         "emergency_admissions": (emergency_admissions(spells), "population", 0),
         "care_home_admissions_65": (care_home_admissions_65(services), "population", 65),
@@ -343,8 +379,9 @@ def compute_metrics(world: World, ledger: Ledger, people: dict[str, dict]) -> li
         "falls_admissions_65": (falls_admissions_65(spells), "population", 65),
         "emergency_readmissions_30d": (emergency_readmissions_30d(spells), "percent", None),
     }
-    geographies = ([("area", AREA)] + [("local_authority", c) for c in councils]
-                   + [("locality", code) for code in localities])
+    geographies = (
+        [("area", AREA)] + [("local_authority", c) for c in councils] + [("locality", code) for code in localities]
+    )
 
     def in_place(c: Contribution, level: str, code: str) -> bool:
         if level == "area":
@@ -361,7 +398,7 @@ def compute_metrics(world: World, ledger: Ledger, people: dict[str, dict]) -> li
         for period_type, start, end in periods():
             if (period_type, start) not in computed:
                 continue
-            chosen = items[bisect.bisect_left(days, start):bisect.bisect_right(days, end)]
+            chosen = items[bisect.bisect_left(days, start) : bisect.bisect_right(days, end)]
             length = (end - start).days + 1
             final_on = end + timedelta(days=FOLLOW_UP_DAYS.get(code, 0))
             for level, geography in geographies:
@@ -376,15 +413,24 @@ def compute_metrics(world: World, ledger: Ledger, people: dict[str, dict]) -> li
                     denominator = population.get((start.year, level, geography, min_age), 0)
                     denominator *= length if kind == "population_days" else 1
                     scale = PER_100K
-                rows.append({
-                    "metric_code": code, "period_type": period_type, "period_start": start.isoformat(),
-                    "period_end": end.isoformat(), "geography_level": level,
-                    "geography_code": geography, "is_final": "true" if final_on <= WINDOW_END else "false",
-                    "final_on": final_on.isoformat(), "numerator": numerator, "denominator": denominator,
-                    "value": "" if denominator == 0 else _value(numerator, denominator, scale),
-                })
-    rows.sort(key=lambda r: (r["metric_code"], r["period_type"], r["period_start"], r["geography_level"],
-                             r["geography_code"]))
+                rows.append(
+                    {
+                        "metric_code": code,
+                        "period_type": period_type,
+                        "period_start": start.isoformat(),
+                        "period_end": end.isoformat(),
+                        "geography_level": level,
+                        "geography_code": geography,
+                        "is_final": "true" if final_on <= WINDOW_END else "false",
+                        "final_on": final_on.isoformat(),
+                        "numerator": numerator,
+                        "denominator": denominator,
+                        "value": "" if denominator == 0 else _value(numerator, denominator, scale),
+                    }
+                )
+    rows.sort(
+        key=lambda r: (r["metric_code"], r["period_type"], r["period_start"], r["geography_level"], r["geography_code"])
+    )
     return rows
 
 
@@ -416,8 +462,10 @@ def compute_cohorts(ledger: Ledger, people: dict[str, dict]) -> list[dict]:
         contacts.setdefault(identity, []).append((event.start, end))
 
     def known_before(identity: str, admitted: date) -> bool:
-        return any(start < admitted and (end is None or (admitted - end).days <= 365)
-                   for start, end in contacts.get(identity, ()))
+        return any(
+            start < admitted and (end is None or (admitted - end).days <= 365)
+            for start, end in contacts.get(identity, ())
+        )
 
     rows: list[dict] = []
 

@@ -19,8 +19,14 @@ from pophealth.synth.world import HISTORY_START, WINDOW_END, WINDOW_START, Event
 #: The contract's columns as the sources write them, in their order (the feeds' declarations).
 GP_REGISTER_WRITTEN, APC_WRITTEN, CLD_WRITTEN = (FEEDS_BY_NAME[f].written for f in ("gp_register", "apc", "cld"))
 
-CLD_PERIOD_ENDS = (date(2024, 6, 30), date(2024, 9, 30), date(2024, 12, 31), date(2025, 3, 31),
-                   date(2025, 6, 30), date(2025, 9, 30))
+CLD_PERIOD_ENDS = (
+    date(2024, 6, 30),
+    date(2024, 9, 30),
+    date(2024, 12, 31),
+    date(2025, 3, 31),
+    date(2025, 6, 30),
+    date(2025, 9, 30),
+)
 POPULATION_YEARS = (2023, 2024, 2025)
 #: How the trusts deliver their hospital extracts: a file a month (the spells finished in it, the open ones in the
 #: last); one file for the whole window; or cumulative year-to-date files every month (each a superset of the last,
@@ -92,8 +98,8 @@ class IdentityFacts:
     apc: bool = False
     cld: bool = False
     gp_death: date | None = None
-    cld_death: date | None = None    # the latest Date_of_Death on its loaded social care rows
-    apc_death: date | None = None    # the disdate of a loaded spell that ended in death (dismeth 4)
+    cld_death: date | None = None  # the latest Date_of_Death on its loaded social care rows
+    apc_death: date | None = None  # the disdate of a loaded spell that ended in death (dismeth 4)
 
 
 @dataclass
@@ -102,7 +108,7 @@ class Ledger:
 
     files: list[dict] = field(default_factory=list)
     identities: dict[str, IdentityFacts] = field(default_factory=dict)
-    loaded_spells: list[tuple[str, Spell]] = field(default_factory=list)      # (identity, spell)
+    loaded_spells: list[tuple[str, Spell]] = field(default_factory=list)  # (identity, spell)
     loaded_events: list[tuple[str, Event, date]] = field(default_factory=list)  # (identity, event, latest file)
     # (feed, provider, first day, last day) that each written file's rows cover, as the loader reads it
     # (pophealth.ingest.load.COVERAGE_START): the answer key's metrics are those of the periods every sender covers.
@@ -149,9 +155,16 @@ class _Writer:
         # Rows of people with an opt-out are loaded (kept for their direct care) and counted apart: the marts
         # build leaves them out of every secondary use (contract v2).
         read = fates["loaded"] + fates["quarantined"] + fates["opted_out"]
-        self.ledger.files.append({"file_name": name, "feed": feed, "rows_read": read,
-                                  "rows_loaded": fates["loaded"] + fates["opted_out"],
-                                  "rows_quarantined": fates["quarantined"], "rows_opted_out": fates["opted_out"]})
+        self.ledger.files.append(
+            {
+                "file_name": name,
+                "feed": feed,
+                "rows_read": read,
+                "rows_loaded": fates["loaded"] + fates["opted_out"],
+                "rows_quarantined": fates["quarantined"],
+                "rows_opted_out": fates["opted_out"],
+            }
+        )
 
     # -- reference data ---------------------------------------------------------------------------------------
     def reference(self) -> None:
@@ -159,17 +172,35 @@ class _Writer:
         # a world of several councils names each postcode's council.
         several = len(self.world.councils) > 1
         header = ("postcode", "lsoa_code", "locality_code", "locality_name") + (("la_code",) if several else ())
-        rows = [(postcode, lsoa.code, lsoa.locality_code, lsoa.locality_name) + ((lsoa.la_code,) if several else ())
-                for locality in self.world.localities for lsoa in locality.lsoas for postcode in lsoa.postcodes]
-        self.write("ref_postcode_lookup.csv", "ref_postcode_lookup", header, rows,
-                   {"loaded": len(rows), "quarantined": 0, "opted_out": 0})
+        rows = [
+            (postcode, lsoa.code, lsoa.locality_code, lsoa.locality_name) + ((lsoa.la_code,) if several else ())
+            for locality in self.world.localities
+            for lsoa in locality.lsoas
+            for postcode in lsoa.postcodes
+        ]
+        self.write(
+            "ref_postcode_lookup.csv",
+            "ref_postcode_lookup",
+            header,
+            rows,
+            {"loaded": len(rows), "quarantined": 0, "opted_out": 0},
+        )
         for year in POPULATION_YEARS:
             counts = population_counts(self.world, year)
-            estimates = [(lsoa.code, sex, age, counts.get((lsoa.code, sex, age), 0))
-                         for locality in self.world.localities for lsoa in locality.lsoas
-                         for sex in ("1", "2") for age in range(91)]
-            self.write(f"ref_population_{year}.csv", "ref_population", ("lsoa_code", "sex", "age", "population"),
-                       estimates, {"loaded": len(estimates), "quarantined": 0, "opted_out": 0})
+            estimates = [
+                (lsoa.code, sex, age, counts.get((lsoa.code, sex, age), 0))
+                for locality in self.world.localities
+                for lsoa in locality.lsoas
+                for sex in ("1", "2")
+                for age in range(91)
+            ]
+            self.write(
+                f"ref_population_{year}.csv",
+                "ref_population",
+                ("lsoa_code", "sex", "age", "population"),
+                estimates,
+                {"loaded": len(estimates), "quarantined": 0, "opted_out": 0},
+            )
 
     # -- opt-outs ---------------------------------------------------------------------------------------------
     def optouts(self) -> None:
@@ -177,8 +208,13 @@ class _Writer:
         self.rng.shuffle(numbers)
         invalid = [invalidate(n) for n in self.world.extra_optout_numbers[:2]]
         rows = [(self.spelled(n),) for n in numbers] + [(n,) for n in invalid]
-        self.write(f"optouts_{WINDOW_END:%Y%m%d}.csv", "optouts", ("nhs_number",), rows,
-                   {"loaded": len(numbers), "quarantined": len(invalid), "opted_out": 0})
+        self.write(
+            f"optouts_{WINDOW_END:%Y%m%d}.csv",
+            "optouts",
+            ("nhs_number",),
+            rows,
+            {"loaded": len(numbers), "quarantined": len(invalid), "opted_out": 0},
+        )
 
     # -- the GP register ------------------------------------------------------------------------------------------
     def gp_register(self) -> None:
@@ -192,8 +228,18 @@ class _Writer:
             if person.death and person.death < WINDOW_START:
                 continue
             number = invalidate(person.nhs_number) if person.gp_number_invalid else person.nhs_number
-            rows.append((self.spelled(number), _iso(person.birth), person.sex, person.postcode, person.practice,
-                         _iso(person.registration_start), _iso(person.registration_end), _iso(person.death)))
+            rows.append(
+                (
+                    self.spelled(number),
+                    _iso(person.birth),
+                    person.sex,
+                    person.postcode,
+                    person.practice,
+                    _iso(person.registration_start),
+                    _iso(person.registration_end),
+                    _iso(person.death),
+                )
+            )
             if person.gp_number_invalid:
                 fates["quarantined"] += 1
             elif person.opted_out:
@@ -248,9 +294,14 @@ class _Writer:
         """Year-to-date files only: a few emergency spells are first sent as elective in the file of the month they
         finished, and corrected in every later file of the year (a late correction inside a cumulative file)."""
         last_of_year = date(period.year + (period.month >= 4), 3, 31)
-        return (self.delivery == "ytd" and spell.emergency and spell.disdate is not None
-                and month_end(spell.disdate) == period and period < min(last_of_year, WINDOW_END)
-                and int(spell.spell_id[-3:]) % 7 == 0)
+        return (
+            self.delivery == "ytd"
+            and spell.emergency
+            and spell.disdate is not None
+            and month_end(spell.disdate) == period
+            and period < min(last_of_year, WINDOW_END)
+            and int(spell.spell_id[-3:]) % 7 == 0
+        )
 
     def _apc_file(self, procode: str, period: date, spells: list[tuple[Spell, date | None]]) -> None:
         rows = []
@@ -270,15 +321,27 @@ class _Writer:
                 ready = spell.discharge_ready_date
                 ready = ready if as_at is None or (ready and ready <= as_at) else None
                 row = {
-                    "epikey": f"{spell.spell_id}{order:02d}", "spell_id": spell.spell_id, "nhs_number": written,
-                    "nhs_number_status": "01", "date_of_birth": _iso(person.birth), "sex": person.sex,
-                    "postcode": person.postcode, "gp_practice_code": person.apc_practice, "procode": spell.procode,
-                    "admidate": _iso(spell.admidate), "disdate": _iso(spell.disdate if finished else None),
-                    "epistart": _iso(episode.epistart), "epiend": _iso(epiend), "epiorder": str(order),
+                    "epikey": f"{spell.spell_id}{order:02d}",
+                    "spell_id": spell.spell_id,
+                    "nhs_number": written,
+                    "nhs_number_status": "01",
+                    "date_of_birth": _iso(person.birth),
+                    "sex": person.sex,
+                    "postcode": person.postcode,
+                    "gp_practice_code": person.apc_practice,
+                    "procode": spell.procode,
+                    "admidate": _iso(spell.admidate),
+                    "disdate": _iso(spell.disdate if finished else None),
+                    "epistart": _iso(episode.epistart),
+                    "epiend": _iso(epiend),
+                    "epiorder": str(order),
                     "admimeth": "11" if self._mistaken(spell, period) else spell.admimeth,
-                    "admisorc": spell.admisorc, "disdest": spell.disdest if finished else "98",
-                    "dismeth": spell.dismeth if finished else "8", "classpat": spell.classpat,
-                    "mainspef": spell.mainspef, "tretspef": spell.mainspef,
+                    "admisorc": spell.admisorc,
+                    "disdest": spell.disdest if finished else "98",
+                    "dismeth": spell.dismeth if finished else "8",
+                    "classpat": spell.classpat,
+                    "mainspef": spell.mainspef,
+                    "tretspef": spell.mainspef,
                     "discharge_ready_date": _iso(ready),
                 }
                 row.update({f"diag_{i:02d}": code for i, code in enumerate(diagnoses, start=1)})
@@ -287,8 +350,9 @@ class _Writer:
                     fates["opted_out"] += 1
                 else:
                     fates["loaded"] += 1
-                    self.ledger.loaded(identity, "apc", person,
-                                       spell.disdate if finished and spell.dismeth == "4" else None)
+                    self.ledger.loaded(
+                        identity, "apc", person, spell.disdate if finished and spell.dismeth == "4" else None
+                    )
         self.write(f"apc_{procode}_{period:%Y%m%d}.csv", "apc", APC_WRITTEN, rows, fates)
         if rows:  # from the first discharge (or, with none, the first episode end) in the file, to its period end
             disdate_at, epiend_at = APC_WRITTEN.index("disdate"), APC_WRITTEN.index("epiend")
@@ -306,8 +370,10 @@ class _Writer:
             self._council_cld(council)
 
     def _council_cld(self, council: str) -> None:
-        events = sorted((e for e in self.world.events if e.person.lsoa.la_code == council),
-                        key=lambda e: (e.person.index, e.start, e.event_type))
+        events = sorted(
+            (e for e in self.world.events if e.person.lsoa.la_code == council),
+            key=lambda e: (e.person.index, e.start, e.event_type),
+        )
         last_file: dict[int, date] = {}
         period_ends = list(CLD_PERIOD_ENDS)
         if self.delivery == "ytd":
@@ -324,7 +390,8 @@ class _Writer:
                 if event.start > period_end:
                     continue
                 if event.start < period_start and not (
-                        event.event_type == "Service" and (event.end is None or event.end >= period_start)):
+                    event.event_type == "Service" and (event.end is None or event.end >= period_start)
+                ):
                     continue
                 rows.append(self._cld_row(event, council, period_start, period_end, release1, f"{file_number}-{n}"))
                 person = event.person
@@ -332,8 +399,9 @@ class _Writer:
                     fates["opted_out"] += 1
                     continue
                 fates["loaded"] += 1
-                identity = (f"nhs:{person.nhs_number}" if person.cld_number == "valid"
-                            else f"la:{council}|{person.local_id}")
+                identity = (
+                    f"nhs:{person.nhs_number}" if person.cld_number == "valid" else f"la:{council}|{person.local_id}"
+                )
                 death = person.death if person.death and person.death <= period_end else None
                 self.ledger.loaded(identity, "cld", person, death)
                 last_file[id(event)] = period_end
@@ -343,12 +411,14 @@ class _Writer:
         for event in events:
             if id(event) in last_file:
                 person = event.person
-                identity = (f"nhs:{person.nhs_number}" if person.cld_number == "valid"
-                            else f"la:{council}|{person.local_id}")
+                identity = (
+                    f"nhs:{person.nhs_number}" if person.cld_number == "valid" else f"la:{council}|{person.local_id}"
+                )
                 self.ledger.loaded_events.append((identity, event, last_file[id(event)]))
 
-    def _cld_row(self, event: Event, council: str, period_start: date, period_end: date, release1: bool,
-                 reference: str) -> list:
+    def _cld_row(
+        self, event: Event, council: str, period_start: date, period_end: date, release1: bool, reference: str
+    ) -> list:
         person = event.person
 
         def value(v):
@@ -360,22 +430,35 @@ class _Writer:
         death = person.death if person.death and person.death <= period_end else None
         gender = {"1": "Male", "2": "Female"}.get(person.sex, "Other")
         row = {
-            "LA_Code": council, "Reporting_Period_Start_Date": _iso(period_start),
-            "Reporting_Period_End_Date": _iso(period_end), "Client_Type": value(event.client_type),
-            "LA_Person_Unique_Identifier": person.local_id, "NHS_Number": self.spelled(number) if number else "",
-            "Gender": gender, "Ethnicity": ETHNICITY[person.index % len(ETHNICITY)],
+            "LA_Code": council,
+            "Reporting_Period_Start_Date": _iso(period_start),
+            "Reporting_Period_End_Date": _iso(period_end),
+            "Client_Type": value(event.client_type),
+            "LA_Person_Unique_Identifier": person.local_id,
+            "NHS_Number": self.spelled(number) if number else "",
+            "Gender": gender,
+            "Ethnicity": ETHNICITY[person.index % len(ETHNICITY)],
             "Date_of_Birth": _iso(person.birth),
-            "Date_of_Death": _iso(death), "Postcode": person.postcode, "Primary_Support_Reason": event.support_reason,
-            "Accommodation_Status": event.accommodation, "Event_Type": event.event_type, "Event_Reference": reference,
-            "Event_Start_Date": _iso(event.start), "Event_End_Date": _iso(end),
+            "Date_of_Death": _iso(death),
+            "Postcode": person.postcode,
+            "Primary_Support_Reason": event.support_reason,
+            "Accommodation_Status": event.accommodation,
+            "Event_Type": event.event_type,
+            "Event_Reference": reference,
+            "Event_Start_Date": _iso(event.start),
+            "Event_End_Date": _iso(end),
             # An open service's outcome is not known yet, except that the council already knows who pays.
             "Event_Outcome": value(event.outcome)
             if (end or event.event_type != "Service" or event.outcome == SELF_FUNDED)
             else value("Continuation of support or services"),
-            "Request_Route_of_Access": value(event.route), "Assessment_Type": event.assessment_type or "",
-            "Service_Type": value(event.service_type), "Service_Component": event.component or "",
-            "Delivery_Mechanism": value(event.delivery), "Review_Reason": event.review_reason or "",
-            "Unit_Cost": event.unit_cost or "", "Cost_Frequency_Unit_Type": event.cost_unit or "",
+            "Request_Route_of_Access": value(event.route),
+            "Assessment_Type": event.assessment_type or "",
+            "Service_Type": value(event.service_type),
+            "Service_Component": event.component or "",
+            "Delivery_Mechanism": value(event.delivery),
+            "Review_Reason": event.review_reason or "",
+            "Unit_Cost": event.unit_cost or "",
+            "Cost_Frequency_Unit_Type": event.cost_unit or "",
             "Planned_units_per_week": event.units or "",
         }
         return [row[c] for c in CLD_WRITTEN]

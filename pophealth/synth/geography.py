@@ -32,18 +32,24 @@ DISTRICTS = (
 # The councils of Mid and South Essex and the localities each plans by (code, name, thousands, postcode area).
 COUNCILS = {
     "E10000012": ("Essex", DISTRICTS),
-    "E06000033": ("Southend-on-Sea", (
-        ("SOS_WEST", "West", 45, "SS"),
-        ("SOS_WEST_CENTRAL", "West Central", 45, "SS"),
-        ("SOS_EAST_CENTRAL", "East Central", 45, "SS"),
-        ("SOS_EAST", "East", 45, "SS"),
-    )),
-    "E06000034": ("Thurrock", (
-        ("GRAYS", "Grays", 55, "RM"),
-        ("TILBURY", "Tilbury and Chadwell", 35, "RM"),
-        ("STANFORD-LE-HOPE", "Stanford-le-Hope and Corringham", 45, "SS"),
-        ("AVELEY_OCKENDON", "Aveley, South Ockendon and Purfleet", 40, "RM"),
-    )),
+    "E06000033": (
+        "Southend-on-Sea",
+        (
+            ("SOS_WEST", "West", 45, "SS"),
+            ("SOS_WEST_CENTRAL", "West Central", 45, "SS"),
+            ("SOS_EAST_CENTRAL", "East Central", 45, "SS"),
+            ("SOS_EAST", "East", 45, "SS"),
+        ),
+    ),
+    "E06000034": (
+        "Thurrock",
+        (
+            ("GRAYS", "Grays", 55, "RM"),
+            ("TILBURY", "Tilbury and Chadwell", 35, "RM"),
+            ("STANFORD-LE-HOPE", "Stanford-le-Hope and Corringham", 45, "SS"),
+            ("AVELEY_OCKENDON", "Aveley, South Ockendon and Purfleet", 40, "RM"),
+        ),
+    ),
 }
 MID_AND_SOUTH_ESSEX = ("E10000012", "E06000033", "E06000034")
 

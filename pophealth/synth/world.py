@@ -19,33 +19,186 @@ from datetime import date, timedelta
 from pophealth.contract.identifiers import nhs_check_digit
 from pophealth.synth.geography import AREA_CODE, Locality, Lsoa, build_geography
 
-HISTORY_START = date(2023, 7, 1)   # social care history starts here: the first rolling 12-month file is whole
-WINDOW_START = date(2024, 4, 1)    # hospital extracts cover the window
-WINDOW_END = date(2025, 9, 30)     # the as-of date
+HISTORY_START = date(2023, 7, 1)  # social care history starts here: the first rolling 12-month file is whole
+WINDOW_START = date(2024, 4, 1)  # hospital extracts cover the window
+WINDOW_END = date(2025, 9, 30)  # the as-of date
 PROVIDERS = ("RAJ", "RDE", "RQW")
 
 # Age profile at 2023-07-01 (5-year bands from 0-4 to 100-104), Essex-like: about 20% aged 65 and over
 # and 8.4% aged 76 and over by mid-2024.
-AGE_BAND_SHARES = (0.056, 0.060, 0.058, 0.055, 0.053, 0.058, 0.060, 0.061, 0.062, 0.068, 0.072, 0.068,
-                   0.060, 0.060, 0.047, 0.035, 0.025, 0.016, 0.007, 0.0017, 0.0003)
+AGE_BAND_SHARES = (
+    0.056,
+    0.060,
+    0.058,
+    0.055,
+    0.053,
+    0.058,
+    0.060,
+    0.061,
+    0.062,
+    0.068,
+    0.072,
+    0.068,
+    0.060,
+    0.060,
+    0.047,
+    0.035,
+    0.025,
+    0.016,
+    0.007,
+    0.0017,
+    0.0003,
+)
 
 # Which trust a locality mostly uses.
 HOME_PROVIDER = {
-    "E07000066": "RAJ", "E07000069": "RAJ", "E07000075": "RAJ", "E07000068": "RAJ", "E07000070": "RAJ",
-    "E07000074": "RAJ", "E07000071": "RDE", "E07000076": "RDE", "E07000067": "RDE",
-    "E07000072": "RQW", "E07000073": "RQW", "E07000077": "RQW",
+    "E07000066": "RAJ",
+    "E07000069": "RAJ",
+    "E07000075": "RAJ",
+    "E07000068": "RAJ",
+    "E07000070": "RAJ",
+    "E07000074": "RAJ",
+    "E07000071": "RDE",
+    "E07000076": "RDE",
+    "E07000067": "RDE",
+    "E07000072": "RQW",
+    "E07000073": "RQW",
+    "E07000077": "RQW",
 }
 
-HFRS_CODES = ("F00", "G81", "G30", "I69", "R29", "N39", "F05", "W19", "S00", "R31", "B96", "R41", "R26", "I67",
-              "R56", "R40", "T83", "S06", "S42", "E87", "M25", "E86", "R54", "Z50", "F03", "W18", "Z75", "F01",
-              "S80", "L03", "H54", "E53", "Z60", "G20", "R55", "S22", "K59", "N17", "L89", "Z22", "B95", "L97",
-              "R44", "K26", "I95", "N19", "A41", "Z87", "J96", "X59", "M19", "G40", "M81", "S72", "S32", "E16",
-              "R94", "N18", "R33", "R69", "N28", "R32", "G31", "Y95", "S09", "R45", "G45", "Z74", "M79", "W06",
-              "S01", "A04", "A09", "J18", "J69", "R47", "E55", "Z93", "R02", "R63", "H91", "W10", "W01", "E05",
-              "M41", "R13", "Z99", "U80", "M80", "K92", "I63", "N20", "F10", "Y84", "R00", "J22", "Z73", "R79",
-              "Z91", "S51", "F32", "M48", "E83", "M15", "D64", "L08", "R11", "K52", "R50")
-EMERGENCY_PRIMARY = ("J18.9", "N39.0", "I50.0", "J44.1", "I63.9", "R55", "R06.0", "K59.0", "A41.9", "E86",
-                     "I21.9", "R07.4", "L03.1", "J22", "F05.9", "R29.6", "R41.0", "K92.2", "N17.9", "R10.4")
+HFRS_CODES = (
+    "F00",
+    "G81",
+    "G30",
+    "I69",
+    "R29",
+    "N39",
+    "F05",
+    "W19",
+    "S00",
+    "R31",
+    "B96",
+    "R41",
+    "R26",
+    "I67",
+    "R56",
+    "R40",
+    "T83",
+    "S06",
+    "S42",
+    "E87",
+    "M25",
+    "E86",
+    "R54",
+    "Z50",
+    "F03",
+    "W18",
+    "Z75",
+    "F01",
+    "S80",
+    "L03",
+    "H54",
+    "E53",
+    "Z60",
+    "G20",
+    "R55",
+    "S22",
+    "K59",
+    "N17",
+    "L89",
+    "Z22",
+    "B95",
+    "L97",
+    "R44",
+    "K26",
+    "I95",
+    "N19",
+    "A41",
+    "Z87",
+    "J96",
+    "X59",
+    "M19",
+    "G40",
+    "M81",
+    "S72",
+    "S32",
+    "E16",
+    "R94",
+    "N18",
+    "R33",
+    "R69",
+    "N28",
+    "R32",
+    "G31",
+    "Y95",
+    "S09",
+    "R45",
+    "G45",
+    "Z74",
+    "M79",
+    "W06",
+    "S01",
+    "A04",
+    "A09",
+    "J18",
+    "J69",
+    "R47",
+    "E55",
+    "Z93",
+    "R02",
+    "R63",
+    "H91",
+    "W10",
+    "W01",
+    "E05",
+    "M41",
+    "R13",
+    "Z99",
+    "U80",
+    "M80",
+    "K92",
+    "I63",
+    "N20",
+    "F10",
+    "Y84",
+    "R00",
+    "J22",
+    "Z73",
+    "R79",
+    "Z91",
+    "S51",
+    "F32",
+    "M48",
+    "E83",
+    "M15",
+    "D64",
+    "L08",
+    "R11",
+    "K52",
+    "R50",
+)
+EMERGENCY_PRIMARY = (
+    "J18.9",
+    "N39.0",
+    "I50.0",
+    "J44.1",
+    "I63.9",
+    "R55",
+    "R06.0",
+    "K59.0",
+    "A41.9",
+    "E86",
+    "I21.9",
+    "R07.4",
+    "L03.1",
+    "J22",
+    "F05.9",
+    "R29.6",
+    "R41.0",
+    "K92.2",
+    "N17.9",
+    "R10.4",
+)
 ELECTIVE_PRIMARY = ("K80.2", "H25.9", "M17.1", "C50.9", "Z51.1", "K40.9", "N40", "M16.1", "C18.7", "I25.1")
 FALL_INJURIES = ("S72.0", "S72.1", "S42.2", "S06.0", "S22.4", "S32.5", "S52.5", "S00.8", "S01.0", "T14.0")
 FALL_CAUSES = ("W19", "W01", "W10", "W06", "W18", "W05")
@@ -62,15 +215,15 @@ class Person:
     postcode: str
     practice: str
     frailty: float
-    local_id: str                          # the council's id, used only if the person reaches social care
+    local_id: str  # the council's id, used only if the person reaches social care
     registered: bool = True
     registration_start: date | None = None
     registration_end: date | None = None
     death: date | None = None
     died_in_hospital: bool = False
     opted_out: bool = False
-    gp_number_invalid: bool = False        # the register holds a mistyped number for them
-    cld_number: str = "valid"              # valid, missing or invalid on every social care row
+    gp_number_invalid: bool = False  # the register holds a mistyped number for them
+    cld_number: str = "valid"  # valid, missing or invalid on every social care row
 
     @property
     def apc_practice(self) -> str:
@@ -79,9 +232,13 @@ class Person:
 
     def on_register_at(self, day: date) -> bool:
         """On the GP register, alive and not opted out on `day`: the people risk stratification ranks."""
-        return (self.registered and not self.opted_out and not self.gp_number_invalid
-                and (self.registration_end is None or self.registration_end > day)
-                and (self.death is None or self.death > day))
+        return (
+            self.registered
+            and not self.opted_out
+            and not self.gp_number_invalid
+            and (self.registration_end is None or self.registration_end > day)
+            and (self.death is None or self.death > day)
+        )
 
     def age_on(self, day: date) -> int:
         return day.year - self.birth.year - ((day.month, day.day) < (self.birth.month, self.birth.day))
@@ -100,7 +257,7 @@ class Spell:
     procode: str
     spell_id: str
     admidate: date
-    disdate: date | None                   # None: not finished at the end of the window
+    disdate: date | None  # None: not finished at the end of the window
     admimeth: str
     episodes: list[Episode]
     dismeth: str
@@ -108,7 +265,7 @@ class Spell:
     classpat: str
     mainspef: str
     discharge_ready_date: date | None = None
-    invalid_number: bool = False           # every episode carries a mistyped NHS number
+    invalid_number: bool = False  # every episode carries a mistyped NHS number
     admisorc: str = "19"
 
     @property
@@ -192,14 +349,14 @@ EMERGENCY_RATE = ((18, 0.040), (45, 0.034), (65, 0.055), (75, 0.16), (85, 0.37),
 ELECTIVE_RATE = ((18, 0.03), (65, 0.07), (200, 0.14))
 DEATH_RATE = ((50, 0.00035), (65, 0.002), (75, 0.006), (85, 0.019), (200, 0.056))
 FALL_SHARE = ((65, 0.0018), (75, 0.0069), (85, 0.0116), (200, 0.0224))  # of emergency spells, x frailty / 1.5
-EARLY_READMISSION = 0.065          # chance of an emergency readmission within 30 days, x frailty
-REABLEMENT_SHARE = 0.11            # of people aged 65+ discharged home alive after an emergency spell
+EARLY_READMISSION = 0.065  # chance of an emergency readmission within 30 days, x frailty
+REABLEMENT_SHARE = 0.11  # of people aged 65+ discharged home alive after an emergency spell
 REABLEMENT_SUCCESS = ((75, 0.87), (85, 0.84), (200, 0.79))  # at home 91 days later (England 2014/15)
-CARE_HOME_FROM_HOSPITAL = 0.0055   # per emergency discharge aged 75+, x frailty
+CARE_HOME_FROM_HOSPITAL = 0.0055  # per emergency discharge aged 75+, x frailty
 CARE_HOME_FROM_COMMUNITY = 0.0023  # per person aged 65+ over the history, x frailty
-DELAYED_SHARE = 0.19               # of emergency spells aged 65+ staying 3 days or more
+DELAYED_SHARE = 0.19  # of emergency spells aged 65+ staying 3 days or more
 SELF_FUNDED_SHARE = 0.1
-NO_PRACTICE = "V81999"             # the national code for "registered practice not known"
+NO_PRACTICE = "V81999"  # the national code for "registered practice not known"
 SELF_FUNDED = "NFA: Self-funded client or under 12wk disregard"
 
 
@@ -228,20 +385,28 @@ class _Simulation:
     def person(self, index: int, number: str) -> Person:
         """One person as they are at the start of the history (who they are, where, how frail)."""
         rng = self.rng
-        band = min(bisect.bisect(self.cumulative_age, rng.random() * self.cumulative_age[-1]),
-                   len(AGE_BAND_SHARES) - 1)
+        band = min(bisect.bisect(self.cumulative_age, rng.random() * self.cumulative_age[-1]), len(AGE_BAND_SHARES) - 1)
         age = band * 5 + rng.randrange(5)
         birth = _days(HISTORY_START, -(age * 365.25 + rng.randrange(1, 365)))
         sex = "2" if rng.random() < (0.5 if age < 65 else 0.55 if age < 85 else 0.65) else "1"
         if rng.random() < 0.0005:
             sex = "9"
-        locality = self.localities[min(bisect.bisect(self.cumulative_place, rng.random() * self.cumulative_place[-1]),
-                                       len(self.localities) - 1)]
+        locality = self.localities[
+            min(
+                bisect.bisect(self.cumulative_place, rng.random() * self.cumulative_place[-1]), len(self.localities) - 1
+            )
+        ]
         lsoa = rng.choice(locality.lsoas)
         frailty = rng.lognormvariate(-0.18, 0.6)
         person = Person(
-            index=index, nhs_number=number, birth=birth, sex=sex, lsoa=lsoa,
-            postcode=rng.choice(lsoa.postcodes), practice=rng.choice(locality.practices), frailty=frailty,
+            index=index,
+            nhs_number=number,
+            birth=birth,
+            sex=sex,
+            lsoa=lsoa,
+            postcode=rng.choice(lsoa.postcodes),
+            practice=rng.choice(locality.practices),
+            frailty=frailty,
             local_id=f"EC{(index * 7919 + 104729) % 10_000_000:07d}",
         )
         person.registered = rng.random() > 0.015
@@ -274,7 +439,7 @@ class _Simulation:
         self.in_care_home = False
         self._social_care_at_start(person, age, frail)
         t = HISTORY_START
-        readmission: date | None = None   # an emergency readmission already decided on
+        readmission: date | None = None  # an emergency readmission already decided on
         no_emergency_before = t
         while True:
             age_now = person.age_on(t)
@@ -295,8 +460,12 @@ class _Simulation:
             t = spell.disdate
             if emergency and person.age_on(t) >= 65:
                 readmission, no_emergency_before = self._after_discharge(person, spell)
-            if (emergency and readmission is None and no_emergency_before <= t
-                    and rng.random() < EARLY_READMISSION * min(frail, 4.0)):
+            if (
+                emergency
+                and readmission is None
+                and no_emergency_before <= t
+                and rng.random() < EARLY_READMISSION * min(frail, 4.0)
+            ):
                 readmission = _days(t, rng.randrange(30))
             if readmission is not None and readmission > self.until:
                 readmission = None
@@ -391,8 +560,21 @@ class _Simulation:
             disdest = "85" if self.in_care_home else rng.choices(("19", "51", "29"), (96, 3, 1))[0]
         else:
             dismeth, disdest = "8", "98"
-        spell = Spell(person, procode, spell_id, admission, discharge if finished else None, admimeth, episodes,
-                      dismeth, disdest, classpat, mainspef, ready, invalid_number=rng.random() < 0.003)
+        spell = Spell(
+            person,
+            procode,
+            spell_id,
+            admission,
+            discharge if finished else None,
+            admimeth,
+            episodes,
+            dismeth,
+            disdest,
+            classpat,
+            mainspef,
+            ready,
+            invalid_number=rng.random() < 0.003,
+        )
         spell.admisorc = "85" if self.in_care_home else rng.choices(("19", "51", "29"), (96, 3, 1))[0]
         self.spells.append(spell)
         return spell
@@ -423,22 +605,55 @@ class _Simulation:
         if 18 <= age < 80 and rng.random() < 0.008:
             start = _days(HISTORY_START, rng.randrange(800))
             if start <= until:
-                self._add(Event(person, "Assessment", _days(start, -14), _days(start, -7),
-                                "Progress to support planning or services", client_type="Unpaid carer",
-                                assessment_type="Long term assessment", support_reason="Support to carer"))
-                self._add(Event(person, "Service", start, _days(start, 90 + rng.randrange(200)),
-                                "NFA: Support ended as planned", client_type="Unpaid carer",
-                                service_type="Unpaid carer support: Direct to unpaid carer", component="Direct payment",
-                                delivery="Direct payment", unit_cost="250.00", cost_unit="One-off",
-                                support_reason="Support to carer"))
+                self._add(
+                    Event(
+                        person,
+                        "Assessment",
+                        _days(start, -14),
+                        _days(start, -7),
+                        "Progress to support planning or services",
+                        client_type="Unpaid carer",
+                        assessment_type="Long term assessment",
+                        support_reason="Support to carer",
+                    )
+                )
+                self._add(
+                    Event(
+                        person,
+                        "Service",
+                        start,
+                        _days(start, 90 + rng.randrange(200)),
+                        "NFA: Support ended as planned",
+                        client_type="Unpaid carer",
+                        service_type="Unpaid carer support: Direct to unpaid carer",
+                        component="Direct payment",
+                        delivery="Direct payment",
+                        unit_cost="250.00",
+                        cost_unit="One-off",
+                        support_reason="Support to carer",
+                    )
+                )
         # Contacts that end in information and advice, or elsewhere.
         if age >= 18 and rng.random() < (0.006 if age < 65 else 0.02 * min(frail, 4.0)):
             start = _days(HISTORY_START, rng.randrange(822))
             if start <= until:
-                self._add(Event(person, "Request", start, start, rng.choice((
-                    "NFA: Information and advice or signposting", "NFA: Information and advice or signposting",
-                    "NFA: Referral to NHS services or NHS funded social care", "NFA: Support declined")),
-                    route="Community / Other route"))
+                self._add(
+                    Event(
+                        person,
+                        "Request",
+                        start,
+                        start,
+                        rng.choice(
+                            (
+                                "NFA: Information and advice or signposting",
+                                "NFA: Information and advice or signposting",
+                                "NFA: Referral to NHS services or NHS funded social care",
+                                "NFA: Support declined",
+                            )
+                        ),
+                        route="Community / Other route",
+                    )
+                )
         share = 0.004 if age < 65 else 0.02 if age < 75 else 0.06 if age < 85 else 0.18
         if rng.random() < share * min(frail, 4.0) / 1.5:
             started = _days(HISTORY_START, -rng.randrange(30, 1500))
@@ -451,21 +666,54 @@ class _Simulation:
     def _long_term_community(self, person: Person, start: date, with_pathway: bool) -> None:
         rng = self.rng
         if with_pathway:
-            self._add(Event(person, "Request", _days(start, -21), _days(start, -21),
-                            "Progress to assessment, review or reassessment", route="Community / Other route"))
-            self._add(Event(person, "Assessment", _days(start, -10), _days(start, -3),
-                            "Progress to support planning or services", assessment_type="Long term assessment"))
-        self._add(Event(person, "Service", start, None, "Continuation of support or services",
-                        service_type="Long term support: Community", component="Home support or domiciliary care",
-                        delivery=rng.choice(("CASSR commissioned support", "Direct payment",
-                                             "CASSR managed personal budget")),
-                        unit_cost=f"{rng.choice((19.5, 21.0, 23.4)):.2f}", cost_unit="Hourly",
-                        units=str(rng.choice((5, 7, 10, 14, 21)))))
+            self._add(
+                Event(
+                    person,
+                    "Request",
+                    _days(start, -21),
+                    _days(start, -21),
+                    "Progress to assessment, review or reassessment",
+                    route="Community / Other route",
+                )
+            )
+            self._add(
+                Event(
+                    person,
+                    "Assessment",
+                    _days(start, -10),
+                    _days(start, -3),
+                    "Progress to support planning or services",
+                    assessment_type="Long term assessment",
+                )
+            )
+        self._add(
+            Event(
+                person,
+                "Service",
+                start,
+                None,
+                "Continuation of support or services",
+                service_type="Long term support: Community",
+                component="Home support or domiciliary care",
+                delivery=rng.choice(("CASSR commissioned support", "Direct payment", "CASSR managed personal budget")),
+                unit_cost=f"{rng.choice((19.5, 21.0, 23.4)):.2f}",
+                cost_unit="Hourly",
+                units=str(rng.choice((5, 7, 10, 14, 21))),
+            )
+        )
         review = _days(start, 365)
         while review <= self.until:
             if review >= HISTORY_START:
-                self._add(Event(person, "Review", review, review, "Continuation of support or services",
-                                review_reason="Planned review"))
+                self._add(
+                    Event(
+                        person,
+                        "Review",
+                        review,
+                        review,
+                        "Continuation of support or services",
+                        review_reason="Planned review",
+                    )
+                )
             review = _days(review, 365)
 
     def _after_discharge(self, person: Person, spell: Spell) -> tuple[date | None, date]:
@@ -492,14 +740,38 @@ class _Simulation:
         start = _days(discharge, offset)
         if start > self.until:
             return None, discharge
-        self._add(Event(person, "Request", min(start, discharge), min(start, discharge),
-                        "Progress to reablement/ST-Max", route="Discharge from hospital"))
+        self._add(
+            Event(
+                person,
+                "Request",
+                min(start, discharge),
+                min(start, discharge),
+                "Progress to reablement/ST-Max",
+                route="Discharge from hospital",
+            )
+        )
         end = _days(start, 14 + rng.randrange(29))
-        self._add(Event(person, "Service", start, end if end <= self.until else None,
-                        rng.choice(("NFA: Support ended as planned", "NFA: Support ended as planned",
-                                    "Progress to support planning or services")),
-                        service_type="Short term support: ST-Max", component="Reablement",
-                        delivery="CASSR commissioned support", unit_cost="0.00", cost_unit="Weekly", units="0"))
+        self._add(
+            Event(
+                person,
+                "Service",
+                start,
+                end if end <= self.until else None,
+                rng.choice(
+                    (
+                        "NFA: Support ended as planned",
+                        "NFA: Support ended as planned",
+                        "Progress to support planning or services",
+                    )
+                ),
+                service_type="Short term support: ST-Max",
+                component="Reablement",
+                delivery="CASSR commissioned support",
+                unit_cost="0.00",
+                cost_unit="Weekly",
+                units="0",
+            )
+        )
         if rng.random() < _by_age(REABLEMENT_SUCCESS, person.age_on(discharge)):
             # At home 91 days later: no emergency admission, no care home and no death in days 1-91.
             window = (_days(discharge, 1), _days(discharge, 91))
@@ -511,7 +783,7 @@ class _Simulation:
         failure = rng.random()
         day = _days(discharge, 1 + rng.randrange(91))
         if failure < 0.65:
-            return day, discharge            # readmitted as an emergency
+            return day, discharge  # readmitted as an emergency
         if failure < 0.85:
             self._die(person, day)
         elif day <= self.until:
@@ -522,19 +794,44 @@ class _Simulation:
         rng = self.rng
         self.in_care_home = True
         nursing = rng.random() < 0.35
-        self._add(Event(person, "Request", _days(start, -14), _days(start, -14),
-                        "Progress to assessment, review or reassessment", route=route))
-        self._add(Event(person, "Assessment", _days(start, -7), _days(start, -1),
-                        "Progress to support planning or services", assessment_type="Long term assessment"))
+        self._add(
+            Event(
+                person,
+                "Request",
+                _days(start, -14),
+                _days(start, -14),
+                "Progress to assessment, review or reassessment",
+                route=route,
+            )
+        )
+        self._add(
+            Event(
+                person,
+                "Assessment",
+                _days(start, -7),
+                _days(start, -1),
+                "Progress to support planning or services",
+                assessment_type="Long term assessment",
+            )
+        )
         self_funded = rng.random() < SELF_FUNDED_SHARE
         self._close_open_services(person, _days(start, -1), outcome="NFA: Support ended for other reason")
-        self._add(Event(person, "Service", start, _days(start, 84) if self_funded else None,
-                        SELF_FUNDED if self_funded else "Continuation of support or services",
-                        service_type=("Long term support: Nursing care" if nursing
-                                      else "Long term support: Residential care"),
-                        component="Long term nursing care" if nursing else "Long term residential care",
-                        delivery="CASSR commissioned support", unit_cost=f"{900 + rng.randrange(400)}.00",
-                        cost_unit="Weekly", units="1", accommodation="Registered care home"))
+        self._add(
+            Event(
+                person,
+                "Service",
+                start,
+                _days(start, 84) if self_funded else None,
+                SELF_FUNDED if self_funded else "Continuation of support or services",
+                service_type=("Long term support: Nursing care" if nursing else "Long term support: Residential care"),
+                component="Long term nursing care" if nursing else "Long term residential care",
+                delivery="CASSR commissioned support",
+                unit_cost=f"{900 + rng.randrange(400)}.00",
+                cost_unit="Weekly",
+                units="1",
+                accommodation="Registered care home",
+            )
+        )
 
     def _close_open_services(self, person: Person, on: date, outcome: str) -> None:
         for event in self._mine:
@@ -576,13 +873,12 @@ class _Simulation:
             if len(people) + extra >= len(numbers):
                 raise RuntimeError("not enough NHS numbers drawn for this population")  # about 1 in 7 is spare
             person = self.person(len(people), numbers[len(people)])
-            self._keys: set = set()      # this person's unique event keys
+            self._keys: set = set()  # this person's unique event keys
             self._mine: list[Event] = []  # this person's events, until death or moving away settles them
             self.live(person)
             people.append(person)
             registered += person.on_register_at(WINDOW_END)
-        return World(self.population, self.seed, self.localities, people, self.spells, self.events,
-                     numbers[-extra:])
+        return World(self.population, self.seed, self.localities, people, self.spells, self.events, numbers[-extra:])
 
 
 def generate_world(population: int, seed: int, councils: tuple[str, ...] = (AREA_CODE,)) -> World:

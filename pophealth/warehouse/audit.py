@@ -26,8 +26,10 @@ REFUSED = ["gate_failed", "rejected", "failed"]
 def latest_refusals(conn: psycopg.Connection, feed: str | None = None) -> list[dict]:
     """Per feed, provider and period, the latest delivery when it was refused (gate failed, rejected) or crashed
     (failed): a later good or duplicate delivery resolves it. Of one feed, or of all."""
-    return conn.cursor(row_factory=dict_row).execute(
-        """
+    return (
+        conn.cursor(row_factory=dict_row)
+        .execute(
+            """
         WITH latest AS (
             SELECT DISTINCT ON (feed, provider, period_end) load_id, feed, provider, period_end, file_name, status,
                    message
@@ -36,7 +38,11 @@ def latest_refusals(conn: psycopg.Connection, feed: str | None = None) -> list[d
             ORDER BY feed, provider, period_end, load_id DESC
         )
         SELECT * FROM latest WHERE status = ANY(%s) ORDER BY load_id
-        """, (UNDECIDED, feed, feed, REFUSED)).fetchall()
+        """,
+            (UNDECIDED, feed, feed, REFUSED),
+        )
+        .fetchall()
+    )
 
 
 def blocking_loads() -> list[dict]:
@@ -69,5 +75,8 @@ def newest_published_load() -> int | None:
 def last_marts_publication() -> dict | None:
     """The latest publication of the marts (audit.marts_publication): when, by which run, built on which load."""
     with db.connect() as conn:
-        return conn.cursor(row_factory=dict_row).execute(
-            "SELECT * FROM audit.marts_publication ORDER BY publication_id DESC LIMIT 1").fetchone()
+        return (
+            conn.cursor(row_factory=dict_row)
+            .execute("SELECT * FROM audit.marts_publication ORDER BY publication_id DESC LIMIT 1")
+            .fetchone()
+        )

@@ -122,8 +122,11 @@ SECRET_NAME = re.compile(r"KEY|PASSW|SECRET|TOKEN|CREDENTIAL|_CONN|DATABASE_URL|
 
 def server_environment(environ: dict[str, str]) -> dict[str, str]:
     """What of `environ` the embedded server may see: the allow-list and the locale, never a secret."""
-    return {name: value for name, value in environ.items()
-            if (name in SERVER_ENVIRONMENT or name.startswith("LC_")) and not SECRET_NAME.search(name)}
+    return {
+        name: value
+        for name, value in environ.items()
+        if (name in SERVER_ENVIRONMENT or name.startswith("LC_")) and not SECRET_NAME.search(name)
+    }
 
 
 @contextmanager

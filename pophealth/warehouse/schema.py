@@ -39,7 +39,8 @@ def optout_list_in_force(conn: psycopg.Connection) -> tuple[int, date] | None:
     """(load_id, period_end) of the published opt-out list, the one in force; None before the first."""
     return conn.execute(
         """SELECT load_id, period_end FROM audit.load WHERE feed = 'optouts' AND status = 'published'
-           ORDER BY period_end DESC, load_id DESC LIMIT 1""").fetchone()
+           ORDER BY period_end DESC, load_id DESC LIMIT 1"""
+    ).fetchone()
 
 
 def warehouse_key_version(conn: psycopg.Connection) -> str | None:
@@ -51,7 +52,8 @@ def warehouse_key_version(conn: psycopg.Connection) -> str | None:
         return rotated[0]
     first = conn.execute(
         """SELECT key_version FROM audit.load WHERE status IN ('published', 'superseded') AND key_version IS NOT NULL
-           ORDER BY load_id LIMIT 1""").fetchone()
+           ORDER BY load_id LIMIT 1"""
+    ).fetchone()
     return first[0] if first else None
 
 
@@ -77,15 +79,18 @@ def apply_reidentification_rules(conn: psycopg.Connection) -> None:
     purposes = reidentification_purposes()
     conn.execute("DELETE FROM vault.reidentification_purpose WHERE NOT (purpose = ANY(%s))", (list(purposes),))
     for code, description in purposes.items():
-        conn.execute("""INSERT INTO vault.reidentification_purpose (purpose, description) VALUES (%s, %s)
-                        ON CONFLICT (purpose) DO UPDATE SET description = EXCLUDED.description""", (code, description))
+        conn.execute(
+            """INSERT INTO vault.reidentification_purpose (purpose, description) VALUES (%s, %s)
+                        ON CONFLICT (purpose) DO UPDATE SET description = EXCLUDED.description""",
+            (code, description),
+        )
     per_request = _positive_setting(config.ENV_REIDENTIFY_MAX_PEOPLE, PEOPLE_PER_REQUEST)
     per_day = _positive_setting(config.ENV_REIDENTIFY_DAILY_PEOPLE, PEOPLE_PER_LOGIN_PER_DAY)
-    conn.execute("""INSERT INTO vault.reidentification_limit (people_per_request, people_per_login_per_day,
+    conn.execute(
+        """INSERT INTO vault.reidentification_limit (people_per_request, people_per_login_per_day,
                                                               most_people_with_approval) VALUES (%s, %s, %s)
                     ON CONFLICT (only_row) DO UPDATE SET people_per_request = EXCLUDED.people_per_request,
                         people_per_login_per_day = EXCLUDED.people_per_login_per_day,
                         most_people_with_approval = EXCLUDED.most_people_with_approval""",
-                 (per_request, per_day, max(MOST_PEOPLE_WITH_APPROVAL, per_request)))
-
-
+        (per_request, per_day, max(MOST_PEOPLE_WITH_APPROVAL, per_request)),
+    )

@@ -24,13 +24,18 @@ TEST_KEY = "5a" * 32
 #: The vault's key pair: the pipeline's processes get the public key only; the private key is given to the
 #: re-identification and rotation calls that need it (`with_vault_private_key`).
 TEST_VAULT_PRIVATE_KEY = "c3" * 32
-TEST_VAULT_PUBLIC_KEY = __import__("pophealth.identity.keys", fromlist=["VaultPrivateKey"]).VaultPrivateKey(
-    bytes.fromhex(TEST_VAULT_PRIVATE_KEY)).public_hex()
+TEST_VAULT_PUBLIC_KEY = (
+    __import__("pophealth.identity.keys", fromlist=["VaultPrivateKey"])
+    .VaultPrivateKey(bytes.fromhex(TEST_VAULT_PRIVATE_KEY))
+    .public_hex()
+)
 TEST_SECONDARY_USE_KEY = "e7" * 32
 TEST_DIRECT_CARE_KEY = "d4" * 32
 #: The two purpose keys (pophealth/identity/purposes.py) every test process that builds the marts needs.
-PURPOSE_KEYS_ENV = {"POPHEALTH_SECONDARY_USE_KEY": TEST_SECONDARY_USE_KEY,
-                    "POPHEALTH_DIRECT_CARE_KEY": TEST_DIRECT_CARE_KEY}
+PURPOSE_KEYS_ENV = {
+    "POPHEALTH_SECONDARY_USE_KEY": TEST_SECONDARY_USE_KEY,
+    "POPHEALTH_DIRECT_CARE_KEY": TEST_DIRECT_CARE_KEY,
+}
 POPULATION = 2000  # large enough that, with the seed below, every metric and cohort is non-empty (800 was not)
 SEED = 20241
 
@@ -56,8 +61,13 @@ class World:
     # The timeout only catches a hang: the whole run of the DAGs on 2,000 people, beside the test command's other
     # processes on a shared 2-core machine, once took more than 25 minutes (issue 19), so an hour.
     def pophealth(self, *args: str, check: bool = False, timeout: int = 3600) -> subprocess.CompletedProcess:
-        proc = subprocess.run([sys.executable, "-m", "pophealth.cli", *args], env=self.env, capture_output=True,
-                              text=True, timeout=timeout)
+        proc = subprocess.run(
+            [sys.executable, "-m", "pophealth.cli", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         if check and proc.returncode != 0:
             raise AssertionError(f"pophealth {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
         return proc
@@ -103,13 +113,15 @@ RUN = textwrap.dedent(
 @dataclass
 class BuiltWarehouse:
     """A small warehouse with its marts built (marts_built_from), for tests that work with it as its users do."""
+
     url: str
     landing: Path
     env: dict[str, str]
 
     def pophealth(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "pophealth.cli", *args], env=self.env, capture_output=True,
-                              text=True, timeout=300)
+        return subprocess.run(
+            [sys.executable, "-m", "pophealth.cli", *args], env=self.env, capture_output=True, text=True, timeout=300
+        )
 
     def as_role(self, role: str, autocommit: bool = True):
         import psycopg
@@ -124,8 +136,13 @@ class BuiltWarehouse:
         return psycopg.connect(self.url, autocommit=True)
 
     def python(self, code: str, *args: str) -> subprocess.CompletedProcess:
-        proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], env=self.env,
-                              capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(code), *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         return proc
 
@@ -141,16 +158,25 @@ def published_id(purpose: str, transit: str) -> str:
     from pophealth.identity.keys import DirectCareKey, SecondaryUseKey
     from pophealth.identity.purposes import PurposeKeyring
 
-    ring = PurposeKeyring({"secondary_use": SecondaryUseKey.from_hex(TEST_SECONDARY_USE_KEY, "test"),
-                           "direct_care": DirectCareKey.from_hex(TEST_DIRECT_CARE_KEY, "test")})
+    ring = PurposeKeyring(
+        {
+            "secondary_use": SecondaryUseKey.from_hex(TEST_SECONDARY_USE_KEY, "test"),
+            "direct_care": DirectCareKey.from_hex(TEST_DIRECT_CARE_KEY, "test"),
+        }
+    )
     return ring.id_for(purpose, transit)
 
 
 def isolated_env(home: Path, key: str = TEST_KEY) -> dict[str, str]:
     """The environment of a pophealth process whose state lives under `home`, with the test keys."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("POPHEALTH_", "AIRFLOW"))}
-    env.update(POPHEALTH_HOME=str(home / "state"), POPHEALTH_LINKAGE_KEY=key,
-               POPHEALTH_VAULT_PUBLIC_KEY=TEST_VAULT_PUBLIC_KEY, PYTHONPATH=str(REPO), **PURPOSE_KEYS_ENV)
+    env.update(
+        POPHEALTH_HOME=str(home / "state"),
+        POPHEALTH_LINKAGE_KEY=key,
+        POPHEALTH_VAULT_PUBLIC_KEY=TEST_VAULT_PUBLIC_KEY,
+        PYTHONPATH=str(REPO),
+        **PURPOSE_KEYS_ENV,
+    )
     return env
 
 
@@ -162,9 +188,24 @@ def with_vault_private_key(env: dict[str, str]) -> dict[str, str]:
 def synth_world(home: Path, population: int, seed: int) -> Path:
     """Generate a synthetic landing folder under `home`; returns it."""
     landing = home / "landing"
-    subprocess.run([sys.executable, "-m", "pophealth.cli", "synth", "--population", str(population), "--seed",
-                    str(seed), "--out", str(landing)], env=isolated_env(home), check=True, capture_output=True,
-                   timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pophealth.cli",
+            "synth",
+            "--population",
+            str(population),
+            "--seed",
+            str(seed),
+            "--out",
+            str(landing),
+        ],
+        env=isolated_env(home),
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     return landing
 
 
@@ -184,11 +225,17 @@ def break_one_hospital_file(landing: Path) -> Path:
 def marts_built_from(landing: Path, home: Path, key: str, timeout: int) -> Iterator[str]:
     """Load `landing` into an embedded warehouse under `home` and build the marts; yields its URL, then stops it."""
     env = isolated_env(home, key)
-    proc = subprocess.run([sys.executable, "-c", RUN, str(landing)], env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-c", RUN, str(landing)], env=env, capture_output=True, text=True, timeout=timeout
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    url = subprocess.run([sys.executable, "-m", "pophealth.cli", "db", "url"], env=env, capture_output=True,
-                         text=True, check=True).stdout.strip().splitlines()[-1]
+    url = (
+        subprocess.run(
+            [sys.executable, "-m", "pophealth.cli", "db", "url"], env=env, capture_output=True, text=True, check=True
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     try:
         yield url
     finally:
@@ -202,8 +249,18 @@ COUNCILS = "E10000012,E06000033,E06000034"
 def make_world(tmp_path_factory, name: str) -> World:
     home = tmp_path_factory.mktemp(name)
     world = World(home=home, landing=home / "landing", key_dir=home / "keys", env=isolated_env(home))
-    world.pophealth("synth", "--population", str(POPULATION), "--seed", str(SEED), "--out", str(world.landing),
-                    "--councils", COUNCILS, check=True)
+    world.pophealth(
+        "synth",
+        "--population",
+        str(POPULATION),
+        "--seed",
+        str(SEED),
+        "--out",
+        str(world.landing),
+        "--councils",
+        COUNCILS,
+        check=True,
+    )
     return world
 
 

@@ -24,12 +24,17 @@ class Inbox:
 
     def env(self) -> dict[str, str]:
         """The settings that send a failed task's notification here (pophealth/operate/notify.py)."""
-        return {"POPHEALTH_NOTIFY_WEBHOOK": f"http://127.0.0.1:{self.webhook_port}/pophealth",
-                "POPHEALTH_NOTIFY_EMAIL": RECIPIENT,
-                "AIRFLOW__SMTP__SMTP_HOST": "127.0.0.1", "AIRFLOW__SMTP__SMTP_PORT": str(self.smtp_port),
-                "AIRFLOW__SMTP__SMTP_STARTTLS": "False", "AIRFLOW__SMTP__SMTP_SSL": "False",
-                "AIRFLOW__SMTP__SMTP_MAIL_FROM": "pophealth@example.org", "AIRFLOW__SMTP__SMTP_RETRY_LIMIT": "0",
-                "AIRFLOW__SMTP__SMTP_TIMEOUT": "10"}
+        return {
+            "POPHEALTH_NOTIFY_WEBHOOK": f"http://127.0.0.1:{self.webhook_port}/pophealth",
+            "POPHEALTH_NOTIFY_EMAIL": RECIPIENT,
+            "AIRFLOW__SMTP__SMTP_HOST": "127.0.0.1",
+            "AIRFLOW__SMTP__SMTP_PORT": str(self.smtp_port),
+            "AIRFLOW__SMTP__SMTP_STARTTLS": "False",
+            "AIRFLOW__SMTP__SMTP_SSL": "False",
+            "AIRFLOW__SMTP__SMTP_MAIL_FROM": "pophealth@example.org",
+            "AIRFLOW__SMTP__SMTP_RETRY_LIMIT": "0",
+            "AIRFLOW__SMTP__SMTP_TIMEOUT": "10",
+        }
 
     def wait(self, seconds: float = 30) -> None:
         """Until both a post and an email came, or `seconds` passed."""
@@ -40,8 +45,11 @@ class Inbox:
 
 def _readable(raw: str) -> str:
     message = email.message_from_string(raw)
-    parts = [p.get_payload(decode=True).decode(errors="replace") for p in message.walk()
-             if p.get_content_maintype() == "text"]
+    parts = [
+        p.get_payload(decode=True).decode(errors="replace")
+        for p in message.walk()
+        if p.get_content_maintype() == "text"
+    ]
     return "\n".join([f"{k}: {v}" for k, v in message.items()] + parts)
 
 
@@ -90,4 +98,3 @@ def listening() -> Iterator[Inbox]:
         for server in servers:
             server.shutdown()
             server.server_close()
-

@@ -96,7 +96,8 @@ def test_every_published_table_and_nothing_else_is_readable_by_the_analyst(wareh
         readable = conn.execute(
             """SELECT DISTINCT table_schema FROM information_schema.tables
                WHERE has_table_privilege('analyst', format('%I.%I', table_schema, table_name), 'SELECT')
-                 AND table_schema NOT IN ('pg_catalog', 'information_schema')""").fetchall()
+                 AND table_schema NOT IN ('pg_catalog', 'information_schema')"""
+        ).fetchall()
         unreadable_published = conn.execute(
             """SELECT table_schema || '.' || table_name FROM information_schema.tables
                WHERE table_schema IN ('marts', 'reporting')
@@ -115,9 +116,13 @@ def test_an_ig_auditor_reads_the_audit_schema_only(warehouse):
         assert can(conn, "SELECT * FROM audit.quarantine LIMIT 1")
         assert can(conn, "SELECT * FROM audit.reidentification LIMIT 1")
         assert can(conn, "SELECT * FROM audit.key_rotation LIMIT 1")
-        for refused in ("SELECT * FROM raw.gp_register LIMIT 1", "SELECT * FROM vault.identity LIMIT 1",
-                        "SELECT * FROM marts.person LIMIT 1", "SELECT * FROM vault.reidentify(1)",
-                        "DELETE FROM audit.load"):
+        for refused in (
+            "SELECT * FROM raw.gp_register LIMIT 1",
+            "SELECT * FROM vault.identity LIMIT 1",
+            "SELECT * FROM marts.person LIMIT 1",
+            "SELECT * FROM vault.reidentify(1)",
+            "DELETE FROM audit.load",
+        ):
             assert not can(conn, refused), refused
 
 
@@ -130,8 +135,12 @@ def test_the_loader_writes_raw_and_the_vault_but_reads_neither_marts_nor_ciphert
         assert can(conn, "SELECT count(*) FROM restricted.optout")
         assert can(conn, "SELECT count(*) FROM audit.load")
         conn.rollback()
-        for refused in ("SELECT ciphertext FROM vault.identity LIMIT 1", "SELECT * FROM marts.person LIMIT 1",
-                        "SELECT * FROM audit.reidentification LIMIT 1", "SELECT * FROM vault.reidentify(1)"):
+        for refused in (
+            "SELECT ciphertext FROM vault.identity LIMIT 1",
+            "SELECT * FROM marts.person LIMIT 1",
+            "SELECT * FROM audit.reidentification LIMIT 1",
+            "SELECT * FROM vault.reidentify(1)",
+        ):
             assert not can(conn, refused), refused
             conn.rollback()
 
@@ -141,30 +150,46 @@ def test_the_loader_writes_raw_and_the_vault_but_reads_neither_marts_nor_ciphert
 
 def test_the_reidentifier_can_only_call_the_vault_functions(warehouse):
     with warehouse.as_role("reidentifier") as conn:
-        for refused in ("SELECT * FROM vault.identity LIMIT 1", "SELECT * FROM raw.gp_register LIMIT 1",
-                        "SELECT * FROM marts.person LIMIT 1", "SELECT * FROM audit.reidentification LIMIT 1"):
+        for refused in (
+            "SELECT * FROM vault.identity LIMIT 1",
+            "SELECT * FROM raw.gp_register LIMIT 1",
+            "SELECT * FROM marts.person LIMIT 1",
+            "SELECT * FROM audit.reidentification LIMIT 1",
+        ):
             assert not can(conn, refused), refused
 
 
 def test_reidentification_returns_the_nhs_number_and_is_logged_first(warehouse):
     numbers = linked_numbers(warehouse.landing)[:3]
     wanted = [direct_care_id(n) for n in numbers]
-    proc = warehouse.pophealth("reidentify", *wanted, "--purpose", "case_finding_follow_up",
-                               "--on-behalf-of", "Dr Test, community frailty team")
+    proc = warehouse.pophealth(
+        "reidentify",
+        *wanted,
+        "--purpose",
+        "case_finding_follow_up",
+        "--on-behalf-of",
+        "Dr Test, community frailty team",
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for pid, number in zip(wanted, numbers, strict=False):
         assert f"{pid}  {number}" in proc.stdout
     with warehouse.as_role("ig_auditor") as conn:
         requested_by, purpose, people, found = conn.execute(
             """SELECT requested_by, purpose, person_ids, people_in_vault FROM audit.reidentification
-               ORDER BY request_id DESC LIMIT 1""").fetchone()
-    assert (requested_by, purpose, people, found) == (
-        "reidentifier", "case_finding_follow_up", wanted, 3)
+               ORDER BY request_id DESC LIMIT 1"""
+        ).fetchone()
+    assert (requested_by, purpose, people, found) == ("reidentifier", "case_finding_follow_up", wanted, 3)
 
 
 def test_a_reidentification_without_a_purpose_is_refused(warehouse):
-    proc = warehouse.pophealth("reidentify", direct_care_id(linked_numbers(warehouse.landing)[0]), "--purpose", "x",
-                               "--on-behalf-of", "someone")
+    proc = warehouse.pophealth(
+        "reidentify",
+        direct_care_id(linked_numbers(warehouse.landing)[0]),
+        "--purpose",
+        "x",
+        "--on-behalf-of",
+        "someone",
+    )
     assert proc.returncode == 2
     assert "purpose" in proc.stderr and linked_numbers(warehouse.landing)[0] not in proc.stdout + proc.stderr
 
@@ -172,9 +197,10 @@ def test_a_reidentification_without_a_purpose_is_refused(warehouse):
 def test_a_read_in_the_same_transaction_as_its_request_is_refused(warehouse):
     # Otherwise a rollback would undo the audit row and keep the numbers.
     with warehouse.as_role("reidentifier", autocommit=False) as conn:
-        request = conn.execute("SELECT vault.request_reidentification(%s, %s, %s)",
-                               ([direct_care_id(linked_numbers(warehouse.landing)[0])], "care_coordination",
-                                "nobody")).fetchone()[0]
+        request = conn.execute(
+            "SELECT vault.request_reidentification(%s, %s, %s)",
+            ([direct_care_id(linked_numbers(warehouse.landing)[0])], "care_coordination", "nobody"),
+        ).fetchone()[0]
         with pytest.raises(psycopg.errors.RaiseException, match="not committed"):
             conn.execute("SELECT * FROM vault.reidentify(%s)", (request,)).fetchall()
         conn.rollback()
@@ -182,10 +208,13 @@ def test_a_read_in_the_same_transaction_as_its_request_is_refused(warehouse):
 
 def test_the_reidentification_log_is_append_only_even_for_its_owner(warehouse):
     with warehouse.as_owner() as conn:
-        (rows,), = conn.execute("SELECT count(*) FROM audit.reidentification").fetchall()
+        ((rows,),) = conn.execute("SELECT count(*) FROM audit.reidentification").fetchall()
         assert rows > 0
-        for change in ("UPDATE audit.reidentification SET purpose = 'changed'", "DELETE FROM audit.reidentification",
-                       "TRUNCATE audit.reidentification, audit.reidentification_approval"):
+        for change in (
+            "UPDATE audit.reidentification SET purpose = 'changed'",
+            "DELETE FROM audit.reidentification",
+            "TRUNCATE audit.reidentification, audit.reidentification_approval",
+        ):
             with pytest.raises(errors.InsufficientPrivilege, match="append-only"):
                 conn.execute(change)
     with warehouse.as_role("ig_auditor") as conn:
@@ -199,12 +228,18 @@ def test_the_vault_holds_every_linked_person_encrypted_opted_out_people_included
         with path.open(newline="") as handle:
             optout_numbers += [r["nhs_number"].replace(" ", "").replace("-", "") for r in csv.DictReader(handle)]
     with warehouse.as_owner() as conn:
-        stored = {r[0]: bytes(r[1]) for r in conn.execute(
-            "SELECT pseudonym, ciphertext FROM vault.identity WHERE kind = 'nhs'")}
-        linked = {r[0] for r in conn.execute(
-            "SELECT nhs_number_key FROM raw.gp_register "
-            "UNION SELECT nhs_number_key FROM raw.apc_episode WHERE nhs_number_key IS NOT NULL "
-            "UNION SELECT nhs_number_key FROM raw.cld_event WHERE nhs_number_key IS NOT NULL")}
+        stored = {
+            r[0]: bytes(r[1])
+            for r in conn.execute("SELECT pseudonym, ciphertext FROM vault.identity WHERE kind = 'nhs'")
+        }
+        linked = {
+            r[0]
+            for r in conn.execute(
+                "SELECT nhs_number_key FROM raw.gp_register "
+                "UNION SELECT nhs_number_key FROM raw.apc_episode WHERE nhs_number_key IS NOT NULL "
+                "UNION SELECT nhs_number_key FROM raw.cld_event WHERE nhs_number_key IS NOT NULL"
+            )
+        }
     assert set(stored) == linked
     assert {person_id(n) for n in optout_numbers} & linked <= set(stored)
     assert {person_id(n) for n in optout_numbers} & linked, "the world has opted-out people in its feeds"
@@ -214,12 +249,15 @@ def test_the_vault_holds_every_linked_person_encrypted_opted_out_people_included
 
 # -- a real server's owner is not a superuser ----------------------------------------------------------------
 
+
 def test_an_owner_that_is_not_a_superuser_can_set_up_the_roles_and_work_as_the_loader(tmp_path):
     """On a real PostgreSQL 16 server the warehouse owner has CREATEROLE, not SUPERUSER: `pophealth setup` must
     still leave it able to SET ROLE loader (every load does), without inheriting the loader's rights."""
     env = isolated_env(tmp_path)
-    run = lambda code, env=env: subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,  # noqa: E731
-                                               text=True, timeout=300)
+
+    def run(code: str, env: dict = env) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+
     try:
         started = run("from pophealth.warehouse import db; print(db.warehouse_url())")
         assert started.returncode == 0, started.stderr[-2000:]
@@ -230,15 +268,17 @@ def test_an_owner_that_is_not_a_superuser_can_set_up_the_roles_and_work_as_the_l
         owner = superuser.with_db("owned_warehouse").with_user("pophealth_owner", "-")
         owner = parse_url(owner.url().replace(":-@", ":@"))
         as_owner = {**env, "POPHEALTH_DATABASE_URL": owner.url()}
-        setup = run("from pophealth.warehouse.schema import prepare_warehouse; "
-                    "prepare_warehouse(); prepare_warehouse()",
-                    env=as_owner)
+        setup = run(
+            "from pophealth.warehouse.schema import prepare_warehouse; prepare_warehouse(); prepare_warehouse()",
+            env=as_owner,
+        )
         assert setup.returncode == 0, setup.stderr[-2000:]
         with psycopg.connect(owner.url(), autocommit=True) as conn:
             membership = conn.execute(
                 "SELECT m.inherit_option, m.set_option FROM pg_auth_members m "
                 "JOIN pg_roles r ON r.oid = m.roleid JOIN pg_roles u ON u.oid = m.member "
-                "WHERE r.rolname = 'loader' AND u.rolname = 'pophealth_owner' AND m.set_option").fetchall()
+                "WHERE r.rolname = 'loader' AND u.rolname = 'pophealth_owner' AND m.set_option"
+            ).fetchall()
             assert membership == [(False, True)]
             conn.execute("SET ROLE loader")
             assert conn.execute("SELECT current_user").fetchone() == ("loader",)

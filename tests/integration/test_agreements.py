@@ -75,8 +75,9 @@ def offer(home: Path, landing: Path, template: str, name: str, register: Path) -
     source = next(p for p in sorted(landing.iterdir()) if p.name.startswith(template))
     shutil.copy(source, landing / name)
     env = {**isolated_env(home), agreements.ENV_REGISTER: str(register)}
-    proc = subprocess.run([sys.executable, "-c", STAGE, str(landing / name)], env=env, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", STAGE, str(landing / name)], env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout.strip().splitlines()[-1]
 
@@ -84,7 +85,8 @@ def offer(home: Path, landing: Path, template: str, name: str, register: Path) -
 def audit_of(url: str, name: str) -> tuple:
     with psycopg.connect(url) as conn:
         load_id, status, message, rows_loaded = conn.execute(
-            "SELECT load_id, status, message, rows_loaded FROM audit.load WHERE file_name = %s", (name,)).fetchone()
+            "SELECT load_id, status, message, rows_loaded FROM audit.load WHERE file_name = %s", (name,)
+        ).fetchone()
         stored = conn.execute("SELECT count(*) FROM raw.apc_episode WHERE load_id = %s", (load_id,)).fetchone()[0]
         stored += conn.execute("SELECT count(*) FROM raw.cld_event WHERE load_id = %s", (load_id,)).fetchone()[0]
         stored += conn.execute("SELECT count(*) FROM vault.identity WHERE load_id = %s", (load_id,)).fetchone()[0]
@@ -102,11 +104,13 @@ def test_the_repository_register_covers_every_source_of_the_world_and_its_build_
 
 def test_a_file_from_a_trust_with_no_agreement_is_refused_before_anything_is_stored(warehouse, tmp_path):
     home, landing, url = warehouse
-    register = register_without(tmp_path, lambda entries: entries.remove(
-        next(e for e in entries if e.get("provider") == "RDE")))
+    register = register_without(
+        tmp_path, lambda entries: entries.remove(next(e for e in entries if e.get("provider") == "RDE"))
+    )
     said = offer(home, landing, "apc_RDE_", "apc_RDE_20251031.csv", register)
-    assert said.startswith("REFUSED apc_RDE_20251031.csv: no data sharing agreement for apc from RDE in the data "
-                           "sharing register"), said
+    assert said.startswith(
+        "REFUSED apc_RDE_20251031.csv: no data sharing agreement for apc from RDE in the data sharing register"
+    ), said
     status, message, rows_loaded, stored = audit_of(url, "apc_RDE_20251031.csv")
     assert (status, rows_loaded, stored) == ("rejected", 0, 0)
     assert "no data sharing agreement for apc from RDE" in message
@@ -144,11 +148,18 @@ def test_a_mart_serving_a_purpose_a_source_agreement_does_not_allow_fails_the_bu
     shutil.copytree(REPO / "dbt_project", project, ignore=shutil.ignore_patterns("target", "logs", "dbt_packages"))
     register = agreements.load_register(register_without(tmp_path, no_bcf_reporting_for_rqw))
     (project / "seeds" / "data_sharing_register.csv").write_text(agreements.seed_text(register))
-    proc = subprocess.run([sys.executable, "-c", DBT_BUILD, str(project), str(tmp_path / "target")],
-                          env=isolated_env(home), capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-c", DBT_BUILD, str(project), str(tmp_path / "target")],
+        env=isolated_env(home),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode != 0, proc.stdout[-3000:]
     assert "PURPOSE NOT ALLOWED BY THE DATA SHARING REGISTER" in proc.stdout, proc.stdout[-3000:]
-    assert ("bcf_metrics serves bcf_reporting but uses apc from RQW, whose agreement DSA-ESX-2024-003 v1 allows "
-            "only population_health_management, commissioning_and_planning") in proc.stdout
+    assert (
+        "bcf_metrics serves bcf_reporting but uses apc from RQW, whose agreement DSA-ESX-2024-003 v1 allows "
+        "only population_health_management, commissioning_and_planning"
+    ) in proc.stdout
     # only what RQW's data feeds and that serves bcf_reporting is named; the person spine serves no such purpose
     assert "person serves bcf_reporting" not in proc.stdout

@@ -59,9 +59,13 @@ def test_each_dag_has_its_outcome_and_log_and_a_crash_does_not_stop_the_next(tmp
     for name, text in DAGS.items():
         (dags / name).write_text(textwrap.dedent(text))
     logs = tmp_path / "logs"
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(RUN), str(logs), str(dags),
-                           "lives", "dies", "no_such_dag", "lives"],
-                          env=isolated_env(tmp_path), capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(RUN), str(logs), str(dags), "lives", "dies", "no_such_dag", "lives"],
+        env=isolated_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     said = json.loads(proc.stdout.strip().splitlines()[-1])
     assert said["outcomes"] == [

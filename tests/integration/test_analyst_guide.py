@@ -37,7 +37,7 @@ def examples(text: str) -> list[Example]:
     """Each ```sql block, the section it is in, and the backticked column names of the "Returns:" paragraph after it."""
     found = []
     for match in re.finditer(r"```sql\n(.*?)\n```\n+(.*?)(?:\n\n|\Z)", text, re.S):
-        title = re.findall(r"^## (.+)$", text[:match.start()], re.M)[-1]
+        title = re.findall(r"^## (.+)$", text[: match.start()], re.M)[-1]
         returns = match.group(2)
         assert returns.startswith("Returns:"), f"{title}: say what the query returns, after the block"
         found.append(Example(title, match.group(1), tuple(re.findall(r"`([a-z_0-9]+)`", returns.split(":", 1)[1]))))
@@ -89,26 +89,33 @@ def example_titled(start: str) -> Example:
 def test_the_metric_trend_is_the_answer_keys_month_by_month(warehouse):
     url, answer_key = warehouse
     _, rows = as_analyst(url, example_titled("A metric's trend").sql)
-    expected = [(r["period_start"], int(r["numerator"]), int(r["denominator"]), Decimal(r["value"]))
-                for r in answers(answer_key, "metrics.csv")
-                if (r["metric_code"], r["period_type"], r["geography_level"])
-                == ("emergency_admissions", "month", "area")]
+    expected = [
+        (r["period_start"], int(r["numerator"]), int(r["denominator"]), Decimal(r["value"]))
+        for r in answers(answer_key, "metrics.csv")
+        if (r["metric_code"], r["period_type"], r["geography_level"]) == ("emergency_admissions", "month", "area")
+    ]
     assert [(str(month), int(n), int(d), v) for month, n, d, v in rows] == sorted(expected)
 
 
 def test_the_falls_of_people_known_to_social_care_are_the_answer_keys(warehouse):
     url, answer_key = warehouse
     _, rows = as_analyst(url, example_titled("The people with a fall").sql)
-    cohort = {r["measure"]: int(r["value"]) for r in answers(answer_key, "cohorts.csv")
-              if r["cohort"] == "falls_admissions" and not r["key"]}
+    cohort = {
+        r["measure"]: int(r["value"])
+        for r in answers(answer_key, "cohorts.csv")
+        if r["cohort"] == "falls_admissions" and not r["key"]
+    }
     assert len(rows) == cohort["known_to_social_care_before"] > 0
 
 
 def test_the_delayed_discharges_by_month_add_up_to_the_answer_key(warehouse):
     url, answer_key = warehouse
     _, rows = as_analyst(url, example_titled("Delayed discharges by month").sql)
-    cohort = {r["measure"]: int(r["value"]) for r in answers(answer_key, "cohorts.csv")
-              if r["cohort"] == "delayed_discharges" and not r["key"]}
+    cohort = {
+        r["measure"]: int(r["value"])
+        for r in answers(answer_key, "cohorts.csv")
+        if r["cohort"] == "delayed_discharges" and not r["key"]
+    }
     assert sum(r[1] for r in rows) == cohort["spells"]
     assert sum(r[2] for r in rows) == cohort["days_delayed"]
     assert sum(r[4] for r in rows) == cohort["known_to_social_care"]

@@ -35,8 +35,9 @@ TABLES = ("marts.person", "raw.gp_register", "raw.apc_episode", "raw.cld_event",
 
 
 def _pophealth(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "pophealth.cli", *args], env=env, capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pophealth.cli", *args], env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, f"pophealth {args[0]}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc
 
@@ -52,8 +53,14 @@ def landings(tmp_path_factory) -> tuple[Path, Path, Path, dict[str, str]]:
     summaries = {}
     for path in sorted(identifiable.glob("*.csv")):
         if identify(path).feed in ("gp_register", "apc", "cld"):
-            summaries[path.name] = _pophealth(env, "pseudonymise", str(path), str(pseudonymised),
-                                              "--lookup", str(identifiable / "ref_postcode_lookup.csv")).stdout
+            summaries[path.name] = _pophealth(
+                env,
+                "pseudonymise",
+                str(path),
+                str(pseudonymised),
+                "--lookup",
+                str(identifiable / "ref_postcode_lookup.csv"),
+            ).stdout
         else:
             shutil.copy2(path, pseudonymised)
     return home, identifiable, pseudonymised, summaries
@@ -67,21 +74,25 @@ def _contents(url: str) -> dict[str, list[tuple]]:
             names = [d.name for d in cursor.description]
             kept = [i for i, name in enumerate(names) if name not in NOT_COMPARED]
             contents[table] = [tuple(names[i] for i in kept)] + sorted(
-                (tuple(row[i] for i in kept) for row in cursor), key=repr)
+                (tuple(row[i] for i in kept) for row in cursor), key=repr
+            )
         contents["audit.load"] = conn.execute(
             """SELECT file_name, feed, provider, period_end, status, key_version, rows_read, rows_loaded,
                       rows_quarantined, rows_opted_out, rows_test_range, rows_unlinked, extra_columns
-               FROM audit.load ORDER BY file_name, load_id""").fetchall()
+               FROM audit.load ORDER BY file_name, load_id"""
+        ).fetchall()
         contents["audit.quarantine"] = conn.execute(
             """SELECT l.file_name, q.source_row, q.column_name, q.reason FROM audit.quarantine q
-               JOIN audit.load l USING (load_id) ORDER BY 1, 2""").fetchall()
+               JOIN audit.load l USING (load_id) ORDER BY 1, 2"""
+        ).fetchall()
     return contents
 
 
 def test_the_pseudonymised_files_hold_no_nhs_number_date_of_birth_or_postcode(landings):
     _home, identifiable, pseudonymised, summaries = landings
     assert len(summaries) == len(list(identifiable.glob("gp_register_*.csv"))) + len(
-        list(identifiable.glob("apc_*.csv"))) + len(list(identifiable.glob("cld_*.csv")))
+        list(identifiable.glob("apc_*.csv"))
+    ) + len(list(identifiable.glob("cld_*.csv")))
     for name in summaries:
         header = (pseudonymised / name).read_text().split("\n", 1)[0].lower().split(",")
         assert "person_id" in header and not {"nhs_number", "date_of_birth", "postcode"} & set(header)
@@ -157,8 +168,9 @@ def _refused(keyed_warehouse, path: Path) -> str:
     before = query("SELECT count(*) FROM raw.gp_register")
     with pytest.raises(LoadRefused) as refused:
         stage(path)
-    status, message = query("SELECT status, message FROM audit.load WHERE file_name = %s ORDER BY load_id DESC",
-                            (path.name,))[0]
+    status, message = query(
+        "SELECT status, message FROM audit.load WHERE file_name = %s ORDER BY load_id DESC", (path.name,)
+    )[0]
     assert status == "rejected" and message in str(refused.value)
     assert query("SELECT count(*) FROM raw.gp_register") == before
     assert query("SELECT count(*) FROM pg_tables WHERE schemaname = 'load_batch'") == [(0,)]
@@ -169,8 +181,9 @@ def _refused(keyed_warehouse, path: Path) -> str:
     return message
 
 
-def test_a_file_pseudonymised_at_source_under_another_key_is_refused_whole_naming_both_versions(keyed_warehouse,
-                                                                                               tmp_path):
+def test_a_file_pseudonymised_at_source_under_another_key_is_refused_whole_naming_both_versions(
+    keyed_warehouse, tmp_path
+):
     from pophealth.identity.pseudonymise import Pseudonymiser
     from pophealth.ingest.at_source import pseudonymise_extract
 
@@ -178,8 +191,9 @@ def test_a_file_pseudonymised_at_source_under_another_key_is_refused_whole_namin
     identifiable = home / "identifiable"
     other = Pseudonymiser(LinkageKey.from_hex(OTHER_KEY, "test"))
     folder = _folder(tmp_path, "other", landing)
-    pseudonymise_extract(_register_file(identifiable), folder, identifiable / "ref_postcode_lookup.csv",
-                         pseudonymiser=other)
+    pseudonymise_extract(
+        _register_file(identifiable), folder, identifiable / "ref_postcode_lookup.csv", pseudonymiser=other
+    )
     message = _refused(keyed_warehouse, folder / _register_file(identifiable).name)
     loading = LinkageKey.from_hex(TEST_KEY, "test").version
     assert f"made under linkage key version {other.key_version}" in message
@@ -207,4 +221,5 @@ def test_a_file_pseudonymised_at_source_under_the_loading_key_is_loaded(keyed_wa
     publish(staged.load_id)
     loading = LinkageKey.from_hex(TEST_KEY, "test").version
     assert query("SELECT count(*), min(key_version), max(key_version) FROM raw.gp_register") == [
-        (staged.rows_loaded, loading, loading)]
+        (staged.rows_loaded, loading, loading)
+    ]

@@ -54,8 +54,10 @@ METRICS = {
     "emergency_readmissions_30d": ("Emergency readmissions within 30 days", "percent", BCF_PLACES),
 }
 # Readmissions' September and July-September have follow-up past the as-of date (30 September): provisional.
-PROVISIONAL = {("emergency_readmissions_30d", "month", "2025-09-01"): "2025-10-29",
-               ("emergency_readmissions_30d", "quarter", "2025-07-01"): "2025-10-29"}
+PROVISIONAL = {
+    ("emergency_readmissions_30d", "month", "2025-09-01"): "2025-10-29",
+    ("emergency_readmissions_30d", "quarter", "2025-07-01"): "2025-10-29",
+}
 SUPPRESSED_MONTH = ("emergency_readmissions_30d", COLCHESTER[1], "2025-07-01")
 ZERO_MONTH = ("care_home_admissions_65", COLCHESTER[1], "2025-08-01")
 # The area's own May falls are suppressed: a gap in its trend line, listed under the chart.
@@ -102,11 +104,11 @@ INSERT INTO reporting.period_coverage VALUES
 # The area's quarter a year before its latest final one, chosen so each direction shows (the area's latest
 # final quarter is Jul-Sep 2025 at 684.21, reablement's 82.25; readmissions' is Apr-Jun 2025 at 999.99).
 YEAR_EARLIER = {
-    "emergency_admissions": ("2024-07-01", "2024-09-30", Decimal("700.00")),     # 684.2 < 700.0, lower is better
+    "emergency_admissions": ("2024-07-01", "2024-09-30", Decimal("700.00")),  # 684.2 < 700.0, lower is better
     "care_home_admissions_65": ("2024-07-01", "2024-09-30", Decimal("684.24")),  # shown 684.2 both: same
-    "reablement_91_days_65": ("2024-07-01", "2024-09-30", Decimal("90.00")),     # 82.3 < 90.0, higher is better
-    "delayed_discharge_days": ("2024-07-01", "2024-09-30", Decimal("600.00")),   # 684.2 > 600.0: worse
-    "falls_admissions_65": ("2024-07-01", "2024-09-30", None),                   # suppressed: not comparable
+    "reablement_91_days_65": ("2024-07-01", "2024-09-30", Decimal("90.00")),  # 82.3 < 90.0, higher is better
+    "delayed_discharge_days": ("2024-07-01", "2024-09-30", Decimal("600.00")),  # 684.2 > 600.0: worse
+    "falls_admissions_65": ("2024-07-01", "2024-09-30", None),  # suppressed: not comparable
     "emergency_readmissions_30d": ("2024-04-01", "2024-06-30", Decimal("1000.50")),  # 999.99 < 1,000.5
 }
 
@@ -146,10 +148,24 @@ def bcf_rows():
                     value, numerator = Decimal(0), 0
                 rows.append((code, name, unit, "month", start, end, *place, numerator, 150000, value, suppressed))
             # Two quarters and two financial years: the later of each is reported.
-            rows.append((code, name, unit, "quarter", "2025-04-01", "2025-06-30", *place, 999, 150000,
-                         Decimal("999.99"), False))
-            rows.append((code, name, unit, "financial_year", "2023-04-01", "2024-03-31", *place, 888, 150000,
-                         Decimal("888.88"), False))
+            rows.append(
+                (code, name, unit, "quarter", "2025-04-01", "2025-06-30", *place, 999, 150000, Decimal("999.99"), False)
+            )
+            rows.append(
+                (
+                    code,
+                    name,
+                    unit,
+                    "financial_year",
+                    "2023-04-01",
+                    "2024-03-31",
+                    *place,
+                    888,
+                    150000,
+                    Decimal("888.88"),
+                    False,
+                )
+            )
             quarter = (1235 + 10 * p, 180500, Decimal("684.21") + p, False)
             if code == "falls_admissions_65" and place == COLCHESTER:
                 quarter = (None, 180500, None, True)
@@ -158,17 +174,46 @@ def bcf_rows():
             if code == "reablement_91_days_65" and place == AREA:
                 quarter = (1645, 2000, Decimal("82.25"), False)  # half up: 82.3, where half-even gives 82.2
             if code == "reablement_91_days_65" and place != AREA:  # the issue's 29 of 32, and two more
-                quarter = {THURROCK: (29, 32, Decimal("90.63"), False), CHELMSFORD: (150, 180, Decimal("83.33"), False),
-                           COLCHESTER: (12, 15, Decimal("80.00"), False)}[place]
+                quarter = {
+                    THURROCK: (29, 32, Decimal("90.63"), False),
+                    CHELMSFORD: (150, 180, Decimal("83.33"), False),
+                    COLCHESTER: (12, 15, Decimal("80.00"), False),
+                }[place]
             rows.append((code, name, unit, "quarter", "2025-07-01", "2025-09-30", *place, *quarter))
             # 1,000 of the area's residents live in LSOAs of no council: Thurrock's population is 180,000
             population = 180000 if (code, place) == ("emergency_admissions", THURROCK) else 181000
-            rows.append((code, name, unit, "financial_year", "2024-04-01", "2025-03-31", *place, 4520 + p, population,
-                         Decimal("2497.24"), False))
+            rows.append(
+                (
+                    code,
+                    name,
+                    unit,
+                    "financial_year",
+                    "2024-04-01",
+                    "2025-03-31",
+                    *place,
+                    4520 + p,
+                    population,
+                    Decimal("2497.24"),
+                    False,
+                )
+            )
     for code, (start, end, value) in YEAR_EARLIER.items():
         name, unit, _places = METRICS[code]
-        rows.append((code, name, unit, "quarter", start, end, *AREA, None if value is None else 1000, 150000, value,
-                     value is None))
+        rows.append(
+            (
+                code,
+                name,
+                unit,
+                "quarter",
+                start,
+                end,
+                *AREA,
+                None if value is None else 1000,
+                150000,
+                value,
+                value is None,
+            )
+        )
     for row in rows:
         final_on = PROVISIONAL.get((row[0], row[3], row[4]))
         final.append((*row, final_on is None, final_on or row[5]))
@@ -177,7 +222,7 @@ def bcf_rows():
 
 COHORT_PERIODS = [
     ("financial_year", "2023-04-01", "2024-03-31"),  # an older year: not reported
-    ("quarter", "2023-10-01", "2023-12-31"),         # before the latest year: not reported
+    ("quarter", "2023-10-01", "2023-12-31"),  # before the latest year: not reported
     ("financial_year", "2024-04-01", "2025-03-31"),
     ("quarter", "2024-10-01", "2024-12-31"),
     ("quarter", "2025-01-01", "2025-03-31"),
@@ -191,17 +236,26 @@ def cohort_rows():
         for k, (period_type, start, end) in enumerate(COHORT_PERIODS):
             for p, place in enumerate(PLACES):
                 # Inserted part before whole, so the report's order can only come from measure_order.
-                for measure, label, order, base in (("known_to_social_care", "Known to social care", 2, 400),
-                                                    ("people", "People", 1, 1000)):
+                for measure, label, order, base in (
+                    ("known_to_social_care", "Known to social care", 2, 400),
+                    ("people", "People", 1, 1000),
+                ):
                     count, suppressed = base + 100 * c + 10 * k + p * 5, False
-                    if (cohort, start, place, measure) == ("falls_admissions", "2024-04-01", COLCHESTER,
-                                                           "known_to_social_care"):
+                    if (cohort, start, place, measure) == (
+                        "falls_admissions",
+                        "2024-04-01",
+                        COLCHESTER,
+                        "known_to_social_care",
+                    ):
                         count, suppressed = None, True
-                    if (cohort, start, place, measure) == ("care_home_after_hospital", "2025-04-01", CHELMSFORD,
-                                                           "people"):
+                    if (cohort, start, place, measure) == (
+                        "care_home_after_hospital",
+                        "2025-04-01",
+                        CHELMSFORD,
+                        "people",
+                    ):
                         count = 0
-                    rows.append((cohort, period_type, start, end, *place, measure, label, order, count,
-                                 suppressed))
+                    rows.append((cohort, period_type, start, end, *place, measure, label, order, count, suppressed))
     return rows
 
 
@@ -211,8 +265,21 @@ MANY_PLACES = [("locality", f"E0200{n:04d}", f"Locality number {n} with a long n
 
 
 def many_places_rows():
-    return [("many_places", "financial_year", "2024-04-01", "2025-03-31", *place, "people", "People", 1,
-             1000 + 5 * p, False) for p, place in enumerate([AREA, *MANY_PLACES])]
+    return [
+        (
+            "many_places",
+            "financial_year",
+            "2024-04-01",
+            "2025-03-31",
+            *place,
+            "people",
+            "People",
+            1,
+            1000 + 5 * p,
+            False,
+        )
+        for p, place in enumerate([AREA, *MANY_PLACES])
+    ]
 
 
 def admission_rows():
@@ -221,12 +288,14 @@ def admission_rows():
     # Inserted in reverse so that the report's order can only come from the rank.
     for rank, code in reversed(list(enumerate(TOP_65_74, start=1))):
         rows.append((*latest, "65-74", code, "Some chapter", 470 - 35 * rank, False, rank))
-    rows += [(*latest, "85+", "S72", "XIX Injury", 215, False, 1),
-             (*latest, "85+", "J18", "X Respiratory", 1180, False, 2),  # ranked 2nd on purpose: rank wins
-             (*latest, "85+", "R55", "XVIII Symptoms", None, True, 3),
-             (*latest, "18-64", "R10", "XVIII Symptoms", 2045, False, 1),
-             (*latest, "18-64", "U99", "XXII Special purposes", 0, False, 2),  # not in ICD-10: no title
-             ("2023-10-01", "2024-09-30", "65-74", "Z99", "Old period", 9999, False, 1)]
+    rows += [
+        (*latest, "85+", "S72", "XIX Injury", 215, False, 1),
+        (*latest, "85+", "J18", "X Respiratory", 1180, False, 2),  # ranked 2nd on purpose: rank wins
+        (*latest, "85+", "R55", "XVIII Symptoms", None, True, 3),
+        (*latest, "18-64", "R10", "XVIII Symptoms", 2045, False, 1),
+        (*latest, "18-64", "U99", "XXII Special purposes", 0, False, 2),  # not in ICD-10: no title
+        ("2023-10-01", "2024-09-30", "65-74", "Z99", "Old period", 9999, False, 1),
+    ]
     return rows
 
 
@@ -312,6 +381,7 @@ def body_rows(table: Node) -> list[Node]:
 
 # ---------------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def report(tmp_path_factory, request):
     require_chromium("the board report")
@@ -319,12 +389,23 @@ def report(tmp_path_factory, request):
 
     home = tmp_path_factory.mktemp("board-report")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("POPHEALTH_", "AIRFLOW"))}
-    env.update(POPHEALTH_HOME=str(home / "state"), POPHEALTH_LINKAGE_KEY=KEY, POPHEALTH_VAULT_PUBLIC_KEY=KEY,
-               PYTHONPATH=str(REPO), **PURPOSE_KEYS_ENV)
+    env.update(
+        POPHEALTH_HOME=str(home / "state"),
+        POPHEALTH_LINKAGE_KEY=KEY,
+        POPHEALTH_VAULT_PUBLIC_KEY=KEY,
+        PYTHONPATH=str(REPO),
+        **PURPOSE_KEYS_ENV,
+    )
 
     def pophealth(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "pophealth.cli", *args], env=env, capture_output=True,
-                              text=True, timeout=300, check=False)
+        return subprocess.run(
+            [sys.executable, "-m", "pophealth.cli", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
 
     request.addfinalizer(lambda: pophealth("db", "stop"))
     started = pophealth("db", "url")
@@ -333,14 +414,18 @@ def report(tmp_path_factory, request):
     with psycopg.connect(url) as conn:
         conn.execute(DDL)
         with conn.cursor() as cur:
-            cur.executemany("INSERT INTO reporting.risk_pyramid VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-                            risk_rows())
-            cur.executemany("INSERT INTO reporting.bcf_metrics VALUES "
-                            "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)", bcf_rows())
-            cur.executemany("INSERT INTO reporting.cohort_summary VALUES "
-                            "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)", cohort_rows() + many_places_rows())
-            cur.executemany("INSERT INTO reporting.admission_reasons VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-                            admission_rows())
+            cur.executemany("INSERT INTO reporting.risk_pyramid VALUES (%s, %s, %s, %s, %s, %s, %s, %s)", risk_rows())
+            cur.executemany(
+                "INSERT INTO reporting.bcf_metrics VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                bcf_rows(),
+            )
+            cur.executemany(
+                "INSERT INTO reporting.cohort_summary VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                cohort_rows() + many_places_rows(),
+            )
+            cur.executemany(
+                "INSERT INTO reporting.admission_reasons VALUES (%s, %s, %s, %s, %s, %s, %s, %s)", admission_rows()
+            )
             cur.executemany("INSERT INTO reference.icd10_category VALUES (%s, %s)", list(icd10_seed().items()))
 
     # Without --synthetic and no demo run in this home: real data as far as the report knows, no banner.
@@ -354,8 +439,16 @@ def report(tmp_path_factory, request):
     raw = out.read_text(encoding="utf-8")
 
     drawn = dump_dom(out, home / "chromium-profile")
-    return {"raw": raw, "raw_dom": parse(raw), "dom": parse(drawn), "stdout": made.stdout, "out": out,
-            "unmarked": unmarked.read_text(encoding="utf-8"), "home": home, "url": url}
+    return {
+        "raw": raw,
+        "raw_dom": parse(raw),
+        "dom": parse(drawn),
+        "stdout": made.stdout,
+        "out": out,
+        "unmarked": unmarked.read_text(encoding="utf-8"),
+        "home": home,
+        "url": url,
+    }
 
 
 def test_a_warehouse_with_nothing_built_says_so_under_every_heading_the_page_links_to(report):
@@ -369,7 +462,7 @@ def test_a_warehouse_with_nothing_built_says_so_under_every_heading_the_page_lin
         conn.execute("CREATE DATABASE nothing_built")
     with psycopg.connect(conninfo_with_dbname(report["url"], "nothing_built")) as conn:
         page = render_board_report(conn)
-    links = re.findall(r'<nav><ul>(.*?)</ul></nav>', page, re.S)[0]
+    links = re.findall(r"<nav><ul>(.*?)</ul></nav>", page, re.S)[0]
     for anchor in re.findall(r'href="#([^"]+)"', links):
         assert f'id="{anchor}"' in page, f"the page links to #{anchor}, which is not on it"
     for table in ("reporting.bcf_metrics", "reporting.risk_pyramid"):
@@ -406,7 +499,12 @@ def test_the_report_reads_only_the_reporting_schema():
     # And the plan figures, published targets from a seed.
     assert set(re.findall(r"\breference\.(\w+)", source)) == {"bcf_plan", "icd10_category"}
     assert set(re.findall(r"\breporting\.(\w+)", source)) == {
-        "risk_pyramid", "bcf_metrics", "cohort_summary", "admission_reasons", "period_coverage"}
+        "risk_pyramid",
+        "bcf_metrics",
+        "cohort_summary",
+        "admission_reasons",
+        "period_coverage",
+    }
 
 
 def test_the_summary_compares_each_metric_with_a_year_earlier_and_the_plan(report):
@@ -414,18 +512,17 @@ def test_the_summary_compares_each_metric_with_a_year_earlier_and_the_plan(repor
     assert dom.find_all("section")[0].attrs["id"] == "summary"  # at the top
     rows = {r.attrs["data-metric"]: cells(r) for r in body_rows(dom.by_id("table-summary"))}
     assert list(rows) == list(METRICS)
-    assert rows["emergency_admissions"][1:7] == ["Jul–Sep 2025", "684.2", "Jul–Sep 2024", "700.0", "Better",
-                                                 "650.0"]
-    assert rows["emergency_admissions"][0] == ("Emergency admissionsper 100,000 in the quarter (not annualised); "
-                                               "lower is better")
+    assert rows["emergency_admissions"][1:7] == ["Jul–Sep 2025", "684.2", "Jul–Sep 2024", "700.0", "Better", "650.0"]
+    assert rows["emergency_admissions"][0] == (
+        "Emergency admissionsper 100,000 in the quarter (not annualised); lower is better"
+    )
     assert rows["reablement_91_days_65"][0].endswith("percent; higher is better")
     assert rows["care_home_admissions_65"][5:7] == ["Same", "no plan supplied"]
     assert rows["reablement_91_days_65"][1:6] == ["Jul–Sep 2025", "82.3", "Jul–Sep 2024", "90.0", "Worse"]
     assert rows["delayed_discharge_days"][5] == "Worse"
     assert rows["falls_admissions_65"][3:6] == ["Jul–Sep 2024", SUPPRESSED, "Not comparable"]
     # Readmissions' Jul-Sep 2025 is provisional: the summary's latest final quarter is Apr-Jun.
-    assert rows["emergency_readmissions_30d"][1:6] == ["Apr–Jun 2025", "1,000.0", "Apr–Jun 2024", "1,000.5",
-                                                       "Better"]
+    assert rows["emergency_readmissions_30d"][1:6] == ["Apr–Jun 2025", "1,000.0", "Apr–Jun 2024", "1,000.5", "Better"]
 
 
 def test_the_page_is_written_in_templates_shipped_with_the_package():
@@ -438,14 +535,18 @@ def test_the_page_is_written_in_templates_shipped_with_the_package():
     assert {"board_report.html.j2", "board_report_sections.html.j2", "board_report.css", "board_report.js"} <= shipped
 
 
-@pytest.mark.parametrize(("code", "latest", "earlier", "expected"), [
-    ("emergency_admissions", "10.04", "10.0", "same"),    # equal as shown to 1 decimal
-    ("emergency_admissions", "10.05", "10.0", "worse"),   # 10.1 > 10.0 and lower is better
-    ("reablement_91_days_65", "80.0", "79.9", "better"),
-    ("falls_admissions_65", "5", None, "not comparable"),
-])
+@pytest.mark.parametrize(
+    ("code", "latest", "earlier", "expected"),
+    [
+        ("emergency_admissions", "10.04", "10.0", "same"),  # equal as shown to 1 decimal
+        ("emergency_admissions", "10.05", "10.0", "worse"),  # 10.1 > 10.0 and lower is better
+        ("reablement_91_days_65", "80.0", "79.9", "better"),
+        ("falls_admissions_65", "5", None, "not comparable"),
+    ],
+)
 def test_direction_knows_which_way_is_good(code, latest, earlier, expected):
     from pophealth.reports.board_report import direction
+
     assert direction(code, latest and Decimal(latest), earlier and Decimal(earlier), "percent") == expected
 
 
@@ -465,17 +566,27 @@ def test_the_pyramid_has_four_tiers_labelled_with_the_latest_counts(report):
     assert [b.find_all("polygon") != [] for b in bars] == [True] * 4
     # 6,800 people: 0.5%, 5.0%, 20.0%, 74.5%.
     assert [b.find_all("text", cls="bar-share")[0].text() for b in bars] == [
-        "0.5% of people", "5.0% of people", "20.0% of people", "74.5% of people"]
+        "0.5% of people",
+        "5.0% of people",
+        "20.0% of people",
+        "74.5% of people",
+    ]
     table = report["dom"].by_id("table-pyramid-E10000012")
     assert [cells(r)[:2] for r in body_rows(table)] == [
-        ["Very high", "35"], ["High", "340"], ["Moderate", "1,360"], ["Low", "5,065"]]
+        ["Very high", "35"],
+        ["High", "340"],
+        ["Moderate", "1,360"],
+        ["Low", "5,065"],
+    ]
 
 
 def test_tiers_by_locality_show_suppressed_as_suppressed_and_zero_as_zero(report):
     table = report["dom"].by_id("table-pyramid-localities")
     rows = {cells(r)[0]: cells(r)[1:] for r in body_rows(table)}
-    assert rows == {"Chelmsford": [SUPPRESSED, "175", "690", "2,530"],
-                    "Colchester & <i>Tendring</i>": ["0", "165", "670", "2,535"]}
+    assert rows == {
+        "Chelmsford": [SUPPRESSED, "175", "690", "2,530"],
+        "Colchester & <i>Tendring</i>": ["0", "165", "670", "2,535"],
+    }
     chelmsford = table.find_all("tr", data_geography="E07000070")[0]
     assert chelmsford.find_all("td")[0].attrs.get("data-suppressed") == "true"
 
@@ -491,8 +602,9 @@ def test_each_metric_trend_is_the_area_alone_with_the_monthly_values(report, cod
     assert svg.attrs["data-series"] == str(len(drawn)) and len(series) == len(drawn)
     assert [s.attrs["data-geography"] for s in series] == [p[1] for p in drawn]  # the area first
     assert [e.text() for e in svg.find_all("text", cls="legend-item")] == [p[2] for p in drawn]
-    months = [mo for mo in MONTHS if (code, "month", mo) not in PROVISIONAL
-              and (code, AREA[1], mo) != SUPPRESSED_AREA_MONTH]  # suppressed: not drawn at all
+    months = [
+        mo for mo in MONTHS if (code, "month", mo) not in PROVISIONAL and (code, AREA[1], mo) != SUPPRESSED_AREA_MONTH
+    ]  # suppressed: not drawn at all
     for place, line in zip(drawn, series, strict=False):
         p = places.index(place)
         points = line.find_all(cls="point")
@@ -527,8 +639,14 @@ def test_per_100000_is_written_per_100_000_and_a_quarter_rate_says_it_is_not_ann
     assert "per 100000" not in raw and "per 100,000 population aged 65+" in raw
     table = report["dom"].by_id("table-bcf-emergency_admissions")
     sub_head = [c.text() for c in table.find_all("thead")[0].find_all("tr")[1].find_all("th")]
-    assert sub_head == ["Numerator", "Denominator", "per 100,000 in the quarter (not annualised)",
-                        "Numerator", "Denominator", "per 100,000"]
+    assert sub_head == [
+        "Numerator",
+        "Denominator",
+        "per 100,000 in the quarter (not annualised)",
+        "Numerator",
+        "Denominator",
+        "per 100,000",
+    ]
     # The monthly trend's axis says the same of a month; a percentage is a percentage in any period.
     axis = [t.text() for t in report["dom"].by_id("chart-bcf-emergency_admissions").find_all("text", cls="axis-label")]
     assert "per 100,000 in the month (not annualised)" in axis
@@ -539,12 +657,15 @@ def test_per_100000_is_written_per_100_000_and_a_quarter_rate_says_it_is_not_ann
     assert "not annualised" not in table.text()
 
 
-@pytest.mark.parametrize(("code", "ranked"), [
-    # Jul-Sep 2025: Thurrock 685.21, Chelmsford 686.21, Colchester 687.21 (684.21 + place index); highest first.
-    ("emergency_admissions", [COLCHESTER, CHELMSFORD, THURROCK]),
-    ("reablement_91_days_65", [THURROCK, CHELMSFORD, COLCHESTER]),  # 29/32 = 90.6, 150/180 = 83.3, 12/15 = 80.0
-    ("falls_admissions_65", [CHELMSFORD, THURROCK]),  # Colchester's quarter is suppressed: listed, not drawn
-])
+@pytest.mark.parametrize(
+    ("code", "ranked"),
+    [
+        # Jul-Sep 2025: Thurrock 685.21, Chelmsford 686.21, Colchester 687.21 (684.21 + place index); highest first.
+        ("emergency_admissions", [COLCHESTER, CHELMSFORD, THURROCK]),
+        ("reablement_91_days_65", [THURROCK, CHELMSFORD, COLCHESTER]),  # 29/32 = 90.6, 150/180 = 83.3, 12/15 = 80.0
+        ("falls_admissions_65", [CHELMSFORD, THURROCK]),  # Colchester's quarter is suppressed: listed, not drawn
+    ],
+)
 def test_places_are_a_ranked_dot_plot_with_intervals_from_the_published_counts(report, code, ranked):
     from pophealth.reports.intervals import interval
 
@@ -557,8 +678,9 @@ def test_places_are_a_ranked_dot_plot_with_intervals_from_the_published_counts(r
     counts = {THURROCK: (29, 32), CHELMSFORD: (150, 180), COLCHESTER: (12, 15)}
     for place, row in zip(ranked, rows, strict=False):
         # The quarter's published numerator, over 180,500 (reablement: its own counts).
-        numerator, denominator = (counts[place] if code == "reablement_91_days_65"
-                                  else (1235 + 10 * places.index(place), 180500))
+        numerator, denominator = (
+            counts[place] if code == "reablement_91_days_65" else (1235 + 10 * places.index(place), 180500)
+        )
         low, high = interval(numerator, denominator, unit)
         assert (float(row.attrs["data-low"]), float(row.attrs["data-high"])) == pytest.approx((low, high))
         assert len(row.find_all("line", cls="interval")) == 1 and len(row.find_all("circle", cls="dot")) == 1
@@ -576,6 +698,7 @@ def test_the_issue_reablement_quarter_shows_its_wide_interval(report):
 
 def test_a_wilson_interval_for_a_percentage_and_exact_poisson_for_a_rate():
     from pophealth.reports.intervals import interval
+
     # 1,265 of 180,500 as a percentage: 0.70%, Wilson 0.66% to 0.74%; as a rate 700.8 per
     # 100,000, exact Poisson 662.7 to 740.5.
     assert interval(1265, 180500, "percent") == pytest.approx((0.6634, 0.7404), abs=1e-4)
@@ -598,8 +721,9 @@ def test_provisional_periods_are_named_with_their_final_date_and_never_shown_as_
     dom = report["dom"]
     note = dom.by_id("provisional-periods")
     items = [li.text() for li in note.find_all("li")]
-    assert items == ["Emergency readmissions within 30 days: Jul–Sep 2025 (final on 2025-10-29); "
-                     "Sep 2025 (final on 2025-10-29)"]
+    assert items == [
+        "Emergency readmissions within 30 days: Jul–Sep 2025 (final on 2025-10-29); Sep 2025 (final on 2025-10-29)"
+    ]
     # The table reports the latest final quarter (Apr-Jun, 999.99), not the provisional Jul-Sep.
     table = dom.by_id("table-bcf-emergency_readmissions_30d")
     head = [c.text() for c in table.find_all("thead")[0].find_all("th")]
@@ -626,8 +750,7 @@ def test_each_council_has_its_own_page_reached_from_the_selector(report):
     rows = {cells(r)[0]: cells(r)[1:] for r in body_rows(dom.by_id("table-council-E06000034"))}
     assert list(rows) == [METRICS[c][0] for c in METRICS if c != "delayed_discharge_days"]
     # Thurrock is the second place (p = 1): its Jul-Sep quarter is 684.21 + 1, its year 2,497.24.
-    assert rows["Emergency admissions"] == ["Jul–Sep 2025", "685.2", "Financial year 2024/25", "2,497.2",
-                                            "per 100,000"]
+    assert rows["Emergency admissions"] == ["Jul–Sep 2025", "685.2", "Financial year 2024/25", "2,497.2", "per 100,000"]
 
 
 def test_the_metric_tables_show_the_latest_quarter_and_financial_year(report):
@@ -654,8 +777,16 @@ def test_the_cohort_tables_cover_the_latest_financial_year_and_its_quarters(repo
     head = [c.text() for c in falls.find_all("thead")[0].find_all("th")]
     assert head == ["Period", "Measure", "Essex", "Chelmsford", "Colchester & <i>Tendring</i>"]
     periods = [r.attrs["data-period"] for r in body_rows(falls)]
-    assert periods == ["2024-04-01", "2024-04-01", "2024-10-01", "2024-10-01", "2025-01-01", "2025-01-01",
-                       "2025-04-01", "2025-04-01"]
+    assert periods == [
+        "2024-04-01",
+        "2024-04-01",
+        "2024-10-01",
+        "2024-10-01",
+        "2025-01-01",
+        "2025-01-01",
+        "2025-04-01",
+        "2025-04-01",
+    ]
     first_year = [cells(r) for r in body_rows(falls)[:2]]
     assert [row[-4] for row in first_year] == ["People", "Known to social care"]  # from measure_order
     measures = {row[-4]: row[-3:] for row in first_year}
@@ -670,8 +801,10 @@ def test_the_cohort_tables_cover_the_latest_financial_year_and_its_quarters(repo
 
 def test_a_cohort_of_many_places_is_split_into_tables_of_six_places_with_the_area_in_each(report):
     dom = report["dom"]
-    heads = [[c.text() for c in dom.by_id(table_id).find_all("thead")[0].find_all("th")][2:]
-             for table_id in ("table-cohort-many_places", "table-cohort-many_places-2", "table-cohort-many_places-3")]
+    heads = [
+        [c.text() for c in dom.by_id(table_id).find_all("thead")[0].find_all("th")][2:]
+        for table_id in ("table-cohort-many_places", "table-cohort-many_places-2", "table-cohort-many_places-3")
+    ]
     names = [p[2] for p in sorted(MANY_PLACES, key=lambda p: p[2])]
     assert heads == [["Essex", *names[:5]], ["Essex", *names[5:10]], ["Essex", *names[10:]]]
     assert dom.find_all(id="table-cohort-many_places-4") == []
@@ -681,19 +814,26 @@ def test_a_cohort_of_many_places_is_split_into_tables_of_six_places_with_the_are
 def test_admission_reasons_list_the_top_ten_per_age_band_in_rank_order(report):
     dom = report["dom"]
     tables = [t for t in dom.find_all("table") if t.attrs.get("id", "").startswith("table-admissions-")]
-    assert [t.attrs["id"] for t in tables] == ["table-admissions-18-64", "table-admissions-65-74",
-                                              "table-admissions-85+"]
+    assert [t.attrs["id"] for t in tables] == [
+        "table-admissions-18-64",
+        "table-admissions-65-74",
+        "table-admissions-85+",
+    ]
     rows = [cells(r) for r in body_rows(dom.by_id("table-admissions-65-74"))]
     assert [r[1].split(" ")[0] for r in rows] == TOP_65_74[:10]
     assert [r[0] for r in rows] == [str(n) for n in range(1, 11)]
     assert rows[0][3] == "435" and rows[9][3] == "120"
     oldest = [cells(r) for r in body_rows(dom.by_id("table-admissions-85+"))]
-    assert [(r[1], r[3]) for r in oldest] == [("S72 Fracture of femur", "215"),
-                                              ("J18 Pneumonia, organism unspecified", "1,180"),
-                                              ("R55 Syncope and collapse", SUPPRESSED)]
+    assert [(r[1], r[3]) for r in oldest] == [
+        ("S72 Fracture of femur", "215"),
+        ("J18 Pneumonia, organism unspecified", "1,180"),
+        ("R55 Syncope and collapse", SUPPRESSED),
+    ]
     youngest = [cells(r) for r in body_rows(dom.by_id("table-admissions-18-64"))]
-    assert [(r[1], r[3]) for r in youngest] == [("R10 Abdominal and pelvic pain", "2,045"),
-                                                ("U99 (not an ICD-10 code)", "0")]
+    assert [(r[1], r[3]) for r in youngest] == [
+        ("R10 Abdominal and pelvic pain", "2,045"),
+        ("U99 (not an ICD-10 code)", "0"),
+    ]
     assert "Z99" not in dom.by_id("admission-reasons").text()
 
 
@@ -702,11 +842,21 @@ def icd10_seed() -> dict[str, str]:
         return {r["code"]: r["title"] for r in csv.DictReader(handle)}
 
 
-@pytest.mark.parametrize(("code", "title"), [("A41", "Other sepsis"), ("a41", "Other sepsis"),
-                                             ("A419", "Other sepsis"), ("A41.9", "Other sepsis"),
-                                             ("U99", None), ("", None), (None, None)])
+@pytest.mark.parametrize(
+    ("code", "title"),
+    [
+        ("A41", "Other sepsis"),
+        ("a41", "Other sepsis"),
+        ("A419", "Other sepsis"),
+        ("A41.9", "Other sepsis"),
+        ("U99", None),
+        ("", None),
+        (None, None),
+    ],
+)
 def test_icd10_titles_are_the_seeds_who_category_titles(code, title):
     from pophealth.reports.board_report import icd10_title
+
     assert icd10_title(code, icd10_seed()) == title
 
 
@@ -780,11 +930,19 @@ def test_every_chart_has_its_marks_and_keeps_its_text_inside_it(looked_at):
     assert charts["chart-pyramid-E10000012"]["polygons"] == 4
     for code in METRICS:
         # Six months less the provisional and suppressed ones, one dot each.
-        months = [mo for mo in MONTHS if (code, "month", mo) not in PROVISIONAL
-                  and (code, AREA[1], mo) != SUPPRESSED_AREA_MONTH]
+        months = [
+            mo
+            for mo in MONTHS
+            if (code, "month", mo) not in PROVISIONAL and (code, AREA[1], mo) != SUPPRESSED_AREA_MONTH
+        ]
         assert charts[f"chart-bcf-{code}"]["circles"] == len(months), code
-    for code, rows in {"emergency_admissions": 3, "care_home_admissions_65": 3, "reablement_91_days_65": 3,
-                       "falls_admissions_65": 2, "emergency_readmissions_30d": 3}.items():
+    for code, rows in {
+        "emergency_admissions": 3,
+        "care_home_admissions_65": 3,
+        "reablement_91_days_65": 3,
+        "falls_admissions_65": 2,
+        "emergency_readmissions_30d": 3,
+    }.items():
         # One dot and one interval per place drawn (Colchester's zero care home quarter too: 0 to 2.0).
         assert charts[f"chart-dots-{code}"]["circles"] == rows == charts[f"chart-dots-{code}"]["intervals"], code
     for chart in charts.values():

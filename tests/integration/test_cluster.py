@@ -50,8 +50,13 @@ class Deployment:
     failed_tasks: list | None = None  # when the load failed: the task instances that failed, from the metadata
 
     def pophealth(self, *args: str, timeout: int = 1800) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "pophealth.cli", *args], env=self.env, capture_output=True,
-                              text=True, timeout=timeout)
+        return subprocess.run(
+            [sys.executable, "-m", "pophealth.cli", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def layout(self):
         from pophealth.operate import cluster
@@ -86,19 +91,31 @@ class Faults(threading.Thread):
 
     PLAN = (
         # as the opt-out list is published, so the register's run meets the restart
-        ("the warehouse restarted", ("restart", "postgres"),
-         "SELECT count(*) FROM task_instance WHERE dag_id = 'ingest_optouts' AND task_id = 'published' "
-         "AND state = 'success'"),
+        (
+            "the warehouse restarted",
+            ("restart", "postgres"),
+            "SELECT count(*) FROM task_instance WHERE dag_id = 'ingest_optouts' AND task_id = 'published' "
+            "AND state = 'success'",
+        ),
         # a load of hospital files (a group of a dozen) is killed with its worker, at once
-        ("a worker killed mid-load", ("restart", "worker1", "--crash"),
-         """SELECT count(*) FROM task_instance WHERE dag_id = 'ingest_apc' AND task_id = 'load'
-            AND state = 'running' AND hostname = 'worker1'"""),
-        ("Redis restarted", ("restart", "redis"),
-         "SELECT count(*) FROM task_instance WHERE dag_id = 'ingest_cld' AND task_id = 'discover' "
-         "AND state = 'success'"),
-        ("the scheduler restarted mid-run", ("restart", "scheduler", "--crash"),
-         """SELECT count(*) FROM task_instance WHERE dag_id = 'build_marts' AND task_id LIKE 'dbt.%%'
-            AND state = 'success'"""),
+        (
+            "a worker killed mid-load",
+            ("restart", "worker1", "--crash"),
+            """SELECT count(*) FROM task_instance WHERE dag_id = 'ingest_apc' AND task_id = 'load'
+            AND state = 'running' AND hostname = 'worker1'""",
+        ),
+        (
+            "Redis restarted",
+            ("restart", "redis"),
+            "SELECT count(*) FROM task_instance WHERE dag_id = 'ingest_cld' AND task_id = 'discover' "
+            "AND state = 'success'",
+        ),
+        (
+            "the scheduler restarted mid-run",
+            ("restart", "scheduler", "--crash"),
+            """SELECT count(*) FROM task_instance WHERE dag_id = 'build_marts' AND task_id LIKE 'dbt.%%'
+            AND state = 'success'""",
+        ),
     )
 
     def __init__(self, deployment: Deployment):
@@ -131,9 +148,26 @@ def deployed(tmp_path_factory):
     home = Path(tempfile.mkdtemp(prefix="pophealth-cluster-"))
     home.chmod(0o711)
     source = home / "landing"  # Mid and South Essex's world, as the demo's: three councils
-    subprocess.run([sys.executable, "-m", "pophealth.cli", "synth", "--population", str(POPULATION), "--seed",
-                    str(SEED), "--out", str(source), "--councils", COUNCILS], env=isolated_env(home), check=True,
-                   capture_output=True, timeout=900)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pophealth.cli",
+            "synth",
+            "--population",
+            str(POPULATION),
+            "--seed",
+            str(SEED),
+            "--out",
+            str(source),
+            "--councils",
+            COUNCILS,
+        ],
+        env=isolated_env(home),
+        check=True,
+        capture_output=True,
+        timeout=900,
+    )
     # The scheduled runs look for files every 15 s here (a deployment: every minute, infra/deployment.yml).
     env = {**isolated_env(home), "POPHEALTH_CLUSTER_PORT_OFFSET": PORT_OFFSET, "POPHEALTH_POKE_INTERVAL_SECONDS": "15"}
     deployment = Deployment(home, source, env, up=None)
@@ -144,14 +178,17 @@ def deployed(tmp_path_factory):
         if FAULTS:
             deployment.faults.start()
         deployment.load = deployment.pophealth("cluster", "load", "--from", str(source))
-        print(f"\n{POPULATION} people through the cluster{' with the faults' if FAULTS else ''}:\n"
-              + deployment.load.stdout[-3000:])
+        print(
+            f"\n{POPULATION} people through the cluster{' with the faults' if FAULTS else ''}:\n"
+            + deployment.load.stdout[-3000:]
+        )
         deployment.faults.stop.set()
         if deployment.load.returncode != 0:
             # What failed, while the metadata can still be asked; the state (logs) is kept to read afterwards.
             deployment.failed_tasks = deployment.metadata(
                 """SELECT dag_id, task_id, state, try_number, hostname FROM task_instance
-                   WHERE state IN ('failed', 'upstream_failed') ORDER BY dag_id, task_id""")
+                   WHERE state IN ('failed', 'upstream_failed') ORDER BY dag_id, task_id"""
+            )
         yield deployment
     finally:
         deployment.pophealth("cluster", "down", timeout=300)
@@ -162,22 +199,31 @@ def deployed(tmp_path_factory):
 
 
 def test_the_scheduler_loads_a_delivery_on_its_own_and_the_marts_are_published_once(deployed):
-    assert deployed.load.returncode == 0, (deployed.load.stdout[-4000:] + deployed.load.stderr[-3000:]
-                                           + f"\nfailed tasks: {deployed.failed_tasks}"
-                                           + f"\nstate and logs kept in {deployed.home}")
+    assert deployed.load.returncode == 0, (
+        deployed.load.stdout[-4000:]
+        + deployed.load.stderr[-3000:]
+        + f"\nfailed tasks: {deployed.failed_tasks}"
+        + f"\nstate and logs kept in {deployed.home}"
+    )
     # Nothing was triggered by hand: every file was loaded by a scheduled run that was waiting for files, in the
     # contract's load order (the opt-out list published before any personal feed staged a row).
-    loaded_by = {feed: kinds for feed, kinds in deployed.metadata(
-        """SELECT substr(dag_id, 8), array_agg(DISTINCT run_type::text) FROM dag_run
+    loaded_by = {
+        feed: kinds
+        for feed, kinds in deployed.metadata(
+            """SELECT substr(dag_id, 8), array_agg(DISTINCT run_type::text) FROM dag_run
            WHERE dag_id LIKE 'ingest_%%' AND run_id IN (SELECT DISTINCT run_id FROM task_instance
                                                         WHERE task_id = 'load' AND state = 'success')
-           GROUP BY dag_id""")}
-    assert loaded_by == dict.fromkeys(("ref_postcode_lookup", "ref_population", "optouts", "gp_register", "apc",
-                                       "cld"), ["scheduled"])
-    (optouts_published, first_personal_stage), = deployed.metadata(
+           GROUP BY dag_id"""
+        )
+    }
+    assert loaded_by == dict.fromkeys(
+        ("ref_postcode_lookup", "ref_population", "optouts", "gp_register", "apc", "cld"), ["scheduled"]
+    )
+    ((optouts_published, first_personal_stage),) = deployed.metadata(
         """SELECT (SELECT max(end_date) FROM task_instance WHERE dag_id = 'ingest_optouts' AND task_id = 'published'),
                   (SELECT min(start_date) FROM task_instance WHERE task_id = 'load'
-                   AND dag_id IN ('ingest_gp_register', 'ingest_apc', 'ingest_cld'))""")
+                   AND dag_id IN ('ingest_gp_register', 'ingest_apc', 'ingest_cld'))"""
+    )
     assert optouts_published <= first_personal_stage
     # Only the assets started build_marts; every build succeeded; the marts were published once, with the
     # newest load, after the last file was published (a build the later asset events started was skipped).
@@ -185,13 +231,15 @@ def test_the_scheduler_loads_a_delivery_on_its_own_and_the_marts_are_published_o
     assert set(marts_runs) == {("asset_triggered", "success")}, marts_runs
     publications = deployed.query("SELECT newest_load_id, published_at FROM audit.marts_publication")
     assert len(publications) == 1, publications
-    (newest, last_publish), = deployed.query(
-        "SELECT max(load_id), max(published_at) FROM audit.load WHERE published_at IS NOT NULL")
+    ((newest, last_publish),) = deployed.query(
+        "SELECT max(load_id), max(published_at) FROM audit.load WHERE published_at IS NOT NULL"
+    )
     assert publications[0][0] == newest and publications[0][1] > last_publish
     # Every task ran on one of the two Celery workers (the embedded default runs them in one process), but for
     # Cosmos's EmptyOperator after the dbt build, which the scheduler marks done itself, on no worker.
-    hosts = deployed.metadata("SELECT DISTINCT hostname FROM task_instance WHERE state = 'success' "
-                              "AND operator <> 'EmptyOperator'")
+    hosts = deployed.metadata(
+        "SELECT DISTINCT hostname FROM task_instance WHERE state = 'success' AND operator <> 'EmptyOperator'"
+    )
     assert {h for (h,) in hosts} == {"worker1", "worker2"}
 
 
@@ -216,7 +264,8 @@ def test_one_feeds_files_are_loaded_in_several_tasks_that_the_workers_share(depl
     # every task ran on one of the two workers, and both worked, is the first test's.
     loads = deployed.metadata(
         """SELECT hostname FROM task_instance
-           WHERE dag_id = 'ingest_apc' AND task_id = 'load' AND state = 'success'""")
+           WHERE dag_id = 'ingest_apc' AND task_id = 'load' AND state = 'success'"""
+    )
     assert len(loads) >= 2
     assert {h for (h,) in loads} <= {"worker1", "worker2"}
 
@@ -226,8 +275,10 @@ def test_marts_person_equals_the_answer_key(deployed):
 
     with (deployed.source / "answer_key" / "people.csv").open(newline="") as handle:
         expected = {expected_person_id(r["identity"]): expected_person_row(r) for r in csv.DictReader(handle)}
-    actual = {row[0]: tuple(_normal(v) for v in row)
-              for row in deployed.query(f"SELECT {', '.join(PERSON_COLUMNS)} FROM marts.person")}
+    actual = {
+        row[0]: tuple(_normal(v) for v in row)
+        for row in deployed.query(f"SELECT {', '.join(PERSON_COLUMNS)} FROM marts.person")
+    }
     assert set(actual) == set(expected)
     wrong = [p for p in expected if expected[p] != actual[p]]
     assert not wrong, f"{len(wrong)} people differ, e.g. expected {expected[wrong[0]]} got {actual[wrong[0]]}"
@@ -243,8 +294,12 @@ def test_the_audit_accounts_for_every_row_once(deployed):
     assert len(audit) == len({row[0] for row in audit}), "a file was published twice"
     by_file = {row[0]: row[1:] for row in audit}
     for f in files:
-        assert by_file[f["file_name"]] == (int(f["rows_read"]), int(f["rows_loaded"]), int(f["rows_quarantined"]),
-                                           int(f["rows_opted_out"])), f["file_name"]
+        assert by_file[f["file_name"]] == (
+            int(f["rows_read"]),
+            int(f["rows_loaded"]),
+            int(f["rows_quarantined"]),
+            int(f["rows_opted_out"]),
+        ), f["file_name"]
 
 
 def test_nothing_identifiable_or_secret_is_in_the_clusters_logs(deployed):
@@ -253,10 +308,15 @@ def test_nothing_identifiable_or_secret_is_in_the_clusters_logs(deployed):
     identifiable = identifiable_values(deployed.source)
     lay = deployed.layout()
     # every password and key file of the cluster (named as compose's secrets: no suffix, or .key)
-    secrets = [p.read_text().strip().encode() for p in lay.secrets.iterdir()
-               if p.suffix in ("", ".key") and p.name != "pgpass"]
-    keys = [TEST_KEY.encode(), TEST_VAULT_PUBLIC_KEY.encode(), TEST_VAULT_PRIVATE_KEY.encode(),
-            *(k.encode() for k in PURPOSE_KEYS_ENV.values())]
+    secrets = [
+        p.read_text().strip().encode() for p in lay.secrets.iterdir() if p.suffix in ("", ".key") and p.name != "pgpass"
+    ]
+    keys = [
+        TEST_KEY.encode(),
+        TEST_VAULT_PUBLIC_KEY.encode(),
+        TEST_VAULT_PRIVATE_KEY.encode(),
+        *(k.encode() for k in PURPOSE_KEYS_ENV.values()),
+    ]
     files = [p for folder in (lay.logs, lay.home) for p in folder.rglob("*") if p.is_file()]
     assert any("dag_id=ingest_apc" in str(p) for p in files), "no task log was found to scan"
     for path in files:

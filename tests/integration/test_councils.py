@@ -26,9 +26,26 @@ def _number(value) -> str:
 def warehouse(tmp_path_factory):
     home = tmp_path_factory.mktemp("councils")
     landing = home / "landing"
-    subprocess.run([sys.executable, "-m", "pophealth.cli", "synth", "--population", "600", "--seed", "5", "--out",
-                    str(landing), "--councils", COUNCILS], env=isolated_env(home), check=True, capture_output=True,
-                   timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pophealth.cli",
+            "synth",
+            "--population",
+            "600",
+            "--seed",
+            "5",
+            "--out",
+            str(landing),
+            "--councils",
+            COUNCILS,
+        ],
+        env=isolated_env(home),
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     with marts_built_from(landing, home, TEST_KEY, timeout=1500) as url:
         yield url, landing / "answer_key"
 
@@ -36,15 +53,26 @@ def warehouse(tmp_path_factory):
 def test_every_metric_for_the_area_each_council_and_each_locality_equals_the_answer_key(warehouse):
     url, answer_key = warehouse
     with answer_key.joinpath("metrics.csv").open(newline="") as handle:
-        expected = {(r["metric_code"], r["period_start"], r["period_end"], r["geography_level"], r["geography_code"]):
-                    (_number(r["numerator"]), _number(r["denominator"]), _number(r["value"]), r["is_final"],
-                     r["final_on"]) for r in csv.DictReader(handle)}
+        expected = {
+            (r["metric_code"], r["period_start"], r["period_end"], r["geography_level"], r["geography_code"]): (
+                _number(r["numerator"]),
+                _number(r["denominator"]),
+                _number(r["value"]),
+                r["is_final"],
+                r["final_on"],
+            )
+            for r in csv.DictReader(handle)
+        }
     with psycopg.connect(url) as conn:
         rows = conn.execute(
             """SELECT metric_code, period_start::text, period_end::text, geography_level, geography_code, numerator,
-                      denominator, value, is_final, final_on::text FROM marts.bcf_metrics""").fetchall()
-        published = dict(conn.execute("SELECT geography_level, count(DISTINCT geography_code) "
-                                      "FROM reporting.bcf_metrics GROUP BY 1").fetchall())
+                      denominator, value, is_final, final_on::text FROM marts.bcf_metrics"""
+        ).fetchall()
+        published = dict(
+            conn.execute(
+                "SELECT geography_level, count(DISTINCT geography_code) FROM reporting.bcf_metrics GROUP BY 1"
+            ).fetchall()
+        )
     actual = {r[:5]: (_number(r[5]), _number(r[6]), _number(r[7]), "true" if r[8] else "false", r[9]) for r in rows}
     assert set(actual) == set(expected)
     wrong = {k: (expected[k], actual[k]) for k in expected if expected[k] != actual[k]}
@@ -88,12 +116,15 @@ def test_the_locality_dimension_names_every_locality_and_its_council(warehouse):
     url, _ = warehouse
     councils = {r["la_code"]: r["la_name"] for r in _seed("local_authority")}
     with psycopg.connect(url) as conn:
-        localities = conn.execute("SELECT locality_code, locality_name, la_code, council_name FROM marts.locality"
-                                  ).fetchall()
+        localities = conn.execute(
+            "SELECT locality_code, locality_name, la_code, council_name FROM marts.locality"
+        ).fetchall()
         lookup = dict(conn.execute("SELECT locality_code, min(la_code) FROM raw.ref_lsoa GROUP BY 1").fetchall())
         # the metrics' localities are the dimension's, with the same names
-        metric_names = dict(conn.execute("""SELECT DISTINCT geography_code, geography_name FROM marts.bcf_metrics
-                                            WHERE geography_level = 'locality'""").fetchall())
+        metric_names = dict(
+            conn.execute("""SELECT DISTINCT geography_code, geography_name FROM marts.bcf_metrics
+                                            WHERE geography_level = 'locality'""").fetchall()
+        )
     assert len(localities) == 20 and {r[0] for r in localities} == set(lookup)
     for code, name, la_code, council in localities:
         assert la_code == lookup[code] and council == councils[la_code] and name
@@ -111,16 +142,19 @@ def test_bcf_metrics_say_in_words_what_their_codes_mean_as_reporting_does(wareho
             FROM marts.bcf_metrics m JOIN reporting.bcf_metrics r
                 USING (metric_code, period_start, period_end, geography_level, geography_code)""").fetchone()
         named = dict(conn.execute("SELECT DISTINCT metric_code, metric_name FROM marts.bcf_metrics").fetchall())
-        area = conn.execute("SELECT DISTINCT geography_name FROM marts.bcf_metrics WHERE geography_level = 'area'"
-                            ).fetchall()
-        periods = dict(conn.execute("""SELECT period_type, count(*) FILTER (WHERE CASE period_type
+        area = conn.execute(
+            "SELECT DISTINCT geography_name FROM marts.bcf_metrics WHERE geography_level = 'area'"
+        ).fetchall()
+        periods = dict(
+            conn.execute("""SELECT period_type, count(*) FILTER (WHERE CASE period_type
                                               WHEN 'month' THEN period_end = (date_trunc('month', period_start)
                                                                               + interval '1 month - 1 day')::date
                                               WHEN 'quarter' THEN period_end = (period_start + interval '3 months'
                                                                                 - interval '1 day')::date
                                               ELSE period_end = (period_start + interval '1 year'
                                                                  - interval '1 day')::date
-                                              END) = count(*) FROM marts.bcf_metrics GROUP BY 1""").fetchall())
+                                              END) = count(*) FROM marts.bcf_metrics GROUP BY 1""").fetchall()
+        )
     assert differ[0] == 0 and differ[1] > 0
     assert named == {r["metric_code"]: r["metric_name"] for r in _seed("bcf_metric")}
     assert len(area) == 1 and area[0][0]
@@ -133,20 +167,27 @@ def test_a_value_has_the_precision_its_unit_needs_and_numerator_and_denominator_
     # Hand-worked: 29 of 32 still at home is 90.625%, given as 90.6; 1 of 3 is 33.3; 2 of 3 is 66.7.
     url, _ = warehouse
     with psycopg.connect(url) as conn:
-        worst = conn.execute("SELECT max(scale(value)), bool_and(scale(numerator) = 0) FROM marts.bcf_metrics"
-                             ).fetchone()
-        wrong = conn.execute("""SELECT count(*) FROM marts.bcf_metrics m JOIN reference.bcf_metric d USING (metric_code)
-                                WHERE denominator > 0 AND value <> round(numerator / denominator * d.scale, 1)"""
-                                ).fetchone()[0]
+        worst = conn.execute(
+            "SELECT max(scale(value)), bool_and(scale(numerator) = 0) FROM marts.bcf_metrics"
+        ).fetchone()
+        wrong = conn.execute(
+            """SELECT count(*) FROM marts.bcf_metrics m JOIN reference.bcf_metric d USING (metric_code)
+               WHERE denominator > 0 AND value <> round(numerator / denominator * d.scale, 1)"""
+        ).fetchone()[0]
         hand = conn.execute("""SELECT round(29::numeric / 32 * 100, 1), round(1::numeric / 3 * 100, 1),
                                       round(2::numeric / 3 * 100, 1)""").fetchone()
     assert worst == (1, True) and wrong == 0
     assert [str(v) for v in hand] == ["90.6", "33.3", "66.7"]
 
 
-@pytest.mark.parametrize("mart, code", [("admission_reasons", "primary_diagnosis_code"),
-                                        ("delayed_discharges", "left(primary_diagnosis, 3)"),
-                                        ("falls_admissions", "left(primary_diagnosis, 3)")])
+@pytest.mark.parametrize(
+    "mart, code",
+    [
+        ("admission_reasons", "primary_diagnosis_code"),
+        ("delayed_discharges", "left(primary_diagnosis, 3)"),
+        ("falls_admissions", "left(primary_diagnosis, 3)"),
+    ],
+)
 # (marts.care_home_after_hospital joins the titles the same way; this small world sends nobody to a care home)
 def test_each_diagnosis_comes_with_its_who_icd10_title(warehouse, mart, code):
     url, _ = warehouse

@@ -35,8 +35,13 @@ def site(tmp_path_factory):
         # A warehouse built before the data sharing register's seed existed must still get its documentation.
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("DROP TABLE reference.data_sharing_register")
-        proc = subprocess.run([sys.executable, "-m", "pophealth.cli", "docs", "--static"], env=env,
-                              capture_output=True, text=True, timeout=600)
+        proc = subprocess.run(
+            [sys.executable, "-m", "pophealth.cli", "docs", "--static"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     target = home / "state" / "dbt_target"
     assert f"Single-file site (open it in a browser): {target / 'static_index.html'}" in proc.stdout
@@ -47,9 +52,11 @@ def published_models(target: Path) -> dict[str, tuple[dict, dict]]:
     """schema.table -> (its manifest node, its catalog entry), for every table in the published schemas."""
     manifest = json.loads((target / "manifest.json").read_text())
     catalog = json.loads((target / "catalog.json").read_text())
-    return {f"{node['schema']}.{node['alias']}": (node, catalog["nodes"][uid])
-            for uid, node in manifest["nodes"].items()
-            if node["resource_type"] == "model" and node["schema"] in PUBLISHED and uid in catalog["nodes"]}
+    return {
+        f"{node['schema']}.{node['alias']}": (node, catalog["nodes"][uid])
+        for uid, node in manifest["nodes"].items()
+        if node["resource_type"] == "model" and node["schema"] in PUBLISHED and uid in catalog["nodes"]
+    }
 
 
 def metric_codes() -> list[str]:
@@ -59,9 +66,18 @@ def metric_codes() -> list[str]:
 
 def test_the_catalog_holds_every_published_mart_of_the_contract(site):
     assert set(published_models(site)) >= {
-        "marts.person", "marts.risk_stratification", "marts.bcf_metrics", "marts.delayed_discharges",
-        "marts.falls_admissions", "marts.care_home_after_hospital", "marts.admission_reasons",
-        "reporting.bcf_metrics", "reporting.risk_pyramid", "reporting.cohort_summary", "reporting.admission_reasons"}
+        "marts.person",
+        "marts.risk_stratification",
+        "marts.bcf_metrics",
+        "marts.delayed_discharges",
+        "marts.falls_admissions",
+        "marts.care_home_after_hospital",
+        "marts.admission_reasons",
+        "reporting.bcf_metrics",
+        "reporting.risk_pyramid",
+        "reporting.cohort_summary",
+        "reporting.admission_reasons",
+    }
 
 
 def test_every_column_of_every_published_mart_says_what_it_means(site):

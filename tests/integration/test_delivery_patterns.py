@@ -34,9 +34,26 @@ def delivered(request, tmp_path_factory):
 
     home = tmp_path_factory.mktemp(f"delivery-{request.param}")
     landing = home / "landing"
-    subprocess.run([sys.executable, "-m", "pophealth.cli", "synth", "--population", str(POPULATION), "--seed",
-                    str(SEED), "--out", str(landing), "--delivery", request.param], env=isolated_env(home),
-                   check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pophealth.cli",
+            "synth",
+            "--population",
+            str(POPULATION),
+            "--seed",
+            str(SEED),
+            "--out",
+            str(landing),
+            "--delivery",
+            request.param,
+        ],
+        env=isolated_env(home),
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     with marts_built_from(landing, home, TEST_KEY, timeout=1500) as url, psycopg.connect(url) as conn:
         yield request.param, landing, lambda sql, params=(): conn.execute(sql, params).fetchall()
 
@@ -88,13 +105,21 @@ def test_marts_person_equals_the_answer_key_whatever_the_files(delivered):
 def test_every_bcf_metric_equals_the_answer_key_whatever_the_files(delivered):
     _pattern, landing, query = delivered
     with (landing / "answer_key" / "metrics.csv").open(newline="") as handle:
-        expected = {(r["metric_code"], r["period_start"], r["period_end"], r["geography_code"]):
-                    (_number(r["numerator"]), _number(r["denominator"]), _number(r["value"]))
-                    for r in csv.DictReader(handle)}
-    actual = {(code, start, end, geography): (_number(numerator), _number(denominator), _number(value))
-              for code, start, end, geography, numerator, denominator, value in query(
-                  """SELECT metric_code, period_start::text, period_end::text, geography_code, numerator,
-                            denominator, value FROM marts.bcf_metrics""")}
+        expected = {
+            (r["metric_code"], r["period_start"], r["period_end"], r["geography_code"]): (
+                _number(r["numerator"]),
+                _number(r["denominator"]),
+                _number(r["value"]),
+            )
+            for r in csv.DictReader(handle)
+        }
+    actual = {
+        (code, start, end, geography): (_number(numerator), _number(denominator), _number(value))
+        for code, start, end, geography, numerator, denominator, value in query(
+            """SELECT metric_code, period_start::text, period_end::text, geography_code, numerator,
+                            denominator, value FROM marts.bcf_metrics"""
+        )
+    }
     assert set(actual) == set(expected)
     wrong = {k: (expected[k], actual[k]) for k in expected if expected[k] != actual[k]}
     assert not wrong, f"{len(wrong)} of {len(expected)} differ, e.g. {next(iter(wrong.items()))}"
@@ -104,18 +129,18 @@ def test_every_bcf_metric_equals_the_answer_key_whatever_the_files(delivered):
 
 def test_each_episode_is_held_once_as_the_latest_file_says(delivered):
     pattern, landing, query = delivered
-    (episodes, distinct), = query("SELECT count(*), count(DISTINCT episode_key) FROM staging.stg_apc_episode")
+    ((episodes, distinct),) = query("SELECT count(*), count(DISTINCT episode_key) FROM staging.stg_apc_episode")
     assert episodes == distinct
-    (raw,), = query("SELECT count(*) FROM raw.apc_episode")
+    ((raw,),) = query("SELECT count(*) FROM raw.apc_episode")
     if pattern == "ytd":
         assert raw > 3 * episodes  # the cumulative files repeat every episode many times
         # A few emergency episodes were first sent as elective (11) and corrected in the next cumulative file.
-        (corrected,), = query("""SELECT count(DISTINCT raw_episode.episode_key) FROM raw.apc_episode AS raw_episode
+        ((corrected,),) = query("""SELECT count(DISTINCT raw_episode.episode_key) FROM raw.apc_episode AS raw_episode
                                  JOIN staging.stg_apc_episode AS held USING (episode_key)
                                  WHERE raw_episode.admimeth = '11' AND held.admimeth <> '11'""")
         assert corrected > 0
-        (unfinished,), = query("SELECT count(*) FROM staging.stg_apc_episode WHERE dismeth = '8'")
-        (open_at_end,), = query("SELECT count(*) FROM staging.stg_apc_episode WHERE disdate IS NULL")
+        ((unfinished,),) = query("SELECT count(*) FROM staging.stg_apc_episode WHERE dismeth = '8'")
+        ((open_at_end,),) = query("SELECT count(*) FROM staging.stg_apc_episode WHERE disdate IS NULL")
         assert unfinished == open_at_end  # an episode sent open, then finished, is held finished
 
 

@@ -33,11 +33,22 @@ from .conftest import isolated_env
 
 pytestmark = pytest.mark.integration
 
-PERSON_ROWS = [("p01", 1950, "1", "A"), ("p02", 1950, "1", "A"), ("p03", 1950, "2", "A"), (None, 1950, "2", "A"),
-               *[(f"p0{i}", 1960, "2", "B") for i in range(4, 9)], ("p09", 1970, "1", None), ("p10", 1970, "1", None)]
-ADMISSION_ROWS = [("q1", "65-74", "2025-01-01", "2025-01-05", "s1"), ("q1", "65-74", "2025-03-01", "2025-03-02", "s2"),
-                  ("q2", "65-74", "2025-01-01", "2025-01-05", "s3"), ("q3", "75-84", "2025-02-01", "2025-02-03", "s4"),
-                  ("q3", "75-84", "2025-02-01", "2025-02-03", "s5")]
+PERSON_ROWS = [
+    ("p01", 1950, "1", "A"),
+    ("p02", 1950, "1", "A"),
+    ("p03", 1950, "2", "A"),
+    (None, 1950, "2", "A"),
+    *[(f"p0{i}", 1960, "2", "B") for i in range(4, 9)],
+    ("p09", 1970, "1", None),
+    ("p10", 1970, "1", None),
+]
+ADMISSION_ROWS = [
+    ("q1", "65-74", "2025-01-01", "2025-01-05", "s1"),
+    ("q1", "65-74", "2025-03-01", "2025-03-02", "s2"),
+    ("q2", "65-74", "2025-01-01", "2025-01-05", "s3"),
+    ("q3", "75-84", "2025-02-01", "2025-02-03", "s4"),
+    ("q3", "75-84", "2025-02-01", "2025-02-03", "s5"),
+]
 
 
 def _hand_made(conn, schema: str) -> None:
@@ -126,8 +137,13 @@ def test_the_ig_report_shows_what_each_mart_singles_out(warehouse):
 
 def test_the_command_prints_the_figures_of_the_marts(warehouse):
     _connect, home = warehouse
-    printed = subprocess.run([sys.executable, "-m", "pophealth.cli", "quasi-identifiers"], env=isolated_env(home),
-                             capture_output=True, text=True, timeout=300)
+    printed = subprocess.run(
+        [sys.executable, "-m", "pophealth.cli", "quasi-identifiers"],
+        env=isolated_env(home),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert printed.returncode == 0, printed.stderr[-2000:]
     person = next(line for line in printed.stdout.splitlines() if line.startswith("marts.hand_made_person"))
     assert person.split()[1:6] == ["10", "1", "10.0%", "4", "5"]

@@ -87,7 +87,19 @@ def test_a_server_found_running_with_a_key_in_its_environment_is_started_again_w
 
 
 def test_the_allow_list_passes_the_locale_and_path_and_nothing_secret():
-    given = {"PATH": "/usr/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "HOME": "/home/x", **SECRETS,
-             "POPHEALTH_HOME": "/srv/pophealth", "DATABASE_URL": "postgresql://u:p@h/d", "EDITOR": "vi"}
-    assert db.server_environment(given) == {"PATH": "/usr/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
-                                            "HOME": "/home/x"}
+    given = {
+        "PATH": "/usr/bin",
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "HOME": "/home/x",
+        **SECRETS,
+        "POPHEALTH_HOME": "/srv/pophealth",
+        "DATABASE_URL": "postgresql://u:p@h/d",
+        "EDITOR": "vi",
+    }
+    assert db.server_environment(given) == {
+        "PATH": "/usr/bin",
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "HOME": "/home/x",
+    }

@@ -32,9 +32,15 @@ from .conftest import PURPOSE_KEYS_ENV, TEST_KEY, TEST_VAULT_PUBLIC_KEY
 pytestmark = pytest.mark.integration
 
 ENV = {"POPHEALTH_LINKAGE_KEY": TEST_KEY, "POPHEALTH_VAULT_PUBLIC_KEY": TEST_VAULT_PUBLIC_KEY, **PURPOSE_KEYS_ENV}
-ENV_REMOVED = ("POPHEALTH_DATABASE_URL", "POPHEALTH_LINKAGE_KEY_FILE", "POPHEALTH_VAULT_PUBLIC_KEY_FILE",
-               "POPHEALTH_VAULT_PRIVATE_KEY", "POPHEALTH_VAULT_PRIVATE_KEY_FILE", "POPHEALTH_EXPECTATIONS_DIR",
-               "POPHEALTH_LANDING_DIR")
+ENV_REMOVED = (
+    "POPHEALTH_DATABASE_URL",
+    "POPHEALTH_LINKAGE_KEY_FILE",
+    "POPHEALTH_VAULT_PUBLIC_KEY_FILE",
+    "POPHEALTH_VAULT_PRIVATE_KEY",
+    "POPHEALTH_VAULT_PRIVATE_KEY_FILE",
+    "POPHEALTH_EXPECTATIONS_DIR",
+    "POPHEALTH_LANDING_DIR",
+)
 
 
 def _test_numbers(count: int) -> list[str]:
@@ -90,12 +96,32 @@ def _day(start: str, days: int) -> str:
 def _apc(i: int, provider: str = "RAJ", **changes: str) -> dict:
     """Episode i of a good hospital extract for September 2025: its own spell, two days in hospital."""
     admitted = _day("2025-09-01", i % 25)
-    row = dict(epikey=f"E{i}", spell_id=f"S{i}", nhs_number=NUMBERS[i], nhs_number_status="01",
-               date_of_birth="1950-10-15", sex="1", postcode="CM1 1AA", gp_practice_code="F81001", procode=provider,
-               admidate=admitted, disdate=_day(admitted, 2), epistart=admitted, epiend=_day(admitted, 2),
-               epiorder="1", admimeth="21", admisorc="19", disdest="19", dismeth="1", classpat="1", mainspef="300",
-               tretspef="300", diag_01="J18.9", diag_02="I10X",
-               discharge_ready_date=_day(admitted, 1) if i % 3 == 0 else "")
+    row = dict(
+        epikey=f"E{i}",
+        spell_id=f"S{i}",
+        nhs_number=NUMBERS[i],
+        nhs_number_status="01",
+        date_of_birth="1950-10-15",
+        sex="1",
+        postcode="CM1 1AA",
+        gp_practice_code="F81001",
+        procode=provider,
+        admidate=admitted,
+        disdate=_day(admitted, 2),
+        epistart=admitted,
+        epiend=_day(admitted, 2),
+        epiorder="1",
+        admimeth="21",
+        admisorc="19",
+        disdest="19",
+        dismeth="1",
+        classpat="1",
+        mainspef="300",
+        tretspef="300",
+        diag_01="J18.9",
+        diag_02="I10X",
+        discharge_ready_date=_day(admitted, 1) if i % 3 == 0 else "",
+    )
     row.update(changes)
     return row
 
@@ -104,28 +130,51 @@ def _in_month(i: int, period: str) -> dict:
     """The dates of episode i of a hospital file for the month ending `period` (YYYYMMDD): its rows say which month
     the file covers (audit.load.covers_from), and the volume rule compares month with month."""
     admitted = _day(f"{period[:4]}-{period[4:6]}-01", i % 25)
-    return dict(admidate=admitted, disdate=_day(admitted, 2), epistart=admitted, epiend=_day(admitted, 2),
-                discharge_ready_date=_day(admitted, 1) if i % 3 == 0 else "")
+    return dict(
+        admidate=admitted,
+        disdate=_day(admitted, 2),
+        epistart=admitted,
+        epiend=_day(admitted, 2),
+        discharge_ready_date=_day(admitted, 1) if i % 3 == 0 else "",
+    )
 
 
 def _register(i: int, **changes: str) -> dict:
-    row = dict(nhs_number=NUMBERS[i], date_of_birth="1950-10-15", sex="12"[i % 2], postcode="CM1 1AA",
-               gp_practice_code="F81001", registration_start_date="2000-01-01",
-               registration_end_date="2024-06-30" if i % 7 == 3 else "",
-               date_of_death="2025-03-03" if i % 11 == 5 and i < 60 else "")
+    row = dict(
+        nhs_number=NUMBERS[i],
+        date_of_birth="1950-10-15",
+        sex="12"[i % 2],
+        postcode="CM1 1AA",
+        gp_practice_code="F81001",
+        registration_start_date="2000-01-01",
+        registration_end_date="2024-06-30" if i % 7 == 3 else "",
+        date_of_death="2025-03-03" if i % 11 == 5 and i < 60 else "",
+    )
     row.update(changes)
     return row
 
 
 CLD_EVENTS = (
-    dict(Event_Type="Request", Request_Route_of_Access="Discharge from hospital",
-         Event_Outcome="Progress to assessment, review or reassessment"),
-    dict(Event_Type="Assessment", Assessment_Type="Long term assessment",
-         Event_Outcome="Progress to Support Planning / Services"),  # a Release 1 value, mapped: not a warning
-    dict(Event_Type="Service", Service_Type="Long Term Support: Community",  # Release 1 letter case
-         Service_Component="Home support or domiciliary care", Delivery_Mechanism="CASSR commissioned support",
-         Unit_Cost="21.50", Cost_Frequency_Unit_Type="Hourly", Planned_units_per_week="10",
-         Event_Outcome="Continuation of support or services"),
+    dict(
+        Event_Type="Request",
+        Request_Route_of_Access="Discharge from hospital",
+        Event_Outcome="Progress to assessment, review or reassessment",
+    ),
+    dict(
+        Event_Type="Assessment",
+        Assessment_Type="Long term assessment",
+        Event_Outcome="Progress to Support Planning / Services",
+    ),  # a Release 1 value, mapped: not a warning
+    dict(
+        Event_Type="Service",
+        Service_Type="Long Term Support: Community",  # Release 1 letter case
+        Service_Component="Home support or domiciliary care",
+        Delivery_Mechanism="CASSR commissioned support",
+        Unit_Cost="21.50",
+        Cost_Frequency_Unit_Type="Hourly",
+        Planned_units_per_week="10",
+        Event_Outcome="Continuation of support or services",
+    ),
     dict(Event_Type="Review", Review_Reason="Planned review", Event_Outcome="NFA - Deceased"),
 )
 
@@ -133,12 +182,23 @@ CLD_EVENTS = (
 def _cld(i: int, period: str = "2025-09-30", **changes: str) -> dict:
     """Event i of a good social care extract whose reporting period ends on `period`."""
     start = _day(period, -40 - i % 30)
-    row = dict(LA_Code="E10000012", Reporting_Period_Start_Date=_day(period, -364),
-               Reporting_Period_End_Date=period, Client_Type="Service user", LA_Person_Unique_Identifier=f"P{i}",
-               NHS_Number=NUMBERS[i], Gender="Female", Ethnicity="A", Date_of_Birth="1940-03-03", Postcode="CM1 1AA",
-               Primary_Support_Reason="Physical support: Personal care support",
-               Accommodation_Status="Owner occupier or shared ownership scheme", Event_Reference=f"R{i}",
-               Event_Start_Date=start, Event_End_Date=_day(start, 3))
+    row = dict(
+        LA_Code="E10000012",
+        Reporting_Period_Start_Date=_day(period, -364),
+        Reporting_Period_End_Date=period,
+        Client_Type="Service user",
+        LA_Person_Unique_Identifier=f"P{i}",
+        NHS_Number=NUMBERS[i],
+        Gender="Female",
+        Ethnicity="A",
+        Date_of_Birth="1940-03-03",
+        Postcode="CM1 1AA",
+        Primary_Support_Reason="Physical support: Personal care support",
+        Accommodation_Status="Owner occupier or shared ownership scheme",
+        Event_Reference=f"R{i}",
+        Event_Start_Date=start,
+        Event_End_Date=_day(start, 3),
+    )
     row.update(CLD_EVENTS[i % 4])
     if row["Event_Type"] == "Service":
         row["Event_End_Date"] = ""  # an open service
@@ -156,17 +216,22 @@ def _postcode(i: int, **changes: str) -> dict:
     """Postcode i of a good lookup: four postcodes per LSOA, LSOAs of two localities."""
     lsoa = 21000 + i // 4
     locality = "E07000070" if lsoa % 2 == 0 else "E07000071"
-    row = dict(postcode=f"CM{i // 10 + 1} {i % 10}AB", lsoa_code=f"E01{lsoa:06d}",
-               locality_code=locality, locality_name="Chelmsford" if locality == "E07000070" else "Colchester",
-               la_code="E10000012")
+    row = dict(
+        postcode=f"CM{i // 10 + 1} {i % 10}AB",
+        lsoa_code=f"E01{lsoa:06d}",
+        locality_code=locality,
+        locality_name="Chelmsford" if locality == "E07000070" else "Colchester",
+        la_code="E10000012",
+    )
     row.update(changes)
     return row
 
 
 def _population(lsoa: str = "E01021001") -> list[dict]:
     """One LSOA's mid-year estimate: both sexes at every age 0-90."""
-    return [dict(lsoa_code=lsoa, sex=sex, age=str(age), population=str(10 + age % 7)) for sex in "12"
-            for age in range(91)]
+    return [
+        dict(lsoa_code=lsoa, sex=sex, age=str(age), population=str(10 + age % 7)) for sex in "12" for age in range(91)
+    ]
 
 
 GOOD = {
@@ -178,8 +243,11 @@ GOOD = {
     "ref_population": lambda: _population(),
 }
 FILE_NAMES = {
-    "apc": "apc_RAJ_20250930.csv", "gp_register": "gp_register_20250930.csv", "cld": "cld_E10000012_20250930.csv",
-    "optouts": "optouts_20250930.csv", "ref_postcode_lookup": "ref_postcode_lookup.csv",
+    "apc": "apc_RAJ_20250930.csv",
+    "gp_register": "gp_register_20250930.csv",
+    "cld": "cld_E10000012_20250930.csv",
+    "optouts": "optouts_20250930.csv",
+    "ref_postcode_lookup": "ref_postcode_lookup.csv",
     "ref_population": "ref_population_2025.csv",
 }
 
@@ -208,12 +276,14 @@ def warehouse(tmp_path_factory):
             for feed, name, rows in (
                 ("optouts", "optouts_20250930.csv", [_optout(399)]),
                 ("ref_postcode_lookup", "ref_postcode_lookup.csv", FIXTURE_LOOKUP),
-                ("gp_register", "gp_register_20250331.csv",
-                 [_register(i, date_of_death="") for i in range(10)] + [_register(60, date_of_death=DIED_ON)]),
+                (
+                    "gp_register",
+                    "gp_register_20250331.csv",
+                    [_register(i, date_of_death="") for i in range(10)] + [_register(60, date_of_death=DIED_ON)],
+                ),
             ):
                 folder = _landing(home / f"setup_{feed}")
-                load.publish_load(load.stage_extract(_write(folder / name, HEADERS[feed], rows),
-                                                     "gates-setup").load_id)
+                load.publish_load(load.stage_extract(_write(folder / name, HEADERS[feed], rows), "gates-setup").load_id)
             yield home
         finally:
             _stop_server(db)
@@ -298,14 +368,24 @@ def _gate(load_id: int) -> str | None:
 
 def _assert_refused(load_id: int, feed: str) -> None:
     """The load is refused, its batch is gone, and not one row of it is in the warehouse."""
-    (status,), = _query("SELECT status FROM audit.load WHERE load_id = %s", (load_id,))
+    ((status,),) = _query("SELECT status FROM audit.load WHERE load_id = %s", (load_id,))
     assert status == "gate_failed"
     assert _query(f"SELECT count(*) FROM {RAW_TABLES[feed]} WHERE load_id = %s", (load_id,)) == [(0,)]
     assert _query("SELECT to_regclass(%s)", (f"load_batch.load_{load_id}",)) == [(None,)]
 
 
-IDENTIFYING = {"nhs_number", "NHS_Number", "date_of_birth", "Date_of_Birth", "postcode", "Postcode",
-               "LA_Person_Unique_Identifier", "epikey", "spell_id", "Event_Reference"}
+IDENTIFYING = {
+    "nhs_number",
+    "NHS_Number",
+    "date_of_birth",
+    "Date_of_Birth",
+    "postcode",
+    "Postcode",
+    "LA_Person_Unique_Identifier",
+    "epikey",
+    "spell_id",
+    "Event_Reference",
+}
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
@@ -344,81 +424,147 @@ def _broken(feed: str, changes: dict[int, dict]) -> Callable[[], list[dict]]:
 
 ERROR_CASES = [
     # apc -------------------------------------------------------------------------------------------------
-    Case("apc.nhs_number.valid_share_floor",
-         _broken("apc", {i: {"nhs_number": _invalid(NUMBERS[i])} for i in range(6)}), 6, (1, 2, 3, 4, 5)),
-    Case("apc.rows.loaded_share", _broken("apc", {2: {"admidate": "2025-02-30"}, 4: {"epistart": "30/09/2025"}}),
-         2, (3, 5)),
+    Case(
+        "apc.nhs_number.valid_share_floor",
+        _broken("apc", {i: {"nhs_number": _invalid(NUMBERS[i])} for i in range(6)}),
+        6,
+        (1, 2, 3, 4, 5),
+    ),
+    Case(
+        "apc.rows.loaded_share",
+        _broken("apc", {2: {"admidate": "2025-02-30"}, 4: {"epistart": "30/09/2025"}}),
+        2,
+        (3, 5),
+    ),
     Case("apc.admission_method.in_contract", _broken("apc", {3: {"admimeth": "XX"}}), 1, (4,)),
     Case("apc.discharge_method.in_contract", _broken("apc", {3: {"dismeth": "0"}, 7: {"dismeth": "X"}}), 2, (4, 8)),
     Case("apc.discharge_destination.in_contract", _broken("apc", {5: {"disdest": "00"}}), 1, (6,)),
     Case("apc.episode_order.positive", _broken("apc", {1: {"epiorder": "100"}}), 1, (2,)),
     Case("apc.episode_key.unique", _broken("apc", {5: {"epikey": "E4"}}), 2, (5, 6)),
-    Case("apc.spell.one_admission",  # a second episode of spell S5 with another admission date
-         _broken("apc", {6: {"spell_id": "S5", "nhs_number": NUMBERS[5], "epiorder": "2"}}), 2, (6, 7)),
+    Case(
+        "apc.spell.one_admission",  # a second episode of spell S5 with another admission date
+        _broken("apc", {6: {"spell_id": "S5", "nhs_number": NUMBERS[5], "epiorder": "2"}}),
+        2,
+        (6, 7),
+    ),
     Case("apc.episode_starts_after_admission", _broken("apc", {2: {"epistart": "2025-09-01"}}), 1, (3,)),
     Case("apc.episode_ends_after_it_starts", _broken("apc", {2: {"epiend": "2025-09-02"}}), 1, (3,)),
     Case("apc.episode_ends_by_discharge", _broken("apc", {2: {"epiend": "2025-09-06"}}), 1, (3,)),
     Case("apc.discharge_after_admission", _broken("apc", {2: {"disdate": "2025-09-02", "epiend": ""}}), 1, (3,)),
-    Case("apc.dates.not_after_period_end",
-         _broken("apc", {9: {"admidate": "2025-10-01", "epistart": "2025-10-01", "epiend": "2025-10-03",
-                             "disdate": "2025-10-03"}}), 1, (10,)),
-    Case("apc.admitted_after_birth",  # born in September 2025, admitted in August
-         _broken("apc", {1: {"date_of_birth": "2025-09-10", "admidate": "2025-08-30", "epistart": "2025-08-30"}}),
-         1, (2,)),
+    Case(
+        "apc.dates.not_after_period_end",
+        _broken(
+            "apc",
+            {9: {"admidate": "2025-10-01", "epistart": "2025-10-01", "epiend": "2025-10-03", "disdate": "2025-10-03"}},
+        ),
+        1,
+        (10,),
+    ),
+    Case(
+        "apc.admitted_after_birth",  # born in September 2025, admitted in August
+        _broken("apc", {1: {"date_of_birth": "2025-09-10", "admidate": "2025-08-30", "epistart": "2025-08-30"}}),
+        1,
+        (2,),
+    ),
     Case("apc.admitted_after_death", _broken("apc", {7: {"nhs_number": DEAD}}), 1, (8,)),
-    Case("apc.admitted_after_hospital_death",  # died in spell S3 on 6 September, admitted again on the 9th
-         _broken("apc", {3: {"dismeth": "4", "disdest": "79"}, 8: {"nhs_number": NUMBERS[3]}}), 1, (9,)),
+    Case(
+        "apc.admitted_after_hospital_death",  # died in spell S3 on 6 September, admitted again on the 9th
+        _broken("apc", {3: {"dismeth": "4", "disdest": "79"}, 8: {"nhs_number": NUMBERS[3]}}),
+        1,
+        (9,),
+    ),
     Case("apc.birth_year.plausible", _broken("apc", {0: {"date_of_birth": "1880-01-01"}}), 1, (1,)),
     # gp_register -----------------------------------------------------------------------------------------
-    Case("gp_register.nhs_number.valid_share_floor",  # 1 of 10 quarantined: 90% valid
-         _broken("gp_register", {2: {"nhs_number": _invalid(NUMBERS[2])}}), 1, (3,)),
-    Case("gp_register.rows.loaded_share",
-         _broken("gp_register", {3: {"registration_start_date": "2025-13-01"}, 5: {"date_of_death": "yesterday"}}),
-         2, (4, 6)),
+    Case(
+        "gp_register.nhs_number.valid_share_floor",  # 1 of 10 quarantined: 90% valid
+        _broken("gp_register", {2: {"nhs_number": _invalid(NUMBERS[2])}}),
+        1,
+        (3,),
+    ),
+    Case(
+        "gp_register.rows.loaded_share",
+        _broken("gp_register", {3: {"registration_start_date": "2025-13-01"}, 5: {"date_of_death": "yesterday"}}),
+        2,
+        (4, 6),
+    ),
     Case("gp_register.person.unique", _broken("gp_register", {4: {"nhs_number": NUMBERS[3]}}), 2, (4, 5)),
     Case("gp_register.birth_year.plausible", _broken("gp_register", {6: {"date_of_birth": "1880-05-05"}}), 1, (7,)),
-    Case("gp_register.dates.not_after_period_end",
-         _broken("gp_register", {0: {"registration_start_date": "2025-10-01"}}), 1, (1,)),
+    Case(
+        "gp_register.dates.not_after_period_end",
+        _broken("gp_register", {0: {"registration_start_date": "2025-10-01"}}),
+        1,
+        (1,),
+    ),
     Case("gp_register.died_after_birth", _broken("gp_register", {8: {"date_of_death": "1950-09-01"}}), 1, (9,)),
     # cld -------------------------------------------------------------------------------------------------
-    Case("cld.nhs_number.valid_share_floor", _broken("cld", {i: {"NHS_Number": ""} for i in range(8)}),
-         8, (1, 2, 3, 4, 5)),
-    Case("cld.rows.loaded_share", _broken("cld", {1: {"Event_Start_Date": "2025-02-30"},
-                                                  6: {"Event_Type": ""}}), 2, (2, 7)),
+    Case(
+        "cld.nhs_number.valid_share_floor",
+        _broken("cld", {i: {"NHS_Number": ""} for i in range(8)}),
+        8,
+        (1, 2, 3, 4, 5),
+    ),
+    Case(
+        "cld.rows.loaded_share",
+        _broken("cld", {1: {"Event_Start_Date": "2025-02-30"}, 6: {"Event_Type": ""}}),
+        2,
+        (2, 7),
+    ),
     Case("cld.event.unique_in_file", lambda: GOOD["cld"]() + GOOD["cld"]()[2:3], 2, (3, len(GOOD["cld"]()) + 1)),
     Case("cld.event_type.in_contract", _broken("cld", {4: {"Event_Type": "Referral"}}), 1, (5,)),
-    Case("cld.reporting_period.matches_file", _broken("cld", {2: {"Reporting_Period_End_Date": "2025-06-30"}}),
-         1, (3,)),
-    Case("cld.reporting_period_in_order", _broken("cld", {3: {"Reporting_Period_Start_Date": "2025-10-01"}}),
-         1, (4,)),
+    Case(
+        "cld.reporting_period.matches_file", _broken("cld", {2: {"Reporting_Period_End_Date": "2025-06-30"}}), 1, (3,)
+    ),
+    Case("cld.reporting_period_in_order", _broken("cld", {3: {"Reporting_Period_Start_Date": "2025-10-01"}}), 1, (4,)),
     Case("cld.event_ends_after_it_starts", _broken("cld", {0: {"Event_End_Date": "2025-01-01"}}), 1, (1,)),
     Case("cld.dates.not_after_period_end", _broken("cld", {5: {"Event_End_Date": "2025-10-05"}}), 1, (6,)),
     Case("cld.birth_year.plausible", _broken("cld", {7: {"Date_of_Birth": "1880-01-01"}}), 1, (8,)),
     # optouts: counts and quarantined row numbers only (the opt-out list keeps no row numbers) -----------
-    Case("optouts.rows.loaded_share",  # 6 of 10 numbers mangled (one cut short): a garbled list
-         _broken("optouts", {**{i: {"nhs_number": _invalid(NUMBERS[360 + i])} for i in range(1, 6)},
-                             8: {"nhs_number": "12345"}}), 6, (2, 3, 4, 5, 6)),
+    Case(
+        "optouts.rows.loaded_share",  # 6 of 10 numbers mangled (one cut short): a garbled list
+        _broken(
+            "optouts",
+            {**{i: {"nhs_number": _invalid(NUMBERS[360 + i])} for i in range(1, 6)}, 8: {"nhs_number": "12345"}},
+        ),
+        6,
+        (2, 3, 4, 5, 6),
+    ),
     # ref_postcode_lookup ---------------------------------------------------------------------------------
-    Case("ref_postcode_lookup.rows.loaded_share", _broken("ref_postcode_lookup", {5: {"locality_code": ""}}),
-         1, (6,)),
+    Case("ref_postcode_lookup.rows.loaded_share", _broken("ref_postcode_lookup", {5: {"locality_code": ""}}), 1, (6,)),
     Case("ref_postcode_lookup.lsoa_code.format", _broken("ref_postcode_lookup", {0: {"lsoa_code": "X01021000"}}), 1),
-    Case("ref_postcode_lookup.locality_code.format",
-         _broken("ref_postcode_lookup", {i: {"locality_code": "NOT A CODE"} for i in range(4)}), 4),
-    Case("ref_postcode_lookup.lsoa_in_one_locality",
-         _broken("ref_postcode_lookup", {1: {"locality_code": "E07000071"}}), 4),
+    Case(
+        "ref_postcode_lookup.locality_code.format",
+        _broken("ref_postcode_lookup", {i: {"locality_code": "NOT A CODE"} for i in range(4)}),
+        4,
+    ),
+    Case(
+        "ref_postcode_lookup.lsoa_in_one_locality",
+        _broken("ref_postcode_lookup", {1: {"locality_code": "E07000071"}}),
+        4,
+    ),
     # a district's code (E07, lower tier) where the council's belongs
-    Case("ref_postcode_lookup.la_code.format",
-         _broken("ref_postcode_lookup", {i: {"la_code": "E07000070"} for i in range(12)}), 12),
+    Case(
+        "ref_postcode_lookup.la_code.format",
+        _broken("ref_postcode_lookup", {i: {"la_code": "E07000070"} for i in range(12)}),
+        12,
+    ),
     # postcode 2 (LSOA E01021000, locality E07000070) put in Thurrock: its LSOA (rows 1-4) and its locality
     # (the even LSOAs: rows 1-4 and 9-12) would each be in two councils
-    Case("ref_postcode_lookup.locality_in_one_council",
-         _broken("ref_postcode_lookup", {1: {"la_code": "E06000034"}}), 8),
+    Case(
+        "ref_postcode_lookup.locality_in_one_council", _broken("ref_postcode_lookup", {1: {"la_code": "E06000034"}}), 8
+    ),
     # ref_population ---------------------------------------------------------------------------------------
-    Case("ref_population.rows.loaded_share",
-         _broken("ref_population", {10: {"population": "x"}, 20: {"age": "-1"}}), 2, (11, 21)),
+    Case(
+        "ref_population.rows.loaded_share",
+        _broken("ref_population", {10: {"population": "x"}, 20: {"age": "-1"}}),
+        2,
+        (11, 21),
+    ),
     Case("ref_population.sex.in_contract", _broken("ref_population", {0: {"sex": "M"}}), 1),
-    Case("ref_population.lsoa_code.format",
-         _broken("ref_population", {i: {"lsoa_code": "E0102100"} for i in range(182)}), 182),
+    Case(
+        "ref_population.lsoa_code.format",
+        _broken("ref_population", {i: {"lsoa_code": "E0102100"} for i in range(182)}),
+        182,
+    ),
     Case("ref_population.cell.unique", lambda: _population() + [_population()[5]], 2),
     Case("ref_population.age.in_range", _broken("ref_population", {100: {"age": "95"}}), 1),
 ]
@@ -463,39 +609,73 @@ WARN_CASES = [
     Case("apc.nhs_number_status.in_contract", _broken("apc", {2: {"nhs_number_status": "09"}}), 1, (3,)),
     Case("apc.sex.in_contract", _broken("apc", {2: {"sex": "3"}}), 1, (3,)),
     Case("apc.primary_diagnosis.icd10_format", _broken("apc", {2: {"diag_01": "FALL"}}), 1, (3,)),
-    Case("apc.one_first_episode_per_spell",  # a second first episode of spell S7 (same person, same admission)
-         _broken("apc", {8: {"spell_id": "S7", "nhs_number": NUMBERS[7], "admidate": "2025-09-08",
-                             "epistart": "2025-09-08", "epiend": "2025-09-10", "disdate": "2025-09-10"}}), 2, (8, 9)),
-    Case("apc.discharge_ready_before_discharge", _broken("apc", {4: {"discharge_ready_date": "2025-09-20"}}),
-         1, (5,)),
+    Case(
+        "apc.one_first_episode_per_spell",  # a second first episode of spell S7 (same person, same admission)
+        _broken(
+            "apc",
+            {
+                8: {
+                    "spell_id": "S7",
+                    "nhs_number": NUMBERS[7],
+                    "admidate": "2025-09-08",
+                    "epistart": "2025-09-08",
+                    "epiend": "2025-09-10",
+                    "disdate": "2025-09-10",
+                }
+            },
+        ),
+        2,
+        (8, 9),
+    ),
+    Case("apc.discharge_ready_before_discharge", _broken("apc", {4: {"discharge_ready_date": "2025-09-20"}}), 1, (5,)),
     Case("gp_register.area.known", _broken("gp_register", {1: {"postcode": "ZZ9 9ZZ"}}), 1, (2,)),
-    Case("gp_register.nhs_number.valid_share",  # 1 of 50 quarantined: 98% valid, above the error floor
-         lambda: _changed([_register(i) for i in range(50)], {9: {"nhs_number": ""}}), 1, (10,)),
+    Case(
+        "gp_register.nhs_number.valid_share",  # 1 of 50 quarantined: 98% valid, above the error floor
+        lambda: _changed([_register(i) for i in range(50)], {9: {"nhs_number": ""}}),
+        1,
+        (10,),
+    ),
     Case("gp_register.sex.in_contract", _broken("gp_register", {2: {"sex": "3"}}), 1, (3,)),
     Case("gp_register.practice_code.ods_format", _broken("gp_register", {2: {"gp_practice_code": "ABC"}}), 1, (3,)),
-    Case("gp_register.registration_end.not_after_period_end",  # a planned deduction
-         _broken("gp_register", {3: {"registration_end_date": "2025-12-31"}}), 1, (4,)),
-    Case("gp_register.registration_in_order", _broken("gp_register", {3: {"registration_end_date": "1999-01-01"}}),
-         1, (4,)),
+    Case(
+        "gp_register.registration_end.not_after_period_end",  # a planned deduction
+        _broken("gp_register", {3: {"registration_end_date": "2025-12-31"}}),
+        1,
+        (4,),
+    ),
+    Case(
+        "gp_register.registration_in_order",
+        _broken("gp_register", {3: {"registration_end_date": "1999-01-01"}}),
+        1,
+        (4,),
+    ),
     Case("cld.nhs_number.present", _broken("cld", {i: {"NHS_Number": ""} for i in range(5)}), 5, (1, 2, 3, 4, 5)),
     Case("cld.event_details.present", _broken("cld", {4: {"Request_Route_of_Access": ""}}), 1, (5,)),
-    Case("cld.nhs_number.valid_share",
-         _broken("cld", {i: {"NHS_Number": _invalid(NUMBERS[i])} for i in range(5)}), 5, (1, 2, 3, 4, 5)),
+    Case(
+        "cld.nhs_number.valid_share",
+        _broken("cld", {i: {"NHS_Number": _invalid(NUMBERS[i])} for i in range(5)}),
+        5,
+        (1, 2, 3, 4, 5),
+    ),
     Case("cld.client_type.in_contract", _broken("cld", {3: {"Client_Type": "Client"}}), 1, (4,)),
     Case("cld.event_outcome.in_contract", _broken("cld", {3: {"Event_Outcome": "Gone fishing"}}), 1, (4,)),
-    Case("cld.request_route.in_contract", _broken("cld", {0: {"Request_Route_of_Access": "By carrier pigeon"}}),
-         1, (1,)),
-    Case("cld.assessment_type.in_contract", _broken("cld", {1: {"Assessment_Type": "Medium term assessment"}}),
-         1, (2,)),
-    Case("cld.service_type.in_contract", _broken("cld", {2: {"Service_Type": "Long term support: Holiday"}}),
-         1, (3,)),
+    Case(
+        "cld.request_route.in_contract", _broken("cld", {0: {"Request_Route_of_Access": "By carrier pigeon"}}), 1, (1,)
+    ),
+    Case(
+        "cld.assessment_type.in_contract", _broken("cld", {1: {"Assessment_Type": "Medium term assessment"}}), 1, (2,)
+    ),
+    Case("cld.service_type.in_contract", _broken("cld", {2: {"Service_Type": "Long term support: Holiday"}}), 1, (3,)),
     Case("cld.delivery_mechanism.in_contract", _broken("cld", {2: {"Delivery_Mechanism": "Cash"}}), 1, (3,)),
     Case("cld.event_starts_by_death", _broken("cld", {5: {"Date_of_Death": "2025-01-01"}}), 1, (6,)),
     Case("cld.unit_cost.non_negative", _broken("cld", {6: {"Unit_Cost": "-5"}}), 1, (7,)),
     Case("cld.planned_units.within_week", _broken("cld", {6: {"Planned_units_per_week": "200"}}), 1, (7,)),
-    Case("optouts.nhs_number.valid_share",
-         lambda: _changed([_optout(360 + i) for i in range(20)], {4: {"nhs_number": _invalid(NUMBERS[364])}}),
-         1, (5,)),
+    Case(
+        "optouts.nhs_number.valid_share",
+        lambda: _changed([_optout(360 + i) for i in range(20)], {4: {"nhs_number": _invalid(NUMBERS[364])}}),
+        1,
+        (5,),
+    ),
     Case("optouts.person.unique", _broken("optouts", {3: {"nhs_number": NUMBERS[362]}}), 2),
     Case("ref_postcode_lookup.locality_name.present", _broken("ref_postcode_lookup", {3: {"locality_name": ""}}), 1),
     Case("ref_postcode_lookup.la_code.on_every_row", _broken("ref_postcode_lookup", {3: {"la_code": ""}}), 1),
@@ -515,7 +695,7 @@ def test_a_file_that_breaks_a_warn_rule_is_loaded_and_the_warning_recorded(stage
     assert (rule["status"], rule["severity"]) == ("failed", "warn")
     assert rule["unexpected_count"] == case.count
     assert rule["example_rows"] == list(case.examples)
-    (status,), = _query("SELECT status FROM audit.load WHERE load_id = %s", (load_id,))
+    ((status,),) = _query("SELECT status FROM audit.load WHERE load_id = %s", (load_id,))
     assert status == "validated"  # the gate let it through: the publish task runs next
 
 
@@ -555,8 +735,9 @@ def test_a_good_file_passes_every_rule_and_every_result_is_recorded(stage, feed)
     # Great Expectations' Data Docs: a page for this validation, listed in the site's index.
     index = data_docs_index()
     assert str(index) in outcome.summary() and index.is_file()
-    pages = [p for p in (index.parent / "validations").rglob("*.html")
-             if p.name.endswith(f"load_batch.load_{load_id}.html")]
+    pages = [
+        p for p in (index.parent / "validations").rglob("*.html") if p.name.endswith(f"load_batch.load_{load_id}.html")
+    ]
     assert len(pages) == 1 and f"load_batch.load_{load_id}" in index.read_text()
 
 
@@ -566,15 +747,26 @@ def test_a_thurrock_lookup_with_its_own_locality_codes_passes_every_rule(stage):
     from pophealth.quality import gates
 
     areas = ["GRAYS", "TILBURY", "STANFORD-LE-HOPE", "AVELEY_OCKENDON"]
-    rows = [dict(postcode=f"RM{i // 10 + 1} {i % 10}TT", lsoa_code=f"E01{22000 + i // 2:06d}",
-                 locality_code=areas[(i // 2) % 4], locality_name=areas[(i // 2) % 4].title(), la_code="E06000034")
-            for i in range(16)]
+    rows = [
+        dict(
+            postcode=f"RM{i // 10 + 1} {i % 10}TT",
+            lsoa_code=f"E01{22000 + i // 2:06d}",
+            locality_code=areas[(i // 2) % 4],
+            locality_name=areas[(i // 2) % 4].title(),
+            la_code="E06000034",
+        )
+        for i in range(16)
+    ]
     load_id = stage("ref_postcode_lookup", rows)
     outcome = gates.run_load_gate(load_id, "ref_postcode_lookup", f"load_batch.load_{load_id}", run_id="run-thurrock")
     assert outcome.passed and not outcome.failures(), outcome.summary()
     recorded = _recorded(load_id)
-    for rule in ("ref_postcode_lookup.locality_code.format", "ref_postcode_lookup.lsoa_in_one_locality",
-                 "ref_postcode_lookup.la_code.format", "ref_postcode_lookup.locality_in_one_council"):
+    for rule in (
+        "ref_postcode_lookup.locality_code.format",
+        "ref_postcode_lookup.lsoa_in_one_locality",
+        "ref_postcode_lookup.la_code.format",
+        "ref_postcode_lookup.locality_in_one_council",
+    ):
         assert recorded[rule]["status"] == "passed", rule
 
 
@@ -611,11 +803,25 @@ def test_a_rule_on_a_column_empty_in_the_whole_file_is_not_applicable(stage):
 def test_a_many_rule_failure_stays_one_screen(stage):
     from pophealth.quality.validation import SUMMARY_FAILURES
 
-    rows = _changed(GOOD["apc"](), {
-        0: {"admimeth": "XX", "dismeth": "X", "disdest": "00", "admisorc": "77", "classpat": "7", "sex": "3",
-            "nhs_number_status": "09", "diag_01": "FALL", "epiorder": "100", "date_of_birth": "1880-01-01"},
-        1: {"epistart": "2025-09-01", "epiend": "2025-08-01", "discharge_ready_date": "2025-09-30"},
-        2: {"epikey": "E1", "nhs_number": DEAD}})
+    rows = _changed(
+        GOOD["apc"](),
+        {
+            0: {
+                "admimeth": "XX",
+                "dismeth": "X",
+                "disdest": "00",
+                "admisorc": "77",
+                "classpat": "7",
+                "sex": "3",
+                "nhs_number_status": "09",
+                "diag_01": "FALL",
+                "epiorder": "100",
+                "date_of_birth": "1880-01-01",
+            },
+            1: {"epistart": "2025-09-01", "epiend": "2025-08-01", "discharge_ready_date": "2025-09-30"},
+            2: {"epikey": "E1", "nhs_number": DEAD},
+        },
+    )
     load_id = stage("apc", rows)
     message = _gate(load_id)
     assert message is not None
@@ -633,16 +839,27 @@ def test_a_many_rule_failure_stays_one_screen(stage):
 
 VOLUME = {
     # feed: (file name pattern, first and second period, rows of the first delivery, rows of a delivery)
-    "apc": ("apc_RDE_{}.csv", ("20250930", "20251031"), 60,
-            lambda n, period: [_apc(i, provider="RDE", **_in_month(i, period)) for i in range(n)]),
-    "gp_register": ("gp_register_{}.csv", ("20250831", "20250930"), 120,
-                    lambda n, _: [_register(100 + i) for i in range(n)]),
-    "cld": ("cld_E10000012_{}.csv", ("20250630", "20250930"), 60,
-            lambda n, period: [_cld(i, period=f"{period[:4]}-{period[4:6]}-{period[6:]}") for i in range(n)]),
+    "apc": (
+        "apc_RDE_{}.csv",
+        ("20250930", "20251031"),
+        60,
+        lambda n, period: [_apc(i, provider="RDE", **_in_month(i, period)) for i in range(n)],
+    ),
+    "gp_register": (
+        "gp_register_{}.csv",
+        ("20250831", "20250930"),
+        120,
+        lambda n, _: [_register(100 + i) for i in range(n)],
+    ),
+    "cld": (
+        "cld_E10000012_{}.csv",
+        ("20250630", "20250930"),
+        60,
+        lambda n, period: [_cld(i, period=f"{period[:4]}-{period[4:6]}-{period[6:]}") for i in range(n)],
+    ),
     "optouts": ("optouts_{}.csv", ("20251130", "20251231"), 60, lambda n, _: [_optout(300 + i) for i in range(n)]),
     "ref_postcode_lookup": ("ref_postcode_lookup.csv", ("", ""), 120, lambda n, _: [_postcode(i) for i in range(n)]),
-    "ref_population": ("ref_population_{}.csv", ("2024", "2025"), 182,
-                       lambda n, _: _population()[:n]),
+    "ref_population": ("ref_population_{}.csv", ("2024", "2025"), 182, lambda n, _: _population()[:n]),
 }
 
 
@@ -653,16 +870,23 @@ def retire_loads(warehouse, tmp_path):
     from pophealth.ingest.load import publish_load, stage_extract
     from pophealth.warehouse import db
 
-    (first,), = _query("SELECT coalesce(max(load_id), 0) FROM audit.load")
+    ((first,),) = _query("SELECT coalesce(max(load_id), 0) FROM audit.load")
     yield
     with db.connect() as conn:
-        feeds = [r[0] for r in conn.execute(
-            "SELECT DISTINCT feed FROM audit.load WHERE load_id > %s AND status = 'published'", (first,))]
-        conn.execute("UPDATE audit.load SET status = 'superseded' WHERE load_id > %s AND status = 'published' "
-                     "AND feed <> 'optouts'", (first,))
+        feeds = [
+            r[0]
+            for r in conn.execute(
+                "SELECT DISTINCT feed FROM audit.load WHERE load_id > %s AND status = 'published'", (first,)
+            )
+        ]
+        conn.execute(
+            "UPDATE audit.load SET status = 'superseded' WHERE load_id > %s AND status = 'published' "
+            "AND feed <> 'optouts'",
+            (first,),
+        )
     if "optouts" in feeds:
         # A list dated after the one in force (an older one would be refused as stale).
-        (latest,), = _query("SELECT max(period_end) FROM audit.load WHERE feed = 'optouts' AND status = 'published'")
+        ((latest,),) = _query("SELECT max(period_end) FROM audit.load WHERE feed = 'optouts' AND status = 'published'")
         folder = _landing(tmp_path / "restore")
         path = _write(folder / f"optouts_{latest + timedelta(days=1):%Y%m%d}.csv", HEADERS["optouts"], [_optout(399)])
         publish_load(stage_extract(path, "gates-restore").load_id)
@@ -701,36 +925,49 @@ def test_a_second_delivery_within_the_band_passes(stage, retire_loads):
     first = stage("apc", [_apc(i, provider="RQW") for i in range(60)], "apc_RQW_20250930.csv")
     assert _gate(first) is None
     publish_load(first)
-    second = stage("apc", [_apc(i, provider="RQW", **_in_month(i, "20251031")) for i in range(45)],
-                   "apc_RQW_20251031.csv")  # 75%
+    second = stage(
+        "apc", [_apc(i, provider="RQW", **_in_month(i, "20251031")) for i in range(45)], "apc_RQW_20251031.csv"
+    )  # 75%
     assert _gate(second) is None
     volume = _recorded(second)["apc.volume.within_band"]
     assert volume["status"] == "passed" and volume["observed_number"] == 45
-    assert volume["threshold"].startswith("rows between 60% and 200% of the 60 rows of the previous published "
-                                          f"load of apc RQW (load {first}, period ending 2025-09-30), so 36 to 120")
+    assert volume["threshold"].startswith(
+        "rows between 60% and 200% of the 60 rows of the previous published "
+        f"load of apc RQW (load {first}, period ending 2025-09-30), so 36 to 120"
+    )
 
 
 def test_a_monthly_file_after_an_annual_one_is_compared_with_a_months_share_of_it(stage, retire_loads):
     from pophealth.ingest.load import publish_load
 
     # A year to September 2025, 50 episodes a month; then October with 50 (passes) or 20 (40%: fails).
-    year = [_apc(i % 60, provider="RQW", epikey=f"Y{i}", spell_id=f"Y{i}",
-                 **_in_month(i, f"{2024 + (9 + i // 50 >= 12)}{(9 + i // 50) % 12 + 1:02d}01"))
-            for i in range(600)]
+    year = [
+        _apc(
+            i % 60,
+            provider="RQW",
+            epikey=f"Y{i}",
+            spell_id=f"Y{i}",
+            **_in_month(i, f"{2024 + (9 + i // 50 >= 12)}{(9 + i // 50) % 12 + 1:02d}01"),
+        )
+        for i in range(600)
+    ]
     first = stage("apc", year, "apc_RQW_20250930.csv")
     assert _query("SELECT covers_from::text, covers_to::text FROM audit.load WHERE load_id = %s", (first,)) == [
-        ("2024-10-01", "2025-09-30")]
+        ("2024-10-01", "2025-09-30")
+    ]
     assert _gate(first) is None
     publish_load(first)
-    october = stage("apc", [_apc(i, provider="RQW", **_in_month(i, "20251031")) for i in range(50)],
-                    "apc_RQW_20251031.csv")
+    october = stage(
+        "apc", [_apc(i, provider="RQW", **_in_month(i, "20251031")) for i in range(50)], "apc_RQW_20251031.csv"
+    )
     assert _gate(october) is None  # not "8% of the last load"
     volume = _recorded(october)["apc.volume.within_band"]
     assert volume["status"] == "passed" and volume["observed_number"] == 50
     assert "12 months, scaled to the 1 month this file covers" in volume["threshold"]
     assert "so 30 to 100" in volume["threshold"]
-    short = stage("apc", [_apc(i, provider="RQW", **_in_month(i, "20251031")) for i in range(20)],
-                  "apc_RQW_20251031.csv")
+    short = stage(
+        "apc", [_apc(i, provider="RQW", **_in_month(i, "20251031")) for i in range(20)], "apc_RQW_20251031.csv"
+    )
     assert "FAILED [error] apc.volume.within_band:" in (_gate(short) or "")
 
 
@@ -748,12 +985,13 @@ def _stage_in_run(tmp_path, run_id: str, name: str, rows: list[dict]) -> int:
 
 
 def _month(n: int, period: str, provider: str = "RQW") -> list[dict]:
-    return [_apc(i % 60, provider=provider, epikey=f"B{period}{i}", spell_id=f"B{period}{i}", **_in_month(i, period))
-            for i in range(n)]
+    return [
+        _apc(i % 60, provider=provider, epikey=f"B{period}{i}", spell_id=f"B{period}{i}", **_in_month(i, period))
+        for i in range(n)
+    ]
 
 
-def test_a_backfilled_month_is_compared_with_the_month_before_staged_in_the_same_run(warehouse, tmp_path,
-                                                                                    retire_loads):
+def test_a_backfilled_month_is_compared_with_the_month_before_staged_in_the_same_run(warehouse, tmp_path, retire_loads):
     january = _stage_in_run(tmp_path, "backfill-1", "apc_RQW_20260131.csv", _month(80, "20260131"))
     february = _stage_in_run(tmp_path, "backfill-1", "apc_RQW_20260228.csv", _month(60, "20260228"))
     march = _stage_in_run(tmp_path, "backfill-1", "apc_RQW_20260331.csv", _month(30, "20260331"))  # truncated
@@ -762,9 +1000,11 @@ def test_a_backfilled_month_is_compared_with_the_month_before_staged_in_the_same
     assert _gate(february) is None  # 60 of 80: 75%, within 60% to 200%
     volume = _recorded(february)["apc.volume.within_band"]
     assert volume["status"] == "passed" and volume["observed_number"] == 60
-    assert volume["threshold"].startswith("rows between 60% and 200% of the 80 rows of the previous load of apc RQW "
-                                          f"staged in this run (load {january}, period ending 2026-01-31), "
-                                          "so 48 to 160")
+    assert volume["threshold"].startswith(
+        "rows between 60% and 200% of the 80 rows of the previous load of apc RQW "
+        f"staged in this run (load {january}, period ending 2026-01-31), "
+        "so 48 to 160"
+    )
     message = _gate(march)  # 30 of 60: 50%, the truncated file the rule is there for, caught before publication
     assert message is not None and "FAILED [error] apc.volume.within_band:" in message
     assert f"(load {february}, period ending 2026-02-28)" in message

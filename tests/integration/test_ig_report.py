@@ -35,8 +35,9 @@ class Report:
         self.drawn = 0
 
     def pophealth(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "pophealth.cli", *args], env=self.env, capture_output=True,
-                              text=True, timeout=600)
+        return subprocess.run(
+            [sys.executable, "-m", "pophealth.cli", *args], env=self.env, capture_output=True, text=True, timeout=600
+        )
 
     def sql(self, statement: str, params: tuple = ()) -> list[tuple]:
         with psycopg.connect(self.url, autocommit=True) as conn:
@@ -66,16 +67,18 @@ def report(tmp_path_factory):
     landing = synth_world(home, population=300, seed=17)
     with marts_built_from(landing, home, TEST_KEY, timeout=900) as url:
         r = Report(home, url)
-        recorded = subprocess.run([sys.executable, "-c", RECORD_LINEAGE], env=r.env, capture_output=True, text=True,
-                                  timeout=600)
+        recorded = subprocess.run(
+            [sys.executable, "-c", RECORD_LINEAGE], env=r.env, capture_output=True, text=True, timeout=600
+        )
         assert recorded.returncode == 0, recorded.stderr[-3000:]
         # Re-identification takes the care teams' ids (direct_care), never an analyst's (marts).
         r.person_id = r.sql("SELECT person_id FROM direct_care.case_finding ORDER BY risk_rank LIMIT 1")[0][0]
         # A purpose off the closed list is refused, and the refusal logged with the purpose as given.
         refused = r.pophealth("reidentify", r.person_id, "--purpose", PURPOSE, "--on-behalf-of", "Dr Example")
         assert refused.returncode == 2, refused.stdout[-2000:] + refused.stderr[-2000:]
-        asked = r.pophealth("reidentify", r.person_id, "--purpose", "case_finding_follow_up",
-                            "--on-behalf-of", "Dr Example")
+        asked = r.pophealth(
+            "reidentify", r.person_id, "--purpose", "case_finding_follow_up", "--on-behalf-of", "Dr Example"
+        )
         assert asked.returncode == 0, asked.stdout[-2000:] + asked.stderr[-2000:]
         r.revealed = re.findall(r"\b\d{10}\b", asked.stdout)
         r.first = r.draw()
@@ -86,14 +89,21 @@ def test_every_agreement_and_every_load_is_listed_with_checksum_counts_and_key_v
     dom, _, exit_code = report.first
     assert exit_code == 0
     agreements = table(dom, "agreements")
-    for reference in ("DSA-ESX-2024-001", "DSA-ESX-2024-002", "DSA-ESX-2024-003", "DSA-ESX-2024-010",
-                      "DSA-ESX-2024-020", "DSA-NHSE-2024-030"):
+    for reference in (
+        "DSA-ESX-2024-001",
+        "DSA-ESX-2024-002",
+        "DSA-ESX-2024-003",
+        "DSA-ESX-2024-010",
+        "DSA-ESX-2024-020",
+        "DSA-NHSE-2024-030",
+    ):
         assert reference in agreements
     assert "9(2)(h) health or social care" in agreements and "bcf_reporting" in agreements
     loads = table(dom, "loads")
     for file_name, sha, read, loaded, quarantined, opted_out, key_version in report.sql(
-            """SELECT file_name, file_sha256, rows_read, rows_loaded, rows_quarantined, rows_opted_out, key_version
-               FROM audit.load"""):
+        """SELECT file_name, file_sha256, rows_read, rows_loaded, rows_quarantined, rows_opted_out, key_version
+               FROM audit.load"""
+    ):
         row = next(r for r in loads.split("<tr>") if f"<td>{file_name}</td>" in r)
         cells = re.findall(r"<td[^>]*>(.*?)</td>", row)
         assert cells[6] == sha[:16] + "…"
@@ -128,14 +138,19 @@ def test_the_grants_section_shows_a_grant_made_in_the_database_and_not_once_it_i
 
 def test_the_roles_schemas_vault_functions_and_default_privileges_are_read_from_the_catalogue(report):
     dom, _, _ = report.first
-    assert all(f"<td>{role}</td>" in table(dom, "roles")
-               for role in ("loader", "analyst", "ig_auditor", "reidentifier", "care_team"))
+    assert all(
+        f"<td>{role}</td>" in table(dom, "roles")
+        for role in ("loader", "analyst", "ig_auditor", "reidentifier", "care_team")
+    )
     assert re.search(r"<td>analyst</td><td>marts</td><td>USAGE</td>", table(dom, "schema-grants"))
-    assert re.search(r"<td>reidentifier</td><td>vault\.reidentify\(request bigint\)</td><td>True</td>",
-                     table(dom, "function-grants"))
+    assert re.search(
+        r"<td>reidentifier</td><td>vault\.reidentify\(request bigint\)</td><td>True</td>", table(dom, "function-grants")
+    )
     assert re.search(r"<td>ig_auditor</td><td>SELECT</td>", table(dom, "default-grants"))
-    assert re.search(r"<td>loader</td><td>vault</td><td>identity</td><td>kind, pseudonym</td><td>SELECT</td>",
-                     table(dom, "column-grants"))
+    assert re.search(
+        r"<td>loader</td><td>vault</td><td>identity</td><td>kind, pseudonym</td><td>SELECT</td>",
+        table(dom, "column-grants"),
+    )
 
 
 def test_the_reidentification_log_says_who_why_and_how_many_but_never_whom(report):
@@ -145,8 +160,11 @@ def test_the_reidentification_log_says_who_why_and_how_many_but_never_whom(repor
     assert re.search(r'<td class="n">1</td><td class="n">1</td><td>released</td>', log)
     assert re.search(r'<td class="n">1</td><td class="n">0</td><td>refused</td><td>the purpose must be one of', log)
     # requests, released, held, refused, people asked for, approvals given, refusals given
-    assert re.search(r'<td>reidentifier</td><td class="n">2</td><td class="n">1</td><td class="n">0</td>'
-                     r'<td class="n">1</td><td class="n">2</td>', table(dom, "reidentification-per-login"))
+    assert re.search(
+        r'<td>reidentifier</td><td class="n">2</td><td class="n">1</td><td class="n">0</td>'
+        r'<td class="n">1</td><td class="n">2</td>',
+        table(dom, "reidentification-per-login"),
+    )
     assert "hash chain intact" in dom
     assert report.person_id not in dom
     assert report.revealed and not any(number in dom for number in report.revealed)
@@ -165,8 +183,10 @@ def test_the_scan_passes_on_the_warehouse_and_fails_naming_the_column_where_an_n
         report.sql("DROP TABLE staging.call_notes")
     assert exit_code == 1
     assert 'id="scan-verdict">FAIL: identifiable values found in 1 column(s)' in planted
-    assert re.search(r"<td>staging\.call_notes</td><td>note</td><td>NHS number \(passes Modulus 11\)</td>",
-                     table(planted, "scan-findings"))
+    assert re.search(
+        r"<td>staging\.call_notes</td><td>note</td><td>NHS number \(passes Modulus 11\)</td>",
+        table(planted, "scan-findings"),
+    )
     assert PLANTED_NHS_NUMBER not in planted
     # the command says where and what kind, never the value
     assert "staging.call_notes.note: NHS number (passes Modulus 11) in 1 row(s)" in report.said
@@ -176,8 +196,12 @@ def test_the_scan_passes_on_the_warehouse_and_fails_naming_the_column_where_an_n
 def test_every_machine_identifier_column_is_a_column_of_the_warehouse_with_a_reason(report):
     from pophealth.governance.ig_report import MACHINE_IDENTIFIERS
 
-    columns = {f"{s}.{t}.{c}" for s, t, c in report.sql(
-        "SELECT table_schema, table_name, column_name FROM information_schema.columns WHERE table_schema = 'audit'")}
+    columns = {
+        f"{s}.{t}.{c}"
+        for s, t, c in report.sql(
+            "SELECT table_schema, table_name, column_name FROM information_schema.columns WHERE table_schema = 'audit'"
+        )
+    }
     assert set(MACHINE_IDENTIFIERS) <= columns  # no entry for a column that does not exist (a typo exempts nothing)
     assert all(len(why) > 30 for why in MACHINE_IDENTIFIERS.values())
     # Only machine-made columns: nothing that a source delivers, and nothing outside audit.
@@ -190,8 +214,11 @@ def test_every_machine_identifier_column_is_a_column_of_the_warehouse_with_a_rea
 def test_a_dbt_test_id_that_spells_an_nhs_number_is_no_finding_but_the_same_text_elsewhere_is(report):
     # dbt's test ids end in a hash of ten hex digits; about 1 in 1,000 are all decimal and pass the check digit.
     node = f"test.pophealth.not_null_reporting_admission_reasons_period_end.{PLANTED_NHS_NUMBER}"
-    report.sql("INSERT INTO audit.dbt_result (run_id, unique_id, resource_type, status) VALUES ('ig-test', %s, "
-               "'test', 'pass')", (node,))
+    report.sql(
+        "INSERT INTO audit.dbt_result (run_id, unique_id, resource_type, status) VALUES ('ig-test', %s, "
+        "'test', 'pass')",
+        (node,),
+    )
     try:
         clean, _, exit_code = report.draw()
         assert exit_code == 0 and 'id="scan-verdict">PASS' in clean
@@ -201,21 +228,30 @@ def test_a_dbt_test_id_that_spells_an_nhs_number_is_no_finding_but_the_same_text
     finally:
         report.sql("DELETE FROM audit.dbt_result WHERE run_id = 'ig-test'")
     assert exit_code == 1
-    assert re.search(r"<td>audit\.dbt_result</td><td>message</td><td>NHS number \(passes Modulus 11\)</td>",
-                     table(flagged, "scan-findings"))
+    assert re.search(
+        r"<td>audit\.dbt_result</td><td>message</td><td>NHS number \(passes Modulus 11\)</td>",
+        table(flagged, "scan-findings"),
+    )
     assert PLANTED_NHS_NUMBER not in flagged
 
 
 def test_the_gate_table_adds_up_rules_are_passed_failed_or_not_applicable(report):
     # One gate run of five rules: two passed, one failed as a warning, two not applicable (a first delivery has no
     # earlier one to compare its volume with; a column empty in the file).
-    rules = [("apc.a", "passed", "error", ""), ("apc.b", "passed", "error", ""), ("apc.c", "failed", "warn", ""),
-             ("apc.volume.within_band", "not_applicable", "error", "no previous published or staged load of apc RAJ"),
-             ("apc.d", "not_applicable", "warn", "column empty in this file")]
+    rules = [
+        ("apc.a", "passed", "error", ""),
+        ("apc.b", "passed", "error", ""),
+        ("apc.c", "failed", "warn", ""),
+        ("apc.volume.within_band", "not_applicable", "error", "no previous published or staged load of apc RAJ"),
+        ("apc.d", "not_applicable", "warn", "column empty in this file"),
+    ]
     for check_id, status, severity, observed in rules:
-        report.sql("""INSERT INTO audit.gate_result (load_id, run_id, feed, suite, check_id, severity, category, status,
+        report.sql(
+            """INSERT INTO audit.gate_result (load_id, run_id, feed, suite, check_id, severity, category, status,
                                                      observed) VALUES (987654, 'ig-gates', 'apc', 'apc_load', %s, %s,
-                                                     'plausibility', %s, %s)""", (check_id, severity, status, observed))
+                                                     'plausibility', %s, %s)""",
+            (check_id, severity, status, observed),
+        )
     try:
         dom, _, _ = report.draw()
     finally:
@@ -229,7 +265,6 @@ def test_the_gate_table_adds_up_rules_are_passed_failed_or_not_applicable(report
     assert cells[8] == "apc.c" and cells[9] == "apc.d, apc.volume.within_band"
 
 
-
 def test_the_page_fetches_nothing_from_the_network(report):
     _, written, _ = report.first
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", written)
@@ -239,7 +274,7 @@ def test_the_page_fetches_nothing_from_the_network(report):
 def test_the_people_each_purpose_left_out_are_shown_per_build(report):
     dom, _, _ = report.first
     rows = table(dom, "optouts-by-purpose")
-    (left_out,), = report.sql("""SELECT people_left_out FROM audit.optout_by_purpose WHERE purpose = 'secondary_use'
+    ((left_out,),) = report.sql("""SELECT people_left_out FROM audit.optout_by_purpose WHERE purpose = 'secondary_use'
                                  ORDER BY built_at DESC LIMIT 1""")
     assert re.search(rf"<td>secondary_use</td><td[^>]*>\d+</td><td[^>]*>{left_out}</td>", rows)
     assert re.search(r"<td>direct_care</td><td[^>]*>\d+</td><td[^>]*>0</td>", rows)
@@ -247,7 +282,7 @@ def test_the_people_each_purpose_left_out_are_shown_per_build(report):
 
 # -- the scan, case by case: NHS numbers in any digits, and in jsonb, json and array columns ----------------------
 
-FULL_WIDTH = PLANTED_NHS_NUMBER.translate({ord(d): 0xFF10 + int(d) for d in "0123456789"})    # ９４３４７６５９１９
+FULL_WIDTH = PLANTED_NHS_NUMBER.translate({ord(d): 0xFF10 + int(d) for d in "0123456789"})  # ９４３４７６５９１９
 ARABIC_INDIC = PLANTED_NHS_NUMBER.translate({ord(d): 0x0660 + int(d) for d in "0123456789"})  # ٩٤٣٤٧٦٥٩١٩
 DEVANAGARI = PLANTED_NHS_NUMBER.translate({ord(d): 0x0966 + int(d) for d in "0123456789"})
 SPACED = f"{PLANTED_NHS_NUMBER[:3]} {PLANTED_NHS_NUMBER[3:6]} {PLANTED_NHS_NUMBER[6:]}"
@@ -258,8 +293,13 @@ def empty_warehouse(tmp_path_factory):
     """A fresh embedded server with nothing in it but what a case plants (so the scan is quick and exact)."""
     home = tmp_path_factory.mktemp("scan")
     env = isolated_env(home)
-    url = subprocess.run([sys.executable, "-m", "pophealth.cli", "db", "url"], env=env, capture_output=True,
-                         text=True, check=True).stdout.strip().splitlines()[-1]
+    url = (
+        subprocess.run(
+            [sys.executable, "-m", "pophealth.cli", "db", "url"], env=env, capture_output=True, text=True, check=True
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     try:
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("CREATE SCHEMA IF NOT EXISTS staging")
@@ -268,27 +308,31 @@ def empty_warehouse(tmp_path_factory):
         subprocess.run([sys.executable, "-m", "pophealth.cli", "db", "stop"], env=env, capture_output=True)
 
 
-@pytest.mark.parametrize("column_type, value, found", [
-    ("text", f"rang {PLANTED_NHS_NUMBER} back", True),            # as before: ASCII digits
-    ("text", f"rang {FULL_WIDTH} back", True),                    # full-width digits
-    ("text", f"رقم {ARABIC_INDIC}", True),                        # Arabic-Indic digits
-    ("text", DEVANAGARI, True),                                   # Devanagari digits
-    ("text", "９４３　４７６　５９１９", True),                         # full-width digits, ideographic spaces
-    ("text", "943\u2010476\u20105919", True),                     # Unicode hyphens between the groups
-    ("text", FULL_WIDTH[:-1] + "８", False),                        # full-width, but the check digit fails
-    ("text", "naïve café, ward 7", False),                        # non-ASCII text without a number
-    ("jsonb", json.dumps({"caller": {"nhs": SPACED}}), True),     # a string inside a document
-    ("jsonb", json.dumps({"nhs": int(PLANTED_NHS_NUMBER)}), True),  # a number inside a document
-    ("jsonb", json.dumps({"nhs": FULL_WIDTH}), True),             # jsonb keeps \uff19 as the character
-    # a dbt node id outside the registry's columns is scanned like any text: a column is exempt, never a value
-    ("jsonb", json.dumps({"node": f"test.pophealth.not_null_person.{PLANTED_NHS_NUMBER}"}), True),
-    ("json", json.dumps({"nhs": FULL_WIDTH}), True),              # json keeps "\uff19..." as written: read it
-    ("text[]", ["ward 7", PLANTED_NHS_NUMBER], True),
-    ("bigint[]", [1, int(PLANTED_NHS_NUMBER)], True),
-    ("text[]", ["a" * 64, "ward 7"], False),                      # a pseudonym is not a number
-])
-def test_the_scan_finds_an_nhs_number_in_any_digits_and_in_jsonb_json_and_array_columns(empty_warehouse, column_type,
-                                                                                          value, found):
+@pytest.mark.parametrize(
+    "column_type, value, found",
+    [
+        ("text", f"rang {PLANTED_NHS_NUMBER} back", True),  # as before: ASCII digits
+        ("text", f"rang {FULL_WIDTH} back", True),  # full-width digits
+        ("text", f"رقم {ARABIC_INDIC}", True),  # Arabic-Indic digits
+        ("text", DEVANAGARI, True),  # Devanagari digits
+        ("text", "９４３　４７６　５９１９", True),  # full-width digits, ideographic spaces
+        ("text", "943\u2010476\u20105919", True),  # Unicode hyphens between the groups
+        ("text", FULL_WIDTH[:-1] + "８", False),  # full-width, but the check digit fails
+        ("text", "naïve café, ward 7", False),  # non-ASCII text without a number
+        ("jsonb", json.dumps({"caller": {"nhs": SPACED}}), True),  # a string inside a document
+        ("jsonb", json.dumps({"nhs": int(PLANTED_NHS_NUMBER)}), True),  # a number inside a document
+        ("jsonb", json.dumps({"nhs": FULL_WIDTH}), True),  # jsonb keeps \uff19 as the character
+        # a dbt node id outside the registry's columns is scanned like any text: a column is exempt, never a value
+        ("jsonb", json.dumps({"node": f"test.pophealth.not_null_person.{PLANTED_NHS_NUMBER}"}), True),
+        ("json", json.dumps({"nhs": FULL_WIDTH}), True),  # json keeps "\uff19..." as written: read it
+        ("text[]", ["ward 7", PLANTED_NHS_NUMBER], True),
+        ("bigint[]", [1, int(PLANTED_NHS_NUMBER)], True),
+        ("text[]", ["a" * 64, "ward 7"], False),  # a pseudonym is not a number
+    ],
+)
+def test_the_scan_finds_an_nhs_number_in_any_digits_and_in_jsonb_json_and_array_columns(
+    empty_warehouse, column_type, value, found
+):
     from pophealth.governance.ig_report import scan_warehouse
 
     conn = empty_warehouse
@@ -304,13 +348,21 @@ def test_the_scan_finds_an_nhs_number_in_any_digits_and_in_jsonb_json_and_array_
 
 
 #: Every Unicode script's digit zero (its nine follow it): Arabic-Indic, Devanagari, Bengali, Thai, full-width, ...
-DIGIT_ZEROS = [chr(c) for c in range(0x110000) if chr(c).isdecimal() and unicodedata.decimal(chr(c)) == 0
-               and all(unicodedata.decimal(chr(c + d), -1) == d for d in range(10))]
+DIGIT_ZEROS = [
+    chr(c)
+    for c in range(0x110000)
+    if chr(c).isdecimal()
+    and unicodedata.decimal(chr(c)) == 0
+    and all(unicodedata.decimal(chr(c + d), -1) == d for d in range(10))
+]
 
 
 @settings(derandomize=True, max_examples=300)  # deterministic: the same cases on every run
-@given(nine=st.text(alphabet="0123456789", min_size=9, max_size=9), zero=st.sampled_from(DIGIT_ZEROS),
-       separator=st.sampled_from(["", " ", "-", "\u3000", "\u2010", "\uff0d"]))
+@given(
+    nine=st.text(alphabet="0123456789", min_size=9, max_size=9),
+    zero=st.sampled_from(DIGIT_ZEROS),
+    separator=st.sampled_from(["", " ", "-", "\u3000", "\u2010", "\uff0d"]),
+)
 def test_a_valid_nhs_number_in_any_script_s_digits_is_found_and_an_invalid_one_is_not(nine, zero, separator):
     from pophealth.contract.identifiers import nhs_check_digit
     from pophealth.governance.ig_report import nhs_numbers_in
@@ -324,11 +376,14 @@ def test_a_valid_nhs_number_in_any_script_s_digits_is_found_and_an_invalid_one_i
     assert nhs_numbers_in(f"note: {wrong}.") == 0
 
 
-@pytest.mark.parametrize("value, postcodes", [
-    ("lives at CM1 1AA", 1),                 # as before: the database's own match
-    ("lives at ＣＭ１　１ＡＡ", 1),           # full-width letters, digits and space: read as CM1 1AA
-    ("ward ＣＭ１ and café", 0),             # non-ASCII, no full postcode
-])
+@pytest.mark.parametrize(
+    "value, postcodes",
+    [
+        ("lives at CM1 1AA", 1),  # as before: the database's own match
+        ("lives at ＣＭ１　１ＡＡ", 1),  # full-width letters, digits and space: read as CM1 1AA
+        ("ward ＣＭ１ and café", 0),  # non-ASCII, no full postcode
+    ],
+)
 def test_the_scan_finds_a_full_postcode_written_in_full_width_characters(empty_warehouse, value, postcodes):
     from pophealth.governance.ig_report import scan_warehouse
 

@@ -61,8 +61,9 @@ def _snapshot(conn: psycopg.Connection) -> dict:
     return {
         "metrics": conn.execute("""SELECT metric_code, period_start, period_end, geography_code, numerator,
                                           denominator, value FROM marts.bcf_metrics ORDER BY 1, 2, 3, 4""").fetchall(),
-        "tiers": conn.execute("SELECT risk_tier, count(*) FROM marts.risk_stratification "
-                              "GROUP BY 1 ORDER BY 1").fetchall(),
+        "tiers": conn.execute(
+            "SELECT risk_tier, count(*) FROM marts.risk_stratification GROUP BY 1 ORDER BY 1"
+        ).fetchall(),
         "people": conn.execute("SELECT count(*), count(*) FILTER (WHERE is_linked) FROM marts.person").fetchone(),
     }
 
@@ -76,11 +77,18 @@ def _rotate(url: str, landing: Path, home: Path) -> Rotated:
     seen.url, seen.landing, seen.home = url, landing, home
     with psycopg.connect(url, autocommit=True) as conn:
         seen.before = _snapshot(conn)
-        seen.old_pseudonyms = [r[0] for r in conn.execute(
-            "SELECT nhs_number_key FROM raw.gp_register UNION SELECT spell_key FROM raw.apc_episode "
-            "UNION SELECT la_person_key FROM raw.cld_event")]
-    old, new, vault_key = (LinkageKey.from_hex(TEST_KEY, "old"), LinkageKey.from_hex(NEW_KEY, "new"),
-                           VaultPrivateKey.from_hex(TEST_VAULT_PRIVATE_KEY, "vault"))
+        seen.old_pseudonyms = [
+            r[0]
+            for r in conn.execute(
+                "SELECT nhs_number_key FROM raw.gp_register UNION SELECT spell_key FROM raw.apc_episode "
+                "UNION SELECT la_person_key FROM raw.cld_event"
+            )
+        ]
+    old, new, vault_key = (
+        LinkageKey.from_hex(TEST_KEY, "old"),
+        LinkageKey.from_hex(NEW_KEY, "new"),
+        VaultPrivateKey.from_hex(TEST_VAULT_PRIVATE_KEY, "vault"),
+    )
     try:
         rotate_linkage_key(LinkageKey.from_hex("01" * 32, "wrong"), new, vault_key, progress=lambda _: None)
     except RotationRefused as exc:
@@ -96,8 +104,9 @@ def _rotate(url: str, landing: Path, home: Path) -> Rotated:
             except psycopg.errors.LockNotAvailable:
                 seen.analyst_during = "waited"
 
-    seen.rotation = rotate_linkage_key(old, new, vault_key, progress=lambda _: None,
-                                       before_commit=analyst_reads_during_rotation)
+    seen.rotation = rotate_linkage_key(
+        old, new, vault_key, progress=lambda _: None, before_commit=analyst_reads_during_rotation
+    )
     with psycopg.connect(url, autocommit=True) as conn:
         seen.after_rekey = _snapshot(conn)
     try:
@@ -124,11 +133,16 @@ def test_every_transit_pseudonym_is_the_new_keys_and_every_published_id_is_uncha
         identities = [r["identity"] for r in csv.DictReader(handle)]
     with psycopg.connect(rotated.url) as conn:
         published = {r[0] for r in conn.execute("SELECT person_id FROM marts.person")}
-        transit_of_published = {r[0] for r in conn.execute(
-            """SELECT m.transit_key FROM restricted.pseudonym m
-               JOIN marts.person p ON p.person_id = m.secondary_use_id""")}
-        versions = conn.execute("SELECT DISTINCT key_version FROM raw.apc_episode UNION "
-                                "SELECT DISTINCT key_version FROM raw.gp_register").fetchall()
+        transit_of_published = {
+            r[0]
+            for r in conn.execute(
+                """SELECT m.transit_key FROM restricted.pseudonym m
+               JOIN marts.person p ON p.person_id = m.secondary_use_id"""
+            )
+        }
+        versions = conn.execute(
+            "SELECT DISTINCT key_version FROM raw.apc_episode UNION SELECT DISTINCT key_version FROM raw.gp_register"
+        ).fetchall()
     assert published == {published_id("secondary_use", expected_person_id(i, TEST_KEY)) for i in identities}
     assert transit_of_published == {expected_person_id(i, NEW_KEY) for i in identities}
     assert versions == [(LinkageKey.from_hex(NEW_KEY, "new").version,)]
@@ -139,11 +153,13 @@ def test_no_old_pseudonym_is_left_in_any_table(rotated):
     with psycopg.connect(rotated.url) as conn:
         tables = conn.execute(
             """SELECT table_schema, table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE'
-               AND table_schema NOT IN ('pg_catalog', 'information_schema', 'audit')""").fetchall()
+               AND table_schema NOT IN ('pg_catalog', 'information_schema', 'audit')"""
+        ).fetchall()
         for schema, table in tables:
             for pseudonym in sample:
-                (hits,), = conn.execute(
-                    f'SELECT count(*) FROM "{schema}"."{table}" t WHERE strpos(t::text, %s) > 0', (pseudonym,))
+                ((hits,),) = conn.execute(
+                    f'SELECT count(*) FROM "{schema}"."{table}" t WHERE strpos(t::text, %s) > 0', (pseudonym,)
+                )
                 assert hits == 0, f"{schema}.{table} still holds an old pseudonym"
 
 
@@ -156,7 +172,8 @@ def test_no_marts_are_built_until_the_opt_out_list_is_loaded_again(rotated):
 def test_the_rotation_is_in_the_audit_log_without_the_mapping(rotated):
     with psycopg.connect(rotated.url) as conn:
         old_version, new_version, mapped = conn.execute(
-            "SELECT old_key_version, new_key_version, pseudonyms_mapped FROM audit.key_rotation").fetchone()
+            "SELECT old_key_version, new_key_version, pseudonyms_mapped FROM audit.key_rotation"
+        ).fetchone()
         leftovers = conn.execute("SELECT count(*) FROM pg_tables WHERE tablename LIKE '%rekey%'").fetchone()[0]
     assert (old_version, new_version) == (rotated.rotation.old_version, rotated.rotation.new_version)
     assert mapped == rotated.rotation.pseudonyms_mapped > 0
@@ -197,7 +214,8 @@ def test_the_loader_refuses_the_old_key_and_personal_data_before_the_opt_outs_ar
                AND NOT EXISTS (SELECT FROM restricted.pseudonym m
                                JOIN marts.person p ON p.person_id = m.secondary_use_id
                                WHERE m.transit_key = a.nhs_number_key)""",
-            (outcome.load_id,)).fetchone()[0]
+            (outcome.load_id,),
+        ).fetchone()[0]
         after = _snapshot(conn)
     assert outcome.rows_loaded > 0 and unknown == 0
     assert after == rotated.before  # the same episodes again: the metrics, tiers and people are as they were

@@ -19,15 +19,18 @@ def events(world) -> list[dict]:
 
 def test_every_airflow_task_of_every_dag_run_has_its_openlineage_events(world):
     # every task that ran (a skipped or upstream-failed task never starts, so it has nothing to report)
-    task_instances = world.query("SELECT DISTINCT dag_id, task_id FROM task_instance "
-                                 "WHERE state IN ('success', 'failed')", database="airflow")
+    task_instances = world.query(
+        "SELECT DISTINCT dag_id, task_id FROM task_instance WHERE state IN ('success', 'failed')", database="airflow"
+    )
     assert len(task_instances) > 20
     states: dict[str, set[str]] = {}
     for event in events(world):
         states.setdefault(event["job"]["name"], set()).add(event["eventType"])
-    missing = [f"{dag}.{task}" for dag, task in task_instances
-               if not ({"START"} <= states.get(f"{dag}.{task}", set())
-                       and states[f"{dag}.{task}"] & {"COMPLETE", "FAIL"})]
+    missing = [
+        f"{dag}.{task}"
+        for dag, task in task_instances
+        if not ({"START"} <= states.get(f"{dag}.{task}", set()) and states[f"{dag}.{task}"] & {"COMPLETE", "FAIL"})
+    ]
     assert missing == []
     assert all(event["job"]["namespace"] == "pophealth" for event in events(world))
 
@@ -45,8 +48,13 @@ def test_every_dbt_model_has_an_event_with_its_schema_and_rows(world):
 
 
 def test_a_published_mart_event_carries_its_dbt_tests_and_the_marts_gate_rules_on_its_table(world):
-    rules = {r[0] for r in world.query("SELECT DISTINCT check_id FROM audit.gate_result WHERE feed = 'marts' "
-                                       "AND starts_with(check_id, 'marts.person.')")}
+    rules = {
+        r[0]
+        for r in world.query(
+            "SELECT DISTINCT check_id FROM audit.gate_result WHERE feed = 'marts' "
+            "AND starts_with(check_id, 'marts.person.')"
+        )
+    }
     assert rules
     person = [e for e in events(world) if e["job"]["name"] == "dbt.model.person"][-1]["outputs"][0]
     assertions = person["facets"]["dataQualityAssertions"]["assertions"]
@@ -70,7 +78,8 @@ def test_every_published_load_has_an_event_with_rows_and_its_gate(world):
 def test_the_bcf_numerator_reaches_the_admission_method_and_date_of_the_hospital_extract(world):
     sources = world.query(
         """SELECT source_feed, source_column, kind FROM audit.column_lineage
-           WHERE mart = 'marts.bcf_metrics' AND column_name = 'numerator'""")
+           WHERE mart = 'marts.bcf_metrics' AND column_name = 'numerator'"""
+    )
     reached = {(feed, column) for feed, column, _ in sources}
     assert {("apc", "admimeth"), ("apc", "admidate")} <= reached
     # and Marquez (or any OpenLineage consumer) gets the same from the model's event
@@ -82,7 +91,8 @@ def test_the_bcf_numerator_reaches_the_admission_method_and_date_of_the_hospital
 def test_every_published_column_has_its_lineage(world):
     published = world.query(
         """SELECT table_schema || '.' || table_name, column_name FROM information_schema.columns
-           WHERE table_schema IN ('marts', 'reporting')""")
+           WHERE table_schema IN ('marts', 'reporting')"""
+    )
     traced = set(world.query("SELECT DISTINCT mart, column_name FROM audit.column_lineage"))
     assert set(published) - traced == set()
 

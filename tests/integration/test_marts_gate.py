@@ -19,9 +19,11 @@ from .conftest import TEST_KEY, marts_built_from, synth_world
 
 pytestmark = pytest.mark.integration
 
-FINGERPRINT = ("SELECT (SELECT md5(string_agg(p::text, ',' ORDER BY person_id)) FROM marts.person p), "
-               "(SELECT md5(string_agg(m::text, ',' ORDER BY metric_code, period_start, period_end, geography_level, "
-               "geography_code)) FROM marts.bcf_metrics m)")
+FINGERPRINT = (
+    "SELECT (SELECT md5(string_agg(p::text, ',' ORDER BY person_id)) FROM marts.person p), "
+    "(SELECT md5(string_agg(m::text, ',' ORDER BY metric_code, period_start, period_end, geography_level, "
+    "geography_code)) FROM marts.bcf_metrics m)"
+)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +62,9 @@ def gate_results(url: str, run_id: str) -> dict[str, tuple]:
     with owner(url) as conn:
         rows = conn.execute(
             """SELECT check_id, status, severity, unexpected_count, example_rows, load_id, feed, suite
-               FROM audit.gate_result WHERE run_id = %s""", (run_id,)).fetchall()
+               FROM audit.gate_result WHERE run_id = %s""",
+            (run_id,),
+        ).fetchall()
     return {r[0]: r[1:] for r in rows}
 
 
@@ -71,13 +75,25 @@ def test_good_candidates_built_by_dbt_pass_every_rule_and_are_published_with_the
 
     # dbt with the marts DAG's var builds marts and reporting as candidates; staging and intermediate stay put,
     # and the reporting models read the candidate marts.
-    proc = dbt_command(["run", "--select", "path:models/marts", "path:models/reporting", "path:models/direct_care",
-                        "--vars", "{build_candidates: true}"])
+    proc = dbt_command(
+        [
+            "run",
+            "--select",
+            "path:models/marts",
+            "path:models/reporting",
+            "path:models/direct_care",
+            "--vars",
+            "{build_candidates: true}",
+        ]
+    )
     assert proc.returncode == 0, proc.stdout[-3000:]
     with owner(warehouse) as conn:
-        built = dict(conn.execute(
-            """SELECT schemaname, count(*) FROM pg_tables WHERE schemaname IN
-               ('marts', 'reporting', 'marts__candidate', 'reporting__candidate') GROUP BY 1""").fetchall())
+        built = dict(
+            conn.execute(
+                """SELECT schemaname, count(*) FROM pg_tables WHERE schemaname IN
+               ('marts', 'reporting', 'marts__candidate', 'reporting__candidate') GROUP BY 1"""
+            ).fetchall()
+        )
         assert built["marts__candidate"] == built["marts"] and built["reporting__candidate"] == built["reporting"]
     compiled = dbt_command(["compile", "--select", "reporting_risk_pyramid", "--vars", "{build_candidates: true}"])
     assert compiled.returncode == 0 and '"marts__candidate"."risk_stratification"' in compiled.stdout
@@ -106,40 +122,64 @@ def test_good_candidates_built_by_dbt_pass_every_rule_and_are_published_with_the
 
 
 BREAKS = [
-    ("marts.person.key_unique", 2,
-     "INSERT INTO marts__candidate.person SELECT * FROM marts__candidate.person ORDER BY person_id LIMIT 1"),
-    ("marts.delayed_discharges.person_in_spine", 1,
-     "UPDATE marts__candidate.delayed_discharges SET person_id = repeat('0', 64) "
-     "WHERE spell_id = (SELECT min(spell_id) FROM marts__candidate.delayed_discharges)"),
-    ("marts.risk_stratification.tier_sizes", 2,
-     "UPDATE marts__candidate.risk_stratification SET risk_tier = 'moderate' "
-     "WHERE risk_rank = (SELECT max(risk_rank) FROM marts__candidate.risk_stratification)"),
-    ("marts.bcf_metrics.value_possible", 1,
-     "UPDATE marts__candidate.bcf_metrics SET value = -1 "
-     "WHERE (metric_code, geography_level, period_start, period_end) "
-     "= (SELECT metric_code, geography_level, period_start, period_end FROM marts__candidate.bcf_metrics "
-     "WHERE geography_level = 'area' ORDER BY 1, 3, 4 LIMIT 1)"),
-    ("marts.bcf_metrics.every_geography", 1,
-     "DELETE FROM marts__candidate.bcf_metrics WHERE (metric_code, period_start, period_end, geography_code) = "
-     "(SELECT metric_code, period_start, period_end, geography_code FROM marts__candidate.bcf_metrics "
-     "WHERE geography_level = 'local_authority' ORDER BY 1, 2, 3 LIMIT 1)"),
-    ("marts.bcf_metrics.councils_within_the_area", 1,
-     "UPDATE marts__candidate.bcf_metrics SET denominator = denominator + 1 "
-     "WHERE (metric_code, period_start, period_end, geography_level) = (SELECT metric_code, period_start, period_end, "
-     "geography_level FROM marts__candidate.bcf_metrics WHERE geography_level = 'local_authority' "
-     "AND metric_code = 'emergency_admissions' ORDER BY 2, 3 LIMIT 1)"),
-    ("marts.bcf_metrics.final_after_follow_up", 1,
-     # September's readmissions (as of 30 September) marked final although their 30 days run to 29 October
-     "UPDATE marts__candidate.bcf_metrics SET is_final = true WHERE (metric_code, period_start, period_end, "
-     "geography_level) = (SELECT metric_code, period_start, period_end, geography_level "
-     "FROM marts__candidate.bcf_metrics WHERE metric_code = 'emergency_readmissions_30d' AND NOT is_final "
-     "AND geography_level = 'area' ORDER BY period_end DESC, period_start DESC LIMIT 1)"),
-    ("published.no_identifiable_column", 1,
-     "ALTER TABLE reporting__candidate.risk_pyramid ADD COLUMN nhs_number text"),
-    ("published.no_nhs_number_values", 1,
-     # 943 476 5919: the NHS's own example of a valid number (Modulus 11), in a code column
-     "UPDATE marts__candidate.person SET gp_practice_code = '9434765919' "
-     "WHERE person_id = (SELECT min(person_id) FROM marts__candidate.person)"),
+    (
+        "marts.person.key_unique",
+        2,
+        "INSERT INTO marts__candidate.person SELECT * FROM marts__candidate.person ORDER BY person_id LIMIT 1",
+    ),
+    (
+        "marts.delayed_discharges.person_in_spine",
+        1,
+        "UPDATE marts__candidate.delayed_discharges SET person_id = repeat('0', 64) "
+        "WHERE spell_id = (SELECT min(spell_id) FROM marts__candidate.delayed_discharges)",
+    ),
+    (
+        "marts.risk_stratification.tier_sizes",
+        2,
+        "UPDATE marts__candidate.risk_stratification SET risk_tier = 'moderate' "
+        "WHERE risk_rank = (SELECT max(risk_rank) FROM marts__candidate.risk_stratification)",
+    ),
+    (
+        "marts.bcf_metrics.value_possible",
+        1,
+        "UPDATE marts__candidate.bcf_metrics SET value = -1 "
+        "WHERE (metric_code, geography_level, period_start, period_end) "
+        "= (SELECT metric_code, geography_level, period_start, period_end FROM marts__candidate.bcf_metrics "
+        "WHERE geography_level = 'area' ORDER BY 1, 3, 4 LIMIT 1)",
+    ),
+    (
+        "marts.bcf_metrics.every_geography",
+        1,
+        "DELETE FROM marts__candidate.bcf_metrics WHERE (metric_code, period_start, period_end, geography_code) = "
+        "(SELECT metric_code, period_start, period_end, geography_code FROM marts__candidate.bcf_metrics "
+        "WHERE geography_level = 'local_authority' ORDER BY 1, 2, 3 LIMIT 1)",
+    ),
+    (
+        "marts.bcf_metrics.councils_within_the_area",
+        1,
+        "UPDATE marts__candidate.bcf_metrics SET denominator = denominator + 1 "
+        "WHERE (metric_code, period_start, period_end, geography_level) = "
+        "(SELECT metric_code, period_start, period_end, geography_level FROM marts__candidate.bcf_metrics "
+        "WHERE geography_level = 'local_authority' "
+        "AND metric_code = 'emergency_admissions' ORDER BY 2, 3 LIMIT 1)",
+    ),
+    (
+        "marts.bcf_metrics.final_after_follow_up",
+        1,
+        # September's readmissions (as of 30 September) marked final although their 30 days run to 29 October
+        "UPDATE marts__candidate.bcf_metrics SET is_final = true WHERE (metric_code, period_start, period_end, "
+        "geography_level) = (SELECT metric_code, period_start, period_end, geography_level "
+        "FROM marts__candidate.bcf_metrics WHERE metric_code = 'emergency_readmissions_30d' AND NOT is_final "
+        "AND geography_level = 'area' ORDER BY period_end DESC, period_start DESC LIMIT 1)",
+    ),
+    ("published.no_identifiable_column", 1, "ALTER TABLE reporting__candidate.risk_pyramid ADD COLUMN nhs_number text"),
+    (
+        "published.no_nhs_number_values",
+        1,
+        # 943 476 5919: the NHS's own example of a valid number (Modulus 11), in a code column
+        "UPDATE marts__candidate.person SET gp_practice_code = '9434765919' "
+        "WHERE person_id = (SELECT min(person_id) FROM marts__candidate.person)",
+    ),
 ]
 
 
@@ -182,8 +222,9 @@ def test_the_one_screen_summary_names_rule_count_and_row_numbers_never_values(wa
 
     copy_to_candidates(warehouse)
     with owner(warehouse) as conn:
-        conn.execute("INSERT INTO marts__candidate.person SELECT * FROM marts__candidate.person "
-                     "ORDER BY person_id LIMIT 1")
+        conn.execute(
+            "INSERT INTO marts__candidate.person SELECT * FROM marts__candidate.person ORDER BY person_id LIMIT 1"
+        )
         person = conn.execute("SELECT min(person_id) FROM marts__candidate.person").fetchone()[0]
     outcome = marts_gate.run_marts_gate(candidates=True, run_id="summary")
     summary = outcome.summary()
@@ -213,8 +254,13 @@ def test_a_warning_is_recorded_and_publish_goes_ahead(warehouse):
     assert results["marts.bcf_metrics.reablement_91_days_65.band"][:3] == ("failed", "warn", 1)
     orchestration.publish_marts()
     with owner(warehouse) as conn:
-        assert conn.execute("SELECT count(*) FROM marts.bcf_metrics WHERE metric_code = 'reablement_91_days_65' "
-                            "AND value = 10 AND denominator = 100").fetchone()[0] == 1
+        assert (
+            conn.execute(
+                "SELECT count(*) FROM marts.bcf_metrics WHERE metric_code = 'reablement_91_days_65' "
+                "AND value = 10 AND denominator = 100"
+            ).fetchone()[0]
+            == 1
+        )
     with psycopg.connect(parse_url(warehouse).with_user("analyst").url(), autocommit=True) as analyst:
         assert analyst.execute("SELECT count(*) FROM marts.bcf_metrics").fetchone()[0] > 0
 
@@ -236,7 +282,21 @@ def test_the_marts_rules_are_well_formed_and_great_expectations_accepts_them():
     for rule in marts_rules().rules:  # marts_rules() refuses a malformed file
         if rule.scan_text_columns is None:
             build_expectation(rule)
-    assert marts_rule_problems({"tables": {"marts.person": ["person_id"]}, "checks": [
-        {"id": "marts.person.bad", "table": "marts.person", "expectation": "UnexpectedRowsExpectation",
-         "kwargs": {"unexpected_rows_query": "SELECT birth_year FROM {batch}"}, "severity": "error",
-         "category": "conformance", "subcategory": "value", "context": "verification", "note": "x"}]})
+    assert marts_rule_problems(
+        {
+            "tables": {"marts.person": ["person_id"]},
+            "checks": [
+                {
+                    "id": "marts.person.bad",
+                    "table": "marts.person",
+                    "expectation": "UnexpectedRowsExpectation",
+                    "kwargs": {"unexpected_rows_query": "SELECT birth_year FROM {batch}"},
+                    "severity": "error",
+                    "category": "conformance",
+                    "subcategory": "value",
+                    "context": "verification",
+                    "note": "x",
+                }
+            ],
+        }
+    )

@@ -27,9 +27,21 @@ from .identifiable import identifiable_values
 
 pytestmark = pytest.mark.integration
 
-PERSON_COLUMNS = ("person_id", "birth_year", "age_band", "sex", "lsoa_code", "locality_code", "gp_practice_code",
-                  "is_registered", "date_of_death", "in_hospital_data", "in_social_care_data", "is_linked",
-                  "link_method")
+PERSON_COLUMNS = (
+    "person_id",
+    "birth_year",
+    "age_band",
+    "sex",
+    "lsoa_code",
+    "locality_code",
+    "gp_practice_code",
+    "is_registered",
+    "date_of_death",
+    "in_hospital_data",
+    "in_social_care_data",
+    "is_linked",
+    "link_method",
+)
 
 
 def expected_person_id(identity: str) -> str:
@@ -79,20 +91,35 @@ def test_the_first_run_succeeds_and_says_where_the_results_are(world):
 
 def test_every_dag_ran_through_airflow(world):
     # Airflow's own metadata database records a successful run of every DAG, and the tasks it mapped.
-    first_runs = dict(world.query(
-        "SELECT dag_id, state FROM dag_run WHERE id IN (SELECT min(id) FROM dag_run GROUP BY dag_id)",
-        database="airflow"))
+    first_runs = dict(
+        world.query(
+            "SELECT dag_id, state FROM dag_run WHERE id IN (SELECT min(id) FROM dag_run GROUP BY dag_id)",
+            database="airflow",
+        )
+    )
     assert first_runs == dict.fromkeys(
-        ("ingest_ref_postcode_lookup", "ingest_ref_population", "ingest_optouts", "ingest_gp_register",
-         "ingest_apc", "ingest_cld", "build_marts"), "success")
+        (
+            "ingest_ref_postcode_lookup",
+            "ingest_ref_population",
+            "ingest_optouts",
+            "ingest_gp_register",
+            "ingest_apc",
+            "ingest_cld",
+            "build_marts",
+        ),
+        "success",
+    )
     # The hospital files were loaded in groups of at most a dozen, one mapped `load` task each, and every file
     # was published by the run that loaded it.
     files = sorted(world.landing.glob("apc_*.csv"))
-    loads = world.query("SELECT count(*) FROM task_instance WHERE dag_id = 'ingest_apc' AND task_id = 'load' "
-                        "AND state = 'success'", database="airflow")[0][0]
+    loads = world.query(
+        "SELECT count(*) FROM task_instance WHERE dag_id = 'ingest_apc' AND task_id = 'load' AND state = 'success'",
+        database="airflow",
+    )[0][0]
     assert loads == -(-len(files) // 12)
-    apc_run = world.query("SELECT run_id FROM dag_run WHERE dag_id = 'ingest_apc' ORDER BY id LIMIT 1",
-                          database="airflow")[0][0]
+    apc_run = world.query(
+        "SELECT run_id FROM dag_run WHERE dag_id = 'ingest_apc' ORDER BY id LIMIT 1", database="airflow"
+    )[0][0]
     published = world.query("SELECT file_name FROM audit.load WHERE run_id = %s AND status = 'published'", (apc_run,))
     assert sorted(name for (name,) in published) == [f.name for f in files]
 
@@ -116,7 +143,7 @@ def test_marts_person_equals_the_answer_key(world):
 
 def test_headline_counts_match_the_world(world):
     headline = world.world()
-    (people, linked), = world.query("SELECT count(*), count(*) FILTER (WHERE is_linked) FROM marts.person")
+    ((people, linked),) = world.query("SELECT count(*), count(*) FILTER (WHERE is_linked) FROM marts.person")
     assert people == headline["people"]
     assert linked == headline["linked"]
 
@@ -136,7 +163,10 @@ def test_every_input_row_is_accounted_for_in_the_load_audit(world):
         # Opted-out people's rows are loaded (for their direct care only) and counted apart among them.
         assert read == loaded + quarantined and opted_out <= loaded, f["file_name"]
         assert (read, loaded, quarantined, opted_out) == (
-            int(f["rows_read"]), int(f["rows_loaded"]), int(f["rows_quarantined"]), int(f["rows_opted_out"])
+            int(f["rows_read"]),
+            int(f["rows_loaded"]),
+            int(f["rows_quarantined"]),
+            int(f["rows_opted_out"]),
         ), f["file_name"]
 
 
@@ -154,7 +184,8 @@ def test_nothing_identifiable_is_in_any_table_log_or_file_the_run_wrote(world):
         with psycopg.connect(url) as conn:
             tables = conn.execute(
                 """SELECT table_schema, table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE'
-                   AND table_schema NOT IN ('pg_catalog', 'information_schema')""").fetchall()
+                   AND table_schema NOT IN ('pg_catalog', 'information_schema')"""
+            ).fetchall()
             assert len(tables) > 20
             for schema, table in tables:
                 dump = bytearray()
@@ -181,7 +212,8 @@ def test_a_good_run_passes_every_gate_and_keeps_every_result(world):
     # Every published load was gated by every rule of its feed, and no error rule failed.
     rows = world.query(
         """SELECT l.feed, l.load_id, r.check_id, r.severity, r.status FROM audit.load l
-           JOIN audit.gate_result r USING (load_id) WHERE l.status = 'published'""")
+           JOIN audit.gate_result r USING (load_id) WHERE l.status = 'published'"""
+    )
     published = world.query("SELECT feed, load_id FROM audit.load WHERE status = 'published'")
     for feed, load_id in published:
         checked = {r[2] for r in rows if r[1] == load_id}
@@ -201,7 +233,7 @@ def test_a_good_run_passes_every_gate_and_keeps_every_result(world):
 def test_a_second_run_is_safe_and_changes_nothing(world):
     before = world.query("SELECT md5(string_agg(p::text, ',' ORDER BY person_id)) FROM marts.person p")
     counts_before = world.query("SELECT (SELECT count(*) FROM raw.apc_episode), (SELECT count(*) FROM raw.cld_event)")
-    (last_load,), = world.query("SELECT max(load_id) FROM audit.load")
+    ((last_load,),) = world.query("SELECT max(load_id) FROM audit.load")
     second = world.pophealth("run", "--landing", str(world.landing))
     assert second.returncode == 0, second.stdout[-4000:]
     # Every file was recognised as already published: nothing new was staged, or only as a duplicate.
@@ -209,8 +241,10 @@ def test_a_second_run_is_safe_and_changes_nothing(world):
     assert statuses in ([], [("duplicate",)])
     assert "no new or changed files" in second.stdout
     assert world.query("SELECT md5(string_agg(p::text, ',' ORDER BY person_id)) FROM marts.person p") == before
-    assert world.query("SELECT (SELECT count(*) FROM raw.apc_episode), (SELECT count(*) FROM raw.cld_event)") \
+    assert (
+        world.query("SELECT (SELECT count(*) FROM raw.apc_episode), (SELECT count(*) FROM raw.cld_event)")
         == counts_before
+    )
 
 
 def test_a_failed_gate_stops_the_marts_and_they_keep_their_last_good_state(world, tmp_path):
@@ -222,8 +256,9 @@ def test_a_failed_gate_stops_the_marts_and_they_keep_their_last_good_state(world
 
     failed = world.pophealth("dag", "ingest_apc", "--landing", str(landing))
     assert failed.returncode != 0
-    (status, message), = world.query(
-        "SELECT status, message FROM audit.load WHERE file_name = %s ORDER BY load_id DESC LIMIT 1", (apc.name,))
+    ((status, message),) = world.query(
+        "SELECT status, message FROM audit.load WHERE file_name = %s ORDER BY load_id DESC LIMIT 1", (apc.name,)
+    )
     assert status == "gate_failed"
     assert "QUALITY GATE FAILED" in message and apc.name in message
     # The refused file's rows were never published.
@@ -255,24 +290,40 @@ def test_every_bcf_metric_equals_the_answer_key(world):
     """Every metric, period and geography (the area, each of the three councils, each locality), with whether
     the period is final and from when, as the generator works them out."""
     expected = {
-        (r["metric_code"], r["period_start"], r["period_end"], r["geography_level"], r["geography_code"]):
-            (_number(r["numerator"]), _number(r["denominator"]), _number(r["value"]), r["is_final"], r["final_on"])
+        (r["metric_code"], r["period_start"], r["period_end"], r["geography_level"], r["geography_code"]): (
+            _number(r["numerator"]),
+            _number(r["denominator"]),
+            _number(r["value"]),
+            r["is_final"],
+            r["final_on"],
+        )
         for r in world.answers("metrics.csv")
     }
     actual = {
-        (code, start, end, level, geography): (_number(numerator), _number(denominator), _number(value),
-                                              _normal(is_final), final_on)
+        (code, start, end, level, geography): (
+            _number(numerator),
+            _number(denominator),
+            _number(value),
+            _normal(is_final),
+            final_on,
+        )
         for code, start, end, level, geography, numerator, denominator, value, is_final, final_on in world.query(
             """SELECT metric_code, period_start::text, period_end::text, geography_level, geography_code, numerator,
-                      denominator, value, is_final, final_on::text FROM marts.bcf_metrics""")
+                      denominator, value, is_final, final_on::text FROM marts.bcf_metrics"""
+        )
     }
     assert set(actual) == set(expected)
     wrong = {k: (expected[k], actual[k]) for k in expected if expected[k] != actual[k]}
     assert not wrong, f"{len(wrong)} of {len(expected)} differ, e.g. {next(iter(wrong.items()))}"
     # The small world is not empty where it matters: every metric has a non-zero numerator somewhere.
     assert {k[0] for k, v in expected.items() if v[0] not in ("", "0.0000")} == {
-        "emergency_admissions", "care_home_admissions_65", "reablement_91_days_65", "delayed_discharge_days",
-        "falls_admissions_65", "emergency_readmissions_30d"}
+        "emergency_admissions",
+        "care_home_admissions_65",
+        "reablement_91_days_65",
+        "delayed_discharge_days",
+        "falls_admissions_65",
+        "emergency_readmissions_30d",
+    }
     # Each council has every metric, and its own localities (Thurrock's are its integrated locality areas).
     councils = {k[4] for k in expected if k[3] == "local_authority"}
     assert councils == {"E10000012", "E06000033", "E06000034"}
@@ -286,23 +337,28 @@ def test_every_bcf_metric_equals_the_answer_key(world):
     assert area == by_council
     # The as-of month's readmissions and the last three months' reablement are provisional.
     assert expected[("emergency_readmissions_30d", "2025-09-01", "2025-09-30", "area", "area")][3:] == (
-        "false", "2025-10-29")
-    assert expected[("reablement_91_days_65", "2025-06-01", "2025-06-30", "area", "area")][3:] == (
-        "true", "2025-09-29")
+        "false",
+        "2025-10-29",
+    )
+    assert expected[("reablement_91_days_65", "2025-06-01", "2025-06-30", "area", "area")][3:] == ("true", "2025-09-29")
 
 
 def test_every_cohort_equals_the_answer_key(world):
     expected = {(r["cohort"], r["measure"], r["key"]): int(r["value"]) for r in world.answers("cohorts.csv")}
-    (spells, days, known), = world.query(
+    ((spells, days, known),) = world.query(
         "SELECT count(*), coalesce(sum(days_delayed), 0), count(*) FILTER (WHERE known_to_social_care) "
-        "FROM marts.delayed_discharges")
-    (falls, known_before, supported), = world.query(
+        "FROM marts.delayed_discharges"
+    )
+    ((falls, known_before, supported),) = world.query(
         "SELECT count(*), count(*) FILTER (WHERE known_to_social_care_before), "
-        "count(*) FILTER (WHERE has_support_within_91_days) FROM marts.falls_admissions")
-    (placements, self_funded), = world.query(
-        "SELECT count(*), count(*) FILTER (WHERE is_self_funded) FROM marts.care_home_after_hospital")
+        "count(*) FILTER (WHERE has_support_within_91_days) FROM marts.falls_admissions"
+    )
+    ((placements, self_funded),) = world.query(
+        "SELECT count(*), count(*) FILTER (WHERE is_self_funded) FROM marts.care_home_after_hospital"
+    )
     actual = {
-        ("delayed_discharges", "spells", ""): spells, ("delayed_discharges", "days_delayed", ""): days,
+        ("delayed_discharges", "spells", ""): spells,
+        ("delayed_discharges", "days_delayed", ""): days,
         ("delayed_discharges", "known_to_social_care", ""): known,
         ("falls_admissions", "admissions", ""): falls,
         ("falls_admissions", "known_to_social_care_before", ""): known_before,
@@ -311,7 +367,8 @@ def test_every_cohort_equals_the_answer_key(world):
         ("care_home_after_hospital", "self_funded", ""): self_funded,
     }
     for band, code, admissions in world.query(
-            "SELECT age_band, primary_diagnosis_code, admissions FROM marts.admission_reasons"):
+        "SELECT age_band, primary_diagnosis_code, admissions FROM marts.admission_reasons"
+    ):
         actual[("admission_reasons", "admissions", f"{band}|{code}")] = admissions
     assert actual == expected
     assert spells > 0 and falls > 0 and placements > 0
@@ -325,11 +382,12 @@ def test_the_risk_pyramid_has_the_contracts_sizes(world):
     registered = world.query("SELECT count(*) FROM marts.person WHERE is_registered")[0][0]
     assert registered == 2000 == world.world()["registered"]
     # Ranks run 1..N with the highest score first.
-    (first, last, ordered), = world.query(
+    ((first, last, ordered),) = world.query(
         """SELECT min(risk_rank), max(risk_rank),
                   bool_and(risk_score >= coalesce(next_score, 0)) FROM (
              SELECT risk_rank, risk_score, lead(risk_score) OVER (ORDER BY risk_rank) AS next_score
-             FROM marts.risk_stratification) ranked""")
+             FROM marts.risk_stratification) ranked"""
+    )
     assert (first, last, ordered) == (1, 2000, True)
 
 
@@ -349,23 +407,28 @@ def test_reporting_applies_disclosure_control_to_the_marts_counts(world):
            FROM marts.bcf_metrics m
            JOIN reporting.bcf_metrics r USING (metric_code, period_start, period_end, geography_level, geography_code)
            JOIN reference.bcf_metric b USING (metric_code)
-           WHERE metric_code <> 'delayed_discharge_days'""")
+           WHERE metric_code <> 'delayed_discharge_days'"""
+    )
     assert pairs
     for true_count, shown, suppressed, _people in pairs:
         if 1 <= true_count <= 7:
             assert shown is None and suppressed
         else:
-            assert shown == round(true_count / 5) * 5   # count / 5 is never exactly x.5
+            assert shown == round(true_count / 5) * 5  # count / 5 is never exactly x.5
     assert any(s is None for _t, s, _x, _p in pairs) and any(s == 0 for _t, s, _x, _p in pairs)
-    tiers = dict(world.query(
-        "SELECT risk_tier, people FROM reporting.risk_pyramid WHERE geography_level = 'area'"))
+    tiers = dict(world.query("SELECT risk_tier, people FROM reporting.risk_pyramid WHERE geography_level = 'area'"))
     assert tiers == {"very_high": 10, "high": 90, "moderate": 300, "low": 1600}
     # Each locality's tiers are the marts' counts under the same control; a small locality's very high tier is hidden.
-    true_counts = dict(((locality, tier), n) for locality, tier, n in world.query(
-        """SELECT p.locality_code, r.risk_tier, count(*) FROM marts.risk_stratification r
-           JOIN marts.person p USING (person_id) GROUP BY 1, 2"""))
+    true_counts = dict(
+        ((locality, tier), n)
+        for locality, tier, n in world.query(
+            """SELECT p.locality_code, r.risk_tier, count(*) FROM marts.risk_stratification r
+           JOIN marts.person p USING (person_id) GROUP BY 1, 2"""
+        )
+    )
     shown = world.query(
-        "SELECT geography_code, risk_tier, people FROM reporting.risk_pyramid WHERE geography_level = 'locality'")
+        "SELECT geography_code, risk_tier, people FROM reporting.risk_pyramid WHERE geography_level = 'locality'"
+    )
     assert len(shown) == 4 * len({locality for locality, _tier in true_counts if locality})
     for locality, tier, people in shown:
         true_count = true_counts.get((locality, tier), 0)

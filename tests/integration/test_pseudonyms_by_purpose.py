@@ -57,11 +57,15 @@ def optout_numbers(landing: Path) -> list[str]:
 
 def opted_out_in_feeds(warehouse) -> list[str]:
     """The transit pseudonyms of opted-out people who have records in the feeds (raw)."""
-    return [r[0] for r in warehouse.query(
-        """SELECT DISTINCT o.nhs_number_key FROM restricted.optout o
+    return [
+        r[0]
+        for r in warehouse.query(
+            """SELECT DISTINCT o.nhs_number_key FROM restricted.optout o
            WHERE EXISTS (SELECT FROM raw.gp_register g WHERE g.nhs_number_key = o.nhs_number_key)
               OR EXISTS (SELECT FROM raw.apc_episode a WHERE a.nhs_number_key = o.nhs_number_key)
-              OR EXISTS (SELECT FROM raw.cld_event c WHERE c.nhs_number_key = o.nhs_number_key)""")]
+              OR EXISTS (SELECT FROM raw.cld_event c WHERE c.nhs_number_key = o.nhs_number_key)"""
+        )
+    ]
 
 
 def published_values(warehouse) -> set[str]:
@@ -70,7 +74,9 @@ def published_values(warehouse) -> set[str]:
     with warehouse.as_owner() as conn:
         tables = conn.execute(
             """SELECT table_schema, table_name FROM information_schema.tables
-               WHERE table_schema = ANY(%s) AND table_type = 'BASE TABLE'""", (list(PUBLISHED_SCHEMAS),)).fetchall()
+               WHERE table_schema = ANY(%s) AND table_type = 'BASE TABLE'""",
+            (list(PUBLISHED_SCHEMAS),),
+        ).fetchall()
         assert {s for s, _ in tables} == set(PUBLISHED_SCHEMAS)
         for schema, table in tables:
             with conn.cursor().copy(f'COPY "{schema}"."{table}" TO STDOUT') as copy:
@@ -104,11 +110,15 @@ def test_an_attacker_with_the_linkage_key_finds_nobody_in_any_published_table(wa
 
 
 def test_no_transit_pseudonym_of_raw_is_in_any_published_table_or_the_files_of_the_run(warehouse):
-    transits = {r[0] for r in warehouse.query(
-        """SELECT nhs_number_key FROM raw.gp_register UNION SELECT nhs_number_key FROM raw.apc_episode
+    transits = {
+        r[0]
+        for r in warehouse.query(
+            """SELECT nhs_number_key FROM raw.gp_register UNION SELECT nhs_number_key FROM raw.apc_episode
            WHERE nhs_number_key IS NOT NULL
            UNION SELECT spell_key FROM raw.apc_episode UNION SELECT episode_key FROM raw.apc_episode
-           UNION SELECT la_person_key FROM raw.cld_event""")}
+           UNION SELECT la_person_key FROM raw.cld_event"""
+        )
+    }
     assert len(transits) > 400
     assert not transits & published_values(warehouse)
     # The files the platform wrote outside the database (dbt's target and logs, reports, lineage events).
@@ -127,9 +137,13 @@ def test_each_purpose_has_its_own_id_and_the_two_cannot_be_joined(warehouse):
     with warehouse.as_owner() as conn:
         marts_ids = {r[0] for r in conn.execute("SELECT person_id FROM marts.person")}
         care_ids = {r[0] for r in conn.execute("SELECT person_id FROM direct_care.case_finding")}
-        registered = [r[0] for r in conn.execute(
-            "SELECT person_key FROM intermediate.int_risk_scored "  # registered and alive at the as-of date
-            "WHERE person_key NOT IN (SELECT nhs_number_key FROM restricted.optout) LIMIT 20")]
+        registered = [
+            r[0]
+            for r in conn.execute(
+                "SELECT person_key FROM intermediate.int_risk_scored "  # registered and alive at the as-of date
+                "WHERE person_key NOT IN (SELECT nhs_number_key FROM restricted.optout) LIMIT 20"
+            )
+        ]
     assert len(registered) == 20
     assert marts_ids and care_ids and not marts_ids & care_ids
     for person in registered:
@@ -139,13 +153,19 @@ def test_each_purpose_has_its_own_id_and_the_two_cannot_be_joined(warehouse):
         assert published_id("secondary_use", person) != published_id("direct_care", person)
     # No role that reads one purpose's ids can read the other's, nor the mapping.
     with warehouse.as_role("analyst") as conn:
-        for refused in ("SELECT * FROM direct_care.case_finding", "SELECT * FROM restricted.pseudonym",
-                        "SELECT * FROM intermediate.int_direct_care_id"):
+        for refused in (
+            "SELECT * FROM direct_care.case_finding",
+            "SELECT * FROM restricted.pseudonym",
+            "SELECT * FROM intermediate.int_direct_care_id",
+        ):
             with pytest.raises(errors.InsufficientPrivilege):
                 conn.execute(refused)
     with warehouse.as_role("care_team") as conn:
-        for refused in ("SELECT * FROM marts.person", "SELECT * FROM restricted.pseudonym",
-                        "SELECT * FROM reporting.risk_pyramid"):
+        for refused in (
+            "SELECT * FROM marts.person",
+            "SELECT * FROM restricted.pseudonym",
+            "SELECT * FROM reporting.risk_pyramid",
+        ):
             with pytest.raises(errors.InsufficientPrivilege):
                 conn.execute(refused)
 
@@ -193,40 +213,51 @@ def test_a_purpose_key_other_than_the_warehouses_is_refused_naming_the_versions(
 def test_the_care_team_reads_direct_care_and_nothing_else(warehouse):
     with warehouse.as_role("care_team") as conn:
         assert conn.execute("SELECT count(*) FROM direct_care.case_finding").fetchone()[0] > 0
-        for refused in ("SELECT * FROM raw.gp_register", "SELECT * FROM audit.load", "SELECT * FROM vault.identity",
-                        "SELECT * FROM restricted.optout", "SELECT * FROM marts.bcf_metrics",
-                        "SELECT * FROM vault.reidentify(1)"):
+        for refused in (
+            "SELECT * FROM raw.gp_register",
+            "SELECT * FROM audit.load",
+            "SELECT * FROM vault.identity",
+            "SELECT * FROM restricted.optout",
+            "SELECT * FROM marts.bcf_metrics",
+            "SELECT * FROM vault.reidentify(1)",
+        ):
             with pytest.raises(errors.InsufficientPrivilege):
                 conn.execute(refused)
     with warehouse.as_owner() as conn:
-        readable = {r[0] for r in conn.execute(
-            """SELECT DISTINCT table_schema FROM information_schema.tables
+        readable = {
+            r[0]
+            for r in conn.execute(
+                """SELECT DISTINCT table_schema FROM information_schema.tables
                WHERE has_table_privilege('care_team', format('%I.%I', table_schema, table_name), 'SELECT')
-                 AND table_schema NOT IN ('pg_catalog', 'information_schema')""")}
+                 AND table_schema NOT IN ('pg_catalog', 'information_schema')"""
+            )
+        }
     assert readable == {"direct_care"}
 
 
 def test_case_finding_ranks_everyone_registered_and_alive_in_the_pyramid(warehouse):
-    (people, very_high, high, moderate, ranks_ok), = warehouse.query(
+    ((people, very_high, high, moderate, ranks_ok),) = warehouse.query(
         """SELECT count(*), count(*) FILTER (WHERE risk_tier = 'very_high'), count(*) FILTER (WHERE risk_tier = 'high'),
                   count(*) FILTER (WHERE risk_tier = 'moderate'),
                   bool_and(risk_rank BETWEEN 1 AND (SELECT count(*) FROM direct_care.case_finding))
-           FROM direct_care.case_finding""")
+           FROM direct_care.case_finding"""
+    )
     assert (very_high, very_high + high, very_high + high + moderate) == (
-        people * 5 // 1000, people * 5 // 100, people * 20 // 100)
+        people * 5 // 1000,
+        people * 5 // 100,
+        people * 20 // 100,
+    )
     assert ranks_ok
 
 
 def test_reidentifying_a_secondary_use_id_is_refused_clearly(warehouse):
     analyst_id = warehouse.query("SELECT person_id FROM marts.risk_stratification LIMIT 1")[0][0]
-    proc = warehouse.pophealth("reidentify", analyst_id, "--purpose", "care_coordination",
-                               "--on-behalf-of", "Dr Test")
+    proc = warehouse.pophealth("reidentify", analyst_id, "--purpose", "care_coordination", "--on-behalf-of", "Dr Test")
     assert proc.returncode == 2
     assert "a secondary-use person_id (from marts or reporting) cannot be re-identified" in proc.stderr
     assert "direct_care.case_finding" in proc.stderr
     care_id = warehouse.query("SELECT person_id FROM direct_care.case_finding ORDER BY risk_rank LIMIT 1")[0][0]
-    proc = warehouse.pophealth("reidentify", care_id, "--purpose", "care_coordination",
-                               "--on-behalf-of", "Dr Test")
+    proc = warehouse.pophealth("reidentify", care_id, "--purpose", "care_coordination", "--on-behalf-of", "Dr Test")
     assert proc.returncode == 0, proc.stderr
     number = proc.stdout.strip().splitlines()[-1].split()[-1]
     assert published_id("direct_care", transit(number)) == care_id
@@ -242,29 +273,37 @@ def test_an_opted_out_person_is_in_case_finding_and_in_no_row_or_count_of_marts_
     secondary = {published_id("secondary_use", p) for p in opted_out}
     assert not secondary & published
     care_ids = {r[0] for r in warehouse.query("SELECT person_id FROM direct_care.case_finding")}
-    registered_living = {r[0] for r in warehouse.query(
-        """SELECT person_key FROM intermediate.int_risk_scored WHERE person_key = ANY(%s)""", (opted_out,))}
+    registered_living = {
+        r[0]
+        for r in warehouse.query(
+            """SELECT person_key FROM intermediate.int_risk_scored WHERE person_key = ANY(%s)""", (opted_out,)
+        )
+    }
     assert registered_living, "some opted-out person is registered and alive"
     assert {published_id("direct_care", p) for p in registered_living} <= care_ids
     # Counts: the secondary-use pyramid counts everyone registered and alive but them.
-    (ranked,), = warehouse.query("SELECT count(*) FROM marts.risk_stratification")
+    ((ranked,),) = warehouse.query("SELECT count(*) FROM marts.risk_stratification")
     assert ranked == len(care_ids) - len(registered_living)
-    (people,), = warehouse.query("SELECT count(*) FROM marts.person")
-    (everyone,), = warehouse.query("SELECT count(*) FROM intermediate.int_person")
+    ((people,),) = warehouse.query("SELECT count(*) FROM marts.person")
+    ((everyone,),) = warehouse.query("SELECT count(*) FROM intermediate.int_person")
     assert people == everyone - len(set(opted_out))
 
 
 def test_the_build_records_how_many_people_each_purpose_left_out(warehouse):
-    rows = dict(warehouse.query(
-        """SELECT DISTINCT ON (purpose) purpose, people_left_out FROM audit.optout_by_purpose
-           ORDER BY purpose, built_at DESC"""))
+    rows = dict(
+        warehouse.query(
+            """SELECT DISTINCT ON (purpose) purpose, people_left_out FROM audit.optout_by_purpose
+           ORDER BY purpose, built_at DESC"""
+        )
+    )
     assert rows == {"secondary_use": len(set(opted_out_in_feeds(warehouse))), "direct_care": 0}
     with warehouse.as_role("ig_auditor") as conn:
         assert conn.execute("SELECT count(*) FROM audit.optout_by_purpose").fetchone()[0] >= 2
 
 
 def _load(warehouse, path: Path) -> str:
-    proc = warehouse.python("""
+    proc = warehouse.python(
+        """
         import sys
         from pophealth.ingest.load import LoadRefused, publish_load, stage_extract
         try:
@@ -273,7 +312,9 @@ def _load(warehouse, path: Path) -> str:
             print("PUBLISHED")
         except LoadRefused as exc:
             print("REFUSED", exc)
-    """, str(path))
+    """,
+        str(path),
+    )
     return proc.stdout
 
 
@@ -311,7 +352,8 @@ def test_the_latest_list_is_in_force_removal_brings_back_and_an_older_list_is_re
     stale = _load(warehouse, _write_list(landing / current, numbers + [leaving]))
     assert "REFUSED" in stale and "stale" in stale and "before the list in force" in stale
     assert warehouse.query("SELECT status FROM audit.load WHERE feed = 'optouts' ORDER BY load_id DESC LIMIT 1") == [
-        ("stale",)]
+        ("stale",)
+    ]
     _rebuild(warehouse)
     assert warehouse.query("SELECT count(*) FROM marts.person WHERE person_id = %s", (back,)) == [(1,)]
     # A still later list with them again: they disappear from every secondary-use mart at the next build.
@@ -333,30 +375,39 @@ def test_of_several_lists_in_the_folder_only_the_newest_is_picked_up_the_others_
     for name in names:
         _write_list(folder / name, numbers)
 
-    settled_at_once = Warehouse(warehouse.url, warehouse.landing,
-                                {**warehouse.env, "POPHEALTH_LANDING_SETTLE_SECONDS": "0"})
+    settled_at_once = Warehouse(
+        warehouse.url, warehouse.landing, {**warehouse.env, "POPHEALTH_LANDING_SETTLE_SECONDS": "0"}
+    )
 
     def discover() -> tuple[list[str], list[str]]:
-        out = settled_at_once.python("""
+        out = (
+            settled_at_once.python(
+                """
             import json, sys
             from pathlib import Path
             from pophealth.ingest.load import pending_extracts, stale_optout_lists
             stale = stale_optout_lists(Path(sys.argv[1]))
             print(json.dumps([[Path(p).name for p in pending_extracts(Path(sys.argv[1]), "optouts")],
                               [s.split(":")[0] for s in stale]]))
-        """, str(folder)).stdout.strip().splitlines()[-1]
+        """,
+                str(folder),
+            )
+            .stdout.strip()
+            .splitlines()[-1]
+        )
         pending, stale = json.loads(out)
         return pending, stale
 
-    assert discover() == ([names[2]], names[:2])          # three lists: the newest only; the two others stale
-    assert discover() == ([names[2]], [])                  # the stale ones are recorded once
+    assert discover() == ([names[2]], names[:2])  # three lists: the newest only; the two others stale
+    assert discover() == ([names[2]], [])  # the stale ones are recorded once
     assert "PUBLISHED" in _load(warehouse, folder / names[2])
-    assert discover() == ([], [])                          # a run with nothing new: nothing, nothing republished
+    assert discover() == ([], [])  # a run with nothing new: nothing, nothing republished
     late = f"optouts_{dated + timedelta(days=85):%Y%m%d}.csv"
     _write_list(folder / late, numbers)
-    assert discover() == ([], [late])                      # a late older list: recorded stale, never picked up
-    statuses = dict(warehouse.query(
-        "SELECT file_name, status FROM audit.load WHERE file_name = ANY(%s)", (names + [late],)))
+    assert discover() == ([], [late])  # a late older list: recorded stale, never picked up
+    statuses = dict(
+        warehouse.query("SELECT file_name, status FROM audit.load WHERE file_name = ANY(%s)", (names + [late],))
+    )
     assert statuses == {names[0]: "stale", names[1]: "stale", names[2]: "published", late: "stale"}
 
 
@@ -372,8 +423,9 @@ def test_rotating_the_secondary_use_key_changes_every_marts_id_and_no_direct_car
     marts_after = {r[0] for r in warehouse.query("SELECT person_id FROM marts.person")}
     assert len(marts_after) == len(marts_before) and not marts_after & marts_before
     assert {r[0] for r in warehouse.query("SELECT person_id FROM direct_care.case_finding")} == care_before
-    (purpose, rekeyed), = warehouse.query(
-        "SELECT purpose, pseudonyms_mapped FROM audit.key_rotation ORDER BY rotation_id DESC LIMIT 1")
+    ((purpose, rekeyed),) = warehouse.query(
+        "SELECT purpose, pseudonyms_mapped FROM audit.key_rotation ORDER BY rotation_id DESC LIMIT 1"
+    )
     assert purpose == "secondary_use" and rekeyed >= len(marts_before)
     assert "6a" * 32 not in proc.stdout + proc.stderr
     # The old key is refused from now on, naming both versions.

@@ -33,8 +33,13 @@ class Small:
         self.env = isolated_env(home)
 
     def pophealth(self, *args: str, env: dict | None = None, timeout: int = 1200) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "pophealth.cli", *args], env={**self.env, **(env or {})},
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            [sys.executable, "-m", "pophealth.cli", *args],
+            env={**self.env, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def query(self, sql: str, params: tuple = ()) -> list[tuple]:
         import psycopg
@@ -63,8 +68,9 @@ def _drop_last_row(path: Path) -> None:
 
 
 def _published(built: Small, file_name: str) -> list[tuple]:
-    return built.query("SELECT load_id, file_sha256 FROM audit.load WHERE file_name = %s AND status = 'published'",
-                       (file_name,))
+    return built.query(
+        "SELECT load_id, file_sha256 FROM audit.load WHERE file_name = %s AND status = 'published'", (file_name,)
+    )
 
 
 def test_a_rerun_of_a_past_period_replaces_it_rebuilds_the_marts_and_a_second_changes_nothing(built, tmp_path):
@@ -81,10 +87,11 @@ def test_a_rerun_of_a_past_period_replaces_it_rebuilds_the_marts_and_a_second_ch
     other_before = built.query("SELECT load_id, status FROM audit.load WHERE file_name = %s", (other.name,))
     period = re.search(r"_(\d{4})(\d{2})(\d{2})\.csv$", target.name).groups()
 
-    first = built.pophealth("rerun", "--feed", "apc", "--period", "-".join(period), "--provider", "RAJ",
-                            "--landing", str(landing))
+    first = built.pophealth(
+        "rerun", "--feed", "apc", "--period", "-".join(period), "--provider", "RAJ", "--landing", str(landing)
+    )
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-2000:]
-    (load_id, _sha), = _published(built, target.name)
+    ((load_id, _sha),) = _published(built, target.name)
     assert load_id != _published_before
     assert built.query("SELECT count(*) FROM raw.apc_episode WHERE load_id = %s", (load_id,))[0][0] == rows_before - 1
     # The next period's changed file was not touched: still only its first load.
@@ -92,16 +99,21 @@ def test_a_rerun_of_a_past_period_replaces_it_rebuilds_the_marts_and_a_second_ch
     assert "rebuilding the marts" in first.stdout
     assert built.query("SELECT count(*) FROM audit.dbt_result")[0][0] > builds_before
 
-    state = (built.query("SELECT count(*), max(load_id) FROM audit.load"),
-             built.query("SELECT md5(string_agg(p::text, ',' ORDER BY person_id)) FROM marts.person p"),
-             built.query("SELECT count(*) FROM audit.dbt_result"))
-    second = built.pophealth("rerun", "--feed", "apc", "--period", "-".join(period), "--provider", "RAJ",
-                             "--landing", str(landing))
+    state = (
+        built.query("SELECT count(*), max(load_id) FROM audit.load"),
+        built.query("SELECT md5(string_agg(p::text, ',' ORDER BY person_id)) FROM marts.person p"),
+        built.query("SELECT count(*) FROM audit.dbt_result"),
+    )
+    second = built.pophealth(
+        "rerun", "--feed", "apc", "--period", "-".join(period), "--provider", "RAJ", "--landing", str(landing)
+    )
     assert second.returncode == 0, second.stdout[-3000:]
     assert "Nothing to do" in second.stdout
-    assert (built.query("SELECT count(*), max(load_id) FROM audit.load"),
-            built.query("SELECT md5(string_agg(p::text, ',' ORDER BY person_id)) FROM marts.person p"),
-            built.query("SELECT count(*) FROM audit.dbt_result")) == state
+    assert (
+        built.query("SELECT count(*), max(load_id) FROM audit.load"),
+        built.query("SELECT md5(string_agg(p::text, ',' ORDER BY person_id)) FROM marts.person p"),
+        built.query("SELECT count(*) FROM audit.dbt_result"),
+    ) == state
 
 
 def test_a_rerun_names_what_is_wrong_with_its_arguments(built):

@@ -62,14 +62,21 @@ def test_a_healthy_warehouse_is_reported_healthy_with_every_source_and_the_marts
     for source in ("gp_register", "optouts", "apc RAJ", "apc RDE", "apc RQW", "cld E10000012", "ref_postcode_lookup"):
         assert f"  {source} " in out
     # The register's row shows its file and its counts as audit.load has them.
-    (file_name, read, loaded, quarantined, opted_out), = warehouse.query(
+    ((file_name, read, loaded, quarantined, opted_out),) = warehouse.query(
         """SELECT file_name, rows_read, rows_loaded, rows_quarantined, rows_opted_out FROM audit.load
-           WHERE feed = 'gp_register' ORDER BY load_id DESC LIMIT 1""")
+           WHERE feed = 'gp_register' ORDER BY load_id DESC LIMIT 1"""
+    )
     register = next(line for line in out.splitlines() if line.startswith("  gp_register "))
-    assert register.split()[2:8] == [file_name, "published", f"{read:,}", f"{loaded:,}", f"{quarantined:,}",
-                                     f"{opted_out:,}"]
+    assert register.split()[2:8] == [
+        file_name,
+        "published",
+        f"{read:,}",
+        f"{loaded:,}",
+        f"{quarantined:,}",
+        f"{opted_out:,}",
+    ]
     assert "last build    20" in out and "FAILED" not in out and "REFUSED" not in out
-    as_of, = warehouse.query("SELECT max(as_of_date)::text FROM marts.risk_stratification")[0]
+    (as_of,) = warehouse.query("SELECT max(as_of_date)::text FROM marts.risk_stratification")[0]
     assert f"the marts describe the data as of {as_of}" in out
     assert "0 file(s) to load" in out
 
@@ -91,8 +98,9 @@ def test_status_shows_what_each_source_covers_and_says_which_periods_are_not_com
     lines = out.splitlines()
     assert "What the data covers (from the rows of the published files):" in lines
     files = len(list(warehouse.landing.glob("apc_RDE_*.csv")))
-    assert any(line.startswith("  apc RDE                  2024-04-01 to ") and f"({files} files)" in line
-               for line in lines)
+    assert any(
+        line.startswith("  apc RDE                  2024-04-01 to ") and f"({files} files)" in line for line in lines
+    )
     gap_start = _first_missing_month(warehouse.landing, "RDE")
     assert gap_start is not None  # the world this test runs on has one
     rde = next(line for line in lines if line.startswith("  apc RDE ") and "GAP" in line)
@@ -102,11 +110,13 @@ def test_status_shows_what_each_source_covers_and_says_which_periods_are_not_com
     assert not_computed > 0 and f"Periods NOT computed ({not_computed}; reporting.period_coverage):" in lines
     month = next(line for line in lines if line.startswith(f"  month           {gap_start} to"))
     assert "not wholly covered: hospital data from RDE covers" in month
-    assert (f"Note: {not_computed} period(s) are not computed because the data does not cover them wholly "
-            "(listed above)") in lines
+    assert (
+        f"Note: {not_computed} period(s) are not computed because the data does not cover them wholly (listed above)"
+    ) in lines
     # The marts hold no metric for such a period: nothing is computed from part of a month.
-    assert warehouse.query("SELECT count(*) FROM marts.bcf_metrics WHERE period_start = %s::date",
-                           (gap_start,))[0][0] == 0
+    assert (
+        warehouse.query("SELECT count(*) FROM marts.bcf_metrics WHERE period_start = %s::date", (gap_start,))[0][0] == 0
+    )
 
 
 def test_a_new_file_in_the_landing_folder_is_shown_as_waiting_and_is_not_a_failure(warehouse, tmp_path):
@@ -123,10 +133,14 @@ def test_a_new_file_in_the_landing_folder_is_shown_as_waiting_and_is_not_a_failu
     assert "  apc                      apc_RAJ_20251031.csv" in lines
     assert "  (still being written)    apc_RDE_20251031.csv.part" in lines
     assert "Not extracts of the contract (1; never loaded):" in lines
-    assert ("  apc_october.csv: the date is not in the contract's form YYYYMMDD: the contract's name is "
-            "apc_<provider>_<YYYYMMDD>.csv") in lines
-    assert lines[-1] == ("Note: 1 file(s) in the landing folder are not extracts of the contract and are NOT LOADED "
-                         "(listed above): rename, decompress or remove them")
+    assert (
+        "  apc_october.csv: the date is not in the contract's form YYYYMMDD: the contract's name is "
+        "apc_<provider>_<YYYYMMDD>.csv"
+    ) in lines
+    assert lines[-1] == (
+        "Note: 1 file(s) in the landing folder are not extracts of the contract and are NOT LOADED "
+        "(listed above): rename, decompress or remove them"
+    )
 
 
 def test_a_load_refused_by_its_gate_is_reported_failed_until_a_good_file_replaces_it(warehouse, tmp_path):
@@ -141,8 +155,9 @@ def test_a_load_refused_by_its_gate_is_reported_failed_until_a_good_file_replace
     cells[header.index("epistart")] = "2000-01-01"
     bad.write_text("".join([lines[0], ",".join(cells) + "\n", *lines[2:]]))
     assert warehouse.python(STAGE_GATE_PUBLISH, str(bad)).stdout.strip() == "validated"
-    assert warehouse.query("SELECT status FROM audit.load WHERE file_name = %s ORDER BY load_id DESC LIMIT 1",
-                           (good.name,)) == [("gate_failed",)]
+    assert warehouse.query(
+        "SELECT status FROM audit.load WHERE file_name = %s ORDER BY load_id DESC LIMIT 1", (good.name,)
+    ) == [("gate_failed",)]
 
     proc = warehouse.status()
     assert proc.returncode == 1, proc.stdout + proc.stderr
@@ -189,7 +204,7 @@ def test_each_source_shows_its_latest_period_not_its_latest_load(warehouse, tmp_
     lines = oldest.read_text().splitlines(keepends=True)
     resent.write_text("".join(lines[:-1]))
     assert warehouse.python(STAGE_GATE_PUBLISH, str(resent)).stdout.strip() == "validated"
-    (newest_load, period), = warehouse.query("""SELECT load_id, period_end FROM audit.load WHERE feed = 'apc'
+    ((newest_load, period),) = warehouse.query("""SELECT load_id, period_end FROM audit.load WHERE feed = 'apc'
                                                 AND provider = 'RAJ' ORDER BY load_id DESC LIMIT 1""")
     assert warehouse.query("SELECT status FROM audit.load WHERE load_id = %s", (newest_load,)) == [("published",)]
     latest = sorted(warehouse.landing.glob("apc_RAJ_*.csv"))[-1]
@@ -223,11 +238,17 @@ def test_status_as_json_for_monitoring(warehouse, tmp_path):
     status = json.loads(proc.stdout)
     assert status["healthy"] is True and status["problems"] == []
     register = next(s for s in status["sources"] if s["feed"] == "gp_register")
-    (file_name, loaded), = warehouse.query("""SELECT file_name, rows_loaded FROM audit.load WHERE feed = 'gp_register'
+    ((file_name, loaded),) = warehouse.query("""SELECT file_name, rows_loaded FROM audit.load WHERE feed = 'gp_register'
                                               ORDER BY period_end DESC, load_id DESC LIMIT 1""")
     assert register["file_name"] == file_name and register["rows_loaded"] == loaded
-    assert {d["feed"] for d in status["next_deliveries"]} == {"ref_postcode_lookup", "ref_population", "optouts",
-                                                               "gp_register", "apc", "cld"}
+    assert {d["feed"] for d in status["next_deliveries"]} == {
+        "ref_postcode_lookup",
+        "ref_population",
+        "optouts",
+        "gp_register",
+        "apc",
+        "cld",
+    }
     assert {"feed": "apc", "file_name": "apc_RAJ_20251031.csv"} in status["waiting"]["files"]
     assert status["waiting"]["landing"] == str(landing) and status["waiting"]["landing_from"] == "given"
     as_of = warehouse.query("SELECT max(as_of_date) FROM marts.risk_stratification")[0][0]
@@ -239,8 +260,12 @@ def test_without_a_landing_folder_status_looks_in_the_one_the_last_run_used(ware
     shutil.copytree(warehouse.landing, landing, ignore=shutil.ignore_patterns("answer_key"))
     shutil.copy(latest_apc(landing), landing / "apc_RAJ_20251031.csv")
     env = {k: v for k, v in warehouse.env.items() if k != "POPHEALTH_LANDING_DIR"}
-    run = lambda *args: subprocess.run([sys.executable, "-m", "pophealth.cli", *args], env=env,  # noqa: E731
-                                       capture_output=True, text=True, timeout=300)
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "pophealth.cli", *args], env=env, capture_output=True, text=True, timeout=300
+        )
+
     before = run("status")
     assert "Waiting: no landing folder given" in before.stdout
     # what `pophealth run --landing` (and the demo, with its world) records before it runs
@@ -252,13 +277,17 @@ def test_without_a_landing_folder_status_looks_in_the_one_the_last_run_used(ware
 
 def test_after_a_key_rotation_the_missing_opt_out_list_is_reported_until_it_is_loaded_again(warehouse):
     new_key = "7e" * 32
-    warehouse.python("""
+    warehouse.python(
+        """
         import sys
         from pophealth.identity.keys import LinkageKey, VaultPrivateKey, load_linkage_key
         from pophealth.identity.rekey import rotate_linkage_key
         rotate_linkage_key(load_linkage_key(), LinkageKey.from_hex(sys.argv[1], "the test"),
                            VaultPrivateKey.from_hex(sys.argv[2], "the test"), progress=lambda _: None)
-    """, new_key, TEST_VAULT_PRIVATE_KEY)
+    """,
+        new_key,
+        TEST_VAULT_PRIVATE_KEY,
+    )
 
     proc = warehouse.status()
     assert proc.returncode == 1, proc.stdout + proc.stderr
@@ -268,10 +297,13 @@ def test_after_a_key_rotation_the_missing_opt_out_list_is_reported_until_it_is_l
 
     # The list loaded again under the new key: nothing is wrong.
     warehouse.env["POPHEALTH_LINKAGE_KEY"] = new_key
-    warehouse.python("""
+    warehouse.python(
+        """
         import sys
         from pophealth.ingest.load import publish_load, stage_extract
         publish_load(stage_extract(sys.argv[1]).load_id)
-    """, str(optouts))
+    """,
+        str(optouts),
+    )
     proc = warehouse.status()
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -40,13 +40,22 @@ def warehouse(tmp_path_factory):
     home = tmp_path_factory.mktemp("vault-insiders")
     landing = synth_world(home, population=300, seed=11)
     # The pipeline's environment: the public key, and a private-key setting any read of which would fail the load.
-    env = {**isolated_env(home), "POPHEALTH_VAULT_PRIVATE_KEY": "not a key",
-           "POPHEALTH_VAULT_PRIVATE_KEY_FILE": str(home / "no such file")}
-    built = subprocess.run([sys.executable, "-c", RUN, str(landing)], env=env, capture_output=True, text=True,
-                           timeout=900)
+    env = {
+        **isolated_env(home),
+        "POPHEALTH_VAULT_PRIVATE_KEY": "not a key",
+        "POPHEALTH_VAULT_PRIVATE_KEY_FILE": str(home / "no such file"),
+    }
+    built = subprocess.run(
+        [sys.executable, "-c", RUN, str(landing)], env=env, capture_output=True, text=True, timeout=900
+    )
     assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
-    url = subprocess.run([sys.executable, "-m", "pophealth.cli", "db", "url"], env=env, capture_output=True,
-                         text=True, check=True).stdout.strip().splitlines()[-1]
+    url = (
+        subprocess.run(
+            [sys.executable, "-m", "pophealth.cli", "db", "url"], env=env, capture_output=True, text=True, check=True
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     plain = isolated_env(home)
     try:
         yield Warehouse(url, landing, with_vault_private_key(plain))
@@ -55,14 +64,19 @@ def warehouse(tmp_path_factory):
 
 
 def care_ids(warehouse: Warehouse, n: int, skip: int = 0) -> list[str]:
-    return [r[0] for r in warehouse.query(
-        "SELECT person_id FROM direct_care.case_finding ORDER BY risk_rank LIMIT %s OFFSET %s", (n, skip))]
+    return [
+        r[0]
+        for r in warehouse.query(
+            "SELECT person_id FROM direct_care.case_finding ORDER BY risk_rank LIMIT %s OFFSET %s", (n, skip)
+        )
+    ]
 
 
 def request(conn: psycopg.Connection, ids: list[str], purpose: str = GOOD[0], on_behalf_of: str | None = GOOD[1]):
     """A request as the connection's login; returns (request_id, decision, reason) as logged."""
-    request_id = conn.execute("SELECT vault.request_reidentification(%s, %s, %s)",
-                              (ids, purpose, on_behalf_of)).fetchone()[0]
+    request_id = conn.execute(
+        "SELECT vault.request_reidentification(%s, %s, %s)", (ids, purpose, on_behalf_of)
+    ).fetchone()[0]
     return (request_id, *conn.execute("SELECT decision, reason FROM vault.my_request(%s)", (request_id,)).fetchone())
 
 
@@ -91,7 +105,8 @@ def test_without_the_private_key_reidentify_refuses_and_names_the_setting(wareho
     env = {k: v for k, v in warehouse.env.items() if not k.startswith("POPHEALTH_VAULT_PRIVATE")}
     env["POPHEALTH_VAULT_PUBLIC_KEY"] = TEST_VAULT_PUBLIC_KEY
     proc = Warehouse(warehouse.url, warehouse.landing, env).pophealth(
-        "reidentify", *care_ids(warehouse, 1), "--purpose", GOOD[0], "--on-behalf-of", GOOD[1])
+        "reidentify", *care_ids(warehouse, 1), "--purpose", GOOD[0], "--on-behalf-of", GOOD[1]
+    )
     assert proc.returncode == 2 and "POPHEALTH_VAULT_PRIVATE_KEY" in proc.stderr
 
 
@@ -116,39 +131,48 @@ def test_a_request_within_the_limits_is_released_and_beyond_them_waits_for_a_cal
     with warehouse.as_role("caldicott_guardian") as guardian:
         with pytest.raises(errors.RaiseException, match="note"):
             guardian.execute("SELECT vault.decide_reidentification(%s, true, 'ok')", (big,))
-        assert guardian.execute("SELECT vault.decide_reidentification(%s, true, %s)",
-                                (big, "frailty MDT list for this week, agreed")).fetchone() == ("approved",)
+        assert guardian.execute(
+            "SELECT vault.decide_reidentification(%s, true, %s)", (big, "frailty MDT list for this week, agreed")
+        ).fetchone() == ("approved",)
         assert refused_as(guardian, "SELECT * FROM vault.identity LIMIT 1")
     proc = warehouse.pophealth("reidentify", "--request", str(big))
     assert proc.returncode == 0, proc.stderr
     assert len([line for line in proc.stdout.splitlines() if line.split()[-1].isdigit()]) == 11
 
 
-@pytest.mark.parametrize("case, ids, purpose, on_behalf_of, why", [
-    ("a purpose off the list", "good", "aaaaaaaaaa", GOOD[1], "purpose must be one of"),
-    ("no on_behalf_of", "good", GOOD[0], None, "on behalf of whom"),
-    ("not a pseudonym", "random", GOOD[0], GOOD[1], "current direct-care id"),
-    ("an analyst's id", "secondary", GOOD[0], GOOD[1], "secondary-use person_id"),
-    ("an NHS number typed in", "nhs", GOOD[0], GOOD[1], "64 hexadecimal characters"),
-    ("a hundred thousand ids", "many", GOOD[0], GOOD[1], "at most 500 people, even with approval"),
-])
+@pytest.mark.parametrize(
+    "case, ids, purpose, on_behalf_of, why",
+    [
+        ("a purpose off the list", "good", "aaaaaaaaaa", GOOD[1], "purpose must be one of"),
+        ("no on_behalf_of", "good", GOOD[0], None, "on behalf of whom"),
+        ("not a pseudonym", "random", GOOD[0], GOOD[1], "current direct-care id"),
+        ("an analyst's id", "secondary", GOOD[0], GOOD[1], "secondary-use person_id"),
+        ("an NHS number typed in", "nhs", GOOD[0], GOOD[1], "64 hexadecimal characters"),
+        ("a hundred thousand ids", "many", GOOD[0], GOOD[1], "at most 500 people, even with approval"),
+    ],
+)
 def test_each_bad_request_is_refused_and_the_refusal_is_logged(warehouse, case, ids, purpose, on_behalf_of, why):
-    named = {"good": care_ids(warehouse, 1), "random": ["ab" * 32],
-             "secondary": [warehouse.query("SELECT person_id FROM marts.risk_stratification LIMIT 1")[0][0]],
-             "nhs": ["9434765919"], "many": [f"{i:064x}" for i in range(100_000)]}[ids]
+    named = {
+        "good": care_ids(warehouse, 1),
+        "random": ["ab" * 32],
+        "secondary": [warehouse.query("SELECT person_id FROM marts.risk_stratification LIMIT 1")[0][0]],
+        "nhs": ["9434765919"],
+        "many": [f"{i:064x}" for i in range(100_000)],
+    }[ids]
     with warehouse.as_role("reidentifier") as conn:
         request_id, decision, reason = request(conn, named, purpose, on_behalf_of)
         assert decision == "refused" and why in reason, (case, reason)
         with pytest.raises(errors.InsufficientPrivilege, match="refused"):
             conn.execute("SELECT * FROM vault.reidentify(%s)", (request_id,))
-    logged = warehouse.query("SELECT people_named, person_ids, requested_by FROM audit.reidentification "
-                             "WHERE request_id = %s", (request_id,))
+    logged = warehouse.query(
+        "SELECT people_named, person_ids, requested_by FROM audit.reidentification WHERE request_id = %s", (request_id,)
+    )
     assert logged[0][0] == len(named) and logged[0][2] == "reidentifier"
     assert "9434765919" not in str(logged)  # a refused identifier is never kept in clear
 
 
 def test_a_login_beyond_its_daily_cap_waits_for_approval(warehouse):
-    (today,), = warehouse.query("""SELECT coalesce(sum(people_named), 0) FROM audit.reidentification
+    ((today,),) = warehouse.query("""SELECT coalesce(sum(people_named), 0) FROM audit.reidentification
                                    WHERE requested_by = 'reidentifier' AND decision <> 'refused'""")
     warehouse.env["POPHEALTH_REIDENTIFY_DAILY_PEOPLE"] = str(today + 5)
     try:
@@ -174,16 +198,18 @@ def test_the_logs_belong_to_a_role_nobody_logs_in_as(warehouse):
 @pytest.mark.parametrize("login", LOGINS)
 def test_no_login_role_can_disable_drop_replace_or_bypass_the_logs_protection(warehouse, login):
     with warehouse.as_role(login) as conn:
-        for attack in ("ALTER TABLE audit.reidentification DISABLE TRIGGER USER",
-                       "DROP TRIGGER append_only_rows ON audit.reidentification",
-                       "CREATE OR REPLACE FUNCTION audit.refuse_change() RETURNS trigger LANGUAGE plpgsql "
-                       "AS $$ BEGIN RETURN OLD; END $$",
-                       "SET session_replication_role = replica",
-                       "DELETE FROM audit.reidentification",
-                       "TRUNCATE audit.key_rotation",
-                       "INSERT INTO audit.reidentification (purpose, person_ids, people_in_vault) "
-                       "VALUES ('case_finding_follow_up', '{}', 0)",
-                       "SELECT nextval('audit.reidentification_request_id_seq')"):
+        for attack in (
+            "ALTER TABLE audit.reidentification DISABLE TRIGGER USER",
+            "DROP TRIGGER append_only_rows ON audit.reidentification",
+            "CREATE OR REPLACE FUNCTION audit.refuse_change() RETURNS trigger LANGUAGE plpgsql "
+            "AS $$ BEGIN RETURN OLD; END $$",
+            "SET session_replication_role = replica",
+            "DELETE FROM audit.reidentification",
+            "TRUNCATE audit.key_rotation",
+            "INSERT INTO audit.reidentification (purpose, person_ids, people_in_vault) "
+            "VALUES ('case_finding_follow_up', '{}', 0)",
+            "SELECT nextval('audit.reidentification_request_id_seq')",
+        ):
             assert refused_as(conn, attack), (login, attack)
 
 
@@ -202,25 +228,30 @@ def _breaks(conn: psycopg.Connection, anchor: Path | None = None) -> list[str]:
 SUPERUSER_ATTACKS = {
     "disable the trigger, then delete a row": [
         "ALTER TABLE audit.reidentification DISABLE TRIGGER USER",
-        "DELETE FROM audit.reidentification WHERE chain_position = 2"],
+        "DELETE FROM audit.reidentification WHERE chain_position = 2",
+    ],
     "drop the triggers, then truncate (seen against the head kept outside the database)": [
         "DROP TRIGGER append_only_truncate ON audit.reidentification",
         "DROP TRIGGER append_only_truncate ON audit.reidentification_approval",
-        "TRUNCATE audit.reidentification, audit.reidentification_approval"],
+        "TRUNCATE audit.reidentification, audit.reidentification_approval",
+    ],
     "replace the refusing function, then rewrite a purpose": [
         "CREATE OR REPLACE FUNCTION audit.refuse_change() RETURNS trigger LANGUAGE plpgsql "
         "AS $$ BEGIN RETURN NEW; END $$",
-        "UPDATE audit.reidentification SET purpose = 'safeguarding' WHERE chain_position = 1"],
+        "UPDATE audit.reidentification SET purpose = 'safeguarding' WHERE chain_position = 1",
+    ],
     "replica role, then delete a row": [
         "SET LOCAL session_replication_role = replica",
-        "DELETE FROM audit.reidentification WHERE chain_position = 3"],
+        "DELETE FROM audit.reidentification WHERE chain_position = 3",
+    ],
     "replace the chain's function, then add a row that claims any hash": [
         "CREATE OR REPLACE FUNCTION audit.chain_row() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
         "NEW.chain_position := (SELECT max(chain_position) + 1 FROM audit.reidentification); "
         "NEW.previous_hash := (SELECT row_hash FROM audit.reidentification ORDER BY chain_position DESC LIMIT 1); "
         "NEW.row_hash := repeat('f', 64); RETURN NEW; END $$",
         "INSERT INTO audit.reidentification (purpose, person_ids, people_in_vault, requested_by) "
-        "VALUES ('case_finding_follow_up', '{}', 0, 'reidentifier')"],
+        "VALUES ('case_finding_follow_up', '{}', 0, 'reidentifier')",
+    ],
 }
 
 
@@ -241,24 +272,28 @@ def test_a_forged_back_dated_request_releases_nothing_and_status_and_the_ig_repo
     with warehouse.as_owner() as conn:
         # With the trigger on, the row is stamped with its real author and time: it cannot pass as another login's.
         conn.execute("BEGIN")
-        conn.execute("""INSERT INTO audit.reidentification (purpose, person_ids, people_in_vault, requested_by,
+        conn.execute(
+            """INSERT INTO audit.reidentification (purpose, person_ids, people_in_vault, requested_by,
                                                                requested_at)
                         VALUES ('case_finding_follow_up', %s, 3, 'reidentifier', now() - interval '1 day')""",
-                     (care_ids(warehouse, 3),))
+            (care_ids(warehouse, 3),),
+        )
         stamped = conn.execute("""SELECT requested_by, requested_at > now() - interval '1 minute'
                                   FROM audit.reidentification ORDER BY request_id DESC LIMIT 1""").fetchone()
         conn.execute("ROLLBACK")
-        (owner,), = conn.execute("SELECT session_user").fetchall()
+        ((owner,),) = conn.execute("SELECT session_user").fetchall()
         assert stamped == (owner, True)
         # Around the trigger (replica role), with a committed transaction id and a recent time.
-        (txid,), = conn.execute("SELECT txid FROM audit.reidentification ORDER BY request_id LIMIT 1").fetchall()
+        ((txid,),) = conn.execute("SELECT txid FROM audit.reidentification ORDER BY request_id LIMIT 1").fetchall()
         conn.execute("BEGIN")
         conn.execute("SET LOCAL session_replication_role = replica")
-        (forged,), = conn.execute(
+        ((forged,),) = conn.execute(
             """INSERT INTO audit.reidentification (requested_at, requested_by, on_behalf_of, purpose, person_ids,
                                                    people_in_vault, txid, decision)
                VALUES (now() - interval '1 minute', 'reidentifier', 'Dr Nobody', 'case_finding_follow_up', %s, 3, %s,
-                       'released') RETURNING request_id""", (care_ids(warehouse, 3), txid)).fetchall()
+                       'released') RETURNING request_id""",
+            (care_ids(warehouse, 3), txid),
+        ).fetchall()
         conn.execute("COMMIT")
     try:
         with warehouse.as_role("reidentifier") as conn:
@@ -269,7 +304,8 @@ def test_a_forged_back_dated_request_releases_nothing_and_status_and_the_ig_repo
         assert status.returncode == 1
         assert f"\033[31m  request_id {forged} was written around the chain" in status.stdout
         report = Warehouse(warehouse.url, warehouse.landing, env).pophealth(
-            "ig-report", "--out", str(Path(warehouse.env["POPHEALTH_HOME"]) / "ig.html"))
+            "ig-report", "--out", str(Path(warehouse.env["POPHEALTH_HOME"]) / "ig.html")
+        )
         assert report.returncode == 1 and f"\033[31m  request_id {forged} was written around" in report.stdout
     finally:
         with warehouse.as_owner() as conn:
@@ -285,22 +321,30 @@ def test_a_forged_back_dated_request_releases_nothing_and_status_and_the_ig_repo
 def test_the_vault_key_pair_rotates_and_only_the_new_private_key_opens_it_afterwards(warehouse, tmp_path):
     new_private = "9b" * 32
     new_public = VaultPrivateKey.from_hex(new_private, "new").public_hex()
-    warehouse.python("""
+    warehouse.python(
+        """
         import sys
         from pophealth.identity.keys import VaultPrivateKey, VaultPublicKey
         from pophealth.identity.rekey import rotate_vault_key
         rotate_vault_key(VaultPrivateKey.from_hex(sys.argv[1], "old"), VaultPublicKey.from_hex(sys.argv[2], "new"),
                          progress=lambda _: None)
-    """, TEST_VAULT_PRIVATE_KEY, new_public)
+    """,
+        TEST_VAULT_PRIVATE_KEY,
+        new_public,
+    )
     ids = care_ids(warehouse, 1, skip=60)
     old = warehouse.pophealth("reidentify", *ids, "--purpose", GOOD[0], "--on-behalf-of", GOOD[1])
     assert old.returncode == 2 and "use the private key of that pair" in old.stderr
     new = Warehouse(warehouse.url, warehouse.landing, {**warehouse.env, "POPHEALTH_VAULT_PRIVATE_KEY": new_private})
     assert new.pophealth("reidentify", *ids, "--purpose", GOOD[0], "--on-behalf-of", GOOD[1]).returncode == 0
-    (purpose, versions), = warehouse.query("SELECT purpose, ARRAY[old_key_version, new_key_version] FROM "
-                                           "audit.key_rotation ORDER BY chain_position DESC LIMIT 1")
+    ((purpose, versions),) = warehouse.query(
+        "SELECT purpose, ARRAY[old_key_version, new_key_version] FROM "
+        "audit.key_rotation ORDER BY chain_position DESC LIMIT 1"
+    )
     assert purpose == "vault"
-    assert versions == [VaultPrivateKey.from_hex(TEST_VAULT_PRIVATE_KEY, "o").version,
-                        VaultPrivateKey.from_hex(new_private, "n").version]
+    assert versions == [
+        VaultPrivateKey.from_hex(TEST_VAULT_PRIVATE_KEY, "o").version,
+        VaultPrivateKey.from_hex(new_private, "n").version,
+    ]
     with psycopg.connect(warehouse.url) as conn:
         assert _breaks(conn) == []

@@ -26,8 +26,15 @@ from tests.integration.chromium import ARGS, CHROMIUM, require_chromium
 from tests.integration.conftest import break_one_hospital_file
 from tests.integration.listeners import RECIPIENT, listening
 
-EVERY_DAG = ["build_marts", "ingest_apc", "ingest_cld", "ingest_gp_register", "ingest_optouts",
-             "ingest_ref_population", "ingest_ref_postcode_lookup"]
+EVERY_DAG = [
+    "build_marts",
+    "ingest_apc",
+    "ingest_cld",
+    "ingest_gp_register",
+    "ingest_optouts",
+    "ingest_ref_population",
+    "ingest_ref_postcode_lookup",
+]
 UI_START_SECONDS = 300
 RUN_SECONDS = 300
 STEP_MS = 60_000
@@ -41,8 +48,11 @@ def _free_port() -> int:
 
 def _api(base: str, method: str, path: str, body=None, token: str | None = None) -> dict:
     request = urllib.request.Request(
-        base + path, data=None if body is None else json.dumps(body).encode(), method=method,
-        headers={"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})})
+        base + path,
+        data=None if body is None else json.dumps(body).encode(),
+        method=method,
+        headers={"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})},
+    )
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read() or b"{}")
 
@@ -76,8 +86,12 @@ def test_the_airflow_ui_shows_every_dag_a_run_graph_and_a_failed_gate_with_its_m
     env = {**world.env, **inbox.env()}
     log = tmp_path / "ui.log"
     with log.open("w") as out:
-        ui = subprocess.Popen([sys.executable, "-m", "pophealth.cli", "ui", "--port", str(port),
-                               "--landing", str(landing)], env=env, stdout=out, stderr=subprocess.STDOUT)
+        ui = subprocess.Popen(
+            [sys.executable, "-m", "pophealth.cli", "ui", "--port", str(port), "--landing", str(landing)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     base = f"http://127.0.0.1:{port}"
     page = None
     try:
@@ -89,14 +103,17 @@ def test_the_airflow_ui_shows_every_dag_a_run_graph_and_a_failed_gate_with_its_m
         assert password not in log.read_text()  # the login is in the file, never on the screen
 
         token = _api(base, "POST", "/auth/token", {"username": "admin", "password": password})["access_token"]
-        completed = _api(base, "GET", "/api/v2/dags/build_marts/dagRuns?state=success&order_by=-start_date&limit=1",
-                         token=token)["dag_runs"][0]["dag_run_id"]
+        completed = _api(
+            base, "GET", "/api/v2/dags/build_marts/dagRuns?state=success&order_by=-start_date&limit=1", token=token
+        )["dag_runs"][0]["dag_run_id"]
         # The failing run, by the UI's own scheduler: a manual run takes the broken resubmission at once.
         _api(base, "PATCH", "/api/v2/dags/ingest_apc", {"is_paused": False}, token)
         failing = _api(base, "POST", "/api/v2/dags/ingest_apc/dagRuns", {"logical_date": None}, token)["dag_run_id"]
         deadline = time.monotonic() + RUN_SECONDS
-        while (state := _api(base, "GET", f"/api/v2/dags/ingest_apc/dagRuns/{failing}", token=token)["state"]) \
-                not in ("success", "failed"):
+        while (state := _api(base, "GET", f"/api/v2/dags/ingest_apc/dagRuns/{failing}", token=token)["state"]) not in (
+            "success",
+            "failed",
+        ):
             assert time.monotonic() < deadline, f"the ingest_apc run is still {state} after {RUN_SECONDS} s"
             time.sleep(2)
         assert state == "failed"
@@ -143,8 +160,9 @@ def test_the_airflow_ui_shows_every_dag_a_run_graph_and_a_failed_gate_with_its_m
         assert len(gate_posts) == 1
         assert gate_posts[0]["dag"] == "ingest_apc" and gate_posts[0]["task"] == "load[0]"
         assert gate_posts[0]["what"].startswith(f"QUALITY GATE FAILED for {apc.name}")
-        assert any("ingest_apc.load[0] failed" in m and "QUALITY GATE FAILED" in m
-                   and RECIPIENT in m for m in inbox.emails)
+        assert any(
+            "ingest_apc.load[0] failed" in m and "QUALITY GATE FAILED" in m and RECIPIENT in m for m in inbox.emails
+        )
         assert not re.search(r"(?<!\d)\d{10}(?!\d)", json.dumps(inbox.posts) + "".join(inbox.emails))
         print(f"\nUI {ready}; ready after {ui_ready_seconds:.0f} s; whole test {time.monotonic() - started:.0f} s")
     finally:

@@ -23,7 +23,7 @@ SEED = 7
 class Warehouse:
     home: Path
     landing: Path  # the synthetic world's landing folder (answer key included)
-    good: Good     # every RAJ hospital episode of the world, as one good file
+    good: Good  # every RAJ hospital episode of the world, as one good file
 
     def query(self, text: str, params: tuple = ()) -> list[tuple]:
         from pophealth.warehouse import db

@@ -1,7 +1,7 @@
 """Writes docs/robustness.md from the same table the tests run (spec.CASES and spec.FAULTS).
 
-    python -m tests.robustness.report          # rewrite docs/robustness.md
-    python -m tests.robustness.report --check  # exit 1 when the committed file is not what this writes
+python -m tests.robustness.report          # rewrite docs/robustness.md
+python -m tests.robustness.report --check  # exit 1 when the committed file is not what this writes
 """
 
 from __future__ import annotations
@@ -91,18 +91,34 @@ def delivery_row(delivery: Delivery) -> str:
 
 
 def render() -> str:
-    lines = [INTRO.rstrip("\n"), "", "| case | bad input | how it is made from a good file | what the platform does |",
-             "| --- | --- | --- | --- |"]
+    lines = [
+        INTRO.rstrip("\n"),
+        "",
+        "| case | bad input | how it is made from a good file | what the platform does |",
+        "| --- | --- | --- | --- |",
+    ]
     lines += [case_row(c) for c in CASES]
-    lines += [FORMULAS.rstrip("\n"), "", "| fault | what breaks | how the test breaks it | what the platform does |",
-              "| --- | --- | --- | --- |"]
+    lines += [
+        FORMULAS.rstrip("\n"),
+        "",
+        "| fault | what breaks | how the test breaks it | what the platform does |",
+        "| --- | --- | --- | --- |",
+    ]
     lines += [fault_row(f) for f in FAULTS]
     lines.append(SETTLE.rstrip("\n"))
-    lines += [LOOKUP_INTRO.rstrip("\n"), "", "| case | delivery | how the test makes it | what the platform does |",
-              "| --- | --- | --- | --- |"]
+    lines += [
+        LOOKUP_INTRO.rstrip("\n"),
+        "",
+        "| case | delivery | how the test makes it | what the platform does |",
+        "| --- | --- | --- | --- |",
+    ]
     lines += [delivery_row(d) for d in LOOKUP_AND_CRASH]
-    lines += [OPTOUT_INTRO.rstrip("\n"), "", "| case | delivery | how the test makes it | what the platform does |",
-              "| --- | --- | --- | --- |"]
+    lines += [
+        OPTOUT_INTRO.rstrip("\n"),
+        "",
+        "| case | delivery | how the test makes it | what the platform does |",
+        "| --- | --- | --- | --- |",
+    ]
     lines += [delivery_row(d) for d in OPTOUT_LISTS]
     return "\n".join(lines) + "\n"
 

@@ -73,8 +73,7 @@ def snapshot(warehouse) -> dict[str, object]:
 
 
 def leftover_batches(warehouse) -> list[str]:
-    return [r[0] for r in warehouse.query(
-        "SELECT tablename FROM pg_tables WHERE schemaname = 'load_batch' ORDER BY 1")]
+    return [r[0] for r in warehouse.query("SELECT tablename FROM pg_tables WHERE schemaname = 'load_batch' ORDER BY 1")]
 
 
 def case_path(warehouse, case: Case) -> Path:
@@ -90,8 +89,9 @@ def messages_of(warehouse, load_id: int | None) -> list[str]:
     if load_id is None:
         return []
     return [m for (m,) in warehouse.query("SELECT message FROM audit.load WHERE load_id = %s", (load_id,)) if m] + [
-        f"{c}: {r}" for c, r in warehouse.query(
-            "SELECT column_name, reason FROM audit.quarantine WHERE load_id = %s", (load_id,))]
+        f"{c}: {r}"
+        for c, r in warehouse.query("SELECT column_name, reason FROM audit.quarantine WHERE load_id = %s", (load_id,))
+    ]
 
 
 def assert_no_identifiable_value(texts: list[str], values: set[str]) -> None:
@@ -105,21 +105,27 @@ def assert_accounted(warehouse, load_id: int, rows_in_file: int, case: Case) -> 
     """Every row of the file loaded or quarantined with its reason, and the audit adds up."""
     read, loaded, quarantined, opted_out, extra = warehouse.query(
         "SELECT rows_read, rows_loaded, rows_quarantined, rows_opted_out, extra_columns FROM audit.load "
-        "WHERE load_id = %s", (load_id,))[0]
+        "WHERE load_id = %s",
+        (load_id,),
+    )[0]
     assert read == rows_in_file
     assert read == loaded + quarantined and opted_out <= loaded
     assert warehouse.value(f"SELECT count(*) FROM {RAW} WHERE load_id = %s", (load_id,)) == loaded
     expected = {rows_in_file if r == LAST_ROW else r: reason for r, reason in case.expect.quarantined.items()}
-    reasons = {row: f"{column}: {reason}" if column else reason for row, column, reason in warehouse.query(
-        "SELECT source_row, column_name, reason FROM audit.quarantine WHERE load_id = %s", (load_id,))}
+    reasons = {
+        row: f"{column}: {reason}" if column else reason
+        for row, column, reason in warehouse.query(
+            "SELECT source_row, column_name, reason FROM audit.quarantine WHERE load_id = %s", (load_id,)
+        )
+    }
     assert sorted(reasons) == sorted(expected), reasons
     for row, fragment in expected.items():
         assert fragment in reasons[row], (row, reasons[row])
     assert list(extra or []) == list(case.expect.extra_columns)
     for row, check in case.expect.nhs_number_check.items():
         person, stored = warehouse.query(
-            f"SELECT nhs_number_key, nhs_number_check FROM {RAW} WHERE load_id = %s AND source_row = %s",
-            (load_id, row))[0]
+            f"SELECT nhs_number_key, nhs_number_check FROM {RAW} WHERE load_id = %s AND source_row = %s", (load_id, row)
+        )[0]
         assert stored == check
         assert (person is None) == (check == "invalid")
 
@@ -133,11 +139,14 @@ def assert_period_held_once(warehouse, path: Path) -> None:
         return
     published = warehouse.query(
         "SELECT load_id, rows_loaded FROM audit.load WHERE feed = 'apc' AND provider = %s AND period_end = %s "
-        "AND status = 'published'", (extract.provider, extract.period_end))
+        "AND status = 'published'",
+        (extract.provider, extract.period_end),
+    )
     assert len(published) <= 1
     held = warehouse.value(
         f"SELECT count(*) FROM {RAW} r JOIN audit.load l USING (load_id) WHERE l.provider = %s AND l.period_end = %s",
-        (extract.provider, extract.period_end))
+        (extract.provider, extract.period_end),
+    )
     assert held == (published[0][1] if published else 0)
 
 
@@ -164,10 +173,10 @@ def test_each_bad_input_gets_its_exact_outcome_and_loses_nothing(warehouse, case
 
     if expect.verdict in ("refused", "gate_failed", "not_an_extract"):
         assert snapshot(warehouse) == before, "something of a refused file was stored"
-        statuses = [s for (s,) in warehouse.query(
-            "SELECT status FROM audit.load WHERE file_name = %s", (path.name,))]
-        assert statuses == {"refused": ["rejected"], "gate_failed": ["gate_failed"], "not_an_extract": []}[
-            expect.verdict]
+        statuses = [s for (s,) in warehouse.query("SELECT status FROM audit.load WHERE file_name = %s", (path.name,))]
+        assert (
+            statuses == {"refused": ["rejected"], "gate_failed": ["gate_failed"], "not_an_extract": []}[expect.verdict]
+        )
     if expect.verdict == "not_an_extract":
         assert path in scan(path.parent).unrecognised
         assert pending_extracts(path.parent, "apc") == []
@@ -183,11 +192,13 @@ def test_each_bad_input_gets_its_exact_outcome_and_loses_nothing(warehouse, case
         assert_accounted(warehouse, final.load_id, rows_in_file, case)
         earlier = [r.load_id for r in results[:-1]]
         if earlier:  # a resubmission: the earlier file is superseded, not added to
-            assert [s for (s,) in warehouse.query("SELECT status FROM audit.load WHERE load_id = ANY(%s)",
-                                                  (earlier,))] == ["superseded"]
+            assert [
+                s for (s,) in warehouse.query("SELECT status FROM audit.load WHERE load_id = ANY(%s)", (earlier,))
+            ] == ["superseded"]
     if case.id == "sql_and_formula_values":
         stored = warehouse.query(
-            f"SELECT {', '.join(FORMULA_VALUES)} FROM {RAW} WHERE load_id = %s AND source_row = 2", (final.load_id,))
+            f"SELECT {', '.join(FORMULA_VALUES)} FROM {RAW} WHERE load_id = %s AND source_row = 2", (final.load_id,)
+        )
         assert stored == [tuple(FORMULA_VALUES.values())]
 
 

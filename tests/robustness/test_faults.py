@@ -89,21 +89,37 @@ class FaultWorld:
     side: Path  # a folder beside the landing area for the fault files
     env: dict[str, str]
 
-    def python(self, script: str, *args: str, timeout: float = 600, env: dict[str, str] | None = None,
-               check: bool = True) -> subprocess.CompletedProcess:
-        proc = subprocess.run([sys.executable, "-c", script, *args], env={**self.env, **(env or {})},
-                              capture_output=True, text=True, timeout=timeout)
+    def python(
+        self, script: str, *args: str, timeout: float = 600, env: dict[str, str] | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess:
+        proc = subprocess.run(
+            [sys.executable, "-c", script, *args],
+            env={**self.env, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         if check and proc.returncode != 0:
             raise AssertionError(f"child failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
         return proc
 
     def spawn(self, script: str, *args: str) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-c", script, *args], env=self.env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(
+            [sys.executable, "-c", script, *args],
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
 
     def pophealth(self, *args: str, timeout: float = 1500) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "pophealth.cli", *args], env=self.env, capture_output=True,
-                              text=True, timeout=timeout)
+        return subprocess.run(
+            [sys.executable, "-m", "pophealth.cli", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def url(self) -> str:
         proc = self.pophealth("db", "url", timeout=120)  # starts the embedded server if it is not running
@@ -136,10 +152,13 @@ def assert_marts_equal_the_answer_key(world: FaultWorld) -> None:
         expected = {}
         for row in csv.DictReader(handle):
             expected[expected_person_id(row["identity"])] = expected_person_row(row)
-    actual = {row[0]: tuple(_normal(v) for v in row)
-              for row in world.query(f"SELECT {', '.join(PERSON_COLUMNS)} FROM marts.person")}
-    assert set(actual) == set(expected), f"{len(set(expected) - set(actual))} missing, " \
-                                         f"{len(set(actual) - set(expected))} unexpected"
+    actual = {
+        row[0]: tuple(_normal(v) for v in row)
+        for row in world.query(f"SELECT {', '.join(PERSON_COLUMNS)} FROM marts.person")
+    }
+    assert set(actual) == set(expected), (
+        f"{len(set(expected) - set(actual))} missing, {len(set(actual) - set(expected))} unexpected"
+    )
     wrong = [p for p in expected if expected[p] != actual[p]]
     assert not wrong, f"{len(wrong)} people differ from the answer key"
 
@@ -155,12 +174,19 @@ def wait_for(condition: Callable[[], bool], seconds: float, what: str, every: fl
 
 def loading_under_way(world: FaultWorld) -> Callable[[], bool]:
     """True once the fault file's load is staging rows (its audit row says loading)."""
+
     def check() -> bool:
         try:
-            return bool(world.query("SELECT 1 FROM audit.load WHERE file_name = %s AND status = 'loading' "
-                                    "AND started_at < now() - interval '1 second'", (FAULT_FILE,)))
+            return bool(
+                world.query(
+                    "SELECT 1 FROM audit.load WHERE file_name = %s AND status = 'loading' "
+                    "AND started_at < now() - interval '1 second'",
+                    (FAULT_FILE,),
+                )
+            )
         except psycopg.Error:
             return False
+
     return check
 
 
@@ -170,10 +196,14 @@ def batch_tables(world: FaultWorld) -> list[str]:
 
 def period_rows(world: FaultWorld) -> tuple[int, list[tuple]]:
     """The fault period's rows in raw.apc_episode, and its published loads (load_id, rows_loaded)."""
-    held = world.value("SELECT count(*) FROM raw.apc_episode r JOIN audit.load l USING (load_id) "
-                       "WHERE l.provider = 'RAJ' AND l.period_end = '2025-09-30'")
-    published = world.query("SELECT load_id, rows_loaded FROM audit.load WHERE provider = 'RAJ' "
-                            "AND period_end = '2025-09-30' AND status = 'published'")
+    held = world.value(
+        "SELECT count(*) FROM raw.apc_episode r JOIN audit.load l USING (load_id) "
+        "WHERE l.provider = 'RAJ' AND l.period_end = '2025-09-30'"
+    )
+    published = world.query(
+        "SELECT load_id, rows_loaded FROM audit.load WHERE provider = 'RAJ' "
+        "AND period_end = '2025-09-30' AND status = 'published'"
+    )
     return held, published
 
 
@@ -237,8 +267,12 @@ def test_server_stops_mid_load(world):
     assert child.returncode != 0, "the load cannot have completed without its server"
     print(f"\nthe interrupted load failed with: {err.strip().splitlines()[-1]}")
     held, published = period_rows(world)
-    load_ids = [r[0] for r in world.query("SELECT load_id FROM audit.load WHERE file_name = %s AND "
-                                          "status = 'loading'", (FAULT_FILE,))]
+    load_ids = [
+        r[0]
+        for r in world.query(
+            "SELECT load_id FROM audit.load WHERE file_name = %s AND status = 'loading'", (FAULT_FILE,)
+        )
+    ]
     assert len(load_ids) == 1
     assert world.value("SELECT count(*) FROM raw.apc_episode WHERE load_id = ANY(%s)", (load_ids,)) == 0
     assert batch_tables(world) == []
@@ -264,8 +298,12 @@ def test_killed_mid_load(world):
     # The server notices the dead connection and rolls its transaction back: no batch table, nothing stored.
     wait_for(lambda: batch_tables(world) == [], 30, "the killed load's transaction to roll back")
     assert period_rows(world) == before
-    load_ids = [r[0] for r in world.query("SELECT load_id FROM audit.load WHERE file_name = %s AND "
-                                          "status = 'loading'", (FAULT_FILE,))]
+    load_ids = [
+        r[0]
+        for r in world.query(
+            "SELECT load_id FROM audit.load WHERE file_name = %s AND status = 'loading'", (FAULT_FILE,)
+        )
+    ]
     assert len(load_ids) == 1
     retried(world, path)
     assert cut_off(world, load_ids) == [("interrupted", load.INTERRUPTED)]
@@ -283,8 +321,11 @@ def test_two_loads_at_once(world):
         for c in children:
             c.kill()
     assert [c.returncode for c in children] == [0, 0], [o[1][-2000:] for o in outputs]
-    loads = world.query("SELECT load_id, status, rows_read, started_at, finished_at FROM audit.load "
-                        "WHERE run_id = 'faults' AND file_name = %s ORDER BY load_id DESC LIMIT 2", (FAULT_FILE,))
+    loads = world.query(
+        "SELECT load_id, status, rows_read, started_at, finished_at FROM audit.load "
+        "WHERE run_id = 'faults' AND file_name = %s ORDER BY load_id DESC LIMIT 2",
+        (FAULT_FILE,),
+    )
     (a, _, _, a_start, a_end), (b, _, _, b_start, b_end) = loads
     assert a_start < b_end and b_start < a_end, "the two loads did not overlap"
     assert sorted(r[1] for r in loads) == ["duplicate", "published"]
@@ -301,17 +342,28 @@ def test_file_still_being_written(world):
     content = real.read_bytes()
     aside = world.home / "being_written.csv"
     real.replace(aside)
-    temporary = [world.landing / ".apc_RQW_20250831.csv", world.landing / "apc_RQW_20250731.csv.part",
-                 world.landing / "apc_RQW_20250630.csv.tmp"]
+    temporary = [
+        world.landing / ".apc_RQW_20250831.csv",
+        world.landing / "apc_RQW_20250731.csv.part",
+        world.landing / "apc_RQW_20250630.csv.tmp",
+    ]
     for path in temporary:
         path.write_bytes(content)
-    writer = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+    writer = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent("""
         import sys, time
         data = open(sys.argv[1], "rb").read()
         with open(sys.argv[2], "wb") as out:
             for i in range(0, len(data), 16):
                 out.write(data[i:i + 16]); out.flush(); time.sleep(0.15)
-    """), str(aside), str(real)])
+    """),
+            str(aside),
+            str(real),
+        ]
+    )
     try:
         wait_for(lambda: real.exists() and real.stat().st_size > 0, 30, "the writer to start")
         pending = world.python(PENDING, str(world.landing), env={"POPHEALTH_LANDING_SETTLE_SECONDS": "1"}).stdout
@@ -333,8 +385,11 @@ def test_file_still_being_written(world):
 def test_a_load_under_way_is_never_taken_for_an_interrupted_one(world):
     """Only a load whose process is gone becomes `interrupted`: a live one holds its lock until it ends."""
     with psycopg.connect(world.url()) as alive, psycopg.connect(world.url(), autocommit=True) as looker:
-        load_id = alive.execute("INSERT INTO audit.load (run_id, feed, file_name, status) VALUES "
-                                "('faults', 'apc', %s, 'loading') RETURNING load_id", (FAULT_FILE,)).fetchone()[0]
+        load_id = alive.execute(
+            "INSERT INTO audit.load (run_id, feed, file_name, status) VALUES "
+            "('faults', 'apc', %s, 'loading') RETURNING load_id",
+            (FAULT_FILE,),
+        ).fetchone()[0]
         alive.execute("SELECT pg_advisory_lock(hashtext('pophealth load'), %s::int)", (load_id,))
         alive.commit()
         load.mark_interrupted_loads(looker)

@@ -13,8 +13,12 @@ from pophealth.ingest.landing import FileRejected, scan, settle_seconds, settled
 
 
 def test_hidden_and_temporary_names_are_neither_extracts_nor_unrecognised(tmp_path):
-    for name in (".apc_RAJ_20250131.csv", "apc_RAJ_20250131.csv.part", "apc_RAJ_20250131.csv.tmp",
-                 "apc_RAJ_20250131.csv"):
+    for name in (
+        ".apc_RAJ_20250131.csv",
+        "apc_RAJ_20250131.csv.part",
+        "apc_RAJ_20250131.csv.tmp",
+        "apc_RAJ_20250131.csv",
+    ):
         (tmp_path / name).write_text("x\n")
     found = scan(tmp_path)
     assert [e.name for e in found.extracts] == ["apc_RAJ_20250131.csv"]

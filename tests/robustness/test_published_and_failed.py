@@ -34,8 +34,10 @@ def execute(text: str, params: tuple = ()) -> None:
 
 
 def localities(warehouse, load_id: int) -> set[str | None]:
-    return {r[0] for r in warehouse.query(
-        "SELECT DISTINCT locality_code FROM raw.apc_episode WHERE load_id = %s", (load_id,))}
+    return {
+        r[0]
+        for r in warehouse.query("SELECT DISTINCT locality_code FROM raw.apc_episode WHERE load_id = %s", (load_id,))
+    }
 
 
 def published_localities(warehouse) -> set[str]:
@@ -60,7 +62,7 @@ def test_a_personal_load_uses_the_published_lookup_and_ignores_the_landing_folde
     header, rows = lookup_rows(warehouse)
     # A lookup in the landing folder that was never published: every postcode somewhere else. Not used.
     column = header.index("locality_code")
-    (path.parent / LOOKUP).write_bytes(csv_bytes(header, [r[:column] + ["ELSEWHERE"] + r[column + 1:] for r in rows]))
+    (path.parent / LOOKUP).write_bytes(csv_bytes(header, [r[:column] + ["ELSEWHERE"] + r[column + 1 :] for r in rows]))
     result = deliver(path, "issue22__folder_lookup")
     assert result.verdict == "loaded", result.message
     stored = localities(warehouse, result.load_id) - {None}
@@ -83,9 +85,12 @@ def test_without_a_published_lookup_a_personal_load_is_refused(warehouse):
     finally:
         from pophealth.warehouse import db
 
-        with db.connect() as conn, conn.cursor().copy(
-                "COPY raw.ref_postcode (load_id, postcode_digest, lsoa_code, locality_code, la_code) "
-                "FROM STDIN") as copy:
+        with (
+            db.connect() as conn,
+            conn.cursor().copy(
+                "COPY raw.ref_postcode (load_id, postcode_digest, lsoa_code, locality_code, la_code) FROM STDIN"
+            ) as copy,
+        ):
             for row in saved:
                 copy.write_row(row)
     assert result.verdict == "refused"
@@ -108,7 +113,7 @@ def test_a_lookup_its_gate_refuses_is_never_used(warehouse):
     header, rows = lookup_rows(warehouse)
     column = header.index("locality_code")
     place = folder(warehouse, "lookup_gate_failed")
-    (place / LOOKUP).write_bytes(csv_bytes(header, [r[:column] + ["NOT A CODE"] + r[column + 1:] for r in rows]))
+    (place / LOOKUP).write_bytes(csv_bytes(header, [r[:column] + ["NOT A CODE"] + r[column + 1 :] for r in rows]))
     refused = deliver(place / LOOKUP, "issue22__lookup_gate_failed")
     assert refused.verdict == "gate_failed" and "ref_postcode_lookup.locality_code.format" in refused.message
     assert published_localities(warehouse) == original
@@ -123,8 +128,11 @@ def test_council_locality_codes_pass_the_gate_and_are_used(warehouse):
     councils = ["GRAYS", "TILBURY", "STANFORD-LE-HOPE", "AVELEY_OCKENDON"]
     by_lsoa = {code: councils[i % len(councils)] for i, code in enumerate(sorted({r[lsoa] for r in rows}))}
     place = folder(warehouse, "lookup_council_codes")
-    (place / LOOKUP).write_bytes(csv_bytes(header + ["la_code"], [
-        r[:column] + [by_lsoa[r[lsoa]]] + r[column + 1:] + ["E06000034"] for r in rows]))
+    (place / LOOKUP).write_bytes(
+        csv_bytes(
+            header + ["la_code"], [r[:column] + [by_lsoa[r[lsoa]]] + r[column + 1 :] + ["E06000034"] for r in rows]
+        )
+    )
     published = deliver(place / LOOKUP, "issue22__lookup_council_codes")
     assert published.verdict == "loaded", published.message
     assert published_localities(warehouse) == set(by_lsoa.values())
@@ -156,8 +164,9 @@ def test_a_crash_is_recorded_failed_stops_the_marts_and_needs_a_person(warehouse
         execute("ALTER TABLE raw.apc_episode ALTER COLUMN sex TYPE text")
     assert crashed.verdict == "refused"
     assert "StringDataRightTruncation" in crashed.message and "a person must look at it" in crashed.message
-    (load_id, state, message), = warehouse.query(
-        "SELECT load_id, status, message FROM audit.load WHERE file_name = %s", (path.name,))
+    ((load_id, state, message),) = warehouse.query(
+        "SELECT load_id, status, message FROM audit.load WHERE file_name = %s", (path.name,)
+    )
     assert state == "failed" and "StringDataRightTruncation" in message and "XX" not in message
     assert_no_identifiable_value([crashed.message, message], warehouse.good.identifiable_values())
     assert load_id in [b["load_id"] for b in blocking_loads()]
@@ -172,8 +181,9 @@ def test_a_crash_is_recorded_failed_stops_the_marts_and_needs_a_person(warehouse
     assert load_id not in [b["load_id"] for b in blocking_loads()]
 
 
-def test_files_that_are_not_extracts_are_named_in_status_the_run_summary_and_the_dag_log(warehouse, monkeypatch,
-                                                                                           tmp_path):
+def test_files_that_are_not_extracts_are_named_in_status_the_run_summary_and_the_dag_log(
+    warehouse, monkeypatch, tmp_path
+):
     import gzip
 
     from pophealth import config
@@ -236,10 +246,14 @@ def test_a_cld_file_repeating_an_event_is_refused_by_its_gate_with_row_numbers_n
     assert "cld.event.unique_in_file" in result.message
     lines = result.message.splitlines()
     rule = lines.index(next(text for text in lines if "cld.event.unique_in_file" in text))
-    line = next(text for text in lines[rule + 1:] if "rows" in text)
+    line = next(text for text in lines[rule + 1 :] if "rows" in text)
     assert f"2 of {len(data) + 1:,} rows" in line and f"1, {len(data) + 1}" in line
-    secrets = {v for r in data for k, v in zip(header, r, strict=False)
-               if k.lower() in ("nhs_number", "la_person_unique_identifier", "date_of_birth", "postcode") and v}
+    secrets = {
+        v
+        for r in data
+        for k, v in zip(header, r, strict=False)
+        if k.lower() in ("nhs_number", "la_person_unique_identifier", "date_of_birth", "postcode") and v
+    }
     assert_no_identifiable_value([result.message], secrets)
 
 

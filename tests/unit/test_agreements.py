@@ -11,17 +11,32 @@ from pophealth.contract.agreements import NoAgreement, Register, RegisterInvalid
 
 
 def agreement(version: int, start: date, end: date, purposes=("bcf_reporting",)) -> agreements.Agreement:
-    return agreements.Agreement("RAJ", "A trust", "apc", "RAJ", f"DSA-{version}", version, start, end, "6(1)(e)",
-                                "9(2)(h)", "s251", tuple(purposes), "A trust")
+    return agreements.Agreement(
+        "RAJ",
+        "A trust",
+        "apc",
+        "RAJ",
+        f"DSA-{version}",
+        version,
+        start,
+        end,
+        "6(1)(e)",
+        "9(2)(h)",
+        "s251",
+        tuple(purposes),
+        "A trust",
+    )
 
 
-REGISTER = Register(3, (agreement(1, date(2024, 4, 1), date(2025, 3, 31)),
-                        agreement(2, date(2025, 4, 1), date(2026, 3, 31))))
+REGISTER = Register(
+    3, (agreement(1, date(2024, 4, 1), date(2025, 3, 31)), agreement(2, date(2025, 4, 1), date(2026, 3, 31)))
+)
 
 
 def test_the_committed_seed_is_the_register_yaml_written_out():
-    assert agreements.SEED_FILE.read_text() == agreements.seed_text(), \
+    assert agreements.SEED_FILE.read_text() == agreements.seed_text(), (
         "run `pophealth register --write-seed` after changing governance/data_sharing_register.yml"
+    )
 
 
 def test_an_agreement_is_in_force_from_its_first_to_its_last_day():

@@ -53,8 +53,7 @@ def manifest(tmp_path_factory) -> dict:
     home = tmp_path_factory.mktemp("manifest")
     env = {**os.environ, "POPHEALTH_HOME": str(home), "POPHEALTH_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"}
     code = "from pophealth.marts.build import parse_project; print(parse_project())"
-    proc = subprocess.run([sys.executable, "-c", code],
-                          env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     return json.loads(Path(proc.stdout.strip().splitlines()[-1]).read_text())
 

@@ -30,12 +30,32 @@ GOOD = {"gp_register": register(), "apc": apc(), "cld": event()}
 #: Text as a file can hold it: any character but a surrogate (strict UTF-8) or NUL (the file is refused).
 ANY_TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=40)
 #: Values that look nearly right: digits of other scripts, huge numbers, signs, spaces, unusual characters.
-TRICKY = st.sampled_from([
-    "\uff19\uff19\uff19\uff10\uff10\uff10\uff10\uff10\uff11\uff18",  # a test NHS number in full-width digits
-    "\u0669\u0669\u0669\u0660\u0660\u0660\u0660\u0660\u0661\u0668",  # the same in Arabic-Indic digits
-    "99999999999", "9" * 40, "-1", "+1", "1e400", "NaN", "Infinity", "\u00b2", "1\u00bd", "0x10", " 1 ", "1_000",
-    "\u2028", "\ufeff", "2025-02-30", "\uff12\uff10\uff12\uff15-01-01", "0000-01-01", "9999-12-31", "'; --", "\\N",
-])
+TRICKY = st.sampled_from(
+    [
+        "\uff19\uff19\uff19\uff10\uff10\uff10\uff10\uff10\uff11\uff18",  # a test NHS number in full-width digits
+        "\u0669\u0669\u0669\u0660\u0660\u0660\u0660\u0660\u0661\u0668",  # the same in Arabic-Indic digits
+        "99999999999",
+        "9" * 40,
+        "-1",
+        "+1",
+        "1e400",
+        "NaN",
+        "Infinity",
+        "\u00b2",
+        "1\u00bd",
+        "0x10",
+        " 1 ",
+        "1_000",
+        "\u2028",
+        "\ufeff",
+        "2025-02-30",
+        "\uff12\uff10\uff12\uff15-01-01",
+        "0000-01-01",
+        "9999-12-31",
+        "'; --",
+        "\\N",
+    ]
+)
 VALUES = st.one_of(ANY_TEXT, TRICKY)
 
 
@@ -58,7 +78,7 @@ def _loads_or_quarantines(feed: str, row: dict[str, str]) -> None:
             assert 0 <= stored[column] <= SMALLINT_MAX
     for column in ("unit_cost", "planned_units_per_week"):
         if stored.get(column) is not None:
-            assert stored[column].is_finite() and abs(stored[column]) < 10 ** 20
+            assert stored[column].is_finite() and abs(stored[column]) < 10**20
 
 
 @pytest.mark.parametrize("form", ["identifiable", "pseudonymised"])
@@ -88,9 +108,14 @@ def test_full_width_digits_make_an_nhs_number_invalid():
     assert stored["nhs_number_key"] is None and stored["nhs_number_check"] == "invalid"
 
 
-@pytest.mark.parametrize("value, reason", [
-    ("99999999999", "larger than 32,767"), ("\u00b2", "not a whole number"), ("\uff11", "not a whole number"),
-])
+@pytest.mark.parametrize(
+    "value, reason",
+    [
+        ("99999999999", "larger than 32,767"),
+        ("\u00b2", "not a whole number"),
+        ("\uff11", "not a whole number"),
+    ],
+)
 def test_an_epiorder_no_column_holds_is_quarantined(value, reason):
     with pytest.raises(RowProblem) as problem:
         TRANSFORMS["apc"](apc(epiorder=value), _ctx("apc"))

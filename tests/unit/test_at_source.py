@@ -57,29 +57,62 @@ def lower(row: dict[str, str]) -> dict[str, str]:
 
 
 def gp_row(**overrides) -> dict[str, str]:
-    row = dict(nhs_number="943 476 5919", date_of_birth="1950-03-17", sex="1", postcode="cm1 1aa",
-               gp_practice_code="F81001", registration_start_date="2000-01-01", registration_end_date="",
-               date_of_death="")
+    row = dict(
+        nhs_number="943 476 5919",
+        date_of_birth="1950-03-17",
+        sex="1",
+        postcode="cm1 1aa",
+        gp_practice_code="F81001",
+        registration_start_date="2000-01-01",
+        registration_end_date="",
+        date_of_death="",
+    )
     row.update(overrides)
     return row
 
 
 def apc_row(**overrides) -> dict[str, str]:
     row = dict.fromkeys(FEEDS_BY_NAME["apc"].written, "")
-    row.update(epikey="E1", spell_id="S1", nhs_number="999 000 0018", nhs_number_status="01",
-               date_of_birth="1940-06-15", sex="2", postcode="CM1 1AA", gp_practice_code="F81001", procode="raj ",
-               admidate="2025-01-03", disdate="2025-01-10", epistart="2025-01-03", epiend="2025-01-10",
-               epiorder="1", admimeth="21", diag_01="S72.0", diag_02="W19")
+    row.update(
+        epikey="E1",
+        spell_id="S1",
+        nhs_number="999 000 0018",
+        nhs_number_status="01",
+        date_of_birth="1940-06-15",
+        sex="2",
+        postcode="CM1 1AA",
+        gp_practice_code="F81001",
+        procode="raj ",
+        admidate="2025-01-03",
+        disdate="2025-01-10",
+        epistart="2025-01-03",
+        epiend="2025-01-10",
+        epiorder="1",
+        admimeth="21",
+        diag_01="S72.0",
+        diag_02="W19",
+    )
     row.update(overrides)
     return row
 
 
 def cld_row(**overrides) -> dict[str, str]:
     row = dict.fromkeys(FEEDS_BY_NAME["cld"].written, "")
-    row.update(LA_Code="E10000012", Reporting_Period_Start_Date="2024-07-01", Reporting_Period_End_Date="2025-06-30",
-               Client_Type="Service user", LA_Person_Unique_Identifier="P0000001", NHS_Number="9990000019",
-               Gender="Female", Date_of_Birth="1944-02-10", Postcode="CO1 1CC", Event_Type="Service",
-               Event_Reference="R1", Event_Start_Date="2025-05-01", Unit_Cost="12.50")
+    row.update(
+        LA_Code="E10000012",
+        Reporting_Period_Start_Date="2024-07-01",
+        Reporting_Period_End_Date="2025-06-30",
+        Client_Type="Service user",
+        LA_Person_Unique_Identifier="P0000001",
+        NHS_Number="9990000019",
+        Gender="Female",
+        Date_of_Birth="1944-02-10",
+        Postcode="CO1 1CC",
+        Event_Type="Service",
+        Event_Reference="R1",
+        Event_Start_Date="2025-05-01",
+        Unit_Cost="12.50",
+    )
     row.update(overrides)
     return lower(row)
 
@@ -90,19 +123,53 @@ def cld_row(**overrides) -> dict[str, str]:
 
 def test_the_pseudonymised_headers_replace_identifiable_columns_in_place():
     assert FEEDS_BY_NAME["gp_register"].header == (
-        "person_id", "nhs_number_check", "birth_year", "birth_month", "sex", "lsoa_code", "locality_code",
-        "gp_practice_code", "registration_start_date", "registration_end_date", "date_of_death",
-        "linkage_key_version")
+        "person_id",
+        "nhs_number_check",
+        "birth_year",
+        "birth_month",
+        "sex",
+        "lsoa_code",
+        "locality_code",
+        "gp_practice_code",
+        "registration_start_date",
+        "registration_end_date",
+        "date_of_death",
+        "linkage_key_version",
+    )
     assert FEEDS_BY_NAME["optouts"].header == ("person_id", "nhs_number_check", "linkage_key_version")
     assert FEEDS_BY_NAME["apc"].header[:12] == (
-        "epikey", "spell_id", "person_id", "nhs_number_check", "nhs_number_status", "birth_year", "birth_month",
-        "sex", "lsoa_code", "locality_code", "gp_practice_code", "procode")
+        "epikey",
+        "spell_id",
+        "person_id",
+        "nhs_number_check",
+        "nhs_number_status",
+        "birth_year",
+        "birth_month",
+        "sex",
+        "lsoa_code",
+        "locality_code",
+        "gp_practice_code",
+        "procode",
+    )
     assert FEEDS_BY_NAME["apc"].header[12:] == FEEDS_BY_NAME["apc"].written[9:] + ("linkage_key_version",)
     assert FEEDS_BY_NAME["cld"].header[:16] == (
-        "LA_Code", "Reporting_Period_Start_Date", "Reporting_Period_End_Date", "Client_Type",
-        "LA_Person_Unique_Identifier", "person_id", "nhs_number_check", "Gender", "Ethnicity", "birth_year",
-        "birth_month", "Date_of_Death", "lsoa_code", "locality_code", "Primary_Support_Reason",
-        "Accommodation_Status")
+        "LA_Code",
+        "Reporting_Period_Start_Date",
+        "Reporting_Period_End_Date",
+        "Client_Type",
+        "LA_Person_Unique_Identifier",
+        "person_id",
+        "nhs_number_check",
+        "Gender",
+        "Ethnicity",
+        "birth_year",
+        "birth_month",
+        "Date_of_Death",
+        "lsoa_code",
+        "locality_code",
+        "Primary_Support_Reason",
+        "Accommodation_Status",
+    )
     assert FEEDS_BY_NAME["cld"].header[16:] == FEEDS_BY_NAME["cld"].written[13:] + ("linkage_key_version",)
 
 
@@ -113,9 +180,17 @@ def test_the_pseudonymised_headers_replace_identifiable_columns_in_place():
 def test_a_register_row():
     out = pseudonymise_row("gp_register", gp_row(forename="Alice"), PSEUDO, LOOKUP)
     assert out == {
-        "person_id": person_id("9434765919"), "nhs_number_check": "valid", "birth_year": "1950", "birth_month": "3",
-        "sex": "1", "lsoa_code": "E01990001", "locality_code": "E07000070", "gp_practice_code": "F81001",
-        "registration_start_date": "2000-01-01", "registration_end_date": "", "date_of_death": "",
+        "person_id": person_id("9434765919"),
+        "nhs_number_check": "valid",
+        "birth_year": "1950",
+        "birth_month": "3",
+        "sex": "1",
+        "lsoa_code": "E01990001",
+        "locality_code": "E07000070",
+        "gp_practice_code": "F81001",
+        "registration_start_date": "2000-01-01",
+        "registration_end_date": "",
+        "date_of_death": "",
         "linkage_key_version": PSEUDO.key_version,
     }
     assert list(out) == [c.lower() for c in FEEDS_BY_NAME["gp_register"].header]
@@ -139,12 +214,23 @@ def test_a_social_care_row_with_an_invalid_number_and_an_unknown_postcode():
     assert out["unit_cost"] == "12.50"
 
 
-@pytest.mark.parametrize("number, check", [("", "missing"), ("123", "invalid"), ("0000000000", "invalid"),
-                                           ("943-476-5918", "invalid"), ("943-476-5919", "valid")])
+@pytest.mark.parametrize(
+    "number, check",
+    [
+        ("", "missing"),
+        ("123", "invalid"),
+        ("0000000000", "invalid"),
+        ("943-476-5918", "invalid"),
+        ("943-476-5919", "valid"),
+    ],
+)
 def test_an_opt_out_row(number, check):
     out = pseudonymise_row("optouts", {"nhs_number": number}, PSEUDO, PostcodeLookup.empty())
-    assert out == {"person_id": person_id("9434765919") if check == "valid" else "", "nhs_number_check": check,
-                   "linkage_key_version": PSEUDO.key_version}
+    assert out == {
+        "person_id": person_id("9434765919") if check == "valid" else "",
+        "nhs_number_check": check,
+        "linkage_key_version": PSEUDO.key_version,
+    }
 
 
 def test_a_date_of_birth_that_is_not_a_date_is_left_empty_and_said_why_without_the_value():
@@ -169,8 +255,10 @@ def test_a_local_id_without_its_source_code_is_left_empty_not_sent_in_clear():
     unreduced: dict[str, str] = {}
     out = pseudonymise_row("apc", apc_row(procode=" "), PSEUDO, LOOKUP, unreduced=unreduced)
     assert out["epikey"] == out["spell_id"] == ""
-    assert unreduced == {"epikey": "cannot be pseudonymised without procode",
-                         "spell_id": "cannot be pseudonymised without procode"}
+    assert unreduced == {
+        "epikey": "cannot be pseudonymised without procode",
+        "spell_id": "cannot be pseudonymised without procode",
+    }
 
 
 def test_reference_data_has_nothing_to_pseudonymise():
@@ -183,11 +271,13 @@ def test_every_identity_hashed_is_told_to_on_identity_and_nothing_else_changes()
     recording = Pseudonymiser(LinkageKey.from_hex(KEY_HEX, "test"), on_identity=lambda *a: told.append(a))
     out = pseudonymise_row("apc", apc_row(), recording, LOOKUP)
     assert out == pseudonymise_row("apc", apc_row(), PSEUDO, LOOKUP)
-    assert sorted(told) == sorted([
-        ("nhs", person_id("9990000018"), b"9990000018"),
-        ("local", local(b"RAJ|episode|E1"), b"RAJ|episode|E1"),
-        ("local", local(b"RAJ|spell|S1"), b"RAJ|spell|S1"),
-    ])
+    assert sorted(told) == sorted(
+        [
+            ("nhs", person_id("9990000018"), b"9990000018"),
+            ("local", local(b"RAJ|episode|E1"), b"RAJ|episode|E1"),
+            ("local", local(b"RAJ|spell|S1"), b"RAJ|spell|S1"),
+        ]
+    )
     told.clear()
     pseudonymise_row("cld", cld_row(), recording, LOOKUP)  # an invalid number is not hashed
     assert told == [("local", local(b"E10000012|person|P0000001"), b"E10000012|person|P0000001")]
@@ -226,10 +316,20 @@ def _values(row: dict[str, str]) -> set[str]:
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
-@given(feed=st.sampled_from(["gp_register", "apc", "cld", "optouts"]), number=nhs_numbers, dob=dates_of_birth,
-       postcode=postcodes, epikey=local_ids, spell=local_ids, person=local_ids, forename=free_text, phone=free_text)
-def test_no_nhs_number_date_of_birth_postcode_or_local_id_reaches_the_output(feed, number, dob, postcode, epikey,
-                                                                              spell, person, forename, phone):
+@given(
+    feed=st.sampled_from(["gp_register", "apc", "cld", "optouts"]),
+    number=nhs_numbers,
+    dob=dates_of_birth,
+    postcode=postcodes,
+    epikey=local_ids,
+    spell=local_ids,
+    person=local_ids,
+    forename=free_text,
+    phone=free_text,
+)
+def test_no_nhs_number_date_of_birth_postcode_or_local_id_reaches_the_output(
+    feed, number, dob, postcode, epikey, spell, person, forename, phone
+):
     template = {"gp_register": gp_row, "apc": apc_row, "cld": cld_row, "optouts": lambda: {"nhs_number": ""}}[feed]()
     fixed = _values(template)
     identifiable = {"nhs_number": number}
@@ -275,8 +375,11 @@ def folders(tmp_path):
     source, out = tmp_path / "source", tmp_path / "out"
     source.mkdir()
     out.mkdir()
-    _write(source / "ref_postcode_lookup.csv", ("postcode", "lsoa_code", "locality_code", "locality_name"),
-           [("CM1 1AA", "E01990001", "E07000070", "Chelmsford")])
+    _write(
+        source / "ref_postcode_lookup.csv",
+        ("postcode", "lsoa_code", "locality_code", "locality_name"),
+        [("CM1 1AA", "E01990001", "E07000070", "Chelmsford")],
+    )
     return source, out
 
 
@@ -300,8 +403,15 @@ def test_the_command_writes_the_pseudonymised_extract_and_says_what_it_did(folde
     source, out = folders
     path = _apc_file(source, 5)
     told: list[str] = []
-    summary = pseudonymise_extract(path, out, source / "ref_postcode_lookup.csv", pseudonymiser=PSEUDO,
-                                   progress=told.append, every_rows=2, every_seconds=0)
+    summary = pseudonymise_extract(
+        path,
+        out,
+        source / "ref_postcode_lookup.csv",
+        pseudonymiser=PSEUDO,
+        progress=told.append,
+        every_rows=2,
+        every_seconds=0,
+    )
     written = out / path.name
     with written.open(newline="") as handle:
         rows = list(csv.reader(handle))
@@ -330,15 +440,20 @@ def test_every_row_written_says_the_version_of_the_key_that_made_it_never_the_ke
 OTHER = Pseudonymiser(LinkageKey.from_hex("a1" * 32, "test"))
 
 
-@pytest.mark.parametrize("row, said", [
-    ({"person_id": "ab" * 32, "linkage_key_version": PSEUDO.key_version}, None),
-    ({"person_id": "ab" * 32, "linkage_key_version": f" {PSEUDO.key_version} "}, None),
-    ({"person_id": "ab" * 32, "linkage_key_version": OTHER.key_version},
-     f"made under linkage key version {OTHER.key_version}"),
-    ({"person_id": "ab" * 32}, "has no linkage_key_version column"),
-    ({"person_id": "ab" * 32, "linkage_key_version": " "}, "empty linkage_key_version"),
-    ({"person_id": "ab" * 32, "linkage_key_version": "9434765919"}, "not a key version (not shown)"),
-])
+@pytest.mark.parametrize(
+    "row, said",
+    [
+        ({"person_id": "ab" * 32, "linkage_key_version": PSEUDO.key_version}, None),
+        ({"person_id": "ab" * 32, "linkage_key_version": f" {PSEUDO.key_version} "}, None),
+        (
+            {"person_id": "ab" * 32, "linkage_key_version": OTHER.key_version},
+            f"made under linkage key version {OTHER.key_version}",
+        ),
+        ({"person_id": "ab" * 32}, "has no linkage_key_version column"),
+        ({"person_id": "ab" * 32, "linkage_key_version": " "}, "empty linkage_key_version"),
+        ({"person_id": "ab" * 32, "linkage_key_version": "9434765919"}, "not a key version (not shown)"),
+    ],
+)
 def test_a_row_pseudonymised_at_source_must_say_it_was_made_under_the_loading_key(row, said):
     problem = source_key_problem(row, PSEUDO.key_version)
     if said is None:
@@ -387,11 +502,14 @@ def test_reference_files_are_refused(folders, cli_env, capsys, name):
     assert list(out.iterdir()) == []
 
 
-@pytest.mark.parametrize("out_name, message", [
-    (None, "overwrite the identifiable input"),
-    ("apc_RDE_20250930.csv", "named like the input"),
-    ("episodes.csv", "named like the input"),
-])
+@pytest.mark.parametrize(
+    "out_name, message",
+    [
+        (None, "overwrite the identifiable input"),
+        ("apc_RDE_20250930.csv", "named like the input"),
+        ("episodes.csv", "named like the input"),
+    ],
+)
 def test_the_output_is_checked_before_anything_is_read(folders, out_name, message):
     source, out = folders
     path = _apc_file(source, 1)
@@ -409,17 +527,43 @@ def test_a_personal_feed_needs_the_lookup_and_the_opt_out_list_does_not(folders)
     summary = pseudonymise_extract(optouts, out, None, pseudonymiser=PSEUDO)
     assert summary.rows_written == 2 and summary.unlinked == {"invalid": 1}
     version = PSEUDO.key_version
-    expected = (f"person_id,nhs_number_check,linkage_key_version\n{person_id('9434765919')},valid,{version}\n"
-                f",invalid,{version}\n")
+    expected = (
+        f"person_id,nhs_number_check,linkage_key_version\n{person_id('9434765919')},valid,{version}\n"
+        f",invalid,{version}\n"
+    )
     assert (out / optouts.name).read_text() == expected
 
 
-@pytest.mark.parametrize("header, message", [
-    (("nhs_number", "sex", "postcode", "gp_practice_code", "registration_start_date", "registration_end_date",
-      "date_of_death"), r"missing required column\(s\): date_of_birth"),
-    (("person_id", "birth_year", "sex", "lsoa_code", "gp_practice_code", "registration_start_date",
-      "registration_end_date", "date_of_death"), "pseudonymised already"),
-])
+@pytest.mark.parametrize(
+    "header, message",
+    [
+        (
+            (
+                "nhs_number",
+                "sex",
+                "postcode",
+                "gp_practice_code",
+                "registration_start_date",
+                "registration_end_date",
+                "date_of_death",
+            ),
+            r"missing required column\(s\): date_of_birth",
+        ),
+        (
+            (
+                "person_id",
+                "birth_year",
+                "sex",
+                "lsoa_code",
+                "gp_practice_code",
+                "registration_start_date",
+                "registration_end_date",
+                "date_of_death",
+            ),
+            "pseudonymised already",
+        ),
+    ],
+)
 def test_a_file_that_is_not_an_identifiable_extract_gets_the_loaders_message(folders, header, message):
     source, out = folders
     path = _write(source / "gp_register_20250930.csv", header, [["x"] * len(header)])
@@ -467,8 +611,15 @@ def test_an_interruption_leaves_no_output(folders):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        pseudonymise_extract(path, out, source / "ref_postcode_lookup.csv", pseudonymiser=PSEUDO, progress=interrupt,
-                             every_rows=100, every_seconds=0)
+        pseudonymise_extract(
+            path,
+            out,
+            source / "ref_postcode_lookup.csv",
+            pseudonymiser=PSEUDO,
+            progress=interrupt,
+            every_rows=100,
+            every_seconds=0,
+        )
     assert list(out.iterdir()) == []
 
 

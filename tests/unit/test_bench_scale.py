@@ -40,8 +40,9 @@ def test_the_sizes_are_one_ten_and_a_hundred_percent_of_essex():
     assert [round(s / ESSEX, 3) for s in SIZES] == [0.01, 0.1, 1.0]
 
 
-@pytest.mark.parametrize("seconds_to, kind", [(96.0, "close to linear"), (40.0, "less than linear"),
-                                              (200.0, "more than linear")])
+@pytest.mark.parametrize(
+    "seconds_to, kind", [(96.0, "close to linear"), (40.0, "less than linear"), (200.0, "more than linear")]
+)
 def test_growth_says_how_time_grows(seconds_to, kind):
     found = growth(100_000, 1_000_000, 10.0, seconds_to)
     assert found["people_ratio"] == 10.0
@@ -76,9 +77,11 @@ def _svg_stages(text: str) -> tuple[list[str], list[str]]:
 
 
 def test_the_plot_is_well_formed_with_one_line_per_stage():
-    series = {"stage and publish apc": [(14_387, 3.0), (143_868, 28.0), (1_438_682, 300.0)],
-              "dbt build": [(14_387, 20.0), (143_868, 40.0), (1_438_682, 250.0)],
-              "publish swap & <friends>": [(14_387, 0.01), (143_868, 0.0), (1_438_682, 0.02)]}
+    series = {
+        "stage and publish apc": [(14_387, 3.0), (143_868, 28.0), (1_438_682, 300.0)],
+        "dbt build": [(14_387, 20.0), (143_868, 40.0), (1_438_682, 250.0)],
+        "publish swap & <friends>": [(14_387, 0.01), (143_868, 0.0), (1_438_682, 0.02)],
+    }
     stages, totals = _svg_stages(svg_plot(series, [(14_387, 30.0), (143_868, 80.0), (1_438_682, 600.0)], "t"))
     assert sorted(stages) == sorted(series)
     assert totals == ["pipeline total"]
@@ -86,16 +89,35 @@ def test_the_plot_is_well_formed_with_one_line_per_stage():
 
 def _run(people: int, scale: float) -> dict:
     stages = {s: scale * (i + 1) for i, s in enumerate(PIPELINE_STAGES)}
-    copy = {f: {"staging_rows_per_s": 50_000.0, "copy_rows_per_s": 150_000.0, "ratio": 3.0}
-            for f in ("apc", "cld", "gp_register", "all")}
-    return {"people": people, "generate_s": scale, "stages": stages, "pipeline_s": sum(stages.values()),
-            "gates_share": 0.3, "rows_read": people * 3,
-            "memory": {"process_peak_mib": 400.0, "postgres_peak_mib": 300.0,
-                       "process_by_stage_mib": {"baseline: pandas read_csv + hmac + to_sql": 900.0}},
-            "load_average": {"dbt build": 2.5}, "tiers": expected_pyramid(people),
-            "tiers_expected": expected_pyramid(people), "tiers_equal_contract": True, "copy": copy,
-            "pandas": {"completed": people < 1_000_000, "seconds": 10.0, "platform_s": 5.0,
-                       "platform_with_gates_s": 6.0, "ratio": 2.0}}
+    copy = {
+        f: {"staging_rows_per_s": 50_000.0, "copy_rows_per_s": 150_000.0, "ratio": 3.0}
+        for f in ("apc", "cld", "gp_register", "all")
+    }
+    return {
+        "people": people,
+        "generate_s": scale,
+        "stages": stages,
+        "pipeline_s": sum(stages.values()),
+        "gates_share": 0.3,
+        "rows_read": people * 3,
+        "memory": {
+            "process_peak_mib": 400.0,
+            "postgres_peak_mib": 300.0,
+            "process_by_stage_mib": {"baseline: pandas read_csv + hmac + to_sql": 900.0},
+        },
+        "load_average": {"dbt build": 2.5},
+        "tiers": expected_pyramid(people),
+        "tiers_expected": expected_pyramid(people),
+        "tiers_equal_contract": True,
+        "copy": copy,
+        "pandas": {
+            "completed": people < 1_000_000,
+            "seconds": 10.0,
+            "platform_s": 5.0,
+            "platform_with_gates_s": 6.0,
+            "ratio": 2.0,
+        },
+    }
 
 
 def test_the_summary_the_table_and_the_plot_of_runs():
@@ -118,11 +140,15 @@ def test_the_summary_the_table_and_the_plot_of_runs():
 def test_the_figures_written_are_rounded_so_no_long_run_of_digits_is_committed():
     from benchmarks.scale import rounded
 
-    assert rounded({"copy_rows_per_s": 165289.61236, "runs": [[5.11239, 7]], "cores": 2}) == \
-        {"copy_rows_per_s": 165289.612, "runs": [[5.112, 7]], "cores": 2}
+    assert rounded({"copy_rows_per_s": 165289.61236, "runs": [[5.11239, 7]], "cores": 2}) == {
+        "copy_rows_per_s": 165289.612,
+        "runs": [[5.112, 7]],
+        "cores": 2,
+    }
 
 
 # --- bare pipeline beside the DAGs: the fit, the overhead, the table (hand-worked numbers) --------------------------
+
 
 def test_a_power_law_fit_finds_a_straight_line_exactly():
     from benchmarks.scale import fit_power
@@ -149,15 +175,15 @@ def test_superlinear_is_above_one_point_one():
     quadratic = fit_power([10, 100], [1.0, 100.0])
     assert quadratic["k"] == pytest.approx(2.0) and quadratic["superlinear"] is True
     # 10x the people, 10^1.1 = 12.59x the time: k 1.1 exactly is not yet superlinear; 13x is
-    assert fit_power([10, 100], [1.0, 10 ** 1.1])["superlinear"] is False
+    assert fit_power([10, 100], [1.0, 10**1.1])["superlinear"] is False
     assert fit_power([10, 100], [1.0, 13.0])["superlinear"] is True
     assert "SUPERLINEAR" in fit_words({"what": "time", "run": "bare pipeline", **quadratic})
-    assert "less than linear" in fit_words({"what": "time", "run": "bare pipeline",
-                                            **fit_power([10, 100], [1.0, 5.0])})
+    assert "less than linear" in fit_words({"what": "time", "run": "bare pipeline", **fit_power([10, 100], [1.0, 5.0])})
 
 
-@pytest.mark.parametrize("people, values", [([1_000], [2.0]), ([1_000, 1_000], [2.0, 3.0]),
-                                            ([1_000, 10_000], [2.0, 0.0])])
+@pytest.mark.parametrize(
+    "people, values", [([1_000], [2.0]), ([1_000, 1_000], [2.0, 3.0]), ([1_000, 10_000], [2.0, 0.0])]
+)
 def test_a_fit_needs_two_sizes_with_a_value(people, values):
     from benchmarks.scale import fit_power
 
@@ -176,10 +202,17 @@ def test_the_overhead_is_dags_over_bare_minus_one_paired_by_repeat():
 
 
 def _dag_run(people: int, bare_s: float, dags_s: float, repeat: int = 1) -> dict:
-    return {"people": people, "repeat": repeat, "seconds": dags_s, "wall_s": dags_s + 5.0,
-            "dags": {"ingest_gp_register": dags_s * 0.25, "ingest_apc": dags_s * 0.25, "build_marts": dags_s * 0.5},
-            "memory": {"process_peak_mib": 1_000.0 * (people / 10_000), "postgres_peak_mib": 100.0},
-            "load_average": 3.0, "succeeded": True, "tiers_equal_contract": True}
+    return {
+        "people": people,
+        "repeat": repeat,
+        "seconds": dags_s,
+        "wall_s": dags_s + 5.0,
+        "dags": {"ingest_gp_register": dags_s * 0.25, "ingest_apc": dags_s * 0.25, "build_marts": dags_s * 0.5},
+        "memory": {"process_peak_mib": 1_000.0 * (people / 10_000), "postgres_peak_mib": 100.0},
+        "load_average": 3.0,
+        "succeeded": True,
+        "tiers_equal_contract": True,
+    }
 
 
 def test_the_summary_and_table_set_the_dags_beside_the_bare_pipeline():
@@ -194,7 +227,7 @@ def test_the_summary_and_table_set_the_dags_beside_the_bare_pipeline():
     assert large["dags"]["overhead"] == pytest.approx(2.90)
     assert small["dags"]["dags"]["build_marts"] == pytest.approx(42.9)
     fits = {(f["what"], f["run"]): f for f in summary["fits"]}
-    assert fits[("time", "bare pipeline")]["k"] == pytest.approx(1.0)             # 10x the people, 10x the time
+    assert fits[("time", "bare pipeline")]["k"] == pytest.approx(1.0)  # 10x the people, 10x the time
     assert fits[("time", "DAGs (pophealth run)")]["k"] == pytest.approx(1.477, abs=1e-3)  # log10(30)
     assert fits[("time", "DAGs (pophealth run)")]["superlinear"] is True
     assert fits[("peak memory, processes", "bare pipeline")]["k"] == pytest.approx(0.0)  # 400 MiB at both sizes
@@ -222,8 +255,11 @@ def test_the_growth_chart_is_log_log_with_bare_and_dags():
     summary = summarise(bare, {"cores": 2, "date": "2026-12-04"}, [_dag_run(10_000, 66.0, 85.8)])
     points = growth_points(summary)
     times = {(p["run"], p["people"]): p["value"] for p in points if p["measure"] == "time"}
-    assert times == {("bare pipeline", 10_000): pytest.approx(66.0), ("bare pipeline", 100_000): pytest.approx(660.0),
-                     ("DAGs (pophealth run)", 10_000): pytest.approx(85.8)}
+    assert times == {
+        ("bare pipeline", 10_000): pytest.approx(66.0),
+        ("bare pipeline", 100_000): pytest.approx(660.0),
+        ("DAGs (pophealth run)", 10_000): pytest.approx(85.8),
+    }
     spec = growth_chart(summary).to_dict()
     for panel in spec["hconcat"]:
         assert panel["encoding"]["x"]["scale"]["type"] == "log"
@@ -238,16 +274,28 @@ def test_the_run_writes_its_own_outcome_with_each_dags_time(tmp_path):
     from pophealth.operate.airflow_runner import DagOutcome
     from pophealth.operate.pipeline import OUTCOME_FILE, PipelineOutcome
 
-    outcome = PipelineOutcome(landing=tmp_path / "landing", log_dir=tmp_path / "runs" / "x",
-                              started_at=datetime(2026, 12, 4, 16, 0, tzinfo=UTC), seconds=12.34567,
-                              dags=[DagOutcome("ingest_apc", "success", "r1", 5.0, tmp_path / "a.log"),
-                                    DagOutcome("build_marts", "failed", "r2", 7.25, tmp_path / "b.log")])
+    outcome = PipelineOutcome(
+        landing=tmp_path / "landing",
+        log_dir=tmp_path / "runs" / "x",
+        started_at=datetime(2026, 12, 4, 16, 0, tzinfo=UTC),
+        seconds=12.34567,
+        dags=[
+            DagOutcome("ingest_apc", "success", "r1", 5.0, tmp_path / "a.log"),
+            DagOutcome("build_marts", "failed", "r2", 7.25, tmp_path / "b.log"),
+        ],
+    )
     written = json.loads(outcome.write().read_text())
     assert outcome.write().name == OUTCOME_FILE
-    assert written == {"landing": str(tmp_path / "landing"), "started_at": "2026-12-04T16:00:00+00:00",
-                       "seconds": 12.346, "succeeded": False,
-                       "dags": [{"dag_id": "ingest_apc", "state": "success", "run_id": "r1", "seconds": 5.0},
-                                {"dag_id": "build_marts", "state": "failed", "run_id": "r2", "seconds": 7.25}]}
+    assert written == {
+        "landing": str(tmp_path / "landing"),
+        "started_at": "2026-12-04T16:00:00+00:00",
+        "seconds": 12.346,
+        "succeeded": False,
+        "dags": [
+            {"dag_id": "ingest_apc", "state": "success", "run_id": "r1", "seconds": 5.0},
+            {"dag_id": "build_marts", "state": "failed", "run_id": "r2", "seconds": 7.25},
+        ],
+    }
     assert not list((tmp_path / "runs" / "x").glob(".*.part"))
 
 
@@ -255,8 +303,13 @@ def test_the_dag_run_is_keyed_as_the_demo_is_with_files_and_no_key_in_the_enviro
     from benchmarks.scale import demo_keyed_env
     from pophealth.identity.keys import ALL_KEYS
 
-    given = {"POPHEALTH_LINKAGE_KEY": "ab" * 32, "POPHEALTH_VAULT_PRIVATE_KEY": "cd" * 32,
-             "POPHEALTH_HOME": "/elsewhere", "POPHEALTH_LANDING_DIR": "/elsewhere/landing", "PATH": "/usr/bin"}
+    given = {
+        "POPHEALTH_LINKAGE_KEY": "ab" * 32,
+        "POPHEALTH_VAULT_PRIVATE_KEY": "cd" * 32,
+        "POPHEALTH_HOME": "/elsewhere",
+        "POPHEALTH_LANDING_DIR": "/elsewhere/landing",
+        "PATH": "/usr/bin",
+    }
     env = demo_keyed_env(tmp_path / "home", given)
     assert env["POPHEALTH_HOME"] == str(tmp_path / "home") and env["PATH"] == "/usr/bin"
     assert "POPHEALTH_LINKAGE_KEY" not in env and "POPHEALTH_LANDING_DIR" not in env
@@ -269,11 +322,17 @@ def test_the_dag_run_is_keyed_as_the_demo_is_with_files_and_no_key_in_the_enviro
 
 
 def test_a_failed_dag_run_gives_no_overhead_and_stays_out_of_the_fits():
-    bare = [{**_run(10_000, 1.0), "repeat": 1}, {**_run(20_000, 2.0), "repeat": 1},
-            {**_run(100_000, 10.0), "repeat": 1}]
+    bare = [
+        {**_run(10_000, 1.0), "repeat": 1},
+        {**_run(20_000, 2.0), "repeat": 1},
+        {**_run(100_000, 10.0), "repeat": 1},
+    ]
     failed = _dag_run(10_000, 66.0, 50.0)
-    failed.update(succeeded=False, tiers_equal_contract=False,
-                  dag_states={"ingest_apc": "failed", "build_marts": "failed", "ingest_cld": "success"})
+    failed.update(
+        succeeded=False,
+        tiers_equal_contract=False,
+        dag_states={"ingest_apc": "failed", "build_marts": "failed", "ingest_cld": "success"},
+    )
     dags = [failed, _dag_run(20_000, 132.0, 264.0), _dag_run(100_000, 660.0, 1_320.0)]
     summary = summarise(bare, {"cores": 2, "date": "2026-12-04"}, dags)
     assert summary["sizes"][0]["dags"]["overhead"] is None

@@ -17,9 +17,11 @@ def _help(capsys, *args: str) -> str:
 def test_the_help_groups_every_command_under_who_runs_it(capsys):
     out = _help(capsys)
     headings = [line for line in out.splitlines() if line and not line.startswith(" ") and line.endswith(":")]
-    assert [h.split(":")[0] for h in headings if h.split(":")[0] in (
-        "Data engineer", "Analyst", "IG officer and Caldicott guardian", "Key custodian")] == [
-        "Data engineer", "Analyst", "IG officer and Caldicott guardian", "Key custodian"]
+    assert [
+        h.split(":")[0]
+        for h in headings
+        if h.split(":")[0] in ("Data engineer", "Analyst", "IG officer and Caldicott guardian", "Key custodian")
+    ] == ["Data engineer", "Analyst", "IG officer and Caldicott guardian", "Key custodian"]
     parser = cli.build_parser()
     commands = next(a for a in parser._actions if a.dest == "command").choices
     listed = [line.split()[0] for line in out.split("Data engineer", 1)[1].splitlines() if line.startswith("  ")]

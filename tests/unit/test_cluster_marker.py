@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-MARKED = ("import pytest\n\n"
-          "@pytest.mark.cluster\ndef test_on_the_cluster():\n    assert False, 'it ran'\n\n"
-          "def test_everything_else():\n    pass\n")
+MARKED = (
+    "import pytest\n\n"
+    "@pytest.mark.cluster\ndef test_on_the_cluster():\n    assert False, 'it ran'\n\n"
+    "def test_everything_else():\n    pass\n"
+)
 
 
 def suite_with_postgres_bin(folder: Path, postgres_bin: str) -> subprocess.CompletedProcess:
@@ -24,8 +26,13 @@ def suite_with_postgres_bin(folder: Path, postgres_bin: str) -> subprocess.Compl
     (folder / "infra" / "deployment.yml").write_text(f"cluster:\n  postgres_bin: {postgres_bin}\n")
     (folder / "pytest.ini").write_text("[pytest]\nmarkers =\n  cluster: the cluster\n")
     (folder / "tests" / "test_marked.py").write_text(MARKED)
-    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "tests"],
-                          cwd=folder, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "tests"],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_without_the_servers_a_cluster_test_is_skipped_naming_what_is_missing(tmp_path):

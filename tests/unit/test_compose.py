@@ -27,19 +27,37 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 #: COMPOSE_FILE_UNDER_TEST: another compose file to hold to the same rules (to see a rule fail on an old file).
 COMPOSE = yaml.safe_load(Path(os.environ.get("COMPOSE_FILE_UNDER_TEST") or REPO / "docker-compose.yml").read_text())
-REQUIRED_SERVICES = {"airflow-init", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
-                     "airflow-triggerer", "airflow-worker", "redis", "airflow-metadata-db", "warehouse"}
+REQUIRED_SERVICES = {
+    "airflow-init",
+    "airflow-apiserver",
+    "airflow-scheduler",
+    "airflow-dag-processor",
+    "airflow-triggerer",
+    "airflow-worker",
+    "redis",
+    "airflow-metadata-db",
+    "warehouse",
+}
 
 _STRINGS = {"type": "array", "items": {"type": "string"}}
-_LIST_OR_DICT = {"oneOf": [
-    {"type": "object", "additionalProperties": {"type": ["string", "number", "boolean", "null"]}},
-    _STRINGS,
-]}
+_LIST_OR_DICT = {
+    "oneOf": [
+        {"type": "object", "additionalProperties": {"type": ["string", "number", "boolean", "null"]}},
+        _STRINGS,
+    ]
+}
 _NAME = "^[a-zA-Z0-9._-]+$"
 SERVICE_KEYS = {
-    "build": {"oneOf": [{"type": "string"}, {"type": "object", "properties": {
-        "context": {"type": "string"}, "dockerfile": {"type": "string"}, "args": _LIST_OR_DICT},
-        "additionalProperties": False}]},
+    "build": {
+        "oneOf": [
+            {"type": "string"},
+            {
+                "type": "object",
+                "properties": {"context": {"type": "string"}, "dockerfile": {"type": "string"}, "args": _LIST_OR_DICT},
+                "additionalProperties": False,
+            },
+        ]
+    },
     "image": {"type": "string"},
     "command": {"oneOf": [{"type": "string"}, _STRINGS]},
     "entrypoint": {"oneOf": [{"type": "string"}, _STRINGS]},
@@ -55,27 +73,74 @@ SERVICE_KEYS = {
     "working_dir": {"type": "string"},
     "stop_grace_period": {"type": "string"},
     "init": {"type": "boolean"},
-    "depends_on": {"oneOf": [_STRINGS, {"type": "object", "patternProperties": {_NAME: {
-        "type": "object", "required": ["condition"], "additionalProperties": False, "properties": {
-            "condition": {"enum": ["service_started", "service_healthy", "service_completed_successfully"]},
-            "restart": {"type": "boolean"}, "required": {"type": "boolean"}}}}, "additionalProperties": False}]},
-    "healthcheck": {"type": "object", "additionalProperties": False, "properties": {
-        "test": {"oneOf": [{"type": "string"}, _STRINGS]}, "interval": {"type": "string"},
-        "timeout": {"type": "string"}, "retries": {"type": "integer"}, "start_period": {"type": "string"},
-        "disable": {"type": "boolean"}}},
+    "depends_on": {
+        "oneOf": [
+            _STRINGS,
+            {
+                "type": "object",
+                "patternProperties": {
+                    _NAME: {
+                        "type": "object",
+                        "required": ["condition"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "condition": {
+                                "enum": ["service_started", "service_healthy", "service_completed_successfully"]
+                            },
+                            "restart": {"type": "boolean"},
+                            "required": {"type": "boolean"},
+                        },
+                    }
+                },
+                "additionalProperties": False,
+            },
+        ]
+    },
+    "healthcheck": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "test": {"oneOf": [{"type": "string"}, _STRINGS]},
+            "interval": {"type": "string"},
+            "timeout": {"type": "string"},
+            "retries": {"type": "integer"},
+            "start_period": {"type": "string"},
+            "disable": {"type": "boolean"},
+        },
+    },
 }
 COMPOSE_SCHEMA = {
     "type": "object",
     "properties": {
         "name": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]*$"},
-        "services": {"type": "object", "patternProperties": {_NAME: {
-            "type": "object", "properties": SERVICE_KEYS, "patternProperties": {"^x-": {}},
-            "additionalProperties": False}}, "additionalProperties": False},
-        "volumes": {"type": "object", "patternProperties": {_NAME: {"type": ["object", "null"]}},
-                    "additionalProperties": False},
-        "secrets": {"type": "object", "patternProperties": {_NAME: {
-            "type": "object", "properties": {"file": {"type": "string"}, "environment": {"type": "string"}},
-            "additionalProperties": False}}, "additionalProperties": False},
+        "services": {
+            "type": "object",
+            "patternProperties": {
+                _NAME: {
+                    "type": "object",
+                    "properties": SERVICE_KEYS,
+                    "patternProperties": {"^x-": {}},
+                    "additionalProperties": False,
+                }
+            },
+            "additionalProperties": False,
+        },
+        "volumes": {
+            "type": "object",
+            "patternProperties": {_NAME: {"type": ["object", "null"]}},
+            "additionalProperties": False,
+        },
+        "secrets": {
+            "type": "object",
+            "patternProperties": {
+                _NAME: {
+                    "type": "object",
+                    "properties": {"file": {"type": "string"}, "environment": {"type": "string"}},
+                    "additionalProperties": False,
+                }
+            },
+            "additionalProperties": False,
+        },
     },
     "required": ["services"],
     "patternProperties": {"^x-": {}},
@@ -88,11 +153,14 @@ def test_the_compose_file_follows_the_compose_specification():
     assert "version" not in COMPOSE  # obsolete in the Compose Specification
 
 
-@pytest.mark.parametrize("break_it", [
-    lambda c: c["services"]["warehouse"].__setitem__("restarts", "always"),      # misspelt key
-    lambda c: c["services"]["redis"].__setitem__("depends_on", {"warehouse": {}}),  # no condition
-    lambda c: c.__setitem__("servics", {}),                                     # misspelt top level
-])
+@pytest.mark.parametrize(
+    "break_it",
+    [
+        lambda c: c["services"]["warehouse"].__setitem__("restarts", "always"),  # misspelt key
+        lambda c: c["services"]["redis"].__setitem__("depends_on", {"warehouse": {}}),  # no condition
+        lambda c: c.__setitem__("servics", {}),  # misspelt top level
+    ],
+)
 def test_the_schema_refuses_a_broken_file(break_it):
     broken = copy.deepcopy(COMPOSE)
     break_it(broken)
@@ -150,8 +218,7 @@ def _commands():
 def test_every_airflow_and_pophealth_subcommand_exists(tmp_path):
     # Airflow writes its config into its home: the test's own folder, not the repository's .pophealth/, which the
     # demo uses and another run on the same checkout might be writing at the same moment.
-    env = {**os.environ, "AIRFLOW_HOME": str(tmp_path / "compose-check"),
-           "AIRFLOW__CORE__LOAD_EXAMPLES": "False"}
+    env = {**os.environ, "AIRFLOW_HOME": str(tmp_path / "compose-check"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False"}
     checked = 0
     for name, words in _commands():
         if words[0] == "airflow":
@@ -159,13 +226,22 @@ def test_every_airflow_and_pophealth_subcommand_exists(tmp_path):
                 # The Celery provider is installed in the image (infra/Dockerfile), not in the embedded default.
                 assert "apache-airflow-providers-celery" in (REPO / "infra" / "Dockerfile").read_text()
                 continue
-            proc = subprocess.run([str(Path(sys.executable).parent / "airflow"), *words[1:], "--help"], env=env,
-                                  capture_output=True, text=True, timeout=120)
+            proc = subprocess.run(
+                [str(Path(sys.executable).parent / "airflow"), *words[1:], "--help"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
             assert proc.returncode == 0, f"{name}: airflow {' '.join(words[1:])}: {proc.stderr[-500:]}"
             checked += 1
         elif words[0] == "pophealth":
-            proc = subprocess.run([sys.executable, "-m", "pophealth.cli", *words[1:], "--help"],
-                                  capture_output=True, text=True, timeout=60)
+            proc = subprocess.run(
+                [sys.executable, "-m", "pophealth.cli", *words[1:], "--help"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
             assert proc.returncode == 0, f"{name}: pophealth {' '.join(words[1:])}"
             checked += 1
     assert checked >= 6
@@ -187,7 +263,8 @@ def test_marquez_receives_every_airflow_task_s_openlineage_events_and_is_reachab
     assert transport["transports"]["file"]["log_file_path"].startswith("/opt/pophealth/state/")
     assert environment["POPHEALTH_MARQUEZ_URL"] == "http://marquez:5000"
     assert "marquez_db_password" in services["marquez"]["secrets"] and "/run/secrets/marquez_db_password" in " ".join(
-        services["marquez"]["entrypoint"])
+        services["marquez"]["entrypoint"]
+    )
 
 
 # -- a deployment that exposes nothing (issue 17) ----------------------------------------------------------------
@@ -195,21 +272,34 @@ def test_marquez_receives_every_airflow_task_s_openlineage_events_and_is_reachab
 
 SERVICES = COMPOSE["services"]
 #: The services that run Airflow (each is an Airflow component, or migrates Airflow's database).
-AIRFLOW_SERVICES = ("airflow-init", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
-                    "airflow-triggerer", "airflow-worker")
+AIRFLOW_SERVICES = (
+    "airflow-init",
+    "airflow-apiserver",
+    "airflow-scheduler",
+    "airflow-dag-processor",
+    "airflow-triggerer",
+    "airflow-worker",
+)
 #: Airflow's own secrets, which every Airflow component reads: setting -> the secret file its command reads.
-AIRFLOW_SECRET_SETTINGS = {"AIRFLOW__CORE__FERNET_KEY": "airflow_fernet_key",
-                           "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "airflow_db_password",
-                           "AIRFLOW__API__SECRET_KEY": "airflow_api_secret_key",
-                           "AIRFLOW__API_AUTH__JWT_SECRET": "airflow_jwt_secret"}
+AIRFLOW_SECRET_SETTINGS = {
+    "AIRFLOW__CORE__FERNET_KEY": "airflow_fernet_key",
+    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "airflow_db_password",
+    "AIRFLOW__API__SECRET_KEY": "airflow_api_secret_key",
+    "AIRFLOW__API_AUTH__JWT_SECRET": "airflow_jwt_secret",
+}
 #: The Celery executor's, read by the two services that use Celery.
-CELERY_SECRET_SETTINGS = {"AIRFLOW__CELERY__BROKER_URL": "redis_password",
-                          "AIRFLOW__CELERY__RESULT_BACKEND": "airflow_db_password"}
+CELERY_SECRET_SETTINGS = {
+    "AIRFLOW__CELERY__BROKER_URL": "redis_password",
+    "AIRFLOW__CELERY__RESULT_BACKEND": "airflow_db_password",
+}
 CELERY_SERVICES = ("airflow-scheduler", "airflow-worker")
 #: pophealth's keys (identity/keys.py): what the loading tasks hold; the vault's private key is not one of them.
-WORKER_KEYS = {"POPHEALTH_LINKAGE_KEY_FILE": "linkage_key", "POPHEALTH_VAULT_PUBLIC_KEY_FILE": "vault_public_key",
-               "POPHEALTH_SECONDARY_USE_KEY_FILE": "secondary_use_key",
-               "POPHEALTH_DIRECT_CARE_KEY_FILE": "direct_care_key"}
+WORKER_KEYS = {
+    "POPHEALTH_LINKAGE_KEY_FILE": "linkage_key",
+    "POPHEALTH_VAULT_PUBLIC_KEY_FILE": "vault_public_key",
+    "POPHEALTH_SECONDARY_USE_KEY_FILE": "secondary_use_key",
+    "POPHEALTH_DIRECT_CARE_KEY_FILE": "direct_care_key",
+}
 SECRET_NAME = re.compile(r"PASSW|SECRET|KEY|JWT|FERNET|TOKEN|CREDENTIAL")
 
 
@@ -239,8 +329,9 @@ def test_no_password_secret_or_key_is_in_any_environment():
     """`docker inspect` shows `environment:` to anyone who can use Docker: it names files and commands only."""
     for name in SERVICES:
         for key, value in _environment(name).items():
-            assert not re.search(r"\$\{[A-Z_]*(PASSW|SECRET|KEY|JWT|FERNET)[A-Z_]*(:[-?][^}]*)?\}", value), \
+            assert not re.search(r"\$\{[A-Z_]*(PASSW|SECRET|KEY|JWT|FERNET)[A-Z_]*(:[-?][^}]*)?\}", value), (
                 f"{name}: {key} takes a secret from .env"
+            )
             if key.endswith("_CMD"):
                 continue  # a command that reads a file: test_airflow_reads_its_own_secrets_from_files_by_commands
             if key.endswith("_FILE"):
@@ -248,15 +339,19 @@ def test_no_password_secret_or_key_is_in_any_environment():
                 if value.startswith("/run/secrets/"):  # ... and a secret its service is given
                     assert value.removeprefix("/run/secrets/") in _secrets(name), f"{name}: {key} -> {value}"
                 continue
-            assert not SECRET_NAME.search(key) or key == "AIRFLOW__CORE__SENSITIVE_VAR_CONN_NAMES", \
+            assert not SECRET_NAME.search(key) or key == "AIRFLOW__CORE__SENSITIVE_VAR_CONN_NAMES", (
                 f"{name}: {key} is a secret in the environment"
+            )
             if "://" in value:
                 assert urlparse(value).password is None, f"{name}: {key} carries a password"
 
 
 def test_each_database_reads_its_password_from_its_own_secret():
-    for name, secret in (("airflow-metadata-db", "airflow_db_password"), ("warehouse", "warehouse_db_password"),
-                         ("marquez-db", "marquez_db_password")):
+    for name, secret in (
+        ("airflow-metadata-db", "airflow_db_password"),
+        ("warehouse", "warehouse_db_password"),
+        ("marquez-db", "marquez_db_password"),
+    ):
         environment = _environment(name)
         assert "POSTGRES_PASSWORD" not in environment
         assert environment["POSTGRES_PASSWORD_FILE"] == f"/run/secrets/{secret}" and _secrets(name) == {secret}
@@ -268,8 +363,13 @@ def _run_setting_command(command: str, secrets_dir: Path) -> str:
     if words[:2] == ["cat", words[1]] and len(words) == 2:
         return (secrets_dir / Path(words[1]).relative_to("/run/secrets")).read_text().strip()
     assert words[:3] == ["python", "-m", "pophealth.operate.secret_url"] and len(words) == 4, command
-    proc = subprocess.run([sys.executable, *words[1:]], env={"POPHEALTH_SECRETS_DIR": str(secrets_dir)},
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, *words[1:]],
+        env={"POPHEALTH_SECRETS_DIR": str(secrets_dir)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout  # as Airflow takes it: not stripped
 
@@ -323,8 +423,11 @@ def test_no_airflow_service_holds_a_platform_role_s_password_or_the_vault_privat
     for name in AIRFLOW_SERVICES:
         assert not role_passwords & _secrets(name), name
     # the warehouse owner's password: the warehouse, the service that sets it up, and the worker that loads
-    assert {n for n in SERVICES if "warehouse_db_password" in _secrets(n)} == {"warehouse", "pophealth-setup",
-                                                                              "airflow-worker"}
+    assert {n for n in SERVICES if "warehouse_db_password" in _secrets(n)} == {
+        "warehouse",
+        "pophealth-setup",
+        "airflow-worker",
+    }
 
 
 def _free_port() -> int:
@@ -345,12 +448,18 @@ def test_redis_requires_the_password_from_its_secret(tmp_path):
         pytest.skip("redis-server is not installed here: the command's run is not checked")
     (tmp_path / "redis_password").write_text("s3cret-redis\n")
     port = _free_port()
-    local = (command.replace("$$", "$").replace("/run/secrets/", f"{tmp_path}/")
-             .replace("docker-entrypoint.sh redis-server -",
-                      f"redis-server --port {port} --bind 127.0.0.1 --save '' --dir {tmp_path} -"))
+    local = (
+        command.replace("$$", "$")
+        .replace("/run/secrets/", f"{tmp_path}/")
+        .replace(
+            "docker-entrypoint.sh redis-server -",
+            f"redis-server --port {port} --bind 127.0.0.1 --save '' --dir {tmp_path} -",
+        )
+    )
     # Its own process group: redis-server runs in a subshell of the pipeline, and must stop with the test.
-    server = subprocess.Popen(["sh", "-c", local], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
+    server = subprocess.Popen(
+        ["sh", "-c", local], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     try:
         health = redis["healthcheck"]["test"][1].replace("$$", "$").replace("/run/secrets/", f"{tmp_path}/")
         health = health.replace("redis-cli ping", f"redis-cli -p {port} ping")
@@ -361,8 +470,12 @@ def test_redis_requires_the_password_from_its_secret(tmp_path):
         anonymous = subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True)
         assert "NOAUTH" in anonymous.stdout + anonymous.stderr
         assert subprocess.run(["sh", "-c", health]).returncode == 0
-        info = subprocess.run(["redis-cli", "-p", str(port), "info", "server"], capture_output=True, text=True,
-                              env={**os.environ, "REDISCLI_AUTH": "s3cret-redis"}).stdout
+        info = subprocess.run(
+            ["redis-cli", "-p", str(port), "info", "server"],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "REDISCLI_AUTH": "s3cret-redis"},
+        ).stdout
         redis_pid = re.search(r"process_id:(\d+)", info).group(1)
         assert "s3cret-redis" not in Path(f"/proc/{redis_pid}/cmdline").read_text(errors="replace")
     finally:
@@ -373,7 +486,8 @@ def test_redis_requires_the_password_from_its_secret(tmp_path):
 def test_every_secret_file_is_made_by_the_documented_steps_and_env_example_holds_no_secret():
     readme = (REPO / "infra" / "README.md").read_text()
     for secret in COMPOSE["secrets"].values():
-        assert Path(secret["file"].rstrip("}").split("-")[-1] if "${" in secret["file"] else secret["file"]).name \
-            in readme, f"infra/README.md does not say how to make {secret['file']}"
+        assert (
+            Path(secret["file"].rstrip("}").split("-")[-1] if "${" in secret["file"] else secret["file"]).name in readme
+        ), f"infra/README.md does not say how to make {secret['file']}"
     example = (REPO / "infra" / "env.example").read_text()
     assert not re.findall(r"^\s*#?\s*[A-Z_]*(PASSW|SECRET|FERNET|JWT)[A-Z_]*=", example, re.M)

@@ -104,14 +104,19 @@ def test_the_parsers_read_what_the_contract_says():
     assert table_first_column(EXTRACTS["apc"])[:3] == ["epikey", "spell_id", "nhs_number"]
     assert "diag_20" in table_first_column(EXTRACTS["apc"])
     assert top_level_codes("`a` (`b`, `c`), `d`") == ["a", "d"]
-    assert set(MARTS) >= {"marts.person", "marts.risk_stratification", "marts.bcf_metrics",
-                          "direct_care.case_finding"}
+    assert set(MARTS) >= {"marts.person", "marts.risk_stratification", "marts.bcf_metrics", "direct_care.case_finding"}
 
 
-@pytest.mark.parametrize("feed, section", [
-    ("gp_register", "gp_register"), ("apc", "apc"), ("cld", "cld"),
-    ("ref_postcode_lookup", "ref_postcode_lookup"), ("ref_population", "ref_population_<YYYY>"),
-])
+@pytest.mark.parametrize(
+    "feed, section",
+    [
+        ("gp_register", "gp_register"),
+        ("apc", "apc"),
+        ("cld", "cld"),
+        ("ref_postcode_lookup", "ref_postcode_lookup"),
+        ("ref_population", "ref_population_<YYYY>"),
+    ],
+)
 def test_each_feed_accepts_the_contract_columns(feed, section):
     contract = table_first_column(EXTRACTS[section])
     declared = FEEDS_BY_NAME[feed]
@@ -121,8 +126,9 @@ def test_each_feed_accepts_the_contract_columns(feed, section):
     accepted = {c.lower() for c in declared.contract_columns} - {"person_id", KEY_VERSION_COLUMN}
     if declared.pseudonymisable:
         accepted -= set(declared.pseudonymised) - set(declared.identifiable)
-    assert accepted - {c.lower() for c in contract} == ACCEPTED_BEYOND_CONTRACT.get(feed, set()), \
+    assert accepted - {c.lower() for c in contract} == ACCEPTED_BEYOND_CONTRACT.get(feed, set()), (
         f"{feed}: the loader accepts columns the contract does not have"
+    )
     assert {c.lower() for c in contract} <= accepted, f"{feed}: the loader does not accept every contract column"
     assert set(declared.required_columns) <= {c.lower() for c in contract}
 
@@ -140,12 +146,15 @@ def test_pseudonymised_at_source_files_use_the_contract_names():
         assert "person_id" in FEEDS_BY_NAME[feed].pseudonymised
 
 
-@pytest.mark.parametrize("relation, complete", [
-    ("marts.person", True),
-    ("marts.bcf_metrics", True),
-    ("marts.risk_stratification", False),   # "and the score's inputs": named in words only
-    ("direct_care.case_finding", False),    # the same
-])
+@pytest.mark.parametrize(
+    "relation, complete",
+    [
+        ("marts.person", True),
+        ("marts.bcf_metrics", True),
+        ("marts.risk_stratification", False),  # "and the score's inputs": named in words only
+        ("direct_care.case_finding", False),  # the same
+    ],
+)
 def test_each_published_mart_has_the_contract_columns(relation, complete):
     paragraph = first_paragraph(MARTS[relation])
     contract = top_level_codes(paragraph)
@@ -161,14 +170,18 @@ def test_each_published_mart_has_the_contract_columns(relation, complete):
         extra = [c for c in columns if c not in contract]
         # marts.bcf_metrics's period_type, geography_name, metric name and unit help the reader; nothing
         # else may be published without the contract naming it.
-        assert set(extra) <= {"period_type", "geography_name", "metric_name", "unit"}, \
+        assert set(extra) <= {"period_type", "geography_name", "metric_name", "unit"}, (
             f"{relation}: the dbt model publishes columns the contract does not name: {extra}"
+        )
 
 
 def test_every_table_the_contract_names_is_published():
-    named = {table for name in ("marts.md", "decisions.md") for table in
-             re.findall(r"`((?:marts|reporting|direct_care)\.[a-z_]+)`", (CONTRACT / name).read_text())
-             if table != "marts.md"}
+    named = {
+        table
+        for name in ("marts.md", "decisions.md")
+        for table in re.findall(r"`((?:marts|reporting|direct_care)\.[a-z_]+)`", (CONTRACT / name).read_text())
+        if table != "marts.md"
+    }
     named |= {heading for heading in MARTS if re.fullmatch(r"(marts|direct_care)\.[a-z_]+", heading)}
     assert len(named) >= 8
     missing = named - set(published_columns())
@@ -191,14 +204,18 @@ def test_the_marts_emit_exactly_the_contract_metric_codes():
     assert sorted(emitted) == sorted(contract), "int_bcf_contribution.sql and the contract's metric codes differ"
 
 
-@pytest.mark.skipif(not UPSTREAM.is_dir(), reason="no upstream contract beside the repository (../shared/contract): "
-                                                  "only the repository's copy, docs/contract, is there to read")
+@pytest.mark.skipif(
+    not UPSTREAM.is_dir(),
+    reason="no upstream contract beside the repository (../shared/contract): "
+    "only the repository's copy, docs/contract, is there to read",
+)
 def test_the_repository_copy_is_the_upstream_contract_byte_for_byte():
     upstream = sorted(p.name for p in UPSTREAM.iterdir() if p.is_file())
     assert upstream, "../shared/contract is empty"
     for name in upstream:
         ours = CONTRACT / name
         assert ours.is_file(), f"docs/contract/{name} is missing (it is in ../shared/contract)"
-        assert ours.read_bytes() == (UPSTREAM / name).read_bytes(), \
-            f"docs/contract/{name} differs from ../shared/contract/{name}: copy it; the platform's own additions go " \
+        assert ours.read_bytes() == (UPSTREAM / name).read_bytes(), (
+            f"docs/contract/{name} differs from ../shared/contract/{name}: copy it; the platform's own additions go "
             "in docs/contract/decisions.md"
+        )

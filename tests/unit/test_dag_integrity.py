@@ -10,8 +10,13 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 EXPECTED = {
-    "ingest_ref_postcode_lookup", "ingest_ref_population", "ingest_optouts", "ingest_gp_register",
-    "ingest_apc", "ingest_cld", "build_marts",
+    "ingest_ref_postcode_lookup",
+    "ingest_ref_population",
+    "ingest_optouts",
+    "ingest_gp_register",
+    "ingest_apc",
+    "ingest_cld",
+    "build_marts",
 }
 
 #: The one `dbt build` of the marts DAG (Cosmos's watcher producer); every model's task takes its result from it.
@@ -64,8 +69,13 @@ def parsed(tmp_path_factory):
     }
     env.pop("POPHEALTH_LINKAGE_KEY", None)
     # The marts DAG is rendered from the dbt manifest, which `dbt parse` writes without a database.
-    subprocess.run([sys.executable, "-c", "from pophealth.marts.build import parse_project; parse_project()"], env=env,
-                   check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-c", "from pophealth.marts.build import parse_project; parse_project()"],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     proc = subprocess.run([sys.executable, "-c", PARSE], env=env, capture_output=True, text=True, timeout=300)
     line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))
     return {**json.loads(line[7:]), "home": home}
@@ -96,10 +106,17 @@ def test_ingest_dags_load_their_files_in_groups_then_announce_one_asset_event(pa
         assert set(tasks) == {"discover", "load", "published"}
         assert tasks["load"]["upstream"] == ["discover"]
         assert tasks["published"]["upstream"] == ["load"]
-        assert parsed["dags"][dag_id]["outlets"] == [f"pophealth://warehouse/{table}" for table in {
-            "ingest_ref_postcode_lookup": ["raw/ref_lsoa"], "ingest_ref_population": ["raw/ref_population"],
-            "ingest_optouts": ["restricted/optout"], "ingest_gp_register": ["raw/gp_register"],
-            "ingest_apc": ["raw/apc_episode"], "ingest_cld": ["raw/cld_event"]}[dag_id]]
+        assert parsed["dags"][dag_id]["outlets"] == [
+            f"pophealth://warehouse/{table}"
+            for table in {
+                "ingest_ref_postcode_lookup": ["raw/ref_lsoa"],
+                "ingest_ref_population": ["raw/ref_population"],
+                "ingest_optouts": ["restricted/optout"],
+                "ingest_gp_register": ["raw/gp_register"],
+                "ingest_apc": ["raw/apc_episode"],
+                "ingest_cld": ["raw/cld_event"],
+            }[dag_id]
+        ]
         assert parsed["dags"][dag_id]["outlet_tasks"] == ["published"]
 
 
@@ -114,8 +131,12 @@ def test_marts_are_built_only_after_the_loads_are_checked_and_on_asset_updates(p
     nodes = [n for n in manifest["nodes"].values() if n["package_name"] == "pophealth"]
     models = {n["name"] for n in nodes if n["resource_type"] == "model"}
     seeds = {n["name"] for n in nodes if n["resource_type"] == "seed"}
-    tested = {m for n in nodes if n["resource_type"] == "test" for m in
-              (manifest["nodes"][p]["name"] for p in n["depends_on"]["nodes"] if p in manifest["nodes"])}
+    tested = {
+        m
+        for n in nodes
+        if n["resource_type"] == "test"
+        for m in (manifest["nodes"][p]["name"] for p in n["depends_on"]["nodes"] if p in manifest["nodes"])
+    }
     assert {"person", "stg_apc_episode", "int_apc_spell"} <= models
     assert {f"dbt.{m}.run" for m in models} | {f"dbt.{s}.seed" for s in seeds} <= dbt_tasks
     assert {f"dbt.{m}.test" for m in tested} <= dbt_tasks

@@ -68,8 +68,9 @@ def test_every_secret_setting_of_compose_is_read_from_its_secret_file_by_a_comma
     for setting, secret in secret_settings(service).items():
         assert setting not in env, f"{service}: {setting} is in its environment"
         command = env.get(f"{setting}_CMD", "")
-        assert f"/run/secrets/{secret}" in command or "{" + secret + "}" in command, \
+        assert f"/run/secrets/{secret}" in command or "{" + secret + "}" in command, (
             f"{service}: {setting}_CMD does not read the secret {secret}: {command!r}"
+        )
         assert secret in given, f"{service} reads {secret} but is not given it"
 
 
@@ -108,6 +109,7 @@ def test_the_deployment_names_only_key_settings_the_platform_reads_and_never_the
 
 # -------------------------------------------------------------------- the cluster's own processes, as configured
 
+
 @pytest.fixture
 def layout(tmp_path, monkeypatch):
     from pophealth.identity.keys import VAULT_PRIVATE
@@ -125,8 +127,9 @@ def layout(tmp_path, monkeypatch):
 
 
 def secret_values(lay) -> dict[str, str]:
-    found = {p.name: p.read_text().strip() for p in lay.secrets.iterdir()
-             if p.suffix in ("", ".key") and p.name != "pgpass"}
+    found = {
+        p.name: p.read_text().strip() for p in lay.secrets.iterdir() if p.suffix in ("", ".key") and p.name != "pgpass"
+    }
     private = cluster.vault_private_key_file(lay)
     return {**found, private.name: private.read_text().strip()}
 
@@ -164,8 +167,9 @@ def test_the_cluster_makes_a_vault_key_pair_and_gives_the_workers_its_public_hal
 
 def test_the_old_symmetric_vault_key_stops_the_cluster_with_what_to_do(layout, monkeypatch):
     monkeypatch.setenv("POPHEALTH_VAULT_KEY", "ab" * 32)
-    with pytest.raises(cluster.ClusterError,
-                       match="POPHEALTH_VAULT_KEY .*vault-key-pair.*POPHEALTH_VAULT_PUBLIC_KEY_FILE"):
+    with pytest.raises(
+        cluster.ClusterError, match="POPHEALTH_VAULT_KEY .*vault-key-pair.*POPHEALTH_VAULT_PUBLIC_KEY_FILE"
+    ):
         cluster.ensure_secrets(layout)
 
 

@@ -19,8 +19,16 @@ from tests.unit.test_feeds import apc, ctx, event, register
 SCHEMA = Path(__file__).resolve().parents[2] / "pophealth" / "warehouse" / "schema.sql"
 #: A good row of each feed, as a source sends it, and the provider its file name gives.
 GOOD = {
-    "ref_postcode_lookup": ({"postcode": "CM1 1AA", "lsoa_code": "E01990001", "locality_code": "E07000070",
-                             "locality_name": "Chelmsford", "la_code": "E10000012"}, None),
+    "ref_postcode_lookup": (
+        {
+            "postcode": "CM1 1AA",
+            "lsoa_code": "E01990001",
+            "locality_code": "E07000070",
+            "locality_name": "Chelmsford",
+            "la_code": "E10000012",
+        },
+        None,
+    ),
     "ref_population": ({"lsoa_code": "E01990001", "sex": "1", "age": "40", "population": "12"}, None),
     "optouts": ({"nhs_number": "999 000 0018"}, None),
     "gp_register": (register(), None),
@@ -41,8 +49,12 @@ def _raw_table_columns(table: str) -> set[str]:
 
 def _a_name(feed) -> str:
     """A file name of the feed as the contract writes its form."""
-    return (feed.file_name.form.replace("<YYYYMMDD>", "20250131").replace("<YYYY>", "2025")
-            .replace("<provider>", "RAJ").replace("<LA code>", "E10000012"))
+    return (
+        feed.file_name.form.replace("<YYYYMMDD>", "20250131")
+        .replace("<YYYY>", "2025")
+        .replace("<provider>", "RAJ")
+        .replace("<LA code>", "E10000012")
+    )
 
 
 def test_every_feed_has_a_row_transform_and_a_good_row_here():
@@ -60,8 +72,9 @@ def test_a_file_named_as_the_declared_form_is_identified_as_its_feed(feed):
     found = identify(Path(_a_name(feed)))
     assert found is not None and found.feed == feed.name
     assert (found.provider is not None) == feed.file_name.has_provider == (feed.name in PER_PROVIDER_FEEDS)
-    assert found.period_end == {"day": date(2025, 1, 31), "year": date(2025, 12, 31), "none": None}[
-        feed.file_name.period]
+    assert (
+        found.period_end == {"day": date(2025, 1, 31), "year": date(2025, 12, 31), "none": None}[feed.file_name.period]
+    )
     assert feed.file_name.form in why_not_an_extract(Path(_a_name(feed).replace(".csv", ".txt")))
     # A feed of periods is dated to the day and sent per provider (coverage and the next delivery due are per provider).
     assert feed.period_months is None or (feed.file_name.period == "day" and feed.file_name.has_provider)

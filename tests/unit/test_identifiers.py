@@ -82,8 +82,10 @@ def test_a_pseudonym_is_not_an_nhs_number():
     assert str(PersonId("a" * 64)) == "a" * 64
 
 
-@pytest.mark.parametrize("raw, code, three", [("S72.0", "S720", "S72"), ("s720", "S720", "S72"),
-                                              (" W19 ", "W19", "W19"), ("R54X", "R54X", "R54")])
+@pytest.mark.parametrize(
+    "raw, code, three",
+    [("S72.0", "S720", "S72"), ("s720", "S720", "S72"), (" W19 ", "W19", "W19"), ("R54X", "R54X", "R54")],
+)
 def test_icd10_codes_are_normalised(raw, code, three):
     parsed = Icd10Code.parse(raw)
     assert parsed.value == code and parsed.three_character == three

@@ -32,8 +32,10 @@ def test_wilson_of_the_issue_reablement_quarter():
     assert interval(29, 32, "percent") == pytest.approx((75.782, 96.760), abs=1e-3)
 
 
-@pytest.mark.parametrize(("count", "expected"), [(0, (0.0, 3.6889)), (1, (0.0253, 5.5716)),
-                                                 (10, (4.7954, 18.3904)), (100, (81.3640, 121.6268))])
+@pytest.mark.parametrize(
+    ("count", "expected"),
+    [(0, (0.0, 3.6889)), (1, (0.0253, 5.5716)), (10, (4.7954, 18.3904)), (100, (81.3640, 121.6268))],
+)
 def test_exact_poisson_matches_the_published_table(count, expected):
     assert garwood(count) == pytest.approx(expected, abs=1e-4)
 
@@ -51,13 +53,16 @@ def test_a_rate_interval_is_the_count_interval_over_the_denominator_in_the_unit(
     assert interval(10, 200_000, "per 100,000 population aged 65+") == pytest.approx((2.3977, 9.1952), abs=1e-4)
 
 
-@pytest.mark.parametrize(("numerator", "denominator", "unit"), [
-    (None, 100, "percent"),          # suppressed: nothing to compute
-    (5, 0, "per 100000 population"),  # no population estimate
-    (5, None, "percent"),
-    (35, 30, "percent"),              # rounded counts crossed: not a proportion
-    (5, 100, "days"),                 # neither a percentage nor a rate
-])
+@pytest.mark.parametrize(
+    ("numerator", "denominator", "unit"),
+    [
+        (None, 100, "percent"),  # suppressed: nothing to compute
+        (5, 0, "per 100000 population"),  # no population estimate
+        (5, None, "percent"),
+        (35, 30, "percent"),  # rounded counts crossed: not a proportion
+        (5, 100, "days"),  # neither a percentage nor a rate
+    ],
+)
 def test_no_interval_where_none_can_be_computed(numerator, denominator, unit):
     assert interval(numerator, denominator, unit) is None
 

@@ -89,8 +89,14 @@ def test_keys_are_compared_in_constant_time(monkeypatch):
 
 @pytest.fixture
 def no_vault_key_in_env(monkeypatch):
-    for name in ("POPHEALTH_VAULT_KEY", "POPHEALTH_VAULT_KEY_FILE", "POPHEALTH_VAULT_PUBLIC_KEY",
-                 "POPHEALTH_VAULT_PUBLIC_KEY_FILE", "POPHEALTH_VAULT_PRIVATE_KEY", "POPHEALTH_VAULT_PRIVATE_KEY_FILE"):
+    for name in (
+        "POPHEALTH_VAULT_KEY",
+        "POPHEALTH_VAULT_KEY_FILE",
+        "POPHEALTH_VAULT_PUBLIC_KEY",
+        "POPHEALTH_VAULT_PUBLIC_KEY_FILE",
+        "POPHEALTH_VAULT_PRIVATE_KEY",
+        "POPHEALTH_VAULT_PRIVATE_KEY_FILE",
+    ):
         monkeypatch.delenv(name, raising=False)
 
 

@@ -26,8 +26,17 @@ def test_file_names_identify_the_feed(name, feed, provider, period):
     assert (extract.feed, extract.provider, extract.period_end) == (feed, provider, period)
 
 
-@pytest.mark.parametrize("name", ["apc_raj_20250131.csv", "apc_RAJ_2025013.csv", "apc_RAJ_20250231.csv",
-                                  "gp_register.csv", "apc_RAJ_20250131.txt", "notes.csv"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "apc_raj_20250131.csv",
+        "apc_RAJ_2025013.csv",
+        "apc_RAJ_20250231.csv",
+        "gp_register.csv",
+        "apc_RAJ_20250131.txt",
+        "notes.csv",
+    ],
+)
 def test_names_outside_the_contract_are_not_extracts(name):
     assert identify(Path(name)) is None
 
@@ -94,8 +103,10 @@ def test_a_gzip_extract_is_identified_and_read_as_a_stream(tmp_path):
     assert scan(tmp_path).extracts == [extract]
     handle, reader = open_extract(path, ("procode", "epikey"), ("procode",))
     with handle:
-        assert [row for _, row in reader.rows] == [{"procode": "RAJ", "epikey": "E1"},
-                                                   {"procode": "RAJ", "epikey": "E2"}]
+        assert [row for _, row in reader.rows] == [
+            {"procode": "RAJ", "epikey": "E1"},
+            {"procode": "RAJ", "epikey": "E2"},
+        ]
 
 
 @pytest.mark.parametrize("data", [b"not gzip at all\n", None])
@@ -119,15 +130,18 @@ def test_a_repeated_header_row_refuses_the_file_naming_its_row(tmp_path):
         list(reader.rows)
 
 
-@pytest.mark.parametrize("name, reason", [
-    ("APC_RAJ_20250131.csv", "wrong case"),
-    ("apc_RAJ_20250131.zip", "compressed or archived as .zip"),
-    ("apc_RAJ_20250131.csv.bz2", "compressed or archived as .bz2"),
-    ("apc_RAJ_2025-01-31.csv", "the date is not in the contract's form YYYYMMDD"),
-    ("apc_RAJ_20250230.csv", "an impossible date"),
-    ("ae_RAJ_20250131.csv", "not a feed of the extract contract"),
-    ("apc_RAJ_20250131.xlsx", "not a CSV file"),
-])
+@pytest.mark.parametrize(
+    "name, reason",
+    [
+        ("APC_RAJ_20250131.csv", "wrong case"),
+        ("apc_RAJ_20250131.zip", "compressed or archived as .zip"),
+        ("apc_RAJ_20250131.csv.bz2", "compressed or archived as .bz2"),
+        ("apc_RAJ_2025-01-31.csv", "the date is not in the contract's form YYYYMMDD"),
+        ("apc_RAJ_20250230.csv", "an impossible date"),
+        ("ae_RAJ_20250131.csv", "not a feed of the extract contract"),
+        ("apc_RAJ_20250131.xlsx", "not a CSV file"),
+    ],
+)
 def test_every_file_that_is_not_an_extract_is_listed_with_why(tmp_path, name, reason):
     (tmp_path / name).write_text("x\n")
     for quiet in (".hidden.csv", "apc_RAJ_20250131.csv.part", "apc_RAJ_20250131.csv.tmp"):
@@ -180,8 +194,11 @@ def test_a_gzip_extract_read_without_following_links_closes_its_file(tmp_path):
     import os
 
     def open_files() -> set[str]:
-        return {os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
-                if os.path.exists(f"/proc/self/fd/{fd}")}
+        return {
+            os.readlink(f"/proc/self/fd/{fd}")
+            for fd in os.listdir("/proc/self/fd")
+            if os.path.exists(f"/proc/self/fd/{fd}")
+        }
 
     handle, reader = open_extract(path, ("procode",), ("procode",))
     with handle:

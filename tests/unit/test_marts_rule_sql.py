@@ -12,15 +12,20 @@ from pophealth.quality.rules import marts_query_problem, marts_rules
 KEY = ["metric_code"]
 
 
-@pytest.mark.parametrize("query, problem", [
-    ("SELECT metric_code FROM {batch} WHERE value < 0", None),  # no JOIN: Great Expectations aliases it
-    ("SELECT metric_code FROM {batch} AS b JOIN {batch} AS c ON b.x = c.x", None),
-    ("SELECT metric_code FROM {batch} b JOIN {batch} c ON b.x = c.x", None),
-    ("SELECT metric_code FROM {batch} WHERE x IN (SELECT a.x FROM {batch} AS a JOIN {batch} AS c ON a.x = c.x)",
-     "without an alias"),
-    ("SELECT 1 FROM (SELECT x FROM {batch}) AS p CROSS JOIN (SELECT y FROM {batch} AS b) AS q", "without an alias"),
-    ("SELECT 1 FROM {batch} AS b CROSS JOIN {batch} WHERE true", "without an alias"),
-])
+@pytest.mark.parametrize(
+    "query, problem",
+    [
+        ("SELECT metric_code FROM {batch} WHERE value < 0", None),  # no JOIN: Great Expectations aliases it
+        ("SELECT metric_code FROM {batch} AS b JOIN {batch} AS c ON b.x = c.x", None),
+        ("SELECT metric_code FROM {batch} b JOIN {batch} c ON b.x = c.x", None),
+        (
+            "SELECT metric_code FROM {batch} WHERE x IN (SELECT a.x FROM {batch} AS a JOIN {batch} AS c ON a.x = c.x)",
+            "without an alias",
+        ),
+        ("SELECT 1 FROM (SELECT x FROM {batch}) AS p CROSS JOIN (SELECT y FROM {batch} AS b) AS q", "without an alias"),
+        ("SELECT 1 FROM {batch} AS b CROSS JOIN {batch} WHERE true", "without an alias"),
+    ],
+)
 def test_a_rule_with_a_join_aliases_every_batch(query, problem):
     found = marts_query_problem(query, KEY, None)
     assert (found is None) if problem is None else (problem in found), found

@@ -9,28 +9,38 @@ from pophealth.operate import notify
 from tests.integration.listeners import listening
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("row 12: nhs number 9434765919 failed", "row 12: nhs number [removed] failed"),
-    ("943 476 5919 and 943-476-5919", "[removed] and [removed]"),
-    ("postcode CM1 1AA and cm11aa", "postcode [removed] and [removed]"),
-    ("load 12345 of 12345678901 digits", "load 12345 of 12345678901 digits"),  # not ten digits alone: kept
-    ("QUALITY GATE FAILED for apc_RAJ_20250331.csv (load 7)", "QUALITY GATE FAILED for apc_RAJ_20250331.csv (load 7)"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("row 12: nhs number 9434765919 failed", "row 12: nhs number [removed] failed"),
+        ("943 476 5919 and 943-476-5919", "[removed] and [removed]"),
+        ("postcode CM1 1AA and cm11aa", "postcode [removed] and [removed]"),
+        ("load 12345 of 12345678901 digits", "load 12345 of 12345678901 digits"),  # not ten digits alone: kept
+        (
+            "QUALITY GATE FAILED for apc_RAJ_20250331.csv (load 7)",
+            "QUALITY GATE FAILED for apc_RAJ_20250331.csv (load 7)",
+        ),
+    ],
+)
 def test_scrub_removes_nhs_number_and_postcode_shapes_only(text, expected):
     assert notify.scrub(text) == expected
 
 
 def _context(message: str, map_index: int = 0):
-    ti = SimpleNamespace(dag_id="ingest_apc", task_id="load", map_index=map_index,
-                         run_id="manual__2026-11-23T19:00:00+00:00")
+    ti = SimpleNamespace(
+        dag_id="ingest_apc", task_id="load", map_index=map_index, run_id="manual__2026-11-23T19:00:00+00:00"
+    )
     return {"task_instance": ti, "exception": Exception(message)}
 
 
 def test_the_message_names_dag_task_run_and_the_first_line_of_what_failed():
-    failure = notify.failure_from(_context("QUALITY GATE FAILED for apc_RAJ_20250331.csv (load 7)\n"
-                                           "rule nhs_number_valid: 3 rows (e.g. row 4 with 9434765919)"))
-    assert (failure.dag, failure.task, failure.run) == ("ingest_apc", "load[0]",
-                                                        "manual__2026-11-23T19:00:00+00:00")
+    failure = notify.failure_from(
+        _context(
+            "QUALITY GATE FAILED for apc_RAJ_20250331.csv (load 7)\n"
+            "rule nhs_number_valid: 3 rows (e.g. row 4 with 9434765919)"
+        )
+    )
+    assert (failure.dag, failure.task, failure.run) == ("ingest_apc", "load[0]", "manual__2026-11-23T19:00:00+00:00")
     assert failure.what == "QUALITY GATE FAILED for apc_RAJ_20250331.csv (load 7)"
     assert "9434765919" not in failure.text and "Airflow UI" in failure.where
 

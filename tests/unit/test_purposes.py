@@ -21,13 +21,18 @@ TRANSIT = hashlib.sha256(b"a transit pseudonym for the test").hexdigest()
 
 
 def keyring(secondary: str = SECONDARY, direct: str = DIRECT) -> PurposeKeyring:
-    return PurposeKeyring({"secondary_use": SecondaryUseKey.from_hex(secondary, "test"),
-                           "direct_care": DirectCareKey.from_hex(direct, "test")})
+    return PurposeKeyring(
+        {
+            "secondary_use": SecondaryUseKey.from_hex(secondary, "test"),
+            "direct_care": DirectCareKey.from_hex(direct, "test"),
+        }
+    )
 
 
 def test_an_id_is_the_transit_pseudonym_keyed_under_its_purpose_key():
-    by_hand = hmac.new(bytes.fromhex(SECONDARY), b"pophealth|secondary_use|" + TRANSIT.encode(),
-                       hashlib.sha256).hexdigest()
+    by_hand = hmac.new(
+        bytes.fromhex(SECONDARY), b"pophealth|secondary_use|" + TRANSIT.encode(), hashlib.sha256
+    ).hexdigest()
     assert keyring().id_for("secondary_use", TRANSIT) == by_hand
     by_hand = hmac.new(bytes.fromhex(DIRECT), b"pophealth|direct_care|" + TRANSIT.encode(), hashlib.sha256).hexdigest()
     assert keyring().id_for("direct_care", TRANSIT) == by_hand
@@ -56,11 +61,17 @@ def test_another_key_gives_another_id(transit, purpose):
     assert keyring().id_for(purpose, transit) != keyring("01" * 32, "02" * 32).id_for(purpose, transit)
 
 
-@pytest.mark.parametrize("purpose, variable", [("secondary_use", "POPHEALTH_SECONDARY_USE_KEY"),
-                                               ("direct_care", "POPHEALTH_DIRECT_CARE_KEY")])
+@pytest.mark.parametrize(
+    "purpose, variable",
+    [("secondary_use", "POPHEALTH_SECONDARY_USE_KEY"), ("direct_care", "POPHEALTH_DIRECT_CARE_KEY")],
+)
 def test_no_purpose_key_fails_closed_naming_where_to_put_it(monkeypatch, purpose, variable):
-    for name in ("POPHEALTH_SECONDARY_USE_KEY", "POPHEALTH_DIRECT_CARE_KEY", "POPHEALTH_SECONDARY_USE_KEY_FILE",
-                 "POPHEALTH_DIRECT_CARE_KEY_FILE"):
+    for name in (
+        "POPHEALTH_SECONDARY_USE_KEY",
+        "POPHEALTH_DIRECT_CARE_KEY",
+        "POPHEALTH_SECONDARY_USE_KEY_FILE",
+        "POPHEALTH_DIRECT_CARE_KEY_FILE",
+    ):
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(KeyError_, match=variable):
         load_purpose_key(purpose)

@@ -120,10 +120,17 @@ def rules_folder(tmp_path, monkeypatch) -> Path:
 def test_a_good_registry_parses_to_its_rule_objects(rules_folder):
     share, volume, after_death, diagnosis = load_rules()
     assert share == LoadRule(
-        id="apc.nhs_number.valid_share", feed="apc", expectation="ExpectColumnValuesToBeInSet",
+        id="apc.nhs_number.valid_share",
+        feed="apc",
+        expectation="ExpectColumnValuesToBeInSet",
         kwargs={"column": "nhs_number_check", "value_set": ["valid", "test_range"], "mostly": 0.95},
-        by_provider={"RQW": ProviderThreshold(kwargs={"mostly": 0.9})}, severity="warn", category="conformance",
-        subcategory="value", context="verification", note="A valid NHS number links an episode to the person.")
+        by_provider={"RQW": ProviderThreshold(kwargs={"mostly": 0.9})},
+        severity="warn",
+        category="conformance",
+        subcategory="value",
+        context="verification",
+        note="A valid NHS number links an episode to the person.",
+    )
     assert volume.row_count == RowCount(baseline="previous_load", min_ratio=0.6, max_ratio=2.0, min_baseline_rows=50)
     assert (volume.severity, volume.context, volume.columns) == ("error", "validation", [])
     assert after_death.query is not None and after_death.one_line_query.startswith("SELECT b.source_row FROM {batch} b")
@@ -136,10 +143,17 @@ def test_a_good_marts_file_parses_to_its_tables_and_rules(rules_folder):
     marts = marts_rules()
     assert marts.tables == {"marts.person": ("person_id",), "marts.bcf_metrics": ("metric_code", "period_start")}
     unique, scan = marts.rules
-    assert unique == MartsRule(id="marts.person.id_unique", table="marts.person",
-                               expectation="ExpectColumnValuesToBeUnique", kwargs={"column": "person_id"},
-                               severity="error", category="plausibility", subcategory="uniqueness",
-                               context="verification", note="One row per person.")
+    assert unique == MartsRule(
+        id="marts.person.id_unique",
+        table="marts.person",
+        expectation="ExpectColumnValuesToBeUnique",
+        kwargs={"column": "person_id"},
+        severity="error",
+        category="plausibility",
+        subcategory="uniqueness",
+        context="verification",
+        note="One row per person.",
+    )
     assert not unique.is_table_level
     assert (scan.reports, scan.scan_text_columns, scan.is_table_level) == ("columns", "length({value}) = 10", True)
 
@@ -152,7 +166,11 @@ def test_a_rule_object_cannot_be_changed_and_a_sources_threshold_is_a_new_one(ru
         share.kwargs["mostly"] = 0.1
     rqw = share.for_provider("RQW")
     assert (rqw.kwargs["mostly"], rqw.threshold_of, share.kwargs["mostly"], share.threshold_of) == (
-        0.9, "RQW", 0.95, None)
+        0.9,
+        "RQW",
+        0.95,
+        None,
+    )
     assert share.for_provider("RAJ") is share and share.for_provider(None) is share
 
 
@@ -176,31 +194,43 @@ def _entry(**changes) -> dict:
     return entry
 
 
-@pytest.mark.parametrize("changes, expected", [
-    ({"severity": "fatal"}, "apc.nhs_number.valid_share: severity must be one of error, warn"),
-    ({"category": "validity"}, "apc.nhs_number.valid_share: category must be one of conformance, completeness"),
-    ({"subcategory": "temporal"}, "apc.nhs_number.valid_share: subcategory of conformance must be one of value"),
-    ({"category": "completeness"}, "apc.nhs_number.valid_share: completeness has no subcategory"),
-    ({"context": None}, "apc.nhs_number.valid_share: context must be one of verification, validation"),
-    ({"note": None}, "apc.nhs_number.valid_share: a one-line note saying why the rule exists is required"),
-    ({"note": ["a", "list"]}, "apc.nhs_number.valid_share: a one-line note"),
-    ({"expectation": None}, "apc.nhs_number.valid_share: expectation (a Great Expectations class name) is required"),
-    ({"kwargs": [1, 2]}, "apc.nhs_number.valid_share: kwargs must be a mapping"),
-    ({"feed": "xray"}, "apc.nhs_number.valid_share: unknown feed 'xray'"),
-    ({"feed": ["apc"]}, "apc.nhs_number.valid_share: unknown feed ['apc']"),
-    ({"feed": "cld"}, "apc.nhs_number.valid_share: the id must start with its feed (cld.)"),
-    ({"mostly": 0.9}, "apc.nhs_number.valid_share: unknown keys mostly"),
-    ({"kwargs": {"column": "shoe_size"}}, "apc.nhs_number.valid_share: shoe_size is not a column of raw.apc_episode"),
-    ({"applies_to": "admidate"}, "apc.nhs_number.valid_share: applies_to must be a list of the columns"),
-    ({"reads_published": "raw.gp_register.date_of_death"}, "valid_share: reads_published must be a list"),
-    ({"reads_published": ["raw.gp_register.shoe_size"]}, "reads_published 'raw.gp_register.shoe_size' is not"),
-    ({"by_provider": {"RQW": {"kwargs": {"regex": "x"}}}}, "by_provider RQW overrides kwargs.regex, which the rule"),
-    ({"by_provider": {"RQW": {"severity": "warn"}}}, "by_provider RQW may override kwargs and row_count only"),
-    ({"row_count": {"baseline": "file", "min_ratio": 0.9}}, "row_count goes with ExpectTableRowCountToBeBetween"),
-    ({"row_count": "most rows"}, "apc.nhs_number.valid_share: row_count must be a mapping"),
-    ({"id": 17}, "check #1: its id must be text"),
-    ({"id": None}, "check #1 has no id"),
-])
+@pytest.mark.parametrize(
+    "changes, expected",
+    [
+        ({"severity": "fatal"}, "apc.nhs_number.valid_share: severity must be one of error, warn"),
+        ({"category": "validity"}, "apc.nhs_number.valid_share: category must be one of conformance, completeness"),
+        ({"subcategory": "temporal"}, "apc.nhs_number.valid_share: subcategory of conformance must be one of value"),
+        ({"category": "completeness"}, "apc.nhs_number.valid_share: completeness has no subcategory"),
+        ({"context": None}, "apc.nhs_number.valid_share: context must be one of verification, validation"),
+        ({"note": None}, "apc.nhs_number.valid_share: a one-line note saying why the rule exists is required"),
+        ({"note": ["a", "list"]}, "apc.nhs_number.valid_share: a one-line note"),
+        (
+            {"expectation": None},
+            "apc.nhs_number.valid_share: expectation (a Great Expectations class name) is required",
+        ),
+        ({"kwargs": [1, 2]}, "apc.nhs_number.valid_share: kwargs must be a mapping"),
+        ({"feed": "xray"}, "apc.nhs_number.valid_share: unknown feed 'xray'"),
+        ({"feed": ["apc"]}, "apc.nhs_number.valid_share: unknown feed ['apc']"),
+        ({"feed": "cld"}, "apc.nhs_number.valid_share: the id must start with its feed (cld.)"),
+        ({"mostly": 0.9}, "apc.nhs_number.valid_share: unknown keys mostly"),
+        (
+            {"kwargs": {"column": "shoe_size"}},
+            "apc.nhs_number.valid_share: shoe_size is not a column of raw.apc_episode",
+        ),
+        ({"applies_to": "admidate"}, "apc.nhs_number.valid_share: applies_to must be a list of the columns"),
+        ({"reads_published": "raw.gp_register.date_of_death"}, "valid_share: reads_published must be a list"),
+        ({"reads_published": ["raw.gp_register.shoe_size"]}, "reads_published 'raw.gp_register.shoe_size' is not"),
+        (
+            {"by_provider": {"RQW": {"kwargs": {"regex": "x"}}}},
+            "by_provider RQW overrides kwargs.regex, which the rule",
+        ),
+        ({"by_provider": {"RQW": {"severity": "warn"}}}, "by_provider RQW may override kwargs and row_count only"),
+        ({"row_count": {"baseline": "file", "min_ratio": 0.9}}, "row_count goes with ExpectTableRowCountToBeBetween"),
+        ({"row_count": "most rows"}, "apc.nhs_number.valid_share: row_count must be a mapping"),
+        ({"id": 17}, "check #1: its id must be text"),
+        ({"id": None}, "check #1 has no id"),
+    ],
+)
 def test_each_kind_of_bad_entry_is_named_with_its_rule_and_field(rules_folder, changes, expected):
     parsed, problems = parse_load_rules({"checks": [_entry(**changes)]})
     assert parsed == () and any(expected in p for p in problems), problems
@@ -211,12 +241,15 @@ def test_each_kind_of_bad_entry_is_named_with_its_rule_and_field(rules_folder, c
     assert str(refused.value).startswith(f"{registry}: ") and expected in str(refused.value)
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("checks: {}", "the registry needs a top-level list `checks`"),
-    ("- just\n- a list", "the registry needs a top-level list `checks`"),
-    ("checks: [oops", "not valid YAML"),
-    ("checks:\n  - id: apc.x\n  - id: apc.x\n", "apc.x: the id is used twice"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("checks: {}", "the registry needs a top-level list `checks`"),
+        ("- just\n- a list", "the registry needs a top-level list `checks`"),
+        ("checks: [oops", "not valid YAML"),
+        ("checks:\n  - id: apc.x\n  - id: apc.x\n", "apc.x: the id is used twice"),
+    ],
+)
 def test_a_bad_file_is_named_with_what_is_wrong(rules_folder, text, expected):
     (rules_folder / "registry.yml").write_text(text)
     with pytest.raises(RulesError, match="registry.yml: ") as refused:
@@ -230,17 +263,25 @@ def test_a_missing_file_says_where_it_was_looked_for(rules_folder):
         marts_rules()
 
 
-@pytest.mark.parametrize("change, expected", [
-    ({"table": "marts.nowhere"}, "marts.person.id_unique: table 'marts.nowhere' is not one of `tables`"),
-    ({"reports": "rows"}, "marts.person.id_unique: reports may only be `columns`"),
-    ({"severity": "warning"}, "marts.person.id_unique: severity must be one of error, warn"),
-    ({"category": "completeness"}, "marts.person.id_unique: completeness has no subcategory"),
-    ({"expectation": "UnexpectedRowsExpectation"}, "marts.person.id_unique: unexpected_rows_query is required"),
-    ({"expectation": "UnexpectedRowsExpectation", "kwargs": {"unexpected_rows_query": "SELECT birth_year FROM x"}},
-     "must start with 'SELECT person_id FROM {batch}' or 'SELECT 1 FROM'"),
-    ({"scan_text_columns": "x = 1"}, "scan_text_columns goes with UnexpectedRowsExpectation and reports: columns"),
-    ({"feed": "apc"}, "marts.person.id_unique: unknown keys feed"),
-])
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        ({"table": "marts.nowhere"}, "marts.person.id_unique: table 'marts.nowhere' is not one of `tables`"),
+        ({"reports": "rows"}, "marts.person.id_unique: reports may only be `columns`"),
+        ({"severity": "warning"}, "marts.person.id_unique: severity must be one of error, warn"),
+        ({"category": "completeness"}, "marts.person.id_unique: completeness has no subcategory"),
+        ({"expectation": "UnexpectedRowsExpectation"}, "marts.person.id_unique: unexpected_rows_query is required"),
+        (
+            {
+                "expectation": "UnexpectedRowsExpectation",
+                "kwargs": {"unexpected_rows_query": "SELECT birth_year FROM x"},
+            },
+            "must start with 'SELECT person_id FROM {batch}' or 'SELECT 1 FROM'",
+        ),
+        ({"scan_text_columns": "x = 1"}, "scan_text_columns goes with UnexpectedRowsExpectation and reports: columns"),
+        ({"feed": "apc"}, "marts.person.id_unique: unknown keys feed"),
+    ],
+)
 def test_each_kind_of_bad_marts_entry_is_named_with_its_rule_and_field(change, expected):
     data = yaml.safe_load(GOOD_MARTS)
     data["checks"][0].update(change)
@@ -259,11 +300,30 @@ def test_a_marts_file_needs_each_tables_key():
 
 # What YAML can hold: text, numbers, booleans, nothing, lists and mappings of them.
 _yaml_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=12)
-    | st.sampled_from(["apc", "error", "warn", "conformance", "completeness", "value", "verification", "file",
-                       "previous_load", "nhs_number_check", "ExpectTableRowCountToBeBetween", "{batch}"]),
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False)
+    | st.text(max_size=12)
+    | st.sampled_from(
+        [
+            "apc",
+            "error",
+            "warn",
+            "conformance",
+            "completeness",
+            "value",
+            "verification",
+            "file",
+            "previous_load",
+            "nhs_number_check",
+            "ExpectTableRowCountToBeBetween",
+            "{batch}",
+        ]
+    ),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
-    max_leaves=8)
+    max_leaves=8,
+)
 _fields = st.sampled_from(sorted(rules.LOAD_RULE_KEYS | rules.MARTS_RULE_KEYS | {"mostly", "tables"}))
 
 
@@ -294,8 +354,10 @@ def test_whatever_a_file_holds_the_parser_names_problems_and_never_fails(data):
 
 def test_the_rules_are_read_without_great_expectations():
     """The files are checked in a second: Great Expectations (seconds to import) is left to the gates."""
-    check = ("import sys; from pophealth.quality.rules import load_rules, marts_rules; "
-             "assert load_rules() and marts_rules().rules; "
-             "assert 'great_expectations' not in sys.modules, 'imported Great Expectations'")
+    check = (
+        "import sys; from pophealth.quality.rules import load_rules, marts_rules; "
+        "assert load_rules() and marts_rules().rules; "
+        "assert 'great_expectations' not in sys.modules, 'imported Great Expectations'"
+    )
     proc = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr

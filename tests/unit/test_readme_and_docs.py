@@ -27,7 +27,7 @@ LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 def counted_readme_bytes(text: str) -> int:
     if BENCHMARK_SECTION in text and not (ROOT / "docs" / "benchmarks.md").exists():
         start = text.index(BENCHMARK_SECTION)
-        following = re.search(r"^## ", text[start + len(BENCHMARK_SECTION):], flags=re.MULTILINE)
+        following = re.search(r"^## ", text[start + len(BENCHMARK_SECTION) :], flags=re.MULTILINE)
         end = start + len(BENCHMARK_SECTION) + following.start() if following else len(text)
         text = text[:start] + text[end:]
     return len(text.encode("utf-8"))
@@ -37,7 +37,8 @@ def test_the_readme_is_at_most_12_kb():
     size = counted_readme_bytes(README.read_text(encoding="utf-8"))
     assert size <= MAX_README_BYTES, (
         f"README.md is {size:,} bytes (at most {MAX_README_BYTES:,}): move the detail into a page of docs/ "
-        "and leave a line in the README's map")
+        "and leave a line in the README's map"
+    )
 
 
 def test_the_benchmark_section_exemption_counts_only_that_section():
@@ -62,7 +63,7 @@ def anchors(page: Path) -> set[str]:
 def relative_links(page: Path) -> list[str]:
     text = page.read_text(encoding="utf-8")
     text = re.sub(r"^```.*?^```", "", text, flags=re.MULTILINE | re.DOTALL)  # code blocks are not links
-    text = re.sub(r"`[^`\n]*`", "", text)                                    # nor is code in a line
+    text = re.sub(r"`[^`\n]*`", "", text)  # nor is code in a line
     return [target for target in LINK.findall(text) if not re.match(r"[a-z][a-z0-9+.-]*:", target)]
 
 

@@ -65,13 +65,23 @@ def test_the_ridge_keeps_a_term_nobody_has_at_zero_and_finite():
 
 def test_a_fit_is_appended_to_the_seed_as_the_next_version(tmp_path):
     seed = tmp_path / "risk_model_coefficient.csv"
-    seed.write_text("model_version,term,coefficient,fitted_as_of,fitted_on\n"
-                    "1,intercept,-3.5,2024-06-30,by hand\n1,hfrs,0.05,2024-06-30,by hand\n")
-    model = FittedModel(terms=("intercept", "hfrs"), coefficients=(-3.1234567, 0.04), fitted_as_of=date(2024, 6, 30),
-                        people=100, outcomes=9, c_statistic=0.7)
+    seed.write_text(
+        "model_version,term,coefficient,fitted_as_of,fitted_on\n"
+        "1,intercept,-3.5,2024-06-30,by hand\n1,hfrs,0.05,2024-06-30,by hand\n"
+    )
+    model = FittedModel(
+        terms=("intercept", "hfrs"),
+        coefficients=(-3.1234567, 0.04),
+        fitted_as_of=date(2024, 6, 30),
+        people=100,
+        outcomes=9,
+        c_statistic=0.7,
+    )
     assert append_to_seed(model, seed) == 2
     with seed.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [(r["model_version"], r["term"], r["coefficient"]) for r in rows[2:]] == [
-        ("2", "intercept", "-3.123457"), ("2", "hfrs", "0.040000")]
+        ("2", "intercept", "-3.123457"),
+        ("2", "hfrs", "0.040000"),
+    ]
     assert "100 people" in rows[2]["fitted_on"] and "9 with an emergency admission" in rows[2]["fitted_on"]

@@ -9,10 +9,14 @@ from pophealth.warehouse.db import parse_url
 
 
 def test_the_warehouse_is_named_without_its_password():
-    assert parse_url("postgresql://pophealth_owner:s3cret%40x@db.example:5433/pophealth").shown() == \
-        "pophealth_owner@db.example:5433/pophealth"
-    assert parse_url("postgresql://postgres:@/pophealth?host=/srv/state/pgdata&port=5432").shown() == \
-        "postgres@/srv/state/pgdata:5432/pophealth"
+    assert (
+        parse_url("postgresql://pophealth_owner:s3cret%40x@db.example:5433/pophealth").shown()
+        == "pophealth_owner@db.example:5433/pophealth"
+    )
+    assert (
+        parse_url("postgresql://postgres:@/pophealth?host=/srv/state/pgdata&port=5432").shown()
+        == "postgres@/srv/state/pgdata:5432/pophealth"
+    )
 
 
 def test_ages_are_in_the_unit_a_person_reads_at_a_glance():
@@ -38,15 +42,21 @@ def test_the_next_delivery_of_each_feed_is_its_next_scheduled_look_and_the_perio
     from pophealth.operate.status import next_deliveries
 
     now = datetime(2026, 1, 12, 9, 30, tzinfo=UTC)  # after this month's hospital look (the 10th, 06:00)
-    latest = [_source("apc", "RAJ", "2025-11-30"), _source("apc", "RDE", "2025-10-31", "gate_failed"),
-              _source("cld", "E10000012", "2025-09-30"), _source("gp_register", None, "2025-12-31")]
+    latest = [
+        _source("apc", "RAJ", "2025-11-30"),
+        _source("apc", "RDE", "2025-10-31", "gate_failed"),
+        _source("cld", "E10000012", "2025-09-30"),
+        _source("gp_register", None, "2025-12-31"),
+    ]
     due = {d["feed"]: d for d in next_deliveries(latest, now)}
     apc = due["apc"]
     assert apc["next_look"].isoformat() == "2026-02-10T06:00:00+00:00"  # GMT in February
     assert apc["waits_until"].isoformat() == "2026-02-15T06:00:00+00:00"  # 5 days
     # RAJ sent November: December is due; RDE's October was refused: October is due again.
-    assert apc["expected"] == [{"provider": "RAJ", "period_end": date(2025, 12, 31)},
-                               {"provider": "RDE", "period_end": date(2025, 10, 31)}]
+    assert apc["expected"] == [
+        {"provider": "RAJ", "period_end": date(2025, 12, 31)},
+        {"provider": "RDE", "period_end": date(2025, 10, 31)},
+    ]
     cld = due["cld"]
     assert cld["next_look"].isoformat() == "2026-02-01T06:00:00+00:00"  # quarterly: Feb, May, Aug, Nov
     assert cld["expected"] == [{"provider": "E10000012", "period_end": date(2025, 12, 31)}]  # the quarter after

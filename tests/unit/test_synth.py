@@ -33,8 +33,11 @@ def _read(path: Path) -> list[dict[str, str]]:
 
 
 def _digest(folder: Path) -> dict[str, str]:
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +103,10 @@ def test_the_same_seed_gives_the_same_bytes_and_another_seed_does_not(tmp_path, 
 
 def test_every_file_is_named_and_headed_as_the_contract_says(world):
     expected_headers = {feed: list(FEEDS_BY_NAME[feed].written) for feed in ("gp_register", "apc", "cld")} | {
-                        "optouts": ["nhs_number"], "ref_population": ["lsoa_code", "sex", "age", "population"],
-                        "ref_postcode_lookup": ["postcode", "lsoa_code", "locality_code", "locality_name"]}
+        "optouts": ["nhs_number"],
+        "ref_population": ["lsoa_code", "sex", "age", "population"],
+        "ref_postcode_lookup": ["postcode", "lsoa_code", "locality_code", "locality_name"],
+    }
     feeds = Counter()
     for path in world.glob("*.csv"):
         extract = identify(path)
@@ -116,7 +121,7 @@ def test_every_file_is_named_and_headed_as_the_contract_says(world):
     assert {p.name[4:7] for p in world.glob("apc_*.csv")} == {"RAJ", "RDE", "RQW"}
     # the contract's column names, with the CLD's capitalisation
     cld = FEEDS_BY_NAME["cld"]
-    assert [c.lower() for c in cld.written] == list(cld.contract_columns[:len(cld.written)])
+    assert [c.lower() for c in cld.written] == list(cld.contract_columns[: len(cld.written)])
 
 
 def test_register_numbers_are_test_range_except_the_planted_invalid_ones(world):
@@ -145,7 +150,10 @@ def test_file_counts_are_what_the_platforms_row_transforms_make_of_the_files(wor
     for entry in _read(world / "answer_key" / "files.csv"):
         counts = fates[entry["file_name"]]
         assert (counts["loaded"] + counts["opted_out"], counts["quarantined"], counts["opted_out"]) == (
-            int(entry["rows_loaded"]), int(entry["rows_quarantined"]), int(entry["rows_opted_out"])), entry["file_name"]
+            int(entry["rows_loaded"]),
+            int(entry["rows_quarantined"]),
+            int(entry["rows_opted_out"]),
+        ), entry["file_name"]
     optout_file = next(e for e in _read(world / "answer_key" / "files.csv") if e["feed"] == "optouts")
     assert optout_file["rows_quarantined"] == "2"
 
@@ -187,8 +195,11 @@ def _expected_person(rows: list[tuple[str, dict[str, str]]], lookup: dict[str, t
         sex = {"male": "1", "female": "2", "other": "9", "indeterminate": "9"}.get(first["gender"].lower(), "0")
     lsoa, locality = lookup.get(first["postcode"].replace(" ", "").upper(), ("", ""))
     practice = (by_feed["gp_register"] or by_feed["apc"] or [{"gp_practice_code": ""}])[0]["gp_practice_code"]
-    registered = any((not r["registration_end_date"] or r["registration_end_date"] > as_of)
-                     and (not r["date_of_death"] or r["date_of_death"] > as_of) for r in by_feed["gp_register"])
+    registered = any(
+        (not r["registration_end_date"] or r["registration_end_date"] > as_of)
+        and (not r["date_of_death"] or r["date_of_death"] > as_of)
+        for r in by_feed["gp_register"]
+    )
     death = next((r["date_of_death"] for r in by_feed["gp_register"] if r["date_of_death"]), "")
     if not death:
         death = max((r["date_of_death"] for r in by_feed["cld"] if r["date_of_death"]), default="")
@@ -197,15 +208,34 @@ def _expected_person(rows: list[tuple[str, dict[str, str]]], lookup: dict[str, t
     age = ""
     if birth:
         years = 2025 - int(birth[:4]) - (1 if 9 < int(birth[5:7]) else 0)
-        age = "0-17" if years < 18 else "18-64" if years < 65 else "65-74" if years < 75 else "75-84" if years < 85 \
+        age = (
+            "0-17"
+            if years < 18
+            else "18-64"
+            if years < 65
+            else "65-74"
+            if years < 75
+            else "75-84"
+            if years < 85
             else "85+"
-    return {"birth_year": birth[:4], "age_band": age, "sex": sex, "lsoa_code": lsoa, "locality_code": locality,
-            "gp_practice_code": practice, "is_registered": "true" if registered else "false", "date_of_death": death}
+        )
+    return {
+        "birth_year": birth[:4],
+        "age_band": age,
+        "sex": sex,
+        "lsoa_code": lsoa,
+        "locality_code": locality,
+        "gp_practice_code": practice,
+        "is_registered": "true" if registered else "false",
+        "date_of_death": death,
+    }
 
 
 def test_people_attributes_follow_the_rules_applied_to_the_loaded_rows(world, replay):
-    lookup = {r["postcode"].replace(" ", "").upper(): (r["lsoa_code"], r["locality_code"])
-              for r in _read(world / "ref_postcode_lookup.csv")}
+    lookup = {
+        r["postcode"].replace(" ", "").upper(): (r["lsoa_code"], r["locality_code"])
+        for r in _read(world / "ref_postcode_lookup.csv")
+    }
     rows_of = replay[3]
     people = _read(world / "answer_key" / "people.csv")
     for person in people:
@@ -257,12 +287,16 @@ def test_social_care_files_repeat_the_rolling_year_and_the_first_is_release_1(wo
         start = date(end.year - 1, end.month, end.day) + timedelta(days=1)
         assert {r["Reporting_Period_Start_Date"] for r in rows} == {start.isoformat()}
         assert {r["Reporting_Period_End_Date"] for r in rows} == {end.isoformat()}
-        values = {r[c] for r in rows for c in ("Client_Type", "Event_Outcome", "Service_Type",
-                                                "Request_Route_of_Access", "Delivery_Mechanism")}
+        values = {
+            r[c]
+            for r in rows
+            for c in ("Client_Type", "Event_Outcome", "Service_Type", "Request_Route_of_Access", "Delivery_Mechanism")
+        }
         for r in rows:
             if r["Event_Start_Date"] < start.isoformat():
-                assert r["Event_Type"] == "Service" and (not r["Event_End_Date"]
-                                                        or r["Event_End_Date"] >= start.isoformat())
+                assert r["Event_Type"] == "Service" and (
+                    not r["Event_End_Date"] or r["Event_End_Date"] >= start.isoformat()
+                )
             assert r["Event_Start_Date"] <= end.isoformat()
             assert not r["Event_End_Date"] or r["Event_Start_Date"] <= r["Event_End_Date"] <= end.isoformat()
             if r["Date_of_Death"]:
@@ -285,8 +319,9 @@ def test_social_care_numbers_are_missing_or_invalid_for_whole_people(world):
     by_person: dict[str, set] = defaultdict(set)
     for f in world.glob("cld_*.csv"):
         for r in _read(f):
-            by_person[r["LA_Person_Unique_Identifier"]].add(check_nhs_number(r["NHS_Number"]).linkable
-                                                            if r["NHS_Number"] else None)
+            by_person[r["LA_Person_Unique_Identifier"]].add(
+                check_nhs_number(r["NHS_Number"]).linkable if r["NHS_Number"] else None
+            )
             assert r["LA_Person_Unique_Identifier"].startswith("EC") and len(r["LA_Person_Unique_Identifier"]) == 9
             assert r["Gender"] in ("Male", "Female", "Other")
     assert all(len(kinds) == 1 for kinds in by_person.values())
@@ -310,8 +345,18 @@ def test_episodes_make_whole_contiguous_spells(world):
             episodes.sort(key=lambda r: int(r["epiorder"]))
             assert [int(r["epiorder"]) for r in episodes] == list(range(1, len(episodes) + 1))
             assert episodes[0]["epistart"] == episodes[0]["admidate"]
-            for column in ("nhs_number", "date_of_birth", "sex", "postcode", "gp_practice_code", "admidate",
-                           "disdate", "dismeth", "disdest", "admimeth"):
+            for column in (
+                "nhs_number",
+                "date_of_birth",
+                "sex",
+                "postcode",
+                "gp_practice_code",
+                "admidate",
+                "disdate",
+                "dismeth",
+                "disdest",
+                "admimeth",
+            ):
                 assert len({r[column].replace(" ", "").replace("-", "") for r in episodes}) == 1, column
             for before, after in zip(episodes, episodes[1:], strict=False):
                 assert before["epiend"] == after["epistart"]
@@ -349,14 +394,18 @@ def test_the_emergency_admissions_answer_counts_first_episodes_read_back_from_th
     metrics = _read(world / "answer_key" / "metrics.csv")
 
     def area(code, period_type):
-        return {r["period_start"][:7]: r for r in metrics if r["metric_code"] == code
-                and r["period_type"] == period_type and r["geography_level"] == "area"}
+        return {
+            r["period_start"][:7]: r
+            for r in metrics
+            if r["metric_code"] == code and r["period_type"] == period_type and r["geography_level"] == "area"
+        }
 
     admissions = area("emergency_admissions", "month")
     assert len(admissions) == 18
     assert {m: int(r["numerator"]) for m, r in admissions.items()} == {m: by_month[m] for m in admissions}
     assert {m: int(r["numerator"]) for m, r in area("delayed_discharge_days", "month").items()} == {
-        m: delayed_days[m] for m in admissions}
+        m: delayed_days[m] for m in admissions
+    }
     # Quarters add up the months; localities add up to the area; denominators are the year's estimates.
     quarters = area("emergency_admissions", "quarter")
     assert int(quarters["2024-04"]["numerator"]) == sum(by_month[m] for m in ("2024-04", "2024-05", "2024-06"))
@@ -369,8 +418,14 @@ def test_the_emergency_admissions_answer_counts_first_episodes_read_back_from_th
     for r in metrics:
         if r["geography_level"] != "area" or r["metric_code"] in ("care_home_admissions_65",):
             continue
-        localities = [x for x in metrics if x["metric_code"] == r["metric_code"] and x["period_start"] ==
-                      r["period_start"] and x["period_type"] == r["period_type"] and x["geography_level"] == "locality"]
+        localities = [
+            x
+            for x in metrics
+            if x["metric_code"] == r["metric_code"]
+            and x["period_start"] == r["period_start"]
+            and x["period_type"] == r["period_type"]
+            and x["geography_level"] == "locality"
+        ]
         assert len(localities) == 12
         assert sum(int(x["numerator"]) for x in localities) == int(r["numerator"])
         assert sum(int(x["denominator"]) for x in localities) == int(r["denominator"])
@@ -382,8 +437,9 @@ def test_the_emergency_admissions_answer_counts_first_episodes_read_back_from_th
 def test_metrics_cover_every_period_and_the_rates_are_plausible(world):
     metrics = _read(world / "answer_key" / "metrics.csv")
     assert len(metrics) == 6 * 25 * (1 + 1 + 12)  # the area, its one council, its 12 districts
-    fy = {r["metric_code"]: r for r in metrics if r["period_type"] == "financial_year"
-          and r["geography_level"] == "area"}
+    fy = {
+        r["metric_code"]: r for r in metrics if r["period_type"] == "financial_year" and r["geography_level"] == "area"
+    }
     assert 5000 < float(fy["emergency_admissions"]["value"]) < 15000
     assert 0 < float(fy["emergency_readmissions_30d"]["value"]) < 30
     for r in metrics:
@@ -399,10 +455,18 @@ def test_metric_periods_are_18_months_6_quarters_and_a_financial_year():
     assert ("quarter", date(2025, 1, 1), date(2025, 3, 31)) in periods()
 
 
-@pytest.mark.parametrize("primary, other, expected", [
-    ("S72.0", "W19", True), ("S720", "W01", True), ("T14.0", "W10", True), ("I63.9", "W19", False),
-    ("S72.0", "W20", False), ("S72.0", "X59", False), ("T99", "W19", False),
-])
+@pytest.mark.parametrize(
+    "primary, other, expected",
+    [
+        ("S72.0", "W19", True),
+        ("S720", "W01", True),
+        ("T14.0", "W10", True),
+        ("I63.9", "W19", False),
+        ("S72.0", "W20", False),
+        ("S72.0", "X59", False),
+        ("T99", "W19", False),
+    ],
+)
 def test_a_fall_is_an_injury_with_a_fall_cause(primary, other, expected):
     assert (is_injury(primary) and is_fall(other)) is expected
 
@@ -421,8 +485,10 @@ def test_the_generator_rejects_an_empty_world(tmp_path):
 
 
 def _modes(folder: Path) -> dict[str, str]:
-    return {p.relative_to(folder).as_posix() or ".": oct(p.stat().st_mode & 0o777)
-            for p in [folder, *sorted(folder.rglob("*"))]}
+    return {
+        p.relative_to(folder).as_posix() or ".": oct(p.stat().st_mode & 0o777)
+        for p in [folder, *sorted(folder.rglob("*"))]
+    }
 
 
 def test_every_extract_and_answer_file_is_readable_by_its_owner_only(world):
@@ -439,8 +505,9 @@ def test_the_demo_makes_a_world_written_by_an_older_version_private_before_loadi
     monkeypatch.setenv("POPHEALTH_HOME", str(tmp_path / "home"))
     out = tmp_path / "home" / "demo" / "population-10-seed-1-mse"
     (out / "answer_key").mkdir(parents=True)
-    (out / "answer_key" / "world.json").write_text(json.dumps({"population": 10, "seed": 1,
-                                                                "councils": list(MID_AND_SOUTH_ESSEX)}))
+    (out / "answer_key" / "world.json").write_text(
+        json.dumps({"population": 10, "seed": 1, "councils": list(MID_AND_SOUTH_ESSEX)})
+    )
     (out / "gp_register_20250930.csv").write_text("nhs_number\n9434765919\n")
     for path in (out, out / "answer_key"):
         path.chmod(0o755)
@@ -472,8 +539,9 @@ def test_each_council_sends_its_own_social_care_files_and_the_lookup_names_each_
     thurrock = {r["locality_code"] for r in lookup if r["la_code"] == "E06000034"}
     assert thurrock == {"GRAYS", "TILBURY", "STANFORD-LE-HOPE", "AVELEY_OCKENDON"}
     # An LSOA and a locality each lie in one council.
-    assert all(len({r["la_code"] for r in lookup if r["lsoa_code"] == lsoa}) == 1
-               for lsoa in {r["lsoa_code"] for r in lookup})
+    assert all(
+        len({r["la_code"] for r in lookup if r["lsoa_code"] == lsoa}) == 1 for lsoa in {r["lsoa_code"] for r in lookup}
+    )
     by_locality = defaultdict(set)
     for r in lookup:
         by_locality[r["locality_code"]].add(r["la_code"])
@@ -495,8 +563,10 @@ def test_the_answer_key_has_every_metric_for_the_area_each_council_and_each_loca
     councils = {r["geography_code"] for r in metrics if r["geography_level"] == "local_authority"}
     assert councils == set(MID_AND_SOUTH_ESSEX)
     assert {r["geography_code"] for r in metrics if r["geography_level"] == "area"} == {"area"}
-    key = {(r["metric_code"], r["period_type"], r["period_start"], r["geography_level"], r["geography_code"]): r
-           for r in metrics}
+    key = {
+        (r["metric_code"], r["period_type"], r["period_start"], r["geography_level"], r["geography_code"]): r
+        for r in metrics
+    }
     for (code, period_type, start, level, _geo), r in key.items():
         if level != "area":
             continue
@@ -511,24 +581,31 @@ def test_the_answer_key_has_every_metric_for_the_area_each_council_and_each_loca
     assert set(summary["metrics_2024_25_by_council"]) == set(MID_AND_SOUTH_ESSEX)
 
 
-@pytest.mark.parametrize(("code", "period_type", "start", "is_final", "final_on"), [
-    # as of 30 September 2025: readmissions need 0-29 days after the period's last discharge
-    ("emergency_readmissions_30d", "month", "2025-09-01", "false", "2025-10-29"),
-    ("emergency_readmissions_30d", "month", "2025-08-01", "true", "2025-09-29"),  # 31 August + 29 days
-    ("emergency_readmissions_30d", "quarter", "2025-07-01", "false", "2025-10-29"),
-    # reablement needs days 1-91 after discharge
-    ("reablement_91_days_65", "month", "2025-06-01", "true", "2025-09-29"),     # 30 June + 91 days
-    ("reablement_91_days_65", "month", "2025-07-01", "false", "2025-10-30"),
-    ("reablement_91_days_65", "quarter", "2025-04-01", "true", "2025-09-29"),
-    ("reablement_91_days_65", "financial_year", "2024-04-01", "true", "2025-06-30"),
-    # no follow-up: final once the period has ended
-    ("emergency_admissions", "month", "2025-09-01", "true", "2025-09-30"),
-    ("care_home_admissions_65", "quarter", "2025-07-01", "true", "2025-09-30"),
-])
-def test_a_period_is_final_when_its_follow_up_has_ended_by_the_as_of_date(mse, code, period_type, start, is_final,
-                                                                          final_on):
-    rows = [r for r in _read(mse / "answer_key" / "metrics.csv")
-            if (r["metric_code"], r["period_type"], r["period_start"]) == (code, period_type, start)]
+@pytest.mark.parametrize(
+    ("code", "period_type", "start", "is_final", "final_on"),
+    [
+        # as of 30 September 2025: readmissions need 0-29 days after the period's last discharge
+        ("emergency_readmissions_30d", "month", "2025-09-01", "false", "2025-10-29"),
+        ("emergency_readmissions_30d", "month", "2025-08-01", "true", "2025-09-29"),  # 31 August + 29 days
+        ("emergency_readmissions_30d", "quarter", "2025-07-01", "false", "2025-10-29"),
+        # reablement needs days 1-91 after discharge
+        ("reablement_91_days_65", "month", "2025-06-01", "true", "2025-09-29"),  # 30 June + 91 days
+        ("reablement_91_days_65", "month", "2025-07-01", "false", "2025-10-30"),
+        ("reablement_91_days_65", "quarter", "2025-04-01", "true", "2025-09-29"),
+        ("reablement_91_days_65", "financial_year", "2024-04-01", "true", "2025-06-30"),
+        # no follow-up: final once the period has ended
+        ("emergency_admissions", "month", "2025-09-01", "true", "2025-09-30"),
+        ("care_home_admissions_65", "quarter", "2025-07-01", "true", "2025-09-30"),
+    ],
+)
+def test_a_period_is_final_when_its_follow_up_has_ended_by_the_as_of_date(
+    mse, code, period_type, start, is_final, final_on
+):
+    rows = [
+        r
+        for r in _read(mse / "answer_key" / "metrics.csv")
+        if (r["metric_code"], r["period_type"], r["period_start"]) == (code, period_type, start)
+    ]
     assert rows and {(r["is_final"], r["final_on"]) for r in rows} == {(is_final, final_on)}
 
 
@@ -544,11 +621,16 @@ def test_the_answer_key_leaves_out_every_period_a_sender_does_not_cover_wholly()
         if month != date(2024, 7, 1):
             ledger.coverage.append(("apc", "RAJ", month, month_end(month)))
         month = month_end(month) + timedelta(days=1)
-    ledger.coverage += [("cld", "E10000012", date(2023, 10, 1), date(2024, 9, 30)),
-                        ("cld", "E10000012", date(2024, 10, 1), date(2025, 9, 30))]
+    ledger.coverage += [
+        ("cld", "E10000012", date(2023, 10, 1), date(2024, 9, 30)),
+        ("cld", "E10000012", date(2024, 10, 1), date(2025, 9, 30)),
+    ]
     left_out = {(t, s) for t, s, _e in periods()} - covered_periods(ledger)
-    assert left_out == {("month", date(2024, 7, 1)), ("quarter", date(2024, 7, 1)),
-                        ("financial_year", date(2024, 4, 1))}
+    assert left_out == {
+        ("month", date(2024, 7, 1)),
+        ("quarter", date(2024, 7, 1)),
+        ("financial_year", date(2024, 4, 1)),
+    }
     # A council whose data starts late leaves out every period before it, whatever the trusts send.
     ledger.coverage[-2:] = [("cld", "E10000012", date(2025, 1, 1), date(2025, 9, 30))]
     assert min(s for _t, s in covered_periods(ledger)) == date(2025, 1, 1)

@@ -12,7 +12,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 # Every test writes "<process> <test>" to a file as it starts; every build of a world writes "<process> built ...".
-CONFTEST_EXTRA = '''
+CONFTEST_EXTRA = """
 
 import os
 
@@ -28,8 +28,8 @@ def _started(request):
 def world():
     _record("built the session world")
     return []
-'''
-MODULE_WORLD = '''import pytest
+"""
+MODULE_WORLD = """import pytest
 from tests.conftest import _record
 
 @pytest.fixture(scope="module")
@@ -41,26 +41,26 @@ def warehouse():
 def test_module_world(warehouse, n):
     warehouse.append(n)
     assert warehouse == list(range(n + 1))  # the file's order, on one warehouse
-'''
-SESSION_WORLD = '''import pytest
+"""
+SESSION_WORLD = """import pytest
 
 @pytest.mark.parametrize("n", range(3))
 def test_session_world_{name}(world, n):
     world.append("{name}")
-'''
-CLUSTER = '''import pytest
+"""
+CLUSTER = """import pytest
 pytestmark = pytest.mark.cluster
 
 @pytest.mark.parametrize("n", range(3))
 def test_cluster(n):
     pass
-'''
-ALONE = '''import pytest
+"""
+ALONE = """import pytest
 
 @pytest.mark.parametrize("n", range(12))
 def test_alone(n):
     pass
-'''
+"""
 
 
 def run_suite(folder: Path, *args: str) -> tuple[subprocess.CompletedProcess, list[tuple[str, str]]]:
@@ -77,8 +77,14 @@ def run_suite(folder: Path, *args: str) -> tuple[subprocess.CompletedProcess, li
     (folder / "tests" / "test_d_session_two.py").write_text(SESSION_WORLD.format(name="two"))
     (folder / "tests" / "test_e_cluster.py").write_text(CLUSTER)
     record = folder / "record.txt"
-    run = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args, "tests"], cwd=folder,
-                         capture_output=True, text=True, timeout=300, env={**_env(), "RECORD": str(record)})
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args, "tests"],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**_env(), "RECORD": str(record)},
+    )
     lines = [tuple(line.split(" ", 1)) for line in record.read_text().splitlines()] if record.exists() else []
     return run, lines
 
@@ -104,11 +110,16 @@ def test_each_world_is_built_once_on_one_process_and_the_cluster_goes_first(tmp_
     assert [what for _, what in lines].count("built the module world") == 1, lines
     assert [what for _, what in lines].count("built the session world") == 1, lines
     assert processes["test_module_world"] == processes["built the module world"], lines
-    assert (processes["test_session_world_one"] | processes["test_session_world_two"]
-            == processes["built the session world"]), lines
+    assert (
+        processes["test_session_world_one"] | processes["test_session_world_two"]
+        == processes["built the session world"]
+    ), lines
     # The cluster tests (skipped here: no servers) never reach the record; xdist's report says where they ran.
-    cluster = {line.split("]")[0].lstrip("[") for line in run.stdout.splitlines() if "test_cluster[" in line
-               and line.startswith("[gw")}
+    cluster = {
+        line.split("]")[0].lstrip("[")
+        for line in run.stdout.splitlines()
+        if "test_cluster[" in line and line.startswith("[gw")
+    }
     assert len(cluster) == 1, run.stdout[-3000:]
     # The cluster was the first thing its process was given: nothing ran there before it.
     (worker,) = cluster
@@ -127,5 +138,6 @@ def test_without_processes_the_tests_run_serially_in_the_same_groups_order(tmp_p
     # that share nothing
     assert reported[0].startswith("tests/test_e_cluster.py::test_cluster[0]"), reported
     assert [r.split("::")[0].split("_", 2)[-1] for r in reported[3:15]] == (
-        ["session_one.py"] * 3 + ["session_two.py"] * 3 + ["module_world.py"] * 6), reported
+        ["session_one.py"] * 3 + ["session_two.py"] * 3 + ["module_world.py"] * 6
+    ), reported
     assert all("test_a_alone" in r for r in reported[15:]), reported

@@ -50,8 +50,11 @@ def test_the_ui_on_a_real_warehouse_asks_for_a_postgresql_metadata_database_befo
     from pophealth.warehouse import db
 
     said: list[str] = []
-    with config.environment(POPHEALTH_HOME=str(tmp_path), POPHEALTH_AIRFLOW_DATABASE_URL=None,
-                            POPHEALTH_DATABASE_URL="postgresql://owner:s3cret@127.0.0.1:9/pophealth"):
+    with config.environment(
+        POPHEALTH_HOME=str(tmp_path),
+        POPHEALTH_AIRFLOW_DATABASE_URL=None,
+        POPHEALTH_DATABASE_URL="postgresql://owner:s3cret@127.0.0.1:9/pophealth",
+    ):
         assert db.airflow_metadata_url().startswith("sqlite")
         assert webui.serve(port=0, say=said.append) == 2
         assert said and "POPHEALTH_AIRFLOW_DATABASE_URL" in said[0] and "s3cret" not in said[0]
