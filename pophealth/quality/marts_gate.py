@@ -26,13 +26,13 @@ import logging
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from psycopg import sql
 
 from pophealth.quality import validation
 from pophealth.quality.rules import PUBLISHED, MartsRule, failing_rows_condition, has_join, marts_rules, threshold
-from pophealth.quality.validation import EXAMPLE_ROWS, SUMMARY_FAILURES, CheckResult, GateOutcome
+from pophealth.quality.validation import EXAMPLE_ROWS, CheckResult, GateOutcome
 from pophealth.warehouse import db
 
 log = logging.getLogger("pophealth")
@@ -177,40 +177,21 @@ class MartsGateOutcome(GateOutcome):
     schemas: tuple[str, ...] = field(default_factory=tuple)
     table_level: frozenset[str] = frozenset()  # rules that count tiers or columns, not rows
 
-    def summary(self) -> str:
-        """One screen, as the load gates' (validation.GateOutcome.summary): the tally, then each failed rule (errors
-        first) with its reason, threshold, how many rows (or tiers, or columns) and example row numbers in the
-        table's key order; never a value."""
-        counts = {s: sum(1 for r in self.results if r.status == s) for s in ("passed", "failed", "not_applicable")}
-        errors, warns = len(self.failures("error")), len(self.failures("warn"))
-        lines = [
-            f"{' and '.join(self.schemas)}: {SUITE} suite: {counts['passed']} passed, {counts['failed']} failed "
-            f"({errors} error, {warns} warn), {counts['not_applicable']} not applicable"
-        ]
-        ordered = sorted(self.failures(), key=lambda r: (r.severity != "error", r.check_id))
-        for r in ordered[:SUMMARY_FAILURES]:
-            lines.append(f"  {'FAILED' if r.severity == 'error' else 'warning'} [{r.severity}] {r.check_id}: {r.note}")
-            if r.check_id in self.table_level or r.unexpected_count is None:
-                measured = f"observed {r.observed or '?'}"
-            else:
-                measured = f"{r.unexpected_count:,} of {r.row_count:,} rows"
-            examples = ", ".join(str(n) for n in r.example_rows)
-            lines.append(
-                f"      {measured}; threshold: {r.threshold}"
-                + (f"; example rows (row numbers in the table's key order): {examples}" if examples else "")
-            )
-        if len(ordered) > SUMMARY_FAILURES:
-            rest = ordered[SUMMARY_FAILURES:]
-            lines.append(
-                f"  ... and {len(rest)} more failed rules (audit.gate_result): " + ", ".join(r.check_id for r in rest)
-            )
-        skipped: dict[str, list[str]] = {}
-        for r in self.results:
-            if r.status == "not_applicable":
-                skipped.setdefault(r.observed or "not run", []).append(r.check_id)
-        for reason, ids in skipped.items():
-            lines.append(f"  not applicable ({reason}): {', '.join(ids)}")
-        return "\n".join(lines)
+    # One screen, as the load gates' (validation.GateOutcome.summary): each failed rule with how many rows (or
+    # tiers, or columns) and example row numbers in the table's key order; never a value.
+    examples_are: ClassVar[str] = "row numbers in the table's key order"
+    not_applicable_reason: ClassVar[str] = "not run"
+
+    def heading(self) -> str:
+        return f"{' and '.join(self.schemas)}: {SUITE} suite"
+
+    def measured(self, r: CheckResult) -> str:
+        if r.check_id in self.table_level or r.unexpected_count is None:
+            return f"observed {r.observed or '?'}"
+        return f"{r.unexpected_count:,} of {r.row_count:,} rows"
+
+    def footer(self) -> list[str]:
+        return []
 
 
 def _examples(conn, rule: MartsRule, table: sql.Composable, key: tuple[str, ...]) -> list[int]:

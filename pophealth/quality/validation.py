@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pophealth import config
 from pophealth.quality.rules import LoadRule, Rule, RulesError
@@ -68,27 +68,39 @@ class GateOutcome:
     def failures(self, severity: str | None = None) -> list[CheckResult]:
         return [r for r in self.results if r.status == "failed" and (severity is None or r.severity == severity)]
 
+    #: How a failed rule's example rows are numbered, and why a rule did not apply when it does not say.
+    examples_are: ClassVar[str] = "1 = first data row"
+    not_applicable_reason: ClassVar[str] = "column empty in this file"
+
+    def heading(self) -> str:
+        where = f"{self.file_name} (load {self.load_id}): " if self.file_name else ""
+        return f"{where}{self.feed} suite"
+
+    def measured(self, r: CheckResult) -> str:
+        """What a failed rule found: how many rows, or what it observed when it counts no rows."""
+        if r.unexpected_count is not None:
+            return f"{r.unexpected_count:,} of {r.row_count:,} rows"
+        return f"observed {r.observed or '?'}"
+
+    def footer(self) -> list[str]:
+        return [f"  Data Docs (Great Expectations): {data_docs_index()}"]
+
     def summary(self) -> str:
-        """One screen: the file and the tally, then each failed rule (errors first) with its reason, threshold,
-        how many rows and example row numbers; never a value from the file."""
+        """One screen: the file (or schemas) and the tally, then each failed rule (errors first) with its reason,
+        threshold, how many rows and example row numbers; never a value."""
         counts = {s: sum(1 for r in self.results if r.status == s) for s in ("passed", "failed", "not_applicable")}
         errors, warns = len(self.failures("error")), len(self.failures("warn"))
-        where = f"{self.file_name} (load {self.load_id}): " if self.file_name else ""
         lines = [
-            f"{where}{self.feed} suite: {counts['passed']} passed, {counts['failed']} failed "
+            f"{self.heading()}: {counts['passed']} passed, {counts['failed']} failed "
             f"({errors} error, {warns} warn), {counts['not_applicable']} not applicable"
         ]
         ordered = sorted(self.failures(), key=lambda r: (r.severity != "error", r.check_id))
         for r in ordered[:SUMMARY_FAILURES]:
             lines.append(f"  {'FAILED' if r.severity == 'error' else 'warning'} [{r.severity}] {r.check_id}: {r.note}")
-            if r.unexpected_count is not None:
-                measured = f"{r.unexpected_count:,} of {r.row_count:,} rows"
-            else:
-                measured = f"observed {r.observed or '?'}"
             examples = ", ".join(str(n) for n in r.example_rows)
             lines.append(
-                f"      {measured}; threshold: {r.threshold}"
-                + (f"; example rows (1 = first data row): {examples}" if examples else "")
+                f"      {self.measured(r)}; threshold: {r.threshold}"
+                + (f"; example rows ({self.examples_are}): {examples}" if examples else "")
             )
         if len(ordered) > SUMMARY_FAILURES:
             rest = ordered[SUMMARY_FAILURES:]
@@ -98,10 +110,10 @@ class GateOutcome:
         skipped: dict[str, list[str]] = {}
         for r in self.results:
             if r.status == "not_applicable":
-                skipped.setdefault(r.observed or "column empty in this file", []).append(r.check_id)
+                skipped.setdefault(r.observed or self.not_applicable_reason, []).append(r.check_id)
         for reason, ids in skipped.items():
             lines.append(f"  not applicable ({reason}): {', '.join(ids)}")
-        lines.append(f"  Data Docs (Great Expectations): {data_docs_index()}")
+        lines.extend(self.footer())
         return "\n".join(lines)
 
 
