@@ -36,7 +36,7 @@ from pophealth.quality.rules import (
     published_column,
     threshold,
 )
-from pophealth.quality.validation import EXAMPLE_ROWS, CheckResult, GateOutcome
+from pophealth.quality.validation import EXAMPLE_ROWS, CheckResult, GateOutcome, record_results
 from pophealth.warehouse import db
 
 log = logging.getLogger("pophealth")
@@ -361,36 +361,7 @@ def run_load_gate(load_id: int, feed: str, batch_table: str, run_id: str | None 
                 else:
                     _fill_counts(conn, rule, table, ge, result)
             results.append(result)
-        with conn.cursor() as cur:
-            cur.executemany(
-                """INSERT INTO audit.gate_result (load_id, run_id, feed, suite, check_id, expectation, severity,
-                                                  category, subcategory, context, status, observed, observed_number,
-                                                  threshold, unexpected_count, row_count, example_rows, note)
-                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
-                [
-                    (
-                        load_id,
-                        run_id,
-                        feed,
-                        suite_name(feed),
-                        r.check_id,
-                        r.expectation,
-                        r.severity,
-                        r.category,
-                        r.subcategory or None,
-                        r.context or None,
-                        r.status,
-                        r.observed,
-                        r.observed_number,
-                        r.threshold,
-                        r.unexpected_count,
-                        r.row_count,
-                        r.example_rows,
-                        r.note,
-                    )
-                    for r in results
-                ],
-            )
+        record_results(conn, load_id, run_id, feed, suite_name(feed), results)
     outcome = GateOutcome(feed, results, seconds=time.monotonic() - started, file_name=ctx.file_name, load_id=load_id)
     log.info(
         "quality gate for load %d ran %d rules in %.1fs: %s",

@@ -32,7 +32,7 @@ from psycopg import sql
 
 from pophealth.quality import validation
 from pophealth.quality.rules import PUBLISHED, MartsRule, failing_rows_condition, has_join, marts_rules, threshold
-from pophealth.quality.validation import EXAMPLE_ROWS, CheckResult, GateOutcome
+from pophealth.quality.validation import EXAMPLE_ROWS, CheckResult, GateOutcome, record_results
 from pophealth.warehouse import db
 
 log = logging.getLogger("pophealth")
@@ -287,34 +287,7 @@ def run_marts_gate(candidates: bool = True, run_id: str | None = None) -> MartsG
             else:
                 _fill(conn, bound[rule.id], ge, result, table, marts.tables[published])
             results.append(result)
-        with conn.cursor() as cur:
-            cur.executemany(
-                """INSERT INTO audit.gate_result (load_id, run_id, feed, suite, check_id, expectation, severity,
-                                                  category, status, observed, observed_number, threshold,
-                                                  unexpected_count, row_count, example_rows, note)
-                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
-                [
-                    (
-                        LOAD_ID,
-                        run_id,
-                        FEED,
-                        SUITE,
-                        r.check_id,
-                        r.expectation,
-                        r.severity,
-                        r.category,
-                        r.status,
-                        r.observed,
-                        r.observed_number,
-                        r.threshold,
-                        r.unexpected_count,
-                        r.row_count,
-                        r.example_rows,
-                        r.note,
-                    )
-                    for r in results
-                ],
-            )
+        record_results(conn, LOAD_ID, run_id, FEED, SUITE, results)
     outcome = MartsGateOutcome(
         FEED,
         results,

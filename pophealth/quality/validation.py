@@ -52,6 +52,40 @@ class CheckResult:
     context: str = ""
 
 
+def record_results(conn, load_id: int, run_id: str | None, feed: str, suite: str, results: list[CheckResult]) -> None:
+    """Keep every rule's result of one validation in audit.gate_result (both gates: the marts gate's load is 0)."""
+    with conn.cursor() as cur:
+        cur.executemany(
+            """INSERT INTO audit.gate_result (load_id, run_id, feed, suite, check_id, expectation, severity,
+                                              category, subcategory, context, status, observed, observed_number,
+                                              threshold, unexpected_count, row_count, example_rows, note)
+               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+            [
+                (
+                    load_id,
+                    run_id,
+                    feed,
+                    suite,
+                    r.check_id,
+                    r.expectation,
+                    r.severity,
+                    r.category,
+                    r.subcategory or None,
+                    r.context or None,
+                    r.status,
+                    r.observed,
+                    r.observed_number,
+                    r.threshold,
+                    r.unexpected_count,
+                    r.row_count,
+                    r.example_rows,
+                    r.note,
+                )
+                for r in results
+            ],
+        )
+
+
 @dataclass
 class GateOutcome:
     feed: str
