@@ -27,7 +27,18 @@ def suite_with_postgres_bin(folder: Path, postgres_bin: str) -> subprocess.Compl
     (folder / "pytest.ini").write_text("[pytest]\nmarkers =\n  cluster: the cluster\n")
     (folder / "tests" / "test_marked.py").write_text(MARKED)
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "tests"],
+        # Its own basetemp, for the reason given in test_test_processes.run_suite.
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-rs",
+            "-p",
+            "no:cacheprovider",
+            f"--basetemp={folder / 'tmp'}",
+            "tests",
+        ],
         cwd=folder,
         capture_output=True,
         text=True,

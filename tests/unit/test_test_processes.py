@@ -78,7 +78,9 @@ def run_suite(folder: Path, *args: str) -> tuple[subprocess.CompletedProcess, li
     (folder / "tests" / "test_e_cluster.py").write_text(CLUSTER)
     record = folder / "record.txt"
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args, "tests"],
+        # Its own basetemp: without one, pytest makes /tmp/pytest-of-<user> private again (mode 700), and the
+        # embedded PostgreSQL servers of the suite around it, which run as another user, lose their data folders.
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", f"--basetemp={folder / 'tmp'}", *args, "tests"],
         cwd=folder,
         capture_output=True,
         text=True,
