@@ -130,3 +130,23 @@ def test_each_feed_publishes_its_own_raw_table_on_its_declared_schedule():
         schedule = timetable(feed.arrival)
         assert schedule.expression == feed.arrival.cron and str(schedule.timezone) == "Europe/London"
         assert feed.arrival.wait.total_seconds() > 0 and feed.described.endswith(".")
+
+
+OPERATING = Path(__file__).resolve().parents[2] / "docs" / "operating.md"
+
+
+def _said(wait) -> str:
+    days, minutes = wait.days, wait.seconds // 60
+    return f"up to {days} days" if days else f"up to {minutes} minutes"
+
+
+@pytest.mark.parametrize("feed", FEEDS, ids=lambda f: f.name)
+def test_the_operating_guide_gives_each_feeds_schedule_as_declared(feed):
+    """docs/operating.md states the schedules for the data engineer; the declaration is what runs."""
+    rows = [
+        line for line in OPERATING.read_text().splitlines() if line.startswith("|") and f"`ingest_{feed.name}`" in line
+    ]
+    assert len(rows) == 1, f"docs/operating.md's schedule table has no single row for ingest_{feed.name}"
+    cron = feed.arrival.cron
+    assert f"`{cron}`" in rows[0] or (cron == "0 * * * *" and "every hour" in rows[0]), rows[0]
+    assert _said(feed.arrival.wait) in rows[0], rows[0]
