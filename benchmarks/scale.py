@@ -1164,7 +1164,7 @@ def rounded(value):
         return round(value, 3)
     if isinstance(value, dict):
         return {key: rounded(item) for key, item in value.items()}
-    if isinstance(value, list):
+    if isinstance(value, list | tuple):  # os.getloadavg() is a tuple
         return [rounded(item) for item in value]
     return value
 

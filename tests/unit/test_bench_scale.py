@@ -145,6 +145,8 @@ def test_the_figures_written_are_rounded_so_no_long_run_of_digits_is_committed()
         "runs": [[5.112, 7]],
         "cores": 2,
     }
+    # os.getloadavg() gives a tuple: 2.5400390625 passes the check digit as 5400390625
+    assert rounded({"load_average_at_end": (1.73291015625, 2.5400390625)}) == {"load_average_at_end": [1.733, 2.54]}
 
 
 # --- bare pipeline beside the DAGs: the fit, the overhead, the table (hand-worked numbers) --------------------------
