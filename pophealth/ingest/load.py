@@ -659,14 +659,3 @@ def publish_load(load_id: int) -> dict[str, int]:
             (load_id,),
         )
     return changes
-
-
-@dataclass(frozen=True)
-class LoadSummary:
-    feed: str
-    files: int
-    rows_read: int
-    rows_loaded: int
-    rows_quarantined: int
-    rows_opted_out: int
-    last_period: date | None

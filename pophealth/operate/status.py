@@ -83,11 +83,6 @@ def _when(then: datetime | None, now: datetime) -> str:
     return f"{then:%Y-%m-%d %H:%M} UTC ({age(then, now)} ago)" if then else "never"
 
 
-def status_text(landing: Path | None = None) -> tuple[str, bool]:
-    status = collect(landing)
-    return status.text(), status.healthy
-
-
 def collect(landing: Path | None = None) -> Status:
     now = datetime.now(UTC)
     status = Status([f"Warehouse: {db.warehouse_shown()}"])

@@ -64,11 +64,6 @@ def _schema_exists(conn, schema: str) -> bool:
     return conn.execute("SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = %s)", (schema,)).fetchone()[0]
 
 
-def candidates_exist() -> bool:
-    with db.connect() as conn:
-        return all(_schema_exists(conn, schema_of(s, True)) for s in PUBLISHED)
-
-
 def drop_candidates() -> list[str]:
     """Drop candidate schemas left by an earlier run (a refused build), so that dbt builds them afresh."""
     dropped = []

@@ -51,20 +51,6 @@ def blocking_loads() -> list[dict]:
         return latest_refusals(conn)
 
 
-def file_accounts(run_id: str | None = None) -> list[dict]:
-    """Per file: rows read, loaded, quarantined, and whether they add up (read = loaded + quarantined); and, of
-    the rows loaded, those of people with an opt-out (kept for their direct care, left out of secondary use)."""
-    where = "WHERE run_id = %s" if run_id else ""
-    with db.connect() as conn:
-        conn.row_factory = dict_row
-        return conn.execute(
-            f"""SELECT load_id, feed, file_name, status, rows_read, rows_loaded, rows_quarantined, rows_opted_out,
-                       rows_read = rows_loaded + rows_quarantined AS adds_up, message
-                FROM audit.load {where} ORDER BY load_id""",
-            (run_id,) if run_id else (),
-        ).fetchall()
-
-
 def newest_published_load() -> int | None:
     """The newest load that was ever published (a later one superseding it keeps it counted): what a build of
     the marts takes in."""
