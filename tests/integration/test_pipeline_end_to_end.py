@@ -25,7 +25,8 @@ from .conftest import (
 )
 from .identifiable import identifiable_values
 
-pytestmark = pytest.mark.integration
+# The end-to-end run's world (the session's) takes minutes: its group is handed out first (tests/conftest.py).
+pytestmark = [pytest.mark.integration, pytest.mark.long_world]
 
 PERSON_COLUMNS = (
     "person_id",

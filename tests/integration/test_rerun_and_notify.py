@@ -26,6 +26,9 @@ from tests.integration.conftest import (
 )
 from tests.integration.listeners import RECIPIENT, listening
 
+# Its world and its DAG runs take minutes: its group is handed out early (tests/conftest.py).
+pytestmark = pytest.mark.long_world
+
 
 class Small:
     def __init__(self, home: Path, landing: Path, url: str):
