@@ -2,7 +2,10 @@
 
 Hypothesis runs derandomized, with no example database: the same examples on every machine and every run, so a
 property test fails for a reason a rerun shows, never by the luck of a draw (issue 19: a local id `8` once met a
-birth month `8`).
+birth month `8`). No deadline either: an example's time says how loaded the machine is (the test command shares two
+cores between three processes and their servers), not whether the property holds, and Hypothesis fails an example
+that took over 200 ms once and under it when run again as "Flaky". The number of examples stays bounded: each test's
+own `max_examples`, or Hypothesis's 100.
 
 The tests marked `cluster` (tests/integration/test_cluster.py: the deployment's topology brought up on this
 machine's servers) run in the test command when Debian's PostgreSQL server and redis-server are present (./dev.sh
@@ -22,7 +25,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import settings
 
-settings.register_profile("pophealth", derandomize=True, database=None)
+settings.register_profile("pophealth", derandomize=True, database=None, deadline=None)
 settings.load_profile("pophealth")
 
 
