@@ -242,6 +242,30 @@ def marts_built_from(landing: Path, home: Path, key: str, timeout: int) -> Itera
         subprocess.run([sys.executable, "-m", "pophealth.cli", "db", "stop"], env=env, capture_output=True)
 
 
+@dataclass
+class SmallWorld:
+    """The small world's warehouse (`small_world`): where it lives, its landing folder, its URL."""
+
+    home: Path
+    landing: Path
+    url: str
+
+
+@pytest.fixture(scope="session")
+def small_world(tmp_path_factory) -> Iterator[SmallWorld]:
+    """A small world (300 people, seed 11) loaded and its marts built without Airflow, for the modules that work
+    with a built warehouse as its users do (test_access, test_dbt_docs, test_status). Each built this very
+    warehouse for itself; now it is built once (46 s at load 6), and they run one after the other on one process
+    (tests/conftest.py), in the files' order. What one adds (audit rows, a logged re-identification) none of the
+    others counts; what one changes for a test it puts back (a refused load delivered again, refused candidates
+    dropped, the register set aside for the documentation moved back), but for test_status's last test, which
+    rotates the linkage key: a module that comes after it sees the new key."""
+    home = tmp_path_factory.mktemp("small-world")
+    landing = synth_world(home, population=300, seed=11)
+    with marts_built_from(landing, home, TEST_KEY, timeout=900) as url:
+        yield SmallWorld(home, landing, url)
+
+
 #: The end-to-end world is Mid and South Essex: three councils, Thurrock's and Southend's own locality codes.
 COUNCILS = "E10000012,E06000033,E06000034"
 
