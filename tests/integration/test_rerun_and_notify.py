@@ -1,7 +1,7 @@
 """Re-running a past period with one command, idempotently; a failed gate in a real DAG run reaches people.
 
-One generated world (the end-to-end size and seed, so the marts gate's rules hold), loaded and built without
-Airflow (conftest.marts_built_from); the commands under test then run the real DAGs through Airflow.
+The marts gate's world (conftest.every_month_world: every period computed, so the marts gate's rules hold), loaded
+and built without Airflow; the commands under test then run the real DAGs through Airflow.
 """
 
 from __future__ import annotations
@@ -15,15 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import (
-    POPULATION,
-    SEED,
-    TEST_KEY,
-    break_one_hospital_file,
-    isolated_env,
-    marts_built_from,
-    synth_world,
-)
+from tests.integration.conftest import break_one_hospital_file, isolated_env
 from tests.integration.listeners import RECIPIENT, listening
 
 # Its world and its DAG runs take minutes: its group is handed out early (tests/conftest.py).
@@ -52,11 +44,8 @@ class Small:
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    home = tmp_path_factory.mktemp("rerun")
-    landing = synth_world(home, POPULATION, SEED)
-    with marts_built_from(landing, home, TEST_KEY, timeout=1800) as url:
-        yield Small(home, landing, url)
+def built(every_month_world):
+    return Small(every_month_world.home, every_month_world.landing, every_month_world.url)
 
 
 def _copy_landing(built: Small, tmp_path: Path) -> Path:
