@@ -60,10 +60,12 @@ class World:
 
     # The timeout only catches a hang: the whole run of the DAGs on 2,000 people, beside the test command's other
     # processes on a shared 2-core machine, once took more than 25 minutes (issue 19), so an hour.
-    def pophealth(self, *args: str, check: bool = False, timeout: int = 3600) -> subprocess.CompletedProcess:
+    def pophealth(
+        self, *args: str, check: bool = False, timeout: int = 3600, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess:
         proc = subprocess.run(
             [sys.executable, "-m", "pophealth.cli", *args],
-            env=self.env,
+            env={**self.env, **(env or {})},
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -272,9 +274,9 @@ def every_month_world(tmp_path_factory) -> Iterator[SharedWorld]:
     """1,200 people (seed 11): the smallest world of this seed in which every trust discharges someone every month,
     so every period is computed (a smaller world leaves months out, rightly), September's readmissions are
     provisional and the marts gate's rules hold. Loaded and built without Airflow, for test_marts_gate and then
-    test_rerun_and_notify (the files' order, one process: tests/conftest.py). What the rerun's tests show (a rerun
-    replaces one period, a failed gate reaches people) does not depend on the world's size, only on the marts gate
-    passing, so they no longer build a world of 2,000 for themselves. test_marts_gate leaves the published marts as
+    test_rerun (the files' order, one process: tests/conftest.py). What the rerun's tests show (a rerun replaces one
+    period and a second changes nothing) does not depend on the world's size, only on the marts gate passing, so
+    they no longer build a world of 2,000 for themselves. test_marts_gate leaves the published marts as
     they were after each broken candidate, and publishes good candidates only."""
     home = tmp_path_factory.mktemp("every-month")
     landing = synth_world(home, population=1200, seed=11)
