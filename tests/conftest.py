@@ -2,7 +2,10 @@
 
 Hypothesis runs derandomized, with no example database: the same examples on every machine and every run, so a
 property test fails for a reason a rerun shows, never by the luck of a draw (issue 19: a local id `8` once met a
-birth month `8`).
+birth month `8`). No deadline either: an example's time says how loaded the machine is (the test command shares two
+cores between three processes and their servers), not whether the property holds, and Hypothesis fails an example
+that took over 200 ms once and under it when run again as "Flaky". The number of examples stays bounded: each test's
+own `max_examples`, or Hypothesis's 100.
 
 The tests marked `cluster` (tests/integration/test_cluster.py: the deployment's topology brought up on this
 machine's servers) run in the test command when Debian's PostgreSQL server and redis-server are present (./dev.sh
@@ -12,8 +15,9 @@ The test command runs the tests on several processes (pytest-xdist, ./dev.sh tes
 that is expensive to build (a module's or the session's warehouse, a DAG run, a dbt build) is built by fixtures
 of module or session scope; every test that uses one is put in the same group (`xdist_group`), so that one process
 runs them all, in the file's order, and the world is built once, as in a serial run. The cluster tests, the
-longest single group and the only one on fixed ports, are sent first, to one process, and the rest run beside
-them. `./dev.sh test -n 0` runs serially, in the same order.
+longest single group and the only one on fixed ports, are sent first, to one process; then the groups of the
+tests marked `long_world` (a world that takes minutes), and the rest run beside them. `./dev.sh test -n 0` runs
+serially, in the same order.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import settings
 
-settings.register_profile("pophealth", derandomize=True, database=None)
+settings.register_profile("pophealth", derandomize=True, database=None, deadline=None)
 settings.load_profile("pophealth")
 
 
@@ -91,12 +95,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     groups = group_for_processes(items)
 
     # xdist hands out the groups in this order (`--no-loadscope-reorder`): the longest first, so that they start
-    # at once side by side: the cluster, then the session's world (the end-to-end run and every module that
-    # works on it, one after the other), then the modules' worlds, then the tests that share nothing, which fill
-    # the processes' ends evenly. A stable sort: within each, the files' own order.
+    # at once side by side and none starts late and ends the run alone: the cluster; then the groups that hold a
+    # test marked `long_world` (the end-to-end run's, the million-row file's, the rerun's: minutes each); then the
+    # other session worlds (every module that works on one, one after the other), then the modules' worlds, then
+    # the tests that share nothing, which fill the processes' ends evenly. A stable sort: within each, the files'
+    # own order.
+    long_groups = {groups.get(item.nodeid.split("::", 1)[0]) for item in items if item.get_closest_marker("long_world")}
+
     def rank(item: pytest.Item) -> int:
         group = groups.get(item.nodeid.split("::", 1)[0])
-        return 0 if group == "cluster" else 1 if group and group.startswith("session-") else 2 if group else 3
+        if group is None:
+            return 4
+        return 0 if group == "cluster" else 1 if group in long_groups else 2 if group.startswith("session-") else 3
 
     items.sort(key=rank)
     if getattr(config.option, "loadgroup", False):  # set on xdist's test processes under --dist loadgroup

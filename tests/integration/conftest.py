@@ -60,10 +60,12 @@ class World:
 
     # The timeout only catches a hang: the whole run of the DAGs on 2,000 people, beside the test command's other
     # processes on a shared 2-core machine, once took more than 25 minutes (issue 19), so an hour.
-    def pophealth(self, *args: str, check: bool = False, timeout: int = 3600) -> subprocess.CompletedProcess:
+    def pophealth(
+        self, *args: str, check: bool = False, timeout: int = 3600, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess:
         proc = subprocess.run(
             [sys.executable, "-m", "pophealth.cli", *args],
-            env=self.env,
+            env={**self.env, **(env or {})},
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -240,6 +242,46 @@ def marts_built_from(landing: Path, home: Path, key: str, timeout: int) -> Itera
         yield url
     finally:
         subprocess.run([sys.executable, "-m", "pophealth.cli", "db", "stop"], env=env, capture_output=True)
+
+
+@dataclass
+class SharedWorld:
+    """A world's warehouse that several modules share (`small_world`, `every_month_world`): where it lives, its
+    landing folder, its URL."""
+
+    home: Path
+    landing: Path
+    url: str
+
+
+@pytest.fixture(scope="session")
+def small_world(tmp_path_factory) -> Iterator[SharedWorld]:
+    """A small world (300 people, seed 11) loaded and its marts built without Airflow, for the modules that work
+    with a built warehouse as its users do (test_access, test_dbt_docs, test_status). Each built this very
+    warehouse for itself; now it is built once (46 s at load 6), and they run one after the other on one process
+    (tests/conftest.py), in the files' order. What one adds (audit rows, a logged re-identification) none of the
+    others counts; what one changes for a test it puts back (a refused load delivered again, refused candidates
+    dropped, the register set aside for the documentation moved back), but for test_status's last test, which
+    rotates the linkage key: a module that comes after it sees the new key."""
+    home = tmp_path_factory.mktemp("small-world")
+    landing = synth_world(home, population=300, seed=11)
+    with marts_built_from(landing, home, TEST_KEY, timeout=900) as url:
+        yield SharedWorld(home, landing, url)
+
+
+@pytest.fixture(scope="session")
+def every_month_world(tmp_path_factory) -> Iterator[SharedWorld]:
+    """1,200 people (seed 11): the smallest world of this seed in which every trust discharges someone every month,
+    so every period is computed (a smaller world leaves months out, rightly), September's readmissions are
+    provisional and the marts gate's rules hold. Loaded and built without Airflow, for test_marts_gate and then
+    test_rerun (the files' order, one process: tests/conftest.py). What the rerun's tests show (a rerun replaces one
+    period and a second changes nothing) does not depend on the world's size, only on the marts gate passing, so
+    they no longer build a world of 2,000 for themselves. test_marts_gate leaves the published marts as
+    they were after each broken candidate, and publishes good candidates only."""
+    home = tmp_path_factory.mktemp("every-month")
+    landing = synth_world(home, population=1200, seed=11)
+    with marts_built_from(landing, home, TEST_KEY, timeout=900) as url:
+        yield SharedWorld(home, landing, url)
 
 
 #: The end-to-end world is Mid and South Essex: three councils, Thurrock's and Southend's own locality codes.

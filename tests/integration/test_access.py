@@ -19,19 +19,16 @@ from psycopg import errors
 
 from pophealth.warehouse.db import parse_url
 
-from .conftest import TEST_KEY, isolated_env, marts_built_from, published_id, synth_world, with_vault_private_key
+from .conftest import TEST_KEY, isolated_env, published_id, with_vault_private_key
 from .conftest import BuiltWarehouse as Warehouse
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def warehouse(tmp_path_factory):
-    home = tmp_path_factory.mktemp("access")
-    env = isolated_env(home)
-    landing = synth_world(home, population=300, seed=11)
-    with marts_built_from(landing, home, TEST_KEY, timeout=900) as url:
-        yield Warehouse(url, landing, with_vault_private_key(env))  # the loads had the public key only
+def warehouse(small_world):
+    env = with_vault_private_key(isolated_env(small_world.home))  # the loads had the public key only
+    return Warehouse(small_world.url, small_world.landing, env)
 
 
 def person_id(number: str) -> str:

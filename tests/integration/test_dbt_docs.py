@@ -19,7 +19,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from .conftest import REPO, TEST_KEY, isolated_env, marts_built_from, synth_world
+from .conftest import REPO, isolated_env
 
 pytestmark = pytest.mark.integration
 
@@ -27,23 +27,26 @@ PUBLISHED = ("marts", "reporting")
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory):
-    home = tmp_path_factory.mktemp("docs")
-    landing = synth_world(home, population=300, seed=11)
-    env = isolated_env(home)
-    with marts_built_from(landing, home, TEST_KEY, timeout=900) as url:
-        # A warehouse built before the data sharing register's seed existed must still get its documentation.
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute("DROP TABLE reference.data_sharing_register")
-        proc = subprocess.run(
-            [sys.executable, "-m", "pophealth.cli", "docs", "--static"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
+def site(small_world):
+    env = isolated_env(small_world.home)
+    # A warehouse built before the data sharing register's seed existed must still get its documentation. The
+    # register is set aside (not dropped) and put back after: the warehouse is shared (conftest.small_world).
+    with psycopg.connect(small_world.url, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA docs_test_aside")
+        conn.execute("ALTER TABLE reference.data_sharing_register SET SCHEMA docs_test_aside")
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-m", "pophealth.cli", "docs", "--static"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
+        finally:
+            conn.execute("ALTER TABLE docs_test_aside.data_sharing_register SET SCHEMA reference")
+            conn.execute("DROP SCHEMA docs_test_aside")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    target = home / "state" / "dbt_target"
+    target = small_world.home / "state" / "dbt_target"
     assert f"Single-file site (open it in a browser): {target / 'static_index.html'}" in proc.stdout
     return target
 

@@ -15,8 +15,6 @@ from pophealth.config import environment
 from pophealth.quality.marts_gate import PUBLISHED, READER
 from pophealth.warehouse.db import parse_url
 
-from .conftest import TEST_KEY, marts_built_from, synth_world
-
 pytestmark = pytest.mark.integration
 
 FINGERPRINT = (
@@ -27,15 +25,12 @@ FINGERPRINT = (
 
 
 @pytest.fixture(scope="module")
-def warehouse(tmp_path_factory):
-    home = tmp_path_factory.mktemp("marts_gate")
-    # 1,200 people: the smallest world of this seed in which every trust discharges someone every month, so every
-    # period is computed (a smaller world leaves months out, rightly) and September's readmissions are provisional.
-    landing = synth_world(home, population=1200, seed=11)
-    with marts_built_from(landing, home, TEST_KEY, timeout=900) as url:
-        # The gate runs in this process against the test's server.
-        with environment(POPHEALTH_HOME=str(home / "state"), POPHEALTH_DATABASE_URL=url):
-            yield url
+def warehouse(every_month_world):
+    # The gate runs in this process against the test's server.
+    with environment(
+        POPHEALTH_HOME=str(every_month_world.home / "state"), POPHEALTH_DATABASE_URL=every_month_world.url
+    ):
+        yield every_month_world.url
 
 
 def owner(url: str) -> psycopg.Connection:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
+import re
 import shutil
 
 import pytest
@@ -24,8 +26,10 @@ from .conftest import (
     published_id,
 )
 from .identifiable import identifiable_values
+from .listeners import RECIPIENT, listening
 
-pytestmark = pytest.mark.integration
+# The end-to-end run's world (the session's) takes minutes: its group is handed out first (tests/conftest.py).
+pytestmark = [pytest.mark.integration, pytest.mark.long_world]
 
 PERSON_COLUMNS = (
     "person_id",
@@ -247,15 +251,30 @@ def test_a_second_run_is_safe_and_changes_nothing(world):
     )
 
 
-def test_a_failed_gate_stops_the_marts_and_they_keep_their_last_good_state(world, tmp_path):
+def test_a_failed_gate_reaches_people_stops_the_marts_and_they_keep_their_last_good_state(world, tmp_path):
     before = world.query("SELECT md5(string_agg(p::text, ',' ORDER BY person_id)) FROM marts.person p")
     builds_before = world.query("SELECT count(*) FROM audit.dbt_result")
     landing = tmp_path / "landing"
     shutil.copytree(world.landing, landing, ignore=shutil.ignore_patterns("answer_key"))
     apc = break_one_hospital_file(landing)
 
-    failed = world.pophealth("dag", "ingest_apc", "--landing", str(landing))
-    assert failed.returncode != 0
+    # The failed run is sent to a real webhook and SMTP server on 127.0.0.1 (the notifications' own test: one
+    # failed DAG run shows both what the gate stops and who is told).
+    with listening() as inbox:
+        failed = world.pophealth("dag", "ingest_apc", "--landing", str(landing), env=inbox.env(), timeout=600)
+        assert failed.returncode != 0
+        inbox.wait(30)
+    # One failed task, the load of the broken file (its map index is its group's place among the new files).
+    assert len(inbox.posts) == 1
+    post = inbox.posts[0]
+    assert post["dag"] == "ingest_apc" and re.fullmatch(r"load\[\d+\]", post["task"])
+    assert re.fullmatch(rf"QUALITY GATE FAILED for {re.escape(apc.name)} \(load \d+\)", post["what"])
+    assert post["run"].startswith("manual__") and "Airflow UI" in post["where"]
+    assert len(inbox.emails) == 1
+    assert f"Subject: pophealth: ingest_apc.{post['task']} failed" in inbox.emails[0]
+    assert f"To: {RECIPIENT}" in inbox.emails[0] and "QUALITY GATE FAILED" in inbox.emails[0]
+    assert not re.search(r"(?<!\d)\d{10}(?!\d)", json.dumps(inbox.posts) + inbox.emails[0])
+
     ((status, message),) = world.query(
         "SELECT status, message FROM audit.load WHERE file_name = %s ORDER BY load_id DESC LIMIT 1", (apc.name,)
     )

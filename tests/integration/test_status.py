@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import TEST_KEY, TEST_VAULT_PRIVATE_KEY, BuiltWarehouse, isolated_env, marts_built_from, synth_world
+from .conftest import TEST_VAULT_PRIVATE_KEY, BuiltWarehouse, isolated_env
 from .test_marts_gate import copy_to_candidates
 
 pytestmark = pytest.mark.integration
@@ -43,11 +43,8 @@ STAGE_GATE_PUBLISH = """
 
 
 @pytest.fixture(scope="module")
-def warehouse(tmp_path_factory):
-    home = tmp_path_factory.mktemp("status")
-    landing = synth_world(home, population=300, seed=11)
-    with marts_built_from(landing, home, TEST_KEY, timeout=900) as url:
-        yield Warehouse(url, landing, isolated_env(home))
+def warehouse(small_world):
+    return Warehouse(small_world.url, small_world.landing, isolated_env(small_world.home))
 
 
 def latest_apc(landing: Path) -> Path:

@@ -544,25 +544,38 @@ FORMULA_VALUES = {
 
 
 def write_million(good: Good, path: Path, rows: int = MILLION, bad_row: int = MILLION_BAD_ROW) -> None:
-    """The million-row file, streamed: good rows repeated with fresh episode and spell keys, one bad row."""
+    """The million-row file: the good rows repeated, block after block, with fresh episode and spell keys (the
+    block's number appended to both), and the row `bad_row` (counted from 1) with an impossible admission date.
+
+    Each good row is rendered as CSV once, cut where its keys end; a block is those pieces joined with the block's
+    suffix, written in one call. Written row by row with the csv module it took 3.5 s; the file is byte for byte
+    the same (tests/unit/test_robustness_spec.py)."""
     epikey, spell, admidate = good.col("epikey"), good.col("spell_id"), good.col("admidate")
+    cut = "\0"  # no extract value holds a NUL, and the csv module does not quote one
+
+    def line(row: list[str]) -> str:
+        out = io.StringIO()
+        csv.writer(out, lineterminator="\n").writerow(row)
+        return out.getvalue()
+
+    def keyed(row: list[str]) -> list[str]:
+        fresh = list(row)
+        fresh[epikey] += cut
+        fresh[spell] += cut
+        return fresh
+
+    pieces = [line(keyed(row)).split(cut) for row in good.rows]
+    per_block = len(good.rows)
     with path.open("w", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(good.header)
-        n = 0
-        block = 0
-        while n < rows:
-            for row in good.rows:
-                if n == rows:
-                    break
-                n += 1
-                fresh = list(row)
-                fresh[epikey] = f"{row[epikey]}B{block}"
-                fresh[spell] = f"{row[spell]}B{block}"
-                if n == bad_row:
-                    fresh[admidate] = "2025-02-30"
-                writer.writerow(fresh)
-            block += 1
+        handle.write(line(good.header))
+        for block, first in enumerate(range(0, rows, per_block)):
+            suffix = f"B{block}"
+            lines = [suffix.join(p) for p in pieces[: rows - first]]
+            if first < bad_row <= first + per_block:
+                bad = keyed(good.rows[bad_row - first - 1])
+                bad[admidate] = "2025-02-30"
+                lines[bad_row - first - 1] = suffix.join(line(bad).split(cut))
+            handle.write("".join(lines))
 
 
 # ---------------------------------------------------------------------------------------------------- faults

@@ -202,6 +202,7 @@ def test_each_bad_input_gets_its_exact_outcome_and_loses_nothing(warehouse, case
         assert stored == [tuple(FORMULA_VALUES.values())]
 
 
+@pytest.mark.long_world  # minutes: its module is handed out early, not left to end the run (tests/conftest.py)
 def test_a_million_row_file_with_one_bad_row_loads_the_rest(warehouse, record_property):
     case = next(c for c in CASES if c.id == "million_rows_one_bad")
     path = case_path(warehouse, case)

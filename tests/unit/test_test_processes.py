@@ -55,6 +55,21 @@ pytestmark = pytest.mark.cluster
 def test_cluster(n):
     pass
 """
+LONG_WORLD = """import pytest
+from tests.conftest import _record
+
+@pytest.fixture(scope="module")
+def big_file():
+    _record("built the long world")
+    return []
+
+def test_long_world_first(big_file):
+    big_file.append(1)
+
+@pytest.mark.long_world
+def test_long_world_second(big_file):
+    assert big_file == [1]
+"""
 ALONE = """import pytest
 
 @pytest.mark.parametrize("n", range(12))
@@ -70,12 +85,13 @@ def run_suite(folder: Path, *args: str) -> tuple[subprocess.CompletedProcess, li
     (folder / "tests" / "conftest.py").write_text((REPO / "tests" / "conftest.py").read_text() + CONFTEST_EXTRA)
     # no servers: the cluster tests are skipped, but scheduled all the same
     (folder / "infra" / "deployment.yml").write_text(f"cluster:\n  postgres_bin: {folder / 'none'}\n")
-    (folder / "pytest.ini").write_text("[pytest]\nmarkers =\n  cluster: the cluster\n")
+    (folder / "pytest.ini").write_text("[pytest]\nmarkers =\n  cluster: the cluster\n  long_world: a long world\n")
     (folder / "tests" / "test_a_alone.py").write_text(ALONE)
     (folder / "tests" / "test_b_module_world.py").write_text(MODULE_WORLD)
     (folder / "tests" / "test_c_session_one.py").write_text(SESSION_WORLD.format(name="one"))
     (folder / "tests" / "test_d_session_two.py").write_text(SESSION_WORLD.format(name="two"))
     (folder / "tests" / "test_e_cluster.py").write_text(CLUSTER)
+    (folder / "tests" / "test_f_long_world.py").write_text(LONG_WORLD)
     record = folder / "record.txt"
     run = subprocess.run(
         # Its own basetemp: without one, pytest makes /tmp/pytest-of-<user> private again (mode 700), and the
@@ -100,7 +116,7 @@ def _env() -> dict[str, str]:
 def test_each_world_is_built_once_on_one_process_and_the_cluster_goes_first(tmp_path):
     run, lines = run_suite(tmp_path, "-n", "3", "--dist", "loadgroup", "--no-loadscope-reorder", "-v")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert "24 passed, 3 skipped" in run.stdout, run.stdout[-3000:]
+    assert "26 passed, 3 skipped" in run.stdout, run.stdout[-3000:]
     processes = defaultdict(set)
     order = defaultdict(list)
     for process, what in lines:
@@ -111,6 +127,7 @@ def test_each_world_is_built_once_on_one_process_and_the_cluster_goes_first(tmp_
     # ... but each world was built once, and all its tests ran beside it.
     assert [what for _, what in lines].count("built the module world") == 1, lines
     assert [what for _, what in lines].count("built the session world") == 1, lines
+    assert [what for _, what in lines].count("built the long world") == 1, lines
     assert processes["test_module_world"] == processes["built the module world"], lines
     assert (
         processes["test_session_world_one"] | processes["test_session_world_two"]
@@ -132,14 +149,14 @@ def test_each_world_is_built_once_on_one_process_and_the_cluster_goes_first(tmp_
 def test_without_processes_the_tests_run_serially_in_the_same_groups_order(tmp_path):
     run, lines = run_suite(tmp_path, "-n", "0", "-v")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert "24 passed, 3 skipped" in run.stdout
+    assert "26 passed, 3 skipped" in run.stdout
     assert {process for process, _ in lines} == {"serial"}
     reported = [line.split(" ")[0] for line in run.stdout.splitlines() if line.startswith("tests/")]
     assert not any("@" in r for r in reported), reported  # the ids are the tests' own
-    # the cluster first, then the session's world, then the module's, each in the files' order, then the tests
-    # that share nothing
+    # the cluster first, then the group of a test marked long_world (the whole module: its world), then the
+    # session's world, then the module's, each in the files' order, then the tests that share nothing
     assert reported[0].startswith("tests/test_e_cluster.py::test_cluster[0]"), reported
-    assert [r.split("::")[0].split("_", 2)[-1] for r in reported[3:15]] == (
-        ["session_one.py"] * 3 + ["session_two.py"] * 3 + ["module_world.py"] * 6
+    assert [r.split("::")[0].split("_", 2)[-1] for r in reported[3:17]] == (
+        ["long_world.py"] * 2 + ["session_one.py"] * 3 + ["session_two.py"] * 3 + ["module_world.py"] * 6
     ), reported
-    assert all("test_a_alone" in r for r in reported[15:]), reported
+    assert all("test_a_alone" in r for r in reported[17:]), reported

@@ -1,12 +1,12 @@
-"""Re-running a past period with one command, idempotently; a failed gate in a real DAG run reaches people.
+"""Re-running a past period with one command, idempotently (a failed gate in a real DAG run reaching people is
+test_pipeline_end_to_end's, on its failed run).
 
-One generated world (the end-to-end size and seed, so the marts gate's rules hold), loaded and built without
-Airflow (conftest.marts_built_from); the commands under test then run the real DAGs through Airflow.
+The marts gate's world (conftest.every_month_world: every period computed, so the marts gate's rules hold), loaded
+and built without Airflow; the commands under test then run the real DAGs through Airflow.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import subprocess
@@ -15,16 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import (
-    POPULATION,
-    SEED,
-    TEST_KEY,
-    break_one_hospital_file,
-    isolated_env,
-    marts_built_from,
-    synth_world,
-)
-from tests.integration.listeners import RECIPIENT, listening
+from tests.integration.conftest import isolated_env
+
+# Its world and its DAG runs take minutes: its group is handed out early (tests/conftest.py).
+pytestmark = pytest.mark.long_world
 
 
 class Small:
@@ -49,11 +43,8 @@ class Small:
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    home = tmp_path_factory.mktemp("rerun")
-    landing = synth_world(home, POPULATION, SEED)
-    with marts_built_from(landing, home, TEST_KEY, timeout=1800) as url:
-        yield Small(home, landing, url)
+def built(every_month_world):
+    return Small(every_month_world.home, every_month_world.landing, every_month_world.url)
 
 
 def _copy_landing(built: Small, tmp_path: Path) -> Path:
@@ -123,27 +114,3 @@ def test_a_rerun_names_what_is_wrong_with_its_arguments(built):
     assert bad_date.returncode == 2 and "YYYY-MM-DD" in bad_date.stderr
     bad_feed = built.pophealth("rerun", "--feed", "hes", "--period", "2025-03-31", "--landing", str(built.landing))
     assert bad_feed.returncode == 2 and "unknown feed 'hes'" in bad_feed.stderr
-
-
-def test_a_failed_gate_in_a_real_dag_run_reaches_a_webhook_and_an_email(built, tmp_path):
-    landing = _copy_landing(built, tmp_path)
-    apc = break_one_hospital_file(landing)
-    try:
-        with listening() as inbox:
-            failed = built.pophealth("dag", "ingest_apc", "--landing", str(landing), env=inbox.env(), timeout=600)
-            assert failed.returncode != 0
-            inbox.wait(30)
-        # One failed task, the load of the broken file (its map index is its group's place among the new files).
-        assert len(inbox.posts) == 1
-        post = inbox.posts[0]
-        assert post["dag"] == "ingest_apc" and re.fullmatch(r"load\[\d+\]", post["task"])
-        assert re.fullmatch(rf"QUALITY GATE FAILED for {re.escape(apc.name)} \(load \d+\)", post["what"])
-        assert post["run"].startswith("manual__") and "Airflow UI" in post["where"]
-        assert len(inbox.emails) == 1
-        assert f"Subject: pophealth: ingest_apc.{post['task']} failed" in inbox.emails[0]
-        assert f"To: {RECIPIENT}" in inbox.emails[0] and "QUALITY GATE FAILED" in inbox.emails[0]
-        assert not re.search(r"(?<!\d)\d{10}(?!\d)", json.dumps(inbox.posts) + inbox.emails[0])
-    finally:
-        # Deliver the good file again (recorded as a duplicate): the period is no longer refused.
-        shutil.copy(built.landing / apc.name, apc)
-        assert built.pophealth("dag", "ingest_apc", "--landing", str(landing)).returncode == 0
