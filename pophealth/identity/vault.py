@@ -42,7 +42,9 @@ from pophealth.warehouse import db
 #: Entries kept in memory per file to skip re-encrypting a pseudonym seen on an earlier row (an episode
 #: per row, many rows per person); cleared when full, so memory stays bounded whatever the file size.
 _RECENT_LIMIT = 200_000
-_NONCE_BYTES = 12  # AES-GCM's 96-bit nonce, random per entry: far below the 2^32 entries a key may take
+#: AES-GCM's 96-bit nonce, random per entry: a data key takes one file's entries (a rotation's, the vault's), far
+#: below the 2^32 encryptions NIST SP 800-38D allows one key with random nonces.
+_NONCE_BYTES = 12
 
 
 class VaultError(RuntimeError):
@@ -50,7 +52,6 @@ class VaultError(RuntimeError):
 
 
 _SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
-_ENC_BYTES = hpke.KEM.X25519.enc_length()
 _DOES_NOT_OPEN = "a vault entry does not open with this vault private key (wrong key, or tampered)"
 
 
@@ -128,11 +129,14 @@ class VaultOpener(VaultSealer):
     def __init__(self, key: VaultPrivateKey):
         super().__init__(key.public_key())
         self._private = key.x25519()
-        self._opened: dict[str, DataKey] = {}
+        self._opened: dict[tuple[str, int | None, bytes], DataKey] = {}
 
     def open_data_key(self, data_key_id: str, load_id: int | None, wrapped: bytes) -> DataKey:
         data_key_id = str(data_key_id)
-        opened = self._opened.get(data_key_id)
+        # Cached by the whole stored row, so a row that names a cached id with another load or wrapping is
+        # unwrapped (and refused) on its own.
+        row = (data_key_id, load_id, bytes(wrapped))
+        opened = self._opened.get(row)
         if opened is None:
             info = _data_key_info(data_key_id, load_id, self.version)
             try:
@@ -141,7 +145,7 @@ class VaultOpener(VaultSealer):
                 raise VaultError(
                     "a vault data key does not open with this vault private key (wrong key, or tampered)"
                 ) from None
-            opened = self._opened[data_key_id] = DataKey(data_key_id, load_id, secret)
+            opened = self._opened[row] = DataKey(data_key_id, load_id, secret)
         return opened
 
     def decrypt(
