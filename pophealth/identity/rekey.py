@@ -31,7 +31,7 @@ from pophealth.contract.feeds import PSEUDONYM_COLUMNS
 from pophealth.contract.identifiers import NhsNumber
 from pophealth.identity.keys import LinkageKey, VaultPrivateKey, VaultPublicKey
 from pophealth.identity.pseudonymise import Pseudonymiser
-from pophealth.identity.vault import VaultError, VaultOpener, VaultSealer
+from pophealth.identity.vault import VaultError, VaultOpener, VaultSealer, store_data_key
 from pophealth.warehouse import db
 from pophealth.warehouse.schema import PERSONAL_TABLES, prepare_warehouse, warehouse_key_version
 
@@ -73,21 +73,27 @@ def _pseudonym_columns(conn: psycopg.Connection) -> list[tuple[str, str, str]]:
 
 def _build_mapping(
     conn: psycopg.Connection, old: LinkageKey, new: LinkageKey, cipher: VaultOpener, progress: Callable[[str], None]
-) -> int:
-    """Fill the session's temporary mapping from the vault; returns how many pseudonyms it maps."""
+) -> tuple[int, str, set[str]]:
+    """Fill the session's temporary mapping from the vault, each identity encrypted again under one new data key
+    (its pseudonym, so its associated data, changes); returns how many pseudonyms it maps, the new data key's
+    id (stored wrapped here) and the ids of the data keys the old entries used."""
     conn.execute("""CREATE TEMPORARY TABLE rekey_map (old_pseudonym text PRIMARY KEY, new_pseudonym text NOT NULL,
                         kind text NOT NULL, nonce bytea NOT NULL, ciphertext bytea NOT NULL,
                         load_id bigint NOT NULL) ON COMMIT DROP""")
     old_side, new_side = Pseudonymiser(old), Pseudonymiser(new)
+    data_key, sealed_key = cipher.new_data_key(None)
+    store_data_key(conn, sealed_key)
+    used: set[str] = set()
     mapped = 0
     with conn.cursor(name="vault_entries") as entries:
         entries.execute(
-            "SELECT pseudonym, kind, nonce, ciphertext, vault_key_version, linkage_key_version, "
-            "load_id FROM vault.identity"
+            "SELECT v.pseudonym, v.kind, v.nonce, v.ciphertext, v.vault_key_version, v.linkage_key_version, "
+            "v.load_id, v.data_key_id, k.load_id, k.wrapped FROM vault.identity v "
+            "LEFT JOIN vault.data_key k USING (data_key_id)"
         )
         while batch := entries.fetchmany(_BATCH):
             rows = []
-            for pseudonym, kind, nonce, ciphertext, vault_version, linkage_version, load_id in batch:
+            for pseudonym, kind, nonce, ciphertext, vault_version, linkage_version, load_id, *data_key_row in batch:
                 if vault_version != cipher.version:
                     raise RotationRefused(
                         f"vault entries were written under vault key {vault_version}, "
@@ -98,7 +104,11 @@ def _build_mapping(
                         f"vault entries were made under linkage key {linkage_version}, "
                         f"not the old key given ({old.version})"
                     )
-                clear = cipher.decrypt(kind, pseudonym, nonce, ciphertext)
+                key_id, key_load_id, wrapped = data_key_row
+                if key_id is not None:
+                    used.add(str(key_id))
+                opens_with = None if key_id is None else (key_id, key_load_id, wrapped)
+                clear = cipher.decrypt(kind, pseudonym, nonce, ciphertext, opens_with)
                 if kind == "nhs":
                     number = NhsNumber(clear.decode("ascii"))
                     if old_side.person_id(number).value != pseudonym:
@@ -107,7 +117,7 @@ def _build_mapping(
                 else:
                     source, _, local_id = clear.decode("utf-8").partition("|")
                     renamed = new_side.local(source, local_id).value
-                new_nonce, new_ciphertext = cipher.encrypt(kind, renamed, clear)
+                new_nonce, new_ciphertext = data_key.encrypt(kind, renamed, clear)
                 rows.append((pseudonym, renamed, kind, new_nonce, new_ciphertext, load_id))
             with conn.cursor().copy("COPY rekey_map FROM STDIN") as copy:
                 for row in rows:
@@ -116,7 +126,7 @@ def _build_mapping(
             if mapped % (_BATCH * 40) == 0:
                 progress(f"  mapped {mapped:,} pseudonyms")
     conn.execute("ANALYZE rekey_map")
-    return mapped
+    return mapped, data_key.id, used
 
 
 def rotate_linkage_key(
@@ -138,7 +148,9 @@ def rotate_linkage_key(
         if current != old.version:
             raise RotationRefused(f"the warehouse is keyed with {current}, not with the old key given ({old.version})")
         columns = _pseudonym_columns(conn)
-        tables = sorted({(s, t) for s, t, _ in columns} | {("vault", "identity"), ("restricted", "optout")})
+        tables = sorted(
+            {(s, t) for s, t, _ in columns} | {("vault", "identity"), ("vault", "data_key"), ("restricted", "optout")}
+        )
         # Analysts' queries wait on these locks, then see the new pseudonyms: never a mixture.
         conn.execute(
             sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
@@ -146,7 +158,7 @@ def rotate_linkage_key(
             )
         )
         progress(f"Building the mapping from the vault ({old.version} -> {new.version}) ...")
-        mapped = _build_mapping(conn, old, new, cipher, progress)
+        mapped, data_key_id, used_keys = _build_mapping(conn, old, new, cipher, progress)
         unmapped = {}
         for schema, table, column in columns:
             ((count,),) = conn.execute(
@@ -173,11 +185,13 @@ def rotate_linkage_key(
         for table in PERSONAL_TABLES:
             conn.execute(sql.SQL("UPDATE {} SET key_version = %s").format(sql.SQL(table)), (new.version,))
         conn.execute("DELETE FROM vault.identity")
+        conn.execute("DELETE FROM vault.data_key WHERE data_key_id = ANY(%s::uuid[])", (sorted(used_keys),))
         conn.execute(
             """INSERT INTO vault.identity (pseudonym, kind, nonce, ciphertext, vault_key_version,
-                                                    linkage_key_version, load_id)
-                        SELECT m.new_pseudonym, m.kind, m.nonce, m.ciphertext, %s, %s, m.load_id FROM rekey_map m""",
-            (cipher.version, new.version),
+                                                    linkage_key_version, load_id, data_key_id)
+                        SELECT m.new_pseudonym, m.kind, m.nonce, m.ciphertext, %s, %s, m.load_id, %s
+                        FROM rekey_map m""",
+            (cipher.version, new.version, data_key_id),
         )
         rekeyed["restricted.optout.nhs_number_key (emptied: load the opt-out list again)"] = conn.execute(
             "DELETE FROM restricted.optout"
@@ -207,21 +221,25 @@ def rotate_vault_key(
     progress: Callable[[str], None] = print,
     before_commit: Callable[[], None] | None = None,
 ) -> Rotation:
-    """Re-encrypt every vault entry from the old key pair to the new public key, in one transaction.
+    """Move the vault from the old key pair to the new public key, in one transaction.
 
-    Opens each entry with the old private key and seals it again to the new public key: the new private key is
-    not needed here (the custodian keeps it for `pophealth reidentify`). Loads in flight write with the old
-    public key, so the rotation is refused while a load's vault batch is waiting to be published. Recorded in
-    audit.key_rotation (purpose `vault`). Raises RotationRefused, changing nothing."""
+    Each data key is unwrapped with the old private key and wrapped again to the new public key (one HPKE each,
+    whatever the entries: the entries, bound to their pseudonyms, stay as they are, and the data keys are the
+    ones their loads made and dropped, so nothing becomes readable by anyone it was not before). Entries of the
+    legacy form (one HPKE per entry) are opened and encrypted again, under one new data key: after a rotation the
+    vault holds the envelope form only. The new private key is not needed here (the custodian keeps it for
+    `pophealth reidentify`). Loads in flight write with the old public key, so the rotation is refused while a
+    load's vault batch is waiting to be published. Recorded in audit.key_rotation (purpose `vault`). Raises
+    RotationRefused, changing nothing."""
     if old.version == new.version:
         raise RotationRefused("the new vault key pair is the old one")
     prepare_warehouse()
     opener, sealer = VaultOpener(old), VaultSealer(new)
     with db.connect() as conn:
-        conn.execute("LOCK TABLE vault.identity IN ACCESS EXCLUSIVE MODE")
+        conn.execute("LOCK TABLE vault.identity, vault.data_key IN ACCESS EXCLUSIVE MODE")
         waiting = db.one_row(
             conn.execute(
-                "SELECT count(*) FROM pg_tables WHERE schemaname = 'load_batch' AND tablename LIKE 'vault\\_%%'"
+                "SELECT count(*) FROM pg_tables WHERE schemaname = 'load_batch' AND tablename ~ '^vault_[0-9]+$'"
             )
         )[0]
         if waiting:
@@ -229,43 +247,75 @@ def rotate_vault_key(
                 f"{waiting} load(s) have vault entries waiting to be published under the old "
                 "public key: let them finish (or fail), then rotate"
             )
-        versions = [v for (v,) in conn.execute("SELECT DISTINCT vault_key_version FROM vault.identity")]
+        versions = [
+            v
+            for (v,) in conn.execute(
+                "SELECT vault_key_version FROM vault.identity UNION SELECT vault_key_version FROM vault.data_key"
+            )
+        ]
         if any(v != opener.version for v in versions):
             raise RotationRefused(
                 f"the vault holds entries under {', '.join(sorted(versions))}, not only under the "
                 f"old key pair given ({opener.version})"
             )
-        rows = []
-        with conn.cursor(name="vault_entries") as entries:
-            entries.execute("SELECT pseudonym, kind, nonce, ciphertext FROM vault.identity")
-            while batch := entries.fetchmany(_BATCH):
-                for pseudonym, kind, nonce, ciphertext in batch:
-                    try:
-                        clear = opener.decrypt(kind, pseudonym, nonce, ciphertext)
-                    except VaultError as exc:
-                        raise RotationRefused(str(exc)) from None
-                    rows.append((pseudonym, *sealer.encrypt(kind, pseudonym, clear)))
+        try:
+            rewrapped = [
+                sealer.wrap(opener.open_data_key(data_key_id, load_id, wrapped))
+                for data_key_id, load_id, wrapped in conn.execute(
+                    "SELECT data_key_id, load_id, wrapped FROM vault.data_key"
+                )
+            ]
+            legacy = []
+            with conn.cursor(name="legacy_entries") as entries:
+                entries.execute(
+                    "SELECT pseudonym, kind, nonce, ciphertext FROM vault.identity WHERE data_key_id IS NULL"
+                )
+                while batch := entries.fetchmany(_BATCH):
+                    legacy += [(p, k, opener.decrypt(k, p, n, c, None)) for p, k, n, c in batch]
+        except VaultError as exc:
+            raise RotationRefused(str(exc)) from None
         conn.execute(
-            "CREATE TEMPORARY TABLE vault_reseal (pseudonym text PRIMARY KEY, nonce bytea NOT NULL, "
-            "ciphertext bytea NOT NULL) ON COMMIT DROP"
+            "CREATE TEMPORARY TABLE vault_rewrap (data_key_id uuid PRIMARY KEY, wrapped bytea NOT NULL) ON COMMIT DROP"
         )
-        with conn.cursor().copy("COPY vault_reseal FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row(row)
-        resealed = conn.execute(
-            """UPDATE vault.identity v SET nonce = r.nonce, ciphertext = r.ciphertext,
-                                          vault_key_version = %s
-                                   FROM vault_reseal r WHERE r.pseudonym = v.pseudonym""",
+        with conn.cursor().copy("COPY vault_rewrap FROM STDIN") as copy:
+            for key in rewrapped:
+                copy.write_row((key.data_key_id, key.wrapped))
+        conn.execute(
+            """UPDATE vault.data_key k SET wrapped = r.wrapped, vault_key_version = %s
+               FROM vault_rewrap r WHERE r.data_key_id = k.data_key_id""",
             (sealer.version,),
-        ).rowcount
-        rekeyed = {"vault.identity (re-encrypted)": resealed}
+        )
+        if legacy:
+            data_key, wrapped = sealer.new_data_key(None)
+            store_data_key(conn, wrapped)
+            conn.execute(
+                "CREATE TEMPORARY TABLE vault_reseal (pseudonym text PRIMARY KEY, nonce bytea NOT NULL, "
+                "ciphertext bytea NOT NULL) ON COMMIT DROP"
+            )
+            with conn.cursor().copy("COPY vault_reseal FROM STDIN") as copy:
+                for pseudonym, kind, clear in legacy:
+                    copy.write_row((pseudonym, *data_key.encrypt(kind, pseudonym, clear)))
+            conn.execute(
+                """UPDATE vault.identity v SET nonce = r.nonce, ciphertext = r.ciphertext, data_key_id = %s
+                   FROM vault_reseal r WHERE r.pseudonym = v.pseudonym""",
+                (data_key.id,),
+            )
+        moved = conn.execute("UPDATE vault.identity SET vault_key_version = %s", (sealer.version,)).rowcount
+        rekeyed = {
+            "vault.identity (now opened by the new key pair)": moved,
+            "vault.data_key (wrapped again)": len(rewrapped),
+            "vault.identity (legacy entries encrypted again, under a new data key)": len(legacy),
+        }
         conn.execute(
             """INSERT INTO audit.key_rotation (old_key_version, new_key_version, pseudonyms_mapped,
                                                         rows_rekeyed, purpose)
                         VALUES (%s, %s, %s, %s, 'vault')""",
-            (opener.version, sealer.version, resealed, json.dumps(rekeyed)),
+            (opener.version, sealer.version, moved, json.dumps(rekeyed)),
         )
         if before_commit:
             before_commit()
-    progress(f"Re-encrypted {resealed:,} vault entries from {opener.version} to {sealer.version}.")
-    return Rotation(opener.version, sealer.version, resealed, rekeyed)
+    progress(
+        f"Moved {moved:,} vault entries from {opener.version} to {sealer.version}: {len(rewrapped):,} data keys "
+        f"wrapped again, {len(legacy):,} legacy entries encrypted again."
+    )
+    return Rotation(opener.version, sealer.version, moved, rekeyed)

@@ -1,26 +1,38 @@
 """The re-identification vault: pseudonym -> the identifier it was made from, encrypted, for direct care.
 
 Case finding only helps if a clinician can act on it. The loader stores, for every pseudonym it makes from
-an identifier, that identifier sealed to the **vault's public key** with HPKE (RFC 9180: X25519, HKDF-SHA256,
-AES-256-GCM, from `cryptography`). The loader holds the public key only: it can write the vault and never
-read it, so whoever runs a load, or reads a worker's environment, finds nothing that opens an entry. Each
-entry is bound to its pseudonym and kind (HPKE `info`), so a ciphertext moved to another row does not open.
-The `nonce` column holds the entry's encapsulated key (HPKE `enc`, used once), the `ciphertext` the rest.
+an identifier, that identifier encrypted by envelope (the standard pattern): each file's load makes one random
+256-bit **data key**, seals it once to the **vault's public key** with HPKE (RFC 9180: X25519, HKDF-SHA256,
+AES-256-GCM, from `cryptography`; bound to the data key's id, the load and the vault key version) and stores that
+wrapped key once (`vault.data_key`); each entry is AES-256-GCM under the data key, with a fresh random 96-bit
+nonce, bound to its pseudonym and kind (associated data), so a ciphertext moved to another row, or to another
+file's data key, does not open. The data key lives in the loader's memory for that file only and is dropped
+when the file is done: the loader holds the public key only, and after the file it has nothing that opens an
+entry, not even its own; whoever runs a load, or reads a worker's environment, finds nothing that opens one.
+One HPKE per file instead of one per identity: the public-key work no longer grows with the people.
+
+Entries written before the envelope (no `data_key_id`; the `nonce` column holds HPKE's encapsulated key) still
+open here (the legacy form: read, never written); a vault-key rotation re-encrypts them into the envelope form.
 
 Reading goes through one path only (`reidentify`): the `reidentifier` login records a request with its
 purpose in the append-only, hash-chained `audit.reidentification` (committed first), the database checks the
 request against its limits (a Caldicott guardian approves beyond them), releases the ciphertexts of that
-request, and this module opens them with the vault's **private** key, which only this path and the key
-custodian's rotations read. Analysts have no grant on any of it (pophealth/warehouse/access.sql).
+request with their wrapped data keys, and this module opens them with the vault's **private** key, which only
+this path and the key custodian's rotations read. Analysts have no grant on any of it
+(pophealth/warehouse/access.sql).
 """
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import psycopg
 from cryptography.hazmat.primitives import hpke
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from psycopg import sql
 
 from pophealth.contract.identifiers import IdentifierError, NhsNumber, PersonId
@@ -30,6 +42,9 @@ from pophealth.warehouse import db
 #: Entries kept in memory per file to skip re-encrypting a pseudonym seen on an earlier row (an episode
 #: per row, many rows per person); cleared when full, so memory stays bounded whatever the file size.
 _RECENT_LIMIT = 200_000
+#: AES-GCM's 96-bit nonce, random per entry: a data key takes one file's entries (a rotation's, the vault's), far
+#: below the 2^32 encryptions NIST SP 800-38D allows one key with random nonces.
+_NONCE_BYTES = 12
 
 
 class VaultError(RuntimeError):
@@ -37,11 +52,49 @@ class VaultError(RuntimeError):
 
 
 _SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
-_ENC_BYTES = hpke.KEM.X25519.enc_length()
+_DOES_NOT_OPEN = "a vault entry does not open with this vault private key (wrong key, or tampered)"
 
 
 def _info(kind: str, pseudonym: str) -> bytes:
     return f"pophealth vault|{kind}|{pseudonym}".encode()
+
+
+def _data_key_info(data_key_id: str, load_id: int | None, vault_key_version: str) -> bytes:
+    made_by = "" if load_id is None else str(int(load_id))
+    return f"pophealth vault data key|{data_key_id}|{made_by}|{vault_key_version}".encode()
+
+
+class DataKey:
+    """One file's (or one rotation's) AES-256-GCM key for its vault entries; never stored but wrapped."""
+
+    __slots__ = ("_aead", "_secret", "id", "load_id")
+
+    def __init__(self, data_key_id: str, load_id: int | None, secret: bytes):
+        self.id, self.load_id, self._secret = data_key_id, load_id, secret
+        self._aead = AESGCM(secret)
+
+    def __repr__(self) -> str:  # never the secret, in a log or a traceback
+        return f"DataKey({self.id})"
+
+    def encrypt(self, kind: str, pseudonym: str, clear: bytes) -> tuple[bytes, bytes]:
+        nonce = os.urandom(_NONCE_BYTES)
+        return nonce, self._aead.encrypt(nonce, clear, _info(kind, pseudonym))
+
+    def decrypt(self, kind: str, pseudonym: str, nonce: bytes, ciphertext: bytes) -> bytes:
+        try:
+            return self._aead.decrypt(bytes(nonce), bytes(ciphertext), _info(kind, pseudonym))
+        except Exception:  # InvalidTag: another row's entry, another data key's, or tampered
+            raise VaultError(_DOES_NOT_OPEN) from None
+
+
+@dataclass(frozen=True)
+class WrappedKey:
+    """A data key as stored (vault.data_key): sealed to the vault's public key, useless without the private one."""
+
+    data_key_id: str
+    load_id: int | None
+    vault_key_version: str
+    wrapped: bytes
 
 
 class VaultSealer:
@@ -53,27 +106,64 @@ class VaultSealer:
         self._public = key.x25519()
         self.version = key.version
 
-    def encrypt(self, kind: str, pseudonym: str, clear: bytes) -> tuple[bytes, bytes]:
-        sealed = _SUITE.encrypt(clear, self._public, info=_info(kind, pseudonym))
-        return sealed[:_ENC_BYTES], sealed[_ENC_BYTES:]
+    def new_data_key(self, load_id: int | None) -> tuple[DataKey, WrappedKey]:
+        """A fresh data key for one file (`load_id`) or one rotation (None), and its wrapped form to store."""
+        data_key = DataKey(str(uuid.uuid4()), load_id, AESGCM.generate_key(bit_length=256))
+        return data_key, self.wrap(data_key)
+
+    def wrap(self, data_key: DataKey) -> WrappedKey:
+        info = _data_key_info(data_key.id, data_key.load_id, self.version)
+        return WrappedKey(
+            data_key.id, data_key.load_id, self.version, _SUITE.encrypt(data_key._secret, self._public, info=info)
+        )
 
 
 class VaultOpener(VaultSealer):
-    """Opens vault entries with the private key (re-identification, rotations), and can write them too."""
+    """Opens vault entries with the private key (re-identification, rotations), and can write them too.
 
-    __slots__ = ("_private",)
+    Each data key is unwrapped once per opener (one HPKE per file's key, not per entry): an opener lives for one
+    re-identification or one rotation, and its keys go with it."""
+
+    __slots__ = ("_opened", "_private")
 
     def __init__(self, key: VaultPrivateKey):
         super().__init__(key.public_key())
         self._private = key.x25519()
+        self._opened: dict[tuple[str, int | None, bytes], DataKey] = {}
 
-    def decrypt(self, kind: str, pseudonym: str, nonce: bytes, ciphertext: bytes) -> bytes:
+    def open_data_key(self, data_key_id: str, load_id: int | None, wrapped: bytes) -> DataKey:
+        data_key_id = str(data_key_id)
+        # Cached by the whole stored row, so a row that names a cached id with another load or wrapping is
+        # unwrapped (and refused) on its own.
+        row = (data_key_id, load_id, bytes(wrapped))
+        opened = self._opened.get(row)
+        if opened is None:
+            info = _data_key_info(data_key_id, load_id, self.version)
+            try:
+                secret = _SUITE.decrypt(bytes(wrapped), self._private, info=info)
+            except Exception:  # InvalidTag, or ValueError for a malformed key
+                raise VaultError(
+                    "a vault data key does not open with this vault private key (wrong key, or tampered)"
+                ) from None
+            opened = self._opened[row] = DataKey(data_key_id, load_id, secret)
+        return opened
+
+    def decrypt(
+        self,
+        kind: str,
+        pseudonym: str,
+        nonce: bytes,
+        ciphertext: bytes,
+        data_key: tuple[str, int | None, bytes] | None,
+    ) -> bytes:
+        """Open an entry: `data_key` is its (data_key_id, load_id, wrapped) from vault.data_key, or None for an
+        entry of the legacy form (one HPKE per entry, `nonce` its encapsulated key)."""
+        if data_key is not None:
+            return self.open_data_key(*data_key).decrypt(kind, pseudonym, nonce, ciphertext)
         try:
             return _SUITE.decrypt(bytes(nonce) + bytes(ciphertext), self._private, info=_info(kind, pseudonym))
         except Exception:  # cryptography raises InvalidTag, or ValueError for a malformed entry
-            raise VaultError(
-                "a vault entry does not open with this vault private key (wrong key, or tampered)"
-            ) from None
+            raise VaultError(_DOES_NOT_OPEN) from None
 
 
 def vault_batch_table(load_id: int) -> str:
@@ -86,13 +176,15 @@ class VaultWriter:
 
     Identities seen while a row is transformed are held until the row is known to be loaded (`keep_row`);
     a quarantined row's identities are dropped (`drop_row`), so the vault holds nobody the raw tables do not
-    (opted-out people included: their care team may re-identify them).
+    (opted-out people included: their care team may re-identify them). The file's data key is set by
+    `open_batch` and dropped when the file is done.
     """
 
     cipher: VaultSealer
     load_id: int
     linkage_key_version: str
     sink: psycopg.Copy | None = None  # the COPY into the batch table (open_batch)
+    data_key: DataKey | None = field(default=None, repr=False)
     _row: list[tuple[str, str, bytes]] = field(default_factory=list)
     _recent: set[str] = field(default_factory=set)
     stored: int = 0
@@ -110,29 +202,61 @@ class VaultWriter:
             if len(self._recent) >= _RECENT_LIMIT:
                 self._recent.clear()
             self._recent.add(pseudonym)
-            nonce, ciphertext = self.cipher.encrypt(kind, pseudonym, clear)
-            assert self.sink is not None, "open_batch gives the sealer its COPY before any row is kept"
-            self.sink.write_row(
-                (pseudonym, kind, nonce, ciphertext, self.cipher.version, self.linkage_key_version, self.load_id)
-            )
+            assert self.data_key is not None and self.sink is not None, "open_batch sets both before any row"
+            nonce, ciphertext = self.data_key.encrypt(kind, pseudonym, clear)
+            self.sink.write_row((pseudonym, kind, nonce, ciphertext))
             self.stored += 1
         self._row.clear()
 
 
-COPY_COLUMNS = ("pseudonym", "kind", "nonce", "ciphertext", "vault_key_version", "linkage_key_version", "load_id")
+#: What the loader writes per entry; the rest of a batch row (data key, versions, load) is the table's default.
+COPY_COLUMNS = ("pseudonym", "kind", "nonce", "ciphertext")
+ENTRY_COLUMNS = (*COPY_COLUMNS, "data_key_id", "vault_key_version", "linkage_key_version", "load_id")
 
 
-def open_batch(conn: psycopg.Connection, load_id: int) -> AbstractContextManager[psycopg.Copy]:
-    """Create the file's vault batch table; returns the COPY context to write into."""
-    table = sql.SQL(vault_batch_table(load_id))
-    # Spelled out rather than LIKE vault.identity: the loader may write the vault but not read it.
+def store_data_key(conn: psycopg.Connection, wrapped: WrappedKey) -> None:
+    conn.execute(
+        "INSERT INTO vault.data_key (data_key_id, wrapped, vault_key_version, load_id) VALUES (%s, %s, %s, %s)",
+        (wrapped.data_key_id, wrapped.wrapped, wrapped.vault_key_version, wrapped.load_id),
+    )
+
+
+@contextmanager
+def open_batch(conn: psycopg.Connection, writer: VaultWriter) -> Iterator[psycopg.Copy]:
+    """Make the file's data key (stored wrapped), create its vault batch table, and give the writer the COPY
+    into it; when the file is done the writer's data key is dropped."""
+    data_key, wrapped = writer.cipher.new_data_key(writer.load_id)
+    store_data_key(conn, wrapped)
+    table = sql.SQL(vault_batch_table(writer.load_id))
+    # Spelled out rather than LIKE vault.identity: the loader may write the vault but not read it. What is the
+    # same for every entry of the file is a default, not written per row.
     conn.execute(
         sql.SQL("""CREATE TABLE {} (pseudonym text NOT NULL, kind text NOT NULL, nonce bytea NOT NULL,
-        ciphertext bytea NOT NULL, vault_key_version text NOT NULL, linkage_key_version text NOT NULL,
-        load_id bigint NOT NULL)""").format(table)
+        ciphertext bytea NOT NULL, data_key_id uuid NOT NULL DEFAULT {}, vault_key_version text NOT NULL DEFAULT {},
+        linkage_key_version text NOT NULL DEFAULT {}, load_id bigint NOT NULL DEFAULT {})""").format(
+            table,
+            sql.Literal(data_key.id),
+            sql.Literal(writer.cipher.version),
+            sql.Literal(writer.linkage_key_version),
+            sql.Literal(int(writer.load_id)),
+        )
     )
     columns = sql.SQL(", ").join(sql.Identifier(c) for c in COPY_COLUMNS)
-    return conn.cursor().copy(sql.SQL("COPY {} ({}) FROM STDIN").format(table, columns))
+    writer.data_key = data_key
+    try:
+        with conn.cursor().copy(sql.SQL("COPY {} ({}) FROM STDIN").format(table, columns)) as copy:
+            writer.sink = copy
+            yield copy
+    finally:
+        writer.data_key = writer.sink = None  # the file is done: the loader keeps nothing that opens its entries
+
+
+def _drop_unused_data_keys(conn: psycopg.Connection, load_id: int) -> None:
+    conn.execute(
+        """DELETE FROM vault.data_key k WHERE k.load_id = %s
+           AND NOT EXISTS (SELECT FROM vault.identity v WHERE v.data_key_id = k.data_key_id)""",
+        (load_id,),
+    )
 
 
 def publish_batch(conn: psycopg.Connection, load_id: int) -> int:
@@ -141,7 +265,7 @@ def publish_batch(conn: psycopg.Connection, load_id: int) -> int:
     exists = db.one_row(conn.execute("SELECT to_regclass(%s)", (vault_batch_table(load_id),)))[0]
     if exists is None:
         return 0
-    columns = sql.SQL(", ").join(sql.Identifier(c) for c in COPY_COLUMNS)
+    columns = sql.SQL(", ").join(sql.Identifier(c) for c in ENTRY_COLUMNS)
     added = conn.execute(
         sql.SQL(
             "INSERT INTO vault.identity ({cols}) SELECT DISTINCT ON (pseudonym) {cols} FROM {t} "
@@ -149,11 +273,13 @@ def publish_batch(conn: psycopg.Connection, load_id: int) -> int:
         ).format(cols=columns, t=table)
     ).rowcount
     conn.execute(sql.SQL("DROP TABLE {}").format(table))
+    _drop_unused_data_keys(conn, load_id)  # every pseudonym of the file already stored: its key wraps nothing
     return added
 
 
 def drop_batch(conn: psycopg.Connection, load_id: int) -> None:
     conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.SQL(vault_batch_table(load_id))))
+    _drop_unused_data_keys(conn, load_id)
 
 
 @dataclass(frozen=True)
@@ -212,7 +338,8 @@ def reidentify(
                 ]
             try:
                 rows = conn.execute(
-                    "SELECT person_id, bound_to, nonce, ciphertext, vault_key_version FROM vault.reidentify(%s)",
+                    "SELECT person_id, bound_to, nonce, ciphertext, vault_key_version, data_key_id, data_key_load_id, "
+                    "wrapped_key FROM vault.reidentify(%s)",
                     (request_id,),
                 ).fetchall()
             except psycopg.Error as exc:
@@ -220,13 +347,14 @@ def reidentify(
     except psycopg.Error as exc:
         raise VaultError(f"re-identification refused: {_database_message(exc)}") from None
     found: dict[PersonId, NhsNumber] = {}
-    for person_id, bound_to, nonce, ciphertext, version in rows:
+    for person_id, bound_to, nonce, ciphertext, version, data_key_id, data_key_load_id, wrapped in rows:
         if version != cipher.version:
             raise VaultError(
                 f"the vault entry was written under vault key {version}, not {cipher.version}: "
                 "use the private key of that pair"
             )
-        digits = cipher.decrypt("nhs", bound_to, nonce, ciphertext).decode("ascii")
+        data_key = None if data_key_id is None else (data_key_id, data_key_load_id, wrapped)
+        digits = cipher.decrypt("nhs", bound_to, nonce, ciphertext, data_key).decode("ascii")
         found[PersonId(person_id)] = NhsNumber(digits)
     return Reidentified(request_id, found, [p for p in wanted if p not in found])
 

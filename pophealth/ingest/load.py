@@ -316,8 +316,7 @@ def _vault_copy(conn: psycopg.Connection | None, writer: vault.VaultWriter | Non
     if conn is None or writer is None:
         yield
         return
-    with vault.open_batch(conn, writer.load_id) as copy:
-        writer.sink = copy
+    with vault.open_batch(conn, writer):
         yield
 
 

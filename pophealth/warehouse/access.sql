@@ -70,7 +70,11 @@ GRANT UPDATE (status, message, finished_at, published_at, superseded_by, key_ver
     ON audit.load TO loader;
 GRANT SELECT, INSERT ON audit.quarantine, audit.optout_applied, audit.gate_result TO loader;
 GRANT INSERT, DELETE ON vault.identity TO loader;            -- writes ciphertext; never reads it (nor could: public key only)
-GRANT SELECT (pseudonym, kind) ON vault.identity TO loader;    -- to skip a stored pseudonym, and remove opt-outs
+GRANT SELECT (pseudonym, kind, data_key_id) ON vault.identity TO loader;  -- to skip a stored pseudonym, remove opt-outs
+-- A file's data key, wrapped (the loader can seal one, never unwrap one): written at the file's start, removed
+-- with a refused file, or when it wraps no entry; never read back.
+GRANT INSERT, DELETE ON vault.data_key TO loader;
+GRANT SELECT (data_key_id, load_id) ON vault.data_key TO loader;
 -- The load ids' sequence only: never the re-identification log's (a number drawn there would look like a gap).
 REVOKE USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA audit FROM loader;
 GRANT USAGE ON SEQUENCE audit.load_load_id_seq TO loader;

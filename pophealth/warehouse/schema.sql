@@ -276,20 +276,32 @@ CREATE TABLE IF NOT EXISTS raw.ref_population (
 );
 
 -- The re-identification vault (pophealth/identity/vault.py): pseudonym -> the identifier it was made from,
--- encrypted with AES-256-GCM under the vault key, which the warehouse never holds. `nhs` rows serve
--- re-identification for direct care; `local` rows (a source's own ids) let the key custodian re-key local
--- pseudonyms when the linkage key is rotated. Nobody reads this table directly (pophealth/warehouse/access.sql).
+-- encrypted by envelope: AES-256-GCM under a data key per file, the data key sealed (HPKE) to the vault's public
+-- key, whose private half the warehouse never holds. `nhs` rows serve re-identification for direct care; `local`
+-- rows (a source's own ids) let the key custodian re-key local pseudonyms when the linkage key is rotated.
+-- Nobody reads these tables directly (pophealth/warehouse/access.sql).
 CREATE SCHEMA IF NOT EXISTS vault;
+-- One row per file's data key (or per rotation's), stored only wrapped: useless without the vault's private key.
+CREATE TABLE IF NOT EXISTS vault.data_key (
+    data_key_id         uuid PRIMARY KEY,
+    wrapped             bytea NOT NULL,      -- HPKE to the vault public key, bound to id, load and key version
+    vault_key_version   text NOT NULL,
+    load_id             bigint,              -- the load that made it; NULL for a rotation's
+    made_at             timestamptz NOT NULL DEFAULT now()
+);
 CREATE TABLE IF NOT EXISTS vault.identity (
     pseudonym           text PRIMARY KEY,    -- nhs_number_key, or a local pseudonym
     kind                text NOT NULL CHECK (kind IN ('nhs', 'local')),
-    nonce               bytea NOT NULL,
+    nonce               bytea NOT NULL,      -- AES-GCM's nonce (the legacy form: HPKE's encapsulated key)
     ciphertext          bytea NOT NULL,      -- bound to kind and pseudonym (associated data)
     vault_key_version   text NOT NULL,
     linkage_key_version text NOT NULL,
     load_id             bigint NOT NULL,
     stored_at           timestamptz NOT NULL DEFAULT now()
 );
+-- The envelope (issue 19): NULL for an entry written before it, one HPKE per entry (read, never written).
+ALTER TABLE vault.identity ADD COLUMN IF NOT EXISTS data_key_id uuid REFERENCES vault.data_key;
+CREATE INDEX IF NOT EXISTS identity_data_key ON vault.identity (data_key_id);
 
 -- The keeper of the re-identification log and the key-rotation log: a role nobody logs in as. It owns those
 -- tables, their triggers and the vault's functions, so no login role (loader, reidentifier, caldicott_guardian,
@@ -321,7 +333,8 @@ CREATE TABLE IF NOT EXISTS vault.reidentification_limit (
 );
 GRANT SELECT ON vault.reidentification_purpose, vault.reidentification_limit TO audit_keeper;
 GRANT SELECT ON restricted.pseudonym TO audit_keeper;
-GRANT SELECT (pseudonym, kind, nonce, ciphertext, vault_key_version) ON vault.identity TO audit_keeper;
+GRANT SELECT (pseudonym, kind, nonce, ciphertext, vault_key_version, data_key_id) ON vault.identity TO audit_keeper;
+GRANT SELECT (data_key_id, wrapped, load_id) ON vault.data_key TO audit_keeper;
 
 -- Every re-identification request: who, when, which people, why, and what the database decided (released,
 -- awaiting_approval, refused, with the reason). Append-only and hash-chained (audit.chain_row).
@@ -538,10 +551,12 @@ END $$;
 -- login, already committed to the audit log (so that rolling back a transaction can never hide a read),
 -- released by the database or approved by a Caldicott guardian, in the last 15 minutes, whose row is the
 -- chain's own (a row forged with the trigger disabled does not chain). Decryption happens outside the
--- database, with the vault's private key (the ciphertext is bound to the transit pseudonym, returned for that).
+-- database, with the vault's private key (the ciphertext is bound to the transit pseudonym, returned for that;
+-- its data key comes wrapped, NULL for an entry of the legacy form).
 DROP FUNCTION IF EXISTS vault.reidentify(bigint);
 CREATE FUNCTION vault.reidentify(request bigint)
-RETURNS TABLE (person_id text, bound_to text, nonce bytea, ciphertext bytea, vault_key_version text)
+RETURNS TABLE (person_id text, bound_to text, nonce bytea, ciphertext bytea, vault_key_version text,
+               data_key_id uuid, data_key_load_id bigint, wrapped_key bytea)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET timezone = 'UTC' AS $$
 DECLARE
     r audit.reidentification%ROWTYPE;
@@ -580,8 +595,10 @@ BEGIN
     IF since < now() - interval '15 minutes' THEN
         RAISE EXCEPTION 'request % has expired: make a new request', request;
     END IF;
-    RETURN QUERY SELECT p.direct_care_id, v.pseudonym, v.nonce, v.ciphertext, v.vault_key_version
+    RETURN QUERY SELECT p.direct_care_id, v.pseudonym, v.nonce, v.ciphertext, v.vault_key_version,
+                        v.data_key_id, k.load_id, k.wrapped
                  FROM restricted.pseudonym p JOIN vault.identity v ON v.kind = 'nhs' AND v.pseudonym = p.transit_key
+                      LEFT JOIN vault.data_key k ON k.data_key_id = v.data_key_id
                  WHERE p.direct_care_id = ANY (r.person_ids);
 END $$;
 

@@ -64,6 +64,7 @@ ANALYST_REFUSED = [
     "SELECT * FROM direct_care.case_finding LIMIT 1",
     "SELECT * FROM intermediate.int_secondary_use_id LIMIT 1",
     "SELECT * FROM vault.identity LIMIT 1",
+    "SELECT * FROM vault.data_key LIMIT 1",
     "SELECT * FROM audit.load LIMIT 1",
     "SELECT * FROM audit.reidentification LIMIT 1",
     "SELECT * FROM staging.stg_gp_register LIMIT 1",
@@ -116,6 +117,7 @@ def test_an_ig_auditor_reads_the_audit_schema_only(warehouse):
         for refused in (
             "SELECT * FROM raw.gp_register LIMIT 1",
             "SELECT * FROM vault.identity LIMIT 1",
+            "SELECT * FROM vault.data_key LIMIT 1",
             "SELECT * FROM marts.person LIMIT 1",
             "SELECT * FROM vault.reidentify(1)",
             "DELETE FROM audit.load",
@@ -134,6 +136,8 @@ def test_the_loader_writes_raw_and_the_vault_but_reads_neither_marts_nor_ciphert
         conn.rollback()
         for refused in (
             "SELECT ciphertext FROM vault.identity LIMIT 1",
+            "SELECT wrapped FROM vault.data_key LIMIT 1",
+            "UPDATE vault.data_key SET load_id = load_id",
             "SELECT * FROM marts.person LIMIT 1",
             "SELECT * FROM audit.reidentification LIMIT 1",
             "SELECT * FROM vault.reidentify(1)",

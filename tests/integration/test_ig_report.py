@@ -147,8 +147,13 @@ def test_the_roles_schemas_vault_functions_and_default_privileges_are_read_from_
         r"<td>reidentifier</td><td>vault\.reidentify\(request bigint\)</td><td>True</td>", table(dom, "function-grants")
     )
     assert re.search(r"<td>ig_auditor</td><td>SELECT</td>", table(dom, "default-grants"))
+    # The loader sees which pseudonyms and data keys are stored, never a ciphertext nor a wrapped data key.
     assert re.search(
-        r"<td>loader</td><td>vault</td><td>identity</td><td>kind, pseudonym</td><td>SELECT</td>",
+        r"<td>loader</td><td>vault</td><td>identity</td><td>data_key_id, kind, pseudonym</td><td>SELECT</td>",
+        table(dom, "column-grants"),
+    )
+    assert re.search(
+        r"<td>loader</td><td>vault</td><td>data_key</td><td>data_key_id, load_id</td><td>SELECT</td>",
         table(dom, "column-grants"),
     )
 

@@ -19,6 +19,7 @@ import pytest
 from pophealth.config import environment
 from pophealth.identity.keys import LinkageKey, VaultPrivateKey
 from pophealth.identity.pseudonymise import Pseudonymiser
+from pophealth.identity.vault import VaultOpener
 
 from .conftest import (
     PURPOSE_KEYS_ENV,
@@ -146,6 +147,24 @@ def test_every_transit_pseudonym_is_the_new_keys_and_every_published_id_is_uncha
     assert published == {published_id("secondary_use", expected_person_id(i, TEST_KEY)) for i in identities}
     assert transit_of_published == {expected_person_id(i, NEW_KEY) for i in identities}
     assert versions == [(LinkageKey.from_hex(NEW_KEY, "new").version,)]
+
+
+def test_every_vault_entry_is_encrypted_again_under_one_new_data_key_and_opens_under_its_new_pseudonym(rotated):
+    # A new pseudonym is new associated data: each entry is encrypted again, under the rotation's own data key;
+    # the loads' data keys go with the entries they wrapped.
+    opener = VaultOpener(VaultPrivateKey.from_hex(TEST_VAULT_PRIVATE_KEY, "vault"))
+    with psycopg.connect(rotated.url) as conn:
+        entries = conn.execute(
+            "SELECT v.pseudonym, v.kind, v.nonce, v.ciphertext, k.data_key_id, k.load_id, k.wrapped "
+            "FROM vault.identity v LEFT JOIN vault.data_key k USING (data_key_id)"
+        ).fetchall()
+        data_keys = conn.execute("SELECT load_id FROM vault.data_key").fetchall()
+    assert data_keys == [(None,)]
+    assert entries and all(e[4] is not None for e in entries)
+    for pseudonym, kind, nonce, ciphertext, *data_key in entries[:: max(1, len(entries) // 200)]:
+        clear = opener.decrypt(kind, pseudonym, nonce, ciphertext, (data_key[0], data_key[1], data_key[2])).decode()
+        if kind == "nhs":
+            assert expected_person_id(f"nhs:{clear}", NEW_KEY) == pseudonym
 
 
 def test_no_old_pseudonym_is_left_in_any_table(rotated):

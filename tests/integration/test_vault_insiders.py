@@ -14,10 +14,12 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from cryptography.hazmat.primitives import hpke
 from psycopg import errors
 
 from pophealth.governance.chain import verify
 from pophealth.identity.keys import VaultPrivateKey
+from pophealth.identity.vault import VaultOpener
 
 from .conftest import (
     RUN,
@@ -99,6 +101,68 @@ def test_a_load_seals_the_vault_with_the_public_key_only_and_the_private_key_ope
     proc = warehouse.pophealth("reidentify", *care_ids(warehouse, 2), "--purpose", GOOD[0], "--on-behalf-of", GOOD[1])
     assert proc.returncode == 0, proc.stderr
     assert len([line for line in proc.stdout.splitlines() if line.split()[-1].isdigit()]) == 2
+
+
+def test_the_loads_write_by_envelope_one_data_key_per_file_stored_only_wrapped(warehouse):
+    per_load = warehouse.query(
+        """SELECT v.load_id, count(DISTINCT v.data_key_id), bool_and(k.load_id = v.load_id),
+                  bool_and(length(v.nonce) = 12), count(*) FILTER (WHERE v.data_key_id IS NULL)
+           FROM vault.identity v LEFT JOIN vault.data_key k USING (data_key_id) GROUP BY v.load_id"""
+    )
+    assert len(per_load) > 1
+    assert {row[1:] for row in per_load} == {(1, True, True, 0)}  # each file's entries: its one key, AES-GCM's nonce
+    # A file's data key wraps at least one entry, the unused ones (every pseudonym already stored) are removed.
+    assert warehouse.query(
+        "SELECT count(*) FROM vault.data_key k WHERE NOT EXISTS "
+        "(SELECT FROM vault.identity v WHERE v.data_key_id = k.data_key_id)"
+    ) == [(0,)]
+
+
+def test_an_entry_moved_to_another_files_data_key_does_not_open(warehouse):
+    ids = care_ids(warehouse, 1, skip=70)
+    ((moved, own),) = warehouse.query(
+        """SELECT v.pseudonym, v.data_key_id FROM restricted.pseudonym p JOIN vault.identity v
+           ON v.kind = 'nhs' AND v.pseudonym = p.transit_key WHERE p.direct_care_id = %s""",
+        (ids[0],),
+    )
+    warehouse.query(
+        "UPDATE vault.identity SET data_key_id = (SELECT data_key_id FROM vault.data_key WHERE data_key_id <> %s "
+        "LIMIT 1) WHERE pseudonym = %s",
+        (own, moved),
+    )
+    try:
+        proc = warehouse.pophealth("reidentify", *ids, "--purpose", GOOD[0], "--on-behalf-of", GOOD[1])
+        assert proc.returncode == 2 and "does not open" in proc.stderr, proc.stdout + proc.stderr
+    finally:
+        warehouse.query("UPDATE vault.identity SET data_key_id = %s WHERE pseudonym = %s", (own, moved))
+    assert warehouse.pophealth("reidentify", *ids, "--purpose", GOOD[0], "--on-behalf-of", GOOD[1]).returncode == 0
+
+
+def test_an_entry_written_before_the_envelope_still_opens(warehouse):
+    """A warehouse loaded before the envelope holds entries of one HPKE each (no data key): they open, and the
+    vault-key rotation (at the end of this module) encrypts them again by envelope."""
+    ids = care_ids(warehouse, 1, skip=80)
+    ((pseudonym, nonce, ciphertext, key_id, key_load_id, wrapped),) = warehouse.query(
+        """SELECT v.pseudonym, v.nonce, v.ciphertext, k.data_key_id, k.load_id, k.wrapped
+           FROM restricted.pseudonym p JOIN vault.identity v ON v.kind = 'nhs' AND v.pseudonym = p.transit_key
+           JOIN vault.data_key k USING (data_key_id) WHERE p.direct_care_id = %s""",
+        (ids[0],),
+    )
+    private = VaultPrivateKey.from_hex(TEST_VAULT_PRIVATE_KEY, "test")
+    number = VaultOpener(private).decrypt("nhs", pseudonym, nonce, ciphertext, (key_id, key_load_id, wrapped)).decode()
+    suite = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
+    sealed = suite.encrypt(
+        number.encode(),
+        private.public_key().x25519(),
+        info=f"pophealth vault|nhs|{pseudonym}".encode(),
+    )
+    warehouse.query(
+        "UPDATE vault.identity SET nonce = %s, ciphertext = %s, data_key_id = NULL WHERE pseudonym = %s",
+        (sealed[:32], sealed[32:], pseudonym),
+    )
+    proc = warehouse.pophealth("reidentify", *ids, "--purpose", GOOD[0], "--on-behalf-of", GOOD[1])
+    assert proc.returncode == 0, proc.stderr
+    assert number in proc.stdout
 
 
 def test_without_the_private_key_reidentify_refuses_and_names_the_setting(warehouse):
@@ -337,6 +401,11 @@ def test_the_vault_key_pair_rotates_and_only_the_new_private_key_opens_it_afterw
     assert old.returncode == 2 and "use the private key of that pair" in old.stderr
     new = Warehouse(warehouse.url, warehouse.landing, {**warehouse.env, "POPHEALTH_VAULT_PRIVATE_KEY": new_private})
     assert new.pophealth("reidentify", *ids, "--purpose", GOOD[0], "--on-behalf-of", GOOD[1]).returncode == 0
+    # Data keys were wrapped again, and the legacy entry (test above) is now under a data key too.
+    assert warehouse.query(
+        "SELECT DISTINCT vault_key_version, data_key_id IS NULL FROM vault.identity "
+        "UNION SELECT DISTINCT vault_key_version, false FROM vault.data_key"
+    ) == [(VaultPrivateKey.from_hex(new_private, "n").version, False)]
     ((purpose, versions),) = warehouse.query(
         "SELECT purpose, ARRAY[old_key_version, new_key_version] FROM "
         "audit.key_rotation ORDER BY chain_position DESC LIMIT 1"

@@ -67,6 +67,8 @@ def snapshot(warehouse) -> dict[str, object]:
     return {
         "raw rows": warehouse.value(f"SELECT count(*) FROM {RAW}"),
         "vault entries": warehouse.value("SELECT count(*) FROM vault.identity"),
+        # A refused or failed file's data key goes with its batch (vault.drop_batch): none is left wrapping nothing.
+        "vault data keys": warehouse.value("SELECT count(*) FROM vault.data_key"),
         "quarantined rows": warehouse.value("SELECT count(*) FROM audit.quarantine"),
         "batch tables": leftover_batches(warehouse),
     }

@@ -1,10 +1,12 @@
-"""The vault's encryption: HPKE sealed to the vault's public key, opened only with its private key, each
-ciphertext bound to its pseudonym; and the private key's one road (never a DAG, never Airflow)."""
+"""The vault's encryption: by envelope, a data key per file sealed (HPKE) to the vault's public key and each entry
+under it, opened only with the private key, each ciphertext bound to its pseudonym and its file's data key; and
+the private key's one road (never a DAG, never Airflow)."""
 
 import ast
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import hpke
 
 from pophealth.identity.keys import VaultPrivateKey
 from pophealth.identity.vault import VaultError, VaultOpener, VaultSealer
@@ -27,14 +29,29 @@ def opener(hex_key: str = "11" * 32) -> VaultOpener:
     return VaultOpener(private(hex_key))
 
 
+def entry(clear: bytes = b"9434765919", pseudonym: str = PERSON, load_id: int = 7):
+    """As a load writes one: its file's data key, sealed to the public key, and the entry under that data key."""
+    data_key, wrapped = sealer().new_data_key(load_id)
+    nonce, ciphertext = data_key.encrypt("nhs", pseudonym, clear)
+    return nonce, ciphertext, (wrapped.data_key_id, load_id, wrapped.wrapped)
+
+
 def test_the_loader_writes_with_the_public_key_and_only_the_private_key_opens():
-    nonce, ciphertext = sealer().encrypt("nhs", PERSON, b"9434765919")
-    assert b"9434765919" not in nonce + ciphertext
-    assert opener().decrypt("nhs", PERSON, nonce, ciphertext) == b"9434765919"
+    nonce, ciphertext, data_key = entry()
+    assert b"9434765919" not in nonce + ciphertext + data_key[2]
+    assert opener().decrypt("nhs", PERSON, nonce, ciphertext, data_key) == b"9434765919"
     with pytest.raises(VaultError, match="does not open"):
-        opener("22" * 32).decrypt("nhs", PERSON, nonce, ciphertext)
-    # The public half has no way to open anything.
-    assert not hasattr(sealer(), "decrypt")
+        opener("22" * 32).decrypt("nhs", PERSON, nonce, ciphertext, data_key)
+
+
+def test_the_loader_holds_nothing_that_unwraps_a_data_key():
+    # The public half has no way to open anything: no private key, no unwrapping, no decryption.
+    held = sealer()
+    assert not any(hasattr(held, name) for name in ("decrypt", "open_data_key", "_private"))
+    data_key, wrapped = held.new_data_key(7)
+    # The data key is stored only wrapped: its secret is in no stored byte, nor in its printed form.
+    assert data_key._secret not in wrapped.wrapped and data_key._secret.hex() not in repr(data_key)
+    assert wrapped.vault_key_version == held.version
 
 
 def test_both_halves_carry_one_version_and_the_public_key_is_not_the_private_one():
@@ -45,17 +62,46 @@ def test_both_halves_carry_one_version_and_the_public_key_is_not_the_private_one
 
 
 def test_a_ciphertext_moved_to_another_person_or_kind_does_not_open():
-    nonce, ciphertext = sealer().encrypt("nhs", PERSON, b"9434765919")
+    nonce, ciphertext, data_key = entry()
     with pytest.raises(VaultError):
-        opener().decrypt("nhs", OTHER, nonce, ciphertext)
+        opener().decrypt("nhs", OTHER, nonce, ciphertext, data_key)
     with pytest.raises(VaultError):
-        opener().decrypt("local", PERSON, nonce, ciphertext)
+        opener().decrypt("local", PERSON, nonce, ciphertext, data_key)
+
+
+def test_an_entry_given_another_files_data_key_does_not_open():
+    nonce, ciphertext, _ = entry(load_id=7)
+    other_file = entry(load_id=8)[2]
+    with pytest.raises(VaultError, match="does not open"):
+        opener().decrypt("nhs", PERSON, nonce, ciphertext, other_file)
+
+
+def test_a_wrapped_data_key_is_bound_to_its_id_and_its_load():
+    nonce, ciphertext, (data_key_id, load_id, wrapped) = entry(load_id=7)
+    with pytest.raises(VaultError, match="data key does not open"):
+        opener().open_data_key(data_key_id, 8, wrapped)  # claimed by another load
+    with pytest.raises(VaultError, match="data key does not open"):
+        opener().open_data_key(entry()[2][0], load_id, wrapped)  # moved to another key row
+    assert opener().decrypt("nhs", PERSON, nonce, ciphertext, (data_key_id, load_id, wrapped)) == b"9434765919"
 
 
 def test_the_same_number_encrypts_differently_each_time():
-    first = sealer().encrypt("nhs", PERSON, b"9434765919")
-    second = sealer().encrypt("nhs", PERSON, b"9434765919")
+    data_key, _ = sealer().new_data_key(7)
+    first = data_key.encrypt("nhs", PERSON, b"9434765919")
+    second = data_key.encrypt("nhs", PERSON, b"9434765919")
     assert first[0] != second[0] and first[1] != second[1]
+
+
+def test_an_entry_of_the_legacy_form_one_hpke_per_entry_still_opens():
+    # As entries were written before the envelope: HPKE to the public key, bound to kind and pseudonym.
+    suite = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
+    sealed = suite.encrypt(
+        b"9434765919", private().public_key().x25519(), info=f"pophealth vault|nhs|{PERSON}".encode()
+    )
+    enc, rest = sealed[:32], sealed[32:]
+    assert opener().decrypt("nhs", PERSON, enc, rest, None) == b"9434765919"
+    with pytest.raises(VaultError, match="does not open"):
+        opener().decrypt("nhs", OTHER, enc, rest, None)
 
 
 def _callers(name: str) -> set[str]:
