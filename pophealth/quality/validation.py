@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import warnings
 from collections.abc import Sequence
@@ -170,6 +171,10 @@ def _quiet_great_expectations() -> None:
 
 def import_great_expectations():
     """Import Great Expectations quietly (it takes a few seconds: done on the first gate, not at import)."""
+    imported = sys.modules.get("great_expectations.expectations")
+    if imported is not None:
+        # Imported and quieted already: quieting walks every logger, and this is called for each rule of each gate.
+        return sys.modules["great_expectations"]
     _quiet_great_expectations()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
