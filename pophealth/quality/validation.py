@@ -21,8 +21,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, ClassVar
 
+from psycopg import sql
+
 from pophealth import config
-from pophealth.quality.rules import LoadRule, Rule, RulesError
+from pophealth.quality.rules import LoadRule, Rule, RulesError, failing_rows_condition
 from pophealth.warehouse import db
 
 log = logging.getLogger("pophealth")
@@ -463,6 +465,113 @@ class Measured:
     success: bool
     result: dict[str, Any]
     exception_info: Any = None
+
+
+#: The built-in expectations one query measures (their failing rows: rules.failing_rows_condition), with the kwargs
+#: it understands; a rule with any other is left to Great Expectations.
+_MEASURED_KWARGS = {
+    "ExpectColumnValuesToNotBeNull": {"column", "mostly"},
+    "ExpectColumnValuesToBeInSet": {"column", "value_set", "mostly"},
+    "ExpectColumnValuesToNotBeInSet": {"column", "value_set", "mostly"},
+    "ExpectColumnValuesToBeBetween": {"column", "min_value", "max_value", "strict_min", "strict_max", "mostly"},
+    "ExpectColumnValuesToBeUnique": {"column", "mostly"},
+    "ExpectCompoundColumnsToBeUnique": {"column_list"},
+    "ExpectColumnValuesToMatchRegex": {"column", "regex", "mostly"},
+    "ExpectColumnPairValuesAToBeGreaterThanB": {"column_A", "column_B", "or_equal", "ignore_row_if", "mostly"},
+    "ExpectTableRowCountToBeBetween": {"min_value", "max_value"},
+    "UnexpectedRowsExpectation": {"unexpected_rows_query"},
+}
+#: Whose `mostly` is a share of the column's non-null values (Great Expectations' column map expectations); a
+#: rule on presence counts every row.
+_SHARE_OF_PRESENT = frozenset(
+    {
+        "ExpectColumnValuesToBeInSet",
+        "ExpectColumnValuesToNotBeInSet",
+        "ExpectColumnValuesToBeBetween",
+        "ExpectColumnValuesToBeUnique",
+        "ExpectColumnValuesToMatchRegex",
+    }
+)
+
+
+def measure(
+    conn, table: sql.Composable, rules: Sequence[Rule], row_count: int, present: dict[str, int]
+) -> list[Measured] | None:
+    """Every rule's result on the batch table in one query (a scan shared by all the rules), judged as Great
+    Expectations judges it; None when a rule is of a kind this does not measure or the query fails, and for a rule
+    whose verdict needs GE's finer accounting (a pair or compound rule with failing rows), measured as failed."""
+    columns: list[sql.Composable] = []
+    for rule in rules:
+        allowed = _MEASURED_KWARGS.get(rule.expectation)
+        if allowed is None or set(rule.kwargs) - allowed:
+            return None
+        if rule.expectation == "ExpectTableRowCountToBeBetween":
+            continue
+        if rule.expectation == "UnexpectedRowsExpectation":
+            pieces = rule.one_line_query.split("{batch}")
+            query = sql.Composed([sql.SQL(pieces[0])] + [p for piece in pieces[1:] for p in (table, sql.SQL(piece))])
+            columns.append(sql.SQL("(SELECT count(*) FROM ({}) AS returned)").format(query))
+            continue
+        if rule.expectation == "ExpectCompoundColumnsToBeUnique":
+            # Great Expectations groups the rows by the columns, NULL with NULL, leaving out a row whose columns are all
+            # NULL: counted the same way here (an IN would miss a repeat with a NULL in it).
+            names = sql.SQL(", ").join(sql.Identifier(c) for c in rule.kwargs["column_list"])
+            none = sql.SQL(" AND ").join(
+                sql.SQL("{} IS NULL").format(sql.Identifier(c)) for c in rule.kwargs["column_list"]
+            )
+            columns.append(
+                sql.SQL(
+                    "(SELECT count(*) FROM (SELECT count(*) OVER (PARTITION BY {c}) AS n, {none} AS none FROM {t}) AS "
+                    "grouped WHERE n > 1 AND NOT none)"
+                ).format(c=names, none=none, t=table)
+            )
+            continue
+        condition = failing_rows_condition(rule, table)
+        if condition is None:
+            return None
+        columns.append(sql.SQL("count(*) FILTER (WHERE {})").format(condition))
+    try:
+        with conn.transaction():
+            counts = (
+                list(conn.execute(sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(columns), table)).fetchone())
+                if columns
+                else []
+            )
+    except Exception:  # noqa: BLE001 - a rule that cannot be evaluated: Great Expectations says which and why
+        return None
+    measured: list[Measured] = []
+    for rule in rules:
+        kw = rule.kwargs
+        if rule.expectation == "ExpectTableRowCountToBeBetween":
+            low, high = kw.get("min_value"), kw.get("max_value")
+            ok = (low is None or row_count >= low) and (high is None or row_count <= high)
+            measured.append(Measured(ok, {"observed_value": row_count}))
+            continue
+        unexpected = int(counts.pop(0))
+        if rule.expectation == "UnexpectedRowsExpectation":
+            measured.append(Measured(unexpected == 0, {"observed_value": unexpected}))
+            continue
+        if rule.expectation in _SHARE_OF_PRESENT:
+            considered = present.get(kw["column"], 0)
+        elif rule.expectation == "ExpectColumnValuesToNotBeNull":
+            considered = row_count
+        else:
+            considered = 0  # a pair or compound rule: only no failing row at all is measured as a pass
+        mostly = float(kw.get("mostly", 1.0))
+        ok = unexpected == 0 or (considered > 0 and (considered - unexpected) / considered >= mostly)
+        measured.append(
+            Measured(
+                ok,
+                {
+                    "element_count": row_count,
+                    "unexpected_count": unexpected,
+                    "unexpected_percent": 100.0 * unexpected / considered if considered else None,
+                    "unexpected_percent_total": 100.0 * unexpected / row_count if row_count else None,
+                    "partial_unexpected_list": [],
+                },
+            )
+        )
+    return measured
 
 
 def record(schema: str, table: str, suite: str, rules: Sequence[Rule], measured: Sequence[Measured]) -> None:

@@ -1024,7 +1024,7 @@ def test_a_load_staged_by_another_run_and_never_published_is_no_baseline(warehou
 
 
 def _measured_and_validated(load_id: int, feed: str) -> tuple[list, dict]:
-    """The gate's one query (gates.measure) and Great Expectations' own validation, on the same staged file, for
+    """The gate's one query (validation.measure) and Great Expectations' own validation, on the same staged file, for
     every rule of its feed but the volume rules (their bounds are the gate's, measured by GE as a row count)."""
     from psycopg import sql
 
@@ -1041,7 +1041,7 @@ def _measured_and_validated(load_id: int, feed: str) -> tuple[list, dict]:
                 sql.SQL("").join(sql.SQL(", count({})").format(sql.Identifier(c)) for c in columns), table
             )
         ).fetchone()
-        measured = gates.measure(conn, table, rules, counts[0], dict(zip(columns, counts[1:], strict=True)))
+        measured = validation.measure(conn, table, rules, counts[0], dict(zip(columns, counts[1:], strict=True)))
     assert measured is not None, f"{feed}: a rule of the registry is not measured by the one query"
     validated = validation.validate("load_batch", f"load_{load_id}", "measure_test", rules)
     return list(zip(rules, measured, strict=True)), validated
