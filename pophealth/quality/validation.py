@@ -305,9 +305,30 @@ class _GX:
     _index_deferred = threading.local()
 
     def _pages(self, resource_identifiers: list) -> None:
-        """This validation's pages of the Data Docs site, then the index unless it is deferred."""
-        for section in self.docs.site_section_builders.values():
-            section.build(resource_identifiers=resource_identifiers)
+        """This validation's pages of the Data Docs site, then the index unless it is deferred.
+
+        Each page as Great Expectations' section builders make it (render, view, write), without their `build`: it
+        lists every key of its store first (each section, the profiling one too), and the validation results kept
+        on disk grow with every file ever gated: that listing was more than the pages themselves at 50 files."""
+        from great_expectations.core import ExpectationSuite
+        from great_expectations.data_context.store.html_site_store import SiteSectionIdentifier
+        from great_expectations.data_context.types.resource_identifiers import ExpectationSuiteIdentifier
+
+        sections = self.docs.site_section_builders
+        for key in resource_identifiers:
+            suite = isinstance(key, ExpectationSuiteIdentifier)
+            section = sections["expectations" if suite else "validations"]
+            resource = section.source_store.get(key)
+            if suite:
+                resource = ExpectationSuite(**resource)
+            view = section.view_class.render(
+                section.renderer_class.render(resource),
+                data_context_id=section.data_context_id,
+                show_how_to_buttons=section.show_how_to_buttons,
+            )
+            section.target_store.set(
+                SiteSectionIdentifier(site_section_name=section.name, resource_identifier=key), view
+            )
         if getattr(self._index_deferred, "depth", 0):
             self._index_deferred.pending = True
         else:
