@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import warnings
 from collections.abc import Sequence
@@ -20,8 +21,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, ClassVar
 
+from psycopg import sql
+
 from pophealth import config
-from pophealth.quality.rules import LoadRule, Rule, RulesError
+from pophealth.quality.rules import LoadRule, Rule, RulesError, failing_rows_condition
 from pophealth.warehouse import db
 
 log = logging.getLogger("pophealth")
@@ -170,6 +173,10 @@ def _quiet_great_expectations() -> None:
 
 def import_great_expectations():
     """Import Great Expectations quietly (it takes a few seconds: done on the first gate, not at import)."""
+    imported = sys.modules.get("great_expectations.expectations")
+    if imported is not None:
+        # Imported and quieted already: quieting walks every logger, and this is called for each rule of each gate.
+        return sys.modules["great_expectations"]
     _quiet_great_expectations()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -298,9 +305,30 @@ class _GX:
     _index_deferred = threading.local()
 
     def _pages(self, resource_identifiers: list) -> None:
-        """This validation's pages of the Data Docs site, then the index unless it is deferred."""
-        for section in self.docs.site_section_builders.values():
-            section.build(resource_identifiers=resource_identifiers)
+        """This validation's pages of the Data Docs site, then the index unless it is deferred.
+
+        Each page as Great Expectations' section builders make it (render, view, write), without their `build`: it
+        lists every key of its store first (each section, the profiling one too), and the validation results kept
+        on disk grow with every file ever gated: that listing was more than the pages themselves at 50 files."""
+        from great_expectations.core import ExpectationSuite
+        from great_expectations.data_context.store.html_site_store import SiteSectionIdentifier
+        from great_expectations.data_context.types.resource_identifiers import ExpectationSuiteIdentifier
+
+        sections = self.docs.site_section_builders
+        for key in resource_identifiers:
+            suite = isinstance(key, ExpectationSuiteIdentifier)
+            section = sections["expectations" if suite else "validations"]
+            resource = section.source_store.get(key)
+            if suite:
+                resource = ExpectationSuite(**resource)
+            view = section.view_class.render(
+                section.renderer_class.render(resource),
+                data_context_id=section.data_context_id,
+                show_how_to_buttons=section.show_how_to_buttons,
+            )
+            section.target_store.set(
+                SiteSectionIdentifier(site_section_name=section.name, resource_identifier=key), view
+            )
         if getattr(self._index_deferred, "depth", 0):
             self._index_deferred.pending = True
         else:
@@ -352,6 +380,71 @@ class _GX:
                 except Exception:  # noqa: BLE001 - cleaning up an in-memory context
                     pass
 
+    def record(self, schema: str, table: str, suite_name_: str, expectations: list, measured: list[Measured]) -> None:
+        with self._run_lock:
+            self._record(schema, table, suite_name_, expectations, measured)
+
+    def _record(self, schema: str, table: str, suite_name_: str, expectations: list, measured: list[Measured]) -> None:
+        """Keep results the gate measured itself as Great Expectations' validation result of the table (the same
+        objects, store and pages as `_validate`), so the Data Docs site has a page for every file gated."""
+        from datetime import UTC, datetime
+
+        from great_expectations.core import ExpectationSuiteValidationResult, ExpectationValidationResult
+        from great_expectations.core.run_identifier import RunIdentifier
+        from great_expectations.data_context.types.resource_identifiers import (
+            ExpectationSuiteIdentifier,
+            ValidationResultIdentifier,
+        )
+
+        gx = self.gx
+        name = f"{suite_name_}:{schema}.{table}"
+        asset_name = f"{schema}.{table}"
+        run_id = RunIdentifier(run_name=asset_name, run_time=datetime.now(UTC))
+        results = [
+            ExpectationValidationResult(success=m.success, expectation_config=e.configuration, result=m.result)
+            for e, m in zip(expectations, measured, strict=True)
+        ]
+        passed = sum(1 for m in measured if m.success)
+        suite_result = ExpectationSuiteValidationResult(
+            success=passed == len(measured),
+            results=results,
+            suite_name=name,
+            statistics={
+                "evaluated_expectations": len(measured),
+                "successful_expectations": passed,
+                "unsuccessful_expectations": len(measured) - passed,
+                "success_percent": 100.0 * passed / len(measured) if measured else None,
+            },
+            meta={
+                "active_batch_definition": {
+                    "batch_identifiers": {},
+                    "data_asset_name": asset_name,
+                    "data_connector_name": "fluent",
+                    "datasource_name": self.source.name,
+                },
+                "batch_spec": {"data_asset_name": asset_name, "schema_name": schema, "table_name": table},
+                "great_expectations_version": gx.__version__,
+                "run_id": run_id,
+                "validation_time": run_id.run_time,
+                # Said on the page: these counts are the gate's own queries (pophealth/quality/gates.py).
+                "measured_by": "pophealth load gate (one SQL query for every rule)",
+            },
+        )
+        result_id = ValidationResultIdentifier(
+            expectation_suite_identifier=ExpectationSuiteIdentifier(name=name),
+            run_id=run_id,
+            batch_identifier=f"{self.source.name}-{asset_name}",
+        )
+        self.context.suites.add(gx.ExpectationSuite(name=name, expectations=expectations))
+        try:
+            self.context.validation_results_store.set(result_id, suite_result)
+            self._pages([result_id, ExpectationSuiteIdentifier(name=name)])
+        finally:
+            try:
+                self.context.suites.delete(name)
+            except Exception:  # noqa: BLE001 - cleaning up an in-memory context
+                pass
+
 
 @contextmanager
 def data_docs_once():
@@ -384,6 +477,134 @@ def validate(schema: str, table: str, suite: str, rules: Sequence[Rule]) -> dict
         expectations = [build_expectation(r) for r in rules]
         run = runner.validate(schema, table, suite, expectations)
     return {r.expectation_config.meta["check_id"]: r for r in run.results}
+
+
+@dataclass
+class Measured:
+    """A rule's result measured by a gate's own SQL, in the shape of Great Expectations' (success, its result)."""
+
+    success: bool
+    result: dict[str, Any]
+    exception_info: Any = None
+
+
+#: The built-in expectations one query measures (their failing rows: rules.failing_rows_condition), with the kwargs
+#: it understands; a rule with any other is left to Great Expectations.
+_MEASURED_KWARGS = {
+    "ExpectColumnValuesToNotBeNull": {"column", "mostly"},
+    "ExpectColumnValuesToBeInSet": {"column", "value_set", "mostly"},
+    "ExpectColumnValuesToNotBeInSet": {"column", "value_set", "mostly"},
+    "ExpectColumnValuesToBeBetween": {"column", "min_value", "max_value", "strict_min", "strict_max", "mostly"},
+    "ExpectColumnValuesToBeUnique": {"column", "mostly"},
+    "ExpectCompoundColumnsToBeUnique": {"column_list"},
+    "ExpectColumnValuesToMatchRegex": {"column", "regex", "mostly"},
+    "ExpectColumnPairValuesAToBeGreaterThanB": {"column_A", "column_B", "or_equal", "ignore_row_if", "mostly"},
+    "ExpectTableRowCountToBeBetween": {"min_value", "max_value"},
+    "UnexpectedRowsExpectation": {"unexpected_rows_query"},
+}
+#: Whose `mostly` is a share of the column's non-null values (Great Expectations' column map expectations); a
+#: rule on presence counts every row.
+_SHARE_OF_PRESENT = frozenset(
+    {
+        "ExpectColumnValuesToBeInSet",
+        "ExpectColumnValuesToNotBeInSet",
+        "ExpectColumnValuesToBeBetween",
+        "ExpectColumnValuesToBeUnique",
+        "ExpectColumnValuesToMatchRegex",
+    }
+)
+
+
+def measure(
+    conn, table: sql.Composable, rules: Sequence[Rule], row_count: int, present: dict[str, int]
+) -> list[Measured] | None:
+    """Every rule's result on the batch table in one query (a scan shared by all the rules), judged as Great
+    Expectations judges it; None when a rule is of a kind this does not measure or the query fails, and for a rule
+    whose verdict needs GE's finer accounting (a pair or compound rule with failing rows), measured as failed."""
+    columns: list[sql.Composable] = []
+    for rule in rules:
+        allowed = _MEASURED_KWARGS.get(rule.expectation)
+        if allowed is None or set(rule.kwargs) - allowed:
+            return None
+        if rule.expectation == "ExpectTableRowCountToBeBetween":
+            continue
+        if rule.expectation == "UnexpectedRowsExpectation":
+            pieces = rule.one_line_query.split("{batch}")
+            query = sql.Composed([sql.SQL(pieces[0])] + [p for piece in pieces[1:] for p in (table, sql.SQL(piece))])
+            columns.append(sql.SQL("(SELECT count(*) FROM ({}) AS returned)").format(query))
+            continue
+        if rule.expectation == "ExpectCompoundColumnsToBeUnique":
+            # Great Expectations groups the rows by the columns, NULL with NULL, leaving out a row whose columns are all
+            # NULL: counted the same way here (an IN would miss a repeat with a NULL in it).
+            names = sql.SQL(", ").join(sql.Identifier(c) for c in rule.kwargs["column_list"])
+            none = sql.SQL(" AND ").join(
+                sql.SQL("{} IS NULL").format(sql.Identifier(c)) for c in rule.kwargs["column_list"]
+            )
+            columns.append(
+                sql.SQL(
+                    "(SELECT count(*) FROM (SELECT count(*) OVER (PARTITION BY {c}) AS n, {none} AS none FROM {t}) AS "
+                    "grouped WHERE n > 1 AND NOT none)"
+                ).format(c=names, none=none, t=table)
+            )
+            continue
+        condition = failing_rows_condition(rule, table)
+        if condition is None:
+            return None
+        columns.append(sql.SQL("count(*) FILTER (WHERE {})").format(condition))
+    try:
+        with conn.transaction():
+            counts = (
+                list(conn.execute(sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(columns), table)).fetchone())
+                if columns
+                else []
+            )
+    except Exception:  # noqa: BLE001 - a rule that cannot be evaluated: Great Expectations says which and why
+        return None
+    measured: list[Measured] = []
+    for rule in rules:
+        kw = rule.kwargs
+        if rule.expectation == "ExpectTableRowCountToBeBetween":
+            low, high = kw.get("min_value"), kw.get("max_value")
+            ok = (low is None or row_count >= low) and (high is None or row_count <= high)
+            measured.append(Measured(ok, {"observed_value": row_count}))
+            continue
+        unexpected = int(counts.pop(0))
+        if rule.expectation == "UnexpectedRowsExpectation":
+            measured.append(Measured(unexpected == 0, {"observed_value": unexpected}))
+            continue
+        if rule.expectation in _SHARE_OF_PRESENT:
+            considered = present.get(kw["column"], 0)
+        elif rule.expectation == "ExpectColumnValuesToNotBeNull":
+            considered = row_count
+        else:
+            considered = 0  # a pair or compound rule: only no failing row at all is measured as a pass
+        mostly = float(kw.get("mostly", 1.0))
+        ok = unexpected == 0 or (considered > 0 and (considered - unexpected) / considered >= mostly)
+        measured.append(
+            Measured(
+                ok,
+                {
+                    "element_count": row_count,
+                    "unexpected_count": unexpected,
+                    "unexpected_percent": 100.0 * unexpected / considered if considered else None,
+                    "unexpected_percent_total": 100.0 * unexpected / row_count if row_count else None,
+                    "partial_unexpected_list": [],
+                },
+            )
+        )
+    return measured
+
+
+def record(schema: str, table: str, suite: str, rules: Sequence[Rule], measured: Sequence[Measured]) -> None:
+    """Keep results a gate measured itself (every rule passed) as the table's validation, with its Data Docs page."""
+    if not rules:
+        return
+    _quiet_great_expectations()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # as in validate()
+        runner = _GX.for_url(_sqlalchemy_url(db.warehouse_url()))
+        _quiet_great_expectations()
+        runner.record(schema, table, suite, [build_expectation(r) for r in rules], list(measured))
 
 
 def evaluation_problem(info: Any) -> str | None:

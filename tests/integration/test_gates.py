@@ -1017,3 +1017,113 @@ def test_a_load_staged_by_another_run_and_never_published_is_no_baseline(warehou
     volume = _recorded(april)["apc.volume.within_band"]
     assert volume["status"] == "not_applicable"
     assert volume["observed"] == "no previous published or staged load of apc RDE"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# One query for every rule: what Great Expectations would say, without its validation on a file that passes
+
+
+def _measured_and_validated(load_id: int, feed: str) -> tuple[list, dict]:
+    """The gate's one query (validation.measure) and Great Expectations' own validation, on the same staged file, for
+    every rule of its feed but the volume rules (their bounds are the gate's, measured by GE as a row count)."""
+    from psycopg import sql
+
+    from pophealth.quality import gates, validation
+    from pophealth.warehouse import db
+
+    table = sql.Identifier("load_batch", f"load_{load_id}")
+    with db.connect() as conn:
+        ctx = gates.LoadContext.of(conn, load_id, feed)
+        rules = [gates._bound(rule, ctx) for rule in gates.checks_for(feed) if rule.row_count is None]
+        columns = sorted({c for rule in rules for c in rule.columns})
+        counts = conn.execute(
+            sql.SQL("SELECT count(*){} FROM {}").format(
+                sql.SQL("").join(sql.SQL(", count({})").format(sql.Identifier(c)) for c in columns), table
+            )
+        ).fetchone()
+        measured = validation.measure(conn, table, rules, counts[0], dict(zip(columns, counts[1:], strict=True)))
+    assert measured is not None, f"{feed}: a rule of the registry is not measured by the one query"
+    validated = validation.validate("load_batch", f"load_{load_id}", "measure_test", rules)
+    return list(zip(rules, measured, strict=True)), validated
+
+
+_WITHIN_TOLERANCE = [
+    # 1 of 40 episodes without an NHS number: 2.5%, within the 5% apc.nhs_number.present allows (a pass that counts).
+    ("apc", lambda: _changed([_apc(i) for i in range(40)], {3: {"nhs_number": ""}})),
+    # 1 of 20: exactly 5%, on the threshold (GE: the share passing >= mostly).
+    ("apc", lambda: _changed([_apc(i) for i in range(20)], {3: {"nhs_number": ""}})),
+]
+
+
+@pytest.mark.parametrize(
+    "feed, rows",
+    [(feed, GOOD[feed]) for feed in GOOD]
+    + _WITHIN_TOLERANCE
+    + [(case.feed, case.rows) for case in ERROR_CASES + WARN_CASES if case.feed in GOOD],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_the_one_query_judges_each_rule_as_great_expectations_does(stage, feed, rows):
+    """A file whose rules all pass in the one query is not validated by GE again (its results are the query's): so a
+    rule the query passes must pass in GE, with the same counts. A rule it fails sends the file to GE: it may fail
+    only what GE fails, except a pair or compound rule with failing rows, which it leaves to GE's finer accounting."""
+    # An opt-out list dated after any other test's: an older one than the list in force is refused as stale.
+    load_id = stage(feed, rows(), "optouts_20271231.csv" if feed == "optouts" else None)
+    measured, validated = _measured_and_validated(load_id, feed)
+    for rule, m in measured:
+        ge = validated[rule.id]
+        counted = (ge.result or {}).get("unexpected_count", (ge.result or {}).get("observed_value"))
+        found = m.result.get("unexpected_count", m.result.get("observed_value"))
+        assert found == counted, f"{rule.id}: the query counts {found}, Great Expectations {counted}"
+        if m.success or rule.expectation not in (
+            "ExpectColumnPairValuesAToBeGreaterThanB",
+            "ExpectCompoundColumnsToBeUnique",
+        ):
+            assert m.success == ge.success, f"{rule.id}: the query says {m.success}, Great Expectations {ge.success}"
+
+
+def test_a_file_within_its_tolerances_passes_on_the_one_query_with_its_counts_and_its_page(stage):
+    """The good path: every rule passes in the one query; the counts of the rule failing within its tolerance are
+    recorded as Great Expectations records them, and the Data Docs site has the file's page."""
+    from pophealth.quality import gates
+    from pophealth.quality.validation import data_docs_index
+
+    load_id = stage("apc", _WITHIN_TOLERANCE[0][1]())
+    outcome = gates.run_load_gate(load_id, "apc", f"load_batch.load_{load_id}", run_id="run-tolerance")
+    assert outcome.passed and not outcome.failures(), outcome.summary()
+    present = _recorded(load_id)["apc.nhs_number.present"]
+    assert present["status"] == "passed" and present["unexpected_count"] == 1
+    assert present["observed"] == "1 unexpected (2.50%)" and present["example_rows"] == []
+    index = data_docs_index()
+    assert f"load_batch.load_{load_id}" in index.read_text()
+
+
+def test_of_five_files_gated_in_turn_only_the_third_which_breaks_a_rule_is_refused_with_its_message(stage):
+    """Five monthly files of one trust gated in turn, as a load task gates its files: the four good ones pass on the
+    one query, each with its own results and Data Docs page; the third, with an admission method outside the
+    contract, goes to Great Expectations and is refused with the rule, its row and no value."""
+    from pophealth.quality import gates
+    from pophealth.quality.validation import data_docs_index
+
+    periods = ("20270131", "20270228", "20270331", "20270430", "20270531")
+    files = []
+    for n, period in enumerate(periods):
+        rows = [_apc(i, provider="RAJ", **_in_month(i, period)) for i in range(30)]
+        if n == 2:
+            rows = _changed(rows, {3: {"admimeth": "XX"}})
+        files.append((stage("apc", rows, f"apc_RAJ_{period}.csv"), rows))
+    messages = [_gate(load_id) for load_id, _ in files]
+    assert [m is None for m in messages] == [True, True, False, True, True], messages
+    refused, rows = files[2]
+    message = messages[2] or ""
+    assert "QUALITY GATE FAILED for apc_RAJ_20270331.csv" in message
+    assert "FAILED [error] apc.admission_method.in_contract:" in message
+    assert "1 of 30 rows" in message and "example rows (1 = first data row): 4" in message
+    _assert_no_value_of(rows, message)
+    _assert_refused(refused, "apc")
+    index = data_docs_index().read_text()
+    for load_id, _ in files:
+        recorded = _recorded(load_id)
+        assert set(recorded) == {rule.id for rule in gates.checks_for("apc")}
+        failed = {k for k, r in recorded.items() if r["status"] == "failed"}
+        assert failed == ({"apc.admission_method.in_contract"} if load_id == refused else set()), load_id
+        assert f"load_batch.load_{load_id}" in index
