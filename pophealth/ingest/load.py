@@ -457,29 +457,6 @@ def _coverage(
     return min(start, period_end.replace(day=1)), period_end
 
 
-#: Rows of the batch table sent to its COPY at a time, as one piece of text: one call instead of one per row,
-#: and memory bounded (a few MB at most: a row is under 2 KB, no field being longer than MAX_FIELD_CHARS).
-COPY_BATCH_ROWS = 2000
-
-#: PostgreSQL's COPY text format: a backslash and these control characters are escaped (psycopg escapes the same
-#: ones); a tab separates fields, a newline ends the row.
-_COPY_ESCAPES = str.maketrans(
-    {"\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\v": "\\v", "\f": "\\f", "\r": "\\r"}
-)
-
-
-def copy_text(values: tuple[object, ...]) -> str:
-    """The fields of a row as COPY text, without the row's newline: None is NULL (\\N); str() of a number
-    or a date is its text form (a date's str() is ISO, as psycopg sends it); text is escaped. A NUL never
-    gets here: a file holding one is refused whole (landing)."""
-    return "\t".join(
-        [  # a list, not a generator: the hot path
-            "\\N" if value is None else value.translate(_COPY_ESCAPES) if type(value) is str else str(value)
-            for value in values
-        ]
-    )
-
-
 @contextmanager
 def _vault_connection(feed: Feed) -> Iterator[psycopg.Connection | None]:
     """The connection the vault's COPY runs on, beside the batch table's (one connection holds one COPY at a
@@ -527,8 +504,6 @@ def _stage(extract: ExtractFile, feed: Feed, load_id: int, conn: psycopg.Connect
             columns = sql.SQL(", ").join(sql.Identifier(c) for c in meta + feed.table_columns + feed.staged_only)
             copy_sql = sql.SQL("COPY {} ({}) FROM STDIN").format(sql.SQL(table), columns)
             transform, copy_row = TRANSFORMS[feed.name], feed.copy_row
-            version = copy_text((key_version,))
-            batch: list[str] = []
             with conn.cursor() as cur, cur.copy(copy_sql) as copy, _vault_copy(vault_conn, vault_writer):
                 for row_number, row in reader.rows:
                     rows_read += 1
@@ -551,19 +526,11 @@ def _stage(extract: ExtractFile, feed: Feed, load_id: int, conn: psycopg.Connect
                         if vault_writer:
                             vault_writer.drop_row()
                         continue
-                    line = copy_text(copy_row(values))
-                    # The meta columns first (_meta_columns): load_id, and for a personal feed source_row, key_version.
-                    batch.append(
-                        f"{load_id}\t{row_number}\t{version}\t{line}\n" if feed.personal else f"{load_id}\t{line}\n"
-                    )
-                    if len(batch) == COPY_BATCH_ROWS:
-                        copy.write("".join(batch))
-                        batch.clear()
+                    head = (load_id, row_number, key_version) if feed.personal else (load_id,)
+                    copy.write_row(head + copy_row(values))
                     if vault_writer:
                         vault_writer.keep_row()
                     rows_loaded += 1
-                if batch:
-                    copy.write("".join(batch))
         if rows_read == 0:
             raise FileRejected("the file has a header but no data rows")
         if quarantine:
