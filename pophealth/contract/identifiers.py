@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass
+from operator import mul
 from typing import NoReturn
 
 _SEPARATORS = re.compile(r"[\s\-]", re.ASCII)
@@ -24,7 +25,11 @@ MODULUS_11_WEIGHTS = (10, 9, 8, 7, 6, 5, 4, 3, 2)
 
 def nhs_check_digit(first_nine: str) -> int | None:
     """The Modulus 11 check digit of nine digits, or None when no check digit makes them valid (10)."""
-    total = sum(int(d) * w for d, w in zip(first_nine, MODULUS_11_WEIGHTS, strict=True))
+    if len(first_nine) != 9:
+        raise ValueError("a check digit is computed from nine digits")
+    total: int = sum(
+        map(mul, map(int, first_nine), MODULUS_11_WEIGHTS)
+    )  # the hot path of every load: C, not a generator
     check = 11 - (total % 11)
     if check == 11:
         return 0
