@@ -14,8 +14,11 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pophealth import config
 from pophealth.governance.lineage import openlineage_env
@@ -43,6 +46,11 @@ def airflow_env(extra: dict[str, str] | None = None) -> dict[str, str]:
             "POPHEALTH_SECONDARY_USE_KEY,POPHEALTH_DIRECT_CARE_KEY"
         ),
         "AIRFLOW__COSMOS__ENABLE_TELEMETRY": "False",
+        # Cosmos's watcher otherwise rewrites one Airflow Variable with every result pushed so far, at each of the
+        # build's ~170 pushes (~50 ms each, from the thread reading dbt's output): a copy for a retry of the build.
+        # Off, the copy is still written once if the build fails (Cosmos's failure callback), which is all a
+        # retry reads.
+        "AIRFLOW__COSMOS__ENABLE_WATCHER_RELIABLE_RETRY": "False",
         "DO_NOT_TRACK": "1",
         "PYTHONWARNINGS": "ignore",
         "XDG_RUNTIME_DIR": os.environ.get("XDG_RUNTIME_DIR", str(paths.home / "run")),
@@ -202,24 +210,70 @@ def _child(log_dir: Path, dag_ids: list[str]) -> int:
     return 0
 
 
-_BAG = None
+class _ParsedOnce:
+    """The DAG folder parsed, and written to the metadata database, once per process.
+
+    `dag.test()` parses the whole DAG folder again for every DAG it runs (Cosmos rendering build_marts's ~120
+    tasks each time) and writes every DAG to the database again, unchanged: 0.5-2 s a DAG (issue 19). While a
+    DAG runs here, the two names it calls for that (it imports them when it runs) give it this process's one
+    parse and one write instead; the files cannot change in between that matters, as the DAGs already run
+    are the ones parsed at the start."""
+
+    def __init__(self) -> None:
+        from airflow.dag_processing import dagbag
+
+        self.module = dagbag
+        self.real_bag, self.real_sync = dagbag.BundleDagBag, dagbag.sync_bag_to_db
+        self.bags: dict[tuple[str, str | None], Any] = {}
+        self.synced: set[int] = set()
+
+    def bag(self, **kwargs: Any) -> Any:
+        key = (str(kwargs.get("dag_folder")), kwargs.get("bundle_name"))
+        if key not in self.bags:
+            self.bags[key] = self.real_bag(**kwargs)
+        return self.bags[key]
+
+    def sync(self, bag: Any, bundle_name: str, bundle_version: str | None, **kwargs: Any) -> None:
+        if id(bag) not in self.synced:
+            self.real_sync(bag, bundle_name, bundle_version, **kwargs)
+            self.synced.add(id(bag))
+
+    def dag_folder(self) -> Any:
+        """The DAG folder's bundle (the one this environment configures), parsed as `dag.test()` parses it."""
+        from airflow.dag_processing.bundles.manager import DagBundlesManager
+
+        bundle = next(iter(DagBundlesManager().get_all_dag_bundles()))
+        if not bundle.is_initialized:
+            bundle.initialize()
+        return self.bag(dag_folder=bundle.path, bundle_path=bundle.path, bundle_name=bundle.name)
+
+    @contextmanager
+    def in_dag_test(self) -> Iterator[None]:
+        vars(self.module).update(BundleDagBag=self.bag, sync_bag_to_db=self.sync)
+        try:
+            yield
+        finally:
+            vars(self.module).update(BundleDagBag=self.real_bag, sync_bag_to_db=self.real_sync)
+
+
+_PARSED: _ParsedOnce | None = None
 
 
 def _run_one(dag_id: str) -> dict:
-    global _BAG
-    from airflow.dag_processing.dagbag import DagBag
-
-    if _BAG is None:
-        _BAG = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"])  # parsed once for every DAG of the run
-    if _BAG.import_errors:
-        for path, error in _BAG.import_errors.items():
+    global _PARSED
+    if _PARSED is None:
+        _PARSED = _ParsedOnce()
+    bag = _PARSED.dag_folder()
+    if bag.import_errors:
+        for path, error in bag.import_errors.items():
             print(f"DAG import error in {path}:\n{error}", flush=True)
         return {"state": "not run (DAG import error)", "run_id": None, "tasks": []}
-    dag = _BAG.get_dag(dag_id)
+    dag = bag.get_dag(dag_id)
     if dag is None:
         print(f"no DAG called {dag_id}", flush=True)
         return {"state": "not run (no such DAG)", "run_id": None, "tasks": []}
-    run = dag.test()
+    with _PARSED.in_dag_test():
+        run = dag.test()
     tasks = [
         {"task_id": ti.task_id, "map_index": ti.map_index, "state": str(getattr(ti.state, "value", ti.state))}
         for ti in run.get_task_instances()

@@ -76,3 +76,47 @@ def test_each_dag_has_its_outcome_and_log_and_a_crash_does_not_stop_the_next(tmp
     ]
     assert said["started"] == said["finished"] == ["lives", "dies", "no_such_dag", "lives"]
     assert "lives ran" in (logs / "lives.log").read_text()
+
+
+COUNTED = """
+    import os
+    from datetime import datetime
+    from airflow.sdk import dag, task
+
+    with open(os.environ["PARSES_FILE"], "a") as parses:
+        parses.write("parsed\\n")
+
+    for name in ("first", "second"):
+        @dag(dag_id=name, schedule=None, start_date=datetime(2024, 1, 1), catchup=False)
+        def counted():
+            @task
+            def say_so():
+                print("ran")
+            say_so()
+
+        counted()
+"""
+
+
+def test_the_dag_folder_is_parsed_once_for_every_dag_of_the_run(tmp_path):
+    """dag.test() parses the whole folder for each DAG it runs (Cosmos rendering build_marts each time); the
+    runner's process parses it once, and every DAG still runs from the metadata database it is written to."""
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    (dags / "counted.py").write_text(textwrap.dedent(COUNTED))
+    parses = tmp_path / "parses.txt"
+    run = textwrap.dedent(RUN).replace(
+        '{"AIRFLOW__CORE__DAGS_FOLDER": sys.argv[2]}',
+        f'{{"AIRFLOW__CORE__DAGS_FOLDER": sys.argv[2], "PARSES_FILE": "{parses}"}}',
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", run, str(tmp_path / "logs"), str(dags), "first", "second", "first"],
+        env=isolated_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    said = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert [o[1] for o in said["outcomes"]] == ["success"] * 3
+    assert parses.read_text().splitlines() == ["parsed"]  # once, not once more for each of the three runs

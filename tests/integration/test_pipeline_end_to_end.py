@@ -232,6 +232,10 @@ def test_a_good_run_passes_every_gate_and_keeps_every_result(world):
     # And every validation is a page of Great Expectations' Data Docs.
     index = world.home / "state" / "data_docs" / "index.html"
     assert index.is_file() and len(list(index.parent.glob("validations/**/*.html"))) >= len(published)
+    # The index is built once after the marts gate's last validation (not after each): it links every one of them.
+    linked = index.read_text()
+    pages = [p.relative_to(index.parent) for p in index.parent.glob("validations/marts_publish*/**/*.html")]
+    assert pages and all(str(p).replace(":", "%3A") in linked for p in pages)
 
 
 def test_a_second_run_is_safe_and_changes_nothing(world):

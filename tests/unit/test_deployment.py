@@ -59,6 +59,22 @@ def test_the_keys_are_masked_by_the_same_names_in_compose_the_cluster_and_the_em
         assert source.env in names.split(",") and source.airflow_conn_id.removeprefix("pophealth_") in names.split(",")
 
 
+def test_the_dbt_build_copies_its_results_for_a_retry_only_when_it_fails_in_every_deployment(tmp_path, monkeypatch):
+    """Cosmos's watcher rewrote an Airflow Variable with all its results at each of the build's ~170 pushes (a copy
+    for a retry of the build); off, it writes the copy once, when the build fails (issue 19)."""
+    import sys
+
+    from pophealth.operate.airflow_runner import airflow_env
+
+    monkeypatch.setenv("POPHEALTH_HOME", str(tmp_path))
+    monkeypatch.setenv("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "postgresql://nobody@localhost/none")
+    setting = "AIRFLOW__COSMOS__ENABLE_WATCHER_RELIABLE_RETRY"
+    assert DEPLOYMENT["airflow"]["settings"][setting] == airflow_env()[setting] == "False"
+    read = "from cosmos import settings; print(settings.enable_watcher_reliable_retry)"
+    proc = subprocess.run([sys.executable, "-c", read], env=airflow_env(), capture_output=True, text=True, timeout=300)
+    assert proc.stdout.strip().splitlines()[-1:] == ["False"], proc.stderr[-2000:]
+
+
 @pytest.mark.parametrize("service", AIRFLOW_SERVICES)
 def test_every_secret_setting_of_compose_is_read_from_its_secret_file_by_a_command(service):
     # Never a value in the environment (which `docker inspect` shows): `<setting>_CMD` reading the Docker secret
