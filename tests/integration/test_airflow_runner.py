@@ -53,21 +53,26 @@ RUN = """
 """
 
 
-def test_each_dag_has_its_outcome_and_log_and_a_crash_does_not_stop_the_next(tmp_path):
-    dags = tmp_path / "dags"
-    dags.mkdir()
-    for name, text in DAGS.items():
-        (dags / name).write_text(textwrap.dedent(text))
-    logs = tmp_path / "logs"
+def _run_dags(tmp_path, script: str, logs, dags, *names: str) -> dict:
+    """Run the runner's script on the DAG folder in a process of its own; what it said (its last line, JSON)."""
     proc = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(RUN), str(logs), str(dags), "lives", "dies", "no_such_dag", "lives"],
+        [sys.executable, "-c", script, str(logs), str(dags), *names],
         env=isolated_env(tmp_path),
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    said = json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_each_dag_has_its_outcome_and_log_and_a_crash_does_not_stop_the_next(tmp_path):
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    for name, text in DAGS.items():
+        (dags / name).write_text(textwrap.dedent(text))
+    logs = tmp_path / "logs"
+    said = _run_dags(tmp_path, textwrap.dedent(RUN), logs, dags, "lives", "dies", "no_such_dag", "lives")
     assert said["outcomes"] == [
         ["lives", "success", "lives.log"],
         ["dies", "crashed (exit 3)", "dies.log"],  # its process went; a new one ran the rest
@@ -109,14 +114,6 @@ def test_the_dag_folder_is_parsed_once_for_every_dag_of_the_run(tmp_path):
         '{"AIRFLOW__CORE__DAGS_FOLDER": sys.argv[2]}',
         f'{{"AIRFLOW__CORE__DAGS_FOLDER": sys.argv[2], "PARSES_FILE": "{parses}"}}',
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", run, str(tmp_path / "logs"), str(dags), "first", "second", "first"],
-        env=isolated_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    said = json.loads(proc.stdout.strip().splitlines()[-1])
+    said = _run_dags(tmp_path, run, tmp_path / "logs", dags, "first", "second", "first")
     assert [o[1] for o in said["outcomes"]] == ["success"] * 3
     assert parses.read_text().splitlines() == ["parsed"]  # once, not once more for each of the three runs
