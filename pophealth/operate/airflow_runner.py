@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -115,6 +116,18 @@ class DagOutcome:
         return [t for t in self.tasks if t["state"] in ("failed", "upstream_failed")]
 
 
+def dies_with_parent() -> None:
+    """In a child, before it runs: ask Linux to send it SIGTERM when its parent dies, even by SIGKILL, which
+    no handler sees, so a killed `pophealth run` or `pophealth ui` never leaves Airflow running (the UI's holding its
+    port)."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() == 1:  # the parent died before the request was made
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def run_dags(
     dag_ids: tuple[str, ...] | list[str],
     log_dir: Path,
@@ -136,7 +149,6 @@ def run_dags(
     while remaining:
         for dag_id in remaining:
             (log_dir / f"{dag_id}.result.json").unlink(missing_ok=True)
-        announced = 0
         if on_start:
             on_start(remaining[0])
         # What the child says before its first DAG starts (an import failing, say) goes to the runner's log.
@@ -147,37 +159,72 @@ def run_dags(
                 stdout=runner_log,
                 stderr=subprocess.STDOUT,
                 text=True,
+                start_new_session=True,  # a process group of its own: what it leaves behind is found (_end_group)
+                preexec_fn=dies_with_parent,  # and it ends with this process, however this one ends
             )
-        started = time.monotonic()
-        while True:
-            exited = proc.poll() is not None
-            # Report each DAG as its result appears (the child writes it whole, or not at all).
-            while announced < len(remaining):
-                result = _read_result(remaining[announced], log_dir)
-                if result is None:
-                    break
-                outcomes.append(result)
-                announced += 1
-                if on_finish:
-                    on_finish(result)
-                if on_start and announced < len(remaining):
-                    on_start(remaining[announced])
-                started = time.monotonic()
-            if exited or announced == len(remaining):
-                break
-            time.sleep(0.2)
-        proc.wait()
-        if announced < len(remaining):
-            dag_id = remaining[announced]
-            crashed = DagOutcome(
-                dag_id, f"crashed (exit {proc.returncode})", None, time.monotonic() - started, log_dir / f"{dag_id}.log"
-            )
-            outcomes.append(crashed)
-            if on_finish:
-                on_finish(crashed)
-            announced += 1
+        try:
+            announced = _follow(proc, remaining, log_dir, on_start, on_finish, outcomes)
+        finally:
+            _end_group(proc)
         remaining = remaining[announced:]
     return outcomes
+
+
+def _follow(proc: subprocess.Popen, remaining: list[str], log_dir: Path, on_start, on_finish, outcomes) -> int:
+    """Report the child's DAGs as their results appear, and the one it was running if it dies; how many it ran."""
+    announced = 0
+    started = time.monotonic()
+    while True:
+        exited = proc.poll() is not None
+        # Report each DAG as its result appears (the child writes it whole, or not at all).
+        while announced < len(remaining):
+            result = _read_result(remaining[announced], log_dir)
+            if result is None:
+                break
+            outcomes.append(result)
+            announced += 1
+            if on_finish:
+                on_finish(result)
+            if on_start and announced < len(remaining):
+                on_start(remaining[announced])
+            started = time.monotonic()
+        if exited or announced == len(remaining):
+            break
+        time.sleep(0.2)
+    proc.wait()
+    if announced < len(remaining):
+        dag_id = remaining[announced]
+        crashed = DagOutcome(
+            dag_id, f"crashed (exit {proc.returncode})", None, time.monotonic() - started, log_dir / f"{dag_id}.log"
+        )
+        outcomes.append(crashed)
+        if on_finish:
+            on_finish(crashed)
+        announced += 1
+    return announced
+
+
+def _end_group(proc: subprocess.Popen) -> None:
+    """End the child and everything it started. A worker process forked inside the child (by a library: seen
+    after a task's os._exit) outlives a child that dies, waiting for ever on a pipe it holds both ends of; the
+    group finds it.
+    Interrupted (Ctrl-C reaches only the parent, the child being in a session of its own), the child gets the
+    same interrupt and half a minute to end its task before it is killed."""
+    if proc.poll() is None:
+        for sig, wait in ((signal.SIGINT, 30.0), (signal.SIGKILL, 10.0)):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                proc.wait(timeout=wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:  # nothing was left
+        pass
 
 
 def _read_result(dag_id: str, log_dir: Path) -> DagOutcome | None:

@@ -123,19 +123,8 @@ class Running:
     log_file: Path
 
 
-def dies_with_parent() -> None:
-    """In a child, before it runs: ask Linux to send it SIGTERM when this command dies, even by SIGKILL, which
-    no handler sees, so a killed `pophealth ui` never leaves Airflow running (and holding its port)."""
-    import ctypes
-
-    pr_set_pdeathsig = 1
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
-    if os.getppid() == 1:  # the parent died before the request was made
-        os.kill(os.getpid(), signal.SIGTERM)
-
-
 def _start(name: str, env: dict[str, str], log_dir: Path) -> Running:
-    from pophealth.operate.airflow_runner import _airflow_bin
+    from pophealth.operate.airflow_runner import _airflow_bin, dies_with_parent
 
     log_file = log_dir / f"{name}.log"
     handle = log_file.open("w")

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 from tests.integration.conftest import isolated_env
 
@@ -81,6 +82,20 @@ def test_each_dag_has_its_outcome_and_log_and_a_crash_does_not_stop_the_next(tmp
     ]
     assert said["started"] == said["finished"] == ["lives", "dies", "no_such_dag", "lives"]
     assert "lives ran" in (logs / "lives.log").read_text()
+    # Nothing of the run is left running: a worker forked inside the child that died used to wait for ever.
+    assert _processes_naming(logs) == []
+
+
+def _processes_naming(path) -> list[str]:
+    left = []
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:  # ended meanwhile, or not a process
+            continue
+        if str(path) in argv:
+            left.append(argv)
+    return left
 
 
 COUNTED = """

@@ -11,7 +11,7 @@ import time
 
 PARENT = textwrap.dedent("""
     import subprocess, sys
-    from pophealth.operate.webui import dies_with_parent
+    from pophealth.operate.airflow_runner import dies_with_parent
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"], start_new_session=True,
                              preexec_fn=dies_with_parent)
     print(child.pid, flush=True)
