@@ -204,7 +204,12 @@ def test_nothing_identifiable_is_in_any_table_log_or_file_the_run_wrote(world):
     task_logs = [p for p in files if "runs" in p.parts and p.suffix == ".log"]
     assert any(b"staged" in p.read_bytes() for p in task_logs), "no task log of a load was found to scan"
     for path in files:
-        data = path.read_bytes()
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            # The live server removed it since the listing (its relation cache file, pg_internal.init, is removed
+            # and written again as tables change): gone, it holds nothing at rest; its next version is its own.
+            continue
         found = identifiable.found_in(data) + ["a key" for key in keys if key in data]
         assert not found, f"{path.relative_to(world.home)} holds {', '.join(found)} in clear"
 
