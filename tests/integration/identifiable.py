@@ -73,3 +73,18 @@ def identifiable_values(landing: Path) -> Identifiable:
     values.dates_of_birth = {b.encode() for b in births - other_dates if b < before}
     values.nhs_numbers = {n for n in values.nhs_numbers if len(n) == 10 and n.isdigit()}
     return values
+
+
+def files_at_rest(*folders: Path) -> list[tuple[Path, bytes]]:
+    """Every file under the folders with its bytes, as a scan reads them while servers are still running.
+
+    A file the live server removes after the listing (its relation cache file, pg_internal.init, is removed and
+    written again as tables change) is left out: gone, it holds nothing at rest, and its next version is a new
+    file the next scan reads."""
+    found = []
+    for path in [p for folder in folders for p in folder.rglob("*") if p.is_file()]:
+        try:
+            found.append((path, path.read_bytes()))
+        except FileNotFoundError:
+            continue
+    return found

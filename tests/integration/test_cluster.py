@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import COUNCILS, PURPOSE_KEYS_ENV, TEST_KEY, TEST_VAULT_PRIVATE_KEY, TEST_VAULT_PUBLIC_KEY, isolated_env
-from .identifiable import identifiable_values
+from .identifiable import files_at_rest, identifiable_values
 from .test_pipeline_end_to_end import PERSON_COLUMNS, _normal, expected_person_id, expected_person_row
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster]
@@ -317,10 +317,9 @@ def test_nothing_identifiable_or_secret_is_in_the_clusters_logs(deployed):
         TEST_VAULT_PRIVATE_KEY.encode(),
         *(k.encode() for k in PURPOSE_KEYS_ENV.values()),
     ]
-    files = [p for folder in (lay.logs, lay.home) for p in folder.rglob("*") if p.is_file()]
-    assert any("dag_id=ingest_apc" in str(p) for p in files), "no task log was found to scan"
-    for path in files:
-        data = path.read_bytes()
+    files = files_at_rest(lay.logs, lay.home)
+    assert any("dag_id=ingest_apc" in str(p) for p, _ in files), "no task log was found to scan"
+    for path, data in files:
         found = identifiable.found_in(data) + ["a key or password" for s in secrets + keys if s in data]
         assert not found, f"{path} holds {', '.join(found)} in clear"
 
