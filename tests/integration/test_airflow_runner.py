@@ -55,14 +55,20 @@ RUN = """
 
 
 def _run_dags(tmp_path, script: str, logs, dags, *names: str) -> dict:
-    """Run the runner's script on the DAG folder in a process of its own; what it said (its last line, JSON)."""
-    proc = subprocess.run(
-        [sys.executable, "-c", script, str(logs), str(dags), *names],
-        env=isolated_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    """Run the runner's script on the DAG folder in a process of its own; what it said (its last line, JSON).
+    The embedded server the script started is stopped after it: left running, it outlived the test run."""
+    env = isolated_env(tmp_path)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", script, str(logs), str(dags), *names],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    finally:
+        stop = "from pophealth.warehouse import db; db.stop_embedded()"
+        subprocess.run([sys.executable, "-c", stop], env=env, check=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
