@@ -327,16 +327,7 @@ def run_load_gate(load_id: int, feed: str, batch_table: str, run_id: str | None 
 
     to_run = [_with_band(rule, bands.get(rule.id)) for rule in rules if applicable(rule)]
     with db.connect() as conn:
-        measured = validation.measure(conn, table, to_run, row_count, present)
-        if measured is not None and all(m.success for m in measured):
-            # Every rule passed in one query: Great Expectations keeps the results and their page, without running
-            # its own validation (its fixed cost per file, most of a small file's gate).
-            validation.record(schema, name, suite_name(feed), to_run, measured)
-            ge_results: dict[str, Any] = {rule.id: m for rule, m in zip(to_run, measured, strict=True)}
-        else:
-            # A rule failed (or one query could not tell): Great Expectations validates the file, as it always did,
-            # and its results name the rule, its rows and example row numbers.
-            ge_results = validation.validate(schema, name, suite_name(feed), to_run)
+        ge_results = validation.judge(conn, schema, name, suite_name(feed), to_run, row_count, present)
 
         results: list[CheckResult] = []
         for rule in rules:
