@@ -118,7 +118,7 @@ def run_pipeline(
     from pophealth.marts.build import dbt_build
     from pophealth.quality import gates as load_gates
     from pophealth.quality import marts_gate
-    from pophealth.quality.validation import data_docs_once
+    from pophealth.quality.data_docs import data_docs_once
     from pophealth.warehouse.schema import prepare_warehouse
 
     use_bench_keys()

@@ -215,7 +215,7 @@ def load_files(files: list[str], run_id: str, retried: bool = False) -> list[dic
     task at once, to be retried; a retry (`retried`) takes up each file where the earlier try left it."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    from pophealth.quality.validation import data_docs_once
+    from pophealth.quality.data_docs import data_docs_once
 
     loaded, refused = [], []
     with data_docs_once():
@@ -365,8 +365,8 @@ def clear_candidates() -> None:
 
 def gate_marts(run_id: str | None = None) -> None:
     """Validate the candidate marts and reporting schemas; a failed error rule stops the DAG before publish."""
+    from pophealth.quality.data_docs import data_docs_once
     from pophealth.quality.marts_gate import PublishRefused, run_marts_gate
-    from pophealth.quality.validation import data_docs_once
 
     try:
         # The Data Docs site's index built once for the gate's ~13 validations, not after each (it reads every

@@ -327,7 +327,17 @@ def run_load_gate(load_id: int, feed: str, batch_table: str, run_id: str | None 
 
     to_run = [_with_band(rule, bands.get(rule.id)) for rule in rules if applicable(rule)]
     with db.connect() as conn:
-        ge_results = validation.judge(conn, schema, name, suite_name(feed), to_run, row_count, present)
+        ge_results = validation.judge(
+            conn,
+            schema,
+            name,
+            suite_name(feed),
+            to_run,
+            row_count,
+            present,
+            about=f"{ctx.file_name} (load {load_id})",
+            thresholds={rule.id: _threshold(rule, bands.get(rule.id)) for rule in rules},
+        )
 
         results: list[CheckResult] = []
         for rule in rules:

@@ -254,7 +254,17 @@ def run_marts_gate(candidates: bool = True, run_id: str | None = None) -> MartsG
             with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
                 warnings.simplefilter("ignore")
                 ge_results.update(
-                    validation.judge(conn, schemas[schema], name, SUITE, rules, max(row_counts[published], 0), {})
+                    validation.judge(
+                        conn,
+                        schemas[schema],
+                        name,
+                        SUITE,
+                        rules,
+                        max(row_counts[published], 0),
+                        {},
+                        about=f"The marts gate on {schemas[schema]}.{name} ({published} as published)",
+                        thresholds={rule.id: _threshold(rule) for rule in rules},
+                    )
                 )
 
     bound = {rule.id: rule for rules in rules_by_table.values() for rule in rules}

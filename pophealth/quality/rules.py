@@ -701,6 +701,30 @@ def threshold(rule: Rule, source: str = "") -> str:
     return ", ".join(f"{k}={v}" for k, v in shown.items()) or "as the expectation defines"
 
 
+def expectation_arguments(rule: Rule) -> dict[str, Any]:
+    """Everything the rule's Great Expectations expectation is made with (both gates, and the results a gate keeps
+    itself: pophealth/quality/data_docs.py): its kwargs, the rule's SQL on one line, a load rule on the number of
+    rows (`row_count`) accepting any count until the load gate sets its bounds for the load
+    (pophealth/quality/gates.py); its severity, the rule's note, and the rule's own fields as `meta`."""
+    arguments = dict(rule.kwargs)
+    if rule.expectation == "UnexpectedRowsExpectation":
+        arguments["unexpected_rows_query"] = rule.one_line_query
+        arguments.setdefault("description", rule.note)
+    if isinstance(rule, LoadRule) and rule.row_count is not None:
+        arguments.setdefault("min_value", 0)
+        arguments.setdefault("max_value", None)
+    arguments["severity"] = "critical" if rule.severity == "error" else "warning"
+    arguments["notes"] = rule.note
+    arguments["meta"] = {
+        "check_id": rule.id,
+        "category": rule.category,
+        "severity": rule.severity,
+        "context": rule.context,
+        "subcategory": rule.subcategory,
+    }
+    return arguments
+
+
 def _literal_list(values: list) -> sql.Composable:
     return sql.SQL(", ").join(sql.Literal(v) for v in values)
 

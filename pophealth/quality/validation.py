@@ -1,10 +1,13 @@
-"""Great Expectations inside PostgreSQL, for both gates: one validation of a table by a list of rules, its pages
-on the Data Docs site, and what a gate's results say.
+"""The rules of a gate on a table, inside PostgreSQL, for both gates: every rule counted in one query (`measure`),
+or one Great Expectations validation of the table with its pages on the Data Docs site; and what a gate's
+results say.
 
-The load gates (pophealth/quality/gates.py) and the marts gate (pophealth/quality/marts_gate.py) run their rules
-through the same ephemeral Great Expectations context and SQL data source (nothing is pulled into pandas), turn
-each rule object (pophealth/quality/rules.py) into an expectation the same way, read GE's results the same way,
-and report in the same shape: one `CheckResult` per rule, a `GateOutcome` and its one-screen summary.
+The load gates (pophealth/quality/gates.py) and the marts gate (pophealth/quality/marts_gate.py) judge their rules
+the same way (`judge`): when every rule passes in the one query, its results are kept as GE's validation result
+with their page by pophealth/quality/data_docs.py, and GE is not imported; otherwise the rules run through the same
+ephemeral GE context and SQL data source (nothing is pulled into pandas), each rule object
+(pophealth/quality/rules.py) made into an expectation the same way. Both report in the same shape: one
+`CheckResult` per rule, a `GateOutcome` and its one-screen summary.
 """
 
 from __future__ import annotations
@@ -14,17 +17,16 @@ import os
 import sys
 import threading
 import warnings
-from collections.abc import Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from pathlib import Path
 from typing import Any, ClassVar
 
 from psycopg import sql
 
 from pophealth import config
-from pophealth.quality.rules import LoadRule, Rule, RulesError, failing_rows_condition
+from pophealth.quality import data_docs
+from pophealth.quality.rules import Rule, RulesError, expectation_arguments, failing_rows_condition
 from pophealth.warehouse import db
 
 log = logging.getLogger("pophealth")
@@ -120,7 +122,7 @@ class GateOutcome:
         return f"observed {r.observed or '?'}"
 
     def footer(self) -> list[str]:
-        return [f"  Data Docs (Great Expectations): {data_docs_index()}"]
+        return [f"  Data Docs (Great Expectations): {data_docs.data_docs_index()}"]
 
     def summary(self) -> str:
         """One screen: the file (or schemas) and the tally, then each failed rule (errors first) with its reason,
@@ -202,32 +204,13 @@ def build_expectation(rule: Rule):
     cls = getattr(gxe, rule.expectation, None)
     if cls is None:
         raise RulesError(f"{rule.id}: great_expectations.expectations has no {rule.expectation}")
-    kwargs = dict(rule.kwargs)
-    if rule.expectation == "UnexpectedRowsExpectation":
-        kwargs["unexpected_rows_query"] = rule.one_line_query
-        kwargs.setdefault("description", rule.note)
-    if isinstance(rule, LoadRule) and rule.row_count is not None:
-        kwargs.setdefault("min_value", 0)
-        kwargs.setdefault("max_value", None)
-    meta = {
-        "check_id": rule.id,
-        "category": rule.category,
-        "severity": rule.severity,
-        "context": rule.context,
-        "subcategory": rule.subcategory,
-    }
     try:
-        return cls(**kwargs, severity="critical" if rule.severity == "error" else "warning", notes=rule.note, meta=meta)
+        return cls(**expectation_arguments(rule))
     except Exception as exc:  # pydantic validation: a bad kwarg in the rules file
         raise RulesError(f"{rule.id}: {rule.expectation} rejects its kwargs: {exc}") from None
 
 
 DOCS_SITE = "quality_gates"
-
-
-def data_docs_index() -> Path:
-    """The Data Docs site of every gate run (Great Expectations' HTML): one page per validation."""
-    return config.paths().gate_docs_dir / "index.html"
 
 
 class _GX:
@@ -259,29 +242,25 @@ class _GX:
                         "class_name": "TupleFilesystemStoreBackend",
                         "base_directory": str(paths.gate_docs_dir),
                     },
-                    # GE's DefaultSiteIndexBuilder, reading only what the index shows of each result (gate_docs.py).
-                    "site_index_builder": {
-                        "class_name": "ValidationIndexBuilder",
-                        "module_name": "pophealth.quality.gate_docs",
-                    },
                 }
             },
         )
         project.stores[project.validation_results_store_name]["store_backend"] = {
             "class_name": "TupleFilesystemStoreBackend",
-            "base_directory": str(paths.home / "great_expectations" / "validation_results"),
+            "base_directory": str(data_docs.results_dir()),
         }
         self.context = gx.get_context(mode="ephemeral", project_config=project)
         self.context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
-        self.source = self.context.data_sources.add_sql(name="warehouse", connection_string=url)
+        self.source = self.context.data_sources.add_sql(name=data_docs.DATASOURCE, connection_string=url)
         # The Data Docs site's builder, made once per process and kept: Great Expectations' UpdateDataDocsAction
         # makes a new one for every validation, and with it new Jinja environments that compile every page
-        # template again (more than half of a small file's gate). Each gate adds its own pages with it.
+        # template again (more than half of a small file's gate). Each validation GE runs adds its pages with it.
         from great_expectations.render.renderer.site_builder import SiteBuilder
 
         sites = self.context.variables.data_docs_sites
         assert sites is not None  # the project configuration above declares the site
         site = {k: v for k, v in sites[DOCS_SITE].items() if k not in ("class_name", "module_name")}
+        self._static_copied = False
         self.docs = SiteBuilder(
             data_context=self.context,
             site_name=DOCS_SITE,
@@ -299,10 +278,6 @@ class _GX:
     def validate(self, schema: str, table: str, suite_name_: str, expectations: list) -> Any:
         with self._run_lock:
             return self._validate(schema, table, suite_name_, expectations)
-
-    #: Inside `data_docs_once()`: the site's index (and its static files) is built once at the end, not after
-    #: every validation. Rebuilding the index reads every validation kept, so per file it grew with the files.
-    _index_deferred = threading.local()
 
     def _pages(self, resource_identifiers: list) -> None:
         """This validation's pages of the Data Docs site, then the index unless it is deferred.
@@ -329,14 +304,11 @@ class _GX:
             section.target_store.set(
                 SiteSectionIdentifier(site_section_name=section.name, resource_identifier=key), view
             )
-        if getattr(self._index_deferred, "depth", 0):
-            self._index_deferred.pending = True
-        else:
-            self.build_index()
-
-    def build_index(self) -> None:
-        self.docs.target_store.copy_static_assets()
-        self.docs.site_index_builder.build(build_index=True)
+        if not self._static_copied:
+            # The styles and images GE's pages link (the index and the gates' own pages need none).
+            self.docs.target_store.copy_static_assets()
+            self._static_copied = True
+        data_docs.index_changed()
 
     def _validate(self, schema: str, table: str, suite_name_: str, expectations: list) -> Any:
         gx = self.gx
@@ -379,88 +351,6 @@ class _GX:
                     remove()
                 except Exception:  # noqa: BLE001 - cleaning up an in-memory context
                     pass
-
-    def record(self, schema: str, table: str, suite_name_: str, expectations: list, measured: list[Measured]) -> None:
-        with self._run_lock:
-            self._record(schema, table, suite_name_, expectations, measured)
-
-    def _record(self, schema: str, table: str, suite_name_: str, expectations: list, measured: list[Measured]) -> None:
-        """Keep results the gate measured itself as Great Expectations' validation result of the table (the same
-        objects, store and pages as `_validate`), so the Data Docs site has a page for every file gated."""
-        from datetime import UTC, datetime
-
-        from great_expectations.core import ExpectationSuiteValidationResult, ExpectationValidationResult
-        from great_expectations.core.run_identifier import RunIdentifier
-        from great_expectations.data_context.types.resource_identifiers import (
-            ExpectationSuiteIdentifier,
-            ValidationResultIdentifier,
-        )
-
-        gx = self.gx
-        name = f"{suite_name_}:{schema}.{table}"
-        asset_name = f"{schema}.{table}"
-        run_id = RunIdentifier(run_name=asset_name, run_time=datetime.now(UTC))
-        results = [
-            ExpectationValidationResult(success=m.success, expectation_config=e.configuration, result=m.result)
-            for e, m in zip(expectations, measured, strict=True)
-        ]
-        passed = sum(1 for m in measured if m.success)
-        suite_result = ExpectationSuiteValidationResult(
-            success=passed == len(measured),
-            results=results,
-            suite_name=name,
-            statistics={
-                "evaluated_expectations": len(measured),
-                "successful_expectations": passed,
-                "unsuccessful_expectations": len(measured) - passed,
-                "success_percent": 100.0 * passed / len(measured) if measured else None,
-            },
-            meta={
-                "active_batch_definition": {
-                    "batch_identifiers": {},
-                    "data_asset_name": asset_name,
-                    "data_connector_name": "fluent",
-                    "datasource_name": self.source.name,
-                },
-                "batch_spec": {"data_asset_name": asset_name, "schema_name": schema, "table_name": table},
-                "great_expectations_version": gx.__version__,
-                "run_id": run_id,
-                "validation_time": run_id.run_time,
-                # Said on the page: these counts are the gate's own queries (pophealth/quality/gates.py).
-                "measured_by": "pophealth load gate (one SQL query for every rule)",
-            },
-        )
-        result_id = ValidationResultIdentifier(
-            expectation_suite_identifier=ExpectationSuiteIdentifier(name=name),
-            run_id=run_id,
-            batch_identifier=f"{self.source.name}-{asset_name}",
-        )
-        self.context.suites.add(gx.ExpectationSuite(name=name, expectations=expectations))
-        try:
-            self.context.validation_results_store.set(result_id, suite_result)
-            self._pages([result_id, ExpectationSuiteIdentifier(name=name)])
-        finally:
-            try:
-                self.context.suites.delete(name)
-            except Exception:  # noqa: BLE001 - cleaning up an in-memory context
-                pass
-
-
-@contextmanager
-def data_docs_once():
-    """Gates run inside build the Data Docs site's index once, when the block ends (a load task's files)."""
-    deferred = _GX._index_deferred
-    deferred.depth = getattr(deferred, "depth", 0) + 1
-    try:
-        yield
-    finally:
-        deferred.depth -= 1
-        if deferred.depth == 0 and getattr(deferred, "pending", False):
-            deferred.pending = False
-            runner = _GX._instance
-            if runner is not None:
-                with runner._run_lock:
-                    runner.build_index()
 
 
 def validate(schema: str, table: str, suite: str, rules: Sequence[Rule]) -> dict[str, Any]:
@@ -596,29 +486,29 @@ def measure(
 
 
 def judge(
-    conn, schema: str, table: str, suite: str, rules: Sequence[Rule], row_count: int, present: dict[str, int]
+    conn,
+    schema: str,
+    table: str,
+    suite: str,
+    rules: Sequence[Rule],
+    row_count: int,
+    present: dict[str, int],
+    about: str = "",
+    thresholds: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Each rule's result on the table by rule id, for both gates. Every rule measured in one query (`measure`);
-    when all pass, Great Expectations keeps those results and their page without validating the table again (its
-    fixed cost per table, most of a small file's gate). When a rule fails, or one query cannot tell, GE validates
-    the table as it always did, and its results name the rule, its rows and example row numbers."""
+    when all pass, those are the results, kept as Great Expectations' validation result with their Data Docs page
+    (pophealth/quality/data_docs.py: `about` says what was gated and `thresholds` each rule's threshold in words,
+    for the page) without GE validating the table again or even being imported (its fixed costs, most of a small
+    file's gate). When a rule fails, or one query cannot tell, GE validates the table as it always did, and its
+    results name the rule, its rows and example row numbers."""
+    if not rules:
+        return {}
     measured = measure(conn, sql.Identifier(schema, table), rules, row_count, present)
     if measured is not None and all(m.success for m in measured):
-        record(schema, table, suite, rules, measured)
+        data_docs.keep(schema, table, suite, rules, measured, about, thresholds)
         return {rule.id: m for rule, m in zip(rules, measured, strict=True)}
     return validate(schema, table, suite, rules)
-
-
-def record(schema: str, table: str, suite: str, rules: Sequence[Rule], measured: Sequence[Measured]) -> None:
-    """Keep results a gate measured itself (every rule passed) as the table's validation, with its Data Docs page."""
-    if not rules:
-        return
-    _quiet_great_expectations()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # as in validate()
-        runner = _GX.for_url(_sqlalchemy_url(db.warehouse_url()))
-        _quiet_great_expectations()
-        runner.record(schema, table, suite, [build_expectation(r) for r in rules], list(measured))
 
 
 def evaluation_problem(info: Any) -> str | None:

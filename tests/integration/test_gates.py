@@ -718,7 +718,7 @@ def test_every_rule_of_the_registry_has_a_case_here():
 @pytest.mark.parametrize("feed", list(GOOD))
 def test_a_good_file_passes_every_rule_and_every_result_is_recorded(stage, feed):
     from pophealth.quality import gates
-    from pophealth.quality.validation import data_docs_index
+    from pophealth.quality.data_docs import data_docs_index
 
     load_id = stage(feed, GOOD[feed]())
     outcome = gates.run_load_gate(load_id, feed, f"load_batch.load_{load_id}", run_id="run-good")
@@ -1085,7 +1085,7 @@ def test_a_file_within_its_tolerances_passes_on_the_one_query_with_its_counts_an
     """The good path: every rule passes in the one query; the counts of the rule failing within its tolerance are
     recorded as Great Expectations records them, and the Data Docs site has the file's page."""
     from pophealth.quality import gates
-    from pophealth.quality.validation import data_docs_index
+    from pophealth.quality.data_docs import data_docs_index
 
     load_id = stage("apc", _WITHIN_TOLERANCE[0][1]())
     outcome = gates.run_load_gate(load_id, "apc", f"load_batch.load_{load_id}", run_id="run-tolerance")
@@ -1102,7 +1102,7 @@ def test_of_five_files_gated_in_turn_only_the_third_which_breaks_a_rule_is_refus
     one query, each with its own results and Data Docs page; the third, with an admission method outside the
     contract, goes to Great Expectations and is refused with the rule, its row and no value."""
     from pophealth.quality import gates
-    from pophealth.quality.validation import data_docs_index
+    from pophealth.quality.data_docs import data_docs_index
 
     periods = ("20270131", "20270228", "20270331", "20270430", "20270531")
     files = []
@@ -1127,3 +1127,73 @@ def test_of_five_files_gated_in_turn_only_the_third_which_breaks_a_rule_is_refus
         failed = {k for k, r in recorded.items() if r["status"] == "failed"}
         assert failed == ({"apc.admission_method.in_contract"} if load_id == refused else set()), load_id
         assert f"load_batch.load_{load_id}" in index
+
+
+def _linked_page(index: str, load_id: int) -> Path:
+    """The page the Data Docs index links for the load's validation."""
+    from urllib.parse import unquote
+
+    from pophealth.quality.data_docs import data_docs_index
+
+    links = re.findall(rf'href="(validations/[^"]*/warehouse-load_batch\.load_{load_id}\.html)"', index)
+    assert len(links) == 1, f"load {load_id}: {links}"
+    return data_docs_index().parent / unquote(links[0])
+
+
+def test_the_index_links_the_gate_s_own_page_for_a_passing_file_and_great_expectations_for_a_refused_one(stage):
+    """A file whose rules all pass in the one query has the gate's own page (what each rule checked and counted, no
+    value from the file); a refused file, validated by Great Expectations, keeps GE's page with its detail."""
+    from pophealth.quality import gates
+    from pophealth.quality.data_docs import data_docs_index
+
+    good_rows = [_apc(i, provider="RAJ", **_in_month(i, "20270630")) for i in range(30)]
+    bad_rows = _changed(
+        [_apc(i, provider="RAJ", **_in_month(i, "20270731")) for i in range(30)], {5: {"admimeth": "XX"}}
+    )
+    good = stage("apc", good_rows, "apc_RAJ_20270630.csv")
+    assert gates.run_load_gate(good, "apc", f"load_batch.load_{good}").passed
+    bad = stage("apc", bad_rows, "apc_RAJ_20270731.csv")
+    assert not gates.run_load_gate(bad, "apc", f"load_batch.load_{bad}").passed
+    index = data_docs_index().read_text()
+    assert index.index(f"load_batch.load_{bad}.html") < index.index(f"load_batch.load_{good}.html"), "newest first"
+
+    own = _linked_page(index, good).read_text()
+    assert "Measured by the gate's one SQL query" in own and "apc_RAJ_20270630.csv" in own
+    ran = [k for k, r in _recorded(good).items() if r["status"] != "not_applicable"]
+    assert f"{len(ran)} of {len(ran)} rules passed" in own and all(f"<td>{k}</td>" in own for k in ran)
+    _assert_no_value_of(good_rows, own)
+
+    ge_page = _linked_page(index, bad).read_text()
+    assert "Measured by the gate's one SQL query" not in ge_page
+    assert "great_expectations" in ge_page.lower() or "Great Expectations" in ge_page  # rendered by GE
+    assert "expect_column_values_to_be_in_set" in ge_page or "values must belong to this set" in ge_page
+    _assert_no_value_of(bad_rows, ge_page)
+    row = re.search(rf"<tr>((?:(?!</tr>).)*load_batch\.load_{bad}\.html(?:(?!</tr>).)*)</tr>", index, re.S)
+    assert row and "failed" in row.group(1) and "Great Expectations" in row.group(1)
+
+
+def test_a_passing_file_s_gate_does_not_import_great_expectations(stage):
+    """Importing Great Expectations costs seconds per process (each Airflow task is one): a file whose every rule passes
+    in the one query is gated, its results and page kept, without it."""
+    import subprocess
+    import sys
+
+    load_id = stage(
+        "apc", [_apc(i, provider="RAJ", **_in_month(i, "20270831")) for i in range(20)], "apc_RAJ_20270831.csv"
+    )
+    check = (
+        "import sys\n"
+        "from pophealth.quality import gates\n"
+        "from pophealth.quality.data_docs import data_docs_once\n"
+        "with data_docs_once():\n"
+        f"    outcome = gates.run_load_gate({load_id}, 'apc', 'load_batch.load_{load_id}', run_id='run-no-ge')\n"
+        "assert outcome.passed, outcome.summary()\n"
+        "imported = sorted(m for m in sys.modules if m.split('.')[0] == 'great_expectations')\n"
+        "assert not imported, f'imported {imported[:3]}'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=300, env=os.environ)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert {r["run_id"] for r in _recorded(load_id).values()} == {"run-no-ge"}
+    from pophealth.quality.data_docs import data_docs_index
+
+    assert _linked_page(data_docs_index().read_text(), load_id).is_file()
