@@ -28,6 +28,7 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from functools import cache
 from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -112,6 +113,12 @@ def configuration(rule: Rule) -> dict[str, Any]:
     return made
 
 
+@cache
+def _great_expectations_version() -> str:
+    """The installed GE's version, read from its package metadata (not by importing it), once per process."""
+    return version("great_expectations")
+
+
 def _run_time_part(run_time: datetime) -> str:
     """The run time as GE's key holds it (RunIdentifier.to_tuple)."""
     return run_time.astimezone(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
@@ -136,7 +143,7 @@ def validation_result(
                 "datasource_name": DATASOURCE,
             },
             "batch_spec": {"data_asset_name": asset, "schema_name": schema, "table_name": table},
-            "great_expectations_version": version("great_expectations"),
+            "great_expectations_version": _great_expectations_version(),
             "measured_by": MEASURED_BY,
             "run_id": {"run_name": asset, "run_time": when},
             "validation_time": when,
