@@ -3,8 +3,11 @@
 It does what the DAGs do, in the same order: every extract of the landing folder staged (validate,
 pseudonymise, COPY into its batch table), gated (pophealth.quality.gates.run_load_gate) and published, feed by feed
 in load order; then dbt builds the marts (into the candidate schemas, as the marts DAG does), the marts
-gate validates them (pophealth.quality.marts_gate) and the publish swap makes them the published marts. Each
-stage's time is kept under its name, and a `Clock` tells a memory sampler which stage is running.
+gate validates them (pophealth.quality.marts_gate) and the publish swap makes them the published marts. The
+product work the DAGs do besides is done here too, in the stage whose task does it in the DAGs: each published
+load's OpenLineage event (with its stage), dbt's results in audit.dbt_result and the built manifest (with dbt build),
+the marts' column lineage and their models' OpenLineage events (with the publish swap). Each stage's time is kept
+under its name, and a `Clock` tells a memory sampler which stage is running.
 """
 
 from __future__ import annotations
@@ -113,9 +116,10 @@ def run_pipeline(
     """Stage, gate and publish every extract of `landing` in load order, then build, gate and publish the
     marts. With gates=False no gate runs and dbt builds the published marts directly (candidates=False)."""
     from pophealth.contract.feeds import LOAD_ORDER
+    from pophealth.governance.lineage import after_marts_published, emit_load_event
     from pophealth.ingest.landing import identify
     from pophealth.ingest.load import batch_table, publish_load, refuse_load, stage_extract
-    from pophealth.marts.build import dbt_build
+    from pophealth.marts.build import dbt_build, keep_build_results, manifest_path
     from pophealth.quality import gates as load_gates
     from pophealth.quality import marts_gate
     from pophealth.quality.data_docs import data_docs_once
@@ -163,6 +167,7 @@ def run_pipeline(
                 started = time.perf_counter()
                 with clock.stage(stage_name(feed)):
                     publish_load(outcome.load_id)
+                    emit_load_event(outcome.load_id)  # as the load task does after publishing
                 figures.publish_seconds += time.perf_counter() - started
                 figures.load_ids.append(outcome.load_id)
             started = time.perf_counter()
@@ -172,6 +177,8 @@ def run_pipeline(
 
     with clock.stage(DBT_BUILD):
         proc = dbt_build(["--vars", "{build_candidates: true}"] if candidates else [])
+        if proc.returncode == 0:  # as Cosmos's callback does after the DAG's build
+            keep_build_results(manifest_path().parent, run_id)
     if proc.returncode != 0:
         print(proc.stdout[-4000:])
         raise SystemExit("dbt build failed")
@@ -185,9 +192,11 @@ def run_pipeline(
             with clock.stage(PUBLISH_SWAP):
                 if outcome.passed:
                     marts_gate.publish_candidates()
+                    after_marts_published(run_id)  # as publish_marts does
     elif candidates:
         with clock.stage(PUBLISH_SWAP):
             marts_gate.publish_candidates()
+            after_marts_published(run_id)
     return run
 
 

@@ -127,15 +127,21 @@ def warehouse_for_dbt(context: object = None) -> None:
 
 def record_run_results(project_dir: str, context: dict | None = None, **_: object) -> None:
     """Cosmos callback after each dbt task: keep each node's result in audit.dbt_result and the task log."""
-    run_results = Path(project_dir) / "target" / "run_results.json"
+    keep_build_results(Path(project_dir) / "target", (context or {}).get("run_id"))
+
+
+def keep_build_results(target: Path, run_id: str | None) -> None:
+    """After a dbt command, from its target folder: each node's result in audit.dbt_result and the log, and the
+    build's manifest for the column lineage (`built_manifest_path`). The benchmarks' bare pipeline calls it too,
+    so that it does the product work the marts DAG does."""
+    run_results = target / "run_results.json"
     if not run_results.exists():
         return
     results = json.loads(run_results.read_text())["results"]
-    run_id = (context or {}).get("run_id")
     for result in results:
         log.info("dbt %-7s %-70s %6.2fs", result["status"], result["unique_id"], result.get("execution_time") or 0)
     _record(results, run_id)
-    _keep_built_manifest(Path(project_dir) / "target" / "manifest.json")
+    _keep_built_manifest(target / "manifest.json")
 
 
 def built_manifest_path() -> Path:

@@ -10,8 +10,7 @@ from pathlib import Path
 
 from pophealth import config
 from pophealth.contract.feeds import LOAD_ORDER
-from pophealth.marts.build import parse_project
-from pophealth.operate.airflow_runner import DagOutcome, ensure_metadata_db, run_dags
+from pophealth.operate.airflow_runner import DagOutcome, prepare_airflow, run_dags
 from pophealth.warehouse.schema import prepare_warehouse
 
 INGEST_DAGS = tuple(f"ingest_{feed}" for feed in LOAD_ORDER)
@@ -60,8 +59,7 @@ def run_pipeline(
     log_dir = config.paths().home / "runs" / now.strftime("%Y%m%dT%H%M%SZ")
     outcome = PipelineOutcome(landing=landing.resolve(), log_dir=log_dir, started_at=now)
     prepare_warehouse()
-    ensure_metadata_db()
-    parse_project()  # the marts DAG is rendered from dbt's manifest
+    prepare_airflow()
     env = {config.ENV_LANDING_DIR: str(outcome.landing)}
     outcome.dags = run_dags(
         dag_ids,

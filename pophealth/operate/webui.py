@@ -172,8 +172,7 @@ def _interrupt(*_) -> None:
 def serve(
     port: int = DEFAULT_PORT, landing: Path | None = None, say=print, start_timeout: float = START_TIMEOUT_SECONDS
 ) -> int:
-    from pophealth.marts.build import parse_project
-    from pophealth.operate.airflow_runner import ensure_metadata_db
+    from pophealth.operate.airflow_runner import prepare_airflow
     from pophealth.warehouse import db
     from pophealth.warehouse.schema import prepare_warehouse
 
@@ -187,8 +186,7 @@ def serve(
     started = time.monotonic()
     _demo_keys_into_environment()
     prepare_warehouse()
-    ensure_metadata_db()
-    parse_project()  # the marts DAG is rendered from dbt's manifest
+    prepare_airflow()
     passwords = ensure_password()
     env = ui_env(port, landing)
     proc = subprocess.run(
