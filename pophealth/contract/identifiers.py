@@ -59,16 +59,36 @@ def normalise_nhs_number(raw: str | None) -> str:
 
 def check_nhs_number(raw: str | None) -> NhsNumberCheck:
     """Classify a raw NHS number as the contract says (normalise, 10 digits, not all one digit, Modulus 11)."""
-    digits = normalise_nhs_number(raw)
-    if not digits:
-        return NhsNumberCheck.MISSING
-    if not _TEN_DIGITS.match(digits) or len(set(digits)) == 1:
-        return NhsNumberCheck.INVALID
-    if nhs_check_digit(digits[:9]) != int(digits[9]):
-        return NhsNumberCheck.INVALID
+    return _classify(raw)[0]
+
+
+#: What the ASCII codes of nine digits add to their weighted sum: the weighted sum of the codes less this is the
+#: weighted sum of the digits, so Modulus 11 runs on the number's bytes without an int() per digit.
+_ASCII_ZERO_WEIGHTED = ord("0") * sum(MODULUS_11_WEIGHTS)
+
+
+def _classify(raw: str | None) -> tuple[NhsNumberCheck, str]:
+    """check_nhs_number's verdict and the normalised digits it judged: one pass for NhsNumber, which keeps them.
+
+    The hot path of every load, so the common form (ten ASCII digits, nothing to strip) skips the normalising
+    regex; str.isdigit alone would take other scripts' digits, hence isascii too."""
+    if raw is not None and len(raw) == 10 and raw.isascii() and raw.isdigit():
+        digits = raw
+    else:
+        digits = normalise_nhs_number(raw)
+        if not digits:
+            return NhsNumberCheck.MISSING, digits
+        if not _TEN_DIGITS.match(digits):
+            return NhsNumberCheck.INVALID, digits
+    if digits == digits[0] * 10:  # all one digit: passes Modulus 11, still invalid
+        return NhsNumberCheck.INVALID, digits
+    codes = digits.encode("ascii")
+    check = 11 - (sum(map(mul, codes, MODULUS_11_WEIGHTS)) - _ASCII_ZERO_WEIGHTED) % 11
+    if check == 10 or check % 11 != codes[9] - 48:  # 10: no digit makes it valid; 11 means 0
+        return NhsNumberCheck.INVALID, digits
     if digits.startswith("999"):
-        return NhsNumberCheck.TEST_RANGE
-    return NhsNumberCheck.VALID
+        return NhsNumberCheck.TEST_RANGE, digits
+    return NhsNumberCheck.VALID, digits
 
 
 def is_valid_nhs_number(raw: str | None) -> bool:
@@ -85,10 +105,10 @@ class NhsNumber:
     __slots__ = ("_digits", "check")
 
     def __init__(self, raw: str | None):
-        check = check_nhs_number(raw)
-        if check not in (NhsNumberCheck.VALID, NhsNumberCheck.TEST_RANGE):
+        check, digits = _classify(raw)
+        if check is not NhsNumberCheck.VALID and check is not NhsNumberCheck.TEST_RANGE:
             raise IdentifierError(f"not a valid NHS number ({check.value})")
-        self._digits = normalise_nhs_number(raw)
+        self._digits = digits
         self.check = check
 
     def digits_for_hashing(self) -> bytes:

@@ -99,6 +99,11 @@ class Area:
     locality_code: str
 
 
+#: Postcodes (as sent) whose area a lookup remembers: a file's rows repeat the same postcodes, and a digest per
+#: row was a tenth of a row's pseudonymising. Cleared when full, so memory stays bounded whatever the file size.
+_AREAS_REMEMBERED = 65_536
+
+
 class PostcodeLookup:
     """Postcode -> LSOA and locality, held in memory only (postcodes are never written)."""
 
@@ -106,6 +111,9 @@ class PostcodeLookup:
         """`areas`: postcode (any spacing or case) -> its area; held by the postcode's digest only."""
         self._areas = {postcode_digest(postcode): area for postcode, area in areas.items()}
         self.localities = localities  # lsoa_code -> locality_code
+        # The area of each postcode text seen, found through its digest once: a pure function of the exact text,
+        # so the memo cannot be fooled; in memory with the lookup only, which lives for one load or one command.
+        self._seen: dict[str | None, Area | None] = {}
 
     @classmethod
     def from_file(cls, path: Path) -> PostcodeLookup:
@@ -130,7 +138,14 @@ class PostcodeLookup:
         return cls({}, {})
 
     def area(self, postcode: str | None) -> Area | None:
-        return self._areas.get(postcode_digest(postcode))
+        seen = self._seen
+        if postcode in seen:
+            return seen[postcode]
+        area = self._areas.get(postcode_digest(postcode))
+        if len(seen) >= _AREAS_REMEMBERED:
+            seen.clear()
+        seen[postcode] = area
+        return area
 
     def __len__(self) -> int:
         return len(self._areas)
