@@ -9,11 +9,13 @@ their last good state. Write-audit-publish: dbt builds marts and reporting as ca
 does publish_marts swap them in, in one transaction; a failed error rule or dbt test stops the run before
 publish, and analysts keep the last good marts (pophealth/quality/marts_gate.py).
 
-The dbt project is rendered by Astronomer Cosmos (watcher mode): one `dbt build` of the whole project runs in
-`dbt.dbt_producer_watcher`, and every seed and model still has its own task, followed by its tests' task, which
-shows that node's result from the build, so every model is visible here and retryable alone; dbt is started
-once rather than once per node. Each result is also kept in `audit.dbt_result`. The group is rendered from the
-dbt manifest (`pophealth setup` writes it), so parsing this file never runs dbt.
+One `dbt build` of the whole project runs in `dbt.build` (dbt in a process of its own, started once), and each
+layer of the project (seeds, staging, intermediate, marts, direct_care, reporting) has its task, `dbt.<layer>`,
+showing each of its seeds, models and tests with its result from the build, failed when one of them did not
+build or pass. Each result is also kept in `audit.dbt_result`. POPHEALTH_DBT_TASKS=node shows every seed and
+model as a task of its own instead, with its tests' task after it (Astronomer Cosmos, watcher mode, rendered
+from the dbt manifest), at about 0.1-0.2 s of Airflow's time per task (docs/operating.md). Neither runs dbt at
+parse time.
 """
 
 from __future__ import annotations

@@ -40,6 +40,10 @@ ENV_DIRECT_CARE_KEY_FILE = "POPHEALTH_DIRECT_CARE_KEY_FILE"
 ENV_LANDING_DIR = "POPHEALTH_LANDING_DIR"
 ENV_HOME = "POPHEALTH_HOME"
 ENV_AIRFLOW_DATABASE_URL = "POPHEALTH_AIRFLOW_DATABASE_URL"
+#: How the marts DAG shows the one dbt build: `layer` (the default: a task per layer of the project) or `node`
+#: (Cosmos: a task per seed and model and one for its tests). docs/operating.md says what each costs.
+ENV_DBT_TASKS = "POPHEALTH_DBT_TASKS"
+DBT_TASK_GRAINS = ("layer", "node")
 
 #: The council whose social care data the synthetic world and the area-level metrics describe.
 AREA_CODE = "E10000012"
@@ -104,6 +108,14 @@ def environment(**values: str | None) -> Iterator[None]:
         yield
     finally:
         put(saved)
+
+
+def dbt_task_grain() -> str:
+    """POPHEALTH_DBT_TASKS, `layer` when unset; any other value is refused, naming the two there are."""
+    grain = os.environ.get(ENV_DBT_TASKS) or DBT_TASK_GRAINS[0]
+    if grain not in DBT_TASK_GRAINS:
+        raise ValueError(f"{ENV_DBT_TASKS}={grain!r}: it is one of {', '.join(DBT_TASK_GRAINS)}")
+    return grain
 
 
 def landing_dir() -> Path | None:

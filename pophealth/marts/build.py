@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 from pophealth import config
 from pophealth.warehouse import db
@@ -30,10 +31,12 @@ def dbt_executable() -> str:
     return str(beside) if beside.exists() else (shutil.which("dbt") or "dbt")
 
 
-def dbt_command(args: list[str]) -> subprocess.CompletedProcess:
+def dbt_command(args: list[str], target: Path | None = None, echo: bool = False) -> subprocess.CompletedProcess:
+    """dbt in a process of its own, writing to `target` (by default the folder of the parsed manifest). With
+    `echo`, each line dbt prints is logged as it comes (a build's progress in its task log), and still returned."""
     paths = config.paths()
     env = {**os.environ, **db.dbt_env(), "DBT_SEND_ANONYMOUS_USAGE_STATS": "False"}
-    target = manifest_path().parent
+    target = target or manifest_path().parent
     cmd = [
         dbt_executable(),
         *args,
@@ -46,7 +49,15 @@ def dbt_command(args: list[str]) -> subprocess.CompletedProcess:
         "--log-path",
         str(paths.home / "dbt_logs"),
     ]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if not echo:
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    lines = []
+    with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            log.info("dbt: %s", line.rstrip())
+            lines.append(line)
+    return subprocess.CompletedProcess(cmd, proc.returncode, "".join(lines), "")
 
 
 def dbt_build(args: list[str] | tuple[str, ...] = ()) -> subprocess.CompletedProcess:
@@ -59,6 +70,79 @@ def dbt_build(args: list[str] | tuple[str, ...] = ()) -> subprocess.CompletedPro
     if proc.returncode == 0:
         record_optouts_by_purpose()
     return proc
+
+
+#: The dbt project's layers in build order, by the folder a model is in (seeds apart): the marts DAG shows each as
+#: one task (POPHEALTH_DBT_TASKS=layer), with every seed, model and test of it and its result from the one build.
+LAYERS = ("seeds", "staging", "intermediate", "marts", "direct_care", "reporting")
+
+#: What dbt reports of a node that built or passed (an exposure has nothing to build: no-op); anything else (error,
+#: fail, skipped, a status dbt adds later) fails the node's layer.
+PASSED = frozenset({"success", "pass", "warn", "no-op"})
+
+
+def build_target() -> Path:
+    """Where the marts DAG's `dbt build` writes (its manifest, results, partial parse): its own folder, so that
+    the parsed manifest and `pophealth status`'s record of a build outside Airflow stay as they are."""
+    return config.paths().home / "dbt_build"
+
+
+def layer_of(unique_id: str, nodes: dict[str, dict]) -> str:
+    """The layer a node's result is shown in: a seed's is `seeds`; a model's, its folder under models/; a test's,
+    that of the model it is attached to, or of the last layer among the models it reads (a test of sources only is
+    staging's, which reads them). A model in another folder gives that folder's name, which is no layer: the build
+    then fails (results_by_layer) rather than leave it unshown. An exposure is shown with the models it reads."""
+    node = nodes[unique_id]
+    kind = node["resource_type"]
+    if kind == "seed":
+        return "seeds"
+    if kind == "model":
+        return node["fqn"][1] if len(node["fqn"]) > 2 else "models"
+    parents = [node.get("attached_node")] if node.get("attached_node") in nodes else node["depends_on"]["nodes"]
+    layers = [layer_of(p, nodes) for p in parents if p in nodes and nodes[p]["resource_type"] != "test"]
+    return max(layers, key=lambda n: LAYERS.index(n) if n in LAYERS else len(LAYERS)) if layers else "staging"
+
+
+class NodeResult(NamedTuple):
+    """One node's outcome in a build, as the layer's task shows it: no message (a database error may quote a
+    value; the message is kept in audit.dbt_result, which analysts cannot read)."""
+
+    name: str
+    resource_type: str
+    status: str
+    seconds: float
+    failures: int | None
+
+
+def results_by_layer(target: Path) -> dict[str, list[NodeResult]] | None:
+    """Each node's result of the build that wrote `target`, by layer (None when dbt wrote no results: it stopped
+    before running a node). Raises DbtFailed for a node in no layer, so that none goes unshown."""
+    run_results = target / "run_results.json"
+    if not run_results.exists():
+        return None
+    results = json.loads(run_results.read_text())["results"]
+    manifest = json.loads((target / "manifest.json").read_text())
+    nodes = {**manifest["nodes"], **manifest.get("exposures", {})}  # an exposure is a build's node too (a no-op)
+    by_layer: dict[str, list[NodeResult]] = {layer: [] for layer in LAYERS}
+    for result in results:
+        if result["unique_id"] not in nodes:
+            raise DbtFailed(f"dbt reported a result for {result['unique_id']}, which its manifest does not hold")
+        layer = layer_of(result["unique_id"], nodes)
+        if layer not in by_layer:
+            raise DbtFailed(
+                f"dbt node {result['unique_id']} is in models/{layer}/, which has no task in the marts DAG: "
+                "add the folder to pophealth.marts.build.LAYERS"
+            )
+        by_layer[layer].append(
+            NodeResult(
+                nodes[result["unique_id"]]["name"],
+                nodes[result["unique_id"]]["resource_type"],
+                result["status"],
+                round(result.get("execution_time") or 0.0, 2),
+                result.get("failures"),
+            )
+        )
+    return by_layer
 
 
 def manifest_path() -> Path:

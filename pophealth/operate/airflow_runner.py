@@ -93,14 +93,17 @@ def ensure_metadata_db() -> None:
 
 
 def prepare_airflow() -> None:
-    """Before the DAGs run (or the UI starts): Airflow's metadata database migrated, and the dbt manifest the marts
-    DAG is rendered from parsed. Each is a process of its own (`airflow db migrate`, `dbt parse`), skipped when
-    already done; in a new home both run, side by side rather than one after the other (3-5 s each on 2 quiet
-    cores, issue 19)."""
+    """Before the DAGs run (or the UI starts): Airflow's metadata database migrated, and, when the marts DAG shows
+    each dbt node as a task (POPHEALTH_DBT_TASKS=node: Cosmos renders it from the manifest), the dbt manifest
+    parsed. Each is a process of its own (`airflow db migrate`, `dbt parse`), skipped when already done; in a new
+    home both run, side by side rather than one after the other (3-5 s each on 2 quiet cores, issue 19)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from pophealth.marts.build import parse_project
 
+    if config.dbt_task_grain() != "node":
+        ensure_metadata_db()
+        return
     with ThreadPoolExecutor(max_workers=1) as beside:
         parsed = beside.submit(parse_project)
         ensure_metadata_db()

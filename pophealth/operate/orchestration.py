@@ -412,7 +412,97 @@ DBT_PROFILE = "pophealth"
 DBT_TARGET = "warehouse"
 
 
+#: The XCom in which the build hands each node's result, by layer, to the layers' tasks.
+LAYER_RESULTS = "results_by_layer"
+
+
 def dbt_task_group(group_id: str = "dbt", build_candidates: bool = False):
+    """The dbt project as Airflow tasks: one `dbt build`, shown as a task per layer (POPHEALTH_DBT_TASKS=layer, the
+    default) or per node (`node`, Cosmos). With `build_candidates`, marts and reporting are built as
+    marts__candidate and reporting__candidate (the dbt var read by the project's generate_schema_name), for the
+    marts gate to validate before they are published."""
+    if config.dbt_task_grain() == "node":
+        return _cosmos_task_group(group_id, build_candidates)
+    return _layer_task_group(group_id, build_candidates)
+
+
+def _layer_task_group(group_id: str, build_candidates: bool):
+    """`<group>.build` runs the one `dbt build` (dbt in a process of its own, its lines in the task log) and keeps
+    each node's result in audit.dbt_result; then `<group>.<layer>` for each layer (seeds, staging, intermediate,
+    marts, direct_care, reporting) lists that layer's seeds, models and tests with their status and time, and
+    fails when one of them did not build or pass, so the UI shows which layer broke.
+
+    The grain is coarser than Cosmos's task per node (`node`): 7 tasks instead of 118. Each task costs Airflow
+    about 0.1-0.2 s on 2 quiet cores, so the per-node tasks cost the demo about 19 s of its 47 s `build_marts`
+    (issue 19). A node cannot be retried alone: clearing `build` runs the whole build again.
+
+    The layers' tasks run once the build is done, whatever its outcome (`one_done`), so a failed build still shows
+    which layers failed; they are skipped with it when it did not run (check_loads failed or found nothing new)."""
+    from airflow.sdk import TaskGroup, task
+
+    from pophealth.marts.build import LAYERS
+
+    with TaskGroup(group_id) as group:
+        # A failed model or test is the data's, not the moment's: a retry would build everything again to fail
+        # the same way. Clearing the task in the UI builds again.
+        @task(task_id="build", retries=0)
+        def build(**context) -> None:
+            build_marts_candidates(context["run_id"], context["ti"], candidates=build_candidates)
+
+        @task(trigger_rule="one_done")
+        def show_layer(layer: str, **context) -> None:
+            results = context["ti"].xcom_pull(task_ids=f"{group_id}.build", key=LAYER_RESULTS)
+            report_layer(layer, results)
+
+        built = build()
+        for layer in LAYERS:
+            built >> show_layer.override(task_id=layer)(layer)
+    return group
+
+
+def build_marts_candidates(run_id: str, ti, candidates: bool = True) -> None:
+    """The marts DAG's `dbt build` (layer grain): each node's result kept (audit.dbt_result, the task log, the
+    built manifest for the column lineage) and handed to the layers' tasks; fails when dbt did."""
+    from pophealth.marts.build import build_target, dbt_command, keep_build_results, results_by_layer
+
+    target = build_target()
+    (target / "run_results.json").unlink(missing_ok=True)  # so an earlier build's results are never shown as this one's
+    args = ["build", *(["--vars", "{build_candidates: true}"] if candidates else [])]
+    proc = dbt_command(args, target=target, echo=True)
+    keep_build_results(target, run_id)
+    by_layer = results_by_layer(target)
+    if by_layer is not None:
+        ti.xcom_push(key=LAYER_RESULTS, value={k: [r._asdict() for r in v] for k, v in by_layer.items()})
+    if proc.returncode != 0:
+        failed = [
+            f"  {layer}: {r.resource_type} {r.name}: {r.status}"
+            for layer, results in (by_layer or {}).items()
+            for r in results
+            if r.status in ("error", "fail")
+        ]
+        said = "\n".join(failed) if failed else "dbt stopped before running a node; its last lines are above"
+        raise _fail(f"dbt build failed (exit {proc.returncode}); the marts are not published:\n{said}")
+
+
+def report_layer(layer: str, results: dict | None) -> None:
+    """One layer's task: its nodes' results from the build, listed; fails when one did not build or pass."""
+    from pophealth.marts.build import PASSED
+
+    if results is None:
+        raise _fail(f"{layer}: the build reported no results (dbt stopped before running a node): see the build task")
+    nodes = results.get(layer, [])
+    for r in nodes:
+        failures = f"  ({r['failures']} failing rows)" if r["status"] not in PASSED and r["failures"] else ""
+        log.info("%-7s %-5s %-70s %6.2fs%s", r["status"], r["resource_type"], r["name"], r["seconds"], failures)
+    bad = [r for r in nodes if r["status"] not in PASSED]
+    warned = sum(r["status"] == "warn" for r in nodes)
+    if bad:
+        listed = "\n".join(f"  {r['resource_type']} {r['name']}: {r['status']}" for r in bad)
+        raise _fail(f"{layer}: {len(bad)} of {len(nodes)} did not build or pass:\n{listed}")
+    log.info("%s: %d built or passed%s", layer, len(nodes), f", {warned} with warnings" if warned else "")
+
+
+def _cosmos_task_group(group_id: str, build_candidates: bool):
     """The dbt project as Airflow tasks (Cosmos), rendered from the manifest that `pophealth setup` writes.
 
     One `dbt build` of the whole project runs in one task (Cosmos's watcher mode: `dbt.dbt_producer_watcher`),
@@ -420,10 +510,7 @@ def dbt_task_group(group_id: str = "dbt", build_candidates: bool = False):
     which take their result from that build: every model is visible in the UI with its status, while dbt is
     started once, not once per node (one invocation per node was most of the marts DAG's time). Each of those
     tasks runs once the build has finished, so none waits on a sensor or a triggerer; a model's task, retried or
-    cleared in the UI, runs dbt for that model alone (Cosmos's fallback).
-
-    With `build_candidates`, marts and reporting are built as marts__candidate and reporting__candidate (the dbt
-    var read by the project's generate_schema_name), for the marts gate to validate before they are published."""
+    cleared in the UI, runs dbt for that model alone (Cosmos's fallback)."""
     from airflow.sdk import task
 
     from pophealth.marts.build import dbt_executable, manifest_path, warehouse_for_dbt

@@ -235,8 +235,8 @@ def test_the_scheduler_loads_a_delivery_on_its_own_and_the_marts_are_published_o
         "SELECT max(load_id), max(published_at) FROM audit.load WHERE published_at IS NOT NULL"
     )
     assert publications[0][0] == newest and publications[0][1] > last_publish
-    # Every task ran on one of the two Celery workers (the embedded default runs them in one process), but for
-    # Cosmos's EmptyOperator after the dbt build, which the scheduler marks done itself, on no worker.
+    # Every task ran on one of the two Celery workers (the embedded default runs them in one process); an
+    # EmptyOperator (Cosmos's after the dbt build, with POPHEALTH_DBT_TASKS=node) the scheduler marks done itself.
     hosts = deployed.metadata(
         "SELECT DISTINCT hostname FROM task_instance WHERE state = 'success' AND operator <> 'EmptyOperator'"
     )

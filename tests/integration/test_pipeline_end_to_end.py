@@ -113,6 +113,17 @@ def test_every_dag_ran_through_airflow(world):
         ),
         "success",
     )
+    # The marts were built by one dbt build, shown as a task per layer of the dbt project (the default grain).
+    first_build = world.query(
+        """SELECT task_id, state FROM task_instance WHERE dag_id = 'build_marts' AND task_id LIKE 'dbt.%%'
+           AND run_id = (SELECT run_id FROM dag_run WHERE dag_id = 'build_marts' ORDER BY id LIMIT 1)""",
+        database="airflow",
+    )
+    assert dict(first_build) == dict.fromkeys(
+        ["dbt.build"]
+        + [f"dbt.{layer}" for layer in ("seeds", "staging", "intermediate", "marts", "direct_care", "reporting")],
+        "success",
+    )
     # The hospital files were loaded in groups of at most a dozen, one mapped `load` task each, and every file
     # was published by the run that loaded it.
     files = sorted(world.landing.glob("apc_*.csv"))
@@ -292,10 +303,23 @@ def test_a_failed_gate_reaches_people_stops_the_marts_and_they_keep_their_last_g
     assert world.query("SELECT md5(string_agg(p::text, ',' ORDER BY person_id)) FROM marts.person p") == before
     assert world.query("SELECT count(*) FROM audit.dbt_result") == builds_before
 
-    # Delivering the good file again resolves it: the marts build again.
+    # Delivering the good file again resolves it: the marts build again. This build shows each seed and model as a
+    # task of its own, with its tests' task after it (POPHEALTH_DBT_TASKS=node: Cosmos), the other grain a
+    # deployment may choose; every one of them took its result from the one build and passed.
     shutil.copy(world.landing / apc.name, apc)
     assert world.pophealth("dag", "ingest_apc", "--landing", str(landing)).returncode == 0
-    assert world.pophealth("dag", "build_marts", "--landing", str(landing)).returncode == 0
+    rebuilt = world.pophealth("dag", "build_marts", "--landing", str(landing), env={"POPHEALTH_DBT_TASKS": "node"})
+    assert rebuilt.returncode == 0, rebuilt.stdout[-3000:]
+    per_node = dict(
+        world.query(
+            """SELECT task_id, state FROM task_instance WHERE dag_id = 'build_marts' AND task_id LIKE 'dbt.%%'
+               AND run_id = (SELECT run_id FROM dag_run WHERE dag_id = 'build_marts' ORDER BY id DESC LIMIT 1)""",
+            database="airflow",
+        )
+    )
+    assert per_node["dbt.dbt_producer_watcher"] == "success"
+    assert per_node["dbt.person.run"] == per_node["dbt.person.test"] == per_node["dbt.bcf_metric.seed"] == "success"
+    assert len(per_node) > 100 and set(per_node.values()) == {"success"}
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -19,8 +19,11 @@ EXPECTED = {
     "build_marts",
 }
 
-#: The one `dbt build` of the marts DAG (Cosmos's watcher producer); every model's task takes its result from it.
-BUILD = "dbt.dbt_producer_watcher"
+#: The one `dbt build` of the marts DAG; every layer's task shows its nodes' results from it.
+BUILD = "dbt.build"
+#: The same with POPHEALTH_DBT_TASKS=node (Cosmos's watcher producer); every node's task takes its result from it.
+BUILD_PER_NODE = "dbt.dbt_producer_watcher"
+LAYERS = ["seeds", "staging", "intermediate", "marts", "direct_care", "reporting"]
 
 PARSE = textwrap.dedent(
     """
@@ -52,11 +55,11 @@ PARSE = textwrap.dedent(
 )
 
 
-@pytest.fixture(scope="module")
-def parsed(tmp_path_factory):
+def _parse_dags(home: Path, grain: str) -> dict:
+    """Every DAG file parsed as a scheduler would, with POPHEALTH_DBT_TASKS=`grain`, in a home of its own; for the
+    `node` grain (Cosmos renders the marts DAG from the dbt manifest) after `dbt parse`, which needs no database."""
     import json
 
-    home = tmp_path_factory.mktemp("home")
     env = {
         **os.environ,
         "AIRFLOW_HOME": str(home / "airflow"),
@@ -64,21 +67,34 @@ def parsed(tmp_path_factory):
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
         "POPHEALTH_HOME": str(home / "pophealth"),
+        "POPHEALTH_DBT_TASKS": grain,
         # Parsing must not touch the warehouse: point it at a server that does not exist.
         "POPHEALTH_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none",
     }
     env.pop("POPHEALTH_LINKAGE_KEY", None)
-    # The marts DAG is rendered from the dbt manifest, which `dbt parse` writes without a database.
-    subprocess.run(
-        [sys.executable, "-c", "from pophealth.marts.build import parse_project; parse_project()"],
-        env=env,
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
+    if grain == "node":
+        subprocess.run(
+            [sys.executable, "-c", "from pophealth.marts.build import parse_project; parse_project()"],
+            env=env,
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
     proc = subprocess.run([sys.executable, "-c", PARSE], env=env, capture_output=True, text=True, timeout=300)
     line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))
     return {**json.loads(line[7:]), "home": home}
+
+
+@pytest.fixture(scope="module")
+def parsed(tmp_path_factory):
+    """The DAG folder as deployed by default: the marts DAG shows the one dbt build as a task per layer."""
+    return _parse_dags(tmp_path_factory.mktemp("home"), "layer")
+
+
+@pytest.fixture(scope="module")
+def parsed_per_node(tmp_path_factory):
+    """The DAG folder with POPHEALTH_DBT_TASKS=node: every dbt seed and model a task of its own (Cosmos)."""
+    return _parse_dags(tmp_path_factory.mktemp("home"), "node")
 
 
 def test_every_dag_imports_without_errors(parsed):
@@ -92,7 +108,7 @@ def test_every_task_has_an_owner_and_retries_and_every_dag_tags(parsed):
         for task_id, task in dag["tasks"].items():
             assert task["owner"] == "data-engineering", (dag_id, task_id)
             if (dag_id, task_id) == ("build_marts", BUILD):
-                # Cosmos skips a second attempt of the one dbt build; each model's task retries it for that model.
+                # A failed model or test is the data's: a retry would build everything again to fail the same way.
                 assert task["retries"] == 0
             else:
                 assert task["retries"] >= 1, (dag_id, task_id)
@@ -121,8 +137,30 @@ def test_ingest_dags_load_their_files_in_groups_then_announce_one_asset_event(pa
 
 
 def test_marts_are_built_only_after_the_loads_are_checked_and_on_asset_updates(parsed):
+    marts = parsed["dags"]["build_marts"]
+    tasks = marts["tasks"]
+    dbt_tasks = {t for t in tasks if t.startswith("dbt.")}
+    # One dbt build, started once the loads are checked, then a task per layer of the project showing its results ...
+    assert dbt_tasks == {BUILD} | {f"dbt.{layer}" for layer in LAYERS}
+    assert tasks[BUILD]["upstream"] == ["check_loads"]
+    # ... each run whether the build passed or failed (it shows its own layer's results), and skipped with it
+    # when it did not run (check_loads failed or found nothing new).
+    assert {t: (tasks[t]["upstream"], tasks[t]["trigger_rule"]) for t in dbt_tasks - {BUILD}} == {
+        f"dbt.{layer}": ([BUILD], "one_done") for layer in LAYERS
+    }
+    # ... and a build the assets start first waits for what is still to load (one build per delivery).
+    assert tasks["check_loads"]["upstream"] == ["wait_for_loads"]
+    assert tasks["wait_for_loads"]["upstream"] == []
+    assert marts["schedule"] == "AssetTriggeredTimetable"
+    # Rendering it needs no dbt manifest: nothing of dbt ran to parse it.
+    assert not (parsed["home"] / "pophealth" / "dbt_target").exists()
+
+
+def test_with_dbt_tasks_node_every_seed_and_model_is_a_task_given_its_result_by_the_one_build(parsed_per_node):
     import json
 
+    parsed, build = parsed_per_node, BUILD_PER_NODE
+    assert parsed["errors"] == {}
     marts = parsed["dags"]["build_marts"]
     tasks = marts["tasks"]
     dbt_tasks = {t for t in tasks if t.startswith("dbt.")}
@@ -145,22 +183,20 @@ def test_marts_are_built_only_after_the_loads_are_checked_and_on_asset_updates(p
     # ... and all of them are given their results by one dbt build, which runs first: the only dbt task without
     # another dbt task before it, started once the loads are checked.
     roots = [t for t in dbt_tasks if not any(u.startswith("dbt.") for u in tasks[t]["upstream"])]
-    assert roots == [BUILD] and tasks[BUILD]["upstream"] == ["check_loads"]
-    descendants, todo = set(), [BUILD]
+    assert roots == [build] and tasks[build]["upstream"] == ["check_loads"]
+    descendants, todo = set(), [build]
     while todo:
         task = todo.pop()
         for t, spec in tasks.items():
             if task in spec["upstream"] and t not in descendants:
                 descendants.add(t)
                 todo.append(t)
-    assert dbt_tasks - {BUILD} <= descendants
+    assert dbt_tasks - {build} <= descendants
     # Those right after the build run whether it passed or failed (each shows its node's own result), and are
     # skipped with it when it did not run (check_loads failed or found nothing new): none runs dbt then.
-    assert {tasks[t]["trigger_rule"] for t in dbt_tasks if BUILD in tasks[t]["upstream"]} == {"one_done", "none_failed"}
-    assert {t for t in dbt_tasks if tasks[t]["trigger_rule"] == "none_failed"} == {BUILD + "_done"}
-    # ... and a build the assets start first waits for what is still to load (one build per delivery).
-    assert tasks["check_loads"]["upstream"] == ["wait_for_loads"]
-    assert tasks["wait_for_loads"]["upstream"] == []
+    assert {tasks[t]["trigger_rule"] for t in dbt_tasks if build in tasks[t]["upstream"]} == {"one_done", "none_failed"}
+    assert {t for t in dbt_tasks if tasks[t]["trigger_rule"] == "none_failed"} == {build + "_done"}
+    assert tasks[build]["retries"] == 0  # Cosmos skips a second attempt; each node's task retries it for that node
     # marts_published comes after every dbt task: the marts are announced only once all are built and tested.
     ancestors, todo = set(), list(tasks["marts_published"]["upstream"])
     while todo:
@@ -172,16 +208,19 @@ def test_marts_are_built_only_after_the_loads_are_checked_and_on_asset_updates(p
     assert marts["schedule"] == "AssetTriggeredTimetable"
 
 
-def test_parsing_does_no_heavy_work(parsed):
+@pytest.mark.parametrize("grain", ["parsed", "parsed_per_node"])
+def test_parsing_does_no_heavy_work(grain, request):
     # No embedded server was started, no key was needed, and parsing every DAG file took little time.
+    parsed = request.getfixturevalue(grain)
     assert not (parsed["home"] / "pophealth" / "pgdata").exists()
     assert parsed["seconds"] < 20
 
 
-def test_the_marts_are_gated_then_published_after_every_dbt_task(parsed):
+@pytest.mark.parametrize("grain", ["parsed", "parsed_per_node"])
+def test_the_marts_are_gated_then_published_after_every_dbt_task(grain, request):
     # Write-audit-publish: dbt builds candidates, gate_marts validates them after every dbt task, and only
     # publish_marts (after the gate) swaps them in, before the marts are announced.
-    tasks = parsed["dags"]["build_marts"]["tasks"]
+    tasks = request.getfixturevalue(grain)["dags"]["build_marts"]["tasks"]
     dbt_tasks = {t for t in tasks if t.startswith("dbt.")}
     ancestors, todo = set(), list(tasks["gate_marts"]["upstream"])
     while todo:
@@ -242,3 +281,17 @@ def test_new_files_are_loaded_in_groups_of_at_most_a_dozen_in_their_order(tmp_pa
     assert [len(g) for g in in_groups(files[:3] + [str(big)] + files[3:5])] == [3, 1, 2]
     assert group_label(files[:1]) == "apc_RAJ_00.csv"
     assert group_label(files[:3]) == "apc_RAJ_00.csv .. apc_RAJ_02.csv (3 files)"
+
+
+def test_every_node_of_the_dbt_project_is_shown_in_a_layer_and_every_layer_has_nodes(parsed_per_node):
+    import json
+
+    from pophealth.marts.build import LAYERS as BUILD_LAYERS
+    from pophealth.marts.build import layer_of
+
+    manifest = json.loads((parsed_per_node["home"] / "pophealth" / "dbt_target" / "manifest.json").read_text())
+    nodes = {**manifest["nodes"], **manifest["exposures"]}
+    layers = {uid: layer_of(uid, nodes) for uid, node in nodes.items() if node["package_name"] == "pophealth"}
+    assert list(BUILD_LAYERS) == LAYERS
+    assert {uid: layer for uid, layer in layers.items() if layer not in LAYERS} == {}
+    assert set(layers.values()) == set(LAYERS)
