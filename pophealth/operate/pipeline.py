@@ -59,7 +59,6 @@ def run_pipeline(
     log_dir = config.paths().home / "runs" / now.strftime("%Y%m%dT%H%M%SZ")
     outcome = PipelineOutcome(landing=landing.resolve(), log_dir=log_dir, started_at=now)
     prepare_warehouse()
-    prepare_airflow()
     env = {config.ENV_LANDING_DIR: str(outcome.landing)}
     outcome.dags = run_dags(
         dag_ids,
@@ -67,6 +66,7 @@ def run_pipeline(
         env,
         on_start=lambda dag_id: progress(f"  running DAG {dag_id} ..."),
         on_finish=lambda result: progress(f"  {result.dag_id:<30} {result.state:<8} {result.seconds:6.1f} s"),
+        prepare=prepare_airflow,  # while the runner's child starts
     )
     outcome.seconds = time.monotonic() - started
     return outcome

@@ -138,3 +138,76 @@ def test_the_dag_folder_is_parsed_once_for_every_dag_of_the_run(tmp_path):
     said = _run_dags(tmp_path, run, tmp_path / "logs", dags, "first", "second", "first")
     assert [o[1] for o in said["outcomes"]] == ["success"] * 3
     assert parses.read_text().splitlines() == ["parsed"]  # once, not once more for each of the three runs
+
+
+PREPARED = """
+    import os, time
+    from datetime import datetime
+    from airflow.sdk import dag, task
+
+    with open(os.environ["PARSES_FILE"], "a") as parses:
+        parses.write(f"parsed {time.time()}\\n")
+
+    @dag(dag_id="needs_prepare", schedule=None, start_date=datetime(2024, 1, 1), catchup=False)
+    def needs_prepare():
+        @task
+        def check():
+            with open(os.environ["PARSES_FILE"]) as parses:
+                assert any(line.startswith("prepared") for line in parses), "the DAG ran before prepare ended"
+        check()
+
+    needs_prepare()
+"""
+
+RUN_WITH_PREPARE = """
+    import json, os, sys, time
+    from pathlib import Path
+    from pophealth.operate.airflow_runner import ensure_metadata_db, run_dags
+
+    def prepare():
+        ensure_metadata_db()
+        time.sleep(3)  # long enough for the child to have started, imported Airflow and parsed the folder
+        if os.environ.get("PREPARE_FAILS"):
+            raise RuntimeError("the metadata database could not be migrated")
+        with open(os.environ["PARSES_FILE"], "a") as parses:
+            parses.write(f"prepared {time.time()}\\n")
+
+    started = []
+    try:
+        outcomes = run_dags(sys.argv[3:], Path(sys.argv[1]), {"AIRFLOW__CORE__DAGS_FOLDER": sys.argv[2]},
+                            on_start=started.append, prepare=prepare)
+        said = {"outcomes": [[o.dag_id, o.state] for o in outcomes], "started": started}
+    except RuntimeError as exc:
+        said = {"raised": str(exc), "started": started}
+    print(json.dumps(said))
+"""
+
+
+def test_the_child_parses_the_dags_while_the_database_is_prepared_and_runs_them_after(tmp_path):
+    """`pophealth run` migrates Airflow's metadata database while the runner's child imports Airflow and parses
+    the DAG folder (they overlap on two cores); no DAG starts before the migration has ended."""
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    (dags / "prepared.py").write_text(textwrap.dedent(PREPARED))
+    parses = tmp_path / "parses.txt"
+    run = f"import os; os.environ['PARSES_FILE'] = '{parses}'\n" + textwrap.dedent(RUN_WITH_PREPARE)
+    said = _run_dags(tmp_path, run, tmp_path / "logs", dags, "needs_prepare")
+    assert said == {"outcomes": [["needs_prepare", "success"]], "started": ["needs_prepare"]}
+    (parsed, parsed_at), (prepared, prepared_at) = (line.split() for line in parses.read_text().splitlines())
+    assert (parsed, prepared) == ("parsed", "prepared")
+    assert float(parsed_at) < float(prepared_at)  # parsed once, while prepare still ran
+
+
+def test_when_preparing_fails_no_dag_runs_and_nothing_is_left_running(tmp_path):
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    (dags / "prepared.py").write_text(textwrap.dedent(PREPARED))
+    parses = tmp_path / "parses.txt"
+    logs = tmp_path / "logs"
+    run = f"import os; os.environ.update(PARSES_FILE='{parses}', PREPARE_FAILS='1')\n" + textwrap.dedent(
+        RUN_WITH_PREPARE
+    )
+    said = _run_dags(tmp_path, run, logs, dags, "needs_prepare")
+    assert said == {"raised": "the metadata database could not be migrated", "started": []}
+    assert not (logs / "needs_prepare.log").exists()
+    assert _processes_naming(logs) == []

@@ -36,7 +36,7 @@ def test_every_airflow_task_of_every_dag_run_has_its_openlineage_events(world):
 
 
 def test_every_dbt_model_has_an_event_with_its_schema_and_rows(world):
-    manifest = json.loads((world.home / "state" / "dbt_target" / "manifest.json").read_text())
+    manifest = json.loads((world.home / "state" / "dbt_target" / "built_manifest.json").read_text())  # the build's
     models = {n["name"] for n in manifest["nodes"].values() if n["resource_type"] == "model"}
     by_job = {e["job"]["name"]: e for e in events(world) if e["job"]["name"].startswith("dbt.model.")}
     assert {f"dbt.model.{m}" for m in models} <= set(by_job)
