@@ -751,7 +751,10 @@ def failing_rows_condition(rule: Rule, table: sql.Composable) -> sql.Composable 
             parts.append(sql.SQL("{} " + op + " {}").format(col, sql.Literal(kw["max_value"])))
         return sql.SQL("({})").format(sql.SQL(" OR ").join(parts)) if parts else None
     if kind == "ExpectColumnValuesToBeUnique":
-        return sql.SQL("{c} IN (SELECT {c} FROM {t} GROUP BY {c} HAVING count(*) > 1)").format(c=col, t=table)
+        # The repeated values gathered once, then looked up: `IN (SELECT ...)` was planned, under PostgreSQL's
+        # default work_mem, as a subquery scanned again for every row, which did not end within 90 s on the
+        # 1,438,682 rows of all Essex's risk_stratification (this: 1.1 s; issue 19).
+        return sql.SQL("{c} = ANY (ARRAY(SELECT {c} FROM {t} GROUP BY {c} HAVING count(*) > 1))").format(c=col, t=table)
     if kind == "ExpectCompoundColumnsToBeUnique":
         cols = sql.SQL(", ").join(sql.Identifier(c) for c in kw["column_list"])
         return sql.SQL("({c}) IN (SELECT {c} FROM {t} GROUP BY {c} HAVING count(*) > 1)").format(c=cols, t=table)
