@@ -1197,3 +1197,57 @@ def test_a_passing_file_s_gate_does_not_import_great_expectations(stage):
     from pophealth.quality.data_docs import data_docs_index
 
     assert _linked_page(data_docs_index().read_text(), load_id).is_file()
+
+
+def test_a_uniqueness_rule_gathers_the_repeated_values_once_rather_than_per_row(warehouse):
+    """Counting the rows whose value repeats (the gate's one query) and naming them (example rows, in a select list):
+    each plans the repeated values as a query run once, never as a subquery run again for every row (a SubPlan).
+    `count(*) FILTER (WHERE x IN (SELECT ... HAVING count(*) > 1))` was planned so under PostgreSQL's default
+    work_mem, and did not end in 90 s on all Essex's 1,438,682 people (issue 19)."""
+    from psycopg import sql
+
+    from pophealth.quality import validation
+    from pophealth.quality.rules import failing_rows_condition, marts_rules
+    from pophealth.warehouse import db
+
+    class Recording:
+        """The connection, with every statement it is given kept."""
+
+        def __init__(self, conn):
+            self.conn, self.statements = conn, []
+
+        def transaction(self):
+            return self.conn.transaction()
+
+        def execute(self, statement, *args):
+            self.statements.append(statement)
+            return self.conn.execute(statement, *args)
+
+    unique = [r for r in marts_rules().rules if r.expectation == "ExpectColumnValuesToBeUnique"]
+    assert unique
+    with db.connect() as conn, conn.transaction(force_rollback=True):
+        for rule in unique:
+            column = sql.Identifier(rule.kwargs["column"])
+            conn.execute(sql.SQL("CREATE TEMP TABLE t ({} text)").format(column))
+            conn.execute(sql.SQL("INSERT INTO t SELECT g::text FROM generate_series(1, 1000) g UNION ALL SELECT '7'"))
+            conn.execute("ANALYZE t")
+            conn.execute("SET LOCAL work_mem = '64kB'")  # as tight, for 1,001 rows, as 4MB is for Essex
+            recording = Recording(conn)
+            measured = validation.measure(recording, sql.Identifier("t"), [rule], 1001, {rule.kwargs["column"]: 1001})
+            assert measured is not None and measured[0].result["unexpected_count"] == 2, rule.id
+            condition = failing_rows_condition(rule, sql.Identifier("t"))
+            named = sql.SQL("SELECT count(*) FILTER (WHERE {}) FROM t").format(condition)
+            assert conn.execute(named).fetchone()[0] == 2
+            for statement in (recording.statements[-1], named):
+                (plan,) = conn.execute(sql.SQL("EXPLAIN (FORMAT JSON) {}").format(statement)).fetchone()
+                per_row = [
+                    n["Subplan Name"] for n in _plan_nodes(plan[0]["Plan"]) if n.get("Parent Relationship") == "SubPlan"
+                ]
+                assert per_row == [], (rule.id, per_row, statement.as_string(conn))
+            conn.execute("DROP TABLE t")
+
+
+def _plan_nodes(node: dict):
+    yield node
+    for child in node.get("Plans", []):
+        yield from _plan_nodes(child)
