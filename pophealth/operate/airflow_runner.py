@@ -354,7 +354,8 @@ def _warm_up() -> None:
         from airflow.sdk.execution_time.supervisor import in_process_api_server
 
         _PARSED = _ParsedOnce()
-        _PARSED.dag_folder()
+        if config.dbt_task_grain() != "node":  # per node, Cosmos renders from the manifest `prepare` may be writing
+            _PARSED.dag_folder()
         api = in_process_api_server()  # one per process: the one every dag.test() of this process uses
         httpx.Client(transport=api.transport, base_url="http://in-process.invalid./").get("/health")
     except Exception as exc:  # the DAG run that needs it fails with the whole story in its own log
