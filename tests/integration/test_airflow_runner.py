@@ -166,7 +166,13 @@ RUN_WITH_PREPARE = """
 
     def prepare():
         ensure_metadata_db()
-        time.sleep(3)  # long enough for the child to have started, imported Airflow and parsed the folder
+        # Until the child has parsed the folder (at most 2 minutes): whatever the machine's load, the parse then
+        # happened while this still ran; without the warm-up it never comes, and the test fails after the wait.
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if os.path.exists(os.environ["PARSES_FILE"]) and "parsed" in open(os.environ["PARSES_FILE"]).read():
+                break
+            time.sleep(0.1)
         if os.environ.get("PREPARE_FAILS"):
             raise RuntimeError("the metadata database could not be migrated")
         with open(os.environ["PARSES_FILE"], "a") as parses:
