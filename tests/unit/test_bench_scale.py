@@ -11,6 +11,7 @@ from benchmarks.scale import (
     GENERATE,
     PIPELINE_STAGES,
     SIZES,
+    floor_against_copy,
     growth,
     pandas_words,
     plot,
@@ -342,3 +343,63 @@ def test_a_failed_dag_run_gives_no_overhead_and_stays_out_of_the_fits():
     fit = next(f for f in summary["fits"] if f["what"] == "time" and f["run"] == "DAGs (pophealth run)")
     assert fit["points"] == 2 and fit["k"] == pytest.approx(1.0)  # 264 s -> 1,320 s for 5x the people
     assert "- (DAG run failed: build_marts, ingest_apc)" in table(summary)
+
+
+def test_the_least_per_row_python_is_set_beside_the_copy_per_row():
+    # apc: the least Python 20,000 rows/s (50 us a row), the COPY 200,000 rows/s (5 us): 55 us against 5 us, 11x.
+    # cld: 10 us against 10 us, 2x. All: 3,000 rows in 0.1 + 0.1 s (15,000 rows/s) against a COPY of 150,000
+    # rows/s: 1 + 150,000 / 15,000 = 11x.
+    floor = {
+        "apc": {"rows": 2_000, "identities": 6_000, "seconds": 0.1, "rows_per_s": 20_000.0},
+        "cld": {"rows": 1_000, "identities": 2_000, "seconds": 0.1, "rows_per_s": 10_000.0},
+    }
+    copy = {
+        "apc": {"copy_rows_per_s": 200_000.0},
+        "cld": {"copy_rows_per_s": 10_000.0},
+        "all": {"copy_rows_per_s": 150_000.0},
+    }
+    out = floor_against_copy(floor, copy)
+    assert out["apc"]["ratio"] == pytest.approx(11.0)
+    assert out["cld"]["ratio"] == pytest.approx(2.0)
+    assert (out["all"]["rows"], out["all"]["identities"]) == (3_000, 8_000)
+    assert out["all"]["ratio"] == pytest.approx(11.0)
+
+
+def test_the_summary_says_the_least_per_row_python_beside_the_aim_and_older_runs_without_it_still_summarise():
+    with_floor = _run(14_387, 1.0)
+    with_floor["floor"] = {f: {"ratio": 4.5} for f in ("apc", "cld", "gp_register", "all")}
+    summary = summarise([with_floor, _run(143_868, 9.0)], {"cores": 2, "date": "2026-12-05", "cpu_model": "x"})
+    first, second = summary["sizes"]
+    assert first["ingest_vs_copy"]["all"]["floor_ratio"] == 4.5
+    assert (
+        "the least per-row Python (read, hash, seal; no check) with the COPY is 4.50x"
+        in first["ingest_vs_copy"]["words"]
+    )
+    assert second["ingest_vs_copy"]["all"]["floor_ratio"] is None
+    printed = table(summary)
+    assert "least per-row Python + COPY, / COPY" in printed and "4.50x" in printed
+
+
+def test_the_least_per_row_python_reads_every_row_and_hashes_every_identifier_it_holds(tmp_path):
+    from benchmarks.pseudonymisation import bench_floor
+
+    # gp_register: 3 rows, one NHS number empty -> 2 identities. apc: 2 rows, each an NHS number, an epikey and a
+    # spell_id -> 6. cld: 1 row, an NHS number and an LA person id -> 2.
+    (tmp_path / "gp_register_20250331.csv").write_text(
+        "nhs_number,date_of_birth,sex,postcode,gp_practice_code,registration_start_date\n"
+        "9434765919,1950-01-01,1,CM1 1AA,F81001,2000-01-01\n,1950-01-01,1,CM1 1AA,F81001,2000-01-01\n"
+        "9434765870,1950-01-01,2,CM1 1AA,F81001,2000-01-01\n"
+    )
+    (tmp_path / "apc_RAJ_20250331.csv").write_text(
+        "epikey,spell_id,nhs_number,procode,admidate\nE1,S1,9434765919,RAJ,2025-03-01\nE2,S1,9434765919,RAJ,2025-03-01\n"
+    )
+    (tmp_path / "cld_E10000012_20250331.csv").write_text(
+        "LA_Code,LA_Person_Unique_Identifier,NHS_Number\nE10000012,P1,9434765919\n"
+    )
+    figures = bench_floor(tmp_path)
+    assert {f: (v["rows"], v["identities"]) for f, v in figures.items()} == {
+        "gp_register": (3, 2),
+        "apc": (2, 6),
+        "cld": (1, 2),
+    }
+    assert all(v["seconds"] > 0 for v in figures.values())
