@@ -454,8 +454,7 @@ def emit_load_event(load_id: int) -> None:
             # about what was published, so they go on the output, as Marquez shows them.
             facets={
                 "schema": _schema(columns),
-                "dataQualityAssertions":  # type: ignore[dict-item]
-                dqa.DataQualityAssertionsDatasetFacet(assertions=assertions),
+                "dataQualityAssertions": dqa.DataQualityAssertionsDatasetFacet(assertions=assertions),
             },
             outputFacets={"outputStatistics": stats.OutputStatisticsOutputDatasetFacet(rowCount=rows_loaded)},
         )

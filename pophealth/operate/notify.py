@@ -91,7 +91,7 @@ def send_email(addresses: str, failure: Failure) -> None:
         [a.strip() for a in addresses.split(",") if a.strip()],
         f"pophealth: {failure.dag}.{failure.task} failed",
         f"<p>{escape(failure.text)}</p>",
-        conn_id=None,  # type: ignore[arg-type]  # typed str, but None is what Airflow documents
+        conn_id=None,  # typed str in Airflow, but None is what Airflow documents
     )
 
 
