@@ -22,8 +22,6 @@ only). A purpose key is rotated with `pophealth rotate-key --purpose`.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +29,7 @@ from dataclasses import dataclass
 import psycopg
 
 from pophealth.identity.keys import DirectCareKey, KeyError_, SecondaryUseKey, load_purpose_key
+from pophealth.identity.pseudonymise import KeyedHash
 from pophealth.warehouse import db
 from pophealth.warehouse.schema import optout_list_in_force
 
@@ -63,8 +62,7 @@ class PurposeKeyring:
 
     def __init__(self, keys: dict[str, SecondaryUseKey | DirectCareKey]):
         self._macs = {
-            purpose: hmac.new(key.secret_bytes(), f"pophealth|{purpose}|".encode(), hashlib.sha256)
-            for purpose, key in keys.items()
+            purpose: KeyedHash(key.secret_bytes(), f"pophealth|{purpose}|".encode()) for purpose, key in keys.items()
         }
         self.versions = {purpose: key.version for purpose, key in keys.items()}
 
@@ -78,9 +76,7 @@ class PurposeKeyring:
             ) from None
 
     def id_for(self, purpose: str, transit: str) -> str:
-        mac = self._macs[purpose].copy()
-        mac.update(transit.encode("ascii"))
-        return mac.hexdigest()
+        return self._macs[purpose].hexdigest(transit.encode("ascii"))
 
     def __repr__(self) -> str:
         return f"PurposeKeyring(versions={self.versions})"

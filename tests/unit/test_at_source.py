@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from pophealth.cli import main
-from pophealth.contract.feeds import FEEDS_BY_NAME
+from pophealth.contract.feeds import FEEDS_BY_NAME, KEY_VERSION_COLUMN
 from pophealth.contract.identifiers import nhs_check_digit
 from pophealth.identity.keys import LinkageKey
 from pophealth.identity.pseudonymise import Area, PostcodeLookup, Pseudonymiser
@@ -346,16 +346,24 @@ def test_no_nhs_number_date_of_birth_postcode_or_local_id_reaches_the_output(
     row = {**template, **identifiable, "forename": forename, "home_phone": phone}
 
     out = pseudonymise_row(feed, row, PSEUDO, LOOKUP)
-    # The year and month of birth are meant to be sent: a local id `8` beside a birth month `8` is no leak.
-    assume(not secrets_ & {out.get("birth_year"), out.get("birth_month")})
+    # What the row is meant to carry whatever was sent is no leak when a generated value happens to spell it: the
+    # year and month of birth (a local id `8` beside a birth month `8`), the check's word (a phone number `invalid`),
+    # the area from the lookup and the key's version.
+    # Each is first held to what it may be, so that a leak into one of them is caught, not assumed away.
+    assert out["nhs_number_check"] in {"valid", "test_range", "missing", "invalid"}
+    assert out[KEY_VERSION_COLUMN] == PSEUDO.key_version
+    if feed != "optouts":
+        assert re.fullmatch(r"([0-9]{4})?", out["birth_year"]) and re.fullmatch(r"([0-9]{1,2})?", out["birth_month"])
+        assert (out["lsoa_code"], out["locality_code"]) in {("", ""), ("E01990001", "E07000070")}
+    meant = {out.get(c) for c in ("birth_year", "birth_month", "nhs_number_check", "lsoa_code", "locality_code")}
+    meant.add(out[KEY_VERSION_COLUMN])
+    assume(not any(s == m or (len(s) >= 6 and s in m) for s in secrets_ for m in meant if m))
 
     assert list(out) == list(FEEDS_BY_NAME[feed].pseudonymised)  # no column outside the contract, none identifiable
     for value in out.values():
         assert value not in secrets_
         assert not any(s in value for s in secrets_ if len(s) >= 6)
     assert out["person_id"] == "" or HEX64.match(out["person_id"])
-    if feed != "optouts":
-        assert re.fullmatch(r"([0-9]{4})?", out["birth_year"]) and re.fullmatch(r"([0-9]{1,2})?", out["birth_month"])
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -4,9 +4,12 @@ import hashlib
 import hmac
 from datetime import date
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from pophealth.contract.identifiers import NhsNumber
 from pophealth.identity.keys import LinkageKey
-from pophealth.identity.pseudonymise import Pseudonymiser, birth_year_month, normalise_postcode
+from pophealth.identity.pseudonymise import KeyedHash, Pseudonymiser, birth_year_month, normalise_postcode
 
 KEY_HEX = "0f" * 32
 
@@ -16,6 +19,16 @@ def test_person_id_is_the_hmac_a_source_computes_on_its_own_premises():
     expected = hmac.new(bytes.fromhex(KEY_HEX), b"9434765919", hashlib.sha256).hexdigest()
     pseudonymiser = Pseudonymiser(LinkageKey.from_hex(KEY_HEX, "test"))
     assert pseudonymiser.person_id(NhsNumber("943-476-5919")).value == expected
+
+
+@given(key=st.binary(max_size=200), prefix=st.binary(max_size=80), value=st.binary(max_size=300))
+def test_the_keyed_hash_is_the_standard_librarys_hmac_sha256_for_any_key_prefix_and_value(key, prefix, value):
+    # Keys shorter than, equal to and longer than SHA-256's 64-byte block (a longer one is hashed first).
+    expected = hmac.new(key, prefix + value, hashlib.sha256).hexdigest()
+    keyed = KeyedHash(key, prefix)
+    assert keyed.hexdigest(value) == expected
+    assert keyed.hexdigest(value) == expected  # the prepared states are copied, never used up
+    assert key.hex() not in repr(keyed) or not key
 
 
 def test_a_different_key_gives_a_different_pseudonym():
