@@ -110,6 +110,18 @@ class PipelineRun:
         return sum(self.clock.seconds.values())
 
 
+def extracts_by_feed(landing: Path) -> dict[str, list[Path]]:
+    """The landing folder's extracts by the feed their names give, each feed's in name order (others left out)."""
+    from pophealth.ingest.landing import identify
+
+    by_feed: dict[str, list[Path]] = {}
+    for path in sorted(p for p in Path(landing).iterdir() if p.suffix == ".csv"):
+        found = identify(path)
+        if found is not None:
+            by_feed.setdefault(found.feed, []).append(path)
+    return by_feed
+
+
 def run_pipeline(
     landing: Path, *, gates: bool = True, candidates: bool = True, clock: Clock | None = None, run_id: str = "bench"
 ) -> PipelineRun:
@@ -117,7 +129,6 @@ def run_pipeline(
     marts. With gates=False no gate runs and dbt builds the published marts directly (candidates=False)."""
     from pophealth.contract.feeds import LOAD_ORDER
     from pophealth.governance.lineage import after_marts_published, emit_load_event
-    from pophealth.ingest.landing import identify
     from pophealth.ingest.load import batch_table, publish_load, refuse_load, stage_extract
     from pophealth.marts.build import dbt_build, keep_build_results, manifest_path
     from pophealth.quality import gates as load_gates
@@ -128,11 +139,7 @@ def run_pipeline(
     use_bench_keys()
     clock = clock or Clock()
     run = PipelineRun(clock, {})
-    by_feed: dict[str, list[Path]] = {}
-    for path in sorted(p for p in Path(landing).iterdir() if p.suffix == ".csv"):
-        found = identify(path)
-        if found is not None:
-            by_feed.setdefault(found.feed, []).append(path)
+    by_feed = extracts_by_feed(landing)
     with clock.stage(PREPARE):
         prepare_warehouse()
     for feed in LOAD_ORDER:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from benchmarks.pipeline import median_seconds
+from benchmarks.pipeline import extracts_by_feed, median_seconds
 
 
 def bench_pseudonymisation(landing: Path, repeats: int, quiet: bool = False) -> dict:
@@ -79,8 +79,8 @@ def bench_floor(landing: Path) -> dict:
     from pophealth.identity.keys import LinkageKey, VaultPrivateKey
     from pophealth.identity.pseudonymise import Pseudonymiser
     from pophealth.identity.vault import VaultSealer
-    from pophealth.ingest.landing import identify
 
+    by_feed = extracts_by_feed(landing)  # named once, outside the timing
     pseudonymiser = Pseudonymiser(LinkageKey(bytes.fromhex("ab" * 32)))
     cipher = VaultSealer(VaultPrivateKey(bytes.fromhex("cd" * 32)).public_key())
     figures: dict[str, dict] = {}
@@ -89,10 +89,7 @@ def bench_floor(landing: Path) -> dict:
         wanted = ("nhs_number", *(local.column for local in declared.local_ids))
         rows = identities = 0
         started = time.perf_counter()
-        for path in sorted(Path(landing).glob("*.csv")):
-            found = identify(path)
-            if found is None or found.feed != feed:
-                continue
+        for path in by_feed.get(feed, []):
             data_key = cipher.new_data_key(0)[0]  # one per file, as a load makes
             with path.open(newline="", encoding="utf-8-sig") as handle:
                 reader = csv.reader(handle)
