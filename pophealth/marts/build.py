@@ -26,6 +26,12 @@ class DbtFailed(RuntimeError):
     pass
 
 
+#: dbt's own log file keeps what a data engineer reads (each node's start, result and error) and leaves out the debug
+#: events (every query's text, every connection's open and close): writing those cost a tenth of a `dbt build`'s CPU
+#: (1.0-1.4 s of 11-13 s on 300 people, issue 19). The compiled SQL of every node stays in the target folder.
+FILE_LOG = ("--log-level-file", "info")
+
+
 def dbt_executable() -> str:
     beside = Path(sys.executable).parent / "dbt"
     return str(beside) if beside.exists() else (shutil.which("dbt") or "dbt")
@@ -48,6 +54,7 @@ def dbt_command(args: list[str], target: Path | None = None, echo: bool = False)
         str(target),
         "--log-path",
         str(paths.home / "dbt_logs"),
+        *FILE_LOG,
     ]
     if not echo:
         return subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)

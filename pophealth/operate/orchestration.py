@@ -513,7 +513,7 @@ def _cosmos_task_group(group_id: str, build_candidates: bool):
     cleared in the UI, runs dbt for that model alone (Cosmos's fallback)."""
     from airflow.sdk import task
 
-    from pophealth.marts.build import dbt_executable, manifest_path, warehouse_for_dbt
+    from pophealth.marts.build import FILE_LOG, dbt_executable, manifest_path, warehouse_for_dbt
 
     manifest = manifest_path()
     if not manifest.exists():
@@ -559,6 +559,7 @@ def _cosmos_task_group(group_id: str, build_candidates: bool):
         ),
         operator_args={
             "install_deps": False,
+            "dbt_cmd_flags": list(FILE_LOG),
             "callback": "pophealth.marts.build.record_run_results",
             "on_execute_callback": warehouse_for_dbt,
             **({"vars": {"build_candidates": True}} if build_candidates else {}),

@@ -16,14 +16,14 @@ import sys
 import textwrap
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
 import pytest
 
 from pophealth.ingest import load
-from tests.integration.conftest import TEST_KEY, isolated_env, synth_world
+from tests.integration.conftest import TEST_KEY, answering_url, isolated_env, synth_world
 from tests.integration.test_pipeline_end_to_end import PERSON_COLUMNS, _normal, expected_person_id, expected_person_row
 from tests.robustness.conftest import good_apc
 from tests.robustness.spec import FAULTS, write_million
@@ -88,6 +88,7 @@ class FaultWorld:
     landing: Path
     side: Path  # a folder beside the landing area for the fault files
     env: dict[str, str]
+    known_url: str | None = field(default=None, init=False, repr=False)
 
     def python(
         self, script: str, *args: str, timeout: float = 600, env: dict[str, str] | None = None, check: bool = True
@@ -122,6 +123,10 @@ class FaultWorld:
         )
 
     def url(self) -> str:
+        self.known_url = answering_url(self.known_url, self._ask_url)
+        return self.known_url
+
+    def _ask_url(self) -> str:
         proc = self.pophealth("db", "url", timeout=120)  # starts the embedded server if it is not running
         assert proc.returncode == 0, proc.stderr[-2000:]
         return proc.stdout.strip().splitlines()[-1]
