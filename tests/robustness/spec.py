@@ -593,7 +593,7 @@ FAULTS: tuple[Fault, ...] = (
     Fault(
         "server_stops_mid_load",
         "the PostgreSQL server stops in the middle of a load",
-        "a child process stages and publishes a 200,000-row file; the embedded server is stopped (fast shutdown) "
+        "a child process stages and publishes a 100,000-row file; the embedded server is stopped (fast shutdown) "
         "once the load is under way",
         "the load fails with a one-line database error; the raw table holds none of the file (the staging "
         "transaction is rolled back); retried (bounded), the load completes and holds all of it once. The "
@@ -603,7 +603,7 @@ FAULTS: tuple[Fault, ...] = (
     Fault(
         "killed_mid_load",
         "the loading process is killed (SIGKILL) in the middle of a load",
-        "a child process stages a 200,000-row file and is killed once the load is under way",
+        "a child process stages a 100,000-row file and is killed once the load is under way",
         "nothing of the file is stored and no batch table is left; a rerun loads all of it once, and records "
         "the killed load as `interrupted`",
     ),
