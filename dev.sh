@@ -29,7 +29,11 @@ setup() {
   if [ ! -f "$stamp" ]; then
     echo "Installing pinned dependencies (requirements.lock) ..."
     .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-    .venv/bin/python -m pip install --quiet --disable-pip-version-check -c requirements.lock -e ".[test]"
+    # Compiled afterwards on every core rather than one file after another as pip installs them (28 s of a 100 s
+    # install on 2 cores; 19 s this way). A file no Python 3.11 can compile (some packages ship such test data)
+    # is left as pip would leave it.
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-compile -c requirements.lock -e ".[test]"
+    .venv/bin/python -m compileall -qq -j 0 .venv/lib/python3.11/site-packages >/dev/null 2>&1 || true
     rm -f .venv/.installed-*
     touch "$stamp"
   fi

@@ -217,3 +217,60 @@ def test_when_preparing_fails_no_dag_runs_and_nothing_is_left_running(tmp_path):
     assert said == {"raised": "the metadata database could not be migrated", "started": []}
     assert not (logs / "needs_prepare.log").exists()
     assert _processes_naming(logs) == []
+
+
+MIGRATED = """
+    import json, sys
+    from pathlib import Path
+    from pophealth.operate import airflow_runner
+    from pophealth.warehouse import db
+
+    copy = airflow_runner._migrated_copy()
+    kept_before = copy.exists()
+    airflow_runner.ensure_metadata_db()
+    outcomes = airflow_runner.run_dags(["lives"], Path(sys.argv[1]), {"AIRFLOW__CORE__DAGS_FOLDER": sys.argv[2]})
+    import psycopg
+    with psycopg.connect(db.warehouse().with_db(db.AIRFLOW_DB).url()) as conn:
+        tables = [r[0] for r in conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1").fetchall()]
+        version = conn.execute("SELECT version_num FROM alembic_version").fetchone()[0]
+        # when the migration wrote its rows: a home that migrated for itself has its own time here
+        migrated_at = str(conn.execute("SELECT min(created_at) FROM log_template").fetchone()[0])
+    print(json.dumps({"copy": copy.name, "kept_before": kept_before, "kept_after": copy.exists(),
+                      "states": [o.state for o in outcomes], "tables": tables, "version": version,
+                      "migrated_at": migrated_at}))
+"""
+
+
+def test_a_new_home_takes_a_kept_copy_of_the_migrated_metadata_database_and_airflow_runs_on_it(tmp_path):
+    """The first new home on a machine migrates Airflow's metadata database and keeps a copy of it (the user's
+    cache); the next new home loads that copy instead of migrating, and has the same tables at the same version,
+    on which a DAG runs."""
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    (dags / "lives.py").write_text(textwrap.dedent(DAGS["lives.py"]))
+    cache = tmp_path / "cache"
+    said = []
+    for home in ("first", "second"):
+        env = {**isolated_env(tmp_path / home), "XDG_CACHE_HOME": str(cache)}
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-c", textwrap.dedent(MIGRATED), str(tmp_path / home / "logs"), str(dags)],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
+        finally:
+            stop = "from pophealth.warehouse import db; db.stop_embedded()"
+            subprocess.run([sys.executable, "-c", stop], env=env, check=True, timeout=120)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        said.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    first, second = said
+    assert (first["kept_before"], first["kept_after"], second["kept_before"]) == (False, True, True)
+    assert first["copy"] == second["copy"]  # the same name in both homes: nothing of a home is in it
+    assert [p.name for p in (cache / "pophealth").iterdir()] == [first["copy"]]
+    assert second["tables"] == first["tables"] and len(first["tables"]) > 30
+    assert second["version"] == first["version"]
+    assert second["migrated_at"] == first["migrated_at"]  # the copy's rows: the second home did not migrate
+    assert first["states"] == second["states"] == ["success"]

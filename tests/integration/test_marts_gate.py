@@ -64,12 +64,15 @@ def gate_results(url: str, run_id: str) -> dict[str, tuple]:
 
 
 def test_good_candidates_built_by_dbt_pass_every_rule_and_are_published_with_the_analysts_access(warehouse):
-    from pophealth.marts.build import dbt_command
+    from pophealth.marts.build import dbt_command, manifest_path
     from pophealth.quality import marts_gate
     from pophealth.quality.rules import marts_rules
 
     # dbt with the marts DAG's var builds marts and reporting as candidates; staging and intermediate stay put,
-    # and the reporting models read the candidate marts.
+    # and the reporting models read the candidate marts. The SQL dbt compiled for a reporting model, as the world's
+    # build without the var left it and as this run leaves it, says which marts it read.
+    pyramid = manifest_path().parent / "compiled" / "pophealth" / "models" / "reporting" / "reporting_risk_pyramid.sql"
+    assert '"marts"."risk_stratification"' in pyramid.read_text()
     proc = dbt_command(
         [
             "run",
@@ -90,10 +93,7 @@ def test_good_candidates_built_by_dbt_pass_every_rule_and_are_published_with_the
             ).fetchall()
         )
         assert built["marts__candidate"] == built["marts"] and built["reporting__candidate"] == built["reporting"]
-    compiled = dbt_command(["compile", "--select", "reporting_risk_pyramid", "--vars", "{build_candidates: true}"])
-    assert compiled.returncode == 0 and '"marts__candidate"."risk_stratification"' in compiled.stdout
-    plain = dbt_command(["compile", "--select", "reporting_risk_pyramid"])
-    assert plain.returncode == 0 and '"marts"."risk_stratification"' in plain.stdout
+    assert '"marts__candidate"."risk_stratification"' in pyramid.read_text()
 
     outcome = marts_gate.run_marts_gate(candidates=True, run_id="good")
     assert outcome.passed, outcome.summary()
