@@ -150,3 +150,10 @@ def write_whole(path: Path, text: str) -> None:
     part = path.with_name(f".{path.name}.part")
     part.write_text(text)
     part.replace(path)
+
+
+def cache_dir() -> Path:
+    """The one place outside POPHEALTH_HOME: what a new home on this machine may take instead of making it again
+    (Airflow's migrated metadata database), in the user's cache (XDG_CACHE_HOME). Nothing in it is data or a
+    secret; deleting it costs the next new home the work once (docs/commands.md)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pophealth"

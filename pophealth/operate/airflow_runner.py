@@ -127,8 +127,7 @@ def _migrated_copy() -> Path | None:
     }
     made_by = {"airflow": version("apache-airflow"), "pgserver": version("pgserver"), "settings": settings}
     digest = hashlib.sha256(json.dumps(made_by, sort_keys=True).encode()).hexdigest()[:16]
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pophealth"
-    return cache / f"airflow-metadata-{digest}.sql"
+    return config.cache_dir() / f"airflow-metadata-{digest}.sql"
 
 
 def _embedded_client(program: str, *args: str) -> subprocess.CompletedProcess:

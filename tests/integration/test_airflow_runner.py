@@ -54,10 +54,11 @@ RUN = """
 """
 
 
-def _run_dags(tmp_path, script: str, logs, dags, *names: str) -> dict:
-    """Run the runner's script on the DAG folder in a process of its own; what it said (its last line, JSON).
-    The embedded server the script started is stopped after it: left running, it outlived the test run."""
-    env = isolated_env(tmp_path)
+def _run_dags(tmp_path, script: str, logs, dags, *names: str, extra_env: dict[str, str] | None = None) -> dict:
+    """Run the runner's script on the DAG folder in a process of its own, its home under `tmp_path`; what it said
+    (its last line, JSON). The embedded server the script started is stopped after it: left running, it outlived
+    the test run."""
+    env = {**isolated_env(tmp_path), **(extra_env or {})}
     try:
         proc = subprocess.run(
             [sys.executable, "-c", script, str(logs), str(dags), *names],
@@ -250,23 +251,16 @@ def test_a_new_home_takes_a_kept_copy_of_the_migrated_metadata_database_and_airf
     dags.mkdir()
     (dags / "lives.py").write_text(textwrap.dedent(DAGS["lives.py"]))
     cache = tmp_path / "cache"
-    said = []
-    for home in ("first", "second"):
-        env = {**isolated_env(tmp_path / home), "XDG_CACHE_HOME": str(cache)}
-        try:
-            proc = subprocess.run(
-                [sys.executable, "-c", textwrap.dedent(MIGRATED), str(tmp_path / home / "logs"), str(dags)],
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=600,
-            )
-        finally:
-            stop = "from pophealth.warehouse import db; db.stop_embedded()"
-            subprocess.run([sys.executable, "-c", stop], env=env, check=True, timeout=120)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        said.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    first, second = said
+    first, second = (
+        _run_dags(
+            tmp_path / home,
+            textwrap.dedent(MIGRATED),
+            tmp_path / home / "logs",
+            dags,
+            extra_env={"XDG_CACHE_HOME": str(cache)},
+        )
+        for home in ("first", "second")
+    )
     assert (first["kept_before"], first["kept_after"], second["kept_before"]) == (False, True, True)
     assert first["copy"] == second["copy"]  # the same name in both homes: nothing of a home is in it
     assert [p.name for p in (cache / "pophealth").iterdir()] == [first["copy"]]
