@@ -89,11 +89,12 @@ def ensure_metadata_db() -> None:
     marker = config.paths().airflow_home / f".migrated-{version('apache-airflow')}-{_metadata_fingerprint()}"
     if marker.exists():
         return
-    copy = _migrated_copy()
+    env = airflow_env()
+    copy = _migrated_copy(env)
     if copy is not None and copy.exists() and _restore_migrated(copy):
         marker.write_text("ok\n")
         return
-    proc = subprocess.run([_airflow_bin(), "db", "migrate"], env=airflow_env(), capture_output=True, text=True)
+    proc = subprocess.run([_airflow_bin(), "db", "migrate"], env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError("airflow db migrate failed:\n" + "\n".join(proc.stderr.strip().splitlines()[-10:]))
     if copy is not None:
@@ -101,7 +102,7 @@ def ensure_metadata_db() -> None:
     marker.write_text("ok\n")
 
 
-def _migrated_copy() -> Path | None:
+def _migrated_copy(env: dict[str, str]) -> Path | None:
     """Where a new embedded metadata database, as `airflow db migrate` made it, is kept for the next new home on
     this machine (a plain SQL dump, in the user's cache): None when the metadata database is not the embedded one.
 
@@ -113,16 +114,16 @@ def _migrated_copy() -> Path | None:
     import hashlib
     from importlib.metadata import version
 
-    given = ("", "_CMD", "_SECRET")
-    if os.environ.get(config.ENV_AIRFLOW_DATABASE_URL) or not db.is_embedded():
+    if not db.is_embedded() or os.environ.get(config.ENV_AIRFLOW_DATABASE_URL):
         return None
-    if any(os.environ.get(f"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN{suffix}") for suffix in given):
+    # Airflow's `env` holds the embedded URL unless the deployment gives its own (a URL, a command or a secret).
+    if env.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN") != db.airflow_metadata_url():
         return None
 
     home = str(config.paths().home)  # a setting that names a file of the home (the lineage events') is the same
     settings = {
         k: v.replace(home, "<home>")
-        for k, v in airflow_env().items()
+        for k, v in env.items()
         if k.startswith("AIRFLOW__") and "SQL_ALCHEMY_CONN" not in k
     }
     made_by = {"airflow": version("apache-airflow"), "pgserver": version("pgserver"), "settings": settings}
@@ -166,8 +167,10 @@ def _keep_migrated(copy: Path) -> None:
     dumped = _embedded_client("pg_dump", "--no-owner", "--no-privileges", "-f", str(partial))
     if dumped.returncode == 0:
         partial.replace(copy)
-    else:
-        partial.unlink(missing_ok=True)
+        return
+    partial.unlink(missing_ok=True)
+    said = dumped.stderr.strip().splitlines()[-1:] or ["no message"]
+    log.warning("no copy of the migrated Airflow database was kept (the next new home migrates): %s", said[0])
 
 
 def prepare_airflow() -> None:

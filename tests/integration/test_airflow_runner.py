@@ -226,7 +226,7 @@ MIGRATED = """
     from pophealth.operate import airflow_runner
     from pophealth.warehouse import db
 
-    copy = airflow_runner._migrated_copy()
+    copy = airflow_runner._migrated_copy(airflow_runner.airflow_env())
     kept_before = copy.exists()
     airflow_runner.ensure_metadata_db()
     outcomes = airflow_runner.run_dags(["lives"], Path(sys.argv[1]), {"AIRFLOW__CORE__DAGS_FOLDER": sys.argv[2]})
