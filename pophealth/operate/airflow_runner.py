@@ -437,10 +437,68 @@ def _warm_up() -> None:
         _PARSED = _ParsedOnce()
         if config.dbt_task_grain() != "node":  # per node, Cosmos renders from the manifest `prepare` may be writing
             _PARSED.dag_folder()
-        api = in_process_api_server()  # one per process: the one every dag.test() of this process uses
-        httpx.Client(transport=api.transport, base_url="http://in-process.invalid./").get("/health")
+        with _latest_execution_api_versions() as kept:
+            for keep in kept:
+                api = in_process_api_server()  # one per process: the one every dag.test() of this process uses
+                try:
+                    httpx.Client(transport=api.transport, base_url="http://in-process.invalid./").get("/health")
+                    made_for = f"the newest {keep} versions of its protocol" if keep else "every version of it"
+                    print(f"in-process execution API: made for {made_for}", flush=True)
+                    break
+                except Exception:
+                    if keep is None:
+                        raise
+                    in_process_api_server.cache_clear()  # made again with more versions, or all of them
     except Exception as exc:  # the DAG run that needs it fails with the whole story in its own log
         print(f"warm-up skipped: {type(exc).__name__}: {exc}", flush=True)
+
+
+@contextmanager
+def _latest_execution_api_versions() -> Iterator[Iterator[int | None]]:
+    """Yields the tries at the in-process execution API (`dag.test()`'s tasks call it) made for the newest versions
+    of its protocol only: the newest 2 or 3 versions that change anything, then (None) all of them.
+
+    Airflow's execution API keeps every version of its protocol since 3.0 (ten) for workers of older releases;
+    Cadwyn makes every version's routes on the first request, 4.2 s of CPU in each process that runs DAGs (issue
+    19). Here the only caller is this process's own task SDK, which speaks the newest version (`API_VERSION`), so
+    the app is made for that and the few before it that Cadwyn needs (a route moved in an older version must be
+    put back in one it knows; in Airflow 3.3 the newest alone is not enough): 1.5 s. The caller makes the app and
+    asks it once for each try until one answers; the versions' bindings are put back as they were afterwards,
+    whatever happened."""
+    from airflow.api_fastapi.execution_api import versions
+    from airflow.sdk.api.datamodels._generated import API_VERSION
+    from cadwyn import HeadVersion, Version, VersionBundle
+
+    everything = versions.bundle
+    changed = [v for v in everything.versions if v.changes]
+
+    def tries() -> Iterator[int | None]:
+        if everything.versions[0].value != API_VERSION:  # an SDK of another release: nothing is left out
+            yield None
+            return
+        for keep in range(2, min(3, len(changed) - 1) + 1):
+            kept = everything.versions[:keep]
+            for change in (c for v in everything.versions for c in v.changes):
+                change._bound_version_bundle = None  # Cadwyn binds each change to one bundle only
+            versions.bundle = VersionBundle(
+                HeadVersion(), *(Version(v.value, *v.changes) for v in kept), Version(everything.versions[keep].value)
+            )
+            yield keep
+        _rebind(everything)
+        versions.bundle = everything
+        yield None
+
+    try:
+        yield tries()
+    finally:
+        _rebind(everything)
+        versions.bundle = everything
+
+
+def _rebind(bundle: Any) -> None:
+    for version in bundle.versions:
+        for change in version.changes:
+            change._bound_version_bundle = bundle
 
 
 def _run_one(dag_id: str) -> dict:

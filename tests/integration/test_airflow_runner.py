@@ -89,6 +89,10 @@ def test_each_dag_has_its_outcome_and_log_and_a_crash_does_not_stop_the_next(tmp
     ]
     assert said["started"] == said["finished"] == ["lives", "dies", "no_such_dag", "lives"]
     assert "lives ran" in (logs / "lives.log").read_text()
+    # The DAGs' tasks were served by the in-process execution API made for the newest versions of its protocol
+    # only (_latest_execution_api_versions), not by the fallback to every version: both children said so.
+    said_by_children = (logs / "runner.log").read_text()
+    assert said_by_children.count("in-process execution API: made for the newest 2 versions") == 2, said_by_children
     # Nothing of the run is left running: a worker forked inside the child that died used to wait for ever.
     assert _processes_naming(logs) == []
 
