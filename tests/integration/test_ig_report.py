@@ -20,7 +20,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from .chromium import dump_dom, require_chromium
-from .conftest import TEST_KEY, isolated_env, marts_built_from, synth_world, with_vault_private_key
+from .conftest import TEST_KEY, WITHOUT_DATA_TESTS, isolated_env, marts_built_from, synth_world, with_vault_private_key
 
 pytestmark = pytest.mark.integration
 
@@ -65,7 +65,7 @@ def report(tmp_path_factory):
     require_chromium("the IG report")
     home = tmp_path_factory.mktemp("ig-report")
     landing = synth_world(home, population=300, seed=17)
-    with marts_built_from(landing, home, TEST_KEY, timeout=900) as url:
+    with marts_built_from(landing, home, TEST_KEY, timeout=900, dbt_args=WITHOUT_DATA_TESTS) as url:
         r = Report(home, url)
         recorded = subprocess.run(
             [sys.executable, "-c", RECORD_LINEAGE], env=r.env, capture_output=True, text=True, timeout=600

@@ -26,6 +26,7 @@ from .conftest import (
     TEST_KEY,
     TEST_VAULT_PRIVATE_KEY,
     TEST_VAULT_PUBLIC_KEY,
+    WITHOUT_DATA_TESTS,
     marts_built_from,
     published_id,
     synth_world,
@@ -53,7 +54,7 @@ class Rotated:
 def rotated(tmp_path_factory):
     home = tmp_path_factory.mktemp("rotation")
     landing = synth_world(home, population=300, seed=12)
-    with marts_built_from(landing, home, TEST_KEY, timeout=900) as url:
+    with marts_built_from(landing, home, TEST_KEY, timeout=900, dbt_args=WITHOUT_DATA_TESTS) as url:
         with environment(POPHEALTH_DATABASE_URL=url, POPHEALTH_HOME=str(home / "state"), **PURPOSE_KEYS_ENV):
             yield _rotate(url, landing, home)
 

@@ -23,7 +23,15 @@ from psycopg import errors
 
 from pophealth.contract.identifiers import nhs_check_digit
 
-from .conftest import TEST_KEY, isolated_env, marts_built_from, published_id, synth_world, with_vault_private_key
+from .conftest import (
+    TEST_KEY,
+    WITHOUT_DATA_TESTS,
+    isolated_env,
+    marts_built_from,
+    published_id,
+    synth_world,
+    with_vault_private_key,
+)
 from .conftest import BuiltWarehouse as Warehouse
 
 pytestmark = pytest.mark.integration
@@ -36,7 +44,7 @@ def warehouse(tmp_path_factory):
     home = tmp_path_factory.mktemp("purposes")
     env = isolated_env(home)
     landing = synth_world(home, population=400, seed=16)
-    with marts_built_from(landing, home, TEST_KEY, timeout=900) as url:
+    with marts_built_from(landing, home, TEST_KEY, timeout=900, dbt_args=WITHOUT_DATA_TESTS) as url:
         warehouse = Warehouse(url, landing, with_vault_private_key(env))
         warehouse.home = home
         yield warehouse

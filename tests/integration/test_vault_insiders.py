@@ -25,6 +25,7 @@ from .conftest import (
     RUN,
     TEST_VAULT_PRIVATE_KEY,
     TEST_VAULT_PUBLIC_KEY,
+    WITHOUT_DATA_TESTS,
     isolated_env,
     synth_world,
     with_vault_private_key,
@@ -48,7 +49,11 @@ def warehouse(tmp_path_factory):
         "POPHEALTH_VAULT_PRIVATE_KEY_FILE": str(home / "no such file"),
     }
     built = subprocess.run(
-        [sys.executable, "-c", RUN, str(landing)], env=env, capture_output=True, text=True, timeout=900
+        [sys.executable, "-c", RUN, str(landing), *WITHOUT_DATA_TESTS],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
     url = (
