@@ -352,6 +352,7 @@ def airflow_env(lay: Layout, role: str) -> dict[str, str]:
             "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST": "127.0.0.1",
             "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT": str(lay.port("scheduler_health")),
             "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(cl["task_heartbeat_timeout_seconds"]),
+            "AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL": str(cl["orphaned_tasks_check_seconds"]),
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(lay.home / "airflow" / "logs"),
             "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(lay.port("triggerer_logs")),
             "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(lay.port("worker_logs")),
