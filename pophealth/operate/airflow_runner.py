@@ -456,7 +456,7 @@ def _warm_up() -> None:
 @contextmanager
 def _latest_execution_api_versions() -> Iterator[Iterator[int | None]]:
     """Yields the tries at the in-process execution API (`dag.test()`'s tasks call it) made for the newest versions
-    of its protocol only: the newest 2 or 3 versions that change anything, then (None) all of them.
+    of its protocol only: the newest 2 versions, then the newest 3, then (None) all of them.
 
     Airflow's execution API keeps every version of its protocol since 3.0 (ten) for workers of older releases;
     Cadwyn makes every version's routes on the first request, 4.2 s of CPU in each process that runs DAGs (issue
