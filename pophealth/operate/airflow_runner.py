@@ -86,10 +86,10 @@ def ensure_metadata_db() -> None:
 
     # The installed version from its metadata: importing airflow for it cost every run 2-3 s in this process,
     # which otherwise never imports Airflow (the DAGs run in a child).
-    marker = config.paths().airflow_home / f".migrated-{version('apache-airflow')}-{_metadata_fingerprint()}"
+    env = airflow_env()
+    marker = config.paths().airflow_home / f".migrated-{version('apache-airflow')}-{_metadata_fingerprint(env)}"
     if marker.exists():
         return
-    env = airflow_env()
     copy = _migrated_copy(env)
     if copy is not None and copy.exists() and _restore_migrated(copy):
         marker.write_text("ok\n")
@@ -191,10 +191,10 @@ def prepare_airflow() -> None:
         parsed.result()
 
 
-def _metadata_fingerprint() -> str:
+def _metadata_fingerprint(env: dict[str, str]) -> str:
     import hashlib
 
-    return hashlib.sha256(airflow_env()["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].encode()).hexdigest()[:8]
+    return hashlib.sha256(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].encode()).hexdigest()[:8]
 
 
 @dataclass
@@ -431,65 +431,53 @@ def _warm_up() -> None:
     it finishes setting itself up then). A failure here is met again, and logged with its DAG, when it runs."""
     global _PARSED
     try:
-        import httpx
-        from airflow.sdk.execution_time.supervisor import in_process_api_server
-
         _PARSED = _ParsedOnce()
         if config.dbt_task_grain() != "node":  # per node, Cosmos renders from the manifest `prepare` may be writing
             _PARSED.dag_folder()
-        with _latest_execution_api_versions() as kept:
-            for keep in kept:
-                api = in_process_api_server()  # one per process: the one every dag.test() of this process uses
-                try:
-                    httpx.Client(transport=api.transport, base_url="http://in-process.invalid./").get("/health")
-                    made_for = f"the newest {keep} versions of its protocol" if keep else "every version of it"
-                    print(f"in-process execution API: made for {made_for}", flush=True)
-                    break
-                except Exception:
-                    if keep is None:
-                        raise
-                    in_process_api_server.cache_clear()  # made again with more versions, or all of them
+        made_for = _in_process_api_for_newest_versions()  # one per process: every dag.test() of it uses it
+        print(f"in-process execution API: made for {made_for}", flush=True)
     except Exception as exc:  # the DAG run that needs it fails with the whole story in its own log
         print(f"warm-up skipped: {type(exc).__name__}: {exc}", flush=True)
 
 
-@contextmanager
-def _latest_execution_api_versions() -> Iterator[Iterator[int | None]]:
-    """Yields the tries at the in-process execution API (`dag.test()`'s tasks call it) made for the newest versions
-    of its protocol only: the newest 2 versions, then the newest 3, then (None) all of them.
+def _in_process_api_for_newest_versions() -> str:
+    """Make the in-process execution API (`dag.test()`'s tasks call it) for the newest versions of Airflow's task
+    protocol only, and ask it once; what it was made for. The newest 2 versions, else 3, else all of them.
 
     Airflow's execution API keeps every version of its protocol since 3.0 (ten) for workers of older releases;
     Cadwyn makes every version's routes on the first request, 4.2 s of CPU in each process that runs DAGs (issue
     19). Here the only caller is this process's own task SDK, which speaks the newest version (`API_VERSION`), so
     the app is made for that and the few before it that Cadwyn needs (a route moved in an older version must be
-    put back in one it knows; in Airflow 3.3 the newest alone is not enough): 1.5 s. The caller makes the app and
-    asks it once for each try until one answers; the versions' bindings are put back as they were afterwards,
-    whatever happened."""
+    put back in one it knows; in Airflow 3.3 the newest alone is not enough): 1.5 s. A made app that does not
+    answer is made again with more versions; the versions' bindings are put back as they were, whatever happened."""
+    import httpx
     from airflow.api_fastapi.execution_api import versions
     from airflow.sdk.api.datamodels._generated import API_VERSION
+    from airflow.sdk.execution_time.supervisor import in_process_api_server
     from cadwyn import HeadVersion, Version, VersionBundle
 
-    everything = versions.bundle
-    changed = [v for v in everything.versions if v.changes]
+    def ask() -> None:
+        httpx.Client(transport=in_process_api_server().transport, base_url="http://in-process.invalid./").get("/health")
 
-    def tries() -> Iterator[int | None]:
-        if everything.versions[0].value != API_VERSION:  # an SDK of another release: nothing is left out
-            yield None
-            return
-        for keep in range(2, min(3, len(changed) - 1) + 1):
-            kept = everything.versions[:keep]
+    everything = versions.bundle
+    changed = sum(1 for v in everything.versions if v.changes)
+    # An SDK of another release than the API's: nothing is left out.
+    tries = [keep for keep in (2, 3) if keep < changed] if everything.versions[0].value == API_VERSION else []
+    try:
+        for keep in tries:
             for change in (c for v in everything.versions for c in v.changes):
                 change._bound_version_bundle = None  # Cadwyn binds each change to one bundle only
-            versions.bundle = VersionBundle(
-                HeadVersion(), *(Version(v.value, *v.changes) for v in kept), Version(everything.versions[keep].value)
-            )
-            yield keep
+            kept = (Version(v.value, *v.changes) for v in everything.versions[:keep])
+            versions.bundle = VersionBundle(HeadVersion(), *kept, Version(everything.versions[keep].value))
+            try:
+                ask()
+                return f"the newest {keep} versions of its protocol"
+            except Exception:
+                in_process_api_server.cache_clear()
         _rebind(everything)
         versions.bundle = everything
-        yield None
-
-    try:
-        yield tries()
+        ask()
+        return "every version of it"
     finally:
         _rebind(everything)
         versions.bundle = everything

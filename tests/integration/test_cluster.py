@@ -40,6 +40,10 @@ FAULTS = os.environ.get("POPHEALTH_CLUSTER_TEST_FAULTS", "1") != "0"
 PORT_OFFSET = os.environ.get("POPHEALTH_CLUSTER_TEST_PORT_OFFSET") or "1000"
 
 
+def _pophealth(*args: str) -> list[str]:
+    return [sys.executable, "-m", "pophealth.cli", *args]
+
+
 @dataclass
 class Deployment:
     home: Path
@@ -50,22 +54,12 @@ class Deployment:
     failed_tasks: list | None = None  # when the load failed: the task instances that failed, from the metadata
 
     def pophealth(self, *args: str, timeout: int = 1800) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "pophealth.cli", *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
+        return subprocess.run(_pophealth(*args), env=self.env, capture_output=True, text=True, timeout=timeout)
 
     def start(self, *args: str) -> subprocess.Popen:
         """`pophealth` with these arguments, started and not waited for."""
         return subprocess.Popen(
-            [sys.executable, "-m", "pophealth.cli", *args],
-            env=self.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+            _pophealth(*args), env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
 
     def layout(self):
@@ -137,9 +131,9 @@ class Faults(threading.Thread):
     def run(self) -> None:
         """Each fault when its moment's query first finds something (a count above 0, a worker's name), its command
         run in the background while the next moment is watched for. A command takes seconds (the warehouse's
-        restart waits 15 s for the processes that gave up), and the load goes on meanwhile: waited for, the
-        warehouse's restart once outlasted the hospital loads, and no worker was killed mid-load (2026-12-05). One
-        command at a time all the same: two restarts at once could each start the same process."""
+        restart waits 15 s for the processes that gave up), and the load goes on meanwhile: once, with each command
+        waited for and worker1 the one to kill, no hospital load was seen on it and no worker was killed mid-load
+        (2026-12-05). One command at a time all the same: two restarts at once could each start the same process."""
         running: tuple[str, subprocess.Popen] | None = None
         try:
             for name, command, moment in self.PLAN:
