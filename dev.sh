@@ -71,8 +71,10 @@ case "$command" in
   # processes than cores pay (measured on 2 cores, issue 19). loadgroup keeps each expensive world on one process
   # (tests/conftest.py groups them and puts the cluster first). `./dev.sh test -n 0` runs serially; any argument
   # given overrides these. The 25 slowest tests and fixtures are listed at the end, so every log shows the time.
+  # Large files are staged by the loading process alone: the test processes already fill the cores (the workers
+  # that stage a large file are tested by tests/robustness/test_staging_pieces.py, which sets its own).
   test) setup; ensure_chromium; ensure_cluster_servers
-        exec .venv/bin/python -m pytest -n "${POPHEALTH_TEST_PROCESSES:-3}" --dist loadgroup --no-loadscope-reorder \
+        POPHEALTH_STAGING_PROCESSES="${POPHEALTH_STAGING_PROCESSES:-1}" exec .venv/bin/python -m pytest -n "${POPHEALTH_TEST_PROCESSES:-3}" --dist loadgroup --no-loadscope-reorder \
           --durations=25 "$@" ;;
   bench) setup; exec .venv/bin/python -m benchmarks "$@" ;;
   cluster) setup; ensure_cluster_servers; exec .venv/bin/pophealth cluster "$@" ;;

@@ -29,6 +29,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import psycopg
 from cryptography.hazmat.primitives import hpke
@@ -170,24 +171,28 @@ def vault_batch_table(load_id: int) -> str:
     return f"load_batch.vault_{int(load_id)}"
 
 
-@dataclass
-class VaultWriter:
-    """Collects the identities of one file's loaded rows into its own batch table, as ciphertext.
+class VaultSeals:
+    """Seals the identities of the rows a piece of a file keeps (pophealth/ingest/pieces.py), as COPY lines of the
+    file's vault batch table; it may run in a worker process that staged the piece.
 
     Identities seen while a row is transformed are held until the row is known to be loaded (`keep_row`);
     a quarantined row's identities are dropped (`drop_row`), so the vault holds nobody the raw tables do not
-    (opted-out people included: their care team may re-identify them). The file's data key is set by
-    `open_batch` and dropped when the file is done.
+    (opted-out people included: their care team may re-identify them). A pseudonym is sealed once per piece
+    (an episode per row, many rows per person); `VaultWriter` keeps the first of each across the pieces.
     """
 
-    cipher: VaultSealer
-    load_id: int
-    linkage_key_version: str
-    sink: psycopg.Copy | None = None  # the COPY into the batch table (open_batch)
-    data_key: DataKey | None = field(default=None, repr=False)
-    _row: list[tuple[str, str, bytes]] = field(default_factory=list)
-    _recent: set[str] = field(default_factory=set)
-    stored: int = 0
+    __slots__ = ("_data_key", "_lines", "_row", "_sealed", "_tx")
+
+    def __init__(self, data_key: DataKey, tx: Any):
+        """`tx`: the adapters of the vault batch's COPY (db.copy_transformer)."""
+        self._data_key = data_key
+        self._row: list[tuple[str, str, bytes]] = []
+        self._sealed: set[str] = set()
+        self._lines: list[tuple[str, bytes]] = []
+        self._tx = tx
+
+    def __repr__(self) -> str:  # never the data key or an identity
+        return "VaultSeals(***)"
 
     def on_identity(self, kind: str, pseudonym: str, clear: bytes) -> None:
         self._row.append((kind, pseudonym, clear))
@@ -197,16 +202,47 @@ class VaultWriter:
 
     def keep_row(self) -> None:
         for kind, pseudonym, clear in self._row:
-            if pseudonym in self._recent:
+            if pseudonym in self._sealed:
                 continue
-            if len(self._recent) >= _RECENT_LIMIT:
-                self._recent.clear()
-            self._recent.add(pseudonym)
-            assert self.data_key is not None and self.sink is not None, "open_batch sets both before any row"
-            nonce, ciphertext = self.data_key.encrypt(kind, pseudonym, clear)
-            self.sink.write_row((pseudonym, kind, nonce, ciphertext))
-            self.stored += 1
+            self._sealed.add(pseudonym)
+            nonce, ciphertext = self._data_key.encrypt(kind, pseudonym, clear)
+            line = bytearray()
+            db.copy_line((pseudonym, kind, nonce, ciphertext), self._tx, line)
+            self._lines.append((pseudonym, bytes(line)))
         self._row.clear()
+
+    def take(self) -> list[tuple[str, bytes]]:
+        """The piece's entries, (pseudonym, COPY line) in the order first kept; the next piece starts afresh."""
+        lines, self._lines, self._sealed = self._lines, [], set()
+        return lines
+
+
+@dataclass
+class VaultWriter:
+    """Writes one file's vault entries into its own batch table, each pseudonym once (`write`). The file's data
+    key is set by `open_batch`, for `VaultSeals`, and dropped when the file is done."""
+
+    cipher: VaultSealer
+    load_id: int
+    linkage_key_version: str
+    sink: psycopg.Copy | None = None  # the COPY into the batch table (open_batch)
+    data_key: DataKey | None = field(default=None, repr=False)
+    _recent: set[str] = field(default_factory=set)
+    stored: int = 0
+
+    def write(self, lines: list[tuple[str, bytes]]) -> None:
+        """A piece's entries (VaultSeals.take), in the file's order: a pseudonym written recently is not again."""
+        assert self.sink is not None, "open_batch sets the sink before any piece"
+        recent, kept = self._recent, []
+        for pseudonym, line in lines:
+            if pseudonym in recent:
+                continue
+            if len(recent) >= _RECENT_LIMIT:
+                recent.clear()
+            recent.add(pseudonym)
+            kept.append(line)
+        self.sink.write(b"".join(kept))
+        self.stored += len(kept)
 
 
 #: What the loader writes per entry; the rest of a batch row (data key, versions, load) is the table's default.

@@ -29,7 +29,8 @@ from pophealth.contract.feeds import FEEDS_BY_NAME, Feed
 from pophealth.identity import vault
 from pophealth.identity.keys import KeyError_, load_linkage_key, load_vault_public_key
 from pophealth.identity.pseudonymise import PostcodeLookup, Pseudonymiser
-from pophealth.ingest.feeds import TRANSFORMS, RowContext, RowProblem, identity_columns_present
+from pophealth.ingest import pieces
+from pophealth.ingest.feeds import RowContext, identity_columns_present
 from pophealth.ingest.landing import (
     SYMLINK_REASON,
     ExtractFile,
@@ -400,14 +401,17 @@ class LoadFailed(LoadRefused):
 
 
 def crash_message(exc: BaseException) -> str:
+    name = exc.exception if isinstance(exc, pieces.WorkerFailed) else type(exc).__name__
     return (
-        f"the load failed with {type(exc).__name__} (a crash, not a rule of the contract); nothing of the "
+        f"the load failed with {name} (a crash, not a rule of the contract); nothing of the "
         "file was stored; a person must look at it: the marts are not rebuilt until the period has a good load"
     )
 
 
 def _crash_site(exc: BaseException) -> str:
     """Where the exception was raised, as file:line of each frame: code locations only, no values."""
+    if isinstance(exc, pieces.WorkerFailed):
+        return exc.site
     frames = traceback.extract_tb(exc.__traceback__)[-4:]
     return " <- ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(frames))
 
@@ -482,17 +486,14 @@ def _stage(extract: ExtractFile, feed: Feed, load_id: int, conn: psycopg.Connect
     vault_writer = None
     if feed.personal and key_version:  # always both: a personal feed needs the key, and has it or is refused
         vault_writer = vault.VaultWriter(vault.VaultSealer(load_vault_public_key()), load_id, key_version)
-    pseudonymiser = Pseudonymiser(key, on_identity=vault_writer.on_identity if vault_writer else None) if key else None
     table = batch_table(load_id)
     meta = _meta_columns(feed)
-    quarantine: list[tuple[int, int, str | None, str]] = []
-    rows_read = rows_loaded = 0
     with conn.transaction(), _vault_connection(feed) as vault_conn:
         postcodes = _published_postcodes(conn) if feed.personal else PostcodeLookup.empty()
         if key_version:
             _check_key_is_the_warehouses(conn, key_version)
         optouts = _optout_set(conn, key_version) if key_version and feed.personal else frozenset()
-        ctx = RowContext(pseudonymiser, postcodes, optouts, extract.provider, extract.period_end)
+        ctx = RowContext(None, postcodes, optouts, extract.provider, extract.period_end)
         conn.execute(
             sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS)").format(sql.SQL(table), sql.SQL(feed.table))
         )
@@ -505,34 +506,19 @@ def _stage(extract: ExtractFile, feed: Feed, load_id: int, conn: psycopg.Connect
                 raise FileRejected(problem)
             columns = sql.SQL(", ").join(sql.Identifier(c) for c in meta + feed.table_columns + feed.staged_only)
             copy_sql = sql.SQL("COPY {} ({}) FROM STDIN").format(sql.SQL(table), columns)
-            transform, copy_row = TRANSFORMS[feed.name], feed.copy_row
             with conn.cursor() as cur, cur.copy(copy_sql) as copy, _vault_copy(vault_conn, vault_writer):
-                for row_number, row in reader.rows:
-                    rows_read += 1
-                    if "__width__" in row:
-                        quarantine.append(
-                            (
-                                load_id,
-                                row_number,
-                                None,
-                                f"row has {row['__width__']} fields, the header has {len(reader.columns)}",
-                            )
-                        )
-                        continue
-                    counted = dict(ctx.counters)
-                    try:
-                        values = transform(row, ctx)
-                    except RowProblem as problem_:
-                        quarantine.append((load_id, row_number, problem_.column, problem_.reason))
-                        ctx.counters.update(counted)  # a quarantined row is not counted as loaded anything
-                        if vault_writer:
-                            vault_writer.drop_row()
-                        continue
-                    head = (load_id, row_number, key_version) if feed.personal else (load_id,)
-                    copy.write_row(head + copy_row(values))
-                    if vault_writer:
-                        vault_writer.keep_row()
-                    rows_loaded += 1
+                # The file's data key exists from here (open_batch): every identity hashed is told to its seals.
+                seals = None
+                if vault_writer and vault_writer.data_key and vault_conn:
+                    seals = vault.VaultSeals(vault_writer.data_key, db.copy_transformer(vault_conn))
+                if key:
+                    ctx.pseudonymiser = Pseudonymiser(key, on_identity=seals.on_identity if seals else None)
+                staging = pieces.Staging(
+                    extract.path, feed, ctx, load_id, key_version, len(reader.columns), db.copy_transformer(conn), seals
+                )
+                totals = pieces.stage_rows(staging, reader, copy.write, vault_writer.write if vault_writer else None)
+        rows_read, rows_loaded = totals.rows_read, totals.rows_loaded
+        quarantine = [(load_id, row, column, reason) for row, column, reason in totals.quarantine]
         if rows_read == 0:
             raise FileRejected("the file has a header but no data rows")
         if quarantine:
@@ -564,13 +550,14 @@ def _stage(extract: ExtractFile, feed: Feed, load_id: int, conn: psycopg.Connect
             ),
         )
     log.info(
-        "%s: staged %d of %d rows (%d quarantined; %d of people with an opt-out, for direct care only) as load %d",
+        "%s: staged %d of %d rows (%d quarantined; %d of people with an opt-out, for direct care only) as load %d, %s",
         extract.name,
         rows_loaded,
         rows_read,
         len(quarantine),
         ctx.counters["opted_out"],
         load_id,
+        f"by {totals.workers} worker processes" if totals.workers else "by the loading process",
     )
     return StageOutcome(
         load_id,

@@ -24,6 +24,8 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 import psycopg
 from psycopg import sql
+from psycopg._copy_base import format_row_text as _format_row_text
+from psycopg.adapt import Transformer
 from psycopg.rows import Row
 
 from pophealth import config
@@ -295,3 +297,17 @@ def stop_embedded(timeout: float = 30.0) -> bool:
             return True
         time.sleep(0.1)
     raise DatabaseError(f"the embedded PostgreSQL (pid {pid}) did not stop within {timeout:.0f} s")
+
+
+def copy_transformer(conn: psycopg.Connection[Any]) -> Any:  # psycopg's Transformer: C or Python, by build
+    """The adapters `copy_line` uses: the connection's, as its COPY's own (a Transformer without one formatted a row
+    12% slower). A forked staging worker uses its parent's, for formatting only: the connection is never used there."""
+    return Transformer.from_context(conn)
+
+
+def copy_line(row: tuple[object, ...], tx: Any, out: bytearray) -> None:
+    """One row of a `COPY ... FROM STDIN` in text form, newline included, added to `out`, by psycopg's own formatter
+    (the one `Copy.write_row` calls): a row formatted away from a connection (a staging worker's, ingest/pieces.py)
+    is byte for byte what the connection would send. Private in psycopg, whose version is pinned; tests/integration/
+    test_staging_pieces.py round-trips every type staging writes."""
+    _format_row_text(row, tx, out)

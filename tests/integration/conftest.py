@@ -196,9 +196,16 @@ def published_id(purpose: str, transit: str) -> str:
     return ring.id_for(purpose, transit)
 
 
+STAGING_PROCESSES = "POPHEALTH_STAGING_PROCESSES"
+#: As the test command was started: read at import, before any fixture takes POPHEALTH_ names out of the environment.
+STAGING_PROCESSES_GIVEN = os.environ.get(STAGING_PROCESSES)
+
+
 def isolated_env(home: Path, key: str = TEST_KEY) -> dict[str, str]:
     """The environment of a pophealth process whose state lives under `home`, with the test keys."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("POPHEALTH_", "AIRFLOW"))}
+    if STAGING_PROCESSES_GIVEN is not None:  # how the test command stages large files (dev.sh), not a home's state
+        env[STAGING_PROCESSES] = STAGING_PROCESSES_GIVEN
     env.update(
         POPHEALTH_HOME=str(home / "state"),
         POPHEALTH_LINKAGE_KEY=key,
