@@ -1,7 +1,7 @@
 """A file's rows staged in pieces: by the loading process alone, or, for a large file, by worker processes too.
 
 Staging is Python for every row (reading it, checking it, the keyed hashes, the vault's seals): one core's work,
-22 times a bare COPY of the same rows at 10% of Essex (issue 19). A file of at least `WORKERS_FROM_BYTES` is
+22 times a bare COPY of the same rows at 10% of Essex (issue 19). A file of at least `WORKERS_FROM_BYTES` (1 MB) is
 staged by `staging_processes()` forked workers: each reads the whole file and stages every W-th piece of
 `PIECE_ROWS` rows; the loading process writes the pieces to the batch table's COPY in the file's order. A smaller
 file, or a machine of one core, is staged by the loading process, through the same `_stage_piece`, piece after
@@ -38,9 +38,9 @@ PIECE_ROWS = 5_000
 #: Rows in a piece the loading process stages itself: small, so that PostgreSQL reads each piece's COPY while the next
 #: is staged (a piece of 5,000 rows made staging 14% slower: the server read it while Python waited).
 PIECE_ROWS_HERE = 500
-#: A file smaller than this is staged by the loading process alone: forking and a second read of the file cost more
-#: than they give on a file of a few thousand rows (about 0.1 s).
-WORKERS_FROM_BYTES = 4 << 20
+#: A file smaller than this is staged by the loading process alone: below about 4,000 rows (0.3 s of staging),
+#: forking and every worker reading the whole file cost about what they give.
+WORKERS_FROM_BYTES = 1 << 20
 #: Pieces each worker may have staged ahead of the loading process (memory stays bounded).
 AHEAD = 2
 ENV_STAGING_PROCESSES = "POPHEALTH_STAGING_PROCESSES"
