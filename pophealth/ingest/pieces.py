@@ -6,7 +6,7 @@ staged by `staging_processes()` forked workers: each reads the whole file and st
 `PIECE_ROWS` rows; the loading process writes the pieces to the batch table's COPY in the file's order. A smaller
 file, or a machine of one core, is staged by the loading process, through the same `_stage_piece`, piece after
 piece. Either way the batch table, the quarantine, the counts and the vault's entries are the same
-(tests/integration/test_staging_pieces.py).
+(tests/robustness/test_staging_pieces.py).
 
 The workers are forked after the file's keys and data key are in memory, and inherit them; nothing but staged
 pieces (pseudonymised COPY rows, sealed vault entries, reasons without values) comes back through their pipes.

@@ -308,6 +308,6 @@ def copy_transformer(conn: psycopg.Connection[Any]) -> Any:  # psycopg's Transfo
 def copy_line(row: tuple[object, ...], tx: Any, out: bytearray) -> None:
     """One row of a `COPY ... FROM STDIN` in text form, newline included, added to `out`, by psycopg's own formatter
     (the one `Copy.write_row` calls): a row formatted away from a connection (a staging worker's, ingest/pieces.py)
-    is byte for byte what the connection would send. Private in psycopg, whose version is pinned; tests/integration/
+    is byte for byte what the connection would send. Private in psycopg, whose version is pinned; tests/robustness/
     test_staging_pieces.py round-trips every type staging writes."""
     _format_row_text(row, tx, out)
