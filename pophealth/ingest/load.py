@@ -360,6 +360,10 @@ def stage_extract(path: str | Path, run_id: str | None = None) -> StageOutcome:
         raise LoadRefused(f"{path.name}: {SYMLINK_REASON}")
     if not path.is_file():
         raise LoadRefused(f"{path.name}: the file is no longer in the landing folder")
+    try:
+        pieces.staging_processes()  # a setting that cannot be read stops the load before anything is recorded
+    except ValueError as setting:
+        raise LoadRefused(f"{path.name}: not loaded: {setting}") from None
     feed = FEEDS_BY_NAME[extract.feed]
     sha, size = sha256_of(path)
     # This connection stays open while the file is staged: its lock on the load says the load is alive.

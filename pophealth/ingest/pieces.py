@@ -20,7 +20,7 @@ import itertools
 import multiprocessing
 import os
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from queue import Empty
@@ -45,13 +45,16 @@ WORKERS_FROM_BYTES = 1 << 20
 AHEAD = 2
 ENV_STAGING_PROCESSES = "POPHEALTH_STAGING_PROCESSES"
 
+#: A file's data rows as landing.open_extract reads them: (row number, 1 = the first data row; the row by column).
+Rows = Iterator[tuple[int, dict[str, str]]]
+
 
 def staging_processes() -> int:
     """Worker processes for a large file: POPHEALTH_STAGING_PROCESSES, else one per core (1: none)."""
     configured = os.environ.get(ENV_STAGING_PROCESSES, "").strip()
     if configured:
-        if not configured.isdigit() or int(configured) < 1:
-            raise FileRejected(f"{ENV_STAGING_PROCESSES} must be a whole number of 1 or more")
+        if not configured.isascii() or not configured.isdigit() or int(configured) < 1:
+            raise ValueError(f"{ENV_STAGING_PROCESSES} must be a whole number of 1 or more, not {configured!r}")
         return int(configured)
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
@@ -88,13 +91,13 @@ class Totals:
     rows_read: int = 0
     rows_loaded: int = 0
     quarantine: list[tuple[int, str | None, str]] = field(default_factory=list)
+    counters: collections.Counter[str] = field(default_factory=collections.Counter)  # RowContext.counters, summed
 
-    def add(self, piece: Piece, counters: dict[str, int]) -> None:
+    def add(self, piece: Piece) -> None:
         self.rows_read += piece.rows_read
         self.rows_loaded += piece.rows_loaded
         self.quarantine.extend(piece.quarantine)
-        for name, count in piece.counters.items():
-            counters[name] += count
+        self.counters.update(piece.counters)
 
 
 def _stage_piece(staging: Staging, rows: Rows) -> Piece:
@@ -132,12 +135,9 @@ def _stage_piece(staging: Staging, rows: Rows) -> Piece:
     return piece
 
 
-Rows = Iterator[tuple[int, dict[str, str]]]
-
-
-def _pieces_of(rows: Rows, mine: Callable[[int], bool], size: int) -> Iterator[tuple[int, Rows]]:
-    """The pieces of a file's rows, numbered from 0, each as an iterator over its rows; the rows of a piece that is
-    not `mine` are read past (so every reader sees the whole file, and its errors where they are)."""
+def _pieces_of(rows: Rows, mine: Callable[[int], bool], size: int) -> Iterator[Rows]:
+    """The pieces of a file's rows that are `mine` (by their number, from 0), each as an iterator over its rows; the
+    rows of the others are read past, so that every reader sees the whole file, and its errors where they are."""
     number = 0
     while True:
         piece = itertools.islice(rows, size)
@@ -145,7 +145,7 @@ def _pieces_of(rows: Rows, mine: Callable[[int], bool], size: int) -> Iterator[t
         if first is None:
             return
         if mine(number):
-            yield number, itertools.chain((first,), piece)
+            yield itertools.chain((first,), piece)
         else:
             collections.deque(piece, maxlen=0)  # read past, in C
         number += 1
@@ -166,18 +166,20 @@ def stage_rows(
     totals = Totals(workers=processes if pieces is not None else 0)
     if pieces is None:
         pieces = _here(staging, reader)
-    counters = dict.fromkeys(staging.ctx.counters, 0)
-    for piece in pieces:
-        write_rows(piece.copy_data)
-        if write_vault is not None:
-            write_vault(piece.vault_lines)
-        totals.add(piece, counters)
-    staging.ctx.counters = counters
+    try:
+        for piece in pieces:
+            write_rows(piece.copy_data)
+            if write_vault is not None:
+                write_vault(piece.vault_lines)
+            totals.add(piece)
+    finally:
+        pieces.close()  # the workers stopped now, whatever stopped the file (a refusal, the server gone)
+    staging.ctx.counters = {name: totals.counters[name] for name in staging.ctx.counters}
     return totals
 
 
-def _here(staging: Staging, reader: CsvReader) -> Iterator[Piece]:
-    for _, rows in _pieces_of(reader.rows, lambda _: True, PIECE_ROWS_HERE):
+def _here(staging: Staging, reader: CsvReader) -> Generator[Piece]:
+    for rows in _pieces_of(reader.rows, lambda _: True, PIECE_ROWS_HERE):
         yield _stage_piece(staging, rows)
 
 
@@ -199,7 +201,7 @@ def _work(staging: Staging, index: int, count: int, out) -> None:
     try:
         handle, reader = open_extract(staging.path, staging.feed.contract_columns, staging.feed.required_columns)
         with handle:
-            for _, rows in _pieces_of(reader.rows, lambda n: n % count == index, PIECE_ROWS):
+            for rows in _pieces_of(reader.rows, lambda n: n % count == index, PIECE_ROWS):
                 out.put(_stage_piece(staging, rows))
         out.put(_END)
     except FileRejected as rejected:
@@ -210,7 +212,7 @@ def _work(staging: Staging, index: int, count: int, out) -> None:
         out.put(WorkerFailed(type(exc).__name__, site))
 
 
-def _start_workers(staging: Staging, count: int) -> Iterator[Piece] | None:
+def _start_workers(staging: Staging, count: int) -> Generator[Piece] | None:
     """The file's pieces from `count` forked workers; None when this process cannot fork them (it then stages
     the file itself)."""
     fork = multiprocessing.get_context("fork")
@@ -225,7 +227,7 @@ def _start_workers(staging: Staging, count: int) -> Iterator[Piece] | None:
     return _from_workers(workers, queues)
 
 
-def _from_workers(workers: list, queues: list) -> Iterator[Piece]:
+def _from_workers(workers: list, queues: list) -> Generator[Piece]:
     count = len(workers)
     try:
         number = 0

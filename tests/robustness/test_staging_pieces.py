@@ -187,3 +187,16 @@ def test_a_row_formatted_away_from_its_connection_is_read_back_as_it_was(warehou
         back = conn.execute("SELECT * FROM formatted").fetchall()
         conn.rollback()
     assert back == [tuple(values)]
+
+
+@pytest.mark.parametrize("setting", ["two", "0", "-1", "2.5"])
+def test_a_staging_processes_setting_that_is_not_a_count_stops_the_load_before_anything_is_recorded(
+    warehouse, monkeypatch, setting
+):
+    from pophealth.ingest.load import LoadRefused, stage_extract
+
+    path, _ = hospital_file(warehouse, "20270301")
+    monkeypatch.setenv("POPHEALTH_STAGING_PROCESSES", setting)
+    with pytest.raises(LoadRefused, match="POPHEALTH_STAGING_PROCESSES must be a whole number of 1 or more"):
+        stage_extract(path, "pieces__setting")
+    assert warehouse.query("SELECT count(*) FROM audit.load WHERE file_name = %s", (path.name,)) == [(0,)]
