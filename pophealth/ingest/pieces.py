@@ -1,4 +1,4 @@
-"""A file's rows staged in pieces: by the loading process alone, or, for a large file, by worker processes too.
+"""A file's rows staged in pieces: by the loading process, or, a large file, by worker processes forked for it.
 
 Staging is Python for every row (reading it, checking it, the keyed hashes, the vault's seals): one core's work,
 22 times a bare COPY of the same rows at 10% of Essex (issue 19). A file of at least `WORKERS_FROM_BYTES` (1 MB) is
@@ -16,14 +16,17 @@ They never touch the loading process's database connections, and log nothing.
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
+import logging
 import multiprocessing
 import os
+import signal
 import traceback
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from pathlib import Path
-from queue import Empty
 from typing import Any
 
 from pophealth.contract.feeds import Feed
@@ -41,9 +44,9 @@ PIECE_ROWS_HERE = 500
 #: A file smaller than this is staged by the loading process alone: below about 4,000 rows (0.3 s of staging),
 #: forking and every worker reading the whole file cost about what they give.
 WORKERS_FROM_BYTES = 1 << 20
-#: Pieces each worker may have staged ahead of the loading process (memory stays bounded).
-AHEAD = 2
 ENV_STAGING_PROCESSES = "POPHEALTH_STAGING_PROCESSES"
+
+log = logging.getLogger(__name__)  # the loading process's only: a worker logs nothing
 
 #: A file's data rows as landing.open_extract reads them: (row number, 1 = the first data row; the row by column).
 Rows = Iterator[tuple[int, dict[str, str]]]
@@ -196,43 +199,87 @@ class WorkerFailed(Exception):
         self.exception, self.site = exception, site
 
 
-def _work(staging: Staging, index: int, count: int, out) -> None:
+def _work(staging: Staging, index: int, count: int, out: Connection) -> None:
     """A worker: stage the pieces whose number is `index` modulo `count`, send each, then the end."""
     try:
         handle, reader = open_extract(staging.path, staging.feed.contract_columns, staging.feed.required_columns)
         with handle:
             for rows in _pieces_of(reader.rows, lambda n: n % count == index, PIECE_ROWS):
-                out.put(_stage_piece(staging, rows))
-        out.put(_END)
+                out.send(_stage_piece(staging, rows))
+        out.send(_END)
     except FileRejected as rejected:
-        out.put(FileRejected(str(rejected)))
+        out.send(FileRejected(str(rejected)))
     except BaseException as exc:  # noqa: BLE001  reported by class and place only: its text may hold a value
         frames = traceback.extract_tb(exc.__traceback__)[-3:]
         site = " <- ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(frames))
-        out.put(WorkerFailed(type(exc).__name__, site))
+        out.send(WorkerFailed(type(exc).__name__, site))
+
+
+@dataclass
+class _Worker:
+    pid: int
+    pieces: Connection  # the read end of the worker's pipe
+
+    def next(self) -> object:
+        """The worker's next piece (or its end, or its failure); a worker gone without a word is a failure."""
+        try:
+            return self.pieces.recv()
+        except EOFError:  # every write end closed: the worker is gone
+            _, status = os.waitpid(self.pid, 0)
+            self.pid = 0
+            return WorkerFailed("a staging worker that stopped", f"exit code {os.waitstatus_to_exitcode(status)}")
+
+    def stop(self) -> None:
+        if self.pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
+            self.pid = 0
+        self.pieces.close()
 
 
 def _start_workers(staging: Staging, count: int) -> Generator[Piece] | None:
     """The file's pieces from `count` forked workers; None when this process cannot fork them (it then stages
-    the file itself)."""
-    fork = multiprocessing.get_context("fork")
-    queues = [fork.Queue(maxsize=AHEAD) for _ in range(count)]
-    workers = [fork.Process(target=_work, args=(staging, i, count, queues[i]), daemon=True) for i in range(count)]
+    the file itself).
+
+    os.fork, not multiprocessing.Process: a Celery worker's task process counts as daemonic to multiprocessing,
+    which refuses it children (seen on the cluster: every large file fell back to the loading process). Each worker
+    sends its pieces through a pipe of its own; the pipe's small buffer is what bounds the pieces in flight, and
+    its end (EOF) says the worker is gone. A worker leaves by os._exit: nothing of the loading process (its
+    connections, its log handlers, Airflow's) runs again in it."""
+    workers: list[_Worker] = []
     try:
+        for index in range(count):
+            pieces, out = multiprocessing.Pipe(duplex=False)
+            pid = os.fork()
+            if pid == 0:  # the worker
+                code = 1
+                try:
+                    pieces.close()
+                    _work(staging, index, count, out)
+                    out.close()
+                    code = 0
+                finally:
+                    os._exit(code)
+            out.close()  # the worker's alone now: its end is the pipe's EOF
+            workers.append(_Worker(pid, pieces))
+    except OSError as cannot:  # no memory or processes left
         for worker in workers:
-            worker.start()
-    except (AssertionError, OSError):  # a daemonic process may not have children; no memory or processes left
-        _stop(workers, queues)
+            worker.stop()
+        log.warning(
+            "%s: staging workers could not be started (%s); the loading process stages the file alone",
+            staging.path.name,
+            type(cannot).__name__,
+        )
         return None
-    return _from_workers(workers, queues)
+    return _from_workers(workers)
 
 
-def _from_workers(workers: list, queues: list) -> Generator[Piece]:
-    count = len(workers)
+def _from_workers(workers: list[_Worker]) -> Generator[Piece]:
     try:
         number = 0
         while True:
-            got = _next(workers[number % count], queues[number % count])
+            got = workers[number % len(workers)].next()
             if isinstance(got, Exception):
                 raise got
             if got == _END:
@@ -241,27 +288,5 @@ def _from_workers(workers: list, queues: list) -> Generator[Piece]:
             yield got
             number += 1
     finally:
-        _stop(workers, queues)
-
-
-def _next(worker, queue) -> object:
-    """The worker's next piece (or its end, or its failure); a worker gone without a word is a failure."""
-    while True:
-        try:
-            return queue.get(timeout=1.0)
-        except Empty:
-            if not worker.is_alive():
-                try:
-                    return queue.get(timeout=1.0)  # what it put just before it stopped
-                except Empty:
-                    return WorkerFailed("a staging worker that stopped", f"exit code {worker.exitcode}")
-
-
-def _stop(workers: list, queues: list) -> None:
-    for worker in workers:
-        if worker.pid is not None:
-            worker.kill()
-            worker.join()
-    for queue in queues:
-        queue.close()
-        queue.cancel_join_thread()
+        for worker in workers:
+            worker.stop()

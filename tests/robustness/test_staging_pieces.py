@@ -200,3 +200,20 @@ def test_a_staging_processes_setting_that_is_not_a_count_stops_the_load_before_a
     with pytest.raises(LoadRefused, match="POPHEALTH_STAGING_PROCESSES must be a whole number of 1 or more"):
         stage_extract(path, "pieces__setting")
     assert warehouse.query("SELECT count(*) FROM audit.load WHERE file_name = %s", (path.name,)) == [(0,)]
+
+
+def test_a_file_whose_workers_cannot_start_is_staged_by_the_loading_process_and_the_log_says_so(
+    warehouse, pieces_small, monkeypatch, caplog
+):
+    from pophealth.ingest.load import refuse_load
+
+    def no_fork():
+        raise BlockingIOError(11, "Resource temporarily unavailable")  # what fork says with no processes left
+
+    monkeypatch.setattr(pieces_small.os, "fork", no_fork)
+    path, rows = hospital_file(warehouse, "20270401")
+    load_id, said = stage_by(2, path, monkeypatch, caplog)
+    assert said == "by the loading process"
+    assert any("staging workers could not be started (BlockingIOError)" in r.getMessage() for r in caplog.records)
+    assert staged(warehouse, load_id)["counts"][0][1:4] == (rows, rows - 4, 4)
+    refuse_load(load_id, "test done")
