@@ -255,9 +255,11 @@ def _start_workers(staging: Staging, count: int) -> Generator[Piece] | None:
             if pid == 0:  # the worker
                 code = 1
                 try:
-                    # Stopped as a process is, not by the loading process's own handlers (Airflow's, the CLI's).
-                    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                    signal.signal(signal.SIGINT, signal.SIG_DFL)
+                    # Stopped as a process is, not by the loading process's own handlers (Airflow's, the CLI's);
+                    # a runtime that will not let it change them leaves them (the worker works all the same).
+                    with contextlib.suppress(ValueError, OSError):
+                        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                        signal.signal(signal.SIGINT, signal.SIG_DFL)
                     pieces.close()
                     _work(staging, index, count, out)
                     out.close()
