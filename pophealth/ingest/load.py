@@ -14,7 +14,6 @@ The walk of one file, three steps of its group's `load` task (operate/orchestrat
 from __future__ import annotations
 
 import logging
-import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -414,10 +413,7 @@ def crash_message(exc: BaseException) -> str:
 
 def _crash_site(exc: BaseException) -> str:
     """Where the exception was raised, as file:line of each frame: code locations only, no values."""
-    if isinstance(exc, pieces.WorkerFailed):
-        return exc.site
-    frames = traceback.extract_tb(exc.__traceback__)[-4:]
-    return " <- ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(frames))
+    return exc.site if isinstance(exc, pieces.WorkerFailed) else pieces.code_site(exc)
 
 
 INTERRUPTED = (

@@ -39,7 +39,7 @@ from pophealth.warehouse import db
 #: that the pieces in flight stay a few megabytes.
 PIECE_ROWS = 5_000
 #: Rows in a piece the loading process stages itself: small, so that PostgreSQL reads each piece's COPY while the next
-#: is staged (a piece of 5,000 rows made staging 14% slower: the server read it while Python waited).
+#: is staged (200,000 hospital rows: 18.0 s in pieces of 5,000, 16.8 s in pieces of 500, 16.8 s in pieces of 100).
 PIECE_ROWS_HERE = 500
 #: A file smaller than this is staged by the loading process alone: below about 4,000 rows (0.3 s of staging),
 #: forking and every worker reading the whole file cost about what they give.
@@ -199,6 +199,12 @@ class WorkerFailed(Exception):
         self.exception, self.site = exception, site
 
 
+def code_site(exc: BaseException) -> str:
+    """Where an exception was raised, as file:line of its last 4 frames: code locations only, never a value."""
+    frames = traceback.extract_tb(exc.__traceback__)[-4:]
+    return " <- ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(frames))
+
+
 def _work(staging: Staging, index: int, count: int, out: Connection) -> None:
     """A worker: stage the pieces whose number is `index` modulo `count`, send each, then the end."""
     try:
@@ -210,9 +216,7 @@ def _work(staging: Staging, index: int, count: int, out: Connection) -> None:
     except FileRejected as rejected:
         out.send(FileRejected(str(rejected)))
     except BaseException as exc:  # noqa: BLE001  reported by class and place only: its text may hold a value
-        frames = traceback.extract_tb(exc.__traceback__)[-3:]
-        site = " <- ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(frames))
-        out.send(WorkerFailed(type(exc).__name__, site))
+        out.send(WorkerFailed(type(exc).__name__, code_site(exc)))
 
 
 @dataclass
