@@ -288,7 +288,9 @@ def open_batch(conn: psycopg.Connection, writer: VaultWriter) -> Iterator[psycop
 
 
 def _drop_unused_data_keys(conn: psycopg.Connection, load_id: int) -> None:
+    """Remove the load's data key when no entry uses it. Only the load's own entries are sealed under its key."""
     conn.execute(
+        # A read of the vault (PostgreSQL plans it so): done only for a load that added no entry, or was refused.
         """DELETE FROM vault.data_key k WHERE k.load_id = %s
            AND NOT EXISTS (SELECT FROM vault.identity v WHERE v.data_key_id = k.data_key_id)""",
         (load_id,),
@@ -296,7 +298,9 @@ def _drop_unused_data_keys(conn: psycopg.Connection, load_id: int) -> None:
 
 
 def publish_batch(conn: psycopg.Connection, load_id: int) -> int:
-    """Move a published load's vault batch into the vault (first entry per pseudonym wins); returns rows added."""
+    """Move a published load's vault batch into the vault; returns rows added. A pseudonym already stored, or twice
+    in the batch (VaultWriter keeps only the recent ones from repeating), is skipped by ON CONFLICT: its entries all
+    seal the same identity, so which one is kept does not matter (no sort of the batch to pick one)."""
     table = sql.SQL(vault_batch_table(load_id))
     exists = db.one_row(conn.execute("SELECT to_regclass(%s)", (vault_batch_table(load_id),)))[0]
     if exists is None:
@@ -304,12 +308,12 @@ def publish_batch(conn: psycopg.Connection, load_id: int) -> int:
     columns = sql.SQL(", ").join(sql.Identifier(c) for c in ENTRY_COLUMNS)
     added = conn.execute(
         sql.SQL(
-            "INSERT INTO vault.identity ({cols}) SELECT DISTINCT ON (pseudonym) {cols} FROM {t} "
-            "ORDER BY pseudonym ON CONFLICT (pseudonym) DO NOTHING"
+            "INSERT INTO vault.identity ({cols}) SELECT {cols} FROM {t} ON CONFLICT (pseudonym) DO NOTHING"
         ).format(cols=columns, t=table)
     ).rowcount
     conn.execute(sql.SQL("DROP TABLE {}").format(table))
-    _drop_unused_data_keys(conn, load_id)  # every pseudonym of the file already stored: its key wraps nothing
+    if not added:  # every pseudonym of the file already stored: its key wraps nothing
+        _drop_unused_data_keys(conn, load_id)
     return added
 
 

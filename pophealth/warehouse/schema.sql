@@ -300,8 +300,57 @@ CREATE TABLE IF NOT EXISTS vault.identity (
     stored_at           timestamptz NOT NULL DEFAULT now()
 );
 -- The envelope (issue 19): NULL for an entry written before it, one HPKE per entry (read, never written).
-ALTER TABLE vault.identity ADD COLUMN IF NOT EXISTS data_key_id uuid REFERENCES vault.data_key;
+ALTER TABLE vault.identity ADD COLUMN IF NOT EXISTS data_key_id uuid;
 CREATE INDEX IF NOT EXISTS identity_data_key ON vault.identity (data_key_id);
+
+-- Every entry's data key exists, and a data key that opens an entry is never deleted: what a foreign key says,
+-- checked once per statement instead of once per row. A foreign key's check of each row was a third of the
+-- time to publish a load's entries (1.1 of 3.4 s for 191,685 entries; issue 19). The entries' keys are locked as
+-- a foreign key locks them (FOR KEY SHARE), so a key cannot be deleted while a load that uses it is unfinished;
+-- a delete waiting for that load then sees its entries and is refused (the loads delete at READ COMMITTED).
+ALTER TABLE vault.identity DROP CONSTRAINT IF EXISTS identity_data_key_id_fkey;
+CREATE OR REPLACE FUNCTION vault.entries_have_their_data_keys() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    missing bigint;
+BEGIN
+    PERFORM FROM vault.data_key k WHERE k.data_key_id IN (SELECT data_key_id FROM entries) FOR KEY SHARE;
+    SELECT count(*) INTO missing FROM (SELECT DISTINCT data_key_id FROM entries WHERE data_key_id IS NOT NULL) e
+    WHERE NOT EXISTS (SELECT FROM vault.data_key k WHERE k.data_key_id = e.data_key_id);
+    IF missing > 0 THEN
+        RAISE EXCEPTION 'vault.identity: % data key(s) of the entries written are not in vault.data_key', missing
+            USING ERRCODE = 'foreign_key_violation';
+    END IF;
+    RETURN NULL;
+END $$;
+-- enable_seqscan off: the planner, counting most entries under a few keys, would read the vault for each probe.
+CREATE OR REPLACE FUNCTION vault.data_keys_in_use_stay() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_seqscan = off AS $$
+DECLARE
+    gone_key uuid;
+BEGIN
+    -- Key by key (a load removes one at most): each a probe of the entries' index, never a scan of the vault.
+    FOR gone_key IN SELECT DISTINCT data_key_id FROM gone LOOP
+        IF EXISTS (SELECT FROM vault.identity v WHERE v.data_key_id = gone_key)
+           AND NOT EXISTS (SELECT FROM vault.data_key k WHERE k.data_key_id = gone_key) THEN
+            RAISE EXCEPTION 'vault.data_key: a data key that opens vault entries cannot be removed'
+                USING ERRCODE = 'foreign_key_violation';
+        END IF;
+    END LOOP;
+    RETURN NULL;
+END $$;
+DROP TRIGGER IF EXISTS entries_inserted_have_keys ON vault.identity;
+CREATE TRIGGER entries_inserted_have_keys AFTER INSERT ON vault.identity REFERENCING NEW TABLE AS entries
+    FOR EACH STATEMENT EXECUTE FUNCTION vault.entries_have_their_data_keys();
+DROP TRIGGER IF EXISTS entries_updated_have_keys ON vault.identity;
+CREATE TRIGGER entries_updated_have_keys AFTER UPDATE ON vault.identity REFERENCING NEW TABLE AS entries
+    FOR EACH STATEMENT EXECUTE FUNCTION vault.entries_have_their_data_keys();
+DROP TRIGGER IF EXISTS keys_deleted_not_in_use ON vault.data_key;
+CREATE TRIGGER keys_deleted_not_in_use AFTER DELETE ON vault.data_key REFERENCING OLD TABLE AS gone
+    FOR EACH STATEMENT EXECUTE FUNCTION vault.data_keys_in_use_stay();
+DROP TRIGGER IF EXISTS keys_updated_not_in_use ON vault.data_key;
+CREATE TRIGGER keys_updated_not_in_use AFTER UPDATE ON vault.data_key REFERENCING OLD TABLE AS gone
+    FOR EACH STATEMENT EXECUTE FUNCTION vault.data_keys_in_use_stay();
 
 -- The keeper of the re-identification log and the key-rotation log: a role nobody logs in as. It owns those
 -- tables, their triggers and the vault's functions, so no login role (loader, reidentifier, caldicott_guardian,

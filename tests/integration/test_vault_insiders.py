@@ -123,6 +123,38 @@ def test_the_loads_write_by_envelope_one_data_key_per_file_stored_only_wrapped(w
     ) == [(0,)]
 
 
+def test_every_entry_has_its_data_key_and_a_data_key_in_use_stays(warehouse):
+    """What a foreign key said, checked per statement (issue 19): even the owner cannot write an entry under a data
+    key that is not stored, nor remove a data key that opens entries; a key that opens none can go."""
+    ((pseudonym, key),) = warehouse.query("SELECT pseudonym, data_key_id FROM vault.identity LIMIT 1")
+    unknown = "00000000-0000-4000-8000-000000000000"
+    with warehouse.as_owner() as conn:
+        with pytest.raises(errors.ForeignKeyViolation, match="not in vault.data_key"):
+            conn.execute(
+                """INSERT INTO vault.identity (pseudonym, kind, nonce, ciphertext, vault_key_version,
+                                               linkage_key_version, load_id, data_key_id)
+                   SELECT repeat('0', 64), kind, nonce, ciphertext, vault_key_version, linkage_key_version, load_id,
+                          %s FROM vault.identity WHERE pseudonym = %s""",
+                (unknown, pseudonym),
+            )
+        with pytest.raises(errors.ForeignKeyViolation, match="not in vault.data_key"):
+            conn.execute("UPDATE vault.identity SET data_key_id = %s WHERE pseudonym = %s", (unknown, pseudonym))
+        with pytest.raises(errors.ForeignKeyViolation, match="cannot be removed"):
+            conn.execute("DELETE FROM vault.data_key WHERE data_key_id = %s", (key,))
+        with pytest.raises(errors.ForeignKeyViolation, match="cannot be removed"):
+            conn.execute("UPDATE vault.data_key SET data_key_id = %s WHERE data_key_id = %s", (unknown, key))
+        conn.execute(
+            "INSERT INTO vault.data_key (data_key_id, wrapped, vault_key_version) "
+            "SELECT %s, wrapped, vault_key_version FROM vault.data_key WHERE data_key_id = %s",
+            (unknown, key),
+        )
+        assert conn.execute("DELETE FROM vault.data_key WHERE data_key_id = %s", (unknown,)).rowcount == 1
+    assert warehouse.query(
+        "SELECT count(*) FROM vault.identity v WHERE data_key_id IS NOT NULL "
+        "AND NOT EXISTS (SELECT FROM vault.data_key k WHERE k.data_key_id = v.data_key_id)"
+    ) == [(0,)]
+
+
 def test_an_entry_moved_to_another_files_data_key_does_not_open(warehouse):
     ids = care_ids(warehouse, 1, skip=70)
     ((moved, own),) = warehouse.query(
