@@ -307,9 +307,9 @@ def publish_batch(conn: psycopg.Connection, load_id: int) -> int:
         return 0
     columns = sql.SQL(", ").join(sql.Identifier(c) for c in ENTRY_COLUMNS)
     added = conn.execute(
-        sql.SQL(
-            "INSERT INTO vault.identity ({cols}) SELECT {cols} FROM {t} ON CONFLICT (pseudonym) DO NOTHING"
-        ).format(cols=columns, t=table)
+        sql.SQL("INSERT INTO vault.identity ({cols}) SELECT {cols} FROM {t} ON CONFLICT (pseudonym) DO NOTHING").format(
+            cols=columns, t=table
+        )
     ).rowcount
     conn.execute(sql.SQL("DROP TABLE {}").format(table))
     if not added:  # every pseudonym of the file already stored: its key wraps nothing
