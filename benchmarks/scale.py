@@ -257,12 +257,15 @@ def copy_baseline(run: PipelineRun, work: Path) -> dict:
                 "publish_s": staged.publish_seconds,
                 "files": staged.files,
                 "ratio": (rows / seconds) / (staged.rows_read / staged.stage_seconds),
+                # the ingest: staging and publishing (raw table and vault), against the same COPY
+                "ingest_ratio": (rows / seconds) / (staged.rows_read / (staged.stage_seconds + staged.publish_seconds)),
             }
         conn.execute("DROP SCHEMA bench_copy CASCADE")
     rows = sum(f["rows"] for f in figures.values())
     read = sum(f["staging_rows_read"] for f in figures.values())
     copy_s = sum(f["copy_s"] for f in figures.values())
     staging_s = sum(f["staging_s"] for f in figures.values())
+    publish_s = sum(f["publish_s"] for f in figures.values())
     figures["all"] = {
         "rows": rows,
         "copy_s": copy_s,
@@ -271,6 +274,8 @@ def copy_baseline(run: PipelineRun, work: Path) -> dict:
         "staging_s": staging_s,
         "staging_rows_per_s": read / staging_s,
         "ratio": (rows / copy_s) / (read / staging_s),
+        "publish_s": publish_s,
+        "ingest_ratio": (rows / copy_s) / (read / (staging_s + publish_s)),
     }
     return figures
 
@@ -789,8 +794,8 @@ def summarise(runs: list[dict], info: dict, dag_runs: list[dict] | None = None) 
             "tiers_equal_contract": all(r["tiers_equal_contract"] for r in mine),
             "ingest_vs_copy": {
                 f: {
-                    k: _median([r["copy"][f][k] for r in mine])
-                    for k in ("staging_rows_per_s", "copy_rows_per_s", "ratio")
+                    k: _median([r["copy"][f][k] for r in mine if k in r["copy"][f]])  # ingest_ratio: from 2026-12-05
+                    for k in ("staging_rows_per_s", "copy_rows_per_s", "ratio", "ingest_ratio")
                 }
                 for f in (*PERSONAL_FEEDS, "all")
             },
@@ -802,6 +807,9 @@ def summarise(runs: list[dict], info: dict, dag_runs: list[dict] | None = None) 
         entry["ingest_vs_copy"]["words"] = ratio_words(
             1.0, entry["ingest_vs_copy"]["all"]["ratio"], "a bare COPY", COPY_AIM
         )
+        whole = entry["ingest_vs_copy"]["all"].get("ingest_ratio")
+        if whole is not None:
+            entry["ingest_vs_copy"]["words"] += f"; staging and publishing together {whole:.2f}x the COPY"
         least = entry["ingest_vs_copy"]["all"]["floor_ratio"]
         if least is not None:
             entry["ingest_vs_copy"]["words"] += (
@@ -875,6 +883,9 @@ def table(summary: dict) -> str:
         ["bare COPY rows/s (same rows)"] + [f"{s['ingest_vs_copy']['all']['copy_rows_per_s']:,.0f}" for s in sizes]
     )
     rows.append(["COPY rate / staging rate"] + [f"{s['ingest_vs_copy']['all']['ratio']:.2f}x" for s in sizes])
+    rows.append(
+        ["COPY rate / staging + publishing rate"] + [_x(s["ingest_vs_copy"]["all"].get("ingest_ratio")) for s in sizes]
+    )
     rows.append(
         ["least per-row Python + COPY, / COPY"] + [_x(s["ingest_vs_copy"]["all"].get("floor_ratio")) for s in sizes]
     )
