@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import psycopg
@@ -153,6 +155,52 @@ def test_every_entry_has_its_data_key_and_a_data_key_in_use_stays(warehouse):
         "SELECT count(*) FROM vault.identity v WHERE data_key_id IS NOT NULL "
         "AND NOT EXISTS (SELECT FROM vault.data_key k WHERE k.data_key_id = v.data_key_id)"
     ) == [(0,)]
+
+
+def test_a_data_key_removed_while_a_load_writes_entries_under_it_is_refused_once_they_are_committed(warehouse):
+    """The race a foreign key closes: the writer locks the keys its entries use, so a delete of one waits for the
+    writer, then sees its entries and is refused."""
+    ((pseudonym, key),) = warehouse.query("SELECT pseudonym, data_key_id FROM vault.identity LIMIT 1")
+    fresh = "00000000-0000-4000-8000-000000000001"
+    warehouse.query(
+        "INSERT INTO vault.data_key (data_key_id, wrapped, vault_key_version) "
+        "SELECT %s, wrapped, vault_key_version FROM vault.data_key WHERE data_key_id = %s",
+        (fresh, key),
+    )
+    outcome: list[BaseException | None] = []
+    with warehouse.as_owner() as writer, warehouse.as_owner() as remover:
+        writer.autocommit = False
+        writer.execute(
+            """INSERT INTO vault.identity (pseudonym, kind, nonce, ciphertext, vault_key_version,
+                                           linkage_key_version, load_id, data_key_id)
+               SELECT repeat('f', 64), kind, nonce, ciphertext, vault_key_version, linkage_key_version, load_id, %s
+               FROM vault.identity WHERE pseudonym = %s""",
+            (fresh, pseudonym),
+        )
+        remover_pid = remover.info.backend_pid
+
+        def remove() -> None:
+            try:
+                remover.execute("DELETE FROM vault.data_key WHERE data_key_id = %s", (fresh,))
+                outcome.append(None)
+            except psycopg.Error as refused:
+                outcome.append(refused)
+
+        removing = threading.Thread(target=remove)
+        removing.start()
+        for _ in range(500):  # until the delete waits for the writer's lock (never by time alone)
+            waiting = warehouse.query("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", (remover_pid,))
+            if waiting == [("Lock",)]:
+                break
+            time.sleep(0.01)
+        else:
+            pytest.fail("the delete of the data key did not wait for the load that uses it")
+        writer.commit()
+        removing.join(timeout=60)
+    assert len(outcome) == 1 and isinstance(outcome[0], errors.ForeignKeyViolation), outcome
+    assert warehouse.query("SELECT count(*) FROM vault.data_key WHERE data_key_id = %s", (fresh,)) == [(1,)]
+    warehouse.query("DELETE FROM vault.identity WHERE pseudonym = %s", ("f" * 64,))
+    warehouse.query("DELETE FROM vault.data_key WHERE data_key_id = %s", (fresh,))
 
 
 def test_an_entry_moved_to_another_files_data_key_does_not_open(warehouse):
