@@ -339,18 +339,23 @@ BEGIN
     END LOOP;
     RETURN NULL;
 END $$;
-DROP TRIGGER IF EXISTS entries_inserted_have_keys ON vault.identity;
-CREATE TRIGGER entries_inserted_have_keys AFTER INSERT ON vault.identity REFERENCING NEW TABLE AS entries
-    FOR EACH STATEMENT EXECUTE FUNCTION vault.entries_have_their_data_keys();
-DROP TRIGGER IF EXISTS entries_updated_have_keys ON vault.identity;
-CREATE TRIGGER entries_updated_have_keys AFTER UPDATE ON vault.identity REFERENCING NEW TABLE AS entries
-    FOR EACH STATEMENT EXECUTE FUNCTION vault.entries_have_their_data_keys();
-DROP TRIGGER IF EXISTS keys_deleted_not_in_use ON vault.data_key;
-CREATE TRIGGER keys_deleted_not_in_use AFTER DELETE ON vault.data_key REFERENCING OLD TABLE AS gone
-    FOR EACH STATEMENT EXECUTE FUNCTION vault.data_keys_in_use_stay();
-DROP TRIGGER IF EXISTS keys_updated_not_in_use ON vault.data_key;
-CREATE TRIGGER keys_updated_not_in_use AFTER UPDATE ON vault.data_key REFERENCING OLD TABLE AS gone
-    FOR EACH STATEMENT EXECUTE FUNCTION vault.data_keys_in_use_stay();
+-- One trigger per event: PostgreSQL gives a transition table (the rows written, or the keys gone) to a trigger of
+-- one event only.
+DO $$
+DECLARE
+    t record;
+BEGIN
+    FOR t IN SELECT * FROM (VALUES
+        ('entries_inserted_have_keys', 'INSERT', 'identity', 'NEW TABLE AS entries', 'entries_have_their_data_keys'),
+        ('entries_updated_have_keys', 'UPDATE', 'identity', 'NEW TABLE AS entries', 'entries_have_their_data_keys'),
+        ('keys_deleted_not_in_use', 'DELETE', 'data_key', 'OLD TABLE AS gone', 'data_keys_in_use_stay'),
+        ('keys_updated_not_in_use', 'UPDATE', 'data_key', 'OLD TABLE AS gone', 'data_keys_in_use_stay')
+    ) AS trigger_of (name, event, on_table, transition, function_name) LOOP
+        EXECUTE format('DROP TRIGGER IF EXISTS %I ON vault.%I', t.name, t.on_table);
+        EXECUTE format('CREATE TRIGGER %I AFTER %s ON vault.%I REFERENCING %s FOR EACH STATEMENT
+                        EXECUTE FUNCTION vault.%I()', t.name, t.event, t.on_table, t.transition, t.function_name);
+    END LOOP;
+END $$;
 
 -- The keeper of the re-identification log and the key-rotation log: a role nobody logs in as. It owns those
 -- tables, their triggers and the vault's functions, so no login role (loader, reidentifier, caldicott_guardian,
