@@ -20,12 +20,12 @@ building the candidate marts, the marts gate, the publish swap) and `pophealth r
 through Airflow, keyed as the demo is). It prints bare and DAG seconds, the orchestration overhead (DAGs / bare
 - 1), each DAG's time (from the run's own outcome.json), the peak memory of each run's process tree (RSS) and
 PostgreSQL (PSS), the load average, and time and memory fitted to a * people^k on log-log (k > 1.1 called
-superlinear); for the bare run also each stage's time, the staging rate, and staging with publishing, beside a
-bare PostgreSQL COPY of the same pseudonymised rows, pseudonymisation beside the bare HMAC, the gates' share, and a hand-written pandas
-loader (read_csv, per-row HMAC, to_sql) on the same files. Sizes under 50,000 are repeated --repeats times
-(medians), larger ones run once. It writes scale.json and scale.svg (time against population, per stage) to
---out, and with --plot FILE time and memory against population, bare and DAGs, log-log (altair: .svg, .png,
-.html or .json). Method and figures: docs/benchmarks.md.
+superlinear); for the bare run also each stage's time, the staging rate, and staging with publishing, beside a bare
+PostgreSQL COPY of the same pseudonymised rows, pseudonymisation beside the bare HMAC, the gates' share, and a
+hand-written pandas loader (read_csv, per-row HMAC, to_sql) on the same files. Sizes under 50,000 are repeated
+--repeats times (medians), larger ones run once. It writes scale.json and scale.svg (time against population, per
+stage) to --out, and with --plot FILE time and memory against population, bare and DAGs, log-log (altair: .svg,
+.png, .html or .json). Method and figures: docs/benchmarks.md.
 --work-mem sets PostgreSQL's work_mem for every connection of the runs (the published figures used 256MB:
 they were measured while the marts gate's person_in_spine rules were NOT IN subqueries, quadratic at Essex
 scale with the default 4MB; since f048af8 the default is enough).
