@@ -1,10 +1,11 @@
-{#- Whether a row (its locality and council) belongs to a geography of int_geography: the area holds every
-    row, a council the rows of its own area, a locality its own rows. Rows of no known locality or council
-    count in the area only (pophealth status and the board report say how many LSOAs have no council). -#}
-{% macro in_geography(geography, locality_code, la_code) -%}
-(
-    {{ geography }}.geography_level = 'area'
-    or ({{ geography }}.geography_level = 'local_authority' and {{ la_code }} = {{ geography }}.geography_code)
-    or ({{ geography }}.geography_level = 'locality' and {{ locality_code }} = {{ geography }}.geography_code)
-)
+{#- The geographies of int_geography a row counts in, as rows (`geography_of.geography_level`,
+    `geography_of.geography_code`) joined on to it: the area holds every row, a council the rows of its own area,
+    a locality its own rows. Rows of no known locality or council count in the area only (pophealth status and
+    the board report say how many LSOAs have no council); their council's or locality's row has no code and
+    joins no geography. A row meets its geographies on equal keys, not by testing every geography against every
+    row (issue 19: at Essex scale that was 46 million candidate pairs for the BCF metrics). -#}
+{% macro geographies_of(locality_code, la_code) -%}
+cross join lateral (
+    values ('area', 'area'), ('local_authority', {{ la_code }}), ('locality', {{ locality_code }})
+) as geography_of (geography_level, geography_code)
 {%- endmacro %}

@@ -15,15 +15,11 @@ frame as (
     cross join {{ ref('int_geography') }} as geography
 ),
 
--- Each contribution once in each geography it counts in (the macro in_geography's rule: the whole area, its
--- council, its locality; int_geography's area is 'area'), so that counted joins the frame on equal keys
--- rather than testing every frame of a metric against every contribution (issue 19).
+-- Each contribution once in each geography it counts in.
 contribution_in_geography as (
-    select contributions.*, geography.geography_level, geography.geography_code
+    select contributions.*, geography_of.geography_level, geography_of.geography_code
     from contributions
-    cross join lateral (
-        values ('area', 'area'), ('local_authority', contributions.la_code), ('locality', contributions.locality_code)
-    ) as geography (geography_level, geography_code)
+    {{ geographies_of('contributions.locality_code', 'contributions.la_code') }}
 ),
 
 -- Each day of each reporting period (a few thousand rows), so that a contribution finds its periods by its date

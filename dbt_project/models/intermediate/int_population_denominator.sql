@@ -18,8 +18,11 @@ select
     geography.geography_code,
     minimum_ages.minimum_age,
     sum(by_lsoa.population) as population
-from {{ ref('int_geography') }} as geography
-join by_lsoa on {{ in_geography('geography', 'by_lsoa.locality_code', 'by_lsoa.la_code') }}
+from by_lsoa
+{{ geographies_of('by_lsoa.locality_code', 'by_lsoa.la_code') }}
+join {{ ref('int_geography') }} as geography
+    on geography.geography_level = geography_of.geography_level
+    and geography.geography_code = geography_of.geography_code
 cross join minimum_ages
 where by_lsoa.age >= minimum_ages.minimum_age
 group by by_lsoa.year, geography.geography_level, geography.geography_code, minimum_ages.minimum_age

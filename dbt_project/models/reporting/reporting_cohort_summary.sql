@@ -23,6 +23,12 @@ facts as (
         on locality.geography_level = 'locality' and locality.geography_code = cohort_facts.locality_code
 ),
 
+facts_in_geography as (
+    select facts.*, geography_of.geography_level, geography_of.geography_code
+    from facts
+    {{ geographies_of('facts.locality_code', 'facts.la_code') }}
+),
+
 measures as (
     select * from (values
         ('delayed_discharges', 'spells', 'Delayed discharges (spells)', 1),
@@ -49,10 +55,11 @@ counted as (
     from measures
     cross join {{ ref('int_reporting_period') }} as period
     cross join {{ ref('int_geography') }} as geography
-    left join facts
+    left join facts_in_geography as facts
         on facts.cohort = measures.cohort
         and facts.cohort_date between period.period_start and period.period_end
-        and {{ in_geography('geography', 'facts.locality_code', 'facts.la_code') }}
+        and facts.geography_level = geography.geography_level
+        and facts.geography_code = geography.geography_code
     where period.period_type in ('quarter', 'financial_year')
     group by 1, 2, 3, 4, 5, 6, 7, 8, 9, 10
 )
