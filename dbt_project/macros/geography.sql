@@ -3,7 +3,7 @@
     a locality its own rows. Rows of no known locality or council count in the area only (pophealth status and
     the board report say how many LSOAs have no council); their council's or locality's row has no code and
     joins no geography. A row meets its geographies on equal keys, not by testing every geography against every
-    row (issue 19: at Essex scale that was 46 million candidate pairs for the BCF metrics). -#}
+    row (issue 19). -#}
 {% macro geographies_of(locality_code, la_code) -%}
 cross join lateral (
     values ('area', 'area'), ('local_authority', {{ la_code }}), ('locality', {{ locality_code }})

@@ -255,7 +255,12 @@ def _start_workers(staging: Staging, count: int) -> Generator[Piece] | None:
     try:
         for index in range(count):
             pieces, out = multiprocessing.Pipe(duplex=False)
-            pid = os.fork()
+            try:
+                pid = os.fork()
+            except OSError:
+                pieces.close()  # this worker's pipe too, not only the workers started before it
+                out.close()
+                raise
             if pid == 0:  # the worker
                 code = 1
                 try:

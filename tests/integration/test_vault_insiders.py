@@ -188,13 +188,15 @@ def test_a_data_key_removed_while_a_load_writes_entries_under_it_is_refused_once
 
         removing = threading.Thread(target=remove)
         removing.start()
-        for _ in range(500):  # until the delete waits for the writer's lock (never by time alone)
-            waiting = warehouse.query("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", (remover_pid,))
-            if waiting == [("Lock",)]:
-                break
+        # Until the delete waits for the writer's lock; a delete that finishes without waiting fails at once, and the
+        # deadline is for a machine that never starts the thread, far beyond any load's pause.
+        deadline = time.monotonic() + 120
+        while warehouse.query("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", (remover_pid,)) != [
+            ("Lock",)
+        ]:
+            if not removing.is_alive() or time.monotonic() > deadline:
+                pytest.fail("the delete of the data key did not wait for the load that uses it")
             time.sleep(0.01)
-        else:
-            pytest.fail("the delete of the data key did not wait for the load that uses it")
         writer.commit()
         removing.join(timeout=60)
     assert len(outcome) == 1 and isinstance(outcome[0], errors.ForeignKeyViolation), outcome
