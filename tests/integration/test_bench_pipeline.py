@@ -21,9 +21,14 @@ from pathlib import Path
 from benchmarks.pipeline import run_pipeline
 from pophealth import config
 from pophealth.warehouse import db
+from benchmarks.scale import copy_baseline
 run = run_pipeline(Path(sys.argv[1]), run_id="bench-test")
+copy = copy_baseline(run, Path(sys.argv[2]))
 with db.connect() as conn:
     counts = {
+        "copy": copy,
+        "vault_entries": conn.execute("SELECT count(*) FROM vault.identity").fetchone()[0],
+        "leftover": conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname = 'bench_copy'").fetchone()[0],
         "published_loads": conn.execute("SELECT count(*) FROM audit.load WHERE status = 'published'").fetchone()[0],
         "dbt_results": conn.execute("SELECT count(*) FROM audit.dbt_result WHERE run_id = 'bench-test'").fetchone()[0],
         "lineage": conn.execute("SELECT count(*) FROM audit.column_lineage").fetchone()[0],
@@ -41,7 +46,11 @@ def test_the_bare_pipeline_records_the_lineage_and_dbt_results_the_dags_record(t
     env = isolated_env(tmp_path)
     try:
         proc = subprocess.run(
-            [sys.executable, "-c", RUN, str(landing)], env=env, capture_output=True, text=True, timeout=1800
+            [sys.executable, "-c", RUN, str(landing), str(tmp_path)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=1800,
         )
     finally:
         stop = "from pophealth.warehouse import db; db.stop_embedded()"
@@ -57,3 +66,15 @@ def test_the_bare_pipeline_records_the_lineage_and_dbt_results_the_dags_record(t
     # after the publish swap, as publish_marts does: the column lineage and each published model's event
     assert said["lineage"] > 0
     assert "dbt.model.person" in said["jobs"]
+    # `bench --scale`'s baselines on the same warehouse: the bare COPY of the rows every personal load published,
+    # and the database's own work replayed beside it, every vault entry of theirs included; nothing left behind
+    copy = said["copy"]
+    assert all(copy[f]["rows"] == copy[f]["staging_rows_loaded"] > 0 for f in ("gp_register", "apc", "cld"))
+    assert copy["all"]["vault_entries"] == said["vault_entries"] > 0
+    for figures in copy.values():
+        parts = ("copy_s", "raw_insert_s", "vault_copy_s", "vault_insert_s")
+        if "raw_insert_s" in figures:
+            assert all(figures[p] > 0 for p in parts)
+            assert figures["database_s"] == sum(figures[p] for p in parts)
+        assert figures["database_ratio"] == figures["database_s"] / figures["copy_s"] > 1
+    assert said["leftover"] == 0
