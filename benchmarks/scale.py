@@ -243,7 +243,7 @@ def copy_baseline(run: PipelineRun, work: Path) -> dict:
     from psycopg import sql
 
     from pophealth.contract.feeds import FEEDS_BY_NAME
-    from pophealth.identity.vault import ENTRY_COLUMNS
+    from pophealth.identity.vault import ENTRY_COLUMNS, insert_entries
     from pophealth.warehouse import db
 
     entry_columns = sql.SQL(", ").join(sql.Identifier(c) for c in ENTRY_COLUMNS)
@@ -289,12 +289,7 @@ def copy_baseline(run: PipelineRun, work: Path) -> dict:
                 entry_columns,
                 entries_path,
             )
-            vault_insert_s = _timed(
-                conn,
-                sql.SQL("INSERT INTO {v} ({c}) SELECT {c} FROM {b} ON CONFLICT (pseudonym) DO NOTHING").format(
-                    v=vault, c=entry_columns, b=batch
-                ),
-            )
+            vault_insert_s = _timed(conn, insert_entries(vault, batch))
             path.unlink()
             entries_path.unlink()
             staged = run.feeds[feed]

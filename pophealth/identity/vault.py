@@ -297,20 +297,29 @@ def _drop_unused_data_keys(conn: psycopg.Connection, load_id: int) -> None:
     )
 
 
+def insert_entries(vault: sql.Composable, batch: sql.Composable) -> sql.Composed:
+    """The statement that moves a batch's entries into a vault: a pseudonym already stored, or twice in the batch
+    (VaultWriter keeps only the recent ones from repeating), is skipped by ON CONFLICT; its entries all seal the
+    same identity, so which one is kept does not matter.
+
+    In the pseudonyms' order: keyed hashes are random, so in the file's order each entry would go to another leaf of
+    the pseudonym index, and at Essex scale that index (314 MB at 2.5 million entries) no longer stays in the
+    caches. Sorted, the entries of one leaf come one after another. Measured on an Essex warehouse, the sort
+    included: the register's 1.55 million new entries 12.2 s to 7.5 s, a hospital feed's 0.86 million 9.4 s to
+    6.0 s, 1.55 million already stored 8.2 s to 4.6 s; at 10% of Essex 0.93 s to 0.73 s (issue 19)."""
+    columns = sql.SQL(", ").join(sql.Identifier(c) for c in ENTRY_COLUMNS)
+    return sql.SQL(
+        "INSERT INTO {vault} ({cols}) SELECT {cols} FROM {batch} ORDER BY pseudonym ON CONFLICT (pseudonym) DO NOTHING"
+    ).format(vault=vault, cols=columns, batch=batch)
+
+
 def publish_batch(conn: psycopg.Connection, load_id: int) -> int:
-    """Move a published load's vault batch into the vault; returns rows added. A pseudonym already stored, or twice
-    in the batch (VaultWriter keeps only the recent ones from repeating), is skipped by ON CONFLICT: its entries all
-    seal the same identity, so which one is kept does not matter (no sort of the batch to pick one)."""
+    """Move a published load's vault batch into the vault (insert_entries); returns rows added."""
     table = sql.SQL(vault_batch_table(load_id))
     exists = db.one_row(conn.execute("SELECT to_regclass(%s)", (vault_batch_table(load_id),)))[0]
     if exists is None:
         return 0
-    columns = sql.SQL(", ").join(sql.Identifier(c) for c in ENTRY_COLUMNS)
-    added = conn.execute(
-        sql.SQL("INSERT INTO vault.identity ({cols}) SELECT {cols} FROM {t} ON CONFLICT (pseudonym) DO NOTHING").format(
-            cols=columns, t=table
-        )
-    ).rowcount
+    added = conn.execute(insert_entries(sql.SQL("vault.identity"), table)).rowcount
     conn.execute(sql.SQL("DROP TABLE {}").format(table))
     if not added:  # every pseudonym of the file already stored: its key wraps nothing
         _drop_unused_data_keys(conn, load_id)
