@@ -304,9 +304,10 @@ def insert_entries(vault: sql.Composable, batch: sql.Composable) -> sql.Composed
 
     In the pseudonyms' order: keyed hashes are random, so in the file's order each entry would go to another leaf of
     the pseudonym index, and at Essex scale that index (314 MB at 2.5 million entries) no longer stays in the
-    caches. Sorted, the entries of one leaf come one after another. Measured on an Essex warehouse, the sort
-    included: the register's 1.55 million new entries 12.2 s to 7.5 s, a hospital feed's 0.86 million 9.4 s to
-    6.0 s, 1.55 million already stored 8.2 s to 4.6 s; at 10% of Essex 0.93 s to 0.73 s (issue 19)."""
+    caches. Sorted, the entries of one leaf come one after another. Publishing at Essex scale, the sort included
+    (two runs each): the register's 1.55 million entries 13.7 / 13.4 s to 9.2 / 9.0 s, the 54 hospital files'
+    entries 16.6 / 16.8 s to 15.0 / 14.9 s (a file's sorted batch still meets the index at random places); at 10%
+    of Essex the register's, replayed, 0.93 s to 0.73 s (issue 19)."""
     columns = sql.SQL(", ").join(sql.Identifier(c) for c in ENTRY_COLUMNS)
     return sql.SQL(
         "INSERT INTO {vault} ({cols}) SELECT {cols} FROM {batch} ORDER BY pseudonym ON CONFLICT (pseudonym) DO NOTHING"
