@@ -20,8 +20,9 @@ building the candidate marts, the marts gate, the publish swap) and `pophealth r
 through Airflow, keyed as the demo is). It prints bare and DAG seconds, the orchestration overhead (DAGs / bare
 - 1), each DAG's time (from the run's own outcome.json), the peak memory of each run's process tree (RSS) and
 PostgreSQL (PSS), the load average, and time and memory fitted to a * people^k on log-log (k > 1.1 called
-superlinear); for the bare run also each stage's time, the staging rate, and staging with publishing, beside a bare
-PostgreSQL COPY of the same pseudonymised rows, pseudonymisation beside the bare HMAC, the gates' share, and a
+superlinear); for the bare run also each stage's time, the staging rate, staging with publishing, and the
+database's own work of both replayed with no Python, beside a bare PostgreSQL COPY of the same pseudonymised rows,
+pseudonymisation beside the bare HMAC, the gates' share, and a
 hand-written pandas loader (read_csv, per-row HMAC, to_sql) on the same files. Sizes under 50,000 are repeated
 --repeats times (medians), larger ones run once. It writes scale.json and scale.svg (time against population, per
 stage) to --out, and with --plot FILE time and memory against population, bare and DAGs, log-log (altair: .svg,
