@@ -189,6 +189,67 @@ def test_the_ids_are_stable_from_build_to_build(warehouse):
     assert {r[0] for r in warehouse.query("SELECT person_id FROM marts.person")} == before
 
 
+MAPPING = "SELECT transit_key, secondary_use_id, direct_care_id FROM restricted.pseudonym ORDER BY transit_key"
+CONSTRAINTS = """SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint
+                 WHERE conrelid = 'restricted.pseudonym'::regclass AND contype IN ('p', 'u') ORDER BY conname"""
+ASSIGN = """
+    from pophealth.identity.purposes import assign_purpose_pseudonyms
+    print("ASSIGNED", assign_purpose_pseudonyms().new_transit_pseudonyms)
+"""
+
+
+@pytest.mark.parametrize("kept", [0.95, 0.05], ids=["a few new: indexes kept up", "many new: indexes built again"])
+def test_new_pseudonyms_get_the_same_ids_and_the_mapping_keeps_its_constraints(warehouse, kept):
+    mapping, constraints = warehouse.query(MAPPING), warehouse.query(CONSTRAINTS)
+    assert {name for name, _ in constraints} == {
+        "pseudonym_pkey",
+        "pseudonym_secondary_use_id_key",
+        "pseudonym_direct_care_id_key",
+    }
+    forgotten = mapping[int(len(mapping) * kept) :]
+    warehouse.query("DELETE FROM restricted.pseudonym WHERE transit_key >= %s", (forgotten[0][0],))
+    warehouse.query("ANALYZE restricted.pseudonym")
+    assert f"ASSIGNED {len(forgotten)}" in warehouse.python(ASSIGN).stdout
+    assert warehouse.query(MAPPING) == mapping
+    assert warehouse.query(CONSTRAINTS) == constraints
+
+
+@pytest.mark.parametrize("kept", [0.95, 0.05], ids=["a few new: indexes kept up", "many new: indexes built again"])
+def test_a_published_id_made_twice_fails_the_assignment_and_changes_nothing(warehouse, kept):
+    mapping, constraints = warehouse.query(MAPPING), warehouse.query(CONSTRAINTS)
+    forgotten = mapping[int(len(mapping) * kept) :]
+    transit, secondary_use_id, _ = forgotten[-1]
+    try:
+        warehouse.query("DELETE FROM restricted.pseudonym WHERE transit_key >= %s", (forgotten[0][0],))
+        # Another transit pseudonym already holds the secondary-use id the forgotten one will be given again.
+        warehouse.query(
+            "INSERT INTO restricted.pseudonym (transit_key, secondary_use_id, direct_care_id) VALUES (%s, %s, %s)",
+            ("f" * 64, secondary_use_id, "e" * 64),
+        )
+        warehouse.query("ANALYZE restricted.pseudonym")
+        left = warehouse.query(MAPPING)
+        failed = Warehouse(warehouse.url, warehouse.landing, warehouse.env).python(
+            """
+            from pophealth.identity.purposes import PublishedIdsRefused, assign_purpose_pseudonyms
+            try:
+                assign_purpose_pseudonyms()
+            except PublishedIdsRefused as exc:
+                print("REFUSED", exc)
+            """
+        )
+        assert "REFUSED a new pseudonym's published id is already another's (pseudonym_secondary_use_id_key)" in (
+            failed.stdout
+        )
+        assert secondary_use_id not in failed.stdout + failed.stderr and transit not in failed.stdout + failed.stderr
+        assert warehouse.query(MAPPING) == left
+        assert warehouse.query(CONSTRAINTS) == constraints
+    finally:
+        warehouse.query("DELETE FROM restricted.pseudonym WHERE transit_key = %s", ("f" * 64,))
+        warehouse.python(ASSIGN)
+    assert warehouse.query(MAPPING) == mapping
+    assert transit in {row[0] for row in mapping}
+
+
 def test_no_marts_are_built_without_a_purpose_key(warehouse):
     env = {k: v for k, v in warehouse.env.items() if k != "POPHEALTH_DIRECT_CARE_KEY"}
     proc = Warehouse(warehouse.url, warehouse.landing, env).python("""
