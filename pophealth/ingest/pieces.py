@@ -36,14 +36,17 @@ from pophealth.ingest.landing import CsvReader, FileRejected, open_extract
 from pophealth.warehouse import db
 
 #: Rows in a worker's piece: big enough that a piece's trip through a pipe is small beside its staging, small enough
-#: that the pieces in flight stay a few megabytes.
-PIECE_ROWS = 5_000
+#: that the workers' shares of a hospital file (5,000 to 12,000 rows at Essex scale) come out about even. With pieces
+#: of 5,000, a file of 12,000 rows gave one worker 7,000 rows and the other 5,000. Two Essex hospital files: 0.86 s in
+#: pieces of 5,000, 0.72 s in pieces of 1,000; the register's 1.56 million rows the same (18.4 / 18.3 s; issue 19).
+PIECE_ROWS = 1_000
 #: Rows in a piece the loading process stages itself: small, so that PostgreSQL reads each piece's COPY while the next
 #: is staged (200,000 hospital rows: 18.0 s in pieces of 5,000, 16.8 s in pieces of 500, 16.8 s in pieces of 100).
 PIECE_ROWS_HERE = 500
-#: A file smaller than this is staged by the loading process alone: below about 4,000 rows (0.3 s of staging),
-#: forking and every worker reading the whole file cost about what they give.
-WORKERS_FROM_BYTES = 1 << 20
+#: A file smaller than this is staged by the loading process alone: at about 3,000 hospital rows (500 KB, 0.16 s of
+#: staging), forking and every worker reading the whole file cost what they give; two hospital files of 1 MB (5,700
+#: rows) took 0.57 s alone and 0.44 s with two workers (issue 19).
+WORKERS_FROM_BYTES = 512 << 10
 ENV_STAGING_PROCESSES = "POPHEALTH_STAGING_PROCESSES"
 
 log = logging.getLogger(__name__)  # the loading process's only: a worker logs nothing
