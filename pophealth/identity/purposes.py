@@ -118,12 +118,15 @@ def _require_optout_list(conn: psycopg.Connection) -> None:
 
 
 def _unmapped_query() -> str:
-    union = " UNION ".join(
+    """The transit pseudonyms of raw not yet mapped, each once. Each value is looked up in the mapping before the
+    duplicates go: once most are mapped, few are left to sort. At Essex scale, read through the cursor that streams
+    them: 2.2 s against 4.2 s with nothing new, 3.5 s against 4.5 s with everything new (issue 19)."""
+    union = " UNION ALL ".join(
         f"SELECT {column} AS transit FROM {schema}.{table} WHERE {column} IS NOT NULL"
         for schema, table, column in TRANSIT_COLUMNS
     )
     return (
-        f"SELECT t.transit FROM ({union}) t "
+        f"SELECT DISTINCT t.transit FROM ({union}) t "
         "WHERE NOT EXISTS (SELECT FROM restricted.pseudonym p WHERE p.transit_key = t.transit)"
     )
 
