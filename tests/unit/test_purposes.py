@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pophealth.identity.keys import DirectCareKey, KeyError_, SecondaryUseKey, load_purpose_key
-from pophealth.identity.purposes import PURPOSES, PublishedIdsRefused, PurposeKeyring
+from pophealth.identity.purposes import PURPOSES, PublishedIdsRefused, PurposeKeyring, rebuilds_indexes
 
 SECONDARY = "e7" * 32
 DIRECT = "d4" * 32
@@ -27,6 +27,28 @@ def keyring(secondary: str = SECONDARY, direct: str = DIRECT) -> PurposeKeyring:
             "direct_care": DirectCareKey.from_hex(direct, "test"),
         }
     )
+
+
+@given(st.text(alphabet="0123456789abcdef", min_size=1, max_size=80))
+def test_hashes_is_id_for_of_one_purpose(transit):
+    ring = keyring()
+    for purpose in PURPOSES:
+        assert ring.hashes(purpose)(transit) == ring.id_for(purpose, transit)
+
+
+@pytest.mark.parametrize(
+    ("new", "mapped", "built_again"),
+    [
+        (0, 0, False),  # nothing new: nothing to insert
+        (1, 0, True),  # the first build: everything is new
+        (2_044_154, 0, True),  # Essex's first build
+        (34, 100, True),  # a third or more of those mapped
+        (33, 100, False),
+        (103_546, 1_940_608, False),  # a month's new people and spells at Essex: the indexes are kept up
+    ],
+)
+def test_the_mapping_s_indexes_are_built_again_from_a_third_of_those_mapped_new(new, mapped, built_again):
+    assert rebuilds_indexes(new, mapped) is built_again
 
 
 def test_an_id_is_the_transit_pseudonym_keyed_under_its_purpose_key():
