@@ -198,12 +198,14 @@ class MemorySampler(threading.Thread):
 
 
 def _export(conn, query, path: Path) -> int:
-    """COPY TO `path` what `query` selects; returns its rows."""
+    """COPY TO `path` what `query` selects; returns its rows (COPY's text form ends each row with a newline and
+    escapes any inside a value)."""
+    rows = 0
     with path.open("wb") as out, conn.cursor() as cur, cur.copy(query) as copy:
         for data in copy:
             out.write(data)
-    with path.open("rb") as handle:
-        return sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b""))
+            rows += bytes(data).count(b"\n")
+    return rows
 
 
 def _timed_copy_in(conn, create, target, columns, path: Path) -> float:

@@ -76,13 +76,13 @@ class PurposeKeyring:
                 f"{exc} Without it no published id can be made: the marts are not built."
             ) from None
 
-    def id_for(self, purpose: str, transit: str) -> str:
-        return self._macs[purpose].hexdigest(transit.encode("ascii"))
-
     def hashes(self, purpose: str) -> Callable[[str], str]:
-        """`id_for` of one purpose, as one function: called twice for each of millions of pseudonyms."""
+        """One purpose's ids as one function (transit pseudonym -> id): called twice for each of millions."""
         hexdigest = self._macs[purpose].hexdigest
         return lambda transit: hexdigest(transit.encode("ascii"))
+
+    def id_for(self, purpose: str, transit: str) -> str:
+        return self.hashes(purpose)(transit)
 
     def __repr__(self) -> str:
         return f"PurposeKeyring(versions={self.versions})"
@@ -189,15 +189,13 @@ def _add_to_mapping(conn: psycopg.Connection, added: int) -> None:
     mapped = db.one_row(
         conn.execute("SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = 'restricted.pseudonym'::regclass")
     )[0]
-    # The unique constraints as schema.sql made them, read back so that they are made again exactly.
-    constraints = (
-        conn.execute(
+    constraints: list[tuple[str, str]] = []
+    if rebuilds_indexes(added, mapped):
+        # The unique constraints as schema.sql made them, read back so that they are made again exactly.
+        constraints = conn.execute(
             """SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint
                WHERE conrelid = 'restricted.pseudonym'::regclass AND contype IN ('p', 'u') ORDER BY conname"""
         ).fetchall()
-        if rebuilds_indexes(added, mapped)
-        else []
-    )
     for name, _ in constraints:
         conn.execute(sql.SQL("ALTER TABLE restricted.pseudonym DROP CONSTRAINT {}").format(sql.Identifier(name)))
     # Kept up row by row, in the transit pseudonyms' order: the primary key's pages are then written one after another.
